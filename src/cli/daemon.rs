@@ -1,0 +1,77 @@
+//! `corral daemon [--foreground] | stop | status`.
+
+use super::output::print_json;
+use super::{Ctx, Fail, Result};
+use crate::client::Client;
+use crate::ipc::{DaemonView, Request};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run in this process instead of in the background.
+    #[arg(long)]
+    pub foreground: bool,
+    #[command(subcommand)]
+    pub action: Option<Action>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Stop the supervisor; running agents keep running and are picked up on next start.
+    Stop,
+    /// Pid, socket, uptime and agents supervised.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result {
+    match a.action {
+        None if a.foreground => {
+            crate::supervisor::run(ctx.ws.clone(), ctx.data.clone()).map_err(|e| Fail { code: 1, msg: format!("{e:#}") })?;
+            Ok(0)
+        }
+        None => {
+            let v: DaemonView = serde_json::from_value(ctx.call(&Request::DaemonStatus)?)?;
+            eprintln!("supervisor running: pid {}, socket {}", v.pid, v.socket);
+            Ok(0)
+        }
+        Some(Action::Stop) => {
+            let Ok(mut c) = Client::try_connect(&ctx.data) else {
+                eprintln!("no supervisor is running for {}", ctx.data.root().display());
+                return Ok(0);
+            };
+            let v: DaemonView = serde_json::from_value(super::into_result(c.call(&Request::DaemonStatus)?)?)?;
+            super::into_result(c.call(&Request::Stop)?)?;
+            // Wait for the process to be gone so a following start cannot race it.
+            if let Ok(fd) = crate::supervisor::process::pidfd_open(v.pid as i32) {
+                let _ = crate::supervisor::process::wait_readable(&fd, 10_000);
+            }
+            eprintln!("supervisor {} stopped; running agents keep running", v.pid);
+            Ok(0)
+        }
+        Some(Action::Status { json }) => {
+            let Ok(mut c) = Client::try_connect(&ctx.data) else {
+                if json {
+                    print_json(&serde_json::json!({ "running": false, "dataDir": ctx.data.root() }))?;
+                } else {
+                    eprintln!("no supervisor is running for {}", ctx.data.root().display());
+                }
+                return Ok(3);
+            };
+            let data = super::into_result(c.call(&Request::DaemonStatus)?)?;
+            if json {
+                let mut data = data;
+                data["running"] = true.into();
+                print_json(&data)?;
+            } else {
+                let v: DaemonView = serde_json::from_value(data)?;
+                println!(
+                    "supervisor pid {}  socket {}  up {:.0}s  supervising {} of {} agents",
+                    v.pid, v.socket, v.uptime_seconds, v.agents_supervised, v.agents_total
+                );
+            }
+            Ok(0)
+        }
+    }
+}

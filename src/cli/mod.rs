@@ -1,0 +1,134 @@
+//! The command line: argument definitions and one module per command. Commands parse and
+//! print; they send requests to the supervisor and never touch the registry themselves.
+
+pub mod daemon;
+pub mod events;
+pub mod handoff;
+pub mod init;
+pub mod kill;
+pub mod logs;
+pub mod output;
+pub mod report;
+pub mod show;
+pub mod spawn;
+pub mod status;
+
+use crate::client::Client;
+use crate::config::Workspace;
+use crate::ipc::{Reply, Request};
+use crate::protocol::DataDir;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about = "Spawn, supervise, retry and aggregate many asynchronous agents")]
+pub struct Cli {
+    /// Data directory (default: `data_dir` from corral.toml, else .corral in the workspace).
+    #[arg(long, global = true, env = "CORRAL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Write corral.toml with the seed's role table and create the data dir.
+    Init(init::Args),
+    /// Record an agent and start it (or queue it); prints only its id on stdout.
+    Spawn(spawn::Args),
+    /// One line per agent: status, progress, phase/milestone, age, attempt, anomalies.
+    Status(status::Args),
+    /// Everything about one agent: record, attempts, findings, events.
+    Show(show::Args),
+    /// An agent's output; -f follows it until the agent finishes.
+    Logs(logs::Args),
+    /// TERM to the agent's whole process group, KILL after the grace period.
+    Kill(kill::Args),
+    /// Agent side: update the caller's status file.
+    Report(report::Args),
+    /// Agent side: write the caller's handoff.
+    Handoff(handoff::Args),
+    /// The event log as JSON lines; -f follows it.
+    Events(events::Args),
+    /// The supervisor: start it, stop it, or ask how it is.
+    Daemon(daemon::Args),
+    #[command(name = "__shim", hide = true)]
+    Shim { lock: PathBuf, start: PathBuf, exit: PathBuf, log: PathBuf, cwd: PathBuf, header: String, #[arg(last = true)] argv: Vec<String> },
+}
+
+/// A failure with the exit code it deserves (2: bad input, 1: the operation failed).
+#[derive(Debug)]
+pub struct Fail {
+    pub code: i32,
+    pub msg: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail { code: 1, msg: format!("{e:#}") }
+    }
+}
+
+pub fn usage(msg: impl Into<String>) -> Fail {
+    Fail { code: 2, msg: msg.into() }
+}
+
+pub type Result<T = i32> = std::result::Result<T, Fail>;
+
+/// Where this invocation works: the workspace and its data dir.
+pub struct Ctx {
+    pub ws: Workspace,
+    pub data: DataDir,
+}
+
+impl Ctx {
+    pub fn resolve(data_dir: Option<PathBuf>) -> Result<Self> {
+        let cwd = std::env::current_dir().map_err(|e| Fail { code: 1, msg: format!("no working directory: {e}") })?;
+        let ws = Workspace::discover(&cwd).map_err(usage)?;
+        let data = match data_dir {
+            Some(d) if d.is_absolute() => d,
+            Some(d) => cwd.join(d),
+            None => ws.data_dir(),
+        };
+        Ok(Self { ws, data: DataDir::new(data) })
+    }
+
+    pub fn client(&self) -> Result<Client> {
+        Ok(Client::connect(&self.data, &self.ws.root)?)
+    }
+
+    /// Sends one request and turns an error reply into a `Fail`.
+    pub fn call(&self, req: &Request) -> Result<serde_json::Value> {
+        let reply: Reply = self.client()?.call(req)?;
+        into_result(reply)
+    }
+}
+
+pub fn into_result(reply: Reply) -> Result<serde_json::Value> {
+    if reply.ok {
+        Ok(reply.data.unwrap_or_default())
+    } else {
+        Err(Fail { code: reply.exit.unwrap_or(1), msg: reply.error.unwrap_or_else(|| "unknown error".into()) })
+    }
+}
+
+pub fn run(cli: Cli) -> Result {
+    if let Cmd::Shim { lock, start, exit, log, cwd, header, argv } = cli.command {
+        let a = crate::supervisor::shim::ShimArgs { lock, start, exit, log, cwd, header, argv };
+        return Ok(crate::supervisor::shim::run(a));
+    }
+    let ctx = Ctx::resolve(cli.data_dir.clone())?;
+    match cli.command {
+        Cmd::Init(a) => init::run(&ctx, cli.data_dir, a),
+        Cmd::Spawn(a) => spawn::run(&ctx, a),
+        Cmd::Status(a) => status::run(&ctx, a),
+        Cmd::Show(a) => show::run(&ctx, a),
+        Cmd::Logs(a) => logs::run(&ctx, a),
+        Cmd::Kill(a) => kill::run(&ctx, a),
+        Cmd::Report(a) => report::run(&ctx, a),
+        Cmd::Handoff(a) => handoff::run(&ctx, a),
+        Cmd::Events(a) => events::run(&ctx, a),
+        Cmd::Daemon(a) => daemon::run(&ctx, a),
+        Cmd::Shim { .. } => unreachable!("handled above"),
+    }
+}

@@ -1,0 +1,109 @@
+//! `corral spawn`: validates everything it can before contacting the supervisor, so bad
+//! input writes nothing; prints only the agent id on stdout.
+
+use super::{into_result, usage, Ctx, Result};
+use crate::ipc::{Request, SpawnReply, SpawnRequest};
+use crate::protocol::ids::{validate_id, validate_role};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Role (policy name), e.g. PLANNER, IMPLEMENTER.
+    #[arg(long)]
+    pub role: String,
+    /// What the agent should do.
+    #[arg(long)]
+    pub task: String,
+    #[arg(long)]
+    pub scope: Option<String>,
+    #[arg(long = "constraint", value_name = "C")]
+    pub constraints: Vec<String>,
+    /// Use this id instead of agent-<NNN>-<ROLE>.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Start only after this agent completes (repeatable).
+    #[arg(long = "after", value_name = "ID")]
+    pub after: Vec<String>,
+    /// Attempt timeout, e.g. 90s, 15m (default: the role's).
+    #[arg(long, value_name = "D")]
+    pub timeout: Option<String>,
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+    /// Extra environment for the agent (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory of the agent (default: the current directory).
+    #[arg(long)]
+    pub cwd: Option<std::path::PathBuf>,
+    /// The command and its arguments (default: the role's `command` template).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result {
+    validate_role(&a.role).map_err(|e| usage(format!("--role: {e}")))?;
+    if a.task.trim().is_empty() {
+        return Err(usage("--task is empty; say what the agent should do"));
+    }
+    if let Some(id) = &a.id {
+        validate_id(id).map_err(|e| usage(format!("--id: {e}")))?;
+    }
+    for x in &a.after {
+        validate_id(x).map_err(|e| usage(format!("--after: {e}")))?;
+    }
+    let timeout_ms = match &a.timeout {
+        Some(t) => {
+            let d = crate::config::parse_duration(t).map_err(|e| usage(format!("--timeout: {e}")))?;
+            if d.is_zero() {
+                return Err(usage("--timeout must be longer than 0s"));
+            }
+            Some(d.as_millis() as u64)
+        }
+        None => None,
+    };
+    let mut env = Vec::new();
+    for kv in &a.env {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => env.push((k.to_string(), v.to_string())),
+            _ => return Err(usage(format!("--env {kv:?}: expected KEY=VALUE"))),
+        }
+    }
+    let cwd = std::env::current_dir()?;
+    let cwd = match a.cwd {
+        Some(c) => {
+            let c = if c.is_absolute() { c } else { cwd.join(c) };
+            if !c.is_dir() {
+                return Err(usage(format!("--cwd {}: no such directory", c.display())));
+            }
+            c
+        }
+        None => cwd,
+    };
+    let req = SpawnRequest {
+        role: a.role,
+        task: a.task,
+        scope: a.scope,
+        constraints: a.constraints,
+        id: a.id,
+        after: a.after,
+        timeout_ms,
+        max_retries: a.max_retries,
+        env,
+        caller_env: std::env::vars().collect(),
+        cwd: cwd.display().to_string(),
+        command: a.command,
+    };
+    let reply = into_result(ctx.client()?.call(&Request::Spawn(req))?)?;
+    let r: SpawnReply = serde_json::from_value(reply)?;
+    println!("{}", r.agent_id);
+    match r.status.as_str() {
+        "running" => Ok(0),
+        "queued" => {
+            eprintln!("{}: queued ({})", r.agent_id, r.reason.unwrap_or_default());
+            Ok(0)
+        }
+        other => {
+            eprintln!("{}: {other}: {}", r.agent_id, r.reason.unwrap_or_default());
+            Ok(1)
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The control protocol between the CLI and the supervisor: one JSON object per line over
+//! a Unix socket that only the owner can open. Requests and the shapes of `--json` output
+//! live here so the CLI, the supervisor (and later MCP) share one definition.
+
+use crate::store::EventRecord;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Largest request line the supervisor reads; anything longer is refused, not buffered.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Spawn(SpawnRequest),
+    Status { ids: Vec<String>, role: Option<String> },
+    Show { id: String },
+    Kill { id: String, grace_ms: u64 },
+    /// Events after `after`; with `follow`, the connection stays open and streams new ones.
+    Events { after: u64, agent: Option<String>, follow: bool },
+    DaemonStatus,
+    Stop,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpawnRequest {
+    pub role: String,
+    pub task: String,
+    pub scope: Option<String>,
+    pub constraints: Vec<String>,
+    pub id: Option<String>,
+    pub after: Vec<String>,
+    pub timeout_ms: Option<u64>,
+    pub max_retries: Option<u32>,
+    /// `--env K=V`, applied over the caller's environment.
+    pub env: Vec<(String, String)>,
+    /// The caller's environment: the agent starts with it, as a command run by hand would.
+    pub caller_env: Vec<(String, String)>,
+    pub cwd: String,
+    /// Empty: use the role's `command` template.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpawnReply {
+    pub agent_id: String,
+    pub status: String,
+    pub pid: Option<i32>,
+    pub reason: Option<String>,
+}
+
+/// One line of `corral status --json` (and the head of `show --json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    pub agent_id: String,
+    pub role: String,
+    pub task: String,
+    /// corral's view: queued, running, stopping, complete, failed, killed, timed_out, ...
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the agent itself last reported in its status file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub attempt: u32,
+    pub max_retries: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub milestone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<String>,
+    /// Seconds since the last sign of life (status write, or start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<f64>,
+    pub anomalies: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    pub spawned_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// Why the status file could not be read, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub failure_type: Option<String>,
+    pub reason: Option<String>,
+    pub action: Option<String>,
+    pub pid: Option<i32>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShowView {
+    #[serde(flatten)]
+    pub agent: AgentView,
+    pub scope: Option<String>,
+    pub constraints: Vec<String>,
+    pub after: Vec<String>,
+    pub command: Vec<String>,
+    pub cwd: String,
+    pub attempts: Vec<AttemptView>,
+    pub findings: Vec<Value>,
+    pub files: ShowFiles,
+    pub handoffs: Vec<String>,
+    pub events: Vec<EventRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShowFiles {
+    pub status_file: String,
+    pub log_file: String,
+    pub context_file: String,
+    pub expected_handoff: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonView {
+    pub pid: u32,
+    pub socket: String,
+    pub data_dir: String,
+    pub started_at: String,
+    pub uptime_seconds: f64,
+    pub agents_supervised: usize,
+    pub agents_total: usize,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The exit code the CLI should use for this error (2: bad input, 1: failure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i32>,
+}
+
+impl Reply {
+    pub fn ok(data: impl Serialize) -> Self {
+        Self { ok: true, data: Some(serde_json::to_value(data).unwrap_or(Value::Null)), error: None, exit: None }
+    }
+    pub fn err(exit: i32, msg: impl Into<String>) -> Self {
+        Self { ok: false, data: None, error: Some(msg.into()), exit: Some(exit) }
+    }
+}

@@ -1,0 +1,24 @@
+//! corral: spawn, supervise, retry and aggregate many asynchronous agents.
+
+mod cli;
+mod client;
+mod config;
+mod ipc;
+mod policy;
+mod protocol;
+mod store;
+mod supervisor;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let code = match cli::run(cli) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("corral: {}", f.msg);
+            f.code
+        }
+    };
+    std::process::exit(code);
+}

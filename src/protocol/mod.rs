@@ -1,0 +1,14 @@
+//! The agent file protocol (SPEC section 2): ids, paths under the data dir, the status and
+//! handoff files, the registry export, the delegation context and the agent environment.
+//! Owns formats only; it never decides policy and never talks to the supervisor.
+
+pub mod atomic;
+pub mod context;
+pub mod files;
+pub mod ids;
+pub mod paths;
+pub mod registry;
+pub mod time;
+
+pub use ids::AgentId;
+pub use paths::DataDir;

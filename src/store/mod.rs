@@ -1,0 +1,44 @@
+//! The registry: durable record of every agent, its attempts, and the append-only event
+//! log. The supervisor is its only writer. `Registry` is the seam for other backends
+//! (PostgreSQL for a cluster); `sqlite` is the embedded default.
+
+pub mod sqlite;
+
+use crate::policy::agent::Agent;
+use crate::protocol::AgentId;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    pub seq: u64,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<AgentId>,
+    pub kind: String,
+    pub data: Value,
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("registry database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("registry record for {id} is unreadable: {err}")]
+    Corrupt { id: String, err: String },
+}
+
+pub trait Registry {
+    /// Every agent, in spawn order.
+    fn load(&mut self) -> Result<Vec<Agent>>;
+    /// Hands out the next agent number; never the same one twice.
+    fn next_number(&mut self) -> Result<u64>;
+    fn put(&mut self, agent: &Agent) -> Result<()>;
+    fn append_event(&mut self, at: &str, agent: Option<&AgentId>, kind: &str, data: &Value) -> Result<EventRecord>;
+    fn events(&mut self, after: u64, agent: Option<&AgentId>, limit: usize) -> Result<Vec<EventRecord>>;
+    /// Groups the writes that follow into one durable unit.
+    fn begin(&mut self) -> Result<()>;
+    fn commit(&mut self) -> Result<()>;
+}

@@ -1,0 +1,127 @@
+//! SQLite in WAL mode. One row per agent (its record as JSON, so the shape can grow without
+//! migrations), one row per event. `synchronous = NORMAL`: a commit survives the death of
+//! any process, including the supervisor's own `kill -9`; only a power loss can undo the
+//! last commits.
+
+use super::{EventRecord, Registry, Result, StoreError};
+use crate::policy::agent::Agent;
+use crate::protocol::AgentId;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+use std::path::Path;
+
+pub struct SqliteRegistry {
+    conn: Connection,
+    in_tx: bool,
+}
+
+impl SqliteRegistry {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS agents (
+                 id TEXT PRIMARY KEY, seq INTEGER NOT NULL, role TEXT NOT NULL,
+                 state TEXT NOT NULL, body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS events (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, agent_id TEXT,
+                 kind TEXT NOT NULL, data TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS events_agent ON events(agent_id, seq);",
+        )?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(Self { conn, in_tx: false })
+    }
+}
+
+impl Registry for SqliteRegistry {
+    fn load(&mut self) -> Result<Vec<Agent>> {
+        let mut stmt = self.conn.prepare("SELECT id, body FROM agents ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, body) = row?;
+            let agent = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt { id, err: e.to_string() })?;
+            out.push(agent);
+        }
+        Ok(out)
+    }
+
+    fn next_number(&mut self) -> Result<u64> {
+        let cur: Option<i64> =
+            self.conn.query_row("SELECT value FROM meta WHERE key = 'agent_number'", [], |r| r.get(0)).optional()?;
+        let next = cur.unwrap_or(0) + 1;
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('agent_number', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![next],
+        )?;
+        Ok(next as u64)
+    }
+
+    fn put(&mut self, agent: &Agent) -> Result<()> {
+        let body = serde_json::to_string(agent).expect("agent records always serialize");
+        self.conn.execute(
+            "INSERT INTO agents(id, seq, role, state, body)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM agents), ?2, ?3, ?4)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
+            params![agent.spec.id.as_str(), agent.spec.role, agent.state.name(), body],
+        )?;
+        Ok(())
+    }
+
+    fn append_event(&mut self, at: &str, agent: Option<&AgentId>, kind: &str, data: &Value) -> Result<EventRecord> {
+        self.conn.execute(
+            "INSERT INTO events(at, agent_id, kind, data) VALUES (?1, ?2, ?3, ?4)",
+            params![at, agent.map(AgentId::as_str), kind, data.to_string()],
+        )?;
+        Ok(EventRecord {
+            seq: self.conn.last_insert_rowid() as u64,
+            at: at.to_string(),
+            agent_id: agent.cloned(),
+            kind: kind.to_string(),
+            data: data.clone(),
+        })
+    }
+
+    fn events(&mut self, after: u64, agent: Option<&AgentId>, limit: usize) -> Result<Vec<EventRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, at, agent_id, kind, data FROM events
+             WHERE seq > ?1 AND (?2 IS NULL OR agent_id = ?2) ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![after as i64, agent.map(AgentId::as_str), limit as i64], |r| {
+            let id: Option<String> = r.get(2)?;
+            let data: String = r.get(4)?;
+            Ok(EventRecord {
+                seq: r.get::<_, i64>(0)? as u64,
+                at: r.get(1)?,
+                agent_id: id.and_then(|s| AgentId::parse(&s).ok()),
+                kind: r.get(3)?,
+                data: serde_json::from_str(&data).unwrap_or(Value::Null),
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        if !self.in_tx {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.in_tx = true;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.in_tx {
+            self.conn.execute_batch("COMMIT")?;
+            self.in_tx = false;
+        }
+        Ok(())
+    }
+}

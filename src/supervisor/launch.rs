@@ -1,0 +1,331 @@
+//! Starting attempts and finding them again. `spawn` validates a request and records the
+//! agent; `start_current` starts the current attempt's shim and waits for its handshake;
+//! `reconcile` re-attaches to attempts that were running when a supervisor died.
+
+use super::daemon::{now, Live, Msg, Supervisor};
+use super::process;
+use super::shim::{ExitRecord, Handshake, StartRecord};
+use crate::ipc::{Reply, SpawnReply, SpawnRequest};
+use crate::policy::agent::{Agent, AgentSpec, AgentState, AttemptRun, ProcessEnd};
+use crate::policy::lifecycle;
+use crate::protocol::context::{render, ContextInput};
+use crate::protocol::ids::validate_role;
+use crate::protocol::{atomic, time, AgentId};
+use std::io::BufRead;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// How long the supervisor waits for a shim to say it started the command.
+const HANDSHAKE_TIMEOUT_MS: i32 = 10_000;
+
+pub fn spawn(sup: &mut Supervisor, req: SpawnRequest) -> Reply {
+    let spec = match validate(sup, req) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let id = spec.id.clone();
+    let now = now();
+    let agent = Agent {
+        spec,
+        state: AgentState::Queued { reason: "new".into() },
+        attempts: Vec::new(),
+        updated_at: now.wall.clone(),
+    };
+    sup.order.push(id.clone());
+    sup.agents.insert(id.clone(), Live { agent, report: None, report_error: None, handoffs: Vec::new() });
+    let s = &sup.agents[&id].agent.spec;
+    sup.emit(
+        Some(&id),
+        "spawned",
+        serde_json::json!({ "role": s.role, "task": s.task, "command": s.command, "after": s.after }),
+    );
+    let gate = lifecycle::dependency_gate(&sup.agents[&id].agent.spec, |d| sup.agents.get(d).map(|l| &l.agent.state));
+    let handoff = sup.data.handoff_file(&id, &time::compact(time::now()));
+    let actions = lifecycle::admit(&mut sup.agents.get_mut(&id).expect("inserted").agent, gate, &now, handoff);
+    sup.apply(&id, actions);
+    sup.admit_queued();
+    let a = &sup.agents[&id].agent;
+    let reply = SpawnReply {
+        agent_id: id.to_string(),
+        status: a.state.name().to_string(),
+        pid: a.current().and_then(|x| x.pid()),
+        reason: a.state.reason().map(str::to_string),
+    };
+    Reply::ok(reply)
+}
+
+fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply> {
+    let bad = |m: String| Reply::err(2, m);
+    validate_role(&req.role).map_err(|e| bad(e.to_string()))?;
+    if req.task.trim().is_empty() {
+        return Err(bad("the task is empty; say what the agent should do with --task".into()));
+    }
+    // The config is read afresh for each spawn; a broken file is reported and the last
+    // good one stays in force.
+    if let Some(f) = sup.ws.config_file.clone() {
+        match crate::config::load(&f) {
+            Ok(c) => sup.ws.config = c,
+            Err(e) => return Err(bad(format!("{e}\n(the supervisor keeps its last good configuration)"))),
+        }
+    }
+    let policy = sup.ws.config.role(&req.role);
+    let (command, template) = if !req.command.is_empty() {
+        (req.command, false)
+    } else {
+        match policy.command.clone() {
+            Some(c) if !c.is_empty() => (c, true),
+            _ => {
+                return Err(bad(format!(
+                    "no command for role {}: pass one after `--`, or set `command` under [roles.{}] in {}",
+                    req.role,
+                    req.role,
+                    sup.ws.root.join(crate::config::CONFIG_FILE).display()
+                )));
+            }
+        }
+    };
+    let cwd = Path::new(&req.cwd);
+    if !cwd.is_dir() {
+        return Err(bad(format!("working directory {} does not exist", cwd.display())));
+    }
+    let mut after = Vec::new();
+    for a in &req.after {
+        let id = AgentId::parse(a).map_err(|e| bad(format!("--after: {e}")))?;
+        if !sup.agents.contains_key(&id) {
+            return Err(bad(format!("--after {id}: no such agent")));
+        }
+        after.push(id);
+    }
+    let id = match &req.id {
+        Some(given) => {
+            let id = AgentId::parse(given).map_err(|e| bad(e.to_string()))?;
+            if sup.agents.contains_key(&id) {
+                return Err(bad(format!("agent id {id} is already taken; choose another --id")));
+            }
+            id
+        }
+        None => loop {
+            let n = sup.store.next_number().map_err(|e| Reply::err(1, e.to_string()))?;
+            let id = AgentId::generated(n, &req.role);
+            if !sup.agents.contains_key(&id) {
+                break id;
+            }
+        },
+    };
+    let mut env = req.caller_env;
+    env.retain(|(k, _)| !k.starts_with("CORRAL_"));
+    for (k, v) in req.env {
+        env.retain(|(x, _)| *x != k);
+        env.push((k, v));
+    }
+    Ok(AgentSpec {
+        id,
+        role: req.role,
+        task: req.task,
+        scope: req.scope,
+        constraints: req.constraints,
+        after,
+        command,
+        template,
+        cwd: cwd.to_path_buf(),
+        env,
+        attempt_timeout_ms: Some(req.timeout_ms.unwrap_or(policy.attempt_timeout.as_millis() as u64)),
+        max_retries: req.max_retries.unwrap_or(policy.max_retries),
+        spawned_at: time::rfc3339(time::now()),
+    })
+}
+
+/// Starts the process of the agent's current attempt (recorded durably first).
+pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
+    // Durable before it runs: a supervisor that dies now finds the attempt and its lock.
+    if let Err(e) = sup.flush() {
+        eprintln!("corral daemon: cannot record attempt of {id} before starting it: {e}");
+    }
+    let _ = sup.store.begin();
+    let result = launch_shim(sup, id);
+    let now = now();
+    let live = sup.agents.get_mut(id).expect("present");
+    let n = live.agent.current().map(|a| a.attempt).unwrap_or(0);
+    let actions = match result {
+        Ok((shim_pid, pid, pidfd)) => {
+            watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, pidfd);
+            lifecycle::started(&mut live.agent, shim_pid, pid, &now)
+        }
+        Err(reason) => lifecycle::exited(&mut live.agent, n, ProcessEnd::NotStarted { reason }, None, &now),
+    };
+    sup.apply(id, actions);
+}
+
+fn launch_shim(sup: &Supervisor, id: &AgentId) -> Result<(i32, i32, OwnedFd), String> {
+    let live = &sup.agents[id];
+    let spec = &live.agent.spec;
+    let attempt = live.agent.current().ok_or("no attempt recorded")?;
+    let n = attempt.attempt;
+    let d = &sup.data;
+    let (status_file, context_file, inbox) = (d.status_file(id), d.context_file(id), d.inbox_file(id));
+    let previous: Vec<String> = live.agent.attempts[..live.agent.attempts.len() - 1]
+        .iter()
+        .filter_map(|a| match &a.run {
+            AttemptRun::Ended { reason, end, .. } => {
+                Some(format!("attempt {}: {}", a.attempt, reason.clone().unwrap_or_else(|| end.describe())))
+            }
+            _ => None,
+        })
+        .collect();
+    let context = render(&ContextInput {
+        agent_id: id.as_str(),
+        role: &spec.role,
+        task: &spec.task,
+        scope: spec.scope.as_deref(),
+        constraints: &spec.constraints,
+        attempt: n,
+        status_file: &status_file,
+        handoff_file: &attempt.handoff_file,
+        inbox_file: &inbox,
+        previous_failures: &previous,
+        extra_context: None,
+    });
+    atomic::write_atomic(&context_file, context.as_bytes()).map_err(|e| format!("cannot write context: {e}"))?;
+    let argv: Vec<String> = if spec.template {
+        let vars = [
+            ("{context}", context.as_str()),
+            ("{context_file}", &context_file.to_string_lossy()),
+            ("{task}", spec.task.as_str()),
+            ("{agent_id}", id.as_str()),
+            ("{role}", spec.role.as_str()),
+            ("{handoff_file}", &attempt.handoff_file.to_string_lossy()),
+            ("{status_file}", &status_file.to_string_lossy()),
+        ];
+        spec.command.iter().map(|a| vars.iter().fold(a.clone(), |s, (k, v)| s.replace(k, v))).collect()
+    } else {
+        spec.command.clone()
+    };
+    let header = format!("=== corral: {id} attempt {n} at {}: {argv:?} ===", attempt.started_at);
+    let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    cmd.arg("__shim")
+        .arg(d.attempt_file(id, n, "lock"))
+        .arg(d.attempt_file(id, n, "start"))
+        .arg(d.attempt_file(id, n, "exit"))
+        .arg(d.log_file(id))
+        .arg(&spec.cwd)
+        .arg(header)
+        .arg("--")
+        .args(&argv)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env("CORRAL_AGENT_ID", id.as_str())
+        .env("CORRAL_ROLE", &spec.role)
+        .env("CORRAL_ATTEMPT", n.to_string())
+        .env("CORRAL_DATA_DIR", d.root())
+        .env("CORRAL_STATUS_FILE", &status_file)
+        .env("CORRAL_HANDOFF_FILE", &attempt.handoff_file)
+        .env("CORRAL_CONTEXT_FILE", &context_file)
+        .env("CORRAL_INBOX_FILE", &inbox)
+        .env("CORRAL_TASK", &spec.task)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        // Its own group: a signal meant for the supervisor's group never reaches the shim.
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start the attempt's shim: {e}"))?;
+    let shim_pid = child.id() as i32;
+    // Opened while the shim is our unreaped child, so the pid cannot have been reused.
+    let pidfd = process::pidfd_open(shim_pid).map_err(|e| format!("pidfd_open({shim_pid}): {e}"))?;
+    let out = child.stdout.take().expect("piped");
+    let handshake = match process::wait_readable(&out, HANDSHAKE_TIMEOUT_MS) {
+        Ok(true) => {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            serde_json::from_str::<Handshake>(&line).ok()
+        }
+        _ => None,
+    };
+    match handshake {
+        Some(Handshake::Started { pid }) => Ok((shim_pid, pid, pidfd)),
+        Some(Handshake::NotStarted { reason }) => {
+            let _ = child.wait();
+            Err(reason)
+        }
+        None => {
+            // No word from the shim: if it is still alive it owns the attempt, so keep
+            // watching it rather than guess; its exit record will say how it ended.
+            let start = read_json::<StartRecord>(&d.attempt_file(id, n, "start"));
+            match start {
+                Some(s) => Ok((shim_pid, s.pid, pidfd)),
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    Err("the attempt's shim did not report within 10s".into())
+                }
+            }
+        }
+    }
+}
+
+fn watch_exit(tx: tokio::sync::mpsc::UnboundedSender<Msg>, id: AgentId, attempt: u32, shim_pid: i32, fd: OwnedFd) {
+    tokio::spawn(async move {
+        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until dropped.
+        if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+            let _ = afd.readable().await;
+        }
+        let _ = tx.send(Msg::Exited { id, attempt, shim_pid });
+    });
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+/// How the attempt ended, from the shim's exit record.
+pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> ProcessEnd {
+    match read_json::<ExitRecord>(&sup.data.attempt_file(id, attempt, "exit")) {
+        Some(r) => r.end,
+        None => ProcessEnd::Lost {
+            reason: "the attempt's shim ended without recording an exit (was it killed?)".into(),
+        },
+    }
+}
+
+/// After a restart: find out what became of an attempt that was live, and watch it again.
+pub fn reconcile(sup: &mut Supervisor, id: &AgentId) {
+    let Some(a) = sup.agents[id].agent.current() else { return };
+    let n = a.attempt;
+    let d = sup.data.clone();
+    if d.attempt_file(id, n, "exit").exists() {
+        sup.attempt_ended(id, n);
+        return;
+    }
+    let lock_path = d.attempt_file(id, n, "lock");
+    let held = std::fs::File::open(&lock_path).ok().map(|f| process::try_lock(&f).map(|got| !got).unwrap_or(false));
+    let start = read_json::<StartRecord>(&d.attempt_file(id, n, "start"));
+    match (held, start) {
+        (Some(true), start) => {
+            // The shim is alive and holds the attempt: watch it again.
+            let shim_pid = match &start {
+                Some(s) => s.shim_pid,
+                None => std::fs::read_to_string(&lock_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0),
+            };
+            match process::pidfd_open(shim_pid) {
+                Ok(fd) => {
+                    if let Some(s) = start {
+                        let live = sup.agents.get_mut(id).expect("present");
+                        let actions = lifecycle::started(&mut live.agent, s.shim_pid, s.pid, &now());
+                        sup.apply(id, actions);
+                    }
+                    sup.emit(Some(id), "reattached", serde_json::json!({ "attempt": n, "shimPid": shim_pid }));
+                    watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, fd);
+                }
+                Err(_) => sup.attempt_ended(id, n),
+            }
+        }
+        (_, Some(_)) => sup.attempt_ended(id, n), // started, shim gone, no exit record: lost
+        (_, None) => {
+            // Nothing ever ran for this attempt (no start record, nobody holds its lock):
+            // starting it now cannot start it twice.
+            sup.emit(Some(id), "restarting_unstarted_attempt", serde_json::json!({ "attempt": n }));
+            start_current(sup, id);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! What `status`, `show` and the registry export say about an agent, built from the
+//! supervisor's memory (no file is re-read to answer a read command).
+
+use super::daemon::{Live, Supervisor};
+use crate::ipc::{AgentView, AttemptView, Reply, ShowFiles, ShowView};
+use crate::policy::agent::{AgentState, AttemptRun};
+use crate::policy::lifecycle::fmt_ms;
+use crate::protocol::files::ReportedStatus;
+use crate::protocol::registry::SpawnRecord;
+use crate::protocol::time;
+
+pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentView {
+    let a = &live.agent;
+    let cur = a.current();
+    let last_end = cur.and_then(|x| x.ended());
+    let report = live.report.as_ref();
+    let last_update = report.and_then(|r| r.last_update.clone());
+    let since = last_update.as_deref().and_then(time::parse).or_else(|| cur.and_then(|c| time::parse(&c.started_at)));
+    let mut anomalies = Vec::new();
+    if live.report_error.is_some() {
+        anomalies.push("UNREADABLE".to_string());
+    }
+    if a.state.has_live_process() && report.is_some_and(|r| r.status == ReportedStatus::Blocked) {
+        anomalies.push("BLOCKED".to_string());
+    }
+    if matches!(a.state, AgentState::Failed { .. })
+        || (a.state.has_live_process() && report.is_some_and(|r| r.status == ReportedStatus::Failed))
+    {
+        anomalies.push("FAILED".to_string());
+    }
+    let _ = sup;
+    AgentView {
+        agent_id: a.spec.id.to_string(),
+        role: a.spec.role.clone(),
+        task: a.spec.task.clone(),
+        status: a.state.name().to_string(),
+        reason: a.state.reason().map(str::to_string),
+        reported_status: report.map(|r| r.status.as_str().to_string()),
+        pid: if a.state.has_live_process() { cur.and_then(|c| c.pid()) } else { None },
+        attempt: cur.map(|c| c.attempt).unwrap_or(0),
+        max_retries: a.spec.max_retries,
+        progress: report.and_then(|r| r.progress),
+        phase: report.and_then(|r| r.phase.clone()),
+        milestone: report.and_then(|r| r.milestone.clone()),
+        last_update,
+        age_seconds: since.map(|t| ((now - t).as_secs_f64()).max(0.0)),
+        anomalies,
+        exit_code: last_end.and_then(|(_, e)| e.exit_code()),
+        signal: last_end.and_then(|(_, e)| e.signal()),
+        spawned_at: a.spec.spawned_at.clone(),
+        ended_at: if a.state.is_finished() { last_end.map(|(t, _)| t.to_string()) } else { None },
+        unreadable: live.report_error.clone(),
+    }
+}
+
+pub fn status(sup: &Supervisor, ids: &[String], role: Option<&str>) -> Reply {
+    let mut wanted = Vec::new();
+    for id in ids {
+        match sup.lookup(id) {
+            Ok(id) => wanted.push(id),
+            Err(r) => return r,
+        }
+    }
+    let now = time::now();
+    let views: Vec<AgentView> = sup
+        .order
+        .iter()
+        .filter(|id| wanted.is_empty() || wanted.contains(id))
+        .map(|id| &sup.agents[id])
+        .filter(|l| role.is_none_or(|r| l.agent.spec.role == r))
+        .map(|l| agent_view(sup, l, now))
+        .collect();
+    Reply::ok(views)
+}
+
+pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
+    let id = match sup.lookup(id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let events = sup.store.events(0, Some(&id), 100_000).unwrap_or_default();
+    let events = events[events.len().saturating_sub(50)..].to_vec();
+    let live = &sup.agents[&id];
+    let a = &live.agent;
+    let attempts = a
+        .attempts
+        .iter()
+        .map(|x| {
+            let (ended_at, end, failure_type, reason, action) = match &x.run {
+                AttemptRun::Ended { ended_at, end, failure_type, reason, action } => {
+                    (Some(ended_at.clone()), Some(end), failure_type.clone(), reason.clone(), action.clone())
+                }
+                _ => (None, None, None, None, None),
+            };
+            AttemptView {
+                attempt: x.attempt,
+                started_at: x.started_at.clone(),
+                ended_at,
+                exit_code: end.and_then(|e| e.exit_code()),
+                signal: end.and_then(|e| e.signal()),
+                failure_type,
+                reason,
+                action,
+                pid: match x.run {
+                    AttemptRun::Running { pid, .. } => Some(pid),
+                    _ => None,
+                },
+                timeout: x.timeout_ms.map(fmt_ms),
+            }
+        })
+        .collect();
+    let d = &sup.data;
+    let view = ShowView {
+        agent: agent_view(sup, live, time::now()),
+        scope: a.spec.scope.clone(),
+        constraints: a.spec.constraints.clone(),
+        after: a.spec.after.iter().map(|x| x.to_string()).collect(),
+        command: a.spec.command.clone(),
+        cwd: a.spec.cwd.display().to_string(),
+        attempts,
+        findings: live.report.as_ref().map(|r| r.findings.clone()).unwrap_or_default(),
+        files: ShowFiles {
+            status_file: d.status_file(&id).display().to_string(),
+            log_file: d.log_file(&id).display().to_string(),
+            context_file: d.context_file(&id).display().to_string(),
+            expected_handoff: a.current().map(|c| c.handoff_file.display().to_string()).unwrap_or_default(),
+        },
+        handoffs: live.handoffs.iter().map(|p| p.display().to_string()).collect(),
+        events,
+    };
+    Reply::ok(view)
+}
+
+/// One entry of `spawn-registry.json`, with paths relative to the workspace like the seed's.
+pub fn spawn_record(sup: &Supervisor, live: &Live) -> SpawnRecord {
+    let a = &live.agent;
+    let cur = a.current();
+    let rel = |p: &std::path::Path| p.strip_prefix(&sup.ws.root).unwrap_or(p).display().to_string();
+    let expected = match cur {
+        Some(c) => rel(&c.handoff_file),
+        None => rel(&sup.data.handoff_dir().join(format!("handoff-*-{}-to-ORCHESTRATOR.json", a.spec.id))),
+    };
+    let timeout_at = cur.filter(|_| a.state.has_live_process()).and_then(|c| {
+        let start = time::parse(&c.started_at)?;
+        let t = start.checked_add(jiff::SignedDuration::from_millis(c.timeout_ms? as i64)).ok()?;
+        Some(time::rfc3339(t))
+    });
+    let end = cur.and_then(|c| c.ended());
+    SpawnRecord {
+        agent_id: a.spec.id.to_string(),
+        spawned_at: a.spec.spawned_at.clone(),
+        role: a.spec.role.clone(),
+        task: a.spec.task.clone(),
+        scope: a.spec.scope.clone(),
+        expected_handoff: expected,
+        status: a.state.name().to_string(),
+        timeout_at,
+        attempt: cur.map(|c| c.attempt).unwrap_or(0),
+        max_retries: a.spec.max_retries,
+        pid: if a.state.has_live_process() { cur.and_then(|c| c.pid()) } else { None },
+        exit_code: end.and_then(|(_, e)| e.exit_code()),
+        signal: end.and_then(|(_, e)| e.signal()),
+        ended_at: end.map(|(t, _)| t.to_string()),
+        after: a.spec.after.iter().map(|x| x.to_string()).collect(),
+    }
+}
