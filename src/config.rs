@@ -56,16 +56,26 @@ impl Config {
         let d = &self.defaults;
         let (seed_timeout, seed_retries) = seed_role(role);
         RolePolicy {
-            command: r.and_then(|r| r.command.clone()).or_else(|| d.command.clone()),
-            attempt_timeout: r.and_then(|r| r.attempt_timeout).or(d.attempt_timeout).unwrap_or(seed_timeout),
-            max_retries: r.and_then(|r| r.max_retries).or(d.max_retries).unwrap_or(seed_retries),
+            command: r
+                .and_then(|r| r.command.clone())
+                .or_else(|| d.command.clone()),
+            attempt_timeout: r
+                .and_then(|r| r.attempt_timeout)
+                .or(d.attempt_timeout)
+                .unwrap_or(seed_timeout),
+            max_retries: r
+                .and_then(|r| r.max_retries)
+                .or(d.max_retries)
+                .unwrap_or(seed_retries),
         }
     }
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// humantime forms (`90s`, `15m`, `1h30m`); a bare number is refused because its unit
@@ -90,27 +100,46 @@ impl Workspace {
             let f = d.join(CONFIG_FILE);
             if f.is_file() {
                 let config = load(&f)?;
-                return Ok(Self { root: d.to_path_buf(), config_file: Some(f), config });
+                return Ok(Self {
+                    root: d.to_path_buf(),
+                    config_file: Some(f),
+                    config,
+                });
             }
             dir = d.parent();
         }
-        Ok(Self { root: start.to_path_buf(), config_file: None, config: Config::default() })
+        Ok(Self {
+            root: start.to_path_buf(),
+            config_file: None,
+            config: Config::default(),
+        })
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        let d = self.config.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        if d.is_absolute() { d } else { self.root.join(d) }
+        let d = self
+            .config
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if d.is_absolute() {
+            d
+        } else {
+            self.root.join(d)
+        }
     }
 }
 
 pub fn load(path: &Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse(&text, path)
 }
 
 pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
     toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         let msg = e.message().trim_end().to_string();
         match line {
             Some(l) => format!("{}:{l}: {msg}", path.display()),
@@ -133,15 +162,29 @@ mod tests {
         let p = c.role("PLANNER");
         assert_eq!(p.attempt_timeout, Duration::from_secs(60));
         assert_eq!(p.max_retries, 3);
-        assert_eq!(c.role("IMPLEMENTER").attempt_timeout, Duration::from_secs(1800));
+        assert_eq!(
+            c.role("IMPLEMENTER").attempt_timeout,
+            Duration::from_secs(1800)
+        );
         assert_eq!(Config::default().role("CLEANER").max_retries, 1);
     }
 
     #[test]
     fn errors_name_line_and_key() {
-        let e = parse("data_dir = \"d\"\n\n[defaults]\nbogus = 1\n", Path::new("corral.toml")).unwrap_err();
-        assert!(e.starts_with("corral.toml:4:") && e.contains("bogus"), "{e}");
-        let e = parse("[defaults]\nattempt_timeout = \"-5m\"\n", Path::new("c.toml")).unwrap_err();
+        let e = parse(
+            "data_dir = \"d\"\n\n[defaults]\nbogus = 1\n",
+            Path::new("corral.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("corral.toml:4:") && e.contains("bogus"),
+            "{e}"
+        );
+        let e = parse(
+            "[defaults]\nattempt_timeout = \"-5m\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
         assert!(e.contains("c.toml:2") && e.contains("duration"), "{e}");
     }
 }

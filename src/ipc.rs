@@ -12,12 +12,24 @@ pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Spawn(SpawnRequest),
-    Status { ids: Vec<String>, role: Option<String> },
-    Show { id: String },
-    Kill { id: String, grace_ms: u64 },
+    Spawn(Box<SpawnRequest>),
+    Status {
+        ids: Vec<String>,
+        role: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    Kill {
+        id: String,
+        grace_ms: u64,
+    },
     /// Events after `after`; with `follow`, the connection stays open and streams new ones.
-    Events { after: u64, agent: Option<String>, follow: bool },
+    Events {
+        after: u64,
+        agent: Option<String>,
+        follow: bool,
+    },
     DaemonStatus,
     Stop,
 }
@@ -162,9 +174,19 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(data: impl Serialize) -> Self {
-        Self { ok: true, data: Some(serde_json::to_value(data).unwrap_or(Value::Null)), error: None, exit: None }
+        Self {
+            ok: true,
+            data: Some(serde_json::to_value(data).unwrap_or(Value::Null)),
+            error: None,
+            exit: None,
+        }
     }
     pub fn err(exit: i32, msg: impl Into<String>) -> Self {
-        Self { ok: false, data: None, error: Some(msg.into()), exit: Some(exit) }
+        Self {
+            ok: false,
+            data: None,
+            error: Some(msg.into()),
+            exit: Some(exit),
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! from flags or from a JSON file that is validated first.
 
 use super::report::agent_id;
-use super::{usage, Ctx, Result};
+use super::{Ctx, Result, usage};
 use crate::protocol::files::{self, Deliverables, Handoff};
 use crate::protocol::{atomic, time};
 use std::path::PathBuf;
@@ -43,9 +43,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             let mut v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| usage(format!("{}: not valid JSON: {e}", f.display())))?;
             if let Some(o) = v.as_object_mut() {
-                o.entry("fromAgent").or_insert_with(|| id.to_string().into());
+                o.entry("fromAgent")
+                    .or_insert_with(|| id.to_string().into());
             }
-            files::validate_handoff_value(&v).map_err(|e| usage(format!("{}: {e}", f.display())))?;
+            files::validate_handoff_value(&v)
+                .map_err(|e| usage(format!("{}: {e}", f.display())))?;
             serde_json::from_value(v).map_err(|e| usage(format!("{}: {e}", f.display())))?
         }
         None => Handoff {
@@ -60,13 +62,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             },
             memory_candidate: match a.memory.len() {
                 0 => None,
-                _ => Some(serde_json::Value::Array(a.memory.iter().map(|x| files::text_or_json(x)).collect())),
+                _ => Some(serde_json::Value::Array(
+                    a.memory.iter().map(|x| files::text_or_json(x)).collect(),
+                )),
             },
             extra: Default::default(),
         },
     };
     if handoff.from_agent != id.as_str() {
-        return Err(usage(format!("fromAgent {:?} is not the caller {id}", handoff.from_agent)));
+        return Err(usage(format!(
+            "fromAgent {:?} is not the caller {id}",
+            handoff.from_agent
+        )));
     }
     let path = std::env::var_os("CORRAL_HANDOFF_FILE")
         .filter(|_| std::env::var("CORRAL_AGENT_ID").ok().as_deref() == Some(id.as_str()))

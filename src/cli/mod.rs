@@ -2,6 +2,7 @@
 //! print; they send requests to the supervisor and never touch the registry themselves.
 
 pub mod daemon;
+pub mod demo;
 pub mod events;
 pub mod handoff;
 pub mod init;
@@ -21,7 +22,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "corral", version, about = "Spawn, supervise, retry and aggregate many asynchronous agents")]
+#[command(
+    name = "corral",
+    version,
+    about = "Spawn, supervise, retry and aggregate many asynchronous agents"
+)]
 pub struct Cli {
     /// Data directory (default: `data_dir` from corral.toml, else .corral in the workspace).
     #[arg(long, global = true, env = "CORRAL_DATA_DIR", value_name = "DIR")]
@@ -32,6 +37,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
+    /// A self-contained run of scripted agents in a temp workspace: see it work.
+    Demo(demo::Args),
     /// Write corral.toml with the seed's role table and create the data dir.
     Init(init::Args),
     /// Record an agent and start it (or queue it); prints only its id on stdout.
@@ -53,7 +60,16 @@ pub enum Cmd {
     /// The supervisor: start it, stop it, or ask how it is.
     Daemon(daemon::Args),
     #[command(name = "__shim", hide = true)]
-    Shim { lock: PathBuf, start: PathBuf, exit: PathBuf, log: PathBuf, cwd: PathBuf, header: String, #[arg(last = true)] argv: Vec<String> },
+    Shim {
+        lock: PathBuf,
+        start: PathBuf,
+        exit: PathBuf,
+        log: PathBuf,
+        cwd: PathBuf,
+        header: String,
+        #[arg(last = true)]
+        argv: Vec<String>,
+    },
 }
 
 /// A failure with the exit code it deserves (2: bad input, 1: the operation failed).
@@ -65,12 +81,18 @@ pub struct Fail {
 
 impl<E: std::fmt::Display> From<E> for Fail {
     fn from(e: E) -> Self {
-        Fail { code: 1, msg: format!("{e:#}") }
+        Fail {
+            code: 1,
+            msg: format!("{e:#}"),
+        }
     }
 }
 
 pub fn usage(msg: impl Into<String>) -> Fail {
-    Fail { code: 2, msg: msg.into() }
+    Fail {
+        code: 2,
+        msg: msg.into(),
+    }
 }
 
 pub type Result<T = i32> = std::result::Result<T, Fail>;
@@ -83,14 +105,20 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn resolve(data_dir: Option<PathBuf>) -> Result<Self> {
-        let cwd = std::env::current_dir().map_err(|e| Fail { code: 1, msg: format!("no working directory: {e}") })?;
+        let cwd = std::env::current_dir().map_err(|e| Fail {
+            code: 1,
+            msg: format!("no working directory: {e}"),
+        })?;
         let ws = Workspace::discover(&cwd).map_err(usage)?;
         let data = match data_dir {
             Some(d) if d.is_absolute() => d,
             Some(d) => cwd.join(d),
             None => ws.data_dir(),
         };
-        Ok(Self { ws, data: DataDir::new(data) })
+        Ok(Self {
+            ws,
+            data: DataDir::new(data),
+        })
     }
 
     pub fn client(&self) -> Result<Client> {
@@ -108,17 +136,38 @@ pub fn into_result(reply: Reply) -> Result<serde_json::Value> {
     if reply.ok {
         Ok(reply.data.unwrap_or_default())
     } else {
-        Err(Fail { code: reply.exit.unwrap_or(1), msg: reply.error.unwrap_or_else(|| "unknown error".into()) })
+        Err(Fail {
+            code: reply.exit.unwrap_or(1),
+            msg: reply.error.unwrap_or_else(|| "unknown error".into()),
+        })
     }
 }
 
 pub fn run(cli: Cli) -> Result {
-    if let Cmd::Shim { lock, start, exit, log, cwd, header, argv } = cli.command {
-        let a = crate::supervisor::shim::ShimArgs { lock, start, exit, log, cwd, header, argv };
+    if let Cmd::Shim {
+        lock,
+        start,
+        exit,
+        log,
+        cwd,
+        header,
+        argv,
+    } = cli.command
+    {
+        let a = crate::supervisor::shim::ShimArgs {
+            lock,
+            start,
+            exit,
+            log,
+            cwd,
+            header,
+            argv,
+        };
         return Ok(crate::supervisor::shim::run(a));
     }
     let ctx = Ctx::resolve(cli.data_dir.clone())?;
     match cli.command {
+        Cmd::Demo(a) => demo::run(&ctx, a),
         Cmd::Init(a) => init::run(&ctx, cli.data_dir, a),
         Cmd::Spawn(a) => spawn::run(&ctx, a),
         Cmd::Status(a) => status::run(&ctx, a),

@@ -54,7 +54,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     if !v.anomalies.is_empty() {
         println!("  anomalies:  {}", v.anomalies.join(" "));
     }
-    println!("  attempts ({} of at most {}):", s.attempts.len(), v.max_retries + 1);
+    println!(
+        "  attempts ({} of at most {}):",
+        s.attempts.len(),
+        v.max_retries + 1
+    );
     for at in &s.attempts {
         let how = match (&at.ended_at, &at.reason) {
             (Some(t), Some(r)) => format!("ended {t}: {r}"),
@@ -64,7 +68,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                 None => "starting".into(),
             },
         };
-        println!("    #{} started {} timeout {}: {how}", at.attempt, at.started_at, at.timeout.as_deref().unwrap_or("none"));
+        println!(
+            "    #{} started {} timeout {}: {how}",
+            at.attempt,
+            at.started_at,
+            at.timeout.as_deref().unwrap_or("none")
+        );
     }
     if !s.findings.is_empty() {
         println!("  last findings:");
@@ -75,7 +84,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     for h in &s.handoffs {
         println!("  handoff:    {h}");
     }
-    println!("  files:      status {}\n              log {}\n              context {}", s.files.status_file, s.files.log_file, s.files.context_file);
+    println!(
+        "  files:      status {}\n              log {}\n              context {}",
+        s.files.status_file, s.files.log_file, s.files.context_file
+    );
     println!("  events:");
     for e in &s.events {
         println!("    {} {:18} {}", e.at, e.kind, e.data);

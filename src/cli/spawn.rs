@@ -1,7 +1,7 @@
 //! `corral spawn`: validates everything it can before contacting the supervisor, so bad
 //! input writes nothing; prints only the agent id on stdout.
 
-use super::{into_result, usage, Ctx, Result};
+use super::{Ctx, Result, into_result, usage};
 use crate::ipc::{Request, SpawnReply, SpawnRequest};
 use crate::protocol::ids::{validate_id, validate_role};
 
@@ -52,7 +52,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     }
     let timeout_ms = match &a.timeout {
         Some(t) => {
-            let d = crate::config::parse_duration(t).map_err(|e| usage(format!("--timeout: {e}")))?;
+            let d =
+                crate::config::parse_duration(t).map_err(|e| usage(format!("--timeout: {e}")))?;
             if d.is_zero() {
                 return Err(usage("--timeout must be longer than 0s"));
             }
@@ -63,7 +64,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     let mut env = Vec::new();
     for kv in &a.env {
         match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => env.push((k.to_string(), v.to_string())),
+            Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
+                env.push((k.to_string(), v.to_string()))
+            }
             _ => return Err(usage(format!("--env {kv:?}: expected KEY=VALUE"))),
         }
     }
@@ -92,7 +95,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         cwd: cwd.display().to_string(),
         command: a.command,
     };
-    let reply = into_result(ctx.client()?.call(&Request::Spawn(req))?)?;
+    let reply = into_result(ctx.client()?.call(&Request::Spawn(Box::new(req)))?)?;
     let r: SpawnReply = serde_json::from_value(reply)?;
     println!("{}", r.agent_id);
     match r.status.as_str() {

@@ -14,7 +14,10 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
-    let data = ctx.call(&Request::Status { ids: a.ids, role: a.role })?;
+    let data = ctx.call(&Request::Status {
+        ids: a.ids,
+        role: a.role,
+    })?;
     if a.json {
         print_json(&data)?;
         return Ok(0);
@@ -24,9 +27,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         eprintln!("no agents");
         return Ok(0);
     }
-    let idw = views.iter().map(|v| v.agent_id.len()).max().unwrap_or(5).max(5);
+    let idw = views
+        .iter()
+        .map(|v| v.agent_id.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     let rw = views.iter().map(|v| v.role.len()).max().unwrap_or(4).max(4);
-    println!("{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:5}  ANOMALIES", "AGENT", "ROLE", "STATUS", "PROGRESS", "PHASE/MILESTONE", "AGE", "TRY");
+    println!(
+        "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:5}  ANOMALIES",
+        "AGENT", "ROLE", "STATUS", "PROGRESS", "PHASE/MILESTONE", "AGE", "TRY"
+    );
     for v in views {
         let pm = match (&v.phase, &v.milestone) {
             (Some(p), Some(m)) => format!("{p}/{m}"),
@@ -34,12 +45,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             (None, Some(m)) => format!("-/{m}"),
             (None, None) => "-".into(),
         };
-        let pm: String = if pm.chars().count() > 24 { pm.chars().take(23).chain(['~']).collect() } else { pm };
+        let pm: String = if pm.chars().count() > 24 {
+            pm.chars().take(23).chain(['~']).collect()
+        } else {
+            pm
+        };
         let mut anomalies = v.anomalies.join(" ");
-        if v.status == "queued" {
-            if let Some(r) = &v.reason {
-                anomalies = format!("QUEUED: {r} {anomalies}");
-            }
+        if v.status == "queued"
+            && let Some(r) = &v.reason
+        {
+            anomalies = format!("QUEUED: {r} {anomalies}");
         }
         println!(
             "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:5}  {}",

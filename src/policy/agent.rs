@@ -38,12 +38,20 @@ pub struct AgentSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ProcessEnd {
-    Exited { code: i32 },
-    Signaled { signal: i32 },
+    Exited {
+        code: i32,
+    },
+    Signaled {
+        signal: i32,
+    },
     /// The command could not be started at all (not found, not executable, bad cwd).
-    NotStarted { reason: String },
+    NotStarted {
+        reason: String,
+    },
     /// The supervisor lost track of the process (its shim vanished without a record).
-    Lost { reason: String },
+    Lost {
+        reason: String,
+    },
 }
 
 impl ProcessEnd {
@@ -65,7 +73,9 @@ impl ProcessEnd {
     pub fn describe(&self) -> String {
         match self {
             Self::Exited { code } => format!("exited with code {code}"),
-            Self::Signaled { signal } => format!("killed by signal {} ({signal})", signal_name(*signal)),
+            Self::Signaled { signal } => {
+                format!("killed by signal {} ({signal})", signal_name(*signal))
+            }
             Self::NotStarted { reason } => format!("could not start: {reason}"),
             Self::Lost { reason } => format!("lost: {reason}"),
         }
@@ -147,15 +157,24 @@ pub enum KillCause {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum AgentState {
     /// Waiting to start; `reason` says on what.
-    Queued { reason: String },
+    Queued {
+        reason: String,
+    },
     /// The latest attempt is starting or running.
     Running,
     /// TERM has been sent to the group; KILL follows at `hard_kill_mono` if it is still there.
-    Stopping { cause: KillCause, hard_kill_mono: u64 },
+    Stopping {
+        cause: KillCause,
+        hard_kill_mono: u64,
+    },
     Complete,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     Killed,
-    TimedOut { reason: String },
+    TimedOut {
+        reason: String,
+    },
 }
 
 impl AgentState {
@@ -172,14 +191,19 @@ impl AgentState {
         }
     }
     pub fn is_finished(&self) -> bool {
-        matches!(self, Self::Complete | Self::Failed { .. } | Self::Killed | Self::TimedOut { .. })
+        matches!(
+            self,
+            Self::Complete | Self::Failed { .. } | Self::Killed | Self::TimedOut { .. }
+        )
     }
     pub fn has_live_process(&self) -> bool {
         matches!(self, Self::Running | Self::Stopping { .. })
     }
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Self::Queued { reason } | Self::Failed { reason } | Self::TimedOut { reason } => Some(reason),
+            Self::Queued { reason } | Self::Failed { reason } | Self::TimedOut { reason } => {
+                Some(reason)
+            }
             _ => None,
         }
     }

@@ -2,9 +2,9 @@
 //! or process in here; the supervisor feeds inputs and carries out the actions.
 
 use super::agent::*;
-use crate::protocol::files::ReportedStatus;
 use crate::protocol::AgentId;
-use serde_json::{json, Value};
+use crate::protocol::files::ReportedStatus;
+use serde_json::{Value, json};
 use std::path::PathBuf;
 
 /// The time an input happened, on both clocks: wall for records, monotonic for deadlines.
@@ -45,19 +45,29 @@ pub enum Gate {
     Fail(String),
 }
 
-pub fn dependency_gate<'a>(spec: &AgentSpec, lookup: impl Fn(&AgentId) -> Option<&'a AgentState>) -> Gate {
+pub fn dependency_gate<'a>(
+    spec: &AgentSpec,
+    lookup: impl Fn(&AgentId) -> Option<&'a AgentState>,
+) -> Gate {
     let mut waiting = Vec::new();
     for dep in &spec.after {
         match lookup(dep) {
             None => return Gate::Fail(format!("dependency {dep} does not exist")),
             Some(AgentState::Complete) => {}
             Some(s) if s.is_finished() => {
-                return Gate::Fail(format!("dependency {dep} ended {} without completing", s.name()));
+                return Gate::Fail(format!(
+                    "dependency {dep} ended {} without completing",
+                    s.name()
+                ));
             }
             Some(s) => waiting.push(format!("{dep} ({})", s.name())),
         }
     }
-    if waiting.is_empty() { Gate::Ready } else { Gate::Wait(format!("waiting for {}", waiting.join(", "))) }
+    if waiting.is_empty() {
+        Gate::Ready
+    } else {
+        Gate::Wait(format!("waiting for {}", waiting.join(", ")))
+    }
 }
 
 /// A new agent, or a queued one being re-examined: start it, keep it queued, or fail it.
@@ -68,12 +78,16 @@ pub fn admit(agent: &mut Agent, gate: Gate, now: &Now, handoff_file: PathBuf) ->
             if matches!(&agent.state, AgentState::Queued { reason: r } if *r == reason) {
                 return vec![];
             }
-            agent.state = AgentState::Queued { reason: reason.clone() };
+            agent.state = AgentState::Queued {
+                reason: reason.clone(),
+            };
             agent.updated_at = now.wall.clone();
             vec![emit("queued", json!({ "reason": reason }))]
         }
         Gate::Fail(reason) => {
-            agent.state = AgentState::Failed { reason: reason.clone() };
+            agent.state = AgentState::Failed {
+                reason: reason.clone(),
+            };
             agent.updated_at = now.wall.clone();
             vec![emit("failed", json!({ "reason": reason }))]
         }
@@ -97,7 +111,9 @@ fn begin_attempt(agent: &mut Agent, now: &Now, handoff_file: PathBuf) -> Vec<Act
 
 /// The shim reported the process running.
 pub fn started(agent: &mut Agent, shim_pid: i32, pid: i32, now: &Now) -> Vec<Action> {
-    let Some(a) = agent.current_mut() else { return vec![] };
+    let Some(a) = agent.current_mut() else {
+        return vec![];
+    };
     if a.run != AttemptRun::Starting {
         return vec![];
     }
@@ -115,7 +131,9 @@ pub fn exited(
     reported: Option<(ReportedStatus, Option<String>)>,
     now: &Now,
 ) -> Vec<Action> {
-    let Some(a) = agent.attempts.iter_mut().find(|a| a.attempt == attempt) else { return vec![] };
+    let Some(a) = agent.attempts.iter_mut().find(|a| a.attempt == attempt) else {
+        return vec![];
+    };
     if a.ended().is_some() {
         return vec![]; // already recorded: a second report of the same exit changes nothing
     }
@@ -125,15 +143,37 @@ pub fn exited(
         None => s,
     };
     let (state, failure_type, reason) = match (&agent.state, &end) {
-        (AgentState::Stopping { cause: KillCause::Requested, .. }, _) => {
-            (AgentState::Killed, Some("killed"), format!("killed on request; {}", end.describe()))
-        }
-        (AgentState::Stopping { cause: KillCause::Timeout, .. }, _) => {
+        (
+            AgentState::Stopping {
+                cause: KillCause::Requested,
+                ..
+            },
+            _,
+        ) => (
+            AgentState::Killed,
+            Some("killed"),
+            format!("killed on request; {}", end.describe()),
+        ),
+        (
+            AgentState::Stopping {
+                cause: KillCause::Timeout,
+                ..
+            },
+            _,
+        ) => {
             let r = match a.timeout_ms {
-                Some(t) => format!("ran past its {} attempt timeout; {}", fmt_ms(t), end.describe()),
+                Some(t) => format!(
+                    "ran past its {} attempt timeout; {}",
+                    fmt_ms(t),
+                    end.describe()
+                ),
                 None => format!("timed out; {}", end.describe()),
             };
-            (AgentState::TimedOut { reason: r.clone() }, Some("timeout"), r)
+            (
+                AgentState::TimedOut { reason: r.clone() },
+                Some("timeout"),
+                r,
+            )
         }
         (_, e) if e.success() => match &reported {
             Some((ReportedStatus::Failed, _)) => {
@@ -158,7 +198,10 @@ pub fn exited(
         "exited",
         json!({ "attempt": attempt, "exitCode": end.exit_code(), "signal": end.signal(), "reason": reason }),
     )];
-    actions.push(emit(state.name(), json!({ "attempt": attempt, "reason": state.reason() })));
+    actions.push(emit(
+        state.name(),
+        json!({ "attempt": attempt, "reason": state.reason() }),
+    ));
     agent.state = state;
     agent.updated_at = now.wall.clone();
     actions
@@ -170,26 +213,41 @@ pub fn kill_requested(agent: &mut Agent, grace_ms: u64, now: &Now) -> Result<Vec
         AgentState::Queued { .. } => {
             agent.state = AgentState::Killed;
             agent.updated_at = now.wall.clone();
-            Ok(vec![emit("killed", json!({ "reason": "killed while queued" }))])
+            Ok(vec![emit(
+                "killed",
+                json!({ "reason": "killed while queued" }),
+            )])
         }
-        AgentState::Running | AgentState::Stopping { .. } => Ok(stop(agent, KillCause::Requested, grace_ms, now)),
-        s => Err(format!("{} is already {}; there is nothing to kill", agent.spec.id, s.name())),
+        AgentState::Running | AgentState::Stopping { .. } => {
+            Ok(stop(agent, KillCause::Requested, grace_ms, now))
+        }
+        s => Err(format!(
+            "{} is already {}; there is nothing to kill",
+            agent.spec.id,
+            s.name()
+        )),
     }
 }
 
 fn stop(agent: &mut Agent, cause: KillCause, grace_ms: u64, now: &Now) -> Vec<Action> {
     let pgid = agent.current().and_then(Attempt::pid);
-    agent.state = AgentState::Stopping { cause, hard_kill_mono: now.mono + grace_ms };
+    agent.state = AgentState::Stopping {
+        cause,
+        hard_kill_mono: now.mono + grace_ms,
+    };
     agent.updated_at = now.wall.clone();
     let mut out = vec![emit(
         match cause {
             KillCause::Requested => "kill_requested",
-            KillCause::Timeout => "timed_out",
+            KillCause::Timeout => "timeout",
         },
         json!({ "graceMs": grace_ms }),
     )];
     if let Some(pgid) = pgid {
-        out.push(Action::SignalGroup { pgid, signal: Signal::Term });
+        out.push(Action::SignalGroup {
+            pgid,
+            signal: Signal::Term,
+        });
     }
     out
 }
@@ -208,7 +266,9 @@ pub fn next_deadline(agent: &Agent) -> Option<u64> {
 
 /// Deadlines that have passed: attempt timeout (TERM now), grace over (KILL).
 pub fn tick(agent: &mut Agent, now: &Now) -> Vec<Action> {
-    let Some(deadline) = next_deadline(agent) else { return vec![] };
+    let Some(deadline) = next_deadline(agent) else {
+        return vec![];
+    };
     if now.mono < deadline {
         return vec![];
     }
@@ -216,9 +276,15 @@ pub fn tick(agent: &mut Agent, now: &Now) -> Vec<Action> {
         AgentState::Running => stop(agent, KillCause::Timeout, TIMEOUT_GRACE_MS, now),
         AgentState::Stopping { cause, .. } => {
             // Still here after the grace period: KILL, and look again a little later.
-            agent.state = AgentState::Stopping { cause, hard_kill_mono: now.mono + 1_000 };
+            agent.state = AgentState::Stopping {
+                cause,
+                hard_kill_mono: now.mono + 1_000,
+            };
             match agent.current().and_then(Attempt::pid) {
-                Some(pgid) => vec![Action::SignalGroup { pgid, signal: Signal::Kill }],
+                Some(pgid) => vec![Action::SignalGroup {
+                    pgid,
+                    signal: Signal::Kill,
+                }],
                 None => vec![],
             }
         }

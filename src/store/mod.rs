@@ -36,8 +36,19 @@ pub trait Registry {
     /// Hands out the next agent number; never the same one twice.
     fn next_number(&mut self) -> Result<u64>;
     fn put(&mut self, agent: &Agent) -> Result<()>;
-    fn append_event(&mut self, at: &str, agent: Option<&AgentId>, kind: &str, data: &Value) -> Result<EventRecord>;
-    fn events(&mut self, after: u64, agent: Option<&AgentId>, limit: usize) -> Result<Vec<EventRecord>>;
+    fn append_event(
+        &mut self,
+        at: &str,
+        agent: Option<&AgentId>,
+        kind: &str,
+        data: &Value,
+    ) -> Result<EventRecord>;
+    fn events(
+        &mut self,
+        after: u64,
+        agent: Option<&AgentId>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>>;
     /// Groups the writes that follow into one durable unit.
     fn begin(&mut self) -> Result<()>;
     fn commit(&mut self) -> Result<()>;

@@ -9,7 +9,7 @@ use crate::ipc::{DaemonView, Reply, Request};
 use crate::policy::agent::{Agent, AgentState};
 use crate::policy::lifecycle::{self, Action, Now, Signal};
 use crate::protocol::files::{self, StatusFile};
-use crate::protocol::{atomic, time, AgentId, DataDir};
+use crate::protocol::{AgentId, DataDir, atomic, time};
 use crate::store::{EventRecord, Registry};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -21,7 +21,11 @@ pub const EVENTS_PAGE: usize = 10_000;
 pub enum Msg {
     Request(Request, oneshot::Sender<Reply>),
     /// The shim of this attempt has ended (its pidfd became readable).
-    Exited { id: AgentId, attempt: u32, shim_pid: i32 },
+    Exited {
+        id: AgentId,
+        attempt: u32,
+        shim_pid: i32,
+    },
     /// A file in `agent-status/` or `handoffs/` was written.
     Fs(PathBuf),
 }
@@ -52,7 +56,10 @@ pub struct Supervisor {
 }
 
 pub fn now() -> Now {
-    Now { wall: time::rfc3339(time::now()), mono: time::mono_ms() }
+    Now {
+        wall: time::rfc3339(time::now()),
+        mono: time::mono_ms(),
+    }
 }
 
 impl Supervisor {
@@ -87,7 +94,15 @@ impl Supervisor {
         for agent in self.store.load()? {
             let id = agent.spec.id.clone();
             self.order.push(id.clone());
-            self.agents.insert(id.clone(), Live { agent, report: None, report_error: None, handoffs: Vec::new() });
+            self.agents.insert(
+                id.clone(),
+                Live {
+                    agent,
+                    report: None,
+                    report_error: None,
+                    handoffs: Vec::new(),
+                },
+            );
             self.refresh_status(&id);
         }
         self.scan_handoffs();
@@ -106,7 +121,9 @@ impl Supervisor {
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) -> anyhow::Result<()> {
         let mut replies = Vec::new();
         while !self.stopping {
-            let sleep = self.next_deadline().map(|d| d.saturating_sub(time::mono_ms()));
+            let sleep = self
+                .next_deadline()
+                .map(|d| d.saturating_sub(time::mono_ms()));
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(m) => self.handle(m, &mut replies),
@@ -145,7 +162,11 @@ impl Supervisor {
                 let reply = self.request(req);
                 replies.push((tx, reply));
             }
-            Msg::Exited { id, attempt, shim_pid } => {
+            Msg::Exited {
+                id,
+                attempt,
+                shim_pid,
+            } => {
                 process::reap(shim_pid);
                 self.attempt_ended(&id, attempt);
             }
@@ -155,7 +176,7 @@ impl Supervisor {
 
     fn request(&mut self, req: Request) -> Reply {
         match req {
-            Request::Spawn(s) => launch::spawn(self, s),
+            Request::Spawn(s) => launch::spawn(self, *s),
             Request::Status { ids, role } => views::status(self, &ids, role.as_deref()),
             Request::Show { id } => views::show(self, &id),
             Request::Kill { id, grace_ms } => self.kill(&id, grace_ms),
@@ -175,7 +196,11 @@ impl Supervisor {
                 data_dir: self.data.root().display().to_string(),
                 started_at: self.started_at.clone(),
                 uptime_seconds: (time::mono_ms() - self.started_mono) as f64 / 1000.0,
-                agents_supervised: self.agents.values().filter(|l| !l.agent.state.is_finished()).count(),
+                agents_supervised: self
+                    .agents
+                    .values()
+                    .filter(|l| !l.agent.state.is_finished())
+                    .count(),
                 agents_total: self.agents.len(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             }),
@@ -191,7 +216,13 @@ impl Supervisor {
         if self.agents.contains_key(&id) {
             Ok(id)
         } else {
-            Err(Reply::err(2, format!("no agent {id} in this workspace ({})", self.data.root().display())))
+            Err(Reply::err(
+                2,
+                format!(
+                    "no agent {id} in this workspace ({})",
+                    self.data.root().display()
+                ),
+            ))
         }
     }
 
@@ -206,7 +237,9 @@ impl Supervisor {
             Ok(actions) => {
                 self.apply(&id, actions);
                 self.admit_queued();
-                Reply::ok(serde_json::json!({ "agentId": id, "status": self.agents[&id].agent.state.name() }))
+                Reply::ok(
+                    serde_json::json!({ "agentId": id, "status": self.agents[&id].agent.state.name() }),
+                )
             }
             Err(e) => Reply::err(1, e),
         }
@@ -266,9 +299,16 @@ impl Supervisor {
         }
         if self.registry_dirty {
             self.registry_dirty = false;
-            let records: Vec<_> = self.order.iter().map(|id| views::spawn_record(self, &self.agents[id])).collect();
+            let records: Vec<_> = self
+                .order
+                .iter()
+                .map(|id| views::spawn_record(self, &self.agents[id]))
+                .collect();
             if let Err(e) = atomic::write_json_atomic(&self.data.registry_file(), &records) {
-                eprintln!("corral daemon: cannot write {}: {e}", self.data.registry_file().display());
+                eprintln!(
+                    "corral daemon: cannot write {}: {e}",
+                    self.data.registry_file().display()
+                );
             }
         }
         Ok(())
@@ -276,7 +316,10 @@ impl Supervisor {
 
     /// The earliest deadline of any agent, on the monotonic clock.
     fn next_deadline(&self) -> Option<u64> {
-        self.agents.values().filter_map(|l| lifecycle::next_deadline(&l.agent)).min()
+        self.agents
+            .values()
+            .filter_map(|l| lifecycle::next_deadline(&l.agent))
+            .min()
     }
 
     fn tick(&mut self) {
@@ -289,22 +332,33 @@ impl Supervisor {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            let actions = lifecycle::tick(&mut self.agents.get_mut(&id).expect("present").agent, &now);
+            let actions =
+                lifecycle::tick(&mut self.agents.get_mut(&id).expect("present").agent, &now);
             self.apply(&id, actions);
         }
     }
 
     /// An attempt's shim is gone: read its exit record and let the core decide.
     pub fn attempt_ended(&mut self, id: &AgentId, attempt: u32) {
-        let Some(live) = self.agents.get(id) else { return };
-        if live.agent.attempts.iter().any(|a| a.attempt == attempt && a.ended().is_some()) {
+        let Some(live) = self.agents.get(id) else {
+            return;
+        };
+        if live
+            .agent
+            .attempts
+            .iter()
+            .any(|a| a.attempt == attempt && a.ended().is_some())
+        {
             return;
         }
         let end = launch::read_exit(self, id, attempt);
         self.refresh_status(id);
         let now = now();
         let live = self.agents.get_mut(id).expect("present");
-        let reported = live.report.as_ref().map(|r| (r.status, r.findings.last().map(finding_text)));
+        let reported = live
+            .report
+            .as_ref()
+            .map(|r| (r.status, r.findings.last().map(finding_text)));
         let actions = lifecycle::exited(&mut live.agent, attempt, end, reported, &now);
         self.apply(id, actions);
         for kind in ["start", "exit", "lock"] {
@@ -327,7 +381,12 @@ impl Supervisor {
                 });
                 let handoff = self.data.handoff_file(&id, &time::compact(time::now()));
                 let before = self.agents[&id].agent.state.clone();
-                let actions = lifecycle::admit(&mut self.agents.get_mut(&id).expect("present").agent, gate, &now, handoff);
+                let actions = lifecycle::admit(
+                    &mut self.agents.get_mut(&id).expect("present").agent,
+                    gate,
+                    &now,
+                    handoff,
+                );
                 if !actions.is_empty() {
                     self.apply(&id, actions);
                 }
@@ -341,20 +400,28 @@ impl Supervisor {
     }
 
     fn file_written(&mut self, path: PathBuf) {
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { return };
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            return;
+        };
         if path.parent() == Some(self.data.status_dir().as_path()) {
-            if let Some(id) = name.strip_suffix(".json").and_then(|s| AgentId::parse(s).ok()) {
-                if self.agents.contains_key(&id) {
-                    self.refresh_status(&id);
-                }
+            if let Some(id) = name
+                .strip_suffix(".json")
+                .and_then(|s| AgentId::parse(s).ok())
+                && self.agents.contains_key(&id)
+            {
+                self.refresh_status(&id);
             }
-        } else if let Some(owner) = DataDir::handoff_owner(&name).and_then(|s| AgentId::parse(s).ok()) {
-            if let Some(live) = self.agents.get_mut(&owner) {
-                if !live.handoffs.contains(&path) {
-                    live.handoffs.push(path.clone());
-                    self.emit(Some(&owner), "handoff", serde_json::json!({ "file": path }));
-                }
-            }
+        } else if let Some(owner) =
+            DataDir::handoff_owner(&name).and_then(|s| AgentId::parse(s).ok())
+            && let Some(live) = self.agents.get_mut(&owner)
+            && !live.handoffs.contains(&path)
+        {
+            live.handoffs.push(path.clone());
+            self.emit(Some(&owner), "handoff", serde_json::json!({ "file": path }));
         }
     }
 
@@ -368,10 +435,16 @@ impl Supervisor {
             if s.agent_id == id.as_str() {
                 Ok(s)
             } else {
-                Err(format!("{}: agentId {:?} does not match the file name", path.display(), s.agent_id))
+                Err(format!(
+                    "{}: agentId {:?} does not match the file name",
+                    path.display(),
+                    s.agent_id
+                ))
             }
         });
-        let Some(live) = self.agents.get_mut(id) else { return };
+        let Some(live) = self.agents.get_mut(id) else {
+            return;
+        };
         let event = match parsed {
             Ok(s) => {
                 let changed = live.report.as_ref() != Some(&s);
@@ -397,10 +470,15 @@ impl Supervisor {
     }
 
     fn scan_handoffs(&mut self) {
-        let Ok(rd) = std::fs::read_dir(self.data.handoff_dir()) else { return };
+        let Ok(rd) = std::fs::read_dir(self.data.handoff_dir()) else {
+            return;
+        };
         for e in rd.flatten() {
             let name = e.file_name();
-            let Some(owner) = name.to_str().and_then(DataDir::handoff_owner).and_then(|s| AgentId::parse(s).ok())
+            let Some(owner) = name
+                .to_str()
+                .and_then(DataDir::handoff_owner)
+                .and_then(|s| AgentId::parse(s).ok())
             else {
                 continue;
             };

@@ -3,17 +3,23 @@
 //! streams from the broadcast of new events.
 
 use super::daemon::Msg;
-use crate::ipc::{Reply, Request, MAX_REQUEST_BYTES};
+use crate::ipc::{MAX_REQUEST_BYTES, Reply, Request};
 use crate::store::EventRecord;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>, events: broadcast::Sender<EventRecord>) {
+pub async fn serve(
+    listener: UnixListener,
+    tx: mpsc::UnboundedSender<Msg>,
+    events: broadcast::Sender<EventRecord>,
+) {
     // SAFETY: getuid cannot fail.
     let me = unsafe { libc::getuid() };
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         // The socket file is 0600 already; checking the peer too costs nothing.
         match stream.peer_cred() {
             Ok(c) if c.uid() == me => {}
@@ -28,7 +34,9 @@ pub async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>, event
 }
 
 /// Reads one line of at most `MAX_REQUEST_BYTES`; `Ok(None)` at end of stream.
-async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
+async fn read_line<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
     let mut buf = Vec::new();
     loop {
         let chunk = r.fill_buf().await?;
@@ -44,12 +52,17 @@ async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> std::io::Resul
         buf.extend_from_slice(chunk);
         r.consume(n);
         if buf.len() > MAX_REQUEST_BYTES {
-            return Ok(Some(Err(format!("request larger than {MAX_REQUEST_BYTES} bytes refused"))));
+            return Ok(Some(Err(format!(
+                "request larger than {MAX_REQUEST_BYTES} bytes refused"
+            ))));
         }
     }
 }
 
-async fn write_json<W: AsyncWrite + Unpin>(w: &mut W, v: &impl serde::Serialize) -> std::io::Result<()> {
+async fn write_json<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    v: &impl serde::Serialize,
+) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await
@@ -76,14 +89,21 @@ async fn connection(
                 }
             },
         };
-        if let Request::Events { after, agent, follow: true } = req {
+        if let Request::Events {
+            after,
+            agent,
+            follow: true,
+        } = req
+        {
             return follow_events(&mut w, tx, events, after, agent).await;
         }
         let (reply_tx, reply_rx) = oneshot::channel();
         if tx.send(Msg::Request(req, reply_tx)).is_err() {
             return Ok(());
         }
-        let reply = reply_rx.await.unwrap_or_else(|_| Reply::err(1, "supervisor is shutting down"));
+        let reply = reply_rx
+            .await
+            .unwrap_or_else(|_| Reply::err(1, "supervisor is shutting down"));
         write_json(&mut w, &reply).await?;
     }
     Ok(())
@@ -101,14 +121,27 @@ async fn follow_events<W: AsyncWrite + Unpin>(
     let mut live = events.subscribe();
     loop {
         let (reply_tx, reply_rx) = oneshot::channel();
-        if tx.send(Msg::Request(Request::Events { after, agent: agent.clone(), follow: false }, reply_tx)).is_err() {
+        if tx
+            .send(Msg::Request(
+                Request::Events {
+                    after,
+                    agent: agent.clone(),
+                    follow: false,
+                },
+                reply_tx,
+            ))
+            .is_err()
+        {
             return Ok(());
         }
-        let Ok(reply) = reply_rx.await else { return Ok(()) };
+        let Ok(reply) = reply_rx.await else {
+            return Ok(());
+        };
         if !reply.ok {
             return write_json(w, &reply).await;
         }
-        let backlog: Vec<EventRecord> = serde_json::from_value(reply.data.unwrap_or_default()).unwrap_or_default();
+        let backlog: Vec<EventRecord> =
+            serde_json::from_value(reply.data.unwrap_or_default()).unwrap_or_default();
         for e in &backlog {
             write_json(w, e).await?;
             after = e.seq;
@@ -121,7 +154,11 @@ async fn follow_events<W: AsyncWrite + Unpin>(
     loop {
         match live.recv().await {
             Ok(e) => {
-                if e.seq <= after || agent.as_deref().is_some_and(|a| e.agent_id.as_ref().is_none_or(|x| x.as_str() != a)) {
+                if e.seq <= after
+                    || agent
+                        .as_deref()
+                        .is_some_and(|a| e.agent_id.as_ref().is_none_or(|x| x.as_str() != a))
+                {
                     continue;
                 }
                 after = e.seq;

@@ -15,7 +15,10 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
     let last_end = cur.and_then(|x| x.ended());
     let report = live.report.as_ref();
     let last_update = report.and_then(|r| r.last_update.clone());
-    let since = last_update.as_deref().and_then(time::parse).or_else(|| cur.and_then(|c| time::parse(&c.started_at)));
+    let since = last_update
+        .as_deref()
+        .and_then(time::parse)
+        .or_else(|| cur.and_then(|c| time::parse(&c.started_at)));
     let mut anomalies = Vec::new();
     if live.report_error.is_some() {
         anomalies.push("UNREADABLE".to_string());
@@ -24,7 +27,8 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
         anomalies.push("BLOCKED".to_string());
     }
     if matches!(a.state, AgentState::Failed { .. })
-        || (a.state.has_live_process() && report.is_some_and(|r| r.status == ReportedStatus::Failed))
+        || (a.state.has_live_process()
+            && report.is_some_and(|r| r.status == ReportedStatus::Failed))
     {
         anomalies.push("FAILED".to_string());
     }
@@ -36,7 +40,11 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
         status: a.state.name().to_string(),
         reason: a.state.reason().map(str::to_string),
         reported_status: report.map(|r| r.status.as_str().to_string()),
-        pid: if a.state.has_live_process() { cur.and_then(|c| c.pid()) } else { None },
+        pid: if a.state.has_live_process() {
+            cur.and_then(|c| c.pid())
+        } else {
+            None
+        },
         attempt: cur.map(|c| c.attempt).unwrap_or(0),
         max_retries: a.spec.max_retries,
         progress: report.and_then(|r| r.progress),
@@ -48,7 +56,11 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
         exit_code: last_end.and_then(|(_, e)| e.exit_code()),
         signal: last_end.and_then(|(_, e)| e.signal()),
         spawned_at: a.spec.spawned_at.clone(),
-        ended_at: if a.state.is_finished() { last_end.map(|(t, _)| t.to_string()) } else { None },
+        ended_at: if a.state.is_finished() {
+            last_end.map(|(t, _)| t.to_string())
+        } else {
+            None
+        },
         unreadable: live.report_error.clone(),
     }
 }
@@ -87,9 +99,19 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
         .iter()
         .map(|x| {
             let (ended_at, end, failure_type, reason, action) = match &x.run {
-                AttemptRun::Ended { ended_at, end, failure_type, reason, action } => {
-                    (Some(ended_at.clone()), Some(end), failure_type.clone(), reason.clone(), action.clone())
-                }
+                AttemptRun::Ended {
+                    ended_at,
+                    end,
+                    failure_type,
+                    reason,
+                    action,
+                } => (
+                    Some(ended_at.clone()),
+                    Some(end),
+                    failure_type.clone(),
+                    reason.clone(),
+                    action.clone(),
+                ),
                 _ => (None, None, None, None, None),
             };
             AttemptView {
@@ -118,14 +140,25 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
         command: a.spec.command.clone(),
         cwd: a.spec.cwd.display().to_string(),
         attempts,
-        findings: live.report.as_ref().map(|r| r.findings.clone()).unwrap_or_default(),
+        findings: live
+            .report
+            .as_ref()
+            .map(|r| r.findings.clone())
+            .unwrap_or_default(),
         files: ShowFiles {
             status_file: d.status_file(&id).display().to_string(),
             log_file: d.log_file(&id).display().to_string(),
             context_file: d.context_file(&id).display().to_string(),
-            expected_handoff: a.current().map(|c| c.handoff_file.display().to_string()).unwrap_or_default(),
+            expected_handoff: a
+                .current()
+                .map(|c| c.handoff_file.display().to_string())
+                .unwrap_or_default(),
         },
-        handoffs: live.handoffs.iter().map(|p| p.display().to_string()).collect(),
+        handoffs: live
+            .handoffs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
         events,
     };
     Reply::ok(view)
@@ -135,14 +168,24 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
 pub fn spawn_record(sup: &Supervisor, live: &Live) -> SpawnRecord {
     let a = &live.agent;
     let cur = a.current();
-    let rel = |p: &std::path::Path| p.strip_prefix(&sup.ws.root).unwrap_or(p).display().to_string();
+    let rel = |p: &std::path::Path| {
+        p.strip_prefix(&sup.ws.root)
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    };
     let expected = match cur {
         Some(c) => rel(&c.handoff_file),
-        None => rel(&sup.data.handoff_dir().join(format!("handoff-*-{}-to-ORCHESTRATOR.json", a.spec.id))),
+        None => rel(&sup
+            .data
+            .handoff_dir()
+            .join(format!("handoff-*-{}-to-ORCHESTRATOR.json", a.spec.id))),
     };
     let timeout_at = cur.filter(|_| a.state.has_live_process()).and_then(|c| {
         let start = time::parse(&c.started_at)?;
-        let t = start.checked_add(jiff::SignedDuration::from_millis(c.timeout_ms? as i64)).ok()?;
+        let t = start
+            .checked_add(jiff::SignedDuration::from_millis(c.timeout_ms? as i64))
+            .ok()?;
         Some(time::rfc3339(t))
     });
     let end = cur.and_then(|c| c.ended());
@@ -157,7 +200,11 @@ pub fn spawn_record(sup: &Supervisor, live: &Live) -> SpawnRecord {
         timeout_at,
         attempt: cur.map(|c| c.attempt).unwrap_or(0),
         max_retries: a.spec.max_retries,
-        pid: if a.state.has_live_process() { cur.and_then(|c| c.pid()) } else { None },
+        pid: if a.state.has_live_process() {
+            cur.and_then(|c| c.pid())
+        } else {
+            None
+        },
         exit_code: end.and_then(|(_, e)| e.exit_code()),
         signal: end.and_then(|(_, e)| e.signal()),
         ended_at: end.map(|(t, _)| t.to_string()),

@@ -7,12 +7,17 @@ use notify::{RecursiveMode, Watcher};
 use std::path::Path;
 use tokio::sync::mpsc::UnboundedSender;
 
-pub fn watch(dirs: &[&Path], tx: UnboundedSender<Msg>) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(
+    dirs: &[&Path],
+    tx: UnboundedSender<Msg>,
+) -> notify::Result<notify::RecommendedWatcher> {
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
         let relevant = matches!(
             ev.kind,
-            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Access(AccessKind::Close(AccessMode::Write))
+            EventKind::Create(_)
+                | EventKind::Modify(_)
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
         );
         if !relevant {
             return;

@@ -23,7 +23,10 @@ impl Ws {
 
     /// A workspace with `corral.toml` holding `config` (data dir from it, else .corral).
     pub fn with_config(config: Option<&str>) -> Self {
-        let dir = tempfile::Builder::new().prefix("corral-t").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("corral-t")
+            .tempdir()
+            .expect("tempdir");
         let mut data = dir.path().join(".corral");
         if let Some(c) = config {
             std::fs::write(dir.path().join("corral.toml"), c).unwrap();
@@ -49,7 +52,11 @@ impl Ws {
                 c.env_remove(k);
             }
         }
-        let path = format!("{}:{}", bin().parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            bin().parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         c.env("PATH", path);
         c
     }
@@ -74,7 +81,8 @@ impl Ws {
 
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.ok(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("corral {args:?}: not JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("corral {args:?}: not JSON ({e}): {out}"))
     }
 
     /// Spawns `-- cmd...` with role R and returns the id.
@@ -97,7 +105,9 @@ impl Ws {
     }
 
     pub fn daemon_pid(&self) -> i32 {
-        self.json(&["daemon", "status", "--json"])["pid"].as_i64().unwrap() as i32
+        self.json(&["daemon", "status", "--json"])["pid"]
+            .as_i64()
+            .unwrap() as i32
     }
 
     /// Waits until `id` is in one of `states`.
@@ -112,7 +122,8 @@ impl Ws {
     }
 
     pub fn registry(&self) -> Value {
-        let text = std::fs::read_to_string(self.data.join("spawn-registry.json")).expect("registry exists");
+        let text = std::fs::read_to_string(self.data.join("spawn-registry.json"))
+            .expect("registry exists");
         serde_json::from_str(&text).expect("registry is valid JSON")
     }
 }
@@ -121,12 +132,12 @@ impl Drop for Ws {
     fn drop(&mut self) {
         // Stop the supervisor and kill whatever agents a failed test left behind.
         let _ = self.cmd(&["daemon", "stop"]).output();
-        if let Ok(text) = std::fs::read_to_string(self.data.join("spawn-registry.json")) {
-            if let Ok(Value::Array(recs)) = serde_json::from_str::<Value>(&text) {
-                for r in recs {
-                    if let Some(pid) = r["pid"].as_i64() {
-                        unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
-                    }
+        if let Ok(text) = std::fs::read_to_string(self.data.join("spawn-registry.json"))
+            && let Ok(Value::Array(recs)) = serde_json::from_str::<Value>(&text)
+        {
+            for r in recs {
+                if let Some(pid) = r["pid"].as_i64() {
+                    unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
                 }
             }
         }
@@ -150,7 +161,12 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn alive(pid: i32) -> bool {
     // A zombie is not alive for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -159,9 +175,18 @@ pub fn alive(pid: i32) -> bool {
 pub fn group_members(pgid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let rest: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
         // rest[0] = state, rest[1] = ppid, rest[2] = pgrp
         if rest.len() > 2 && rest[2] == pgid.to_string() && rest[0] != "Z" {
             out.push(pid);

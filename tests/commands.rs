@@ -1,0 +1,283 @@
+//! The other core commands: logs, events, --after, timeouts, init, daemon lifecycle,
+//! agent-side errors.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+#[test]
+fn logs_capture_output_and_follow_until_the_agent_ends() {
+    let ws = Ws::new();
+    let id = ws.spawn("R", &["sh", "-c", "echo out-line; echo err-line >&2"]);
+    ws.wait_state(&id, &["complete"], SECS(10));
+    let out = ws.ok(&["logs", &id]);
+    assert!(
+        out.contains("out-line") && out.contains("err-line") && out.contains("attempt 1"),
+        "{out}"
+    );
+
+    let id = ws.spawn(
+        "R",
+        &[
+            "sh",
+            "-c",
+            "echo first; sleep 0.5; echo second; sleep 0.5; echo third",
+        ],
+    );
+    let o = ws.cmd(&["logs", "-f", &id]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    // -f returned on its own, after the agent ended, with everything it wrote
+    for l in ["first", "second", "third", "exited with code 0"] {
+        assert!(text.contains(l), "{text}");
+    }
+    assert_eq!(ws.run(&["logs", "nobody"]).status.code(), Some(2));
+}
+
+#[test]
+fn events_stream_as_json_lines_and_follow() {
+    let ws = Ws::new();
+    let a = ws.spawn("R", &["true"]);
+    ws.wait_state(&a, &["complete"], SECS(10));
+    let out = ws.ok(&["events"]);
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("JSON line")["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["spawned", "started", "exited", "complete"], "{out}");
+
+    let mut follow = ws
+        .cmd(&["events", "-f"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    for _ in 0..4 {
+        lines.next().unwrap().unwrap(); // the backlog
+    }
+    let b = ws.spawn(
+        "R",
+        &[
+            "sh",
+            "-c",
+            "corral report --progress 0.5 --phase p --milestone m",
+        ],
+    );
+    let mut seen = Vec::new();
+    while !seen.iter().any(|k| k == "complete") {
+        let l = lines.next().expect("stream open").unwrap();
+        let e: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(e["agentId"], b.as_str());
+        seen.push(e["kind"].as_str().unwrap().to_string());
+    }
+    assert!(
+        seen.contains(&"status".to_string()),
+        "status write not seen as an event: {seen:?}"
+    );
+    follow.kill().unwrap();
+    let _ = follow.wait();
+}
+
+#[test]
+fn after_queues_until_dependencies_complete() {
+    let ws = Ws::new();
+    let marker = ws.path().join("go");
+    let first = ws.spawn(
+        "R",
+        &[
+            "sh",
+            "-c",
+            &format!("while [ ! -e {} ]; do sleep 0.05; done", marker.display()),
+        ],
+    );
+    let o = ws.run(&[
+        "spawn", "--role", "R", "--task", "second", "--after", &first, "--", "true",
+    ]);
+    assert!(o.status.success());
+    let second = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("queued"),
+        "queued spawn does not say why"
+    );
+    let q = ws.agent(&second);
+    assert_eq!(q["status"], "queued");
+    assert!(q["reason"].as_str().unwrap().contains(&first));
+    assert!(ws.ok(&["status"]).contains("QUEUED: waiting for"));
+    std::fs::write(&marker, "").unwrap();
+    ws.wait_state(&second, &["complete"], SECS(10));
+
+    // a failed dependency fails its dependents instead of leaving them queued forever
+    let bad = ws.spawn("R", &["sh", "-c", "sleep 0.3; exit 1"]);
+    let dep = ws
+        .ok(&[
+            "spawn", "--role", "R", "--task", "t", "--after", &bad, "--", "true",
+        ])
+        .trim()
+        .to_string();
+    let s = ws.wait_state(&dep, &["failed"], SECS(10));
+    assert!(s["reason"].as_str().unwrap().contains(&bad), "{s}");
+    assert_eq!(ws.show(&dep)["attempts"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn attempt_timeout_kills_the_group() {
+    let ws = Ws::new();
+    let id = ws
+        .ok(&[
+            "spawn",
+            "--role",
+            "R",
+            "--task",
+            "t",
+            "--timeout",
+            "500ms",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1000 & sleep 1000",
+        ])
+        .trim()
+        .to_string();
+    let pgid = ws.agent(&id)["pid"].as_i64().unwrap() as i32;
+    let s = ws.wait_state(&id, &["timed_out"], SECS(10));
+    assert!(s["reason"].as_str().unwrap().contains("500ms"), "{s}");
+    assert!(group_members(pgid).is_empty());
+    let r = ws.registry();
+    assert_eq!(r[0]["status"], "timed_out");
+}
+
+#[test]
+fn a_command_that_cannot_start_is_reported() {
+    let ws = Ws::new();
+    let o = ws.run(&[
+        "spawn",
+        "--role",
+        "R",
+        "--task",
+        "t",
+        "--",
+        "/no/such/program",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/no/such/program"), "{err}");
+    let s = ws.show(&id);
+    assert_eq!(s["status"], "failed");
+    assert!(
+        s["attempts"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("could not start"),
+        "{s}"
+    );
+}
+
+#[test]
+fn daemon_stops_and_a_new_one_carries_on() {
+    let ws = Ws::new();
+    let id = ws.spawn("R", &["sleep", "1"]);
+    let pid = ws.daemon_pid();
+    let o = ws.run(&["daemon", "stop"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!alive(pid));
+    let st = ws.run(&["daemon", "status", "--json"]);
+    assert_eq!(st.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["running"], false);
+    // the agent ran on without a supervisor; the next command finds its outcome
+    let s = ws.wait_state(&id, &["complete", "running"], SECS(5));
+    assert_ne!(ws.daemon_pid(), pid);
+    if s["status"] == "running" {
+        ws.wait_state(&id, &["complete"], SECS(10));
+    }
+    let events = ws.ok(&["events", "--agent", &id]);
+    assert!(
+        events.contains("reattached") || events.contains("\"complete\""),
+        "{events}"
+    );
+    // `corral daemon` on its own reports the running supervisor
+    let o = ws.run(&["daemon"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("supervisor running"));
+}
+
+#[test]
+fn init_writes_the_seed_role_table_and_roles_apply() {
+    let ws = Ws::new();
+    let o = ws.run(&["init"]);
+    assert!(o.status.success());
+    let toml = std::fs::read_to_string(ws.path().join("corral.toml")).unwrap();
+    for r in ["PLANNER", "IMPLEMENTER", "AUDITOR", "CLEANER"] {
+        assert!(toml.contains(&format!("[roles.{r}]")), "{toml}");
+    }
+    assert!(ws.data.is_dir());
+    assert_eq!(
+        ws.run(&["init"]).status.code(),
+        Some(1),
+        "init overwrote an existing corral.toml"
+    );
+    let id = ws.spawn("IMPLEMENTER", &["sleep", "5"]);
+    let s = ws.show(&id);
+    assert_eq!(s["attempts"][0]["timeout"], "30m");
+    assert_eq!(s["maxRetries"], 2);
+    ws.ok(&["kill", &id]);
+    // no command and no template: exit 2 saying what to do
+    let o = ws.run(&["spawn", "--role", "PLANNER", "--task", "t"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no command for role PLANNER"));
+}
+
+#[test]
+fn role_command_templates_expand_per_attempt() {
+    let ws = Ws::with_config(Some(
+        "[roles.ECHO]\ncommand = [\"sh\", \"-c\", \"echo id={agent_id} role={role} task=$0; head -1 {context_file}\", \"{task}\"]\n",
+    ));
+    let o = ws.run(&["spawn", "--role", "ECHO", "--task", "say $HOME; rm -rf /"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    ws.wait_state(&id, &["complete"], SECS(10));
+    let log = ws.ok(&["logs", &id]);
+    // the task reaches the agent as one argument, never through the shell's parser
+    assert!(
+        log.contains(&format!("id={id} role=ECHO task=say $HOME; rm -rf /")),
+        "{log}"
+    );
+    assert!(log.contains("# Delegation:"), "{log}");
+}
+
+#[test]
+fn agent_side_commands_explain_bad_input() {
+    let ws = Ws::new();
+    let o = ws.run(&["report", "--progress", "0.5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("CORRAL_AGENT_ID"));
+    let o = ws.run(&["report", "--agent", "a1", "--progress", "1.5"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = ws.run(&["report", "--agent", "a1", "--status", "running"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("spawned, active, blocked, complete, failed")
+    );
+    let f = ws.path().join("h.json");
+    std::fs::write(&f, r#"{"fromAgent":"a1","deliverables":{"files":[3]}}"#).unwrap();
+    let o = ws.run(&["handoff", "--agent", "a1", "--file", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("deliverables.files[0]"));
+    std::fs::write(&f, r#"{"deliverables":{"files":["x"]}}"#).unwrap();
+    ws.ok(&["handoff", "--agent", "a1", "--file", f.to_str().unwrap()]);
+    let names: Vec<_> = std::fs::read_dir(ws.data.join("handoffs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 1);
+    assert!(
+        names[0].starts_with("handoff-") && names[0].ends_with("-a1-to-ORCHESTRATOR.json"),
+        "{names:?}"
+    );
+}
