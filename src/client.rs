@@ -22,34 +22,23 @@ impl Client {
         if let Ok(c) = Self::try_connect(data) {
             return Ok(c);
         }
-        data.create_all()
-            .with_context(|| format!("cannot create data dir {}", data.root().display()))?;
+        data.create_all().with_context(|| format!("cannot create data dir {}", data.root().display()))?;
         // One starter at a time; the others wait here and then find it running.
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(data.daemon_start_lock())?;
+        let lock =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(data.daemon_start_lock())?;
         process::lock(&lock)?;
         if let Ok(c) = Self::try_connect(data) {
             return Ok(c);
         }
         start_daemon(data, workspace_root)?;
-        Self::try_connect(data).with_context(|| {
-            format!(
-                "supervisor started but {} refuses connections",
-                data.socket().display()
-            )
-        })
+        Self::try_connect(data)
+            .with_context(|| format!("supervisor started but {} refuses connections", data.socket().display()))
     }
 
     /// Connects only if a supervisor is already running.
     pub fn try_connect(data: &DataDir) -> std::io::Result<Self> {
         let s = UnixStream::connect(data.socket())?;
-        Ok(Self {
-            reader: BufReader::new(s.try_clone()?),
-            writer: s,
-        })
+        Ok(Self { reader: BufReader::new(s.try_clone()?), writer: s })
     }
 
     pub fn stream(&self) -> &UnixStream {
@@ -59,38 +48,28 @@ impl Client {
     pub fn send(&mut self, req: &Request) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
-        self.writer
-            .write_all(&line)
-            .context("the supervisor closed the connection")?;
+        self.writer.write_all(&line).context("the supervisor closed the connection")?;
         Ok(())
     }
 
     /// Next line from the supervisor, `None` when it closed the connection.
     pub fn read_line(&mut self) -> anyhow::Result<Option<String>> {
         let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .context("reading from the supervisor")?;
+        let n = self.reader.read_line(&mut line).context("reading from the supervisor")?;
         Ok(if n == 0 { None } else { Some(line) })
     }
 
     pub fn call(&mut self, req: &Request) -> anyhow::Result<Reply> {
         self.send(req)?;
         match self.read_line()? {
-            Some(l) => {
-                Ok(serde_json::from_str(&l).context("unreadable reply from the supervisor")?)
-            }
+            Some(l) => Ok(serde_json::from_str(&l).context("unreadable reply from the supervisor")?),
             None => bail!("the supervisor closed the connection without replying"),
         }
     }
 }
 
 fn start_daemon(data: &DataDir, workspace_root: &Path) -> anyhow::Result<()> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.daemon_log())?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(data.daemon_log())?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--data-dir")
         .arg(data.root())

@@ -1,6 +1,10 @@
 //! The workspace (the directory holding `corral.toml`, found upward from the cwd like git
-//! finds `.git`) and its configuration. A config error names the file, line and key.
+//! finds `.git`) and its configuration. A config error names the file, line, key and what
+//! is allowed.
 
+use crate::policy::classify::{self, FailureType, Rule, RuleAction};
+use crate::policy::health::HealthPolicy;
+use crate::policy::role::{Backoff, Jitter, RolePolicy};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +21,10 @@ pub struct Config {
     pub defaults: RoleConfig,
     #[serde(default)]
     pub roles: BTreeMap<String, RoleConfig>,
+    #[serde(default)]
+    pub classify: Vec<ClassifyConfig>,
+    #[serde(default)]
+    pub health: HealthConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -27,55 +35,261 @@ pub struct RoleConfig {
     pub command: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_duration")]
     pub attempt_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub heartbeat_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub stall_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub start_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub deadline: Option<Duration>,
     pub max_retries: Option<u32>,
+    pub backoff: Option<BackoffConfig>,
+    pub progressive_timeout: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub max_attempt_timeout: Option<Duration>,
+    pub retry_guidance: Option<String>,
+    pub require_handoff: Option<bool>,
 }
 
-/// The seed's role table (SPEC section 4): attempt timeout and retries.
-pub fn seed_role(role: &str) -> (Duration, u32) {
-    let m = |x: u64| Duration::from_secs(60 * x);
-    match role {
-        "PLANNER" => (m(15), 1),
-        "IMPLEMENTER" => (m(30), 2),
-        "AUDITOR" => (m(20), 1),
-        "CLEANER" => (m(10), 1),
-        _ => (m(20), 1),
-    }
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    #[serde(default, deserialize_with = "de_duration")]
+    pub initial: Option<Duration>,
+    #[serde(default, deserialize_with = "de_coefficient")]
+    pub coefficient: Option<f64>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub max: Option<Duration>,
+    #[serde(default, deserialize_with = "de_jitter")]
+    pub jitter: Option<Jitter>,
 }
 
-/// What a role resolves to after `[roles.X]`, then `[defaults]`, then the seed's table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RolePolicy {
-    pub command: Option<Vec<String>>,
-    pub attempt_timeout: Duration,
-    pub max_retries: u32,
+/// One `[[classify]]` rule; validated while parsing so errors carry the line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyConfig {
+    #[serde(default)]
+    pub exit_codes: Vec<i32>,
+    #[serde(default, deserialize_with = "de_signals")]
+    pub signals: Vec<i32>,
+    #[serde(default, deserialize_with = "de_failure_types")]
+    pub failure_type: Vec<FailureType>,
+    #[serde(default, deserialize_with = "de_regex")]
+    pub finding: Option<regex::Regex>,
+    #[serde(default, deserialize_with = "de_regex")]
+    pub output: Option<regex::Regex>,
+    #[serde(deserialize_with = "de_action")]
+    pub action: RuleAction,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    pub max_concurrent: Option<usize>,
+    pub breaker_failures: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub breaker_window: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub breaker_cooldown: Option<Duration>,
+    #[serde(default, deserialize_with = "de_size")]
+    pub min_free_memory: Option<u64>,
+    pub max_load: Option<f64>,
+    pub max_open_escalations: Option<usize>,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 impl Config {
-    pub fn role(&self, role: &str) -> RolePolicy {
-        let r = self.roles.get(role);
+    /// `[roles.X]` over `[defaults]` over the seed's table.
+    pub fn role(&self, role: &str) -> (Option<Vec<String>>, RolePolicy) {
+        let r = self.roles.get(role).cloned().unwrap_or_default();
         let d = &self.defaults;
-        let (seed_timeout, seed_retries) = seed_role(role);
-        RolePolicy {
-            command: r
-                .and_then(|r| r.command.clone())
-                .or_else(|| d.command.clone()),
-            attempt_timeout: r
-                .and_then(|r| r.attempt_timeout)
-                .or(d.attempt_timeout)
-                .unwrap_or(seed_timeout),
-            max_retries: r
-                .and_then(|r| r.max_retries)
-                .or(d.max_retries)
-                .unwrap_or(seed_retries),
+        let mut p = RolePolicy::seed(role);
+        if let Some(t) = r.attempt_timeout.or(d.attempt_timeout) {
+            p.attempt_timeout_ms = ms(t);
+        }
+        if let Some(n) = r.max_retries.or(d.max_retries) {
+            p.max_retries = n;
+        }
+        let both = |own: Option<Duration>, def: Option<Duration>| own.or(def).map(ms);
+        if let Some(t) = both(r.heartbeat_timeout, d.heartbeat_timeout) {
+            p.heartbeat_timeout_ms = t;
+        }
+        if let Some(t) = both(r.stall_timeout, d.stall_timeout) {
+            p.stall_timeout_ms = t;
+        }
+        p.start_timeout_ms = both(r.start_timeout, d.start_timeout);
+        p.deadline_ms = both(r.deadline, d.deadline);
+        p.max_attempt_timeout_ms = both(r.max_attempt_timeout, d.max_attempt_timeout);
+        let (rb, db) = (r.backoff.clone().unwrap_or_default(), d.backoff.clone().unwrap_or_default());
+        let def = Backoff::default();
+        p.backoff = Backoff {
+            initial_ms: rb.initial.or(db.initial).map(ms).unwrap_or(def.initial_ms),
+            coefficient: rb.coefficient.or(db.coefficient).unwrap_or(def.coefficient),
+            max_ms: rb.max.or(db.max).map(ms),
+            jitter: rb.jitter.or(db.jitter).unwrap_or_default(),
+        };
+        p.progressive_timeout = r.progressive_timeout.or(d.progressive_timeout).unwrap_or(true);
+        p.retry_guidance = r.retry_guidance.clone().or_else(|| d.retry_guidance.clone());
+        p.require_handoff = r.require_handoff.or(d.require_handoff).unwrap_or(false);
+        (r.command.clone().or_else(|| d.command.clone()), p)
+    }
+
+    pub fn rules(&self) -> Vec<Rule> {
+        self.classify
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Rule {
+                name: c.name.clone().unwrap_or_else(|| format!("classify rule {}", i + 1)),
+                exit_codes: c.exit_codes.clone(),
+                signals: c.signals.clone(),
+                failure_types: c.failure_type.clone(),
+                finding: c.finding.clone(),
+                output: c.output.clone(),
+                action: c.action,
+            })
+            .collect()
+    }
+
+    pub fn health(&self) -> HealthPolicy {
+        let h = &self.health;
+        let d = HealthPolicy::default();
+        HealthPolicy {
+            max_concurrent: h.max_concurrent.unwrap_or(d.max_concurrent),
+            breaker_failures: h.breaker_failures.unwrap_or(d.breaker_failures),
+            breaker_window_ms: h.breaker_window.map(ms).unwrap_or(d.breaker_window_ms),
+            breaker_cooldown_ms: h.breaker_cooldown.map(ms).unwrap_or(d.breaker_cooldown_ms),
+            min_free_memory: h.min_free_memory,
+            max_load: h.max_load,
+            max_open_escalations: h.max_open_escalations,
         }
     }
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    parse_duration(&s)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn de_coefficient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let c = f64::deserialize(d)?;
+    if !(1.0..=100.0).contains(&c) {
+        return Err(serde::de::Error::custom(format!("coefficient {c} must be between 1.0 and 100.0")));
+    }
+    Ok(Some(c))
+}
+
+fn de_jitter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Jitter>, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "none" => Ok(Some(Jitter::None)),
+        "full" => Ok(Some(Jitter::Full)),
+        other => Err(serde::de::Error::custom(format!("jitter {other:?} is not allowed; use \"none\" or \"full\""))),
+    }
+}
+
+fn de_regex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<regex::Regex>, D::Error> {
+    let s = String::deserialize(d)?;
+    regex::Regex::new(&s).map(Some).map_err(|e| serde::de::Error::custom(format!("invalid regex {s:?}: {e}")))
+}
+
+fn de_action<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RuleAction, D::Error> {
+    let s = String::deserialize(d)?;
+    RuleAction::parse(&s)
+        .ok_or_else(|| serde::de::Error::custom(format!("action {s:?} is not allowed; use one of {}", RuleAction::ALL)))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+fn de_failure_types<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<FailureType>, D::Error> {
+    let v = match OneOrMany::<String>::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    v.iter()
+        .map(|s| {
+            FailureType::parse(s).ok_or_else(|| {
+                serde::de::Error::custom(format!("failure_type {s:?} is not allowed; use one of {}", FailureType::ALL))
+            })
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SigSpec {
+    Num(i32),
+    Name(String),
+}
+
+fn de_signals<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
+    let v = match OneOrMany::<SigSpec>::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    v.into_iter()
+        .map(|s| match s {
+            SigSpec::Num(n) if (1..=64).contains(&n) => Ok(n),
+            SigSpec::Num(n) => Err(serde::de::Error::custom(format!("signal {n} is not between 1 and 64"))),
+            SigSpec::Name(name) => signal_number(&name).ok_or_else(|| {
+                serde::de::Error::custom(format!("signal {name:?} is unknown; use e.g. \"SIGKILL\" or 9"))
+            }),
+        })
+        .collect()
+}
+
+fn signal_number(name: &str) -> Option<i32> {
+    let n = name.trim_start_matches("SIG");
+    Some(match n {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ABRT" => 6,
+        "KILL" => 9,
+        "SEGV" => 11,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        "USR1" => 10,
+        "USR2" => 12,
+        _ => return None,
+    })
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        N(u64),
+        T(String),
+    }
+    match S::deserialize(d)? {
+        S::N(n) => Ok(Some(n)),
+        S::T(t) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size; use forms like 512MiB or 2GiB"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use B, KiB, MiB or GiB")),
+    };
+    Ok(n * mult)
 }
 
 /// humantime forms (`90s`, `15m`, `1h30m`); a bare number is refused because its unit
@@ -100,52 +314,64 @@ impl Workspace {
             let f = d.join(CONFIG_FILE);
             if f.is_file() {
                 let config = load(&f)?;
-                return Ok(Self {
-                    root: d.to_path_buf(),
-                    config_file: Some(f),
-                    config,
-                });
+                return Ok(Self { root: d.to_path_buf(), config_file: Some(f), config });
             }
             dir = d.parent();
         }
-        Ok(Self {
-            root: start.to_path_buf(),
-            config_file: None,
-            config: Config::default(),
-        })
+        Ok(Self { root: start.to_path_buf(), config_file: None, config: Config::default() })
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        let d = self
-            .config
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        if d.is_absolute() {
-            d
-        } else {
-            self.root.join(d)
-        }
+        let d = self.config.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if d.is_absolute() { d } else { self.root.join(d) }
     }
 }
 
 pub fn load(path: &Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse(&text, path)
 }
 
 pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
-    toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let c: Config = toml::from_str(text).map_err(|e| {
+        let span = e.span();
+        let line = span.as_ref().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let key = span.as_ref().and_then(|s| key_at(text, s.start));
         let msg = e.message().trim_end().to_string();
+        let key = key.map(|k| format!(" key `{k}`:")).unwrap_or_default();
         match line {
-            Some(l) => format!("{}:{l}: {msg}", path.display()),
+            Some(l) => format!("{}:{l}:{key} {msg}", path.display()),
             None => format!("{}: {msg}", path.display()),
         }
-    })
+    })?;
+    for (name, _) in c.roles.iter() {
+        crate::protocol::ids::validate_role(name).map_err(|e| format!("{}: [roles.{name}]: {e}", path.display()))?;
+    }
+    Ok(c)
+}
+
+/// The dotted key of the line holding byte `pos`: the table header above it plus the key.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let upto = &text[..pos.min(text.len())];
+    let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split('=').next().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('['));
+    let table = upto[..line_start]
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('['))
+        .map(|l| l.trim().trim_matches(|c| c == '[' || c == ']').to_string());
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k.to_string()),
+        (Some(t), None) => Some(t),
+        (None, None) => None,
+    }
+}
+
+/// The built-in classification defaults, for code that needs them alongside the config.
+pub fn default_rules() -> Vec<Rule> {
+    classify::default_rules()
 }
 
 #[cfg(test)]
@@ -155,36 +381,50 @@ mod tests {
     #[test]
     fn seed_table_and_overrides() {
         let c = parse(
-            "[defaults]\nmax_retries = 3\n[roles.PLANNER]\nattempt_timeout = \"1m\"\ncommand = [\"echo\", \"{task}\"]\n",
+            "[defaults]\nmax_retries = 3\nheartbeat_timeout = \"1m\"\n[roles.PLANNER]\nattempt_timeout = \"1m\"\ncommand = [\"echo\", \"{task}\"]\n",
             Path::new("corral.toml"),
         )
         .unwrap();
-        let p = c.role("PLANNER");
-        assert_eq!(p.attempt_timeout, Duration::from_secs(60));
+        let (cmd, p) = c.role("PLANNER");
+        assert_eq!(cmd.unwrap()[0], "echo");
+        assert_eq!(p.attempt_timeout_ms, 60_000);
         assert_eq!(p.max_retries, 3);
-        assert_eq!(
-            c.role("IMPLEMENTER").attempt_timeout,
-            Duration::from_secs(1800)
-        );
-        assert_eq!(Config::default().role("CLEANER").max_retries, 1);
+        assert_eq!(p.heartbeat_timeout_ms, 60_000);
+        assert_eq!(c.role("OTHER").1.max_retries, 3);
+        assert_eq!(c.role("IMPLEMENTER").1.attempt_timeout_ms, 1_800_000);
+        assert_eq!(Config::default().role("CLEANER").1.max_retries, 1);
+        assert_eq!(Config::default().health().max_concurrent, 5);
     }
 
     #[test]
-    fn errors_name_line_and_key() {
-        let e = parse(
-            "data_dir = \"d\"\n\n[defaults]\nbogus = 1\n",
-            Path::new("corral.toml"),
-        )
-        .unwrap_err();
-        assert!(
-            e.starts_with("corral.toml:4:") && e.contains("bogus"),
-            "{e}"
-        );
-        let e = parse(
-            "[defaults]\nattempt_timeout = \"-5m\"\n",
+    fn errors_name_file_line_and_key() {
+        let cases = [
+            ("data_dir = \"d\"\n\n[defaults]\nbogus = 1\n", "corral.toml:4:", "bogus"),
+            ("[defaults]\nattempt_timeout = \"-5m\"\n", "corral.toml:2:", "defaults.attempt_timeout"),
+            ("[[classify]]\nfinding = \"(\"\naction = \"retry\"\n", "corral.toml:2:", "invalid regex"),
+            ("[[classify]]\naction = \"explode\"\n", "corral.toml:2:", "retry, retry_with_context"),
+            ("[roles.X]\nbackoff = { jitter = \"some\" }\n", "corral.toml:2:", "\"none\" or \"full\""),
+            ("[health]\nmin_free_memory = \"12 parsecs\"\n", "corral.toml:2:", "unknown unit"),
+            ("[[classify]]\nfailure_type = \"oops\"\naction = \"retry\"\n", "corral.toml:2:", "crash, timeout"),
+        ];
+        for (text, at, what) in cases {
+            let e = parse(text, Path::new("corral.toml")).unwrap_err();
+            assert!(e.starts_with(at) && e.contains(what), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn classify_rules_parse_in_order() {
+        let c = parse(
+            "[[classify]]\nexit_codes = [75]\naction = \"retry\"\n[[classify]]\nsignals = [\"SIGKILL\"]\nfailure_type = [\"crash\"]\noutput = \"OOM\"\naction = \"fail\"\n",
             Path::new("c.toml"),
         )
-        .unwrap_err();
-        assert!(e.contains("c.toml:2") && e.contains("duration"), "{e}");
+        .unwrap();
+        let r = c.rules();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].exit_codes, vec![75]);
+        assert_eq!(r[1].signals, vec![9]);
+        assert_eq!(r[1].action, RuleAction::Fail);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
     }
 }

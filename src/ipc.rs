@@ -24,6 +24,22 @@ pub enum Request {
         id: String,
         grace_ms: u64,
     },
+    Retry {
+        id: String,
+        context: Option<String>,
+    },
+    Tell {
+        id: String,
+        text: String,
+    },
+    Escalations {
+        all: bool,
+    },
+    Resolve {
+        n: u64,
+        note: Option<String>,
+    },
+    Health,
     /// Events after `after`; with `follow`, the connection stays open and streams new ones.
     Events {
         after: u64,
@@ -100,6 +116,11 @@ pub struct AgentView {
     pub spawned_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
+    /// Seconds until the next attempt, while retrying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_in_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<u64>,
     /// Why the status file could not be read, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
@@ -116,6 +137,7 @@ pub struct AttemptView {
     pub failure_type: Option<String>,
     pub reason: Option<String>,
     pub action: Option<String>,
+    pub rule: Option<String>,
     pub pid: Option<i32>,
     pub timeout: Option<String>,
 }
@@ -174,19 +196,46 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(data: impl Serialize) -> Self {
-        Self {
-            ok: true,
-            data: Some(serde_json::to_value(data).unwrap_or(Value::Null)),
-            error: None,
-            exit: None,
-        }
+        Self { ok: true, data: Some(serde_json::to_value(data).unwrap_or(Value::Null)), error: None, exit: None }
     }
     pub fn err(exit: i32, msg: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            data: None,
-            error: Some(msg.into()),
-            exit: Some(exit),
-        }
+        Self { ok: false, data: None, error: Some(msg.into()), exit: Some(exit) }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthView {
+    pub healthy: bool,
+    /// Why spawning is held, when it is.
+    pub held_because: Option<String>,
+    pub running: usize,
+    pub max_concurrent: usize,
+    pub queued: Vec<QueuedView>,
+    pub breaker: BreakerView,
+    pub free_memory: Option<u64>,
+    pub min_free_memory: Option<u64>,
+    pub load: Option<f64>,
+    pub max_load: Option<f64>,
+    pub open_escalations: usize,
+    pub max_open_escalations: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedView {
+    pub agent_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerView {
+    pub state: String,
+    pub recent_failures: usize,
+    pub threshold: usize,
+    pub window: String,
+    pub cooldown: String,
+    pub probe_in_seconds: Option<f64>,
+    pub probe: Option<String>,
 }

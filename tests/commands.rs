@@ -12,19 +12,9 @@ fn logs_capture_output_and_follow_until_the_agent_ends() {
     let id = ws.spawn("R", &["sh", "-c", "echo out-line; echo err-line >&2"]);
     ws.wait_state(&id, &["complete"], SECS(10));
     let out = ws.ok(&["logs", &id]);
-    assert!(
-        out.contains("out-line") && out.contains("err-line") && out.contains("attempt 1"),
-        "{out}"
-    );
+    assert!(out.contains("out-line") && out.contains("err-line") && out.contains("attempt 1"), "{out}");
 
-    let id = ws.spawn(
-        "R",
-        &[
-            "sh",
-            "-c",
-            "echo first; sleep 0.5; echo second; sleep 0.5; echo third",
-        ],
-    );
+    let id = ws.spawn("R", &["sh", "-c", "echo first; sleep 0.5; echo second; sleep 0.5; echo third"]);
     let o = ws.cmd(&["logs", "-f", &id]).output().unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success());
@@ -43,32 +33,16 @@ fn events_stream_as_json_lines_and_follow() {
     let out = ws.ok(&["events"]);
     let kinds: Vec<String> = out
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).expect("JSON line")["kind"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line")["kind"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(kinds, ["spawned", "started", "exited", "complete"], "{out}");
 
-    let mut follow = ws
-        .cmd(&["events", "-f"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut follow = ws.cmd(&["events", "-f"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
     for _ in 0..4 {
         lines.next().unwrap().unwrap(); // the backlog
     }
-    let b = ws.spawn(
-        "R",
-        &[
-            "sh",
-            "-c",
-            "corral report --progress 0.5 --phase p --milestone m",
-        ],
-    );
+    let b = ws.spawn("R", &["sh", "-c", "corral report --progress 0.5 --phase p --milestone m"]);
     let mut seen = Vec::new();
     while !seen.iter().any(|k| k == "complete") {
         let l = lines.next().expect("stream open").unwrap();
@@ -76,10 +50,7 @@ fn events_stream_as_json_lines_and_follow() {
         assert_eq!(e["agentId"], b.as_str());
         seen.push(e["kind"].as_str().unwrap().to_string());
     }
-    assert!(
-        seen.contains(&"status".to_string()),
-        "status write not seen as an event: {seen:?}"
-    );
+    assert!(seen.contains(&"status".to_string()), "status write not seen as an event: {seen:?}");
     follow.kill().unwrap();
     let _ = follow.wait();
 }
@@ -88,23 +59,11 @@ fn events_stream_as_json_lines_and_follow() {
 fn after_queues_until_dependencies_complete() {
     let ws = Ws::new();
     let marker = ws.path().join("go");
-    let first = ws.spawn(
-        "R",
-        &[
-            "sh",
-            "-c",
-            &format!("while [ ! -e {} ]; do sleep 0.05; done", marker.display()),
-        ],
-    );
-    let o = ws.run(&[
-        "spawn", "--role", "R", "--task", "second", "--after", &first, "--", "true",
-    ]);
+    let first = ws.spawn("R", &["sh", "-c", &format!("while [ ! -e {} ]; do sleep 0.05; done", marker.display())]);
+    let o = ws.run(&["spawn", "--role", "R", "--task", "second", "--after", &first, "--", "true"]);
     assert!(o.status.success());
     let second = String::from_utf8(o.stdout).unwrap().trim().to_string();
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("queued"),
-        "queued spawn does not say why"
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("queued"), "queued spawn does not say why");
     let q = ws.agent(&second);
     assert_eq!(q["status"], "queued");
     assert!(q["reason"].as_str().unwrap().contains(&first));
@@ -114,12 +73,7 @@ fn after_queues_until_dependencies_complete() {
 
     // a failed dependency fails its dependents instead of leaving them queued forever
     let bad = ws.spawn("R", &["sh", "-c", "sleep 0.3; exit 1"]);
-    let dep = ws
-        .ok(&[
-            "spawn", "--role", "R", "--task", "t", "--after", &bad, "--", "true",
-        ])
-        .trim()
-        .to_string();
+    let dep = ws.ok(&["spawn", "--role", "R", "--task", "t", "--after", &bad, "--", "true"]).trim().to_string();
     let s = ws.wait_state(&dep, &["failed"], SECS(10));
     assert!(s["reason"].as_str().unwrap().contains(&bad), "{s}");
     assert_eq!(ws.show(&dep)["attempts"].as_array().unwrap().len(), 0);
@@ -129,19 +83,7 @@ fn after_queues_until_dependencies_complete() {
 fn attempt_timeout_kills_the_group() {
     let ws = Ws::new();
     let id = ws
-        .ok(&[
-            "spawn",
-            "--role",
-            "R",
-            "--task",
-            "t",
-            "--timeout",
-            "500ms",
-            "--",
-            "sh",
-            "-c",
-            "sleep 1000 & sleep 1000",
-        ])
+        .ok(&["spawn", "--role", "R", "--task", "t", "--timeout", "500ms", "--", "sh", "-c", "sleep 1000 & sleep 1000"])
         .trim()
         .to_string();
     let pgid = ws.agent(&id)["pid"].as_i64().unwrap() as i32;
@@ -155,28 +97,14 @@ fn attempt_timeout_kills_the_group() {
 #[test]
 fn a_command_that_cannot_start_is_reported() {
     let ws = Ws::new();
-    let o = ws.run(&[
-        "spawn",
-        "--role",
-        "R",
-        "--task",
-        "t",
-        "--",
-        "/no/such/program",
-    ]);
+    let o = ws.run(&["spawn", "--role", "R", "--task", "t", "--", "/no/such/program"]);
     assert_eq!(o.status.code(), Some(1));
     let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/no/such/program"), "{err}");
     let s = ws.show(&id);
     assert_eq!(s["status"], "failed");
-    assert!(
-        s["attempts"][0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("could not start"),
-        "{s}"
-    );
+    assert!(s["attempts"][0]["reason"].as_str().unwrap().contains("could not start"), "{s}");
 }
 
 #[test]
@@ -198,10 +126,7 @@ fn daemon_stops_and_a_new_one_carries_on() {
         ws.wait_state(&id, &["complete"], SECS(10));
     }
     let events = ws.ok(&["events", "--agent", &id]);
-    assert!(
-        events.contains("reattached") || events.contains("\"complete\""),
-        "{events}"
-    );
+    assert!(events.contains("reattached") || events.contains("\"complete\""), "{events}");
     // `corral daemon` on its own reports the running supervisor
     let o = ws.run(&["daemon"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("supervisor running"));
@@ -217,11 +142,7 @@ fn init_writes_the_seed_role_table_and_roles_apply() {
         assert!(toml.contains(&format!("[roles.{r}]")), "{toml}");
     }
     assert!(ws.data.is_dir());
-    assert_eq!(
-        ws.run(&["init"]).status.code(),
-        Some(1),
-        "init overwrote an existing corral.toml"
-    );
+    assert_eq!(ws.run(&["init"]).status.code(), Some(1), "init overwrote an existing corral.toml");
     let id = ws.spawn("IMPLEMENTER", &["sleep", "5"]);
     let s = ws.show(&id);
     assert_eq!(s["attempts"][0]["timeout"], "30m");
@@ -244,10 +165,7 @@ fn role_command_templates_expand_per_attempt() {
     ws.wait_state(&id, &["complete"], SECS(10));
     let log = ws.ok(&["logs", &id]);
     // the task reaches the agent as one argument, never through the shell's parser
-    assert!(
-        log.contains(&format!("id={id} role=ECHO task=say $HOME; rm -rf /")),
-        "{log}"
-    );
+    assert!(log.contains(&format!("id={id} role=ECHO task=say $HOME; rm -rf /")), "{log}");
     assert!(log.contains("# Delegation:"), "{log}");
 }
 
@@ -260,9 +178,7 @@ fn agent_side_commands_explain_bad_input() {
     let o = ws.run(&["report", "--agent", "a1", "--progress", "1.5"]);
     assert_eq!(o.status.code(), Some(2));
     let o = ws.run(&["report", "--agent", "a1", "--status", "running"]);
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("spawned, active, blocked, complete, failed")
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("spawned, active, blocked, complete, failed"));
     let f = ws.path().join("h.json");
     std::fs::write(&f, r#"{"fromAgent":"a1","deliverables":{"files":[3]}}"#).unwrap();
     let o = ws.run(&["handoff", "--agent", "a1", "--file", f.to_str().unwrap()]);
@@ -276,8 +192,5 @@ fn agent_side_commands_explain_bad_input() {
         .map(|e| e.file_name().into_string().unwrap())
         .collect();
     assert_eq!(names.len(), 1);
-    assert!(
-        names[0].starts_with("handoff-") && names[0].ends_with("-a1-to-ORCHESTRATOR.json"),
-        "{names:?}"
-    );
+    assert!(names[0].starts_with("handoff-") && names[0].ends_with("-a1-to-ORCHESTRATOR.json"), "{names:?}");
 }

@@ -28,10 +28,8 @@ pub enum Action {
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     match a.action {
         None if a.foreground => {
-            crate::supervisor::run(ctx.ws.clone(), ctx.data.clone()).map_err(|e| Fail {
-                code: 1,
-                msg: format!("{e:#}"),
-            })?;
+            crate::supervisor::run(ctx.ws.clone(), ctx.data.clone())
+                .map_err(|e| Fail { code: 1, msg: format!("{e:#}") })?;
             Ok(0)
         }
         None => {
@@ -44,8 +42,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                 eprintln!("no supervisor is running for {}", ctx.data.root().display());
                 return Ok(0);
             };
-            let v: DaemonView =
-                serde_json::from_value(super::into_result(c.call(&Request::DaemonStatus)?)?)?;
+            let v: DaemonView = serde_json::from_value(super::into_result(c.call(&Request::DaemonStatus)?)?)?;
             super::into_result(c.call(&Request::Stop)?)?;
             // Wait for the process to be gone so a following start cannot race it.
             if let Ok(fd) = crate::supervisor::process::pidfd_open(v.pid as i32) {
@@ -57,9 +54,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         Some(Action::Status { json }) => {
             let Ok(mut c) = Client::try_connect(&ctx.data) else {
                 if json {
-                    print_json(
-                        &serde_json::json!({ "running": false, "dataDir": ctx.data.root() }),
-                    )?;
+                    print_json(&serde_json::json!({ "running": false, "dataDir": ctx.data.root() }))?;
                 } else {
                     eprintln!("no supervisor is running for {}", ctx.data.root().display());
                 }

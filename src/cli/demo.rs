@@ -78,7 +78,10 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
             task: s.task.into(),
             after: if s.after_first { vec![ids[0].clone()] } else { vec![] },
             timeout_ms: s.timeout_ms,
-            caller_env: std::env::vars().filter(|(k, _)| k != "PATH").chain([("PATH".to_string(), path.clone())]).collect(),
+            caller_env: std::env::vars()
+                .filter(|(k, _)| k != "PATH")
+                .chain([("PATH".to_string(), path.clone())])
+                .collect(),
             cwd: root.display().to_string(),
             command: vec!["sh".into(), "-c".into(), s.script.into()],
             ..Default::default()
@@ -146,11 +149,7 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
     let ok = views.iter().filter(|v| v.status == "complete").count() == 2
         && views.iter().any(|v| v.status == "failed")
         && views.iter().any(|v| v.status == "timed_out");
-    if ok {
-        Ok(0)
-    } else {
-        Err(Fail { code: 1, msg: "the demo did not end as scripted".into() })
-    }
+    if ok { Ok(0) } else { Err(Fail { code: 1, msg: "the demo did not end as scripted".into() }) }
 }
 
 fn say(s: &str) {

@@ -24,17 +24,10 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     let mut client = ctx.client()?;
-    client.send(&Request::Events {
-        after: a.after,
-        agent: a.agent,
-        follow: a.follow,
-    })?;
+    client.send(&Request::Events { after: a.after, agent: a.agent, follow: a.follow })?;
     let mut out = std::io::stdout().lock();
     if !a.follow {
-        let line = client.read_line()?.ok_or_else(|| super::Fail {
-            code: 1,
-            msg: "no reply".into(),
-        })?;
+        let line = client.read_line()?.ok_or_else(|| super::Fail { code: 1, msg: "no reply".into() })?;
         let data = into_result(serde_json::from_str::<Reply>(&line)?)?;
         let events: Vec<EventRecord> = serde_json::from_value(data)?;
         for e in events {
@@ -49,11 +42,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         {
             into_result(r)?;
         }
-        if out
-            .write_all(line.as_bytes())
-            .and_then(|_| out.flush())
-            .is_err()
-        {
+        if out.write_all(line.as_bytes()).and_then(|_| out.flush()).is_err() {
             break; // reader went away (e.g. `| head`)
         }
     }
@@ -61,26 +50,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
 }
 
 /// Follows one agent's events until one of `kinds` arrives or `limit` passes.
-pub fn wait_for_kinds(
-    ctx: &Ctx,
-    id: &str,
-    kinds: &[&str],
-    limit: Duration,
-) -> Result<Option<EventRecord>> {
+pub fn wait_for_kinds(ctx: &Ctx, id: &str, kinds: &[&str], limit: Duration) -> Result<Option<EventRecord>> {
     let mut client = ctx.client()?;
-    client.send(&Request::Events {
-        after: 0,
-        agent: Some(id.to_string()),
-        follow: true,
-    })?;
+    client.send(&Request::Events { after: 0, agent: Some(id.to_string()), follow: true })?;
     let deadline = Instant::now() + limit;
     let stream = client_stream(&client);
     while Instant::now() < deadline {
-        let _ = stream.set_read_timeout(Some(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-        ));
+        let _ = stream
+            .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
         match client.read_line() {
             Ok(Some(line)) => {
                 if let Ok(e) = serde_json::from_str::<EventRecord>(&line) {

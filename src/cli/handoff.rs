@@ -40,14 +40,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             } else {
                 files::read_bounded(f).map_err(usage)?
             };
-            let mut v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| usage(format!("{}: not valid JSON: {e}", f.display())))?;
+            let mut v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| usage(format!("{}: not valid JSON: {e}", f.display())))?;
             if let Some(o) = v.as_object_mut() {
-                o.entry("fromAgent")
-                    .or_insert_with(|| id.to_string().into());
+                o.entry("fromAgent").or_insert_with(|| id.to_string().into());
             }
-            files::validate_handoff_value(&v)
-                .map_err(|e| usage(format!("{}: {e}", f.display())))?;
+            files::validate_handoff_value(&v).map_err(|e| usage(format!("{}: {e}", f.display())))?;
             serde_json::from_value(v).map_err(|e| usage(format!("{}: {e}", f.display())))?
         }
         None => Handoff {
@@ -62,18 +60,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             },
             memory_candidate: match a.memory.len() {
                 0 => None,
-                _ => Some(serde_json::Value::Array(
-                    a.memory.iter().map(|x| files::text_or_json(x)).collect(),
-                )),
+                _ => Some(serde_json::Value::Array(a.memory.iter().map(|x| files::text_or_json(x)).collect())),
             },
             extra: Default::default(),
         },
     };
     if handoff.from_agent != id.as_str() {
-        return Err(usage(format!(
-            "fromAgent {:?} is not the caller {id}",
-            handoff.from_agent
-        )));
+        return Err(usage(format!("fromAgent {:?} is not the caller {id}", handoff.from_agent)));
     }
     let path = std::env::var_os("CORRAL_HANDOFF_FILE")
         .filter(|_| std::env::var("CORRAL_AGENT_ID").ok().as_deref() == Some(id.as_str()))

@@ -48,25 +48,13 @@ pub fn run(ctx: &Ctx, data_dir: Option<PathBuf>, a: Args) -> Result {
     let cwd = std::env::current_dir()?;
     let path = cwd.join(CONFIG_FILE);
     if path.exists() && !a.force {
-        return Err(Fail {
-            code: 1,
-            msg: format!(
-                "{} already exists; pass --force to overwrite it",
-                path.display()
-            ),
-        });
+        return Err(Fail { code: 1, msg: format!("{} already exists; pass --force to overwrite it", path.display()) });
     }
-    let dd = data_dir
-        .map(|d| d.display().to_string())
-        .unwrap_or_else(|| DEFAULT_DATA_DIR.to_string());
+    let dd = data_dir.map(|d| d.display().to_string()).unwrap_or_else(|| DEFAULT_DATA_DIR.to_string());
     let text = TEMPLATE.replace("{data_dir}", &dd.replace('\\', "\\\\").replace('"', "\\\""));
     crate::config::parse(&text, &path).map_err(|e| Fail { code: 2, msg: e })?;
     crate::protocol::atomic::write_atomic(&path, text.as_bytes())?;
-    let data = if PathBuf::from(&dd).is_absolute() {
-        PathBuf::from(&dd)
-    } else {
-        cwd.join(&dd)
-    };
+    let data = if PathBuf::from(&dd).is_absolute() { PathBuf::from(&dd) } else { cwd.join(&dd) };
     DataDir::new(data.clone()).create_all()?;
     let _ = ctx;
     eprintln!("wrote {} and created {}", path.display(), data.display());

@@ -16,31 +16,15 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
-    let grace = crate::config::parse_duration(&a.grace)
-        .map_err(|e| super::usage(format!("--grace: {e}")))?;
-    let data = ctx.call(&Request::Kill {
-        id: a.id.clone(),
-        grace_ms: grace.as_millis() as u64,
-    })?;
-    let status = data
-        .get("status")
-        .and_then(|s| s.as_str())
-        .unwrap_or_default()
-        .to_string();
+    let grace = crate::config::parse_duration(&a.grace).map_err(|e| super::usage(format!("--grace: {e}")))?;
+    let data = ctx.call(&Request::Kill { id: a.id.clone(), grace_ms: grace.as_millis() as u64 })?;
+    let status = data.get("status").and_then(|s| s.as_str()).unwrap_or_default().to_string();
     if status != "killed" {
         // Wait for the exit, bounded by the grace period plus the KILL's own delivery.
         let limit = grace + std::time::Duration::from_secs(5);
-        let done = wait_for_kinds(
-            ctx,
-            &a.id,
-            &["killed", "complete", "failed", "timed_out"],
-            limit,
-        )?;
+        let done = wait_for_kinds(ctx, &a.id, &["killed", "complete", "failed", "timed_out"], limit)?;
         if done.is_none() {
-            return Err(super::Fail {
-                code: 1,
-                msg: format!("{} did not exit within {:?}", a.id, limit),
-            });
+            return Err(super::Fail { code: 1, msg: format!("{} did not exit within {:?}", a.id, limit) });
         }
     }
     if a.json {

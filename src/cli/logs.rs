@@ -17,10 +17,8 @@ pub struct Args {
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     let id = AgentId::parse(&a.id).map_err(|e| super::usage(e.to_string()))?;
     // Ask the supervisor first: an unknown id is an error, not an empty log.
-    let views: Vec<AgentView> = serde_json::from_value(ctx.call(&Request::Status {
-        ids: vec![a.id.clone()],
-        role: None,
-    })?)?;
+    let views: Vec<AgentView> =
+        serde_json::from_value(ctx.call(&Request::Status { ids: vec![a.id.clone()], role: None })?)?;
     let path = ctx.data.log_file(&id);
     let mut out = std::io::stdout().lock();
     let mut pos = 0u64;
@@ -36,9 +34,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         Ok(())
     };
     copy(&mut pos)?;
-    let finished = views
-        .first()
-        .is_some_and(|v| !matches!(v.status.as_str(), "queued" | "running" | "stopping"));
+    let finished = views.first().is_some_and(|v| !matches!(v.status.as_str(), "queued" | "running" | "stopping"));
     if !a.follow || finished {
         return Ok(0);
     }
@@ -51,18 +47,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     })?;
     watcher.watch(&ctx.data.log_dir(), notify::RecursiveMode::NonRecursive)?;
     let mut client = ctx.client()?;
-    client.send(&Request::Events {
-        after: 0,
-        agent: Some(a.id.clone()),
-        follow: true,
-    })?;
+    client.send(&Request::Events { after: 0, agent: Some(a.id.clone()), follow: true })?;
     std::thread::spawn(move || {
         while let Ok(Some(line)) = client.read_line() {
             if let Ok(e) = serde_json::from_str::<crate::store::EventRecord>(&line)
-                && matches!(
-                    e.kind.as_str(),
-                    "complete" | "failed" | "killed" | "timed_out" | "escalated"
-                )
+                && matches!(e.kind.as_str(), "complete" | "failed" | "killed" | "timed_out" | "escalated")
             {
                 let _ = tx.send(true);
                 return;

@@ -3,13 +3,16 @@
 
 pub mod daemon;
 pub mod demo;
+pub mod escalations;
 pub mod events;
 pub mod handoff;
+pub mod health;
 pub mod init;
 pub mod kill;
 pub mod logs;
 pub mod output;
 pub mod report;
+pub mod retry;
 pub mod show;
 pub mod spawn;
 pub mod status;
@@ -22,11 +25,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "corral",
-    version,
-    about = "Spawn, supervise, retry and aggregate many asynchronous agents"
-)]
+#[command(name = "corral", version, about = "Spawn, supervise, retry and aggregate many asynchronous agents")]
 pub struct Cli {
     /// Data directory (default: `data_dir` from corral.toml, else .corral in the workspace).
     #[arg(long, global = true, env = "CORRAL_DATA_DIR", value_name = "DIR")]
@@ -51,6 +50,14 @@ pub enum Cmd {
     Logs(logs::Args),
     /// TERM to the agent's whole process group, KILL after the grace period.
     Kill(kill::Args),
+    /// A new attempt now, optionally with added context (the human's lever).
+    Retry(retry::Args),
+    /// Append a message to the agent's inbox (CORRAL_INBOX_FILE).
+    Tell(retry::TellArgs),
+    /// List open escalations; `resolve N --note TEXT` closes one.
+    Escalations(escalations::Args),
+    /// Capacity, queue, circuit breaker, resources: why spawning is held.
+    Health(health::Args),
     /// Agent side: update the caller's status file.
     Report(report::Args),
     /// Agent side: write the caller's handoff.
@@ -81,18 +88,12 @@ pub struct Fail {
 
 impl<E: std::fmt::Display> From<E> for Fail {
     fn from(e: E) -> Self {
-        Fail {
-            code: 1,
-            msg: format!("{e:#}"),
-        }
+        Fail { code: 1, msg: format!("{e:#}") }
     }
 }
 
 pub fn usage(msg: impl Into<String>) -> Fail {
-    Fail {
-        code: 2,
-        msg: msg.into(),
-    }
+    Fail { code: 2, msg: msg.into() }
 }
 
 pub type Result<T = i32> = std::result::Result<T, Fail>;
@@ -105,20 +106,14 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn resolve(data_dir: Option<PathBuf>) -> Result<Self> {
-        let cwd = std::env::current_dir().map_err(|e| Fail {
-            code: 1,
-            msg: format!("no working directory: {e}"),
-        })?;
+        let cwd = std::env::current_dir().map_err(|e| Fail { code: 1, msg: format!("no working directory: {e}") })?;
         let ws = Workspace::discover(&cwd).map_err(usage)?;
         let data = match data_dir {
             Some(d) if d.is_absolute() => d,
             Some(d) => cwd.join(d),
             None => ws.data_dir(),
         };
-        Ok(Self {
-            ws,
-            data: DataDir::new(data),
-        })
+        Ok(Self { ws, data: DataDir::new(data) })
     }
 
     pub fn client(&self) -> Result<Client> {
@@ -136,33 +131,13 @@ pub fn into_result(reply: Reply) -> Result<serde_json::Value> {
     if reply.ok {
         Ok(reply.data.unwrap_or_default())
     } else {
-        Err(Fail {
-            code: reply.exit.unwrap_or(1),
-            msg: reply.error.unwrap_or_else(|| "unknown error".into()),
-        })
+        Err(Fail { code: reply.exit.unwrap_or(1), msg: reply.error.unwrap_or_else(|| "unknown error".into()) })
     }
 }
 
 pub fn run(cli: Cli) -> Result {
-    if let Cmd::Shim {
-        lock,
-        start,
-        exit,
-        log,
-        cwd,
-        header,
-        argv,
-    } = cli.command
-    {
-        let a = crate::supervisor::shim::ShimArgs {
-            lock,
-            start,
-            exit,
-            log,
-            cwd,
-            header,
-            argv,
-        };
+    if let Cmd::Shim { lock, start, exit, log, cwd, header, argv } = cli.command {
+        let a = crate::supervisor::shim::ShimArgs { lock, start, exit, log, cwd, header, argv };
         return Ok(crate::supervisor::shim::run(a));
     }
     let ctx = Ctx::resolve(cli.data_dir.clone())?;
@@ -174,6 +149,10 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Show(a) => show::run(&ctx, a),
         Cmd::Logs(a) => logs::run(&ctx, a),
         Cmd::Kill(a) => kill::run(&ctx, a),
+        Cmd::Retry(a) => retry::run(&ctx, a),
+        Cmd::Tell(a) => retry::tell(&ctx, a),
+        Cmd::Escalations(a) => escalations::run(&ctx, a),
+        Cmd::Health(a) => health::run(&ctx, a),
         Cmd::Report(a) => report::run(&ctx, a),
         Cmd::Handoff(a) => handoff::run(&ctx, a),
         Cmd::Events(a) => events::run(&ctx, a),

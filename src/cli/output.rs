@@ -15,12 +15,7 @@ pub fn bar(progress: Option<f64>, width: usize) -> String {
         Some(p) => {
             let p = p.clamp(0.0, 1.0);
             let filled = (p * width as f64).round() as usize;
-            format!(
-                "[{}{}] {:>3}%",
-                "#".repeat(filled),
-                ".".repeat(width - filled),
-                (p * 100.0).round() as u32
-            )
+            format!("[{}{}] {:>3}%", "#".repeat(filled), ".".repeat(width - filled), (p * 100.0).round() as u32)
         }
     }
 }

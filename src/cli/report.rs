@@ -27,9 +27,8 @@ pub struct Args {
 }
 
 pub fn agent_id(given: Option<String>) -> Result<AgentId> {
-    let id = given.ok_or_else(|| {
-        usage("no agent id: run this inside an agent (CORRAL_AGENT_ID) or pass --agent ID")
-    })?;
+    let id =
+        given.ok_or_else(|| usage("no agent id: run this inside an agent (CORRAL_AGENT_ID) or pass --agent ID"))?;
     AgentId::parse(&id).map_err(|e| usage(e.to_string()))
 }
 
@@ -37,39 +36,32 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     let id = agent_id(a.agent)?;
     let status = match a.status.as_deref() {
         None => None,
-        Some(s) => Some(ReportedStatus::parse(s).ok_or_else(|| {
-            usage(format!(
-                "--status {s:?}: must be one of {}",
-                ReportedStatus::ALL
-            ))
-        })?),
+        Some(s) => Some(
+            ReportedStatus::parse(s)
+                .ok_or_else(|| usage(format!("--status {s:?}: must be one of {}", ReportedStatus::ALL)))?,
+        ),
     };
     if let Some(p) = a.progress
         && !(0.0..=1.0).contains(&p)
     {
-        return Err(usage(format!(
-            "--progress {p}: must be between 0.0 and 1.0"
-        )));
+        return Err(usage(format!("--progress {p}: must be between 0.0 and 1.0")));
     }
     let path = std::env::var_os("CORRAL_STATUS_FILE")
         .filter(|_| std::env::var("CORRAL_AGENT_ID").ok().as_deref() == Some(id.as_str()))
         .map(PathBuf::from)
         .unwrap_or_else(|| ctx.data.status_file(&id));
     // Start from what is there when it is readable; a broken file is replaced whole.
-    let mut s = files::read_status(&path)
-        .ok()
-        .filter(|s| s.agent_id == id.as_str())
-        .unwrap_or(StatusFile {
-            agent_id: id.to_string(),
-            role: std::env::var("CORRAL_ROLE").ok(),
-            status: ReportedStatus::Active,
-            progress: None,
-            phase: None,
-            milestone: None,
-            last_update: None,
-            findings: Vec::new(),
-            extra: Default::default(),
-        });
+    let mut s = files::read_status(&path).ok().filter(|s| s.agent_id == id.as_str()).unwrap_or(StatusFile {
+        agent_id: id.to_string(),
+        role: std::env::var("CORRAL_ROLE").ok(),
+        status: ReportedStatus::Active,
+        progress: None,
+        phase: None,
+        milestone: None,
+        last_update: None,
+        findings: Vec::new(),
+        extra: Default::default(),
+    });
     if s.role.is_none() {
         s.role = std::env::var("CORRAL_ROLE").ok();
     }
@@ -85,8 +77,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     if a.milestone.is_some() {
         s.milestone = a.milestone;
     }
-    s.findings
-        .extend(a.findings.iter().map(|f| files::text_or_json(f)));
+    s.findings.extend(a.findings.iter().map(|f| files::text_or_json(f)));
     s.last_update = Some(time::rfc3339(time::now()));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

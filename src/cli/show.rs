@@ -54,11 +54,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     if !v.anomalies.is_empty() {
         println!("  anomalies:  {}", v.anomalies.join(" "));
     }
-    println!(
-        "  attempts ({} of at most {}):",
-        s.attempts.len(),
-        v.max_retries + 1
-    );
+    println!("  attempts ({} of at most {}):", s.attempts.len(), v.max_retries + 1);
     for at in &s.attempts {
         let how = match (&at.ended_at, &at.reason) {
             (Some(t), Some(r)) => format!("ended {t}: {r}"),

@@ -52,8 +52,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     }
     let timeout_ms = match &a.timeout {
         Some(t) => {
-            let d =
-                crate::config::parse_duration(t).map_err(|e| usage(format!("--timeout: {e}")))?;
+            let d = crate::config::parse_duration(t).map_err(|e| usage(format!("--timeout: {e}")))?;
             if d.is_zero() {
                 return Err(usage("--timeout must be longer than 0s"));
             }

@@ -14,10 +14,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
-    let data = ctx.call(&Request::Status {
-        ids: a.ids,
-        role: a.role,
-    })?;
+    let data = ctx.call(&Request::Status { ids: a.ids, role: a.role })?;
     if a.json {
         print_json(&data)?;
         return Ok(0);
@@ -27,12 +24,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         eprintln!("no agents");
         return Ok(0);
     }
-    let idw = views
-        .iter()
-        .map(|v| v.agent_id.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
+    let idw = views.iter().map(|v| v.agent_id.len()).max().unwrap_or(5).max(5);
     let rw = views.iter().map(|v| v.role.len()).max().unwrap_or(4).max(4);
     println!(
         "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:5}  ANOMALIES",
@@ -45,11 +37,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             (None, Some(m)) => format!("-/{m}"),
             (None, None) => "-".into(),
         };
-        let pm: String = if pm.chars().count() > 24 {
-            pm.chars().take(23).chain(['~']).collect()
-        } else {
-            pm
-        };
+        let pm: String = if pm.chars().count() > 24 { pm.chars().take(23).chain(['~']).collect() } else { pm };
         let mut anomalies = v.anomalies.join(" ");
         if v.status == "queued"
             && let Some(r) = &v.reason

@@ -1,6 +1,8 @@
 //! The agent and attempt records, with their states as types: a queued agent has no
 //! attempt running, an ended attempt always carries how it ended.
 
+use super::classify::{FailureType, RuleAction};
+use super::role::RolePolicy;
 use crate::protocol::AgentId;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -28,9 +30,8 @@ pub struct AgentSpec {
     /// `CORRAL_*` variables, which are set per attempt.
     #[serde(default)]
     pub env: Vec<(String, String)>,
-    #[serde(default)]
-    pub attempt_timeout_ms: Option<u64>,
-    pub max_retries: u32,
+    /// The role's policy as resolved at spawn time (with `--timeout`/`--max-retries`).
+    pub policy: RolePolicy,
     pub spawned_at: String,
 }
 
@@ -113,6 +114,9 @@ pub enum AttemptRun {
         reason: Option<String>,
         #[serde(default)]
         action: Option<String>,
+        /// The classification rule that chose the action.
+        #[serde(default)]
+        rule: Option<String>,
     },
 }
 
@@ -126,6 +130,44 @@ pub struct Attempt {
     pub timeout_ms: Option<u64>,
     pub handoff_file: PathBuf,
     pub run: AttemptRun,
+    /// Extra context this attempt was started with (retry guidance, the blocker, a human note).
+    #[serde(default)]
+    pub context_note: Option<String>,
+    /// False for attempts whose failure was classified `ignore`: they use no retry budget.
+    #[serde(default = "yes")]
+    pub counted: bool,
+    #[serde(default)]
+    pub liveness: Liveness,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Signs of life of one attempt, on the monotonic clock.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Liveness {
+    /// First status write or output.
+    pub first_sign: Option<u64>,
+    /// Last status write of this attempt: set once the agent reports, which turns on the
+    /// heartbeat and stall checks.
+    pub last_report: Option<u64>,
+    /// Last time the reported content (status, progress, phase, milestone, findings) changed.
+    pub last_change: Option<u64>,
+    pub last_output: Option<u64>,
+    /// Set while the agent reports `blocked` on something classified `wait`.
+    pub waiting_on: Option<String>,
+}
+
+impl Liveness {
+    pub fn last_heartbeat(&self) -> Option<u64> {
+        match (self.last_report, self.last_output) {
+            (Some(r), Some(o)) => Some(r.max(o)),
+            (Some(r), None) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 impl Attempt {
@@ -143,20 +185,55 @@ impl Attempt {
     }
 }
 
-/// Why an agent stopped being live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KillCause {
+/// Why the supervisor is stopping a running attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum StopCause {
     /// `corral kill`: no retry follows.
     Requested,
-    /// The attempt ran past its timeout.
-    Timeout,
+    /// `corral retry` of a running agent: the next attempt starts once this one is gone.
+    Restart,
+    AttemptTimeout,
+    StartTimeout,
+    /// No status write and no output for `heartbeat_timeout`.
+    Heartbeat,
+    /// All attempts together ran past the role's `deadline`.
+    Deadline,
+    /// Reported content unchanged for `stall_timeout`.
+    Silent,
+    /// Reported `blocked` on `blocker`; the classification chose `action`.
+    Blocked {
+        action: RuleAction,
+        rule: String,
+        blocker: String,
+    },
+}
+
+impl StopCause {
+    pub fn failure_type(&self) -> Option<FailureType> {
+        match self {
+            Self::Requested | Self::Restart => None,
+            Self::AttemptTimeout | Self::StartTimeout | Self::Heartbeat | Self::Deadline => Some(FailureType::Timeout),
+            Self::Silent => Some(FailureType::Silent),
+            Self::Blocked { .. } => Some(FailureType::Blocked),
+        }
+    }
+    pub fn event(&self) -> &'static str {
+        match self {
+            Self::Requested => "kill_requested",
+            Self::Restart => "restart_requested",
+            Self::AttemptTimeout | Self::StartTimeout | Self::Deadline => "timeout",
+            Self::Heartbeat => "stale",
+            Self::Silent => "stalled",
+            Self::Blocked { .. } => "blocked",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum AgentState {
-    /// Waiting to start; `reason` says on what.
+    /// Waiting to start; `reason` says on what (dependencies, capacity, breaker, ...).
     Queued {
         reason: String,
     },
@@ -164,8 +241,17 @@ pub enum AgentState {
     Running,
     /// TERM has been sent to the group; KILL follows at `hard_kill_mono` if it is still there.
     Stopping {
-        cause: KillCause,
+        cause: StopCause,
         hard_kill_mono: u64,
+    },
+    /// Waiting out the backoff before the next attempt.
+    Retrying {
+        next_mono: u64,
+        reason: String,
+    },
+    /// Ended, waiting on an external dependency; `corral retry` resumes it.
+    Blocked {
+        reason: String,
     },
     Complete,
     Failed {
@@ -175,6 +261,11 @@ pub enum AgentState {
     TimedOut {
         reason: String,
     },
+    /// Needs a human; `escalation` is its number in the escalation queue.
+    Escalated {
+        reason: String,
+        escalation: u64,
+    },
 }
 
 impl AgentState {
@@ -183,17 +274,22 @@ impl AgentState {
         match self {
             Self::Queued { .. } => "queued",
             Self::Running => "running",
+            Self::Stopping { cause: StopCause::Heartbeat, .. } => "stale",
             Self::Stopping { .. } => "stopping",
+            Self::Retrying { .. } => "retrying",
+            Self::Blocked { .. } => "blocked",
             Self::Complete => "complete",
             Self::Failed { .. } => "failed",
             Self::Killed => "killed",
             Self::TimedOut { .. } => "timed_out",
+            Self::Escalated { .. } => "escalated",
         }
     }
+    /// Nothing more happens without a human: complete, failed for good, killed, escalated.
     pub fn is_finished(&self) -> bool {
         matches!(
             self,
-            Self::Complete | Self::Failed { .. } | Self::Killed | Self::TimedOut { .. }
+            Self::Complete | Self::Failed { .. } | Self::Killed | Self::TimedOut { .. } | Self::Escalated { .. }
         )
     }
     pub fn has_live_process(&self) -> bool {
@@ -201,9 +297,12 @@ impl AgentState {
     }
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Self::Queued { reason } | Self::Failed { reason } | Self::TimedOut { reason } => {
-                Some(reason)
-            }
+            Self::Queued { reason }
+            | Self::Failed { reason }
+            | Self::TimedOut { reason }
+            | Self::Retrying { reason, .. }
+            | Self::Blocked { reason }
+            | Self::Escalated { reason, .. } => Some(reason),
             _ => None,
         }
     }
@@ -216,6 +315,12 @@ pub struct Agent {
     pub state: AgentState,
     pub attempts: Vec<Attempt>,
     pub updated_at: String,
+    /// Index into `attempts` where the current retry budget began (a human retry resets it).
+    #[serde(default)]
+    pub budget_start: usize,
+    /// Context for the next attempt, set when a retry is scheduled or requested.
+    #[serde(default)]
+    pub next_context: Option<String>,
 }
 
 impl Agent {
@@ -225,7 +330,28 @@ impl Agent {
     pub fn current_mut(&mut self) -> Option<&mut Attempt> {
         self.attempts.last_mut()
     }
-    pub fn id(&self) -> &AgentId {
-        &self.spec.id
+    /// Attempts that count against the retry budget.
+    pub fn counted_attempts(&self) -> usize {
+        self.attempts[self.budget_start.min(self.attempts.len())..].iter().filter(|a| a.counted).count()
+    }
+}
+
+/// A failure that needs a human, kept until resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Escalation {
+    pub n: u64,
+    pub agent_id: AgentId,
+    pub reason: String,
+    pub opened_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Escalation {
+    pub fn is_open(&self) -> bool {
+        self.resolved_at.is_none()
     }
 }

@@ -2,16 +2,20 @@
 //! or process in here; the supervisor feeds inputs and carries out the actions.
 
 use super::agent::*;
+use super::classify::{self, Facts, FailureType, Rule, RuleAction};
+use super::role::DEFAULT_RETRY_GUIDANCE;
 use crate::protocol::AgentId;
 use crate::protocol::files::ReportedStatus;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
-/// The time an input happened, on both clocks: wall for records, monotonic for deadlines.
+/// The time an input happened, on both clocks, and a random sample for backoff jitter.
 #[derive(Debug, Clone)]
 pub struct Now {
     pub wall: String,
     pub mono: u64,
+    /// Uniform in [0, 1); only used with `jitter = "full"`.
+    pub jitter: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,14 +32,24 @@ pub enum Action {
     SignalGroup { pgid: i32, signal: Signal },
     /// Append to the event log.
     Emit { kind: &'static str, data: Value },
+    /// Open an escalation for this agent; the shell numbers it and links it to the state.
+    Escalate { reason: String },
+    /// An attempt ended: feeds the circuit breaker (kills on request are not reported).
+    Outcome { success: bool },
 }
 
 fn emit(kind: &'static str, data: Value) -> Action {
     Action::Emit { kind, data }
 }
 
-/// Grace between TERM and KILL when an attempt times out.
-pub const TIMEOUT_GRACE_MS: u64 = 5_000;
+/// Grace between TERM and KILL when the supervisor itself stops an attempt.
+pub const STOP_GRACE_MS: u64 = 5_000;
+
+/// The classification rules in force: the user's, then the defaults.
+pub struct Rules<'a> {
+    pub user: &'a [Rule],
+    pub defaults: &'a [Rule],
+}
 
 /// Whether a queued agent may start, given the states of the agents it waits for.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,29 +59,19 @@ pub enum Gate {
     Fail(String),
 }
 
-pub fn dependency_gate<'a>(
-    spec: &AgentSpec,
-    lookup: impl Fn(&AgentId) -> Option<&'a AgentState>,
-) -> Gate {
+pub fn dependency_gate<'a>(spec: &AgentSpec, lookup: impl Fn(&AgentId) -> Option<&'a AgentState>) -> Gate {
     let mut waiting = Vec::new();
     for dep in &spec.after {
         match lookup(dep) {
             None => return Gate::Fail(format!("dependency {dep} does not exist")),
             Some(AgentState::Complete) => {}
             Some(s) if s.is_finished() => {
-                return Gate::Fail(format!(
-                    "dependency {dep} ended {} without completing",
-                    s.name()
-                ));
+                return Gate::Fail(format!("dependency {dep} ended {} without completing", s.name()));
             }
             Some(s) => waiting.push(format!("{dep} ({})", s.name())),
         }
     }
-    if waiting.is_empty() {
-        Gate::Ready
-    } else {
-        Gate::Wait(format!("waiting for {}", waiting.join(", ")))
-    }
+    if waiting.is_empty() { Gate::Ready } else { Gate::Wait(format!("waiting for {}", waiting.join(", "))) }
 }
 
 /// A new agent, or a queued one being re-examined: start it, keep it queued, or fail it.
@@ -78,16 +82,12 @@ pub fn admit(agent: &mut Agent, gate: Gate, now: &Now, handoff_file: PathBuf) ->
             if matches!(&agent.state, AgentState::Queued { reason: r } if *r == reason) {
                 return vec![];
             }
-            agent.state = AgentState::Queued {
-                reason: reason.clone(),
-            };
+            agent.state = AgentState::Queued { reason: reason.clone() };
             agent.updated_at = now.wall.clone();
             vec![emit("queued", json!({ "reason": reason }))]
         }
         Gate::Fail(reason) => {
-            agent.state = AgentState::Failed {
-                reason: reason.clone(),
-            };
+            agent.state = AgentState::Failed { reason: reason.clone() };
             agent.updated_at = now.wall.clone();
             vec![emit("failed", json!({ "reason": reason }))]
         }
@@ -96,13 +96,17 @@ pub fn admit(agent: &mut Agent, gate: Gate, now: &Now, handoff_file: PathBuf) ->
 
 fn begin_attempt(agent: &mut Agent, now: &Now, handoff_file: PathBuf) -> Vec<Action> {
     let n = agent.attempts.len() as u32 + 1;
+    let budget_n = (agent.attempts.len() - agent.budget_start.min(agent.attempts.len())) as u32 + 1;
     agent.attempts.push(Attempt {
         attempt: n,
         started_at: now.wall.clone(),
         started_mono: now.mono,
-        timeout_ms: agent.spec.attempt_timeout_ms,
+        timeout_ms: Some(agent.spec.policy.attempt_timeout(budget_n)),
         handoff_file,
         run: AttemptRun::Starting,
+        context_note: agent.next_context.take(),
+        counted: true,
+        liveness: Liveness::default(),
     });
     agent.state = AgentState::Running;
     agent.updated_at = now.wall.clone();
@@ -111,182 +115,439 @@ fn begin_attempt(agent: &mut Agent, now: &Now, handoff_file: PathBuf) -> Vec<Act
 
 /// The shim reported the process running.
 pub fn started(agent: &mut Agent, shim_pid: i32, pid: i32, now: &Now) -> Vec<Action> {
-    let Some(a) = agent.current_mut() else {
-        return vec![];
-    };
+    let Some(a) = agent.current_mut() else { return vec![] };
     if a.run != AttemptRun::Starting {
         return vec![];
     }
     a.run = AttemptRun::Running { shim_pid, pid };
-    let n = a.attempt;
+    let (n, timeout) = (a.attempt, a.timeout_ms);
     agent.updated_at = now.wall.clone();
-    vec![emit("started", json!({ "attempt": n, "pid": pid }))]
+    vec![emit("started", json!({ "attempt": n, "pid": pid, "timeoutMs": timeout }))]
+}
+
+/// What the agent's status file says now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub status: ReportedStatus,
+    pub last_finding: Option<String>,
+    /// The content (not just `lastUpdate`) differs from the previous report.
+    pub changed: bool,
+}
+
+/// A status write of the current attempt: a heartbeat, maybe progress, maybe a blocker.
+pub fn status_reported(agent: &mut Agent, r: &Report, rules: &Rules, now: &Now) -> Vec<Action> {
+    if !agent.state.has_live_process() {
+        return vec![];
+    }
+    let Some(a) = agent.current_mut() else { return vec![] };
+    let l = &mut a.liveness;
+    l.first_sign.get_or_insert(now.mono);
+    l.last_report = Some(now.mono);
+    if r.changed || l.last_change.is_none() {
+        l.last_change = Some(now.mono);
+    }
+    if r.status != ReportedStatus::Blocked {
+        if l.waiting_on.take().is_some() {
+            return vec![emit("unblocked", json!({ "status": r.status }))];
+        }
+        return vec![];
+    }
+    if l.waiting_on.is_some() || agent.state != AgentState::Running {
+        return vec![];
+    }
+    let facts = Facts {
+        failure: FailureType::Blocked,
+        exit_code: None,
+        signal: None,
+        last_finding: r.last_finding.as_deref(),
+        output_tail: "",
+    };
+    let (action, rule) = classify::classify(rules.user, rules.defaults, &facts);
+    let blocker = r.last_finding.clone().unwrap_or_else(|| "no finding given".into());
+    match action {
+        RuleAction::Ignore => vec![],
+        RuleAction::Wait => {
+            agent.current_mut().expect("current").liveness.waiting_on = Some(blocker.clone());
+            vec![emit("waiting", json!({ "blocker": blocker, "rule": rule }))]
+        }
+        _ => {
+            let cause = StopCause::Blocked { action, rule: rule.to_string(), blocker: blocker.clone() };
+            let mut out = vec![emit(
+                "classified",
+                json!({ "failureType": "blocked", "action": action, "rule": rule, "blocker": blocker }),
+            )];
+            out.extend(stop(agent, cause, STOP_GRACE_MS, now));
+            out
+        }
+    }
+}
+
+/// Output was written at `mono`: a heartbeat and a first sign of life.
+pub fn output_seen(agent: &mut Agent, mono: u64) {
+    if let Some(a) = agent.current_mut() {
+        if a.ended().is_none() && mono >= a.started_mono {
+            a.liveness.first_sign.get_or_insert(mono);
+            a.liveness.last_output = Some(a.liveness.last_output.map_or(mono, |o| o.max(mono)));
+        }
+    }
+}
+
+/// What the supervisor found about the handoff when the attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandoffFacts {
+    Absent,
+    Valid,
+    /// The handoff lists deliverables that do not exist.
+    MissingFiles(Vec<String>),
+    Unreadable(String),
+}
+
+/// Everything known about an attempt's end.
+#[derive(Debug, Clone)]
+pub struct ExitFacts {
+    pub end: ProcessEnd,
+    /// The agent's last reported status, when it reported during this attempt.
+    pub reported: Option<ReportedStatus>,
+    pub last_finding: Option<String>,
+    pub handoff: HandoffFacts,
+    pub output_tail: String,
 }
 
 /// The attempt's process is gone. Decides what the agent is now.
-pub fn exited(
-    agent: &mut Agent,
-    attempt: u32,
-    end: ProcessEnd,
-    reported: Option<(ReportedStatus, Option<String>)>,
-    now: &Now,
-) -> Vec<Action> {
-    let Some(a) = agent.attempts.iter_mut().find(|a| a.attempt == attempt) else {
-        return vec![];
-    };
-    if a.ended().is_some() {
+pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now: &Now) -> Vec<Action> {
+    let Some(idx) = agent.attempts.iter().position(|a| a.attempt == attempt) else { return vec![] };
+    if agent.attempts[idx].ended().is_some() {
         return vec![]; // already recorded: a second report of the same exit changes nothing
     }
-    let last_finding = reported.as_ref().and_then(|(_, f)| f.clone());
-    let with_finding = |s: String| match &last_finding {
-        Some(f) => format!("{s}; last finding: {f}"),
+    let with_finding = |s: String| match &f.last_finding {
+        Some(x) => format!("{s}; last finding: {x}"),
         None => s,
     };
-    let (state, failure_type, reason) = match (&agent.state, &end) {
-        (
-            AgentState::Stopping {
-                cause: KillCause::Requested,
-                ..
-            },
-            _,
-        ) => (
-            AgentState::Killed,
-            Some("killed"),
-            format!("killed on request; {}", end.describe()),
-        ),
-        (
-            AgentState::Stopping {
-                cause: KillCause::Timeout,
-                ..
-            },
-            _,
-        ) => {
-            let r = match a.timeout_ms {
-                Some(t) => format!(
-                    "ran past its {} attempt timeout; {}",
-                    fmt_ms(t),
-                    end.describe()
+    let end_text = f.end.describe();
+    let timeout_text = |a: &Attempt, what: &str| match a.timeout_ms {
+        Some(t) if what == "attempt" => format!("ran past its {} attempt timeout; {end_text}", fmt_ms(t)),
+        _ => format!("{what}; {end_text}"),
+    };
+    // What kind of ending this was, and whether the classification is already decided.
+    let (failure, reason, fixed): (Option<FailureType>, String, Option<(RuleAction, String)>) = match &agent.state {
+        AgentState::Stopping { cause, .. } => {
+            let a = &agent.attempts[idx];
+            match cause {
+                StopCause::Requested => (None, format!("killed on request; {end_text}"), None),
+                StopCause::Restart => (None, format!("stopped for a requested retry; {end_text}"), None),
+                StopCause::AttemptTimeout => (Some(FailureType::Timeout), timeout_text(a, "attempt"), None),
+                StopCause::StartTimeout => {
+                    (Some(FailureType::Timeout), timeout_text(a, "no sign of life before start_timeout"), None)
+                }
+                StopCause::Heartbeat => (
+                    Some(FailureType::Timeout),
+                    timeout_text(a, "stale: no status update or output within heartbeat_timeout"),
+                    None,
                 ),
-                None => format!("timed out; {}", end.describe()),
-            };
-            (
-                AgentState::TimedOut { reason: r.clone() },
-                Some("timeout"),
-                r,
-            )
-        }
-        (_, e) if e.success() => match &reported {
-            Some((ReportedStatus::Failed, _)) => {
-                let r = with_finding("exited 0 but reported status failed".into());
-                (AgentState::Failed { reason: r.clone() }, Some("crash"), r)
+                StopCause::Deadline => {
+                    (Some(FailureType::Timeout), timeout_text(a, "the role's deadline passed"), None)
+                }
+                StopCause::Silent => {
+                    (Some(FailureType::Silent), timeout_text(a, "silent: status unchanged for stall_timeout"), None)
+                }
+                StopCause::Blocked { action, rule, blocker } => (
+                    Some(FailureType::Blocked),
+                    format!("blocked: {blocker}; stopped, {end_text}"),
+                    Some((*action, rule.clone())),
+                ),
             }
-            _ => (AgentState::Complete, None, "exited with code 0".to_string()),
-        },
-        (_, e) => {
-            let r = with_finding(e.describe());
-            (AgentState::Failed { reason: r.clone() }, Some("crash"), r)
+        }
+        _ => {
+            let reported = f.reported;
+            if f.end.success() && !matches!(reported, Some(ReportedStatus::Failed | ReportedStatus::Blocked)) {
+                match (&f.handoff, agent.spec.policy.require_handoff) {
+                    (HandoffFacts::MissingFiles(files), _) => (
+                        Some(FailureType::Deliverable),
+                        format!("handoff names files that do not exist: {}", files.join(", ")),
+                        None,
+                    ),
+                    (HandoffFacts::Absent, true) => {
+                        (Some(FailureType::Deliverable), "exited 0 without a handoff (require_handoff)".into(), None)
+                    }
+                    (HandoffFacts::Unreadable(e), true) => {
+                        (Some(FailureType::Deliverable), format!("handoff unreadable: {e}"), None)
+                    }
+                    _ => (None, "exited with code 0".into(), None),
+                }
+            } else if reported == Some(ReportedStatus::Blocked) {
+                (Some(FailureType::Blocked), with_finding(format!("reported blocked and {end_text}")), None)
+            } else if f.end.success() {
+                (Some(FailureType::Crash), with_finding("exited 0 but reported status failed".into()), None)
+            } else {
+                (Some(FailureType::Crash), with_finding(end_text.clone()), None)
+            }
         }
     };
-    a.run = AttemptRun::Ended {
-        ended_at: now.wall.clone(),
-        end: end.clone(),
-        failure_type: failure_type.map(str::to_string),
-        reason: Some(reason.clone()),
-        action: Some("none".into()),
-    };
-    let mut actions = vec![emit(
+    let mut out = vec![emit(
         "exited",
-        json!({ "attempt": attempt, "exitCode": end.exit_code(), "signal": end.signal(), "reason": reason }),
+        json!({ "attempt": attempt, "exitCode": f.end.exit_code(), "signal": f.end.signal(), "reason": reason }),
     )];
-    actions.push(emit(
-        state.name(),
-        json!({ "attempt": attempt, "reason": state.reason() }),
-    ));
+    let requested = matches!(agent.state, AgentState::Stopping { cause: StopCause::Requested, .. });
+    let restart = matches!(agent.state, AgentState::Stopping { cause: StopCause::Restart, .. });
+    let (state, action_text, rule) = match failure {
+        None if requested => (AgentState::Killed, "none".to_string(), None),
+        None if restart => (AgentState::Queued { reason: "retry requested".into() }, "retry".to_string(), None),
+        None => {
+            out.push(Action::Outcome { success: true });
+            (AgentState::Complete, "none".to_string(), None)
+        }
+        Some(ft) => {
+            out.push(Action::Outcome { success: false });
+            let (action, rule) = fixed.unwrap_or_else(|| {
+                let facts = Facts {
+                    failure: ft,
+                    exit_code: f.end.exit_code(),
+                    signal: f.end.signal(),
+                    last_finding: f.last_finding.as_deref(),
+                    output_tail: &f.output_tail,
+                };
+                let (a, r) = classify::classify(rules.user, rules.defaults, &facts);
+                (a, r.to_string())
+            });
+            out.push(emit(
+                "classified",
+                json!({ "attempt": attempt, "failureType": ft, "action": action, "rule": rule }),
+            ));
+            if action == RuleAction::Ignore {
+                agent.attempts[idx].counted = false;
+            }
+            let (state, text, more) = after_failure(agent, ft, action, &reason, f.last_finding.as_deref(), now);
+            out.extend(more);
+            (state, text, Some(rule))
+        }
+    };
+    agent.attempts[idx].run = AttemptRun::Ended {
+        ended_at: now.wall.clone(),
+        end: f.end.clone(),
+        failure_type: failure.map(|t| t.as_str().to_string()),
+        reason: Some(reason),
+        action: Some(action_text),
+        rule,
+    };
+    out.push(emit(state.name(), json!({ "attempt": attempt, "reason": state.reason() })));
     agent.state = state;
     agent.updated_at = now.wall.clone();
-    actions
+    out
+}
+
+/// Every attempt's reason, for escalations and retry contexts.
+pub fn attempt_history(agent: &Agent) -> Vec<String> {
+    agent
+        .attempts
+        .iter()
+        .filter_map(|a| match &a.run {
+            AttemptRun::Ended { reason, end, failure_type, .. } => Some(format!(
+                "attempt {} ({}): {}",
+                a.attempt,
+                failure_type.as_deref().unwrap_or("ok"),
+                reason.clone().unwrap_or_else(|| end.describe())
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn escalate(agent: &Agent, why: String, current: &str) -> (AgentState, String, Vec<Action>) {
+    let mut history = attempt_history(agent);
+    history.push(format!("attempt {} (this one): {current}", agent.attempts.len()));
+    let reason = format!("{why}: {}", history.join("; "));
+    (
+        AgentState::Escalated { reason: reason.clone(), escalation: 0 },
+        "escalate".into(),
+        vec![Action::Escalate { reason }],
+    )
+}
+
+/// The retry budget, deadline and corrective-attempt rules, applied to a classified failure.
+fn after_failure(
+    agent: &mut Agent,
+    ft: FailureType,
+    action: RuleAction,
+    reason: &str,
+    last_finding: Option<&str>,
+    now: &Now,
+) -> (AgentState, String, Vec<Action>) {
+    let p = agent.spec.policy.clone();
+    match action {
+        RuleAction::Fail => {
+            let st = if ft == FailureType::Timeout {
+                AgentState::TimedOut { reason: reason.to_string() }
+            } else {
+                AgentState::Failed { reason: reason.to_string() }
+            };
+            return (st, "fail".into(), vec![]);
+        }
+        RuleAction::Escalate => return escalate(agent, format!("{} failure needs a human", ft.as_str()), reason),
+        RuleAction::Wait => {
+            let st = AgentState::Blocked { reason: format!("waiting on an external dependency: {reason}") };
+            return (st, "wait".into(), vec![]);
+        }
+        RuleAction::Retry | RuleAction::RetryWithContext | RuleAction::Ignore => {}
+    }
+    let budget = &agent.attempts[agent.budget_start.min(agent.attempts.len())..];
+    let earlier = &budget[..budget.len().saturating_sub(1)];
+    if ft == FailureType::Deliverable
+        && earlier
+            .iter()
+            .any(|a| matches!(&a.run, AttemptRun::Ended { failure_type: Some(t), .. } if t == "deliverable"))
+    {
+        return escalate(agent, "deliverable failure after a corrective attempt".into(), reason);
+    }
+    let used = agent.counted_attempts() as u32; // includes this attempt unless ignored
+    let retry_no = used.max(1); // the retry about to be scheduled: 1 for the first
+    if action != RuleAction::Ignore && used > p.max_retries {
+        return escalate(agent, format!("gave up after {used} attempts (max_retries = {})", p.max_retries), reason);
+    }
+    if let (Some(d), Some(first)) = (p.deadline_ms, agent.attempts.first()) {
+        if now.mono >= first.started_mono + d {
+            return escalate(agent, format!("the role's {} deadline passed", fmt_ms(d)), reason);
+        }
+    }
+    let delay = p.backoff.delay_ms(retry_no, now.jitter);
+    let mut notes = Vec::new();
+    if action == RuleAction::RetryWithContext || ft == FailureType::Deliverable {
+        let mut n = format!("The previous attempt failed ({}): {reason}.", ft.as_str());
+        if let Some(f) = last_finding {
+            n.push_str(&format!(" Its last finding: {f}."));
+        }
+        if ft == FailureType::Deliverable {
+            n.push_str(" This is a corrective attempt: produce every file your handoff lists, or correct the handoff.");
+        }
+        notes.push(n);
+    }
+    if retry_no >= 2 {
+        notes.push(p.retry_guidance.clone().unwrap_or_else(|| DEFAULT_RETRY_GUIDANCE.to_string()));
+    }
+    if let Some(h) = agent.next_context.take() {
+        notes.insert(0, h);
+    }
+    agent.next_context = if notes.is_empty() { None } else { Some(notes.join("\n\n")) };
+    let next_mono = now.mono + delay;
+    let why = format!("retry {retry_no} of {} after {}: {reason}", p.max_retries, ft.as_str());
+    let ev = emit(
+        "retry_scheduled",
+        json!({ "nextAttempt": agent.attempts.len() + 1, "delayMs": delay, "action": action, "retry": retry_no }),
+    );
+    (AgentState::Retrying { next_mono, reason: why }, format!("{} in {}", action.as_str(), fmt_ms(delay)), vec![ev])
 }
 
 /// `corral kill`: TERM to the group now, KILL after the grace period.
 pub fn kill_requested(agent: &mut Agent, grace_ms: u64, now: &Now) -> Result<Vec<Action>, String> {
     match &agent.state {
-        AgentState::Queued { .. } => {
+        AgentState::Queued { .. } | AgentState::Retrying { .. } | AgentState::Blocked { .. } => {
             agent.state = AgentState::Killed;
             agent.updated_at = now.wall.clone();
-            Ok(vec![emit(
-                "killed",
-                json!({ "reason": "killed while queued" }),
-            )])
+            Ok(vec![emit("killed", json!({ "reason": "killed while not running" }))])
         }
-        AgentState::Running | AgentState::Stopping { .. } => {
-            Ok(stop(agent, KillCause::Requested, grace_ms, now))
-        }
-        s => Err(format!(
-            "{} is already {}; there is nothing to kill",
-            agent.spec.id,
-            s.name()
-        )),
+        AgentState::Running | AgentState::Stopping { .. } => Ok(stop(agent, StopCause::Requested, grace_ms, now)),
+        s => Err(format!("{} is already {}; there is nothing to kill", agent.spec.id, s.name())),
     }
 }
 
-fn stop(agent: &mut Agent, cause: KillCause, grace_ms: u64, now: &Now) -> Vec<Action> {
-    let pgid = agent.current().and_then(Attempt::pid);
-    agent.state = AgentState::Stopping {
-        cause,
-        hard_kill_mono: now.mono + grace_ms,
-    };
-    agent.updated_at = now.wall.clone();
-    let mut out = vec![emit(
-        match cause {
-            KillCause::Requested => "kill_requested",
-            KillCause::Timeout => "timeout",
-        },
-        json!({ "graceMs": grace_ms }),
-    )];
-    if let Some(pgid) = pgid {
-        out.push(Action::SignalGroup {
-            pgid,
-            signal: Signal::Term,
+/// `corral retry`: a new attempt now (after the current one is gone), with a fresh budget.
+pub fn retry_requested(agent: &mut Agent, context: Option<String>, now: &Now) -> Result<Vec<Action>, String> {
+    if let Some(c) = context {
+        agent.next_context = Some(match agent.next_context.take() {
+            Some(prev) => format!("{prev}\n\n{c}"),
+            None => c,
         });
     }
+    agent.budget_start = agent.attempts.len();
+    let out = vec![emit("retry_requested", json!({ "context": agent.next_context }))];
+    match &agent.state {
+        AgentState::Running | AgentState::Stopping { .. } => {
+            let mut out = out;
+            out.extend(stop(agent, StopCause::Restart, STOP_GRACE_MS, now));
+            Ok(out)
+        }
+        AgentState::Queued { .. } => Err(format!("{} has not started yet; it is queued", agent.spec.id)),
+        _ => {
+            agent.state = AgentState::Queued { reason: "retry requested".into() };
+            agent.updated_at = now.wall.clone();
+            Ok(out)
+        }
+    }
+}
+
+fn stop(agent: &mut Agent, cause: StopCause, grace_ms: u64, now: &Now) -> Vec<Action> {
+    let pgid = agent.current().and_then(Attempt::pid);
+    let mut out = vec![emit(cause.event(), json!({ "graceMs": grace_ms, "cause": cause }))];
+    // A second request while already stopping keeps the first cause (a kill stays a kill).
+    let cause = match &agent.state {
+        AgentState::Stopping { cause: StopCause::Requested, .. } => StopCause::Requested,
+        _ => cause,
+    };
+    agent.state = AgentState::Stopping { cause, hard_kill_mono: now.mono + grace_ms };
+    agent.updated_at = now.wall.clone();
+    if let Some(pgid) = pgid {
+        out.push(Action::SignalGroup { pgid, signal: Signal::Term });
+    }
     out
+}
+
+/// Which running-attempt limit comes first, and when.
+fn running_deadlines(agent: &Agent) -> Vec<(u64, StopCause)> {
+    let Some(a) = agent.current() else { return vec![] };
+    let p = &agent.spec.policy;
+    let l = &a.liveness;
+    let mut v = Vec::new();
+    if let (Some(d), Some(first)) = (p.deadline_ms, agent.attempts.first()) {
+        v.push((first.started_mono + d, StopCause::Deadline));
+    }
+    if let Some(t) = a.timeout_ms {
+        v.push((a.started_mono + t, StopCause::AttemptTimeout));
+    }
+    if let (Some(s), None) = (p.start_timeout_ms, l.first_sign) {
+        v.push((a.started_mono + s, StopCause::StartTimeout));
+    }
+    if l.waiting_on.is_none() {
+        if let Some(hb) = l.last_heartbeat() {
+            v.push((hb + p.heartbeat_timeout_ms, StopCause::Heartbeat));
+        }
+        if let Some(c) = l.last_change {
+            v.push((c + p.stall_timeout_ms, StopCause::Silent));
+        }
+    }
+    v
 }
 
 /// The next monotonic instant at which [`tick`] has something to do for this agent.
 pub fn next_deadline(agent: &Agent) -> Option<u64> {
     match &agent.state {
-        AgentState::Running => {
-            let a = agent.current()?;
-            a.timeout_ms.map(|t| a.started_mono + t)
-        }
+        AgentState::Running => running_deadlines(agent).into_iter().map(|(t, _)| t).min(),
         AgentState::Stopping { hard_kill_mono, .. } => Some(*hard_kill_mono),
+        AgentState::Retrying { next_mono, .. } => Some(*next_mono),
         _ => None,
     }
 }
 
-/// Deadlines that have passed: attempt timeout (TERM now), grace over (KILL).
+/// Deadlines that have passed: stop a running attempt, KILL after grace, end a backoff.
 pub fn tick(agent: &mut Agent, now: &Now) -> Vec<Action> {
-    let Some(deadline) = next_deadline(agent) else {
-        return vec![];
-    };
-    if now.mono < deadline {
-        return vec![];
-    }
-    match agent.state {
-        AgentState::Running => stop(agent, KillCause::Timeout, TIMEOUT_GRACE_MS, now),
-        AgentState::Stopping { cause, .. } => {
-            // Still here after the grace period: KILL, and look again a little later.
-            agent.state = AgentState::Stopping {
-                cause,
-                hard_kill_mono: now.mono + 1_000,
-            };
-            match agent.current().and_then(Attempt::pid) {
-                Some(pgid) => vec![Action::SignalGroup {
-                    pgid,
-                    signal: Signal::Kill,
-                }],
+    match agent.state.clone() {
+        AgentState::Running => {
+            let due = running_deadlines(agent).into_iter().filter(|(t, _)| *t <= now.mono).min_by_key(|(t, _)| *t);
+            match due {
+                Some((_, cause)) => stop(agent, cause, STOP_GRACE_MS, now),
                 None => vec![],
             }
+        }
+        AgentState::Stopping { cause, hard_kill_mono } if hard_kill_mono <= now.mono => {
+            // Still here after the grace period: KILL, and look again a little later.
+            agent.state = AgentState::Stopping { cause, hard_kill_mono: now.mono + 1_000 };
+            match agent.current().and_then(Attempt::pid) {
+                Some(pgid) => vec![Action::SignalGroup { pgid, signal: Signal::Kill }],
+                None => vec![],
+            }
+        }
+        AgentState::Retrying { next_mono, .. } if next_mono <= now.mono => {
+            agent.state = AgentState::Queued { reason: "retry due".into() };
+            agent.updated_at = now.wall.clone();
+            vec![emit("retry_due", json!({ "nextAttempt": agent.attempts.len() + 1 }))]
         }
         _ => vec![],
     }

@@ -1,9 +1,14 @@
-//! The pure core: every decision about an agent (start or queue, what an exit means, when a
-//! timeout fires, what a kill does) is a function of (state, input, now) returning the new
-//! state and the actions to carry out. Nothing in here reads a clock, a file or a process.
+//! The pure core: every decision about an agent (start or queue, what an exit means, how
+//! to classify a failure, retry or escalate, how long to back off, when a timeout fires,
+//! whether the system is healthy enough to start another) is a function of (state, input,
+//! now) returning the new state and the actions to carry out. Nothing in here reads a
+//! clock, a file or a process.
 
 pub mod agent;
+pub mod classify;
+pub mod health;
 pub mod lifecycle;
+pub mod role;
 
 #[cfg(test)]
 mod tests;

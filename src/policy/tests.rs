@@ -1,22 +1,26 @@
-//! Policy-core tests on a simulated clock: no processes, no sleeps.
+//! Policy-core tests on a simulated clock: no processes, no sleeps. One test per row of
+//! the seed's tables.
 
 use super::agent::*;
+use super::classify::{Facts, FailureType, RuleAction, default_rules};
+use super::health::{Breaker, HealthPolicy, Resources, hold_reason};
 use super::lifecycle::*;
+use super::role::{Backoff, Jitter, RolePolicy};
 use crate::protocol::AgentId;
 use crate::protocol::files::ReportedStatus;
 
+const S: u64 = 1_000;
+const M: u64 = 60 * S;
+
 fn at(mono: u64) -> Now {
-    Now {
-        wall: format!("t+{mono}"),
-        mono,
-    }
+    Now { wall: format!("t+{mono}"), mono, jitter: 0.5 }
 }
 
-fn agent(timeout_ms: Option<u64>, after: &[&str]) -> Agent {
+fn agent_with(role: &str, after: &[&str]) -> Agent {
     Agent {
         spec: AgentSpec {
-            id: AgentId::parse("agent-001-X").unwrap(),
-            role: "X".into(),
+            id: AgentId::parse(&format!("agent-001-{role}")).unwrap(),
+            role: role.into(),
             task: "t".into(),
             scope: None,
             constraints: vec![],
@@ -25,125 +29,409 @@ fn agent(timeout_ms: Option<u64>, after: &[&str]) -> Agent {
             template: false,
             cwd: "/".into(),
             env: vec![],
-            attempt_timeout_ms: timeout_ms,
-            max_retries: 1,
+            policy: RolePolicy::seed(role),
             spawned_at: "t".into(),
         },
-        state: AgentState::Queued {
-            reason: "new".into(),
-        },
+        state: AgentState::Queued { reason: "new".into() },
         attempts: vec![],
         updated_at: "t".into(),
+        budget_start: 0,
+        next_context: None,
     }
 }
 
-fn running(timeout_ms: Option<u64>) -> Agent {
-    let mut a = agent(timeout_ms, &[]);
-    assert_eq!(
-        admit(&mut a, Gate::Ready, &at(0), "h".into()),
-        vec![Action::Spawn]
-    );
-    started(&mut a, 10, 11, &at(1));
+fn start(a: &mut Agent, t: u64) {
+    assert_eq!(admit(a, Gate::Ready, &at(t), "h".into()), vec![Action::Spawn]);
+    started(a, 10, 11, &at(t));
+}
+
+fn running(role: &str) -> Agent {
+    let mut a = agent_with(role, &[]);
+    start(&mut a, 0);
     a
 }
 
+fn rules() -> Vec<super::classify::Rule> {
+    default_rules()
+}
+
+fn facts(end: ProcessEnd, finding: Option<&str>) -> ExitFacts {
+    ExitFacts {
+        end,
+        reported: finding.map(|_| ReportedStatus::Failed),
+        last_finding: finding.map(str::to_string),
+        handoff: HandoffFacts::Absent,
+        output_tail: String::new(),
+    }
+}
+
+fn exit(a: &mut Agent, f: ExitFacts, t: u64) -> Vec<Action> {
+    let d = rules();
+    let n = a.current().unwrap().attempt;
+    exited(a, n, f, &Rules { user: &[], defaults: &d }, &at(t))
+}
+
+fn crash(code: i32, finding: Option<&str>) -> ExitFacts {
+    facts(ProcessEnd::Exited { code }, finding)
+}
+
+fn retry_delay(a: &Agent, now: u64) -> u64 {
+    match a.state {
+        AgentState::Retrying { next_mono, .. } => next_mono - now,
+        ref s => panic!("not retrying: {s:?}"),
+    }
+}
+
+/// Runs the backoff out and starts the next attempt.
+fn next_attempt(a: &mut Agent, t: u64) {
+    let acts = tick(a, &at(t));
+    assert!(acts.iter().any(|x| matches!(x, Action::Emit { kind: "retry_due", .. })), "{acts:?}");
+    start(a, t);
+}
+
 #[test]
-fn exit_codes_decide_the_outcome() {
-    let mut a = running(None);
-    exited(&mut a, 1, ProcessEnd::Exited { code: 0 }, None, &at(5));
+fn exit_zero_completes_and_exit_codes_are_kept() {
+    let mut a = running("X");
+    let acts = exit(&mut a, facts(ProcessEnd::Exited { code: 0 }, None), 5);
     assert_eq!(a.state, AgentState::Complete);
-
-    let mut a = running(None);
-    exited(
-        &mut a,
-        1,
-        ProcessEnd::Exited { code: 7 },
-        Some((ReportedStatus::Active, Some("boom".into()))),
-        &at(5),
-    );
-    assert!(
-        matches!(&a.state, AgentState::Failed { reason } if reason.contains("code 7") && reason.contains("boom"))
-    );
+    assert!(acts.contains(&Action::Outcome { success: true }));
+    let mut a = running("X");
+    exit(&mut a, crash(7, None), 5);
     assert_eq!(a.current().unwrap().ended().unwrap().1.exit_code(), Some(7));
+    // exit 0 while saying it failed is not a success
+    let mut a = running("X");
+    exit(&mut a, facts(ProcessEnd::Exited { code: 0 }, Some("oops")), 5);
+    assert!(matches!(a.state, AgentState::Escalated { .. }), "{:?}", a.state);
+}
 
-    // exit 0 but the agent said it failed: not a success
-    let mut a = running(None);
-    exited(
-        &mut a,
-        1,
-        ProcessEnd::Exited { code: 0 },
-        Some((ReportedStatus::Failed, None)),
-        &at(5),
+#[test]
+fn retry_delays_are_30s_60s_120s_by_default() {
+    let mut a = running("IMPLEMENTER");
+    a.spec.policy.max_retries = 3;
+    let mut t = 0;
+    for want in [30 * S, 60 * S, 120 * S] {
+        t += 10;
+        exit(&mut a, crash(1, Some("rate limit exceeded")), t);
+        assert_eq!(retry_delay(&a, t), want);
+        t += want;
+        next_attempt(&mut a, t);
+    }
+    let b = Backoff { initial_ms: 30 * S, coefficient: 2.0, max_ms: Some(45 * S), jitter: Jitter::None };
+    assert_eq!([1, 2, 3].map(|n| b.delay_ms(n, 0.5)), [30 * S, 45 * S, 45 * S]);
+    let j = Backoff { jitter: Jitter::Full, ..b };
+    assert_eq!(j.delay_ms(1, 0.5), 15 * S);
+    assert!(j.delay_ms(3, 0.999) <= 45 * S);
+}
+
+#[test]
+fn progressive_timeouts_are_15m_30m_45m_for_the_planner() {
+    let mut a = running("PLANNER");
+    a.spec.policy.max_retries = 2;
+    assert_eq!(a.current().unwrap().timeout_ms, Some(15 * M));
+    let mut t = 15 * M;
+    for want in [30 * M, 45 * M] {
+        assert!(tick(&mut a, &at(t)).contains(&Action::SignalGroup { pgid: 11, signal: Signal::Term }));
+        exit(&mut a, facts(ProcessEnd::Signaled { signal: 15 }, None), t + 10);
+        assert_eq!(a.current().unwrap().ended().map(|_| ()), Some(()));
+        t += 10 + retry_delay(&a, t + 10);
+        next_attempt(&mut a, t);
+        assert_eq!(a.current().unwrap().timeout_ms, Some(want));
+        t += want;
+    }
+    let capped = RolePolicy { max_attempt_timeout_ms: Some(20 * M), ..RolePolicy::seed("PLANNER") };
+    assert_eq!(capped.attempt_timeout(3), 20 * M);
+    let flat = RolePolicy { progressive_timeout: false, ..RolePolicy::seed("PLANNER") };
+    assert_eq!(flat.attempt_timeout(3), 15 * M);
+}
+
+#[test]
+fn max_retries_per_role_then_escalation_with_every_reason() {
+    for (role, retries) in [("PLANNER", 1), ("IMPLEMENTER", 2), ("AUDITOR", 1), ("CLEANER", 1), ("OTHER", 1)] {
+        let mut a = running(role);
+        let mut t = 0;
+        for i in 0..retries {
+            t += 10;
+            exit(&mut a, crash(1, Some(&format!("network down {i}"))), t);
+            t += retry_delay(&a, t);
+            next_attempt(&mut a, t);
+        }
+        let acts = exit(&mut a, crash(1, Some("network down again")), t + 5);
+        let AgentState::Escalated { reason, .. } = &a.state else { panic!("{role}: {:?}", a.state) };
+        assert_eq!(a.attempts.len(), retries + 1, "{role}");
+        assert!(reason.contains("network down 0") && reason.contains("network down again"), "{reason}");
+        assert!(acts.iter().any(|x| matches!(x, Action::Escalate { .. })));
+    }
+}
+
+#[test]
+fn transient_failures_retry_and_permanent_ones_escalate_at_once() {
+    for f in ["Rate limit hit", "request timeout", "network unreachable"] {
+        let mut a = running("X");
+        exit(&mut a, crash(1, Some(f)), 5);
+        assert!(matches!(a.state, AgentState::Retrying { .. }), "{f}: {:?}", a.state);
+    }
+    // the output tail counts too
+    let mut a = running("X");
+    let mut fx = crash(1, None);
+    fx.output_tail = "HTTP 429 Too Many Requests".into();
+    exit(&mut a, fx, 5);
+    assert!(matches!(a.state, AgentState::Retrying { .. }));
+    let mut a = running("X");
+    exit(&mut a, crash(1, Some("syntax error in main.rs")), 5);
+    assert!(matches!(a.state, AgentState::Escalated { .. }), "{:?}", a.state);
+    assert_eq!(a.attempts.len(), 1);
+}
+
+#[test]
+fn missing_context_retries_with_the_blocker_in_the_context() {
+    let d = rules();
+    let mut a = running("X");
+    let r = Report {
+        status: ReportedStatus::Blocked,
+        last_finding: Some("missing context: which database?".into()),
+        changed: true,
+    };
+    let acts = status_reported(&mut a, &r, &Rules { user: &[], defaults: &d }, &at(5));
+    assert!(acts.contains(&Action::SignalGroup { pgid: 11, signal: Signal::Term }), "{acts:?}");
+    exit(&mut a, facts(ProcessEnd::Signaled { signal: 15 }, None), 6);
+    assert!(matches!(a.state, AgentState::Retrying { .. }), "{:?}", a.state);
+    let t = 6 + retry_delay(&a, 6);
+    next_attempt(&mut a, t);
+    let note = a.current().unwrap().context_note.clone().unwrap();
+    assert!(note.contains("which database?"), "{note}");
+}
+
+#[test]
+fn external_dependency_waits_without_killing() {
+    let d = rules();
+    let mut a = running("X");
+    let r = Report {
+        status: ReportedStatus::Blocked,
+        last_finding: Some("waiting for the staging DB".into()),
+        changed: true,
+    };
+    let acts = status_reported(&mut a, &r, &Rules { user: &[], defaults: &d }, &at(5));
+    assert!(!acts.iter().any(|x| matches!(x, Action::SignalGroup { .. })), "{acts:?}");
+    assert_eq!(a.state, AgentState::Running);
+    // while it waits, heartbeat and stall checks are off: only the attempt timeout bounds it
+    assert_eq!(next_deadline(&a), Some(20 * M));
+    // any other blocker escalates
+    let mut b = running("X");
+    let r = Report { status: ReportedStatus::Blocked, last_finding: Some("I refuse".into()), changed: true };
+    status_reported(&mut b, &r, &Rules { user: &[], defaults: &d }, &at(5));
+    exit(&mut b, facts(ProcessEnd::Signaled { signal: 15 }, None), 6);
+    assert!(matches!(b.state, AgentState::Escalated { .. }), "{:?}", b.state);
+}
+
+#[test]
+fn user_rules_come_first() {
+    let d = rules();
+    let user = vec![super::classify::Rule {
+        name: "exit 75 is temporary".into(),
+        exit_codes: vec![75],
+        signals: vec![],
+        failure_types: vec![],
+        finding: None,
+        output: None,
+        action: RuleAction::Ignore,
+    }];
+    let mut a = running("X");
+    a.spec.policy.max_retries = 0;
+    exited(&mut a, 1, crash(75, None), &Rules { user: &user, defaults: &d }, &at(5));
+    assert!(matches!(a.state, AgentState::Retrying { .. }), "ignore must not use the budget: {:?}", a.state);
+    assert!(!a.attempts[0].counted);
+    let f =
+        Facts { failure: FailureType::Crash, exit_code: Some(1), signal: None, last_finding: None, output_tail: "" };
+    assert_eq!(super::classify::classify(&user, &d, &f).0, RuleAction::Escalate);
+}
+
+#[test]
+fn deliverable_failure_gets_one_corrective_attempt_then_escalates() {
+    let mut a = running("X");
+    a.spec.policy.max_retries = 5;
+    let mut f = facts(ProcessEnd::Exited { code: 0 }, None);
+    f.handoff = HandoffFacts::MissingFiles(vec!["src/a.rs".into()]);
+    exit(&mut a, f.clone(), 5);
+    assert!(matches!(a.state, AgentState::Retrying { .. }), "{:?}", a.state);
+    let t = 5 + retry_delay(&a, 5);
+    next_attempt(&mut a, t);
+    assert!(a.current().unwrap().context_note.as_ref().unwrap().contains("corrective"));
+    exit(&mut a, f, t + 5);
+    assert!(matches!(&a.state, AgentState::Escalated { reason, .. } if reason.contains("src/a.rs")), "{:?}", a.state);
+    // require_handoff: completing without one is a deliverable failure
+    let mut b = running("X");
+    b.spec.policy.require_handoff = true;
+    exit(&mut b, facts(ProcessEnd::Exited { code: 0 }, None), 5);
+    assert!(
+        matches!(b.current().unwrap().run, AttemptRun::Ended { ref failure_type, .. } if failure_type.as_deref() == Some("deliverable"))
     );
-    assert!(matches!(a.state, AgentState::Failed { .. }));
 }
 
 #[test]
-fn a_second_report_of_the_same_exit_changes_nothing() {
-    let mut a = running(None);
-    exited(&mut a, 1, ProcessEnd::Exited { code: 3 }, None, &at(5));
-    let before = a.clone();
-    assert!(exited(&mut a, 1, ProcessEnd::Exited { code: 0 }, None, &at(9)).is_empty());
-    assert_eq!(a, before);
+fn second_retry_carries_the_retry_guidance() {
+    let mut a = running("IMPLEMENTER");
+    a.spec.policy.retry_guidance = Some("Spell it out.".into());
+    exit(&mut a, crash(1, Some("timeout")), 5);
+    let mut t = 5 + retry_delay(&a, 5);
+    next_attempt(&mut a, t);
+    assert!(a.current().unwrap().context_note.is_none());
+    exit(&mut a, crash(1, Some("timeout")), t + 5);
+    t += 5 + retry_delay(&a, t + 5);
+    next_attempt(&mut a, t);
+    assert_eq!(a.current().unwrap().context_note.as_deref(), Some("Spell it out."));
+    assert_eq!(attempt_history(&a).len(), 2);
 }
 
 #[test]
-fn attempt_timeout_terms_then_kills_the_group() {
-    let mut a = running(Some(1_000));
-    assert_eq!(next_deadline(&a), Some(1_000));
-    assert!(tick(&mut a, &at(999)).is_empty());
-    let acts = tick(&mut a, &at(1_000));
-    assert!(acts.contains(&Action::SignalGroup {
-        pgid: 11,
-        signal: Signal::Term
-    }));
-    assert_eq!(next_deadline(&a), Some(1_000 + TIMEOUT_GRACE_MS));
-    let acts = tick(&mut a, &at(1_000 + TIMEOUT_GRACE_MS));
-    assert!(acts.contains(&Action::SignalGroup {
-        pgid: 11,
-        signal: Signal::Kill
-    }));
-    exited(
-        &mut a,
-        1,
-        ProcessEnd::Signaled { signal: 9 },
-        None,
-        &at(7_000),
-    );
-    assert!(matches!(&a.state, AgentState::TimedOut { reason } if reason.contains("1s")));
+fn heartbeat_staleness_and_attempt_timeout_are_two_numbers() {
+    let d = rules();
+    let mut a = running("X"); // 20m attempt timeout, 5m heartbeat
+    // a plain command that never reports is never stale: only its attempt timeout bounds it
+    assert_eq!(next_deadline(&a), Some(20 * M));
+    let r = Report { status: ReportedStatus::Active, last_finding: None, changed: true };
+    status_reported(&mut a, &r, &Rules { user: &[], defaults: &d }, &at(M));
+    assert_eq!(next_deadline(&a), Some(6 * M));
+    // output is a heartbeat too
+    output_seen(&mut a, 5 * M);
+    assert_eq!(next_deadline(&a), Some(10 * M));
+    assert!(tick(&mut a, &at(10 * M - 1)).is_empty());
+    let acts = tick(&mut a, &at(10 * M));
+    assert!(matches!(a.state, AgentState::Stopping { cause: StopCause::Heartbeat, .. }));
+    assert!(acts.contains(&Action::SignalGroup { pgid: 11, signal: Signal::Term }));
+    assert_eq!(a.state.name(), "stale");
 }
 
 #[test]
-fn kill_request_is_final_and_queued_agents_die_without_a_process() {
-    let mut a = running(None);
+fn partial_progress_is_not_mistaken_for_a_stall() {
+    let d = rules();
+    let r = Rules { user: &[], defaults: &d };
+    let mut a = running("X"); // stall 10m, heartbeat 5m
+    a.attempts[0].timeout_ms = Some(60 * M);
+    // progress moves every 4 minutes: never stale, never stalled
+    for i in 1..=10u64 {
+        let rep = Report { status: ReportedStatus::Active, last_finding: None, changed: true };
+        status_reported(&mut a, &rep, &r, &at(i * 4 * M / 2));
+        assert!(tick(&mut a, &at(i * 4 * M / 2 + 1)).is_empty());
+    }
+    assert_eq!(a.state, AgentState::Running);
+    // heartbeats without change: alive, but silent after stall_timeout
+    let mut b = running("X");
+    b.spec.policy.attempt_timeout_ms = 60 * M;
+    b.attempts[0].timeout_ms = Some(60 * M);
+    let first = Report { status: ReportedStatus::Active, last_finding: None, changed: true };
+    status_reported(&mut b, &first, &r, &at(M));
+    for i in 2..=11u64 {
+        let same = Report { changed: false, ..first.clone() };
+        status_reported(&mut b, &same, &r, &at(i * M));
+        tick(&mut b, &at(i * M));
+    }
+    assert!(matches!(b.state, AgentState::Stopping { cause: StopCause::Silent, .. }), "{:?}", b.state);
+}
+
+#[test]
+fn breaker_opens_after_3_failures_in_5_minutes_and_probes_after_cooldown() {
+    let p = HealthPolicy::default();
+    let r = Resources::default();
+    let mut b = Breaker::default();
+    assert!(!b.failure("a", 0, &p));
+    assert!(!b.failure("b", 2 * M, &p));
+    // the first has aged out of the window by now: still closed
+    assert!(!b.failure("c", 5 * M + 1, &p));
+    assert!(b.failure("d", 6 * M, &p), "3 failures within 5 minutes open it");
+    assert!(hold_reason(&p, &b, 0, 0, &r, 6 * M + 1).unwrap().contains("circuit breaker open"));
+    b.advance(7 * M);
+    assert_eq!(b.name(), "half_open");
+    assert_eq!(hold_reason(&p, &b, 0, 0, &r, 7 * M), None, "one probe goes through");
+    b.started("probe");
+    assert!(hold_reason(&p, &b, 1, 0, &r, 7 * M).unwrap().contains("probe"));
+    // the probe fails: open again; a later probe succeeds: closed
+    assert!(b.failure("probe", 7 * M + 5, &p));
+    b.advance(9 * M);
+    b.started("probe2");
+    assert!(b.success("probe2"));
+    assert_eq!(b, Breaker::Closed { failures: vec![] });
+}
+
+#[test]
+fn capacity_of_5_queues_the_sixth() {
+    let p = HealthPolicy::default();
+    let b = Breaker::default();
+    let r = Resources::default();
+    assert_eq!(hold_reason(&p, &b, 4, 0, &r, 0), None);
+    assert_eq!(hold_reason(&p, &b, 5, 0, &r, 0).unwrap(), "capacity: 5 of 5 agents running");
+    let p2 = HealthPolicy { min_free_memory: Some(1 << 30), max_load: Some(4.0), max_open_escalations: Some(1), ..p };
+    let low = Resources { free_memory: Some(100 << 20), load: Some(1.0) };
+    assert!(hold_reason(&p2, &b, 0, 0, &low, 0).unwrap().contains("free memory"));
+    let busy = Resources { free_memory: Some(2 << 30), load: Some(9.0) };
+    assert!(hold_reason(&p2, &b, 0, 0, &busy, 0).unwrap().contains("load"));
+    let fine = Resources { free_memory: Some(2 << 30), load: Some(1.0) };
+    assert!(hold_reason(&p2, &b, 0, 1, &fine, 0).unwrap().contains("escalations"));
+}
+
+#[test]
+fn kill_is_final_and_queued_agents_die_without_a_process() {
+    let mut a = running("X");
     let acts = kill_requested(&mut a, 2_000, &at(3)).unwrap();
-    assert!(acts.contains(&Action::SignalGroup {
-        pgid: 11,
-        signal: Signal::Term
-    }));
-    exited(&mut a, 1, ProcessEnd::Signaled { signal: 15 }, None, &at(4));
+    assert!(acts.contains(&Action::SignalGroup { pgid: 11, signal: Signal::Term }));
+    let acts = exit(&mut a, facts(ProcessEnd::Signaled { signal: 15 }, None), 4);
     assert_eq!(a.state, AgentState::Killed);
+    assert!(!acts.iter().any(|x| matches!(x, Action::Outcome { .. })), "a kill is no failure for the breaker");
     assert!(kill_requested(&mut a, 0, &at(5)).is_err());
-
-    let mut q = agent(None, &["agent-000-Y"]);
-    let acts = kill_requested(&mut q, 0, &at(1)).unwrap();
-    assert!(!acts.iter().any(|x| matches!(x, Action::SignalGroup { .. })));
+    let mut q = agent_with("X", &["agent-000-Y"]);
+    kill_requested(&mut q, 0, &at(1)).unwrap();
     assert_eq!(q.state, AgentState::Killed);
 }
 
 #[test]
+fn human_retry_starts_a_fresh_budget() {
+    let mut a = running("X");
+    a.spec.policy.max_retries = 0;
+    exit(&mut a, crash(1, Some("boom")), 5);
+    assert!(matches!(a.state, AgentState::Escalated { .. }));
+    retry_requested(&mut a, Some("use the v2 API".into()), &at(10)).unwrap();
+    assert!(matches!(a.state, AgentState::Queued { .. }));
+    start(&mut a, 11);
+    assert_eq!(a.current().unwrap().context_note.as_deref(), Some("use the v2 API"));
+    assert_eq!(a.current().unwrap().timeout_ms, Some(20 * M), "a fresh budget restarts the progressive timeout");
+    // retrying a running agent stops it first; the new attempt follows its exit
+    let acts = retry_requested(&mut a, None, &at(12)).unwrap();
+    assert!(acts.contains(&Action::SignalGroup { pgid: 11, signal: Signal::Term }));
+    exit(&mut a, facts(ProcessEnd::Signaled { signal: 15 }, None), 13);
+    assert!(matches!(a.state, AgentState::Queued { .. }), "{:?}", a.state);
+}
+
+#[test]
+fn a_second_report_of_the_same_exit_changes_nothing() {
+    let mut a = running("X");
+    exit(&mut a, crash(3, None), 5);
+    let before = a.clone();
+    let d = rules();
+    assert!(exited(&mut a, 1, crash(0, None), &Rules { user: &[], defaults: &d }, &at(9)).is_empty());
+    assert_eq!(a, before);
+}
+
+#[test]
 fn dependencies_gate_the_start() {
-    let a = agent(None, &["agent-000-Y"]);
+    let a = agent_with("X", &["agent-000-Y"]);
     let running = AgentState::Running;
-    assert!(
-        matches!(dependency_gate(&a.spec, |_| Some(&running)), Gate::Wait(r) if r.contains("agent-000-Y"))
-    );
+    assert!(matches!(dependency_gate(&a.spec, |_| Some(&running)), Gate::Wait(r) if r.contains("agent-000-Y")));
     let done = AgentState::Complete;
     assert_eq!(dependency_gate(&a.spec, |_| Some(&done)), Gate::Ready);
     let failed = AgentState::Failed { reason: "x".into() };
-    assert!(matches!(
-        dependency_gate(&a.spec, |_| Some(&failed)),
-        Gate::Fail(_)
-    ));
+    assert!(matches!(dependency_gate(&a.spec, |_| Some(&failed)), Gate::Fail(_)));
     assert!(matches!(dependency_gate(&a.spec, |_| None), Gate::Fail(_)));
+}
+
+#[test]
+fn deadline_bounds_all_attempts_together() {
+    let mut a = running("X");
+    a.spec.policy.deadline_ms = Some(25 * M);
+    a.spec.policy.max_retries = 5;
+    exit(&mut a, crash(1, Some("timeout")), 10 * M);
+    let t = 10 * M + retry_delay(&a, 10 * M);
+    next_attempt(&mut a, t);
+    assert_eq!(next_deadline(&a), Some(25 * M));
+    tick(&mut a, &at(25 * M));
+    exit(&mut a, facts(ProcessEnd::Signaled { signal: 15 }, None), 25 * M + 1);
+    assert!(matches!(&a.state, AgentState::Escalated { reason, .. } if reason.contains("deadline")), "{:?}", a.state);
 }

@@ -23,11 +23,7 @@ pub fn render(c: &ContextInput) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Delegation: {} ({})\n", c.agent_id, c.role);
     let _ = writeln!(s, "## Task\n\n{}\n", c.task);
-    let _ = writeln!(
-        s,
-        "## Scope\n\n{}\n",
-        c.scope.unwrap_or("Not limited beyond the task.")
-    );
+    let _ = writeln!(s, "## Scope\n\n{}\n", c.scope.unwrap_or("Not limited beyond the task."));
     if !c.constraints.is_empty() {
         let _ = writeln!(s, "## Constraints\n");
         for k in c.constraints {
@@ -55,11 +51,7 @@ pub fn render(c: &ContextInput) -> String {
         c.handoff_file.display()
     );
     if !c.previous_failures.is_empty() {
-        let _ = writeln!(
-            s,
-            "## This is attempt {}: earlier attempts failed\n",
-            c.attempt
-        );
+        let _ = writeln!(s, "## This is attempt {}: earlier attempts failed\n", c.attempt);
         for f in c.previous_failures {
             let _ = writeln!(s, "- {f}");
         }

@@ -104,66 +104,36 @@ fn complete() -> String {
 
 /// Reads a file the agent wrote, bounded by [`MAX_FILE_BYTES`], as UTF-8 text.
 pub fn read_bounded(path: &Path) -> Result<String, String> {
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut buf = Vec::new();
-    f.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if buf.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!(
-            "{} is larger than the {} MiB limit",
-            path.display(),
-            MAX_FILE_BYTES / (1024 * 1024)
-        ));
+        return Err(format!("{} is larger than the {} MiB limit", path.display(), MAX_FILE_BYTES / (1024 * 1024)));
     }
-    String::from_utf8(buf).map_err(|e| {
-        format!(
-            "{} is not text (invalid UTF-8 at byte {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })
+    String::from_utf8(buf)
+        .map_err(|e| format!("{} is not text (invalid UTF-8 at byte {})", path.display(), e.utf8_error().valid_up_to()))
 }
 
 fn parse_json(text: &str, path: &Path) -> Result<Value, String> {
     if text.trim().is_empty() {
-        return Err(format!(
-            "{} is empty (torn or unfinished write?)",
-            path.display()
-        ));
+        return Err(format!("{} is empty (torn or unfinished write?)", path.display()));
     }
     serde_json::from_str(text).map_err(|e| {
-        let hint = if e.is_eof() {
-            " (torn or unfinished write?)"
-        } else {
-            ""
-        };
+        let hint = if e.is_eof() { " (torn or unfinished write?)" } else { "" };
         format!("{} is not valid JSON: {e}{hint}", path.display())
     })
 }
 
 fn field_err(path: &Path, field: &str, want: &str, got: Option<&Value>) -> String {
     match got {
-        None => format!(
-            "{}: field `{field}` is missing; it must be {want}",
-            path.display()
-        ),
-        Some(v) => format!(
-            "{}: field `{field}` is {}; it must be {want}",
-            path.display(),
-            describe(v)
-        ),
+        None => format!("{}: field `{field}` is missing; it must be {want}", path.display()),
+        Some(v) => format!("{}: field `{field}` is {}; it must be {want}", path.display(), describe(v)),
     }
 }
 
 fn describe(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 40 {
-        format!("{}...", &s[..s.floor_char_boundary(40)])
-    } else {
-        s
-    }
+    if s.len() > 40 { format!("{}...", &s[..s.floor_char_boundary(40)]) } else { s }
 }
 
 fn check_findings(path: &Path, field: &str, v: Option<&Value>) -> Result<(), String> {
@@ -172,12 +142,7 @@ fn check_findings(path: &Path, field: &str, v: Option<&Value>) -> Result<(), Str
         Some(Value::Array(items)) => {
             for (i, f) in items.iter().enumerate() {
                 if !(f.is_string() || f.is_object()) {
-                    return Err(field_err(
-                        path,
-                        &format!("{field}[{i}]"),
-                        "a string or an object",
-                        Some(f),
-                    ));
+                    return Err(field_err(path, &format!("{field}[{i}]"), "a string or an object", Some(f)));
                 }
             }
             Ok(())
@@ -197,11 +162,7 @@ fn opt_string(path: &Path, obj: &Map<String, Value>, field: &str) -> Result<(), 
 pub fn parse_status(text: &str, path: &Path) -> Result<StatusFile, String> {
     let v = parse_json(text, path)?;
     let Value::Object(obj) = &v else {
-        return Err(format!(
-            "{}: expected a JSON object, found {}",
-            path.display(),
-            describe(&v)
-        ));
+        return Err(format!("{}: expected a JSON object, found {}", path.display(), describe(&v)));
     };
     match obj.get("agentId") {
         Some(Value::String(_)) => {}
@@ -210,24 +171,14 @@ pub fn parse_status(text: &str, path: &Path) -> Result<StatusFile, String> {
     match obj.get("status") {
         Some(Value::String(s)) if ReportedStatus::parse(s).is_some() => {}
         other => {
-            return Err(field_err(
-                path,
-                "status",
-                &format!("one of {}", ReportedStatus::ALL),
-                other,
-            ));
+            return Err(field_err(path, "status", &format!("one of {}", ReportedStatus::ALL), other));
         }
     }
     match obj.get("progress") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) if n.as_f64().is_some_and(|p| (0.0..=1.0).contains(&p)) => {}
         other => {
-            return Err(field_err(
-                path,
-                "progress",
-                "a number from 0.0 to 1.0",
-                other,
-            ));
+            return Err(field_err(path, "progress", "a number from 0.0 to 1.0", other));
         }
     }
     for f in ["role", "phase", "milestone", "lastUpdate"] {
@@ -258,12 +209,7 @@ pub fn validate_handoff_value(v: &Value) -> Result<(), String> {
     match obj.get("fromAgent") {
         Some(Value::String(s)) if !s.is_empty() => {}
         other => {
-            return Err(strip(field_err(
-                p,
-                "fromAgent",
-                "a non-empty string",
-                other,
-            )));
+            return Err(strip(field_err(p, "fromAgent", "a non-empty string", other)));
         }
     }
     for f in ["toAgent", "status"] {
@@ -287,24 +233,14 @@ pub fn validate_handoff_value(v: &Value) -> Result<(), String> {
                     }
                 }
                 other => {
-                    return Err(strip(field_err(
-                        p,
-                        "deliverables.files",
-                        "an array of paths",
-                        other,
-                    )));
+                    return Err(strip(field_err(p, "deliverables.files", "an array of paths", other)));
                 }
             }
             check_findings(p, "deliverables.findings", d.get("findings")).map_err(strip)?;
             match d.get("decisions") {
                 None | Some(Value::Array(_)) => {}
                 other => {
-                    return Err(strip(field_err(
-                        p,
-                        "deliverables.decisions",
-                        "an array",
-                        other,
-                    )));
+                    return Err(strip(field_err(p, "deliverables.decisions", "an array", other)));
                 }
             }
         }
@@ -312,12 +248,7 @@ pub fn validate_handoff_value(v: &Value) -> Result<(), String> {
     }
     match obj.get("memoryCandidate") {
         None | Some(Value::Null) | Some(Value::Object(_)) | Some(Value::Array(_)) => Ok(()),
-        other => Err(strip(field_err(
-            p,
-            "memoryCandidate",
-            "an object or an array",
-            other,
-        ))),
+        other => Err(strip(field_err(p, "memoryCandidate", "an object or an array", other))),
     }
 }
 
@@ -364,14 +295,8 @@ mod tests {
             ("[1,2]", "expected a JSON object"),
             (r#"{"status":"active"}"#, "`agentId` is missing"),
             (r#"{"agentId":"a","status":"running"}"#, "`status`"),
-            (
-                r#"{"agentId":"a","status":"active","progress":7}"#,
-                "`progress`",
-            ),
-            (
-                r#"{"agentId":"a","status":"active","findings":[1]}"#,
-                "findings[0]",
-            ),
+            (r#"{"agentId":"a","status":"active","progress":7}"#, "`progress`"),
+            (r#"{"agentId":"a","status":"active","findings":[1]}"#, "findings[0]"),
             (r#"{"agentId":"a","status":"active","phase":3}"#, "`phase`"),
         ];
         for (text, want) in cases {
@@ -384,19 +309,12 @@ mod tests {
     fn handoff_errors_name_field() {
         let e = validate_handoff_value(&serde_json::json!({"deliverables": {}})).unwrap_err();
         assert!(e.contains("fromAgent"), "{e}");
-        let e = validate_handoff_value(
-            &serde_json::json!({"fromAgent":"a","deliverables": {"files": [1]}}),
-        )
-        .unwrap_err();
+        let e =
+            validate_handoff_value(&serde_json::json!({"fromAgent":"a","deliverables": {"files": [1]}})).unwrap_err();
         assert!(e.contains("deliverables.files[0]"), "{e}");
-        let e = validate_handoff_value(&serde_json::json!({"fromAgent":"a","memoryCandidate": 3}))
-            .unwrap_err();
+        let e = validate_handoff_value(&serde_json::json!({"fromAgent":"a","memoryCandidate": 3})).unwrap_err();
         assert!(e.contains("memoryCandidate"), "{e}");
-        let h = parse_handoff(
-            r#"{"fromAgent":"a","deliverables":{"findings":["x"]}}"#,
-            p(),
-        )
-        .unwrap();
+        let h = parse_handoff(r#"{"fromAgent":"a","deliverables":{"findings":["x"]}}"#, p()).unwrap();
         assert_eq!(h.to_agent, "ORCHESTRATOR");
     }
 

@@ -15,36 +15,22 @@ pub struct NameError {
 }
 
 fn check(what: &'static str, value: &str, extra: &[char]) -> Result<(), NameError> {
-    let err = |why: String| NameError {
-        what,
-        value: value.to_string(),
-        why,
-    };
+    let err = |why: String| NameError { what, value: value.to_string(), why };
     if value.is_empty() {
         return Err(err("it is empty".into()));
     }
     if value.len() > MAX_NAME_LEN {
         return Err(err(format!("it is longer than {MAX_NAME_LEN} characters")));
     }
-    if !value
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-    {
+    if !value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
         return Err(err("it must start with a letter or digit".into()));
     }
-    if let Some(bad) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || extra.contains(c)))
+    if let Some(bad) =
+        value.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || extra.contains(c)))
     {
-        let allowed = if extra.is_empty() {
-            "letters, digits, '_' and '-'"
-        } else {
-            "letters, digits, '_', '-' and '.'"
-        };
-        return Err(err(format!(
-            "it contains {bad:?}; only {allowed} are allowed"
-        )));
+        let allowed =
+            if extra.is_empty() { "letters, digits, '_' and '-'" } else { "letters, digits, '_', '-' and '.'" };
+        return Err(err(format!("it contains {bad:?}; only {allowed} are allowed")));
     }
     Ok(())
 }
@@ -60,9 +46,7 @@ pub fn validate_id(id: &str) -> Result<(), NameError> {
     check("agent id", id, &['.'])
 }
 
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct AgentId(String);
 
@@ -92,16 +76,7 @@ mod tests {
 
     #[test]
     fn rejects_paths_and_empties() {
-        for bad in [
-            "",
-            "../../etc/x",
-            "a/b",
-            ".hidden",
-            "..",
-            "a b",
-            "-x",
-            "a\0b",
-        ] {
+        for bad in ["", "../../etc/x", "a/b", ".hidden", "..", "a b", "-x", "a\0b"] {
             assert!(validate_id(bad).is_err(), "{bad:?} accepted");
         }
         for bad in ["A/B", "x.y", ""] {
@@ -109,10 +84,7 @@ mod tests {
         }
         assert!(validate_id("agent-001-PLANNER").is_ok());
         assert!(validate_id("build.v2_x").is_ok());
-        assert_eq!(
-            AgentId::generated(7, "AUDITOR").as_str(),
-            "agent-007-AUDITOR"
-        );
+        assert_eq!(AgentId::generated(7, "AUDITOR").as_str(), "agent-007-AUDITOR");
         assert_eq!(AgentId::generated(1234, "X").as_str(), "agent-1234-X");
     }
 

@@ -50,8 +50,7 @@ impl DataDir {
         self.inbox_dir().join(format!("{id}.md"))
     }
     pub fn handoff_file(&self, id: &AgentId, compact_ts: &str) -> PathBuf {
-        self.handoff_dir()
-            .join(format!("{HANDOFF_PREFIX}{compact_ts}-{id}{HANDOFF_SUFFIX}"))
+        self.handoff_dir().join(format!("{HANDOFF_PREFIX}{compact_ts}-{id}{HANDOFF_SUFFIX}"))
     }
     pub fn registry_file(&self) -> PathBuf {
         self.root.join("spawn-registry.json")
@@ -90,9 +89,7 @@ impl DataDir {
         for b in self.root.as_os_str().as_encoded_bytes() {
             h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
         }
-        std::env::temp_dir()
-            .join(format!("corral-{uid}"))
-            .join(format!("{h:016x}.sock"))
+        std::env::temp_dir().join(format!("corral-{uid}")).join(format!("{h:016x}.sock"))
     }
 
     pub fn create_all(&self) -> std::io::Result<()> {
@@ -112,9 +109,7 @@ impl DataDir {
 
     /// The agent id a handoff file name belongs to, if the name follows the protocol.
     pub fn handoff_owner(file_name: &str) -> Option<&str> {
-        let rest = file_name
-            .strip_prefix(HANDOFF_PREFIX)?
-            .strip_suffix(HANDOFF_SUFFIX)?;
+        let rest = file_name.strip_prefix(HANDOFF_PREFIX)?.strip_suffix(HANDOFF_SUFFIX)?;
         // `<ts>-<id>`: the compact timestamp has no '-', so the id starts after the first one.
         let (_, id) = rest.split_once('-')?;
         Some(id)
@@ -127,19 +122,14 @@ mod tests {
     #[test]
     fn handoff_owner_parses_seed_names() {
         assert_eq!(
-            DataDir::handoff_owner(
-                "handoff-20261124T060421.123Z-agent-001-IMPL-to-ORCHESTRATOR.json"
-            ),
+            DataDir::handoff_owner("handoff-20261124T060421.123Z-agent-001-IMPL-to-ORCHESTRATOR.json"),
             Some("agent-001-IMPL")
         );
         assert_eq!(DataDir::handoff_owner("handoff-x.json"), None);
         let d = DataDir::new("/tmp/x".into());
         let id = AgentId::parse("agent-001-A").unwrap();
         let f = d.handoff_file(&id, "20261124T060421.123Z");
-        assert_eq!(
-            DataDir::handoff_owner(f.file_name().unwrap().to_str().unwrap()),
-            Some("agent-001-A")
-        );
+        assert_eq!(DataDir::handoff_owner(f.file_name().unwrap().to_str().unwrap()), Some("agent-001-A"));
     }
     #[test]
     fn long_socket_path_falls_back() {

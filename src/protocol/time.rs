@@ -24,10 +24,7 @@ pub fn parse(s: &str) -> Option<Timestamp> {
 /// Milliseconds on the monotonic clock that keeps counting across suspend (CLOCK_BOOTTIME).
 /// Shared by every process on the machine, so deadlines survive a supervisor restart.
 pub fn mono_ms() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `t` is a valid, writable timespec; CLOCK_BOOTTIME exists on every Linux since 2.6.39.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut t) };
     t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000

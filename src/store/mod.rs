@@ -4,7 +4,7 @@
 
 pub mod sqlite;
 
-use crate::policy::agent::Agent;
+use crate::policy::agent::{Agent, Escalation};
 use crate::protocol::AgentId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,19 +36,15 @@ pub trait Registry {
     /// Hands out the next agent number; never the same one twice.
     fn next_number(&mut self) -> Result<u64>;
     fn put(&mut self, agent: &Agent) -> Result<()>;
-    fn append_event(
-        &mut self,
-        at: &str,
-        agent: Option<&AgentId>,
-        kind: &str,
-        data: &Value,
-    ) -> Result<EventRecord>;
-    fn events(
-        &mut self,
-        after: u64,
-        agent: Option<&AgentId>,
-        limit: usize,
-    ) -> Result<Vec<EventRecord>>;
+    fn append_event(&mut self, at: &str, agent: Option<&AgentId>, kind: &str, data: &Value) -> Result<EventRecord>;
+    fn events(&mut self, after: u64, agent: Option<&AgentId>, limit: usize) -> Result<Vec<EventRecord>>;
+    /// Numbers and stores a new escalation (its `n` is ignored and assigned).
+    fn add_escalation(&mut self, e: &Escalation) -> Result<u64>;
+    fn put_escalation(&mut self, e: &Escalation) -> Result<()>;
+    fn escalations(&mut self) -> Result<Vec<Escalation>>;
+    /// Small named records (e.g. the circuit breaker), as JSON text.
+    fn get_meta(&mut self, key: &str) -> Result<Option<String>>;
+    fn put_meta(&mut self, key: &str, value: &str) -> Result<()>;
     /// Groups the writes that follow into one durable unit.
     fn begin(&mut self) -> Result<()>;
     fn commit(&mut self) -> Result<()>;

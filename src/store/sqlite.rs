@@ -4,7 +4,7 @@
 //! last commits.
 
 use super::{EventRecord, Registry, Result, StoreError};
-use crate::policy::agent::Agent;
+use crate::policy::agent::{Agent, Escalation};
 use crate::protocol::AgentId;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -29,7 +29,10 @@ impl SqliteRegistry {
              CREATE TABLE IF NOT EXISTS events (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, agent_id TEXT,
                  kind TEXT NOT NULL, data TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS events_agent ON events(agent_id, seq);",
+             CREATE INDEX IF NOT EXISTS events_agent ON events(agent_id, seq);
+             CREATE TABLE IF NOT EXISTS escalations (
+                 n INTEGER PRIMARY KEY AUTOINCREMENT, agent_id TEXT NOT NULL, body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )?;
         #[cfg(unix)]
         {
@@ -42,31 +45,20 @@ impl SqliteRegistry {
 
 impl Registry for SqliteRegistry {
     fn load(&mut self) -> Result<Vec<Agent>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, body FROM agents ORDER BY seq")?;
+        let mut stmt = self.conn.prepare("SELECT id, body FROM agents ORDER BY seq")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, body) = row?;
-            let agent = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
-                id,
-                err: e.to_string(),
-            })?;
+            let agent = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt { id, err: e.to_string() })?;
             out.push(agent);
         }
         Ok(out)
     }
 
     fn next_number(&mut self) -> Result<u64> {
-        let cur: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'agent_number'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let cur: Option<i64> =
+            self.conn.query_row("SELECT value FROM meta WHERE key = 'agent_number'", [], |r| r.get(0)).optional()?;
         let next = cur.unwrap_or(0) + 1;
         self.conn.execute(
             "INSERT INTO meta(key, value) VALUES ('agent_number', ?1)
@@ -82,23 +74,12 @@ impl Registry for SqliteRegistry {
             "INSERT INTO agents(id, seq, role, state, body)
              VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM agents), ?2, ?3, ?4)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
-            params![
-                agent.spec.id.as_str(),
-                agent.spec.role,
-                agent.state.name(),
-                body
-            ],
+            params![agent.spec.id.as_str(), agent.spec.role, agent.state.name(), body],
         )?;
         Ok(())
     }
 
-    fn append_event(
-        &mut self,
-        at: &str,
-        agent: Option<&AgentId>,
-        kind: &str,
-        data: &Value,
-    ) -> Result<EventRecord> {
+    fn append_event(&mut self, at: &str, agent: Option<&AgentId>, kind: &str, data: &Value) -> Result<EventRecord> {
         self.conn.execute(
             "INSERT INTO events(at, agent_id, kind, data) VALUES (?1, ?2, ?3, ?4)",
             params![at, agent.map(AgentId::as_str), kind, data.to_string()],
@@ -112,31 +93,64 @@ impl Registry for SqliteRegistry {
         })
     }
 
-    fn events(
-        &mut self,
-        after: u64,
-        agent: Option<&AgentId>,
-        limit: usize,
-    ) -> Result<Vec<EventRecord>> {
+    fn events(&mut self, after: u64, agent: Option<&AgentId>, limit: usize) -> Result<Vec<EventRecord>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, at, agent_id, kind, data FROM events
              WHERE seq > ?1 AND (?2 IS NULL OR agent_id = ?2) ORDER BY seq LIMIT ?3",
         )?;
-        let rows = stmt.query_map(
-            params![after as i64, agent.map(AgentId::as_str), limit as i64],
-            |r| {
-                let id: Option<String> = r.get(2)?;
-                let data: String = r.get(4)?;
-                Ok(EventRecord {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    at: r.get(1)?,
-                    agent_id: id.and_then(|s| AgentId::parse(&s).ok()),
-                    kind: r.get(3)?,
-                    data: serde_json::from_str(&data).unwrap_or(Value::Null),
-                })
-            },
-        )?;
+        let rows = stmt.query_map(params![after as i64, agent.map(AgentId::as_str), limit as i64], |r| {
+            let id: Option<String> = r.get(2)?;
+            let data: String = r.get(4)?;
+            Ok(EventRecord {
+                seq: r.get::<_, i64>(0)? as u64,
+                at: r.get(1)?,
+                agent_id: id.and_then(|s| AgentId::parse(&s).ok()),
+                kind: r.get(3)?,
+                data: serde_json::from_str(&data).unwrap_or(Value::Null),
+            })
+        })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn add_escalation(&mut self, e: &Escalation) -> Result<u64> {
+        self.conn.execute("INSERT INTO escalations(agent_id, body) VALUES (?1, '{}')", params![e.agent_id.as_str()])?;
+        let n = self.conn.last_insert_rowid() as u64;
+        let mut e = e.clone();
+        e.n = n;
+        self.put_escalation(&e)?;
+        Ok(n)
+    }
+
+    fn put_escalation(&mut self, e: &Escalation) -> Result<()> {
+        let body = serde_json::to_string(e).expect("escalations always serialize");
+        self.conn.execute("UPDATE escalations SET body = ?2 WHERE n = ?1", params![e.n as i64, body])?;
+        Ok(())
+    }
+
+    fn escalations(&mut self) -> Result<Vec<Escalation>> {
+        let mut stmt = self.conn.prepare("SELECT n, body FROM escalations ORDER BY n")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (n, body) = row?;
+            out.push(
+                serde_json::from_str(&body)
+                    .map_err(|e| StoreError::Corrupt { id: format!("escalation {n}"), err: e.to_string() })?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn get_meta(&mut self, key: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT value FROM kv WHERE key = ?1", params![key], |r| r.get(0)).optional()?)
+    }
+
+    fn put_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
     }
 
     fn begin(&mut self) -> Result<()> {

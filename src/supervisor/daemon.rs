@@ -5,21 +5,27 @@
 
 use super::{launch, process, views};
 use crate::config::Workspace;
-use crate::ipc::{DaemonView, Reply, Request};
-use crate::policy::agent::{Agent, AgentState};
+use crate::ipc::Reply;
+use crate::policy::agent::{Agent, AgentState, Escalation};
+use crate::policy::classify::{self, Rule};
+use crate::policy::health::{self, Breaker, HealthPolicy, Resources};
 use crate::policy::lifecycle::{self, Action, Now, Signal};
-use crate::protocol::files::{self, StatusFile};
+use crate::protocol::files::StatusFile;
 use crate::protocol::{AgentId, DataDir, atomic, time};
 use crate::store::{EventRecord, Registry};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub const EVENTS_PAGE: usize = 10_000;
+/// How often held spawns look at memory and load again while those are what holds them.
+const RESOURCE_RECHECK_MS: u64 = 2_000;
+const BREAKER_KEY: &str = "breaker";
 
 pub enum Msg {
-    Request(Request, oneshot::Sender<Reply>),
+    Request(crate::ipc::Request, oneshot::Sender<Reply>),
     /// The shim of this attempt has ended (its pidfd became readable).
     Exited {
         id: AgentId,
@@ -40,6 +46,12 @@ pub struct Live {
 
 pub struct Supervisor {
     pub ws: Workspace,
+    pub config_mtime: Option<std::time::SystemTime>,
+    pub rules: Rc<Vec<Rule>>,
+    pub default_rules: Rc<Vec<Rule>>,
+    pub health: HealthPolicy,
+    pub breaker: Breaker,
+    pub escalations: Vec<Escalation>,
     pub data: DataDir,
     pub store: Box<dyn Registry>,
     pub agents: HashMap<AgentId, Live>,
@@ -49,17 +61,20 @@ pub struct Supervisor {
     pub socket: PathBuf,
     pub started_at: String,
     pub started_mono: u64,
+    resource_recheck: Option<u64>,
     dirty: Vec<AgentId>,
     registry_dirty: bool,
+    escalations_dirty: bool,
     cleanup: Vec<PathBuf>,
-    stopping: bool,
+    pub stopping: bool,
 }
 
 pub fn now() -> Now {
-    Now {
-        wall: time::rfc3339(time::now()),
-        mono: time::mono_ms(),
-    }
+    // Full jitter needs a uniform sample; the low bits of the clock are plenty for that.
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let mixed = (nanos as u64 ^ std::process::id() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    Now { wall: time::rfc3339(time::now()), mono: time::mono_ms(), jitter: mixed as f64 / (1u64 << 53) as f64 }
 }
 
 impl Supervisor {
@@ -70,8 +85,17 @@ impl Supervisor {
         tx: mpsc::UnboundedSender<Msg>,
         socket: PathBuf,
     ) -> Self {
+        let config_mtime = ws.config_file.as_ref().and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+        let rules = Rc::new(ws.config.rules());
+        let health = ws.config.health();
         Self {
             ws,
+            config_mtime,
+            rules,
+            default_rules: Rc::new(classify::default_rules()),
+            health,
+            breaker: Breaker::default(),
+            escalations: Vec::new(),
             data,
             store,
             agents: HashMap::new(),
@@ -81,8 +105,10 @@ impl Supervisor {
             socket,
             started_at: time::rfc3339(time::now()),
             started_mono: time::mono_ms(),
+            resource_recheck: None,
             dirty: Vec::new(),
             registry_dirty: true,
+            escalations_dirty: true,
             cleanup: Vec::new(),
             stopping: false,
         }
@@ -91,29 +117,24 @@ impl Supervisor {
     /// Loads the registry and reconciles it with what is on disk and in the process table.
     /// This is the same path every start takes; there is no separate recovery mode.
     pub fn load(&mut self) -> anyhow::Result<()> {
+        self.escalations = self.store.escalations()?;
+        if let Some(b) = self.store.get_meta(BREAKER_KEY)?.and_then(|s| serde_json::from_str(&s).ok()) {
+            self.breaker = b;
+        }
+        self.store.begin()?;
         for agent in self.store.load()? {
             let id = agent.spec.id.clone();
             self.order.push(id.clone());
-            self.agents.insert(
-                id.clone(),
-                Live {
-                    agent,
-                    report: None,
-                    report_error: None,
-                    handoffs: Vec::new(),
-                },
-            );
+            self.agents.insert(id.clone(), Live { agent, report: None, report_error: None, handoffs: Vec::new() });
             self.refresh_status(&id);
         }
         self.scan_handoffs();
-        self.store.begin()?;
         for id in self.order.clone() {
-            let live = self.agents[&id].agent.state.has_live_process();
-            if live {
+            if self.agents[&id].agent.state.has_live_process() {
                 launch::reconcile(self, &id);
             }
         }
-        self.admit_queued();
+        self.tick();
         self.flush()?;
         Ok(())
     }
@@ -121,9 +142,7 @@ impl Supervisor {
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) -> anyhow::Result<()> {
         let mut replies = Vec::new();
         while !self.stopping {
-            let sleep = self
-                .next_deadline()
-                .map(|d| d.saturating_sub(time::mono_ms()));
+            let sleep = self.next_deadline().map(|d| d.saturating_sub(time::mono_ms()));
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(m) => self.handle(m, &mut replies),
@@ -159,14 +178,10 @@ impl Supervisor {
         }
         match msg {
             Msg::Request(req, tx) => {
-                let reply = self.request(req);
+                let reply = super::requests::handle(self, req);
                 replies.push((tx, reply));
             }
-            Msg::Exited {
-                id,
-                attempt,
-                shim_pid,
-            } => {
+            Msg::Exited { id, attempt, shim_pid } => {
                 process::reap(shim_pid);
                 self.attempt_ended(&id, attempt);
             }
@@ -174,40 +189,24 @@ impl Supervisor {
         }
     }
 
-    fn request(&mut self, req: Request) -> Reply {
-        match req {
-            Request::Spawn(s) => launch::spawn(self, *s),
-            Request::Status { ids, role } => views::status(self, &ids, role.as_deref()),
-            Request::Show { id } => views::show(self, &id),
-            Request::Kill { id, grace_ms } => self.kill(&id, grace_ms),
-            Request::Events { after, agent, .. } => {
-                let agent = match agent.map(|a| AgentId::parse(&a)).transpose() {
-                    Ok(a) => a,
-                    Err(e) => return Reply::err(2, e.to_string()),
-                };
-                match self.store.events(after, agent.as_ref(), EVENTS_PAGE) {
-                    Ok(ev) => Reply::ok(ev),
-                    Err(e) => Reply::err(1, e.to_string()),
-                }
+    /// Re-reads corral.toml when it changed. A broken file is reported and the last good
+    /// configuration stays in force.
+    pub fn reload_config(&mut self) -> Result<(), String> {
+        let Some(f) = self.ws.config_file.clone() else { return Ok(()) };
+        let mtime = std::fs::metadata(&f).and_then(|m| m.modified()).ok();
+        if mtime == self.config_mtime {
+            return Ok(());
+        }
+        match crate::config::load(&f) {
+            Ok(c) => {
+                self.rules = Rc::new(c.rules());
+                self.health = c.health();
+                self.ws.config = c;
+                self.config_mtime = mtime;
+                self.emit(None, "config_reloaded", serde_json::json!({ "file": f }));
+                Ok(())
             }
-            Request::DaemonStatus => Reply::ok(DaemonView {
-                pid: std::process::id(),
-                socket: self.socket.display().to_string(),
-                data_dir: self.data.root().display().to_string(),
-                started_at: self.started_at.clone(),
-                uptime_seconds: (time::mono_ms() - self.started_mono) as f64 / 1000.0,
-                agents_supervised: self
-                    .agents
-                    .values()
-                    .filter(|l| !l.agent.state.is_finished())
-                    .count(),
-                agents_total: self.agents.len(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-            }),
-            Request::Stop => {
-                self.stopping = true;
-                Reply::ok(serde_json::json!({ "stopped": std::process::id() }))
-            }
+            Err(e) => Err(format!("{e}\n(the supervisor keeps its last good configuration)")),
         }
     }
 
@@ -216,32 +215,7 @@ impl Supervisor {
         if self.agents.contains_key(&id) {
             Ok(id)
         } else {
-            Err(Reply::err(
-                2,
-                format!(
-                    "no agent {id} in this workspace ({})",
-                    self.data.root().display()
-                ),
-            ))
-        }
-    }
-
-    fn kill(&mut self, id: &str, grace_ms: u64) -> Reply {
-        let id = match self.lookup(id) {
-            Ok(id) => id,
-            Err(r) => return r,
-        };
-        let now = now();
-        let live = self.agents.get_mut(&id).expect("looked up");
-        match lifecycle::kill_requested(&mut live.agent, grace_ms, &now) {
-            Ok(actions) => {
-                self.apply(&id, actions);
-                self.admit_queued();
-                Reply::ok(
-                    serde_json::json!({ "agentId": id, "status": self.agents[&id].agent.state.name() }),
-                )
-            }
-            Err(e) => Reply::err(1, e),
+            Err(Reply::err(2, format!("no agent {id} in this workspace ({})", self.data.root().display())))
         }
     }
 
@@ -261,7 +235,50 @@ impl Supervisor {
                     }
                 }
                 Action::Emit { kind, data } => self.emit(Some(id), kind, data),
+                Action::Escalate { reason } => self.open_escalation(id, reason),
+                Action::Outcome { success } => self.breaker_outcome(id, success),
             }
+        }
+    }
+
+    fn open_escalation(&mut self, id: &AgentId, reason: String) {
+        let mut e = Escalation {
+            n: 0,
+            agent_id: id.clone(),
+            reason: reason.clone(),
+            opened_at: time::rfc3339(time::now()),
+            resolved_at: None,
+            note: None,
+        };
+        match self.store.add_escalation(&e) {
+            Ok(n) => e.n = n,
+            Err(err) => eprintln!("corral daemon: cannot record escalation of {id}: {err}"),
+        }
+        let n = e.n;
+        self.escalations.push(e);
+        self.escalations_dirty = true;
+        if let Some(live) = self.agents.get_mut(id) {
+            if let AgentState::Escalated { escalation, .. } = &mut live.agent.state {
+                *escalation = n;
+            }
+        }
+        self.emit(Some(id), "escalated", serde_json::json!({ "escalation": n, "reason": reason }));
+    }
+
+    fn breaker_outcome(&mut self, id: &AgentId, success: bool) {
+        let now = time::mono_ms();
+        let before = self.breaker.name();
+        if success {
+            self.breaker.success(id.as_str());
+        } else {
+            self.breaker.failure(id.as_str(), now, &self.health);
+        }
+        if let Ok(s) = serde_json::to_string(&self.breaker) {
+            let _ = self.store.put_meta(BREAKER_KEY, &s);
+        }
+        let after = self.breaker.name();
+        if before != after {
+            self.emit(None, &format!("breaker_{after}"), serde_json::to_value(&self.breaker).unwrap_or_default());
         }
     }
 
@@ -280,11 +297,16 @@ impl Supervisor {
         self.registry_dirty = true;
     }
 
+    pub fn mark_escalations_dirty(&mut self) {
+        self.escalations_dirty = true;
+    }
+
     pub fn cleanup_after_commit(&mut self, p: PathBuf) {
         self.cleanup.push(p);
     }
 
-    /// Persists changed agents, commits, then rewrites the registry export.
+    /// Persists changed agents, commits, then rewrites the registry export and the seed's
+    /// escalations.txt.
     pub fn flush(&mut self) -> anyhow::Result<()> {
         self.store.begin()?;
         let dirty = std::mem::take(&mut self.dirty);
@@ -299,32 +321,41 @@ impl Supervisor {
         }
         if self.registry_dirty {
             self.registry_dirty = false;
-            let records: Vec<_> = self
-                .order
-                .iter()
-                .map(|id| views::spawn_record(self, &self.agents[id]))
-                .collect();
+            let records: Vec<_> = self.order.iter().map(|id| views::spawn_record(self, &self.agents[id])).collect();
             if let Err(e) = atomic::write_json_atomic(&self.data.registry_file(), &records) {
-                eprintln!(
-                    "corral daemon: cannot write {}: {e}",
-                    self.data.registry_file().display()
-                );
+                eprintln!("corral daemon: cannot write {}: {e}", self.data.registry_file().display());
+            }
+        }
+        if self.escalations_dirty {
+            self.escalations_dirty = false;
+            let text: String = self
+                .escalations
+                .iter()
+                .filter(|e| e.is_open())
+                .map(|e| format!("{}: {}\n", e.agent_id, e.reason.replace('\n', " ")))
+                .collect();
+            if let Err(e) = atomic::write_atomic(&self.data.escalations_file(), text.as_bytes()) {
+                eprintln!("corral daemon: cannot write {}: {e}", self.data.escalations_file().display());
             }
         }
         Ok(())
     }
 
-    /// The earliest deadline of any agent, on the monotonic clock.
+    /// The earliest moment anything is due, on the monotonic clock.
     fn next_deadline(&self) -> Option<u64> {
         self.agents
             .values()
             .filter_map(|l| lifecycle::next_deadline(&l.agent))
+            .chain(self.breaker.next_deadline())
+            .chain(self.resource_recheck)
             .min()
     }
 
-    fn tick(&mut self) {
+    pub fn tick(&mut self) {
         let _ = self.store.begin();
         let now = now();
+        self.breaker.advance(now.mono);
+        self.resource_recheck = None;
         let due: Vec<AgentId> = self
             .agents
             .iter()
@@ -332,43 +363,55 @@ impl Supervisor {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            let actions =
-                lifecycle::tick(&mut self.agents.get_mut(&id).expect("present").agent, &now);
-            self.apply(&id, actions);
-        }
-    }
-
-    /// An attempt's shim is gone: read its exit record and let the core decide.
-    pub fn attempt_ended(&mut self, id: &AgentId, attempt: u32) {
-        let Some(live) = self.agents.get(id) else {
-            return;
-        };
-        if live
-            .agent
-            .attempts
-            .iter()
-            .any(|a| a.attempt == attempt && a.ended().is_some())
-        {
-            return;
-        }
-        let end = launch::read_exit(self, id, attempt);
-        self.refresh_status(id);
-        let now = now();
-        let live = self.agents.get_mut(id).expect("present");
-        let reported = live
-            .report
-            .as_ref()
-            .map(|r| (r.status, r.findings.last().map(finding_text)));
-        let actions = lifecycle::exited(&mut live.agent, attempt, end, reported, &now);
-        self.apply(id, actions);
-        for kind in ["start", "exit", "lock"] {
-            self.cleanup_after_commit(self.data.attempt_file(id, attempt, kind));
+            // Output counts as a heartbeat: look at the log before deciding it is stale.
+            if self.agents[&id].agent.state == AgentState::Running {
+                if let Some(mono) = self.output_mono(&id) {
+                    lifecycle::output_seen(&mut self.agents.get_mut(&id).expect("present").agent, mono);
+                    self.mark_dirty(&id);
+                }
+            }
+            let actions = lifecycle::tick(&mut self.agents.get_mut(&id).expect("present").agent, &now);
+            if !actions.is_empty() {
+                self.apply(&id, actions);
+            }
         }
         self.admit_queued();
     }
 
-    /// Re-examines every queued agent (dependencies may have finished).
+    /// When the agent's log was last written, on the monotonic clock.
+    fn output_mono(&self, id: &AgentId) -> Option<u64> {
+        let modified = std::fs::metadata(self.data.log_file(id)).and_then(|m| m.modified()).ok()?;
+        let age = std::time::SystemTime::now().duration_since(modified).unwrap_or_default();
+        Some(time::mono_ms().saturating_sub(age.as_millis() as u64))
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.agents.values().filter(|l| l.agent.state.has_live_process()).count()
+    }
+
+    pub fn open_escalations(&self) -> usize {
+        self.escalations.iter().filter(|e| e.is_open()).count()
+    }
+
+    pub fn resources(&self) -> Resources {
+        let mut r = Resources::default();
+        if self.health.min_free_memory.is_some() {
+            r.free_memory = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+                let line = t.lines().find(|l| l.starts_with("MemAvailable:"))?;
+                let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kb * 1024)
+            });
+        }
+        if self.health.max_load.is_some() {
+            r.load =
+                std::fs::read_to_string("/proc/loadavg").ok().and_then(|t| t.split_whitespace().next()?.parse().ok());
+        }
+        r
+    }
+
+    /// Starts queued agents, in spawn order, while dependencies and health allow.
     pub fn admit_queued(&mut self) {
+        let resources = self.resources();
         loop {
             let now = now();
             let mut changed = false;
@@ -376,17 +419,33 @@ impl Supervisor {
                 if !matches!(self.agents[&id].agent.state, AgentState::Queued { .. }) {
                     continue;
                 }
-                let gate = lifecycle::dependency_gate(&self.agents[&id].agent.spec, |d| {
+                let mut gate = lifecycle::dependency_gate(&self.agents[&id].agent.spec, |d| {
                     self.agents.get(d).map(|l| &l.agent.state)
                 });
+                if gate == lifecycle::Gate::Ready {
+                    let hold = health::hold_reason(
+                        &self.health,
+                        &self.breaker,
+                        self.running_count(),
+                        self.open_escalations(),
+                        &resources,
+                        now.mono,
+                    );
+                    if let Some(why) = hold {
+                        if why.contains("memory") || why.contains("load") {
+                            self.resource_recheck = Some(now.mono + RESOURCE_RECHECK_MS);
+                        }
+                        gate = lifecycle::Gate::Wait(why);
+                    }
+                }
+                let ready = gate == lifecycle::Gate::Ready;
                 let handoff = self.data.handoff_file(&id, &time::compact(time::now()));
                 let before = self.agents[&id].agent.state.clone();
-                let actions = lifecycle::admit(
-                    &mut self.agents.get_mut(&id).expect("present").agent,
-                    gate,
-                    &now,
-                    handoff,
-                );
+                let actions =
+                    lifecycle::admit(&mut self.agents.get_mut(&id).expect("present").agent, gate, &now, handoff);
+                if ready {
+                    self.breaker.started(id.as_str());
+                }
                 if !actions.is_empty() {
                     self.apply(&id, actions);
                 }
@@ -398,105 +457,12 @@ impl Supervisor {
             }
         }
     }
-
-    fn file_written(&mut self, path: PathBuf) {
-        let Some(name) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string)
-        else {
-            return;
-        };
-        if path.parent() == Some(self.data.status_dir().as_path()) {
-            if let Some(id) = name
-                .strip_suffix(".json")
-                .and_then(|s| AgentId::parse(s).ok())
-                && self.agents.contains_key(&id)
-            {
-                self.refresh_status(&id);
-            }
-        } else if let Some(owner) =
-            DataDir::handoff_owner(&name).and_then(|s| AgentId::parse(s).ok())
-            && let Some(live) = self.agents.get_mut(&owner)
-            && !live.handoffs.contains(&path)
-        {
-            live.handoffs.push(path.clone());
-            self.emit(Some(&owner), "handoff", serde_json::json!({ "file": path }));
-        }
-    }
-
-    /// Re-reads an agent's status file; a bad file is recorded against that agent alone.
-    pub fn refresh_status(&mut self, id: &AgentId) {
-        let path = self.data.status_file(id);
-        if !path.exists() {
-            return;
-        }
-        let parsed = files::read_status(&path).and_then(|s| {
-            if s.agent_id == id.as_str() {
-                Ok(s)
-            } else {
-                Err(format!(
-                    "{}: agentId {:?} does not match the file name",
-                    path.display(),
-                    s.agent_id
-                ))
-            }
-        });
-        let Some(live) = self.agents.get_mut(id) else {
-            return;
-        };
-        let event = match parsed {
-            Ok(s) => {
-                let changed = live.report.as_ref() != Some(&s);
-                live.report_error = None;
-                let ev = changed.then(|| {
-                    serde_json::json!({
-                        "status": s.status, "progress": s.progress, "phase": s.phase,
-                        "milestone": s.milestone, "finding": s.findings.last(),
-                    })
-                });
-                live.report = Some(s);
-                ev.map(|e| ("status", e))
-            }
-            Err(e) => {
-                let changed = live.report_error.as_ref() != Some(&e);
-                live.report_error = Some(e.clone());
-                changed.then(|| ("status_unreadable", serde_json::json!({ "reason": e })))
-            }
-        };
-        if let Some((kind, data)) = event {
-            self.emit(Some(id), kind, data);
-        }
-    }
-
-    fn scan_handoffs(&mut self) {
-        let Ok(rd) = std::fs::read_dir(self.data.handoff_dir()) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name();
-            let Some(owner) = name
-                .to_str()
-                .and_then(DataDir::handoff_owner)
-                .and_then(|s| AgentId::parse(s).ok())
-            else {
-                continue;
-            };
-            if let Some(live) = self.agents.get_mut(&owner) {
-                live.handoffs.push(e.path());
-            }
-        }
-    }
 }
 
 pub fn finding_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
-        Value::Object(o) => o
-            .get("claim")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string()),
+        Value::Object(o) => o.get("claim").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string()),
         other => other.to_string(),
     }
 }

@@ -6,7 +6,7 @@ use super::daemon::{Live, Msg, Supervisor, now};
 use super::process;
 use super::shim::{ExitRecord, Handshake, StartRecord};
 use crate::ipc::{Reply, SpawnReply, SpawnRequest};
-use crate::policy::agent::{Agent, AgentSpec, AgentState, AttemptRun, ProcessEnd};
+use crate::policy::agent::{Agent, AgentSpec, AgentState, ProcessEnd};
 use crate::policy::lifecycle;
 use crate::protocol::context::{ContextInput, render};
 use crate::protocol::ids::validate_role;
@@ -29,39 +29,22 @@ pub fn spawn(sup: &mut Supervisor, req: SpawnRequest) -> Reply {
     let now = now();
     let agent = Agent {
         spec,
-        state: AgentState::Queued {
-            reason: "new".into(),
-        },
+        state: AgentState::Queued { reason: "new".into() },
         attempts: Vec::new(),
         updated_at: now.wall.clone(),
+        budget_start: 0,
+        next_context: None,
     };
     sup.order.push(id.clone());
-    sup.agents.insert(
-        id.clone(),
-        Live {
-            agent,
-            report: None,
-            report_error: None,
-            handoffs: Vec::new(),
-        },
-    );
+    sup.agents.insert(id.clone(), Live { agent, report: None, report_error: None, handoffs: Vec::new() });
     let s = &sup.agents[&id].agent.spec;
     sup.emit(
         Some(&id),
         "spawned",
         serde_json::json!({ "role": s.role, "task": s.task, "command": s.command, "after": s.after }),
     );
-    let gate = lifecycle::dependency_gate(&sup.agents[&id].agent.spec, |d| {
-        sup.agents.get(d).map(|l| &l.agent.state)
-    });
-    let handoff = sup.data.handoff_file(&id, &time::compact(time::now()));
-    let actions = lifecycle::admit(
-        &mut sup.agents.get_mut(&id).expect("inserted").agent,
-        gate,
-        &now,
-        handoff,
-    );
-    sup.apply(&id, actions);
+    // New agents take the same way in as every queued one: dependencies, then health.
+    sup.mark_dirty(&id);
     sup.admit_queued();
     let a = &sup.agents[&id].agent;
     let reply = SpawnReply {
@@ -77,27 +60,19 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
     let bad = |m: String| Reply::err(2, m);
     validate_role(&req.role).map_err(|e| bad(e.to_string()))?;
     if req.task.trim().is_empty() {
-        return Err(bad(
-            "the task is empty; say what the agent should do with --task".into(),
-        ));
+        return Err(bad("the task is empty; say what the agent should do with --task".into()));
     }
-    // The config is read afresh for each spawn; a broken file is reported and the last
-    // good one stays in force.
-    if let Some(f) = sup.ws.config_file.clone() {
-        match crate::config::load(&f) {
-            Ok(c) => sup.ws.config = c,
-            Err(e) => {
-                return Err(bad(format!(
-                    "{e}\n(the supervisor keeps its last good configuration)"
-                )));
-            }
-        }
+    let (role_command, mut policy) = sup.ws.config.role(&req.role);
+    if let Some(t) = req.timeout_ms {
+        policy.attempt_timeout_ms = t;
     }
-    let policy = sup.ws.config.role(&req.role);
+    if let Some(n) = req.max_retries {
+        policy.max_retries = n;
+    }
     let (command, template) = if !req.command.is_empty() {
         (req.command, false)
     } else {
-        match policy.command.clone() {
+        match role_command {
             Some(c) if !c.is_empty() => (c, true),
             _ => {
                 return Err(bad(format!(
@@ -111,10 +86,7 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
     };
     let cwd = Path::new(&req.cwd);
     if !cwd.is_dir() {
-        return Err(bad(format!(
-            "working directory {} does not exist",
-            cwd.display()
-        )));
+        return Err(bad(format!("working directory {} does not exist", cwd.display())));
     }
     let mut after = Vec::new();
     for a in &req.after {
@@ -128,17 +100,12 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
         Some(given) => {
             let id = AgentId::parse(given).map_err(|e| bad(e.to_string()))?;
             if sup.agents.contains_key(&id) {
-                return Err(bad(format!(
-                    "agent id {id} is already taken; choose another --id"
-                )));
+                return Err(bad(format!("agent id {id} is already taken; choose another --id")));
             }
             id
         }
         None => loop {
-            let n = sup
-                .store
-                .next_number()
-                .map_err(|e| Reply::err(1, e.to_string()))?;
+            let n = sup.store.next_number().map_err(|e| Reply::err(1, e.to_string()))?;
             let id = AgentId::generated(n, &req.role);
             if !sup.agents.contains_key(&id) {
                 break id;
@@ -162,11 +129,7 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
         template,
         cwd: cwd.to_path_buf(),
         env,
-        attempt_timeout_ms: Some(
-            req.timeout_ms
-                .unwrap_or(policy.attempt_timeout.as_millis() as u64),
-        ),
-        max_retries: req.max_retries.unwrap_or(policy.max_retries),
+        policy,
         spawned_at: time::rfc3339(time::now()),
     })
 }
@@ -182,20 +145,19 @@ pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
     let now = now();
     let live = sup.agents.get_mut(id).expect("present");
     let n = live.agent.current().map(|a| a.attempt).unwrap_or(0);
-    let actions = match result {
+    match result {
         Ok((shim_pid, pid, pidfd)) => {
             watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, pidfd);
-            lifecycle::started(&mut live.agent, shim_pid, pid, &now)
+            let actions = lifecycle::started(&mut live.agent, shim_pid, pid, &now);
+            sup.apply(id, actions);
         }
-        Err(reason) => lifecycle::exited(
-            &mut live.agent,
-            n,
-            ProcessEnd::NotStarted { reason },
-            None,
-            &now,
-        ),
-    };
-    sup.apply(id, actions);
+        Err(reason) => {
+            // Recorded like any other end, so the policy classifies it like any other.
+            let exit = ExitRecord { end: ProcessEnd::NotStarted { reason }, ended_at: now.wall.clone() };
+            let _ = atomic::write_json_atomic(&sup.data.attempt_file(id, n, "exit"), &exit);
+            sup.attempt_ended(id, n);
+        }
+    }
 }
 
 fn launch_shim(sup: &Supervisor, id: &AgentId) -> Result<(i32, i32, OwnedFd), String> {
@@ -204,19 +166,11 @@ fn launch_shim(sup: &Supervisor, id: &AgentId) -> Result<(i32, i32, OwnedFd), St
     let attempt = live.agent.current().ok_or("no attempt recorded")?;
     let n = attempt.attempt;
     let d = &sup.data;
-    let (status_file, context_file, inbox) =
-        (d.status_file(id), d.context_file(id), d.inbox_file(id));
-    let previous: Vec<String> = live.agent.attempts[..live.agent.attempts.len() - 1]
-        .iter()
-        .filter_map(|a| match &a.run {
-            AttemptRun::Ended { reason, end, .. } => Some(format!(
-                "attempt {}: {}",
-                a.attempt,
-                reason.clone().unwrap_or_else(|| end.describe())
-            )),
-            _ => None,
-        })
-        .collect();
+    let (status_file, context_file, inbox) = (d.status_file(id), d.context_file(id), d.inbox_file(id));
+    let previous = lifecycle::attempt_history(&live.agent);
+    let inbox_text = std::fs::read_to_string(&inbox).ok().filter(|t| !t.trim().is_empty());
+    let extra: Vec<&str> = attempt.context_note.as_deref().into_iter().chain(inbox_text.as_deref()).collect();
+    let extra = if extra.is_empty() { None } else { Some(extra.join("\n\n")) };
     let context = render(&ContextInput {
         agent_id: id.as_str(),
         role: &spec.role,
@@ -228,10 +182,9 @@ fn launch_shim(sup: &Supervisor, id: &AgentId) -> Result<(i32, i32, OwnedFd), St
         handoff_file: &attempt.handoff_file,
         inbox_file: &inbox,
         previous_failures: &previous,
-        extra_context: None,
+        extra_context: extra.as_deref(),
     });
-    atomic::write_atomic(&context_file, context.as_bytes())
-        .map_err(|e| format!("cannot write context: {e}"))?;
+    atomic::write_atomic(&context_file, context.as_bytes()).map_err(|e| format!("cannot write context: {e}"))?;
     let argv: Vec<String> = if spec.template {
         let vars = [
             ("{context}", context.as_str()),
@@ -242,17 +195,11 @@ fn launch_shim(sup: &Supervisor, id: &AgentId) -> Result<(i32, i32, OwnedFd), St
             ("{handoff_file}", &attempt.handoff_file.to_string_lossy()),
             ("{status_file}", &status_file.to_string_lossy()),
         ];
-        spec.command
-            .iter()
-            .map(|a| vars.iter().fold(a.clone(), |s, (k, v)| s.replace(k, v)))
-            .collect()
+        spec.command.iter().map(|a| vars.iter().fold(a.clone(), |s, (k, v)| s.replace(k, v))).collect()
     } else {
         spec.command.clone()
     };
-    let header = format!(
-        "=== corral: {id} attempt {n} at {}: {argv:?} ===",
-        attempt.started_at
-    );
+    let header = format!("=== corral: {id} attempt {n} at {}: {argv:?} ===", attempt.started_at);
     let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
     cmd.arg("__shim")
         .arg(d.attempt_file(id, n, "lock"))
@@ -279,13 +226,10 @@ fn launch_shim(sup: &Supervisor, id: &AgentId) -> Result<(i32, i32, OwnedFd), St
         .stderr(Stdio::inherit())
         // Its own group: a signal meant for the supervisor's group never reaches the shim.
         .process_group(0);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the attempt's shim: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start the attempt's shim: {e}"))?;
     let shim_pid = child.id() as i32;
     // Opened while the shim is our unreaped child, so the pid cannot have been reused.
-    let pidfd =
-        process::pidfd_open(shim_pid).map_err(|e| format!("pidfd_open({shim_pid}): {e}"))?;
+    let pidfd = process::pidfd_open(shim_pid).map_err(|e| format!("pidfd_open({shim_pid}): {e}"))?;
     let out = child.stdout.take().expect("piped");
     let handshake = match process::wait_readable(&out, HANDSHAKE_TIMEOUT_MS) {
         Ok(true) => {
@@ -317,23 +261,13 @@ fn launch_shim(sup: &Supervisor, id: &AgentId) -> Result<(i32, i32, OwnedFd), St
     }
 }
 
-fn watch_exit(
-    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
-    id: AgentId,
-    attempt: u32,
-    shim_pid: i32,
-    fd: OwnedFd,
-) {
+fn watch_exit(tx: tokio::sync::mpsc::UnboundedSender<Msg>, id: AgentId, attempt: u32, shim_pid: i32, fd: OwnedFd) {
     tokio::spawn(async move {
         // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until dropped.
         if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register(fd) } {
             let _ = afd.readable().await;
         }
-        let _ = tx.send(Msg::Exited {
-            id,
-            attempt,
-            shim_pid,
-        });
+        let _ = tx.send(Msg::Exited { id, attempt, shim_pid });
     });
 }
 
@@ -345,9 +279,9 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
 pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> ProcessEnd {
     match read_json::<ExitRecord>(&sup.data.attempt_file(id, attempt, "exit")) {
         Some(r) => r.end,
-        None => ProcessEnd::Lost {
-            reason: "the attempt's shim ended without recording an exit (was it killed?)".into(),
-        },
+        None => {
+            ProcessEnd::Lost { reason: "the attempt's shim ended without recording an exit (was it killed?)".into() }
+        }
     }
 }
 
@@ -363,33 +297,23 @@ pub fn reconcile(sup: &mut Supervisor, id: &AgentId) {
         return;
     }
     let lock_path = d.attempt_file(id, n, "lock");
-    let held = std::fs::File::open(&lock_path)
-        .ok()
-        .map(|f| process::try_lock(&f).map(|got| !got).unwrap_or(false));
+    let held = std::fs::File::open(&lock_path).ok().map(|f| process::try_lock(&f).map(|got| !got).unwrap_or(false));
     let start = read_json::<StartRecord>(&d.attempt_file(id, n, "start"));
     match (held, start) {
         (Some(true), start) => {
             // The shim is alive and holds the attempt: watch it again.
             let shim_pid = match &start {
                 Some(s) => s.shim_pid,
-                None => std::fs::read_to_string(&lock_path)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(0),
+                None => std::fs::read_to_string(&lock_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0),
             };
             match process::pidfd_open(shim_pid) {
                 Ok(fd) => {
                     if let Some(s) = start {
                         let live = sup.agents.get_mut(id).expect("present");
-                        let actions =
-                            lifecycle::started(&mut live.agent, s.shim_pid, s.pid, &now());
+                        let actions = lifecycle::started(&mut live.agent, s.shim_pid, s.pid, &now());
                         sup.apply(id, actions);
                     }
-                    sup.emit(
-                        Some(id),
-                        "reattached",
-                        serde_json::json!({ "attempt": n, "shimPid": shim_pid }),
-                    );
+                    sup.emit(Some(id), "reattached", serde_json::json!({ "attempt": n, "shimPid": shim_pid }));
                     watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, fd);
                 }
                 Err(_) => sup.attempt_ended(id, n),
@@ -399,11 +323,7 @@ pub fn reconcile(sup: &mut Supervisor, id: &AgentId) {
         (_, None) => {
             // Nothing ever ran for this attempt (no start record, nobody holds its lock):
             // starting it now cannot start it twice.
-            sup.emit(
-                Some(id),
-                "restarting_unstarted_attempt",
-                serde_json::json!({ "attempt": n }),
-            );
+            sup.emit(Some(id), "restarting_unstarted_attempt", serde_json::json!({ "attempt": n }));
             start_current(sup, id);
         }
     }

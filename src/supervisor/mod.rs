@@ -3,7 +3,9 @@
 
 pub mod daemon;
 pub mod launch;
+pub mod observe;
 pub mod process;
+pub mod requests;
 pub mod server;
 pub mod shim;
 pub mod views;
@@ -19,8 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 /// Runs the supervisor in this process until `corral daemon stop` or SIGTERM.
 /// Prints one "ready" line on stdout once the socket accepts connections.
 pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
-    data.create_all()
-        .with_context(|| format!("cannot create data dir {}", data.root().display()))?;
+    data.create_all().with_context(|| format!("cannot create data dir {}", data.root().display()))?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -29,20 +30,14 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open {}", data.daemon_lock().display()))?;
     if !process::try_lock(&lock)? {
         let pid = std::fs::read_to_string(data.daemon_lock()).unwrap_or_default();
-        anyhow::bail!(
-            "a supervisor is already running for {} (pid {})",
-            data.root().display(),
-            pid.trim()
-        );
+        anyhow::bail!("a supervisor is already running for {} (pid {})", data.root().display(), pid.trim());
     }
     lock.set_len(0)?;
     writeln!(&lock, "{}", std::process::id())?;
 
     let store = SqliteRegistry::open(&data.db_file())
         .with_context(|| format!("cannot open the registry {}", data.db_file().display()))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let socket = data.socket();

@@ -5,20 +5,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 /// Sends `sig` to every process of the group. A group that is already gone is not an error.
 pub fn signal_group(pgid: i32, sig: libc::c_int) -> io::Result<()> {
     if pgid <= 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "refusing to signal process group <= 1",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to signal process group <= 1"));
     }
     // SAFETY: plain syscall on integer arguments.
     match check(unsafe { libc::killpg(pgid, sig) }) {
@@ -88,11 +81,7 @@ pub fn lock(f: &File) -> io::Result<()> {
 
 /// Waits until `fd` is readable or `timeout_ms` passes; `Ok(false)` on timeout.
 pub fn wait_readable(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     loop {
         // SAFETY: one valid pollfd.
         match check(unsafe { libc::poll(&mut p, 1, timeout_ms) }) {
@@ -115,8 +104,6 @@ pub fn decode_status(st: std::process::ExitStatus) -> crate::policy::agent::Proc
     match (st.code(), st.signal()) {
         (Some(code), _) => ProcessEnd::Exited { code },
         (None, Some(signal)) => ProcessEnd::Signaled { signal },
-        _ => ProcessEnd::Lost {
-            reason: format!("unrecognised wait status {st:?}"),
-        },
+        _ => ProcessEnd::Lost { reason: format!("unrecognised wait status {st:?}") },
     }
 }

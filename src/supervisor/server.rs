@@ -9,11 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub async fn serve(
-    listener: UnixListener,
-    tx: mpsc::UnboundedSender<Msg>,
-    events: broadcast::Sender<EventRecord>,
-) {
+pub async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>, events: broadcast::Sender<EventRecord>) {
     // SAFETY: getuid cannot fail.
     let me = unsafe { libc::getuid() };
     loop {
@@ -34,9 +30,7 @@ pub async fn serve(
 }
 
 /// Reads one line of at most `MAX_REQUEST_BYTES`; `Ok(None)` at end of stream.
-async fn read_line<R: AsyncRead + Unpin>(
-    r: &mut BufReader<R>,
-) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
+async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
     let mut buf = Vec::new();
     loop {
         let chunk = r.fill_buf().await?;
@@ -52,17 +46,12 @@ async fn read_line<R: AsyncRead + Unpin>(
         buf.extend_from_slice(chunk);
         r.consume(n);
         if buf.len() > MAX_REQUEST_BYTES {
-            return Ok(Some(Err(format!(
-                "request larger than {MAX_REQUEST_BYTES} bytes refused"
-            ))));
+            return Ok(Some(Err(format!("request larger than {MAX_REQUEST_BYTES} bytes refused"))));
         }
     }
 }
 
-async fn write_json<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    v: &impl serde::Serialize,
-) -> std::io::Result<()> {
+async fn write_json<W: AsyncWrite + Unpin>(w: &mut W, v: &impl serde::Serialize) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await
@@ -89,21 +78,14 @@ async fn connection(
                 }
             },
         };
-        if let Request::Events {
-            after,
-            agent,
-            follow: true,
-        } = req
-        {
+        if let Request::Events { after, agent, follow: true } = req {
             return follow_events(&mut w, tx, events, after, agent).await;
         }
         let (reply_tx, reply_rx) = oneshot::channel();
         if tx.send(Msg::Request(req, reply_tx)).is_err() {
             return Ok(());
         }
-        let reply = reply_rx
-            .await
-            .unwrap_or_else(|_| Reply::err(1, "supervisor is shutting down"));
+        let reply = reply_rx.await.unwrap_or_else(|_| Reply::err(1, "supervisor is shutting down"));
         write_json(&mut w, &reply).await?;
     }
     Ok(())
@@ -121,17 +103,7 @@ async fn follow_events<W: AsyncWrite + Unpin>(
     let mut live = events.subscribe();
     loop {
         let (reply_tx, reply_rx) = oneshot::channel();
-        if tx
-            .send(Msg::Request(
-                Request::Events {
-                    after,
-                    agent: agent.clone(),
-                    follow: false,
-                },
-                reply_tx,
-            ))
-            .is_err()
-        {
+        if tx.send(Msg::Request(Request::Events { after, agent: agent.clone(), follow: false }, reply_tx)).is_err() {
             return Ok(());
         }
         let Ok(reply) = reply_rx.await else {
@@ -140,8 +112,7 @@ async fn follow_events<W: AsyncWrite + Unpin>(
         if !reply.ok {
             return write_json(w, &reply).await;
         }
-        let backlog: Vec<EventRecord> =
-            serde_json::from_value(reply.data.unwrap_or_default()).unwrap_or_default();
+        let backlog: Vec<EventRecord> = serde_json::from_value(reply.data.unwrap_or_default()).unwrap_or_default();
         for e in &backlog {
             write_json(w, e).await?;
             after = e.seq;
@@ -155,9 +126,7 @@ async fn follow_events<W: AsyncWrite + Unpin>(
         match live.recv().await {
             Ok(e) => {
                 if e.seq <= after
-                    || agent
-                        .as_deref()
-                        .is_some_and(|a| e.agent_id.as_ref().is_none_or(|x| x.as_str() != a))
+                    || agent.as_deref().is_some_and(|a| e.agent_id.as_ref().is_none_or(|x| x.as_str() != a))
                 {
                     continue;
                 }

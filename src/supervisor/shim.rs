@@ -63,10 +63,7 @@ pub fn run(a: ShimArgs) -> i32 {
             say(&Handshake::NotStarted { reason: e.clone() });
             let _ = atomic::write_json_atomic(
                 &a.exit,
-                &ExitRecord {
-                    end: ProcessEnd::NotStarted { reason: e },
-                    ended_at: time::rfc3339(time::now()),
-                },
+                &ExitRecord { end: ProcessEnd::NotStarted { reason: e }, ended_at: time::rfc3339(time::now()) },
             );
             1
         }
@@ -88,10 +85,7 @@ fn run_inner(a: &ShimArgs) -> Result<(), String> {
         .open(&a.lock)
         .map_err(|e| format!("cannot open {}: {e}", a.lock.display()))?;
     if !process::try_lock(&lock).map_err(|e| e.to_string())? {
-        return Err(format!(
-            "another shim already holds {}; not starting twice",
-            a.lock.display()
-        ));
+        return Err(format!("another shim already holds {}; not starting twice", a.lock.display()));
     }
     let _ = lock.set_len(0);
     let _ = writeln!(&lock, "{}", std::process::id());
@@ -125,15 +119,8 @@ fn run_inner(a: &ShimArgs) -> Result<(), String> {
     };
     let pid = child.id() as i32;
     let started_at = time::rfc3339(time::now());
-    atomic::write_json_atomic(
-        &a.start,
-        &StartRecord {
-            shim_pid: std::process::id() as i32,
-            pid,
-            started_at,
-        },
-    )
-    .map_err(|e| format!("cannot write {}: {e}", a.start.display()))?;
+    atomic::write_json_atomic(&a.start, &StartRecord { shim_pid: std::process::id() as i32, pid, started_at })
+        .map_err(|e| format!("cannot write {}: {e}", a.start.display()))?;
     say(&Handshake::Started { pid });
 
     let end = loop {
@@ -141,22 +128,14 @@ fn run_inner(a: &ShimArgs) -> Result<(), String> {
             Ok(st) => break process::decode_status(st),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                break ProcessEnd::Lost {
-                    reason: format!("waiting for the process failed: {e}"),
-                };
+                break ProcessEnd::Lost { reason: format!("waiting for the process failed: {e}") };
             }
         }
     };
     clear_group(pid);
     let _ = writeln!(log, "corral: attempt ended: {}", end.describe());
-    atomic::write_json_atomic(
-        &a.exit,
-        &ExitRecord {
-            end,
-            ended_at: time::rfc3339(time::now()),
-        },
-    )
-    .map_err(|e| format!("cannot write {}: {e}", a.exit.display()))?;
+    atomic::write_json_atomic(&a.exit, &ExitRecord { end, ended_at: time::rfc3339(time::now()) })
+        .map_err(|e| format!("cannot write {}: {e}", a.exit.display()))?;
     drop(lock);
     Ok(())
 }

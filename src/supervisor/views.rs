@@ -3,7 +3,7 @@
 
 use super::daemon::{Live, Supervisor};
 use crate::ipc::{AgentView, AttemptView, Reply, ShowFiles, ShowView};
-use crate::policy::agent::{AgentState, AttemptRun};
+use crate::policy::agent::{AgentState, AttemptRun, StopCause};
 use crate::policy::lifecycle::fmt_ms;
 use crate::protocol::files::ReportedStatus;
 use crate::protocol::registry::SpawnRecord;
@@ -15,22 +15,44 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
     let last_end = cur.and_then(|x| x.ended());
     let report = live.report.as_ref();
     let last_update = report.and_then(|r| r.last_update.clone());
-    let since = last_update
-        .as_deref()
-        .and_then(time::parse)
-        .or_else(|| cur.and_then(|c| time::parse(&c.started_at)));
+    let since = last_update.as_deref().and_then(time::parse).or_else(|| cur.and_then(|c| time::parse(&c.started_at)));
+    let mono = time::mono_ms();
+    let p = &a.spec.policy;
+    let live_attempt = cur.filter(|_| a.state.has_live_process());
+    let liveness = live_attempt.map(|c| &c.liveness);
     let mut anomalies = Vec::new();
     if live.report_error.is_some() {
         anomalies.push("UNREADABLE".to_string());
     }
-    if a.state.has_live_process() && report.is_some_and(|r| r.status == ReportedStatus::Blocked) {
+    let stale = matches!(a.state, AgentState::Stopping { cause: StopCause::Heartbeat, .. })
+        || liveness.and_then(|l| l.last_heartbeat()).is_some_and(|hb| mono.saturating_sub(hb) > p.heartbeat_timeout_ms);
+    if stale {
+        anomalies.push("STALE".to_string());
+    }
+    let slow = liveness.is_some_and(|l| l.waiting_on.is_none())
+        && liveness.and_then(|l| l.last_change).is_some_and(|c| mono.saturating_sub(c) > p.stall_timeout_ms / 2);
+    if slow {
+        anomalies.push("SLOW".to_string());
+    }
+    if matches!(a.state, AgentState::Blocked { .. })
+        || (a.state.has_live_process() && report.is_some_and(|r| r.status == ReportedStatus::Blocked))
+    {
         anomalies.push("BLOCKED".to_string());
     }
-    if matches!(a.state, AgentState::Failed { .. })
-        || (a.state.has_live_process()
-            && report.is_some_and(|r| r.status == ReportedStatus::Failed))
+    if matches!(a.state, AgentState::Failed { .. } | AgentState::Escalated { .. } | AgentState::TimedOut { .. })
+        || (a.state.has_live_process() && report.is_some_and(|r| r.status == ReportedStatus::Failed))
     {
         anomalies.push("FAILED".to_string());
+    }
+    let next_in = match a.state {
+        AgentState::Retrying { next_mono, .. } => Some(next_mono.saturating_sub(mono) as f64 / 1000.0),
+        _ => None,
+    };
+    if let Some(s) = next_in {
+        anomalies.push(format!("RETRYING in {}s", s.ceil() as u64));
+    }
+    if let AgentState::Queued { reason } = &a.state {
+        anomalies.push(format!("QUEUED: {reason}"));
     }
     let _ = sup;
     AgentView {
@@ -40,13 +62,9 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
         status: a.state.name().to_string(),
         reason: a.state.reason().map(str::to_string),
         reported_status: report.map(|r| r.status.as_str().to_string()),
-        pid: if a.state.has_live_process() {
-            cur.and_then(|c| c.pid())
-        } else {
-            None
-        },
+        pid: if a.state.has_live_process() { cur.and_then(|c| c.pid()) } else { None },
         attempt: cur.map(|c| c.attempt).unwrap_or(0),
-        max_retries: a.spec.max_retries,
+        max_retries: a.spec.policy.max_retries,
         progress: report.and_then(|r| r.progress),
         phase: report.and_then(|r| r.phase.clone()),
         milestone: report.and_then(|r| r.milestone.clone()),
@@ -56,12 +74,13 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
         exit_code: last_end.and_then(|(_, e)| e.exit_code()),
         signal: last_end.and_then(|(_, e)| e.signal()),
         spawned_at: a.spec.spawned_at.clone(),
-        ended_at: if a.state.is_finished() {
-            last_end.map(|(t, _)| t.to_string())
-        } else {
-            None
-        },
+        ended_at: if a.state.is_finished() { last_end.map(|(t, _)| t.to_string()) } else { None },
         unreadable: live.report_error.clone(),
+        next_attempt_in_seconds: next_in,
+        escalation: match a.state {
+            AgentState::Escalated { escalation, .. } => Some(escalation),
+            _ => None,
+        },
     }
 }
 
@@ -98,21 +117,16 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
         .attempts
         .iter()
         .map(|x| {
-            let (ended_at, end, failure_type, reason, action) = match &x.run {
-                AttemptRun::Ended {
-                    ended_at,
-                    end,
-                    failure_type,
-                    reason,
-                    action,
-                } => (
+            let (ended_at, end, failure_type, reason, action, rule) = match &x.run {
+                AttemptRun::Ended { ended_at, end, failure_type, reason, action, rule } => (
                     Some(ended_at.clone()),
                     Some(end),
                     failure_type.clone(),
                     reason.clone(),
                     action.clone(),
+                    rule.clone(),
                 ),
-                _ => (None, None, None, None, None),
+                _ => (None, None, None, None, None, None),
             };
             AttemptView {
                 attempt: x.attempt,
@@ -123,6 +137,7 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
                 failure_type,
                 reason,
                 action,
+                rule,
                 pid: match x.run {
                     AttemptRun::Running { pid, .. } => Some(pid),
                     _ => None,
@@ -140,25 +155,14 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
         command: a.spec.command.clone(),
         cwd: a.spec.cwd.display().to_string(),
         attempts,
-        findings: live
-            .report
-            .as_ref()
-            .map(|r| r.findings.clone())
-            .unwrap_or_default(),
+        findings: live.report.as_ref().map(|r| r.findings.clone()).unwrap_or_default(),
         files: ShowFiles {
             status_file: d.status_file(&id).display().to_string(),
             log_file: d.log_file(&id).display().to_string(),
             context_file: d.context_file(&id).display().to_string(),
-            expected_handoff: a
-                .current()
-                .map(|c| c.handoff_file.display().to_string())
-                .unwrap_or_default(),
+            expected_handoff: a.current().map(|c| c.handoff_file.display().to_string()).unwrap_or_default(),
         },
-        handoffs: live
-            .handoffs
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
+        handoffs: live.handoffs.iter().map(|p| p.display().to_string()).collect(),
         events,
     };
     Reply::ok(view)
@@ -168,24 +172,14 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
 pub fn spawn_record(sup: &Supervisor, live: &Live) -> SpawnRecord {
     let a = &live.agent;
     let cur = a.current();
-    let rel = |p: &std::path::Path| {
-        p.strip_prefix(&sup.ws.root)
-            .unwrap_or(p)
-            .display()
-            .to_string()
-    };
+    let rel = |p: &std::path::Path| p.strip_prefix(&sup.ws.root).unwrap_or(p).display().to_string();
     let expected = match cur {
         Some(c) => rel(&c.handoff_file),
-        None => rel(&sup
-            .data
-            .handoff_dir()
-            .join(format!("handoff-*-{}-to-ORCHESTRATOR.json", a.spec.id))),
+        None => rel(&sup.data.handoff_dir().join(format!("handoff-*-{}-to-ORCHESTRATOR.json", a.spec.id))),
     };
     let timeout_at = cur.filter(|_| a.state.has_live_process()).and_then(|c| {
         let start = time::parse(&c.started_at)?;
-        let t = start
-            .checked_add(jiff::SignedDuration::from_millis(c.timeout_ms? as i64))
-            .ok()?;
+        let t = start.checked_add(jiff::SignedDuration::from_millis(c.timeout_ms? as i64)).ok()?;
         Some(time::rfc3339(t))
     });
     let end = cur.and_then(|c| c.ended());
@@ -199,12 +193,8 @@ pub fn spawn_record(sup: &Supervisor, live: &Live) -> SpawnRecord {
         status: a.state.name().to_string(),
         timeout_at,
         attempt: cur.map(|c| c.attempt).unwrap_or(0),
-        max_retries: a.spec.max_retries,
-        pid: if a.state.has_live_process() {
-            cur.and_then(|c| c.pid())
-        } else {
-            None
-        },
+        max_retries: a.spec.policy.max_retries,
+        pid: if a.state.has_live_process() { cur.and_then(|c| c.pid()) } else { None },
         exit_code: end.and_then(|(_, e)| e.exit_code()),
         signal: end.and_then(|(_, e)| e.signal()),
         ended_at: end.map(|(t, _)| t.to_string()),

@@ -23,10 +23,7 @@ impl Ws {
 
     /// A workspace with `corral.toml` holding `config` (data dir from it, else .corral).
     pub fn with_config(config: Option<&str>) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("corral-t")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("corral-t").tempdir().expect("tempdir");
         let mut data = dir.path().join(".corral");
         if let Some(c) = config {
             std::fs::write(dir.path().join("corral.toml"), c).unwrap();
@@ -52,11 +49,7 @@ impl Ws {
                 c.env_remove(k);
             }
         }
-        let path = format!(
-            "{}:{}",
-            bin().parent().unwrap().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = format!("{}:{}", bin().parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
         c.env("PATH", path);
         c
     }
@@ -81,8 +74,7 @@ impl Ws {
 
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.ok(args);
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("corral {args:?}: not JSON ({e}): {out}"))
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("corral {args:?}: not JSON ({e}): {out}"))
     }
 
     /// Spawns `-- cmd...` with role R and returns the id.
@@ -105,9 +97,7 @@ impl Ws {
     }
 
     pub fn daemon_pid(&self) -> i32 {
-        self.json(&["daemon", "status", "--json"])["pid"]
-            .as_i64()
-            .unwrap() as i32
+        self.json(&["daemon", "status", "--json"])["pid"].as_i64().unwrap() as i32
     }
 
     /// Waits until `id` is in one of `states`.
@@ -122,8 +112,7 @@ impl Ws {
     }
 
     pub fn registry(&self) -> Value {
-        let text = std::fs::read_to_string(self.data.join("spawn-registry.json"))
-            .expect("registry exists");
+        let text = std::fs::read_to_string(self.data.join("spawn-registry.json")).expect("registry exists");
         serde_json::from_str(&text).expect("registry is valid JSON")
     }
 }
@@ -161,12 +150,7 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn alive(pid: i32) -> bool {
     // A zombie is not alive for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -181,12 +165,7 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let rest: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
+        let rest: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
         // rest[0] = state, rest[1] = ppid, rest[2] = pgrp
         if rest.len() > 2 && rest[2] == pgid.to_string() && rest[0] != "Z" {
             out.push(pid);

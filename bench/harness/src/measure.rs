@@ -1,0 +1,458 @@
+//! The measurements of issue 2, each run for corral and for pueue in the same process:
+//! (a) spawn to agent running, (b) 1,000 sequential submissions, (c) status with 1,000
+//! agents, plus the seed's monitor script over the same status files.
+
+use crate::report;
+use crate::stats::{summarize, Summary};
+use crate::tools::{output, wait_until, Corral, Pueue, Tool};
+use crate::{Result, RunArgs};
+use serde_json::{json, Value};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Sizes of one run; quick mode is for iterating on the harness, not for the record.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub latency_spawns: usize,
+    pub bulk_spawns: usize,
+    pub status_runs: usize,
+    pub monitor_small: usize,
+    pub monitor_small_runs: usize,
+    pub monitor_full: bool,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Plan { latency_spawns: 20, bulk_spawns: 200, status_runs: 5, monitor_small: 100, monitor_small_runs: 1, monitor_full: false }
+        } else {
+            Plan { latency_spawns: 100, bulk_spawns: 1000, status_runs: 20, monitor_small: 100, monitor_small_runs: 3, monitor_full: true }
+        }
+    }
+}
+
+/// Largest random pause before each latency probe. pueue starts queued tasks on a 300 ms
+/// tick; a probe sent right after the previous one started would always wait almost a
+/// whole tick, so probes land at random phases of it (for both systems alike).
+const JITTER_MAX_MS: u64 = 300;
+
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// First spawn into a workspace with no supervisor running (it is started on demand).
+    pub cold_ms: Option<f64>,
+    /// Spawn start to the probe agent's first instruction (realtime clock), warm.
+    pub running: Vec<f64>,
+    /// The same, read from the probe file's mtime (coarse clock) as a cross-check.
+    pub mtime: Vec<f64>,
+    /// Spawn start to the submitting command's exit.
+    pub returned: Vec<f64>,
+    /// Context: the cheapest CLI round trip to the same supervisor, and starting and
+    /// reaping `/bin/true`, the floor of any process start on this machine.
+    pub ping: Vec<f64>,
+    pub exec_true: Vec<f64>,
+}
+
+/// How many times each context command of (a) runs.
+pub const CONTEXT_RUNS: usize = 30;
+
+fn time_runs(mut make: impl FnMut() -> std::process::Command, runs: usize) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut c = make();
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        let t = Instant::now();
+        let st = c.status().map_err(|e| format!("{c:?}: {e}"))?;
+        out.push(t.elapsed().as_secs_f64() * 1e3);
+        if !st.success() {
+            return Err(format!("{c:?} exited with {st}"));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default)]
+pub struct Bulk {
+    pub agent_command: String,
+    pub total_ms: f64,
+    pub per_call: Vec<f64>,
+    /// From the last submission returning to every unit of work finished.
+    pub settle_ms: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Status {
+    pub entries: usize,
+    pub bytes: usize,
+    pub runs: Vec<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Side {
+    pub latency: Option<Latency>,
+    pub bulk: Option<Bulk>,
+    /// corral only: the same submissions with `true` as the agent, as pueue's tasks run.
+    pub bulk_true: Option<Bulk>,
+    pub status: Option<Status>,
+}
+
+#[derive(Debug)]
+pub struct MonitorRun {
+    pub files: usize,
+    pub ms: f64,
+}
+
+pub struct Results {
+    pub args: RunArgs,
+    pub plan: Plan,
+    pub date: String,
+    pub machine: Vec<(String, String)>,
+    pub pueue_version: String,
+    pub corral: Side,
+    pub pueue: Side,
+    pub corral_health_raised: bool,
+    pub monitor: Vec<MonitorRun>,
+    pub errors: Vec<String>,
+    pub wall_s: f64,
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+}
+
+fn ms(ns: i128) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// xorshift64*: enough randomness for probe jitter without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let t = Instant::now();
+    let plan = Plan::new(args.quick);
+    let tmp = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut rng = Rng(now_ns() as u64 | 1);
+    let mut r = Results {
+        date: String::from_utf8_lossy(&output({
+            let mut c = std::process::Command::new("date");
+            c.args(["-u", "+%Y-%m-%d %H:%M UTC"]);
+            c
+        })
+        .unwrap_or_default())
+        .trim()
+        .to_string(),
+        machine: machine(),
+        pueue_version: version(&args.pueue),
+        args: args.clone(),
+        plan,
+        corral: Side::default(),
+        pueue: Side::default(),
+        corral_health_raised: false,
+        monitor: Vec::new(),
+        errors: Vec::new(),
+        wall_s: 0.0,
+    };
+    let note = |r: &mut Results, what: &str, e: String| {
+        eprintln!("corral-bench: {what}: {e}");
+        r.errors.push(format!("{what}: {e}"));
+    };
+
+    // (a) spawn to agent running.
+    eprintln!("(a) spawn to agent running, corral, {} spawns", plan.latency_spawns);
+    match Corral::new(&args.corral, tmp.join("a-corral")).and_then(|mut c| {
+        r.corral_health_raised = c.health_raised;
+        latency(&mut c, &me, plan.latency_spawns, true, &mut rng)
+    }) {
+        Ok(l) => r.corral.latency = Some(l),
+        Err(e) => note(&mut r, "(a) corral", e),
+    }
+    eprintln!("(a) spawn to agent running, pueue, {} adds", plan.latency_spawns);
+    match Pueue::start(&args.pueue, &args.pueued, tmp.join("a-pueue"))
+        .and_then(|mut p| latency(&mut p, &me, plan.latency_spawns, false, &mut rng))
+    {
+        Ok(l) => r.pueue.latency = Some(l),
+        Err(e) => note(&mut r, "(a) pueue", e),
+    }
+
+    // (b) and (c), corral: the agents report a status file each, which (c) then reads.
+    eprintln!("(b) {} sequential spawns, corral", plan.bulk_spawns);
+    match Corral::new(&args.corral, tmp.join("b-corral")) {
+        Err(e) => note(&mut r, "(b) corral", e),
+        Ok(mut c) => {
+            let argv: Vec<String> = [args.corral.to_string_lossy().as_ref(), "report", "--progress", "0.5", "--phase", "impl", "--milestone", "m1"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let label = "corral report --progress 0.5 --phase impl --milestone m1";
+            match bulk(&mut c, &argv, label, plan.bulk_spawns) {
+                Ok(b) => r.corral.bulk = Some(b),
+                Err(e) => note(&mut r, "(b) corral", e),
+            }
+            eprintln!("(c) corral status --json x{}", plan.status_runs);
+            match status(&c, plan.bulk_spawns, plan.status_runs) {
+                Ok(s) => r.corral.status = Some(s),
+                Err(e) => note(&mut r, "(c) corral", e),
+            }
+            match monitor(&args.monitor, &c.data_dir(), &tmp, &plan) {
+                Ok(m) => r.monitor = m,
+                Err(e) => note(&mut r, "(c) seed monitor", e),
+            }
+            c.stop();
+        }
+    }
+
+    eprintln!("(b) {} sequential spawns, corral, agents `true`", plan.bulk_spawns);
+    match Corral::new(&args.corral, tmp.join("b-true-corral"))
+        .and_then(|mut c| bulk(&mut c, &["true".to_string()], "true", plan.bulk_spawns))
+    {
+        Ok(b) => r.corral.bulk_true = Some(b),
+        Err(e) => note(&mut r, "(b) corral, agents `true`", e),
+    }
+
+    // (b) and (c), pueue.
+    eprintln!("(b) {} sequential adds, pueue", plan.bulk_spawns);
+    match Pueue::start(&args.pueue, &args.pueued, tmp.join("b-pueue")) {
+        Err(e) => note(&mut r, "(b) pueue", e),
+        Ok(mut p) => {
+            match bulk(&mut p, &["true".to_string()], "true", plan.bulk_spawns) {
+                Ok(b) => r.pueue.bulk = Some(b),
+                Err(e) => note(&mut r, "(b) pueue", e),
+            }
+            eprintln!("(c) pueue status --json x{}", plan.status_runs);
+            match status(&p, plan.bulk_spawns, plan.status_runs) {
+                Ok(s) => r.pueue.status = Some(s),
+                Err(e) => note(&mut r, "(c) pueue", e),
+            }
+            p.stop();
+        }
+    }
+
+    r.wall_s = t.elapsed().as_secs_f64();
+    std::fs::create_dir_all(&args.results).map_err(|e| e.to_string())?;
+    let raw = args.results.join("latest.json");
+    std::fs::write(&raw, serde_json::to_string_pretty(&raw_json(&r)).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("{}: {e}", raw.display()))?;
+    std::fs::write(&args.out, report::markdown(&r)).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    eprintln!("wrote {} and {} in {:.0}s", args.out.display(), raw.display(), r.wall_s);
+    if r.errors.is_empty() { Ok(()) } else { Err(format!("{} measurement(s) failed; see {}", r.errors.len(), args.out.display())) }
+}
+
+/// (a): one probe agent at a time; each writes the realtime clock as its first act.
+fn latency(tool: &mut dyn Tool, me: &Path, n: usize, cold_first: bool, rng: &mut Rng) -> Result<Latency> {
+    let dir = std::env::temp_dir().join(format!("corral-bench-{}-markers-{}", std::process::id(), tool.name()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut l = Latency::default();
+    // Probe 0 warms up (and, for corral, starts the supervisor on demand).
+    for i in 0..=n {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(rng.below(JITTER_MAX_MS)));
+        }
+        let marker = dir.join(format!("m-{i}"));
+        let argv = [me.to_string_lossy().to_string(), "stamp".into(), marker.to_string_lossy().to_string()];
+        let mut cmd = tool.submit(&argv);
+        let t0 = now_ns();
+        let st = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+        let t_ret = now_ns();
+        if !st.success() {
+            return Err(format!("{cmd:?} exited with {st}"));
+        }
+        let (stamp, mtime) = wait_marker(&marker, Duration::from_secs(10))?;
+        if i == 0 {
+            if cold_first {
+                l.cold_ms = Some(ms(stamp - t0));
+            }
+            continue;
+        }
+        l.running.push(ms(stamp - t0));
+        l.mtime.push(ms(mtime - t0));
+        l.returned.push(ms(t_ret - t0));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    l.ping = time_runs(|| tool.ping(), CONTEXT_RUNS)?;
+    l.exec_true = time_runs(|| std::process::Command::new("/bin/true"), CONTEXT_RUNS)?;
+    Ok(l)
+}
+
+/// The probe's timestamp and its file's mtime, both in ns since the epoch.
+fn wait_marker(path: &Path, timeout: Duration) -> Result<(i128, i128)> {
+    let t = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let stamp: i128 = text.trim().parse().map_err(|e| format!("{}: {e}", path.display()))?;
+            let m = std::fs::metadata(path).map_err(|e| e.to_string())?;
+            return Ok((stamp, m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128));
+        }
+        if t.elapsed() > timeout {
+            return Err(format!("the probe agent never wrote {} (waited {timeout:?})", path.display()));
+        }
+        std::thread::sleep(Duration::from_micros(250));
+    }
+}
+
+/// (b): n submissions one after the other, then wait for all of them to finish.
+fn bulk(tool: &mut dyn Tool, argv: &[String], label: &str, n: usize) -> Result<Bulk> {
+    // A first status call starts corral's supervisor on demand, so the loop measures
+    // submissions only (pueued is already running).
+    output(tool.status_json())?;
+    let mut b = Bulk { agent_command: label.into(), ..Default::default() };
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut cmd = tool.submit(argv);
+        let t = Instant::now();
+        let st = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+        b.per_call.push(t.elapsed().as_secs_f64() * 1e3);
+        if !st.success() {
+            return Err(format!("{cmd:?} exited with {st}"));
+        }
+    }
+    b.total_ms = start.elapsed().as_secs_f64() * 1e3;
+    let settle = wait_until("every agent to finish", Duration::from_secs(180), || {
+        let (done, total) = tool.progress()?;
+        Ok(done == n && total == n)
+    })?;
+    b.settle_ms = Some(settle.as_secs_f64() * 1e3);
+    Ok(b)
+}
+
+/// (c): the status command as JSON, timed end to end, with n entries present.
+fn status(tool: &dyn Tool, n: usize, runs: usize) -> Result<Status> {
+    let out = output(tool.status_json())?;
+    let v: Value = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
+    let entries = v.as_array().map(Vec::len).or_else(|| v["tasks"].as_object().map(|t| t.len())).unwrap_or(0);
+    if entries != n {
+        return Err(format!("expected {n} entries in {} status, found {entries}", tool.name()));
+    }
+    let mut s = Status { entries, bytes: out.len(), runs: Vec::new() };
+    for _ in 0..runs {
+        let mut cmd = tool.status_json();
+        cmd.stdout(Stdio::null());
+        let t = Instant::now();
+        let st = cmd.status().map_err(|e| e.to_string())?;
+        s.runs.push(t.elapsed().as_secs_f64() * 1e3);
+        if !st.success() {
+            return Err(format!("{cmd:?} exited with {st}"));
+        }
+    }
+    Ok(s)
+}
+
+/// The seed's monitor script, unchanged, over corral's status files (`data/agent-status`):
+/// on a copy of the first `monitor_small` files, then over all of them.
+fn monitor(script: &Path, data: &Path, tmp: &Path, plan: &Plan) -> Result<Vec<MonitorRun>> {
+    let src = data.join("agent-status");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
+        .map_err(|e| format!("{}: {e}", src.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let small = tmp.join("monitor-small");
+    let small_dir = small.join("data/agent-status");
+    std::fs::create_dir_all(&small_dir).map_err(|e| e.to_string())?;
+    for f in files.iter().take(plan.monitor_small) {
+        std::fs::copy(f, small_dir.join(f.file_name().expect("file"))).map_err(|e| e.to_string())?;
+    }
+    let run_once = |ws: &Path, expect: usize| -> Result<MonitorRun> {
+        eprintln!("(c) seed monitor-agents.sh over {expect} status files");
+        let mut c = std::process::Command::new("bash");
+        c.arg(script).current_dir(ws);
+        let t = Instant::now();
+        let out = output(c)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let seen = String::from_utf8_lossy(&out).lines().filter(|l| l.starts_with("Agent: agent-")).count();
+        if seen != expect {
+            return Err(format!("the seed monitor listed {seen} agents, expected {expect}"));
+        }
+        Ok(MonitorRun { files: expect, ms })
+    };
+    let mut runs = Vec::new();
+    let n_small = files.len().min(plan.monitor_small);
+    for _ in 0..plan.monitor_small_runs {
+        runs.push(run_once(&small, n_small)?);
+    }
+    if plan.monitor_full {
+        runs.push(run_once(data.parent().expect("workspace"), files.len())?);
+    }
+    Ok(runs)
+}
+
+fn machine() -> Vec<(String, String)> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let nproc = std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_else(|_| "?".into());
+    let mem = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+        .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
+    let fs = output({
+        let mut c = std::process::Command::new("df");
+        c.args(["--output=fstype", &std::env::temp_dir().to_string_lossy()]);
+        c
+    })
+    .map(|o| String::from_utf8_lossy(&o).lines().nth(1).unwrap_or("").trim().to_string())
+    .unwrap_or_default();
+    vec![
+        ("CPU".into(), model),
+        ("nproc".into(), nproc),
+        ("memory".into(), mem),
+        ("kernel".into(), format!("Linux {kernel}")),
+        ("temp dir filesystem".into(), format!("{} ({fs})", std::env::temp_dir().display())),
+    ]
+}
+
+fn version(bin: &Path) -> String {
+    let mut c = std::process::Command::new(bin);
+    c.arg("--version");
+    output(c).map(|o| String::from_utf8_lossy(&o).trim().to_string()).unwrap_or_else(|e| e)
+}
+
+fn raw_json(r: &Results) -> Value {
+    let sum = |v: &[f64]| summarize(v).map(|s: Summary| s.to_json());
+    let side = |s: &Side| {
+        json!({
+            "latency": s.latency.as_ref().map(|l| json!({
+                "coldMs": l.cold_ms, "runningMs": sum(&l.running), "mtimeMs": sum(&l.mtime),
+                "returnedMs": sum(&l.returned), "pingMs": sum(&l.ping), "execTrueMs": sum(&l.exec_true), "samples": { "running": l.running, "mtime": l.mtime, "returned": l.returned },
+            })),
+            "bulk": s.bulk.as_ref().map(|b| json!({
+                "agentCommand": b.agent_command, "totalMs": b.total_ms, "settleMs": b.settle_ms,
+                "perCallMs": sum(&b.per_call), "samples": b.per_call,
+            })),
+            "bulkTrue": s.bulk_true.as_ref().map(|b| json!({
+                "agentCommand": b.agent_command, "totalMs": b.total_ms, "settleMs": b.settle_ms,
+                "perCallMs": sum(&b.per_call), "samples": b.per_call,
+            })),
+            "status": s.status.as_ref().map(|st| json!({
+                "entries": st.entries, "bytes": st.bytes, "runsMs": sum(&st.runs), "samples": st.runs,
+            })),
+        })
+    };
+    json!({
+        "date": r.date, "quick": r.args.quick, "corralRev": r.args.corral_rev, "pueue": r.pueue_version,
+        "machine": r.machine.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
+        "corral": side(&r.corral), "pueueResults": side(&r.pueue),
+        "seedMonitor": r.monitor.iter().map(|m| json!({ "files": m.files, "ms": m.ms })).collect::<Vec<_>>(),
+        "errors": r.errors, "wallSeconds": r.wall_s,
+    })
+}

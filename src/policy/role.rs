@@ -1,0 +1,104 @@
+//! A role's resolved policy: plain numbers, no parsing. `config` builds it from
+//! `corral.toml`; each agent keeps its own copy from spawn time, so a restart or a config
+//! edit never changes the rules under a running agent.
+
+use serde::{Deserialize, Serialize};
+
+const MIN: u64 = 60_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Jitter {
+    #[default]
+    None,
+    /// A uniformly random delay between 0 and the computed one (AWS "full jitter").
+    Full,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backoff {
+    pub initial_ms: u64,
+    pub coefficient: f64,
+    pub max_ms: Option<u64>,
+    pub jitter: Jitter,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial_ms: 30_000, coefficient: 2.0, max_ms: None, jitter: Jitter::None }
+    }
+}
+
+impl Backoff {
+    /// Delay before retry number `retry` (1 for the first retry): initial x coefficient^(retry-1),
+    /// capped by `max`; with full jitter, `sample` in [0, 1) scales it.
+    pub fn delay_ms(&self, retry: u32, sample: f64) -> u64 {
+        let exp = self.coefficient.powi(retry.saturating_sub(1).min(64) as i32);
+        let raw = (self.initial_ms as f64 * exp).min(u64::MAX as f64 / 2.0) as u64;
+        let capped = self.max_ms.map_or(raw, |m| raw.min(m));
+        match self.jitter {
+            Jitter::None => capped,
+            Jitter::Full => (capped as f64 * sample.clamp(0.0, 1.0)) as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolePolicy {
+    pub attempt_timeout_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub stall_timeout_ms: u64,
+    pub start_timeout_ms: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub max_retries: u32,
+    pub backoff: Backoff,
+    pub progressive_timeout: bool,
+    pub max_attempt_timeout_ms: Option<u64>,
+    pub retry_guidance: Option<String>,
+    pub require_handoff: bool,
+}
+
+impl RolePolicy {
+    /// The seed's role table (SPEC section 4) with the seed's other defaults.
+    pub fn seed(role: &str) -> Self {
+        let (timeout, retries) = match role {
+            "PLANNER" => (15 * MIN, 1),
+            "IMPLEMENTER" => (30 * MIN, 2),
+            "AUDITOR" => (20 * MIN, 1),
+            "CLEANER" => (10 * MIN, 1),
+            _ => (20 * MIN, 1),
+        };
+        Self {
+            attempt_timeout_ms: timeout,
+            heartbeat_timeout_ms: 5 * MIN,
+            stall_timeout_ms: 10 * MIN,
+            start_timeout_ms: None,
+            deadline_ms: None,
+            max_retries: retries,
+            backoff: Backoff::default(),
+            progressive_timeout: true,
+            max_attempt_timeout_ms: None,
+            retry_guidance: None,
+            require_handoff: false,
+        }
+    }
+
+    /// Attempt `n` (1-based) gets base x n with progressive timeouts (the seed's
+    /// 15m -> 30m -> 45m), capped by `max_attempt_timeout`.
+    pub fn attempt_timeout(&self, n: u32) -> u64 {
+        let t = if self.progressive_timeout {
+            self.attempt_timeout_ms.saturating_mul(n.max(1) as u64)
+        } else {
+            self.attempt_timeout_ms
+        };
+        self.max_attempt_timeout_ms.map_or(t, |m| t.min(m))
+    }
+}
+
+/// The built-in wording for a second retry when the role sets no `retry_guidance`.
+pub const DEFAULT_RETRY_GUIDANCE: &str = "Earlier attempts failed. Work in small, verifiable steps; report \
+progress after each step with `corral report`; if something you need is missing or unclear, report \
+`--status blocked` with a finding that names exactly what, instead of guessing; write the handoff \
+before you exit.";

@@ -1,0 +1,193 @@
+//! Turning what agents wrote into inputs for the core: status writes, handoffs, and the
+//! facts about an attempt's end (exit record, last report, handoff, output tail).
+
+use super::daemon::{Supervisor, finding_text, now};
+use super::launch;
+use crate::policy::lifecycle::{self, ExitFacts, HandoffFacts, Report, Rules};
+use crate::protocol::files::{self, StatusFile};
+use crate::protocol::{AgentId, DataDir, time};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// How much of the log's end classification rules see.
+const OUTPUT_TAIL_BYTES: u64 = 4096;
+
+/// The content that counts as a change for the stall check: everything but the timestamp.
+fn same_content(a: &StatusFile, b: &StatusFile) -> bool {
+    a.status == b.status
+        && a.progress == b.progress
+        && a.phase == b.phase
+        && a.milestone == b.milestone
+        && a.findings == b.findings
+}
+
+fn modified(p: &Path) -> Option<jiff::Timestamp> {
+    let m = std::fs::metadata(p).and_then(|m| m.modified()).ok()?;
+    jiff::Timestamp::try_from(m).ok()
+}
+
+impl Supervisor {
+    pub fn file_written(&mut self, path: PathBuf) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { return };
+        if path.parent() == Some(self.data.status_dir().as_path()) {
+            if let Some(id) = name.strip_suffix(".json").and_then(|s| AgentId::parse(s).ok()) {
+                if self.agents.contains_key(&id) {
+                    self.refresh_status(&id);
+                }
+            }
+        } else if let Some(owner) = DataDir::handoff_owner(&name).and_then(|s| AgentId::parse(s).ok()) {
+            if let Some(live) = self.agents.get_mut(&owner) {
+                if !live.handoffs.contains(&path) {
+                    live.handoffs.push(path.clone());
+                    self.emit(Some(&owner), "handoff", serde_json::json!({ "file": path }));
+                }
+            }
+        }
+    }
+
+    /// Re-reads an agent's status file; a bad file is recorded against that agent alone.
+    /// A write made during the current attempt is a report to the core.
+    pub fn refresh_status(&mut self, id: &AgentId) {
+        let path = self.data.status_file(id);
+        let Some(mtime) = modified(&path) else { return };
+        let parsed = files::read_status(&path).and_then(|s| {
+            if s.agent_id == id.as_str() {
+                Ok(s)
+            } else {
+                Err(format!("{}: agentId {:?} does not match the file name", path.display(), s.agent_id))
+            }
+        });
+        let rules = (self.rules.clone(), self.default_rules.clone());
+        let Some(live) = self.agents.get_mut(id) else { return };
+        let fresh =
+            live.agent.current().and_then(|a| time::parse(&a.started_at)).is_some_and(|started| mtime >= started);
+        let mut actions = Vec::new();
+        let event = match parsed {
+            Ok(s) => {
+                let changed = !live.report.as_ref().is_some_and(|r| same_content(r, &s));
+                let any_change = live.report.as_ref() != Some(&s);
+                live.report_error = None;
+                if fresh {
+                    let report =
+                        Report { status: s.status, last_finding: s.findings.last().map(finding_text), changed };
+                    let r = Rules { user: &rules.0, defaults: &rules.1 };
+                    actions = lifecycle::status_reported(&mut live.agent, &report, &r, &now());
+                }
+                let ev = any_change.then(|| {
+                    serde_json::json!({
+                        "status": s.status, "progress": s.progress, "phase": s.phase,
+                        "milestone": s.milestone, "finding": s.findings.last(),
+                    })
+                });
+                live.report = Some(s);
+                ev.map(|e| ("status", e))
+            }
+            Err(e) => {
+                let changed = live.report_error.as_ref() != Some(&e);
+                live.report_error = Some(e.clone());
+                changed.then(|| ("status_unreadable", serde_json::json!({ "reason": e })))
+            }
+        };
+        if let Some((kind, data)) = event {
+            self.emit(Some(id), kind, data);
+        }
+        if fresh {
+            self.apply(id, actions);
+        }
+    }
+
+    pub fn scan_handoffs(&mut self) {
+        let Ok(rd) = std::fs::read_dir(self.data.handoff_dir()) else { return };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(owner) = name.to_str().and_then(DataDir::handoff_owner).and_then(|s| AgentId::parse(s).ok())
+            else {
+                continue;
+            };
+            if let Some(live) = self.agents.get_mut(&owner) {
+                live.handoffs.push(e.path());
+            }
+        }
+    }
+
+    /// An attempt's shim is gone: gather the facts and let the core decide.
+    pub fn attempt_ended(&mut self, id: &AgentId, attempt: u32) {
+        let Some(live) = self.agents.get(id) else { return };
+        if live.agent.attempts.iter().any(|a| a.attempt == attempt && a.ended().is_some()) {
+            return;
+        }
+        let end = launch::read_exit(self, id, attempt);
+        // The last write may not have reached us through inotify yet.
+        self.refresh_status(id);
+        let handoff = self.handoff_facts(id, attempt);
+        let output_tail = self.output_tail(id);
+        let rules = (self.rules.clone(), self.default_rules.clone());
+        let live = self.agents.get_mut(id).expect("present");
+        let reported_now =
+            live.agent.attempts.iter().find(|a| a.attempt == attempt).is_some_and(|a| a.liveness.last_report.is_some());
+        let report = live.report.as_ref().filter(|_| reported_now);
+        let facts = ExitFacts {
+            end,
+            reported: report.map(|r| r.status),
+            last_finding: report.and_then(|r| r.findings.last()).map(finding_text),
+            handoff,
+            output_tail,
+        };
+        let r = Rules { user: &rules.0, defaults: &rules.1 };
+        let actions = lifecycle::exited(&mut live.agent, attempt, facts, &r, &now());
+        self.apply(id, actions);
+        for kind in ["start", "exit", "lock"] {
+            self.cleanup_after_commit(self.data.attempt_file(id, attempt, kind));
+        }
+        self.admit_queued();
+    }
+
+    /// The newest handoff written during this attempt, and whether its files exist.
+    fn handoff_facts(&mut self, id: &AgentId, attempt: u32) -> HandoffFacts {
+        let live = &self.agents[id];
+        let Some(a) = live.agent.attempts.iter().find(|a| a.attempt == attempt) else { return HandoffFacts::Absent };
+        let Some(started) = time::parse(&a.started_at) else { return HandoffFacts::Absent };
+        let mut candidates: Vec<PathBuf> = live.handoffs.clone();
+        if a.handoff_file.exists() && !candidates.contains(&a.handoff_file) {
+            candidates.push(a.handoff_file.clone());
+        }
+        let newest = candidates
+            .into_iter()
+            .filter_map(|p| modified(&p).filter(|m| *m >= started).map(|m| (m, p)))
+            .max_by_key(|(m, _)| *m);
+        let Some((_, path)) = newest else { return HandoffFacts::Absent };
+        let cwd = live.agent.spec.cwd.clone();
+        match files::read_handoff(&path) {
+            Err(e) => HandoffFacts::Unreadable(e),
+            Ok(h) => {
+                let missing: Vec<String> = h
+                    .deliverables
+                    .files
+                    .iter()
+                    .filter(|f| {
+                        let p = Path::new(f);
+                        let p = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+                        !p.exists()
+                    })
+                    .cloned()
+                    .collect();
+                if missing.is_empty() { HandoffFacts::Valid } else { HandoffFacts::MissingFiles(missing) }
+            }
+        }
+    }
+
+    fn output_tail(&self, id: &AgentId) -> String {
+        let Ok(mut f) = std::fs::File::open(self.data.log_file(id)) else { return String::new() };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_TAIL_BYTES)));
+        let mut buf = Vec::new();
+        let _ = f.take(OUTPUT_TAIL_BYTES).read_to_end(&mut buf);
+        // corral's own header and footer lines hold the command line and the exit; the
+        // rules are about what the agent said.
+        String::from_utf8_lossy(&buf)
+            .lines()
+            .filter(|l| !l.starts_with("=== corral: ") && !l.starts_with("corral: attempt ended"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

@@ -1,0 +1,172 @@
+//! Answers to CLI requests: each one a thin layer over the core or the views.
+
+use super::daemon::{EVENTS_PAGE, Supervisor, now};
+use super::{launch, views};
+use crate::ipc::{BreakerView, DaemonView, HealthView, QueuedView, Reply, Request};
+use crate::policy::agent::AgentState;
+use crate::policy::health::{self, Breaker};
+use crate::policy::lifecycle::{self, fmt_ms};
+use crate::protocol::{AgentId, time};
+use std::io::Write;
+
+pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
+    let config = sup.reload_config();
+    match req {
+        Request::Spawn(s) => match config {
+            Err(e) => Reply::err(2, e),
+            Ok(()) => launch::spawn(sup, *s),
+        },
+        Request::Status { ids, role } => views::status(sup, &ids, role.as_deref()),
+        Request::Show { id } => views::show(sup, &id),
+        Request::Kill { id, grace_ms } => with_agent(sup, &id, |sup, id| {
+            let live = sup.agents.get_mut(id).expect("looked up");
+            let actions = lifecycle::kill_requested(&mut live.agent, grace_ms, &now()).map_err(|e| Reply::err(1, e))?;
+            sup.apply(id, actions);
+            sup.admit_queued();
+            Ok(serde_json::json!({ "agentId": id, "status": sup.agents[id].agent.state.name() }))
+        }),
+        Request::Retry { id, context } => with_agent(sup, &id, |sup, id| {
+            let live = sup.agents.get_mut(id).expect("looked up");
+            let actions = lifecycle::retry_requested(&mut live.agent, context, &now()).map_err(|e| Reply::err(1, e))?;
+            sup.apply(id, actions);
+            // A human retry answers the agent's open escalations.
+            resolve_for(sup, id, "retried by a human");
+            sup.admit_queued();
+            let a = &sup.agents[id].agent;
+            Ok(serde_json::json!({ "agentId": id, "status": a.state.name(), "reason": a.state.reason() }))
+        }),
+        Request::Tell { id, text } => with_agent(sup, &id, |sup, id| {
+            let path = sup.data.inbox_file(id);
+            let entry = format!("\n## {}\n\n{}\n", time::rfc3339(time::now()), text);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(entry.as_bytes()))
+                .map_err(|e| Reply::err(1, format!("cannot write {}: {e}", path.display())))?;
+            sup.emit(Some(id), "told", serde_json::json!({ "text": text }));
+            Ok(serde_json::json!({ "agentId": id, "inbox": path }))
+        }),
+        Request::Escalations { all } => {
+            let list: Vec<_> = sup.escalations.iter().filter(|e| all || e.is_open()).cloned().collect();
+            Reply::ok(list)
+        }
+        Request::Resolve { n, note } => {
+            let Some(e) = sup.escalations.iter_mut().find(|e| e.n == n) else {
+                return Reply::err(2, format!("no escalation {n}; `corral escalations` lists the open ones"));
+            };
+            if !e.is_open() {
+                return Reply::err(
+                    1,
+                    format!("escalation {n} was already resolved at {}", e.resolved_at.clone().unwrap_or_default()),
+                );
+            }
+            e.resolved_at = Some(time::rfc3339(time::now()));
+            e.note = note.clone();
+            let e = e.clone();
+            if let Err(err) = sup.store.put_escalation(&e) {
+                return Reply::err(1, err.to_string());
+            }
+            sup.mark_escalations_dirty();
+            sup.emit(Some(&e.agent_id), "escalation_resolved", serde_json::json!({ "escalation": n, "note": note }));
+            sup.admit_queued(); // an escalation limit may have been what held spawns
+            Reply::ok(e)
+        }
+        Request::Health => Reply::ok(health_view(sup)),
+        Request::Events { after, agent, .. } => {
+            let agent = match agent.map(|a| AgentId::parse(&a)).transpose() {
+                Ok(a) => a,
+                Err(e) => return Reply::err(2, e.to_string()),
+            };
+            match sup.store.events(after, agent.as_ref(), EVENTS_PAGE) {
+                Ok(ev) => Reply::ok(ev),
+                Err(e) => Reply::err(1, e.to_string()),
+            }
+        }
+        Request::DaemonStatus => Reply::ok(DaemonView {
+            pid: std::process::id(),
+            socket: sup.socket.display().to_string(),
+            data_dir: sup.data.root().display().to_string(),
+            started_at: sup.started_at.clone(),
+            uptime_seconds: (time::mono_ms() - sup.started_mono) as f64 / 1000.0,
+            agents_supervised: sup.agents.values().filter(|l| !l.agent.state.is_finished()).count(),
+            agents_total: sup.agents.len(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }),
+        Request::Stop => {
+            sup.stopping = true;
+            Reply::ok(serde_json::json!({ "stopped": std::process::id() }))
+        }
+    }
+}
+
+fn with_agent(
+    sup: &mut Supervisor,
+    id: &str,
+    f: impl FnOnce(&mut Supervisor, &AgentId) -> Result<serde_json::Value, Reply>,
+) -> Reply {
+    match sup.lookup(id).and_then(|id| f(sup, &id)) {
+        Ok(v) => Reply::ok(v),
+        Err(r) => r,
+    }
+}
+
+fn resolve_for(sup: &mut Supervisor, id: &AgentId, note: &str) {
+    let at = time::rfc3339(time::now());
+    let mut changed = Vec::new();
+    for e in sup.escalations.iter_mut().filter(|e| e.is_open() && e.agent_id == *id) {
+        e.resolved_at = Some(at.clone());
+        e.note = Some(note.to_string());
+        changed.push(e.clone());
+    }
+    for e in changed {
+        let _ = sup.store.put_escalation(&e);
+        sup.mark_escalations_dirty();
+    }
+}
+
+pub fn health_view(sup: &Supervisor) -> HealthView {
+    let now = time::mono_ms();
+    let r = sup.resources();
+    let running = sup.running_count();
+    let held = health::hold_reason(&sup.health, &sup.breaker, running, sup.open_escalations(), &r, now);
+    let h = &sup.health;
+    let (recent, probe_in, probe) = match &sup.breaker {
+        Breaker::Closed { failures } => {
+            (failures.iter().filter(|t| now.saturating_sub(**t) < h.breaker_window_ms).count(), None, None)
+        }
+        Breaker::Open { until_mono, failures } => {
+            (*failures, Some(until_mono.saturating_sub(now) as f64 / 1000.0), None)
+        }
+        Breaker::HalfOpen { probe } => (0, None, probe.clone()),
+    };
+    HealthView {
+        healthy: held.is_none(),
+        held_because: held,
+        running,
+        max_concurrent: h.max_concurrent,
+        queued: sup
+            .order
+            .iter()
+            .filter_map(|id| match &sup.agents[id].agent.state {
+                AgentState::Queued { reason } => Some(QueuedView { agent_id: id.to_string(), reason: reason.clone() }),
+                _ => None,
+            })
+            .collect(),
+        breaker: BreakerView {
+            state: sup.breaker.name().to_string(),
+            recent_failures: recent,
+            threshold: h.breaker_failures,
+            window: fmt_ms(h.breaker_window_ms),
+            cooldown: fmt_ms(h.breaker_cooldown_ms),
+            probe_in_seconds: probe_in,
+            probe,
+        },
+        free_memory: r.free_memory,
+        min_free_memory: h.min_free_memory,
+        load: r.load,
+        max_load: h.max_load,
+        open_escalations: sup.open_escalations(),
+        max_open_escalations: h.max_open_escalations,
+    }
+}
