@@ -77,6 +77,12 @@ cleanup() {
 }
 trap 'cleanup; exit 130' INT TERM
 
+# The command as it was given, for BENCHMARKS.md.
+cmdline="bench/run.sh"
+[[ -n "${CORRAL_BIN:-}" ]] && cmdline="CORRAL_BIN=$CORRAL_BIN $cmdline"
+[[ -n "${BENCH_REV:-}" && -z "${CORRAL_BIN:-}" ]] && cmdline="BENCH_REV=$BENCH_REV $cmdline"
+(( ${#quick[@]} )) && cmdline="$cmdline --quick"
+
 say "measuring (corral and pueue)"
 bench/harness/target/release/corral-bench run \
   --corral "$corral" \
@@ -85,7 +91,7 @@ bench/harness/target/release/corral-bench run \
   --monitor bench/seed/monitor-agents.sh \
   --out BENCHMARKS.md \
   --results bench/results \
-  --command-line "bench/run.sh${quick:+ ${quick[*]}}" \
+  --command-line "$cmdline" \
   --corral-rev "$rev" \
   "${quick[@]}" &
 harness_pid=$!

@@ -83,15 +83,16 @@ fn after_queues_until_dependencies_complete() {
 fn attempt_timeout_kills_the_group() {
     let ws = Ws::new();
     let id = ws
-        .ok(&["spawn", "--role", "R", "--task", "t", "--timeout", "500ms", "--", "sh", "-c", "sleep 1000 & sleep 1000"])
+        .ok(&["spawn", "--role", "R", "--task", "t", "--timeout", "500ms", "--max-retries", "0", "--", "sh", "-c", "sleep 1000 & sleep 1000"])
         .trim()
         .to_string();
     let pgid = ws.agent(&id)["pid"].as_i64().unwrap() as i32;
-    let s = ws.wait_state(&id, &["timed_out"], SECS(10));
+    let s = ws.wait_state(&id, &["escalated"], SECS(10));
     assert!(s["reason"].as_str().unwrap().contains("500ms"), "{s}");
     assert!(group_members(pgid).is_empty());
     let r = ws.registry();
-    assert_eq!(r[0]["status"], "timed_out");
+    assert_eq!(r[0]["status"], "escalated");
+    assert_eq!(ws.show(&id)["attempts"][0]["failureType"], "timeout");
 }
 
 #[test]
@@ -102,8 +103,10 @@ fn a_command_that_cannot_start_is_reported() {
     let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/no/such/program"), "{err}");
+    // an exec failure is permanent: escalated to a human at once, never retried
     let s = ws.show(&id);
-    assert_eq!(s["status"], "failed");
+    assert_eq!(s["status"], "escalated");
+    assert_eq!(s["attempts"].as_array().unwrap().len(), 1);
     assert!(s["attempts"][0]["reason"].as_str().unwrap().contains("could not start"), "{s}");
 }
 
@@ -134,7 +137,7 @@ fn daemon_stops_and_a_new_one_carries_on() {
 
 #[test]
 fn init_writes_the_seed_role_table_and_roles_apply() {
-    let ws = Ws::new();
+    let ws = Ws::bare();
     let o = ws.run(&["init"]);
     assert!(o.status.success());
     let toml = std::fs::read_to_string(ws.path().join("corral.toml")).unwrap();

@@ -106,8 +106,8 @@ fn registry_export_is_valid_json_after_every_change() {
     assert_eq!(jq_ids(&ws), vec![a.clone()]);
     let b = ws.spawn("R", &["sh", "-c", "exit 3"]);
     assert_eq!(jq_ids(&ws), vec![a.clone(), b.clone()]);
-    ws.wait_state(&b, &["failed"], SECS(10));
-    assert!(wait_until(SECS(5), || ws.registry()[1]["status"] == "failed"));
+    ws.wait_state(&b, &["escalated"], SECS(10));
+    assert!(wait_until(SECS(5), || ws.registry()[1]["status"] == "escalated"));
     assert_eq!(ws.registry()[1]["exitCode"], 3);
     ws.ok(&["kill", &a]);
     assert_eq!(jq_ids(&ws), vec![a.clone(), b.clone()]);
@@ -167,7 +167,7 @@ fn supervisor_kill_9_loses_no_agent_and_no_exit_code() {
     // the next command starts a new supervisor, which knows every outcome
     for id in &ids {
         let s = ws.show(id);
-        assert_eq!(s["status"], "failed", "{s}");
+        assert_eq!(s["status"], "escalated", "{s}");
         let attempts = s["attempts"].as_array().unwrap();
         assert_eq!(attempts.len(), 1, "{id} was started twice: {s}");
         assert_eq!(attempts[0]["exitCode"], 7, "{s}");

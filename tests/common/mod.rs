@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub const RELAXED: &str = "[health]\nmax_concurrent = 500\nbreaker_failures = 0\n";
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_corral"))
 }
@@ -17,7 +19,14 @@ pub struct Ws {
 }
 
 impl Ws {
+    /// A workspace whose health gate never holds a spawn (tests of other things spawn
+    /// more than the default 5 at once, and fail agents on purpose).
     pub fn new() -> Self {
+        Self::with_config(Some(RELAXED))
+    }
+
+    /// A workspace with no corral.toml at all: the built-in defaults.
+    pub fn bare() -> Self {
         Self::with_config(None)
     }
 

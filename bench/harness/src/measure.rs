@@ -28,7 +28,7 @@ impl Plan {
         if quick {
             Plan { latency_spawns: 20, bulk_spawns: 200, status_runs: 5, monitor_small: 100, monitor_small_runs: 1, monitor_full: false }
         } else {
-            Plan { latency_spawns: 100, bulk_spawns: 1000, status_runs: 20, monitor_small: 100, monitor_small_runs: 3, monitor_full: true }
+            Plan { latency_spawns: 100, bulk_spawns: 1000, status_runs: 20, monitor_small: 100, monitor_small_runs: 2, monitor_full: true }
         }
     }
 }
@@ -113,6 +113,8 @@ pub struct Results {
     pub pueue: Side,
     pub corral_health_raised: bool,
     pub monitor: Vec<MonitorRun>,
+    /// One `jq -r .agentId FILE`, the seed monitor's unit of work.
+    pub jq_runs: Vec<f64>,
     pub errors: Vec<String>,
     pub wall_s: f64,
 }
@@ -160,6 +162,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         pueue: Side::default(),
         corral_health_raised: false,
         monitor: Vec::new(),
+        jq_runs: Vec::new(),
         errors: Vec::new(),
         wall_s: 0.0,
     };
@@ -207,6 +210,21 @@ pub fn run(args: RunArgs) -> Result<()> {
             match monitor(&args.monitor, &c.data_dir(), &tmp, &plan) {
                 Ok(m) => r.monitor = m,
                 Err(e) => note(&mut r, "(c) seed monitor", e),
+            }
+            let one = std::fs::read_dir(c.data_dir().join("agent-status"))
+                .ok()
+                .and_then(|d| d.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|x| x == "json")))
+                .unwrap_or_default();
+            match time_runs(
+                || {
+                    let mut j = std::process::Command::new("jq");
+                    j.args(["-r", ".agentId"]).arg(&one);
+                    j
+                },
+                CONTEXT_RUNS,
+            ) {
+                Ok(v) => r.jq_runs = v,
+                Err(e) => note(&mut r, "(c) jq", e),
             }
             c.stop();
         }
@@ -452,7 +470,7 @@ fn raw_json(r: &Results) -> Value {
         "date": r.date, "quick": r.args.quick, "corralRev": r.args.corral_rev, "pueue": r.pueue_version,
         "machine": r.machine.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
         "corral": side(&r.corral), "pueueResults": side(&r.pueue),
-        "seedMonitor": r.monitor.iter().map(|m| json!({ "files": m.files, "ms": m.ms })).collect::<Vec<_>>(),
+        "jqMs": sum(&r.jq_runs), "seedMonitor": r.monitor.iter().map(|m| json!({ "files": m.files, "ms": m.ms })).collect::<Vec<_>>(),
         "errors": r.errors, "wallSeconds": r.wall_s,
     })
 }
