@@ -57,6 +57,10 @@ else
   rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   if [[ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then rev="$rev with uncommitted changes"; fi
 fi
+# Measure a private copy, so a rebuild of the tree during the run cannot swap binaries.
+mkdir -p "$peers"
+cp "$corral" "$peers/corral-under-test"
+corral="$peers/corral-under-test"
 say "building the harness (release)"
 cargo build --release --quiet --manifest-path bench/harness/Cargo.toml
 

@@ -27,18 +27,38 @@ impl Client {
         let lock =
             std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(data.daemon_start_lock())?;
         process::lock(&lock)?;
-        if let Ok(c) = Self::try_connect(data) {
-            return Ok(c);
+        // A supervisor that was just killed can hold its socket and lock for a few more
+        // milliseconds while its last threads exit; give it that long before calling the
+        // failure real.
+        let mut last = None;
+        for _ in 0..100 {
+            if let Ok(c) = Self::try_connect(data) {
+                return Ok(c);
+            }
+            match start_daemon(data, workspace_root) {
+                Ok(()) => last = None,
+                Err(e) if e.to_string().contains("already running") => last = Some(e),
+                Err(e) => return Err(e),
+            }
+            if let Ok(c) = Self::try_connect(data) {
+                return Ok(c);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        start_daemon(data, workspace_root)?;
-        Self::try_connect(data)
-            .with_context(|| format!("supervisor started but {} refuses connections", data.socket().display()))
+        Err(last.unwrap_or_else(|| {
+            anyhow::anyhow!("supervisor started but {} refuses connections", data.socket().display())
+        }))
     }
 
-    /// Connects only if a supervisor is already running.
+    /// Connects only if a supervisor is running and answering: a socket still held open by
+    /// a supervisor that is dying does not count.
     pub fn try_connect(data: &DataDir) -> std::io::Result<Self> {
         let s = UnixStream::connect(data.socket())?;
-        Ok(Self { reader: BufReader::new(s.try_clone()?), writer: s })
+        let mut c = Self { reader: BufReader::new(s.try_clone()?), writer: s };
+        match c.call(&Request::Ping) {
+            Ok(r) if r.ok => Ok(c),
+            _ => Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "supervisor not answering")),
+        }
     }
 
     pub fn stream(&self) -> &UnixStream {

@@ -47,6 +47,8 @@ pub enum Request {
         follow: bool,
     },
     DaemonStatus,
+    /// Answers at once: proves the supervisor behind the socket is alive and serving.
+    Ping,
     Stop,
 }
 

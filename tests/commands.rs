@@ -83,7 +83,21 @@ fn after_queues_until_dependencies_complete() {
 fn attempt_timeout_kills_the_group() {
     let ws = Ws::new();
     let id = ws
-        .ok(&["spawn", "--role", "R", "--task", "t", "--timeout", "500ms", "--max-retries", "0", "--", "sh", "-c", "sleep 1000 & sleep 1000"])
+        .ok(&[
+            "spawn",
+            "--role",
+            "R",
+            "--task",
+            "t",
+            "--timeout",
+            "500ms",
+            "--max-retries",
+            "0",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1000 & sleep 1000",
+        ])
         .trim()
         .to_string();
     let pgid = ws.agent(&id)["pid"].as_i64().unwrap() as i32;

@@ -354,7 +354,15 @@ impl Supervisor {
     pub fn tick(&mut self) {
         let _ = self.store.begin();
         let now = now();
+        let before = self.breaker.name();
         self.breaker.advance(now.mono);
+        if self.breaker.name() != before {
+            self.emit(
+                None,
+                &format!("breaker_{}", self.breaker.name()),
+                serde_json::to_value(&self.breaker).unwrap_or_default(),
+            );
+        }
         self.resource_recheck = None;
         let due: Vec<AgentId> = self
             .agents

@@ -93,6 +93,7 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
             agents_total: sup.agents.len(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }),
+        Request::Ping => Reply::ok(std::process::id()),
         Request::Stop => {
             sup.stopping = true;
             Reply::ok(serde_json::json!({ "stopped": std::process::id() }))

@@ -72,11 +72,12 @@ impl Ws {
         let o = self.run(args);
         assert!(
             o.status.success(),
-            "corral {args:?} failed ({:?}):\nstdout: {}\nstderr: {}\ndaemon log: {}",
+            "corral {args:?} failed ({:?}):\nstdout: {}\nstderr: {}\ndaemon log: {}\ndaemon: {}",
             o.status,
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr),
-            std::fs::read_to_string(self.data.join("daemon.log")).unwrap_or_default()
+            std::fs::read_to_string(self.data.join("daemon.log")).unwrap_or_default(),
+            self.daemon_state()
         );
         String::from_utf8(o.stdout).unwrap()
     }
@@ -103,6 +104,15 @@ impl Ws {
 
     pub fn show(&self, id: &str) -> Value {
         self.json(&["show", id, "--json"])
+    }
+
+    /// The supervisor's pid and process state, read without talking to it (for failures).
+    pub fn daemon_state(&self) -> String {
+        let pid = std::fs::read_to_string(self.data.join("daemon.lock")).unwrap_or_default();
+        let pid = pid.trim();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|_| "gone".into());
+        let state = status.lines().find(|l| l.starts_with("State:")).unwrap_or("gone");
+        format!("pid {pid} {state}")
     }
 
     pub fn daemon_pid(&self) -> i32 {

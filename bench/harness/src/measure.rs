@@ -117,6 +117,13 @@ pub struct Results {
     pub jq_runs: Vec<f64>,
     pub errors: Vec<String>,
     pub wall_s: f64,
+    /// /proc/loadavg at the start and the end: other work on the machine skews timings.
+    pub load: (String, String),
+}
+
+fn loadavg() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 fn now_ns() -> i128 {
@@ -165,6 +172,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         jq_runs: Vec::new(),
         errors: Vec::new(),
         wall_s: 0.0,
+        load: (loadavg(), String::new()),
     };
     let note = |r: &mut Results, what: &str, e: String| {
         eprintln!("corral-bench: {what}: {e}");
@@ -257,6 +265,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
 
     r.wall_s = t.elapsed().as_secs_f64();
+    r.load.1 = loadavg();
     std::fs::create_dir_all(&args.results).map_err(|e| e.to_string())?;
     let raw = args.results.join("latest.json");
     std::fs::write(&raw, serde_json::to_string_pretty(&raw_json(&r)).map_err(|e| e.to_string())?)
@@ -471,6 +480,6 @@ fn raw_json(r: &Results) -> Value {
         "machine": r.machine.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
         "corral": side(&r.corral), "pueueResults": side(&r.pueue),
         "jqMs": sum(&r.jq_runs), "seedMonitor": r.monitor.iter().map(|m| json!({ "files": m.files, "ms": m.ms })).collect::<Vec<_>>(),
-        "errors": r.errors, "wallSeconds": r.wall_s,
+        "errors": r.errors, "wallSeconds": r.wall_s, "loadavg": [r.load.0, r.load.1],
     })
 }

@@ -65,7 +65,8 @@ pub fn markdown(r: &Results) -> String {
     }
     let _ = writeln!(o, "| corral | `{}`, release build |", r.args.corral_rev);
     let _ = writeln!(o, "| peer | {peer} (`cargo install pueue --version 4.0.4 --locked`) |");
-    let _ = writeln!(o, "| run time | {:.0} s |\n", r.wall_s);
+    let _ = writeln!(o, "| run time | {:.0} s |", r.wall_s);
+    let _ = writeln!(o, "| load average (1, 5, 15 min) at start / end | {} / {} |\n", r.load.0, r.load.1);
 
     // Summary.
     let lat = |s: &Side| s.latency.as_ref().and_then(|l| summarize(&l.running));
