@@ -211,6 +211,8 @@ pub struct ExitFacts {
     pub last_finding: Option<String>,
     pub handoff: HandoffFacts,
     pub output_tail: String,
+    /// When the process ended, as its shim recorded it.
+    pub ended_at: Option<String>,
 }
 
 /// The attempt's process is gone. Decides what the agent is now.
@@ -285,7 +287,10 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
     };
     let mut out = vec![emit(
         "exited",
-        json!({ "attempt": attempt, "exitCode": f.end.exit_code(), "signal": f.end.signal(), "reason": reason }),
+        json!({
+            "attempt": attempt, "exitCode": f.end.exit_code(), "signal": f.end.signal(),
+            "reason": reason, "endedAt": f.ended_at,
+        }),
     )];
     let requested = matches!(agent.state, AgentState::Stopping { cause: StopCause::Requested, .. });
     let restart = matches!(agent.state, AgentState::Stopping { cause: StopCause::Restart, .. });

@@ -62,6 +62,7 @@ fn facts(end: ProcessEnd, finding: Option<&str>) -> ExitFacts {
         last_finding: finding.map(str::to_string),
         handoff: HandoffFacts::Absent,
         output_tail: String::new(),
+        ended_at: None,
     }
 }
 

@@ -275,13 +275,14 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(p).ok()?).ok()
 }
 
-/// How the attempt ended, from the shim's exit record.
-pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> ProcessEnd {
+/// How the attempt ended, and when, from the shim's exit record.
+pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> (ProcessEnd, Option<String>) {
     match read_json::<ExitRecord>(&sup.data.attempt_file(id, attempt, "exit")) {
-        Some(r) => r.end,
-        None => {
-            ProcessEnd::Lost { reason: "the attempt's shim ended without recording an exit (was it killed?)".into() }
-        }
+        Some(r) => (r.end, Some(r.ended_at)),
+        None => (
+            ProcessEnd::Lost { reason: "the attempt's shim ended without recording an exit (was it killed?)".into() },
+            None,
+        ),
     }
 }
 

@@ -116,7 +116,7 @@ impl Supervisor {
         if live.agent.attempts.iter().any(|a| a.attempt == attempt && a.ended().is_some()) {
             return;
         }
-        let end = launch::read_exit(self, id, attempt);
+        let (end, ended_at) = launch::read_exit(self, id, attempt);
         // The last write may not have reached us through inotify yet.
         self.refresh_status(id);
         let handoff = self.handoff_facts(id, attempt);
@@ -132,6 +132,7 @@ impl Supervisor {
             last_finding: report.and_then(|r| r.findings.last()).map(finding_text),
             handoff,
             output_tail,
+            ended_at,
         };
         let r = Rules { user: &rules.0, defaults: &rules.1 };
         let actions = lifecycle::exited(&mut live.agent, attempt, facts, &r, &now());
