@@ -211,3 +211,26 @@ fn agent_side_commands_explain_bad_input() {
     assert_eq!(names.len(), 1);
     assert!(names[0].starts_with("handoff-") && names[0].ends_with("-a1-to-ORCHESTRATOR.json"), "{names:?}");
 }
+
+#[test]
+fn demo_runs_every_pattern_and_exits_0() {
+    let ws = Ws::bare();
+    let o = ws.cmd(&["demo"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    for pattern in [
+        "without waiting",
+        "QUEUED: waiting for agent-001-PLANNER",
+        "QUEUED: capacity",
+        "reports active",
+        "classified as crash -> retry",
+        "RETRY 1 scheduled",
+        "TIMEOUT",
+        "classified as timeout -> retry",
+        "timeout 3s",
+        "ESCALATED to a human",
+        "handed off",
+    ] {
+        assert!(out.contains(pattern), "demo output lacks {pattern:?}:\n{out}");
+    }
+}

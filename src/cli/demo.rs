@@ -1,6 +1,7 @@
 //! `corral demo`: a self-contained run of scripted agents in a temp workspace, narrated as
-//! it happens: spawn without blocking, progress reports, a dependency, a crash, a hang cut
-//! off by its timeout, handoffs, and the final state of every agent.
+//! it happens: spawning without blocking, progress reports, a dependency, a transient crash
+//! retried with backoff, a hang killed at its timeout and retried with a longer one, a
+//! permanent failure escalated to a human, spawns queued by the health gate, handoffs.
 
 use super::{Ctx, Fail, Result};
 use crate::client::Client;
@@ -16,11 +17,21 @@ pub struct Args {
     pub keep: bool,
 }
 
+const CONFIG: &str = r#"# The demo's policy: the seed's shape, with second-scale timings.
+[defaults]
+backoff = { initial = "500ms", coefficient = 2.0 }
+[roles.CLEANER]
+attempt_timeout = "1500ms"   # attempt 2 gets 3s (progressive timeout)
+max_retries = 1
+[health]
+max_concurrent = 3
+breaker_failures = 0
+"#;
+
 struct Script {
     role: &'static str,
     task: &'static str,
     after_first: bool,
-    timeout_ms: Option<u64>,
     script: &'static str,
 }
 
@@ -29,7 +40,6 @@ const SCRIPTS: &[Script] = &[
         role: "PLANNER",
         task: "Plan the feature",
         after_first: false,
-        timeout_ms: None,
         script: "corral report --status active --progress 0.2 --phase research --milestone read-code; sleep 0.4; \
                  corral report --progress 0.6 --phase planning --milestone outline; sleep 0.4; \
                  echo '# Plan' > plan.md; \
@@ -38,9 +48,8 @@ const SCRIPTS: &[Script] = &[
     },
     Script {
         role: "IMPLEMENTER",
-        task: "Implement part A (after the plan)",
+        task: "Implement part A (waits for the plan)",
         after_first: true,
-        timeout_ms: None,
         script: "corral report --status active --progress 0.3 --phase implementation --milestone part-a; sleep 0.5; \
                  echo 'fn a() {}' > a.rs; \
                  corral handoff --deliverable a.rs --finding '{\"key\":\"port\",\"value\":8080,\"claim\":\"serve on 8080\",\"evidence\":[{\"kind\":\"test\",\"ref\":\"tests/port.rs\",\"passed\":true}]}'; \
@@ -48,40 +57,54 @@ const SCRIPTS: &[Script] = &[
     },
     Script {
         role: "AUDITOR",
-        task: "Audit existing code (crashes)",
+        task: "Audit the API client (hits a rate limit once)",
         after_first: false,
-        timeout_ms: None,
-        script: "corral report --status active --progress 0.1 --phase audit --milestone start; sleep 0.3; \
-                 corral report --status failed --finding 'cannot parse config: unexpected token'; exit 3",
+        script: "if [ \"$CORRAL_ATTEMPT\" = 1 ]; then corral report --status active --progress 0.1 --phase audit; sleep 0.3; \
+                 corral report --status failed --finding 'API rate limit exceeded'; exit 1; fi; \
+                 corral report --status active --progress 0.7 --phase audit --milestone retried; sleep 0.3; \
+                 corral handoff --finding 'client retries are bounded'; corral report --status complete --progress 1.0",
     },
     Script {
         role: "CLEANER",
-        task: "Clean up (hangs; cut off by its 2s timeout)",
+        task: "Clean up (hangs on its first attempt)",
         after_first: false,
-        timeout_ms: Some(2_000),
-        script: "corral report --status active --progress 0.1 --phase cleanup --milestone start; sleep 1000",
+        script: "if [ \"$CORRAL_ATTEMPT\" = 1 ]; then sleep 1000; fi; \
+                 corral report --status complete --progress 1.0 --phase cleanup --milestone done",
+    },
+    Script {
+        role: "REVIEWER",
+        task: "Review the migration (fails for good)",
+        after_first: false,
+        script: "corral report --status active --progress 0.2 --phase review; sleep 0.2; \
+                 corral report --status failed --finding 'schema migration 0042 conflicts with production data'; exit 2",
+    },
+    Script {
+        role: "DOCS",
+        task: "Write the changelog (queued until capacity frees)",
+        after_first: false,
+        script: "corral report --status active --progress 0.5 --phase writing; sleep 0.3; \
+                 corral handoff --finding 'changelog written'; corral report --status complete --progress 1.0",
     },
 ];
 
 pub fn run(_ctx: &Ctx, a: Args) -> Result {
     let dir = tempfile::Builder::new().prefix("corral-demo-").tempdir()?;
     let root = dir.path().to_path_buf();
+    std::fs::write(root.join(crate::config::CONFIG_FILE), CONFIG)?;
     let data = DataDir::new(root.join(".corral"));
-    say(&format!("workspace {}", root.display()));
+    say(&format!("workspace {} (max 3 agents at once, backoff 500ms)", root.display()));
     let mut client = Client::connect(&data, &root)?;
     let bin_dir = std::env::current_exe()?.parent().map(|p| p.display().to_string()).unwrap_or_default();
     let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let env: Vec<(String, String)> =
+        std::env::vars().filter(|(k, _)| k != "PATH").chain([("PATH".to_string(), path)]).collect();
     let mut ids: Vec<String> = Vec::new();
     for s in SCRIPTS {
         let req = SpawnRequest {
             role: s.role.into(),
             task: s.task.into(),
             after: if s.after_first { vec![ids[0].clone()] } else { vec![] },
-            timeout_ms: s.timeout_ms,
-            caller_env: std::env::vars()
-                .filter(|(k, _)| k != "PATH")
-                .chain([("PATH".to_string(), path.clone())])
-                .collect(),
+            caller_env: env.clone(),
             cwd: root.display().to_string(),
             command: vec!["sh".into(), "-c".into(), s.script.into()],
             ..Default::default()
@@ -89,34 +112,89 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
         let r: SpawnReply = serde_json::from_value(super::into_result(client.call(&Request::Spawn(Box::new(req)))?)?)?;
         let how = match (&r.pid, &r.reason) {
             (Some(p), _) => format!("running as pid {p}"),
-            (None, Some(why)) => format!("queued: {why}"),
+            (None, Some(why)) => format!("QUEUED: {why}"),
             _ => r.status.clone(),
         };
         say(&format!("spawned {} ({}) without waiting: {how}", r.agent_id, s.task));
         ids.push(r.agent_id);
     }
     say("the orchestrator is free; following the event log as agents work...");
-    let mut events = Client::connect(&data, &root)?;
+    follow(&data, &root, ids.len())?;
+    let views: Vec<AgentView> =
+        serde_json::from_value(super::into_result(client.call(&Request::Status { ids: vec![], role: None })?)?)?;
+    println!("\nfinal state:");
+    for v in &views {
+        let why = v.reason.as_deref().map(|r| format!("  ({})", clip(r, 90))).unwrap_or_default();
+        println!("  {:22} {:10} attempts {}{why}", v.agent_id, v.status, v.attempt);
+    }
+    let escalations = super::into_result(client.call(&Request::Escalations { all: false })?)?;
+    println!("\nescalations for a human ({}):", data.escalations_file().display());
+    for e in escalations.as_array().into_iter().flatten() {
+        println!(
+            "  #{} {}: {}",
+            e["n"],
+            e["agentId"].as_str().unwrap_or(""),
+            clip(e["reason"].as_str().unwrap_or(""), 100)
+        );
+    }
+    let handoffs = std::fs::read_dir(data.handoff_dir()).map(|r| r.count()).unwrap_or(0);
+    println!("\n{handoffs} handoffs in {}", data.handoff_dir().display());
+    let _ = client.call(&Request::Stop);
+    if a.keep {
+        let kept = dir.keep();
+        say(&format!("kept {}", kept.display()));
+    }
+    let status = |role: &str| views.iter().find(|v| v.role == role).map(|v| (v.status.as_str(), v.attempt));
+    let as_scripted = status("PLANNER") == Some(("complete", 1))
+        && status("IMPLEMENTER") == Some(("complete", 1))
+        && status("AUDITOR") == Some(("complete", 2))
+        && status("CLEANER") == Some(("complete", 2))
+        && status("REVIEWER") == Some(("escalated", 1))
+        && status("DOCS") == Some(("complete", 1));
+    if as_scripted { Ok(0) } else { Err(Fail { code: 1, msg: "the demo did not end as scripted".into() }) }
+}
+
+/// Narrates the event log until every agent is finished.
+fn follow(data: &DataDir, root: &std::path::Path, total: usize) -> Result<()> {
+    let mut events = Client::connect(data, root)?;
     events.send(&Request::Events { after: 0, agent: None, follow: true })?;
     let start = Instant::now();
     let mut finished = 0;
-    while finished < ids.len() && start.elapsed() < Duration::from_secs(60) {
+    while finished < total && start.elapsed() < Duration::from_secs(60) {
         let Some(line) = events.read_line()? else { break };
         let Ok(e) = serde_json::from_str::<EventRecord>(&line) else { continue };
         let id = e.agent_id.as_ref().map(|i| i.to_string()).unwrap_or_default();
         let d = &e.data;
+        let s = |k: &str| d[k].as_str().unwrap_or("-").to_string();
         let msg = match e.kind.as_str() {
             "status" => format!(
                 "{id} reports {} {:.0}% {}/{}",
-                d["status"].as_str().unwrap_or(""),
+                s("status"),
                 d["progress"].as_f64().unwrap_or(0.0) * 100.0,
-                d["phase"].as_str().unwrap_or("-"),
-                d["milestone"].as_str().unwrap_or("-")
+                s("phase"),
+                s("milestone")
             ),
-            "started" if d["attempt"] == 1 && e.seq > 0 => format!("{id} started (pid {})", d["pid"]),
-            "handoff" => format!("{id} handed off {}", d["file"].as_str().unwrap_or("")),
-            "timeout" => format!("{id} ran past its timeout: TERM to its whole process group"),
-            "exited" => format!("{id} exited: {}", d["reason"].as_str().unwrap_or("")),
+            "started" => format!(
+                "{id} attempt {} started (pid {}, timeout {})",
+                d["attempt"],
+                d["pid"],
+                crate::policy::lifecycle::fmt_ms(d["timeoutMs"].as_u64().unwrap_or(0))
+            ),
+            "queued" => format!("{id} QUEUED: {}", s("reason")),
+            "handoff" => format!("{id} handed off {}", s("file").rsplit('/').next().unwrap_or("")),
+            "timeout" => format!("{id} TIMEOUT: past its attempt timeout; TERM to its whole process group"),
+            "exited" => format!("{id} exited: {}", s("reason")),
+            "classified" => format!("{id} classified as {} -> {} ({})", s("failureType"), s("action"), s("rule")),
+            "retry_scheduled" => format!(
+                "{id} RETRY {} scheduled in {}",
+                d["retry"],
+                crate::policy::lifecycle::fmt_ms(d["delayMs"].as_u64().unwrap_or(0))
+            ),
+            "escalation_opened" => format!("{id} ESCALATED to a human: escalation #{}", d["escalation"]),
+            "escalated" => {
+                finished += 1;
+                format!("{id} is escalated")
+            }
             "complete" | "failed" | "killed" | "timed_out" => {
                 finished += 1;
                 format!("{id} is {}", e.kind)
@@ -127,29 +205,11 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
             say(&msg);
         }
     }
-    let views: Vec<AgentView> =
-        serde_json::from_value(super::into_result(client.call(&Request::Status { ids: vec![], role: None })?)?)?;
-    println!();
-    println!("final state:");
-    for v in &views {
-        println!(
-            "  {:22} {:10} {}",
-            v.agent_id,
-            v.status,
-            v.reason.as_deref().or(v.anomalies.first().map(String::as_str)).unwrap_or("")
-        );
-    }
-    let handoffs = std::fs::read_dir(data.handoff_dir()).map(|r| r.count()).unwrap_or(0);
-    println!("  {handoffs} handoffs in {}", data.handoff_dir().display());
-    let _ = client.call(&Request::Stop);
-    if a.keep {
-        let kept = dir.keep();
-        say(&format!("kept {}", kept.display()));
-    }
-    let ok = views.iter().filter(|v| v.status == "complete").count() == 2
-        && views.iter().any(|v| v.status == "failed")
-        && views.iter().any(|v| v.status == "timed_out");
-    if ok { Ok(0) } else { Err(Fail { code: 1, msg: "the demo did not end as scripted".into() }) }
+    Ok(())
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_string() } else { format!("{}...", s.chars().take(n).collect::<String>()) }
 }
 
 fn say(s: &str) {

@@ -359,8 +359,8 @@ pub fn attempt_history(agent: &Agent) -> Vec<String> {
 
 fn escalate(agent: &Agent, why: String, current: &str) -> (AgentState, String, Vec<Action>) {
     let mut history = attempt_history(agent);
-    history.push(format!("attempt {} (this one): {current}", agent.attempts.len()));
-    let reason = format!("{why}: {}", history.join("; "));
+    history.push(format!("attempt {}: {current}", agent.attempts.len()));
+    let reason = format!("{why}. {}", history.join(". "));
     (
         AgentState::Escalated { reason: reason.clone(), escalation: 0 },
         "escalate".into(),

@@ -262,7 +262,7 @@ impl Supervisor {
                 *escalation = n;
             }
         }
-        self.emit(Some(id), "escalated", serde_json::json!({ "escalation": n, "reason": reason }));
+        self.emit(Some(id), "escalation_opened", serde_json::json!({ "escalation": n, "reason": reason }));
     }
 
     fn breaker_outcome(&mut self, id: &AgentId, success: bool) {
