@@ -12,19 +12,29 @@ pub struct Args {
     pub force: bool,
 }
 
-pub const TEMPLATE: &str = r#"# corral configuration. Durations take forms like 90s, 15m, 1h30m.
+pub const TEMPLATE: &str = r#"# corral configuration. Durations take forms like 90s, 15m, 1h30m; sizes 512MiB, 2GiB.
+# Precedence: [roles.NAME] over [defaults] over the built-in seed table.
 
 # Where agents' status files, handoffs, logs and the registry live.
 # "data" gives exactly the seed's paths (data/agent-status, data/handoffs, ...).
 data_dir = "{data_dir}"
 
-# Applies to every role unless the role overrides it.
 [defaults]
-# argv template used when `corral spawn` has no `-- CMD`. Placeholders:
-# {context} {context_file} {task} {agent_id} {role} {handoff_file} {status_file}
-# command = ["claude", "-p", "{context}"]
-attempt_timeout = "20m"   # one attempt may run this long, then its process group is killed
-max_retries = 1           # attempts = retries + 1
+# argv template used when `corral spawn` has no `-- CMD`. Placeholders, each expanded
+# inside one argument (never through a shell):
+#   {context} {context_file} {task} {agent_id} {role} {handoff_file} {status_file}
+# command = ["claude", "-p", "{context}", "--output-format", "stream-json"]
+attempt_timeout = "20m"       # one attempt may run this long; then TERM, KILL after 5s
+max_retries = 1               # attempts = retries + 1; after the last, escalate
+# heartbeat_timeout = "5m"    # a reporting agent with no status write and no output is stale
+# stall_timeout = "10m"       # a reporting agent whose status does not change is silent
+# start_timeout = "2m"        # spawn to first sign of life (status write or output)
+# deadline = "2h"             # all attempts together
+# progressive_timeout = true  # attempt n gets attempt_timeout x n (the seed's 15m, 30m, 45m)
+# max_attempt_timeout = "1h"  # cap for the progressive timeout
+# backoff = { initial = "30s", coefficient = 2.0, max = "10m", jitter = "none" }  # or "full"
+# retry_guidance = "Work in small steps and report blockers instead of guessing."
+# require_handoff = false     # true: exiting 0 without a handoff is a deliverable failure
 
 # The seed's role table.
 [roles.PLANNER]
@@ -42,6 +52,31 @@ max_retries = 1
 [roles.CLEANER]
 attempt_timeout = "10m"
 max_retries = 1
+
+# Failure classification: ordered rules, first match wins, before the built-in defaults
+# (rate limit / timeout / network: retry; missing context / unclear requirement: retry
+# with context; external dependency: wait; anything else: escalate).
+# Conditions (all optional, all must match): exit_codes, signals, failure_type (crash,
+# timeout, blocked, deliverable, silent), finding (regex on the last finding), output
+# (regex on the end of the log). Actions: retry, retry_with_context, wait, escalate,
+# fail, ignore (retry without using the budget).
+# [[classify]]
+# exit_codes = [75]
+# action = "retry"
+#
+# [[classify]]
+# signals = ["SIGKILL"]
+# output = "(?i)out of memory"
+# action = "escalate"
+
+[health]
+max_concurrent = 5            # agents running at once; more spawns queue, in order
+breaker_failures = 3          # this many failed attempts ...
+breaker_window = "5m"         # ... within this window open the circuit breaker
+breaker_cooldown = "1m"       # then one probe spawn; its success closes the breaker
+# min_free_memory = "512MiB"  # hold spawns while MemAvailable is lower
+# max_load = 8.0              # hold spawns while the 1-minute load average is higher
+# max_open_escalations = 3    # hold spawns while this many escalations are open
 "#;
 
 pub fn run(ctx: &Ctx, data_dir: Option<PathBuf>, a: Args) -> Result {
@@ -59,4 +94,27 @@ pub fn run(ctx: &Ctx, data_dir: Option<PathBuf>, a: Args) -> Result {
     let _ = ctx;
     eprintln!("wrote {} and created {}", path.display(), data.display());
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The commented-out knobs are documentation; uncommented, each must be valid.
+    #[test]
+    fn every_commented_knob_is_valid_when_uncommented() {
+        let text: Vec<&str> = super::TEMPLATE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(r) if r.contains(" = ") || r.starts_with("[[") => r,
+                _ => l,
+            })
+            .collect();
+        let text = text.join("\n").replace("{data_dir}", ".corral");
+        let c = crate::config::parse(&text, std::path::Path::new("corral.toml")).unwrap();
+        assert_eq!(c.rules().len(), 2);
+        let (cmd, p) = c.role("OTHER");
+        assert!(cmd.is_some());
+        assert_eq!(p.deadline_ms, Some(2 * 3600 * 1000));
+        assert_eq!(c.health().min_free_memory, Some(512 << 20));
+        assert_eq!(c.role("PLANNER").1.attempt_timeout_ms, 15 * 60 * 1000);
+    }
 }
