@@ -13,5 +13,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The MCP memory server (npm) and the official MCP Python SDK: the tests read corral's
+# memory export through them.
+deps=target/test-deps
+server="$deps/node_modules/@modelcontextprotocol/server-memory/dist/index.js"
+if [ ! -f "$server" ]; then
+  echo "installing @modelcontextprotocol/server-memory (npm) into $deps" >&2
+  mkdir -p "$deps"
+  (cd "$deps" && npm install --silent --no-audit --no-fund @modelcontextprotocol/server-memory@2026.8.31 >/dev/null)
+fi
+if ! python3 -c "import mcp" 2>/dev/null; then
+  echo "installing the MCP Python SDK (pip install mcp)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "mcp==2.3.0"
+fi
+
 cargo build --quiet
 cargo test --quiet "$@"

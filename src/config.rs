@@ -2,7 +2,7 @@
 //! finds `.git`) and its configuration. A config error names the file, line, key and what
 //! is allowed.
 
-use crate::policy::classify::{self, FailureType, Rule, RuleAction};
+use crate::policy::classify::{FailureType, Rule, RuleAction};
 use crate::policy::health::HealthPolicy;
 use crate::policy::role::{Backoff, Jitter, RolePolicy};
 use serde::Deserialize;
@@ -367,11 +367,6 @@ fn key_at(text: &str, pos: usize) -> Option<String> {
         (Some(t), None) => Some(t),
         (None, None) => None,
     }
-}
-
-/// The built-in classification defaults, for code that needs them alongside the config.
-pub fn default_rules() -> Vec<Rule> {
-    classify::default_rules()
 }
 
 #[cfg(test)]

@@ -40,6 +40,10 @@ pub enum Request {
         note: Option<String>,
     },
     Health,
+    /// Learned memory: stored candidates and failure patterns per role.
+    Memory,
+    /// The sequence number of the newest event (0 when there is none).
+    LastSeq,
     /// Events after `after`; with `follow`, the connection stays open and streams new ones.
     Events {
         after: u64,

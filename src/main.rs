@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod config;
 mod ipc;
+mod memory;
 mod policy;
 mod protocol;
 mod store;

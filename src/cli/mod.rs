@@ -10,12 +10,14 @@ pub mod health;
 pub mod init;
 pub mod kill;
 pub mod logs;
+pub mod memory;
 pub mod output;
 pub mod report;
 pub mod retry;
 pub mod show;
 pub mod spawn;
 pub mod status;
+pub mod wait;
 
 use crate::client::Client;
 use crate::config::Workspace;
@@ -58,6 +60,10 @@ pub enum Cmd {
     Escalations(escalations::Args),
     /// Capacity, queue, circuit breaker, resources: why spawning is held.
     Health(health::Args),
+    /// Block until agents finish, printing each as it finishes (exit 0 all complete, 1 not, 124 timeout).
+    Wait(wait::Args),
+    /// Learned memory and failure patterns; export for the MCP memory server.
+    Memory(memory::Args),
     /// Agent side: update the caller's status file.
     Report(report::Args),
     /// Agent side: write the caller's handoff.
@@ -153,6 +159,8 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Tell(a) => retry::tell(&ctx, a),
         Cmd::Escalations(a) => escalations::run(&ctx, a),
         Cmd::Health(a) => health::run(&ctx, a),
+        Cmd::Wait(a) => wait::run(&ctx, a),
+        Cmd::Memory(a) => memory::run(&ctx, a),
         Cmd::Report(a) => report::run(&ctx, a),
         Cmd::Handoff(a) => handoff::run(&ctx, a),
         Cmd::Events(a) => events::run(&ctx, a),

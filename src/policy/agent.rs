@@ -210,14 +210,6 @@ pub enum StopCause {
 }
 
 impl StopCause {
-    pub fn failure_type(&self) -> Option<FailureType> {
-        match self {
-            Self::Requested | Self::Restart => None,
-            Self::AttemptTimeout | Self::StartTimeout | Self::Heartbeat | Self::Deadline => Some(FailureType::Timeout),
-            Self::Silent => Some(FailureType::Silent),
-            Self::Blocked { .. } => Some(FailureType::Blocked),
-        }
-    }
     pub fn event(&self) -> &'static str {
         match self {
             Self::Requested => "kill_requested",

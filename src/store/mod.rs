@@ -42,6 +42,9 @@ pub trait Registry {
     fn add_escalation(&mut self, e: &Escalation) -> Result<u64>;
     fn put_escalation(&mut self, e: &Escalation) -> Result<()>;
     fn escalations(&mut self) -> Result<Vec<Escalation>>;
+    /// Stores a memory candidate unless one with the same `key` is stored; true when new.
+    fn add_memory(&mut self, key: &str, m: &crate::memory::MemoryCandidate) -> Result<bool>;
+    fn memories(&mut self) -> Result<Vec<crate::memory::MemoryCandidate>>;
     /// Small named records (e.g. the circuit breaker), as JSON text.
     fn get_meta(&mut self, key: &str) -> Result<Option<String>>;
     fn put_meta(&mut self, key: &str, value: &str) -> Result<()>;

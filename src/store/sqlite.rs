@@ -32,7 +32,9 @@ impl SqliteRegistry {
              CREATE INDEX IF NOT EXISTS events_agent ON events(agent_id, seq);
              CREATE TABLE IF NOT EXISTS escalations (
                  n INTEGER PRIMARY KEY AUTOINCREMENT, agent_id TEXT NOT NULL, body TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS memory (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL);",
         )?;
         #[cfg(unix)]
         {
@@ -136,6 +138,26 @@ impl Registry for SqliteRegistry {
             out.push(
                 serde_json::from_str(&body)
                     .map_err(|e| StoreError::Corrupt { id: format!("escalation {n}"), err: e.to_string() })?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn add_memory(&mut self, key: &str, m: &crate::memory::MemoryCandidate) -> Result<bool> {
+        let body = serde_json::to_string(m).expect("memory candidates always serialize");
+        let n = self.conn.execute("INSERT OR IGNORE INTO memory(key, body) VALUES (?1, ?2)", params![key, body])?;
+        Ok(n > 0)
+    }
+
+    fn memories(&mut self) -> Result<Vec<crate::memory::MemoryCandidate>> {
+        let mut stmt = self.conn.prepare("SELECT seq, body FROM memory ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (n, body) = row?;
+            out.push(
+                serde_json::from_str(&body)
+                    .map_err(|e| StoreError::Corrupt { id: format!("memory {n}"), err: e.to_string() })?,
             );
         }
         Ok(out)

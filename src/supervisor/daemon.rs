@@ -67,6 +67,8 @@ pub struct Supervisor {
     escalations_dirty: bool,
     cleanup: Vec<PathBuf>,
     pub stopping: bool,
+    /// Sequence number of the newest event.
+    pub last_seq: u64,
 }
 
 pub fn now() -> Now {
@@ -111,6 +113,7 @@ impl Supervisor {
             escalations_dirty: true,
             cleanup: Vec::new(),
             stopping: false,
+            last_seq: 0,
         }
     }
 
@@ -286,6 +289,7 @@ impl Supervisor {
         let at = time::rfc3339(time::now());
         match self.store.append_event(&at, id, kind, &data) {
             Ok(rec) => {
+                self.last_seq = rec.seq;
                 let _ = self.events.send(rec);
             }
             Err(e) => eprintln!("corral daemon: cannot record event {kind}: {e}"),

@@ -137,26 +137,57 @@ impl Supervisor {
         let r = Rules { user: &rules.0, defaults: &rules.1 };
         let actions = lifecycle::exited(&mut live.agent, attempt, facts, &r, &now());
         self.apply(id, actions);
+        if self.agents[id].agent.state == crate::policy::agent::AgentState::Complete {
+            self.remember(id, attempt);
+        }
         for kind in ["start", "exit", "lock"] {
             self.cleanup_after_commit(self.data.attempt_file(id, attempt, kind));
         }
         self.admit_queued();
     }
 
-    /// The newest handoff written during this attempt, and whether its files exist.
-    fn handoff_facts(&mut self, id: &AgentId, attempt: u32) -> HandoffFacts {
+    /// The newest handoff file written during this attempt.
+    fn attempt_handoff(&self, id: &AgentId, attempt: u32) -> Option<PathBuf> {
         let live = &self.agents[id];
-        let Some(a) = live.agent.attempts.iter().find(|a| a.attempt == attempt) else { return HandoffFacts::Absent };
-        let Some(started) = time::parse(&a.started_at) else { return HandoffFacts::Absent };
+        let a = live.agent.attempts.iter().find(|a| a.attempt == attempt)?;
+        let started = time::parse(&a.started_at)?;
         let mut candidates: Vec<PathBuf> = live.handoffs.clone();
         if a.handoff_file.exists() && !candidates.contains(&a.handoff_file) {
             candidates.push(a.handoff_file.clone());
         }
-        let newest = candidates
+        candidates
             .into_iter()
             .filter_map(|p| modified(&p).filter(|m| *m >= started).map(|m| (m, p)))
-            .max_by_key(|(m, _)| *m);
-        let Some((_, path)) = newest else { return HandoffFacts::Absent };
+            .max_by_key(|(m, _)| *m)
+            .map(|(_, p)| p)
+    }
+
+    /// Stores the memory candidates of a completed attempt's handoff, deduplicated.
+    fn remember(&mut self, id: &AgentId, attempt: u32) {
+        let Some(path) = self.attempt_handoff(id, attempt) else { return };
+        let Ok(h) = files::read_handoff(&path) else { return };
+        let Some(mc) = h.memory_candidate else { return };
+        let role = self.agents[id].agent.spec.role.clone();
+        for value in crate::memory::split_candidates(&mc) {
+            let key = crate::memory::canonical(&value);
+            let m = crate::memory::MemoryCandidate {
+                agent_id: id.to_string(),
+                role: role.clone(),
+                value,
+                first_seen: time::rfc3339(time::now()),
+            };
+            match self.store.add_memory(&key, &m) {
+                Ok(true) => self.emit(Some(id), "memory_stored", serde_json::json!({ "memory": m.value })),
+                Ok(false) => {}
+                Err(e) => eprintln!("corral daemon: cannot store memory of {id}: {e}"),
+            }
+        }
+    }
+
+    /// The newest handoff written during this attempt, and whether its files exist.
+    fn handoff_facts(&mut self, id: &AgentId, attempt: u32) -> HandoffFacts {
+        let Some(path) = self.attempt_handoff(id, attempt) else { return HandoffFacts::Absent };
+        let live = &self.agents[id];
         let cwd = live.agent.spec.cwd.clone();
         match files::read_handoff(&path) {
             Err(e) => HandoffFacts::Unreadable(e),

@@ -73,6 +73,14 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
             Reply::ok(e)
         }
         Request::Health => Reply::ok(health_view(sup)),
+        Request::Memory => match sup.store.memories() {
+            Ok(candidates) => {
+                let agents: Vec<_> = sup.order.iter().map(|id| &sup.agents[id].agent).collect();
+                Reply::ok(crate::memory::MemorySnapshot { candidates, patterns: crate::memory::patterns(&agents) })
+            }
+            Err(e) => Reply::err(1, e.to_string()),
+        },
+        Request::LastSeq => Reply::ok(sup.last_seq),
         Request::Events { after, agent, .. } => {
             let agent = match agent.map(|a| AgentId::parse(&a)).transpose() {
                 Ok(a) => a,

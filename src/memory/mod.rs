@@ -1,0 +1,212 @@
+//! Learned memory: the memory candidates of completed agents' handoffs (deduplicated), and
+//! failure patterns learned from the registry per role (failure types and reasons, retry
+//! outcomes, attempt durations against the timeout). Pure: built from records passed in.
+
+pub mod export;
+
+use crate::policy::agent::{Agent, AgentState, AttemptRun};
+use crate::policy::lifecycle::fmt_ms;
+use crate::protocol::time;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryCandidate {
+    pub agent_id: String,
+    pub role: String,
+    pub value: Value,
+    pub first_seen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolePattern {
+    pub role: String,
+    pub agents: usize,
+    pub attempts: usize,
+    pub failed_attempts: usize,
+    /// Failure type -> count.
+    pub failure_types: BTreeMap<String, usize>,
+    /// Most frequent failure reasons, most frequent first, with counts.
+    pub top_reasons: Vec<(String, usize)>,
+    /// Agents that needed more than one attempt, by how they ended.
+    pub retried_completed: usize,
+    pub retried_escalated: usize,
+    pub retried_other: usize,
+    pub escalated: usize,
+    pub duration_p50_ms: Option<u64>,
+    pub duration_p95_ms: Option<u64>,
+    pub duration_max_ms: Option<u64>,
+    pub attempt_timeout_ms: u64,
+    /// Set when the role's attempts run near or past its timeout.
+    pub advice: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemorySnapshot {
+    pub candidates: Vec<MemoryCandidate>,
+    pub patterns: Vec<RolePattern>,
+}
+
+/// The key two candidates are the same under: their JSON with object keys sorted.
+pub fn canonical(v: &Value) -> String {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sort(v))).collect();
+                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
+}
+
+/// A handoff's `memoryCandidate` (an object, or an array of them) as separate candidates.
+pub fn split_candidates(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) => items.iter().filter(|x| !x.is_null()).cloned().collect(),
+        Value::Null => vec![],
+        other => vec![other.clone()],
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    Some(sorted[i.min(sorted.len() - 1)])
+}
+
+/// Numbers, ids and paths vary between otherwise identical failures; grouping ignores them.
+fn reason_shape(r: &str) -> String {
+    let r = r.split("; last finding").next().unwrap_or(r);
+    let mut out = String::new();
+    let mut last_digit = false;
+    for c in r.chars() {
+        if c.is_ascii_digit() {
+            if !last_digit {
+                out.push('N');
+            }
+            last_digit = true;
+        } else {
+            out.push(c);
+            last_digit = false;
+        }
+    }
+    out
+}
+
+/// Failure patterns per role, from every agent the registry holds.
+pub fn patterns(agents: &[&Agent]) -> Vec<RolePattern> {
+    let mut by_role: BTreeMap<&str, Vec<&Agent>> = BTreeMap::new();
+    for a in agents {
+        by_role.entry(a.spec.role.as_str()).or_default().push(a);
+    }
+    by_role
+        .into_iter()
+        .map(|(role, list)| {
+            let mut p = RolePattern {
+                role: role.to_string(),
+                agents: list.len(),
+                attempts: 0,
+                failed_attempts: 0,
+                failure_types: BTreeMap::new(),
+                top_reasons: vec![],
+                retried_completed: 0,
+                retried_escalated: 0,
+                retried_other: 0,
+                escalated: 0,
+                duration_p50_ms: None,
+                duration_p95_ms: None,
+                duration_max_ms: None,
+                attempt_timeout_ms: list.last().map(|a| a.spec.policy.attempt_timeout_ms).unwrap_or(0),
+                advice: None,
+            };
+            let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+            let mut durations = Vec::new();
+            for a in &list {
+                for at in &a.attempts {
+                    let AttemptRun::Ended { ended_at, failure_type, reason, .. } = &at.run else { continue };
+                    p.attempts += 1;
+                    if let (Some(s), Some(e)) = (time::parse(&at.started_at), time::parse(ended_at)) {
+                        durations.push((e - s).as_millis().max(0) as u64);
+                    }
+                    if let Some(ft) = failure_type {
+                        p.failed_attempts += 1;
+                        *p.failure_types.entry(ft.clone()).or_default() += 1;
+                        if let Some(r) = reason {
+                            *reasons.entry(format!("{ft}: {}", reason_shape(r))).or_default() += 1;
+                        }
+                    }
+                }
+                let escalated = matches!(a.state, AgentState::Escalated { .. });
+                p.escalated += escalated as usize;
+                if a.attempts.len() > 1 {
+                    match a.state {
+                        AgentState::Complete => p.retried_completed += 1,
+                        _ if escalated => p.retried_escalated += 1,
+                        _ => p.retried_other += 1,
+                    }
+                }
+            }
+            let mut top: Vec<(String, usize)> = reasons.into_iter().collect();
+            top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            top.truncate(5);
+            p.top_reasons = top;
+            durations.sort_unstable();
+            p.duration_p50_ms = percentile(&durations, 0.5);
+            p.duration_p95_ms = percentile(&durations, 0.95);
+            p.duration_max_ms = durations.last().copied();
+            p.advice = timeout_advice(&p);
+            p
+        })
+        .collect()
+}
+
+/// Advice when the 95th-percentile attempt comes within 80% of the role's timeout.
+fn timeout_advice(p: &RolePattern) -> Option<String> {
+    let (p95, t) = (p.duration_p95_ms?, p.attempt_timeout_ms);
+    if t == 0 || (p95 as f64) < 0.8 * t as f64 {
+        return None;
+    }
+    // Suggest half again the 95th percentile, in whole minutes.
+    let suggest = ((p95 as f64 * 1.5) / 60_000.0).ceil().max(1.0) as u64 * 60_000;
+    let verb = if p95 >= t { "is over" } else { "is near" };
+    Some(format!(
+        "{}: the 95th-percentile attempt ({}) {verb} its {} timeout; consider attempt_timeout = \"{}\" under [roles.{}]",
+        p.role,
+        fmt_ms(p95),
+        fmt_ms(t),
+        fmt_ms(suggest),
+        p.role
+    ))
+}
+
+/// Case-insensitive search over candidates and patterns.
+pub fn search(s: &MemorySnapshot, q: &str) -> MemorySnapshot {
+    let q = q.to_lowercase();
+    MemorySnapshot {
+        candidates: s
+            .candidates
+            .iter()
+            .filter(|c| {
+                c.value.to_string().to_lowercase().contains(&q)
+                    || c.agent_id.to_lowercase().contains(&q)
+                    || c.role.to_lowercase().contains(&q)
+            })
+            .cloned()
+            .collect(),
+        patterns: s
+            .patterns
+            .iter()
+            .filter(|p| serde_json::to_string(p).unwrap_or_default().to_lowercase().contains(&q))
+            .cloned()
+            .collect(),
+    }
+}
