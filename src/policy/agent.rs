@@ -1,7 +1,7 @@
 //! The agent and attempt records, with their states as types: a queued agent has no
 //! attempt running, an ended attempt always carries how it ended.
 
-use super::classify::{FailureType, RuleAction};
+use super::classify::RuleAction;
 use super::role::RolePolicy;
 use crate::protocol::AgentId;
 use serde::{Deserialize, Serialize};
