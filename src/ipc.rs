@@ -76,7 +76,7 @@ pub struct SpawnRequest {
     pub command: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SpawnReply {
     pub agent_id: String,
@@ -86,7 +86,7 @@ pub struct SpawnReply {
 }
 
 /// One line of `corral status --json` (and the head of `show --json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentView {
     pub agent_id: String,
@@ -132,7 +132,7 @@ pub struct AgentView {
     pub unreadable: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptView {
     pub attempt: u32,
@@ -148,7 +148,7 @@ pub struct AttemptView {
     pub timeout: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ShowView {
     #[serde(flatten)]
@@ -165,7 +165,7 @@ pub struct ShowView {
     pub events: Vec<EventRecord>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ShowFiles {
     pub status_file: String,
@@ -174,7 +174,7 @@ pub struct ShowFiles {
     pub expected_handoff: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonView {
     pub pid: u32,
@@ -209,7 +209,7 @@ impl Reply {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthView {
     pub healthy: bool,
@@ -227,14 +227,14 @@ pub struct HealthView {
     pub max_open_escalations: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueuedView {
     pub agent_id: String,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BreakerView {
     pub state: String,

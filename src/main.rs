@@ -1,5 +1,6 @@
 //! corral: spawn, supervise, retry and aggregate many asynchronous agents.
 
+mod aggregate;
 mod cli;
 mod client;
 mod config;
@@ -7,6 +8,8 @@ mod ipc;
 mod memory;
 mod policy;
 mod protocol;
+#[allow(dead_code)] // used by the schema test and by tools that link it
+mod schemas;
 mod store;
 mod supervisor;
 

@@ -77,7 +77,10 @@ mod tests {
         assert_eq!(place(ws, cwd, "/etc/passwd"), Placed::Outside { full: "/etc/passwd".into() });
         // A sibling whose name merely starts with the workspace's name is still outside.
         assert_eq!(place(ws, cwd, "/wx/a"), Placed::Outside { full: "/wx/a".into() });
-        assert_eq!(place(ws, Path::new("sub"), "a"), Placed::Inside { full: "/w/sub/a".into(), relative: "sub/a".into() });
+        assert_eq!(
+            place(ws, Path::new("sub"), "a"),
+            Placed::Inside { full: "/w/sub/a".into(), relative: "sub/a".into() }
+        );
         assert_eq!(place(Path::new("/w/"), cwd, ".."), Placed::Inside { full: "/w".into(), relative: ".".into() });
     }
 }

@@ -1,6 +1,7 @@
 //! The command line: argument definitions and one module per command. Commands parse and
 //! print; they send requests to the supervisor and never touch the registry themselves.
 
+pub mod completions;
 pub mod daemon;
 pub mod demo;
 pub mod escalations;
@@ -72,6 +73,10 @@ pub enum Cmd {
     Events(events::Args),
     /// The supervisor: start it, stop it, or ask how it is.
     Daemon(daemon::Args),
+    /// Shell completions for bash, zsh, fish, elvish or powershell.
+    Completions(completions::Args),
+    /// The manual page (roff) on stdout.
+    Man,
     #[command(name = "__shim", hide = true)]
     Shim {
         lock: PathBuf,
@@ -146,6 +151,18 @@ pub fn run(cli: Cli) -> Result {
         let a = crate::supervisor::shim::ShimArgs { lock, start, exit, log, cwd, header, argv };
         return Ok(crate::supervisor::shim::run(a));
     }
+    // Commands that print die quietly when their reader goes away (`| head`), like any Unix
+    // tool. The supervisor and the shim keep ignoring SIGPIPE: a closed pipe must never
+    // kill them.
+    if !matches!(cli.command, Cmd::Daemon(_) | Cmd::Shim { .. }) {
+        // SAFETY: restoring the default disposition of one signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match cli.command {
+        Cmd::Completions(a) => return completions::completions(a),
+        Cmd::Man => return completions::man(),
+        _ => {}
+    }
     let ctx = Ctx::resolve(cli.data_dir.clone())?;
     match cli.command {
         Cmd::Demo(a) => demo::run(&ctx, a),
@@ -165,6 +182,6 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Handoff(a) => handoff::run(&ctx, a),
         Cmd::Events(a) => events::run(&ctx, a),
         Cmd::Daemon(a) => daemon::run(&ctx, a),
-        Cmd::Shim { .. } => unreachable!("handled above"),
+        Cmd::Shim { .. } | Cmd::Completions(_) | Cmd::Man => unreachable!("handled above"),
     }
 }

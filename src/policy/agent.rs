@@ -329,7 +329,7 @@ impl Agent {
 }
 
 /// A failure that needs a human, kept until resolved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Escalation {
     pub n: u64,

@@ -10,7 +10,7 @@ use std::path::Path;
 /// Larger files are refused unread: one agent cannot make the supervisor allocate 50 MB.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportedStatus {
     Spawned,
@@ -45,7 +45,7 @@ impl ReportedStatus {
 
 /// `agent-status/<agentId>.json`. Unknown fields are kept so a rewrite by `corral report`
 /// never drops what an agent put there.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusFile {
     pub agent_id: String,
@@ -53,6 +53,7 @@ pub struct StatusFile {
     pub role: Option<String>,
     pub status: ReportedStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub progress: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
@@ -67,7 +68,7 @@ pub struct StatusFile {
 }
 
 /// `handoffs/handoff-<ts>-<agentId>-to-ORCHESTRATOR.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Handoff {
     pub from_agent: String,
@@ -83,7 +84,7 @@ pub struct Handoff {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Deliverables {
     #[serde(default)]
     pub files: Vec<String>,

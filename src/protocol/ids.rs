@@ -46,7 +46,9 @@ pub fn validate_id(id: &str) -> Result<(), NameError> {
     check("agent id", id, &['.'])
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct AgentId(String);
 

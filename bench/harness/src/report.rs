@@ -67,6 +67,14 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(o, "| peer | {peer} (`cargo install pueue --version 4.0.4 --locked`) |");
     let _ = writeln!(o, "| run time | {:.0} s |", r.wall_s);
     let _ = writeln!(o, "| load average (1, 5, 15 min) at start / end | {} / {} |\n", r.load.0, r.load.1);
+    let busy = |l: &str| l.split_whitespace().next().and_then(|x| x.parse::<f64>().ok()).is_some_and(|x| x >= 0.5);
+    if busy(&r.load.0) || busy(&r.load.1) {
+        let _ = writeln!(
+            o,
+            "Other work shared the machine during this run (see the load average), which inflates every figure, \
+corral's and pueue's alike; a run on an idle machine gives cleaner numbers.\n"
+        );
+    }
 
     // Summary.
     let lat = |s: &Side| s.latency.as_ref().and_then(|l| summarize(&l.running));
@@ -107,6 +115,10 @@ pub fn markdown(r: &Results) -> String {
         verdict(cs.as_ref().filter(|_| full).map(|s| s.median <= 20.0))
     );
     o.push('\n');
+    let _ = writeln!(
+        o,
+        "For reference, issue 2 quotes pueue at about 186 ms (a), 14.4 s (b) and 53 ms (c) on another machine.\n"
+    );
     if let Some(m) = r.monitor.iter().max_by_key(|m| m.files) {
         let ratio = cs.as_ref().map(|s| format!(", {:.0} times as long as `corral status --json` over {} agents", m.ms / s.median, p.bulk_spawns));
         let _ = writeln!(
@@ -260,7 +272,9 @@ the seed's paths). It starts six `jq` and two `date` processes per file.\n"
         "## Reproduce\n\n`bench/run.sh` installs pueue 4.0.4 into `bench/.peers/` (once), needs `jq` (installed with apt-get \
 when missing), builds corral and the harness (`bench/harness/`) in release mode, runs everything above in temporary \
 directories, stops every supervisor it started and rewrites this file. `BENCH_QUICK=1 bench/run.sh` (or `--quick`) runs \
-reduced sizes. Raw samples go to `bench/results/latest.json`."
+reduced sizes. By default the working tree is measured; `BENCH_REV=<commit>` measures that commit (built from \
+`git archive` under `bench/.peers/`) and `CORRAL_BIN=<path>` a given binary. Raw samples go to \
+`bench/results/latest.json`."
     );
     o
 }

@@ -1,0 +1,602 @@
+//! Aggregation (SPEC section 6): owns turning agents' outcomes and handoffs into one report:
+//! merged findings, decisions, validated deliverables, conflicts and how each was resolved,
+//! failed and missing agents, a TODO list and memory candidates, as JSON and Markdown.
+//!
+//! Pure: it never reads a file, a clock or a process. The caller reads the handoffs (an
+//! unreadable one arrives as [`HandoffInput::Unreadable`]), passes every agent's state, and
+//! answers "does this path exist" through a closure that is only ever asked about paths
+//! inside the workspace. It never waits for anyone, escalates, retries or stores memory:
+//! it says what remains, and the caller acts.
+//!
+//! It never fabricates: numbers are not averaged, no consensus value is invented, and every
+//! position in a conflict, winning, losing or unresolved, stays in the report with its agent
+//! and evidence.
+
+mod findings;
+mod markdown;
+mod workspace;
+
+#[cfg(test)]
+mod tests;
+
+use crate::protocol::DataDir;
+use crate::protocol::files::Handoff;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+pub use markdown::render_markdown;
+
+/// One agent as the supervisor sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentOutcome {
+    pub agent_id: String,
+    pub role: String,
+    pub task: String,
+    /// corral's state: queued, running, stopping, stale, retrying, blocked, complete,
+    /// failed, killed, timed_out, escalated.
+    pub status: String,
+    pub reason: Option<String>,
+    /// Relative deliverable paths resolve against this.
+    pub cwd: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandoffInput {
+    /// `modified` is RFC 3339; it picks an agent's latest handoff when retries left several.
+    Parsed { path: PathBuf, handoff: Handoff, modified: String },
+    /// Torn, not JSON, wrong shape, unreadable: reported, and everything else aggregated.
+    Unreadable { path: PathBuf, error: String },
+}
+
+pub struct Input<'a> {
+    pub agents: Vec<AgentOutcome>,
+    pub handoffs: Vec<HandoffInput>,
+    pub workspace: &'a Path,
+    /// Asked only about normalized paths inside the workspace.
+    pub exists: &'a dyn Fn(&Path) -> bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Nothing remains: every agent aggregated, every file present, every conflict resolved.
+    pub complete: bool,
+    /// Some agent's result is not in this report (not finished, failed, or no readable handoff).
+    pub partial: bool,
+    pub counts: Counts,
+    /// Findings no one contradicts, each with every agent that gave it.
+    pub findings: Vec<MergedFinding>,
+    pub decisions: Vec<MergedDecision>,
+    pub deliverables: Vec<AgentDeliverables>,
+    pub deliverable_failures: Vec<DeliverableFailure>,
+    pub conflicts: Vec<Conflict>,
+    pub failed: Vec<FailedAgent>,
+    pub missing: Vec<MissingHandoff>,
+    pub todo: Vec<Todo>,
+    /// Memory candidates from handoffs whose deliverables all validated.
+    pub memory: Vec<MemoryCandidate>,
+    /// Memory candidates from handoffs with deliverable failures: kept visible, not stored.
+    pub memory_withheld: Vec<MemoryCandidate>,
+    /// `fromAgent` values that name no known agent; their handoffs are aggregated anyway.
+    pub unknown_agents: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub agents: usize,
+    /// Handoffs merged into this report (one per agent, unknown agents included).
+    pub aggregated: usize,
+    /// Older handoffs of retried agents, replaced by the agent's latest.
+    pub superseded: usize,
+    pub failed: usize,
+    pub missing: usize,
+    pub findings: usize,
+    pub decisions: usize,
+    pub files: usize,
+    pub missing_files: usize,
+    pub outside_workspace: usize,
+    pub deliverable_failures: usize,
+    pub conflicts: usize,
+    pub resolved_by_evidence: usize,
+    pub resolved_by_majority: usize,
+    pub unresolved: usize,
+    pub memory: usize,
+    pub todo: usize,
+}
+
+/// What one agent said in support of a finding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Support {
+    pub agent: String,
+    pub claim: Option<String>,
+    /// Evidence items as given; a repeated finding contributes all of its items.
+    pub evidence: Vec<Value>,
+    pub evidence_rank: u8,
+    pub handoff: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MergedFinding {
+    /// Set for structured findings; a plain finding (string, or object without `key` and
+    /// `value`) is merged by equality of the whole finding, which is then its `value`.
+    pub key: Option<String>,
+    pub value: Value,
+    pub agents: Vec<String>,
+    pub evidence_rank: u8,
+    pub support: Vec<Support>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MergedDecision {
+    pub decision: Value,
+    pub agents: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryCandidate {
+    pub candidate: Value,
+    pub agents: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileState {
+    Exists,
+    Missing,
+    /// Never checked: the path escapes the workspace.
+    OutsideWorkspace,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileCheck {
+    /// As the handoff wrote it.
+    pub listed: String,
+    /// Workspace-relative when inside; the normalized absolute path when outside.
+    pub path: String,
+    pub state: FileState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentDeliverables {
+    pub agent: String,
+    /// False when `fromAgent` names no agent corral knows.
+    pub known: bool,
+    pub handoff: PathBuf,
+    pub handoff_status: String,
+    pub files: Vec<FileCheck>,
+}
+
+/// A handoff that claims success but whose files are not all there (SPEC: deliverable failure).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverableFailure {
+    pub agent: String,
+    pub handoff: PathBuf,
+    pub missing: Vec<String>,
+    pub outside_workspace: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictKind {
+    Finding,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    Evidence,
+    Majority,
+    /// No winner: the caller escalates it; every position stays in the report.
+    Unresolved,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Position {
+    pub agent: String,
+    pub value: Value,
+    pub claim: Option<String>,
+    pub evidence: Vec<Value>,
+    pub evidence_rank: u8,
+    pub handoff: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Winner {
+    /// The agent whose position decided it (first at the winning rank).
+    pub agent: String,
+    /// Every agent holding the winning value.
+    pub agents: Vec<String>,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conflict {
+    /// The finding's key, or the workspace-relative file path.
+    pub key: String,
+    pub kind: ConflictKind,
+    pub positions: Vec<Position>,
+    pub resolution: Resolution,
+    pub winner: Option<Winner>,
+    /// Why it was resolved this way, in words.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedAgent {
+    pub agent: String,
+    pub role: String,
+    pub task: String,
+    pub status: String,
+    pub reason: Option<String>,
+    /// A handoff the agent left that was not aggregated because the agent is not complete.
+    pub handoff: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingKind {
+    /// The agent completed without a handoff.
+    NoHandoff,
+    Unreadable,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MissingHandoff {
+    pub kind: MissingKind,
+    /// For an unreadable file, the owner its name gives, when it follows the protocol.
+    pub agent: Option<String>,
+    pub path: Option<PathBuf>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TodoKind {
+    /// Still queued, running, retrying, blocked...: aggregate again when it finishes.
+    Unfinished,
+    Failed,
+    Escalated,
+    MissingHandoff,
+    UnreadableHandoff,
+    Deliverable,
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Todo {
+    pub kind: TodoKind,
+    pub agent: Option<String>,
+    pub key: Option<String>,
+    pub text: String,
+}
+
+/// The handoff chosen for one agent, with what the rest of aggregation needs about it.
+struct Chosen<'h> {
+    agent: &'h str,
+    known: bool,
+    cwd: PathBuf,
+    path: &'h Path,
+    handoff: &'h Handoff,
+}
+
+/// Orders an agent's handoffs: a readable timestamp beats an unreadable one; the file name
+/// (which carries a UTC timestamp in the protocol) breaks ties so the choice never depends
+/// on the order the caller listed them in.
+fn newer(a: (&str, &Path), b: (&str, &Path)) -> bool {
+    let ta = crate::protocol::time::parse(a.0);
+    let tb = crate::protocol::time::parse(b.0);
+    (ta, a.0, a.1) > (tb, b.0, b.1)
+}
+
+pub fn aggregate(input: &Input) -> Report {
+    let mut known: HashMap<&str, &AgentOutcome> = HashMap::new();
+    for a in &input.agents {
+        known.entry(a.agent_id.as_str()).or_insert(a);
+    }
+
+    // Latest parsed handoff per `fromAgent`.
+    let mut latest: HashMap<&str, (&Path, &Handoff, &str)> = HashMap::new();
+    let mut parsed = 0;
+    let mut unreadable: Vec<(&Path, &str)> = Vec::new();
+    for h in &input.handoffs {
+        match h {
+            HandoffInput::Parsed { path, handoff, modified } => {
+                parsed += 1;
+                let slot = latest.entry(handoff.from_agent.as_str()).or_insert((path, handoff, modified));
+                if newer((modified, path), (slot.2, slot.0)) {
+                    *slot = (path, handoff, modified);
+                }
+            }
+            HandoffInput::Unreadable { path, error } => unreadable.push((path, error)),
+        }
+    }
+    unreadable.sort();
+
+    let mut failed = Vec::new();
+    let mut missing = Vec::new();
+    let mut chosen: Vec<Chosen> = Vec::new();
+    let unreadable_owners: HashSet<&str> = unreadable
+        .iter()
+        .filter_map(|(p, _)| p.file_name().and_then(|n| n.to_str()).and_then(DataDir::handoff_owner))
+        .collect();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for a in &input.agents {
+        if !seen.insert(&a.agent_id) {
+            continue;
+        }
+        let handoff = latest.get(a.agent_id.as_str());
+        if a.status != "complete" {
+            failed.push(FailedAgent {
+                agent: a.agent_id.clone(),
+                role: a.role.clone(),
+                task: a.task.clone(),
+                status: a.status.clone(),
+                reason: a.reason.clone(),
+                handoff: handoff.map(|h| h.0.to_path_buf()),
+            });
+        } else if let Some(&(path, handoff, _)) = handoff {
+            chosen.push(Chosen { agent: &a.agent_id, known: true, cwd: a.cwd.clone(), path, handoff });
+        } else if !unreadable_owners.contains(a.agent_id.as_str()) {
+            // An agent whose only handoff is unreadable is reported once, with the error, below.
+            missing.push(MissingHandoff {
+                kind: MissingKind::NoHandoff,
+                agent: Some(a.agent_id.clone()),
+                path: None,
+                reason: "complete, but wrote no handoff".into(),
+            });
+        }
+    }
+    let mut unknown: Vec<&str> = latest.keys().copied().filter(|id| !known.contains_key(id)).collect();
+    unknown.sort_unstable();
+    for id in &unknown {
+        let (path, handoff, _) = latest[id];
+        chosen.push(Chosen { agent: id, known: false, cwd: input.workspace.to_path_buf(), path, handoff });
+    }
+    for (path, error) in &unreadable {
+        let owner = path.file_name().and_then(|n| n.to_str()).and_then(DataDir::handoff_owner);
+        missing.push(MissingHandoff {
+            kind: MissingKind::Unreadable,
+            agent: owner.map(str::to_string),
+            path: Some(path.to_path_buf()),
+            reason: error.to_string(),
+        });
+    }
+
+    let files = check_files(&chosen, input);
+    let mut merge = findings::Merger::default();
+    let mut memory = findings::Dedup::default();
+    let mut withheld = findings::Dedup::default();
+    for (c, checks) in chosen.iter().zip(&files.per_agent) {
+        for f in &c.handoff.deliverables.findings {
+            merge.add_finding(c.agent, c.path, f);
+        }
+        for d in &c.handoff.deliverables.decisions {
+            merge.add_decision(c.agent, d);
+        }
+        let valid = checks.files.iter().all(|f| f.state == FileState::Exists);
+        let into = if valid { &mut memory } else { &mut withheld };
+        match &c.handoff.memory_candidate {
+            Some(Value::Array(items)) => items.iter().filter(|v| !v.is_null()).for_each(|v| into.add(c.agent, v)),
+            Some(Value::Null) | None => {}
+            Some(v) => into.add(c.agent, v),
+        }
+    }
+    let (merged, mut conflicts, decisions) = merge.finish();
+    let decisions = decisions.finish(|decision, agents| MergedDecision { decision, agents });
+    let memory = memory.finish(|candidate, agents| MemoryCandidate { candidate, agents });
+    let memory_withheld = withheld.finish(|candidate, agents| MemoryCandidate { candidate, agents });
+    conflicts.extend(files.conflicts);
+
+    let todo = todo_list(&failed, &missing, &files.failures, &conflicts);
+    let count_res = |r: Resolution| conflicts.iter().filter(|c| c.resolution == r).count();
+    let all_files = files.per_agent.iter().flat_map(|d| &d.files);
+    let counts = Counts {
+        agents: seen.len(),
+        aggregated: chosen.len(),
+        superseded: parsed - latest.len(),
+        failed: failed.len(),
+        missing: missing.len(),
+        findings: merged.len(),
+        decisions: decisions.len(),
+        files: all_files.clone().count(),
+        missing_files: all_files.clone().filter(|f| f.state == FileState::Missing).count(),
+        outside_workspace: all_files.filter(|f| f.state == FileState::OutsideWorkspace).count(),
+        deliverable_failures: files.failures.len(),
+        conflicts: conflicts.len(),
+        resolved_by_evidence: count_res(Resolution::Evidence),
+        resolved_by_majority: count_res(Resolution::Majority),
+        unresolved: count_res(Resolution::Unresolved),
+        memory: memory.len(),
+        todo: todo.len(),
+    };
+    Report {
+        complete: todo.is_empty(),
+        partial: !failed.is_empty() || !missing.is_empty(),
+        counts,
+        findings: merged,
+        decisions,
+        deliverables: files.per_agent,
+        deliverable_failures: files.failures,
+        conflicts,
+        failed,
+        missing,
+        todo,
+        memory,
+        memory_withheld,
+        unknown_agents: unknown.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+struct Files {
+    per_agent: Vec<AgentDeliverables>,
+    failures: Vec<DeliverableFailure>,
+    conflicts: Vec<Conflict>,
+}
+
+fn check_files(chosen: &[Chosen], input: &Input) -> Files {
+    let mut cache: HashMap<PathBuf, bool> = HashMap::new();
+    // Workspace-relative path -> (agent index, listed form), in first-listed order.
+    let mut by_path: HashMap<String, usize> = HashMap::new();
+    let mut listers: Vec<(String, Vec<(usize, String)>)> = Vec::new();
+    let mut per_agent = Vec::new();
+    let mut failures = Vec::new();
+    for (i, c) in chosen.iter().enumerate() {
+        let mut files = Vec::new();
+        let mut mine: HashSet<String> = HashSet::new();
+        for listed in &c.handoff.deliverables.files {
+            let (path, state) = match workspace::place(input.workspace, &c.cwd, listed) {
+                workspace::Placed::Outside { full } => {
+                    (full.to_string_lossy().into_owned(), FileState::OutsideWorkspace)
+                }
+                workspace::Placed::Inside { full, relative } => {
+                    let exists = *cache.entry(full).or_insert_with_key(|p| (input.exists)(p));
+                    (relative, if exists { FileState::Exists } else { FileState::Missing })
+                }
+            };
+            // One agent naming a file twice (`a.rs` and `./a.rs`) lists it once.
+            if !mine.insert(path.clone()) {
+                continue;
+            }
+            if state != FileState::OutsideWorkspace {
+                let slot = *by_path.entry(path.clone()).or_insert_with(|| {
+                    listers.push((path.clone(), Vec::new()));
+                    listers.len() - 1
+                });
+                listers[slot].1.push((i, listed.clone()));
+            }
+            files.push(FileCheck { listed: listed.clone(), path, state });
+        }
+        let pick = |s: FileState| files.iter().filter(|f| f.state == s).map(|f| f.path.clone()).collect::<Vec<_>>();
+        let (gone, outside) = (pick(FileState::Missing), pick(FileState::OutsideWorkspace));
+        if c.handoff.status == "complete" && (!gone.is_empty() || !outside.is_empty()) {
+            failures.push(DeliverableFailure {
+                agent: c.agent.to_string(),
+                handoff: c.path.to_path_buf(),
+                missing: gone,
+                outside_workspace: outside,
+            });
+        }
+        per_agent.push(AgentDeliverables {
+            agent: c.agent.to_string(),
+            known: c.known,
+            handoff: c.path.to_path_buf(),
+            handoff_status: c.handoff.status.clone(),
+            files,
+        });
+    }
+    let conflicts = listers
+        .into_iter()
+        .filter(|(_, who)| who.len() > 1)
+        .map(|(path, who)| {
+            let who: Vec<_> = who.into_iter().map(|(i, listed)| (&chosen[i], listed)).collect();
+            findings::file_conflict(
+                path,
+                &who.iter().map(|(c, l)| (c.agent, c.path, c.handoff, l.as_str())).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    Files { per_agent, failures, conflicts }
+}
+
+fn todo_list(
+    failed: &[FailedAgent],
+    missing: &[MissingHandoff],
+    deliverable: &[DeliverableFailure],
+    conflicts: &[Conflict],
+) -> Vec<Todo> {
+    let mut todo = Vec::new();
+    for f in failed {
+        let why = f.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        let (kind, what) = match f.status.as_str() {
+            "queued" | "running" | "stopping" | "stale" | "retrying" | "blocked" => {
+                (TodoKind::Unfinished, format!("is still {}{why}: aggregate again when it finishes", f.status))
+            }
+            "escalated" => {
+                (TodoKind::Escalated, format!("is escalated{why}: resolve it with `corral escalations`, then retry"))
+            }
+            other => (TodoKind::Failed, format!("is {other}{why}: retry it with `corral retry {}`", f.agent)),
+        };
+        todo.push(Todo {
+            kind,
+            agent: Some(f.agent.clone()),
+            key: None,
+            text: format!("{} ({}) {what}. Remaining task: {}", f.agent, f.role, f.task),
+        });
+    }
+    for m in missing {
+        let (kind, text) = match m.kind {
+            MissingKind::NoHandoff => (
+                TodoKind::MissingHandoff,
+                format!(
+                    "{} completed without a handoff: its results are not in this report",
+                    m.agent.as_deref().unwrap_or("?")
+                ),
+            ),
+            MissingKind::Unreadable => (
+                TodoKind::UnreadableHandoff,
+                format!(
+                    "handoff {} {}is unreadable ({}): rewrite it, then aggregate again",
+                    m.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    m.agent.as_deref().map(|a| format!("from {a} ")).unwrap_or_default(),
+                    m.reason
+                ),
+            ),
+        };
+        todo.push(Todo { kind, agent: m.agent.clone(), key: None, text });
+    }
+    for d in deliverable {
+        let mut parts = Vec::new();
+        if !d.missing.is_empty() {
+            parts.push(format!("missing {}", d.missing.join(", ")));
+        }
+        if !d.outside_workspace.is_empty() {
+            parts.push(format!("outside the workspace {}", d.outside_workspace.join(", ")));
+        }
+        todo.push(Todo {
+            kind: TodoKind::Deliverable,
+            agent: Some(d.agent.clone()),
+            key: None,
+            text: format!("{} claims complete but its deliverables fail: {}", d.agent, parts.join("; ")),
+        });
+    }
+    for c in conflicts.iter().filter(|c| c.resolution == Resolution::Unresolved) {
+        let kind = match c.kind {
+            ConflictKind::Finding => "finding",
+            ConflictKind::File => "file",
+        };
+        let mut agents: Vec<&str> = Vec::new();
+        for p in &c.positions {
+            if !agents.contains(&p.agent.as_str()) {
+                agents.push(&p.agent);
+            }
+        }
+        todo.push(Todo {
+            kind: TodoKind::Conflict,
+            agent: None,
+            key: Some(c.key.clone()),
+            text: format!(
+                "decide the conflicting {kind} `{}` between {}: escalate to a human",
+                c.key,
+                agents.join(", ")
+            ),
+        });
+    }
+    todo
+}
