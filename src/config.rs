@@ -25,6 +25,16 @@ pub struct Config {
     pub classify: Vec<ClassifyConfig>,
     #[serde(default)]
     pub health: HealthConfig,
+    #[serde(default)]
+    pub mcp: McpConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// Lets `spawn_agent` run a caller-given argv; off: only roles' command templates run.
+    #[serde(default)]
+    pub allow_raw_commands: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -74,6 +74,9 @@ pub struct SpawnRequest {
     pub cwd: String,
     /// Empty: use the role's `command` template.
     pub command: Vec<String>,
+    /// A repeated request with the same key returns the agent the first one created.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -470,11 +470,9 @@ fn check_files(chosen: &[Chosen], input: &Input) -> Files {
                     (relative, if exists { FileState::Exists } else { FileState::Missing })
                 }
             };
-            // One agent naming a file twice (`a.rs` and `./a.rs`) lists it once.
-            if !mine.insert(path.clone()) {
-                continue;
-            }
-            if state != FileState::OutsideWorkspace {
+            // Every listed form is reported, but an agent naming one file twice (`a.rs` and
+            // `./a.rs`) is not in conflict with itself.
+            if state != FileState::OutsideWorkspace && mine.insert(path.clone()) {
                 let slot = *by_path.entry(path.clone()).or_insert_with(|| {
                     listers.push((path.clone(), Vec::new()));
                     listers.len() - 1
@@ -483,7 +481,10 @@ fn check_files(chosen: &[Chosen], input: &Input) -> Files {
             }
             files.push(FileCheck { listed: listed.clone(), path, state });
         }
-        let pick = |s: FileState| files.iter().filter(|f| f.state == s).map(|f| f.path.clone()).collect::<Vec<_>>();
+        let pick = |s: FileState| {
+            let mut seen = HashSet::new();
+            files.iter().filter(|f| f.state == s && seen.insert(&f.path)).map(|f| f.path.clone()).collect::<Vec<_>>()
+        };
         let (gone, outside) = (pick(FileState::Missing), pick(FileState::OutsideWorkspace));
         if c.handoff.status == "complete" && (!gone.is_empty() || !outside.is_empty()) {
             failures.push(DeliverableFailure {

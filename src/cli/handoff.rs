@@ -1,10 +1,10 @@
 //! `corral handoff`: agent side. Writes the caller's handoff file (atomically), either
 //! from flags or from a JSON file that is validated first.
 
-use super::report::agent_id;
+use super::report::{agent_id, env_path};
 use super::{Ctx, Result, usage};
+use crate::protocol::agent_side;
 use crate::protocol::files::{self, Deliverables, Handoff};
-use crate::protocol::{atomic, time};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -40,13 +40,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             } else {
                 files::read_bounded(f).map_err(usage)?
             };
-            let mut v: serde_json::Value =
+            let v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| usage(format!("{}: not valid JSON: {e}", f.display())))?;
-            if let Some(o) = v.as_object_mut() {
-                o.entry("fromAgent").or_insert_with(|| id.to_string().into());
-            }
-            files::validate_handoff_value(&v).map_err(|e| usage(format!("{}: {e}", f.display())))?;
-            serde_json::from_value(v).map_err(|e| usage(format!("{}: {e}", f.display())))?
+            agent_side::handoff_from_json(v, &id).map_err(|e| usage(format!("{}: {e}", f.display())))?
         }
         None => Handoff {
             from_agent: id.to_string(),
@@ -65,17 +61,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             extra: Default::default(),
         },
     };
-    if handoff.from_agent != id.as_str() {
-        return Err(usage(format!("fromAgent {:?} is not the caller {id}", handoff.from_agent)));
-    }
-    let path = std::env::var_os("CORRAL_HANDOFF_FILE")
-        .filter(|_| std::env::var("CORRAL_AGENT_ID").ok().as_deref() == Some(id.as_str()))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ctx.data.handoff_file(&id, &time::compact(time::now())));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    atomic::write_json_atomic(&path, &handoff)?;
+    let path = agent_side::write_handoff(&ctx.data, &id, env_path("CORRAL_HANDOFF_FILE", &id), &handoff)
+        .map_err(|e| super::Fail { code: 1, msg: e })?;
     eprintln!("wrote {}", path.display());
     Ok(0)
 }

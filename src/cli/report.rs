@@ -2,8 +2,9 @@
 //! (atomically) so partial updates keep what was reported before.
 
 use super::{Ctx, Result, usage};
-use crate::protocol::files::{self, ReportedStatus, StatusFile};
-use crate::protocol::{AgentId, atomic, time};
+use crate::protocol::AgentId;
+use crate::protocol::agent_side::{self, ReportUpdate};
+use crate::protocol::files::{self, ReportedStatus};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -32,6 +33,13 @@ pub fn agent_id(given: Option<String>) -> Result<AgentId> {
     AgentId::parse(&id).map_err(|e| usage(e.to_string()))
 }
 
+/// The file the environment names for this agent, when the caller is that agent.
+pub fn env_path(var: &str, id: &AgentId) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|_| std::env::var("CORRAL_AGENT_ID").ok().as_deref() == Some(id.as_str()))
+        .map(PathBuf::from)
+}
+
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     let id = agent_id(a.agent)?;
     let status = match a.status.as_deref() {
@@ -41,47 +49,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                 .ok_or_else(|| usage(format!("--status {s:?}: must be one of {}", ReportedStatus::ALL)))?,
         ),
     };
-    if let Some(p) = a.progress
-        && !(0.0..=1.0).contains(&p)
-    {
-        return Err(usage(format!("--progress {p}: must be between 0.0 and 1.0")));
-    }
-    let path = std::env::var_os("CORRAL_STATUS_FILE")
-        .filter(|_| std::env::var("CORRAL_AGENT_ID").ok().as_deref() == Some(id.as_str()))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ctx.data.status_file(&id));
-    // Start from what is there when it is readable; a broken file is replaced whole.
-    let mut s = files::read_status(&path).ok().filter(|s| s.agent_id == id.as_str()).unwrap_or(StatusFile {
-        agent_id: id.to_string(),
-        role: std::env::var("CORRAL_ROLE").ok(),
-        status: ReportedStatus::Active,
-        progress: None,
-        phase: None,
-        milestone: None,
-        last_update: None,
-        findings: Vec::new(),
-        extra: Default::default(),
-    });
-    if s.role.is_none() {
-        s.role = std::env::var("CORRAL_ROLE").ok();
-    }
-    if let Some(st) = status {
-        s.status = st;
-    }
-    if a.progress.is_some() {
-        s.progress = a.progress;
-    }
-    if a.phase.is_some() {
-        s.phase = a.phase;
-    }
-    if a.milestone.is_some() {
-        s.milestone = a.milestone;
-    }
-    s.findings.extend(a.findings.iter().map(|f| files::text_or_json(f)));
-    s.last_update = Some(time::rfc3339(time::now()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    atomic::write_json_atomic(&path, &s)?;
+    let update = ReportUpdate {
+        status,
+        progress: a.progress,
+        phase: a.phase,
+        milestone: a.milestone,
+        findings: a.findings.iter().map(|f| files::text_or_json(f)).collect(),
+    };
+    agent_side::validate(&update).map_err(|e| usage(format!("--{e}")))?;
+    let role = std::env::var("CORRAL_ROLE").ok();
+    agent_side::report(&ctx.data, &id, role, env_path("CORRAL_STATUS_FILE", &id), update)
+        .map_err(|e| super::Fail { code: 1, msg: e })?;
     Ok(0)
 }

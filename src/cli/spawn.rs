@@ -34,6 +34,10 @@ pub struct Args {
     /// Working directory of the agent (default: the current directory).
     #[arg(long)]
     pub cwd: Option<std::path::PathBuf>,
+    /// A repeated spawn with the same key prints the first one's id instead of spawning
+    /// again (for scripts that retry).
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
     /// The command and its arguments (default: the role's `command` template).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -93,12 +97,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         caller_env: std::env::vars().collect(),
         cwd: cwd.display().to_string(),
         command: a.command,
+        idempotency_key: a.idempotency_key,
     };
     let reply = into_result(ctx.client()?.call(&Request::Spawn(Box::new(req)))?)?;
     let r: SpawnReply = serde_json::from_value(reply)?;
     println!("{}", r.agent_id);
     match r.status.as_str() {
-        "running" => Ok(0),
+        "running" | "complete" | "retrying" | "stopping" => Ok(0),
         "queued" => {
             eprintln!("{}: queued ({})", r.agent_id, r.reason.unwrap_or_default());
             Ok(0)

@@ -33,6 +33,9 @@ pub struct AgentSpec {
     /// The role's policy as resolved at spawn time (with `--timeout`/`--max-retries`).
     pub policy: RolePolicy,
     pub spawned_at: String,
+    /// The caller's key for this spawn; a retried request with it gets this agent back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// How an attempt's process ended.

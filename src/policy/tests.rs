@@ -31,6 +31,7 @@ fn agent_with(role: &str, after: &[&str]) -> Agent {
             env: vec![],
             policy: RolePolicy::seed(role),
             spawned_at: "t".into(),
+            idempotency_key: None,
         },
         state: AgentState::Queued { reason: "new".into() },
         attempts: vec![],

@@ -2,6 +2,7 @@
 //! handoff files, the registry export, the delegation context and the agent environment.
 //! Owns formats only; it never decides policy and never talks to the supervisor.
 
+pub mod agent_side;
 pub mod atomic;
 pub mod context;
 pub mod files;

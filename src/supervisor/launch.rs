@@ -21,6 +21,21 @@ use std::process::{Command, Stdio};
 const HANDSHAKE_TIMEOUT_MS: i32 = 10_000;
 
 pub fn spawn(sup: &mut Supervisor, req: SpawnRequest) -> Reply {
+    if let Some(key) = req.idempotency_key.as_deref() {
+        if key.is_empty() || key.len() > 200 {
+            return Reply::err(2, "idempotency key must be 1 to 200 characters");
+        }
+        let seen = sup.order.iter().find(|id| sup.agents[*id].agent.spec.idempotency_key.as_deref() == Some(key));
+        if let Some(id) = seen {
+            let a = &sup.agents[id].agent;
+            return Reply::ok(SpawnReply {
+                agent_id: id.to_string(),
+                status: a.state.name().to_string(),
+                pid: a.current().and_then(|x| x.pid()).filter(|_| a.state.has_live_process()),
+                reason: a.state.reason().map(str::to_string),
+            });
+        }
+    }
     let spec = match validate(sup, req) {
         Ok(s) => s,
         Err(r) => return r,
@@ -131,6 +146,7 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
         env,
         policy,
         spawned_at: time::rfc3339(time::now()),
+        idempotency_key: req.idempotency_key,
     })
 }
 
