@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod ipc;
 mod memory;
+mod monitor;
 mod policy;
 mod protocol;
 #[allow(dead_code)] // used by the schema test and by tools that link it

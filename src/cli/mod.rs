@@ -12,6 +12,7 @@ pub mod init;
 pub mod kill;
 pub mod logs;
 pub mod memory;
+pub mod monitor;
 pub mod output;
 pub mod report;
 pub mod retry;
@@ -65,6 +66,8 @@ pub enum Cmd {
     Wait(wait::Args),
     /// Learned memory and failure patterns; export for the MCP memory server.
     Memory(memory::Args),
+    /// Live terminal dashboard: agents, progress, anomalies, health, escalations.
+    Monitor(monitor::Args),
     /// Agent side: update the caller's status file.
     Report(report::Args),
     /// Agent side: write the caller's handoff.
@@ -177,6 +180,7 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Escalations(a) => escalations::run(&ctx, a),
         Cmd::Health(a) => health::run(&ctx, a),
         Cmd::Wait(a) => wait::run(&ctx, a),
+        Cmd::Monitor(a) => monitor::run(&ctx, a),
         Cmd::Memory(a) => memory::run(&ctx, a),
         Cmd::Report(a) => report::run(&ctx, a),
         Cmd::Handoff(a) => handoff::run(&ctx, a),

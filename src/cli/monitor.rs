@@ -1,0 +1,183 @@
+//! `corral monitor`: the live dashboard. It follows the supervisor's event stream and asks
+//! only for the agents an event touched (plus a periodic full refresh for ages), so its
+//! cost does not grow with the number of status files.
+
+use super::{Ctx, Result};
+use crate::ipc::{AgentView, HealthView, Request};
+use crate::monitor::{Command, Key, Model};
+use crate::store::EventRecord;
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+use std::collections::BTreeSet;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Redraws per second.
+    #[arg(long, default_value_t = 5)]
+    pub fps: u32,
+    /// Write frame and CPU figures to this file on exit (for benchmarks).
+    #[arg(long, hide = true)]
+    pub stats: Option<std::path::PathBuf>,
+    /// Quit after this many seconds (for benchmarks).
+    #[arg(long, hide = true)]
+    pub seconds: Option<f64>,
+}
+
+enum Change {
+    Agent(String),
+    Global,
+    Closed,
+}
+
+const FULL_REFRESH: Duration = Duration::from_secs(2);
+
+pub fn run(ctx: &Ctx, a: Args) -> Result {
+    let mut client = ctx.client()?;
+    let after: u64 = serde_json::from_value(super::into_result(client.call(&Request::LastSeq)?)?)?;
+    let mut events = ctx.client()?;
+    events.send(&Request::Events { after, agent: None, follow: true })?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(Some(line)) = events.read_line() {
+            let Ok(e) = serde_json::from_str::<EventRecord>(&line) else { continue };
+            let global = e.kind.starts_with("escalation") || e.kind.starts_with("breaker") || e.kind == "escalated";
+            let change = match e.agent_id {
+                Some(id) if !global => Change::Agent(id.to_string()),
+                Some(id) => {
+                    let _ = tx.send(Change::Agent(id.to_string()));
+                    Change::Global
+                }
+                None => Change::Global,
+            };
+            if tx.send(change).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Change::Closed);
+    });
+    let mut m = Model::default();
+    refresh_all(&mut client, &mut m)?;
+    let mut terminal = ratatui::try_init()?;
+    let result = ui_loop(&mut terminal, &mut client, &mut m, &rx, &a);
+    ratatui::restore();
+    if let Some(path) = &a.stats {
+        let cpu = cpu_seconds();
+        let _ = std::fs::write(path, format!("{{\"frames\": {}, \"cpuSeconds\": {cpu:.3}}}\n", m.redraws));
+    }
+    result
+}
+
+fn ui_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    client: &mut crate::client::Client,
+    m: &mut Model,
+    rx: &mpsc::Receiver<Change>,
+    a: &Args,
+) -> Result {
+    let frame = Duration::from_millis(1000 / a.fps.clamp(1, 60) as u64);
+    let start = Instant::now();
+    let mut last_full = Instant::now();
+    let mut table = ratatui::widgets::TableState::default();
+    loop {
+        let deadline = Instant::now() + frame;
+        // Keys are handled as they come; everything else waits for the next frame.
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if !event::poll(left)? {
+                break;
+            }
+            if let Event::Key(k) = event::read()? {
+                if k.kind != KeyEventKind::Press {
+                    continue;
+                }
+                let key = match k.code {
+                    KeyCode::Up => Key::Up,
+                    KeyCode::Down => Key::Down,
+                    KeyCode::PageUp => Key::PageUp,
+                    KeyCode::PageDown => Key::PageDown,
+                    KeyCode::Home => Key::Home,
+                    KeyCode::End => Key::End,
+                    KeyCode::Enter => Key::Enter,
+                    KeyCode::Esc => Key::Esc,
+                    KeyCode::Backspace => Key::Backspace,
+                    KeyCode::Char(c) => Key::Char(c),
+                    _ => continue,
+                };
+                match m.key(key) {
+                    Some(Command::Quit) => return Ok(0),
+                    Some(cmd) => {
+                        m.message = execute(client, cmd);
+                        refresh_all(client, m)?;
+                    }
+                    None => {}
+                }
+                terminal.draw(|f| crate::monitor::ui::draw(f, m, &mut table))?;
+            }
+        }
+        let mut changed = BTreeSet::new();
+        let mut global = false;
+        loop {
+            match rx.try_recv() {
+                Ok(Change::Agent(id)) => {
+                    changed.insert(id);
+                }
+                Ok(Change::Global) => global = true,
+                Ok(Change::Closed) => m.message = "the supervisor stopped; press q to quit".into(),
+                Err(_) => break,
+            }
+        }
+        if last_full.elapsed() >= FULL_REFRESH || global {
+            refresh_all(client, m)?;
+            last_full = Instant::now();
+        } else if !changed.is_empty() {
+            let views: Vec<AgentView> = serde_json::from_value(super::into_result(
+                client.call(&Request::Status { ids: changed.into_iter().collect(), role: None })?,
+            )?)?;
+            m.apply(views);
+        }
+        m.clamp_selection();
+        terminal.draw(|f| crate::monitor::ui::draw(f, m, &mut table))?;
+        m.redraws += 1;
+        if a.seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s) {
+            return Ok(0);
+        }
+    }
+}
+
+fn refresh_all(client: &mut crate::client::Client, m: &mut Model) -> Result<()> {
+    let views: Vec<AgentView> =
+        serde_json::from_value(super::into_result(client.call(&Request::Status { ids: vec![], role: None })?)?)?;
+    m.replace_all(views);
+    let h: HealthView = serde_json::from_value(super::into_result(client.call(&Request::Health)?)?)?;
+    m.health = Some(h);
+    m.escalations = serde_json::from_value(super::into_result(client.call(&Request::Escalations { all: false })?)?)?;
+    Ok(())
+}
+
+fn execute(client: &mut crate::client::Client, cmd: Command) -> String {
+    let (req, what) = match cmd {
+        Command::Kill(id) => (Request::Kill { id: id.clone(), grace_ms: 5_000 }, format!("kill {id}")),
+        Command::Retry(id) => (Request::Retry { id: id.clone(), context: None }, format!("retry {id}")),
+        Command::Tell(id, text) => (Request::Tell { id: id.clone(), text }, format!("told {id}")),
+        Command::Resolve(n, note) => {
+            (Request::Resolve { n, note: if note.is_empty() { None } else { Some(note) } }, format!("resolved #{n}"))
+        }
+        Command::Quit => return String::new(),
+    };
+    match client.call(&req) {
+        Ok(r) if r.ok => what,
+        Ok(r) => format!("{what}: {}", r.error.unwrap_or_default()),
+        Err(e) => format!("{what}: {e}"),
+    }
+}
+
+/// CPU time this process has used (user + system), for the benchmark figures.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    // After the command: state(0) ... utime(11) stime(12), in clock ticks.
+    let ticks = |i: usize| rest.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}

@@ -1,0 +1,155 @@
+//! Drawing the dashboard: a header with counts and health, one row per agent with a
+//! progress bar and coloured anomalies, an escalations pane, and the keys. Fits 80x24.
+
+use super::{Input, Model, Prompt};
+use crate::cli::output::{age, bar};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState};
+
+fn status_color(s: &str) -> Color {
+    match s {
+        "running" => Color::Green,
+        "complete" => Color::Blue,
+        "queued" | "retrying" | "blocked" => Color::Yellow,
+        "stale" | "stopping" => Color::Magenta,
+        _ => Color::Red,
+    }
+}
+
+fn anomaly_color(a: &str) -> Color {
+    if a.starts_with("RETRYING") || a.starts_with("QUEUED") || a == "SLOW" {
+        Color::Yellow
+    } else if a == "BLOCKED" || a == "STALE" {
+        Color::Magenta
+    } else {
+        Color::Red
+    }
+}
+
+pub fn draw(f: &mut Frame, m: &Model, table: &mut TableState) {
+    let open: Vec<_> = m.escalations.iter().filter(|e| e.is_open()).collect();
+    let esc_height = if open.is_empty() { 0 } else { (open.len() as u16 + 2).min(6) };
+    let [head, body, esc, foot] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(3),
+        Constraint::Length(esc_height),
+        Constraint::Length(1),
+    ])
+    .areas(f.area());
+    header(f, m, head);
+    agents(f, m, body, table);
+    if esc_height > 0 {
+        let lines: Vec<Line> = open
+            .iter()
+            .map(|e| {
+                Line::from(vec![
+                    Span::styled(format!("#{} ", e.n), Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)),
+                    Span::raw(format!("{}: {}", e.agent_id, e.reason)),
+                ])
+            })
+            .collect();
+        let p = Paragraph::new(lines)
+            .block(Block::new().borders(Borders::TOP).title(format!(" escalations ({}) ", open.len())));
+        f.render_widget(p, esc);
+    }
+    footer(f, m, foot);
+}
+
+fn header(f: &mut Frame, m: &Model, area: Rect) {
+    let mut spans = vec![Span::styled("corral monitor", Style::new().add_modifier(Modifier::BOLD))];
+    spans.push(Span::raw(format!("  {} agents:", m.agents.len())));
+    for (s, n) in m.counts() {
+        spans.push(Span::styled(format!(" {n} {s}"), Style::new().fg(status_color(&s))));
+    }
+    let mut lines = vec![Line::from(spans)];
+    if let Some(h) = &m.health {
+        let b = &h.breaker;
+        let breaker_style =
+            if b.state == "closed" { Style::new().fg(Color::Green) } else { Style::new().fg(Color::Red) };
+        let mut l = vec![
+            Span::raw(format!("capacity {}/{}  queue {}  breaker ", h.running, h.max_concurrent, h.queued.len())),
+            Span::styled(b.state.clone(), breaker_style),
+        ];
+        if let Some(why) = &h.held_because {
+            l.push(Span::styled(format!("  held: {why}"), Style::new().fg(Color::Yellow)));
+        }
+        lines.push(Line::from(l));
+    }
+    f.render_widget(Paragraph::new(lines), area);
+}
+
+fn agents(f: &mut Frame, m: &Model, area: Rect, state: &mut TableState) {
+    let visible = m.visible();
+    // Only the rows on screen are built: 1,000 agents cost what 20 do.
+    let height = area.height.saturating_sub(1) as usize;
+    let first = m.selected.saturating_sub(height.saturating_sub(1));
+    let rows: Vec<Row> = visible
+        .iter()
+        .skip(first)
+        .take(height)
+        .map(|v| {
+            let pm = match (&v.phase, &v.milestone) {
+                (Some(p), Some(ms)) => format!("{p}/{ms}"),
+                (Some(p), None) => p.clone(),
+                (None, Some(ms)) => format!("-/{ms}"),
+                (None, None) => "-".into(),
+            };
+            let anomalies: Vec<Span> = v
+                .anomalies
+                .iter()
+                .map(|a| Span::styled(format!("{a} "), Style::new().fg(anomaly_color(a)).add_modifier(Modifier::BOLD)))
+                .collect();
+            Row::new(vec![
+                Cell::from(v.agent_id.clone()),
+                Cell::from(Span::styled(v.status.clone(), Style::new().fg(status_color(&v.status)))),
+                Cell::from(bar(v.progress, 8)),
+                Cell::from(pm),
+                Cell::from(age(v.age_seconds)),
+                Cell::from(format!("{}/{}", v.attempt, v.max_retries + 1)),
+                Cell::from(Line::from(anomalies)),
+            ])
+        })
+        .collect();
+    let widths = [
+        Constraint::Length(22),
+        Constraint::Length(9),
+        Constraint::Length(15),
+        Constraint::Length(16),
+        Constraint::Length(6),
+        Constraint::Length(4),
+        Constraint::Min(10),
+    ];
+    let t = Table::new(rows, widths)
+        .header(
+            Row::new(["AGENT", "STATUS", "PROGRESS", "PHASE/MILESTONE", "AGE", "TRY", "ANOMALIES"])
+                .style(Style::new().add_modifier(Modifier::BOLD)),
+        )
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    state.select(if visible.is_empty() { None } else { Some(m.selected - first) });
+    f.render_stateful_widget(t, area, state);
+}
+
+fn footer(f: &mut Frame, m: &Model, area: Rect) {
+    let line = match &m.input {
+        Some(Input::Text { what, buf }) => {
+            let label = match what {
+                Prompt::Tell => "message for the agent",
+                Prompt::Filter => "role filter (empty: all)",
+                Prompt::Resolve => "note resolving the escalation",
+            };
+            Line::from(vec![
+                Span::styled(format!("{label}: "), Style::new().fg(Color::Cyan)),
+                Span::raw(format!("{buf}_")),
+            ])
+        }
+        _ if !m.message.is_empty() => Line::from(Span::styled(m.message.clone(), Style::new().fg(Color::Cyan))),
+        _ => {
+            let filter = m.role_filter.as_deref().map(|r| format!(" [role {r}]")).unwrap_or_default();
+            Line::from(format!("up/down select  k kill  r retry  t tell  e resolve  f filter  q quit{filter}"))
+        }
+    };
+    f.render_widget(Paragraph::new(line), area);
+}
