@@ -40,6 +40,12 @@ pub enum Request {
         note: Option<String>,
     },
     Health,
+    /// Opens an escalation for an agent (e.g. an unresolved conflict found by aggregation);
+    /// an identical open one is not opened twice.
+    Escalate {
+        id: String,
+        reason: String,
+    },
     /// Learned memory: stored candidates and failure patterns per role.
     Memory,
     /// The sequence number of the newest event (0 when there is none).
@@ -123,6 +129,8 @@ pub struct AgentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
     pub spawned_at: String,
+    /// The agent's working directory.
+    pub cwd: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
     /// Seconds until the next attempt, while retrying.
@@ -160,7 +168,6 @@ pub struct ShowView {
     pub constraints: Vec<String>,
     pub after: Vec<String>,
     pub command: Vec<String>,
-    pub cwd: String,
     pub attempts: Vec<AttemptView>,
     pub findings: Vec<Value>,
     pub files: ShowFiles,
@@ -194,8 +201,10 @@ pub struct DaemonView {
 #[serde(rename_all = "camelCase")]
 pub struct Reply {
     pub ok: bool,
+    /// Kept as raw JSON text: neither side builds a value tree it does not need, and a
+    /// `--json` command can print it as it came.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
+    pub data: Option<Box<serde_json::value::RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The exit code the CLI should use for this error (2: bad input, 1: failure).
@@ -205,7 +214,13 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(data: impl Serialize) -> Self {
-        Self { ok: true, data: Some(serde_json::to_value(data).unwrap_or(Value::Null)), error: None, exit: None }
+        let raw =
+            serde_json::value::to_raw_value(&data).unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned());
+        Self { ok: true, data: Some(raw), error: None, exit: None }
+    }
+    /// The data as a value of type T.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.data.as_ref().map(|d| d.get()).unwrap_or("null"))
     }
     pub fn err(exit: i32, msg: impl Into<String>) -> Self {
         Self { ok: false, data: None, error: Some(msg.into()), exit: Some(exit) }

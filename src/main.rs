@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod ipc;
+mod mcp;
 mod memory;
 mod monitor;
 mod policy;

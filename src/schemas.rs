@@ -20,6 +20,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("event", v(schema_for!(crate::store::EventRecord))),
         ("escalations", v(schema_for!(Vec<crate::policy::agent::Escalation>))),
         ("memory", v(schema_for!(crate::memory::MemorySnapshot))),
+        ("aggregate", v(schema_for!(crate::aggregate::Report))),
     ]
 }
 

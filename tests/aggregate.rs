@@ -112,3 +112,82 @@ fn memory_export_is_read_by_the_real_mcp_memory_server() {
     let o = ws.run(&["memory", "export", "--format", "csv"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+fn handoff_script(finding: &str) -> String {
+    format!("corral handoff --finding '{finding}' && corral report --status complete --progress 1")
+}
+
+#[test]
+fn partial_aggregation_merges_the_finished_and_lists_the_rest() {
+    let ws = Ws::with_config(Some("[defaults]\nmax_retries = 0\n[health]\nbreaker_failures = 0\n"));
+    let done: Vec<String> =
+        (0..3).map(|i| ws.spawn("W", &["sh", "-c", &handoff_script(&format!("result {i}"))])).collect();
+    let escalated = ws.spawn("W", &["sh", "-c", "corral report --status failed --finding 'schema is wrong'; exit 2"]);
+    let running = ws.spawn("W", &["sleep", "300"]);
+    for id in &done {
+        ws.wait_state(id, &["complete"], SECS(10));
+    }
+    ws.wait_state(&escalated, &["escalated"], SECS(10));
+    let o = ws.run(&["aggregate", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(1), "partial aggregation exits 1");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["partial"], true);
+    assert_eq!(r["counts"]["aggregated"], 3, "{r}");
+    let texts: Vec<String> = r["findings"].as_array().unwrap().iter().map(|f| f["value"].to_string()).collect();
+    for i in 0..3 {
+        assert!(texts.iter().any(|t| t.contains(&format!("result {i}"))), "{texts:?}");
+    }
+    let failed = r["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2, "{r}");
+    let f_esc = failed.iter().find(|f| f["agent"] == escalated.as_str()).unwrap();
+    assert_eq!(f_esc["status"], "escalated");
+    assert!(f_esc["reason"].as_str().unwrap().contains("schema is wrong"));
+    assert!(failed.iter().any(|f| f["agent"] == running.as_str() && f["status"] == "running"));
+    let todo = r["todo"].as_array().unwrap();
+    for id in [&escalated, &running] {
+        assert_eq!(todo.iter().filter(|t| t["agent"] == id.as_str()).count(), 1, "one TODO for {id}: {todo:?}");
+    }
+    // the Markdown for people says the same
+    let out = ws.path().join("report.md");
+    let o = ws.run(&["aggregate", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let md = std::fs::read_to_string(&out).unwrap();
+    assert!(md.contains("result 1") && md.contains(&running) && md.contains(&escalated), "{md}");
+    ws.ok(&["kill", &running]);
+}
+
+#[test]
+fn unresolved_conflicts_are_escalated_and_numbers_never_averaged() {
+    let ws = Ws::new();
+    let port = |v: u32| {
+        format!(
+            r#"{{"key":"port","value":{v},"claim":"serve on {v}","evidence":[{{"kind":"reasoning","ref":"notes"}}]}}"#
+        )
+    };
+    let a = ws.spawn("W", &["sh", "-c", &handoff_script(&port(8080))]);
+    let b = ws.spawn("W", &["sh", "-c", &handoff_script(&port(9090))]);
+    ws.wait_state(&a, &["complete"], SECS(10));
+    ws.wait_state(&b, &["complete"], SECS(10));
+    let o = ws.run(&["aggregate", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "an unresolved conflict leaves work to do");
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(!text.contains("8585"), "numbers must never be averaged");
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let c = &r["conflicts"][0];
+    assert_eq!(c["key"], "port");
+    assert_eq!(c["resolution"], "unresolved");
+    assert_eq!(c["positions"].as_array().unwrap().len(), 2);
+    let esc = ws.json(&["escalations", "--json"]);
+    assert_eq!(esc.as_array().unwrap().len(), 1, "{esc}");
+    assert!(esc[0]["reason"].as_str().unwrap().contains("unresolved conflict on port"));
+    // aggregating again does not escalate the same conflict twice
+    ws.run(&["aggregate", "--json"]);
+    assert_eq!(ws.json(&["escalations", "--json"]).as_array().unwrap().len(), 1);
+    // a third agent with test evidence settles it
+    let strong = r#"{"key":"port","value":9090,"claim":"tests pass on 9090","evidence":[{"kind":"test","ref":"tests/port.rs","passed":true}]}"#;
+    let c3 = ws.spawn("W", &["sh", "-c", &handoff_script(strong)]);
+    ws.wait_state(&c3, &["complete"], SECS(10));
+    let r = ws.json(&["aggregate", "--json"]);
+    assert_eq!(r["conflicts"][0]["resolution"], "evidence", "{r}");
+    assert_eq!(r["conflicts"][0]["winner"]["value"], 9090);
+}

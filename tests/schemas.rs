@@ -48,6 +48,8 @@ fn schemas_validate_files_and_json_output_of_a_real_run() {
     check("health", &ws.json(&["health", "--json"]));
     check("escalations", &ws.json(&["escalations", "--all", "--json"]));
     check("memory", &ws.json(&["memory", "--json"]));
+    let o = ws.run(&["aggregate", "--json"]);
+    check("aggregate", &serde_json::from_slice(&o.stdout).unwrap());
     for line in ws.ok(&["events"]).lines() {
         check("event", &serde_json::from_str(line).unwrap());
     }

@@ -271,7 +271,7 @@ pub fn file_conflict(path: String, listers: &[(&str, &Path, &Handoff, &str)]) ->
         .map(|&(agent, handoff, h, listed)| Position {
             agent: agent.to_string(),
             value: Value::String(path.clone()),
-            claim: Some(format!("lists {listed:?}; its handoff status is {:?}", h.status)),
+            claim: Some(format!("lists {listed} (handoff status {})", h.status)),
             evidence: Vec::new(),
             evidence_rank: 0,
             handoff: handoff.to_path_buf(),

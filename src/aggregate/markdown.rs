@@ -68,24 +68,31 @@ fn summary(r: &Report) -> String {
     } else {
         "Needs attention"
     };
-    let mut parts = vec![format!(
-        "{} of {} aggregated",
-        plural(c.aggregated, "handoff", "handoffs"),
-        plural(c.agents, "agent", "agents")
-    )];
+    let mut parts =
+        vec![format!("{} of {} aggregated", c.aggregated - c.unknown_agents, plural(c.agents, "agent", "agents"))];
+    if c.unknown_agents > 0 {
+        parts.push(format!(
+            "plus {}",
+            plural(c.unknown_agents, "handoff from an unknown agent", "handoffs from unknown agents")
+        ));
+    }
     if c.failed > 0 {
         parts.push(format!("{} not complete", plural(c.failed, "agent", "agents")));
     }
     if c.missing > 0 {
         parts.push(format!("{} missing or unreadable", plural(c.missing, "handoff", "handoffs")));
     }
-    parts.push(format!(
-        "{} ({} by evidence, {} by majority, {} unresolved)",
-        plural(c.conflicts, "conflict", "conflicts"),
-        c.resolved_by_evidence,
-        c.resolved_by_majority,
-        c.unresolved
-    ));
+    if c.conflicts == 0 {
+        parts.push("no conflicts".into());
+    } else {
+        parts.push(format!(
+            "{} ({} by evidence, {} by majority, {} unresolved)",
+            plural(c.conflicts, "conflict", "conflicts"),
+            c.resolved_by_evidence,
+            c.resolved_by_majority,
+            c.unresolved
+        ));
+    }
     if c.deliverable_failures > 0 {
         parts.push(plural(c.deliverable_failures, "deliverable failure", "deliverable failures"));
     }
@@ -146,10 +153,13 @@ pub fn render_markdown(r: &Report) -> String {
             let _ = writeln!(o, "  - {shown}: {state}");
         }
     }
+    if !r.deliverable_failures.is_empty() {
+        let _ = writeln!(o, "\nDeliverable failures (the handoff claims complete):\n");
+    }
     for f in &r.deliverable_failures {
         let mut bad: Vec<String> = f.missing.iter().map(|p| format!("{} missing", code(p))).collect();
         bad.extend(f.outside_workspace.iter().map(|p| format!("{} outside the workspace", code(p))));
-        let _ = writeln!(o, "\nDeliverable failure: {} claims complete, but {}.", who(&f.agent), bad.join(", "));
+        let _ = writeln!(o, "- {}: {}", who(&f.agent), bad.join(", "));
     }
 
     let _ = writeln!(o, "\n## Conflicts\n");

@@ -14,6 +14,7 @@
 
 mod findings;
 mod markdown;
+mod report;
 mod workspace;
 
 #[cfg(test)]
@@ -21,12 +22,12 @@ mod tests;
 
 use crate::protocol::DataDir;
 use crate::protocol::files::Handoff;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 pub use markdown::render_markdown;
+pub use report::*;
 
 /// One agent as the supervisor sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,235 +57,6 @@ pub struct Input<'a> {
     pub workspace: &'a Path,
     /// Asked only about normalized paths inside the workspace.
     pub exists: &'a dyn Fn(&Path) -> bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    /// Nothing remains: every agent aggregated, every file present, every conflict resolved.
-    pub complete: bool,
-    /// Some agent's result is not in this report (not finished, failed, or no readable handoff).
-    pub partial: bool,
-    pub counts: Counts,
-    /// Findings no one contradicts, each with every agent that gave it.
-    pub findings: Vec<MergedFinding>,
-    pub decisions: Vec<MergedDecision>,
-    pub deliverables: Vec<AgentDeliverables>,
-    pub deliverable_failures: Vec<DeliverableFailure>,
-    pub conflicts: Vec<Conflict>,
-    pub failed: Vec<FailedAgent>,
-    pub missing: Vec<MissingHandoff>,
-    pub todo: Vec<Todo>,
-    /// Memory candidates from handoffs whose deliverables all validated.
-    pub memory: Vec<MemoryCandidate>,
-    /// Memory candidates from handoffs with deliverable failures: kept visible, not stored.
-    pub memory_withheld: Vec<MemoryCandidate>,
-    /// `fromAgent` values that name no known agent; their handoffs are aggregated anyway.
-    pub unknown_agents: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Counts {
-    pub agents: usize,
-    /// Handoffs merged into this report (one per agent, unknown agents included).
-    pub aggregated: usize,
-    /// Older handoffs of retried agents, replaced by the agent's latest.
-    pub superseded: usize,
-    pub failed: usize,
-    pub missing: usize,
-    pub findings: usize,
-    pub decisions: usize,
-    pub files: usize,
-    pub missing_files: usize,
-    pub outside_workspace: usize,
-    pub deliverable_failures: usize,
-    pub conflicts: usize,
-    pub resolved_by_evidence: usize,
-    pub resolved_by_majority: usize,
-    pub unresolved: usize,
-    pub memory: usize,
-    pub todo: usize,
-}
-
-/// What one agent said in support of a finding.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Support {
-    pub agent: String,
-    pub claim: Option<String>,
-    /// Evidence items as given; a repeated finding contributes all of its items.
-    pub evidence: Vec<Value>,
-    pub evidence_rank: u8,
-    pub handoff: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MergedFinding {
-    /// Set for structured findings; a plain finding (string, or object without `key` and
-    /// `value`) is merged by equality of the whole finding, which is then its `value`.
-    pub key: Option<String>,
-    pub value: Value,
-    pub agents: Vec<String>,
-    pub evidence_rank: u8,
-    pub support: Vec<Support>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MergedDecision {
-    pub decision: Value,
-    pub agents: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MemoryCandidate {
-    pub candidate: Value,
-    pub agents: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FileState {
-    Exists,
-    Missing,
-    /// Never checked: the path escapes the workspace.
-    OutsideWorkspace,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FileCheck {
-    /// As the handoff wrote it.
-    pub listed: String,
-    /// Workspace-relative when inside; the normalized absolute path when outside.
-    pub path: String,
-    pub state: FileState,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentDeliverables {
-    pub agent: String,
-    /// False when `fromAgent` names no agent corral knows.
-    pub known: bool,
-    pub handoff: PathBuf,
-    pub handoff_status: String,
-    pub files: Vec<FileCheck>,
-}
-
-/// A handoff that claims success but whose files are not all there (SPEC: deliverable failure).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliverableFailure {
-    pub agent: String,
-    pub handoff: PathBuf,
-    pub missing: Vec<String>,
-    pub outside_workspace: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConflictKind {
-    Finding,
-    File,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Resolution {
-    Evidence,
-    Majority,
-    /// No winner: the caller escalates it; every position stays in the report.
-    Unresolved,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Position {
-    pub agent: String,
-    pub value: Value,
-    pub claim: Option<String>,
-    pub evidence: Vec<Value>,
-    pub evidence_rank: u8,
-    pub handoff: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Winner {
-    /// The agent whose position decided it (first at the winning rank).
-    pub agent: String,
-    /// Every agent holding the winning value.
-    pub agents: Vec<String>,
-    pub value: Value,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Conflict {
-    /// The finding's key, or the workspace-relative file path.
-    pub key: String,
-    pub kind: ConflictKind,
-    pub positions: Vec<Position>,
-    pub resolution: Resolution,
-    pub winner: Option<Winner>,
-    /// Why it was resolved this way, in words.
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FailedAgent {
-    pub agent: String,
-    pub role: String,
-    pub task: String,
-    pub status: String,
-    pub reason: Option<String>,
-    /// A handoff the agent left that was not aggregated because the agent is not complete.
-    pub handoff: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MissingKind {
-    /// The agent completed without a handoff.
-    NoHandoff,
-    Unreadable,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MissingHandoff {
-    pub kind: MissingKind,
-    /// For an unreadable file, the owner its name gives, when it follows the protocol.
-    pub agent: Option<String>,
-    pub path: Option<PathBuf>,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TodoKind {
-    /// Still queued, running, retrying, blocked...: aggregate again when it finishes.
-    Unfinished,
-    Failed,
-    Escalated,
-    MissingHandoff,
-    UnreadableHandoff,
-    Deliverable,
-    Conflict,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Todo {
-    pub kind: TodoKind,
-    pub agent: Option<String>,
-    pub key: Option<String>,
-    pub text: String,
 }
 
 /// The handoff chosen for one agent, with what the rest of aggregation needs about it.
@@ -410,6 +182,7 @@ pub fn aggregate(input: &Input) -> Report {
     let counts = Counts {
         agents: seen.len(),
         aggregated: chosen.len(),
+        unknown_agents: unknown.len(),
         superseded: parsed - latest.len(),
         failed: failed.len(),
         missing: missing.len(),
@@ -426,9 +199,13 @@ pub fn aggregate(input: &Input) -> Report {
         memory: memory.len(),
         todo: todo.len(),
     };
+    // A stray unreadable file from an agent whose readable handoff was merged leaves a TODO
+    // but takes nothing out of the report.
+    let merged_agents: HashSet<&str> = chosen.iter().map(|c| c.agent).collect();
+    let left_out = missing.iter().any(|m| m.agent.as_deref().is_none_or(|a| !merged_agents.contains(a)));
     Report {
         complete: todo.is_empty(),
-        partial: !failed.is_empty() || !missing.is_empty(),
+        partial: !failed.is_empty() || left_out,
         counts,
         findings: merged,
         decisions,
@@ -452,7 +229,8 @@ struct Files {
 
 fn check_files(chosen: &[Chosen], input: &Input) -> Files {
     let mut cache: HashMap<PathBuf, bool> = HashMap::new();
-    // Workspace-relative path -> (agent index, listed form), in first-listed order.
+    // Each workspace-relative path with the agents (index into `chosen`, listed form) that
+    // list it, in first-listed order; the map finds a path's entry without any pairwise scan.
     let mut by_path: HashMap<String, usize> = HashMap::new();
     let mut listers: Vec<(String, Vec<(usize, String)>)> = Vec::new();
     let mut per_agent = Vec::new();
@@ -506,11 +284,9 @@ fn check_files(chosen: &[Chosen], input: &Input) -> Files {
         .into_iter()
         .filter(|(_, who)| who.len() > 1)
         .map(|(path, who)| {
-            let who: Vec<_> = who.into_iter().map(|(i, listed)| (&chosen[i], listed)).collect();
-            findings::file_conflict(
-                path,
-                &who.iter().map(|(c, l)| (c.agent, c.path, c.handoff, l.as_str())).collect::<Vec<_>>(),
-            )
+            let who: Vec<_> =
+                who.iter().map(|(i, l)| (chosen[*i].agent, chosen[*i].path, chosen[*i].handoff, l.as_str())).collect();
+            findings::file_conflict(path, &who)
         })
         .collect();
     Files { per_agent, failures, conflicts }

@@ -236,6 +236,20 @@ fn repeats_by_one_agent_count_once() {
     let (r, _) = run(complete(&["agent-001-A", "agent-002-A"]), vec![loud, mk("agent-002-A", vec![port(8080)])], &[]);
     assert_eq!(only_conflict(&r).resolution, Resolution::Unresolved, "three repeats are still one agent");
 
+    // A plurality is not a majority: 2 of 4 agents is no strict majority.
+    let (r, _) = run(
+        complete(&["agent-001-A", "agent-002-A", "agent-003-A", "agent-004-A"]),
+        vec![
+            mk("agent-001-A", vec![port(8080)]),
+            mk("agent-002-A", vec![port(8080)]),
+            mk("agent-003-A", vec![port(9090)]),
+            mk("agent-004-A", vec![port(7070)]),
+        ],
+        &[],
+    );
+    assert_eq!(only_conflict(&r).resolution, Resolution::Unresolved);
+    assert_eq!(only_conflict(&r).positions.len(), 4);
+
     // An agent contradicting itself cannot be merged as agreed fact, nor win by itself.
     let (r, _) = run(complete(&["agent-001-A"]), vec![mk("agent-001-A", vec![port(8080), port(9090)])], &[]);
     assert_eq!(only_conflict(&r).resolution, Resolution::Unresolved);
@@ -347,6 +361,26 @@ fn unreadable_handoff_is_reported_and_the_rest_aggregated() {
     assert_eq!(r.todo.len(), 1);
     assert_eq!(r.todo[0].kind, TodoKind::UnreadableHandoff);
     assert!(render_markdown(&r).contains("is unreadable"));
+
+    // A stray unreadable file beside an agent's readable handoff: a TODO, but nothing left out.
+    let (r, _) = run(
+        complete(&["agent-003-CLEANER"]),
+        vec![at(torn), at(fixture!("escape.json"))]
+            .into_iter()
+            .map(|h| match h {
+                HandoffInput::Parsed { path, mut handoff, modified } => {
+                    handoff.from_agent = "agent-003-CLEANER".into();
+                    handoff.deliverables.files.clear();
+                    HandoffInput::Parsed { path, handoff, modified }
+                }
+                other => other,
+            })
+            .collect(),
+        &[],
+    );
+    assert_eq!(r.counts.aggregated, 1);
+    assert!(!r.partial && !r.complete);
+    assert_eq!(r.todo.len(), 1);
 }
 
 #[test]
@@ -379,7 +413,7 @@ fn partial_aggregation_lists_unfinished_agents_without_waiting() {
     assert!(r.todo[1].text.contains("task of agent-005-IMPLEMENTER"));
     assert!(r.partial && !r.complete);
     let md = render_markdown(&r);
-    assert!(md.contains("**Partial:** 3 handoffs of 5 agents aggregated, 2 agents not complete"), "{md}");
+    assert!(md.contains("**Partial:** 3 of 5 agents aggregated, 2 agents not complete"), "{md}");
     assert!(md.contains("agent-004-IMPLEMENTER (IMPLEMENTER), escalated: permanent: missing credentials"), "{md}");
     assert!(md.contains("- [ ] agent-005-IMPLEMENTER (IMPLEMENTER) is still running"), "{md}");
 }

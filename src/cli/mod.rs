@@ -1,6 +1,7 @@
 //! The command line: argument definitions and one module per command. Commands parse and
 //! print; they send requests to the supervisor and never touch the registry themselves.
 
+pub mod aggregate;
 pub mod completions;
 pub mod daemon;
 pub mod demo;
@@ -11,6 +12,7 @@ pub mod health;
 pub mod init;
 pub mod kill;
 pub mod logs;
+pub mod mcp;
 pub mod memory;
 pub mod monitor;
 pub mod output;
@@ -64,8 +66,12 @@ pub enum Cmd {
     Health(health::Args),
     /// Block until agents finish, printing each as it finishes (exit 0 all complete, 1 not, 124 timeout).
     Wait(wait::Args),
+    /// Collect handoffs into one deliverable: merged findings, conflicts resolved by evidence.
+    Aggregate(aggregate::Args),
     /// Learned memory and failure patterns; export for the MCP memory server.
     Memory(memory::Args),
+    /// Model Context Protocol server on stdio: the orchestrator's and the agent's tools.
+    Mcp(mcp::Args),
     /// Live terminal dashboard: agents, progress, anomalies, health, escalations.
     Monitor(monitor::Args),
     /// Agent side: update the caller's status file.
@@ -134,6 +140,18 @@ impl Ctx {
         Ok(Client::connect(&self.data, &self.ws.root)?)
     }
 
+    /// Sends one request and returns the reply's data as the JSON text it came as.
+    pub fn call_raw(&self, req: &Request) -> Result<String> {
+        let reply: Reply = self.client()?.call(req)?;
+        if !reply.ok {
+            return Err(Fail {
+                code: reply.exit.unwrap_or(1),
+                msg: reply.error.unwrap_or_else(|| "unknown error".into()),
+            });
+        }
+        Ok(reply.data.map(|d| d.get().to_string()).unwrap_or_else(|| "null".into()))
+    }
+
     /// Sends one request and turns an error reply into a `Fail`.
     pub fn call(&self, req: &Request) -> Result<serde_json::Value> {
         let reply: Reply = self.client()?.call(req)?;
@@ -143,7 +161,7 @@ impl Ctx {
 
 pub fn into_result(reply: Reply) -> Result<serde_json::Value> {
     if reply.ok {
-        Ok(reply.data.unwrap_or_default())
+        Ok(reply.parse()?)
     } else {
         Err(Fail { code: reply.exit.unwrap_or(1), msg: reply.error.unwrap_or_else(|| "unknown error".into()) })
     }
@@ -156,8 +174,8 @@ pub fn run(cli: Cli) -> Result {
     }
     // Commands that print die quietly when their reader goes away (`| head`), like any Unix
     // tool. The supervisor and the shim keep ignoring SIGPIPE: a closed pipe must never
-    // kill them.
-    if !matches!(cli.command, Cmd::Daemon(_) | Cmd::Shim { .. }) {
+    // kill them; nor the MCP server, which ends its session cleanly when its client leaves.
+    if !matches!(cli.command, Cmd::Daemon(_) | Cmd::Shim { .. } | Cmd::Mcp(_)) {
         // SAFETY: restoring the default disposition of one signal.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
@@ -181,7 +199,9 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Health(a) => health::run(&ctx, a),
         Cmd::Wait(a) => wait::run(&ctx, a),
         Cmd::Monitor(a) => monitor::run(&ctx, a),
+        Cmd::Mcp(a) => mcp::run(&ctx, a),
         Cmd::Memory(a) => memory::run(&ctx, a),
+        Cmd::Aggregate(a) => aggregate::run(&ctx, a),
         Cmd::Report(a) => report::run(&ctx, a),
         Cmd::Handoff(a) => handoff::run(&ctx, a),
         Cmd::Events(a) => events::run(&ctx, a),

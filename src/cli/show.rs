@@ -30,7 +30,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     if !s.after.is_empty() {
         println!("  after:      {}", s.after.join(", "));
     }
-    println!("  command:    {:?}  (in {})", s.command, s.cwd);
+    println!("  command:    {:?}  (in {})", s.command, s.agent.cwd);
     print!("  status:     {}", v.status);
     if let Some(r) = &v.reason {
         print!(" ({r})");

@@ -1,6 +1,6 @@
 //! `corral status`: one line per agent.
 
-use super::output::{age, bar, print_json};
+use super::output::{age, bar};
 use super::{Ctx, Result};
 use crate::ipc::{AgentView, Request};
 
@@ -14,12 +14,16 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
-    let data = ctx.call(&Request::Status { ids: a.ids, role: a.role })?;
+    let raw = ctx.call_raw(&Request::Status { ids: a.ids, role: a.role })?;
     if a.json {
-        print_json(&data)?;
+        // Printed as the supervisor wrote it: one object per agent, no re-encoding.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(raw.as_bytes())?;
+        out.write_all(b"\n")?;
         return Ok(0);
     }
-    let views: Vec<AgentView> = serde_json::from_value(data)?;
+    let views: Vec<AgentView> = serde_json::from_str(&raw)?;
     if views.is_empty() {
         eprintln!("no agents");
         return Ok(0);

@@ -19,12 +19,8 @@ pub enum Command {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    Normal,
     /// Typing text for a command; `what` says which.
-    Text {
-        what: Prompt,
-        buf: String,
-    },
+    Text { what: Prompt, buf: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -179,7 +175,7 @@ mod tests {
     fn view(id: &str, role: &str, status: &str) -> AgentView {
         serde_json::from_value(serde_json::json!({
             "agentId": id, "role": role, "task": "t", "status": status, "attempt": 1, "maxRetries": 1,
-            "anomalies": [], "spawnedAt": "t",
+            "anomalies": [], "spawnedAt": "t", "cwd": "/",
         }))
         .unwrap()
     }

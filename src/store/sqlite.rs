@@ -30,6 +30,7 @@ impl SqliteRegistry {
                  seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, agent_id TEXT,
                  kind TEXT NOT NULL, data TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS events_agent ON events(agent_id, seq);
+             CREATE INDEX IF NOT EXISTS agents_seq ON agents(seq);
              CREATE TABLE IF NOT EXISTS escalations (
                  n INTEGER PRIMARY KEY AUTOINCREMENT, agent_id TEXT NOT NULL, body TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -63,6 +63,10 @@ pub struct Supervisor {
     pub started_mono: u64,
     resource_recheck: Option<u64>,
     dirty: Vec<AgentId>,
+    /// Agents whose registry-export line may have changed since the last export.
+    registry_pending: Vec<AgentId>,
+    /// Each agent's line of `spawn-registry.json`: only changed agents are serialized again.
+    registry_lines: HashMap<AgentId, String>,
     registry_dirty: bool,
     escalations_dirty: bool,
     cleanup: Vec<PathBuf>,
@@ -109,6 +113,8 @@ impl Supervisor {
             started_mono: time::mono_ms(),
             resource_recheck: None,
             dirty: Vec::new(),
+            registry_pending: Vec::new(),
+            registry_lines: HashMap::new(),
             registry_dirty: true,
             escalations_dirty: true,
             cleanup: Vec::new(),
@@ -238,13 +244,16 @@ impl Supervisor {
                     }
                 }
                 Action::Emit { kind, data } => self.emit(Some(id), kind, data),
-                Action::Escalate { reason } => self.open_escalation(id, reason),
+                Action::Escalate { reason } => {
+                    self.open_escalation(id, reason);
+                }
                 Action::Outcome { success } => self.breaker_outcome(id, success),
             }
         }
     }
 
-    fn open_escalation(&mut self, id: &AgentId, reason: String) {
+    /// Records a new open escalation for `id`; returns its number.
+    pub fn open_escalation(&mut self, id: &AgentId, reason: String) -> u64 {
         let mut e = Escalation {
             n: 0,
             agent_id: id.clone(),
@@ -266,6 +275,7 @@ impl Supervisor {
             }
         }
         self.emit(Some(id), "escalation_opened", serde_json::json!({ "escalation": n, "reason": reason }));
+        n
     }
 
     fn breaker_outcome(&mut self, id: &AgentId, success: bool) {
@@ -298,7 +308,7 @@ impl Supervisor {
 
     pub fn mark_dirty(&mut self, id: &AgentId) {
         self.dirty.push(id.clone());
-        self.registry_dirty = true;
+        self.registry_pending.push(id.clone());
     }
 
     pub fn mark_escalations_dirty(&mut self) {
@@ -310,8 +320,15 @@ impl Supervisor {
     }
 
     /// Persists changed agents, commits, then rewrites the registry export and the seed's
-    /// escalations.txt.
+    /// escalations.txt where they changed.
     pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.persist()?;
+        self.export();
+        Ok(())
+    }
+
+    /// Writes changed agents to the registry and commits.
+    pub fn persist(&mut self) -> anyhow::Result<()> {
         self.store.begin()?;
         let dirty = std::mem::take(&mut self.dirty);
         for id in dirty {
@@ -323,10 +340,39 @@ impl Supervisor {
         for p in self.cleanup.drain(..) {
             let _ = std::fs::remove_file(p);
         }
+        Ok(())
+    }
+
+    /// Rewrites `spawn-registry.json` (one record per line, a valid JSON array) and
+    /// `escalations.txt` when what they say changed. Status reports change neither, so a
+    /// thousand agents reporting every second cost no rewrites.
+    fn export(&mut self) {
+        for id in std::mem::take(&mut self.registry_pending) {
+            let Some(live) = self.agents.get(&id) else { continue };
+            let line = serde_json::to_string(&views::spawn_record(self, live)).expect("records serialize");
+            if self.registry_lines.get(&id) != Some(&line) {
+                self.registry_lines.insert(id, line);
+                self.registry_dirty = true;
+            }
+        }
         if self.registry_dirty {
             self.registry_dirty = false;
-            let records: Vec<_> = self.order.iter().map(|id| views::spawn_record(self, &self.agents[id])).collect();
-            if let Err(e) = atomic::write_json_atomic(&self.data.registry_file(), &records) {
+            let mut text = String::with_capacity(self.registry_lines.values().map(|l| l.len() + 2).sum::<usize>() + 4);
+            text.push('[');
+            for (i, id) in self.order.iter().enumerate() {
+                text.push_str(if i == 0 { "\n" } else { ",\n" });
+                match self.registry_lines.get(id) {
+                    Some(l) => text.push_str(l),
+                    None => {
+                        let l = serde_json::to_string(&views::spawn_record(self, &self.agents[id]))
+                            .expect("records serialize");
+                        text.push_str(&l);
+                        self.registry_lines.insert(id.clone(), l);
+                    }
+                }
+            }
+            text.push_str("\n]\n");
+            if let Err(e) = atomic::write_atomic(&self.data.registry_file(), text.as_bytes()) {
                 eprintln!("corral daemon: cannot write {}: {e}", self.data.registry_file().display());
             }
         }
@@ -342,7 +388,6 @@ impl Supervisor {
                 eprintln!("corral daemon: cannot write {}: {e}", self.data.escalations_file().display());
             }
         }
-        Ok(())
     }
 
     /// The earliest moment anything is due, on the monotonic clock.

@@ -153,7 +153,7 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
 /// Starts the process of the agent's current attempt (recorded durably first).
 pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
     // Durable before it runs: a supervisor that dies now finds the attempt and its lock.
-    if let Err(e) = sup.flush() {
+    if let Err(e) = sup.persist() {
         eprintln!("corral daemon: cannot record attempt of {id} before starting it: {e}");
     }
     let _ = sup.store.begin();

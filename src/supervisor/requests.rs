@@ -73,6 +73,17 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
             Reply::ok(e)
         }
         Request::Health => Reply::ok(health_view(sup)),
+        Request::Escalate { id, reason } => with_agent(sup, &id, |sup, id| {
+            if reason.trim().is_empty() || reason.len() > 16 * 1024 {
+                return Err(Reply::err(2, "an escalation needs a reason of at most 16 KiB"));
+            }
+            let open = sup.escalations.iter().find(|e| e.is_open() && e.agent_id == *id && e.reason == reason);
+            let n = match open {
+                Some(e) => e.n,
+                None => sup.open_escalation(id, reason),
+            };
+            Ok(serde_json::json!({ "escalation": n }))
+        }),
         Request::Memory => match sup.store.memories() {
             Ok(candidates) => {
                 let agents: Vec<_> = sup.order.iter().map(|id| &sup.agents[id].agent).collect();

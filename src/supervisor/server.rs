@@ -112,7 +112,7 @@ async fn follow_events<W: AsyncWrite + Unpin>(
         if !reply.ok {
             return write_json(w, &reply).await;
         }
-        let backlog: Vec<EventRecord> = serde_json::from_value(reply.data.unwrap_or_default()).unwrap_or_default();
+        let backlog: Vec<EventRecord> = reply.parse().unwrap_or_default();
         for e in &backlog {
             write_json(w, e).await?;
             after = e.seq;

@@ -74,6 +74,7 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
         exit_code: last_end.and_then(|(_, e)| e.exit_code()),
         signal: last_end.and_then(|(_, e)| e.signal()),
         spawned_at: a.spec.spawned_at.clone(),
+        cwd: a.spec.cwd.display().to_string(),
         ended_at: if a.state.is_finished() { last_end.map(|(t, _)| t.to_string()) } else { None },
         unreadable: live.report_error.clone(),
         next_attempt_in_seconds: next_in,
@@ -153,7 +154,6 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
         constraints: a.spec.constraints.clone(),
         after: a.spec.after.iter().map(|x| x.to_string()).collect(),
         command: a.spec.command.clone(),
-        cwd: a.spec.cwd.display().to_string(),
         attempts,
         findings: live.report.as_ref().map(|r| r.findings.clone()).unwrap_or_default(),
         files: ShowFiles {

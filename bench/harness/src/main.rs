@@ -31,7 +31,9 @@ fn main() {
             }
         },
         _ => {
-            eprintln!("usage: corral-bench run --corral BIN --pueue BIN --pueued BIN --monitor SCRIPT --out FILE --results DIR [--quick]");
+            eprintln!(
+                "usage: corral-bench run --corral BIN --pueue BIN --pueued BIN --monitor SCRIPT --out FILE --results DIR [--quick]"
+            );
             eprintln!("       corral-bench stamp FILE");
             2
         }

@@ -3,10 +3,10 @@
 //! agents, plus the seed's monitor script over the same status files.
 
 use crate::report;
-use crate::stats::{summarize, Summary};
-use crate::tools::{output, wait_until, Corral, Pueue, Tool};
+use crate::stats::{Summary, summarize};
+use crate::tools::{Corral, Pueue, Tool, output, wait_until};
 use crate::{Result, RunArgs};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -26,9 +26,23 @@ pub struct Plan {
 impl Plan {
     fn new(quick: bool) -> Self {
         if quick {
-            Plan { latency_spawns: 20, bulk_spawns: 200, status_runs: 5, monitor_small: 100, monitor_small_runs: 1, monitor_full: false }
+            Plan {
+                latency_spawns: 20,
+                bulk_spawns: 200,
+                status_runs: 5,
+                monitor_small: 100,
+                monitor_small_runs: 1,
+                monitor_full: false,
+            }
         } else {
-            Plan { latency_spawns: 100, bulk_spawns: 1000, status_runs: 20, monitor_small: 100, monitor_small_runs: 2, monitor_full: true }
+            Plan {
+                latency_spawns: 100,
+                bulk_spawns: 1000,
+                status_runs: 20,
+                monitor_small: 100,
+                monitor_small_runs: 2,
+                monitor_full: true,
+            }
         }
     }
 }
@@ -153,12 +167,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut rng = Rng(now_ns() as u64 | 1);
     let mut r = Results {
-        date: String::from_utf8_lossy(&output({
-            let mut c = std::process::Command::new("date");
-            c.args(["-u", "+%Y-%m-%d %H:%M UTC"]);
-            c
-        })
-        .unwrap_or_default())
+        date: String::from_utf8_lossy(
+            &output({
+                let mut c = std::process::Command::new("date");
+                c.args(["-u", "+%Y-%m-%d %H:%M UTC"]);
+                c
+            })
+            .unwrap_or_default(),
+        )
         .trim()
         .to_string(),
         machine: machine(),
@@ -201,10 +217,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     match Corral::new(&args.corral, tmp.join("b-corral")) {
         Err(e) => note(&mut r, "(b) corral", e),
         Ok(mut c) => {
-            let argv: Vec<String> = [args.corral.to_string_lossy().as_ref(), "report", "--progress", "0.5", "--phase", "impl", "--milestone", "m1"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let argv: Vec<String> = [
+                args.corral.to_string_lossy().as_ref(),
+                "report",
+                "--progress",
+                "0.5",
+                "--phase",
+                "impl",
+                "--milestone",
+                "m1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
             let label = "corral report --progress 0.5 --phase impl --milestone m1";
             match bulk(&mut c, &argv, label, plan.bulk_spawns) {
                 Ok(b) => r.corral.bulk = Some(b),
@@ -221,7 +246,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
             let one = std::fs::read_dir(c.data_dir().join("agent-status"))
                 .ok()
-                .and_then(|d| d.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|x| x == "json")))
+                .and_then(|d| {
+                    d.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|x| x == "json"))
+                })
                 .unwrap_or_default();
             match time_runs(
                 || {
@@ -273,7 +300,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     std::fs::write(&args.out, report::markdown(&r)).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let _ = std::fs::remove_dir_all(&tmp);
     eprintln!("wrote {} and {} in {:.0}s", args.out.display(), raw.display(), r.wall_s);
-    if r.errors.is_empty() { Ok(()) } else { Err(format!("{} measurement(s) failed; see {}", r.errors.len(), args.out.display())) }
+    if r.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} measurement(s) failed; see {}", r.errors.len(), args.out.display()))
+    }
 }
 
 /// (a): one probe agent at a time; each writes the realtime clock as its first act.

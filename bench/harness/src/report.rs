@@ -1,7 +1,7 @@
 //! BENCHMARKS.md: the machine, the command, and each figure beside the peer's and the target.
 
 use crate::measure::{Results, Side};
-use crate::stats::{summarize, Summary};
+use crate::stats::{Summary, summarize};
 use std::fmt::Write;
 
 fn f(ms: f64) -> String {
@@ -56,7 +56,10 @@ pub fn markdown(r: &Results) -> String {
         r.args.command_line
     );
     if r.args.quick {
-        let _ = writeln!(o, "**Quick mode**: reduced sizes, for iterating on the harness; the (b) and (c) targets are stated for 1,000 and not judged here.\n");
+        let _ = writeln!(
+            o,
+            "**Quick mode**: reduced sizes, for iterating on the harness; the (b) and (c) targets are stated for 1,000 and not judged here.\n"
+        );
     }
     let _ = writeln!(o, "| | |\n|---|---|");
     let _ = writeln!(o, "| date | {} |", r.date);
@@ -83,7 +86,9 @@ corral's and pueue's alike; a run on an idle machine gives cleaner numbers.\n"
     let _ = writeln!(o, "## Summary\n");
     let _ = writeln!(o, "| measurement | corral | {peer} | target (corral) | |\n|---|---:|---:|---|---|");
     let (cl, pl) = (lat(&r.corral), lat(&r.pueue));
-    let show_lat = |s: &Option<Summary>| s.as_ref().map(|s| format!("{} (p99 {})", f(s.median), f(s.p99))).unwrap_or("failed".into());
+    let show_lat = |s: &Option<Summary>| {
+        s.as_ref().map(|s| format!("{} (p99 {})", f(s.median), f(s.p99))).unwrap_or("failed".into())
+    };
     let _ = writeln!(
         o,
         "| (a) spawn to agent running, median (p99), {} spawns | {} | {} | median <= 5 ms | {} |",
@@ -120,7 +125,9 @@ corral's and pueue's alike; a run on an idle machine gives cleaner numbers.\n"
         "For reference, issue 2 quotes pueue at about 186 ms (a), 14.4 s (b) and 53 ms (c) on another machine.\n"
     );
     if let Some(m) = r.monitor.iter().max_by_key(|m| m.files) {
-        let ratio = cs.as_ref().map(|s| format!(", {:.0} times as long as `corral status --json` over {} agents", m.ms / s.median, p.bulk_spawns));
+        let ratio = cs.as_ref().map(|s| {
+            format!(", {:.0} times as long as `corral status --json` over {} agents", m.ms / s.median, p.bulk_spawns)
+        });
         let _ = writeln!(
             o,
             "The seed's way, `monitor-agents.sh` over {} status files, took {} ({} per file){}.",
@@ -161,7 +168,8 @@ One warm-up probe precedes each series.\n",
     row(&mut o, "corral: spawn to probe file mtime", l(&r.corral).and_then(|l| summarize(&l.mtime)));
     row(&mut o, &format!("{peer}: add to probe file mtime"), l(&r.pueue).and_then(|l| summarize(&l.mtime)));
     o.push('\n');
-    let _ = writeln!(o, "For scale, on the same machine ({CONTEXT} runs each):\n", CONTEXT = crate::measure::CONTEXT_RUNS);
+    let _ =
+        writeln!(o, "For scale, on the same machine ({CONTEXT} runs each):\n", CONTEXT = crate::measure::CONTEXT_RUNS);
     o.push_str(HEAD);
     row(&mut o, "start and reap `/bin/true`", l(&r.corral).and_then(|l| summarize(&l.exec_true)));
     row(&mut o, "`corral daemon status --json` (CLI round trip)", l(&r.corral).and_then(|l| summarize(&l.ping)));

@@ -1,6 +1,6 @@
 //! Order statistics over samples in milliseconds.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 #[derive(Debug, Clone)]
 pub struct Summary {

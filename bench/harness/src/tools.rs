@@ -119,10 +119,7 @@ impl Tool for Corral {
     fn progress(&self) -> Result<(usize, usize)> {
         let v: Value = serde_json::from_slice(&output(self.status_json())?).map_err(|e| e.to_string())?;
         let agents = v.as_array().ok_or("corral status --json: not an array")?;
-        let done = agents
-            .iter()
-            .filter(|a| a["status"].as_str().is_some_and(|s| FINISHED.contains(&s)))
-            .count();
+        let done = agents.iter().filter(|a| a["status"].as_str().is_some_and(|s| FINISHED.contains(&s))).count();
         Ok((done, agents.len()))
     }
 

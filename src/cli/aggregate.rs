@@ -1,0 +1,121 @@
+//! `corral aggregate [ID...] [--role R] [--out FILE] [--format md|json]`: reads the
+//! handoffs, asks the supervisor for every agent's state, and builds the unified
+//! deliverable with the pure aggregation core. Unresolved conflicts are escalated.
+
+use super::{Ctx, Fail, Result, usage};
+use crate::aggregate::{self, AgentOutcome, HandoffInput, Input, Report, Resolution};
+use crate::ipc::{AgentView, Request};
+use crate::protocol::{DataDir, files, time};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    pub ids: Vec<String>,
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Write the report here (atomically) instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// md for people, json for tools.
+    #[arg(long, default_value = "md")]
+    pub format: String,
+    /// Same as --format json.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result {
+    let json = a.json || a.format == "json";
+    if !json && a.format != "md" {
+        return Err(usage(format!("--format {:?}: use md or json", a.format)));
+    }
+    let report = build(ctx, &a.ids, a.role.as_deref())?;
+    escalate_unresolved(ctx, &report)?;
+    let text = if json { serde_json::to_string_pretty(&report)? + "\n" } else { aggregate::render_markdown(&report) };
+    match &a.out {
+        Some(path) => {
+            crate::protocol::atomic::write_atomic(path, text.as_bytes())?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
+    let c = &report.counts;
+    eprintln!(
+        "{} of {} agents aggregated; {} conflicts ({} unresolved); {} to do",
+        c.aggregated, c.agents, c.conflicts, c.unresolved, c.todo
+    );
+    Ok(if report.complete { 0 } else { 1 })
+}
+
+/// Everything aggregation needs, read once: agents from the supervisor, handoffs from disk.
+pub fn build(ctx: &Ctx, ids: &[String], role: Option<&str>) -> Result<Report> {
+    let views: Vec<AgentView> =
+        serde_json::from_value(ctx.call(&Request::Status { ids: ids.to_vec(), role: role.map(str::to_string) })?)?;
+    let selected = !ids.is_empty() || role.is_some();
+    let wanted: HashSet<&str> = views.iter().map(|v| v.agent_id.as_str()).collect();
+    let handoffs = read_handoffs(&ctx.data, |owner| !selected || wanted.contains(owner));
+    let agents = views
+        .iter()
+        .map(|v| AgentOutcome {
+            agent_id: v.agent_id.clone(),
+            role: v.role.clone(),
+            task: v.task.clone(),
+            status: v.status.clone(),
+            reason: v.reason.clone(),
+            cwd: PathBuf::from(&v.cwd),
+        })
+        .collect();
+    let exists = |p: &Path| p.exists();
+    let input = Input { agents, handoffs, workspace: &ctx.ws.root, exists: &exists };
+    Ok(aggregate::aggregate(&input))
+}
+
+/// Every handoff file under the data dir whose owner (from its name) passes `keep`.
+fn read_handoffs(data: &DataDir, keep: impl Fn(&str) -> bool) -> Vec<HandoffInput> {
+    let Ok(rd) = std::fs::read_dir(data.handoff_dir()) else { return vec![] };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(owner) = DataDir::handoff_owner(&name) else { continue };
+        if !keep(owner) {
+            continue;
+        }
+        let path = e.path();
+        let modified = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| jiff::Timestamp::try_from(m).ok())
+            .map(time::rfc3339)
+            .unwrap_or_default();
+        out.push(match files::read_handoff(&path) {
+            Ok(handoff) => HandoffInput::Parsed { path, handoff, modified },
+            Err(error) => HandoffInput::Unreadable { path, error },
+        });
+    }
+    out
+}
+
+/// Conflicts aggregation could not settle go to the human queue (once each).
+fn escalate_unresolved(ctx: &Ctx, r: &Report) -> Result<()> {
+    for c in r.conflicts.iter().filter(|c| c.resolution == Resolution::Unresolved) {
+        let positions: Vec<String> = c.positions.iter().map(|p| format!("{} says {}", p.agent, p.value)).collect();
+        let reason = format!("unresolved conflict on {}: {}", c.key, positions.join("; "));
+        // Attached to the first known agent that took part.
+        let Some(agent) =
+            c.positions.iter().map(|p| p.agent.clone()).find(|a| crate::protocol::AgentId::parse(a).is_ok())
+        else {
+            continue;
+        };
+        match ctx.call(&Request::Escalate { id: agent, reason }) {
+            Ok(_) => {}
+            // An agent the supervisor does not know (a handoff from outside corral) cannot
+            // carry an escalation; the conflict stays in the report either way.
+            Err(Fail { code: 2, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The Model Context Protocol server behind `corral mcp`: the tool set (names, input and
+//! output schemas, descriptions) and how each tool is run. Orchestrator tools are thin
+//! layers over the supervisor requests the CLI sends; agent tools write the agent's status
+//! file and handoff as `corral report`/`corral handoff` do. stdout carries only MCP
+//! messages; anything else goes to stderr.
+
+mod agent;
+mod args;
+mod orchestrator;
+mod wait;
+
+use crate::aggregate::Report;
+use crate::cli::Ctx;
+use crate::ipc::{AgentView, HealthView, ShowView, SpawnReply};
+use crate::memory::MemorySnapshot;
+use crate::policy::agent::Escalation;
+use args::*;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::model::ProgressNotificationParam;
+use rmcp::service::RequestContext;
+use rmcp::{Json, RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use std::sync::Arc;
+
+/// A tool's outcome: structured content, or a tool error (an `isError` result) whose text
+/// says what is wrong. Protocol errors are kept for protocol failures.
+type Out<T> = Result<Json<T>, String>;
+
+#[derive(Clone)]
+pub struct Server {
+    ctx: Arc<Ctx>,
+    tool_router: ToolRouter<Self>,
+}
+
+/// Runs blocking work (socket calls, file writes) off the event loop, so a long call
+/// never holds up the others.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Out<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map(Json),
+        Err(e) => Err(format!("internal error: {e}")),
+    }
+}
+
+#[tool_router]
+impl Server {
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx: Arc::new(ctx), tool_router: Self::tool_router() }
+    }
+
+    /// Record an agent and start it (or queue it, saying why); returns its id at once.
+    /// Runs the command template of a role configured in corral.toml.
+    #[tool(annotations(destructive_hint = false, open_world_hint = true))]
+    async fn spawn_agent(&self, p: Parameters<SpawnArgs>) -> Out<SpawnReply> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || orchestrator::spawn(&ctx, a)).await
+    }
+
+    /// Every agent (or those of one role): status, progress, phase/milestone, attempt,
+    /// anomalies.
+    #[tool(annotations(read_only_hint = true))]
+    async fn list_agents(&self, p: Parameters<ListArgs>) -> Out<orchestrator::AgentList> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || orchestrator::list(&ctx, a)).await
+    }
+
+    /// Everything about one agent: record, attempts with outcomes and reasons, last
+    /// findings, handoffs, recent events.
+    #[tool(annotations(read_only_hint = true))]
+    async fn agent_status(&self, p: Parameters<IdArgs>) -> Out<ShowView> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || orchestrator::show(&ctx, a)).await
+    }
+
+    /// Wait until agents finish (complete, failed for good, killed, timed out or
+    /// escalated), at most `timeout`. Sends progress notifications (finished/total) when
+    /// the call carries a progress token. Returns what finished, in finishing order, and
+    /// what is still pending.
+    #[tool(annotations(read_only_hint = true))]
+    async fn wait_agents(&self, p: Parameters<WaitArgs>, rc: RequestContext<RoleServer>) -> Out<wait::WaitReply> {
+        let a = p.0?;
+        let limit = wait::limit(&a)?;
+        let ctx = self.ctx.clone();
+        let ct = rc.ct.clone();
+        let token = rc.meta.get_progress_token();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ProgressNotificationParam>();
+        let peer = rc.peer.clone();
+        // One sender, in order, drained before the result goes out: every notification
+        // reaches the client while the request is still open.
+        let notifier = tokio::spawn(async move {
+            while let Some(n) = rx.recv().await {
+                if peer.notify_progress(n).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let out = blocking(move || {
+            let progress = |done: usize, total: usize, v: Option<&AgentView>| {
+                let Some(token) = &token else { return };
+                let msg = match v {
+                    Some(v) => format!("{} {} ({done}/{total} finished)", v.agent_id, v.status),
+                    None => format!("{done}/{total} finished"),
+                };
+                let n = ProgressNotificationParam::new(token.clone(), done as f64)
+                    .with_total(total as f64)
+                    .with_message(msg);
+                let _ = tx.send(n);
+            };
+            wait::wait(&ctx, a, limit, || ct.is_cancelled(), progress)
+        })
+        .await;
+        let _ = notifier.await;
+        out
+    }
+
+    /// TERM to the agent's whole process group, KILL after `grace`; answers once the
+    /// group is gone. No retry follows.
+    #[tool(annotations(destructive_hint = true))]
+    async fn kill_agent(&self, p: Parameters<KillArgs>) -> Out<orchestrator::KillReply> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || orchestrator::kill(&ctx, a)).await
+    }
+
+    /// A new attempt now, optionally with added context; answers the agent's open
+    /// escalations.
+    #[tool(annotations(destructive_hint = false))]
+    async fn retry_agent(&self, p: Parameters<RetryArgs>) -> Out<orchestrator::RetryReply> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || orchestrator::retry(&ctx, a)).await
+    }
+
+    /// Append a message to the agent's inbox (its CORRAL_INBOX_FILE).
+    #[tool(annotations(destructive_hint = false))]
+    async fn tell_agent(&self, p: Parameters<TellArgs>) -> Out<orchestrator::TellReply> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || orchestrator::tell(&ctx, a)).await
+    }
+
+    /// Open escalations: failures that need a human (with `all`, resolved ones too).
+    #[tool(annotations(read_only_hint = true))]
+    async fn list_escalations(&self, p: Parameters<EscalationsArgs>) -> Out<orchestrator::EscalationList> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || orchestrator::escalations(&ctx, a)).await
+    }
+
+    /// Close escalation `n`, recording the answer in `note`.
+    #[tool(annotations(destructive_hint = false, idempotent_hint = false))]
+    async fn resolve_escalation(&self, p: Parameters<ResolveArgs>) -> Out<Escalation> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || orchestrator::resolve(&ctx, a)).await
+    }
+
+    /// Collect the finished agents' handoffs into one report: merged findings and
+    /// decisions, validated deliverables, conflicts and how each was resolved, failed or
+    /// missing agents, what remains to do, memory candidates.
+    #[tool(annotations(read_only_hint = true))]
+    async fn aggregate(&self, p: Parameters<AggregateArgs>) -> Out<Report> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || orchestrator::aggregate(&ctx, a)).await
+    }
+
+    /// Capacity in use, queue, circuit breaker, resources, open escalations, and why new
+    /// agents are held when they are.
+    #[tool(annotations(read_only_hint = true))]
+    async fn health(&self, p: Parameters<NoArgs>) -> Out<HealthView> {
+        p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || orchestrator::health(&ctx)).await
+    }
+
+    /// Learned memory (candidates from completed agents' handoffs) and per-role failure
+    /// patterns that mention `query`.
+    #[tool(annotations(read_only_hint = true))]
+    async fn memory_search(&self, p: Parameters<MemoryArgs>) -> Out<MemorySnapshot> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || orchestrator::memory_search(&ctx, a)).await
+    }
+
+    /// Agent side: merge status, progress, phase, milestone and findings into the agent's
+    /// status file (as `corral report` does).
+    #[tool(annotations(destructive_hint = false, idempotent_hint = false))]
+    async fn report_progress(&self, p: Parameters<ReportArgs>) -> Out<agent::ReportReply> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || agent::report(&ctx, a)).await
+    }
+
+    /// Agent side: validate and write the agent's handoff (as `corral handoff` does); the
+    /// error names the field that is wrong.
+    #[tool(annotations(destructive_hint = false))]
+    async fn submit_handoff(&self, p: Parameters<HandoffArgs>) -> Out<agent::HandoffReply> {
+        let a = p.0?;
+        let ctx = self.ctx.clone();
+        blocking(move || agent::handoff(&ctx, a)).await
+    }
+}
+
+#[tool_handler(
+    router = self.tool_router,
+    name = "corral",
+    instructions = "corral supervises asynchronous agents. Orchestrators: spawn_agent (roles from corral.toml), \
+        wait_agents, agent_status, aggregate; list_escalations and resolve_escalation for what needs a human. \
+        Agents (inside a spawned agent): report_progress while working, submit_handoff when done."
+)]
+impl ServerHandler for Server {}
+
+/// Serves MCP on stdin/stdout until the client closes the connection.
+pub async fn serve(ctx: Ctx) -> anyhow::Result<()> {
+    eprintln!("corral mcp: serving {} (data {}) on stdio", ctx.ws.root.display(), ctx.data.root().display());
+    let service = Server::new(ctx).serve(rmcp::transport::io::stdio_pipes()).await?;
+    service.waiting().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_tool_declares_its_arguments() {
+        let ws = crate::config::Workspace::discover(std::path::Path::new("/")).unwrap();
+        let data = crate::protocol::DataDir::new(std::env::temp_dir());
+        let server = super::Server::new(crate::cli::Ctx { ws, data });
+        let tools = server.tool_router.list_all();
+        assert_eq!(tools.len(), 14);
+        for t in tools {
+            let props = t.input_schema.get("properties").and_then(|p| p.as_object());
+            assert!(props.is_some() || t.name == "health", "{} has no input properties", t.name);
+            assert_eq!(t.input_schema.get("additionalProperties"), Some(&serde_json::json!(false)), "{}", t.name);
+            assert!(t.description.as_deref().is_some_and(|d| !d.is_empty()), "{}", t.name);
+        }
+    }
+}
