@@ -18,6 +18,15 @@ mod supervisor;
 use clap::Parser;
 
 fn main() {
+    // The per-attempt shim is started once per attempt and is on the spawn latency path:
+    // it skips building the whole command-line parser.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "__shim") {
+        std::process::exit(supervisor::shim::run_from_args(&args[2..]));
+    }
+    if args.get(1).is_some_and(|a| a == "__launcher") {
+        std::process::exit(supervisor::launcher::run());
+    }
     let cli = cli::Cli::parse();
     let code = match cli::run(cli) {
         Ok(code) => code,

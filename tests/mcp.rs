@@ -59,7 +59,7 @@ command = ["sleep", "30"]
     let ws = Ws::with_config(Some(&config));
     let seen = run_py(&ws, "orchestrate.py");
 
-    // (1) Every tool, each with an object input schema naming its arguments.
+    // Every tool, each with input and output schemas.
     let tools = seen["tools"].as_object().unwrap();
     let names: Vec<&str> = tools.keys().map(String::as_str).collect();
     for t in [
@@ -80,6 +80,8 @@ command = ["sleep", "30"]
     ] {
         assert!(names.contains(&t), "{t} missing from {names:?}");
         assert_eq!(tools[t]["input"]["type"], "object", "{t}");
+        // Declared, so the client checked every result below against it.
+        assert_eq!(tools[t]["output"]["type"], "object", "{t}");
     }
     let spawn = &tools["spawn_agent"]["input"];
     for arg in ["role", "task", "scope", "constraints", "after", "timeout", "max_retries", "idempotency_key", "command"]

@@ -44,6 +44,7 @@ pub struct AgentOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // built once per handoff file; boxing buys nothing
 pub enum HandoffInput {
     /// `modified` is RFC 3339; it picks an agent's latest handoff when retries left several.
     Parsed { path: PathBuf, handoff: Handoff, modified: String },

@@ -99,7 +99,7 @@ fn read_handoffs(data: &DataDir, keep: impl Fn(&str) -> bool) -> Vec<HandoffInpu
 }
 
 /// Conflicts aggregation could not settle go to the human queue (once each).
-fn escalate_unresolved(ctx: &Ctx, r: &Report) -> Result<()> {
+pub fn escalate_unresolved(ctx: &Ctx, r: &Report) -> Result<()> {
     for c in r.conflicts.iter().filter(|c| c.resolution == Resolution::Unresolved) {
         let positions: Vec<String> = c.positions.iter().map(|p| format!("{} says {}", p.agent, p.value)).collect();
         let reason = format!("unresolved conflict on {}: {}", c.key, positions.join("; "));

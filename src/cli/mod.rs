@@ -169,7 +169,7 @@ pub fn into_result(reply: Reply) -> Result<serde_json::Value> {
 
 pub fn run(cli: Cli) -> Result {
     if let Cmd::Shim { lock, start, exit, log, cwd, header, argv } = cli.command {
-        let a = crate::supervisor::shim::ShimArgs { lock, start, exit, log, cwd, header, argv };
+        let a = crate::supervisor::shim::ShimArgs { lock, start, exit, log, cwd, header, argv, ..Default::default() };
         return Ok(crate::supervisor::shim::run(a));
     }
     // Commands that print die quietly when their reader goes away (`| head`), like any Unix

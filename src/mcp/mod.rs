@@ -21,11 +21,6 @@ use rmcp::service::RequestContext;
 use rmcp::{Json, RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use std::sync::Arc;
 
-/// A tool's outcome: structured content, or a tool error (an `isError` result) whose text
-/// says what is wrong. Protocol errors are kept for protocol failures.
-type Out<T> = Result<Json<T>, String>;
-
-#[derive(Clone)]
 pub struct Server {
     ctx: Arc<Ctx>,
     tool_router: ToolRouter<Self>,
@@ -33,11 +28,26 @@ pub struct Server {
 
 /// Runs blocking work (socket calls, file writes) off the event loop, so a long call
 /// never holds up the others.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Out<T> {
+///
+/// Each tool returns structured content, or a tool error (an `isError` result) whose text
+/// says what is wrong; its signature spells out `Result<Json<T>, String>` because the tool
+/// macro reads the output schema from those very tokens.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<Json<T>, String> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map(Json),
         Err(e) => Err(format!("internal error: {e}")),
     }
+}
+
+/// The output schema of `T`, declared as the object it is. The generator leaves `type` out
+/// of a root that flattens another struct, and clients drop an output schema whose root is
+/// not declared an object.
+fn object_schema<T: schemars::JsonSchema + 'static>() -> Arc<rmcp::model::JsonObject> {
+    let mut s = (*rmcp::handler::server::tool::schema_for_output::<T>()).clone();
+    s.entry("type").or_insert_with(|| "object".into());
+    Arc::new(s)
 }
 
 #[tool_router]
@@ -49,7 +59,7 @@ impl Server {
     /// Record an agent and start it (or queue it, saying why); returns its id at once.
     /// Runs the command template of a role configured in corral.toml.
     #[tool(annotations(destructive_hint = false, open_world_hint = true))]
-    async fn spawn_agent(&self, p: Parameters<SpawnArgs>) -> Out<SpawnReply> {
+    async fn spawn_agent(&self, p: Parameters<SpawnArgs>) -> Result<Json<SpawnReply>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || orchestrator::spawn(&ctx, a)).await
@@ -58,7 +68,7 @@ impl Server {
     /// Every agent (or those of one role): status, progress, phase/milestone, attempt,
     /// anomalies.
     #[tool(annotations(read_only_hint = true))]
-    async fn list_agents(&self, p: Parameters<ListArgs>) -> Out<orchestrator::AgentList> {
+    async fn list_agents(&self, p: Parameters<ListArgs>) -> Result<Json<orchestrator::AgentList>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || orchestrator::list(&ctx, a)).await
@@ -66,8 +76,8 @@ impl Server {
 
     /// Everything about one agent: record, attempts with outcomes and reasons, last
     /// findings, handoffs, recent events.
-    #[tool(annotations(read_only_hint = true))]
-    async fn agent_status(&self, p: Parameters<IdArgs>) -> Out<ShowView> {
+    #[tool(annotations(read_only_hint = true), output_schema = object_schema::<ShowView>())]
+    async fn agent_status(&self, p: Parameters<IdArgs>) -> Result<Json<ShowView>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || orchestrator::show(&ctx, a)).await
@@ -78,7 +88,11 @@ impl Server {
     /// the call carries a progress token. Returns what finished, in finishing order, and
     /// what is still pending.
     #[tool(annotations(read_only_hint = true))]
-    async fn wait_agents(&self, p: Parameters<WaitArgs>, rc: RequestContext<RoleServer>) -> Out<wait::WaitReply> {
+    async fn wait_agents(
+        &self,
+        p: Parameters<WaitArgs>,
+        rc: RequestContext<RoleServer>,
+    ) -> Result<Json<wait::WaitReply>, String> {
         let a = p.0?;
         let limit = wait::limit(&a)?;
         let ctx = self.ctx.clone();
@@ -117,7 +131,7 @@ impl Server {
     /// TERM to the agent's whole process group, KILL after `grace`; answers once the
     /// group is gone. No retry follows.
     #[tool(annotations(destructive_hint = true))]
-    async fn kill_agent(&self, p: Parameters<KillArgs>) -> Out<orchestrator::KillReply> {
+    async fn kill_agent(&self, p: Parameters<KillArgs>) -> Result<Json<orchestrator::KillReply>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || orchestrator::kill(&ctx, a)).await
@@ -126,7 +140,7 @@ impl Server {
     /// A new attempt now, optionally with added context; answers the agent's open
     /// escalations.
     #[tool(annotations(destructive_hint = false))]
-    async fn retry_agent(&self, p: Parameters<RetryArgs>) -> Out<orchestrator::RetryReply> {
+    async fn retry_agent(&self, p: Parameters<RetryArgs>) -> Result<Json<orchestrator::RetryReply>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || orchestrator::retry(&ctx, a)).await
@@ -134,7 +148,7 @@ impl Server {
 
     /// Append a message to the agent's inbox (its CORRAL_INBOX_FILE).
     #[tool(annotations(destructive_hint = false))]
-    async fn tell_agent(&self, p: Parameters<TellArgs>) -> Out<orchestrator::TellReply> {
+    async fn tell_agent(&self, p: Parameters<TellArgs>) -> Result<Json<orchestrator::TellReply>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || orchestrator::tell(&ctx, a)).await
@@ -142,7 +156,10 @@ impl Server {
 
     /// Open escalations: failures that need a human (with `all`, resolved ones too).
     #[tool(annotations(read_only_hint = true))]
-    async fn list_escalations(&self, p: Parameters<EscalationsArgs>) -> Out<orchestrator::EscalationList> {
+    async fn list_escalations(
+        &self,
+        p: Parameters<EscalationsArgs>,
+    ) -> Result<Json<orchestrator::EscalationList>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || orchestrator::escalations(&ctx, a)).await
@@ -150,7 +167,7 @@ impl Server {
 
     /// Close escalation `n`, recording the answer in `note`.
     #[tool(annotations(destructive_hint = false, idempotent_hint = false))]
-    async fn resolve_escalation(&self, p: Parameters<ResolveArgs>) -> Out<Escalation> {
+    async fn resolve_escalation(&self, p: Parameters<ResolveArgs>) -> Result<Json<Escalation>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || orchestrator::resolve(&ctx, a)).await
@@ -159,8 +176,8 @@ impl Server {
     /// Collect the finished agents' handoffs into one report: merged findings and
     /// decisions, validated deliverables, conflicts and how each was resolved, failed or
     /// missing agents, what remains to do, memory candidates.
-    #[tool(annotations(read_only_hint = true))]
-    async fn aggregate(&self, p: Parameters<AggregateArgs>) -> Out<Report> {
+    #[tool]
+    async fn aggregate(&self, p: Parameters<AggregateArgs>) -> Result<Json<Report>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || orchestrator::aggregate(&ctx, a)).await
@@ -169,7 +186,7 @@ impl Server {
     /// Capacity in use, queue, circuit breaker, resources, open escalations, and why new
     /// agents are held when they are.
     #[tool(annotations(read_only_hint = true))]
-    async fn health(&self, p: Parameters<NoArgs>) -> Out<HealthView> {
+    async fn health(&self, p: Parameters<NoArgs>) -> Result<Json<HealthView>, String> {
         p.0?;
         let ctx = self.ctx.clone();
         blocking(move || orchestrator::health(&ctx)).await
@@ -178,7 +195,7 @@ impl Server {
     /// Learned memory (candidates from completed agents' handoffs) and per-role failure
     /// patterns that mention `query`.
     #[tool(annotations(read_only_hint = true))]
-    async fn memory_search(&self, p: Parameters<MemoryArgs>) -> Out<MemorySnapshot> {
+    async fn memory_search(&self, p: Parameters<MemoryArgs>) -> Result<Json<MemorySnapshot>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || orchestrator::memory_search(&ctx, a)).await
@@ -187,7 +204,7 @@ impl Server {
     /// Agent side: merge status, progress, phase, milestone and findings into the agent's
     /// status file (as `corral report` does).
     #[tool(annotations(destructive_hint = false, idempotent_hint = false))]
-    async fn report_progress(&self, p: Parameters<ReportArgs>) -> Out<agent::ReportReply> {
+    async fn report_progress(&self, p: Parameters<ReportArgs>) -> Result<Json<agent::ReportReply>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || agent::report(&ctx, a)).await
@@ -196,7 +213,7 @@ impl Server {
     /// Agent side: validate and write the agent's handoff (as `corral handoff` does); the
     /// error names the field that is wrong.
     #[tool(annotations(destructive_hint = false))]
-    async fn submit_handoff(&self, p: Parameters<HandoffArgs>) -> Out<agent::HandoffReply> {
+    async fn submit_handoff(&self, p: Parameters<HandoffArgs>) -> Result<Json<agent::HandoffReply>, String> {
         let a = p.0?;
         let ctx = self.ctx.clone();
         blocking(move || agent::handoff(&ctx, a)).await
@@ -223,7 +240,7 @@ pub async fn serve(ctx: Ctx) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn every_tool_declares_its_arguments() {
+    fn every_tool_declares_its_input_and_output() {
         let ws = crate::config::Workspace::discover(std::path::Path::new("/")).unwrap();
         let data = crate::protocol::DataDir::new(std::env::temp_dir());
         let server = super::Server::new(crate::cli::Ctx { ws, data });
@@ -234,6 +251,8 @@ mod tests {
             assert!(props.is_some() || t.name == "health", "{} has no input properties", t.name);
             assert_eq!(t.input_schema.get("additionalProperties"), Some(&serde_json::json!(false)), "{}", t.name);
             assert!(t.description.as_deref().is_some_and(|d| !d.is_empty()), "{}", t.name);
+            let output = t.output_schema.as_ref().unwrap_or_else(|| panic!("{} has no output schema", t.name));
+            assert_eq!(output.get("type"), Some(&serde_json::json!("object")), "{}", t.name);
         }
     }
 }

@@ -225,9 +225,12 @@ pub fn memory_search(ctx: &Ctx, a: MemoryArgs) -> Result<MemorySnapshot, String>
     Ok(crate::memory::search(&all, &a.query))
 }
 
-/// The report `corral aggregate --format json` prints, built by the same code.
+/// The report `corral aggregate --format json` prints, built by the same code; unresolved
+/// conflicts go to the escalation queue, as with the CLI.
 pub fn aggregate(ctx: &Ctx, a: AggregateArgs) -> Result<Report, String> {
     args::texts("ids", &a.ids)?;
     args::opt_text("role", &a.role)?;
-    crate::cli::aggregate::build(ctx, &a.ids, a.role.as_deref()).map_err(|f| f.msg)
+    let report = crate::cli::aggregate::build(ctx, &a.ids, a.role.as_deref()).map_err(|f| f.msg)?;
+    crate::cli::aggregate::escalate_unresolved(ctx, &report).map_err(|f| f.msg)?;
+    Ok(report)
 }

@@ -64,10 +64,10 @@ impl Breaker {
 
     /// Time passing: an open breaker whose cooldown is over lets a probe through.
     pub fn advance(&mut self, now: u64) {
-        if let Self::Open { until_mono, .. } = self {
-            if now >= *until_mono {
-                *self = Self::HalfOpen { probe: None };
-            }
+        if let Self::Open { until_mono, .. } = self
+            && now >= *until_mono
+        {
+            *self = Self::HalfOpen { probe: None };
         }
     }
 
@@ -102,11 +102,11 @@ impl Breaker {
 
     /// An attempt succeeded; the probe's success closes the breaker.
     pub fn success(&mut self, agent: &str) -> bool {
-        if let Self::HalfOpen { probe } = self {
-            if probe.as_deref() == Some(agent) || probe.is_none() {
-                *self = Self::Closed { failures: vec![] };
-                return true;
-            }
+        if let Self::HalfOpen { probe } = self
+            && (probe.as_deref() == Some(agent) || probe.is_none())
+        {
+            *self = Self::Closed { failures: vec![] };
+            return true;
         }
         false
     }
@@ -126,10 +126,10 @@ impl Breaker {
 
     /// A start went through; in half-open state it is the probe.
     pub fn started(&mut self, agent: &str) {
-        if let Self::HalfOpen { probe } = self {
-            if probe.is_none() {
-                *probe = Some(agent.to_string());
-            }
+        if let Self::HalfOpen { probe } = self
+            && probe.is_none()
+        {
+            *probe = Some(agent.to_string());
         }
     }
 }
@@ -156,20 +156,20 @@ pub fn hold_reason(
     if let Some(why) = b.blocks(now) {
         return Some(why);
     }
-    if let (Some(min), Some(free)) = (p.min_free_memory, r.free_memory) {
-        if free < min {
-            return Some(format!("free memory {} MiB below the {} MiB minimum", free >> 20, min >> 20));
-        }
+    if let (Some(min), Some(free)) = (p.min_free_memory, r.free_memory)
+        && free < min
+    {
+        return Some(format!("free memory {} MiB below the {} MiB minimum", free >> 20, min >> 20));
     }
-    if let (Some(max), Some(load)) = (p.max_load, r.load) {
-        if load > max {
-            return Some(format!("load average {load:.2} above the {max:.2} maximum"));
-        }
+    if let (Some(max), Some(load)) = (p.max_load, r.load)
+        && load > max
+    {
+        return Some(format!("load average {load:.2} above the {max:.2} maximum"));
     }
-    if let Some(max) = p.max_open_escalations {
-        if open_escalations >= max {
-            return Some(format!("{open_escalations} open escalations (at most {max} allowed)"));
-        }
+    if let Some(max) = p.max_open_escalations
+        && open_escalations >= max
+    {
+        return Some(format!("{open_escalations} open escalations (at most {max} allowed)"));
     }
     None
 }

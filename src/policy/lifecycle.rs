@@ -184,11 +184,12 @@ pub fn status_reported(agent: &mut Agent, r: &Report, rules: &Rules, now: &Now) 
 
 /// Output was written at `mono`: a heartbeat and a first sign of life.
 pub fn output_seen(agent: &mut Agent, mono: u64) {
-    if let Some(a) = agent.current_mut() {
-        if a.ended().is_none() && mono >= a.started_mono {
-            a.liveness.first_sign.get_or_insert(mono);
-            a.liveness.last_output = Some(a.liveness.last_output.map_or(mono, |o| o.max(mono)));
-        }
+    if let Some(a) = agent.current_mut()
+        && a.ended().is_none()
+        && mono >= a.started_mono
+    {
+        a.liveness.first_sign.get_or_insert(mono);
+        a.liveness.last_output = Some(a.liveness.last_output.map_or(mono, |o| o.max(mono)));
     }
 }
 
@@ -408,10 +409,10 @@ fn after_failure(
     if action != RuleAction::Ignore && used > p.max_retries {
         return escalate(agent, format!("gave up after {used} attempts (max_retries = {})", p.max_retries), reason);
     }
-    if let (Some(d), Some(first)) = (p.deadline_ms, agent.attempts.first()) {
-        if now.mono >= first.started_mono + d {
-            return escalate(agent, format!("the role's {} deadline passed", fmt_ms(d)), reason);
-        }
+    if let (Some(d), Some(first)) = (p.deadline_ms, agent.attempts.first())
+        && now.mono >= first.started_mono + d
+    {
+        return escalate(agent, format!("the role's {} deadline passed", fmt_ms(d)), reason);
     }
     let delay = p.backoff.delay_ms(retry_no, now.jitter);
     let mut notes = Vec::new();

@@ -19,10 +19,10 @@ pub struct ReportUpdate {
 
 /// Checks an update before anything is written; the error names the field.
 pub fn validate(u: &ReportUpdate) -> Result<(), String> {
-    if let Some(p) = u.progress {
-        if !(0.0..=1.0).contains(&p) || p.is_nan() {
-            return Err(format!("progress {p}: must be between 0.0 and 1.0"));
-        }
+    if let Some(p) = u.progress
+        && (!(0.0..=1.0).contains(&p) || p.is_nan())
+    {
+        return Err(format!("progress {p}: must be between 0.0 and 1.0"));
     }
     for (i, f) in u.findings.iter().enumerate() {
         if !(f.is_string() || f.is_object()) {

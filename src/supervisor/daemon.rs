@@ -73,6 +73,8 @@ pub struct Supervisor {
     pub stopping: bool,
     /// Sequence number of the newest event.
     pub last_seq: u64,
+    /// Forks shims; started on first use, replaced when it fails.
+    pub launcher: Option<super::launcher::Launcher>,
 }
 
 pub fn now() -> Now {
@@ -120,6 +122,7 @@ impl Supervisor {
             cleanup: Vec::new(),
             stopping: false,
             last_seq: 0,
+            launcher: None,
         }
     }
 
@@ -269,10 +272,10 @@ impl Supervisor {
         let n = e.n;
         self.escalations.push(e);
         self.escalations_dirty = true;
-        if let Some(live) = self.agents.get_mut(id) {
-            if let AgentState::Escalated { escalation, .. } = &mut live.agent.state {
-                *escalation = n;
-            }
+        if let Some(live) = self.agents.get_mut(id)
+            && let AgentState::Escalated { escalation, .. } = &mut live.agent.state
+        {
+            *escalation = n;
         }
         self.emit(Some(id), "escalation_opened", serde_json::json!({ "escalation": n, "reason": reason }));
         n
@@ -421,11 +424,11 @@ impl Supervisor {
             .collect();
         for id in due {
             // Output counts as a heartbeat: look at the log before deciding it is stale.
-            if self.agents[&id].agent.state == AgentState::Running {
-                if let Some(mono) = self.output_mono(&id) {
-                    lifecycle::output_seen(&mut self.agents.get_mut(&id).expect("present").agent, mono);
-                    self.mark_dirty(&id);
-                }
+            if self.agents[&id].agent.state == AgentState::Running
+                && let Some(mono) = self.output_mono(&id)
+            {
+                lifecycle::output_seen(&mut self.agents.get_mut(&id).expect("present").agent, mono);
+                self.mark_dirty(&id);
             }
             let actions = lifecycle::tick(&mut self.agents.get_mut(&id).expect("present").agent, &now);
             if !actions.is_empty() {

@@ -3,8 +3,9 @@
 //! `reconcile` re-attaches to attempts that were running when a supervisor died.
 
 use super::daemon::{Live, Msg, Supervisor, now};
+use super::launcher::Launcher;
 use super::process;
-use super::shim::{ExitRecord, Handshake, StartRecord};
+use super::shim::{ExitRecord, Handshake, HandshakeMsg, ShimArgs, StartRecord};
 use crate::ipc::{Reply, SpawnReply, SpawnRequest};
 use crate::policy::agent::{Agent, AgentSpec, AgentState, ProcessEnd};
 use crate::policy::lifecycle;
@@ -176,7 +177,8 @@ pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
     }
 }
 
-fn launch_shim(sup: &Supervisor, id: &AgentId) -> Result<(i32, i32, OwnedFd), String> {
+/// Everything the shim needs for the agent's current attempt; writes the context file.
+fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
     let live = &sup.agents[id];
     let spec = &live.agent.spec;
     let attempt = live.agent.current().ok_or("no attempt recorded")?;
@@ -216,27 +218,100 @@ fn launch_shim(sup: &Supervisor, id: &AgentId) -> Result<(i32, i32, OwnedFd), St
         spec.command.clone()
     };
     let header = format!("=== corral: {id} attempt {n} at {}: {argv:?} ===", attempt.started_at);
+    let mut env = spec.env.clone();
+    let s = |p: &Path| p.display().to_string();
+    env.extend([
+        ("CORRAL_AGENT_ID".into(), id.to_string()),
+        ("CORRAL_ROLE".into(), spec.role.clone()),
+        ("CORRAL_ATTEMPT".into(), n.to_string()),
+        ("CORRAL_DATA_DIR".into(), s(d.root())),
+        ("CORRAL_STATUS_FILE".into(), s(&status_file)),
+        ("CORRAL_HANDOFF_FILE".into(), s(&attempt.handoff_file)),
+        ("CORRAL_CONTEXT_FILE".into(), s(&context_file)),
+        ("CORRAL_INBOX_FILE".into(), s(&inbox)),
+        ("CORRAL_TASK".into(), spec.task.clone()),
+    ]);
+    let args = ShimArgs {
+        seq: 0,
+        lock: d.attempt_file(id, n, "lock"),
+        start: d.attempt_file(id, n, "start"),
+        exit: d.attempt_file(id, n, "exit"),
+        log: d.log_file(id),
+        cwd: spec.cwd.clone(),
+        header,
+        argv,
+        env: Some(env),
+    };
+    Ok(args)
+}
+
+/// A started shim: its pid, the agent's pid, and a pidfd for its end (`None` when it has
+/// already ended).
+type Started = (i32, i32, Option<OwnedFd>);
+
+/// Starts the shim through the launcher (a fork), or by executing it when the launcher is
+/// not available.
+fn launch_shim(sup: &mut Supervisor, id: &AgentId) -> Result<Started, String> {
+    let args = shim_args(sup, id)?;
+    if sup.launcher.is_none() {
+        match Launcher::start() {
+            Ok(l) => sup.launcher = Some(l),
+            Err(e) => eprintln!("corral daemon: cannot start the launcher ({e}); starting shims directly"),
+        }
+    }
+    if let Some(l) = sup.launcher.as_mut() {
+        match l.launch(args.clone(), HANDSHAKE_TIMEOUT_MS) {
+            Ok(Some(m)) => return handshake_result(sup, m, &args),
+            Ok(None) => return no_word(&args, None),
+            Err(e) => {
+                eprintln!("corral daemon: the launcher failed ({e}); replacing it");
+                sup.launcher = None;
+            }
+        }
+    }
+    exec_shim(sup, args)
+}
+
+fn handshake_result(sup: &Supervisor, m: HandshakeMsg, args: &ShimArgs) -> Result<Started, String> {
+    let _ = sup;
+    match m.result {
+        Handshake::Started { pid } => {
+            // Not our child: the shim may already be gone (a command that ended at once);
+            // then its exit record is already written and no pidfd is needed.
+            let fd = process::pidfd_open(m.shim_pid).ok();
+            Ok((m.shim_pid, pid, fd))
+        }
+        Handshake::NotStarted { reason } => {
+            let _ = args;
+            Err(reason)
+        }
+    }
+}
+
+/// The shim did not answer in time: if it recorded a start, it owns the attempt and its
+/// exit record will say how it ended; otherwise the attempt did not start.
+fn no_word(args: &ShimArgs, fd: Option<OwnedFd>) -> Result<Started, String> {
+    match read_json::<StartRecord>(&args.start) {
+        Some(s) => Ok((s.shim_pid, s.pid, fd.or_else(|| process::pidfd_open(s.shim_pid).ok()))),
+        None => Err("the attempt's shim did not report within 10s".into()),
+    }
+}
+
+/// The fallback: execute `corral __shim` as our own child.
+fn exec_shim(sup: &Supervisor, args: ShimArgs) -> Result<Started, String> {
+    let _ = sup;
     let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
     cmd.arg("__shim")
-        .arg(d.attempt_file(id, n, "lock"))
-        .arg(d.attempt_file(id, n, "start"))
-        .arg(d.attempt_file(id, n, "exit"))
-        .arg(d.log_file(id))
-        .arg(&spec.cwd)
-        .arg(header)
+        .arg(&args.lock)
+        .arg(&args.start)
+        .arg(&args.exit)
+        .arg(&args.log)
+        .arg(&args.cwd)
+        .arg(&args.header)
         .arg("--")
-        .args(&argv)
+        .args(&args.argv)
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env("CORRAL_AGENT_ID", id.as_str())
-        .env("CORRAL_ROLE", &spec.role)
-        .env("CORRAL_ATTEMPT", n.to_string())
-        .env("CORRAL_DATA_DIR", d.root())
-        .env("CORRAL_STATUS_FILE", &status_file)
-        .env("CORRAL_HANDOFF_FILE", &attempt.handoff_file)
-        .env("CORRAL_CONTEXT_FILE", &context_file)
-        .env("CORRAL_INBOX_FILE", &inbox)
-        .env("CORRAL_TASK", &spec.task)
+        .envs(args.env.iter().flatten().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -251,36 +326,33 @@ fn launch_shim(sup: &Supervisor, id: &AgentId) -> Result<(i32, i32, OwnedFd), St
         Ok(true) => {
             let mut line = String::new();
             let _ = std::io::BufReader::new(out).read_line(&mut line);
-            serde_json::from_str::<Handshake>(&line).ok()
+            serde_json::from_str::<HandshakeMsg>(&line).ok()
         }
         _ => None,
     };
-    match handshake {
-        Some(Handshake::Started { pid }) => Ok((shim_pid, pid, pidfd)),
+    match handshake.map(|m| m.result) {
+        Some(Handshake::Started { pid }) => Ok((shim_pid, pid, Some(pidfd))),
         Some(Handshake::NotStarted { reason }) => {
             let _ = child.wait();
             Err(reason)
         }
-        None => {
-            // No word from the shim: if it is still alive it owns the attempt, so keep
-            // watching it rather than guess; its exit record will say how it ended.
-            let start = read_json::<StartRecord>(&d.attempt_file(id, n, "start"));
-            match start {
-                Some(s) => Ok((shim_pid, s.pid, pidfd)),
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    Err("the attempt's shim did not report within 10s".into())
-                }
-            }
-        }
+        None => no_word(&args, Some(pidfd)).inspect_err(|_| {
+            let _ = child.kill();
+            let _ = child.wait();
+        }),
     }
 }
 
-fn watch_exit(tx: tokio::sync::mpsc::UnboundedSender<Msg>, id: AgentId, attempt: u32, shim_pid: i32, fd: OwnedFd) {
+fn watch_exit(
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+    id: AgentId,
+    attempt: u32,
+    shim_pid: i32,
+    fd: Option<OwnedFd>,
+) {
     tokio::spawn(async move {
         // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until dropped.
-        if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+        if let Some(Ok(afd)) = fd.map(|fd| unsafe { tokio::io::unix::AsyncFd::register(fd) }) {
             let _ = afd.readable().await;
         }
         let _ = tx.send(Msg::Exited { id, attempt, shim_pid });
@@ -331,7 +403,7 @@ pub fn reconcile(sup: &mut Supervisor, id: &AgentId) {
                         sup.apply(id, actions);
                     }
                     sup.emit(Some(id), "reattached", serde_json::json!({ "attempt": n, "shimPid": shim_pid }));
-                    watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, fd);
+                    watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, Some(fd));
                 }
                 Err(_) => sup.attempt_ended(id, n),
             }

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod launch;
+pub mod launcher;
 pub mod observe;
 pub mod process;
 pub mod requests;

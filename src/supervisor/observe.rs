@@ -30,18 +30,17 @@ impl Supervisor {
     pub fn file_written(&mut self, path: PathBuf) {
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { return };
         if path.parent() == Some(self.data.status_dir().as_path()) {
-            if let Some(id) = name.strip_suffix(".json").and_then(|s| AgentId::parse(s).ok()) {
-                if self.agents.contains_key(&id) {
-                    self.refresh_status(&id);
-                }
+            if let Some(id) = name.strip_suffix(".json").and_then(|s| AgentId::parse(s).ok())
+                && self.agents.contains_key(&id)
+            {
+                self.refresh_status(&id);
             }
-        } else if let Some(owner) = DataDir::handoff_owner(&name).and_then(|s| AgentId::parse(s).ok()) {
-            if let Some(live) = self.agents.get_mut(&owner) {
-                if !live.handoffs.contains(&path) {
-                    live.handoffs.push(path.clone());
-                    self.emit(Some(&owner), "handoff", serde_json::json!({ "file": path }));
-                }
-            }
+        } else if let Some(owner) = DataDir::handoff_owner(&name).and_then(|s| AgentId::parse(s).ok())
+            && let Some(live) = self.agents.get_mut(&owner)
+            && !live.handoffs.contains(&path)
+        {
+            live.handoffs.push(path.clone());
+            self.emit(Some(&owner), "handoff", serde_json::json!({ "file": path }));
         }
     }
 

@@ -29,7 +29,7 @@ pub struct ExitRecord {
     pub ended_at: String,
 }
 
-/// First line the shim prints on stdout: the supervisor waits for it before answering.
+/// Whether the command started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Handshake {
@@ -37,7 +37,21 @@ pub enum Handshake {
     NotStarted { reason: String },
 }
 
+/// The one line the shim prints on stdout: the supervisor waits for it before answering.
+/// `seq` matches it to its request when shims share one pipe (the launcher's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandshakeMsg {
+    pub seq: u64,
+    pub shim_pid: i32,
+    pub result: Handshake,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ShimArgs {
+    /// Matches the handshake to its request.
+    pub seq: u64,
+    /// The agent's whole environment; `None`: the shim's own, inherited.
     pub lock: PathBuf,
     pub start: PathBuf,
     pub exit: PathBuf,
@@ -45,10 +59,35 @@ pub struct ShimArgs {
     pub cwd: PathBuf,
     pub header: String,
     pub argv: Vec<String>,
+    pub env: Option<Vec<(String, String)>>,
 }
 
 /// Grace given to processes an agent leaves behind in its group after it exits.
 const LEFTOVER_GRACE: Duration = Duration::from_millis(1000);
+
+/// `corral __shim LOCK START EXIT LOG CWD HEADER -- ARGV...`, parsed without clap.
+pub fn run_from_args(args: &[std::ffi::OsString]) -> i32 {
+    let sep = args.iter().position(|a| a == "--");
+    let (Some(sep), true) = (sep, args.len() >= 7) else {
+        eprintln!("corral shim: expected LOCK START EXIT LOG CWD HEADER -- ARGV...");
+        return 2;
+    };
+    if sep != 6 {
+        eprintln!("corral shim: expected 6 arguments before --, got {sep}");
+        return 2;
+    }
+    let p = |i: usize| PathBuf::from(&args[i]);
+    run(ShimArgs {
+        lock: p(0),
+        start: p(1),
+        exit: p(2),
+        log: p(3),
+        cwd: p(4),
+        header: args[5].to_string_lossy().into_owned(),
+        argv: args[sep + 1..].iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+        ..Default::default()
+    })
+}
 
 pub fn run(a: ShimArgs) -> i32 {
     process::ignore_signal(libc::SIGHUP);
@@ -60,7 +99,7 @@ pub fn run(a: ShimArgs) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("corral shim: {e}");
-            say(&Handshake::NotStarted { reason: e.clone() });
+            say(a.seq, Handshake::NotStarted { reason: e.clone() });
             let _ = atomic::write_json_atomic(
                 &a.exit,
                 &ExitRecord { end: ProcessEnd::NotStarted { reason: e }, ended_at: time::rfc3339(time::now()) },
@@ -70,10 +109,14 @@ pub fn run(a: ShimArgs) -> i32 {
     }
 }
 
-fn say(h: &Handshake) {
+fn say(seq: u64, result: Handshake) {
+    let msg = HandshakeMsg { seq, shim_pid: std::process::id() as i32, result };
+    // One write of one line: shims forked by the launcher share its stdout, and writes under
+    // PIPE_BUF bytes are never interleaved.
+    let mut line = serde_json::to_vec(&msg).unwrap_or_default();
+    line.push(b'\n');
     let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer(&mut out, h);
-    let _ = out.write_all(b"\n");
+    let _ = out.write_all(&line);
     let _ = out.flush();
 }
 
@@ -97,7 +140,11 @@ fn run_inner(a: &ShimArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot open log {}: {e}", a.log.display()))?;
     let _ = writeln!(log, "{}", a.header);
     let (prog, args) = a.argv.split_first().ok_or("empty command")?;
-    let spawned = Command::new(prog)
+    let mut cmd = Command::new(prog);
+    if let Some(env) = &a.env {
+        cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    }
+    let spawned = cmd
         .args(args)
         .current_dir(&a.cwd)
         .stdin(Stdio::null())
@@ -121,7 +168,7 @@ fn run_inner(a: &ShimArgs) -> Result<(), String> {
     let started_at = time::rfc3339(time::now());
     atomic::write_json_atomic(&a.start, &StartRecord { shim_pid: std::process::id() as i32, pid, started_at })
         .map_err(|e| format!("cannot write {}: {e}", a.start.display()))?;
-    say(&Handshake::Started { pid });
+    say(a.seq, Handshake::Started { pid });
 
     let end = loop {
         match child.wait() {

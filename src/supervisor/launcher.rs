@@ -1,0 +1,122 @@
+//! The launcher: a small single-threaded process the supervisor starts once and asks to
+//! fork a shim per attempt. Forking it is a fraction of a millisecond where executing the
+//! corral binary again is several, and the shim is on the path from `corral spawn` to the
+//! agent running. Shims it forks are on their own (own process group, reaped by it, the
+//! kernel or their subreaper); if the launcher dies the supervisor starts shims directly.
+
+use super::process;
+use super::shim::{self, Handshake, HandshakeMsg, ShimArgs};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+/// The launcher's main loop (`corral __launcher`): one JSON `ShimArgs` per line on stdin.
+pub fn run() -> i32 {
+    process::ignore_signal(libc::SIGHUP);
+    process::ignore_signal(libc::SIGINT);
+    // Shims it forks are reaped by the kernel; the launcher never waits for them.
+    process::ignore_signal(libc::SIGCHLD);
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let args: ShimArgs = match serde_json::from_str(&line) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("corral launcher: unreadable request: {e}");
+                continue;
+            }
+        };
+        // SAFETY: this process has one thread, so the child may run any code after fork.
+        match unsafe { libc::fork() } {
+            0 => {
+                // SAFETY: plain syscalls in the fresh child.
+                unsafe {
+                    libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+                    libc::setpgid(0, 0);
+                    let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                    if null >= 0 {
+                        libc::dup2(null, 0);
+                        libc::close(null);
+                    }
+                    libc::prctl(libc::PR_SET_NAME, c"corral-shim".as_ptr() as libc::c_ulong, 0, 0, 0);
+                }
+                let code = shim::run(args);
+                std::process::exit(code);
+            }
+            -1 => {
+                let err = std::io::Error::last_os_error();
+                let msg = HandshakeMsg {
+                    seq: args.seq,
+                    shim_pid: 0,
+                    result: Handshake::NotStarted { reason: format!("cannot fork a shim: {err}") },
+                };
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", serde_json::to_string(&msg).unwrap_or_default());
+                let _ = out.flush();
+            }
+            _ => {}
+        }
+    }
+    0
+}
+
+/// The supervisor's handle on its launcher.
+pub struct Launcher {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+    seq: u64,
+}
+
+impl Launcher {
+    pub fn start() -> std::io::Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("__launcher")
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own group: a signal meant for the supervisor's group never reaches it.
+            .process_group(0)
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped");
+        let out = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Self { child, stdin, out, seq: 0 })
+    }
+
+    /// Asks for a shim and waits up to `timeout_ms` for its handshake. An `Err` means the
+    /// launcher itself failed (it should be replaced); the shim's own failure to start the
+    /// command comes back as `Ok(NotStarted)`.
+    pub fn launch(&mut self, mut args: ShimArgs, timeout_ms: i32) -> std::io::Result<Option<HandshakeMsg>> {
+        self.seq += 1;
+        args.seq = self.seq;
+        let mut line = serde_json::to_vec(&args).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.stdin.write_all(&line)?;
+        self.stdin.flush()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms as u64);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis() as i32;
+            if self.out.buffer().is_empty() && !process::wait_readable(self.out.get_ref(), left)? {
+                return Ok(None);
+            }
+            let mut reply = String::new();
+            if self.out.read_line(&mut reply)? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the launcher exited"));
+            }
+            match serde_json::from_str::<HandshakeMsg>(&reply) {
+                Ok(m) if m.seq == self.seq => return Ok(Some(m)),
+                // A late answer to an earlier request that timed out: its shim is watched
+                // through its exit record, so the line itself is no longer needed.
+                _ => continue,
+            }
+        }
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
