@@ -1,21 +1,8 @@
-//! corral: spawn, supervise, retry and aggregate many asynchronous agents.
-
-mod aggregate;
-mod cli;
-mod client;
-mod config;
-mod ipc;
-mod mcp;
-mod memory;
-mod monitor;
-mod policy;
-mod protocol;
-#[allow(dead_code)] // used by the schema test and by tools that link it
-mod schemas;
-mod store;
-mod supervisor;
+//! The `corral` binary: the command line, and the hidden entry points of the per-attempt
+//! shim and the launcher.
 
 use clap::Parser;
+use corral::{cli, supervisor};
 
 fn main() {
     // The per-attempt shim is started once per attempt and is on the spawn latency path:
