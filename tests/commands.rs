@@ -230,6 +230,10 @@ fn demo_runs_every_pattern_and_exits_0() {
         "timeout 3s",
         "ESCALATED to a human",
         "handed off",
+        "aggregating the handoffs",
+        "resolved by evidence: `8080`",
+        "**UNRESOLVED**",
+        "unresolved conflict on database",
     ] {
         assert!(out.contains(pattern), "demo output lacks {pattern:?}:\n{out}");
     }

@@ -43,7 +43,8 @@ const SCRIPTS: &[Script] = &[
         script: "corral report --status active --progress 0.2 --phase research --milestone read-code; sleep 0.4; \
                  corral report --progress 0.6 --phase planning --milestone outline; sleep 0.4; \
                  echo '# Plan' > plan.md; \
-                 corral handoff --deliverable plan.md --finding 'three modules need changes' --decision 'split the work in two'; \
+                 corral handoff --deliverable plan.md --finding 'three modules need changes' --decision 'split the work in two' \
+                   --finding '{\"key\":\"database\",\"value\":\"postgres\",\"claim\":\"postgres fits the load\",\"evidence\":[{\"kind\":\"citation\",\"ref\":\"docs/capacity.md\"}]}'; \
                  corral report --status complete --progress 1.0 --phase done --milestone plan-written",
     },
     Script {
@@ -62,7 +63,9 @@ const SCRIPTS: &[Script] = &[
         script: "if [ \"$CORRAL_ATTEMPT\" = 1 ]; then corral report --status active --progress 0.1 --phase audit; sleep 0.3; \
                  corral report --status failed --finding 'API rate limit exceeded'; exit 1; fi; \
                  corral report --status active --progress 0.7 --phase audit --milestone retried; sleep 0.3; \
-                 corral handoff --finding 'client retries are bounded'; corral report --status complete --progress 1.0",
+                 corral handoff --finding 'client retries are bounded' \
+                   --finding '{\"key\":\"port\",\"value\":9090,\"claim\":\"9090 is free\",\"evidence\":[{\"kind\":\"reasoning\",\"ref\":\"no service listed on it\"}]}'; \
+                 corral report --status complete --progress 1.0",
     },
     Script {
         role: "CLEANER",
@@ -83,7 +86,9 @@ const SCRIPTS: &[Script] = &[
         task: "Write the changelog (queued until capacity frees)",
         after_first: false,
         script: "corral report --status active --progress 0.5 --phase writing; sleep 0.3; \
-                 corral handoff --finding 'changelog written'; corral report --status complete --progress 1.0",
+                 corral handoff --finding 'changelog written' \
+                   --finding '{\"key\":\"database\",\"value\":\"sqlite\",\"claim\":\"sqlite is enough\",\"evidence\":[{\"kind\":\"citation\",\"ref\":\"docs/deploy.md\"}]}'; \
+                 corral report --status complete --progress 1.0",
     },
 ];
 
@@ -127,6 +132,14 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
         let why = v.reason.as_deref().map(|r| format!("  ({})", clip(r, 90))).unwrap_or_default();
         println!("  {:22} {:10} attempts {}{why}", v.agent_id, v.status, v.attempt);
     }
+    // The final step of the pattern: one deliverable from every handoff.
+    say("aggregating the handoffs (corral aggregate)...");
+    let ctx = Ctx { ws: crate::config::Workspace::discover(&root).map_err(super::usage)?, data: data.clone() };
+    let report = super::aggregate::build(&ctx, &[], None)?;
+    super::aggregate::escalate_unresolved(&ctx, &report)?;
+    println!("\n{}", crate::aggregate::render_markdown(&report));
+    let resolved = report.conflicts.iter().any(|c| c.resolution == crate::aggregate::Resolution::Evidence);
+    let unresolved = report.conflicts.iter().any(|c| c.resolution == crate::aggregate::Resolution::Unresolved);
     let escalations = super::into_result(client.call(&Request::Escalations { all: false })?)?;
     println!("\nescalations for a human ({}):", data.escalations_file().display());
     for e in escalations.as_array().into_iter().flatten() {
@@ -150,7 +163,9 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
         && status("AUDITOR") == Some(("complete", 2))
         && status("CLEANER") == Some(("complete", 2))
         && status("REVIEWER") == Some(("escalated", 1))
-        && status("DOCS") == Some(("complete", 1));
+        && status("DOCS") == Some(("complete", 1))
+        && resolved
+        && unresolved;
     if as_scripted { Ok(0) } else { Err(Fail { code: 1, msg: "the demo did not end as scripted".into() }) }
 }
 
