@@ -310,3 +310,26 @@ fn control_socket_is_owner_only() {
     let db = std::fs::metadata(ws.data.join("corral.db")).unwrap().permissions().mode();
     assert_eq!(db & 0o077, 0, "registry readable by others: {:o}", db);
 }
+
+#[test]
+fn hostile_files_never_block_the_supervisor() {
+    let ws = Ws::new();
+    // A FIFO as the status file, a device as the handoff, a FIFO as the log and the inbox.
+    let script = r#"mkfifo "$CORRAL_STATUS_FILE"; ln -s /dev/zero "$CORRAL_HANDOFF_FILE";
+        rm -f "$CORRAL_DATA_DIR/inbox/$CORRAL_AGENT_ID.md"; mkfifo "$CORRAL_DATA_DIR/inbox/$CORRAL_AGENT_ID.md"; sleep 30"#;
+    let id = ws.spawn("R", &["sh", "-c", script]);
+    let other = ws.spawn("R", &["sh", "-c", "corral report --status active --progress 0.4; sleep 30"]);
+    assert!(
+        wait_until(SECS(10), || ws.agent(&id)["anomalies"].as_array().unwrap().iter().any(|a| a == "UNREADABLE")),
+        "{}",
+        ws.agent(&id)
+    );
+    assert!(ws.show(&id)["unreadable"].as_str().unwrap().contains("not a regular file"));
+    // a message to a FIFO inbox fails for that agent alone, at once
+    let o = ws.run(&["tell", &id, "hello"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    // the supervisor keeps serving everyone else
+    assert!(wait_until(SECS(10), || ws.agent(&other)["progress"] == 0.4));
+    ws.ok(&["kill", &id]);
+    assert_eq!(ws.agent(&id)["status"], "killed");
+}

@@ -103,9 +103,25 @@ fn complete() -> String {
     "complete".into()
 }
 
+/// Opens a file an agent controls for reading, refusing anything but a regular file: a
+/// FIFO, device or socket planted under the data dir must never block or flood the reader.
+pub fn open_regular(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let meta = f.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    Ok(f)
+}
+
 /// Reads a file the agent wrote, bounded by [`MAX_FILE_BYTES`], as UTF-8 text.
 pub fn read_bounded(path: &Path) -> Result<String, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let f = open_regular(path)?;
     let mut buf = Vec::new();
     f.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if buf.len() as u64 > MAX_FILE_BYTES {

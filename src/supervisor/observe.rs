@@ -208,7 +208,7 @@ impl Supervisor {
     }
 
     fn output_tail(&self, id: &AgentId) -> String {
-        let Ok(mut f) = std::fs::File::open(self.data.log_file(id)) else { return String::new() };
+        let Ok(mut f) = files::open_regular(&self.data.log_file(id)) else { return String::new() };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         let _ = f.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_TAIL_BYTES)));
         let mut buf = Vec::new();

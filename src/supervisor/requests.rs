@@ -38,12 +38,14 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
         Request::Tell { id, text } => with_agent(sup, &id, |sup, id| {
             let path = sup.data.inbox_file(id);
             let entry = format!("\n## {}\n\n{}\n", time::rfc3339(time::now()), text);
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(entry.as_bytes()))
-                .map_err(|e| Reply::err(1, format!("cannot write {}: {e}", path.display())))?;
+            // Non-blocking: a FIFO planted as the inbox must not hang the supervisor.
+            std::os::unix::fs::OpenOptionsExt::custom_flags(
+                std::fs::OpenOptions::new().create(true).append(true),
+                libc::O_NONBLOCK | libc::O_NOFOLLOW,
+            )
+            .open(&path)
+            .and_then(|mut f| f.write_all(entry.as_bytes()))
+            .map_err(|e| Reply::err(1, format!("cannot write {}: {e}", path.display())))?;
             sup.emit(Some(id), "told", serde_json::json!({ "text": text }));
             Ok(serde_json::json!({ "agentId": id, "inbox": path }))
         }),
