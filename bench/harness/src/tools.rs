@@ -59,8 +59,10 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> Resul
 }
 
 pub struct Corral {
-    bin: PathBuf,
+    pub bin: PathBuf,
     pub ws: PathBuf,
+    /// Set on every corral command, and so inherited by the agents it spawns.
+    pub env: Vec<(String, String)>,
     /// Whether this corral accepted `[health] max_concurrent` (raised so its admission
     /// gate, where it has one, does not queue the benchmark's agents; pueue gets the same
     /// with `parallel 1000`).
@@ -83,11 +85,41 @@ impl Corral {
         if !health_raised {
             write(base)?;
         }
-        Ok(Self { bin: bin.to_path_buf(), ws, health_raised })
+        Ok(Self { bin: bin.to_path_buf(), ws, env: Vec::new(), health_raised })
+    }
+
+    /// A fresh workspace with the given `corral.toml` (data dir `.corral` unless it says
+    /// otherwise), which corral must accept.
+    pub fn with_config(bin: &Path, ws: PathBuf, toml: &str) -> Result<Self> {
+        std::fs::create_dir_all(&ws).map_err(|e| format!("{}: {e}", ws.display()))?;
+        std::fs::write(ws.join("corral.toml"), toml).map_err(|e| e.to_string())?;
+        let c = Self { bin: bin.to_path_buf(), ws, env: Vec::new(), health_raised: true };
+        let mut probe = c.cmd(&["daemon", "status", "--json"]);
+        if probe.status().map_err(|e| e.to_string())?.code() == Some(2) {
+            let mut probe = c.cmd(&["daemon", "status", "--json"]);
+            let err = probe.output().map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string()).unwrap_or_default();
+            return Err(format!("corral refused the benchmark's corral.toml: {err}"));
+        }
+        Ok(c)
     }
 
     pub fn data_dir(&self) -> PathBuf {
         self.ws.join("data")
+    }
+
+    /// A corral command in this workspace (not yet started).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = command(&self.bin, &self.ws);
+        c.envs(self.env.iter().map(|(k, v)| (k, v))).args(args);
+        c
+    }
+
+    /// The supervisor's pid, starting it if needed.
+    pub fn supervisor_pid(&self) -> Result<u32> {
+        output(self.status_json())?;
+        let v: Value = serde_json::from_slice(&output(self.cmd(&["daemon", "status", "--json"]))?)
+            .map_err(|e| e.to_string())?;
+        v["pid"].as_u64().map(|p| p as u32).ok_or_else(|| format!("corral daemon status --json: no pid in {v}"))
     }
 }
 
@@ -99,21 +131,17 @@ impl Tool for Corral {
     }
 
     fn submit(&self, argv: &[String]) -> Command {
-        let mut c = command(&self.bin, &self.ws);
-        c.args(["spawn", "--role", "BENCH", "--task", "benchmark probe", "--"]).args(argv);
+        let mut c = self.cmd(&["spawn", "--role", "BENCH", "--task", "benchmark probe", "--"]);
+        c.args(argv);
         c
     }
 
     fn status_json(&self) -> Command {
-        let mut c = command(&self.bin, &self.ws);
-        c.args(["status", "--json"]);
-        c
+        self.cmd(&["status", "--json"])
     }
 
     fn ping(&self) -> Command {
-        let mut c = command(&self.bin, &self.ws);
-        c.args(["daemon", "status", "--json"]);
-        c
+        self.cmd(&["daemon", "status", "--json"])
     }
 
     fn progress(&self) -> Result<(usize, usize)> {
@@ -123,10 +151,13 @@ impl Tool for Corral {
         Ok((done, agents.len()))
     }
 
+    /// Stops the supervisor, then kills every agent of the workspace still running (agents
+    /// outlive their supervisor by design).
     fn stop(&mut self) {
-        let mut c = command(&self.bin, &self.ws);
-        c.args(["daemon", "stop"]).stderr(Stdio::null());
+        let mut c = self.cmd(&["daemon", "stop"]);
+        c.stderr(Stdio::null());
         let _ = c.status();
+        crate::procfs::reap_agents(&self.ws);
     }
 }
 
@@ -138,6 +169,7 @@ impl Drop for Corral {
 
 pub struct Pueue {
     bin: PathBuf,
+    pub daemon_pid: u32,
     dir: PathBuf,
     config: PathBuf,
     daemon: Option<Child>,
@@ -163,13 +195,13 @@ impl Pueue {
             .spawn()
             .map_err(|e| format!("{}: {e}", daemon_bin.display()))?;
         // Built before the first wait, so any failure from here on shuts pueued down.
-        let p = Self { bin: bin.to_path_buf(), dir, config, daemon: Some(daemon) };
+        let p = Self { bin: bin.to_path_buf(), daemon_pid: daemon.id(), dir, config, daemon: Some(daemon) };
         wait_until("pueued to accept connections", Duration::from_secs(15), || Ok(output(p.status_json()).is_ok()))?;
         output(p.client(&["parallel", "1000"]))?;
         Ok(p)
     }
 
-    fn client(&self, args: &[&str]) -> Command {
+    pub fn client(&self, args: &[&str]) -> Command {
         let mut c = command(&self.bin, &self.dir);
         c.arg("-c").arg(&self.config).args(args);
         c
