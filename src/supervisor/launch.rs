@@ -279,6 +279,9 @@ fn handshake_result(sup: &Supervisor, m: HandshakeMsg, args: &ShimArgs) -> Resul
             // Not our child: the shim may already be gone (a command that ended at once);
             // then its exit record is already written and no pidfd is needed.
             let fd = process::pidfd_open(m.shim_pid).ok();
+            // Opened after the shim may have ended: if its exit record is there, the pid
+            // could already belong to someone else, so do not watch it.
+            let fd = fd.filter(|_| !args.exit.exists());
             Ok((m.shim_pid, pid, fd))
         }
         Handshake::NotStarted { reason } => {

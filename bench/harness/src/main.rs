@@ -6,8 +6,16 @@
 //! the first thing it does and writes it (nanoseconds) to FILE, so "spawn to agent running"
 //! is measured on the clock rather than on a file's mtime (ext4 mtimes come from the
 //! coarse clock: 4 ms steps with HZ=250, as coarse as the 5 ms target itself).
+//!
+//! `corral-bench reporter SECONDS` is the reporting agent of issue 5: once a second it
+//! rewrites its status file (temp file + rename), with a new progress, phase and milestone.
+//! `corral-bench reap DIR` kills every agent of the workspaces under DIR (for `bench/run.sh`
+//! when a run is interrupted).
 
+mod clock;
+mod issues;
 mod measure;
+mod procfs;
 mod report;
 mod stats;
 mod tools;
@@ -23,6 +31,17 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("stamp") => stamp(started, &args[1..]),
+        Some("reporter") => reporter(&args[1..]),
+        Some("reap") => match args.get(1) {
+            Some(dir) => {
+                let n = procfs::reap_agents(std::path::Path::new(dir));
+                if n > 0 {
+                    eprintln!("corral-bench reap: killed {n} leftover agent process group(s) under {dir}");
+                }
+                0
+            }
+            None => 2,
+        },
         Some("run") => match parse_run(&args[1..]).and_then(measure::run) {
             Ok(()) => 0,
             Err(e) => {
@@ -32,9 +51,12 @@ fn main() {
         },
         _ => {
             eprintln!(
-                "usage: corral-bench run --corral BIN --pueue BIN --pueued BIN --monitor SCRIPT --out FILE --results DIR [--quick]"
+                "usage: corral-bench run --corral BIN --pueue BIN --pueued BIN --monitor SCRIPT --aggregate-script SCRIPT \
+                 --mcp-script SCRIPT --out FILE --results DIR [--python BIN] [--only 2,3,4,5,6,7] [--quick]"
             );
             eprintln!("       corral-bench stamp FILE");
+            eprintln!("       corral-bench reporter SECONDS");
+            eprintln!("       corral-bench reap DIR");
             2
         }
     };
@@ -58,6 +80,39 @@ fn stamp(t: SystemTime, args: &[String]) -> i32 {
     }
 }
 
+/// The reporting agent: the seed's status file, rewritten atomically once a second (on a
+/// fixed schedule, so a slow write does not drift the rate) for SECONDS seconds.
+fn reporter(args: &[String]) -> i32 {
+    let Some(secs) = args.first().and_then(|s| s.parse::<u64>().ok()) else {
+        eprintln!("corral-bench reporter: missing SECONDS");
+        return 2;
+    };
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let (file, id, role) = (var("CORRAL_STATUS_FILE"), var("CORRAL_AGENT_ID"), var("CORRAL_ROLE"));
+    if file.is_empty() {
+        eprintln!("corral-bench reporter: CORRAL_STATUS_FILE is not set");
+        return 2;
+    }
+    let path = std::path::Path::new(&file);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("status.json");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let start = std::time::Instant::now();
+    for i in 0..secs {
+        let body = serde_json::json!({
+            "agentId": id, "role": role, "status": "active",
+            "progress": (i % 10) as f64 / 10.0, "phase": "p", "milestone": format!("m{i}"),
+            "lastUpdate": clock::format_ms(clock::now_ms()), "findings": [],
+        });
+        if let Err(e) = std::fs::write(&tmp, format!("{body}\n")).and_then(|()| std::fs::rename(&tmp, path)) {
+            eprintln!("corral-bench reporter {file}: {e}");
+            return 1;
+        }
+        let next = start + std::time::Duration::from_secs(i + 1);
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+    }
+    0
+}
+
 /// Everything a run needs; paths are absolute.
 #[derive(Debug, Clone)]
 pub struct RunArgs {
@@ -65,6 +120,11 @@ pub struct RunArgs {
     pub pueue: PathBuf,
     pub pueued: PathBuf,
     pub monitor: PathBuf,
+    pub aggregate_script: PathBuf,
+    pub mcp_script: PathBuf,
+    pub python: String,
+    /// Which issues' measurements to run (2-7); all when not given.
+    pub only: Option<Vec<u32>>,
     pub out: PathBuf,
     pub results: PathBuf,
     pub quick: bool,
@@ -90,6 +150,17 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
         pueue: get("--pueue")?,
         pueued: get("--pueued")?,
         monitor: get("--monitor")?,
+        aggregate_script: get("--aggregate-script")?,
+        mcp_script: get("--mcp-script")?,
+        python: opt("--python", "python3"),
+        only: match args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)) {
+            None => None,
+            Some(list) => Some(
+                list.split(',')
+                    .map(|x| x.trim().parse::<u32>().map_err(|_| format!("--only {list}: expected issue numbers like 3,4")))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        },
         out: get("--out")?,
         results: get("--results")?,
         quick: args.iter().any(|a| a == "--quick"),
