@@ -24,17 +24,26 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     let mut client = ctx.client()?;
+    let agent = a.agent.clone();
     client.send(&Request::Events { after: a.after, agent: a.agent, follow: a.follow })?;
     let mut out = std::io::stdout().lock();
     if !a.follow {
-        let line = client.read_line()?.ok_or_else(|| super::Fail { code: 1, msg: "no reply".into() })?;
-        let data = into_result(serde_json::from_str::<Reply>(&line)?)?;
-        let events: Vec<EventRecord> = serde_json::from_value(data)?;
-        for e in events {
-            serde_json::to_writer(&mut out, &e)?;
-            writeln!(out)?;
+        // Page by page: the log can hold millions of events.
+        let mut after = a.after;
+        loop {
+            let line = client.read_line()?.ok_or_else(|| super::Fail { code: 1, msg: "no reply".into() })?;
+            let data = into_result(serde_json::from_str::<Reply>(&line)?)?;
+            let events: Vec<EventRecord> = serde_json::from_value(data)?;
+            for e in &events {
+                serde_json::to_writer(&mut out, e)?;
+                writeln!(out)?;
+                after = e.seq;
+            }
+            if events.len() < crate::supervisor::daemon::EVENTS_PAGE {
+                return Ok(0);
+            }
+            client.send(&Request::Events { after, agent: agent.clone(), follow: false })?;
         }
-        return Ok(0);
     }
     while let Some(line) = client.read_line()? {
         if let Ok(r) = serde_json::from_str::<Reply>(&line)

@@ -38,6 +38,8 @@ pub trait Registry {
     fn put(&mut self, agent: &Agent) -> Result<()>;
     fn append_event(&mut self, at: &str, agent: Option<&AgentId>, kind: &str, data: &Value) -> Result<EventRecord>;
     fn events(&mut self, after: u64, agent: Option<&AgentId>, limit: usize) -> Result<Vec<EventRecord>>;
+    /// The newest `limit` events of one agent, oldest first.
+    fn recent_events(&mut self, agent: &AgentId, limit: usize) -> Result<Vec<EventRecord>>;
     /// Numbers and stores a new escalation (its `n` is ignored and assigned).
     fn add_escalation(&mut self, e: &Escalation) -> Result<u64>;
     fn put_escalation(&mut self, e: &Escalation) -> Result<()>;

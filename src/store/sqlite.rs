@@ -176,6 +176,16 @@ impl Registry for SqliteRegistry {
         Ok(())
     }
 
+    fn recent_events(&mut self, agent: &AgentId, limit: usize) -> Result<Vec<EventRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq FROM events WHERE agent_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2")?;
+        let from: Option<i64> =
+            stmt.query_row(params![agent.as_str(), limit.saturating_sub(1) as i64], |r| r.get(0)).optional()?;
+        drop(stmt);
+        self.events(from.map_or(0, |s| s as u64 - 1), Some(agent), limit)
+    }
+
     fn begin(&mut self) -> Result<()> {
         if !self.in_tx {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;

@@ -110,8 +110,7 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
         Ok(id) => id,
         Err(r) => return r,
     };
-    let events = sup.store.events(0, Some(&id), 100_000).unwrap_or_default();
-    let events = events[events.len().saturating_sub(50)..].to_vec();
+    let events = sup.store.recent_events(&id, 50).unwrap_or_default();
     let live = &sup.agents[&id];
     let a = &live.agent;
     let attempts = a
