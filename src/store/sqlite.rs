@@ -202,3 +202,28 @@ impl Registry for SqliteRegistry {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_events_and_recent_events_are_the_newest_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = SqliteRegistry::open(&d.path().join("r.db")).unwrap();
+        assert_eq!((s.next_number().unwrap(), s.next_number().unwrap()), (1, 2));
+        let a = AgentId::parse("a").unwrap();
+        let b = AgentId::parse("b").unwrap();
+        s.begin().unwrap();
+        for i in 0..100 {
+            let who = if i % 2 == 0 { &a } else { &b };
+            s.append_event("t", Some(who), "k", &serde_json::json!(i)).unwrap();
+        }
+        s.commit().unwrap();
+        let r = s.recent_events(&a, 10).unwrap();
+        let got: Vec<i64> = r.iter().map(|e| e.data.as_i64().unwrap()).collect();
+        assert_eq!(got, (80..100).step_by(2).collect::<Vec<_>>());
+        assert_eq!(s.recent_events(&a, 500).unwrap().len(), 50);
+        assert_eq!(s.events(0, None, 1000).unwrap().len(), 100);
+    }
+}
