@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# The benchmark of issue 2: corral beside pueue 4.0.4, every measurement for both in one
-# run, results written to BENCHMARKS.md (raw samples to bench/results/latest.json).
+# The benchmarks of issues 2 to 7, each beside its peer (pueue 4.0.4 or the seed's scripts),
+# all in one run, results written to BENCHMARKS.md (raw samples to bench/results/latest.json):
+#   2  spawn latency, 1,000 sequential spawns, status with 1,000 agents (corral and pueue)
+#   3  crash to retry scheduled, with 1,000 agents supervised
+#   4  aggregating 1,000 handoffs of 10 findings each (and the seed's jq loop)
+#   5  `corral monitor` with 1,000 agents reporting every second
+#   6  `spawn_agent` round trip over `corral mcp` (bench/mcp_spawn.py)
+#   7  supervisor memory, idle and with 1,000 running agents (corral and pueued)
 #
-#   bench/run.sh            full run (a few minutes)
-#   bench/run.sh --quick    reduced sizes, for iterating (also: BENCH_QUICK=1)
+#   bench/run.sh              full run (about 10 minutes, plus building)
+#   bench/run.sh --quick      reduced sizes, for iterating (also: BENCH_QUICK=1)
+#   bench/run.sh --only 3,5   only the measurements of the issues named (for iterating)
 #
 # Which corral: by default the working tree, built here in release mode;
 # BENCH_REV=<commit> builds that commit instead (from `git archive`, under bench/.peers);
@@ -14,21 +21,30 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 quick=()
+only=()
 if [[ "${BENCH_QUICK:-0}" != 0 ]]; then quick=(--quick); fi
-for a in "$@"; do
-  case "$a" in
+while (( $# )); do
+  case "$1" in
     --quick) quick=(--quick) ;;
-    *) echo "usage: bench/run.sh [--quick]" >&2; exit 2 ;;
+    --only) [[ $# -ge 2 ]] || { echo "--only needs a list, e.g. --only 3,5" >&2; exit 2; }; only=(--only "$2"); shift ;;
+    *) echo "usage: bench/run.sh [--quick] [--only 2,3,4,5,6,7]" >&2; exit 2 ;;
   esac
+  shift
 done
 
 say() { printf '== %s\n' "$*" >&2; }
 
 # Peers and tools.
-if ! command -v jq >/dev/null; then
-  say "installing jq"
-  sudo_=""; [[ $(id -u) -ne 0 ]] && sudo_="sudo"
-  $sudo_ apt-get install -y jq >/dev/null || { $sudo_ apt-get update >/dev/null && $sudo_ apt-get install -y jq >/dev/null; }
+for tool in jq tmux; do
+  if ! command -v "$tool" >/dev/null; then
+    say "installing $tool"
+    sudo_=""; [[ $(id -u) -ne 0 ]] && sudo_="sudo"
+    $sudo_ apt-get install -y "$tool" >/dev/null || { $sudo_ apt-get update >/dev/null && $sudo_ apt-get install -y "$tool" >/dev/null; }
+  fi
+done
+python="${PYTHON:-python3}"
+if ! "$python" -c 'import mcp' 2>/dev/null; then
+  say "warning: $python cannot import the mcp package (pip install mcp); issue 6's measurement will fail"
 fi
 peers="$root/bench/.peers"
 if ! "$peers/bin/pueue" --version 2>/dev/null | grep -qx 'pueue 4.0.4'; then
@@ -64,19 +80,23 @@ corral="$peers/corral-under-test"
 say "building the harness (release)"
 cargo build --release --quiet --manifest-path bench/harness/Cargo.toml
 
-# The harness stops every supervisor it starts; this catches an interrupted run too.
+# The harness stops every supervisor it starts and kills every agent it leaves; this catches
+# an interrupted run too. It runs in its own process group (setsid), so its children (the
+# MCP client script, tmux's client) go with it.
 harness_pid=""
 cleanup() {
   [[ -n "$harness_pid" ]] || return 0
-  kill "$harness_pid" 2>/dev/null || true
+  kill -- "-$harness_pid" 2>/dev/null || kill "$harness_pid" 2>/dev/null || true
   wait "$harness_pid" 2>/dev/null || true
   local tmp="${TMPDIR:-/tmp}/corral-bench-$harness_pid"
+  tmux -L "corral-bench-$harness_pid" kill-server 2>/dev/null || true
   for ws in "$tmp"/*-corral; do
     [[ -f "$ws/corral.toml" ]] && (cd "$ws" && "$corral" daemon stop 2>/dev/null) || true
   done
   for d in "$tmp"/*-pueue; do
     [[ -f "$d/pueue.yml" ]] && "$peers/bin/pueue" -c "$d/pueue.yml" shutdown >/dev/null 2>&1 || true
   done
+  [[ -d "$tmp" ]] && bench/harness/target/release/corral-bench reap "$tmp" || true
   rm -rf "$tmp" "$tmp"-markers-* 2>/dev/null || true
 }
 trap 'cleanup; exit 130' INT TERM
@@ -86,18 +106,22 @@ cmdline="bench/run.sh"
 [[ -n "${CORRAL_BIN:-}" ]] && cmdline="CORRAL_BIN=$CORRAL_BIN $cmdline"
 [[ -n "${BENCH_REV:-}" && -z "${CORRAL_BIN:-}" ]] && cmdline="BENCH_REV=$BENCH_REV $cmdline"
 (( ${#quick[@]} )) && cmdline="$cmdline --quick"
+(( ${#only[@]} )) && cmdline="$cmdline --only ${only[1]}"
 
-say "measuring (corral and pueue)"
-bench/harness/target/release/corral-bench run \
+say "measuring (corral, pueue, the seed's scripts)"
+setsid --wait bench/harness/target/release/corral-bench run \
   --corral "$corral" \
   --pueue "$peers/bin/pueue" \
   --pueued "$peers/bin/pueued" \
   --monitor bench/seed/monitor-agents.sh \
+  --aggregate-script bench/seed/aggregate-handoffs.sh \
+  --mcp-script bench/mcp_spawn.py \
+  --python "$python" \
   --out BENCHMARKS.md \
   --results bench/results \
   --command-line "$cmdline" \
   --corral-rev "$rev" \
-  "${quick[@]}" &
+  "${quick[@]}" "${only[@]}" &
 harness_pid=$!
 status=0
 wait "$harness_pid" || status=$?

@@ -17,6 +17,7 @@ mod issues;
 mod measure;
 mod procfs;
 mod report;
+mod report_issues;
 mod stats;
 mod tools;
 
@@ -157,7 +158,9 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
             None => None,
             Some(list) => Some(
                 list.split(',')
-                    .map(|x| x.trim().parse::<u32>().map_err(|_| format!("--only {list}: expected issue numbers like 3,4")))
+                    .map(|x| {
+                        x.trim().parse::<u32>().map_err(|_| format!("--only {list}: expected issue numbers like 3,4"))
+                    })
                     .collect::<Result<Vec<_>>>()?,
             ),
         },

@@ -1,7 +1,10 @@
 //! The measurements of issue 2, each run for corral and for pueue in the same process:
 //! (a) spawn to agent running, (b) 1,000 sequential submissions, (c) status with 1,000
-//! agents, plus the seed's monitor script over the same status files.
+//! agents, plus the seed's monitor script over the same status files; then those of issues
+//! 3 to 7 (`issues.rs`).
 
+use crate::issues;
+use crate::procfs::rss_kb;
 use crate::report;
 use crate::stats::{Summary, summarize};
 use crate::tools::{Corral, Pueue, Tool, output, wait_until};
@@ -126,6 +129,14 @@ pub struct Results {
     pub corral: Side,
     pub pueue: Side,
     pub corral_health_raised: bool,
+    /// Sizes of issues 3-7, and which issues' measurements ran.
+    pub more: issues::Plan,
+    pub ran: Vec<u32>,
+    pub crash: Option<issues::Crash>,
+    pub aggregation: Option<issues::Aggregation>,
+    pub live: Option<issues::Live>,
+    pub mcp: Option<issues::Mcp>,
+    pub memory: issues::Memory,
     pub monitor: Vec<MonitorRun>,
     /// One `jq -r .agentId FILE`, the seed monitor's unit of work.
     pub jq_runs: Vec<f64>,
@@ -184,38 +195,104 @@ pub fn run(args: RunArgs) -> Result<()> {
         corral: Side::default(),
         pueue: Side::default(),
         corral_health_raised: false,
+        more: issues::Plan::new(args.quick),
+        ran: (2..=7).filter(|i| args.only.as_ref().is_none_or(|o| o.contains(i))).collect(),
+        crash: None,
+        aggregation: None,
+        live: None,
+        mcp: None,
+        memory: issues::Memory::default(),
         monitor: Vec::new(),
         jq_runs: Vec::new(),
         errors: Vec::new(),
         wall_s: 0.0,
         load: (loadavg(), String::new()),
     };
-    let note = |r: &mut Results, what: &str, e: String| {
-        eprintln!("corral-bench: {what}: {e}");
-        r.errors.push(format!("{what}: {e}"));
-    };
 
+    if r.ran.contains(&2) {
+        issue2(&args, &tmp, &me, &mut rng, &mut r);
+    }
+    let more = r.more;
+    if r.ran.contains(&3) || r.ran.contains(&7) {
+        eprintln!("(3) crash to retry scheduled, {} agents supervised", more.crash_long);
+        match issues::crash(&args, &tmp, &more, &mut r.memory) {
+            Ok(c) => r.crash = Some(c),
+            Err(e) => note(&mut r, "(3) crash to retry scheduled", e),
+        }
+    }
+    if r.ran.contains(&4) {
+        match issues::aggregation(&args, &tmp, &more) {
+            Ok(a) => r.aggregation = Some(a),
+            Err(e) => note(&mut r, "(4) aggregation", e),
+        }
+    }
+    if r.ran.contains(&5) {
+        match issues::live(&args, &tmp, &more) {
+            Ok(l) => r.live = Some(l),
+            Err(e) => note(&mut r, "(5) monitor with reporting agents", e),
+        }
+    }
+    if r.ran.contains(&6) {
+        eprintln!("(6) spawn_agent over `corral mcp`, {} calls ({})", more.mcp_calls, args.mcp_script.display());
+        match issues::mcp(&args, &more) {
+            Ok(m) => r.mcp = Some(m),
+            Err(e) => note(&mut r, "(6) MCP spawn_agent", e),
+        }
+    }
+    if r.ran.contains(&7)
+        && more.pueue_running > 0
+        && let Err(e) = issues::pueue_running(&args, &tmp, more.pueue_running, &mut r.memory)
+    {
+        note(&mut r, "(7) pueued with running tasks", e);
+    }
+
+    r.wall_s = t.elapsed().as_secs_f64();
+    r.load.1 = loadavg();
+    std::fs::create_dir_all(&args.results).map_err(|e| e.to_string())?;
+    let raw = args.results.join("latest.json");
+    std::fs::write(&raw, serde_json::to_string_pretty(&raw_json(&r)).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("{}: {e}", raw.display()))?;
+    std::fs::write(&args.out, report::markdown(&r)).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    crate::procfs::reap_agents(&tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    eprintln!("wrote {} and {} in {:.0}s", args.out.display(), raw.display(), r.wall_s);
+    if r.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} measurement(s) failed; see {}", r.errors.len(), args.out.display()))
+    }
+}
+
+fn note(r: &mut Results, what: &str, e: String) {
+    eprintln!("corral-bench: {what}: {e}");
+    r.errors.push(format!("{what}: {e}"));
+}
+
+/// Issue 2: (a), (b), (c) for corral and pueue, and the seed's monitor script.
+fn issue2(args: &RunArgs, tmp: &Path, me: &Path, rng: &mut Rng, r: &mut Results) {
+    let plan = r.plan;
+    let note = |r: &mut Results, what: &str, e: String| note(r, what, e);
     // (a) spawn to agent running.
     eprintln!("(a) spawn to agent running, corral, {} spawns", plan.latency_spawns);
     match Corral::new(&args.corral, tmp.join("a-corral")).and_then(|mut c| {
         r.corral_health_raised = c.health_raised;
-        latency(&mut c, &me, plan.latency_spawns, true, &mut rng)
+        latency(&mut c, me, plan.latency_spawns, true, rng)
     }) {
         Ok(l) => r.corral.latency = Some(l),
-        Err(e) => note(&mut r, "(a) corral", e),
+        Err(e) => note(r, "(a) corral", e),
     }
     eprintln!("(a) spawn to agent running, pueue, {} adds", plan.latency_spawns);
     match Pueue::start(&args.pueue, &args.pueued, tmp.join("a-pueue"))
-        .and_then(|mut p| latency(&mut p, &me, plan.latency_spawns, false, &mut rng))
+        .and_then(|mut p| latency(&mut p, me, plan.latency_spawns, false, rng))
     {
         Ok(l) => r.pueue.latency = Some(l),
-        Err(e) => note(&mut r, "(a) pueue", e),
+        Err(e) => note(r, "(a) pueue", e),
     }
 
     // (b) and (c), corral: the agents report a status file each, which (c) then reads.
     eprintln!("(b) {} sequential spawns, corral", plan.bulk_spawns);
     match Corral::new(&args.corral, tmp.join("b-corral")) {
-        Err(e) => note(&mut r, "(b) corral", e),
+        Err(e) => note(r, "(b) corral", e),
         Ok(mut c) => {
             let argv: Vec<String> = [
                 args.corral.to_string_lossy().as_ref(),
@@ -233,16 +310,21 @@ pub fn run(args: RunArgs) -> Result<()> {
             let label = "corral report --progress 0.5 --phase impl --milestone m1";
             match bulk(&mut c, &argv, label, plan.bulk_spawns) {
                 Ok(b) => r.corral.bulk = Some(b),
-                Err(e) => note(&mut r, "(b) corral", e),
+                Err(e) => note(r, "(b) corral", e),
             }
             eprintln!("(c) corral status --json x{}", plan.status_runs);
             match status(&c, plan.bulk_spawns, plan.status_runs) {
                 Ok(s) => r.corral.status = Some(s),
-                Err(e) => note(&mut r, "(c) corral", e),
+                Err(e) => note(r, "(c) corral", e),
             }
-            match monitor(&args.monitor, &c.data_dir(), &tmp, &plan) {
+            // Issue 7: the supervisor's memory with the finished agents in its registry.
+            if let Ok(pid) = c.supervisor_pid() {
+                r.memory.finished = plan.bulk_spawns;
+                r.memory.finished_kb = rss_kb(pid);
+            }
+            match monitor(&args.monitor, &c.data_dir(), tmp, &plan) {
                 Ok(m) => r.monitor = m,
-                Err(e) => note(&mut r, "(c) seed monitor", e),
+                Err(e) => note(r, "(c) seed monitor", e),
             }
             let one = std::fs::read_dir(c.data_dir().join("agent-status"))
                 .ok()
@@ -259,7 +341,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 CONTEXT_RUNS,
             ) {
                 Ok(v) => r.jq_runs = v,
-                Err(e) => note(&mut r, "(c) jq", e),
+                Err(e) => note(r, "(c) jq", e),
             }
             c.stop();
         }
@@ -270,40 +352,27 @@ pub fn run(args: RunArgs) -> Result<()> {
         .and_then(|mut c| bulk(&mut c, &["true".to_string()], "true", plan.bulk_spawns))
     {
         Ok(b) => r.corral.bulk_true = Some(b),
-        Err(e) => note(&mut r, "(b) corral, agents `true`", e),
+        Err(e) => note(r, "(b) corral, agents `true`", e),
     }
 
     // (b) and (c), pueue.
     eprintln!("(b) {} sequential adds, pueue", plan.bulk_spawns);
     match Pueue::start(&args.pueue, &args.pueued, tmp.join("b-pueue")) {
-        Err(e) => note(&mut r, "(b) pueue", e),
+        Err(e) => note(r, "(b) pueue", e),
         Ok(mut p) => {
+            r.memory.pueued_idle_kb = rss_kb(p.daemon_pid);
             match bulk(&mut p, &["true".to_string()], "true", plan.bulk_spawns) {
                 Ok(b) => r.pueue.bulk = Some(b),
-                Err(e) => note(&mut r, "(b) pueue", e),
+                Err(e) => note(r, "(b) pueue", e),
             }
             eprintln!("(c) pueue status --json x{}", plan.status_runs);
             match status(&p, plan.bulk_spawns, plan.status_runs) {
                 Ok(s) => r.pueue.status = Some(s),
-                Err(e) => note(&mut r, "(c) pueue", e),
+                Err(e) => note(r, "(c) pueue", e),
             }
+            r.memory.pueued_finished_kb = rss_kb(p.daemon_pid);
             p.stop();
         }
-    }
-
-    r.wall_s = t.elapsed().as_secs_f64();
-    r.load.1 = loadavg();
-    std::fs::create_dir_all(&args.results).map_err(|e| e.to_string())?;
-    let raw = args.results.join("latest.json");
-    std::fs::write(&raw, serde_json::to_string_pretty(&raw_json(&r)).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("{}: {e}", raw.display()))?;
-    std::fs::write(&args.out, report::markdown(&r)).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let _ = std::fs::remove_dir_all(&tmp);
-    eprintln!("wrote {} and {} in {:.0}s", args.out.display(), raw.display(), r.wall_s);
-    if r.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{} measurement(s) failed; see {}", r.errors.len(), args.out.display()))
     }
 }
 
@@ -511,6 +580,7 @@ fn raw_json(r: &Results) -> Value {
         "machine": r.machine.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
         "corral": side(&r.corral), "pueueResults": side(&r.pueue),
         "jqMs": sum(&r.jq_runs), "seedMonitor": r.monitor.iter().map(|m| json!({ "files": m.files, "ms": m.ms })).collect::<Vec<_>>(),
-        "errors": r.errors, "wallSeconds": r.wall_s, "loadavg": [r.load.0, r.load.1],
+        "errors": r.errors, "wallSeconds": r.wall_s, "loadavg": [r.load.0, r.load.1], "issuesRun": r.ran,
+        "more": issues::raw_json(&r.crash, &r.aggregation, &r.live, &r.mcp, &r.memory),
     })
 }

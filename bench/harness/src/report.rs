@@ -4,7 +4,7 @@ use crate::measure::{Results, Side};
 use crate::stats::{Summary, summarize};
 use std::fmt::Write;
 
-fn f(ms: f64) -> String {
+pub fn f(ms: f64) -> String {
     if ms < 10.0 {
         format!("{ms:.2} ms")
     } else if ms < 1000.0 {
@@ -14,7 +14,7 @@ fn f(ms: f64) -> String {
     }
 }
 
-fn verdict(met: Option<bool>) -> &'static str {
+pub fn verdict(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "**met**",
         Some(false) => "**not met**",
@@ -22,7 +22,7 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-fn row(out: &mut String, who: &str, s: Option<Summary>) {
+pub fn row(out: &mut String, who: &str, s: Option<Summary>) {
     match s {
         Some(s) => {
             let _ = writeln!(
@@ -43,7 +43,7 @@ fn row(out: &mut String, who: &str, s: Option<Summary>) {
     }
 }
 
-const HEAD: &str = "| | n | median | p10 | p90 | p99 | min | max |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+pub const HEAD: &str = "| | n | median | p10 | p90 | p99 | min | max |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
 
 pub fn markdown(r: &Results) -> String {
     let p = &r.plan;
@@ -52,14 +52,20 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(o, "# Benchmarks\n");
     let _ = writeln!(
         o,
-        "corral beside its peer, {peer}, on the targets of issue 2. Every figure below comes from one run of\n\n```sh\n{}\n```\n",
+        "corral's figures for the targets of issues 2 to 7, each beside its peer ({peer}, or the seed's scripts). \
+Every figure below comes from one run of\n\n```sh\n{}\n```\n",
         r.args.command_line
     );
     if r.args.quick {
         let _ = writeln!(
             o,
-            "**Quick mode**: reduced sizes, for iterating on the harness; the (b) and (c) targets are stated for 1,000 and not judged here.\n"
+            "**Quick mode**: reduced sizes, for iterating on the harness; the targets stated for 1,000 agents (issue 2's (b) \
+and (c), issues 3 and 5) are not judged here.\n"
         );
+    }
+    if r.ran.len() < 6 {
+        let list: Vec<String> = r.ran.iter().map(|i| i.to_string()).collect();
+        let _ = writeln!(o, "**Partial run**: only the measurements of issue(s) {} ran.\n", list.join(", "));
     }
     let _ = writeln!(o, "| | |\n|---|---|");
     let _ = writeln!(o, "| date | {} |", r.date);
@@ -84,14 +90,16 @@ corral's and pueue's alike; a run on an idle machine gives cleaner numbers.\n"
     let st = |s: &Side| s.status.as_ref().and_then(|x| summarize(&x.runs));
     let full = !r.args.quick;
     let _ = writeln!(o, "## Summary\n");
-    let _ = writeln!(o, "| measurement | corral | {peer} | target (corral) | |\n|---|---:|---:|---|---|");
+    let _ = writeln!(o, "| issue: measurement | corral | peer | target (corral) | |\n|---|---|---|---|---|");
+    let ran2 = r.ran.contains(&2);
+    let missing = if ran2 { "failed" } else { "not run" };
     let (cl, pl) = (lat(&r.corral), lat(&r.pueue));
     let show_lat = |s: &Option<Summary>| {
-        s.as_ref().map(|s| format!("{} (p99 {})", f(s.median), f(s.p99))).unwrap_or("failed".into())
+        s.as_ref().map(|s| format!("{} (p99 {})", f(s.median), f(s.p99))).unwrap_or(missing.into())
     };
     let _ = writeln!(
         o,
-        "| (a) spawn to agent running, median (p99), {} spawns | {} | {} | median <= 5 ms | {} |",
+        "| 2 (a): spawn to agent running, median (p99), {} spawns | {} | pueue: {} | median <= 5 ms | {} |",
         p.latency_spawns,
         show_lat(&cl),
         show_lat(&pl),
@@ -99,26 +107,27 @@ corral's and pueue's alike; a run on an idle machine gives cleaner numbers.\n"
     );
     let tot = |s: &Side| s.bulk.as_ref().map(|b| b.total_ms);
     let (cb, pb) = (tot(&r.corral), tot(&r.pueue));
-    let show = |x: Option<f64>| x.map(f).unwrap_or("failed".into());
+    let show = |x: Option<f64>| x.map(f).unwrap_or(missing.into());
     let _ = writeln!(
         o,
-        "| (b) {} sequential spawns, total wall time | {} | {} | <= 5 s for 1,000 | {} |",
+        "| 2 (b): {} sequential spawns, total wall time | {} | pueue: {} | <= 5 s for 1,000 | {} |",
         p.bulk_spawns,
         show(cb),
         show(pb),
         verdict(cb.filter(|_| full).map(|t| t <= 5000.0))
     );
     let (cs, ps) = (st(&r.corral), st(&r.pueue));
-    let show_med = |s: &Option<Summary>| s.as_ref().map(|s| f(s.median)).unwrap_or("failed".into());
+    let show_med = |s: &Option<Summary>| s.as_ref().map(|s| f(s.median)).unwrap_or(missing.into());
     let _ = writeln!(
         o,
-        "| (c) `status --json` with {} agents, median of {} | {} | {} | <= 20 ms for 1,000 | {} |",
+        "| 2 (c): `status --json` with {} agents, median of {} | {} | pueue: {} | <= 20 ms for 1,000 | {} |",
         p.bulk_spawns,
         p.status_runs,
         show_med(&cs),
         show_med(&ps),
         verdict(cs.as_ref().filter(|_| full).map(|s| s.median <= 20.0))
     );
+    crate::report_issues::summary_rows(&mut o, r);
     o.push('\n');
     let _ = writeln!(
         o,
@@ -146,8 +155,27 @@ corral's and pueue's alike; a run on an idle machine gives cleaner numbers.\n"
         o.push('\n');
     }
 
+    if ran2 {
+        issue2(&mut o, r, cl, pl, cs, ps);
+    }
+    crate::report_issues::sections(&mut o, r);
+    reproduce(&mut o);
+    o
+}
+
+fn issue2(
+    o: &mut String,
+    r: &Results,
+    cl: Option<Summary>,
+    pl: Option<Summary>,
+    cs: Option<Summary>,
+    ps: Option<Summary>,
+) {
+    let p = &r.plan;
+    let peer = r.pueue_version.clone();
+    let show = |x: Option<f64>| x.map(f).unwrap_or("failed".into());
     // (a)
-    let _ = writeln!(o, "## (a) Spawn to agent running\n");
+    let _ = writeln!(o, "## Issue 2 (a): spawn to agent running\n");
     let _ = writeln!(
         o,
         "{n} probes, one at a time, each after a random pause of 0-300 ms. A probe is the harness itself as the agent \
@@ -161,19 +189,19 @@ One warm-up probe precedes each series.\n",
     fn l(s: &Side) -> Option<&crate::measure::Latency> {
         s.latency.as_ref()
     }
-    row(&mut o, "corral: spawn to agent running", cl.clone());
-    row(&mut o, &format!("{peer}: add to task running"), pl.clone());
-    row(&mut o, "corral: spawn to `corral spawn` exited", l(&r.corral).and_then(|l| summarize(&l.returned)));
-    row(&mut o, &format!("{peer}: add to `pueue add` exited"), l(&r.pueue).and_then(|l| summarize(&l.returned)));
-    row(&mut o, "corral: spawn to probe file mtime", l(&r.corral).and_then(|l| summarize(&l.mtime)));
-    row(&mut o, &format!("{peer}: add to probe file mtime"), l(&r.pueue).and_then(|l| summarize(&l.mtime)));
+    row(o, "corral: spawn to agent running", cl.clone());
+    row(o, &format!("{peer}: add to task running"), pl.clone());
+    row(o, "corral: spawn to `corral spawn` exited", l(&r.corral).and_then(|l| summarize(&l.returned)));
+    row(o, &format!("{peer}: add to `pueue add` exited"), l(&r.pueue).and_then(|l| summarize(&l.returned)));
+    row(o, "corral: spawn to probe file mtime", l(&r.corral).and_then(|l| summarize(&l.mtime)));
+    row(o, &format!("{peer}: add to probe file mtime"), l(&r.pueue).and_then(|l| summarize(&l.mtime)));
     o.push('\n');
     let _ =
         writeln!(o, "For scale, on the same machine ({CONTEXT} runs each):\n", CONTEXT = crate::measure::CONTEXT_RUNS);
     o.push_str(HEAD);
-    row(&mut o, "start and reap `/bin/true`", l(&r.corral).and_then(|l| summarize(&l.exec_true)));
-    row(&mut o, "`corral daemon status --json` (CLI round trip)", l(&r.corral).and_then(|l| summarize(&l.ping)));
-    row(&mut o, "`pueue group --json` (CLI round trip)", l(&r.pueue).and_then(|l| summarize(&l.ping)));
+    row(o, "start and reap `/bin/true`", l(&r.corral).and_then(|l| summarize(&l.exec_true)));
+    row(o, "`corral daemon status --json` (CLI round trip)", l(&r.corral).and_then(|l| summarize(&l.ping)));
+    row(o, "`pueue group --json` (CLI round trip)", l(&r.pueue).and_then(|l| summarize(&l.ping)));
     o.push('\n');
     if let Some(c) = l(&r.corral).and_then(|l| l.cold_ms) {
         let _ = writeln!(
@@ -192,7 +220,7 @@ target, which is why the probe reads the clock itself. pueue starts queued tasks
     );
 
     // (b)
-    let _ = writeln!(o, "## (b) {} sequential spawns\n", p.bulk_spawns);
+    let _ = writeln!(o, "## Issue 2 (b): {} sequential spawns\n", p.bulk_spawns);
     let agent = |s: &Side| s.bulk.as_ref().map(|b| b.agent_command.clone()).unwrap_or_default();
     let _ = writeln!(
         o,
@@ -214,9 +242,9 @@ allowed 1000 parallel tasks.{}\n",
     }
     o.push_str("\nPer submission:\n\n");
     o.push_str(HEAD);
-    row(&mut o, "corral spawn", r.corral.bulk.as_ref().and_then(|b| summarize(&b.per_call)));
-    row(&mut o, "corral spawn, agents `true`", r.corral.bulk_true.as_ref().and_then(|b| summarize(&b.per_call)));
-    row(&mut o, "pueue add", r.pueue.bulk.as_ref().and_then(|b| summarize(&b.per_call)));
+    row(o, "corral spawn", r.corral.bulk.as_ref().and_then(|b| summarize(&b.per_call)));
+    row(o, "corral spawn, agents `true`", r.corral.bulk_true.as_ref().and_then(|b| summarize(&b.per_call)));
+    row(o, "pueue add", r.pueue.bulk.as_ref().and_then(|b| summarize(&b.per_call)));
     o.push('\n');
     // Does a submission get slower as the registry grows?
     let _ = writeln!(o, "Median submission time over the first and the last tenth of the series:\n");
@@ -236,14 +264,14 @@ allowed 1000 parallel tasks.{}\n",
     o.push('\n');
 
     // (c)
-    let _ = writeln!(o, "## (c) Status with {} agents\n", p.bulk_spawns);
+    let _ = writeln!(o, "## Issue 2 (c): status with {} agents\n", p.bulk_spawns);
     let _ = writeln!(
         o,
         "The registries filled by (b), after every agent finished; output to /dev/null, whole process timed.\n"
     );
     o.push_str(HEAD);
-    row(&mut o, "corral status --json", cs);
-    row(&mut o, "pueue status --json", ps);
+    row(o, "corral status --json", cs);
+    row(o, "pueue status --json", ps);
     o.push('\n');
     for (who, s) in [("corral", &r.corral), ("pueue", &r.pueue)] {
         if let Some(x) = &s.status {
@@ -274,15 +302,17 @@ the seed's paths). It starts six `jq` and two `date` processes per file.\n"
             );
         }
     }
+}
 
+fn reproduce(o: &mut String) {
     let _ = writeln!(
         o,
-        "## Reproduce\n\n`bench/run.sh` installs pueue 4.0.4 into `bench/.peers/` (once), needs `jq` (installed with apt-get \
-when missing), builds corral and the harness (`bench/harness/`) in release mode, runs everything above in temporary \
-directories, stops every supervisor it started and rewrites this file. `BENCH_QUICK=1 bench/run.sh` (or `--quick`) runs \
-reduced sizes. By default the working tree is measured; `BENCH_REV=<commit>` measures that commit (built from \
-`git archive` under `bench/.peers/`) and `CORRAL_BIN=<path>` a given binary. Raw samples go to \
-`bench/results/latest.json`."
+        "## Reproduce\n\n`bench/run.sh` installs pueue 4.0.4 into `bench/.peers/` (once), needs `jq` and `tmux` (installed with \
+apt-get when missing) and Python 3 with the `mcp` package (for `bench/mcp_spawn.py`), builds corral and the harness \
+(`bench/harness/`) in release mode, runs everything above in temporary directories, stops every supervisor it started, \
+kills every agent it left running, and rewrites this file. `BENCH_QUICK=1 bench/run.sh` (or `--quick`) runs reduced \
+sizes; `--only 3,5` runs only the measurements of the issues named (for iterating). By default the working tree is \
+measured; `BENCH_REV=<commit>` measures that commit (built from `git archive` under `bench/.peers/`) and \
+`CORRAL_BIN=<path>` a given binary. Raw samples go to `bench/results/latest.json`."
     );
-    o
 }

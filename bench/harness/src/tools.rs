@@ -117,8 +117,8 @@ impl Corral {
     /// The supervisor's pid, starting it if needed.
     pub fn supervisor_pid(&self) -> Result<u32> {
         output(self.status_json())?;
-        let v: Value = serde_json::from_slice(&output(self.cmd(&["daemon", "status", "--json"]))?)
-            .map_err(|e| e.to_string())?;
+        let v: Value =
+            serde_json::from_slice(&output(self.cmd(&["daemon", "status", "--json"]))?).map_err(|e| e.to_string())?;
         v["pid"].as_u64().map(|p| p as u32).ok_or_else(|| format!("corral daemon status --json: no pid in {v}"))
     }
 }
