@@ -140,6 +140,13 @@ pub struct Resources {
     pub load: Option<f64>,
 }
 
+/// Whether free memory or load is past its limit: readings change with no event to say
+/// so, so the shell looks again on a timer while this holds.
+pub fn resources_short(p: &HealthPolicy, r: &Resources) -> bool {
+    p.min_free_memory.zip(r.free_memory).is_some_and(|(min, free)| free < min)
+        || p.max_load.zip(r.load).is_some_and(|(max, load)| load > max)
+}
+
 /// Why no agent may start now, or `None` when one may. Checked in order, so the reason is
 /// the first that applies.
 pub fn hold_reason(

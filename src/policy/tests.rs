@@ -437,3 +437,13 @@ fn deadline_bounds_all_attempts_together() {
     exit(&mut a, facts(ProcessEnd::Signaled { signal: 15 }, None), 25 * M + 1);
     assert!(matches!(&a.state, AgentState::Escalated { reason, .. } if reason.contains("deadline")), "{:?}", a.state);
 }
+
+#[test]
+fn resource_shortage_is_known_without_reading_reasons() {
+    use super::health::resources_short;
+    let p = HealthPolicy { min_free_memory: Some(1 << 30), max_load: Some(4.0), ..HealthPolicy::default() };
+    assert!(resources_short(&p, &Resources { free_memory: Some(1), load: Some(0.1) }));
+    assert!(resources_short(&p, &Resources { free_memory: Some(2 << 30), load: Some(5.0) }));
+    assert!(!resources_short(&p, &Resources { free_memory: Some(2 << 30), load: Some(1.0) }));
+    assert!(!resources_short(&HealthPolicy::default(), &Resources { free_memory: Some(1), load: Some(99.0) }));
+}

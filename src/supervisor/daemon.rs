@@ -492,7 +492,7 @@ impl Supervisor {
                         now.mono,
                     );
                     if let Some(why) = hold {
-                        if why.contains("memory") || why.contains("load") {
+                        if health::resources_short(&self.health, &resources) {
                             self.resource_recheck = Some(now.mono + RESOURCE_RECHECK_MS);
                         }
                         gate = lifecycle::Gate::Wait(why);
