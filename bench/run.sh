@@ -96,8 +96,14 @@ cleanup() {
   for d in "$tmp"/*-pueue; do
     [[ -f "$d/pueue.yml" ]] && "$peers/bin/pueue" -c "$d/pueue.yml" shutdown >/dev/null 2>&1 || true
   done
-  [[ -d "$tmp" ]] && bench/harness/target/release/corral-bench reap "$tmp" || true
-  rm -rf "$tmp" "$tmp"-markers-* 2>/dev/null || true
+  local shm="/dev/shm/corral-bench-$harness_pid"
+  for ws in "$shm"/*-corral; do
+    [[ -f "$ws/corral.toml" ]] && (cd "$ws" && "$corral" daemon stop 2>/dev/null) || true
+  done
+  for d in "$tmp" "$shm"; do
+    [[ -d "$d" ]] && bench/harness/target/release/corral-bench reap "$d" || true
+  done
+  rm -rf "$tmp" "$tmp"-markers-* "$shm" 2>/dev/null || true
 }
 trap 'cleanup; exit 130' INT TERM
 

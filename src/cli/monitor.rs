@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Redraws per second.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 8)]
     pub fps: u32,
     /// Write frame and CPU figures to this file on exit (for benchmarks).
     #[arg(long, hide = true)]
@@ -79,8 +79,13 @@ fn ui_loop(
     let start = Instant::now();
     let mut last_full = Instant::now();
     let mut table = ratatui::widgets::TableState::default();
+    // Frames on a fixed cadence: the work of a frame comes out of its wait, not on top.
+    let mut deadline = Instant::now();
     loop {
-        let deadline = Instant::now() + frame;
+        deadline += frame;
+        if deadline < Instant::now() {
+            deadline = Instant::now(); // fell behind (a slow machine): do not try to catch up
+        }
         // Keys are handled as they come; everything else waits for the next frame.
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             if !event::poll(left)? {
