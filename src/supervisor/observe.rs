@@ -90,7 +90,9 @@ impl Supervisor {
         if let Some((kind, data)) = event {
             self.emit(Some(id), kind, data);
         }
-        if fresh {
+        // A plain report only moves heartbeat times, which are in memory and set again from
+        // the status file after a restart: no registry write for it.
+        if fresh && !actions.is_empty() {
             self.apply(id, actions);
         }
     }
