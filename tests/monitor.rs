@@ -32,7 +32,11 @@ impl Tmux {
         }
     }
     fn alive(&self) -> bool {
-        Command::new("tmux").args(["-L", &self.socket, "has-session", "-t", "m"]).status().is_ok_and(|s| s.success())
+        Command::new("tmux")
+            .args(["-L", &self.socket, "has-session", "-t", "m"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
     fn resize(&self, w: u16, h: u16) {
         let st = Command::new("tmux")
@@ -45,7 +49,7 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).stderr(std::process::Stdio::null()).status();
     }
 }
 
