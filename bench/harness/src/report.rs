@@ -135,14 +135,22 @@ corral's and pueue's alike; a run on an idle machine gives cleaner numbers.\n"
     );
     if let Some(m) = r.monitor.iter().max_by_key(|m| m.files) {
         let ratio = cs.as_ref().map(|s| {
-            format!(", {:.0} times as long as `corral status --json` over {} agents", m.ms / s.median, p.bulk_spawns)
+            format!(
+                ", {:.0} times as long as `corral status --json` over {} agents",
+                m.per_file_ms() * m.files as f64 / s.median,
+                p.bulk_spawns
+            )
         });
         let _ = writeln!(
             o,
             "The seed's way, `monitor-agents.sh` over {} status files, took {} ({} per file){}.",
             m.files,
-            f(m.ms),
-            f(m.ms / m.files.max(1) as f64),
+            if m.complete() {
+                f(m.ms)
+            } else {
+                format!("about {} (stopped after {})", f(m.per_file_ms() * m.files as f64), f(m.ms))
+            },
+            f(m.per_file_ms()),
             ratio.unwrap_or_default()
         );
     }
@@ -288,7 +296,12 @@ the seed's paths). It starts six `jq` and two `date` processes per file.\n"
         );
         let _ = writeln!(o, "| status files | run time | per file |\n|---:|---:|---:|");
         for m in &r.monitor {
-            let _ = writeln!(o, "| {} | {} | {} |", m.files, f(m.ms), f(m.ms / m.files.max(1) as f64));
+            let time = if m.complete() {
+                f(m.ms)
+            } else {
+                format!("stopped after {} with {} done (cap {} s)", f(m.ms), m.done, crate::measure::SEED_CAP.as_secs())
+            };
+            let _ = writeln!(o, "| {} | {time} | {} |", m.files, f(m.per_file_ms()));
         }
         o.push('\n');
         if let Some(j) = summarize(&r.jq_runs) {

@@ -45,6 +45,48 @@ pub fn output(mut c: Command) -> Result<Vec<u8>> {
     Ok(o.stdout)
 }
 
+/// Runs a command for at most `cap`, stopping it (its whole process group) there: its stdout
+/// so far, the time it ran, and whether it finished on its own (with success).
+pub fn run_capped(mut c: Command, cap: Duration) -> Result<(Vec<u8>, Duration, bool)> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let what = format!("{c:?}");
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let t = Instant::now();
+    let mut child = c.spawn().map_err(|e| format!("{what}: {e}"))?;
+    let mut out = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let mut err = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(st);
+        }
+        if t.elapsed() >= cap {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let ran = t.elapsed();
+    let stdout = reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    match status {
+        Some(st) if !st.success() => Err(format!("{what}: {st}: {}", String::from_utf8_lossy(&stderr).trim())),
+        Some(_) => Ok((stdout, ran, true)),
+        None => Ok((stdout, ran, false)),
+    }
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<Duration> {
     let t = Instant::now();
     loop {
@@ -252,5 +294,22 @@ impl Tool for Pueue {
 impl Drop for Pueue {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_capped_stops_at_the_cap_and_keeps_the_output() {
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo a; sleep 5 & wait; echo b"]);
+        let (out, ran, finished) = run_capped(c, Duration::from_millis(500)).unwrap();
+        assert_eq!((out.as_slice(), finished), (&b"a\n"[..], false));
+        assert!(ran < Duration::from_secs(3));
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo done"]);
+        assert!(run_capped(c, Duration::from_secs(5)).unwrap().2);
     }
 }

@@ -1,0 +1,503 @@
+//! BENCHMARKS.md, issues 3 to 7: their rows of the summary and their sections.
+
+use crate::issues::{self, Memory};
+use crate::measure::Results;
+use crate::report::{HEAD, f, row, verdict};
+use crate::stats::summarize;
+use std::fmt::Write;
+
+fn mib(kb: u64) -> String {
+    format!("{:.1} MiB", kb as f64 / 1024.0)
+}
+
+fn opt_mib(kb: Option<u64>) -> String {
+    kb.map(mib).unwrap_or_else(|| "n/a".into())
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1} %", x * 100.0)
+}
+
+/// What a cell says when its measurement did not run or failed.
+fn absent(r: &Results, issue: u32) -> String {
+    if r.ran.contains(&issue) { "failed".into() } else { "not run".into() }
+}
+
+/// The monitor's figures that are judged: redraws per second and CPU share of one core over
+/// its whole run (startup included), from its own `--stats`.
+fn live_judged(l: &issues::Live) -> (f64, f64) {
+    let secs = l.seconds.max(1) as f64;
+    (l.frames as f64 / secs, l.monitor_cpu_s / secs)
+}
+
+pub fn summary_rows(o: &mut String, r: &Results) {
+    let full = !r.args.quick;
+    let p = &r.more;
+    // Issue 3.
+    let c = r.crash.as_ref().and_then(|c| summarize(&c.latency));
+    let _ = writeln!(
+        o,
+        "| 3: crash to retry scheduled, p50 / p99, {} crashes with {} agents supervised | {} | pueue: never retries; the seed: next poll, every 30-60 s | p99 <= 50 ms | {} |",
+        p.crashers,
+        p.crash_long,
+        c.as_ref()
+            .map(|s| {
+                let mut cell = format!("{} / {}", f(s.median), f(s.p99));
+                if let Some(x) = r.crash.as_ref().filter(|x| !x.not_retried.is_empty()) {
+                    let _ = write!(cell, "; **{} of {} not retried** (see issue 3)", x.not_retried.len(), x.crashers);
+                }
+                cell
+            })
+            .unwrap_or_else(|| absent(r, 3)),
+        verdict(c.as_ref().filter(|_| full).map(|s| s.p99 <= 50.0))
+    );
+    // Issue 4.
+    let a = r.aggregation.as_ref();
+    let am = a.and_then(|a| summarize(&a.runs));
+    let seed = a.and_then(|a| a.seed).map(|(n, done, ms)| {
+        if done == n {
+            format!("the seed's jq loop: {} ({n} handoffs)", f(ms))
+        } else {
+            format!("the seed's jq loop: stopped after {} with {done} of {n} handoffs done", f(ms))
+        }
+    });
+    let _ = writeln!(
+        o,
+        "| 4: `corral aggregate --json`, {} handoffs x 10 findings, median of {} | {} | {} | <= 1 s | {} |",
+        p.handoffs,
+        p.aggregate_runs,
+        am.as_ref().map(|s| f(s.median)).unwrap_or_else(|| absent(r, 4)),
+        seed.unwrap_or_else(|| absent(r, 4)),
+        verdict(am.as_ref().map(|s| s.median <= 1000.0))
+    );
+    // Issue 5.
+    let l = r.live.as_ref();
+    let monitor_row = r.monitor.iter().max_by_key(|m| m.files);
+    let seed_monitor = monitor_row
+        .map(|m| {
+            if m.complete() {
+                format!("the seed's monitor-agents.sh: one pass over {} files takes {}", m.files, f(m.ms))
+            } else {
+                format!(
+                    "the seed's monitor-agents.sh: one pass over {} files takes about {} (stopped after {})",
+                    m.files,
+                    f(m.per_file_ms() * m.files as f64),
+                    f(m.ms)
+                )
+            }
+        })
+        .unwrap_or_else(|| "the seed's monitor-agents.sh: see (c)".into());
+    let _ = writeln!(
+        o,
+        "| 5: `corral monitor` with {} agents reporting every second: redraws per second; CPU, % of one core | {} | {} | >= 5 per second, < 10 % | {} |",
+        p.live_agents,
+        l.map(|l| {
+            let (fps, cpu) = live_judged(l);
+            let mut cell = format!("{fps:.2} per second; {}", pct(cpu));
+            if let Some(d) = &r.live_disk {
+                let (dfps, dcpu) = live_judged(d);
+                let _ = write!(cell, " (workspace on tmpfs; on {}: {dfps:.2} per second; {})", d.fs, pct(dcpu));
+            }
+            cell
+        })
+        .unwrap_or_else(|| absent(r, 5)),
+        seed_monitor,
+        verdict(l.filter(|_| full).map(|l| {
+            let (fps, cpu) = live_judged(l);
+            fps >= 5.0 && cpu < 0.10
+        }))
+    );
+    // Issue 6.
+    let m = r.mcp.as_ref();
+    let _ = writeln!(
+        o,
+        "| 6: `spawn_agent` round trip over stdio (`corral mcp`), median (p99), {} calls | {} | none: neither pueue nor the seed has an MCP server | median <= 10 ms | {} |",
+        p.mcp_calls,
+        m.map(|m| format!("{} (p99 {})", f(m.median), f(m.p99))).unwrap_or_else(|| absent(r, 6)),
+        verdict(m.map(|m| m.median <= 10.0))
+    );
+    // Issue 7.
+    let mem = &r.memory;
+    let corral_mem = match (mem.idle_kb, mem.running_kb) {
+        (Some(i), Some(run)) => format!(
+            "{} idle, {} with {} running; {} per agent with its shim",
+            mib(i),
+            mib(run),
+            mem.running,
+            per_agent(mem).map(kib).unwrap_or_default()
+        ),
+        _ => absent(r, 7),
+    };
+    let pueue_mem = match (mem.pueued_before_running_kb, mem.pueued_running_kb) {
+        (Some(i), Some(run)) => format!(
+            "pueued: {} idle, {} with {} running; {} per task",
+            mib(i),
+            mib(run),
+            mem.pueued_running,
+            kib((run as f64 - i as f64) / mem.pueued_running.max(1) as f64)
+        ),
+        _ => "pueued: not measured".into(),
+    };
+    let _ = writeln!(
+        o,
+        "| 7: supervisor memory (RSS), idle and with running agents | {corral_mem} | {pueue_mem} | none stated (recorded) | not judged |"
+    );
+}
+
+fn kib(k: f64) -> String {
+    format!("{k:.0} KiB")
+}
+
+/// corral's cost of one running agent: the supervisor's growth per agent plus the PSS of
+/// one helper process (the per-attempt shim; the launcher is one process for all).
+fn per_agent(m: &Memory) -> Option<f64> {
+    let (idle, run) = (m.idle_kb?, m.running_kb?);
+    if m.running == 0 {
+        return None;
+    }
+    Some((run as f64 - idle as f64) / m.running as f64 + m.helpers_pss_kb as f64 / m.running as f64)
+}
+
+pub fn sections(o: &mut String, r: &Results) {
+    crash(o, r);
+    aggregation(o, r);
+    live(o, r);
+    mcp(o, r);
+    memory(o, r);
+}
+
+fn not_measured(o: &mut String, r: &Results, issue: u32) {
+    let _ = writeln!(
+        o,
+        "{}\n",
+        if r.ran.contains(&issue) {
+            "The measurement failed; the error is listed under the summary."
+        } else {
+            "Not run in this run (`--only`)."
+        }
+    );
+}
+
+fn crash(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "## Issue 3: crash to retry scheduled\n");
+    let Some(c) = &r.crash else { return not_measured(o, r, 3) };
+    let _ = writeln!(
+        o,
+        "A workspace whose `corral.toml` is\n\n```toml\n{}```\n\n(no admission limit in the way, no circuit breaker, one retry after 10 minutes, so no \
+scheduled retry runs during the measurement). First {} agents running `sleep 600` ({} `corral spawn`s at a time; \
+{:.1} s), then {} agents spawned one after the other, each running\n\n```sh\nsh -c \"{}\"\n```\n\nwith the binary under \
+test first on its PATH: it reports a transient failure and exits 1, and corral classifies it as a crash to retry. For \
+each of them the figure is, from `corral events`, the `at` of its `retry_scheduled` event minus the `data.endedAt` of \
+its `exited` event: from the per-attempt shim's record of the process's end (stamped as it writes the exit record, \
+right after reaping the process and finding its group empty) to the supervisor recording the retry decision (stamped \
+just before the commit that persists it). Both stamps are whole milliseconds, so each sample is \
+good to +-1 ms.\n",
+        CRASH_TOML,
+        c.long_agents,
+        issues::SETUP_THREADS,
+        c.setup_s,
+        c.crashers,
+        issues::CRASHER,
+    );
+    o.push_str(HEAD);
+    row(
+        o,
+        &format!("crash to retry scheduled ({} agents supervised)", c.long_agents + c.crashers),
+        summarize(&c.latency),
+    );
+    row(o, "`corral spawn` of each crasher", summarize(&c.spawn_ms));
+    o.push('\n');
+    if !c.unmatched.is_empty() {
+        let _ = writeln!(o, "Agents without both events: {}\n", c.unmatched.join(", "));
+    }
+    if !c.not_retried.is_empty() {
+        let _ = writeln!(
+            o,
+            "**{} of the {} crashers were not retried** (they are not in the figures above), although each reported \
+the same transient finding before exiting:\n",
+            c.not_retried.len(),
+            c.crashers
+        );
+        for (id, status, reason) in c.not_retried.iter().take(10) {
+            let _ = writeln!(o, "- {id}: {status}: {reason}");
+        }
+        if c.not_retried.len() > 10 {
+            let _ = writeln!(o, "- ... and {} more", c.not_retried.len() - 10);
+        }
+        let _ = writeln!(
+            o,
+            "\nTheir reason carries no \"last finding\": the supervisor did not count their status write as a report of \
+this attempt, so the rate-limit finding was not classified. An agent that reports within a few milliseconds of its \
+start is judged by its status file's mtime, which the kernel stamps from a clock that lags by up to a tick, against \
+the attempt's start time; when the mtime reads earlier, the report is dropped.\n"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "The peers: pueue never retries a failed task (it stays failed until someone runs `pueue restart`), so it has \
+no such figure. The seed's orchestrator learns of a crash on its next poll of the status files, every 30-60 s, and only \
+then starts its backoff; from crash to retry decision it takes 0-60 s.\n"
+    );
+}
+
+const CRASH_TOML: &str = "[health]\nmax_concurrent = 5000\nbreaker_failures = 0\n\n[defaults]\nmax_retries = 1\nbackoff = { initial = \"10m\" }\n";
+
+fn aggregation(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "## Issue 4: aggregating {} handoffs\n", r.more.handoffs);
+    let Some(a) = &r.aggregation else { return not_measured(o, r, 4) };
+    let _ = writeln!(
+        o,
+        "{n} handoff files written straight into the data dir of a fresh workspace (`handoffs/handoff-<UTC timestamp>-agent-NNN-IMPLEMENTER-to-ORCHESTRATOR.json`, \
+{kb:.0} KiB in all), from agents corral never ran, which it aggregates all the same (as unknown agents). Each holds \
+{k} findings: 5 strings (2 drawn from a pool of 40 shared notes, so many repeat across agents) and 5 structured \
+findings `{{key, value, claim, evidence}}` on 750 keys (150 components x 5 aspects, each key claimed by 6 or 7 agents; \
+about 70% of the claims agree on the value, the rest differ), with evidence of every kind or none; plus two decisions \
+and a memory candidate. The same files on every run (a seeded generator). `corral aggregate --json --out FILE` is run \
+once to warm up (the supervisor is already running), then {runs} times, each timed as a whole process.\n",
+        n = a.handoffs,
+        kb = a.handoff_bytes as f64 / 1024.0,
+        k = a.findings_each,
+        runs = a.runs.len()
+    );
+    o.push_str(HEAD);
+    row(o, &format!("corral aggregate --json --out FILE, {} handoffs", a.handoffs), summarize(&a.runs));
+    o.push('\n');
+    let n = |k: &str| a.counts[k].as_u64().map(|x| x.to_string()).unwrap_or_else(|| "?".into());
+    let _ = writeln!(
+        o,
+        "The report ({} KiB of JSON): {} of {} handoffs aggregated, {} merged findings, {} decisions, {} conflicts ({} \
+resolved by evidence, {} by majority, {} unresolved and sent to the escalation queue), {} memory candidates, {} TODO \
+entries; exit code {} (1: the report is partial, here because of the unresolved conflicts).\n",
+        a.report_bytes / 1024,
+        n("aggregated"),
+        a.handoffs,
+        n("findings"),
+        n("decisions"),
+        n("conflicts"),
+        n("resolvedByEvidence"),
+        n("resolvedByMajority"),
+        n("unresolved"),
+        n("memory"),
+        n("todo"),
+        a.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
+    );
+    if let Some((files, done, ms)) = a.seed {
+        let took = if done == files {
+            format!("{} ({} per handoff)", f(ms), f(ms / files.max(1) as f64))
+        } else {
+            format!(
+                "stopped at the harness's cap after {} with {done} handoffs done ({} per handoff; all {files} would \
+take about {})",
+                f(ms),
+                f(ms / done.max(1) as f64),
+                f(ms / done.max(1) as f64 * files as f64)
+            )
+        };
+        let _ = writeln!(
+            o,
+            "The peer: the seed's aggregation loop ([bench/seed/aggregate-handoffs.sh](bench/seed/aggregate-handoffs.sh), \
+verbatim from its \"Aggregating 3 Parallel Implementers\" example: `jq` for `.fromAgent`, `.deliverables`, \
+`.deliverables.findings[]` and `.memoryCandidate` of each handoff), over {}the same files, timed once: {took}. It only \
+prints the fields; merging, conflict detection and resolution are left to the reader.\n",
+            if files < a.handoffs { format!("the first {files} of ") } else { String::new() },
+        );
+    }
+}
+
+fn live(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "## Issue 5: the monitor with {} agents reporting every second\n", r.more.live_agents);
+    let Some(l) = &r.live else { return not_measured(o, r, 5) };
+    let _ = writeln!(
+        o,
+        "{n} agents ({t} `corral spawn`s at a time; {s:.1} s), each the harness itself as the agent command \
+(`corral-bench reporter 900`): once a second, on a fixed schedule, it rewrites its status file (`agentId`, `role`, \
+`status`, `progress`, `phase`, `milestone` new every time, `lastUpdate`, `findings`) as a temp file renamed over the \
+old one, the atomic write `corral report` does. So the supervisor sees {n} status writes a second.\n",
+        n = l.agents,
+        t = issues::SETUP_THREADS,
+        s = l.setup_s
+    );
+    if let (Some((rw, rc)), Some((pw, pc))) = (l.report_call, l.printf_mv) {
+        let _ = writeln!(
+            o,
+            "The agents are not shell loops because such loops would need more CPU than this machine has: one `corral report` \
+call costs {rc:.1} ms of CPU ({rw:.1} ms wall), one `printf` + `mv` iteration {pc:.1} ms ({pw:.1} ms wall), so {n} writes a \
+second would take {a:.1} or {b:.1} cores by themselves (before each loop's `sleep`), on a machine with {cpus}.\n",
+            n = l.agents,
+            a = rc * l.agents as f64 / 1000.0,
+            b = pc * l.agents as f64 / 1000.0,
+            cpus = l.cpus
+        );
+    }
+    let disk = r.live_disk.as_ref();
+    let _ = writeln!(
+        o,
+        "The workspace is on {}, so that the filesystem is not what is measured{}. Then `corral monitor --stats FILE \
+--seconds {secs}` runs in a detached tmux session, 120 x 40 (`--stats` writes the frames drawn and the monitor's CPU \
+time on exit). The steady window runs from 2 s after the monitor started to 1 s before it quits; CPU times there are \
+read from /proc.\n",
+        l.fs,
+        match disk {
+            Some(d) => format!(
+                ": on the temp dir's filesystem, {}, one create + write + rename in the status directory takes {} \
+alone, under the directory's lock, and {} writers a second end up queued on that lock, most of them in \
+uninterruptible sleep at any moment (hence load averages in the hundreds; the same run there is the second column)",
+                d.fs,
+                d.fs_write_ms.map(f).unwrap_or_else(|| "?".into()),
+                d.agents
+            ),
+            None => String::new(),
+        },
+        secs = l.seconds
+    );
+    let runs: Vec<&issues::Live> = std::iter::once(l).chain(disk).collect();
+    let mut head = String::from("| |");
+    let mut rule = String::from("|---|");
+    for x in &runs {
+        let _ = write!(head, " workspace on {} |", x.fs);
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(o, "{head}\n{rule}");
+    let line = |o: &mut String, label: &str, cell: &dyn Fn(&issues::Live) -> String| {
+        let mut s = format!("| {label} |");
+        for x in &runs {
+            let _ = write!(s, " {} |", cell(x));
+        }
+        let _ = writeln!(o, "{s}");
+    };
+    line(o, "frames drawn", &|x| {
+        let (fps, _) = live_judged(x);
+        format!("{} in {} s: **{fps:.2} per second**", x.frames, x.seconds)
+    });
+    line(o, "monitor CPU, whole run, startup included (`--stats`)", &|x| {
+        let (_, cpu) = live_judged(x);
+        format!("{:.2} s: **{} of one core**", x.monitor_cpu_s, pct(cpu))
+    });
+    let share = |c: Option<f64>, w: f64| {
+        c.map(|c| format!("{c:.2} s: {} of one core", pct(c / w.max(1e-9)))).unwrap_or_else(|| "n/a".into())
+    };
+    line(o, "monitor CPU, steady window", &|x| {
+        format!("{} (window {:.1} s)", share(x.monitor_window_cpu_s, x.window_s), x.window_s)
+    });
+    line(o, "supervisor CPU, same window", &|x| share(x.supervisor_window_cpu_s, x.window_s));
+    line(o, "status events the supervisor recorded per agent per second (5 agents sampled)", &|x| {
+        x.status_rate.map(|v| format!("{v:.2}")).unwrap_or_else(|| "n/a".into())
+    });
+    line(o, "one create + write + rename in the status directory, alone (median of 200)", &|x| {
+        x.fs_write_ms.map(f).unwrap_or_else(|| "n/a".into())
+    });
+    line(o, "whole machine busy, same window", &|x| format!("{} of {} CPUs", pct(x.machine_busy), x.cpus));
+    line(o, "load average (1, 5, 15 min) at window start / end", &|x| format!("{} / {}", x.load.0, x.load.1));
+    o.push('\n');
+    let _ = writeln!(
+        o,
+        "The supervisor keeps up when it records about 1.00 status event per agent per second (it records a write \
+that changed the file). On a disk where the writers queue on the directory lock, fewer writes are made in the first \
+place: 1,000 processes doing only this, with no supervisor watching, queue the same way there. The load average counts \
+processes waiting on the disk as well as those running; the machine's busy share includes every other process on it.\n"
+    );
+    let _ = writeln!(
+        o,
+        "The peer: the seed's `monitor-agents.sh` redraws once per run of the script; over 1,000 status files one run \
+takes minutes (issue 2 (c)), so it cannot show a second-by-second picture at all. pueue has no dashboard.\n"
+    );
+}
+
+fn mcp(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "## Issue 6: `spawn_agent` over MCP\n");
+    let Some(m) = &r.mcp else { return not_measured(o, r, 6) };
+    let _ = writeln!(
+        o,
+        "[bench/mcp_spawn.py](bench/mcp_spawn.py): one `corral mcp` server on stdio, driven by the official MCP Python SDK \
+client (`stdio_client` + `ClientSession`), in a workspace whose role runs `true`. After a warm-up call (which starts the \
+supervisor), {} `spawn_agent` calls one after the other, each timed in the client from sending `tools/call` to reading \
+its result.\n",
+        m.calls
+    );
+    let _ = writeln!(o, "| | n | median | p90 | p99 | min | max |\n|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        o,
+        "| spawn_agent round trip | {} | {} | {} | {} | {} | {} |\n",
+        m.calls,
+        f(m.median),
+        f(m.p90),
+        f(m.p99),
+        f(m.min),
+        f(m.max)
+    );
+    let _ = writeln!(
+        o,
+        "No peer: pueue has no MCP server, and the seed's orchestrator spawns through its host's task tool.\n"
+    );
+}
+
+fn memory(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "## Issue 7: memory\n");
+    let m = &r.memory;
+    if m.idle_kb.is_none() && m.finished_kb.is_none() && m.pueued_idle_kb.is_none() {
+        return not_measured(o, r, 7);
+    }
+    let _ = writeln!(
+        o,
+        "Resident set size (VmRSS in /proc/PID/status) of the supervisor (`pid` from `corral daemon status --json`) and of \
+pueued: fresh;{} with agents (tasks) running `sleep 600` (issue 3's workspace for corral, after its supervisor was read \
+fresh; a fresh pueued for pueue, the tasks added one after the other).\n",
+        if m.finished > 0 {
+            format!(" with the {} finished agents (tasks) of issue 2's (b) in the registry;", m.finished)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(o, "| | corral supervisor | pueued |\n|---|---:|---:|");
+    let _ = writeln!(
+        o,
+        "| fresh, no agent | {} | {} |",
+        opt_mib(m.idle_kb),
+        opt_mib(m.pueued_before_running_kb.or(m.pueued_idle_kb))
+    );
+    if m.finished > 0 {
+        let _ = writeln!(
+            o,
+            "| {} finished in the registry | {} | {} |",
+            m.finished,
+            opt_mib(m.finished_kb),
+            opt_mib(m.pueued_finished_kb)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "| running | {} ({} agents) | {} ({} tasks) |",
+        opt_mib(m.running_kb),
+        m.running,
+        opt_mib(m.pueued_running_kb),
+        m.pueued_running
+    );
+    let growth = |idle: Option<u64>, run: Option<u64>, n: usize| match (idle, run) {
+        (Some(i), Some(r)) if n > 0 => kib((r as f64 - i as f64) / n as f64),
+        _ => "n/a".into(),
+    };
+    let _ = writeln!(
+        o,
+        "| growth per running agent | {} | {} |",
+        growth(m.idle_kb, m.running_kb, m.running),
+        growth(m.pueued_before_running_kb, m.pueued_running_kb, m.pueued_running)
+    );
+    o.push('\n');
+    if m.running > 0 {
+        let _ = writeln!(
+            o,
+            "corral also keeps helper processes: the launcher and one per-attempt shim per running agent (the shim is \
+the agent's parent, so an agent outlives its supervisor; it is forked from the launcher and shares its pages). With {} \
+agents running there were {} of them: {} RSS in all, but {} PSS (shared pages divided among the processes sharing \
+them), {} PSS per agent. With the supervisor's growth that is about {} per running agent. pueued has no such helper: \
+its tasks are its children (each through `sh -c`). The supervisor's own PSS with the agents running: {}.\n",
+            m.running,
+            m.helpers,
+            mib(m.helpers_rss_kb),
+            mib(m.helpers_pss_kb),
+            kib(m.helpers_pss_kb as f64 / m.running as f64),
+            per_agent(m).map(kib).unwrap_or_else(|| "n/a".into()),
+            opt_mib(m.running_pss_kb)
+        );
+    }
+}
