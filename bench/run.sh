@@ -8,7 +8,7 @@
 #   6  `spawn_agent` round trip over `corral mcp` (bench/mcp_spawn.py)
 #   7  supervisor memory, idle and with 1,000 running agents (corral and pueued)
 #
-#   bench/run.sh              full run (about 10 minutes, plus building)
+#   bench/run.sh              full run (about 12 minutes, plus building)
 #   bench/run.sh --quick      reduced sizes, for iterating (also: BENCH_QUICK=1)
 #   bench/run.sh --only 3,5   only the measurements of the issues named (for iterating)
 #
