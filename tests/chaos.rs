@@ -419,7 +419,8 @@ fn kill9_chaos(scenario: &'static str, p: KillPlan) {
     let final_daemon = lock_pid(&ws);
     // Every start beyond one per kill (plus the first) is a supervisor that died by itself.
     let unexplained = starts.saturating_sub(kills + 1);
-    let crashes = panics(&ws) + unexplained + usize::from(final_daemon.is_none());
+    let log_panics = panics(&ws);
+    let crashes = log_panics + unexplained + usize::from(final_daemon.is_none());
     if crashes > 0 {
         details.push(format!("daemon log:\n{}", daemon_log(&ws)));
     }
@@ -441,6 +442,7 @@ fn kill9_chaos(scenario: &'static str, p: KillPlan) {
     f.set("exit_codes_lost", exit_codes_lost);
     f.set("wrong_outcomes", wrong_outcomes);
     f.set("double_starts", double_starts);
+    f.set("log_panics", log_panics);
     f.set("supervisor_crashes", crashes);
     f.set("orphans", orphans);
     f.print_and_check(

@@ -263,6 +263,7 @@ pub fn crash(args: &RunArgs, tmp: &Path, p: &Plan, mem: &mut Memory) -> Result<C
     for id in ids {
         match (ended.get(id), scheduled.get(id)) {
             (Some(e), Some(s)) => r.latency.push(s - e),
+            _ if r.not_retried.iter().any(|(x, _, _)| x == id) => {}
             _ => r.unmatched.push(id.clone()),
         }
     }

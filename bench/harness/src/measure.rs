@@ -250,7 +250,22 @@ pub fn run(args: RunArgs) -> Result<()> {
             Err(e) => note(&mut r, "(4) aggregation", e),
         }
     }
-    // Issue 5 runs its workspace on tmpfs, where the filesystem is not the bottleneck (on a
+    if r.ran.contains(&6) {
+        eprintln!("(6) spawn_agent over `corral mcp`, {} calls ({})", more.mcp_calls, args.mcp_script.display());
+        match issues::mcp(&args, &more) {
+            Ok(m) => r.mcp = Some(m),
+            Err(e) => note(&mut r, "(6) MCP spawn_agent", e),
+        }
+    }
+    if r.ran.contains(&7)
+        && more.pueue_running > 0
+        && let Err(e) = issues::pueue_running(&args, &tmp, more.pueue_running, &mut r.memory)
+    {
+        note(&mut r, "(7) pueued with running tasks", e);
+    }
+
+    // Issue 5 last: its run on disk leaves the load average high for a while.
+    // It runs its workspace on tmpfs, where the filesystem is not the bottleneck (on a
     // disk, 1,000 create + rename a second in one directory can be all it can do), then, in a
     // full run, on the temp dir's filesystem too.
     let shm = Path::new("/dev/shm").join(format!("corral-bench-{}", std::process::id()));
@@ -278,20 +293,6 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
         }
     }
-    if r.ran.contains(&6) {
-        eprintln!("(6) spawn_agent over `corral mcp`, {} calls ({})", more.mcp_calls, args.mcp_script.display());
-        match issues::mcp(&args, &more) {
-            Ok(m) => r.mcp = Some(m),
-            Err(e) => note(&mut r, "(6) MCP spawn_agent", e),
-        }
-    }
-    if r.ran.contains(&7)
-        && more.pueue_running > 0
-        && let Err(e) = issues::pueue_running(&args, &tmp, more.pueue_running, &mut r.memory)
-    {
-        note(&mut r, "(7) pueued with running tasks", e);
-    }
-
     r.wall_s = t.elapsed().as_secs_f64();
     r.load.1 = loadavg();
     std::fs::create_dir_all(&args.results).map_err(|e| e.to_string())?;

@@ -81,7 +81,13 @@ and (c), issues 3 and 5) are not judged here.\n"
         let _ = writeln!(
             o,
             "Other work shared the machine during this run (see the load average), which inflates every figure, \
-corral's and pueue's alike; a run on an idle machine gives cleaner numbers.\n"
+corral's and pueue's alike; a run on an idle machine gives cleaner numbers.{}\n",
+            if r.live_disk.is_some() {
+                " The load at the end also counts the run's own last measurement (issue 5 with its workspace on disk), \
+whose 1,000 writers queue on the disk and lift the load average into the hundreds while they run."
+            } else {
+                ""
+            }
         );
     }
 
@@ -143,14 +149,19 @@ corral's and pueue's alike; a run on an idle machine gives cleaner numbers.\n"
         });
         let _ = writeln!(
             o,
-            "The seed's way, `monitor-agents.sh` over {} status files, took {} ({} per file){}.",
+            "The seed's way, `monitor-agents.sh` over {} status files, took {} per file){}.",
             m.files,
             if m.complete() {
-                f(m.ms)
+                format!("{} ({}", f(m.ms), f(m.per_file_ms()))
             } else {
-                format!("about {} (stopped after {})", f(m.per_file_ms() * m.files as f64), f(m.ms))
+                format!(
+                    "about {} (extrapolated: stopped after {} with {} done; {}",
+                    f(m.per_file_ms() * m.files as f64),
+                    f(m.ms),
+                    m.done,
+                    f(m.per_file_ms())
+                )
             },
-            f(m.per_file_ms()),
             ratio.unwrap_or_default()
         );
     }

@@ -79,7 +79,7 @@ pub fn summary_rows(o: &mut String, r: &Results) {
                 format!("the seed's monitor-agents.sh: one pass over {} files takes {}", m.files, f(m.ms))
             } else {
                 format!(
-                    "the seed's monitor-agents.sh: one pass over {} files takes about {} (stopped after {})",
+                    "the seed's monitor-agents.sh: one pass over {} files takes about {} (extrapolated; stopped after {})",
                     m.files,
                     f(m.per_file_ms() * m.files as f64),
                     f(m.ms)
@@ -213,10 +213,12 @@ good to +-1 ms.\n",
     if !c.not_retried.is_empty() {
         let _ = writeln!(
             o,
-            "**{} of the {} crashers were not retried** (they are not in the figures above), although each reported \
+            "**{} of the {} crashers {} not retried** (and {} not in the figures above), although each reported \
 the same transient finding before exiting:\n",
             c.not_retried.len(),
-            c.crashers
+            c.crashers,
+            if c.not_retried.len() == 1 { "was" } else { "were" },
+            if c.not_retried.len() == 1 { "is" } else { "are" },
         );
         for (id, status, reason) in c.not_retried.iter().take(10) {
             let _ = writeln!(o, "- {id}: {status}: {reason}");
@@ -226,7 +228,7 @@ the same transient finding before exiting:\n",
         }
         let _ = writeln!(
             o,
-            "\nTheir reason carries no \"last finding\": the supervisor did not count their status write as a report of \
+            "\nThe reason carries no \"last finding\": the supervisor did not count their status write as a report of \
 this attempt, so the rate-limit finding was not classified. An agent that reports within a few milliseconds of its \
 start is judged by its status file's mtime, which the kernel stamps from a clock that lags by up to a tick, against \
 the attempt's start time; when the mtime reads earlier, the report is dropped.\n"
