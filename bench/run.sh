@@ -90,6 +90,7 @@ cleanup() {
   wait "$harness_pid" 2>/dev/null || true
   local tmp="${TMPDIR:-/tmp}/corral-bench-$harness_pid"
   tmux -L "corral-bench-$harness_pid" kill-server 2>/dev/null || true
+  rm -f "${TMUX_TMPDIR:-/tmp}/tmux-$(id -u)/corral-bench-$harness_pid"
   for ws in "$tmp"/*-corral; do
     [[ -f "$ws/corral.toml" ]] && (cd "$ws" && "$corral" daemon stop 2>/dev/null) || true
   done

@@ -651,6 +651,14 @@ pub fn live(args: &RunArgs, base: &Path, me: &Path, p: &Plan) -> Result<Live> {
         Ok(())
     })();
     let _ = tmux(&["kill-server"]).status();
+    // The server is gone once the monitor quits; its socket file may stay behind.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| st.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(1).map(str::to_string));
+    if let Some(uid) = uid {
+        let dir = std::env::var("TMUX_TMPDIR").unwrap_or_else(|_| "/tmp".into());
+        let _ = std::fs::remove_file(Path::new(&dir).join(format!("tmux-{uid}")).join(&sock));
+    }
     eprintln!("(5) stopping the supervisor and killing {} agents", p.live_agents);
     c.stop();
     result.map(|()| r)

@@ -300,16 +300,28 @@ pub fn run(args: RunArgs) -> Result<()> {
     std::fs::write(&raw, serde_json::to_string_pretty(&raw_json(&r)).map_err(|e| e.to_string())?)
         .map_err(|e| format!("{}: {e}", raw.display()))?;
     std::fs::write(&args.out, report::markdown(&r)).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    crate::procfs::reap_agents(&tmp);
-    crate::procfs::reap_agents(&shm);
-    let _ = std::fs::remove_dir_all(&tmp);
-    let _ = std::fs::remove_dir_all(&shm);
+    for dir in [&tmp, &shm] {
+        remove_workspaces(dir);
+    }
     eprintln!("wrote {} and {} in {:.0}s", args.out.display(), raw.display(), r.wall_s);
     if r.errors.is_empty() {
         Ok(())
     } else {
         Err(format!("{} measurement(s) failed; see {}", r.errors.len(), args.out.display()))
     }
+}
+
+/// Kills what is left of the agents under `dir` and removes it. The shims of agents just
+/// killed may still be writing their exit records, so removal is retried for a while.
+fn remove_workspaces(dir: &Path) {
+    crate::procfs::reap_agents(dir);
+    for _ in 0..50 {
+        if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("corral-bench: could not remove {}", dir.display());
 }
 
 fn note(r: &mut Results, what: &str, e: String) {

@@ -393,10 +393,11 @@ uninterruptible sleep at any moment (hence load averages in the hundreds; the sa
     o.push('\n');
     let _ = writeln!(
         o,
-        "The supervisor keeps up when it records about 1.00 status event per agent per second (it records a write \
-that changed the file). On a disk where the writers queue on the directory lock, fewer writes are made in the first \
-place: 1,000 processes doing only this, with no supervisor watching, queue the same way there. The load average counts \
-processes waiting on the disk as well as those running; the machine's busy share includes every other process on it.\n"
+        "The supervisor keeps up when it records about 1.00 status event per agent per second (it records each \
+write that changed the file). On the disk the writers themselves are held up on the directory lock (1,000 processes \
+doing only this, with no supervisor watching, queue the same way there) and then catch up, since each keeps its \
+schedule, so the rate there can read above or below 1.00. The load average counts processes waiting on the disk as \
+well as those running; the machine's busy share includes every other process on it.\n"
     );
     let _ = writeln!(
         o,
