@@ -299,7 +299,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "GiB" | "G" | "GB" => 1 << 30,
         _ => return Err(format!("{s:?}: unknown unit {unit:?}; use B, KiB, MiB or GiB")),
     };
-    Ok(n * mult)
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// humantime forms (`90s`, `15m`, `1h30m`); a bare number is refused because its unit

@@ -35,15 +35,30 @@ fn check(what: &'static str, value: &str, extra: &[char]) -> Result<(), NameErro
     Ok(())
 }
 
+/// Longest role: `agent-<number>-<ROLE>` must still fit in an id.
+pub const MAX_ROLE_LEN: usize = 64;
+
 /// A role name such as `PLANNER`: letters, digits, `_` and `-`.
 pub fn validate_role(role: &str) -> Result<(), NameError> {
-    check("role", role, &[])
+    check("role", role, &[])?;
+    if role.len() > MAX_ROLE_LEN {
+        return Err(NameError {
+            what: "role",
+            value: role.to_string(),
+            why: format!("it is longer than {MAX_ROLE_LEN} characters"),
+        });
+    }
+    Ok(())
 }
 
 /// An agent id: letters, digits, `_`, `-` and `.`, starting with a letter or digit, so it
 /// can never be `..`, contain a slash, or be hidden.
 pub fn validate_id(id: &str) -> Result<(), NameError> {
-    check("agent id", id, &['.'])
+    check("agent id", id, &['.'])?;
+    if id.contains("..") {
+        return Err(NameError { what: "agent id", value: id.to_string(), why: "it contains \"..\"".into() });
+    }
+    Ok(())
 }
 
 #[derive(
@@ -78,7 +93,7 @@ mod tests {
 
     #[test]
     fn rejects_paths_and_empties() {
-        for bad in ["", "../../etc/x", "a/b", ".hidden", "..", "a b", "-x", "a\0b"] {
+        for bad in ["", "../../etc/x", "a/b", ".hidden", "..", "a b", "-x", "a\0b", "x..y", "x.."] {
             assert!(validate_id(bad).is_err(), "{bad:?} accepted");
         }
         for bad in ["A/B", "x.y", ""] {
@@ -96,5 +111,21 @@ mod tests {
         assert!(e.contains("agent id") && e.contains("start with"), "{e}");
         let e = validate_role("A/B").unwrap_err().to_string();
         assert!(e.contains("'/'"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    #[test]
+    fn every_valid_role_makes_a_valid_generated_id() {
+        let role = "R".repeat(MAX_ROLE_LEN);
+        assert!(validate_role(&role).is_ok());
+        assert!(validate_role(&"R".repeat(MAX_ROLE_LEN + 1)).is_err());
+        assert!(validate_id(AgentId::generated(u64::MAX, &role).as_str()).is_ok());
+    }
+    #[test]
+    fn oversized_sizes_are_errors_not_overflows() {
+        assert!(crate::config::parse_size("17179869184GiB").unwrap_err().contains("too large"));
     }
 }
