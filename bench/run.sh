@@ -120,7 +120,7 @@ setsid --wait bench/harness/target/release/corral-bench run \
   --corral "$corral" \
   --pueue "$peers/bin/pueue" \
   --pueued "$peers/bin/pueued" \
-  --monitor bench/seed/monitor-agents.sh \
+  --monitor tests/fixtures/seed/monitor-agents.sh \
   --aggregate-script bench/seed/aggregate-handoffs.sh \
   --mcp-script bench/mcp_spawn.py \
   --python "$python" \

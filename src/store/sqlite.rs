@@ -44,19 +44,23 @@ impl SqliteRegistry {
         }
         Ok(Self { conn, in_tx: false })
     }
-}
 
-impl Registry for SqliteRegistry {
-    fn load(&mut self) -> Result<Vec<Agent>> {
-        let mut stmt = self.conn.prepare("SELECT id, body FROM agents ORDER BY seq")?;
+    /// Rows of (label, JSON body) decoded as T; a body that does not decode names its row.
+    fn json_rows<T: serde::de::DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare(sql)?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, body) = row?;
-            let agent = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt { id, err: e.to_string() })?;
-            out.push(agent);
+            out.push(serde_json::from_str(&body).map_err(|e| StoreError::Corrupt { id, err: e.to_string() })?);
         }
         Ok(out)
+    }
+}
+
+impl Registry for SqliteRegistry {
+    fn load(&mut self) -> Result<Vec<Agent>> {
+        self.json_rows("SELECT id, body FROM agents ORDER BY seq")
     }
 
     fn next_number(&mut self) -> Result<u64> {
@@ -131,17 +135,7 @@ impl Registry for SqliteRegistry {
     }
 
     fn escalations(&mut self) -> Result<Vec<Escalation>> {
-        let mut stmt = self.conn.prepare("SELECT n, body FROM escalations ORDER BY n")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (n, body) = row?;
-            out.push(
-                serde_json::from_str(&body)
-                    .map_err(|e| StoreError::Corrupt { id: format!("escalation {n}"), err: e.to_string() })?,
-            );
-        }
-        Ok(out)
+        self.json_rows("SELECT 'escalation ' || n, body FROM escalations ORDER BY n")
     }
 
     fn add_memory(&mut self, key: &str, m: &crate::memory::MemoryCandidate) -> Result<bool> {
@@ -151,17 +145,7 @@ impl Registry for SqliteRegistry {
     }
 
     fn memories(&mut self) -> Result<Vec<crate::memory::MemoryCandidate>> {
-        let mut stmt = self.conn.prepare("SELECT seq, body FROM memory ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (n, body) = row?;
-            out.push(
-                serde_json::from_str(&body)
-                    .map_err(|e| StoreError::Corrupt { id: format!("memory {n}"), err: e.to_string() })?,
-            );
-        }
-        Ok(out)
+        self.json_rows("SELECT 'memory ' || seq, body FROM memory ORDER BY seq")
     }
 
     fn get_meta(&mut self, key: &str) -> Result<Option<String>> {

@@ -301,7 +301,7 @@ allowed 1000 parallel tasks.{}\n",
     if !r.monitor.is_empty() {
         let _ = writeln!(
             o,
-            "The seed's `monitor-agents.sh` ([bench/seed/monitor-agents.sh](bench/seed/monitor-agents.sh), copied verbatim \
+            "The seed's `monitor-agents.sh` ([tests/fixtures/seed/monitor-agents.sh](tests/fixtures/seed/monitor-agents.sh), copied verbatim \
 from the seed's \"Monitoring Script Example\") over corral's own status files (the workspace sets `data_dir = \"data\"`, \
 the seed's paths). It starts six `jq` and two `date` processes per file.\n"
         );
