@@ -210,7 +210,7 @@ fn follow(data: &DataDir, root: &std::path::Path, total: usize) -> Result<()> {
                 finished += 1;
                 format!("{id} is escalated")
             }
-            "complete" | "failed" | "killed" | "timed_out" => {
+            k if crate::policy::agent::AgentState::FINISHED.contains(&k) && k != "escalated" => {
                 finished += 1;
                 format!("{id} is {}", e.kind)
             }

@@ -22,7 +22,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     if status != "killed" {
         // Wait for the exit, bounded by the grace period plus the KILL's own delivery.
         let limit = grace + std::time::Duration::from_secs(5);
-        let done = wait_for_kinds(ctx, &a.id, &["killed", "complete", "failed", "timed_out"], limit)?;
+        let done = wait_for_kinds(ctx, &a.id, crate::policy::agent::AgentState::FINISHED, limit)?;
         if done.is_none() {
             return Err(super::Fail { code: 1, msg: format!("{} did not exit within {:?}", a.id, limit) });
         }

@@ -24,8 +24,8 @@ pub struct Args {
     pub json: bool,
 }
 
-/// corral's states from which nothing more happens without a human.
-pub const FINISHED: &[&str] = &["complete", "failed", "killed", "timed_out", "escalated"];
+use crate::policy::agent::AgentState;
+const FINISHED: &[&str] = AgentState::FINISHED;
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     let limit = match &a.timeout {

@@ -4,7 +4,8 @@
 use super::args::{self, WaitArgs};
 use super::orchestrator::call;
 use crate::cli::Ctx;
-use crate::cli::wait::FINISHED;
+use crate::policy::agent::AgentState;
+const FINISHED: &[&str] = AgentState::FINISHED;
 use crate::client::Client;
 use crate::ipc::{AgentView, Request};
 use crate::store::EventRecord;

@@ -280,6 +280,9 @@ impl AgentState {
             Self::Escalated { .. } => "escalated",
         }
     }
+    /// The names of the finished states: also the kinds of the events that enter them.
+    pub const FINISHED: &'static [&'static str] = &["complete", "failed", "killed", "timed_out", "escalated"];
+
     /// Nothing more happens without a human: complete, failed for good, killed, escalated.
     pub fn is_finished(&self) -> bool {
         matches!(

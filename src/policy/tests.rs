@@ -447,3 +447,21 @@ fn resource_shortage_is_known_without_reading_reasons() {
     assert!(!resources_short(&p, &Resources { free_memory: Some(2 << 30), load: Some(1.0) }));
     assert!(!resources_short(&HealthPolicy::default(), &Resources { free_memory: Some(1), load: Some(99.0) }));
 }
+
+#[test]
+fn finished_names_match_the_finished_states() {
+    let states = [
+        AgentState::Complete,
+        AgentState::Failed { reason: String::new() },
+        AgentState::Killed,
+        AgentState::TimedOut { reason: String::new() },
+        AgentState::Escalated { reason: String::new(), escalation: 0 },
+        AgentState::Running,
+        AgentState::Queued { reason: String::new() },
+        AgentState::Retrying { next_mono: 0, reason: String::new() },
+        AgentState::Blocked { reason: String::new() },
+    ];
+    for s in states {
+        assert_eq!(AgentState::FINISHED.contains(&s.name()), s.is_finished(), "{}", s.name());
+    }
+}
