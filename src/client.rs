@@ -50,6 +50,30 @@ impl Client {
         }))
     }
 
+    /// One request, one reply, in a single round trip: the liveness check and the request
+    /// go out together. If the check is not answered, the request was never read (the
+    /// supervisor answers in order), so it is sent again the slow way, starting a
+    /// supervisor if none runs.
+    pub fn request(data: &DataDir, workspace_root: &Path, req: &Request) -> anyhow::Result<Reply> {
+        if let Ok(s) = UnixStream::connect(data.socket()) {
+            let mut lines = serde_json::to_vec(&Request::Ping)?;
+            lines.push(b'\n');
+            serde_json::to_writer(&mut lines, req)?;
+            lines.push(b'\n');
+            let mut c = Self { reader: BufReader::new(s.try_clone()?), writer: s };
+            if c.writer.write_all(&lines).is_ok()
+                && let Ok(Some(l)) = c.read_line()
+                && serde_json::from_str::<Reply>(&l).is_ok_and(|r| r.ok)
+            {
+                return match c.read_line()? {
+                    Some(l) => Ok(serde_json::from_str(&l).context("unreadable reply from the supervisor")?),
+                    None => bail!("the supervisor closed the connection without replying"),
+                };
+            }
+        }
+        Self::connect(data, workspace_root)?.call(req)
+    }
+
     /// Connects only if a supervisor is running and answering: a socket still held open by
     /// a supervisor that is dying does not count.
     pub fn try_connect(data: &DataDir) -> std::io::Result<Self> {

@@ -306,3 +306,38 @@ fn bad_config_is_rejected_with_file_line_and_key_and_the_old_one_stays() {
     ws.wait_state(&id, &["complete"], SECS(10));
     assert_eq!(ws.status().len(), 2);
 }
+
+#[test]
+fn a_report_counts_for_its_attempt_whatever_its_file_time_says() {
+    // Status writes are told apart by file version, not by file times: a report whose file
+    // time says otherwise (coarse file times, a wall clock stepped back; here the agent
+    // sets it to the year 2000) still belongs to the attempt, so each of these transient
+    // crashes is retried, never escalated.
+    let ws = Ws::with_config(Some(FAST));
+    let script = r#"if [ "$CORRAL_ATTEMPT" = 1 ]; then
+        printf '{"agentId":"%s","status":"failed","findings":["API rate limit exceeded"]}' "$CORRAL_AGENT_ID" > "$CORRAL_STATUS_FILE"
+        touch -d '2000-01-01 00:00:00' "$CORRAL_STATUS_FILE"
+        exit 1
+      fi
+      exit 0"#;
+    let ids: Vec<String> = (0..20).map(|_| ws.spawn("IMPLEMENTER", &["sh", "-c", script])).collect();
+    for id in &ids {
+        let s = ws.wait_state(id, &["complete", "escalated", "failed"], SECS(20));
+        assert_eq!(s["status"], "complete", "{id}: {s}");
+        let show = ws.show(id);
+        assert!(show["attempts"][0]["rule"].as_str().unwrap_or_default().contains("transient"), "{show}");
+    }
+}
+
+#[test]
+fn output_counts_as_a_heartbeat() {
+    // Reports once, then only prints, for four heartbeat periods: never stale.
+    let cfg = format!("{FAST}\n[roles.W]\nheartbeat_timeout = \"800ms\"\nmax_retries = 0\n");
+    let ws = Ws::with_config(Some(&cfg));
+    let script = "corral report --status active --progress 0.1; i=0; while [ $i -lt 16 ]; do echo working $i; \
+                  sleep 0.2; i=$((i+1)); done; corral report --status complete --progress 1.0";
+    let id = ws.spawn("W", &["sh", "-c", script]);
+    let s = ws.wait_state(&id, &["complete", "failed", "escalated", "timed_out"], SECS(20));
+    assert_eq!(s["status"], "complete", "{s}");
+    assert!(!kinds(&ws, &id).contains(&"stale".to_string()));
+}

@@ -86,17 +86,6 @@ pub enum Cmd {
     Completions(completions::Args),
     /// The manual page (roff) on stdout.
     Man,
-    #[command(name = "__shim", hide = true)]
-    Shim {
-        lock: PathBuf,
-        start: PathBuf,
-        exit: PathBuf,
-        log: PathBuf,
-        cwd: PathBuf,
-        header: String,
-        #[arg(last = true)]
-        argv: Vec<String>,
-    },
 }
 
 /// A failure with the exit code it deserves (2: bad input, 1: the operation failed).
@@ -140,9 +129,14 @@ impl Ctx {
         Ok(Client::connect(&self.data, &self.ws.root)?)
     }
 
+    /// Sends one request; the reply as it came.
+    pub fn request(&self, req: &Request) -> Result<Reply> {
+        Ok(Client::request(&self.data, &self.ws.root, req)?)
+    }
+
     /// Sends one request and returns the reply's data as the JSON text it came as.
     pub fn call_raw(&self, req: &Request) -> Result<String> {
-        let reply: Reply = self.client()?.call(req)?;
+        let reply: Reply = Client::request(&self.data, &self.ws.root, req)?;
         if !reply.ok {
             return Err(Fail {
                 code: reply.exit.unwrap_or(1),
@@ -154,7 +148,7 @@ impl Ctx {
 
     /// Sends one request and turns an error reply into a `Fail`.
     pub fn call(&self, req: &Request) -> Result<serde_json::Value> {
-        let reply: Reply = self.client()?.call(req)?;
+        let reply: Reply = Client::request(&self.data, &self.ws.root, req)?;
         into_result(reply)
     }
 }
@@ -168,14 +162,11 @@ pub fn into_result(reply: Reply) -> Result<serde_json::Value> {
 }
 
 pub fn run(cli: Cli) -> Result {
-    if let Cmd::Shim { lock, start, exit, log, cwd, header, argv } = cli.command {
-        let a = crate::supervisor::shim::ShimArgs { lock, start, exit, log, cwd, header, argv, ..Default::default() };
-        return Ok(crate::supervisor::shim::run(a));
-    }
     // Commands that print die quietly when their reader goes away (`| head`), like any Unix
-    // tool. The supervisor and the shim keep ignoring SIGPIPE: a closed pipe must never
-    // kill them; nor the MCP server, which ends its session cleanly when its client leaves.
-    if !matches!(cli.command, Cmd::Daemon(_) | Cmd::Shim { .. } | Cmd::Mcp(_)) {
+    // tool. The supervisor and the shim (not parsed here) keep ignoring SIGPIPE: a closed
+    // pipe must never kill them; nor the MCP server, which ends its session cleanly when
+    // its client leaves.
+    if !matches!(cli.command, Cmd::Daemon(_) | Cmd::Mcp(_)) {
         // SAFETY: restoring the default disposition of one signal.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
@@ -206,6 +197,6 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Handoff(a) => handoff::run(&ctx, a),
         Cmd::Events(a) => events::run(&ctx, a),
         Cmd::Daemon(a) => daemon::run(&ctx, a),
-        Cmd::Shim { .. } | Cmd::Completions(_) | Cmd::Man => unreachable!("handled above"),
+        Cmd::Completions(_) | Cmd::Man => unreachable!("handled above"),
     }
 }

@@ -99,7 +99,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         command: a.command,
         idempotency_key: a.idempotency_key,
     };
-    let reply = into_result(ctx.client()?.call(&Request::Spawn(Box::new(req)))?)?;
+    let reply = into_result(ctx.request(&Request::Spawn(Box::new(req)))?)?;
     let r: SpawnReply = serde_json::from_value(reply)?;
     println!("{}", r.agent_id);
     match r.status.as_str() {

@@ -4,6 +4,7 @@
 use super::classify::RuleAction;
 use super::role::RolePolicy;
 use crate::protocol::AgentId;
+use crate::protocol::files::FileStamp;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -141,6 +142,14 @@ pub struct Attempt {
     pub counted: bool,
     #[serde(default)]
     pub liveness: Liveness,
+    /// The status file as it was just before this attempt started (`None`: there was
+    /// none): a status file that differs from it was written by this attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_baseline: Option<FileStamp>,
+    /// Handoff files (names) of this agent that existed before this attempt started: they
+    /// are not this attempt's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handoffs_before: Vec<String>,
 }
 
 fn yes() -> bool {

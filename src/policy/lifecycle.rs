@@ -107,6 +107,8 @@ fn begin_attempt(agent: &mut Agent, now: &Now, handoff_file: PathBuf) -> Vec<Act
         context_note: agent.next_context.take(),
         counted: true,
         liveness: Liveness::default(),
+        status_baseline: None,
+        handoffs_before: Vec::new(),
     });
     agent.state = AgentState::Running;
     agent.updated_at = now.wall.clone();

@@ -103,6 +103,34 @@ fn complete() -> String {
     "complete".into()
 }
 
+/// One version of a file, told apart without reading it: any write (in place, or a new
+/// file renamed over it) changes it. The supervisor tells a write made during an attempt
+/// from one left by an earlier attempt this way, never by comparing timestamps (file times
+/// are coarse, and the wall clock can step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl FileStamp {
+    /// The file's current version; `None` when there is no file.
+    pub fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec()),
+            ctime_ns: m.ctime().saturating_mul(1_000_000_000).saturating_add(m.ctime_nsec()),
+        })
+    }
+}
+
 /// Opens a file an agent controls for reading, refusing anything but a regular file: a
 /// FIFO, device or socket planted under the data dir must never block or flood the reader.
 pub fn open_regular(path: &Path) -> Result<std::fs::File, String> {

@@ -10,7 +10,7 @@ use crate::policy::agent::{Agent, AgentState, Escalation};
 use crate::policy::classify::{self, Rule};
 use crate::policy::health::{self, Breaker, HealthPolicy, Resources};
 use crate::policy::lifecycle::{self, Action, Now, Signal};
-use crate::protocol::files::StatusFile;
+use crate::protocol::files::{FileStamp, StatusFile};
 use crate::protocol::{AgentId, DataDir, atomic, time};
 use crate::store::{EventRecord, Registry};
 use serde_json::Value;
@@ -42,6 +42,18 @@ pub struct Live {
     pub report: Option<StatusFile>,
     pub report_error: Option<String>,
     pub handoffs: Vec<PathBuf>,
+    /// The status file version last read: an event that finds the same version is not a
+    /// new report.
+    pub status_seen: Option<FileStamp>,
+    /// The log's length when last looked at, and when (monotonic ms) it was last seen to
+    /// grow: output counts as a heartbeat without trusting file times.
+    pub log_seen: Option<(u64, Option<u64>)>,
+}
+
+impl Live {
+    pub fn new(agent: Agent) -> Self {
+        Self { agent, report: None, report_error: None, handoffs: Vec::new(), status_seen: None, log_seen: None }
+    }
 }
 
 pub struct Supervisor {
@@ -75,6 +87,8 @@ pub struct Supervisor {
     pub last_seq: u64,
     /// Forks shims; started on first use, replaced when it fails.
     pub launcher: Option<super::launcher::Launcher>,
+    /// Attempts that did not start and whose run file could not say so (a full disk).
+    pub not_started: HashMap<(AgentId, u32), String>,
 }
 
 pub fn now() -> Now {
@@ -120,6 +134,7 @@ impl Supervisor {
             registry_dirty: true,
             escalations_dirty: true,
             cleanup: Vec::new(),
+            not_started: HashMap::new(),
             stopping: false,
             last_seq: 0,
             launcher: None,
@@ -137,7 +152,7 @@ impl Supervisor {
         for agent in self.store.load()? {
             let id = agent.spec.id.clone();
             self.order.push(id.clone());
-            self.agents.insert(id.clone(), Live { agent, report: None, report_error: None, handoffs: Vec::new() });
+            self.agents.insert(id.clone(), Live::new(agent));
             self.refresh_status(&id);
         }
         self.scan_handoffs();
@@ -375,7 +390,7 @@ impl Supervisor {
                 }
             }
             text.push_str("\n]\n");
-            if let Err(e) = atomic::write_atomic(&self.data.registry_file(), text.as_bytes()) {
+            if let Err(e) = atomic::replace_in_place(&self.data.registry_file(), text.as_bytes()) {
                 eprintln!("corral daemon: cannot write {}: {e}", self.data.registry_file().display());
             }
         }
@@ -387,7 +402,7 @@ impl Supervisor {
                 .filter(|e| e.is_open())
                 .map(|e| format!("{}: {}\n", e.agent_id, e.reason.replace('\n', " ")))
                 .collect();
-            if let Err(e) = atomic::write_atomic(&self.data.escalations_file(), text.as_bytes()) {
+            if let Err(e) = atomic::replace_in_place(&self.data.escalations_file(), text.as_bytes()) {
                 eprintln!("corral daemon: cannot write {}: {e}", self.data.escalations_file().display());
             }
         }
@@ -438,11 +453,30 @@ impl Supervisor {
         self.admit_queued();
     }
 
-    /// When the agent's log was last written, on the monotonic clock.
-    fn output_mono(&self, id: &AgentId) -> Option<u64> {
-        let modified = std::fs::metadata(self.data.log_file(id)).and_then(|m| m.modified()).ok()?;
-        let age = std::time::SystemTime::now().duration_since(modified).unwrap_or_default();
-        Some(time::mono_ms().saturating_sub(age.as_millis() as u64))
+    /// When the agent's log was last seen to grow, on the monotonic clock. Growth is seen
+    /// when looked for (at a heartbeat deadline), so output counts from then: never later
+    /// than it happened by more than one check, and file times play no part.
+    fn output_mono(&mut self, id: &AgentId) -> Option<u64> {
+        let len = std::fs::metadata(self.data.log_file(id)).map(|m| m.len()).unwrap_or(0);
+        let live = self.agents.get_mut(id)?;
+        let mono = time::mono_ms();
+        let seen = match live.log_seen {
+            Some((before, last)) if before == len => last,
+            // The first look only takes the measure: growth before it is not evidence.
+            None => None,
+            Some(_) => Some(mono),
+        };
+        live.log_seen = Some((len, seen));
+        seen
+    }
+
+    /// Takes the log's measure when an attempt starts (or is found again after a
+    /// restart), so that only later output counts as a heartbeat.
+    pub fn measure_log(&mut self, id: &AgentId) {
+        let len = std::fs::metadata(self.data.log_file(id)).map(|m| m.len()).unwrap_or(0);
+        if let Some(live) = self.agents.get_mut(id) {
+            live.log_seen = Some((len, None));
+        }
     }
 
     pub fn running_count(&self) -> usize {
@@ -475,7 +509,16 @@ impl Supervisor {
         loop {
             let now = now();
             let mut changed = false;
-            for id in self.order.clone() {
+            let queued: Vec<AgentId> = self
+                .order
+                .iter()
+                .filter(|id| matches!(self.agents[*id].agent.state, AgentState::Queued { .. }))
+                .cloned()
+                .collect();
+            // Counted once, and again only after something started: a long queue held by
+            // the gate costs one pass, not one pass per queued agent.
+            let mut counts = None;
+            for id in queued {
                 if !matches!(self.agents[&id].agent.state, AgentState::Queued { .. }) {
                     continue;
                 }
@@ -483,14 +526,8 @@ impl Supervisor {
                     self.agents.get(d).map(|l| &l.agent.state)
                 });
                 if gate == lifecycle::Gate::Ready {
-                    let hold = health::hold_reason(
-                        &self.health,
-                        &self.breaker,
-                        self.running_count(),
-                        self.open_escalations(),
-                        &resources,
-                        now.mono,
-                    );
+                    let (running, open) = *counts.get_or_insert_with(|| (self.running_count(), self.open_escalations()));
+                    let hold = health::hold_reason(&self.health, &self.breaker, running, open, &resources, now.mono);
                     if let Some(why) = hold {
                         if health::resources_short(&self.health, &resources) {
                             self.resource_recheck = Some(now.mono + RESOURCE_RECHECK_MS);
@@ -508,6 +545,7 @@ impl Supervisor {
                 }
                 if !actions.is_empty() {
                     self.apply(&id, actions);
+                    counts = None;
                 }
                 changed |= self.agents[&id].agent.state.is_finished() && !before.is_finished();
             }

@@ -5,13 +5,14 @@
 use super::daemon::{Live, Msg, Supervisor, now};
 use super::launcher::Launcher;
 use super::process;
-use super::shim::{ExitRecord, Handshake, HandshakeMsg, ShimArgs, StartRecord};
+use super::shim::{self, Handshake, HandshakeMsg, RunInfo, ShimArgs};
 use crate::ipc::{Reply, SpawnReply, SpawnRequest};
 use crate::policy::agent::{Agent, AgentSpec, AgentState, ProcessEnd};
 use crate::policy::lifecycle;
 use crate::protocol::context::{ContextInput, render};
 use crate::protocol::ids::validate_role;
-use crate::protocol::{AgentId, atomic, time};
+use crate::protocol::files::FileStamp;
+use crate::protocol::{AgentId, DataDir, atomic, time};
 use std::io::BufRead;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -52,7 +53,7 @@ pub fn spawn(sup: &mut Supervisor, req: SpawnRequest) -> Reply {
         next_context: None,
     };
     sup.order.push(id.clone());
-    sup.agents.insert(id.clone(), Live { agent, report: None, report_error: None, handoffs: Vec::new() });
+    sup.agents.insert(id.clone(), Live::new(agent));
     let s = &sup.agents[&id].agent.spec;
     sup.emit(
         Some(&id),
@@ -153,6 +154,7 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
 
 /// Starts the process of the agent's current attempt (recorded durably first).
 pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
+    take_baselines(sup, id);
     // Durable before it runs: a supervisor that dies now finds the attempt and its lock.
     if let Err(e) = sup.persist() {
         eprintln!("corral daemon: cannot record attempt of {id} before starting it: {e}");
@@ -165,15 +167,50 @@ pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
     match result {
         Ok((shim_pid, pid, pidfd)) => {
             watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, pidfd);
+            sup.measure_log(id);
+            let live = sup.agents.get_mut(id).expect("present");
             let actions = lifecycle::started(&mut live.agent, shim_pid, pid, &now);
             sup.apply(id, actions);
         }
         Err(reason) => {
             // Recorded like any other end, so the policy classifies it like any other.
-            let exit = ExitRecord { end: ProcessEnd::NotStarted { reason }, ended_at: now.wall.clone() };
-            let _ = atomic::write_json_atomic(&sup.data.attempt_file(id, n, "exit"), &exit);
+            let run = sup.data.attempt_file(id, n, "run");
+            if RunInfo::read(&run).exit.is_none()
+                && let Err(e) = shim::record_not_started(&run, reason.clone())
+            {
+                eprintln!("corral daemon: cannot record that attempt {n} of {id} did not start: {e}");
+                sup.not_started.insert((id.clone(), n), reason);
+            }
             sup.attempt_ended(id, n);
         }
+    }
+}
+
+/// What the agent's files look like before the attempt starts, so that what it writes is
+/// told from what earlier attempts left (by content identity, not by file times).
+fn take_baselines(sup: &mut Supervisor, id: &AgentId) {
+    let status = FileStamp::of(&sup.data.status_file(id));
+    let live = &sup.agents[id];
+    let n = live.agent.current().map(|a| a.attempt).unwrap_or(1);
+    let mut before: Vec<String> = live.handoffs.iter().filter_map(|p| Some(p.file_name()?.to_str()?.into())).collect();
+    if n > 1 {
+        // A handoff an earlier attempt wrote just before it ended may not have been
+        // announced yet: look at the directory itself (retries only; a first attempt has
+        // nothing before it).
+        if let Ok(rd) = std::fs::read_dir(sup.data.handoff_dir()) {
+            for e in rd.flatten() {
+                if let Some(name) = e.file_name().to_str()
+                    && DataDir::handoff_owner(name) == Some(id.as_str())
+                    && !before.iter().any(|b| b == name)
+                {
+                    before.push(name.to_string());
+                }
+            }
+        }
+    }
+    if let Some(a) = sup.agents.get_mut(id).expect("present").agent.current_mut() {
+        a.status_baseline = status;
+        a.handoffs_before = before;
     }
 }
 
@@ -233,9 +270,7 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
     ]);
     let args = ShimArgs {
         seq: 0,
-        lock: d.attempt_file(id, n, "lock"),
-        start: d.attempt_file(id, n, "start"),
-        exit: d.attempt_file(id, n, "exit"),
+        run: d.attempt_file(id, n, "run"),
         log: d.log_file(id),
         cwd: spec.cwd.clone(),
         header,
@@ -281,7 +316,7 @@ fn handshake_result(sup: &Supervisor, m: HandshakeMsg, args: &ShimArgs) -> Resul
             let fd = process::pidfd_open(m.shim_pid).ok();
             // Opened after the shim may have ended: if its exit record is there, the pid
             // could already belong to someone else, so do not watch it.
-            let fd = fd.filter(|_| !args.exit.exists());
+            let fd = fd.filter(|_| RunInfo::read(&args.run).exit.is_none());
             Ok((m.shim_pid, pid, fd))
         }
         Handshake::NotStarted { reason } => {
@@ -294,7 +329,7 @@ fn handshake_result(sup: &Supervisor, m: HandshakeMsg, args: &ShimArgs) -> Resul
 /// The shim did not answer in time: if it recorded a start, it owns the attempt and its
 /// exit record will say how it ended; otherwise the attempt did not start.
 fn no_word(args: &ShimArgs, fd: Option<OwnedFd>) -> Result<Started, String> {
-    match read_json::<StartRecord>(&args.start) {
+    match RunInfo::read(&args.run).start {
         Some(s) => Ok((s.shim_pid, s.pid, fd.or_else(|| process::pidfd_open(s.shim_pid).ok()))),
         None => Err("the attempt's shim did not report within 10s".into()),
     }
@@ -305,9 +340,7 @@ fn exec_shim(sup: &Supervisor, args: ShimArgs) -> Result<Started, String> {
     let _ = sup;
     let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
     cmd.arg("__shim")
-        .arg(&args.lock)
-        .arg(&args.start)
-        .arg(&args.exit)
+        .arg(&args.run)
         .arg(&args.log)
         .arg(&args.cwd)
         .arg(&args.header)
@@ -362,13 +395,12 @@ fn watch_exit(
     });
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
-}
-
 /// How the attempt ended, and when, from the shim's exit record.
-pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> (ProcessEnd, Option<String>) {
-    match read_json::<ExitRecord>(&sup.data.attempt_file(id, attempt, "exit")) {
+pub fn read_exit(sup: &mut Supervisor, id: &AgentId, attempt: u32) -> (ProcessEnd, Option<String>) {
+    if let Some(reason) = sup.not_started.remove(&(id.clone(), attempt)) {
+        return (ProcessEnd::NotStarted { reason }, None);
+    }
+    match RunInfo::read(&sup.data.attempt_file(id, attempt, "run")).exit {
         Some(r) => (r.end, Some(r.ended_at)),
         None => (
             ProcessEnd::Lost { reason: "the attempt's shim ended without recording an exit (was it killed?)".into() },
@@ -383,21 +415,18 @@ pub fn reconcile(sup: &mut Supervisor, id: &AgentId) {
         return;
     };
     let n = a.attempt;
-    let d = sup.data.clone();
-    if d.attempt_file(id, n, "exit").exists() {
+    let path = sup.data.attempt_file(id, n, "run");
+    // Whether its shim lives, then what it wrote: once the lock is free, the file is final.
+    let held = RunInfo::held(&path);
+    let info = RunInfo::read(&path);
+    if info.exit.is_some() {
         sup.attempt_ended(id, n);
         return;
     }
-    let lock_path = d.attempt_file(id, n, "lock");
-    let held = std::fs::File::open(&lock_path).ok().map(|f| process::try_lock(&f).map(|got| !got).unwrap_or(false));
-    let start = read_json::<StartRecord>(&d.attempt_file(id, n, "start"));
-    match (held, start) {
+    match (held, info.start) {
         (Some(true), start) => {
             // The shim is alive and holds the attempt: watch it again.
-            let shim_pid = match &start {
-                Some(s) => s.shim_pid,
-                None => std::fs::read_to_string(&lock_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0),
-            };
+            let shim_pid = info.shim_pid.unwrap_or(0);
             match process::pidfd_open(shim_pid) {
                 Ok(fd) => {
                     if let Some(s) = start {
@@ -405,6 +434,7 @@ pub fn reconcile(sup: &mut Supervisor, id: &AgentId) {
                         let actions = lifecycle::started(&mut live.agent, s.shim_pid, s.pid, &now());
                         sup.apply(id, actions);
                     }
+                    sup.measure_log(id);
                     sup.emit(Some(id), "reattached", serde_json::json!({ "attempt": n, "shimPid": shim_pid }));
                     watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, Some(fd));
                 }

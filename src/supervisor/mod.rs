@@ -35,6 +35,9 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
     }
     lock.set_len(0)?;
     writeln!(&lock, "{}", std::process::id())?;
+    // The registry export is rewritten under a file lease (atomic::replace_in_place), and a
+    // broken lease is announced with SIGIO, whose default is to terminate.
+    process::ignore_signal(libc::SIGIO);
 
     let store = SqliteRegistry::open(&data.db_file())
         .with_context(|| format!("cannot open the registry {}", data.db_file().display()))?;

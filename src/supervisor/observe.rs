@@ -4,7 +4,7 @@
 use super::daemon::{Supervisor, finding_text, now};
 use super::launch;
 use crate::policy::lifecycle::{self, ExitFacts, HandoffFacts, Report, Rules};
-use crate::protocol::files::{self, StatusFile};
+use crate::protocol::files::{self, FileStamp, StatusFile};
 use crate::protocol::{AgentId, DataDir, time};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -21,9 +21,8 @@ fn same_content(a: &StatusFile, b: &StatusFile) -> bool {
         && a.findings == b.findings
 }
 
-fn modified(p: &Path) -> Option<jiff::Timestamp> {
-    let m = std::fs::metadata(p).and_then(|m| m.modified()).ok()?;
-    jiff::Timestamp::try_from(m).ok()
+fn modified(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 impl Supervisor {
@@ -45,10 +44,11 @@ impl Supervisor {
     }
 
     /// Re-reads an agent's status file; a bad file is recorded against that agent alone.
-    /// A write made during the current attempt is a report to the core.
+    /// A new version of the file that differs from the one there before the current
+    /// attempt started is a report to the core.
     pub fn refresh_status(&mut self, id: &AgentId) {
         let path = self.data.status_file(id);
-        let Some(mtime) = modified(&path) else { return };
+        let Some(stamp) = FileStamp::of(&path) else { return };
         let parsed = files::read_status(&path).and_then(|s| {
             if s.agent_id == id.as_str() {
                 Ok(s)
@@ -58,8 +58,10 @@ impl Supervisor {
         });
         let rules = (self.rules.clone(), self.default_rules.clone());
         let Some(live) = self.agents.get_mut(id) else { return };
-        let fresh =
-            live.agent.current().and_then(|a| time::parse(&a.started_at)).is_some_and(|started| mtime >= started);
+        let new_version = live.status_seen != Some(stamp);
+        live.status_seen = Some(stamp);
+        let fresh = new_version
+            && live.agent.current().is_some_and(|a| a.ended().is_none() && a.status_baseline != Some(stamp));
         let mut actions = Vec::new();
         let event = match parsed {
             Ok(s) => {
@@ -141,26 +143,28 @@ impl Supervisor {
         if self.agents[id].agent.state == crate::policy::agent::AgentState::Complete {
             self.remember(id, attempt);
         }
-        for kind in ["start", "exit", "lock"] {
-            self.cleanup_after_commit(self.data.attempt_file(id, attempt, kind));
-        }
+        self.cleanup_after_commit(self.data.attempt_file(id, attempt, "run"));
         self.admit_queued();
     }
 
-    /// The newest handoff file written during this attempt.
+    /// The newest handoff file written during this attempt: the file named for it, or one
+    /// of the agent's that was not there before it started.
     fn attempt_handoff(&self, id: &AgentId, attempt: u32) -> Option<PathBuf> {
         let live = &self.agents[id];
         let a = live.agent.attempts.iter().find(|a| a.attempt == attempt)?;
-        let started = time::parse(&a.started_at)?;
-        let mut candidates: Vec<PathBuf> = live.handoffs.clone();
-        if a.handoff_file.exists() && !candidates.contains(&a.handoff_file) {
+        let mut candidates: Vec<PathBuf> = live
+            .handoffs
+            .iter()
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                !a.handoffs_before.iter().any(|b| b == name)
+            })
+            .cloned()
+            .collect();
+        if !candidates.contains(&a.handoff_file) {
             candidates.push(a.handoff_file.clone());
         }
-        candidates
-            .into_iter()
-            .filter_map(|p| modified(&p).filter(|m| *m >= started).map(|m| (m, p)))
-            .max_by_key(|(m, _)| *m)
-            .map(|(_, p)| p)
+        candidates.into_iter().filter_map(|p| modified(&p).map(|m| (m, p))).max_by_key(|(m, _)| *m).map(|(_, p)| p)
     }
 
     /// Stores the memory candidates of a completed attempt's handoff, deduplicated.

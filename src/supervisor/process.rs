@@ -58,6 +58,13 @@ pub fn become_subreaper() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }
 
+/// Reserves `len` bytes of disk for the file without changing its size, so later writes
+/// within them need no new space (best effort: not every file system can).
+pub fn reserve(f: &File, len: i64) {
+    // SAFETY: fallocate on a valid descriptor; KEEP_SIZE leaves the visible content alone.
+    unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+}
+
 /// Takes an exclusive lock without waiting; `Ok(false)` when someone else holds it.
 pub fn try_lock(f: &File) -> io::Result<bool> {
     // SAFETY: valid open descriptor.
@@ -95,6 +102,11 @@ pub fn wait_readable(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
 pub fn ignore_signal(sig: libc::c_int) {
     // SAFETY: installing SIG_IGN is always sound.
     unsafe { libc::signal(sig, libc::SIG_IGN) };
+}
+
+pub fn default_signal(sig: libc::c_int) {
+    // SAFETY: installing SIG_DFL is always sound.
+    unsafe { libc::signal(sig, libc::SIG_DFL) };
 }
 
 /// Exit code and signal of a wait status from std.

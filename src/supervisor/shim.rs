@@ -2,13 +2,21 @@
 //! no outcome" true: the shim, not the supervisor, is the agent's parent. It starts the
 //! command in its own process group with output going straight to the log, holds a lock
 //! for as long as the attempt lives, waits for the exit, clears the group of leftovers and
-//! writes the exit record. The supervisor may die and come back at any point in between.
+//! records the exit. The supervisor may die and come back at any point in between.
+//!
+//! Everything about one attempt's process lives in one file, `run/<id>.<n>.run`, which the
+//! shim locks for the attempt's whole life: one line saying which shim it is, one when the
+//! command started, one when it ended. Space for them is reserved when the file is made, so
+//! the exit is recorded even on a disk that filled up meanwhile. Its lines are read only
+//! when its lock is free (the shim is gone) or for what the shim wrote before it answered.
 
 use super::process;
 use crate::policy::agent::ProcessEnd;
-use crate::protocol::{atomic, time};
+use crate::protocol::{files, time};
 use serde::{Deserialize, Serialize};
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,6 +35,103 @@ pub struct StartRecord {
 pub struct ExitRecord {
     pub end: ProcessEnd,
     pub ended_at: String,
+}
+
+/// One line of a run file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunLine {
+    Shim { pid: i32 },
+    Start(StartRecord),
+    Exit(ExitRecord),
+}
+
+/// What a run file says.
+#[derive(Debug, Default)]
+pub struct RunInfo {
+    pub shim_pid: Option<i32>,
+    pub start: Option<StartRecord>,
+    pub exit: Option<ExitRecord>,
+}
+
+impl RunInfo {
+    /// Reads a run file (bounded; a torn last line, as from a shim killed while writing it,
+    /// is not a record).
+    pub fn read(path: &Path) -> Self {
+        let mut info = Self::default();
+        let Ok(text) = files::read_bounded(path) else { return info };
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            match serde_json::from_str::<RunLine>(line.trim_end_matches(['\n', '\0'])) {
+                Ok(RunLine::Shim { pid }) => info.shim_pid = Some(pid),
+                Ok(RunLine::Start(s)) => {
+                    info.shim_pid = Some(s.shim_pid);
+                    info.start = Some(s);
+                }
+                Ok(RunLine::Exit(e)) => info.exit = Some(e),
+                Err(_) => {}
+            }
+        }
+        info
+    }
+
+    /// Whether the shim that owns the run file still holds it (`None`: no file).
+    pub fn held(path: &Path) -> Option<bool> {
+        let f = File::open(path).ok()?;
+        Some(process::try_lock(&f).map(|got| !got).unwrap_or(false))
+    }
+}
+
+/// Appends records to a run file at known offsets, into space reserved up front.
+pub struct RunFile {
+    file: File,
+    end: u64,
+}
+
+/// Room reserved for a run file's records (they take a few hundred bytes).
+const RUN_FILE_RESERVE: i64 = 16 * 1024;
+
+impl RunFile {
+    /// Creates (or opens) and locks the run file; `Ok(None)` if another shim holds it.
+    pub fn claim(path: &Path) -> std::io::Result<Option<Self>> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        if !process::try_lock(&file)? {
+            return Ok(None);
+        }
+        process::reserve(&file, RUN_FILE_RESERVE);
+        let end = file.metadata()?.len();
+        Ok(Some(Self { file, end }))
+    }
+
+    /// Appends one record; on failure (a full disk without the reserve), tries again for
+    /// as long as `patience` allows, still holding the lock.
+    pub fn append(&mut self, line: &RunLine, patience: Duration) -> std::io::Result<()> {
+        let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        let until = Instant::now() + patience;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match self.file.write_all_at(&bytes, self.end) {
+                Ok(()) => {
+                    self.end += bytes.len() as u64;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= until => return Err(e),
+                Err(_) => {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// Records an end for an attempt whose shim never ran (written by the supervisor).
+pub fn record_not_started(path: &Path, reason: String) -> std::io::Result<()> {
+    let line = RunLine::Exit(ExitRecord { end: ProcessEnd::NotStarted { reason }, ended_at: time::rfc3339(time::now()) });
+    match RunFile::claim(path)? {
+        Some(mut f) => f.append(&line, Duration::ZERO),
+        None => Err(std::io::Error::other(format!("{} is held by a running shim", path.display()))),
+    }
 }
 
 /// Whether the command started.
@@ -51,39 +156,39 @@ pub struct HandshakeMsg {
 pub struct ShimArgs {
     /// Matches the handshake to its request.
     pub seq: u64,
-    /// The agent's whole environment; `None`: the shim's own, inherited.
-    pub lock: PathBuf,
-    pub start: PathBuf,
-    pub exit: PathBuf,
+    /// The attempt's run file.
+    pub run: PathBuf,
     pub log: PathBuf,
     pub cwd: PathBuf,
     pub header: String,
     pub argv: Vec<String>,
+    /// The agent's whole environment; `None`: the shim's own, inherited.
     pub env: Option<Vec<(String, String)>>,
 }
 
 /// Grace given to processes an agent leaves behind in its group after it exits.
 const LEFTOVER_GRACE: Duration = Duration::from_millis(1000);
 
-/// `corral __shim LOCK START EXIT LOG CWD HEADER -- ARGV...`, parsed without clap.
+/// How long a shim keeps trying to record an exit the disk will not take.
+const EXIT_RECORD_PATIENCE: Duration = Duration::from_secs(24 * 3600);
+
+/// `corral __shim RUN LOG CWD HEADER -- ARGV...`, parsed without clap.
 pub fn run_from_args(args: &[std::ffi::OsString]) -> i32 {
     let sep = args.iter().position(|a| a == "--");
-    let (Some(sep), true) = (sep, args.len() >= 7) else {
-        eprintln!("corral shim: expected LOCK START EXIT LOG CWD HEADER -- ARGV...");
+    let (Some(sep), true) = (sep, args.len() >= 5) else {
+        eprintln!("corral shim: expected RUN LOG CWD HEADER -- ARGV...");
         return 2;
     };
-    if sep != 6 {
-        eprintln!("corral shim: expected 6 arguments before --, got {sep}");
+    if sep != 4 {
+        eprintln!("corral shim: expected 4 arguments before --, got {sep}");
         return 2;
     }
     let p = |i: usize| PathBuf::from(&args[i]);
     run(ShimArgs {
-        lock: p(0),
-        start: p(1),
-        exit: p(2),
-        log: p(3),
-        cwd: p(4),
-        header: args[5].to_string_lossy().into_owned(),
+        run: p(0),
+        log: p(1),
+        cwd: p(2),
+        header: args[3].to_string_lossy().into_owned(),
         argv: args[sep + 1..].iter().map(|a| a.to_string_lossy().into_owned()).collect(),
         ..Default::default()
     })
@@ -92,21 +197,40 @@ pub fn run_from_args(args: &[std::ffi::OsString]) -> i32 {
 pub fn run(a: ShimArgs) -> i32 {
     process::ignore_signal(libc::SIGHUP);
     process::ignore_signal(libc::SIGINT);
+    // The supervisor ignores SIGIO (see its start); the agent gets the default back.
+    process::default_signal(libc::SIGIO);
     // Orphans of the agent are reparented to us rather than to init, so we reap them and
     // can tell a live leftover from a zombie nobody has collected yet.
     process::become_subreaper();
-    match run_inner(&a) {
-        Ok(()) => 0,
+    let mut run = match RunFile::claim(&a.run) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            let why = format!("another shim already holds {}; not starting twice", a.run.display());
+            say(a.seq, Handshake::NotStarted { reason: why });
+            return 1;
+        }
+        Err(e) => {
+            let why = format!("cannot open {}: {e}", a.run.display());
+            say(a.seq, Handshake::NotStarted { reason: why });
+            return 1;
+        }
+    };
+    let _ = run.append(&RunLine::Shim { pid: std::process::id() as i32 }, Duration::ZERO);
+    let end = match start_and_wait(&a, &mut run) {
+        Ok(end) => end,
         Err(e) => {
             eprintln!("corral shim: {e}");
             say(a.seq, Handshake::NotStarted { reason: e.clone() });
-            let _ = atomic::write_json_atomic(
-                &a.exit,
-                &ExitRecord { end: ProcessEnd::NotStarted { reason: e }, ended_at: time::rfc3339(time::now()) },
-            );
-            1
+            ProcessEnd::NotStarted { reason: e }
         }
+    };
+    let code = i32::from(!matches!(end, ProcessEnd::Exited { .. } | ProcessEnd::Signaled { .. }));
+    let exit = RunLine::Exit(ExitRecord { end, ended_at: time::rfc3339(time::now()) });
+    if let Err(e) = run.append(&exit, EXIT_RECORD_PATIENCE) {
+        eprintln!("corral shim: cannot record the exit in {}: {e}", a.run.display());
+        return 1;
     }
+    code
 }
 
 fn say(seq: u64, result: Handshake) {
@@ -120,19 +244,8 @@ fn say(seq: u64, result: Handshake) {
     let _ = out.flush();
 }
 
-fn run_inner(a: &ShimArgs) -> Result<(), String> {
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&a.lock)
-        .map_err(|e| format!("cannot open {}: {e}", a.lock.display()))?;
-    if !process::try_lock(&lock).map_err(|e| e.to_string())? {
-        return Err(format!("another shim already holds {}; not starting twice", a.lock.display()));
-    }
-    let _ = lock.set_len(0);
-    let _ = writeln!(&lock, "{}", std::process::id());
-
+/// Starts the command, says so, waits for it to end and clears its group.
+fn start_and_wait(a: &ShimArgs, run: &mut RunFile) -> Result<ProcessEnd, String> {
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -165,9 +278,13 @@ fn run_inner(a: &ShimArgs) -> Result<(), String> {
         }
     };
     let pid = child.id() as i32;
-    let started_at = time::rfc3339(time::now());
-    atomic::write_json_atomic(&a.start, &StartRecord { shim_pid: std::process::id() as i32, pid, started_at })
-        .map_err(|e| format!("cannot write {}: {e}", a.start.display()))?;
+    let start = StartRecord { shim_pid: std::process::id() as i32, pid, started_at: time::rfc3339(time::now()) };
+    if let Err(e) = run.append(&RunLine::Start(start), Duration::ZERO) {
+        // Without a start record a restarted supervisor could not find this attempt again.
+        let _ = process::signal_group(pid, libc::SIGKILL);
+        let _ = child.wait();
+        return Err(format!("cannot record the start in {}: {e}", a.run.display()));
+    }
     say(a.seq, Handshake::Started { pid });
 
     let end = loop {
@@ -181,10 +298,7 @@ fn run_inner(a: &ShimArgs) -> Result<(), String> {
     };
     clear_group(pid);
     let _ = writeln!(log, "corral: attempt ended: {}", end.describe());
-    atomic::write_json_atomic(&a.exit, &ExitRecord { end, ended_at: time::rfc3339(time::now()) })
-        .map_err(|e| format!("cannot write {}: {e}", a.exit.display()))?;
-    drop(lock);
-    Ok(())
+    Ok(end)
 }
 
 /// The agent is gone; anything it left running in its group gets TERM, then KILL.
