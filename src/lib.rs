@@ -4,6 +4,17 @@
 //! core), `supervisor` (processes, the event loop), `store` (registry and events),
 //! `aggregate` and `memory` (results), and the faces: `cli`, `mcp`, `monitor`.
 
+/// `eprintln!` that never panics. The supervisor's stderr is its log file, which may sit on
+/// a full disk; the shim's and the MCP server's may be a closed pipe. A line that cannot be
+/// written is dropped, the process carries on.
+#[macro_export]
+macro_rules! elog {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 pub mod aggregate;
 pub mod cli;
 pub mod client;

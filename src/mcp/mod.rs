@@ -231,7 +231,7 @@ impl ServerHandler for Server {}
 
 /// Serves MCP on stdin/stdout until the client closes the connection.
 pub async fn serve(ctx: Ctx) -> anyhow::Result<()> {
-    eprintln!("corral mcp: serving {} (data {}) on stdio", ctx.ws.root.display(), ctx.data.root().display());
+    crate::elog!("corral mcp: serving {} (data {}) on stdio", ctx.ws.root.display(), ctx.data.root().display());
     let service = Server::new(ctx).serve(rmcp::transport::io::stdio_pipes()).await?;
     service.waiting().await?;
     Ok(())

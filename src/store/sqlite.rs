@@ -6,13 +6,22 @@
 use super::{EventRecord, Registry, Result, StoreError};
 use crate::policy::agent::{Agent, Escalation};
 use crate::protocol::AgentId;
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::path::Path;
 
+/// One write: its statement and arguments, kept until its transaction commits.
+type Write = (&'static str, Vec<SqlValue>);
+
 pub struct SqliteRegistry {
     conn: Connection,
     in_tx: bool,
+    /// The writes of the open transaction.
+    journal: Vec<Write>,
+    /// The writes of a transaction whose commit failed (a full disk), done again first
+    /// thing in the next one: a failed commit loses nothing and reuses no sequence number.
+    replay: Vec<Write>,
 }
 
 impl SqliteRegistry {
@@ -42,7 +51,43 @@ impl SqliteRegistry {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        Ok(Self { conn, in_tx: false })
+        Ok(Self { conn, in_tx: false, journal: Vec::new(), replay: Vec::new() })
+    }
+
+    /// Runs one write inside the transaction (opening one if needed) and journals it.
+    fn write(&mut self, sql: &'static str, args: Vec<SqlValue>) -> Result<usize> {
+        if !self.in_tx
+            && let Err(e) = self.begin()
+        {
+            // Still no room: this write waits its turn behind the others.
+            self.replay.push((sql, args));
+            return Err(e);
+        }
+        match self.conn.prepare_cached(sql).and_then(|mut s| s.execute(rusqlite::params_from_iter(args.iter()))) {
+            Ok(n) => {
+                self.journal.push((sql, args));
+                Ok(n)
+            }
+            Err(e) => {
+                if self.conn.is_autocommit() {
+                    // SQLite rolled the transaction back itself (a full disk): keep it all.
+                    self.journal.push((sql, args));
+                    self.abandon();
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Ends a transaction that cannot commit, keeping its writes for the next one.
+    fn abandon(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.in_tx = false;
+        let mut kept = std::mem::take(&mut self.journal);
+        kept.append(&mut self.replay);
+        self.replay = kept;
     }
 
     /// Rows of (label, JSON body) decoded as T; a body that does not decode names its row.
@@ -67,29 +112,39 @@ impl Registry for SqliteRegistry {
         let cur: Option<i64> =
             self.conn.query_row("SELECT value FROM meta WHERE key = 'agent_number'", [], |r| r.get(0)).optional()?;
         let next = cur.unwrap_or(0) + 1;
-        self.conn.execute(
+        self.write(
             "INSERT INTO meta(key, value) VALUES ('agent_number', ?1)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![next],
+            vec![SqlValue::Integer(next)],
         )?;
         Ok(next as u64)
     }
 
     fn put(&mut self, agent: &Agent) -> Result<()> {
         let body = serde_json::to_string(agent).expect("agent records always serialize");
-        self.conn.execute(
+        self.write(
             "INSERT INTO agents(id, seq, role, state, body)
              VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM agents), ?2, ?3, ?4)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
-            params![agent.spec.id.as_str(), agent.spec.role, agent.state.name(), body],
+            vec![
+                SqlValue::Text(agent.spec.id.to_string()),
+                SqlValue::Text(agent.spec.role.clone()),
+                SqlValue::Text(agent.state.name().to_string()),
+                SqlValue::Text(body),
+            ],
         )?;
         Ok(())
     }
 
     fn append_event(&mut self, at: &str, agent: Option<&AgentId>, kind: &str, data: &Value) -> Result<EventRecord> {
-        self.conn.execute(
+        self.write(
             "INSERT INTO events(at, agent_id, kind, data) VALUES (?1, ?2, ?3, ?4)",
-            params![at, agent.map(AgentId::as_str), kind, data.to_string()],
+            vec![
+                SqlValue::Text(at.to_string()),
+                agent.map_or(SqlValue::Null, |a| SqlValue::Text(a.to_string())),
+                SqlValue::Text(kind.to_string()),
+                SqlValue::Text(data.to_string()),
+            ],
         )?;
         Ok(EventRecord {
             seq: self.conn.last_insert_rowid() as u64,
@@ -120,7 +175,10 @@ impl Registry for SqliteRegistry {
     }
 
     fn add_escalation(&mut self, e: &Escalation) -> Result<u64> {
-        self.conn.execute("INSERT INTO escalations(agent_id, body) VALUES (?1, '{}')", params![e.agent_id.as_str()])?;
+        self.write(
+            "INSERT INTO escalations(agent_id, body) VALUES (?1, '{}')",
+            vec![SqlValue::Text(e.agent_id.to_string())],
+        )?;
         let n = self.conn.last_insert_rowid() as u64;
         let mut e = e.clone();
         e.n = n;
@@ -130,7 +188,7 @@ impl Registry for SqliteRegistry {
 
     fn put_escalation(&mut self, e: &Escalation) -> Result<()> {
         let body = serde_json::to_string(e).expect("escalations always serialize");
-        self.conn.execute("UPDATE escalations SET body = ?2 WHERE n = ?1", params![e.n as i64, body])?;
+        self.write("UPDATE escalations SET body = ?2 WHERE n = ?1", vec![SqlValue::Integer(e.n as i64), SqlValue::Text(body)])?;
         Ok(())
     }
 
@@ -140,7 +198,10 @@ impl Registry for SqliteRegistry {
 
     fn add_memory(&mut self, key: &str, m: &crate::memory::MemoryCandidate) -> Result<bool> {
         let body = serde_json::to_string(m).expect("memory candidates always serialize");
-        let n = self.conn.execute("INSERT OR IGNORE INTO memory(key, body) VALUES (?1, ?2)", params![key, body])?;
+        let n = self.write(
+            "INSERT OR IGNORE INTO memory(key, body) VALUES (?1, ?2)",
+            vec![SqlValue::Text(key.to_string()), SqlValue::Text(body)],
+        )?;
         Ok(n > 0)
     }
 
@@ -153,9 +214,9 @@ impl Registry for SqliteRegistry {
     }
 
     fn put_meta(&mut self, key: &str, value: &str) -> Result<()> {
-        self.conn.execute(
+        self.write(
             "INSERT INTO kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![key, value],
+            vec![SqlValue::Text(key.to_string()), SqlValue::Text(value.to_string())],
         )?;
         Ok(())
     }
@@ -171,17 +232,32 @@ impl Registry for SqliteRegistry {
     }
 
     fn begin(&mut self) -> Result<()> {
-        if !self.in_tx {
-            self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            self.in_tx = true;
+        if self.in_tx {
+            return Ok(());
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.in_tx = true;
+        let mut pending = std::mem::take(&mut self.replay).into_iter();
+        while let Some((sql, args)) = pending.next() {
+            let done = self.conn.prepare_cached(sql).and_then(|mut s| s.execute(rusqlite::params_from_iter(args.iter())));
+            self.journal.push((sql, args));
+            if let Err(e) = done {
+                self.replay = pending.collect();
+                self.abandon();
+                return Err(e.into());
+            }
         }
         Ok(())
     }
 
     fn commit(&mut self) -> Result<()> {
         if self.in_tx {
-            self.conn.execute_batch("COMMIT")?;
+            if let Err(e) = self.conn.execute_batch("COMMIT") {
+                self.abandon();
+                return Err(e.into());
+            }
             self.in_tx = false;
+            self.journal.clear();
         }
         Ok(())
     }
@@ -190,6 +266,40 @@ impl Registry for SqliteRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transaction_the_disk_cannot_take_is_done_again_once_it_can() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = SqliteRegistry::open(&d.path().join("r.db")).unwrap();
+        let big = serde_json::json!("x".repeat(64 * 1024));
+        s.begin().unwrap();
+        s.append_event("t", None, "before", &big).unwrap();
+        s.commit().unwrap();
+        // A full disk, as SQLite sees it: no page beyond those the file has now.
+        let pages: i64 = s.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        s.conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let mut failed = false;
+        s.begin().unwrap();
+        for i in 0..20 {
+            failed |= s.append_event("t", None, &format!("during {i}"), &big).is_err();
+        }
+        failed |= s.commit().is_err();
+        assert!(failed, "the writes should not have fit");
+        // Still full: trying again fails again and loses nothing.
+        assert!(s.begin().and_then(|()| s.commit()).is_err());
+        // Space again: everything is there once, in order.
+        s.conn.pragma_update(None, "max_page_count", 1_000_000).unwrap();
+        s.begin().unwrap();
+        s.append_event("t", None, "after", &serde_json::json!(1)).unwrap();
+        s.commit().unwrap();
+        let kinds: Vec<String> = s.events(0, None, 100).unwrap().into_iter().map(|e| e.kind).collect();
+        let mut want = vec!["before".to_string()];
+        want.extend((0..20).map(|i| format!("during {i}")));
+        want.push("after".into());
+        assert_eq!(kinds, want);
+        let seqs: Vec<u64> = s.events(0, None, 100).unwrap().into_iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=22).collect::<Vec<u64>>());
+    }
 
     #[test]
     fn numbers_events_and_recent_events_are_the_newest_in_order() {

@@ -32,8 +32,8 @@ pub enum Msg {
         attempt: u32,
         shim_pid: i32,
     },
-    /// A file in `agent-status/` or `handoffs/` was written.
-    Fs(PathBuf),
+    /// Files in `agent-status/` or `handoffs/` were written (see `watch`).
+    Written,
 }
 
 /// An agent as the supervisor holds it: the durable record plus what its files say.
@@ -87,6 +87,8 @@ pub struct Supervisor {
     pub last_seq: u64,
     /// Forks shims; started on first use, replaced when it fails.
     pub launcher: Option<super::launcher::Launcher>,
+    /// Files written, gathered by the watcher.
+    pub written: super::watch::Pending,
     /// Attempts that did not start and whose run file could not say so (a full disk).
     pub not_started: HashMap<(AgentId, u32), String>,
 }
@@ -135,6 +137,7 @@ impl Supervisor {
             escalations_dirty: true,
             cleanup: Vec::new(),
             not_started: HashMap::new(),
+            written: Default::default(),
             stopping: false,
             last_seq: 0,
             launcher: None,
@@ -185,8 +188,9 @@ impl Supervisor {
                     Err(_) => break,
                 }
             }
+
             if let Err(e) = self.flush() {
-                eprintln!("corral daemon: cannot commit to the registry: {e}");
+                crate::elog!("corral daemon: cannot commit to the registry: {e}");
                 for (tx, _) in replies.drain(..) {
                     let _ = tx.send(Reply::err(1, format!("registry write failed: {e}")));
                 }
@@ -201,7 +205,7 @@ impl Supervisor {
 
     fn handle(&mut self, msg: Msg, replies: &mut Vec<(oneshot::Sender<Reply>, Reply)>) {
         if let Err(e) = self.store.begin() {
-            eprintln!("corral daemon: cannot begin a registry transaction: {e}");
+            crate::elog!("corral daemon: cannot begin a registry transaction: {e}");
         }
         match msg {
             Msg::Request(req, tx) => {
@@ -212,7 +216,11 @@ impl Supervisor {
                 process::reap(shim_pid);
                 self.attempt_ended(&id, attempt);
             }
-            Msg::Fs(path) => self.file_written(path),
+            Msg::Written => {
+                for path in super::watch::take(&self.written) {
+                    self.file_written(path);
+                }
+            }
         }
     }
 
@@ -258,7 +266,7 @@ impl Supervisor {
                         Signal::Kill => libc::SIGKILL,
                     };
                     if let Err(e) = process::signal_group(pgid, sig) {
-                        eprintln!("corral daemon: signal to group {pgid} of {id} failed: {e}");
+                        crate::elog!("corral daemon: signal to group {pgid} of {id} failed: {e}");
                     }
                 }
                 Action::Emit { kind, data } => self.emit(Some(id), kind, data),
@@ -282,7 +290,7 @@ impl Supervisor {
         };
         match self.store.add_escalation(&e) {
             Ok(n) => e.n = n,
-            Err(err) => eprintln!("corral daemon: cannot record escalation of {id}: {err}"),
+            Err(err) => crate::elog!("corral daemon: cannot record escalation of {id}: {err}"),
         }
         let n = e.n;
         self.escalations.push(e);
@@ -320,7 +328,7 @@ impl Supervisor {
                 self.last_seq = rec.seq;
                 let _ = self.events.send(rec);
             }
-            Err(e) => eprintln!("corral daemon: cannot record event {kind}: {e}"),
+            Err(e) => crate::elog!("corral daemon: cannot record event {kind}: {e}"),
         }
     }
 
@@ -347,14 +355,21 @@ impl Supervisor {
 
     /// Writes changed agents to the registry and commits.
     pub fn persist(&mut self) -> anyhow::Result<()> {
-        self.store.begin()?;
         let dirty = std::mem::take(&mut self.dirty);
-        for id in dirty {
-            if let Some(l) = self.agents.get(&id) {
-                self.store.put(&l.agent)?;
+        let written = (|| {
+            self.store.begin()?;
+            for id in &dirty {
+                if let Some(l) = self.agents.get(id) {
+                    self.store.put(&l.agent)?;
+                }
             }
+            self.store.commit()
+        })();
+        if let Err(e) = written {
+            // Written again next time: memory stays the truth until the store has it.
+            self.dirty.extend(dirty);
+            return Err(e.into());
         }
-        self.store.commit()?;
         for p in self.cleanup.drain(..) {
             let _ = std::fs::remove_file(p);
         }
@@ -391,7 +406,7 @@ impl Supervisor {
             }
             text.push_str("\n]\n");
             if let Err(e) = atomic::replace_in_place(&self.data.registry_file(), text.as_bytes()) {
-                eprintln!("corral daemon: cannot write {}: {e}", self.data.registry_file().display());
+                crate::elog!("corral daemon: cannot write {}: {e}", self.data.registry_file().display());
             }
         }
         if self.escalations_dirty {
@@ -403,7 +418,7 @@ impl Supervisor {
                 .map(|e| format!("{}: {}\n", e.agent_id, e.reason.replace('\n', " ")))
                 .collect();
             if let Err(e) = atomic::replace_in_place(&self.data.escalations_file(), text.as_bytes()) {
-                eprintln!("corral daemon: cannot write {}: {e}", self.data.escalations_file().display());
+                crate::elog!("corral daemon: cannot write {}: {e}", self.data.escalations_file().display());
             }
         }
     }

@@ -157,7 +157,13 @@ pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
     take_baselines(sup, id);
     // Durable before it runs: a supervisor that dies now finds the attempt and its lock.
     if let Err(e) = sup.persist() {
-        eprintln!("corral daemon: cannot record attempt of {id} before starting it: {e}");
+        // Starting it anyway could leave an agent running that a restarted supervisor
+        // knows nothing about: it does not start, and says why.
+        crate::elog!("corral daemon: cannot record attempt of {id} before starting it: {e}");
+        let n = sup.agents[id].agent.current().map(|a| a.attempt).unwrap_or(0);
+        sup.not_started.insert((id.clone(), n), format!("the registry cannot be written ({e})"));
+        sup.attempt_ended(id, n);
+        return;
     }
     let _ = sup.store.begin();
     let result = launch_shim(sup, id);
@@ -178,7 +184,7 @@ pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
             if RunInfo::read(&run).exit.is_none()
                 && let Err(e) = shim::record_not_started(&run, reason.clone())
             {
-                eprintln!("corral daemon: cannot record that attempt {n} of {id} did not start: {e}");
+                crate::elog!("corral daemon: cannot record that attempt {n} of {id} did not start: {e}");
                 sup.not_started.insert((id.clone(), n), reason);
             }
             sup.attempt_ended(id, n);
@@ -291,7 +297,7 @@ fn launch_shim(sup: &mut Supervisor, id: &AgentId) -> Result<Started, String> {
     if sup.launcher.is_none() {
         match Launcher::start() {
             Ok(l) => sup.launcher = Some(l),
-            Err(e) => eprintln!("corral daemon: cannot start the launcher ({e}); starting shims directly"),
+            Err(e) => crate::elog!("corral daemon: cannot start the launcher ({e}); starting shims directly"),
         }
     }
     if let Some(l) = sup.launcher.as_mut() {
@@ -299,7 +305,7 @@ fn launch_shim(sup: &mut Supervisor, id: &AgentId) -> Result<Started, String> {
             Ok(Some(m)) => return handshake_result(sup, m, &args),
             Ok(None) => return no_word(&args, None),
             Err(e) => {
-                eprintln!("corral daemon: the launcher failed ({e}); replacing it");
+                crate::elog!("corral daemon: the launcher failed ({e}); replacing it");
                 sup.launcher = None;
             }
         }

@@ -24,7 +24,7 @@ pub fn run() -> i32 {
         let args: ShimArgs = match serde_json::from_str(&line) {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("corral launcher: unreadable request: {e}");
+                crate::elog!("corral launcher: unreadable request: {e}");
                 continue;
             }
         };

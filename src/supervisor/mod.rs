@@ -61,7 +61,7 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
 
         let mut sup = daemon::Supervisor::new(ws, data.clone(), Box::new(store), tx.clone(), socket.clone());
-        let _watcher = watch::watch(&[&data.status_dir(), &data.handoff_dir()], tx.clone())
+        let _watcher = watch::watch(&[&data.status_dir(), &data.handoff_dir()], sup.written.clone(), tx.clone())
             .context("cannot watch the status and handoff directories")?;
         sup.load()?;
         tokio::spawn(server::serve(listener, tx.clone(), sup.events.clone()));
@@ -84,13 +84,13 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
             // SAFETY: both descriptors are valid; dup2 atomically replaces fd 1.
             unsafe { libc::dup2(null.as_raw_fd(), 1) };
         }
-        eprintln!("corral daemon: started, pid {}, {} agents in the registry", std::process::id(), sup.order.len());
+        crate::elog!("corral daemon: started, pid {}, {} agents in the registry", std::process::id(), sup.order.len());
         let result = sup.run(rx).await;
         // Let connection tasks write the last replies (the one to `daemon stop` among them).
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(data.daemon_info());
-        eprintln!("corral daemon: stopped; running agents keep running");
+        crate::elog!("corral daemon: stopped; running agents keep running");
         result
     })
 }

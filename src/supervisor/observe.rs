@@ -184,7 +184,7 @@ impl Supervisor {
             match self.store.add_memory(&key, &m) {
                 Ok(true) => self.emit(Some(id), "memory_stored", serde_json::json!({ "memory": m.value })),
                 Ok(false) => {}
-                Err(e) => eprintln!("corral daemon: cannot store memory of {id}: {e}"),
+                Err(e) => crate::elog!("corral daemon: cannot store memory of {id}: {e}"),
             }
         }
     }

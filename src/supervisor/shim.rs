@@ -176,11 +176,11 @@ const EXIT_RECORD_PATIENCE: Duration = Duration::from_secs(24 * 3600);
 pub fn run_from_args(args: &[std::ffi::OsString]) -> i32 {
     let sep = args.iter().position(|a| a == "--");
     let (Some(sep), true) = (sep, args.len() >= 5) else {
-        eprintln!("corral shim: expected RUN LOG CWD HEADER -- ARGV...");
+        crate::elog!("corral shim: expected RUN LOG CWD HEADER -- ARGV...");
         return 2;
     };
     if sep != 4 {
-        eprintln!("corral shim: expected 4 arguments before --, got {sep}");
+        crate::elog!("corral shim: expected 4 arguments before --, got {sep}");
         return 2;
     }
     let p = |i: usize| PathBuf::from(&args[i]);
@@ -219,7 +219,7 @@ pub fn run(a: ShimArgs) -> i32 {
     let end = match start_and_wait(&a, &mut run) {
         Ok(end) => end,
         Err(e) => {
-            eprintln!("corral shim: {e}");
+            crate::elog!("corral shim: {e}");
             say(a.seq, Handshake::NotStarted { reason: e.clone() });
             ProcessEnd::NotStarted { reason: e }
         }
@@ -227,7 +227,7 @@ pub fn run(a: ShimArgs) -> i32 {
     let code = i32::from(!matches!(end, ProcessEnd::Exited { .. } | ProcessEnd::Signaled { .. }));
     let exit = RunLine::Exit(ExitRecord { end, ended_at: time::rfc3339(time::now()) });
     if let Err(e) = run.append(&exit, EXIT_RECORD_PATIENCE) {
-        eprintln!("corral shim: cannot record the exit in {}: {e}", a.run.display());
+        crate::elog!("corral shim: cannot record the exit in {}: {e}", a.run.display());
         return 1;
     }
     code
