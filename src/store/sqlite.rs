@@ -29,6 +29,10 @@ impl SqliteRegistry {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Checkpoint at 2 MiB of log (not 4) and cut it back to that size: a small or
+        // nearly full disk is not filled by the write-ahead log itself.
+        conn.pragma_update(None, "wal_autocheckpoint", 512)?;
+        conn.pragma_update(None, "journal_size_limit", 2 * 1024 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);

@@ -189,12 +189,10 @@ impl Supervisor {
                 }
             }
 
+            // A commit that fails (a full disk) is done again with the next one; what the
+            // replies say is already true in memory, and reads must keep working meanwhile.
             if let Err(e) = self.flush() {
-                crate::elog!("corral daemon: cannot commit to the registry: {e}");
-                for (tx, _) in replies.drain(..) {
-                    let _ = tx.send(Reply::err(1, format!("registry write failed: {e}")));
-                }
-                continue;
+                crate::elog!("corral daemon: cannot commit to the registry (will retry): {e}");
             }
             for (tx, reply) in replies.drain(..) {
                 let _ = tx.send(reply);
@@ -348,9 +346,9 @@ impl Supervisor {
     /// Persists changed agents, commits, then rewrites the registry export and the seed's
     /// escalations.txt where they changed.
     pub fn flush(&mut self) -> anyhow::Result<()> {
-        self.persist()?;
+        let persisted = self.persist();
         self.export();
-        Ok(())
+        persisted
     }
 
     /// Writes changed agents to the registry and commits.
