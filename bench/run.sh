@@ -6,9 +6,11 @@
 #   4  aggregating 1,000 handoffs of 10 findings each (and the seed's jq loop)
 #   5  `corral monitor` with 1,000 agents reporting every second
 #   6  `spawn_agent` round trip over `corral mcp` (bench/mcp_spawn.py)
-#   7  supervisor memory, idle and with 1,000 running agents (corral and pueued)
+#   7  supervisor memory, idle and with 1,000 running agents (corral and pueued); growth from
+#      100 to 10,000 agents: status --json, spawn latency, memory (and the seed's monitor script)
 #
-#   bench/run.sh              full run (about 12 minutes, plus building)
+#   bench/run.sh              full run (about 30 minutes, half of it issue 7's growth to 10,000
+#                             agents; plus building)
 #   bench/run.sh --quick      reduced sizes, for iterating (also: BENCH_QUICK=1)
 #   bench/run.sh --only 3,5   only the measurements of the issues named (for iterating)
 #
@@ -44,7 +46,9 @@ for tool in jq tmux; do
 done
 python="${PYTHON:-python3}"
 if ! "$python" -c 'import mcp' 2>/dev/null; then
-  say "warning: $python cannot import the mcp package (pip install mcp); issue 6's measurement will fail"
+  say "installing the MCP Python SDK (pip install mcp==2.3.0) for issue 6's client"
+  "$python" -m pip install --quiet --disable-pip-version-check "mcp==2.3.0" \
+    || say "warning: could not install the mcp package; issue 6's measurement will fail"
 fi
 peers="$root/bench/.peers"
 if ! "$peers/bin/pueue" --version 2>/dev/null | grep -qx 'pueue 4.0.4'; then

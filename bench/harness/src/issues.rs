@@ -3,7 +3,8 @@
 //!   4: aggregating 1,000 handoffs of 10 findings each (and the seed's jq loop over them);
 //!   5: `corral monitor` with 1,000 agents reporting every second;
 //!   6: `spawn_agent` round trip through `corral mcp` (bench/mcp_spawn.py);
-//!   7: supervisor memory, idle and with 1,000 running agents (and pueued's).
+//!   7: supervisor memory, idle and with 1,000 running agents (and pueued's); its growth
+//!      from 100 to 10,000 agents is in `growth.rs`.
 
 use crate::clock;
 use crate::measure::SEED_CAP;
@@ -37,6 +38,12 @@ pub struct Plan {
     pub mcp_calls: usize,
     /// Issue 7: pueue tasks kept running for pueued's memory (0: skipped).
     pub pueue_running: usize,
+    /// Issue 7's growth: the sizes measured (agents), `status --json` runs and spawn probes
+    /// at each, and how many of the smallest sizes the seed's monitor script also runs at.
+    pub growth: [usize; 3],
+    pub growth_status_runs: usize,
+    pub growth_probes: usize,
+    pub growth_seed: usize,
 }
 
 impl Plan {
@@ -53,6 +60,10 @@ impl Plan {
                 live_on_disk: false,
                 mcp_calls: 30,
                 pueue_running: 100,
+                growth: [50, 200, 1000],
+                growth_status_runs: 10,
+                growth_probes: 10,
+                growth_seed: 2,
             }
         } else {
             Plan {
@@ -68,12 +79,17 @@ impl Plan {
                 // pueue adds one task per process start, slowly on a loaded machine: 500
                 // running tasks are enough to see its growth per task.
                 pueue_running: 500,
+                growth: [100, 1000, 10_000],
+                growth_status_runs: 10,
+                growth_probes: 10,
+                growth_seed: 2,
             }
         }
     }
 }
 
-/// Parallel `corral spawn`s used to set up a population of agents (setup, not measured).
+/// Parallel submissions (`corral spawn`, `pueue add`) used to set up a population of agents
+/// (setup, not measured).
 pub const SETUP_THREADS: usize = 4;
 
 // ---------------------------------------------------------------------------------------
@@ -135,8 +151,8 @@ fn with_path(c: &mut Corral, dir: &Path) {
     c.env.push(("PATH".into(), format!("{}:{path}", dir.display())));
 }
 
-/// `n` agents of `role` running `argv`, spawned SETUP_THREADS at a time; seconds taken.
-fn spawn_many(c: &Corral, n: usize, role: &str, task: &str, argv: &[String]) -> Result<f64> {
+/// `n` runs of the command `make` builds, SETUP_THREADS at a time; seconds taken.
+pub fn run_many(n: usize, make: impl Fn() -> Command + Sync) -> Result<f64> {
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     std::thread::scope(|s| -> Result<()> {
@@ -144,20 +160,27 @@ fn spawn_many(c: &Corral, n: usize, role: &str, task: &str, argv: &[String]) -> 
             .map(|_| {
                 s.spawn(|| -> Result<()> {
                     while next.fetch_add(1, Ordering::SeqCst) < n {
-                        let mut cmd = c.cmd(&["spawn", "--role", role, "--task", task, "--"]);
-                        cmd.args(argv);
-                        output(cmd)?;
+                        output(make())?;
                     }
                     Ok(())
                 })
             })
             .collect();
         for w in workers {
-            w.join().map_err(|_| "a spawning thread panicked".to_string())??;
+            w.join().map_err(|_| "a submitting thread panicked".to_string())??;
         }
         Ok(())
     })?;
     Ok(t.elapsed().as_secs_f64())
+}
+
+/// `n` agents of `role` running `argv`, spawned SETUP_THREADS at a time; seconds taken.
+fn spawn_many(c: &Corral, n: usize, role: &str, task: &str, argv: &[String]) -> Result<f64> {
+    run_many(n, || {
+        let mut cmd = c.cmd(&["spawn", "--role", role, "--task", task, "--"]);
+        cmd.args(argv);
+        cmd
+    })
 }
 
 fn agents(c: &Corral, role: &str) -> Result<Vec<Value>> {

@@ -13,6 +13,7 @@
 //! when a run is interrupted).
 
 mod clock;
+mod growth;
 mod issues;
 mod measure;
 mod procfs;

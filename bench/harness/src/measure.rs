@@ -1,8 +1,9 @@
 //! The measurements of issue 2, each run for corral and for pueue in the same process:
 //! (a) spawn to agent running, (b) 1,000 sequential submissions, (c) status with 1,000
 //! agents, plus the seed's monitor script over the same status files; then those of issues
-//! 3 to 7 (`issues.rs`).
+//! 3 to 7 (`issues.rs`, and issue 7's growth to 10,000 agents in `growth.rs`).
 
+use crate::growth;
 use crate::issues;
 use crate::procfs::rss_kb;
 use crate::report;
@@ -114,7 +115,7 @@ pub struct Side {
     pub status: Option<Status>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MonitorRun {
     pub files: usize,
     pub ms: f64,
@@ -155,6 +156,8 @@ pub struct Results {
     pub live_disk: Option<issues::Live>,
     pub mcp: Option<issues::Mcp>,
     pub memory: issues::Memory,
+    /// Issue 7: the figures at each size of `more.growth`.
+    pub growth: Vec<growth::Size>,
     pub monitor: Vec<MonitorRun>,
     /// One `jq -r .agentId FILE`, the seed monitor's unit of work.
     pub jq_runs: Vec<f64>,
@@ -178,7 +181,7 @@ fn ms(ns: i128) -> f64 {
 }
 
 /// xorshift64*: enough randomness for probe jitter without a dependency.
-struct Rng(u64);
+pub struct Rng(u64);
 impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 >> 12;
@@ -226,6 +229,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         live_disk: None,
         mcp: None,
         memory: issues::Memory::default(),
+        growth: Vec::new(),
         monitor: Vec::new(),
         jq_runs: Vec::new(),
         errors: Vec::new(),
@@ -262,6 +266,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         && let Err(e) = issues::pueue_running(&args, &tmp, more.pueue_running, &mut r.memory)
     {
         note(&mut r, "(7) pueued with running tasks", e);
+    }
+    if r.ran.contains(&7) {
+        growth::growth(&args, &tmp, &me, &mut rng, &mut r);
     }
 
     // Issue 5 last: its run on disk leaves the load average high for a while.
@@ -313,7 +320,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 
 /// Kills what is left of the agents under `dir` and removes it. The shims of agents just
 /// killed may still be writing their exit records, so removal is retried for a while.
-fn remove_workspaces(dir: &Path) {
+pub fn remove_workspaces(dir: &Path) {
     crate::procfs::reap_agents(dir);
     for _ in 0..50 {
         if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
@@ -324,7 +331,7 @@ fn remove_workspaces(dir: &Path) {
     eprintln!("corral-bench: could not remove {}", dir.display());
 }
 
-fn note(r: &mut Results, what: &str, e: String) {
+pub fn note(r: &mut Results, what: &str, e: String) {
     eprintln!("corral-bench: {what}: {e}");
     r.errors.push(format!("{what}: {e}"));
 }
@@ -355,21 +362,7 @@ fn issue2(args: &RunArgs, tmp: &Path, me: &Path, rng: &mut Rng, r: &mut Results)
     match Corral::new(&args.corral, tmp.join("b-corral")) {
         Err(e) => note(r, "(b) corral", e),
         Ok(mut c) => {
-            let argv: Vec<String> = [
-                args.corral.to_string_lossy().as_ref(),
-                "report",
-                "--progress",
-                "0.5",
-                "--phase",
-                "impl",
-                "--milestone",
-                "m1",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let label = "corral report --progress 0.5 --phase impl --milestone m1";
-            match bulk(&mut c, &argv, label, plan.bulk_spawns) {
+            match bulk(&mut c, &reporting_agent(&args.corral), REPORTING_AGENT, plan.bulk_spawns) {
                 Ok(b) => r.corral.bulk = Some(b),
                 Err(e) => note(r, "(b) corral", e),
             }
@@ -437,8 +430,18 @@ fn issue2(args: &RunArgs, tmp: &Path, me: &Path, rng: &mut Rng, r: &mut Results)
     }
 }
 
+/// The agent command of (b) as shown in the report: it writes its status file and exits.
+pub const REPORTING_AGENT: &str = "corral report --progress 0.5 --phase impl --milestone m1";
+
+/// REPORTING_AGENT's argv, with the binary under test.
+pub fn reporting_agent(corral: &Path) -> Vec<String> {
+    let mut argv = vec![corral.to_string_lossy().into_owned()];
+    argv.extend(REPORTING_AGENT.split(' ').skip(1).map(str::to_string));
+    argv
+}
+
 /// (a): one probe agent at a time; each writes the realtime clock as its first act.
-fn latency(tool: &mut dyn Tool, me: &Path, n: usize, cold_first: bool, rng: &mut Rng) -> Result<Latency> {
+pub fn latency(tool: &mut dyn Tool, me: &Path, n: usize, cold_first: bool, rng: &mut Rng) -> Result<Latency> {
     let dir = std::env::temp_dir().join(format!("corral-bench-{}-markers-{}", std::process::id(), tool.name()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut l = Latency::default();
@@ -515,7 +518,7 @@ fn bulk(tool: &mut dyn Tool, argv: &[String], label: &str, n: usize) -> Result<B
 }
 
 /// (c): the status command as JSON, timed end to end, with n entries present.
-fn status(tool: &dyn Tool, n: usize, runs: usize) -> Result<Status> {
+pub fn status(tool: &dyn Tool, n: usize, runs: usize) -> Result<Status> {
     let out = output(tool.status_json())?;
     let v: Value = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
     let entries = v.as_array().map(Vec::len).or_else(|| v["tasks"].as_object().map(|t| t.len())).unwrap_or(0);
@@ -552,30 +555,33 @@ fn monitor(script: &Path, data: &Path, tmp: &Path, plan: &Plan) -> Result<Vec<Mo
     for f in files.iter().take(plan.monitor_small) {
         std::fs::copy(f, small_dir.join(f.file_name().expect("file"))).map_err(|e| e.to_string())?;
     }
-    let run_once = |ws: &Path, expect: usize| -> Result<MonitorRun> {
-        eprintln!("(c) seed monitor-agents.sh over {expect} status files");
-        let mut c = std::process::Command::new("bash");
-        c.arg(script).current_dir(ws);
-        let (out, ran, finished) = run_capped(c, SEED_CAP)?;
-        let ms = ran.as_secs_f64() * 1e3;
-        let seen = String::from_utf8_lossy(&out).lines().filter(|l| l.starts_with("Agent: agent-")).count();
-        if finished && seen != expect {
-            return Err(format!("the seed monitor listed {seen} agents, expected {expect}"));
-        }
-        if !finished {
-            eprintln!("(c) stopped after {:.0} s, {seen} of {expect} files done", ran.as_secs_f64());
-        }
-        Ok(MonitorRun { files: expect, ms, done: seen })
-    };
     let mut runs = Vec::new();
     let n_small = files.len().min(plan.monitor_small);
     for _ in 0..plan.monitor_small_runs {
-        runs.push(run_once(&small, n_small)?);
+        runs.push(seed_monitor(script, &small, n_small, "(c)")?);
     }
     if plan.monitor_full {
-        runs.push(run_once(data.parent().expect("workspace"), files.len())?);
+        runs.push(seed_monitor(script, data.parent().expect("workspace"), files.len(), "(c)")?);
     }
     Ok(runs)
+}
+
+/// One run of the seed's monitor script in workspace `ws`, whose `data/agent-status` holds
+/// `expect` status files, stopped at SEED_CAP; `label` prefixes its progress lines.
+pub fn seed_monitor(script: &Path, ws: &Path, expect: usize, label: &str) -> Result<MonitorRun> {
+    eprintln!("{label} seed monitor-agents.sh over {expect} status files");
+    let mut c = std::process::Command::new("bash");
+    c.arg(script).current_dir(ws);
+    let (out, ran, finished) = run_capped(c, SEED_CAP)?;
+    let ms = ran.as_secs_f64() * 1e3;
+    let seen = String::from_utf8_lossy(&out).lines().filter(|l| l.starts_with("Agent: agent-")).count();
+    if finished && seen != expect {
+        return Err(format!("the seed monitor listed {seen} agents, expected {expect}"));
+    }
+    if !finished {
+        eprintln!("{label} stopped after {:.0} s, {seen} of {expect} files done", ran.as_secs_f64());
+    }
+    Ok(MonitorRun { files: expect, ms, done: seen })
 }
 
 fn machine() -> Vec<(String, String)> {
@@ -645,5 +651,6 @@ fn raw_json(r: &Results) -> Value {
         "jqMs": sum(&r.jq_runs), "seedMonitor": r.monitor.iter().map(|m| json!({ "files": m.files, "done": m.done, "ms": m.ms })).collect::<Vec<_>>(),
         "errors": r.errors, "wallSeconds": r.wall_s, "loadavg": [r.load.0, r.load.1], "issuesRun": r.ran,
         "more": issues::raw_json(&r.crash, &r.aggregation, &r.live, &r.live_disk, &r.mcp, &r.memory),
+        "growth": growth::raw_json(&r.growth),
     })
 }

@@ -60,7 +60,7 @@ Every figure below comes from one run of\n\n```sh\n{}\n```\n",
         let _ = writeln!(
             o,
             "**Quick mode**: reduced sizes, for iterating on the harness; the targets stated for 1,000 agents (issue 2's (b) \
-and (c), issues 3 and 5) are not judged here.\n"
+and (c), issues 3 and 5) and issue 7's growth to 10,000 agents are not judged here.\n"
         );
     }
     if r.ran.len() < 6 {

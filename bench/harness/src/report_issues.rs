@@ -1,7 +1,8 @@
 //! BENCHMARKS.md, issues 3 to 7: their rows of the summary and their sections.
 
+use crate::growth::{At, Size};
 use crate::issues::{self, Memory};
-use crate::measure::Results;
+use crate::measure::{REPORTING_AGENT, Results};
 use crate::report::{HEAD, f, row, verdict};
 use crate::stats::summarize;
 use std::fmt::Write;
@@ -142,6 +143,7 @@ pub fn summary_rows(o: &mut String, r: &Results) {
         o,
         "| 7: supervisor memory (RSS), idle and with running agents | {corral_mem} | {pueue_mem} | none stated (recorded) | not judged |"
     );
+    growth_summary(o, r);
 }
 
 fn kib(k: f64) -> String {
@@ -164,6 +166,7 @@ pub fn sections(o: &mut String, r: &Results) {
     live(o, r);
     mcp(o, r);
     memory(o, r);
+    growth(o, r);
 }
 
 fn not_measured(o: &mut String, r: &Results, issue: u32) {
@@ -503,4 +506,238 @@ its tasks are its children (each through `sh -c`). The supervisor's own PSS with
             opt_mib(m.running_pss_kb)
         );
     }
+}
+
+/// 10000 as "10,000".
+fn thousands(n: usize) -> String {
+    let d = n.to_string();
+    let mut out = String::new();
+    for (i, c) in d.chars().enumerate() {
+        if i > 0 && (d.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn corral(s: &Size) -> Option<&At> {
+    s.corral.as_ref()
+}
+
+fn pueue(s: &Size) -> Option<&At> {
+    s.pueue.as_ref()
+}
+
+/// One figure of the growth table: its value at each size (or why there is none).
+struct Line {
+    label: String,
+    cells: Vec<std::result::Result<f64, &'static str>>,
+    show: fn(f64) -> String,
+    /// corral's own figures, held to "flat or linear, never superlinear".
+    judged: bool,
+}
+
+/// How a figure grew between the smallest and the largest size it was measured at:
+/// (the figure's factor, the agents' factor, the two sizes).
+fn spread(sizes: &[usize], l: &Line) -> Option<(f64, f64, usize, usize)> {
+    let at: Vec<(usize, f64)> = sizes.iter().zip(&l.cells).filter_map(|(n, c)| Some((*n, *c.as_ref().ok()?))).collect();
+    let (&(lo, a), &(hi, b)) = (at.first()?, at.last()?);
+    (hi > lo && a > 0.0).then(|| (b / a, hi as f64 / lo as f64, lo, hi))
+}
+
+/// flat: the figure less than doubles; then by its growth per growth in agents: linear
+/// within 0.5-1.5, sublinear below, superlinear above.
+fn shape(g: f64, agents: f64) -> &'static str {
+    let per = g / agents;
+    if g < 2.0 {
+        "flat"
+    } else if per < 0.5 {
+        "sublinear"
+    } else if per <= 1.5 {
+        "linear"
+    } else {
+        "superlinear"
+    }
+}
+
+fn growth_lines(r: &Results) -> Vec<Line> {
+    let sizes = &r.growth;
+    let failed = "failed";
+    let cells = |pick: fn(&Size) -> Option<&At>, value: fn(&At) -> Option<f64>| {
+        sizes.iter().map(|s| pick(s).map_or(Err(failed), |a| value(a).ok_or("n/a"))).collect::<Vec<_>>()
+    };
+    let median = |a: &At| summarize(&a.status.runs).map(|s| s.median);
+    let p90 = |a: &At| summarize(&a.status.runs).map(|s| s.p90);
+    let running = |a: &At| summarize(&a.running).map(|s| s.median);
+    let rss = |a: &At| a.rss_kb.map(|k| k as f64);
+    let fill = |a: &At| Some(a.fill_s * 1e3);
+    let runs = r.more.growth_status_runs;
+    let probes = r.more.growth_probes;
+    let line = |label: String, cells, show: fn(f64) -> String, judged| Line { label, cells, show, judged };
+    let mib_f: fn(f64) -> String = |kb| mib(kb as u64);
+    let seed = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match &s.seed {
+            Some(m) => Ok(m.per_file_ms() * m.files as f64),
+            None if i < r.more.growth_seed => Err(failed),
+            None => Err("not run"),
+        })
+        .collect();
+    vec![
+        line(format!("`corral status --json`, median of {runs}"), cells(corral, median), f, true),
+        line(format!("`corral status --json`, p90 of {runs}"), cells(corral, p90), f, true),
+        line(format!("`pueue status --json`, median of {runs}"), cells(pueue, median), f, false),
+        line(format!("`pueue status --json`, p90 of {runs}"), cells(pueue, p90), f, false),
+        line("the seed's `monitor-agents.sh`, one pass".into(), seed, f, false),
+        line(format!("corral: spawn to agent running, median of {probes}"), cells(corral, running), f, true),
+        line(format!("pueue: add to task running, median of {probes}"), cells(pueue, running), f, false),
+        line("corral supervisor RSS".into(), cells(corral, rss), mib_f, true),
+        line("pueued RSS".into(), cells(pueue, rss), mib_f, false),
+        line(
+            format!("corral: filling, {} `corral spawn`s at a time, to all finished", issues::SETUP_THREADS),
+            cells(corral, fill),
+            f,
+            false,
+        ),
+        line(
+            format!("pueue: filling, {} `pueue add`s at a time, to all finished", issues::SETUP_THREADS),
+            cells(pueue, fill),
+            f,
+            false,
+        ),
+    ]
+}
+
+fn growth_summary(o: &mut String, r: &Results) {
+    let sizes: Vec<String> = r.more.growth.iter().map(|n| thousands(*n)).collect();
+    let lines = growth_lines(r);
+    let ns: Vec<usize> = r.growth.iter().map(|s| s.agents).collect();
+    let cell = |l: &Line| -> String {
+        if r.growth.is_empty() {
+            return absent(r, 7);
+        }
+        let values: Vec<String> = l.cells.iter().map(|c| c.map_or_else(str::to_string, l.show)).collect();
+        match spread(&ns, l) {
+            Some((g, a, _, _)) => format!("{} (ratio {:.2}: {})", values.join(" / "), g / a, shape(g, a)),
+            None => values.join(" / "),
+        }
+    };
+    let judged: Vec<&Line> = lines.iter().filter(|l| l.judged).collect();
+    let superlinear: Vec<&str> = judged
+        .iter()
+        .filter(|l| spread(&ns, l).is_some_and(|(g, a, _, _)| shape(g, a) == "superlinear"))
+        .map(|l| l.label.as_str())
+        .collect();
+    let mut corral = cell(&lines[0]);
+    if !r.growth.is_empty() {
+        if superlinear.is_empty() {
+            corral.push_str("; none of corral's status, spawn latency and memory figures superlinear");
+        } else {
+            let _ = write!(corral, "; **superlinear: {}**", superlinear.join(", "));
+        }
+    }
+    let measured = judged.iter().all(|l| spread(&ns, l).is_some());
+    let _ = writeln!(
+        o,
+        "| 7: `status --json` at {} agents, median of {} | {} | pueue: {} | flat or linear to 10,000, never quadratic | {} |",
+        sizes.join(" / "),
+        r.more.growth_status_runs,
+        corral,
+        cell(&lines[2]),
+        verdict((!r.args.quick && measured).then_some(superlinear.is_empty()))
+    );
+}
+
+fn growth(o: &mut String, r: &Results) {
+    let sizes = r.more.growth;
+    let (lo, hi) = (thousands(sizes[0]), thousands(sizes[2]));
+    let _ = writeln!(o, "## Growth from {lo} to {hi} agents\n");
+    if r.growth.is_empty() {
+        return not_measured(o, r, 7);
+    }
+    let seed_sizes: Vec<String> = sizes.iter().take(r.more.growth_seed).map(|n| thousands(*n)).collect();
+    let reused: Vec<String> = r.growth.iter().filter(|s| s.seed_reused).map(|s| thousands(s.agents)).collect();
+    let _ = writeln!(
+        o,
+        "At each size a fresh corral workspace and a fresh pueued, filled with that many finished agents (tasks), {t} \
+submissions at a time: corral's agents run `{REPORTING_AGENT}` (each writes its status file, which the seed's script \
+reads), pueue's tasks run `true`. Then, at that size: `status --json` {runs} times (output to /dev/null, whole process \
+timed, as in issue 2 (c)); the supervisor's (pueued's) RSS; {probes} probes of spawn (add) to agent (task) running, as \
+in issue 2 (a); and, at {seed}, one pass of the seed's `monitor-agents.sh` over the workspace's status files{reuse}. \
+Each workspace is removed before the next size.\n",
+        t = issues::SETUP_THREADS,
+        runs = r.more.growth_status_runs,
+        probes = r.more.growth_probes,
+        seed = seed_sizes.join(" and "),
+        reuse = if reused.is_empty() {
+            String::new()
+        } else {
+            format!(" (at {}: issue 2 (c)'s pass over as many files, not run twice)", reused.join(" and "))
+        },
+    );
+    let agents = sizes[2] as f64 / sizes[0] as f64;
+    let _ = writeln!(
+        o,
+        "The ratio is the figure at {hi} over the figure at {lo}, divided by {agents:.0} (the growth in agents): 1.0 is \
+linear growth, below 1 sublinear (a fixed cost, such as starting the CLI, dominates the small end), above 1 \
+superlinear. A figure is flat when it less than doubles, linear when the ratio is within 0.5-1.5, sublinear below, \
+superlinear above.\n"
+    );
+    let ns: Vec<usize> = r.growth.iter().map(|s| s.agents).collect();
+    let mut head = String::from("|");
+    for n in &ns {
+        let _ = write!(head, " | {}", thousands(*n));
+    }
+    let _ = writeln!(o, "{head} | ratio {hi} vs {lo}, / {agents:.0} | growth |");
+    let _ = writeln!(o, "|---|{}---:|---|", "---:|".repeat(ns.len()));
+    for l in growth_lines(r) {
+        let mut row = format!("| {} |", l.label);
+        for c in &l.cells {
+            let _ = write!(row, " {} |", c.map_or_else(str::to_string, l.show));
+        }
+        match spread(&ns, &l) {
+            Some((g, a, from, to)) => {
+                let between = if (from, to) == (ns[0], ns[ns.len() - 1]) {
+                    String::new()
+                } else {
+                    format!(" ({} vs {})", thousands(to), thousands(from))
+                };
+                let _ =
+                    writeln!(o, "{row} {:.2}{between} | {}: x{g:.1} for {a:.0} times the agents |", g / a, shape(g, a));
+            }
+            None => {
+                let _ = writeln!(o, "{row} n/a | |");
+            }
+        }
+    }
+    o.push('\n');
+    for (who, pick) in [("corral", corral as fn(&Size) -> Option<&At>), ("pueue", pueue)] {
+        let bytes: Vec<String> = r
+            .growth
+            .iter()
+            .map(|s| pick(s).map(|a| format!("{} bytes", thousands(a.status.bytes))).unwrap_or_else(|| "n/a".into()))
+            .collect();
+        let _ = writeln!(o, "- {who} `status --json` output: {}", bytes.join(" / "));
+    }
+    for m in r.growth.iter().filter_map(|s| s.seed.as_ref()).filter(|m| !m.complete()) {
+        let _ = writeln!(
+            o,
+            "- the seed's script over {} files is extrapolated: stopped at the harness's cap after {} with {} done",
+            thousands(m.files),
+            f(m.ms),
+            m.done
+        );
+    }
+    if let Some(m) = r.growth.iter().filter_map(|s| s.seed.as_ref()).max_by_key(|m| m.files) {
+        let _ = writeln!(
+            o,
+            "- the seed's script is not run at {hi}: at its rate over {} files ({} per file) one pass would take about {}",
+            thousands(m.files),
+            f(m.per_file_ms()),
+            f(m.per_file_ms() * sizes[2] as f64)
+        );
+    }
+    o.push('\n');
 }
