@@ -109,8 +109,9 @@ pub struct HealthConfig {
     pub max_open_escalations: Option<usize>,
 }
 
+/// Milliseconds, saturating: `as u64` would silently keep only the low bits of a huge one.
 fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Config {
@@ -302,11 +303,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// humantime forms (`90s`, `15m`, `1h30m`); a bare number is refused because its unit
-/// would be a guess.
+/// The longest duration corral accepts, in `corral.toml` and on the command line alike: far
+/// past any sensible timeout, so a typo like `99999999999h` is an error naming the key
+/// rather than a timeout that silently never comes, and its milliseconds fit with room to spare.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// humantime forms (`90s`, `15m`, `1h30m`), up to [`MAX_DURATION`]; a bare number is
+/// refused because its unit would be a guess.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration ({e}); use forms like 90s, 15m or 1h30m"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); use forms like 90s, 15m or 1h30m"))?;
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is longer than the maximum, {}", humantime::format_duration(MAX_DURATION)));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone)]
@@ -416,6 +426,25 @@ mod tests {
             let e = parse(text, Path::new("corral.toml")).unwrap_err();
             assert!(e.starts_with(at) && e.contains(what), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn durations_past_the_maximum_are_refused_with_the_key() {
+        let cases = [
+            ("[defaults]\nattempt_timeout = \"99999999999h\"\n", "defaults.attempt_timeout"),
+            ("[roles.X]\nbackoff = { initial = \"600000000000000000s\" }\n", "roles.X.backoff"),
+            ("[health]\nbreaker_cooldown = \"876601h\"\n", "health.breaker_cooldown"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text, Path::new("corral.toml")).unwrap_err();
+            assert!(
+                e.starts_with("corral.toml:2:") && e.contains(key) && e.contains("maximum, 100years"),
+                "{text:?}: {e}"
+            );
+        }
+        let c = parse("[health]\nbreaker_window = \"100y\"\n", Path::new("corral.toml")).unwrap();
+        assert_eq!(c.health().breaker_window_ms, 100 * 31_557_600_000);
+        assert!(parse_duration("1000000000000000000s").unwrap_err().contains("maximum"));
     }
 
     #[test]

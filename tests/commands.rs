@@ -213,6 +213,65 @@ fn agent_side_commands_explain_bad_input() {
 }
 
 #[test]
+fn concurrent_reports_keep_every_finding() {
+    let ws = Ws::new();
+    let id = "agent-001-R";
+    // 20 reporters at once, 5 reports each: every read-merge-write overlaps others.
+    let reporters: Vec<_> = (0..20)
+        .map(|i| {
+            let cmds: Vec<_> = (0..5)
+                .map(|j| {
+                    let mut c = ws.cmd(&["report", "--agent", id, "--finding", &format!("f{i}-{j}")]);
+                    c.stdout(Stdio::null()).stderr(Stdio::piped());
+                    c
+                })
+                .collect();
+            std::thread::spawn(move || {
+                for mut c in cmds {
+                    let o = c.output().unwrap();
+                    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                }
+            })
+        })
+        .collect();
+    for r in reporters {
+        r.join().unwrap();
+    }
+    let text = std::fs::read_to_string(ws.data.join("agent-status").join(format!("{id}.json"))).unwrap();
+    let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut got: Vec<&str> = s["findings"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    got.sort_unstable();
+    let mut want: Vec<String> = (0..20).flat_map(|i| (0..5).map(move |j| format!("f{i}-{j}"))).collect();
+    want.sort_unstable();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn reported_progress_survives_later_reports_exactly() {
+    let ws = Ws::new();
+    let file = ws.data.join("agent-status").join("agent-001-R.json");
+    // Shortest round-trip decimals that a fast, inexact float parser reads one bit off.
+    for p in ["0.1", "0.9856906946328695", "0.21291890726713458"] {
+        ws.ok(&["report", "--agent", "agent-001-R", "--progress", p]);
+        ws.ok(&["report", "--agent", "agent-001-R", "--finding", "rewrites the file"]);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains(&format!("\"progress\": {p},")), "{text}");
+    }
+}
+
+#[test]
+fn a_report_lock_that_cannot_be_opened_is_named() {
+    let ws = Ws::new();
+    std::fs::create_dir_all(&ws.data).unwrap();
+    // The lock lives under run/; a plain file in its place makes it impossible to open.
+    std::fs::write(ws.data.join("run"), "").unwrap();
+    let o = ws.run(&["report", "--agent", "agent-001-R", "--finding", "x"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&ws.data.join("run").display().to_string()) && !err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn demo_runs_every_pattern_and_exits_0() {
     let ws = Ws::bare();
     let o = ws.cmd(&["demo"]).output().unwrap();

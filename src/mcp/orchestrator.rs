@@ -21,7 +21,8 @@ const MAX_KEY: usize = 1024;
 
 /// One request to the workspace's supervisor (started on demand, as the CLI does).
 pub fn call<T: DeserializeOwned>(ctx: &Ctx, req: &Request) -> Result<T, String> {
-    let reply = Client::request(&ctx.data, &ctx.ws.root, req).map_err(|e| format!("cannot reach the supervisor: {e:#}"))?;
+    let reply =
+        Client::request(&ctx.data, &ctx.ws.root, req).map_err(|e| format!("cannot reach the supervisor: {e:#}"))?;
     if !reply.ok {
         return Err(reply.error.unwrap_or_else(|| "the supervisor refused the request without a reason".into()));
     }

@@ -78,7 +78,8 @@ impl Breaker {
         }
     }
 
-    /// An attempt failed. Returns true when this opened the breaker.
+    /// An attempt failed. Returns true when this opened the breaker. The cooldown is added
+    /// saturating: an endless one keeps the breaker open rather than wrapping to the past.
     pub fn failure(&mut self, agent: &str, now: u64, p: &HealthPolicy) -> bool {
         self.advance(now);
         match self {
@@ -87,13 +88,13 @@ impl Breaker {
                 failures.push(now);
                 if p.breaker_failures > 0 && failures.len() >= p.breaker_failures {
                     let n = failures.len();
-                    *self = Self::Open { until_mono: now + p.breaker_cooldown_ms, failures: n };
+                    *self = Self::Open { until_mono: now.saturating_add(p.breaker_cooldown_ms), failures: n };
                     return true;
                 }
                 false
             }
             Self::HalfOpen { probe } if probe.as_deref() == Some(agent) => {
-                *self = Self::Open { until_mono: now + p.breaker_cooldown_ms, failures: 1 };
+                *self = Self::Open { until_mono: now.saturating_add(p.breaker_cooldown_ms), failures: 1 };
                 true
             }
             _ => false,
@@ -117,7 +118,7 @@ impl Breaker {
             Self::Closed { .. } => None,
             Self::Open { until_mono, failures } => Some(format!(
                 "circuit breaker open after {failures} recent failures; probe in {}",
-                crate::policy::lifecycle::fmt_ms(until_mono.saturating_sub(now).div_ceil(1000) * 1000)
+                crate::policy::lifecycle::fmt_ms(until_mono.saturating_sub(now).div_ceil(1000).saturating_mul(1000))
             )),
             Self::HalfOpen { probe: Some(p) } => Some(format!("circuit breaker half-open; waiting on probe {p}")),
             Self::HalfOpen { probe: None } => None,

@@ -1,5 +1,9 @@
 //! The agent lifecycle as a pure reducer: `(agent, input, now) -> actions`. No clock, file
 //! or process in here; the supervisor feeds inputs and carries out the actions.
+//!
+//! Every deadline is a monotonic instant plus a duration someone chose (a kill grace, a
+//! timeout, a backoff), so each such sum saturates: an endless duration means "never", not
+//! an instant that wrapped around into the past and fires at once.
 
 use super::agent::*;
 use super::classify::{self, Facts, FailureType, Rule, RuleAction};
@@ -412,7 +416,7 @@ fn after_failure(
         return escalate(agent, format!("gave up after {used} attempts (max_retries = {})", p.max_retries), reason);
     }
     if let (Some(d), Some(first)) = (p.deadline_ms, agent.attempts.first())
-        && now.mono >= first.started_mono + d
+        && now.mono >= first.started_mono.saturating_add(d)
     {
         return escalate(agent, format!("the role's {} deadline passed", fmt_ms(d)), reason);
     }
@@ -435,7 +439,7 @@ fn after_failure(
         notes.insert(0, h);
     }
     agent.next_context = if notes.is_empty() { None } else { Some(notes.join("\n\n")) };
-    let next_mono = now.mono + delay;
+    let next_mono = now.mono.saturating_add(delay);
     let why = format!("retry {retry_no} of {} after {}: {reason}", p.max_retries, ft.as_str());
     let ev = emit(
         "retry_scheduled",
@@ -490,7 +494,7 @@ fn stop(agent: &mut Agent, cause: StopCause, grace_ms: u64, now: &Now) -> Vec<Ac
         AgentState::Stopping { cause: StopCause::Requested, .. } => StopCause::Requested,
         _ => cause,
     };
-    agent.state = AgentState::Stopping { cause, hard_kill_mono: now.mono + grace_ms };
+    agent.state = AgentState::Stopping { cause, hard_kill_mono: now.mono.saturating_add(grace_ms) };
     agent.updated_at = now.wall.clone();
     if let Some(pgid) = pgid {
         out.push(Action::SignalGroup { pgid, signal: Signal::Term });
@@ -505,20 +509,20 @@ fn running_deadlines(agent: &Agent) -> Vec<(u64, StopCause)> {
     let l = &a.liveness;
     let mut v = Vec::new();
     if let (Some(d), Some(first)) = (p.deadline_ms, agent.attempts.first()) {
-        v.push((first.started_mono + d, StopCause::Deadline));
+        v.push((first.started_mono.saturating_add(d), StopCause::Deadline));
     }
     if let Some(t) = a.timeout_ms {
-        v.push((a.started_mono + t, StopCause::AttemptTimeout));
+        v.push((a.started_mono.saturating_add(t), StopCause::AttemptTimeout));
     }
     if let (Some(s), None) = (p.start_timeout_ms, l.first_sign) {
-        v.push((a.started_mono + s, StopCause::StartTimeout));
+        v.push((a.started_mono.saturating_add(s), StopCause::StartTimeout));
     }
     if l.waiting_on.is_none() {
         if let Some(hb) = l.last_heartbeat() {
-            v.push((hb + p.heartbeat_timeout_ms, StopCause::Heartbeat));
+            v.push((hb.saturating_add(p.heartbeat_timeout_ms), StopCause::Heartbeat));
         }
         if let Some(c) = l.last_change {
-            v.push((c + p.stall_timeout_ms, StopCause::Silent));
+            v.push((c.saturating_add(p.stall_timeout_ms), StopCause::Silent));
         }
     }
     v
@@ -546,7 +550,7 @@ pub fn tick(agent: &mut Agent, now: &Now) -> Vec<Action> {
         }
         AgentState::Stopping { cause, hard_kill_mono } if hard_kill_mono <= now.mono => {
             // Still here after the grace period: KILL, and look again a little later.
-            agent.state = AgentState::Stopping { cause, hard_kill_mono: now.mono + 1_000 };
+            agent.state = AgentState::Stopping { cause, hard_kill_mono: now.mono.saturating_add(1_000) };
             match agent.current().and_then(Attempt::pid) {
                 Some(pgid) => vec![Action::SignalGroup { pgid, signal: Signal::Kill }],
                 None => vec![],

@@ -465,3 +465,62 @@ fn finished_names_match_the_finished_states() {
         assert_eq!(AgentState::FINISHED.contains(&s.name()), s.is_finished(), "{}", s.name());
     }
 }
+
+#[test]
+fn an_endless_kill_grace_terms_now_and_never_kills_early() {
+    let mut a = running("X");
+    let acts = kill_requested(&mut a, u64::MAX, &at(3 * M)).unwrap();
+    assert!(acts.contains(&Action::SignalGroup { pgid: 11, signal: Signal::Term }));
+    assert_eq!(next_deadline(&a), Some(u64::MAX));
+    assert!(tick(&mut a, &at(3 * M + 1)).is_empty(), "KILL right after TERM");
+    assert!(tick(&mut a, &at(u64::MAX - 1)).is_empty());
+    // at the end of time the KILL goes out, and the next look cannot be later than that
+    let acts = tick(&mut a, &at(u64::MAX));
+    assert_eq!(acts, vec![Action::SignalGroup { pgid: 11, signal: Signal::Kill }]);
+    assert_eq!(next_deadline(&a), Some(u64::MAX));
+}
+
+#[test]
+fn endless_running_limits_never_come_due() {
+    let d = rules();
+    let mut a = agent_with("X", &[]);
+    a.spec.policy = RolePolicy {
+        attempt_timeout_ms: u64::MAX,
+        heartbeat_timeout_ms: u64::MAX,
+        stall_timeout_ms: u64::MAX,
+        start_timeout_ms: Some(u64::MAX),
+        deadline_ms: Some(u64::MAX),
+        backoff: Backoff { initial_ms: u64::MAX, coefficient: 100.0, max_ms: None, jitter: Jitter::None },
+        ..RolePolicy::seed("X")
+    };
+    start(&mut a, M);
+    // deadline, attempt timeout and start timeout
+    assert_eq!(next_deadline(&a), Some(u64::MAX));
+    assert!(tick(&mut a, &at(2 * M)).is_empty());
+    // heartbeat and stall
+    let r = Report { status: ReportedStatus::Active, last_finding: None, changed: true };
+    status_reported(&mut a, &r, &Rules { user: &[], defaults: &d }, &at(2 * M));
+    output_seen(&mut a, 3 * M);
+    assert_eq!(next_deadline(&a), Some(u64::MAX));
+    assert!(tick(&mut a, &at(u64::MAX - 1)).is_empty());
+    assert_eq!(a.state, AgentState::Running);
+    // a failure late on the clock: the deadline has not passed, and the backoff ends no sooner than now
+    let late = u64::MAX - M;
+    exit(&mut a, crash(1, Some("rate limit exceeded")), late);
+    assert!(matches!(a.state, AgentState::Retrying { next_mono: u64::MAX, .. }), "{:?}", a.state);
+    assert!(tick(&mut a, &at(late + 1)).is_empty());
+}
+
+#[test]
+fn an_endless_breaker_cooldown_keeps_it_open() {
+    let p = HealthPolicy { breaker_cooldown_ms: u64::MAX, breaker_window_ms: u64::MAX, ..HealthPolicy::default() };
+    let mut b = Breaker::default();
+    assert!(!b.failure("a", M, &p));
+    assert!(!b.failure("b", 2 * M, &p));
+    assert!(b.failure("c", 3 * M, &p));
+    assert_eq!(b.next_deadline(), Some(u64::MAX));
+    let why = hold_reason(&p, &b, 0, 0, &Resources::default(), 0).unwrap();
+    assert!(why.contains("circuit breaker open"), "{why}");
+    b.advance(u64::MAX - 1);
+    assert_eq!(b.name(), "open");
+}

@@ -1,10 +1,11 @@
 //! What an agent does to report: merge an update into its status file, write its handoff.
 //! Shared by `corral report`/`corral handoff` and the MCP tools, so both write the same
-//! files the same way (atomically).
+//! files the same way (atomically, and one report of an agent at a time).
 
 use super::files::{self, Handoff, ReportedStatus, StatusFile};
 use super::{AgentId, DataDir, atomic, time};
 use serde_json::Value;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default)]
@@ -43,6 +44,7 @@ pub fn report(
 ) -> Result<PathBuf, String> {
     validate(&u)?;
     let path = path.unwrap_or_else(|| data.status_file(id));
+    let _lock = lock_reports(data, id)?;
     let mut s = files::read_status(&path).ok().filter(|s| s.agent_id == id.as_str()).unwrap_or(StatusFile {
         agent_id: id.to_string(),
         role: role.clone(),
@@ -73,6 +75,24 @@ pub fn report(
     s.last_update = Some(time::rfc3339(time::now()));
     write(&path, &s)?;
     Ok(path)
+}
+
+/// Takes the agent's report lock, waiting for it; dropping the file releases it, on every
+/// return. Without it, two reports at once both read the old file and the later rename drops
+/// the other's findings. std opens files close-on-exec, so no process started later holds it.
+fn lock_reports(data: &DataDir, id: &AgentId) -> Result<File, String> {
+    let path = data.report_lock(id);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let fail = |e: std::io::Error| format!("cannot lock {}: {e}", path.display());
+    let f = OpenOptions::new().write(true).create(true).truncate(false).open(&path).map_err(fail)?;
+    loop {
+        match f.lock() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r.map(|()| f).map_err(fail),
+        }
+    }
 }
 
 /// Validates a handoff given as JSON (filling `fromAgent` with the caller when absent) and

@@ -73,6 +73,12 @@ impl DataDir {
     pub fn daemon_info(&self) -> PathBuf {
         self.root.join("daemon.json")
     }
+    /// Serializes the read-merge-write of one agent's status file by its reporters. Under
+    /// `run/`, where no watcher looks for status files; never removed, because a lock file
+    /// deleted while a reporter waits on it would no longer exclude the next one.
+    pub fn report_lock(&self, id: &AgentId) -> PathBuf {
+        self.run_dir().join(format!("{id}.report.lock"))
+    }
     pub fn attempt_file(&self, id: &AgentId, attempt: u32, kind: &str) -> PathBuf {
         self.run_dir().join(format!("{id}.{attempt}.{kind}"))
     }

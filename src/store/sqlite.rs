@@ -192,7 +192,10 @@ impl Registry for SqliteRegistry {
 
     fn put_escalation(&mut self, e: &Escalation) -> Result<()> {
         let body = serde_json::to_string(e).expect("escalations always serialize");
-        self.write("UPDATE escalations SET body = ?2 WHERE n = ?1", vec![SqlValue::Integer(e.n as i64), SqlValue::Text(body)])?;
+        self.write(
+            "UPDATE escalations SET body = ?2 WHERE n = ?1",
+            vec![SqlValue::Integer(e.n as i64), SqlValue::Text(body)],
+        )?;
         Ok(())
     }
 
@@ -243,7 +246,8 @@ impl Registry for SqliteRegistry {
         self.in_tx = true;
         let mut pending = std::mem::take(&mut self.replay).into_iter();
         while let Some((sql, args)) = pending.next() {
-            let done = self.conn.prepare_cached(sql).and_then(|mut s| s.execute(rusqlite::params_from_iter(args.iter())));
+            let done =
+                self.conn.prepare_cached(sql).and_then(|mut s| s.execute(rusqlite::params_from_iter(args.iter())));
             self.journal.push((sql, args));
             if let Err(e) = done {
                 self.replay = pending.collect();

@@ -539,7 +539,8 @@ impl Supervisor {
                     self.agents.get(d).map(|l| &l.agent.state)
                 });
                 if gate == lifecycle::Gate::Ready {
-                    let (running, open) = *counts.get_or_insert_with(|| (self.running_count(), self.open_escalations()));
+                    let (running, open) =
+                        *counts.get_or_insert_with(|| (self.running_count(), self.open_escalations()));
                     let hold = health::hold_reason(&self.health, &self.breaker, running, open, &resources, now.mono);
                     if let Some(why) = hold {
                         if health::resources_short(&self.health, &resources) {

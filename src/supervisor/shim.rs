@@ -127,7 +127,8 @@ impl RunFile {
 
 /// Records an end for an attempt whose shim never ran (written by the supervisor).
 pub fn record_not_started(path: &Path, reason: String) -> std::io::Result<()> {
-    let line = RunLine::Exit(ExitRecord { end: ProcessEnd::NotStarted { reason }, ended_at: time::rfc3339(time::now()) });
+    let line =
+        RunLine::Exit(ExitRecord { end: ProcessEnd::NotStarted { reason }, ended_at: time::rfc3339(time::now()) });
     match RunFile::claim(path)? {
         Some(mut f) => f.append(&line, Duration::ZERO),
         None => Err(std::io::Error::other(format!("{} is held by a running shim", path.display()))),

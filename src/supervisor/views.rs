@@ -178,7 +178,7 @@ pub fn spawn_record(sup: &Supervisor, live: &Live) -> SpawnRecord {
     };
     let timeout_at = cur.filter(|_| a.state.has_live_process()).and_then(|c| {
         let start = time::parse(&c.started_at)?;
-        let t = start.checked_add(jiff::SignedDuration::from_millis(c.timeout_ms? as i64)).ok()?;
+        let t = start.checked_add(jiff::SignedDuration::from_millis(i64::try_from(c.timeout_ms?).ok()?)).ok()?;
         Some(time::rfc3339(t))
     });
     let end = cur.and_then(|c| c.ended());

@@ -31,11 +31,7 @@ pub fn take(pending: &Pending) -> Vec<PathBuf> {
     std::mem::take(&mut w.order)
 }
 
-pub fn watch(
-    dirs: &[&Path],
-    pending: Pending,
-    tx: UnboundedSender<Msg>,
-) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(dirs: &[&Path], pending: Pending, tx: UnboundedSender<Msg>) -> notify::Result<notify::RecommendedWatcher> {
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
         let relevant = matches!(
