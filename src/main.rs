@@ -1,7 +1,6 @@
 //! The `corral` binary: the command line, and the hidden entry points of the per-attempt
 //! shim and the launcher.
 
-use clap::Parser;
 use corral::{cli, supervisor};
 
 fn main() {
@@ -14,7 +13,7 @@ fn main() {
     if args.get(1).is_some_and(|a| a == "__launcher") {
         std::process::exit(supervisor::launcher::run());
     }
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::from_env();
     let code = match cli::run(cli) {
         Ok(code) => code,
         Err(f) => {
