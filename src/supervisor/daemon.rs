@@ -11,7 +11,7 @@ use crate::policy::classify::{self, Rule};
 use crate::policy::health::{self, Breaker, HealthPolicy, Resources};
 use crate::policy::lifecycle::{self, Action, Now, Signal};
 use crate::protocol::files::{FileStamp, StatusFile};
-use crate::protocol::{AgentId, DataDir, atomic, time};
+use crate::protocol::{AgentId, DataDir, time};
 use crate::store::{EventRecord, Registry};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -77,10 +77,13 @@ pub struct Supervisor {
     dirty: Vec<AgentId>,
     /// Agents whose registry-export line may have changed since the last export.
     registry_pending: Vec<AgentId>,
-    /// Each agent's line of `spawn-registry.json`: only changed agents are serialized again.
+    /// Each agent's line of `spawn-registry.json`: only changed lines go to the writer.
     registry_lines: HashMap<AgentId, String>,
-    registry_dirty: bool,
+    /// How many agents of `order` the writer has been told of.
+    exported: usize,
     escalations_dirty: bool,
+    /// Writes the exports and sends the replies (started by `load`).
+    exporter: Option<super::export::Exporter>,
     cleanup: Vec<PathBuf>,
     pub stopping: bool,
     /// Sequence number of the newest event.
@@ -133,8 +136,9 @@ impl Supervisor {
             dirty: Vec::new(),
             registry_pending: Vec::new(),
             registry_lines: HashMap::new(),
-            registry_dirty: true,
+            exported: 0,
             escalations_dirty: true,
+            exporter: None,
             cleanup: Vec::new(),
             not_started: HashMap::new(),
             written: Default::default(),
@@ -165,7 +169,11 @@ impl Supervisor {
             }
         }
         self.tick();
-        self.flush()?;
+        self.persist()?;
+        self.exporter = Some(super::export::Exporter::start(self.data.registry_file(), self.data.escalations_file())?);
+        let mut first = self.export_batch(Vec::new());
+        first.rewrite = true;
+        self.send_export(first);
         Ok(())
     }
 
@@ -191,12 +199,12 @@ impl Supervisor {
 
             // A commit that fails (a full disk) is done again with the next one; what the
             // replies say is already true in memory, and reads must keep working meanwhile.
-            if let Err(e) = self.flush() {
+            if let Err(e) = self.persist() {
                 crate::elog!("corral daemon: cannot commit to the registry (will retry): {e}");
             }
-            for (tx, reply) in replies.drain(..) {
-                let _ = tx.send(reply);
-            }
+            // The replies go out once the exports show what they say.
+            let batch = self.export_batch(std::mem::take(&mut replies));
+            self.send_export(batch);
         }
         Ok(())
     }
@@ -343,14 +351,6 @@ impl Supervisor {
         self.cleanup.push(p);
     }
 
-    /// Persists changed agents, commits, then rewrites the registry export and the seed's
-    /// escalations.txt where they changed.
-    pub fn flush(&mut self) -> anyhow::Result<()> {
-        let persisted = self.persist();
-        self.export();
-        persisted
-    }
-
     /// Writes changed agents to the registry and commits.
     pub fn persist(&mut self) -> anyhow::Result<()> {
         let dirty = std::mem::take(&mut self.dirty);
@@ -374,49 +374,38 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Rewrites `spawn-registry.json` (one record per line, a valid JSON array) and
-    /// `escalations.txt` when what they say changed. Status reports change neither, so a
+    /// What changed for `spawn-registry.json` and `escalations.txt` since the last batch, with
+    /// the replies to send once they are written. Status reports change neither, so a
     /// thousand agents reporting every second cost no rewrites.
-    fn export(&mut self) {
-        for id in std::mem::take(&mut self.registry_pending) {
+    fn export_batch(&mut self, replies: Vec<(oneshot::Sender<Reply>, Reply)>) -> super::export::Batch {
+        let added: Vec<AgentId> = self.order[self.exported.min(self.order.len())..].to_vec();
+        self.exported = self.order.len();
+        let mut lines = Vec::new();
+        for id in std::mem::take(&mut self.registry_pending).into_iter().chain(added.iter().cloned()) {
             let Some(live) = self.agents.get(&id) else { continue };
             let line = serde_json::to_string(&views::spawn_record(self, live)).expect("records serialize");
             if self.registry_lines.get(&id) != Some(&line) {
-                self.registry_lines.insert(id, line);
-                self.registry_dirty = true;
+                self.registry_lines.insert(id.clone(), line.clone());
+                lines.push((id, line));
             }
         }
-        if self.registry_dirty {
-            self.registry_dirty = false;
-            let mut text = String::with_capacity(self.registry_lines.values().map(|l| l.len() + 2).sum::<usize>() + 4);
-            text.push('[');
-            for (i, id) in self.order.iter().enumerate() {
-                text.push_str(if i == 0 { "\n" } else { ",\n" });
-                match self.registry_lines.get(id) {
-                    Some(l) => text.push_str(l),
-                    None => {
-                        let l = serde_json::to_string(&views::spawn_record(self, &self.agents[id]))
-                            .expect("records serialize");
-                        text.push_str(&l);
-                        self.registry_lines.insert(id.clone(), l);
-                    }
-                }
-            }
-            text.push_str("\n]\n");
-            if let Err(e) = atomic::replace_in_place(&self.data.registry_file(), text.as_bytes()) {
-                crate::elog!("corral daemon: cannot write {}: {e}", self.data.registry_file().display());
-            }
-        }
-        if self.escalations_dirty {
-            self.escalations_dirty = false;
-            let text: String = self
-                .escalations
+        let escalations = std::mem::take(&mut self.escalations_dirty).then(|| {
+            self.escalations
                 .iter()
                 .filter(|e| e.is_open())
                 .map(|e| format!("{}: {}\n", e.agent_id, e.reason.replace('\n', " ")))
-                .collect();
-            if let Err(e) = atomic::replace_in_place(&self.data.escalations_file(), text.as_bytes()) {
-                crate::elog!("corral daemon: cannot write {}: {e}", self.data.escalations_file().display());
+                .collect()
+        });
+        super::export::Batch { added, lines, rewrite: false, escalations, replies }
+    }
+
+    fn send_export(&self, batch: super::export::Batch) {
+        match &self.exporter {
+            Some(x) => x.send(batch),
+            None => {
+                for (tx, reply) in batch.replies {
+                    let _ = tx.send(reply);
+                }
             }
         }
     }

@@ -2,6 +2,7 @@
 //! parses command lines and never decides policy; it feeds the policy core and acts.
 
 pub mod daemon;
+pub mod export;
 pub mod launch;
 pub mod launcher;
 pub mod observe;
