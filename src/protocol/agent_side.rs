@@ -87,12 +87,8 @@ fn lock_reports(data: &DataDir, id: &AgentId) -> Result<File, String> {
     }
     let fail = |e: std::io::Error| format!("cannot lock {}: {e}", path.display());
     let f = OpenOptions::new().write(true).create(true).truncate(false).open(&path).map_err(fail)?;
-    loop {
-        match f.lock() {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            r => return r.map(|()| f).map_err(fail),
-        }
-    }
+    crate::supervisor::process::lock(&f).map_err(fail)?;
+    Ok(f)
 }
 
 /// Validates a handoff given as JSON (filling `fromAgent` with the caller when absent) and

@@ -77,8 +77,9 @@ pub struct Supervisor {
     dirty: Vec<AgentId>,
     /// Agents whose registry-export line may have changed since the last export.
     registry_pending: Vec<AgentId>,
-    /// Each agent's line of `spawn-registry.json`: only changed lines go to the writer.
-    registry_lines: HashMap<AgentId, String>,
+    /// A hash of each agent's line of `spawn-registry.json` (the writer holds the lines):
+    /// only changed lines go to the writer.
+    registry_lines: HashMap<AgentId, u64>,
     /// How many agents of `order` the writer has been told of.
     exported: usize,
     escalations_dirty: bool,
@@ -92,8 +93,6 @@ pub struct Supervisor {
     pub launcher: Option<super::launcher::Launcher>,
     /// Files written, gathered by the watcher.
     pub written: super::watch::Pending,
-    /// Attempts that did not start and whose run file could not say so (a full disk).
-    pub not_started: HashMap<(AgentId, u32), String>,
 }
 
 pub fn now() -> Now {
@@ -140,7 +139,6 @@ impl Supervisor {
             escalations_dirty: true,
             exporter: None,
             cleanup: Vec::new(),
-            not_started: HashMap::new(),
             written: Default::default(),
             stopping: false,
             last_seq: 0,
@@ -384,8 +382,13 @@ impl Supervisor {
         for id in std::mem::take(&mut self.registry_pending).into_iter().chain(added.iter().cloned()) {
             let Some(live) = self.agents.get(&id) else { continue };
             let line = serde_json::to_string(&views::spawn_record(self, live)).expect("records serialize");
-            if self.registry_lines.get(&id) != Some(&line) {
-                self.registry_lines.insert(id.clone(), line.clone());
+            let hash = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                line.hash(&mut h);
+                h.finish()
+            };
+            if self.registry_lines.insert(id.clone(), hash) != Some(hash) {
                 lines.push((id, line));
             }
         }
@@ -459,7 +462,7 @@ impl Supervisor {
     /// when looked for (at a heartbeat deadline), so output counts from then: never later
     /// than it happened by more than one check, and file times play no part.
     fn output_mono(&mut self, id: &AgentId) -> Option<u64> {
-        let len = std::fs::metadata(self.data.log_file(id)).map(|m| m.len()).unwrap_or(0);
+        let len = self.log_len(id);
         let live = self.agents.get_mut(id)?;
         let mono = time::mono_ms();
         let seen = match live.log_seen {
@@ -475,10 +478,14 @@ impl Supervisor {
     /// Takes the log's measure when an attempt starts (or is found again after a
     /// restart), so that only later output counts as a heartbeat.
     pub fn measure_log(&mut self, id: &AgentId) {
-        let len = std::fs::metadata(self.data.log_file(id)).map(|m| m.len()).unwrap_or(0);
+        let len = self.log_len(id);
         if let Some(live) = self.agents.get_mut(id) {
             live.log_seen = Some((len, None));
         }
+    }
+
+    fn log_len(&self, id: &AgentId) -> u64 {
+        std::fs::metadata(self.data.log_file(id)).map(|m| m.len()).unwrap_or(0)
     }
 
     pub fn running_count(&self) -> usize {

@@ -5,7 +5,7 @@
 use super::daemon::{Live, Msg, Supervisor, now};
 use super::launcher::Launcher;
 use super::process;
-use super::shim::{self, Handshake, HandshakeMsg, RunInfo, ShimArgs};
+use super::shim::{Handshake, HandshakeMsg, RunInfo, ShimArgs};
 use crate::ipc::{Reply, SpawnReply, SpawnRequest};
 use crate::policy::agent::{Agent, AgentSpec, AgentState, ProcessEnd};
 use crate::policy::lifecycle;
@@ -161,8 +161,7 @@ pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
         // knows nothing about: it does not start, and says why.
         crate::elog!("corral daemon: cannot record attempt of {id} before starting it: {e}");
         let n = sup.agents[id].agent.current().map(|a| a.attempt).unwrap_or(0);
-        sup.not_started.insert((id.clone(), n), format!("the registry cannot be written ({e})"));
-        sup.attempt_ended(id, n);
+        sup.attempt_not_started(id, n, format!("the registry cannot be written ({e})"));
         return;
     }
     let _ = sup.store.begin();
@@ -178,17 +177,8 @@ pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
             let actions = lifecycle::started(&mut live.agent, shim_pid, pid, &now);
             sup.apply(id, actions);
         }
-        Err(reason) => {
-            // Recorded like any other end, so the policy classifies it like any other.
-            let run = sup.data.attempt_file(id, n, "run");
-            if RunInfo::read(&run).exit.is_none()
-                && let Err(e) = shim::record_not_started(&run, reason.clone())
-            {
-                crate::elog!("corral daemon: cannot record that attempt {n} of {id} did not start: {e}");
-                sup.not_started.insert((id.clone(), n), reason);
-            }
-            sup.attempt_ended(id, n);
-        }
+        // Ended like any other attempt, so the policy classifies it like any other.
+        Err(reason) => sup.attempt_not_started(id, n, reason),
     }
 }
 
@@ -402,10 +392,7 @@ fn watch_exit(
 }
 
 /// How the attempt ended, and when, from the shim's exit record.
-pub fn read_exit(sup: &mut Supervisor, id: &AgentId, attempt: u32) -> (ProcessEnd, Option<String>) {
-    if let Some(reason) = sup.not_started.remove(&(id.clone(), attempt)) {
-        return (ProcessEnd::NotStarted { reason }, None);
-    }
+pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> (ProcessEnd, Option<String>) {
     match RunInfo::read(&sup.data.attempt_file(id, attempt, "run")).exit {
         Some(r) => (r.end, Some(r.ended_at)),
         None => (

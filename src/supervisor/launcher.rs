@@ -16,8 +16,6 @@ pub fn run() -> i32 {
     process::ignore_signal(libc::SIGINT);
     // Shims it forks are reaped by the kernel; the launcher never waits for them.
     process::ignore_signal(libc::SIGCHLD);
-    // Inherited ignored from the supervisor; shims and agents get the default back.
-    process::default_signal(libc::SIGIO);
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };

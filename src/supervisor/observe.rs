@@ -3,6 +3,7 @@
 
 use super::daemon::{Supervisor, finding_text, now};
 use super::launch;
+use crate::policy::agent::ProcessEnd;
 use crate::policy::lifecycle::{self, ExitFacts, HandoffFacts, Report, Rules};
 use crate::protocol::files::{self, FileStamp, StatusFile};
 use crate::protocol::{AgentId, DataDir, time};
@@ -115,11 +116,22 @@ impl Supervisor {
 
     /// An attempt's shim is gone: gather the facts and let the core decide.
     pub fn attempt_ended(&mut self, id: &AgentId, attempt: u32) {
+        self.end_attempt(id, attempt, None);
+    }
+
+    /// An attempt the supervisor could not start: it ends as not started, with the reason.
+    pub fn attempt_not_started(&mut self, id: &AgentId, attempt: u32, reason: String) {
+        let ended_at = time::rfc3339(time::now());
+        self.end_attempt(id, attempt, Some((ProcessEnd::NotStarted { reason }, Some(ended_at))));
+    }
+
+    /// `known`: how it ended, when the supervisor knows; otherwise the shim's record says.
+    fn end_attempt(&mut self, id: &AgentId, attempt: u32, known: Option<(ProcessEnd, Option<String>)>) {
         let Some(live) = self.agents.get(id) else { return };
         if live.agent.attempts.iter().any(|a| a.attempt == attempt && a.ended().is_some()) {
             return;
         }
-        let (end, ended_at) = launch::read_exit(self, id, attempt);
+        let (end, ended_at) = known.unwrap_or_else(|| launch::read_exit(self, id, attempt));
         // The last write may not have reached us through inotify yet.
         self.refresh_status(id);
         let handoff = self.handoff_facts(id, attempt);

@@ -61,7 +61,7 @@ impl RunInfo {
         let mut info = Self::default();
         let Ok(text) = files::read_bounded(path) else { return info };
         for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
-            match serde_json::from_str::<RunLine>(line.trim_end_matches(['\n', '\0'])) {
+            match serde_json::from_str::<RunLine>(line) {
                 Ok(RunLine::Shim { pid }) => info.shim_pid = Some(pid),
                 Ok(RunLine::Start(s)) => {
                     info.shim_pid = Some(s.shim_pid);
@@ -122,16 +122,6 @@ impl RunFile {
                 }
             }
         }
-    }
-}
-
-/// Records an end for an attempt whose shim never ran (written by the supervisor).
-pub fn record_not_started(path: &Path, reason: String) -> std::io::Result<()> {
-    let line =
-        RunLine::Exit(ExitRecord { end: ProcessEnd::NotStarted { reason }, ended_at: time::rfc3339(time::now()) });
-    match RunFile::claim(path)? {
-        Some(mut f) => f.append(&line, Duration::ZERO),
-        None => Err(std::io::Error::other(format!("{} is held by a running shim", path.display()))),
     }
 }
 

@@ -1,6 +1,5 @@
 //! Turns writes in `agent-status/` and `handoffs/` into supervisor messages (inotify, via
 //! `notify`): a status write is seen in milliseconds, with no polling tick.
-
 //!
 //! Writes are coalesced: the files written since the supervisor last looked wait in one set,
 //! and the supervisor is woken once for all of them. An agent rewriting its status file
