@@ -1,0 +1,1 @@
+//! Unattended scenarios: supervisor.
