@@ -19,6 +19,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod display;
 pub mod ipc;
 pub mod mcp;
 pub mod memory;

@@ -7,12 +7,12 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod files;
-mod users;
+mod config;
 mod exhaustion;
-mod shims;
+mod files;
 mod identity;
+mod mcp;
+mod shims;
 mod stalls;
 mod terminal;
-mod mcp;
-mod config;
+mod users;

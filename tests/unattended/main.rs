@@ -4,7 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod policy;
-mod supervisor;
-mod shim;
 mod faces;
+mod policy;
+mod shim;
+mod supervisor;
