@@ -107,8 +107,15 @@ impl Rule {
     }
 }
 
-const TRANSIENT: &str =
-    r"(?i)rate.?limit|timeout|timed out|network|connection (reset|refused)|temporarily unavailable|\b(429|503)\b";
+/// What real agent CLIs and their APIs print for failures that go away by themselves: rate
+/// limits, timeouts, network trouble, and overloaded or failing servers (HTTP 429 and 5xx,
+/// Anthropic's "529 Overloaded", "a server-side issue", "high demand", "temporarily").
+const TRANSIENT: &str = concat!(
+    r"(?i)rate.?limit|timeout|timed out|network|connection (reset|refused)|temporar(il)?y|",
+    r"overloaded|server.side (issue|error)|high demand|internal server error|bad gateway|",
+    r"service unavailable|gateway time-?out|try again later|",
+    r"\b(429|500|502|503|504|529)\b|\bhttp\S*\s*(status\s*)?(code\s*)?5\d\d\b|\bstatus\W{0,3}5\d\d\b"
+);
 const NEEDS_CONTEXT: &str = r"(?i)missing context|unclear requirement";
 const EXTERNAL: &str = r"(?i)external|dependency|waiting (for|on)";
 
@@ -141,9 +148,15 @@ pub fn default_rules() -> Vec<Rule> {
         ),
         rule("default: blocked on an external dependency waits", &[Blocked], Some(EXTERNAL), None, Wait),
         rule("default: other blockers need a human", &[Blocked], None, None, Escalate),
-        rule("default: transient (rate limit, timeout, network) retries", &[Crash], Some(TRANSIENT), None, Retry),
         rule(
-            "default: transient output (rate limit, timeout, network) retries",
+            "default: transient (rate limit, timeout, network, overload, server error) retries",
+            &[Crash],
+            Some(TRANSIENT),
+            None,
+            Retry,
+        ),
+        rule(
+            "default: transient output (rate limit, timeout, network, overload, server error) retries",
             &[Crash],
             None,
             Some(TRANSIENT),

@@ -524,3 +524,48 @@ fn an_endless_breaker_cooldown_keeps_it_open() {
     b.advance(u64::MAX - 1);
     assert_eq!(b.name(), "open");
 }
+
+#[test]
+fn overload_and_server_errors_are_transient_by_default() {
+    let d = rules();
+    let transient = [
+        "API Error: 529 Overloaded",
+        "{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}",
+        "Anthropic is experiencing a server-side issue",
+        "the service is temporarily unavailable",
+        "We're currently experiencing high demand",
+        "HTTP 500 Internal Server Error",
+        "http status 502",
+        "upstream returned HTTP/1.1 504 Gateway Timeout",
+        "status: 503",
+    ];
+    for text in transient {
+        for (finding, tail) in [(Some(text), ""), (None, text)] {
+            let f = Facts {
+                failure: FailureType::Crash,
+                exit_code: Some(1),
+                signal: None,
+                last_finding: finding,
+                output_tail: tail,
+            };
+            assert_eq!(
+                super::classify::classify(&[], &d, &f).0,
+                RuleAction::Retry,
+                "{text:?} (finding: {})",
+                finding.is_some()
+            );
+        }
+    }
+    for text in
+        ["Segmentation fault (core dumped)", "error at line 512", "assertion failed: 5000 == 5001", "permission denied"]
+    {
+        let f = Facts {
+            failure: FailureType::Crash,
+            exit_code: Some(1),
+            signal: None,
+            last_finding: None,
+            output_tail: text,
+        };
+        assert_eq!(super::classify::classify(&[], &d, &f).0, RuleAction::Escalate, "{text:?}");
+    }
+}

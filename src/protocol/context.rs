@@ -62,3 +62,41 @@ pub fn render(c: &ContextInput) -> String {
     }
     s
 }
+
+/// Expands `{name}` placeholders in one argument of a command template, in one pass:
+/// substituted text is never looked at again, so a task that says `{role}` reaches the
+/// agent as typed. A brace that starts no known placeholder stays as it is.
+pub fn expand(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let tail = &rest[open..];
+        match vars.iter().find(|(name, _)| tail.starts_with(name)) {
+            Some((name, value)) => {
+                out.push_str(value);
+                rest = &tail[name.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::expand;
+
+    #[test]
+    fn placeholders_expand_once() {
+        let vars = [("{task}", "literal {role} and {task}"), ("{role}", "T")];
+        assert_eq!(expand("run {task} as {role}", &vars), "run literal {role} and {task} as T");
+        assert_eq!(expand("{unknown} {{role}} {", &vars), "{unknown} {T} {");
+        assert_eq!(expand("", &vars), "");
+        assert_eq!(expand("{role}{role}", &vars), "TT");
+    }
+}

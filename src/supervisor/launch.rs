@@ -246,7 +246,7 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
             ("{handoff_file}", &attempt.handoff_file.to_string_lossy()),
             ("{status_file}", &status_file.to_string_lossy()),
         ];
-        spec.command.iter().map(|a| vars.iter().fold(a.clone(), |s, (k, v)| s.replace(k, v))).collect()
+        spec.command.iter().map(|a| crate::protocol::context::expand(a, &vars)).collect()
     } else {
         spec.command.clone()
     };
