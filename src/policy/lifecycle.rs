@@ -113,6 +113,8 @@ fn begin_attempt(agent: &mut Agent, now: &Now, handoff_file: PathBuf) -> Vec<Act
         liveness: Liveness::default(),
         status_baseline: None,
         handoffs_before: Vec::new(),
+        findings_before: None,
+        log_start: None,
     });
     agent.state = AgentState::Running;
     agent.updated_at = now.wall.clone();

@@ -569,3 +569,45 @@ fn overload_and_server_errors_are_transient_by_default() {
         assert_eq!(super::classify::classify(&[], &d, &f).0, RuleAction::Escalate, "{text:?}");
     }
 }
+
+fn ended_attempt(findings_before: Option<usize>, log_start: Option<u64>) -> Attempt {
+    let mut a = running("X");
+    let at = a.current_mut().unwrap();
+    at.findings_before = findings_before;
+    at.log_start = log_start;
+    at.clone()
+}
+
+#[test]
+fn an_attempt_sees_only_its_own_findings_and_output() {
+    use super::evidence::{attempt_findings, output_window};
+    let all: Vec<serde_json::Value> = ["rate limit exceeded", "mine"].iter().map(|s| serde_json::json!(s)).collect();
+    assert_eq!(attempt_findings(&ended_attempt(Some(1), None), &all), &all[1..]);
+    assert!(attempt_findings(&ended_attempt(Some(2), None), &all).is_empty());
+    // a status file rewritten from scratch by the agent is all this attempt's
+    assert_eq!(attempt_findings(&ended_attempt(Some(5), None), &all), &all[..]);
+    // a record from before baselines were kept: the whole file
+    assert_eq!(attempt_findings(&ended_attempt(None, None), &all), &all[..]);
+    // output: the last `tail` bytes, never before the attempt's own start
+    assert_eq!(output_window(&ended_attempt(None, Some(9_000)), 10_000, 4096), (9_000, 1_000));
+    assert_eq!(output_window(&ended_attempt(None, Some(1_000)), 10_000, 4096), (10_000 - 4096, 4096));
+    assert_eq!(output_window(&ended_attempt(None, Some(20_000)), 10_000, 4096), (10_000, 0));
+    assert_eq!(output_window(&ended_attempt(None, None), 100, 4096), (0, 100));
+}
+
+#[test]
+fn a_later_attempt_is_judged_on_its_own_evidence() {
+    let mut a = running("IMPLEMENTER");
+    exit(&mut a, crash(1, Some("rate limit exceeded")), 5);
+    let t = 5 + retry_delay(&a, 5);
+    next_attempt(&mut a, t);
+    // attempt 2 segfaults and says nothing: what attempt 1 said does not make it transient
+    let acts = exit(&mut a, facts(ProcessEnd::Signaled { signal: 11 }, None), t + 5);
+    let AgentState::Escalated { reason, .. } = &a.state else { panic!("{:?}", a.state) };
+    assert!(acts.iter().any(|x| matches!(x, Action::Escalate { .. })));
+    let AttemptRun::Ended { reason: Some(r2), action: Some(act2), .. } = &a.attempts[1].run else { panic!() };
+    assert!(!r2.contains("rate limit"), "attempt 2's own reason quotes attempt 1: {r2}");
+    assert_eq!(act2, "escalate");
+    // the escalation keeps every attempt's reason, each under its own attempt
+    assert!(reason.contains("attempt 1 (crash)") && reason.contains("rate limit"), "{reason}");
+}

@@ -185,6 +185,7 @@ pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
 /// What the agent's files look like before the attempt starts, so that what it writes is
 /// told from what earlier attempts left (by content identity, not by file times).
 fn take_baselines(sup: &mut Supervisor, id: &AgentId) {
+    sup.take_evidence_baseline(id);
     let status = FileStamp::of(&sup.data.status_file(id));
     let live = &sup.agents[id];
     let n = live.agent.current().map(|a| a.attempt).unwrap_or(1);

@@ -4,6 +4,7 @@
 use super::daemon::{Supervisor, finding_text, now};
 use super::launch;
 use crate::policy::agent::ProcessEnd;
+use crate::policy::evidence;
 use crate::policy::lifecycle::{self, ExitFacts, HandoffFacts, Report, Rules};
 use crate::protocol::files::{self, FileStamp, StatusFile};
 use crate::protocol::{AgentId, DataDir, time};
@@ -70,8 +71,8 @@ impl Supervisor {
                 let any_change = live.report.as_ref() != Some(&s);
                 live.report_error = None;
                 if fresh {
-                    let report =
-                        Report { status: s.status, last_finding: s.findings.last().map(finding_text), changed };
+                    let own = live.agent.current().map(|a| evidence::attempt_findings(a, &s.findings)).unwrap_or(&[]);
+                    let report = Report { status: s.status, last_finding: own.last().map(finding_text), changed };
                     let r = Rules { user: &rules.0, defaults: &rules.1 };
                     actions = lifecycle::status_reported(&mut live.agent, &report, &r, &now());
                 }
@@ -97,6 +98,24 @@ impl Supervisor {
         // the status file after a restart: no registry write for it.
         if fresh && !actions.is_empty() {
             self.apply(id, actions);
+        }
+    }
+
+    /// What the agent's status file and log hold as its current attempt starts: what it
+    /// adds after this is that attempt's evidence.
+    pub fn take_evidence_baseline(&mut self, id: &AgentId) {
+        let log_len = std::fs::metadata(self.data.log_file(id)).map(|m| m.len()).unwrap_or(0);
+        let path = self.data.status_file(id);
+        let Some(live) = self.agents.get_mut(id) else { return };
+        let findings = match FileStamp::of(&path) {
+            None => 0,
+            // The version already read needs no second read on the spawn path.
+            Some(stamp) if live.status_seen == Some(stamp) => live.report.as_ref().map_or(0, |r| r.findings.len()),
+            Some(_) => files::read_status(&path).map(|s| s.findings.len()).unwrap_or(0),
+        };
+        if let Some(a) = live.agent.current_mut() {
+            a.findings_before = Some(findings);
+            a.log_start = Some(log_len);
         }
     }
 
@@ -135,16 +154,17 @@ impl Supervisor {
         // The last write may not have reached us through inotify yet.
         self.refresh_status(id);
         let handoff = self.handoff_facts(id, attempt);
-        let output_tail = self.output_tail(id);
+        let output_tail = self.output_tail(id, attempt);
         let rules = (self.rules.clone(), self.default_rules.clone());
         let live = self.agents.get_mut(id).expect("present");
-        let reported_now =
-            live.agent.attempts.iter().find(|a| a.attempt == attempt).is_some_and(|a| a.liveness.last_report.is_some());
-        let report = live.report.as_ref().filter(|_| reported_now);
+        // Only what this attempt reported speaks for it.
+        let this =
+            live.agent.attempts.iter().find(|a| a.attempt == attempt).filter(|a| a.liveness.last_report.is_some());
+        let report = live.report.as_ref().zip(this);
         let facts = ExitFacts {
             end,
-            reported: report.map(|r| r.status),
-            last_finding: report.and_then(|r| r.findings.last()).map(finding_text),
+            reported: report.map(|(r, _)| r.status),
+            last_finding: report.and_then(|(r, a)| evidence::attempt_findings(a, &r.findings).last()).map(finding_text),
             handoff,
             output_tail,
             ended_at,
@@ -225,12 +245,18 @@ impl Supervisor {
         }
     }
 
-    fn output_tail(&self, id: &AgentId) -> String {
+    /// What the classification rules see of the attempt's output: the end of what it
+    /// printed itself, never an earlier attempt's lines.
+    fn output_tail(&self, id: &AgentId, attempt: u32) -> String {
+        let Some(a) = self.agents.get(id).and_then(|l| l.agent.attempts.iter().find(|a| a.attempt == attempt)) else {
+            return String::new();
+        };
         let Ok(mut f) = files::open_regular(&self.data.log_file(id)) else { return String::new() };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = f.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_TAIL_BYTES)));
+        let (start, size) = evidence::output_window(a, len, OUTPUT_TAIL_BYTES);
+        let _ = f.seek(SeekFrom::Start(start));
         let mut buf = Vec::new();
-        let _ = f.take(OUTPUT_TAIL_BYTES).read_to_end(&mut buf);
+        let _ = f.take(size).read_to_end(&mut buf);
         // corral's own header and footer lines hold the command line and the exit; the
         // rules are about what the agent said.
         String::from_utf8_lossy(&buf)

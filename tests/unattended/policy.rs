@@ -47,3 +47,29 @@ fn overloaded_api_is_retried() {
     assert_eq!(first["failureType"], "crash");
     assert!(first["action"].as_str().unwrap().starts_with("retry"), "{first}");
 }
+
+#[test]
+fn each_attempt_is_judged_on_its_own_evidence() {
+    let ws = Ws::with_config(Some(&config("")));
+    // Attempt 1: a rate limit, said in a finding and in the output. Attempts 2 and 3:
+    // a report, then a segfault with nothing said about it.
+    let script = "if [ \"$CORRAL_ATTEMPT\" = 1 ]; then \
+        corral report --status failed --finding 'rate limit exceeded'; echo 'rate limit exceeded'; exit 1; fi; \
+        corral report --status active --progress 0.5; exit 139";
+    let id = ws.spawn("IMPLEMENTER", &["sh", "-c", script]);
+    let v = ws.wait_state(&id, &["escalated", "complete", "failed"], SECS(20));
+    let show = ws.show(&id);
+    let attempts = show["attempts"].as_array().unwrap();
+    let second = &attempts[1];
+    let misjudged = usize::from(second["action"].as_str().unwrap_or("").starts_with("retry"));
+    let quoted = usize::from(second["reason"].as_str().unwrap_or("").contains("rate limit"));
+    println!(
+        "UNATTENDED each_attempt_is_judged_on_its_own_evidence misjudged={misjudged} quoted_old_finding={quoted} attempts={}",
+        attempts.len()
+    );
+    assert_eq!(v["status"], "escalated", "{show}");
+    assert_eq!(attempts.len(), 2, "a segfault must not burn the retries: {show}");
+    assert_eq!(attempts[0]["action"].as_str().map(|a| a.starts_with("retry")), Some(true), "{show}");
+    assert_eq!(second["exitCode"], 139);
+    assert_eq!((misjudged, quoted), (0, 0), "{second}");
+}

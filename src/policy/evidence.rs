@@ -1,0 +1,48 @@
+//! Which evidence belongs to an attempt. Every decision about an attempt (classification,
+//! the reason it records, a blocker) uses what that attempt itself wrote: findings it
+//! added to the status file, output it printed, the handoff it wrote. What an earlier
+//! attempt left behind never classifies a later one. One rule, used by the supervisor when
+//! an attempt ends and by aggregation when it picks an agent's handoff.
+
+use super::agent::Attempt;
+use serde_json::Value;
+
+/// What an agent's files held just before an attempt started, taken by the shell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Baseline {
+    /// Findings in the status file (0 when there was none).
+    pub findings: usize,
+    /// Length of the agent's log.
+    pub log_len: u64,
+}
+
+/// The findings this attempt added. The status file keeps every attempt's findings, newest
+/// last, so the attempt's own are those after the count at its start. A file holding fewer
+/// than that was written afresh (by the agent itself, not `corral report`): all of it is
+/// this attempt's.
+pub fn attempt_findings<'a>(attempt: &Attempt, findings: &'a [Value]) -> &'a [Value] {
+    let before = attempt.findings_before.unwrap_or(0);
+    if findings.len() < before { findings } else { &findings[before..] }
+}
+
+/// Where this attempt's output starts in the agent's log, and how much of its end the
+/// classification rules see: at most `tail` bytes, never before the attempt's own start.
+pub fn output_window(attempt: &Attempt, log_len: u64, tail: u64) -> (u64, u64) {
+    let own_start = attempt.log_start.unwrap_or(0).min(log_len);
+    let start = log_len.saturating_sub(tail).max(own_start);
+    (start, log_len - start)
+}
+
+/// Whether the handoff file `name` (with its modification time, RFC 3339 or a sortable
+/// stand-in) may be the attempt's: the one named for it, or any of the agent's written
+/// since the attempt started (not among those that were there before).
+pub fn handoff_is_attempts(attempt: &Attempt, name: &str) -> bool {
+    attempt.handoff_file.file_name().and_then(|n| n.to_str()) == Some(name)
+        || !attempt.handoffs_before.iter().any(|b| b == name)
+}
+
+/// Of the candidate handoffs of one attempt (name, modification time), the one that speaks
+/// for it: the newest; the name (which carries a UTC timestamp) breaks ties.
+pub fn newest_handoff<'a, T: Ord>(candidates: impl IntoIterator<Item = (&'a str, T)>) -> Option<&'a str> {
+    candidates.into_iter().max_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0))).map(|(name, _)| name)
+}
