@@ -2,19 +2,12 @@
 //! evidence, reaches a human when nobody else can help it, and what a human answers sticks.
 
 use crate::common::*;
-use serde_json::Value;
-use std::time::Duration;
 
 /// Fast retries, no breaker in the way unless a test sets one.
 const FAST: &str = "[defaults]\nbackoff = { initial = \"100ms\", coefficient = 1.0 }\n[health]\nmax_concurrent = 50\nbreaker_failures = 0\n";
 
 fn config(extra: &str) -> String {
     format!("{FAST}{extra}")
-}
-
-fn events(ws: &Ws, id: &str) -> Vec<Value> {
-    let out = ws.ok(&["events", "--agent", id]);
-    out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 #[test]
