@@ -1,5 +1,7 @@
 //! The CLI side of the control socket: connect, starting the supervisor on demand (once,
-//! even when fifty commands race to do it), send a request, read the reply.
+//! even when fifty commands race to do it), send a request, read the reply. Nothing is
+//! sent before the socket's directory is found private and the peer is found to be this
+//! same user (SO_PEERCRED): a request can carry the caller's whole environment.
 
 use crate::ipc::{Reply, Request};
 use crate::protocol::DataDir;
@@ -19,8 +21,10 @@ pub struct Client {
 impl Client {
     /// Connects to the workspace's supervisor, starting it if none is running.
     pub fn connect(data: &DataDir, workspace_root: &Path) -> anyhow::Result<Self> {
-        if let Ok(c) = Self::try_connect(data) {
-            return Ok(c);
+        match Self::try_connect(data) {
+            Ok(c) => return Ok(c),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!("{e}"),
+            Err(_) => {}
         }
         data.create_all().with_context(|| format!("cannot create data dir {}", data.root().display()))?;
         // One starter at a time; the others wait here and then find it running.
@@ -55,7 +59,12 @@ impl Client {
     /// supervisor answers in order), so it is sent again the slow way, starting a
     /// supervisor if none runs.
     pub fn request(data: &DataDir, workspace_root: &Path, req: &Request) -> anyhow::Result<Reply> {
-        if let Ok(s) = UnixStream::connect(data.socket()) {
+        let socket = match open_socket(data) {
+            Ok(s) => Some(s),
+            Err(Unreachable::Refused(why)) => bail!("{why}"),
+            Err(Unreachable::Absent(_)) => None,
+        };
+        if let Some(s) = socket {
             let mut lines = serde_json::to_vec(&Request::Ping)?;
             lines.push(b'\n');
             serde_json::to_writer(&mut lines, req)?;
@@ -77,7 +86,10 @@ impl Client {
     /// Connects only if a supervisor is running and answering: a socket still held open by
     /// a supervisor that is dying does not count.
     pub fn try_connect(data: &DataDir) -> std::io::Result<Self> {
-        let s = UnixStream::connect(data.socket())?;
+        let s = open_socket(data).map_err(|e| match e {
+            Unreachable::Absent(e) => e,
+            Unreachable::Refused(why) => std::io::Error::new(std::io::ErrorKind::PermissionDenied, why),
+        })?;
         let mut c = Self { reader: BufReader::new(s.try_clone()?), writer: s };
         match c.call(&Request::Ping) {
             Ok(r) if r.ok => Ok(c),
@@ -112,6 +124,76 @@ impl Client {
     }
 }
 
+/// Why there is no supervisor to talk to: none is listening (one may be started), or what
+/// listens, or where, is not to be trusted (nothing may be sent; the user must act).
+enum Unreachable {
+    Absent(std::io::Error),
+    Refused(String),
+}
+
+/// Connects to the supervisor's socket, after checking that its directory is the user's
+/// alone and before anything is written, that the process serving it is the user's own.
+/// A supervisor started with another `$XDG_RUNTIME_DIR` than ours listens where its
+/// `daemon.json` (in the private data dir) says.
+fn open_socket(data: &DataDir) -> Result<UnixStream, Unreachable> {
+    let path = data.socket_dir_ready(false).map_err(Unreachable::Refused)?;
+    let s = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e) => match recorded_socket(data).filter(|p| *p != path) {
+            Some(other) => {
+                if let Some(dir) = other.parent() {
+                    crate::protocol::perms::private_dir(dir, false).map_err(Unreachable::Refused)?;
+                }
+                UnixStream::connect(&other).map_err(|_| Unreachable::Absent(e))?
+            }
+            None => return Err(Unreachable::Absent(e)),
+        },
+    };
+    check_peer(&s, &path).map_err(Unreachable::Refused)?;
+    Ok(s)
+}
+
+/// The socket the running supervisor says it listens on, if it wrote one.
+fn recorded_socket(data: &DataDir) -> Option<std::path::PathBuf> {
+    let text = crate::protocol::files::read_bounded(&data.daemon_info()).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(v.get("socket")?.as_str()?.into())
+}
+
+/// The connected peer must be this same user: anyone else listening there could read the
+/// request (and the environment in it) and answer with forgeries.
+fn check_peer(s: &UnixStream, path: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid out-pointers of the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    let me = crate::protocol::perms::my_uid();
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("cannot tell who serves {}: {e}; nothing was sent", path.display()));
+    }
+    if cred.uid != me {
+        return Err(format!(
+            "refusing {}: it is served by uid {} (pid {}), not by you (uid {me}); nothing was sent. Another user \
+             may be listening in your supervisor's place: remove the socket (as its owner, or as root) and run \
+             the command again",
+            path.display(),
+            cred.uid,
+            cred.pid
+        ));
+    }
+    Ok(())
+}
+
 fn start_daemon(data: &DataDir, workspace_root: &Path) -> anyhow::Result<()> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(data.daemon_log())?;
     let mut cmd = Command::new(std::env::current_exe()?);
@@ -127,11 +209,13 @@ fn start_daemon(data: &DataDir, workspace_root: &Path) -> anyhow::Result<()> {
             cmd.env_remove(k);
         }
     }
-    // SAFETY: setsid is async-signal-safe; it detaches the supervisor from our terminal
-    // and session so it outlives this command.
+    // SAFETY: setsid and umask are async-signal-safe. setsid detaches the supervisor from
+    // our terminal and session so it outlives this command; the user's umask is what it
+    // passes on to agents.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
+            crate::protocol::perms::restore_user_umask();
             Ok(())
         });
     }

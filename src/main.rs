@@ -4,6 +4,8 @@
 use corral::{cli, supervisor};
 
 fn main() {
+    // Before anything is created: corral's files are the user's alone, whatever the umask.
+    corral::protocol::perms::private_umask();
     // The per-attempt shim is started once per attempt and is on the spawn latency path:
     // it skips building the whole command-line parser.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();

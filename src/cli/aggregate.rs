@@ -37,6 +37,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     match &a.out {
         Some(path) => {
             crate::protocol::atomic::write_atomic(path, text.as_bytes())?;
+            crate::protocol::perms::user_file(path)?;
             eprintln!("wrote {}", path.display());
         }
         None => std::io::stdout().lock().write_all(text.as_bytes())?,

@@ -89,6 +89,8 @@ pub fn run(ctx: &Ctx, data_dir: Option<PathBuf>, a: Args) -> Result {
     let text = TEMPLATE.replace("{data_dir}", &dd.replace('\\', "\\\\").replace('"', "\\\""));
     crate::config::parse(&text, &path).map_err(|e| Fail { code: 2, msg: e })?;
     crate::protocol::atomic::write_atomic(&path, text.as_bytes())?;
+    // The user's file, not corral's private one: the mode their umask asks for.
+    crate::protocol::perms::user_file(&path)?;
     let data = if PathBuf::from(&dd).is_absolute() { PathBuf::from(&dd) } else { cwd.join(&dd) };
     DataDir::new(data.clone()).create_all()?;
     let _ = ctx;

@@ -52,6 +52,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             match out {
                 Some(path) => {
                     crate::protocol::atomic::write_atomic(&path, text.as_bytes())?;
+                    crate::protocol::perms::user_file(&path)?;
                     eprintln!("wrote {} lines to {}", text.lines().count(), path.display());
                 }
                 None => print!("{text}"),

@@ -8,6 +8,7 @@ pub mod context;
 pub mod files;
 pub mod ids;
 pub mod paths;
+pub mod perms;
 pub mod registry;
 pub mod time;
 

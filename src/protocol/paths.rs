@@ -1,6 +1,7 @@
 //! Where every file of the protocol lives under the data dir (SPEC section 2).
 
 use super::ids::AgentId;
+use super::perms;
 use std::path::{Path, PathBuf};
 
 pub const HANDOFF_PREFIX: &str = "handoff-";
@@ -83,22 +84,45 @@ impl DataDir {
         self.run_dir().join(format!("{id}.{attempt}.{kind}"))
     }
     /// The control socket. Unix socket paths are limited to 107 bytes; a deep workspace
-    /// falls back to a per-user directory keyed by the data dir.
+    /// puts its socket in a per-user directory, keyed by the data dir: the user's runtime
+    /// directory (`$XDG_RUNTIME_DIR`) when it is set and the user's alone, else
+    /// `corral-<uid>` in the temp directory. Either is used only after
+    /// [`DataDir::socket_dir_ready`] found it private.
     pub fn socket(&self) -> PathBuf {
         let p = self.root.join("corral.sock");
         if p.as_os_str().len() < 100 {
             return p;
         }
-        // SAFETY: getuid cannot fail.
-        let uid = unsafe { libc::getuid() };
         let mut h: u64 = 0xcbf29ce484222325;
         for b in self.root.as_os_str().as_encoded_bytes() {
             h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
         }
-        std::env::temp_dir().join(format!("corral-{uid}")).join(format!("{h:016x}.sock"))
+        let name = format!("{h:016x}.sock");
+        if let Some(run) = runtime_dir() {
+            let p = run.join("corral").join(&name);
+            if p.as_os_str().len() < 100 {
+                return p;
+            }
+        }
+        std::env::temp_dir().join(format!("corral-{}", perms::my_uid())).join(name)
     }
 
+    /// Checks (with `create`, makes) the directory the socket lives in when it is not the
+    /// data dir: it must be the user's alone, or anyone could listen in the supervisor's
+    /// place. The error names the directory, why it is refused and what to do.
+    pub fn socket_dir_ready(&self, create: bool) -> Result<PathBuf, String> {
+        let socket = self.socket();
+        if let Some(dir) = socket.parent()
+            && dir != self.root
+        {
+            perms::private_dir(dir, create)?;
+        }
+        Ok(socket)
+    }
+
+    /// Creates the data dir and its subdirectories, private to the user (0700).
     pub fn create_all(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
         for d in [
             self.root.clone(),
             self.status_dir(),
@@ -108,7 +132,7 @@ impl DataDir {
             self.inbox_dir(),
             self.run_dir(),
         ] {
-            std::fs::create_dir_all(&d)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&d)?;
         }
         Ok(())
     }
@@ -120,6 +144,15 @@ impl DataDir {
         let (_, id) = rest.split_once('-')?;
         Some(id)
     }
+}
+
+/// `$XDG_RUNTIME_DIR`, when it is set to an absolute path of a directory that is ours and
+/// that no one else may write in (as the XDG base directory specification promises).
+fn runtime_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    (dir.is_absolute() && meta.is_dir() && meta.uid() == perms::my_uid() && meta.mode() & 0o022 == 0).then_some(dir)
 }
 
 #[cfg(test)]

@@ -171,7 +171,8 @@ pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
     let n = live.agent.current().map(|a| a.attempt).unwrap_or(0);
     match result {
         Ok((shim_pid, pid, pidfd)) => {
-            watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, pidfd);
+            let run = sup.data.attempt_file(id, n, "run");
+            watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, pidfd.ok_or(run));
             sup.measure_log(id);
             let live = sup.agents.get_mut(id).expect("present");
             let actions = lifecycle::started(&mut live.agent, shim_pid, pid, &now);
@@ -350,6 +351,15 @@ fn exec_shim(sup: &Supervisor, args: ShimArgs) -> Result<Started, String> {
         .stderr(Stdio::inherit())
         // Its own group: a signal meant for the supervisor's group never reaches the shim.
         .process_group(0);
+    // SAFETY: umask and setrlimit are async-signal-safe; the shim passes the user's umask
+    // and descriptor limit on to the agent.
+    unsafe {
+        cmd.pre_exec(|| {
+            crate::protocol::perms::restore_user_umask();
+            process::restore_fd_limit();
+            Ok(())
+        })
+    };
     let mut child = cmd.spawn().map_err(|e| format!("cannot start the attempt's shim: {e}"))?;
     let shim_pid = child.id() as i32;
     // Opened while the shim is our unreaped child, so the pid cannot have been reused.
@@ -376,31 +386,84 @@ fn exec_shim(sup: &Supervisor, args: ShimArgs) -> Result<Started, String> {
     }
 }
 
+/// Tells the loop when the attempt's shim has ended: when its pidfd becomes readable, or,
+/// without one (none could be opened, as when descriptors ran out), once the shim no
+/// longer holds the lock on its run file.
 fn watch_exit(
     tx: tokio::sync::mpsc::UnboundedSender<Msg>,
     id: AgentId,
     attempt: u32,
     shim_pid: i32,
-    fd: Option<OwnedFd>,
+    watch: Result<OwnedFd, std::path::PathBuf>,
 ) {
     tokio::spawn(async move {
-        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until dropped.
-        if let Some(Ok(afd)) = fd.map(|fd| unsafe { tokio::io::unix::AsyncFd::register(fd) }) {
-            let _ = afd.readable().await;
+        match watch {
+            // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until dropped.
+            Ok(fd) => match unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+                Ok(afd) => {
+                    let _ = afd.readable().await;
+                }
+                Err(e) => {
+                    crate::elog!("corral daemon: cannot watch the shim of {id}: {e}");
+                }
+            },
+            Err(run) => {
+                while !shim_gone(&run) {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
         }
         let _ = tx.send(Msg::Exited { id, attempt, shim_pid });
     });
 }
 
-/// How the attempt ended, and when, from the shim's exit record.
-pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> (ProcessEnd, Option<String>) {
-    match RunInfo::read(&sup.data.attempt_file(id, attempt, "run")).exit {
+/// Whether no shim holds the run file any more; `false` while that cannot be told (the
+/// file cannot be opened for a passing reason).
+fn shim_gone(run: &Path) -> bool {
+    match std::fs::File::open(run) {
+        Ok(f) => process::try_lock(&f).unwrap_or(false),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// A failure that may pass: no descriptor free, interrupted, try again.
+fn transient(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::EINTR | libc::EAGAIN | libc::ENOMEM))
+}
+
+/// Reads an attempt's run file; an error only for a failure that may pass, so that an exit
+/// record that is there is never taken for a missing one.
+fn read_run(path: &Path) -> std::io::Result<RunInfo> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW).open(path);
+    let file = match opened {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+        Err(e) if transient(&e) => return Err(e),
+        _ => return Ok(RunInfo::default()),
+    };
+    let mut bytes = Vec::new();
+    loop {
+        match (&file).take(crate::protocol::files::MAX_FILE_BYTES).read_to_end(&mut bytes) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if transient(&e) => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(RunInfo::parse(&String::from_utf8_lossy(&bytes)))
+}
+
+/// How the attempt ended, and when, from the shim's exit record. An error when the record
+/// could not be read for a reason that may pass (out of descriptors): read it again later.
+pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> std::io::Result<(ProcessEnd, Option<String>)> {
+    Ok(match read_run(&sup.data.attempt_file(id, attempt, "run"))?.exit {
         Some(r) => (r.end, Some(r.ended_at)),
         None => (
             ProcessEnd::Lost { reason: "the attempt's shim ended without recording an exit (was it killed?)".into() },
             None,
         ),
-    }
+    })
 }
 
 /// After a restart: find out what became of an attempt that was live, and watch it again.
@@ -430,7 +493,7 @@ pub fn reconcile(sup: &mut Supervisor, id: &AgentId) {
                     }
                     sup.measure_log(id);
                     sup.emit(Some(id), "reattached", serde_json::json!({ "attempt": n, "shimPid": shim_pid }));
-                    watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, Some(fd));
+                    watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, Ok(fd));
                 }
                 Err(_) => sup.attempt_ended(id, n),
             }

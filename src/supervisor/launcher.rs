@@ -70,15 +70,25 @@ pub struct Launcher {
 
 impl Launcher {
     pub fn start() -> std::io::Result<Self> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("__launcher")
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("__launcher")
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             // Its own group: a signal meant for the supervisor's group never reaches it.
-            .process_group(0)
-            .spawn()?;
+            .process_group(0);
+        // SAFETY: umask and setrlimit are async-signal-safe. The launcher learns the user's
+        // umask and descriptor limit from those it starts with, and passes them on to the
+        // agents of the shims it forks.
+        unsafe {
+            cmd.pre_exec(|| {
+                crate::protocol::perms::restore_user_umask();
+                process::restore_fd_limit();
+                Ok(())
+            })
+        };
+        let mut child = cmd.spawn()?;
         let stdin = child.stdin.take().expect("piped");
         let out = BufReader::new(child.stdout.take().expect("piped"));
         Ok(Self { child, stdin, out, seq: 0 })

@@ -1,6 +1,7 @@
 //! The supervisor (`corral daemon`): owns the agents' processes and the registry. It never
 //! parses command lines and never decides policy; it feeds the policy core and acts.
 
+pub mod connections;
 pub mod daemon;
 pub mod export;
 pub mod launch;
@@ -14,7 +15,7 @@ pub mod views;
 pub mod watch;
 
 use crate::config::Workspace;
-use crate::protocol::{DataDir, atomic};
+use crate::protocol::{DataDir, atomic, perms};
 use crate::store::sqlite::SqliteRegistry;
 use anyhow::Context;
 use std::io::Write;
@@ -24,6 +25,14 @@ use std::os::unix::fs::PermissionsExt;
 /// Prints one "ready" line on stdout once the socket accepts connections.
 pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
     data.create_all().with_context(|| format!("cannot create data dir {}", data.root().display()))?;
+    match perms::tighten(data.root()) {
+        Ok(0) => {}
+        Ok(n) => {
+            crate::elog!("corral daemon: {} was open to other users; made {n} entries private", data.root().display())
+        }
+        Err(e) => crate::elog!("corral daemon: cannot make {} private: {e}", data.root().display()),
+    }
+    let fd_limit = process::raise_fd_limit();
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -45,13 +54,7 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let socket = data.socket();
-        if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir)?;
-            if dir != data.root() {
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-            }
-        }
+        let socket = data.socket_dir_ready(true).map_err(anyhow::Error::msg)?;
         let _ = std::fs::remove_file(&socket); // stale: we hold the lock, so nobody serves it
         // SAFETY: umask only changes this process's file creation mask.
         let old = unsafe { libc::umask(0o177) };
@@ -65,7 +68,7 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
         let _watcher = watch::watch(&[&data.status_dir(), &data.handoff_dir()], sup.written.clone(), tx.clone())
             .context("cannot watch the status and handoff directories")?;
         sup.load()?;
-        tokio::spawn(server::serve(listener, tx.clone(), sup.events.clone()));
+        tokio::spawn(server::serve(listener, tx.clone(), sup.events.clone(), fd_limit));
         let stop_tx = tx.clone();
         tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

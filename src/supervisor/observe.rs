@@ -150,7 +150,21 @@ impl Supervisor {
         if live.agent.attempts.iter().any(|a| a.attempt == attempt && a.ended().is_some()) {
             return;
         }
-        let (end, ended_at) = known.unwrap_or_else(|| launch::read_exit(self, id, attempt));
+        let (end, ended_at) = match known.map(Ok).unwrap_or_else(|| launch::read_exit(self, id, attempt)) {
+            Ok(ended) => ended,
+            Err(e) => {
+                // Calling it lost would be a lie: the record may well be there.
+                crate::elog!(
+                    "corral daemon: cannot read the exit record of {id} attempt {attempt} yet ({e}); retrying"
+                );
+                let (tx, id) = (self.tx.clone(), id.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    let _ = tx.send(super::daemon::Msg::Exited { id, attempt, shim_pid: 0 });
+                });
+                return;
+            }
+        };
         // The last write may not have reached us through inotify yet.
         self.refresh_status(id);
         let handoff = self.handoff_facts(id, attempt);

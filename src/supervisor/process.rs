@@ -40,6 +40,9 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 
 /// Reaps `pid` if it is our child and has ended; a no-op for anything else.
 pub fn reap(pid: i32) {
+    if pid <= 0 {
+        return; // 0 and -1 would mean "any child"
+    }
     let mut status = 0;
     // SAFETY: status is a valid out-pointer.
     unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
@@ -117,5 +120,43 @@ pub fn decode_status(st: std::process::ExitStatus) -> crate::policy::agent::Proc
         (Some(code), _) => ProcessEnd::Exited { code },
         (None, Some(signal)) => ProcessEnd::Signaled { signal },
         _ => ProcessEnd::Lost { reason: format!("unrecognised wait status {st:?}") },
+    }
+}
+
+/// The soft descriptor limit this process started with, before [`raise_fd_limit`].
+static ORIGINAL_NOFILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Raises the soft limit on open descriptors to the hard one: the supervisor holds one per
+/// client connection and one per running attempt. Returns the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: lim is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    ORIGINAL_NOFILE.store(lim.rlim_cur, std::sync::atomic::Ordering::Relaxed);
+    let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+    // SAFETY: a valid rlimit that only raises the soft limit up to the hard one.
+    if lim.rlim_cur < lim.rlim_max && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return lim.rlim_max;
+    }
+    lim.rlim_cur
+}
+
+/// Gives a child about to execute (the launcher, a shim, and through them the agents) the
+/// soft descriptor limit the supervisor started with: programs written for the usual 1,024
+/// (select() users among them) must not be handed more. Async-signal-safe.
+pub fn restore_fd_limit() {
+    let original = ORIGINAL_NOFILE.load(std::sync::atomic::Ordering::Relaxed);
+    if original == 0 {
+        return;
+    }
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid pointers; getrlimit and setrlimit are async-signal-safe.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur > original {
+            lim.rlim_cur = original;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }

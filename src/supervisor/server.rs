@@ -2,35 +2,182 @@
 //! line (bounded), hands it to the supervisor loop and writes the reply. `events --follow`
 //! streams from the broadcast of new events.
 
+use super::connections::{MAX_BUFFERED_TOTAL, State, Table, Want};
 use super::daemon::Msg;
 use crate::ipc::{MAX_REQUEST_BYTES, Reply, Request};
 use crate::store::EventRecord;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
-pub async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>, events: broadcast::Sender<EventRecord>) {
-    // SAFETY: getuid cannot fail.
-    let me = unsafe { libc::getuid() };
+/// What the server's tasks share: the connection table, and a signal that one has ended.
+struct Shared {
+    table: Mutex<Table>,
+    closed: Notify,
+}
+
+impl Shared {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // A panic elsewhere cannot leave the table half-changed: every change is one call.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Descriptors kept free of connections, for what the supervisor opens for its agents
+/// (pidfds, run files, logs, contexts, the registry): an eighth of the limit, at least 32.
+fn fd_reserve(limit: u64) -> u64 {
+    (limit / 8).clamp(32, 4096)
+}
+
+/// How many descriptors are free, from a count of the open ones taken now and then (more
+/// often near the limit) and the connections opened or closed since.
+struct FdGauge {
+    limit: u64,
+    reserve: u64,
+    others: u64,
+    measured: Option<Instant>,
+}
+
+impl FdGauge {
+    fn free(&mut self, conns: usize, now: Instant) -> u64 {
+        let conns = conns as u64;
+        let free = self.limit.saturating_sub(self.others + conns);
+        let stale = match self.measured {
+            None => true,
+            Some(t) if free < 2 * self.reserve => now - t >= Duration::from_millis(5),
+            Some(t) => now - t >= Duration::from_secs(1),
+        };
+        if !stale {
+            return free;
+        }
+        match open_fds() {
+            Some(open) => {
+                self.others = open.saturating_sub(conns);
+                self.measured = Some(now);
+                self.limit.saturating_sub(open)
+            }
+            // Not even /proc/self/fd could be opened: nothing is free.
+            None => 0,
+        }
+    }
+}
+
+/// Open descriptors of this process.
+fn open_fds() -> Option<u64> {
+    let n = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    // The listing's own descriptor was counted and is closed again.
+    Some(n.saturating_sub(1))
+}
+
+pub async fn serve(
+    listener: UnixListener,
+    tx: mpsc::UnboundedSender<Msg>,
+    events: broadcast::Sender<EventRecord>,
+    fd_limit: u64,
+) {
+    let me = crate::protocol::perms::my_uid();
+    let shared = Arc::new(Shared { table: Mutex::new(Table::default()), closed: Notify::new() });
+    let reserve = fd_reserve(fd_limit);
+    let mut gauge = FdGauge { limit: fd_limit, reserve, others: 0, measured: None };
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        // Room first: the descriptor an accept takes must never be one the agents need.
+        let conns = shared.table().len();
+        if gauge.free(conns, Instant::now()) <= reserve {
+            if make_room(&shared).await {
+                continue;
+            }
+            // Every connection is in the middle of a request: take no more until one ends.
+            let _ = tokio::time::timeout(Duration::from_millis(100), shared.closed.notified()).await;
+            gauge.measured = None;
             continue;
+        }
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors (ours or the system's), or a passing failure: shed a
+                // connection or wait a little, but never try again at once (that spins).
+                let pause = if is_resource_shortage(&e) {
+                    gauge.measured = None;
+                    if make_room(&shared).await { Duration::ZERO } else { Duration::from_millis(50) }
+                } else {
+                    Duration::from_millis(1) // a client that left before it was accepted
+                };
+                tokio::time::sleep(pause).await;
+                continue;
+            }
         };
         // The socket file is 0600 already; checking the peer too costs nothing.
         match stream.peer_cred() {
             Ok(c) if c.uid() == me => {}
             _ => continue,
         }
-        let tx = tx.clone();
-        let events = events.clone();
-        tokio::spawn(async move {
-            let _ = connection(stream, tx, events).await;
-        });
+        let id = shared.table().open(Instant::now());
+        let conn = Registered { id, shared: shared.clone() };
+        let task = tokio::spawn(connection(stream, tx.clone(), events.clone(), conn));
+        shared.table().attach(id, task.abort_handle());
+    }
+}
+
+fn is_resource_shortage(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Sheds one connection to free a descriptor, and lets its task be dropped (which closes
+/// it). Whether there was one to shed.
+async fn make_room(shared: &Shared) -> bool {
+    let shed = {
+        let mut table = shared.table();
+        table.shed(None, Want::Descriptor) || table.shed(None, Want::DescriptorOrPartial)
+    };
+    if shed {
+        tokio::task::yield_now().await;
+    }
+    shed
+}
+
+/// A connection's entry in the table, removed however its task ends (aborted included).
+struct Registered {
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Registered {
+    fn set(&self, state: State) {
+        self.shared.table().set(self.id, state, Instant::now());
+    }
+
+    /// Records that this connection now holds `held` bytes of an unfinished request; past
+    /// the total for all connections, the oldest other half-sent requests give way, and if
+    /// none can, this one is refused.
+    fn hold(&self, held: usize) -> Result<(), String> {
+        let mut table = self.shared.table();
+        table.set(self.id, State::Partial(held), Instant::now());
+        while table.buffered() > MAX_BUFFERED_TOTAL {
+            if !table.shed(Some(self.id), Want::Memory) {
+                return Err(format!(
+                    "the supervisor holds {MAX_BUFFERED_TOTAL} bytes of unfinished requests already; send the \
+                     request again"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shared.table().close(self.id);
+        self.shared.closed.notify_one();
     }
 }
 
 /// Reads one line of at most `MAX_REQUEST_BYTES`; `Ok(None)` at end of stream.
-async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
+async fn read_line<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+    conn: &Registered,
+) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
     let mut buf = Vec::new();
     loop {
         let chunk = r.fill_buf().await?;
@@ -40,13 +187,19 @@ async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> std::io::Resul
         if let Some(i) = chunk.iter().position(|b| *b == b'\n') {
             buf.extend_from_slice(&chunk[..i]);
             r.consume(i + 1);
+            conn.set(State::Busy);
             return Ok(Some(Ok(buf)));
         }
         let n = chunk.len();
         buf.extend_from_slice(chunk);
         r.consume(n);
         if buf.len() > MAX_REQUEST_BYTES {
+            conn.set(State::Busy);
             return Ok(Some(Err(format!("request larger than {MAX_REQUEST_BYTES} bytes refused"))));
+        }
+        if let Err(e) = conn.hold(buf.len()) {
+            conn.set(State::Busy);
+            return Ok(Some(Err(e)));
         }
     }
 }
@@ -61,10 +214,11 @@ async fn connection(
     stream: UnixStream,
     tx: mpsc::UnboundedSender<Msg>,
     events: broadcast::Sender<EventRecord>,
+    conn: Registered,
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
-    while let Some(line) = read_line(&mut r).await? {
+    while let Some(line) = read_line(&mut r, &conn).await? {
         let req = match line {
             Err(e) => {
                 write_json(&mut w, &Reply::err(2, e)).await?;
@@ -74,11 +228,13 @@ async fn connection(
                 Ok(r) => r,
                 Err(e) => {
                     write_json(&mut w, &Reply::err(2, format!("malformed request: {e}"))).await?;
+                    conn.set(State::Idle);
                     continue;
                 }
             },
         };
         if let Request::Events { after, agent, follow: true } = req {
+            conn.set(State::Following);
             return follow_events(&mut w, tx, events, after, agent).await;
         }
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -87,6 +243,7 @@ async fn connection(
         }
         let reply = reply_rx.await.unwrap_or_else(|_| Reply::err(1, "supervisor is shutting down"));
         write_json(&mut w, &reply).await?;
+        conn.set(State::Idle);
     }
     Ok(())
 }

@@ -58,8 +58,12 @@ impl RunInfo {
     /// Reads a run file (bounded; a torn last line, as from a shim killed while writing it,
     /// is not a record).
     pub fn read(path: &Path) -> Self {
+        files::read_bounded(path).map(|text| Self::parse(&text)).unwrap_or_default()
+    }
+
+    /// What the complete lines of a run file's text say.
+    pub fn parse(text: &str) -> Self {
         let mut info = Self::default();
-        let Ok(text) = files::read_bounded(path) else { return info };
         for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
             match serde_json::from_str::<RunLine>(line) {
                 Ok(RunLine::Shim { pid }) => info.shim_pid = Some(pid),
@@ -248,6 +252,8 @@ fn start_and_wait(a: &ShimArgs, run: &mut RunFile) -> Result<ProcessEnd, String>
     if let Some(env) = &a.env {
         cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     }
+    // The agent creates its files as the user asked, not as privately as corral does.
+    crate::protocol::perms::restore_user_umask();
     let spawned = cmd
         .args(args)
         .current_dir(&a.cwd)
