@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The chaos suite (issue 7): the supervision guarantees under abuse, the real corral binary
+# The chaos suite: the supervision guarantees under abuse, the real corral binary
 # (release) against real processes. Scenarios (tests/chaos.rs, `#[ignore]`d there, run here
 # one at a time):
 #   kill9          kill -9 of the supervisor 12 times at random moments while 100 agents

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzing of corral's parsers (issue 7): the cargo-fuzz targets in fuzz/ (status file,
+# Fuzzing of corral's parsers: the cargo-fuzz targets in fuzz/ (status file,
 # handoff, corral.toml, control-socket request lines, agent ids), built once, then each
 # run for a given time, one after another. Prints per target: executions, seconds,
 # corpus size, result.

@@ -1,4 +1,4 @@
-"""Crash to retry scheduled (issue 3): N_SLEEP long-running agents supervised, N_CRASH agents
+"""Crash to retry scheduled: N_SLEEP long-running agents supervised, N_CRASH agents
 that crash with a transient finding; latency = the retry_scheduled event's time minus the
 shim's recorded end of the crashed process. Usage: python3 bench/retry_latency.py 1000 200"""
 import json, os, subprocess, sys, tempfile, time

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# The benchmarks of issues 2 to 7, each beside its peer (pueue 4.0.4 or the seed's scripts),
-# all in one run, results written to BENCHMARKS.md (raw samples to bench/results/latest.json):
-#   2  spawn latency, 1,000 sequential spawns, status with 1,000 agents (corral and pueue)
-#   3  crash to retry scheduled, with 1,000 agents supervised
-#   4  aggregating 1,000 handoffs of 10 findings each (and the seed's jq loop)
-#   5  `corral monitor` with 1,000 agents reporting every second
-#   6  `spawn_agent` round trip over `corral mcp` (bench/mcp_spawn.py)
-#   7  supervisor memory, idle and with 1,000 running agents (corral and pueued); growth from
-#      100 to 10,000 agents: status --json, spawn latency, memory (and the seed's monitor script)
+# corral's performance targets, each beside its peer (pueue 4.0.4 or the seed's scripts),
+# all in one run, results written to BENCHMARKS.md (raw samples to bench/results/latest.json).
+# The targets, by the names --only takes:
+#   spawn      spawn to agent running, 1,000 sequential spawns, status with 1,000 agents
+#              (corral and pueue, and the seed's monitor script over the status files)
+#   retry      crash to retry scheduled, with 1,000 agents supervised
+#   aggregate  aggregating 1,000 handoffs of 10 findings each (and the seed's jq loop)
+#   monitor    `corral monitor` with 1,000 agents reporting every second
+#   mcp        `spawn_agent` round trip over `corral mcp` (bench/mcp_spawn.py)
+#   memory     supervisor memory, idle and with 1,000 running agents (corral and pueued)
+#   growth     100 to 10,000 agents: status --json, spawn latency, memory (and the seed's
+#              monitor script)
 #
-#   bench/run.sh              full run (about 30 minutes, half of it issue 7's growth to 10,000
-#                             agents; plus building)
-#   bench/run.sh --quick      reduced sizes, for iterating (also: BENCH_QUICK=1)
-#   bench/run.sh --only 3,5   only the measurements of the issues named (for iterating)
+#   bench/run.sh                     full run (about 30 minutes, half of it the growth to
+#                                    10,000 agents; plus building)
+#   bench/run.sh --quick             reduced sizes, for iterating (also: BENCH_QUICK=1)
+#   bench/run.sh --only spawn,retry  only the targets named (for iterating)
+#   BENCH_OUT=FILE                   write the report there instead of BENCHMARKS.md
 #
 # Which corral: by default the working tree, built here in release mode;
 # BENCH_REV=<commit> builds that commit instead (from `git archive`, under bench/.peers);
@@ -20,19 +24,31 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="$(realpath -m "${BENCH_OUT:-$root/BENCHMARKS.md}")"
 cd "$root"
 
+targets="spawn, retry, aggregate, monitor, mcp, memory, growth"
 quick=()
 only=()
 if [[ "${BENCH_QUICK:-0}" != 0 ]]; then quick=(--quick); fi
 while (( $# )); do
   case "$1" in
     --quick) quick=(--quick) ;;
-    --only) [[ $# -ge 2 ]] || { echo "--only needs a list, e.g. --only 3,5" >&2; exit 2; }; only=(--only "$2"); shift ;;
-    *) echo "usage: bench/run.sh [--quick] [--only 2,3,4,5,6,7]" >&2; exit 2 ;;
+    --only) [[ $# -ge 2 ]] || { echo "--only needs a list of targets, e.g. --only spawn,retry ($targets)" >&2; exit 2; }; only=(--only "$2"); shift ;;
+    *) echo "usage: bench/run.sh [--quick] [--only TARGET,...]  (targets: $targets)" >&2; exit 2 ;;
   esac
   shift
 done
+# Checked here too, so a misspelt name fails before minutes of building.
+if (( ${#only[@]} )); then
+  IFS=, read -ra wanted <<< "${only[1]}"
+  for t in "${wanted[@]}"; do
+    [[ ", $targets, " == *", ${t// /}, "* && -n "${t// /}" ]] || {
+      echo "bench/run.sh: --only ${only[1]}: unknown target \`$t'; the targets are $targets (e.g. --only spawn,retry)" >&2
+      exit 2
+    }
+  done
+fi
 
 say() { printf '== %s\n' "$*" >&2; }
 
@@ -46,9 +62,9 @@ for tool in jq tmux; do
 done
 python="${PYTHON:-python3}"
 if ! "$python" -c 'import mcp' 2>/dev/null; then
-  say "installing the MCP Python SDK (pip install mcp==2.3.0) for issue 6's client"
+  say "installing the MCP Python SDK (pip install mcp==2.3.0) for the mcp target's client"
   "$python" -m pip install --quiet --disable-pip-version-check "mcp==2.3.0" \
-    || say "warning: could not install the mcp package; issue 6's measurement will fail"
+    || say "warning: could not install the mcp package; the mcp target's measurement will fail"
 fi
 peers="$root/bench/.peers"
 if ! "$peers/bin/pueue" --version 2>/dev/null | grep -qx 'pueue 4.0.4'; then
@@ -128,7 +144,7 @@ setsid --wait bench/harness/target/release/corral-bench run \
   --aggregate-script bench/seed/aggregate-handoffs.sh \
   --mcp-script bench/mcp_spawn.py \
   --python "$python" \
-  --out BENCHMARKS.md \
+  --out "$out" \
   --results bench/results \
   --command-line "$cmdline" \
   --corral-rev "$rev" \

@@ -1,29 +1,36 @@
-//! corral-bench: measures corral and its peer (pueue) side by side for issue 2 and writes
-//! BENCHMARKS.md. Normally started by `bench/run.sh`, which installs the peer and builds
-//! both binaries first.
+//! corral-bench: measures corral beside its peers (pueue, the seed's scripts) on each target
+//! of `target::Target` and writes BENCHMARKS.md. Normally started by `bench/run.sh`, which
+//! installs the peer and builds both binaries first.
 //!
 //! It is also its own probe agent: `corral-bench stamp FILE` takes a realtime timestamp as
 //! the first thing it does and writes it (nanoseconds) to FILE, so "spawn to agent running"
 //! is measured on the clock rather than on a file's mtime (ext4 mtimes come from the
 //! coarse clock: 4 ms steps with HZ=250, as coarse as the 5 ms target itself).
 //!
-//! `corral-bench reporter SECONDS` is the reporting agent of issue 5: once a second it
-//! rewrites its status file (temp file + rename), with a new progress, phase and milestone.
-//! `corral-bench reap DIR` kills every agent of the workspaces under DIR (for `bench/run.sh`
-//! when a run is interrupted).
+//! `corral-bench reporter SECONDS` is the reporting agent of the monitor measurement: once
+//! a second it rewrites its status file (temp file + rename), with a new progress, phase and
+//! milestone. `corral-bench reap DIR` kills every agent of the workspaces under DIR (for
+//! `bench/run.sh` when a run is interrupted).
 
+mod aggregate;
 mod clock;
 mod growth;
-mod issues;
+mod mcp;
 mod measure;
+mod memory;
+mod monitor;
+mod population;
 mod procfs;
 mod report;
-mod report_issues;
+mod report_targets;
+mod retry;
 mod stats;
+mod target;
 mod tools;
 
 use std::path::PathBuf;
 use std::time::SystemTime;
+use target::Target;
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -54,8 +61,9 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: corral-bench run --corral BIN --pueue BIN --pueued BIN --monitor SCRIPT --aggregate-script SCRIPT \
-                 --mcp-script SCRIPT --out FILE --results DIR [--python BIN] [--only 2,3,4,5,6,7] [--quick]"
+                 --mcp-script SCRIPT --out FILE --results DIR [--python BIN] [--only TARGET,...] [--quick]"
             );
+            eprintln!("       (targets: {})", Target::names());
             eprintln!("       corral-bench stamp FILE");
             eprintln!("       corral-bench reporter SECONDS");
             eprintln!("       corral-bench reap DIR");
@@ -125,8 +133,8 @@ pub struct RunArgs {
     pub aggregate_script: PathBuf,
     pub mcp_script: PathBuf,
     pub python: String,
-    /// Which issues' measurements to run (2-7); all when not given.
-    pub only: Option<Vec<u32>>,
+    /// Which targets to measure; all when not given.
+    pub only: Option<Vec<Target>>,
     pub out: PathBuf,
     pub results: PathBuf,
     pub quick: bool,
@@ -157,13 +165,7 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
         python: opt("--python", "python3"),
         only: match args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)) {
             None => None,
-            Some(list) => Some(
-                list.split(',')
-                    .map(|x| {
-                        x.trim().parse::<u32>().map_err(|_| format!("--only {list}: expected issue numbers like 3,4"))
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            ),
+            Some(list) => Some(Target::parse_list(list)?),
         },
         out: get("--out")?,
         results: get("--results")?,

@@ -1,13 +1,19 @@
-//! The measurements of issue 2, each run for corral and for pueue in the same process:
-//! (a) spawn to agent running, (b) 1,000 sequential submissions, (c) status with 1,000
-//! agents, plus the seed's monitor script over the same status files; then those of issues
-//! 3 to 7 (`issues.rs`, and issue 7's growth to 10,000 agents in `growth.rs`).
+//! One run of the harness: the targets chosen, in turn, then the report. The spawn target's
+//! measurements are here, each run for corral and for pueue in the same process: spawn to
+//! agent running, 1,000 sequential submissions, status with 1,000 agents, plus the seed's
+//! monitor script over the same status files. The other targets have a module each
+//! (`retry.rs`, `aggregate.rs`, `monitor.rs`, `mcp.rs`, `memory.rs`, `growth.rs`).
 
+use crate::aggregate::{self, Aggregation};
 use crate::growth;
-use crate::issues;
+use crate::mcp::{self, Mcp};
+use crate::memory::{self, Memory};
+use crate::monitor::{self, Live};
 use crate::procfs::rss_kb;
 use crate::report;
+use crate::retry::{self, Crash};
 use crate::stats::{Summary, summarize};
+use crate::target::{Sizes, Target};
 use crate::tools::{Corral, Pueue, Tool, output, run_capped, wait_until};
 use crate::{Result, RunArgs};
 use serde_json::{Value, json};
@@ -72,7 +78,7 @@ pub struct Latency {
     pub exec_true: Vec<f64>,
 }
 
-/// How many times each context command of (a) runs.
+/// How many times each context command of the spawn-to-running measurement runs.
 pub const CONTEXT_RUNS: usize = 30;
 
 fn time_runs(mut make: impl FnMut() -> std::process::Command, runs: usize) -> Result<Vec<f64>> {
@@ -146,17 +152,17 @@ pub struct Results {
     pub corral: Side,
     pub pueue: Side,
     pub corral_health_raised: bool,
-    /// Sizes of issues 3-7, and which issues' measurements ran.
-    pub more: issues::Plan,
-    pub ran: Vec<u32>,
-    pub crash: Option<issues::Crash>,
-    pub aggregation: Option<issues::Aggregation>,
-    /// Issue 5 with the workspace on tmpfs, and again on the temp dir's filesystem.
-    pub live: Option<issues::Live>,
-    pub live_disk: Option<issues::Live>,
-    pub mcp: Option<issues::Mcp>,
-    pub memory: issues::Memory,
-    /// Issue 7: the figures at each size of `more.growth`.
+    /// Sizes of the targets beyond spawn, and which targets ran.
+    pub sizes: Sizes,
+    pub ran: Vec<Target>,
+    pub crash: Option<Crash>,
+    pub aggregation: Option<Aggregation>,
+    /// The monitor with the workspace on tmpfs, and again on the temp dir's filesystem.
+    pub live: Option<Live>,
+    pub live_disk: Option<Live>,
+    pub mcp: Option<Mcp>,
+    pub memory: Memory,
+    /// The figures at each size of `sizes.growth`.
     pub growth: Vec<growth::Size>,
     pub monitor: Vec<MonitorRun>,
     /// One `jq -r .agentId FILE`, the seed monitor's unit of work.
@@ -221,14 +227,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         corral: Side::default(),
         pueue: Side::default(),
         corral_health_raised: false,
-        more: issues::Plan::new(args.quick),
-        ran: (2..=7).filter(|i| args.only.as_ref().is_none_or(|o| o.contains(i))).collect(),
+        sizes: Sizes::new(args.quick),
+        ran: Target::ALL.into_iter().filter(|t| args.only.as_ref().is_none_or(|o| o.contains(t))).collect(),
         crash: None,
         aggregation: None,
         live: None,
         live_disk: None,
         mcp: None,
-        memory: issues::Memory::default(),
+        memory: Memory::default(),
         growth: Vec::new(),
         monitor: Vec::new(),
         jq_runs: Vec::new(),
@@ -237,54 +243,56 @@ pub fn run(args: RunArgs) -> Result<()> {
         load: (loadavg(), String::new()),
     };
 
-    if r.ran.contains(&2) {
-        issue2(&args, &tmp, &me, &mut rng, &mut r);
+    if r.ran.contains(&Target::Spawn) {
+        spawn_and_status(&args, &tmp, &me, &mut rng, &mut r);
     }
-    let more = r.more;
-    if r.ran.contains(&3) || r.ran.contains(&7) {
-        eprintln!("(3) crash to retry scheduled, {} agents supervised", more.crash_long);
-        match issues::crash(&args, &tmp, &more, &mut r.memory) {
+    let sizes = r.sizes;
+    // The supervisor's memory with running agents is read in the retry workspace.
+    if r.ran.contains(&Target::Retry) || r.ran.contains(&Target::Memory) {
+        eprintln!("(retry) crash to retry scheduled, {} agents supervised", sizes.crash_long);
+        match retry::crash(&args, &tmp, &sizes, &mut r.memory) {
             Ok(c) => r.crash = Some(c),
-            Err(e) => note(&mut r, "(3) crash to retry scheduled", e),
+            Err(e) => note(&mut r, "(retry) crash to retry scheduled", e),
         }
     }
-    if r.ran.contains(&4) {
-        match issues::aggregation(&args, &tmp, &more) {
+    if r.ran.contains(&Target::Aggregate) {
+        match aggregate::aggregation(&args, &tmp, &sizes) {
             Ok(a) => r.aggregation = Some(a),
-            Err(e) => note(&mut r, "(4) aggregation", e),
+            Err(e) => note(&mut r, "(aggregate) aggregation", e),
         }
     }
-    if r.ran.contains(&6) {
-        eprintln!("(6) spawn_agent over `corral mcp`, {} calls ({})", more.mcp_calls, args.mcp_script.display());
-        match issues::mcp(&args, &more) {
+    if r.ran.contains(&Target::Mcp) {
+        eprintln!("(mcp) spawn_agent over `corral mcp`, {} calls ({})", sizes.mcp_calls, args.mcp_script.display());
+        match mcp::mcp(&args, &sizes) {
             Ok(m) => r.mcp = Some(m),
-            Err(e) => note(&mut r, "(6) MCP spawn_agent", e),
+            Err(e) => note(&mut r, "(mcp) MCP spawn_agent", e),
         }
     }
-    if r.ran.contains(&7)
-        && more.pueue_running > 0
-        && let Err(e) = issues::pueue_running(&args, &tmp, more.pueue_running, &mut r.memory)
+    if r.ran.contains(&Target::Memory)
+        && sizes.pueue_running > 0
+        && let Err(e) = memory::pueue_running(&args, &tmp, sizes.pueue_running, &mut r.memory)
     {
-        note(&mut r, "(7) pueued with running tasks", e);
+        note(&mut r, "(memory) pueued with running tasks", e);
     }
-    if r.ran.contains(&7) {
+    if r.ran.contains(&Target::Growth) {
         growth::growth(&args, &tmp, &me, &mut rng, &mut r);
     }
 
-    // Issue 5 last: its run on disk leaves the load average high for a while.
+    // The monitor last: its run on disk leaves the load average high for a while.
     // It runs its workspace on tmpfs, where the filesystem is not the bottleneck (on a
     // disk, 1,000 create + rename a second in one directory can be all it can do), then, in a
     // full run, on the temp dir's filesystem too.
     let shm = Path::new("/dev/shm").join(format!("corral-bench-{}", std::process::id()));
-    if r.ran.contains(&5) {
-        let costs = issues::write_costs(&args, &tmp).map_err(|e| eprintln!("(5) measuring one status write: {e}")).ok();
+    if r.ran.contains(&Target::Monitor) {
+        let costs =
+            monitor::write_costs(&args, &tmp).map_err(|e| eprintln!("(monitor) measuring one status write: {e}")).ok();
         let base = if std::fs::create_dir_all(&shm).is_ok() { shm.clone() } else { tmp.clone() };
         let mut runs = vec![(base.clone(), "")];
-        if more.live_on_disk && base != tmp {
+        if sizes.live_on_disk && base != tmp {
             runs.push((tmp.clone(), ", on the temp dir's filesystem"));
         }
         for (dir, what) in runs {
-            match issues::live(&args, &dir, &me, &more) {
+            match monitor::live(&args, &dir, &me, &sizes) {
                 Ok(mut l) => {
                     if let Some((a, b)) = costs {
                         l.report_call = Some(a);
@@ -296,7 +304,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                         r.live_disk = Some(l);
                     }
                 }
-                Err(e) => note(&mut r, &format!("(5) monitor with reporting agents{what}"), e),
+                Err(e) => note(&mut r, &format!("(monitor) monitor with reporting agents{what}"), e),
             }
         }
     }
@@ -336,49 +344,51 @@ pub fn note(r: &mut Results, what: &str, e: String) {
     r.errors.push(format!("{what}: {e}"));
 }
 
-/// Issue 2: (a), (b), (c) for corral and pueue, and the seed's monitor script.
-fn issue2(args: &RunArgs, tmp: &Path, me: &Path, rng: &mut Rng, r: &mut Results) {
+/// The spawn target: spawn to agent running, sequential spawns, and status with that many
+/// agents, for corral and pueue, and the seed's monitor script.
+fn spawn_and_status(args: &RunArgs, tmp: &Path, me: &Path, rng: &mut Rng, r: &mut Results) {
     let plan = r.plan;
     let note = |r: &mut Results, what: &str, e: String| note(r, what, e);
-    // (a) spawn to agent running.
-    eprintln!("(a) spawn to agent running, corral, {} spawns", plan.latency_spawns);
-    match Corral::new(&args.corral, tmp.join("a-corral")).and_then(|mut c| {
+    // Spawn to agent running.
+    eprintln!("(spawn) spawn to agent running, corral, {} spawns", plan.latency_spawns);
+    match Corral::new(&args.corral, tmp.join("latency-corral")).and_then(|mut c| {
         r.corral_health_raised = c.health_raised;
         latency(&mut c, me, plan.latency_spawns, true, rng)
     }) {
         Ok(l) => r.corral.latency = Some(l),
-        Err(e) => note(r, "(a) corral", e),
+        Err(e) => note(r, "(spawn) spawn to agent running, corral", e),
     }
-    eprintln!("(a) spawn to agent running, pueue, {} adds", plan.latency_spawns);
-    match Pueue::start(&args.pueue, &args.pueued, tmp.join("a-pueue"))
+    eprintln!("(spawn) spawn to agent running, pueue, {} adds", plan.latency_spawns);
+    match Pueue::start(&args.pueue, &args.pueued, tmp.join("latency-pueue"))
         .and_then(|mut p| latency(&mut p, me, plan.latency_spawns, false, rng))
     {
         Ok(l) => r.pueue.latency = Some(l),
-        Err(e) => note(r, "(a) pueue", e),
+        Err(e) => note(r, "(spawn) add to task running, pueue", e),
     }
 
-    // (b) and (c), corral: the agents report a status file each, which (c) then reads.
-    eprintln!("(b) {} sequential spawns, corral", plan.bulk_spawns);
-    match Corral::new(&args.corral, tmp.join("b-corral")) {
-        Err(e) => note(r, "(b) corral", e),
+    // Sequential spawns and status, corral: the agents report a status file each, which the
+    // status measurement then reads.
+    eprintln!("(spawn) {} sequential spawns, corral", plan.bulk_spawns);
+    match Corral::new(&args.corral, tmp.join("bulk-corral")) {
+        Err(e) => note(r, "(spawn) sequential spawns, corral", e),
         Ok(mut c) => {
             match bulk(&mut c, &reporting_agent(&args.corral), REPORTING_AGENT, plan.bulk_spawns) {
                 Ok(b) => r.corral.bulk = Some(b),
-                Err(e) => note(r, "(b) corral", e),
+                Err(e) => note(r, "(spawn) sequential spawns, corral", e),
             }
-            eprintln!("(c) corral status --json x{}", plan.status_runs);
+            eprintln!("(spawn) corral status --json x{}", plan.status_runs);
             match status(&c, plan.bulk_spawns, plan.status_runs) {
                 Ok(s) => r.corral.status = Some(s),
-                Err(e) => note(r, "(c) corral", e),
+                Err(e) => note(r, "(spawn) status, corral", e),
             }
-            // Issue 7: the supervisor's memory with the finished agents in its registry.
+            // For the memory target: the supervisor's memory with the finished agents in its registry.
             if let Ok(pid) = c.supervisor_pid() {
                 r.memory.finished = plan.bulk_spawns;
                 r.memory.finished_kb = rss_kb(pid);
             }
-            match monitor(&args.monitor, &c.data_dir(), tmp, &plan) {
+            match seed_monitor_runs(&args.monitor, &c.data_dir(), tmp, &plan) {
                 Ok(m) => r.monitor = m,
-                Err(e) => note(r, "(c) seed monitor", e),
+                Err(e) => note(r, "(spawn) seed monitor", e),
             }
             let one = std::fs::read_dir(c.data_dir().join("agent-status"))
                 .ok()
@@ -395,34 +405,34 @@ fn issue2(args: &RunArgs, tmp: &Path, me: &Path, rng: &mut Rng, r: &mut Results)
                 CONTEXT_RUNS,
             ) {
                 Ok(v) => r.jq_runs = v,
-                Err(e) => note(r, "(c) jq", e),
+                Err(e) => note(r, "(spawn) jq", e),
             }
             c.stop();
         }
     }
 
-    eprintln!("(b) {} sequential spawns, corral, agents `true`", plan.bulk_spawns);
-    match Corral::new(&args.corral, tmp.join("b-true-corral"))
+    eprintln!("(spawn) {} sequential spawns, corral, agents `true`", plan.bulk_spawns);
+    match Corral::new(&args.corral, tmp.join("bulk-true-corral"))
         .and_then(|mut c| bulk(&mut c, &["true".to_string()], "true", plan.bulk_spawns))
     {
         Ok(b) => r.corral.bulk_true = Some(b),
-        Err(e) => note(r, "(b) corral, agents `true`", e),
+        Err(e) => note(r, "(spawn) sequential spawns, corral, agents `true`", e),
     }
 
-    // (b) and (c), pueue.
-    eprintln!("(b) {} sequential adds, pueue", plan.bulk_spawns);
-    match Pueue::start(&args.pueue, &args.pueued, tmp.join("b-pueue")) {
-        Err(e) => note(r, "(b) pueue", e),
+    // Sequential adds and status, pueue.
+    eprintln!("(spawn) {} sequential adds, pueue", plan.bulk_spawns);
+    match Pueue::start(&args.pueue, &args.pueued, tmp.join("bulk-pueue")) {
+        Err(e) => note(r, "(spawn) sequential adds, pueue", e),
         Ok(mut p) => {
             r.memory.pueued_idle_kb = rss_kb(p.daemon_pid);
             match bulk(&mut p, &["true".to_string()], "true", plan.bulk_spawns) {
                 Ok(b) => r.pueue.bulk = Some(b),
-                Err(e) => note(r, "(b) pueue", e),
+                Err(e) => note(r, "(spawn) sequential adds, pueue", e),
             }
-            eprintln!("(c) pueue status --json x{}", plan.status_runs);
+            eprintln!("(spawn) pueue status --json x{}", plan.status_runs);
             match status(&p, plan.bulk_spawns, plan.status_runs) {
                 Ok(s) => r.pueue.status = Some(s),
-                Err(e) => note(r, "(c) pueue", e),
+                Err(e) => note(r, "(spawn) status, pueue", e),
             }
             r.memory.pueued_finished_kb = rss_kb(p.daemon_pid);
             p.stop();
@@ -430,7 +440,7 @@ fn issue2(args: &RunArgs, tmp: &Path, me: &Path, rng: &mut Rng, r: &mut Results)
     }
 }
 
-/// The agent command of (b) as shown in the report: it writes its status file and exits.
+/// The agent command of the sequential spawns as shown in the report: it writes its status file and exits.
 pub const REPORTING_AGENT: &str = "corral report --progress 0.5 --phase impl --milestone m1";
 
 /// REPORTING_AGENT's argv, with the binary under test.
@@ -440,7 +450,7 @@ pub fn reporting_agent(corral: &Path) -> Vec<String> {
     argv
 }
 
-/// (a): one probe agent at a time; each writes the realtime clock as its first act.
+/// Spawn to agent running: one probe agent at a time; each writes the realtime clock as its first act.
 pub fn latency(tool: &mut dyn Tool, me: &Path, n: usize, cold_first: bool, rng: &mut Rng) -> Result<Latency> {
     let dir = std::env::temp_dir().join(format!("corral-bench-{}-markers-{}", std::process::id(), tool.name()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -492,7 +502,7 @@ fn wait_marker(path: &Path, timeout: Duration) -> Result<(i128, i128)> {
     }
 }
 
-/// (b): n submissions one after the other, then wait for all of them to finish.
+/// Sequential spawns: n submissions one after the other, then wait for all of them to finish.
 fn bulk(tool: &mut dyn Tool, argv: &[String], label: &str, n: usize) -> Result<Bulk> {
     // A first status call starts corral's supervisor on demand, so the loop measures
     // submissions only (pueued is already running).
@@ -517,7 +527,7 @@ fn bulk(tool: &mut dyn Tool, argv: &[String], label: &str, n: usize) -> Result<B
     Ok(b)
 }
 
-/// (c): the status command as JSON, timed end to end, with n entries present.
+/// Status: the status command as JSON, timed end to end, with n entries present.
 pub fn status(tool: &dyn Tool, n: usize, runs: usize) -> Result<Status> {
     let out = output(tool.status_json())?;
     let v: Value = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
@@ -541,7 +551,7 @@ pub fn status(tool: &dyn Tool, n: usize, runs: usize) -> Result<Status> {
 
 /// The seed's monitor script, unchanged, over corral's status files (`data/agent-status`):
 /// on a copy of the first `monitor_small` files, then over all of them.
-fn monitor(script: &Path, data: &Path, tmp: &Path, plan: &Plan) -> Result<Vec<MonitorRun>> {
+fn seed_monitor_runs(script: &Path, data: &Path, tmp: &Path, plan: &Plan) -> Result<Vec<MonitorRun>> {
     let src = data.join("agent-status");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
         .map_err(|e| format!("{}: {e}", src.display()))?
@@ -558,10 +568,10 @@ fn monitor(script: &Path, data: &Path, tmp: &Path, plan: &Plan) -> Result<Vec<Mo
     let mut runs = Vec::new();
     let n_small = files.len().min(plan.monitor_small);
     for _ in 0..plan.monitor_small_runs {
-        runs.push(seed_monitor(script, &small, n_small, "(c)")?);
+        runs.push(seed_monitor(script, &small, n_small, "(spawn)")?);
     }
     if plan.monitor_full {
-        runs.push(seed_monitor(script, data.parent().expect("workspace"), files.len(), "(c)")?);
+        runs.push(seed_monitor(script, data.parent().expect("workspace"), files.len(), "(spawn)")?);
     }
     Ok(runs)
 }
@@ -649,8 +659,13 @@ fn raw_json(r: &Results) -> Value {
         "machine": r.machine.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
         "corral": side(&r.corral), "pueueResults": side(&r.pueue),
         "jqMs": sum(&r.jq_runs), "seedMonitor": r.monitor.iter().map(|m| json!({ "files": m.files, "done": m.done, "ms": m.ms })).collect::<Vec<_>>(),
-        "errors": r.errors, "wallSeconds": r.wall_s, "loadavg": [r.load.0, r.load.1], "issuesRun": r.ran,
-        "more": issues::raw_json(&r.crash, &r.aggregation, &r.live, &r.live_disk, &r.mcp, &r.memory),
+        "errors": r.errors, "wallSeconds": r.wall_s, "loadavg": [r.load.0, r.load.1], "targetsRun": r.ran.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "retry": r.crash.as_ref().map(Crash::to_json),
+        "aggregate": r.aggregation.as_ref().map(Aggregation::to_json),
+        "monitor": r.live.as_ref().map(Live::to_json),
+        "monitorOnDisk": r.live_disk.as_ref().map(Live::to_json),
+        "mcp": r.mcp.as_ref().map(Mcp::to_json),
+        "memory": r.memory.to_json(),
         "growth": growth::raw_json(&r.growth),
     })
 }

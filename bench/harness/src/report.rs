@@ -1,7 +1,9 @@
-//! BENCHMARKS.md: the machine, the command, and each figure beside the peer's and the target.
+//! BENCHMARKS.md: the machine, the command, the summary, and the spawn target's sections;
+//! the other targets' rows and sections are in `report_targets.rs`.
 
 use crate::measure::{Results, Side};
 use crate::stats::{Summary, summarize};
+use crate::target::Target;
 use std::fmt::Write;
 
 pub fn f(ms: f64) -> String {
@@ -52,20 +54,21 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(o, "# Benchmarks\n");
     let _ = writeln!(
         o,
-        "corral's figures for the targets of issues 2 to 7, each beside its peer ({peer}, or the seed's scripts). \
-Every figure below comes from one run of\n\n```sh\n{}\n```\n",
+        "corral's figures for its performance targets (spawn latency, sequential spawns and status at 1,000 agents, crash to \
+retry, aggregation, the monitor under load, MCP spawns, supervisor memory, growth to 10,000 agents), each beside its peer \
+({peer}, or the seed's scripts). Every figure below comes from one run of\n\n```sh\n{}\n```\n",
         r.args.command_line
     );
     if r.args.quick {
         let _ = writeln!(
             o,
-            "**Quick mode**: reduced sizes, for iterating on the harness; the targets stated for 1,000 agents (issue 2's (b) \
-and (c), issues 3 and 5) and issue 7's growth to 10,000 agents are not judged here.\n"
+            "**Quick mode**: reduced sizes, for iterating on the harness; the targets stated for 1,000 agents (sequential \
+spawns, status, crash to retry, the monitor) and the growth to 10,000 agents are not judged here.\n"
         );
     }
-    if r.ran.len() < 6 {
-        let list: Vec<String> = r.ran.iter().map(|i| i.to_string()).collect();
-        let _ = writeln!(o, "**Partial run**: only the measurements of issue(s) {} ran.\n", list.join(", "));
+    if r.ran.len() < Target::ALL.len() {
+        let list: Vec<&str> = r.ran.iter().map(|t| t.name()).collect();
+        let _ = writeln!(o, "**Partial run**: only these targets ran: {}.\n", list.join(", "));
     }
     let _ = writeln!(o, "| | |\n|---|---|");
     let _ = writeln!(o, "| date | {} |", r.date);
@@ -83,7 +86,7 @@ and (c), issues 3 and 5) and issue 7's growth to 10,000 agents are not judged he
             "Other work shared the machine during this run (see the load average), which inflates every figure, \
 corral's and pueue's alike; a run on an idle machine gives cleaner numbers.{}\n",
             if r.live_disk.is_some() {
-                " The load at the end also counts the run's own last measurement (issue 5 with its workspace on disk), \
+                " The load at the end also counts the run's own last measurement (the monitor with its workspace on disk), \
 whose 1,000 writers queue on the disk and lift the load average into the hundreds while they run."
             } else {
                 ""
@@ -96,16 +99,16 @@ whose 1,000 writers queue on the disk and lift the load average into the hundred
     let st = |s: &Side| s.status.as_ref().and_then(|x| summarize(&x.runs));
     let full = !r.args.quick;
     let _ = writeln!(o, "## Summary\n");
-    let _ = writeln!(o, "| issue: measurement | corral | peer | target (corral) | |\n|---|---|---|---|---|");
-    let ran2 = r.ran.contains(&2);
-    let missing = if ran2 { "failed" } else { "not run" };
+    let _ = writeln!(o, "| `--only` name: measurement | corral | peer | target (corral) | |\n|---|---|---|---|---|");
+    let ran_spawn = r.ran.contains(&Target::Spawn);
+    let missing = if ran_spawn { "failed" } else { "not run" };
     let (cl, pl) = (lat(&r.corral), lat(&r.pueue));
     let show_lat = |s: &Option<Summary>| {
         s.as_ref().map(|s| format!("{} (p99 {})", f(s.median), f(s.p99))).unwrap_or(missing.into())
     };
     let _ = writeln!(
         o,
-        "| 2 (a): spawn to agent running, median (p99), {} spawns | {} | pueue: {} | median <= 5 ms | {} |",
+        "| spawn: spawn to agent running, median (p99), {} spawns | {} | pueue: {} | median <= 5 ms | {} |",
         p.latency_spawns,
         show_lat(&cl),
         show_lat(&pl),
@@ -116,7 +119,7 @@ whose 1,000 writers queue on the disk and lift the load average into the hundred
     let show = |x: Option<f64>| x.map(f).unwrap_or(missing.into());
     let _ = writeln!(
         o,
-        "| 2 (b): {} sequential spawns, total wall time | {} | pueue: {} | <= 5 s for 1,000 | {} |",
+        "| spawn: {} sequential spawns, total wall time | {} | pueue: {} | <= 5 s for 1,000 | {} |",
         p.bulk_spawns,
         show(cb),
         show(pb),
@@ -126,18 +129,19 @@ whose 1,000 writers queue on the disk and lift the load average into the hundred
     let show_med = |s: &Option<Summary>| s.as_ref().map(|s| f(s.median)).unwrap_or(missing.into());
     let _ = writeln!(
         o,
-        "| 2 (c): `status --json` with {} agents, median of {} | {} | pueue: {} | <= 20 ms for 1,000 | {} |",
+        "| spawn: `status --json` with {} agents, median of {} | {} | pueue: {} | <= 20 ms for 1,000 | {} |",
         p.bulk_spawns,
         p.status_runs,
         show_med(&cs),
         show_med(&ps),
         verdict(cs.as_ref().filter(|_| full).map(|s| s.median <= 20.0))
     );
-    crate::report_issues::summary_rows(&mut o, r);
+    crate::report_targets::summary_rows(&mut o, r);
     o.push('\n');
     let _ = writeln!(
         o,
-        "For reference, issue 2 quotes pueue at about 186 ms (a), 14.4 s (b) and 53 ms (c) on another machine.\n"
+        "For reference, pueue was quoted at about 186 ms to task running, 14.4 s for 1,000 sequential adds and 53 ms \
+for `status --json` over 1,000 tasks when these targets were set, on another machine.\n"
     );
     if let Some(m) = r.monitor.iter().max_by_key(|m| m.files) {
         let ratio = cs.as_ref().map(|s| {
@@ -174,15 +178,15 @@ whose 1,000 writers queue on the disk and lift the load average into the hundred
         o.push('\n');
     }
 
-    if ran2 {
-        issue2(&mut o, r, cl, pl, cs, ps);
+    if ran_spawn {
+        spawn_sections(&mut o, r, cl, pl, cs, ps);
     }
-    crate::report_issues::sections(&mut o, r);
+    crate::report_targets::sections(&mut o, r);
     reproduce(&mut o);
     o
 }
 
-fn issue2(
+fn spawn_sections(
     o: &mut String,
     r: &Results,
     cl: Option<Summary>,
@@ -193,8 +197,12 @@ fn issue2(
     let p = &r.plan;
     let peer = r.pueue_version.clone();
     let show = |x: Option<f64>| x.map(f).unwrap_or("failed".into());
-    // (a)
-    let _ = writeln!(o, "## Issue 2 (a): spawn to agent running\n");
+    let _ = writeln!(o, "## Spawn to agent running\n");
+    let _ = writeln!(
+        o,
+        "Target: a median of at most 5 ms from starting `corral spawn` to the agent's first instruction. Peer: `pueue add` \
+to the task running.\n"
+    );
     let _ = writeln!(
         o,
         "{n} probes, one at a time, each after a random pause of 0-300 ms. A probe is the harness itself as the agent \
@@ -238,13 +246,16 @@ target, which is why the probe reads the clock itself. pueue starts queued tasks
 (`task_handler.rs`), hence its figure; it also runs every task through `sh -c`.\n"
     );
 
-    // (b)
-    let _ = writeln!(o, "## Issue 2 (b): {} sequential spawns\n", p.bulk_spawns);
+    let _ = writeln!(o, "## {} sequential spawns\n", p.bulk_spawns);
+    let _ = writeln!(
+        o,
+        "Target: 1,000 sequential `corral spawn`s in at most 5 s. Peer: as many sequential `pueue add`s.\n"
+    );
     let agent = |s: &Side| s.bulk.as_ref().map(|b| b.agent_command.clone()).unwrap_or_default();
     let _ = writeln!(
         o,
         "One submitting process after the other, each waited for, against a supervisor that is already running. \
-corral's agents run `{}` (each writes its status file, used in (c)); pueue's tasks run `{}`, in a default group \
+corral's agents run `{}` (each writes its status file, read by the status measurement below); pueue's tasks run `{}`, in a default group \
 allowed 1000 parallel tasks.{}\n",
         agent(&r.corral),
         agent(&r.pueue),
@@ -282,11 +293,15 @@ allowed 1000 parallel tasks.{}\n",
     }
     o.push('\n');
 
-    // (c)
-    let _ = writeln!(o, "## Issue 2 (c): status with {} agents\n", p.bulk_spawns);
+    let _ = writeln!(o, "## Status with {} agents\n", p.bulk_spawns);
     let _ = writeln!(
         o,
-        "The registries filled by (b), after every agent finished; output to /dev/null, whole process timed.\n"
+        "Target: `corral status --json` with 1,000 agents in at most 20 ms. Peers: `pueue status --json` over as many \
+tasks, and the seed's `monitor-agents.sh` over the agents' status files.\n"
+    );
+    let _ = writeln!(
+        o,
+        "The registries filled by the sequential spawns, after every agent finished; output to /dev/null, whole process timed.\n"
     );
     o.push_str(HEAD);
     row(o, "corral status --json", cs);
@@ -335,8 +350,10 @@ fn reproduce(o: &mut String) {
 apt-get when missing) and Python 3 with the `mcp` package (for `bench/mcp_spawn.py`), builds corral and the harness \
 (`bench/harness/`) in release mode, runs everything above in temporary directories, stops every supervisor it started, \
 kills every agent it left running, and rewrites this file. `BENCH_QUICK=1 bench/run.sh` (or `--quick`) runs reduced \
-sizes; `--only 3,5` runs only the measurements of the issues named (for iterating). By default the working tree is \
+sizes; `--only spawn,retry` runs only the targets named (for iterating; the targets are {}). By default the working tree is \
 measured; `BENCH_REV=<commit>` measures that commit (built from `git archive` under `bench/.peers/`) and \
-`CORRAL_BIN=<path>` a given binary. Raw samples go to `bench/results/latest.json`."
+`CORRAL_BIN=<path>` a given binary. `BENCH_OUT=<file>` writes the report there instead of this file. Raw samples \
+go to `bench/results/latest.json`.",
+        Target::names()
     );
 }

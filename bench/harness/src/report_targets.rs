@@ -1,10 +1,15 @@
-//! BENCHMARKS.md, issues 3 to 7: their rows of the summary and their sections.
+//! BENCHMARKS.md, the targets beyond spawn and status (retry, aggregate, monitor, mcp,
+//! memory, growth): their rows of the summary and their sections.
 
 use crate::growth::{At, Size};
-use crate::issues::{self, Memory};
 use crate::measure::{REPORTING_AGENT, Results};
+use crate::memory::Memory;
+use crate::monitor::Live;
+use crate::population::SETUP_THREADS;
 use crate::report::{HEAD, f, row, verdict};
+use crate::retry::CRASHER;
 use crate::stats::summarize;
+use crate::target::Target;
 use std::fmt::Write;
 
 fn mib(kb: u64) -> String {
@@ -20,39 +25,44 @@ fn pct(x: f64) -> String {
 }
 
 /// What a cell says when its measurement did not run or failed.
-fn absent(r: &Results, issue: u32) -> String {
-    if r.ran.contains(&issue) { "failed".into() } else { "not run".into() }
+fn absent(r: &Results, target: Target) -> String {
+    if r.ran.contains(&target) { "failed".into() } else { "not run".into() }
 }
 
 /// The monitor's figures that are judged: redraws per second and CPU share of one core over
 /// its whole run (startup included), from its own `--stats`.
-fn live_judged(l: &issues::Live) -> (f64, f64) {
+fn live_judged(l: &Live) -> (f64, f64) {
     let secs = l.seconds.max(1) as f64;
     (l.frames as f64 / secs, l.monitor_cpu_s / secs)
 }
 
 pub fn summary_rows(o: &mut String, r: &Results) {
     let full = !r.args.quick;
-    let p = &r.more;
-    // Issue 3.
+    let p = &r.sizes;
+    // Crash to retry.
     let c = r.crash.as_ref().and_then(|c| summarize(&c.latency));
     let _ = writeln!(
         o,
-        "| 3: crash to retry scheduled, p50 / p99, {} crashes with {} agents supervised | {} | pueue: never retries; the seed: next poll, every 30-60 s | p99 <= 50 ms | {} |",
+        "| retry: crash to retry scheduled, p50 / p99, {} crashes with {} agents supervised | {} | pueue: never retries; the seed: next poll, every 30-60 s | p99 <= 50 ms | {} |",
         p.crashers,
         p.crash_long,
         c.as_ref()
             .map(|s| {
                 let mut cell = format!("{} / {}", f(s.median), f(s.p99));
                 if let Some(x) = r.crash.as_ref().filter(|x| !x.not_retried.is_empty()) {
-                    let _ = write!(cell, "; **{} of {} not retried** (see issue 3)", x.not_retried.len(), x.crashers);
+                    let _ = write!(
+                        cell,
+                        "; **{} of {} not retried** (see the crash to retry section)",
+                        x.not_retried.len(),
+                        x.crashers
+                    );
                 }
                 cell
             })
-            .unwrap_or_else(|| absent(r, 3)),
+            .unwrap_or_else(|| absent(r, Target::Retry)),
         verdict(c.as_ref().filter(|_| full).map(|s| s.p99 <= 50.0))
     );
-    // Issue 4.
+    // Aggregation.
     let a = r.aggregation.as_ref();
     let am = a.and_then(|a| summarize(&a.runs));
     let seed = a.and_then(|a| a.seed).map(|(n, done, ms)| {
@@ -64,14 +74,14 @@ pub fn summary_rows(o: &mut String, r: &Results) {
     });
     let _ = writeln!(
         o,
-        "| 4: `corral aggregate --json`, {} handoffs x 10 findings, median of {} | {} | {} | <= 1 s | {} |",
+        "| aggregate: `corral aggregate --json`, {} handoffs x 10 findings, median of {} | {} | {} | <= 1 s | {} |",
         p.handoffs,
         p.aggregate_runs,
-        am.as_ref().map(|s| f(s.median)).unwrap_or_else(|| absent(r, 4)),
-        seed.unwrap_or_else(|| absent(r, 4)),
+        am.as_ref().map(|s| f(s.median)).unwrap_or_else(|| absent(r, Target::Aggregate)),
+        seed.unwrap_or_else(|| absent(r, Target::Aggregate)),
         verdict(am.as_ref().map(|s| s.median <= 1000.0))
     );
-    // Issue 5.
+    // The monitor under load.
     let l = r.live.as_ref();
     let monitor_row = r.monitor.iter().max_by_key(|m| m.files);
     let seed_monitor = monitor_row
@@ -87,10 +97,10 @@ pub fn summary_rows(o: &mut String, r: &Results) {
                 )
             }
         })
-        .unwrap_or_else(|| "the seed's monitor-agents.sh: see (c)".into());
+        .unwrap_or_else(|| "the seed's monitor-agents.sh: see the status section".into());
     let _ = writeln!(
         o,
-        "| 5: `corral monitor` with {} agents reporting every second: redraws per second; CPU, % of one core | {} | {} | >= 5 per second, < 10 % | {} |",
+        "| monitor: `corral monitor` with {} agents reporting every second: redraws per second; CPU, % of one core | {} | {} | >= 5 per second, < 10 % | {} |",
         p.live_agents,
         l.map(|l| {
             let (fps, cpu) = live_judged(l);
@@ -101,23 +111,23 @@ pub fn summary_rows(o: &mut String, r: &Results) {
             }
             cell
         })
-        .unwrap_or_else(|| absent(r, 5)),
+        .unwrap_or_else(|| absent(r, Target::Monitor)),
         seed_monitor,
         verdict(l.filter(|_| full).map(|l| {
             let (fps, cpu) = live_judged(l);
             fps >= 5.0 && cpu < 0.10
         }))
     );
-    // Issue 6.
+    // MCP.
     let m = r.mcp.as_ref();
     let _ = writeln!(
         o,
-        "| 6: `spawn_agent` round trip over stdio (`corral mcp`), median (p99), {} calls | {} | none: neither pueue nor the seed has an MCP server | median <= 10 ms | {} |",
+        "| mcp: `spawn_agent` round trip over stdio (`corral mcp`), median (p99), {} calls | {} | none: neither pueue nor the seed has an MCP server | median <= 10 ms | {} |",
         p.mcp_calls,
-        m.map(|m| format!("{} (p99 {})", f(m.median), f(m.p99))).unwrap_or_else(|| absent(r, 6)),
+        m.map(|m| format!("{} (p99 {})", f(m.median), f(m.p99))).unwrap_or_else(|| absent(r, Target::Mcp)),
         verdict(m.map(|m| m.median <= 10.0))
     );
-    // Issue 7.
+    // Memory.
     let mem = &r.memory;
     let corral_mem = match (mem.idle_kb, mem.running_kb) {
         (Some(i), Some(run)) => format!(
@@ -127,7 +137,7 @@ pub fn summary_rows(o: &mut String, r: &Results) {
             mem.running,
             per_agent(mem).map(kib).unwrap_or_default()
         ),
-        _ => absent(r, 7),
+        _ => absent(r, Target::Memory),
     };
     let pueue_mem = match (mem.pueued_before_running_kb, mem.pueued_running_kb) {
         (Some(i), Some(run)) => format!(
@@ -141,7 +151,7 @@ pub fn summary_rows(o: &mut String, r: &Results) {
     };
     let _ = writeln!(
         o,
-        "| 7: supervisor memory (RSS), idle and with running agents | {corral_mem} | {pueue_mem} | none stated (recorded) | not judged |"
+        "| memory: supervisor memory (RSS), idle and with running agents | {corral_mem} | {pueue_mem} | none stated (recorded) | not judged |"
     );
     growth_summary(o, r);
 }
@@ -169,11 +179,11 @@ pub fn sections(o: &mut String, r: &Results) {
     growth(o, r);
 }
 
-fn not_measured(o: &mut String, r: &Results, issue: u32) {
+fn not_measured(o: &mut String, r: &Results, target: Target) {
     let _ = writeln!(
         o,
         "{}\n",
-        if r.ran.contains(&issue) {
+        if r.ran.contains(&target) {
             "The measurement failed; the error is listed under the summary."
         } else {
             "Not run in this run (`--only`)."
@@ -182,8 +192,13 @@ fn not_measured(o: &mut String, r: &Results, issue: u32) {
 }
 
 fn crash(o: &mut String, r: &Results) {
-    let _ = writeln!(o, "## Issue 3: crash to retry scheduled\n");
-    let Some(c) = &r.crash else { return not_measured(o, r, 3) };
+    let _ = writeln!(o, "## Crash to retry scheduled\n");
+    let _ = writeln!(
+        o,
+        "Target: a p99 of at most 50 ms from an agent's crash to the supervisor's decision to retry it, with 1,000 agents \
+supervised. Peers: pueue (which never retries) and the seed's orchestrator (which polls).\n"
+    );
+    let Some(c) = &r.crash else { return not_measured(o, r, Target::Retry) };
     let _ = writeln!(
         o,
         "A workspace whose `corral.toml` is\n\n```toml\n{}```\n\n(no admission limit in the way, no circuit breaker, one retry after 10 minutes, so no \
@@ -195,12 +210,7 @@ its `exited` event: from the per-attempt shim's record of the process's end (sta
 right after reaping the process and finding its group empty) to the supervisor recording the retry decision (stamped \
 just before the commit that persists it). Both stamps are whole milliseconds, so each sample is \
 good to +-1 ms.\n",
-        CRASH_TOML,
-        c.long_agents,
-        issues::SETUP_THREADS,
-        c.setup_s,
-        c.crashers,
-        issues::CRASHER,
+        CRASH_TOML, c.long_agents, SETUP_THREADS, c.setup_s, c.crashers, CRASHER,
     );
     o.push_str(HEAD);
     row(
@@ -248,8 +258,13 @@ then starts its backoff; from crash to retry decision it takes 0-60 s.\n"
 const CRASH_TOML: &str = "[health]\nmax_concurrent = 5000\nbreaker_failures = 0\n\n[defaults]\nmax_retries = 1\nbackoff = { initial = \"10m\" }\n";
 
 fn aggregation(o: &mut String, r: &Results) {
-    let _ = writeln!(o, "## Issue 4: aggregating {} handoffs\n", r.more.handoffs);
-    let Some(a) = &r.aggregation else { return not_measured(o, r, 4) };
+    let _ = writeln!(o, "## Aggregating {} handoffs\n", r.sizes.handoffs);
+    let _ = writeln!(
+        o,
+        "Target: `corral aggregate --json` over 1,000 handoffs of 10 findings each in at most 1 s. Peer: the seed's jq loop \
+over the same files.\n"
+    );
+    let Some(a) = &r.aggregation else { return not_measured(o, r, Target::Aggregate) };
     let _ = writeln!(
         o,
         "{n} handoff files written straight into the data dir of a fresh workspace (`handoffs/handoff-<UTC timestamp>-agent-NNN-IMPLEMENTER-to-ORCHESTRATOR.json`, \
@@ -310,8 +325,13 @@ prints the fields; merging, conflict detection and resolution are left to the re
 }
 
 fn live(o: &mut String, r: &Results) {
-    let _ = writeln!(o, "## Issue 5: the monitor with {} agents reporting every second\n", r.more.live_agents);
-    let Some(l) = &r.live else { return not_measured(o, r, 5) };
+    let _ = writeln!(o, "## The monitor with {} agents reporting every second\n", r.sizes.live_agents);
+    let _ = writeln!(
+        o,
+        "Target: `corral monitor` redraws at least 5 times a second and uses under 10 % of one core while 1,000 agents \
+rewrite their status files every second. Peer: the seed's `monitor-agents.sh` (pueue has no dashboard).\n"
+    );
+    let Some(l) = &r.live else { return not_measured(o, r, Target::Monitor) };
     let _ = writeln!(
         o,
         "{n} agents ({t} `corral spawn`s at a time; {s:.1} s), each the harness itself as the agent command \
@@ -319,7 +339,7 @@ fn live(o: &mut String, r: &Results) {
 `status`, `progress`, `phase`, `milestone` new every time, `lastUpdate`, `findings`) as a temp file renamed over the \
 old one, the atomic write `corral report` does. So the supervisor sees {n} status writes a second.\n",
         n = l.agents,
-        t = issues::SETUP_THREADS,
+        t = SETUP_THREADS,
         s = l.setup_s
     );
     if let (Some((rw, rc)), Some((pw, pc))) = (l.report_call, l.printf_mv) {
@@ -355,7 +375,7 @@ uninterruptible sleep at any moment (hence load averages in the hundreds; the sa
         },
         secs = l.seconds
     );
-    let runs: Vec<&issues::Live> = std::iter::once(l).chain(disk).collect();
+    let runs: Vec<&Live> = std::iter::once(l).chain(disk).collect();
     let mut head = String::from("| |");
     let mut rule = String::from("|---|");
     for x in &runs {
@@ -363,7 +383,7 @@ uninterruptible sleep at any moment (hence load averages in the hundreds; the sa
         rule.push_str("---:|");
     }
     let _ = writeln!(o, "{head}\n{rule}");
-    let line = |o: &mut String, label: &str, cell: &dyn Fn(&issues::Live) -> String| {
+    let line = |o: &mut String, label: &str, cell: &dyn Fn(&Live) -> String| {
         let mut s = format!("| {label} |");
         for x in &runs {
             let _ = write!(s, " {} |", cell(x));
@@ -405,13 +425,18 @@ well as those running; the machine's busy share includes every other process on 
     let _ = writeln!(
         o,
         "The peer: the seed's `monitor-agents.sh` redraws once per run of the script; over 1,000 status files one run \
-takes minutes (issue 2 (c)), so it cannot show a second-by-second picture at all. pueue has no dashboard.\n"
+takes minutes (see the status section), so it cannot show a second-by-second picture at all. pueue has no dashboard.\n"
     );
 }
 
 fn mcp(o: &mut String, r: &Results) {
-    let _ = writeln!(o, "## Issue 6: `spawn_agent` over MCP\n");
-    let Some(m) = &r.mcp else { return not_measured(o, r, 6) };
+    let _ = writeln!(o, "## `spawn_agent` over MCP\n");
+    let _ = writeln!(
+        o,
+        "Target: a median of at most 10 ms for one `spawn_agent` call over `corral mcp`'s stdio, as an MCP client sees it. \
+No peer has an MCP server.\n"
+    );
+    let Some(m) = &r.mcp else { return not_measured(o, r, Target::Mcp) };
     let _ = writeln!(
         o,
         "[bench/mcp_spawn.py](bench/mcp_spawn.py): one `corral mcp` server on stdio, driven by the official MCP Python SDK \
@@ -438,18 +463,22 @@ its result.\n",
 }
 
 fn memory(o: &mut String, r: &Results) {
-    let _ = writeln!(o, "## Issue 7: memory\n");
+    let _ = writeln!(o, "## Supervisor memory\n");
+    let _ = writeln!(
+        o,
+        "No target value: the supervisor's memory, idle and with running agents, is recorded beside pueued's.\n"
+    );
     let m = &r.memory;
     if m.idle_kb.is_none() && m.finished_kb.is_none() && m.pueued_idle_kb.is_none() {
-        return not_measured(o, r, 7);
+        return not_measured(o, r, Target::Memory);
     }
     let _ = writeln!(
         o,
         "Resident set size (VmRSS in /proc/PID/status) of the supervisor (`pid` from `corral daemon status --json`) and of \
-pueued: fresh;{} with agents (tasks) running `sleep 600` (issue 3's workspace for corral, after its supervisor was read \
+pueued: fresh;{} with agents (tasks) running `sleep 600` (the crash to retry workspace for corral, after its supervisor was read \
 fresh; a fresh pueued for pueue, the tasks added one after the other).\n",
         if m.finished > 0 {
-            format!(" with the {} finished agents (tasks) of issue 2's (b) in the registry;", m.finished)
+            format!(" with the {} finished agents (tasks) of the sequential spawns in the registry;", m.finished)
         } else {
             String::new()
         }
@@ -572,8 +601,8 @@ fn growth_lines(r: &Results) -> Vec<Line> {
     let running = |a: &At| summarize(&a.running).map(|s| s.median);
     let rss = |a: &At| a.rss_kb.map(|k| k as f64);
     let fill = |a: &At| Some(a.fill_s * 1e3);
-    let runs = r.more.growth_status_runs;
-    let probes = r.more.growth_probes;
+    let runs = r.sizes.growth_status_runs;
+    let probes = r.sizes.growth_probes;
     let line = |label: String, cells, show: fn(f64) -> String, judged| Line { label, cells, show, judged };
     let mib_f: fn(f64) -> String = |kb| mib(kb as u64);
     let seed = sizes
@@ -581,7 +610,7 @@ fn growth_lines(r: &Results) -> Vec<Line> {
         .enumerate()
         .map(|(i, s)| match &s.seed {
             Some(m) => Ok(m.per_file_ms() * m.files as f64),
-            None if i < r.more.growth_seed => Err(failed),
+            None if i < r.sizes.growth_seed => Err(failed),
             None => Err("not run"),
         })
         .collect();
@@ -596,13 +625,13 @@ fn growth_lines(r: &Results) -> Vec<Line> {
         line("corral supervisor RSS".into(), cells(corral, rss), mib_f, true),
         line("pueued RSS".into(), cells(pueue, rss), mib_f, false),
         line(
-            format!("corral: filling, {} `corral spawn`s at a time, to all finished", issues::SETUP_THREADS),
+            format!("corral: filling, {} `corral spawn`s at a time, to all finished", SETUP_THREADS),
             cells(corral, fill),
             f,
             false,
         ),
         line(
-            format!("pueue: filling, {} `pueue add`s at a time, to all finished", issues::SETUP_THREADS),
+            format!("pueue: filling, {} `pueue add`s at a time, to all finished", SETUP_THREADS),
             cells(pueue, fill),
             f,
             false,
@@ -611,12 +640,12 @@ fn growth_lines(r: &Results) -> Vec<Line> {
 }
 
 fn growth_summary(o: &mut String, r: &Results) {
-    let sizes: Vec<String> = r.more.growth.iter().map(|n| thousands(*n)).collect();
+    let sizes: Vec<String> = r.sizes.growth.iter().map(|n| thousands(*n)).collect();
     let lines = growth_lines(r);
     let ns: Vec<usize> = r.growth.iter().map(|s| s.agents).collect();
     let cell = |l: &Line| -> String {
         if r.growth.is_empty() {
-            return absent(r, 7);
+            return absent(r, Target::Growth);
         }
         let values: Vec<String> = l.cells.iter().map(|c| c.map_or_else(str::to_string, l.show)).collect();
         match spread(&ns, l) {
@@ -641,9 +670,9 @@ fn growth_summary(o: &mut String, r: &Results) {
     let measured = judged.iter().all(|l| spread(&ns, l).is_some());
     let _ = writeln!(
         o,
-        "| 7: `status --json` at {} agents, median of {} | {} | pueue: {} | flat or linear to 10,000, never quadratic | {} |",
+        "| growth: `status --json` at {} agents, median of {} | {} | pueue: {} | flat or linear to 10,000, never quadratic | {} |",
         sizes.join(" / "),
-        r.more.growth_status_runs,
+        r.sizes.growth_status_runs,
         corral,
         cell(&lines[2]),
         verdict((!r.args.quick && measured).then_some(superlinear.is_empty()))
@@ -651,30 +680,35 @@ fn growth_summary(o: &mut String, r: &Results) {
 }
 
 fn growth(o: &mut String, r: &Results) {
-    let sizes = r.more.growth;
+    let sizes = r.sizes.growth;
     let (lo, hi) = (thousands(sizes[0]), thousands(sizes[2]));
     let _ = writeln!(o, "## Growth from {lo} to {hi} agents\n");
+    let _ = writeln!(
+        o,
+        "Target: corral's `status --json`, spawn latency and supervisor memory grow flat or linearly up to 10,000 agents, \
+never superlinearly. Peers: pueue at the same sizes, and the seed's `monitor-agents.sh` at the smaller ones.\n"
+    );
     if r.growth.is_empty() {
-        return not_measured(o, r, 7);
+        return not_measured(o, r, Target::Growth);
     }
-    let seed_sizes: Vec<String> = sizes.iter().take(r.more.growth_seed).map(|n| thousands(*n)).collect();
+    let seed_sizes: Vec<String> = sizes.iter().take(r.sizes.growth_seed).map(|n| thousands(*n)).collect();
     let reused: Vec<String> = r.growth.iter().filter(|s| s.seed_reused).map(|s| thousands(s.agents)).collect();
     let _ = writeln!(
         o,
         "At each size a fresh corral workspace and a fresh pueued, filled with that many finished agents (tasks), {t} \
 submissions at a time: corral's agents run `{REPORTING_AGENT}` (each writes its status file, which the seed's script \
 reads), pueue's tasks run `true`. Then, at that size: `status --json` {runs} times (output to /dev/null, whole process \
-timed, as in issue 2 (c)); the supervisor's (pueued's) RSS; {probes} probes of spawn (add) to agent (task) running, as \
-in issue 2 (a); and, at {seed}, one pass of the seed's `monitor-agents.sh` over the workspace's status files{reuse}. \
+timed, as in the status section); the supervisor's (pueued's) RSS; {probes} probes of spawn (add) to agent (task) \
+running, as in the spawn to agent running section; and, at {seed}, one pass of the seed's `monitor-agents.sh` over the workspace's status files{reuse}. \
 Each workspace is removed before the next size.\n",
-        t = issues::SETUP_THREADS,
-        runs = r.more.growth_status_runs,
-        probes = r.more.growth_probes,
+        t = SETUP_THREADS,
+        runs = r.sizes.growth_status_runs,
+        probes = r.sizes.growth_probes,
         seed = seed_sizes.join(" and "),
         reuse = if reused.is_empty() {
             String::new()
         } else {
-            format!(" (at {}: issue 2 (c)'s pass over as many files, not run twice)", reused.join(" and "))
+            format!(" (at {}: the status section's pass over as many files, not run twice)", reused.join(" and "))
         },
     );
     let agents = sizes[2] as f64 / sizes[0] as f64;
