@@ -60,6 +60,8 @@ pub struct RoleConfig {
     pub max_attempt_timeout: Option<Duration>,
     pub retry_guidance: Option<String>,
     pub require_handoff: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub blocked_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -147,6 +149,9 @@ impl Config {
         p.progressive_timeout = r.progressive_timeout.or(d.progressive_timeout).unwrap_or(true);
         p.retry_guidance = r.retry_guidance.clone().or_else(|| d.retry_guidance.clone());
         p.require_handoff = r.require_handoff.or(d.require_handoff).unwrap_or(false);
+        if let Some(t) = both(r.blocked_timeout, d.blocked_timeout) {
+            p.blocked_timeout_ms = t;
+        }
         (r.command.clone().or_else(|| d.command.clone()), p)
     }
 

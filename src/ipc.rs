@@ -105,6 +105,10 @@ pub struct AgentView {
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Waiting on a human: escalated, or blocked with no process left (`corral retry` or
+    /// `corral tell` resumes it).
+    #[serde(default)]
+    pub needs_human: bool,
     /// What the agent itself last reported in its status file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reported_status: Option<String>,
@@ -141,6 +145,13 @@ pub struct AgentView {
     /// Why the status file could not be read, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+}
+
+impl AgentView {
+    /// Nothing more happens to it without a human: what `wait` waits for.
+    pub fn is_finished(&self) -> bool {
+        self.needs_human || crate::policy::agent::AgentState::FINISHED.contains(&self.status.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -185,7 +185,8 @@ fn blocked_on_an_external_dependency_waits_and_tell_reaches_the_inbox() {
     let id = ws.spawn("IMPLEMENTER", &["sh", "-c", script]);
     assert!(wait_until(SECS(10), || kinds(&ws, &id).contains(&"waiting".to_string())));
     let a = ws.agent(&id);
-    assert_eq!(a["status"], "running", "waiting on a dependency must not kill the agent");
+    assert_eq!(a["status"], "blocked", "a live agent waiting on a dependency is shown blocked, and not killed");
+    assert!(a["pid"].is_i64(), "{a}");
     assert!(a["anomalies"].as_array().unwrap().iter().any(|x| x == "BLOCKED"));
     ws.ok(&["tell", &id, "the database is up: go"]);
     ws.wait_state(&id, &["complete"], SECS(10));

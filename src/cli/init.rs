@@ -35,6 +35,7 @@ max_retries = 1               # attempts = retries + 1; after the last, escalate
 # backoff = { initial = "30s", coefficient = 2.0, max = "10m", jitter = "none" }  # or "full"
 # retry_guidance = "Work in small steps and report blockers instead of guessing."
 # require_handoff = false     # true: exiting 0 without a handoff is a deliverable failure
+# blocked_timeout = "1h"      # longest a live agent waits on an external blocker before a human is asked
 
 # The seed's role table.
 [roles.PLANNER]

@@ -51,7 +51,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     std::thread::spawn(move || {
         while let Ok(Some(line)) = client.read_line() {
             if let Ok(e) = serde_json::from_str::<crate::store::EventRecord>(&line)
-                && crate::policy::agent::AgentState::FINISHED.contains(&e.kind.as_str())
+                && crate::policy::agent::AgentState::FINISHED_EVENTS.contains(&e.kind.as_str())
             {
                 let _ = tx.send(true);
                 return;

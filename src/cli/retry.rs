@@ -40,5 +40,8 @@ pub fn tell(ctx: &Ctx, a: TellArgs) -> Result {
     }
     let data = ctx.call(&Request::Tell { id: a.id.clone(), text: a.text })?;
     eprintln!("{}: appended to {}", a.id, data["inbox"].as_str().unwrap_or_default());
+    if data["resumed"] == true {
+        eprintln!("{}: resumed with the message (it was blocked with nobody left to unblock it)", a.id);
+    }
     Ok(0)
 }

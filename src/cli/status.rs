@@ -9,12 +9,50 @@ pub struct Args {
     pub ids: Vec<String>,
     #[arg(long)]
     pub role: Option<String>,
+    /// Only agents in this state (repeatable): corral's view (queued, running, blocked,
+    /// retrying, complete, failed, escalated, ...) or `needs-human` (escalated, or blocked
+    /// with no process left).
+    #[arg(long = "status", value_name = "S")]
+    pub statuses: Vec<String>,
     #[arg(long)]
     pub json: bool,
 }
 
+/// The names `--status` accepts.
+const STATES: &[&str] = &[
+    "queued",
+    "running",
+    "stale",
+    "stopping",
+    "retrying",
+    "blocked",
+    "waiting",
+    "complete",
+    "failed",
+    "killed",
+    "timed_out",
+    "escalated",
+    "needs-human",
+];
+
+fn wanted(v: &AgentView, statuses: &[String]) -> bool {
+    statuses.is_empty() || statuses.iter().any(|s| *s == v.status || (s == "needs-human" && v.needs_human))
+}
+
 pub fn run(ctx: &Ctx, a: Args) -> Result {
+    if let Some(bad) = a.statuses.iter().find(|s| !STATES.contains(&s.as_str())) {
+        return Err(super::usage(format!("--status {bad:?}: use one of {}", STATES.join(", "))));
+    }
     let raw = ctx.call_raw(&Request::Status { ids: a.ids, role: a.role })?;
+    if !a.statuses.is_empty() {
+        let views: Vec<AgentView> = serde_json::from_str(&raw)?;
+        let views: Vec<AgentView> = views.into_iter().filter(|v| wanted(v, &a.statuses)).collect();
+        if a.json {
+            println!("{}", serde_json::to_string(&views)?);
+            return Ok(0);
+        }
+        return table(views);
+    }
     if a.json {
         // Printed as the supervisor wrote it: one object per agent, no re-encoding.
         use std::io::Write;
@@ -23,7 +61,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         out.write_all(b"\n")?;
         return Ok(0);
     }
-    let views: Vec<AgentView> = serde_json::from_str(&raw)?;
+    table(serde_json::from_str(&raw)?)
+}
+
+fn table(views: Vec<AgentView>) -> Result {
     if views.is_empty() {
         eprintln!("no agents");
         return Ok(0);
@@ -42,12 +83,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             (None, None) => "-".into(),
         };
         let pm: String = if pm.chars().count() > 24 { pm.chars().take(23).chain(['~']).collect() } else { pm };
-        let mut anomalies = v.anomalies.join(" ");
-        if v.status == "queued"
-            && let Some(r) = &v.reason
-        {
-            anomalies = format!("QUEUED: {r} {anomalies}");
-        }
+        // The queue reason is one of the anomalies already: printed once.
+        let anomalies = v.anomalies.join(" ");
         println!(
             "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:5}  {}",
             v.agent_id,

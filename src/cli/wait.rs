@@ -25,7 +25,7 @@ pub struct Args {
 }
 
 use crate::policy::agent::AgentState;
-const FINISHED: &[&str] = AgentState::FINISHED;
+const FINISHED_EVENTS: &[&str] = AgentState::FINISHED_EVENTS;
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     let limit = match &a.timeout {
@@ -48,7 +48,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut all_complete = true;
     let tty = unsafe { libc::isatty(2) } == 1 && !a.json;
-    let mut finished: Vec<&AgentView> = views.iter().filter(|v| FINISHED.contains(&v.status.as_str())).collect();
+    let mut finished: Vec<&AgentView> = views.iter().filter(|v| v.is_finished()).collect();
     finished.sort_by(|x, y| x.ended_at.cmp(&y.ended_at));
     for v in finished {
         all_complete &= v.status == "complete";
@@ -81,13 +81,15 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         };
         let Ok(e) = serde_json::from_str::<EventRecord>(&line) else { continue };
         let Some(id) = e.agent_id.map(|i| i.to_string()) else { continue };
-        if !FINISHED.contains(&e.kind.as_str()) || !wanted.contains(&id) || done.contains(&id) {
+        if !FINISHED_EVENTS.contains(&e.kind.as_str()) || !wanted.contains(&id) || done.contains(&id) {
             continue;
         }
         let v: Vec<AgentView> = serde_json::from_value(super::into_result(
             client.call(&Request::Status { ids: vec![id.clone()], role: None })?,
         )?)?;
-        let Some(v) = v.first() else { continue };
+        // A finishing event can be overtaken by a new attempt (a human retry); only the
+        // agent's state right now says whether it is finished.
+        let Some(v) = v.first().filter(|v| v.is_finished()) else { continue };
         all_complete &= v.status == "complete";
         done.insert(id);
         print_one(v, a.json, tty, start)?;

@@ -5,7 +5,7 @@ use super::args::{self, WaitArgs};
 use super::orchestrator::call;
 use crate::cli::Ctx;
 use crate::policy::agent::AgentState;
-const FINISHED: &[&str] = AgentState::FINISHED;
+const FINISHED_EVENTS: &[&str] = AgentState::FINISHED_EVENTS;
 use crate::client::Client;
 use crate::ipc::{AgentView, Request};
 use crate::store::EventRecord;
@@ -67,7 +67,7 @@ pub fn wait(
     }
     let total = views.len();
     let wanted: BTreeSet<String> = views.iter().map(|v| v.agent_id.clone()).collect();
-    let mut finished: Vec<AgentView> = views.into_iter().filter(|v| FINISHED.contains(&v.status.as_str())).collect();
+    let mut finished: Vec<AgentView> = views.into_iter().filter(|v| v.is_finished()).collect();
     finished.sort_by(|x, y| x.ended_at.cmp(&y.ended_at));
     let mut done: BTreeSet<String> = finished.iter().map(|v| v.agent_id.clone()).collect();
     progress(done.len(), total, None);
@@ -103,13 +103,13 @@ pub fn wait(
                 let line: Vec<u8> = buf.drain(..=nl).collect();
                 let Ok(e) = serde_json::from_slice::<EventRecord>(&line) else { continue };
                 let Some(id) = e.agent_id.map(|i| i.to_string()) else { continue };
-                if !FINISHED.contains(&e.kind.as_str()) || !wanted.contains(&id) || done.contains(&id) {
+                if !FINISHED_EVENTS.contains(&e.kind.as_str()) || !wanted.contains(&id) || done.contains(&id) {
                     continue;
                 }
                 let now: Vec<AgentView> = call(ctx, &Request::Status { ids: vec![id.clone()], role: None })?;
                 // A finishing event can be overtaken by a new attempt (a human retry); only
                 // the agent's state right now says whether it is finished.
-                let Some(v) = now.into_iter().next().filter(|v| FINISHED.contains(&v.status.as_str())) else {
+                let Some(v) = now.into_iter().next().filter(|v| v.is_finished()) else {
                     continue;
                 };
                 done.insert(id);

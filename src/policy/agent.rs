@@ -176,6 +176,17 @@ pub struct Liveness {
     pub last_output: Option<u64>,
     /// Set while the agent reports `blocked` on something classified `wait`.
     pub waiting_on: Option<String>,
+    /// When the current wait on a blocker began: `blocked_timeout` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<u64>,
+    /// Time spent waiting on blockers in earlier waits of this attempt: the attempt timeout
+    /// does not count it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub blocked_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Liveness {
@@ -225,6 +236,10 @@ pub enum StopCause {
         rule: String,
         blocker: String,
     },
+    /// Waited on an external blocker for longer than `blocked_timeout`.
+    BlockedTimeout {
+        blocker: String,
+    },
 }
 
 impl StopCause {
@@ -236,6 +251,7 @@ impl StopCause {
             Self::Heartbeat => "stale",
             Self::Silent => "stalled",
             Self::Blocked { .. } => "blocked",
+            Self::BlockedTimeout { .. } => "blocked_timeout",
         }
     }
 }
@@ -259,9 +275,13 @@ pub enum AgentState {
         next_mono: u64,
         reason: String,
     },
-    /// Ended, waiting on an external dependency; `corral retry` resumes it.
+    /// Ended while blocked on something outside the agent: nobody is left to unblock it, so
+    /// it needs a human (`escalation` is its number). `corral retry` or `corral tell`
+    /// resumes it.
     Blocked {
         reason: String,
+        #[serde(default)]
+        escalation: u64,
     },
     Complete,
     Failed {
@@ -295,15 +315,56 @@ impl AgentState {
             Self::Escalated { .. } => "escalated",
         }
     }
-    /// The names of the finished states: also the kinds of the events that enter them.
+    /// The names of the states that are finished by their name alone (a `blocked` agent is
+    /// finished only when it needs a human: see [`AgentState::needs_human`]).
     pub const FINISHED: &'static [&'static str] = &["complete", "failed", "killed", "timed_out", "escalated"];
 
-    /// Nothing more happens without a human: complete, failed for good, killed, escalated.
+    /// The kinds of the events that enter a finished state.
+    pub const FINISHED_EVENTS: &'static [&'static str] =
+        &["complete", "failed", "killed", "timed_out", "escalated", "needs_human"];
+
+    /// Nothing more happens without a human: complete, failed for good, killed, escalated,
+    /// blocked with nobody left to unblock it.
     pub fn is_finished(&self) -> bool {
         matches!(
             self,
-            Self::Complete | Self::Failed { .. } | Self::Killed | Self::TimedOut { .. } | Self::Escalated { .. }
+            Self::Complete
+                | Self::Failed { .. }
+                | Self::Killed
+                | Self::TimedOut { .. }
+                | Self::Escalated { .. }
+                | Self::Blocked { .. }
         )
+    }
+
+    /// Waiting on a human: escalated, or blocked with no process left.
+    pub fn needs_human(&self) -> bool {
+        matches!(self, Self::Escalated { .. } | Self::Blocked { .. })
+    }
+
+    /// The escalation this state waits on, once the shell has numbered it.
+    pub fn escalation(&self) -> Option<u64> {
+        match self {
+            Self::Escalated { escalation, .. } | Self::Blocked { escalation, .. } if *escalation > 0 => {
+                Some(*escalation)
+            }
+            _ => None,
+        }
+    }
+
+    /// Links the escalation the shell opened (and numbered) for this state.
+    pub fn link_escalation(&mut self, n: u64) {
+        if let Self::Escalated { escalation, .. } | Self::Blocked { escalation, .. } = self {
+            *escalation = n;
+        }
+    }
+
+    /// The kind of the event that enters this state.
+    pub fn entry_event(&self) -> &'static str {
+        match self {
+            Self::Blocked { .. } => "needs_human",
+            other => other.name(),
+        }
     }
     pub fn has_live_process(&self) -> bool {
         matches!(self, Self::Running | Self::Stopping { .. })
@@ -314,7 +375,7 @@ impl AgentState {
             | Self::Failed { reason }
             | Self::TimedOut { reason }
             | Self::Retrying { reason, .. }
-            | Self::Blocked { reason }
+            | Self::Blocked { reason, .. }
             | Self::Escalated { reason, .. } => Some(reason),
             _ => None,
         }
@@ -343,6 +404,14 @@ impl Agent {
     pub fn current_mut(&mut self) -> Option<&mut Attempt> {
         self.attempts.last_mut()
     }
+    /// corral's one-word view, with a live agent that waits on a blocker shown `blocked`.
+    pub fn view_name(&self) -> &'static str {
+        match (&self.state, self.current()) {
+            (AgentState::Running, Some(a)) if a.liveness.waiting_on.is_some() => "blocked",
+            (state, _) => state.name(),
+        }
+    }
+
     /// Attempts that count against the retry budget.
     pub fn counted_attempts(&self) -> usize {
         self.attempts[self.budget_start.min(self.attempts.len())..].iter().filter(|a| a.counted).count()

@@ -156,6 +156,8 @@ pub fn status_reported(agent: &mut Agent, r: &Report, rules: &Rules, now: &Now) 
     }
     if r.status != ReportedStatus::Blocked {
         if l.waiting_on.take().is_some() {
+            let since = l.waiting_since.take().unwrap_or(now.mono);
+            l.blocked_ms = l.blocked_ms.saturating_add(now.mono.saturating_sub(since));
             return vec![emit("unblocked", json!({ "status": r.status }))];
         }
         return vec![];
@@ -175,8 +177,11 @@ pub fn status_reported(agent: &mut Agent, r: &Report, rules: &Rules, now: &Now) 
     match action {
         RuleAction::Ignore => vec![],
         RuleAction::Wait => {
-            agent.current_mut().expect("current").liveness.waiting_on = Some(blocker.clone());
-            vec![emit("waiting", json!({ "blocker": blocker, "rule": rule }))]
+            let l = &mut agent.current_mut().expect("current").liveness;
+            l.waiting_on = Some(blocker.clone());
+            l.waiting_since = Some(now.mono);
+            let timeout = agent.spec.policy.blocked_timeout_ms;
+            vec![emit("waiting", json!({ "blocker": blocker, "rule": rule, "blockedTimeoutMs": timeout }))]
         }
         _ => {
             let cause = StopCause::Blocked { action, rule: rule.to_string(), blocker: blocker.clone() };
@@ -266,6 +271,14 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
                     format!("blocked: {blocker}; stopped, {end_text}"),
                     Some((*action, rule.clone())),
                 ),
+                StopCause::BlockedTimeout { blocker } => (
+                    Some(FailureType::Blocked),
+                    format!(
+                        "blocked on {blocker} for longer than blocked_timeout ({}); stopped, {end_text}",
+                        fmt_ms(agent.spec.policy.blocked_timeout_ms)
+                    ),
+                    Some((RuleAction::Wait, "blocked_timeout".to_string())),
+                ),
             }
         }
         _ => {
@@ -343,7 +356,7 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
         action: Some(action_text),
         rule,
     };
-    out.push(emit(state.name(), json!({ "attempt": attempt, "reason": state.reason() })));
+    out.push(emit(state.entry_event(), json!({ "attempt": attempt, "reason": state.reason() })));
     agent.state = state;
     agent.updated_at = now.wall.clone();
     out
@@ -398,8 +411,10 @@ fn after_failure(
         }
         RuleAction::Escalate => return escalate(agent, format!("{} failure needs a human", ft.as_str()), reason),
         RuleAction::Wait => {
-            let st = AgentState::Blocked { reason: format!("waiting on an external dependency: {reason}") };
-            return (st, "wait".into(), vec![]);
+            // Nobody is left to unblock it: a human is asked at once.
+            let reason = format!("blocked on an external dependency with no process left: {reason}");
+            let st = AgentState::Blocked { reason: reason.clone(), escalation: 0 };
+            return (st, "needs_human".into(), vec![Action::Escalate { reason }]);
         }
         RuleAction::Retry | RuleAction::RetryWithContext | RuleAction::Ignore => {}
     }
@@ -488,6 +503,19 @@ pub fn retry_requested(agent: &mut Agent, context: Option<String>, now: &Now) ->
     }
 }
 
+/// `corral tell`: a message for the agent. A live agent reads it from its inbox; an agent
+/// blocked with nobody left is resumed by it (a new attempt, with a fresh budget, whose
+/// context carries the inbox).
+pub fn told(agent: &mut Agent, now: &Now) -> Vec<Action> {
+    if !matches!(agent.state, AgentState::Blocked { .. }) {
+        return vec![];
+    }
+    agent.budget_start = agent.attempts.len();
+    agent.state = AgentState::Queued { reason: "resumed by a message".into() };
+    agent.updated_at = now.wall.clone();
+    vec![emit("resumed", json!({ "by": "tell" }))]
+}
+
 fn stop(agent: &mut Agent, cause: StopCause, grace_ms: u64, now: &Now) -> Vec<Action> {
     let pgid = agent.current().and_then(Attempt::pid);
     let mut out = vec![emit(cause.event(), json!({ "graceMs": grace_ms, "cause": cause }))];
@@ -513,8 +541,13 @@ fn running_deadlines(agent: &Agent) -> Vec<(u64, StopCause)> {
     if let (Some(d), Some(first)) = (p.deadline_ms, agent.attempts.first()) {
         v.push((first.started_mono.saturating_add(d), StopCause::Deadline));
     }
-    if let Some(t) = a.timeout_ms {
-        v.push((a.started_mono.saturating_add(t), StopCause::AttemptTimeout));
+    // While it waits on a blocker, the blocked timeout bounds it instead of the attempt
+    // timeout, which does not count the time spent waiting.
+    if let (Some(blocker), Some(since)) = (&l.waiting_on, l.waiting_since) {
+        let cause = StopCause::BlockedTimeout { blocker: blocker.clone() };
+        v.push((since.saturating_add(p.blocked_timeout_ms), cause));
+    } else if let Some(t) = a.timeout_ms {
+        v.push((a.started_mono.saturating_add(t).saturating_add(l.blocked_ms), StopCause::AttemptTimeout));
     }
     if let (Some(s), None) = (p.start_timeout_ms, l.first_sign) {
         v.push((a.started_mono.saturating_add(s), StopCause::StartTimeout));

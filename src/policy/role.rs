@@ -58,6 +58,16 @@ pub struct RolePolicy {
     pub max_attempt_timeout_ms: Option<u64>,
     pub retry_guidance: Option<String>,
     pub require_handoff: bool,
+    /// How long a live agent may wait on an external blocker before it is stopped and
+    /// handed to a human.
+    #[serde(default = "default_blocked_timeout")]
+    pub blocked_timeout_ms: u64,
+}
+
+pub const DEFAULT_BLOCKED_TIMEOUT_MS: u64 = 60 * MIN;
+
+fn default_blocked_timeout() -> u64 {
+    DEFAULT_BLOCKED_TIMEOUT_MS
 }
 
 impl RolePolicy {
@@ -82,6 +92,7 @@ impl RolePolicy {
             max_attempt_timeout_ms: None,
             retry_guidance: None,
             require_handoff: false,
+            blocked_timeout_ms: DEFAULT_BLOCKED_TIMEOUT_MS,
         }
     }
 

@@ -215,8 +215,10 @@ fn external_dependency_waits_without_killing() {
     let acts = status_reported(&mut a, &r, &Rules { user: &[], defaults: &d }, &at(5));
     assert!(!acts.iter().any(|x| matches!(x, Action::SignalGroup { .. })), "{acts:?}");
     assert_eq!(a.state, AgentState::Running);
-    // while it waits, heartbeat and stall checks are off: only the attempt timeout bounds it
-    assert_eq!(next_deadline(&a), Some(20 * M));
+    // while it waits, heartbeat and stall checks and the attempt timeout are off: only
+    // blocked_timeout (1h) bounds it
+    assert_eq!(next_deadline(&a), Some(5 + 60 * M));
+    assert_eq!(a.view_name(), "blocked");
     // any other blocker escalates
     let mut b = running("X");
     let r = Report { status: ReportedStatus::Blocked, last_finding: Some("I refuse".into()), changed: true };
@@ -459,10 +461,13 @@ fn finished_names_match_the_finished_states() {
         AgentState::Running,
         AgentState::Queued { reason: String::new() },
         AgentState::Retrying { next_mono: 0, reason: String::new() },
-        AgentState::Blocked { reason: String::new() },
+        AgentState::Blocked { reason: String::new(), escalation: 0 },
     ];
     for s in states {
-        assert_eq!(AgentState::FINISHED.contains(&s.name()), s.is_finished(), "{}", s.name());
+        // a `blocked` agent is finished only when it needs a human (no process left)
+        let by_name = AgentState::FINISHED.contains(&s.name()) || s.needs_human();
+        assert_eq!(by_name, s.is_finished(), "{}", s.name());
+        assert_eq!(AgentState::FINISHED_EVENTS.contains(&s.entry_event()), s.is_finished(), "{}", s.name());
     }
 }
 
@@ -610,4 +615,96 @@ fn a_later_attempt_is_judged_on_its_own_evidence() {
     assert_eq!(act2, "escalate");
     // the escalation keeps every attempt's reason, each under its own attempt
     assert!(reason.contains("attempt 1 (crash)") && reason.contains("rate limit"), "{reason}");
+}
+
+fn blocked_on(a: &mut Agent, finding: &str, t: u64) -> Vec<Action> {
+    let d = rules();
+    let r = Report { status: ReportedStatus::Blocked, last_finding: Some(finding.into()), changed: true };
+    status_reported(a, &r, &Rules { user: &[], defaults: &d }, &at(t))
+}
+
+#[test]
+fn blocked_with_nobody_left_needs_a_human_at_once() {
+    let mut a = running("X");
+    blocked_on(&mut a, "waiting on external API", 5);
+    let mut f = facts(ProcessEnd::Exited { code: 0 }, Some("waiting on external API"));
+    f.reported = Some(ReportedStatus::Blocked);
+    let acts = exit(&mut a, f, 10);
+    let AgentState::Blocked { reason, .. } = &a.state else { panic!("{:?}", a.state) };
+    assert!(reason.contains("waiting on external API"), "{reason}");
+    assert!(a.state.needs_human() && a.state.is_finished());
+    assert!(acts.iter().any(|x| matches!(x, Action::Escalate { .. })), "{acts:?}");
+    assert!(acts.iter().any(|x| matches!(x, Action::Emit { kind: "needs_human", .. })), "{acts:?}");
+    assert!(!acts.iter().any(|x| matches!(x, Action::Emit { kind: "retry_scheduled", .. })));
+    assert_eq!(next_deadline(&a), None, "nothing is due: a human is");
+    a.state.link_escalation(7);
+    assert_eq!(a.state.escalation(), Some(7));
+    // a dependent does not wait on it forever
+    let dep = agent_with("Y", &["agent-001-X"]);
+    assert!(matches!(dependency_gate(&dep.spec, |_| Some(&a.state)), Gate::Fail(_)));
+    // a message resumes it with a fresh budget; so does a retry
+    let mut b = a.clone();
+    assert!(!told(&mut b, &at(20)).is_empty());
+    assert!(matches!(b.state, AgentState::Queued { .. }));
+    assert_eq!(b.budget_start, 1);
+    assert!(retry_requested(&mut a, None, &at(20)).is_ok());
+    assert!(matches!(a.state, AgentState::Queued { .. }));
+    // a message to a running agent changes nothing about its state
+    let mut c = running("X");
+    assert!(told(&mut c, &at(5)).is_empty());
+    assert_eq!(c.state, AgentState::Running);
+}
+
+#[test]
+fn an_exit_while_a_wait_rule_holds_needs_a_human_too() {
+    let d = rules();
+    let user = vec![super::classify::Rule {
+        name: "exit 75 waits".into(),
+        exit_codes: vec![75],
+        signals: vec![],
+        failure_types: vec![],
+        finding: None,
+        output: None,
+        action: RuleAction::Wait,
+    }];
+    let mut a = running("X");
+    let acts = exited(&mut a, 1, crash(75, None), &Rules { user: &user, defaults: &d }, &at(5));
+    assert!(matches!(a.state, AgentState::Blocked { .. }), "{:?}", a.state);
+    assert!(acts.iter().any(|x| matches!(x, Action::Escalate { .. })));
+}
+
+#[test]
+fn blocked_timeout_bounds_a_live_wait() {
+    let mut a = running("X");
+    a.spec.policy.blocked_timeout_ms = 10 * M;
+    blocked_on(&mut a, "waiting for the staging DB", M);
+    assert_eq!(next_deadline(&a), Some(11 * M));
+    assert!(tick(&mut a, &at(11 * M - 1)).is_empty());
+    let acts = tick(&mut a, &at(11 * M));
+    assert!(acts.contains(&Action::SignalGroup { pgid: 11, signal: Signal::Term }), "{acts:?}");
+    assert!(acts.iter().any(|x| matches!(x, Action::Emit { kind: "blocked_timeout", .. })), "{acts:?}");
+    let acts = exit(&mut a, facts(ProcessEnd::Signaled { signal: 15 }, None), 11 * M + 10);
+    let AgentState::Blocked { reason, .. } = &a.state else { panic!("{:?}", a.state) };
+    assert!(reason.contains("blocked_timeout") && reason.contains("staging DB"), "{reason}");
+    assert!(acts.iter().any(|x| matches!(x, Action::Escalate { .. })));
+    assert_eq!(a.attempts.len(), 1, "no retry is spent on a wait");
+}
+
+#[test]
+fn the_attempt_timeout_does_not_count_time_spent_waiting() {
+    let d = rules();
+    let mut a = running("X"); // 20m attempt timeout
+    blocked_on(&mut a, "waiting for the staging DB", 5 * M);
+    // 30 minutes blocked, then it goes on
+    let r = Report { status: ReportedStatus::Active, last_finding: None, changed: true };
+    let acts = status_reported(&mut a, &r, &Rules { user: &[], defaults: &d }, &at(35 * M));
+    assert!(acts.iter().any(|x| matches!(x, Action::Emit { kind: "unblocked", .. })), "{acts:?}");
+    assert_eq!(a.view_name(), "running");
+    // the attempt timeout moves by the 30 minutes waited; the heartbeat comes first now
+    assert_eq!(a.current().unwrap().liveness.blocked_ms, 30 * M);
+    assert_eq!(next_deadline(&a), Some(40 * M));
+    let mut quiet = a.clone();
+    quiet.spec.policy.heartbeat_timeout_ms = u64::MAX;
+    quiet.spec.policy.stall_timeout_ms = u64::MAX;
+    assert_eq!(next_deadline(&quiet), Some(50 * M));
 }

@@ -299,10 +299,8 @@ impl Supervisor {
         let n = e.n;
         self.escalations.push(e);
         self.escalations_dirty = true;
-        if let Some(live) = self.agents.get_mut(id)
-            && let AgentState::Escalated { escalation, .. } = &mut live.agent.state
-        {
-            *escalation = n;
+        if let Some(live) = self.agents.get_mut(id) {
+            live.agent.state.link_escalation(n);
         }
         self.emit(Some(id), "escalation_opened", serde_json::json!({ "escalation": n, "reason": reason }));
         n

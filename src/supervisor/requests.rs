@@ -22,6 +22,8 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
             let live = sup.agents.get_mut(id).expect("looked up");
             let actions = lifecycle::kill_requested(&mut live.agent, grace_ms, &now()).map_err(|e| Reply::err(1, e))?;
             sup.apply(id, actions);
+            // A human's kill answers what the agent waited on a human for.
+            resolve_for(sup, id, "killed by a human");
             sup.admit_queued();
             Ok(serde_json::json!({ "agentId": id, "status": sup.agents[id].agent.state.name() }))
         }),
@@ -47,7 +49,17 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
             .and_then(|mut f| f.write_all(entry.as_bytes()))
             .map_err(|e| Reply::err(1, format!("cannot write {}: {e}", path.display())))?;
             sup.emit(Some(id), "told", serde_json::json!({ "text": text }));
-            Ok(serde_json::json!({ "agentId": id, "inbox": path }))
+            // An agent blocked with nobody left to unblock it resumes with the message.
+            let live = sup.agents.get_mut(id).expect("looked up");
+            let actions = lifecycle::told(&mut live.agent, &now());
+            let resumed = !actions.is_empty();
+            if resumed {
+                sup.apply(id, actions);
+                resolve_for(sup, id, "answered by corral tell");
+                sup.admit_queued();
+            }
+            let a = &sup.agents[id].agent;
+            Ok(serde_json::json!({ "agentId": id, "inbox": path, "status": a.view_name(), "resumed": resumed }))
         }),
         Request::Escalations { all } => {
             let list: Vec<_> = sup.escalations.iter().filter(|e| all || e.is_open()).cloned().collect();

@@ -36,6 +36,7 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
     }
     if matches!(a.state, AgentState::Blocked { .. })
         || (a.state.has_live_process() && report.is_some_and(|r| r.status == ReportedStatus::Blocked))
+        || a.view_name() == "blocked"
     {
         anomalies.push("BLOCKED".to_string());
     }
@@ -43,6 +44,12 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
         || (a.state.has_live_process() && report.is_some_and(|r| r.status == ReportedStatus::Failed))
     {
         anomalies.push("FAILED".to_string());
+    }
+    if a.state.needs_human() {
+        anomalies.push(match a.state.escalation() {
+            Some(n) => format!("NEEDS-HUMAN #{n}"),
+            None => "NEEDS-HUMAN".to_string(),
+        });
     }
     let next_in = match a.state {
         AgentState::Retrying { next_mono, .. } => Some(next_mono.saturating_sub(mono) as f64 / 1000.0),
@@ -59,8 +66,11 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
         agent_id: a.spec.id.to_string(),
         role: a.spec.role.clone(),
         task: a.spec.task.clone(),
-        status: a.state.name().to_string(),
-        reason: a.state.reason().map(str::to_string),
+        status: a.view_name().to_string(),
+        reason: a.state.reason().map(str::to_string).or_else(|| {
+            live_attempt.and_then(|c| c.liveness.waiting_on.as_ref()).map(|b| format!("waiting on a blocker: {b}"))
+        }),
+        needs_human: a.state.needs_human(),
         reported_status: report.map(|r| r.status.as_str().to_string()),
         pid: if a.state.has_live_process() { cur.and_then(|c| c.pid()) } else { None },
         attempt: cur.map(|c| c.attempt).unwrap_or(0),
@@ -78,10 +88,7 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
         ended_at: if a.state.is_finished() { last_end.map(|(t, _)| t.to_string()) } else { None },
         unreadable: live.report_error.clone(),
         next_attempt_in_seconds: next_in,
-        escalation: match a.state {
-            AgentState::Escalated { escalation, .. } => Some(escalation),
-            _ => None,
-        },
+        escalation: a.state.escalation(),
     }
 }
 
@@ -189,7 +196,7 @@ pub fn spawn_record(sup: &Supervisor, live: &Live) -> SpawnRecord {
         task: a.spec.task.clone(),
         scope: a.spec.scope.clone(),
         expected_handoff: expected,
-        status: a.state.name().to_string(),
+        status: a.view_name().to_string(),
         timeout_at,
         attempt: cur.map(|c| c.attempt).unwrap_or(0),
         max_retries: a.spec.policy.max_retries,

@@ -66,3 +66,53 @@ fn each_attempt_is_judged_on_its_own_evidence() {
     assert_eq!(second["exitCode"], 139);
     assert_eq!((misjudged, quoted), (0, 0), "{second}");
 }
+
+/// Attempt 1 reports blocked on an external API and waits for the file `go`, then exits;
+/// later attempts run `then`.
+fn blocked_script(then: &str) -> String {
+    format!(
+        "if [ \"$CORRAL_ATTEMPT\" = 1 ]; then corral report --status blocked --finding 'waiting on external API'; \
+         i=0; while [ ! -e go ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; exit 0; fi; {then}"
+    )
+}
+
+#[test]
+fn blocked_with_nobody_left_reaches_a_human() {
+    let ws = Ws::with_config(Some(&config("")));
+    let told = ws.spawn("IMPLEMENTER", &["sh", "-c", &blocked_script("grep -q 'API is back' \"$CORRAL_INBOX_FILE\"")]);
+    let retried = ws.spawn("IMPLEMENTER", &["sh", "-c", &blocked_script("exit 0")]);
+    // While its process waits, it shows corral's `blocked`, not `running`.
+    for id in [&told, &retried] {
+        let v = ws.wait_state(id, &["blocked"], SECS(20));
+        assert!(v["pid"].is_i64() && !v["needsHuman"].as_bool().unwrap(), "{v}");
+    }
+    std::fs::write(ws.path().join("go"), "").unwrap();
+    // The process is gone: a human is needed at once, and `wait` counts it as finished.
+    let wait = ws.run(&["wait", &told, &retried, "--timeout", "20s"]);
+    let out = String::from_utf8_lossy(&wait.stdout).to_string();
+    let views = ws.status();
+    let needs_human = views.iter().filter(|v| v["needsHuman"] == true && v["status"] == "blocked").count();
+    let escalations = ws.json(&["escalations", "--json"]);
+    let open = escalations.as_array().unwrap().len();
+    let filtered = ws.json(&["status", "--status", "needs-human", "--json"]).as_array().unwrap().len();
+    println!(
+        "UNATTENDED blocked_with_nobody_left wait_exit={:?} needs_human={needs_human} open_escalations={open} filtered={filtered}",
+        wait.status.code()
+    );
+    assert_eq!(wait.status.code(), Some(1), "wait must return, counting them not complete: {out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!((needs_human, open, filtered), (2, 2, 2), "{views:?} {escalations}");
+    for v in &views {
+        assert!(v["escalation"].is_u64() && v["pid"].is_null(), "{v}");
+        assert!(v["reason"].as_str().unwrap().contains("waiting on external API"), "{v}");
+    }
+    // The ways out: a message resumes the agent with it in its inbox, a retry runs it again.
+    ws.ok(&["tell", &told, "the API is back"]);
+    ws.ok(&["retry", &retried]);
+    for id in [&told, &retried] {
+        let v = ws.wait_state(id, &["complete", "failed", "escalated", "blocked"], SECS(20));
+        assert_eq!(v["status"], "complete", "{}", ws.show(id));
+    }
+    let still_open = ws.json(&["escalations", "--json"]).as_array().unwrap().len();
+    assert_eq!(still_open, 0, "answering the agent closes its escalation");
+}
