@@ -58,7 +58,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     };
     agent_side::validate(&update).map_err(|e| usage(format!("--{e}")))?;
     let role = std::env::var("CORRAL_ROLE").ok();
-    agent_side::report(&ctx.data, &id, role, env_path("CORRAL_STATUS_FILE", &id), update)
+    let done = agent_side::report(&ctx.data, &id, role, env_path("CORRAL_STATUS_FILE", &id), update)
         .map_err(|e| super::Fail { code: 1, msg: e })?;
+    // What was lost is said, never kept quiet; what was reported is written.
+    for w in done.warnings() {
+        crate::elog!("corral report: {w}");
+    }
     Ok(0)
 }

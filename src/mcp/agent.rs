@@ -25,6 +25,10 @@ pub struct ReportReply {
     pub status_file: String,
     /// The status file as written.
     pub status: StatusFile,
+    /// What the report lost, if anything: the oldest findings dropped to keep the file
+    /// within its bound, or an unreadable file started afresh.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 pub fn report(ctx: &Ctx, a: ReportArgs) -> Result<ReportReply, String> {
@@ -53,9 +57,11 @@ pub fn report(ctx: &Ctx, a: ReportArgs) -> Result<ReportReply, String> {
     agent_side::validate(&update).map_err(|e| format!("argument {e}"))?;
     let own = std::env::var("CORRAL_AGENT_ID").ok().as_deref() == Some(id.as_str());
     let role = own.then(|| std::env::var("CORRAL_ROLE").ok()).flatten();
-    let path = agent_side::report(&ctx.data, &id, role, env_path("CORRAL_STATUS_FILE", &id), update)?;
+    let done = agent_side::report(&ctx.data, &id, role, env_path("CORRAL_STATUS_FILE", &id), update)?;
+    let warnings = done.warnings();
+    let path = done.path;
     let status = files::read_status(&path)?;
-    Ok(ReportReply { agent_id: id.to_string(), status_file: path.display().to_string(), status })
+    Ok(ReportReply { agent_id: id.to_string(), status_file: path.display().to_string(), status, warnings })
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -33,19 +33,85 @@ pub fn validate(u: &ReportUpdate) -> Result<(), String> {
     Ok(())
 }
 
+/// What a report did.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    pub path: PathBuf,
+    /// Oldest findings this report dropped to keep the file within its bound.
+    pub dropped: u64,
+    /// All findings ever dropped from this file (its `findingsDropped`).
+    pub dropped_total: u64,
+    /// The file that was there could not be read and was started afresh: why.
+    pub replaced: Option<String>,
+}
+
+impl Reported {
+    /// What the reporter must be told, when anything was lost (one line each).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(why) = &self.replaced {
+            out.push(format!("{} could not be read ({why}); it was started afresh", self.path.display()));
+        }
+        if self.dropped > 0 {
+            out.push(format!(
+                "{} would have grown past its {} MiB bound: dropped its {} oldest findings ({} in all, counted in \
+                 `findingsDropped`); keep findings short, or put long ones in a file and report its path",
+                self.path.display(),
+                files::MAX_FILE_BYTES / (1024 * 1024),
+                self.dropped,
+                self.dropped_total
+            ));
+        }
+        out
+    }
+}
+
 /// Merges `u` into the status file at `path` (or the agent's default path) and stamps
-/// `lastUpdate`. A missing or unreadable file is replaced by a fresh one.
+/// `lastUpdate`. A missing file is started afresh; an unreadable one too, and the result
+/// says so.
 pub fn report(
     data: &DataDir,
     id: &AgentId,
     role: Option<String>,
     path: Option<PathBuf>,
     u: ReportUpdate,
-) -> Result<PathBuf, String> {
+) -> Result<Reported, String> {
     validate(&u)?;
     let path = path.unwrap_or_else(|| data.status_file(id));
     let _lock = lock_reports(data, id)?;
-    let mut s = files::read_status(&path).ok().filter(|s| s.agent_id == id.as_str()).unwrap_or(StatusFile {
+    let (old, replaced) = match files::read_status(&path) {
+        Ok(s) if s.agent_id == id.as_str() => (Some(s), None),
+        Ok(s) => (None, Some(format!("it belongs to {}", s.agent_id))),
+        Err(_) if std::fs::symlink_metadata(&path).is_err() => (None, None),
+        Err(e) => (None, Some(e)),
+    };
+    let merged = merge(old, id.as_str(), role, u, time::rfc3339(time::now()), files::MAX_FILE_BYTES as usize)?;
+    write(&path, &merged.status)?;
+    let dropped_total = merged.status.findings_dropped.unwrap_or(0);
+    Ok(Reported { path, dropped: merged.dropped, dropped_total, replaced })
+}
+
+/// A status file after a report, and how many of its oldest findings gave way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merged {
+    pub status: StatusFile,
+    pub dropped: u64,
+}
+
+/// The status file `old` (none: a fresh one for agent `id`) with the update applied and
+/// `lastUpdate` = `now`, no larger than `bound` bytes as written (pretty JSON and a
+/// newline). Past the bound the oldest findings are dropped, the newest kept, and the
+/// count added to `findingsDropped`. Refused (nothing dropped) when the update could never
+/// fit: a finding, or the other fields, larger than the bound.
+pub fn merge(
+    old: Option<StatusFile>,
+    id: &str,
+    role: Option<String>,
+    u: ReportUpdate,
+    now: String,
+    bound: usize,
+) -> Result<Merged, String> {
+    let mut s = old.unwrap_or_else(|| StatusFile {
         agent_id: id.to_string(),
         role: role.clone(),
         status: ReportedStatus::Active,
@@ -54,6 +120,7 @@ pub fn report(
         milestone: None,
         last_update: None,
         findings: Vec::new(),
+        findings_dropped: None,
         extra: Default::default(),
     });
     if s.role.is_none() {
@@ -71,10 +138,62 @@ pub fn report(
     if u.milestone.is_some() {
         s.milestone = u.milestone;
     }
+    for (i, f) in u.findings.iter().enumerate() {
+        let n = element_size(f);
+        if n >= bound {
+            return Err(format!(
+                "findings[{i}] is {n} bytes, more than a status file may hold ({bound} bytes): put it in a file and \
+                 report the file's path"
+            ));
+        }
+    }
     s.findings.extend(u.findings);
-    s.last_update = Some(time::rfc3339(time::now()));
-    write(&path, &s)?;
-    Ok(path)
+    s.last_update = Some(now);
+    let mut size = written_size(&s);
+    if size <= bound {
+        return Ok(Merged { status: s, dropped: 0 });
+    }
+    // Without any finding (and with the largest count it could need), would it fit?
+    let findings = std::mem::take(&mut s.findings);
+    let before = s.findings_dropped.unwrap_or(0);
+    s.findings_dropped = Some(before.saturating_add(findings.len() as u64));
+    if written_size(&s) > bound {
+        return Err(format!(
+            "the status file would be {size} bytes even without its findings, more than the {bound} allowed: \
+             shorten phase, milestone or the other fields"
+        ));
+    }
+    // Drop the oldest until what is left fits: first by each finding's share of the
+    // written size, then one at a time for what that estimate missed.
+    let mut keep_from = 0;
+    let mut over = size - bound;
+    while over > 0 && keep_from < findings.len() {
+        over = over.saturating_sub(element_size(&findings[keep_from]));
+        keep_from += 1;
+    }
+    loop {
+        s.findings = findings[keep_from..].to_vec();
+        s.findings_dropped = Some(before.saturating_add(keep_from as u64));
+        size = written_size(&s);
+        if size <= bound || keep_from == findings.len() {
+            break;
+        }
+        keep_from += 1;
+    }
+    Ok(Merged { status: s, dropped: keep_from as u64 })
+}
+
+/// Bytes the status file takes as `write` writes it.
+fn written_size(s: &StatusFile) -> usize {
+    serde_json::to_vec_pretty(s).map(|v| v.len() + 1).unwrap_or(usize::MAX)
+}
+
+/// Bytes one finding takes in the written `findings` array: its pretty form, indented one
+/// level deeper on every line, and the separator before it.
+fn element_size(f: &Value) -> usize {
+    let text = serde_json::to_vec_pretty(f).unwrap_or_default();
+    let lines = text.iter().filter(|b| **b == b'\n').count();
+    text.len() + 4 * lines + 6
 }
 
 /// Takes the agent's report lock, waiting for it; dropping the file releases it, on every
@@ -117,4 +236,46 @@ fn write<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     atomic::write_json_atomic(path, v).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(findings: std::ops::Range<usize>) -> ReportUpdate {
+        ReportUpdate {
+            findings: findings.map(|i| Value::from(format!("finding {i:06}"))).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn past_the_bound_the_newest_findings_stay_and_the_drop_is_counted() {
+        let bound = 2_000;
+        let mut s = None;
+        let mut dropped = 0;
+        for call in 0..20 {
+            let m = merge(s, "agent-001-A", None, update(call * 10..call * 10 + 10), "t".into(), bound).unwrap();
+            assert!(written_size(&m.status) <= bound);
+            dropped += m.dropped;
+            assert_eq!(m.status.findings_dropped.unwrap_or(0), dropped);
+            s = Some(m.status);
+        }
+        let s = s.unwrap();
+        assert!(dropped > 0);
+        // Every finding is either kept or counted, and the kept ones are the newest, in order.
+        assert_eq!(s.findings.len() as u64 + dropped, 200);
+        let first = 200 - s.findings.len();
+        for (k, f) in s.findings.iter().enumerate() {
+            assert_eq!(f.as_str().unwrap(), format!("finding {:06}", first + k));
+        }
+    }
+
+    #[test]
+    fn what_can_never_fit_is_refused() {
+        let huge = ReportUpdate { findings: vec![Value::from("x".repeat(5_000))], ..Default::default() };
+        assert!(merge(None, "agent-001-A", None, huge, "t".into(), 2_000).unwrap_err().contains("findings[0]"));
+        let phase = ReportUpdate { phase: Some("p".repeat(5_000)), ..Default::default() };
+        assert!(merge(None, "agent-001-A", None, phase, "t".into(), 2_000).unwrap_err().contains("phase"));
+    }
 }

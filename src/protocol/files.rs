@@ -63,6 +63,10 @@ pub struct StatusFile {
     pub last_update: Option<String>,
     #[serde(default)]
     pub findings: Vec<Value>,
+    /// How many of the oldest findings `corral report` dropped to keep the file within
+    /// its size bound (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings_dropped: Option<u64>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
