@@ -2,8 +2,9 @@
 //! how many bytes it holds of a request not finished yet. It decides which connection gives
 //! way when descriptors run short or unfinished requests take too much memory: first those
 //! that never sent a byte (oldest first), then served ones idle between requests (longest
-//! idle first), then half-sent requests (oldest first). A connection whose request is being
-//! answered, or that follows the event stream, is never shed: no reply and no exit is lost.
+//! idle first), then half-sent requests (oldest first), and only when nothing else is left,
+//! the oldest event stream (its client sees the stream end; the events stay stored). A
+//! connection whose request is being answered is never shed: no reply is lost.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -97,6 +98,8 @@ impl Table {
             (State::Fresh, Want::Descriptor | Want::DescriptorOrPartial) => Some(0),
             (State::Idle, Want::Descriptor | Want::DescriptorOrPartial) => Some(1),
             (State::Partial(_), Want::DescriptorOrPartial | Want::Memory) => Some(2),
+            // The last resort: better one stream ended than no new client ever served.
+            (State::Following, Want::DescriptorOrPartial) => Some(3),
             _ => None,
         };
         self.conns
@@ -163,9 +166,9 @@ mod tests {
             order.push(v);
             t.close(v);
         }
-        assert_eq!(order, [silent, idle_long, idle_recent, half_old, half_new]);
+        assert_eq!(order, [silent, idle_long, idle_recent, half_old, half_new, follow]);
         assert_eq!(t.buffered(), 0);
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.len(), 1);
         assert!(!t.shed(None, Want::DescriptorOrPartial));
     }
 

@@ -210,6 +210,17 @@ async fn write_json<W: AsyncWrite + Unpin>(w: &mut W, v: &impl serde::Serialize)
     w.write_all(&line).await
 }
 
+/// How long a client may take to read its reply. One that never does would hold its
+/// connection (and descriptor) for good, and a connection with a reply due is never shed.
+const REPLY_PATIENCE: Duration = Duration::from_secs(60);
+
+async fn reply<W: AsyncWrite + Unpin>(w: &mut W, r: &Reply) -> std::io::Result<()> {
+    match tokio::time::timeout(REPLY_PATIENCE, write_json(w, r)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client does not read its reply")),
+    }
+}
+
 async fn connection(
     stream: UnixStream,
     tx: mpsc::UnboundedSender<Msg>,
@@ -221,13 +232,13 @@ async fn connection(
     while let Some(line) = read_line(&mut r, &conn).await? {
         let req = match line {
             Err(e) => {
-                write_json(&mut w, &Reply::err(2, e)).await?;
+                reply(&mut w, &Reply::err(2, e)).await?;
                 return Ok(());
             }
             Ok(bytes) => match serde_json::from_slice::<Request>(&bytes) {
                 Ok(r) => r,
                 Err(e) => {
-                    write_json(&mut w, &Reply::err(2, format!("malformed request: {e}"))).await?;
+                    reply(&mut w, &Reply::err(2, format!("malformed request: {e}"))).await?;
                     conn.set(State::Idle);
                     continue;
                 }
@@ -241,8 +252,8 @@ async fn connection(
         if tx.send(Msg::Request(req, reply_tx)).is_err() {
             return Ok(());
         }
-        let reply = reply_rx.await.unwrap_or_else(|_| Reply::err(1, "supervisor is shutting down"));
-        write_json(&mut w, &reply).await?;
+        let answer = reply_rx.await.unwrap_or_else(|_| Reply::err(1, "supervisor is shutting down"));
+        reply(&mut w, &answer).await?;
         conn.set(State::Idle);
     }
     Ok(())
