@@ -62,6 +62,11 @@ pub struct RoleConfig {
     pub require_handoff: Option<bool>,
     #[serde(default, deserialize_with = "de_duration")]
     pub blocked_timeout: Option<Duration>,
+    /// Plain output counts as progress (resets the stall check), not only as a heartbeat.
+    pub output_is_progress: Option<bool>,
+    /// Cap on one attempt's output in the log (`"100MiB"`; `0`: none).
+    #[serde(default, deserialize_with = "de_size")]
+    pub max_log_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -151,6 +156,10 @@ impl Config {
         p.require_handoff = r.require_handoff.or(d.require_handoff).unwrap_or(false);
         if let Some(t) = both(r.blocked_timeout, d.blocked_timeout) {
             p.blocked_timeout_ms = t;
+        }
+        p.output_is_progress = r.output_is_progress.or(d.output_is_progress).unwrap_or(false);
+        if let Some(m) = r.max_log_size.or(d.max_log_size) {
+            p.max_log_size = m;
         }
         (r.command.clone().or_else(|| d.command.clone()), p)
     }

@@ -10,7 +10,7 @@ fn main() {
     // it skips building the whole command-line parser.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "__shim") {
-        std::process::exit(supervisor::shim::run_from_args(&args[2..]));
+        std::process::exit(supervisor::shim::run_from_stdin());
     }
     if args.get(1).is_some_and(|a| a == "__launcher") {
         std::process::exit(supervisor::launcher::run());

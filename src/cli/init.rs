@@ -36,6 +36,10 @@ max_retries = 1               # attempts = retries + 1; after the last, escalate
 # retry_guidance = "Work in small steps and report blockers instead of guessing."
 # require_handoff = false     # true: exiting 0 without a handoff is a deliverable failure
 # blocked_timeout = "1h"      # longest a live agent waits on an external blocker before a human is asked
+# output_is_progress = false  # true: plain output also resets the stall check (streaming
+#                             # CLIs that report once, then only print); output is always a heartbeat
+# max_log_size = "100MiB"     # per attempt, in the log: head and newest tail kept, the cut
+#                             # said in the log; the agent is not stopped for it (0: no cap)
 
 # The seed's role table.
 [roles.PLANNER]

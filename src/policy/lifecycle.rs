@@ -195,14 +195,20 @@ pub fn status_reported(agent: &mut Agent, r: &Report, rules: &Rules, now: &Now) 
     }
 }
 
-/// Output was written at `mono`: a heartbeat and a first sign of life.
+/// Output was written at `mono`: a heartbeat and a first sign of life, and progress (it
+/// resets the stall check) only where the role says output is progress.
 pub fn output_seen(agent: &mut Agent, mono: u64) {
+    let progress = agent.spec.policy.output_is_progress;
     if let Some(a) = agent.current_mut()
         && a.ended().is_none()
         && mono >= a.started_mono
     {
-        a.liveness.first_sign.get_or_insert(mono);
-        a.liveness.last_output = Some(a.liveness.last_output.map_or(mono, |o| o.max(mono)));
+        let l = &mut a.liveness;
+        l.first_sign.get_or_insert(mono);
+        l.last_output = Some(l.last_output.map_or(mono, |o| o.max(mono)));
+        if progress && let Some(c) = l.last_change {
+            l.last_change = Some(c.max(mono));
+        }
     }
 }
 
@@ -227,6 +233,8 @@ pub struct ExitFacts {
     pub output_tail: String,
     /// When the process ended, as its shim recorded it.
     pub ended_at: Option<String>,
+    /// The shim stopped it at its deadline (with no supervisor to judge it then).
+    pub timed_out: bool,
 }
 
 /// The attempt's process is gone. Decides what the agent is now.
@@ -244,6 +252,22 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
         Some(t) if what == "attempt" => format!("ran past its {} attempt timeout; {end_text}", fmt_ms(t)),
         _ => format!("{what}; {end_text}"),
     };
+    // The shim keeps the attempt's deadline when no supervisor runs: an attempt it stopped
+    // then ended by its timeout (or the role's deadline, when that came first).
+    let shim_cause = (f.timed_out && agent.state == AgentState::Running).then(|| {
+        let a = &agent.attempts[idx];
+        let attempt_end = a.timeout_ms.map(|t| a.started_mono.saturating_add(t));
+        let role_end =
+            agent.spec.policy.deadline_ms.zip(agent.attempts.first()).map(|(d, x)| x.started_mono.saturating_add(d));
+        match (attempt_end, role_end) {
+            (Some(t), Some(d)) if d < t => StopCause::Deadline,
+            (None, Some(_)) => StopCause::Deadline,
+            _ => StopCause::AttemptTimeout,
+        }
+    });
+    if let Some(cause) = shim_cause {
+        agent.state = AgentState::Stopping { cause, hard_kill_mono: now.mono };
+    }
     // What kind of ending this was, and whether the classification is already decided.
     let (failure, reason, fixed): (Option<FailureType>, String, Option<(RuleAction, String)>) = match &agent.state {
         AgentState::Stopping { cause, .. } => {

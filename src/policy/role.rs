@@ -62,12 +62,25 @@ pub struct RolePolicy {
     /// handed to a human.
     #[serde(default = "default_blocked_timeout")]
     pub blocked_timeout_ms: u64,
+    /// Plain output resets the stall check (it always counts as a heartbeat).
+    #[serde(default)]
+    pub output_is_progress: bool,
+    /// Cap on one attempt's output in its log, in bytes (0: none); head and newest tail
+    /// are kept.
+    #[serde(default = "default_max_log_size")]
+    pub max_log_size: u64,
 }
 
 pub const DEFAULT_BLOCKED_TIMEOUT_MS: u64 = 60 * MIN;
 
 fn default_blocked_timeout() -> u64 {
     DEFAULT_BLOCKED_TIMEOUT_MS
+}
+
+pub const DEFAULT_MAX_LOG_SIZE: u64 = 100 * 1024 * 1024;
+
+fn default_max_log_size() -> u64 {
+    DEFAULT_MAX_LOG_SIZE
 }
 
 impl RolePolicy {
@@ -93,6 +106,8 @@ impl RolePolicy {
             retry_guidance: None,
             require_handoff: false,
             blocked_timeout_ms: DEFAULT_BLOCKED_TIMEOUT_MS,
+            output_is_progress: false,
+            max_log_size: DEFAULT_MAX_LOG_SIZE,
         }
     }
 

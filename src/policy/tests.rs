@@ -64,6 +64,7 @@ fn facts(end: ProcessEnd, finding: Option<&str>) -> ExitFacts {
         handoff: HandoffFacts::Absent,
         output_tail: String::new(),
         ended_at: None,
+        timed_out: false,
     }
 }
 
@@ -707,4 +708,53 @@ fn the_attempt_timeout_does_not_count_time_spent_waiting() {
     quiet.spec.policy.heartbeat_timeout_ms = u64::MAX;
     quiet.spec.policy.stall_timeout_ms = u64::MAX;
     assert_eq!(next_deadline(&quiet), Some(50 * M));
+}
+
+#[test]
+fn streamed_output_is_progress_only_where_the_role_says_so() {
+    let d = rules();
+    let r = Rules { user: &[], defaults: &d };
+    // Reports once at 1m, then only prints, every 30s, for 30 minutes.
+    let run = |output_is_progress: bool| {
+        let mut a = running("X"); // stall 10m, heartbeat 5m
+        a.spec.policy.output_is_progress = output_is_progress;
+        a.attempts[0].timeout_ms = Some(60 * M);
+        let first = Report { status: ReportedStatus::Active, last_finding: None, changed: true };
+        status_reported(&mut a, &first, &r, &at(M));
+        for i in 3..=60u64 {
+            let t = i * M / 2;
+            output_seen(&mut a, t);
+            if !tick(&mut a, &at(t)).is_empty() {
+                return (a.state, t);
+            }
+        }
+        (a.state, 0)
+    };
+    // Output is a heartbeat either way (never stale), but progress only when configured.
+    let (state, when) = run(false);
+    assert!(matches!(state, AgentState::Stopping { cause: StopCause::Silent, .. }), "{state:?}");
+    assert_eq!(when, 11 * M);
+    let (state, _) = run(true);
+    assert_eq!(state, AgentState::Running);
+}
+
+#[test]
+fn an_attempt_its_shim_stopped_at_the_deadline_is_a_timeout() {
+    let d = rules();
+    let r = Rules { user: &[], defaults: &d };
+    let mut a = running("X");
+    // No supervisor ran at the deadline: the registry still says running.
+    let f = ExitFacts { timed_out: true, ..facts(ProcessEnd::Signaled { signal: 15 }, None) };
+    let acts = exited(&mut a, 1, f, &r, &at(21 * M));
+    assert!(
+        acts.iter().any(|x| matches!(x, Action::Emit { kind: "classified", data } if data["failureType"] == "timeout")),
+        "{acts:?}"
+    );
+    let AttemptRun::Ended { reason, .. } = &a.attempts[0].run else { panic!() };
+    assert!(reason.as_deref().unwrap_or("").contains("attempt timeout"), "{reason:?}");
+    // Without the shim's word, the same end is a crash.
+    let mut b = running("X");
+    exited(&mut b, 1, facts(ProcessEnd::Signaled { signal: 15 }, None), &r, &at(21 * M));
+    let AttemptRun::Ended { failure_type, .. } = &b.attempts[0].run else { panic!() };
+    assert_eq!(failure_type.as_deref(), Some("crash"));
 }

@@ -93,6 +93,12 @@ pub struct Supervisor {
     pub launcher: Option<super::launcher::Launcher>,
     /// Files written, gathered by the watcher.
     pub written: super::watch::Pending,
+    /// Running attempts' shims and adopted attempts (see `orphans`).
+    pub orphans: super::orphans::Orphans,
+    /// `corral kill` replies held until the attempt's end is recorded.
+    pub held_kills: Vec<super::requests::HeldKill>,
+    /// Replies that became ready outside a request (held ones, now answered).
+    pub ready_replies: Vec<(oneshot::Sender<Reply>, Reply)>,
 }
 
 pub fn now() -> Now {
@@ -143,6 +149,9 @@ impl Supervisor {
             stopping: false,
             last_seq: 0,
             launcher: None,
+            orphans: Default::default(),
+            held_kills: Vec::new(),
+            ready_replies: Vec::new(),
         }
     }
 
@@ -194,6 +203,7 @@ impl Supervisor {
                     Err(_) => break,
                 }
             }
+            replies.append(&mut self.ready_replies);
 
             // A commit that fails (a full disk) is done again with the next one; what the
             // replies say is already true in memory, and reads must keep working meanwhile.
@@ -213,11 +223,16 @@ impl Supervisor {
         }
         match msg {
             Msg::Request(req, tx) => {
-                let reply = super::requests::handle(self, req);
-                replies.push((tx, reply));
+                replies.extend(super::requests::dispatch(self, req, tx));
             }
             Msg::Exited { id, attempt, shim_pid } => {
-                process::reap(shim_pid);
+                if shim_pid > 0 {
+                    process::reap(shim_pid);
+                    // The adopting thread reports the attempt's end itself.
+                    if self.orphans.is_adopted(&id, attempt) || super::orphans::adopt_lost(self, &id, attempt) {
+                        return;
+                    }
+                }
                 self.attempt_ended(&id, attempt);
             }
             Msg::Written => {
@@ -265,11 +280,13 @@ impl Supervisor {
             match a {
                 Action::Spawn => launch::start_current(self, id),
                 Action::SignalGroup { pgid, signal } => {
-                    let sig = match signal {
-                        Signal::Term => libc::SIGTERM,
-                        Signal::Kill => libc::SIGKILL,
+                    let r = match signal {
+                        // The watcher of the attempt (its shim) sends the TERM and keeps the
+                        // grace for the whole group, leftovers of the leader included.
+                        Signal::Term => self.stop_group(id, pgid),
+                        Signal::Kill => process::signal_group(pgid, libc::SIGKILL),
                     };
-                    if let Err(e) = process::signal_group(pgid, sig) {
+                    if let Err(e) = r {
                         crate::elog!("corral daemon: signal to group {pgid} of {id} failed: {e}");
                     }
                 }
@@ -280,6 +297,16 @@ impl Supervisor {
                 Action::Outcome { success } => self.breaker_outcome(id, success),
             }
         }
+    }
+
+    fn stop_group(&mut self, id: &AgentId, pgid: i32) -> std::io::Result<()> {
+        let a = &self.agents[id].agent;
+        let n = a.current().map_or(0, |x| x.attempt);
+        let grace = match &a.state {
+            AgentState::Stopping { hard_kill_mono, .. } => hard_kill_mono.saturating_sub(time::mono_ms()),
+            _ => lifecycle::STOP_GRACE_MS,
+        };
+        self.orphans.stop(id, n, pgid, grace)
     }
 
     /// Records a new open escalation for `id`; returns its number.
@@ -456,21 +483,14 @@ impl Supervisor {
         self.admit_queued();
     }
 
-    /// When the agent's log was last seen to grow, on the monotonic clock. Growth is seen
-    /// when looked for (at a heartbeat deadline), so output counts from then: never later
-    /// than it happened by more than one check, and file times play no part.
+    /// When the attempt's output last came, on the monotonic clock, as its watcher stamped
+    /// it in the run file when it relayed the output. The stamp is written at most every
+    /// `STAMP_EVERY_MS`, so output may have come up to that much later: it counts as that
+    /// late (never later than now), so an agent is never judged stale early.
     fn output_mono(&mut self, id: &AgentId) -> Option<u64> {
-        let len = self.log_len(id);
-        let live = self.agents.get_mut(id)?;
-        let mono = time::mono_ms();
-        let seen = match live.log_seen {
-            Some((before, last)) if before == len => last,
-            // The first look only takes the measure: growth before it is not evidence.
-            None => None,
-            Some(_) => Some(mono),
-        };
-        live.log_seen = Some((len, seen));
-        seen
+        let n = self.agents.get(id)?.agent.current()?.attempt;
+        let stamp = super::shim::RunInfo::output_stamp(&self.data.attempt_file(id, n, "run"))?;
+        Some((stamp + super::relay::STAMP_EVERY_MS).min(time::mono_ms()))
     }
 
     /// Takes the log's measure when an attempt starts (or is found again after a

@@ -5,7 +5,7 @@
 use super::daemon::{Live, Msg, Supervisor, now};
 use super::launcher::Launcher;
 use super::process;
-use super::shim::{Handshake, HandshakeMsg, RunInfo, ShimArgs};
+use super::shim::{Handshake, HandshakeMsg, RunInfo, ShimArgs, StopReason};
 use crate::ipc::{Reply, SpawnReply, SpawnRequest};
 use crate::policy::agent::{Agent, AgentSpec, AgentState, ProcessEnd};
 use crate::policy::lifecycle;
@@ -170,7 +170,8 @@ pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
     let live = sup.agents.get_mut(id).expect("present");
     let n = live.agent.current().map(|a| a.attempt).unwrap_or(0);
     match result {
-        Ok((shim_pid, pid, pidfd)) => {
+        Ok((shim_pid, pid, pidfd, out)) => {
+            sup.orphans.started(id, n, pidfd.as_ref(), out);
             let run = sup.data.attempt_file(id, n, "run");
             watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, pidfd.ok_or(run));
             sup.measure_log(id);
@@ -266,6 +267,10 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
         ("CORRAL_INBOX_FILE".into(), s(&inbox)),
         ("CORRAL_TASK".into(), spec.task.clone()),
     ]);
+    // The attempt's own limits, which its shim keeps even with no supervisor running.
+    let p = &spec.policy;
+    let attempt_end = attempt.timeout_ms.map(|t| attempt.started_mono.saturating_add(t));
+    let role_end = p.deadline_ms.zip(live.agent.attempts.first()).map(|(d, f)| f.started_mono.saturating_add(d));
     let args = ShimArgs {
         seq: 0,
         run: d.attempt_file(id, n, "run"),
@@ -274,13 +279,18 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
         header,
         argv,
         env: Some(env),
+        deadline_mono: attempt_end.into_iter().chain(role_end).min(),
+        stop_grace_ms: lifecycle::STOP_GRACE_MS,
+        max_log_size: p.max_log_size,
+        data_dir: Some(d.root().to_path_buf()),
+        workspace: Some(sup.ws.root.clone()),
     };
     Ok(args)
 }
 
-/// A started shim: its pid, the agent's pid, and a pidfd for its end (`None` when it has
-/// already ended).
-type Started = (i32, i32, Option<OwnedFd>);
+/// A started shim: its pid, the agent's pid, a pidfd for its end (`None` when it has
+/// already ended) and a copy of its output pipe's read end.
+type Started = (i32, i32, Option<OwnedFd>, Option<OwnedFd>);
 
 /// Starts the shim through the launcher (a fork), or by executing it when the launcher is
 /// not available.
@@ -308,14 +318,15 @@ fn launch_shim(sup: &mut Supervisor, id: &AgentId) -> Result<Started, String> {
 fn handshake_result(sup: &Supervisor, m: HandshakeMsg, args: &ShimArgs) -> Result<Started, String> {
     let _ = sup;
     match m.result {
-        Handshake::Started { pid } => {
+        Handshake::Started { pid, out_fd } => {
             // Not our child: the shim may already be gone (a command that ended at once);
             // then its exit record is already written and no pidfd is needed.
             let fd = process::pidfd_open(m.shim_pid).ok();
             // Opened after the shim may have ended: if its exit record is there, the pid
             // could already belong to someone else, so do not watch it.
             let fd = fd.filter(|_| RunInfo::read(&args.run).exit.is_none());
-            Ok((m.shim_pid, pid, fd))
+            let out = copy_out(fd.as_ref(), out_fd);
+            Ok((m.shim_pid, pid, fd, out))
         }
         Handshake::NotStarted { reason } => {
             let _ = args;
@@ -328,7 +339,7 @@ fn handshake_result(sup: &Supervisor, m: HandshakeMsg, args: &ShimArgs) -> Resul
 /// exit record will say how it ended; otherwise the attempt did not start.
 fn no_word(args: &ShimArgs, fd: Option<OwnedFd>) -> Result<Started, String> {
     match RunInfo::read(&args.run).start {
-        Some(s) => Ok((s.shim_pid, s.pid, fd.or_else(|| process::pidfd_open(s.shim_pid).ok()))),
+        Some(s) => Ok((s.shim_pid, s.pid, fd.or_else(|| process::pidfd_open(s.shim_pid).ok()), None)),
         None => Err("the attempt's shim did not report within 10s".into()),
     }
 }
@@ -338,15 +349,7 @@ fn exec_shim(sup: &Supervisor, args: ShimArgs) -> Result<Started, String> {
     let _ = sup;
     let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
     cmd.arg("__shim")
-        .arg(&args.run)
-        .arg(&args.log)
-        .arg(&args.cwd)
-        .arg(&args.header)
-        .arg("--")
-        .args(&args.argv)
-        .env_clear()
-        .envs(args.env.iter().flatten().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         // Its own group: a signal meant for the supervisor's group never reaches the shim.
@@ -362,6 +365,11 @@ fn exec_shim(sup: &Supervisor, args: ShimArgs) -> Result<Started, String> {
     };
     let mut child = cmd.spawn().map_err(|e| format!("cannot start the attempt's shim: {e}"))?;
     let shim_pid = child.id() as i32;
+    if let Some(mut stdin) = child.stdin.take() {
+        let mut line = serde_json::to_vec(&args).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        let _ = std::io::Write::write_all(&mut stdin, &line);
+    }
     // Opened while the shim is our unreaped child, so the pid cannot have been reused.
     let pidfd = process::pidfd_open(shim_pid).map_err(|e| format!("pidfd_open({shim_pid}): {e}"))?;
     let out = child.stdout.take().expect("piped");
@@ -374,7 +382,10 @@ fn exec_shim(sup: &Supervisor, args: ShimArgs) -> Result<Started, String> {
         _ => None,
     };
     match handshake.map(|m| m.result) {
-        Some(Handshake::Started { pid }) => Ok((shim_pid, pid, Some(pidfd))),
+        Some(Handshake::Started { pid, out_fd }) => {
+            let out = copy_out(Some(&pidfd), out_fd);
+            Ok((shim_pid, pid, Some(pidfd), out))
+        }
         Some(Handshake::NotStarted { reason }) => {
             let _ = child.wait();
             Err(reason)
@@ -386,10 +397,16 @@ fn exec_shim(sup: &Supervisor, args: ShimArgs) -> Result<Started, String> {
     }
 }
 
+/// A copy of the shim's end of the output pipe: while the supervisor holds it, the agent
+/// never writes into a pipe with no reader, even once its shim is gone.
+fn copy_out(pidfd: Option<&OwnedFd>, out_fd: Option<i32>) -> Option<OwnedFd> {
+    process::pidfd_getfd(pidfd?, out_fd?).ok()
+}
+
 /// Tells the loop when the attempt's shim has ended: when its pidfd becomes readable, or,
 /// without one (none could be opened, as when descriptors ran out), once the shim no
 /// longer holds the lock on its run file.
-fn watch_exit(
+pub fn watch_exit(
     tx: tokio::sync::mpsc::UnboundedSender<Msg>,
     id: AgentId,
     attempt: u32,
@@ -454,14 +471,20 @@ fn read_run(path: &Path) -> std::io::Result<RunInfo> {
     Ok(RunInfo::parse(&String::from_utf8_lossy(&bytes)))
 }
 
-/// How the attempt ended, and when, from the shim's exit record. An error when the record
-/// could not be read for a reason that may pass (out of descriptors): read it again later.
-pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> std::io::Result<(ProcessEnd, Option<String>)> {
+/// How the attempt ended, and when, from the shim's exit record, and whether its shim
+/// stopped it at its deadline. An error when the record could not be read for a reason
+/// that may pass (out of descriptors): read it again later.
+pub fn read_exit(
+    sup: &Supervisor,
+    id: &AgentId,
+    attempt: u32,
+) -> std::io::Result<(ProcessEnd, Option<String>, bool)> {
     Ok(match read_run(&sup.data.attempt_file(id, attempt, "run"))?.exit {
-        Some(r) => (r.end, Some(r.ended_at)),
+        Some(r) => (r.end, Some(r.ended_at), r.stopped == Some(StopReason::Timeout)),
         None => (
             ProcessEnd::Lost { reason: "the attempt's shim ended without recording an exit (was it killed?)".into() },
             None,
+            false,
         ),
     })
 }
@@ -498,7 +521,13 @@ pub fn reconcile(sup: &mut Supervisor, id: &AgentId) {
                 Err(_) => sup.attempt_ended(id, n),
             }
         }
-        (_, Some(_)) => sup.attempt_ended(id, n), // started, shim gone, no exit record: lost
+        // Started, shim gone, no exit record: its group may live on (adopted until it is
+        // gone, so no retry runs beside it); else lost.
+        (_, Some(_)) => {
+            if !super::orphans::adopt_lost(sup, id, n) {
+                sup.attempt_ended(id, n);
+            }
+        }
         (_, None) => {
             // Nothing ever ran for this attempt (no start record, nobody holds its lock):
             // starting it now cannot start it twice.

@@ -71,8 +71,9 @@ pub struct Launcher {
 impl Launcher {
     pub fn start() -> std::io::Result<Self> {
         let mut cmd = Command::new(std::env::current_exe()?);
+        // The supervisor's own environment: a shim that finds no supervisor running when
+        // its attempt ends starts one with it.
         cmd.arg("__launcher")
-            .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -7,7 +7,9 @@ pub mod export;
 pub mod launch;
 pub mod launcher;
 pub mod observe;
+pub mod orphans;
 pub mod process;
+pub mod relay;
 pub mod requests;
 pub mod server;
 pub mod shim;
@@ -45,6 +47,9 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
     }
     lock.set_len(0)?;
     writeln!(&lock, "{}", std::process::id())?;
+    // The agent of a shim that dies is reparented to us, so its exit code is still ours
+    // to collect (see `orphans`).
+    process::become_subreaper();
     // The registry export is rewritten under a file lease (atomic::replace_in_place), and a
     // broken lease is announced with SIGIO, whose default is to terminate.
     process::ignore_signal(libc::SIGIO);

@@ -150,7 +150,8 @@ impl Supervisor {
         if live.agent.attempts.iter().any(|a| a.attempt == attempt && a.ended().is_some()) {
             return;
         }
-        let (end, ended_at) = match known.map(Ok).unwrap_or_else(|| launch::read_exit(self, id, attempt)) {
+        let known = known.map(|(end, at)| Ok((end, at, false)));
+        let (end, ended_at, timed_out) = match known.unwrap_or_else(|| launch::read_exit(self, id, attempt)) {
             Ok(ended) => ended,
             Err(e) => {
                 // Calling it lost would be a lie: the record may well be there.
@@ -165,6 +166,7 @@ impl Supervisor {
                 return;
             }
         };
+        self.orphans.ended(id, attempt);
         // The last write may not have reached us through inotify yet.
         self.refresh_status(id);
         let handoff = self.handoff_facts(id, attempt);
@@ -182,6 +184,7 @@ impl Supervisor {
             handoff,
             output_tail,
             ended_at,
+            timed_out,
         };
         let r = Rules { user: &rules.0, defaults: &rules.1 };
         let actions = lifecycle::exited(&mut live.agent, attempt, facts, &r, &now());
@@ -190,6 +193,7 @@ impl Supervisor {
             self.remember(id, attempt);
         }
         self.cleanup_after_commit(self.data.attempt_file(id, attempt, "run"));
+        super::requests::attempt_over(self, id, attempt);
         self.admit_queued();
     }
 

@@ -160,3 +160,140 @@ pub fn restore_fd_limit() {
         }
     }
 }
+
+/// A pipe whose both ends are close-on-exec; the read end does not block.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: the kernel just gave us both descriptors.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    Ok((r, w))
+}
+
+/// A copy of descriptor `fd` of the process behind `pidfd` (same user, our descendant).
+pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(got as i32) })
+}
+
+/// The signal a supervisor sends a shim to ask it to stop its attempt; the value carries
+/// the grace in milliseconds.
+pub fn stop_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 2
+}
+
+/// Queues `sig` with `value` to the process behind `pidfd` (never to a reused pid).
+pub fn pidfd_queue(pidfd: &OwnedFd, sig: libc::c_int, value: u64) -> io::Result<()> {
+    // SAFETY: an all-zero siginfo is valid; we fill the fields of a sigqueue(3) signal.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    info.si_signo = sig;
+    info.si_code = libc::SI_QUEUE;
+    // Layout of the SI_QUEUE member on Linux: pid, uid, then the sigval.
+    #[repr(C)]
+    struct Queued {
+        signo: i32,
+        errno: i32,
+        code: i32,
+        pad: i32,
+        pid: i32,
+        uid: u32,
+        value: u64,
+    }
+    // SAFETY: Queued is a prefix of siginfo_t's layout on 64-bit Linux.
+    let q = unsafe { &mut *(&mut info as *mut libc::siginfo_t as *mut Queued) };
+    q.pid = std::process::id() as i32;
+    // SAFETY: getuid never fails.
+    q.uid = unsafe { libc::getuid() };
+    q.value = value;
+    // SAFETY: pidfd_send_signal with a valid pidfd and siginfo.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, &info, 0) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Blocks `sigs` in this thread and returns a non-blocking signalfd for them.
+pub fn signalfd(sigs: &[libc::c_int]) -> io::Result<OwnedFd> {
+    // SAFETY: sigset operations on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in sigs {
+            libc::sigaddset(&mut set, *s);
+        }
+        check(libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()))?;
+        let fd = check(libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?;
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// The next pending signal of a signalfd: its number and sigqueue value.
+pub fn read_signal(fd: &OwnedFd) -> Option<(i32, u64)> {
+    // SAFETY: a zeroed signalfd_siginfo is valid; read fills at most its size.
+    let mut si: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            &mut si as *mut _ as *mut libc::c_void,
+            std::mem::size_of::<libc::signalfd_siginfo>(),
+        )
+    };
+    (n as usize == std::mem::size_of::<libc::signalfd_siginfo>()).then_some((si.ssi_signo as i32, si.ssi_ptr))
+}
+
+/// Reaps `pid` if it is our child and has ended: its end, `Ok(None)` while it runs.
+pub fn try_wait(pid: i32) -> io::Result<Option<crate::policy::agent::ProcessEnd>> {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
+    let r = check(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) })?;
+    Ok((r == pid || (pid < 0 && r > 0)).then(|| decode_raw(status)))
+}
+
+/// Reaps every ended child in process group `pgid` (those reparented to us included).
+pub fn reap_group(pgid: i32) {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
+    while pgid > 1 && unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) } > 0 {}
+}
+
+pub fn decode_raw(status: libc::c_int) -> crate::policy::agent::ProcessEnd {
+    use crate::policy::agent::ProcessEnd;
+    if libc::WIFEXITED(status) {
+        ProcessEnd::Exited { code: libc::WEXITSTATUS(status) }
+    } else if libc::WIFSIGNALED(status) {
+        ProcessEnd::Signaled { signal: libc::WTERMSIG(status) }
+    } else {
+        ProcessEnd::Lost { reason: format!("unrecognised wait status {status}") }
+    }
+}
+
+/// When process `pid` started (clock ticks since boot, from /proc): with the pid, it names
+/// one process for good, so a reused pid is never mistaken for it.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; the command name (field 2) may hold spaces and parentheses.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Waits until one of `fds` is readable, or `timeout_ms` (-1: forever) passes; which were.
+pub fn poll_readable(fds: &[i32], timeout_ms: i32) -> Vec<bool> {
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().map(|fd| libc::pollfd { fd: *fd, events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: p is a valid array of pollfds; negative fds are ignored by poll.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    p.iter().map(|x| n > 0 && x.revents != 0).collect()
+}
+
+/// Reaps one ended child, any: its pid and end; `Ok(None)` when none has ended.
+pub fn try_wait_any() -> io::Result<Option<(i32, crate::policy::agent::ProcessEnd)>> {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
+    let r = check(unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) })?;
+    Ok((r > 0).then(|| (r, decode_raw(status))))
+}

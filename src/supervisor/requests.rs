@@ -9,6 +9,49 @@ use crate::policy::lifecycle::{self, fmt_ms};
 use crate::protocol::{AgentId, time};
 use std::io::Write;
 
+/// A `corral kill` whose attempt still has processes: answered when its end is recorded,
+/// so the reply means that no process of the attempt lives.
+pub struct HeldKill {
+    id: AgentId,
+    attempt: u32,
+    tx: tokio::sync::oneshot::Sender<Reply>,
+}
+
+/// Answers a request now, or holds the reply (a kill) until what it promises is true.
+pub fn dispatch(
+    sup: &mut Supervisor,
+    req: Request,
+    tx: tokio::sync::oneshot::Sender<Reply>,
+) -> Option<(tokio::sync::oneshot::Sender<Reply>, Reply)> {
+    let kill = match &req {
+        Request::Kill { id, .. } => Some(id.clone()),
+        _ => None,
+    };
+    let reply = handle(sup, req);
+    if let (Some(id), true) = (kill, reply.ok)
+        && let Ok(id) = AgentId::parse(&id)
+        && let Some(live) = sup.agents.get(&id)
+        && live.agent.state.has_live_process()
+        && let Some(a) = live.agent.current()
+    {
+        sup.held_kills.push(HeldKill { id, attempt: a.attempt, tx });
+        return None;
+    }
+    Some((tx, reply))
+}
+
+/// The attempt's end is recorded (its group is gone): the kills waiting for it get their
+/// answer.
+pub fn attempt_over(sup: &mut Supervisor, id: &AgentId, attempt: u32) {
+    let (done, rest): (Vec<HeldKill>, Vec<HeldKill>) =
+        std::mem::take(&mut sup.held_kills).into_iter().partition(|h| h.id == *id && h.attempt <= attempt);
+    sup.held_kills = rest;
+    for h in done {
+        let status = sup.agents.get(id).map(|l| l.agent.state.name()).unwrap_or("killed");
+        sup.ready_replies.push((h.tx, Reply::ok(serde_json::json!({ "agentId": id, "status": status }))));
+    }
+}
+
 pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
     let config = sup.reload_config();
     match req {

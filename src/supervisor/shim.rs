@@ -10,12 +10,13 @@
 //! the exit is recorded even on a disk that filled up meanwhile. Its lines are read only
 //! when its lock is free (the shim is gone) or for what the shim wrote before it answered.
 
-use super::process;
+use super::{process, relay};
 use crate::policy::agent::ProcessEnd;
 use crate::protocol::{files, time};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,10 @@ pub struct StartRecord {
     pub shim_pid: i32,
     pub pid: i32,
     pub started_at: String,
+    /// When the process started, from /proc (clock ticks since boot): with the pid, it
+    /// names the process for good, so a reused pid is never taken for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,13 +40,33 @@ pub struct StartRecord {
 pub struct ExitRecord {
     pub end: ProcessEnd,
     pub ended_at: String,
+    /// Why the watcher stopped the attempt, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<StopReason>,
+}
+
+/// Why the attempt's watcher (shim or adopter) stopped its process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The attempt's deadline passed (enforced with no supervisor needed).
+    Timeout,
+    /// The supervisor asked (a kill, a retry, a limit it judged).
+    Requested,
+    /// The shim itself was sent SIGTERM.
+    Terminated,
 }
 
 /// One line of a run file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RunLine {
-    Shim { pid: i32 },
+    /// The fixed-width first line: when output last came (monotonic ms, zero-padded so it
+    /// is rewritten in place).
+    Output(String),
+    Shim {
+        pid: i32,
+    },
     Start(StartRecord),
     Exit(ExitRecord),
 }
@@ -72,10 +97,21 @@ impl RunInfo {
                     info.start = Some(s);
                 }
                 Ok(RunLine::Exit(e)) => info.exit = Some(e),
-                Err(_) => {}
+                Ok(RunLine::Output(_)) | Err(_) => {}
             }
         }
         info
+    }
+
+    /// When the attempt's output last came, on the monotonic clock (`None`: no output yet,
+    /// or no slot). A bounded read of the first line only.
+    pub fn output_stamp(path: &Path) -> Option<u64> {
+        let f = crate::protocol::files::open_regular(path).ok()?;
+        let mut b = [0u8; SLOT_LINE.len()];
+        f.read_exact_at(&mut b, 0).ok()?;
+        let digits = b.strip_prefix(SLOT_PREFIX.as_bytes())?.get(..SLOT_DIGITS)?;
+        let v: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+        (v > 0).then_some(v)
     }
 
     /// Whether the shim that owns the run file still holds it (`None`: no file).
@@ -89,7 +125,13 @@ impl RunInfo {
 pub struct RunFile {
     file: File,
     end: u64,
+    /// Whether the file starts with the output slot.
+    slot: bool,
 }
+
+const SLOT_PREFIX: &str = "{\"output\":\"";
+const SLOT_DIGITS: usize = 20;
+const SLOT_LINE: &str = "{\"output\":\"00000000000000000000\"}\n";
 
 /// Room reserved for a run file's records (they take a few hundred bytes).
 const RUN_FILE_RESERVE: i64 = 16 * 1024;
@@ -102,8 +144,21 @@ impl RunFile {
             return Ok(None);
         }
         process::reserve(&file, RUN_FILE_RESERVE);
-        let end = file.metadata()?.len();
-        Ok(Some(Self { file, end }))
+        let mut end = file.metadata()?.len();
+        if end == 0 && file.write_all_at(SLOT_LINE.as_bytes(), 0).is_ok() {
+            end = SLOT_LINE.len() as u64;
+        }
+        let mut first = [0u8; 11];
+        let slot = file.read_exact_at(&mut first, 0).is_ok() && first == SLOT_PREFIX.as_bytes()[..11];
+        Ok(Some(Self { file, end, slot }))
+    }
+
+    /// Rewrites the output slot in place (one small positioned write).
+    pub fn stamp_output(&mut self, mono: u64) {
+        if self.slot {
+            let digits = format!("{mono:020}");
+            let _ = self.file.write_all_at(digits.as_bytes(), SLOT_PREFIX.len() as u64);
+        }
     }
 
     /// Appends one record; on failure (a full disk without the reserve), tries again for
@@ -133,8 +188,16 @@ impl RunFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Handshake {
-    Started { pid: i32 },
-    NotStarted { reason: String },
+    /// `out_fd`: the shim's descriptor of the output pipe's read end, which the supervisor
+    /// copies so that the agent's output still has a reader if the shim dies.
+    Started {
+        pid: i32,
+        #[serde(default)]
+        out_fd: Option<i32>,
+    },
+    NotStarted {
+        reason: String,
+    },
 }
 
 /// The one line the shim prints on stdout: the supervisor waits for it before answering.
@@ -159,34 +222,44 @@ pub struct ShimArgs {
     pub argv: Vec<String>,
     /// The agent's whole environment; `None`: the shim's own, inherited.
     pub env: Option<Vec<(String, String)>>,
+    /// When the attempt must be over (monotonic ms): the shim stops it then by itself, so
+    /// the limit holds with no supervisor running.
+    #[serde(default)]
+    pub deadline_mono: Option<u64>,
+    /// Grace between TERM and KILL when the shim stops the attempt at its deadline.
+    #[serde(default)]
+    pub stop_grace_ms: u64,
+    /// Cap on one attempt's output in the log (0: none).
+    #[serde(default)]
+    pub max_log_size: u64,
+    /// The data dir and workspace: when the attempt ends and no supervisor runs, the shim
+    /// starts one, so retries and other agents' limits do not wait for a command.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub workspace: Option<PathBuf>,
 }
 
-/// Grace given to processes an agent leaves behind in its group after it exits.
-const LEFTOVER_GRACE: Duration = Duration::from_millis(1000);
+/// Grace given to processes an agent leaves behind in its group after it exits by itself.
+const LEFTOVER_GRACE_MS: u64 = 1000;
 
 /// How long a shim keeps trying to record an exit the disk will not take.
 const EXIT_RECORD_PATIENCE: Duration = Duration::from_secs(24 * 3600);
 
-/// `corral __shim RUN LOG CWD HEADER -- ARGV...`, parsed without clap.
-pub fn run_from_args(args: &[std::ffi::OsString]) -> i32 {
-    let sep = args.iter().position(|a| a == "--");
-    let (Some(sep), true) = (sep, args.len() >= 5) else {
-        crate::elog!("corral shim: expected RUN LOG CWD HEADER -- ARGV...");
-        return 2;
-    };
-    if sep != 4 {
-        crate::elog!("corral shim: expected 4 arguments before --, got {sep}");
+/// `corral __shim`: one JSON `ShimArgs` line on stdin.
+pub fn run_from_stdin() -> i32 {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        crate::elog!("corral shim: cannot read its arguments from stdin");
         return 2;
     }
-    let p = |i: usize| PathBuf::from(&args[i]);
-    run(ShimArgs {
-        run: p(0),
-        log: p(1),
-        cwd: p(2),
-        header: args[3].to_string_lossy().into_owned(),
-        argv: args[sep + 1..].iter().map(|a| a.to_string_lossy().into_owned()).collect(),
-        ..Default::default()
-    })
+    match serde_json::from_str::<ShimArgs>(&line) {
+        Ok(a) => run(a),
+        Err(e) => {
+            crate::elog!("corral shim: unreadable arguments: {e}");
+            2
+        }
+    }
 }
 
 pub fn run(a: ShimArgs) -> i32 {
@@ -211,21 +284,38 @@ pub fn run(a: ShimArgs) -> i32 {
         }
     };
     let _ = run.append(&RunLine::Shim { pid: std::process::id() as i32 }, Duration::ZERO);
-    let end = match start_and_wait(&a, &mut run) {
-        Ok(end) => end,
+    let (end, stopped) = match start_and_watch(&a, &mut run) {
+        Ok(x) => x,
         Err(e) => {
             crate::elog!("corral shim: {e}");
             say(a.seq, Handshake::NotStarted { reason: e.clone() });
-            ProcessEnd::NotStarted { reason: e }
+            (ProcessEnd::NotStarted { reason: e }, None)
         }
     };
     let code = i32::from(!matches!(end, ProcessEnd::Exited { .. } | ProcessEnd::Signaled { .. }));
-    let exit = RunLine::Exit(ExitRecord { end, ended_at: time::rfc3339(time::now()) });
+    let exit = RunLine::Exit(ExitRecord { end, ended_at: time::rfc3339(time::now()), stopped });
     if let Err(e) = run.append(&exit, EXIT_RECORD_PATIENCE) {
         crate::elog!("corral shim: cannot record the exit in {}: {e}", a.run.display());
         return 1;
     }
+    drop(run);
+    ensure_supervisor(&a);
     code
+}
+
+/// With no supervisor running (its lock is free), starts one: it finds this exit, starts
+/// the retry when its backoff ends and keeps every other limit.
+fn ensure_supervisor(a: &ShimArgs) {
+    let (Some(data), Some(ws)) = (&a.data_dir, &a.workspace) else { return };
+    let data = crate::protocol::DataDir::new(data.clone());
+    let Ok(lock) = File::open(data.daemon_lock()) else { return };
+    if !process::try_lock(&lock).unwrap_or(false) {
+        return; // a supervisor holds it
+    }
+    drop(lock);
+    if let Err(e) = crate::client::Client::connect(&data, ws) {
+        crate::elog!("corral shim: no supervisor runs and none could be started: {e}");
+    }
 }
 
 fn say(seq: u64, result: Handshake) {
@@ -239,30 +329,37 @@ fn say(seq: u64, result: Handshake) {
     let _ = out.flush();
 }
 
-/// Starts the command, says so, waits for it to end and clears its group.
-fn start_and_wait(a: &ShimArgs, run: &mut RunFile) -> Result<ProcessEnd, String> {
-    let mut log = std::fs::OpenOptions::new()
+/// Starts the command, says so, relays its output and watches it until its group is gone.
+fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Option<StopReason>), String> {
+    let log = std::fs::OpenOptions::new()
         .create(true)
-        .append(true)
+        .truncate(false)
+        .write(true)
+        .read(true)
         .open(&a.log)
         .map_err(|e| format!("cannot open log {}: {e}", a.log.display()))?;
-    let _ = writeln!(log, "{}", a.header);
+    let mut sink = relay::LogSink::new(log, a.max_log_size).map_err(|e| format!("log {}: {e}", a.log.display()))?;
+    sink.note(&a.header);
     let (prog, args) = a.argv.split_first().ok_or("empty command")?;
+    let (out_r, out_w) = process::pipe().map_err(|e| format!("cannot make the output pipe: {e}"))?;
     let mut cmd = Command::new(prog);
     if let Some(env) = &a.env {
         cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     }
     // The agent creates its files as the user asked, not as privately as corral does.
     crate::protocol::perms::restore_user_umask();
+    let err_w = out_w.try_clone().map_err(|e| e.to_string())?;
     let spawned = cmd
         .args(args)
         .current_dir(&a.cwd)
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log.try_clone().map_err(|e| e.to_string())?)
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
         .process_group(0)
         .spawn();
-    let mut child = match spawned {
+    // The write ends are closed in the shim (moved into the Command, dropped with it).
+    drop(cmd);
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let why = if Path::new(&a.cwd).is_dir() {
@@ -270,55 +367,177 @@ fn start_and_wait(a: &ShimArgs, run: &mut RunFile) -> Result<ProcessEnd, String>
             } else {
                 format!("working directory {} does not exist", a.cwd.display())
             };
-            let _ = writeln!(log, "corral: {why}");
+            sink.note(&format!("corral: {why}"));
             return Err(why);
         }
     };
     let pid = child.id() as i32;
-    let start = StartRecord { shim_pid: std::process::id() as i32, pid, started_at: time::rfc3339(time::now()) };
+    // Signals come in through a descriptor, so output, exits, requests and deadlines are
+    // one poll loop. Blocked only now: the child would inherit the mask (std's spawn does
+    // not reset it). A SIGCHLD missed meanwhile is made up by the first reap of the loop;
+    // the supervisor asks for a stop only after the handshake below.
+    let sigs = match process::signalfd(&[libc::SIGCHLD, libc::SIGTERM, process::stop_signal()]) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = process::signal_group(pid, libc::SIGKILL);
+            let _ = process::try_wait(pid);
+            return Err(format!("signalfd: {e}"));
+        }
+    };
+    let start = StartRecord {
+        shim_pid: std::process::id() as i32,
+        pid,
+        started_at: time::rfc3339(time::now()),
+        start_time: process::start_time(pid),
+    };
     if let Err(e) = run.append(&RunLine::Start(start), Duration::ZERO) {
         // Without a start record a restarted supervisor could not find this attempt again.
         let _ = process::signal_group(pid, libc::SIGKILL);
-        let _ = child.wait();
+        let _ = process::try_wait(pid);
         return Err(format!("cannot record the start in {}: {e}", a.run.display()));
     }
-    say(a.seq, Handshake::Started { pid });
-
-    let end = loop {
-        match child.wait() {
-            Ok(st) => break process::decode_status(st),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                break ProcessEnd::Lost { reason: format!("waiting for the process failed: {e}") };
+    let out_fd = Some(out_r.as_raw_fd());
+    say(a.seq, Handshake::Started { pid, out_fd });
+    let mut w = Watch::new(pid, Some(&sigs), a.deadline_mono, a.stop_grace_ms);
+    let mut relay = relay::Relay::new(Some(out_r), sink);
+    let (end, stopped) = w.watch(&mut relay, run, |w| {
+        // Our own children (the leader, and orphans of the group reparented to us).
+        while let Ok(Some((p, end))) = process::try_wait_any() {
+            if p == pid {
+                w.leader_end = Some(end);
             }
         }
-    };
-    clear_group(pid);
-    let _ = writeln!(log, "corral: attempt ended: {}", end.describe());
-    Ok(end)
+    });
+    relay.sink.note(&format!("corral: attempt ended: {}", end.describe()));
+    Ok((end, stopped))
 }
 
-/// The agent is gone; anything it left running in its group gets TERM, then KILL.
-fn clear_group(pgid: i32) {
-    process::reap_any();
-    if !process::group_alive(pgid) {
-        return;
+/// Watching one attempt's process group until it is gone: its output, its leader's end,
+/// stop requests, its deadline, and what it leaves behind. Used by the shim, and by the
+/// supervisor for an attempt whose shim died.
+pub struct Watch<'a> {
+    pub pgid: i32,
+    sigs: Option<&'a std::os::fd::OwnedFd>,
+    deadline: Option<u64>,
+    deadline_grace: u64,
+    pub leader_end: Option<ProcessEnd>,
+    /// The stop in progress: when the group is KILLed, why, and whether it is only the
+    /// clearing of leftovers after the leader ended by itself.
+    stop: Option<(u64, Option<StopReason>, bool)>,
+    killed: bool,
+}
+
+impl<'a> Watch<'a> {
+    pub fn new(pgid: i32, sigs: Option<&'a std::os::fd::OwnedFd>, deadline: Option<u64>, grace: u64) -> Self {
+        Self { pgid, sigs, deadline, deadline_grace: grace, leader_end: None, stop: None, killed: false }
     }
-    let _ = process::signal_group(pgid, libc::SIGTERM);
-    let until = Instant::now() + LEFTOVER_GRACE;
-    while Instant::now() < until {
-        process::reap_any();
-        if !process::group_alive(pgid) {
-            return;
+
+    /// TERM to the group now, KILL after `grace_ms`. A later request may shorten the grace;
+    /// a requested stop replaces the short clearing of leftovers.
+    pub fn stop(&mut self, grace_ms: u64, why: Option<StopReason>) {
+        let at = time::mono_ms().saturating_add(grace_ms);
+        match &mut self.stop {
+            None => {
+                let _ = process::signal_group(self.pgid, libc::SIGTERM);
+                self.stop = Some((at, why, why.is_none()));
+            }
+            Some((kill_at, reason, leftover)) => {
+                if *leftover && why.is_some() {
+                    *kill_at = at;
+                    *reason = why;
+                    *leftover = false;
+                } else {
+                    *kill_at = (*kill_at).min(at);
+                }
+            }
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
-    let _ = process::signal_group(pgid, libc::SIGKILL);
-    for _ in 0..100 {
-        process::reap_any();
-        if !process::group_alive(pgid) {
-            return;
+
+    /// Runs until the leader has ended and the group is gone. `reap` collects ended
+    /// children (setting `leader_end`); `ctl` is polled for stop requests from elsewhere.
+    pub fn watch(
+        &mut self,
+        relay: &mut relay::Relay,
+        run: &mut RunFile,
+        mut reap: impl FnMut(&mut Self),
+    ) -> (ProcessEnd, Option<StopReason>) {
+        self.watch_with(relay, run, &mut reap, &mut |_| None, -1)
+    }
+
+    pub fn watch_with(
+        &mut self,
+        relay: &mut relay::Relay,
+        run: &mut RunFile,
+        reap: &mut dyn FnMut(&mut Self),
+        ctl: &mut dyn FnMut(&mut Self) -> Option<u64>,
+        extra_fd: i32,
+    ) -> (ProcessEnd, Option<StopReason>) {
+        loop {
+            reap(self);
+            while let Some(grace) = ctl(self) {
+                self.stop(grace, Some(StopReason::Requested));
+            }
+            let now = time::mono_ms();
+            if let Some(d) = self.deadline
+                && now >= d
+                && self.stop.is_none_or(|s| s.2)
+            {
+                self.stop(self.deadline_grace, Some(StopReason::Timeout));
+            }
+            if let Some((kill_at, _, _)) = self.stop
+                && now >= kill_at
+                && !self.killed
+            {
+                let _ = process::signal_group(self.pgid, libc::SIGKILL);
+                self.killed = true;
+            }
+            if self.leader_end.is_some() {
+                if !process::group_alive(self.pgid) {
+                    break;
+                }
+                if self.stop.is_none() {
+                    self.stop(LEFTOVER_GRACE_MS, None);
+                }
+            }
+            // Sleep until something happens or the next moment something is due; while
+            // leftovers linger, look again often (their ends reach us as SIGCHLD only when
+            // they are our children).
+            let mut due: Vec<u64> = self.deadline.into_iter().collect();
+            if let Some((k, _, _)) = self.stop
+                && !self.killed
+            {
+                due.push(k);
+            }
+            let mut timeout = due.iter().min().map(|d| d.saturating_sub(now).min(60_000) as i32).unwrap_or(-1);
+            if self.leader_end.is_some() || self.killed || self.sigs.is_none() {
+                timeout = if timeout < 0 { 20 } else { timeout.min(20) };
+            }
+            let sfd = self.sigs.map_or(-1, |s| s.as_raw_fd());
+            // The leader's pidfd stays readable once it ended: look at it only until then.
+            let extra = if self.leader_end.is_none() { extra_fd } else { -1 };
+            let ready = process::poll_readable(&[relay.fd(), sfd, extra], timeout);
+            if ready[0] {
+                relay.pump(run);
+            }
+            if ready[1]
+                && let Some(s) = self.sigs
+            {
+                while let Some((sig, value)) = process::read_signal(s) {
+                    if sig == libc::SIGTERM {
+                        self.stop(self.deadline_grace.max(1), Some(StopReason::Terminated));
+                    } else if sig == process::stop_signal() {
+                        self.stop(value, Some(StopReason::Requested));
+                    }
+                }
+            }
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // What is still in the pipe (writers that left the group may keep it open: take
+        // what is there, do not wait for them).
+        relay.pump(run);
+        let reason = self.stop.and_then(|s| s.1);
+        let end = self.leader_end.clone().unwrap_or_else(|| ProcessEnd::Lost {
+            reason: "the process ended where its exit could not be seen".into(),
+        });
+        (end, reason)
     }
 }
