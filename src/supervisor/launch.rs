@@ -482,7 +482,9 @@ pub fn read_exit(
     Ok(match read_run(&sup.data.attempt_file(id, attempt, "run"))?.exit {
         Some(r) => (r.end, Some(r.ended_at), r.stopped == Some(StopReason::Timeout)),
         None => (
-            ProcessEnd::Lost { reason: "the attempt's shim ended without recording an exit (was it killed?)".into() },
+            ProcessEnd::Lost {
+                reason: "exit code unknown: the attempt's shim ended without recording an exit (was it killed?)".into(),
+            },
             None,
             false,
         ),

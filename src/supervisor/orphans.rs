@@ -68,7 +68,7 @@ impl Orphans {
 /// process: a group whose leader is gone cannot have its number reused while a member
 /// lives; a leader that is there must be the one that was started.
 pub fn group_lives(pgid: i32, start_time: Option<u64>) -> bool {
-    if !process::group_alive(pgid) {
+    if !process::group_has_live(pgid) {
         return false;
     }
     match (process::start_time(pgid), start_time) {

@@ -297,3 +297,24 @@ pub fn try_wait_any() -> io::Result<Option<(i32, crate::policy::agent::ProcessEn
     let r = check(unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) })?;
     Ok((r > 0).then(|| (r, decode_raw(status))))
 }
+
+/// Whether a process of group `pgid` is alive, zombies not counted (an orphan's zombie
+/// waits for a reaper that may be slow): a scan of /proc, for the rare groups that are not
+/// our descendants' to reap.
+pub fn group_has_live(pgid: i32) -> bool {
+    if !group_alive(pgid) {
+        return false;
+    }
+    let Ok(rd) = std::fs::read_dir("/proc") else { return true };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let f: Vec<&str> = rest.split_whitespace().take(3).collect();
+        if f.len() == 3 && f[2] == pgid.to_string() && f[0] != "Z" && f[0] != "X" {
+            return true;
+        }
+    }
+    false
+}

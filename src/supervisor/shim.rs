@@ -492,7 +492,14 @@ impl<'a> Watch<'a> {
                 self.killed = true;
             }
             if self.leader_end.is_some() {
-                if !process::group_alive(self.pgid) {
+                // Without a signalfd the group is not ours to reap (adopted): zombies of
+                // it wait for someone else and do not count.
+                let alive = if self.sigs.is_some() {
+                    process::group_alive(self.pgid)
+                } else {
+                    process::group_has_live(self.pgid)
+                };
+                if !alive {
                     break;
                 }
                 if self.stop.is_none() {
@@ -510,7 +517,8 @@ impl<'a> Watch<'a> {
             }
             let mut timeout = due.iter().min().map(|d| d.saturating_sub(now).min(60_000) as i32).unwrap_or(-1);
             if self.leader_end.is_some() || self.killed || self.sigs.is_none() {
-                timeout = if timeout < 0 { 20 } else { timeout.min(20) };
+                let every = if self.sigs.is_none() { 50 } else { 20 };
+                timeout = if timeout < 0 { every } else { timeout.min(every) };
             }
             let sfd = self.sigs.map_or(-1, |s| s.as_raw_fd());
             // The leader's pidfd stays readable once it ended: look at it only until then.
