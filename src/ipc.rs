@@ -38,6 +38,9 @@ pub enum Request {
     Resolve {
         n: u64,
         note: Option<String>,
+        /// What the human decided: a value or a winner for a conflict, a retry for an agent.
+        #[serde(default)]
+        answer: crate::policy::escalation::Answer,
     },
     Health,
     /// Opens an escalation for an agent (e.g. an unresolved conflict found by aggregation);
@@ -45,6 +48,9 @@ pub enum Request {
     Escalate {
         id: String,
         reason: String,
+        /// The conflict it is about, when it is about one (then `id` is one of its agents).
+        #[serde(default)]
+        conflict: Option<crate::policy::escalation::ConflictRef>,
     },
     /// Learned memory: stored candidates and failure patterns per role.
     Memory,

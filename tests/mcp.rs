@@ -144,7 +144,8 @@ command = ["sleep", "30"]
     assert!(std::fs::read_to_string(inbox).unwrap().contains("thanks"));
 
     // The same state through the CLI.
-    assert_eq!(ws.agent(&bad)["status"], "escalated");
+    // Resolved without a retry: the agent stays failed, with the human's answer.
+    assert_eq!(ws.agent(&bad)["status"], "failed");
     assert!(ws.json(&["escalations", "--json"]).as_array().unwrap().is_empty());
 
     // One agent for one idempotency key; a wait that runs out says what is pending.

@@ -260,7 +260,7 @@ fn resolve(key: String, groups: Vec<Group>) -> Conflict {
             })
         })
         .collect();
-    Conflict { key, kind: ConflictKind::Finding, positions, resolution, winner, reason }
+    Conflict { key, kind: ConflictKind::Finding, positions, resolution, winner, reason, escalation: None, note: None }
 }
 
 /// One file listed by several agents. Only a handoff that claims completion can stand
@@ -290,7 +290,16 @@ pub fn file_conflict(path: String, listers: &[(&str, &Path, &Handoff, &str)]) ->
         );
         (Resolution::Unresolved, None, reason)
     };
-    Conflict { key: path, kind: ConflictKind::File, positions, resolution, winner, reason }
+    Conflict {
+        key: path,
+        kind: ConflictKind::File,
+        positions,
+        resolution,
+        winner,
+        reason,
+        escalation: None,
+        note: None,
+    }
 }
 
 /// Distinct JSON values in first-seen order, each with the distinct agents that gave it.

@@ -85,8 +85,10 @@ fn summary(r: &Report) -> String {
     if c.conflicts == 0 {
         parts.push("no conflicts".into());
     } else {
+        let human =
+            if c.resolved_by_human > 0 { format!(", {} by a human", c.resolved_by_human) } else { String::new() };
         parts.push(format!(
-            "{} ({} by evidence, {} by majority, {} unresolved)",
+            "{} ({} by evidence, {} by majority{human}, {} unresolved)",
             plural(c.conflicts, "conflict", "conflicts"),
             c.resolved_by_evidence,
             c.resolved_by_majority,
@@ -172,6 +174,13 @@ pub fn render_markdown(r: &Report) -> String {
             ConflictKind::File => "file",
         };
         let outcome = match (&c.resolution, &c.winner) {
+            (Resolution::Human, w) => {
+                let chose =
+                    w.as_ref().map(|w| format!(": {} ({})", value(&w.value), many(&w.agents))).unwrap_or_default();
+                let esc = c.escalation.map(|n| format!(" (escalation #{n})")).unwrap_or_default();
+                let note = c.note.as_deref().map(|n| format!(", note: \"{}\"", one_line(n))).unwrap_or_default();
+                format!("resolved by a human{esc}{chose}{note}")
+            }
             (Resolution::Unresolved, _) | (_, None) => "**UNRESOLVED**: escalate to a human".to_string(),
             (res, Some(w)) => {
                 let by = if *res == Resolution::Evidence { "evidence" } else { "majority" };

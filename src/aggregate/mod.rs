@@ -39,8 +39,117 @@ pub struct AgentOutcome {
     /// failed, killed, timed_out, escalated.
     pub status: String,
     pub reason: Option<String>,
+    /// Waiting on a human (escalated, or blocked with no process left).
+    pub needs_human: bool,
     /// Relative deliverable paths resolve against this.
     pub cwd: PathBuf,
+}
+
+/// A human's answer to a conflict's escalation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HumanAnswer {
+    pub key: String,
+    pub kind: ConflictKind,
+    pub escalation: u64,
+    pub note: Option<String>,
+    pub choose: Option<Value>,
+    pub winner: Option<String>,
+}
+
+/// The answered conflict escalations, newest answer last.
+pub fn human_answers(escalations: &[crate::policy::agent::Escalation]) -> Vec<HumanAnswer> {
+    escalations
+        .iter()
+        .filter(|e| !e.is_open())
+        .filter_map(|e| {
+            let c = e.conflict.as_ref()?;
+            let kind = match c.kind.as_str() {
+                "file" => ConflictKind::File,
+                _ => ConflictKind::Finding,
+            };
+            let answer = e.answer.clone().unwrap_or_default();
+            Some(HumanAnswer {
+                key: c.key.clone(),
+                kind,
+                escalation: e.n,
+                note: e.note.clone(),
+                choose: answer.choose,
+                winner: answer.winner,
+            })
+        })
+        .collect()
+}
+
+/// The escalation for an unresolved conflict: attached to its first agent corral can know
+/// (the queue is per agent), naming every agent and position in its reason.
+pub fn conflict_escalation(c: &Conflict) -> Option<(String, String, crate::policy::escalation::ConflictRef)> {
+    let mut agents: Vec<String> = Vec::new();
+    for p in &c.positions {
+        if !agents.contains(&p.agent) {
+            agents.push(p.agent.clone());
+        }
+    }
+    let owner = agents.iter().find(|a| crate::protocol::AgentId::parse(a).is_ok())?.clone();
+    let positions: Vec<String> = c.positions.iter().map(|p| format!("{} says {}", p.agent, p.value)).collect();
+    let kind = match c.kind {
+        ConflictKind::Finding => "finding",
+        ConflictKind::File => "file",
+    };
+    let reason = format!(
+        "unresolved conflict on {} ({kind}) between {}: {}; settle it with `corral escalations resolve N --choose VALUE` or `--winner AGENT`",
+        c.key,
+        agents.join(", "),
+        positions.join("; ")
+    );
+    Some((owner, reason, crate::policy::escalation::ConflictRef { key: c.key.clone(), kind: kind.into(), agents }))
+}
+
+/// Whether `choice` is the value `v` as a human typed it: the same JSON, or the same text.
+fn same_value(choice: &Value, v: &Value) -> bool {
+    findings::canonical(choice) == findings::canonical(v)
+        || match (choice, v) {
+            (Value::String(s), Value::String(t)) => s == t,
+            (Value::String(s), other) => s.as_str() == other.to_string().as_str(),
+            _ => false,
+        }
+}
+
+/// Applies a human's answer to a conflict: their word stands over evidence and majority.
+fn apply_human(c: &mut Conflict, h: &HumanAnswer) {
+    let holders = |pick: &dyn Fn(&Position) -> bool| -> Vec<String> {
+        let mut agents = Vec::new();
+        for p in c.positions.iter().filter(|p| pick(p)) {
+            if !agents.contains(&p.agent) {
+                agents.push(p.agent.clone());
+            }
+        }
+        agents
+    };
+    let winner = match (&h.winner, &h.choose) {
+        (Some(agent), _) => c.positions.iter().find(|p| p.agent == *agent).map(|p| {
+            let value = p.value.clone();
+            Winner { agent: agent.clone(), agents: holders(&|q| q.value == value), value }
+        }),
+        (None, Some(choice)) => {
+            let agents = holders(&|q| same_value(choice, &q.value));
+            let value =
+                c.positions.iter().find(|q| same_value(choice, &q.value)).map_or(choice.clone(), |q| q.value.clone());
+            // A value no agent gave is the human's own: it is theirs, not an agent's.
+            let agent = agents.first().cloned().unwrap_or_else(|| "human".into());
+            Some(Winner { agent, agents, value })
+        }
+        (None, None) => None,
+    };
+    let chose = match &winner {
+        Some(w) => format!("chose {}", w.value),
+        None => "settled it without choosing a value".into(),
+    };
+    let note = h.note.as_deref().map(|n| format!(": {n}")).unwrap_or_default();
+    c.reason = format!("resolved by a human (escalation {}), who {chose}{note}; before: {}", h.escalation, c.reason);
+    c.resolution = Resolution::Human;
+    c.winner = winner;
+    c.escalation = Some(h.escalation);
+    c.note = h.note.clone();
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +163,8 @@ pub enum HandoffInput {
 
 pub struct Input<'a> {
     pub agents: Vec<AgentOutcome>,
+    /// Answers humans gave to conflicts' escalations.
+    pub human: Vec<HumanAnswer>,
     pub handoffs: Vec<HandoffInput>,
     pub workspace: &'a Path,
     /// Asked only about normalized paths inside the workspace.
@@ -122,6 +233,7 @@ pub fn aggregate(input: &Input) -> Report {
                 task: a.task.clone(),
                 status: a.status.clone(),
                 reason: a.reason.clone(),
+                needs_human: a.needs_human,
                 handoff: handoff.map(|h| h.0.to_path_buf()),
             });
         } else if let Some(&(path, handoff, _)) = handoff {
@@ -176,6 +288,11 @@ pub fn aggregate(input: &Input) -> Report {
     let memory = memory.finish(|candidate, agents| MemoryCandidate { candidate, agents });
     let memory_withheld = withheld.finish(|candidate, agents| MemoryCandidate { candidate, agents });
     conflicts.extend(files.conflicts);
+    for c in conflicts.iter_mut() {
+        if let Some(h) = input.human.iter().rev().find(|h| h.key == c.key && h.kind == c.kind) {
+            apply_human(c, h);
+        }
+    }
 
     let todo = todo_list(&failed, &missing, &files.failures, &conflicts);
     let count_res = |r: Resolution| conflicts.iter().filter(|c| c.resolution == r).count();
@@ -196,6 +313,7 @@ pub fn aggregate(input: &Input) -> Report {
         conflicts: conflicts.len(),
         resolved_by_evidence: count_res(Resolution::Evidence),
         resolved_by_majority: count_res(Resolution::Majority),
+        resolved_by_human: count_res(Resolution::Human),
         unresolved: count_res(Resolution::Unresolved),
         memory: memory.len(),
         todo: todo.len(),
@@ -303,6 +421,10 @@ fn todo_list(
     for f in failed {
         let why = f.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
         let (kind, what) = match f.status.as_str() {
+            "blocked" if f.needs_human => (
+                TodoKind::Escalated,
+                format!("needs a human{why}: answer it with `corral tell {0}` or `corral retry {0}`", f.agent),
+            ),
             "queued" | "running" | "stopping" | "stale" | "retrying" | "blocked" => {
                 (TodoKind::Unfinished, format!("is still {}{why}: aggregate again when it finishes", f.status))
             }

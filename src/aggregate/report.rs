@@ -54,6 +54,8 @@ pub struct Counts {
     pub conflicts: usize,
     pub resolved_by_evidence: usize,
     pub resolved_by_majority: usize,
+    #[serde(default)]
+    pub resolved_by_human: usize,
     pub unresolved: usize,
     pub memory: usize,
     pub todo: usize,
@@ -151,6 +153,8 @@ pub enum Resolution {
     Majority,
     /// No winner: the caller escalates it; every position stays in the report.
     Unresolved,
+    /// A human answered the conflict's escalation: their choice (if any) and note stand.
+    Human,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -185,6 +189,12 @@ pub struct Conflict {
     pub winner: Option<Winner>,
     /// Why it was resolved this way, in words.
     pub reason: String,
+    /// The escalation that asked a human about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<u64>,
+    /// The human's answer in words, when a human resolved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -195,6 +205,9 @@ pub struct FailedAgent {
     pub task: String,
     pub status: String,
     pub reason: Option<String>,
+    /// Waiting on a human: escalated, or blocked with no process left.
+    #[serde(default)]
+    pub needs_human: bool,
     /// A handoff the agent left that was not aggregated because the agent is not complete.
     pub handoff: Option<PathBuf>,
 }

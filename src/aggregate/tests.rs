@@ -35,6 +35,7 @@ fn agent(id: &str, status: &str, reason: Option<&str>) -> AgentOutcome {
         task: format!("task of {id}"),
         status: status.into(),
         reason: reason.map(str::to_string),
+        needs_human: status == "escalated",
         cwd: WS.into(),
     }
 }
@@ -46,12 +47,21 @@ fn complete(ids: &[&str]) -> Vec<AgentOutcome> {
 /// Runs aggregation; `existing` are workspace-relative paths that exist. Returns the report
 /// and every path `exists` was asked about.
 fn run(agents: Vec<AgentOutcome>, handoffs: Vec<HandoffInput>, existing: &[&str]) -> (Report, Vec<PathBuf>) {
+    run_with(agents, handoffs, existing, vec![])
+}
+
+fn run_with(
+    agents: Vec<AgentOutcome>,
+    handoffs: Vec<HandoffInput>,
+    existing: &[&str],
+    human: Vec<HumanAnswer>,
+) -> (Report, Vec<PathBuf>) {
     let asked = RefCell::new(Vec::new());
     let exists = |p: &Path| {
         asked.borrow_mut().push(p.to_path_buf());
         existing.iter().any(|e| Path::new(WS).join(e) == p)
     };
-    let r = aggregate(&Input { agents, handoffs, workspace: Path::new(WS), exists: &exists });
+    let r = aggregate(&Input { agents, handoffs, workspace: Path::new(WS), exists: &exists, human });
     (r, asked.into_inner())
 }
 
@@ -552,7 +562,7 @@ fn scales_to_a_thousand_handoffs() {
         })
         .collect();
     let agents = (0..N).map(|i| agent(&format!("agent-{i:04}-W"), "complete", None)).collect();
-    let r = aggregate(&Input { agents, handoffs, workspace: Path::new(WS), exists: &|_| true });
+    let r = aggregate(&Input { agents, handoffs, workspace: Path::new(WS), exists: &|_| true, human: vec![] });
     let c = &r.counts;
     assert_eq!((c.agents, c.aggregated, c.failed, c.missing), (N, N, 0, 0));
     assert_eq!(c.findings, 5 + 4 * N);
@@ -560,4 +570,50 @@ fn scales_to_a_thousand_handoffs() {
     assert_eq!(r.conflicts[0].positions.len(), N);
     assert_eq!(r.findings[0].agents.len(), N);
     assert_eq!((c.files, c.missing_files, c.memory, c.todo), (N, 0, 10, 1));
+}
+
+fn answer(choose: Option<serde_json::Value>, winner: Option<&str>) -> HumanAnswer {
+    HumanAnswer {
+        key: "server.port".into(),
+        kind: ConflictKind::Finding,
+        escalation: 4,
+        note: Some("ops runs it on 9090".into()),
+        choose,
+        winner: winner.map(str::to_string),
+    }
+}
+
+#[test]
+fn a_humans_answer_settles_a_conflict_and_stays() {
+    let tie = || vec![at(fixture!("tie-a.json")), at(fixture!("tie-b.json"))];
+    let agents = || complete(&["agent-001-AUDITOR", "agent-002-AUDITOR"]);
+    let (plain, _) = run(agents(), tie(), &[]);
+    let open = only_conflict(&plain);
+    let (owner, reason, conflict) = conflict_escalation(open).unwrap();
+    assert_eq!(owner, "agent-001-AUDITOR");
+    assert_eq!(conflict.agents, ["agent-001-AUDITOR", "agent-002-AUDITOR"], "every agent is named");
+    assert!(reason.contains("agent-001-AUDITOR") && reason.contains("agent-002-AUDITOR"), "{reason}");
+    let values: Vec<_> = open.positions.iter().map(|p| p.value.clone()).collect();
+    for (choose, winner) in [(Some(values[1].clone()), None), (None, Some(open.positions[1].agent.as_str()))] {
+        let (r, _) = run_with(agents(), tie(), &[], vec![answer(choose, winner)]);
+        let c = only_conflict(&r);
+        assert_eq!(c.resolution, Resolution::Human);
+        assert_eq!((c.escalation, c.note.as_deref()), (Some(4), Some("ops runs it on 9090")));
+        let w = c.winner.as_ref().unwrap();
+        assert_eq!((&w.value, w.agents.as_slice()), (&values[1], [open.positions[1].agent.clone()].as_slice()));
+        assert_eq!((r.counts.resolved_by_human, r.counts.unresolved), (1, 0));
+        assert!(r.todo.is_empty() && r.complete, "{:?}", r.todo);
+        let (json, md) = outputs(&r);
+        assert!(json.contains("\"resolution\": \"human\""), "{json}");
+        assert!(md.contains("resolved by a human (escalation #4)") && md.contains("ops runs it on 9090"), "{md}");
+        assert_positions_kept(&r);
+    }
+    // a note alone settles it too, with no value invented
+    let (r, _) = run_with(agents(), tie(), &[], vec![answer(None, None)]);
+    assert_eq!((only_conflict(&r).resolution, &only_conflict(&r).winner), (Resolution::Human, &None));
+    // an answer about another key changes nothing
+    let mut other = answer(None, None);
+    other.key = "db.name".into();
+    let (r, _) = run_with(agents(), tie(), &[], vec![other]);
+    assert_eq!(only_conflict(&r).resolution, Resolution::Unresolved);
 }

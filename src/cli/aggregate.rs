@@ -5,6 +5,7 @@
 use super::{Ctx, Fail, Result, usage};
 use crate::aggregate::{self, AgentOutcome, HandoffInput, Input, Report, Resolution};
 use crate::ipc::{AgentView, Request};
+use crate::policy::agent::Escalation;
 use crate::protocol::{DataDir, files, time};
 use std::collections::HashSet;
 use std::io::Write;
@@ -65,11 +66,14 @@ pub fn build(ctx: &Ctx, ids: &[String], role: Option<&str>) -> Result<Report> {
             task: v.task.clone(),
             status: v.status.clone(),
             reason: v.reason.clone(),
+            needs_human: v.needs_human,
             cwd: PathBuf::from(&v.cwd),
         })
         .collect();
+    let escalations: Vec<Escalation> = serde_json::from_value(ctx.call(&Request::Escalations { all: true })?)?;
+    let human = aggregate::human_answers(&escalations);
     let exists = |p: &Path| p.exists();
-    let input = Input { agents, handoffs, workspace: &ctx.ws.root, exists: &exists };
+    let input = Input { agents, handoffs, workspace: &ctx.ws.root, exists: &exists, human };
     Ok(aggregate::aggregate(&input))
 }
 
@@ -99,18 +103,12 @@ fn read_handoffs(data: &DataDir, keep: impl Fn(&str) -> bool) -> Vec<HandoffInpu
     out
 }
 
-/// Conflicts aggregation could not settle go to the human queue (once each).
+/// Conflicts aggregation could not settle go to the human queue, once each: a conflict a
+/// human has answered is never asked about again.
 pub fn escalate_unresolved(ctx: &Ctx, r: &Report) -> Result<()> {
     for c in r.conflicts.iter().filter(|c| c.resolution == Resolution::Unresolved) {
-        let positions: Vec<String> = c.positions.iter().map(|p| format!("{} says {}", p.agent, p.value)).collect();
-        let reason = format!("unresolved conflict on {}: {}", c.key, positions.join("; "));
-        // Attached to the first known agent that took part.
-        let Some(agent) =
-            c.positions.iter().map(|p| p.agent.clone()).find(|a| crate::protocol::AgentId::parse(a).is_ok())
-        else {
-            continue;
-        };
-        match ctx.call(&Request::Escalate { id: agent, reason }) {
+        let Some((agent, reason, conflict)) = aggregate::conflict_escalation(c) else { continue };
+        match ctx.call(&Request::Escalate { id: agent, reason, conflict: Some(conflict) }) {
             Ok(_) => {}
             // An agent the supervisor does not know (a handoff from outside corral) cannot
             // carry an escalation; the conflict stays in the report either way.

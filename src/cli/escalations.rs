@@ -1,9 +1,11 @@
-//! `corral escalations [--all] [--json]` and `corral escalations resolve N [--note TEXT]`.
+//! `corral escalations [--all] [--json]` and `corral escalations resolve N [--note TEXT]
+//! [--choose VALUE | --winner AGENT] [--retry]`.
 
 use super::output::print_json;
 use super::{Ctx, Result};
 use crate::ipc::Request;
 use crate::policy::agent::Escalation;
+use crate::policy::escalation::Answer;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,21 +23,40 @@ pub enum Action {
     /// Close escalation N, recording the human's answer.
     Resolve {
         n: u64,
+        /// The human's answer in words; kept with the escalation and shown by `aggregate`.
         #[arg(long)]
         note: Option<String>,
+        /// For a conflict: the value that settles it (JSON, or else taken as text).
+        #[arg(long, value_name = "VALUE", conflicts_with = "winner")]
+        choose: Option<String>,
+        /// For a conflict: the agent whose position settles it.
+        #[arg(long, value_name = "AGENT")]
+        winner: Option<String>,
+        /// For an agent's escalation: run the agent again, with a fresh retry budget
+        /// (without it the agent stays failed).
+        #[arg(long)]
+        retry: bool,
         #[arg(long)]
         json: bool,
     },
 }
 
+/// `--choose 8080` is the number 8080 and `--choose '"8080"'` the text; anything that is
+/// not JSON is text.
+fn choice(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_string()))
+}
+
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     match a.action {
-        Some(Action::Resolve { n, note, json }) => {
-            let data = ctx.call(&Request::Resolve { n, note })?;
+        Some(Action::Resolve { n, note, choose, winner, retry, json }) => {
+            let answer = Answer { choose: choose.as_deref().map(choice), winner, retry };
+            let data = ctx.call(&Request::Resolve { n, note, answer })?;
             if json {
                 print_json(&data)?;
             } else {
-                eprintln!("escalation {n} resolved");
+                let e: Escalation = serde_json::from_value(data)?;
+                eprintln!("escalation {n} resolved: {}", e.outcome.as_deref().unwrap_or("recorded"));
             }
             Ok(0)
         }
@@ -54,7 +75,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                     None => "OPEN".to_string(),
                     Some(t) => format!("resolved {t}{}", e.note.map(|n| format!(": {n}")).unwrap_or_default()),
                 };
-                println!("#{:<4} {}  {}  {}\n      {}", e.n, e.agent_id, e.opened_at, state, e.reason);
+                let about = match &e.conflict {
+                    Some(c) => format!("conflict on {} between {}", c.key, c.agents.join(", ")),
+                    None => e.agent_id.to_string(),
+                };
+                println!("#{:<4} {}  {}  {}\n      {}", e.n, about, e.opened_at, state, e.reason);
+                if let Some(o) = &e.outcome {
+                    println!("      -> {o}");
+                }
             }
             Ok(0)
         }

@@ -164,9 +164,10 @@ fn execute(client: &mut crate::client::Client, cmd: Command) -> String {
         Command::Kill(id) => (Request::Kill { id: id.clone(), grace_ms: 5_000 }, format!("kill {id}")),
         Command::Retry(id) => (Request::Retry { id: id.clone(), context: None }, format!("retry {id}")),
         Command::Tell(id, text) => (Request::Tell { id: id.clone(), text }, format!("told {id}")),
-        Command::Resolve(n, note) => {
-            (Request::Resolve { n, note: if note.is_empty() { None } else { Some(note) } }, format!("resolved #{n}"))
-        }
+        Command::Resolve(n, note) => (
+            Request::Resolve { n, note: if note.is_empty() { None } else { Some(note) }, answer: Default::default() },
+            format!("resolved #{n}"),
+        ),
         Command::Quit => return String::new(),
     };
     match client.call(&req) {

@@ -211,7 +211,7 @@ pub fn escalations(ctx: &Ctx, a: EscalationsArgs) -> Result<EscalationList, Stri
 
 pub fn resolve(ctx: &Ctx, a: ResolveArgs) -> Result<Escalation, String> {
     args::opt_text("note", &a.note)?;
-    call(ctx, &Request::Resolve { n: a.n, note: a.note })
+    call(ctx, &Request::Resolve { n: a.n, note: a.note, answer: Default::default() })
 }
 
 pub fn health(ctx: &Ctx) -> Result<HealthView, String> {

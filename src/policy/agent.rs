@@ -430,6 +430,15 @@ pub struct Escalation {
     pub resolved_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Set when it was opened for an unresolved conflict between agents' results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<super::escalation::ConflictRef>,
+    /// What the human decided, once resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<super::escalation::Answer>,
+    /// What became of the agent when it was resolved (stays failed, runs again, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 impl Escalation {

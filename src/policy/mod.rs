@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod classify;
+pub mod escalation;
 pub mod evidence;
 pub mod health;
 pub mod lifecycle;

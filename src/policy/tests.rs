@@ -758,3 +758,75 @@ fn an_attempt_its_shim_stopped_at_the_deadline_is_a_timeout() {
     let AttemptRun::Ended { failure_type, .. } = &b.attempts[0].run else { panic!() };
     assert_eq!(failure_type.as_deref(), Some("crash"));
 }
+
+fn escalation(n: u64, agent: &str, conflict: Option<&[&str]>) -> Escalation {
+    Escalation {
+        n,
+        agent_id: AgentId::parse(agent).unwrap(),
+        reason: "r".into(),
+        opened_at: "t".into(),
+        resolved_at: None,
+        note: None,
+        conflict: conflict.map(|agents| super::escalation::ConflictRef {
+            key: "port".into(),
+            kind: "finding".into(),
+            agents: agents.iter().map(|a| a.to_string()).collect(),
+        }),
+        answer: None,
+        outcome: None,
+    }
+}
+
+#[test]
+fn a_conflict_answered_by_a_human_is_never_asked_again() {
+    use super::escalation::{Answer, already_open, check_answer};
+    let both = ["agent-001-X", "agent-002-X"];
+    let mut c = escalation(1, "agent-001-X", Some(&both));
+    let conflict = c.conflict.clone().unwrap();
+    let list = vec![c.clone()];
+    assert_eq!(already_open(&list, "agent-001-X", "other words", Some(&conflict)).map(|e| e.n), Some(1));
+    c.resolved_at = Some("t".into());
+    let list = vec![c.clone()];
+    assert_eq!(
+        already_open(&list, "agent-001-X", "r", Some(&conflict)).map(|e| e.n),
+        Some(1),
+        "resolved: not reopened"
+    );
+    // an agent's own escalation is opened again only once the last one is closed
+    let own = vec![escalation(2, "agent-001-X", None)];
+    assert!(already_open(&own, "agent-001-X", "r", None).is_some());
+    assert!(already_open(&own, "agent-001-X", "other", None).is_none());
+    assert!(already_open(&list, "agent-001-X", "r", None).is_none(), "a conflict is not the agent's own");
+    // what an answer may say
+    let open = escalation(3, "agent-001-X", Some(&both));
+    let win = |w: &str| Answer { winner: Some(w.into()), ..Default::default() };
+    assert!(check_answer(&open, &win("agent-002-X")).is_ok());
+    assert!(check_answer(&open, &win("agent-009-X")).unwrap_err().contains("agent-001-X, agent-002-X"));
+    assert!(check_answer(&open, &Answer { retry: true, ..Default::default() }).is_err());
+    let both_given = Answer { choose: Some(serde_json::json!(1)), winner: Some("agent-001-X".into()), retry: false };
+    assert!(check_answer(&open, &both_given).is_err());
+    let agents_own = escalation(4, "agent-001-X", None);
+    assert!(check_answer(&agents_own, &win("agent-001-X")).is_err());
+    assert!(check_answer(&agents_own, &Answer { retry: true, ..Default::default() }).is_ok());
+    assert!(check_answer(&c, &Answer::default()).unwrap_err().contains("already resolved"));
+}
+
+#[test]
+fn resolving_an_agents_escalation_says_what_becomes_of_it() {
+    let mut a = running("X");
+    a.spec.policy.max_retries = 0;
+    exit(&mut a, crash(2, Some("schema conflicts")), 5);
+    a.state.link_escalation(6);
+    let mut e = escalation(6, "agent-001-X", None);
+    e.note = Some("fixed the schema by hand".into());
+    let mut kept = a.clone();
+    let (said, acts) = super::escalation::resolved(&mut kept, &e, false, &at(10));
+    let AgentState::Failed { reason } = &kept.state else { panic!("{:?}", kept.state) };
+    assert!(reason.contains("escalation 6") && reason.contains("fixed the schema by hand"), "{reason}");
+    assert!(said.contains("stays failed"), "{said}");
+    assert!(!kept.state.needs_human() && !acts.is_empty());
+    let (said, _) = super::escalation::resolved(&mut a, &e, true, &at(10));
+    assert!(said.contains("runs again"), "{said}");
+    assert!(matches!(a.state, AgentState::Queued { .. }));
+    assert_eq!(a.budget_start, 1, "a fresh budget");
+}

@@ -311,6 +311,16 @@ impl Supervisor {
 
     /// Records a new open escalation for `id`; returns its number.
     pub fn open_escalation(&mut self, id: &AgentId, reason: String) -> u64 {
+        self.record_escalation(id, reason, None)
+    }
+
+    /// Records a new open escalation, for the agent itself or for a conflict it is in.
+    pub fn record_escalation(
+        &mut self,
+        id: &AgentId,
+        reason: String,
+        conflict: Option<crate::policy::escalation::ConflictRef>,
+    ) -> u64 {
         let mut e = Escalation {
             n: 0,
             agent_id: id.clone(),
@@ -318,6 +328,9 @@ impl Supervisor {
             opened_at: time::rfc3339(time::now()),
             resolved_at: None,
             note: None,
+            conflict,
+            answer: None,
+            outcome: None,
         };
         match self.store.add_escalation(&e) {
             Ok(n) => e.n = n,

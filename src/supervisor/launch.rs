@@ -474,11 +474,7 @@ fn read_run(path: &Path) -> std::io::Result<RunInfo> {
 /// How the attempt ended, and when, from the shim's exit record, and whether its shim
 /// stopped it at its deadline. An error when the record could not be read for a reason
 /// that may pass (out of descriptors): read it again later.
-pub fn read_exit(
-    sup: &Supervisor,
-    id: &AgentId,
-    attempt: u32,
-) -> std::io::Result<(ProcessEnd, Option<String>, bool)> {
+pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> std::io::Result<(ProcessEnd, Option<String>, bool)> {
     Ok(match read_run(&sup.data.attempt_file(id, attempt, "run"))?.exit {
         Some(r) => (r.end, Some(r.ended_at), r.stopped == Some(StopReason::Timeout)),
         None => (

@@ -4,6 +4,7 @@ use super::daemon::{EVENTS_PAGE, Supervisor, now};
 use super::{launch, views};
 use crate::ipc::{BreakerView, DaemonView, HealthView, QueuedView, Reply, Request};
 use crate::policy::agent::AgentState;
+use crate::policy::escalation;
 use crate::policy::health::{self, Breaker};
 use crate::policy::lifecycle::{self, fmt_ms};
 use crate::protocol::{AgentId, time};
@@ -108,38 +109,18 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
             let list: Vec<_> = sup.escalations.iter().filter(|e| all || e.is_open()).cloned().collect();
             Reply::ok(list)
         }
-        Request::Resolve { n, note } => {
-            let Some(e) = sup.escalations.iter_mut().find(|e| e.n == n) else {
-                return Reply::err(2, format!("no escalation {n}; `corral escalations` lists the open ones"));
-            };
-            if !e.is_open() {
-                return Reply::err(
-                    1,
-                    format!("escalation {n} was already resolved at {}", e.resolved_at.clone().unwrap_or_default()),
-                );
-            }
-            e.resolved_at = Some(time::rfc3339(time::now()));
-            e.note = note.clone();
-            let e = e.clone();
-            if let Err(err) = sup.store.put_escalation(&e) {
-                return Reply::err(1, err.to_string());
-            }
-            sup.mark_escalations_dirty();
-            sup.emit(Some(&e.agent_id), "escalation_resolved", serde_json::json!({ "escalation": n, "note": note }));
-            sup.admit_queued(); // an escalation limit may have been what held spawns
-            Reply::ok(e)
-        }
+        Request::Resolve { n, note, answer } => resolve(sup, n, note, answer),
         Request::Health => Reply::ok(health_view(sup)),
-        Request::Escalate { id, reason } => with_agent(sup, &id, |sup, id| {
+        Request::Escalate { id, reason, conflict } => with_agent(sup, &id, |sup, id| {
             if reason.trim().is_empty() || reason.len() > 16 * 1024 {
                 return Err(Reply::err(2, "an escalation needs a reason of at most 16 KiB"));
             }
-            let open = sup.escalations.iter().find(|e| e.is_open() && e.agent_id == *id && e.reason == reason);
-            let n = match open {
-                Some(e) => e.n,
-                None => sup.open_escalation(id, reason),
+            let seen = escalation::already_open(&sup.escalations, id.as_str(), &reason, conflict.as_ref());
+            let (n, open) = match seen {
+                Some(e) => (e.n, e.is_open()),
+                None => (sup.record_escalation(id, reason, conflict), true),
             };
-            Ok(serde_json::json!({ "escalation": n }))
+            Ok(serde_json::json!({ "escalation": n, "open": open }))
         }),
         Request::Memory => match sup.store.memories() {
             Ok(candidates) => {
@@ -188,10 +169,48 @@ fn with_agent(
     }
 }
 
+/// Records a human's answer to escalation `n` and carries out what it means for the agent.
+fn resolve(sup: &mut Supervisor, n: u64, note: Option<String>, answer: escalation::Answer) -> Reply {
+    let Some(i) = sup.escalations.iter().position(|e| e.n == n) else {
+        return Reply::err(2, format!("no escalation {n}; `corral escalations` lists the open ones"));
+    };
+    if let Err(why) = escalation::check_answer(&sup.escalations[i], &answer) {
+        return Reply::err(if sup.escalations[i].is_open() { 2 } else { 1 }, why);
+    }
+    let mut e = sup.escalations[i].clone();
+    e.resolved_at = Some(time::rfc3339(time::now()));
+    e.note = note.clone();
+    let id = e.agent_id.clone();
+    let (outcome, actions) = match (&e.conflict, sup.agents.get_mut(&id)) {
+        (Some(c), _) => (format!("the conflict on {} is settled for the next aggregate", c.key), vec![]),
+        (None, Some(live)) => escalation::resolved(&mut live.agent, &e, answer.retry, &now()),
+        (None, None) => (format!("{id} is not in the registry"), vec![]),
+    };
+    e.answer = Some(answer);
+    e.outcome = Some(outcome);
+    if let Err(err) = sup.store.put_escalation(&e) {
+        return Reply::err(1, err.to_string());
+    }
+    sup.escalations[i] = e.clone();
+    sup.mark_escalations_dirty();
+    sup.emit(
+        Some(&id),
+        "escalation_resolved",
+        serde_json::json!({ "escalation": n, "note": note, "answer": e.answer, "outcome": e.outcome }),
+    );
+    if !actions.is_empty() {
+        sup.apply(&id, actions);
+    }
+    sup.admit_queued(); // an escalation limit may have been what held spawns
+    Reply::ok(e)
+}
+
+/// A human acted on the agent itself (retry, kill, a message): that answers its own open
+/// escalations; the conflicts it is part of still wait for their own answer.
 fn resolve_for(sup: &mut Supervisor, id: &AgentId, note: &str) {
     let at = time::rfc3339(time::now());
     let mut changed = Vec::new();
-    for e in sup.escalations.iter_mut().filter(|e| e.is_open() && e.agent_id == *id) {
+    for e in sup.escalations.iter_mut().filter(|e| e.is_open() && e.agent_id == *id && e.conflict.is_none()) {
         e.resolved_at = Some(at.clone());
         e.note = Some(note.to_string());
         changed.push(e.clone());

@@ -116,3 +116,93 @@ fn blocked_with_nobody_left_reaches_a_human() {
     let still_open = ws.json(&["escalations", "--json"]).as_array().unwrap().len();
     assert_eq!(still_open, 0, "answering the agent closes its escalation");
 }
+
+fn handoff_port(value: &str, claim: &str) -> String {
+    format!(
+        "corral handoff --finding '{{\"key\":\"port\",\"value\":{value},\"claim\":\"{claim}\",\"evidence\":[{{\"kind\":\"reasoning\",\"ref\":\"r\"}}]}}'"
+    )
+}
+
+fn aggregate_json(ws: &Ws) -> serde_json::Value {
+    let o = ws.run(&["aggregate", "--format", "json"]);
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("aggregate: {e}: {}", String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn a_humans_answer_to_a_conflict_is_honoured() {
+    for how in ["choose", "winner"] {
+        let ws = Ws::with_config(Some(&config("")));
+        let a = ws.spawn("AUDITOR", &["sh", "-c", &handoff_port("8080", "documented")]);
+        let b = ws.spawn("AUDITOR", &["sh", "-c", &handoff_port("9090", "exposed")]);
+        let c = ws.spawn("AUDITOR", &["sh", "-c", &handoff_port("7070", "free")]);
+        for id in [&a, &b, &c] {
+            ws.wait_state(id, &["complete"], SECS(20));
+        }
+        let first = aggregate_json(&ws);
+        assert_eq!(first["conflicts"][0]["resolution"], "unresolved", "{first}");
+        let open = ws.json(&["escalations", "--json"]);
+        let list = open.as_array().unwrap();
+        assert_eq!(list.len(), 1, "{open}");
+        let named: Vec<&str> =
+            list[0]["conflict"]["agents"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(named, [a.as_str(), b.as_str(), c.as_str()], "the escalation names every agent");
+        for id in [&a, &b, &c] {
+            assert!(list[0]["reason"].as_str().unwrap().contains(id.as_str()), "{open}");
+        }
+        let n = list[0]["n"].to_string();
+        let mut args = vec!["escalations", "resolve", n.as_str(), "--note", "ops runs it on 9090"];
+        args.extend(if how == "choose" { ["--choose", "9090"] } else { ["--winner", b.as_str()] });
+        ws.ok(&args);
+        // The next aggregate shows it settled by the human, and asks nobody again.
+        let after = aggregate_json(&ws);
+        let conflict = &after["conflicts"][0];
+        let reopened = ws.json(&["escalations", "--json"]).as_array().unwrap().len();
+        let again = aggregate_json(&ws);
+        let reopened_later = ws.json(&["escalations", "--json"]).as_array().unwrap().len();
+        println!(
+            "UNATTENDED human_answer_honoured how={how} resolution={} reopened={}",
+            conflict["resolution"],
+            reopened + reopened_later
+        );
+        assert_eq!(conflict["resolution"], "human", "{after}");
+        assert_eq!(conflict["note"], "ops runs it on 9090");
+        assert_eq!(conflict["winner"]["value"], 9090);
+        assert_eq!(conflict["winner"]["agents"][0], b.as_str());
+        assert_eq!(after["complete"], true, "{after}");
+        assert_eq!((reopened, reopened_later), (0, 0));
+        assert_eq!(again["conflicts"][0]["resolution"], "human");
+        let md = String::from_utf8(ws.run(&["aggregate"]).stdout).unwrap();
+        assert!(md.contains("resolved by a human") && md.contains("ops runs it on 9090"), "{md}");
+    }
+}
+
+#[test]
+fn resolving_an_agents_escalation_says_what_becomes_of_it() {
+    let ws = Ws::with_config(Some(&config("")));
+    let script = "[ -e fixed ] && exit 0; corral report --status failed --finding 'schema migration conflicts'; exit 2";
+    let kept = ws.spawn("AUDITOR", &["sh", "-c", script]);
+    let retried = ws.spawn("AUDITOR", &["sh", "-c", script]);
+    for id in [&kept, &retried] {
+        ws.wait_state(id, &["escalated"], SECS(20));
+    }
+    let n_of = |id: &str| ws.agent(id)["escalation"].to_string();
+    let kept_n = n_of(&kept);
+    let o = ws.run(&["escalations", "resolve", &kept_n, "--note", "not needed any more"]);
+    let said = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success() && said.contains("stays failed"), "{said}");
+    let v = ws.agent(&kept);
+    assert_eq!((v["status"].as_str(), v["needsHuman"].as_bool()), (Some("failed"), Some(false)), "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("not needed any more"), "{v}");
+    std::fs::write(ws.path().join("fixed"), "").unwrap();
+    let o = ws.run(&["escalations", "resolve", &n_of(&retried), "--note", "fixed by hand", "--retry"]);
+    let said = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success() && said.contains("runs again"), "{said}");
+    let v = ws.wait_state(&retried, &["complete", "escalated", "failed"], SECS(20));
+    println!("UNATTENDED agent_escalation_resolved kept={} retried={}", ws.agent(&kept)["status"], v["status"]);
+    assert_eq!(v["status"], "complete");
+    // an answer that does not fit the escalation is refused, saying why
+    let o = ws.run(&["escalations", "resolve", &kept_n, "--winner", &kept]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already resolved"));
+}
