@@ -150,7 +150,8 @@ pub struct Attempt {
     /// are not this attempt's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub handoffs_before: Vec<String>,
-    /// Findings in the status file when this attempt started: the ones after them are its own.
+    /// Findings the status file had seen (kept and dropped) when this attempt started: the
+    /// ones after them are its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub findings_before: Option<usize>,
     /// The log's length when this attempt started: its output is what follows.

@@ -17,12 +17,18 @@ pub struct Baseline {
 }
 
 /// The findings this attempt added. The status file keeps every attempt's findings, newest
-/// last, so the attempt's own are those after the count at its start. A file holding fewer
-/// than that was written afresh (by the agent itself, not `corral report`): all of it is
-/// this attempt's.
-pub fn attempt_findings<'a>(attempt: &Attempt, findings: &'a [Value]) -> &'a [Value] {
-    let before = attempt.findings_before.unwrap_or(0);
-    if findings.len() < before { findings } else { &findings[before..] }
+/// last (the oldest may have been dropped, counted in `findingsDropped`), so the attempt's
+/// own are those numbered from the count at its start. A file that has seen fewer than
+/// that was written afresh (by the agent itself, not `corral report`): all of it is this
+/// attempt's.
+pub fn attempt_findings<'a>(attempt: &Attempt, findings: &'a [Value], dropped: u64) -> &'a [Value] {
+    let before = attempt.findings_before.unwrap_or(0) as u64;
+    let seen = dropped.saturating_add(findings.len() as u64);
+    if seen < before {
+        return findings;
+    }
+    let skip = usize::try_from(before.saturating_sub(dropped)).unwrap_or(usize::MAX).min(findings.len());
+    &findings[skip..]
 }
 
 /// Where this attempt's output starts in the agent's log, and how much of its end the

@@ -588,12 +588,15 @@ fn ended_attempt(findings_before: Option<usize>, log_start: Option<u64>) -> Atte
 fn an_attempt_sees_only_its_own_findings_and_output() {
     use super::evidence::{attempt_findings, output_window};
     let all: Vec<serde_json::Value> = ["rate limit exceeded", "mine"].iter().map(|s| serde_json::json!(s)).collect();
-    assert_eq!(attempt_findings(&ended_attempt(Some(1), None), &all), &all[1..]);
-    assert!(attempt_findings(&ended_attempt(Some(2), None), &all).is_empty());
+    assert_eq!(attempt_findings(&ended_attempt(Some(1), None), &all, 0), &all[1..]);
+    assert!(attempt_findings(&ended_attempt(Some(2), None), &all, 0).is_empty());
+    // the oldest findings dropped to bound the file still count
+    assert_eq!(attempt_findings(&ended_attempt(Some(11), None), &all, 10), &all[1..]);
+    assert_eq!(attempt_findings(&ended_attempt(Some(5), None), &all, 10), &all[..]);
     // a status file rewritten from scratch by the agent is all this attempt's
-    assert_eq!(attempt_findings(&ended_attempt(Some(5), None), &all), &all[..]);
+    assert_eq!(attempt_findings(&ended_attempt(Some(5), None), &all, 0), &all[..]);
     // a record from before baselines were kept: the whole file
-    assert_eq!(attempt_findings(&ended_attempt(None, None), &all), &all[..]);
+    assert_eq!(attempt_findings(&ended_attempt(None, None), &all, 0), &all[..]);
     // output: the last `tail` bytes, never before the attempt's own start
     assert_eq!(output_window(&ended_attempt(None, Some(9_000)), 10_000, 4096), (9_000, 1_000));
     assert_eq!(output_window(&ended_attempt(None, Some(1_000)), 10_000, 4096), (10_000 - 4096, 4096));

@@ -23,6 +23,11 @@ fn same_content(a: &StatusFile, b: &StatusFile) -> bool {
         && a.findings == b.findings
 }
 
+/// Findings a status file has seen: those it holds and those dropped to bound it.
+fn seen_findings(s: &StatusFile) -> usize {
+    usize::try_from(s.findings_dropped.unwrap_or(0)).unwrap_or(usize::MAX).saturating_add(s.findings.len())
+}
+
 fn modified(p: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
@@ -71,7 +76,12 @@ impl Supervisor {
                 let any_change = live.report.as_ref() != Some(&s);
                 live.report_error = None;
                 if fresh {
-                    let own = live.agent.current().map(|a| evidence::attempt_findings(a, &s.findings)).unwrap_or(&[]);
+                    let dropped = s.findings_dropped.unwrap_or(0);
+                    let own = live
+                        .agent
+                        .current()
+                        .map(|a| evidence::attempt_findings(a, &s.findings, dropped))
+                        .unwrap_or(&[]);
                     let report = Report { status: s.status, last_finding: own.last().map(finding_text), changed };
                     let r = Rules { user: &rules.0, defaults: &rules.1 };
                     actions = lifecycle::status_reported(&mut live.agent, &report, &r, &now());
@@ -110,8 +120,8 @@ impl Supervisor {
         let findings = match FileStamp::of(&path) {
             None => 0,
             // The version already read needs no second read on the spawn path.
-            Some(stamp) if live.status_seen == Some(stamp) => live.report.as_ref().map_or(0, |r| r.findings.len()),
-            Some(_) => files::read_status(&path).map(|s| s.findings.len()).unwrap_or(0),
+            Some(stamp) if live.status_seen == Some(stamp) => live.report.as_ref().map_or(0, seen_findings),
+            Some(_) => files::read_status(&path).map(|s| seen_findings(&s)).unwrap_or(0),
         };
         if let Some(a) = live.agent.current_mut() {
             a.findings_before = Some(findings);
@@ -180,7 +190,9 @@ impl Supervisor {
         let facts = ExitFacts {
             end,
             reported: report.map(|(r, _)| r.status),
-            last_finding: report.and_then(|(r, a)| evidence::attempt_findings(a, &r.findings).last()).map(finding_text),
+            last_finding: report
+                .and_then(|(r, a)| evidence::attempt_findings(a, &r.findings, r.findings_dropped.unwrap_or(0)).last())
+                .map(finding_text),
             handoff,
             output_tail,
             ended_at,
