@@ -10,6 +10,9 @@
 #                  status --json` in a loop, `corral monitor` in tmux
 #   fifty_clis     50 CLIs of mixed kinds at once, racing to start the supervisor
 #   wall_clock     +1h and -1h steps of the wall clock against 2s timeouts (restored after)
+#   kill9_shims    kill -9 of a random shim ten times while 50 agents run and print
+#   kill9_all      kill -9 of the supervisor, its launcher and every shim at once while 50
+#                  agents run (codes of attempts that ran through it are unknowable, said so)
 # then, if bench/fuzz.sh exists, a fuzz smoke of about 30 s over its targets.
 #
 #   bench/chaos.sh                  everything (about 2 minutes plus building)
@@ -31,8 +34,10 @@ declare -A test_of=(
   [status_storm]=chaos_status_storm
   [fifty_clis]=chaos_fifty_clis
   [wall_clock]=chaos_wall_clock_steps
+  [kill9_shims]=chaos_kill9_shims
+  [kill9_all]=chaos_kill9_everything
 )
-order=(kill9 disk_full status_storm fifty_clis wall_clock)
+order=(kill9 disk_full status_storm fifty_clis wall_clock kill9_shims kill9_all)
 scenarios=("$@")
 [[ ${#scenarios[@]} -eq 0 ]] && scenarios=("${order[@]}")
 for s in "${scenarios[@]}"; do
