@@ -24,6 +24,10 @@ pub struct Args {
     /// The handoff's status (default: complete).
     #[arg(long, default_value = "complete")]
     pub status: String,
+    /// Leave the status file as it is (by default a handoff marks it with the handoff's
+    /// status: complete, with progress 1.0).
+    #[arg(long)]
+    pub keep_status: bool,
     /// The agent id (default: $CORRAL_AGENT_ID).
     #[arg(long, env = "CORRAL_AGENT_ID")]
     pub agent: Option<String>,
@@ -61,8 +65,15 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             extra: Default::default(),
         },
     };
-    let path = agent_side::write_handoff(&ctx.data, &id, env_path("CORRAL_HANDOFF_FILE", &id), &handoff)
-        .map_err(|e| super::Fail { code: 1, msg: e })?;
+    let fail = |e| super::Fail { code: 1, msg: e };
+    let (path, written) =
+        agent_side::write_handoff(&ctx.data, &id, env_path("CORRAL_HANDOFF_FILE", &id), &handoff).map_err(fail)?;
     eprintln!("wrote {}", path.display());
+    if !a.keep_status
+        && let Some(update) = agent_side::status_of_handoff(&written)
+    {
+        let role = std::env::var("CORRAL_ROLE").ok();
+        agent_side::report(&ctx.data, &id, role, env_path("CORRAL_STATUS_FILE", &id), update).map_err(fail)?;
+    }
     Ok(0)
 }

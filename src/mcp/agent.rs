@@ -77,6 +77,11 @@ pub fn handoff(ctx: &Ctx, a: HandoffArgs) -> Result<HandoffReply, String> {
     let id = caller(a.agent_id)?;
     args::json_size("handoff", &a.handoff, args::MAX_HANDOFF)?;
     let h = agent_side::handoff_from_json(a.handoff, &id).map_err(|e| format!("argument `handoff`: {e}"))?;
-    let path = agent_side::write_handoff(&ctx.data, &id, env_path("CORRAL_HANDOFF_FILE", &id), &h)?;
+    let (path, h) = agent_side::write_handoff(&ctx.data, &id, env_path("CORRAL_HANDOFF_FILE", &id), &h)?;
+    // As `corral handoff` does: the handoff marks the status file with its status.
+    if let Some(update) = agent_side::status_of_handoff(&h) {
+        let role = std::env::var("CORRAL_ROLE").ok();
+        agent_side::report(&ctx.data, &id, role, env_path("CORRAL_STATUS_FILE", &id), update)?;
+    }
     Ok(HandoffReply { agent_id: id.to_string(), handoff_file: path.display().to_string(), handoff: h })
 }

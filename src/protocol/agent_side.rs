@@ -224,11 +224,69 @@ pub fn handoff_from_json(mut v: Value, id: &AgentId) -> Result<Handoff, String> 
     Ok(h)
 }
 
-/// Writes the handoff to `path`, or to a new timestamped file under `handoffs/`.
-pub fn write_handoff(data: &DataDir, id: &AgentId, path: Option<PathBuf>, h: &Handoff) -> Result<PathBuf, String> {
+/// Writes the handoff to `path`, or to a new timestamped file under `handoffs/`. A handoff
+/// already at `path` (an earlier `corral handoff` of the same attempt) is merged with, never
+/// replaced: a second call adds to what the first said. Returns the path and the handoff as
+/// written.
+pub fn write_handoff(
+    data: &DataDir,
+    id: &AgentId,
+    path: Option<PathBuf>,
+    h: &Handoff,
+) -> Result<(PathBuf, Handoff), String> {
     let path = path.unwrap_or_else(|| data.handoff_file(id, &time::compact(time::now())));
-    write(&path, h)?;
-    Ok(path)
+    let _lock = lock_reports(data, id)?;
+    let merged = match files::read_handoff(&path) {
+        Ok(old) if old.from_agent == h.from_agent => merge_handoff(old, h.clone()),
+        _ => h.clone(),
+    };
+    write(&path, &merged)?;
+    Ok((path, merged))
+}
+
+/// A later handoff of one attempt added to an earlier one: deliverables, findings and
+/// decisions appended (a value given again is kept once), memory candidates gathered into
+/// one list; the later status and other fields win.
+pub fn merge_handoff(old: Handoff, new: Handoff) -> Handoff {
+    fn append<T: PartialEq>(into: &mut Vec<T>, more: Vec<T>) {
+        for x in more {
+            if !into.contains(&x) {
+                into.push(x);
+            }
+        }
+    }
+    let mut out = old;
+    append(&mut out.deliverables.files, new.deliverables.files);
+    append(&mut out.deliverables.findings, new.deliverables.findings);
+    append(&mut out.deliverables.decisions, new.deliverables.decisions);
+    out.deliverables.extra.extend(new.deliverables.extra);
+    let list = |m: Option<Value>| match m {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(items)) => items,
+        Some(one) => vec![one],
+    };
+    let (had, more) = (out.memory_candidate.take(), new.memory_candidate);
+    out.memory_candidate = match (had, more) {
+        (None, None) => None,
+        (Some(only), None) | (None, Some(only)) => Some(only),
+        (had, more) => {
+            let mut all = list(had);
+            append(&mut all, list(more));
+            Some(Value::Array(all))
+        }
+    };
+    out.status = new.status;
+    out.to_agent = new.to_agent;
+    out.extra.extend(new.extra);
+    out
+}
+
+/// What a handoff says of the agent's status: a handoff marks the status file with its
+/// status (`complete`, with progress 1.0, unless it says `failed` or `blocked`).
+pub fn status_of_handoff(h: &Handoff) -> Option<ReportUpdate> {
+    let status = ReportedStatus::parse(&h.status)?;
+    let progress = (status == ReportedStatus::Complete).then_some(1.0);
+    Some(ReportUpdate { status: Some(status), progress, ..Default::default() })
 }
 
 fn write<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), String> {
@@ -241,6 +299,32 @@ fn write<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn handoff(v: Value) -> Handoff {
+        handoff_from_json(v, &AgentId::parse("agent-001-X").unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_second_handoff_adds_to_the_first() {
+        let first = handoff(serde_json::json!({
+            "status": "partial",
+            "deliverables": {"files": ["a.rs"], "findings": ["one"], "decisions": ["d1"]},
+            "memoryCandidate": {"k": 1}
+        }));
+        let second = handoff(serde_json::json!({
+            "deliverables": {"files": ["b.rs", "a.rs"], "findings": ["two", "one"], "decisions": ["d2"]},
+            "memoryCandidate": [{"k": 2}]
+        }));
+        let m = merge_handoff(first, second);
+        assert_eq!(m.deliverables.files, ["a.rs", "b.rs"]);
+        assert_eq!(m.deliverables.findings, [serde_json::json!("one"), serde_json::json!("two")]);
+        assert_eq!(m.deliverables.decisions, [serde_json::json!("d1"), serde_json::json!("d2")]);
+        assert_eq!(m.memory_candidate, Some(serde_json::json!([{"k": 1}, {"k": 2}])));
+        assert_eq!(m.status, "complete", "the later status wins");
+        let done = status_of_handoff(&m).unwrap();
+        assert_eq!((done.status, done.progress), (Some(ReportedStatus::Complete), Some(1.0)));
+        assert!(status_of_handoff(&handoff(serde_json::json!({"status": "partial"}))).is_none());
+    }
 
     fn update(findings: std::ops::Range<usize>) -> ReportUpdate {
         ReportUpdate {

@@ -206,3 +206,32 @@ fn resolving_an_agents_escalation_says_what_becomes_of_it() {
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("already resolved"));
 }
+
+#[test]
+fn handoffs_of_one_attempt_accumulate() {
+    let ws = Ws::with_config(Some(&config("")));
+    let script = "touch a.rs b.rs; \
+        corral handoff --deliverable a.rs --finding first --decision d1 --memory m1; \
+        corral handoff --deliverable b.rs --finding second --decision d2 --memory m2; \
+        test \"$(jq -r .status \"$CORRAL_STATUS_FILE\")\" = complete || exit 9; \
+        corral handoff --finding third --keep-status --status partial; \
+        test \"$(jq -r .status \"$CORRAL_STATUS_FILE\")\" = complete || exit 8";
+    let id = ws.spawn("IMPLEMENTER", &["sh", "-c", script]);
+    let v = ws.wait_state(&id, &["complete", "escalated", "failed"], SECS(20));
+    let show = ws.show(&id);
+    let file = show["files"]["expectedHandoff"].as_str().unwrap().to_string();
+    let h: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let lost = ["first", "second", "third"]
+        .iter()
+        .filter(|f| !h["deliverables"]["findings"].as_array().unwrap().contains(&serde_json::json!(f)))
+        .count();
+    println!("UNATTENDED handoffs_accumulate lost_findings={lost} status={}", v["status"]);
+    assert_eq!(v["status"], "complete", "{show}");
+    assert_eq!(lost, 0, "{h}");
+    assert_eq!(h["deliverables"]["files"], serde_json::json!(["a.rs", "b.rs"]));
+    assert_eq!(h["deliverables"]["decisions"], serde_json::json!(["d1", "d2"]));
+    assert_eq!(h["memoryCandidate"], serde_json::json!(["m1", "m2"]));
+    assert_eq!(v["reportedStatus"], "complete", "a handoff marks the status file complete: {v}");
+    let r = aggregate_json(&ws);
+    assert_eq!(r["counts"]["findings"], 3, "{r}");
+}
