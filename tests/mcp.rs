@@ -122,7 +122,8 @@ command = ["sleep", "30"]
     let g = &seen["status"][&good];
     assert_eq!(g["status"], "complete");
     assert_eq!(g["phase"], "working");
-    assert_eq!(g["progress"], 0.5);
+    // the handoff marked the status file complete
+    assert_eq!(g["progress"], 1.0);
     assert_eq!(g["handoffs"].as_array().unwrap().len(), 1, "{g}");
     let b = &seen["status"][&bad];
     assert_eq!(b["attempts"][0]["exitCode"], 2, "{b}");
@@ -243,10 +244,10 @@ fn an_agent_reports_and_hands_off_over_mcp() {
 
     // `corral status --json` shows what the agent reported through report_progress.
     let v = ws.agent(&id);
-    assert_eq!(v["progress"], 0.6, "{v}");
+    assert_eq!(v["progress"], 1.0, "the handoff marks the status file complete: {v}");
     assert_eq!(v["phase"], "mcp-analysis", "{v}");
     assert_eq!(v["milestone"], "schemas-read", "{v}");
-    assert_eq!(v["reportedStatus"], "active", "{v}");
+    assert_eq!(v["reportedStatus"], "complete", "{v}");
 
     // The handoff submitted through submit_handoff is the agent's expected handoff.
     let show = ws.show(&id);
