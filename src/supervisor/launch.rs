@@ -507,6 +507,10 @@ pub fn reconcile(sup: &mut Supervisor, id: &AgentId) {
             let shim_pid = info.shim_pid.unwrap_or(0);
             match process::pidfd_open(shim_pid) {
                 Ok(fd) => {
+                    // Stop requests go to the shim again (so a kill's grace holds for the
+                    // whole group), and the output pipe gets a second reader again.
+                    let out = start.as_ref().and_then(|s| copy_out(Some(&fd), s.out_fd));
+                    sup.orphans.started(id, n, Some(&fd), out);
                     if let Some(s) = start {
                         let live = sup.agents.get_mut(id).expect("present");
                         let actions = lifecycle::started(&mut live.agent, s.shim_pid, s.pid, &now());

@@ -33,6 +33,9 @@ pub struct StartRecord {
     /// names the process for good, so a reused pid is never taken for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<u64>,
+    /// The shim's descriptor of the output pipe's read end (a supervisor copies it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_fd: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -389,6 +392,7 @@ fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Optio
         pid,
         started_at: time::rfc3339(time::now()),
         start_time: process::start_time(pid),
+        out_fd: Some(out_r.as_raw_fd()),
     };
     if let Err(e) = run.append(&RunLine::Start(start), Duration::ZERO) {
         // Without a start record a restarted supervisor could not find this attempt again.

@@ -244,3 +244,28 @@ fn the_log_cap_keeps_head_and_tail_and_says_what_was_dropped() {
     let kept = log.len() as u64 - header_footer - 1; // the marker's leading line break
     assert_eq!(kept + dropped, total, "kept {kept} + dropped {dropped} != written {total}");
 }
+
+#[test]
+fn kill_grace_holds_for_the_group_after_a_supervisor_restart() {
+    let ws = Ws::with_config(Some(FAST));
+    let flag = ws.path().join("ready");
+    let env = format!("FLAG={}", flag.display());
+    let id =
+        ws.ok(&["spawn", "--role", "X", "--task", "t", "--env", &env, "--", "sh", "-c", STUBBORN]).trim().to_string();
+    assert!(wait_file_has(&flag, "ready", SECS(10)));
+    let pgid = pid_of(&ws, &id);
+    kill_supervisor(&ws);
+    ws.ok(&["status"]); // a new supervisor finds the attempt's shim again
+    let t0 = Instant::now();
+    ws.ok(&["kill", &id, "--grace", "2s"]);
+    let returned = t0.elapsed();
+    let left = group_members(pgid);
+    println!(
+        "UNATTENDED kill_grace_after_restart grace_s=2 kill_returned_s={:.2} left={}",
+        returned.as_secs_f64(),
+        left.len()
+    );
+    assert!(left.is_empty(), "{left:?}");
+    assert!(returned >= Duration::from_millis(1900), "the group got {returned:?}, not the 2s grace");
+    assert!(returned < Duration::from_millis(3500), "{returned:?}");
+}
