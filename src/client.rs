@@ -4,7 +4,7 @@
 //! same user (SO_PEERCRED): a request can carry the caller's whole environment.
 
 use crate::ipc::{Reply, Request};
-use crate::protocol::DataDir;
+use crate::protocol::{DataDir, fsio};
 use crate::supervisor::process;
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader, Write};
@@ -28,8 +28,7 @@ impl Client {
         }
         data.create_all().with_context(|| format!("cannot create data dir {}", data.root().display()))?;
         // One starter at a time; the others wait here and then find it running.
-        let lock =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(data.daemon_start_lock())?;
+        let (lock, _) = fsio::open_write_replacing(data.root(), &data.daemon_start_lock(), fsio::Mode::Update)?;
         process::lock(&lock)?;
         // A supervisor that was just killed can hold its socket and lock for a few more
         // milliseconds while its last threads exit; give it that long before calling the
@@ -155,7 +154,7 @@ fn open_socket(data: &DataDir) -> Result<UnixStream, Unreachable> {
 
 /// The socket the running supervisor says it listens on, if it wrote one.
 fn recorded_socket(data: &DataDir) -> Option<std::path::PathBuf> {
-    let text = crate::protocol::files::read_bounded(&data.daemon_info()).ok()?;
+    let text = crate::protocol::files::read_bounded(data.root(), &data.daemon_info()).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     Some(v.get("socket")?.as_str()?.into())
 }
@@ -195,7 +194,7 @@ fn check_peer(s: &UnixStream, path: &Path) -> Result<(), String> {
 }
 
 fn start_daemon(data: &DataDir, workspace_root: &Path) -> anyhow::Result<()> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(data.daemon_log())?;
+    let (log, _) = fsio::open_write_replacing(data.root(), &data.daemon_log(), fsio::Mode::Append)?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--data-dir")
         .arg(data.root())
@@ -228,7 +227,8 @@ fn start_daemon(data: &DataDir, workspace_root: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let _ = child.wait();
-    let tail = std::fs::read_to_string(data.daemon_log()).unwrap_or_default();
+    let tail = fsio::read_tail(data.root(), &data.daemon_log(), 64 * 1024).map(|(b, _)| b).unwrap_or_default();
+    let tail = String::from_utf8_lossy(&tail);
     let tail: Vec<&str> = tail.lines().rev().take(5).collect();
     bail!(
         "the supervisor did not start; last lines of {}:\n{}",

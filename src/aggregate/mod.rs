@@ -15,7 +15,7 @@
 mod findings;
 mod markdown;
 mod report;
-mod workspace;
+pub mod workspace;
 
 #[cfg(test)]
 mod tests;
@@ -167,8 +167,9 @@ pub struct Input<'a> {
     pub human: Vec<HumanAnswer>,
     pub handoffs: Vec<HandoffInput>,
     pub workspace: &'a Path,
-    /// Asked only about normalized paths inside the workspace.
-    pub exists: &'a dyn Fn(&Path) -> bool,
+    /// Asked only about normalized paths inside the workspace by their text; on the real
+    /// filesystem, [`workspace::OnDisk::locate`].
+    pub locate: &'a dyn Fn(&Path) -> workspace::Found,
 }
 
 /// The handoff chosen for one agent, with what the rest of aggregation needs about it.
@@ -347,7 +348,7 @@ struct Files {
 }
 
 fn check_files(chosen: &[Chosen], input: &Input) -> Files {
-    let mut cache: HashMap<PathBuf, bool> = HashMap::new();
+    let cache: std::cell::RefCell<HashMap<PathBuf, workspace::Found>> = Default::default();
     // Each workspace-relative path with the agents (index into `chosen`, listed form) that
     // list it, in first-listed order; the map finds a path's entry without any pairwise scan.
     let mut by_path: HashMap<String, usize> = HashMap::new();
@@ -358,14 +359,14 @@ fn check_files(chosen: &[Chosen], input: &Input) -> Files {
         let mut files = Vec::new();
         let mut mine: HashSet<String> = HashSet::new();
         for listed in &c.handoff.deliverables.files {
-            let (path, state) = match workspace::place(input.workspace, &c.cwd, listed) {
-                workspace::Placed::Outside { full } => {
+            let cached =
+                |p: &Path| cache.borrow_mut().entry(p.to_path_buf()).or_insert_with(|| (input.locate)(p)).clone();
+            let (path, state) = match workspace::judge(input.workspace, &c.cwd, listed, &cached) {
+                workspace::Verdict::Outside { full, .. } => {
                     (full.to_string_lossy().into_owned(), FileState::OutsideWorkspace)
                 }
-                workspace::Placed::Inside { full, relative } => {
-                    let exists = *cache.entry(full).or_insert_with_key(|p| (input.exists)(p));
-                    (relative, if exists { FileState::Exists } else { FileState::Missing })
-                }
+                workspace::Verdict::Exists { relative } => (relative, FileState::Exists),
+                workspace::Verdict::Missing { relative } => (relative, FileState::Missing),
             };
             // Every listed form is reported, but an agent naming one file twice (`a.rs` and
             // `./a.rs`) is not in conflict with itself.

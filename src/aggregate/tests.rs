@@ -1,5 +1,5 @@
 //! Aggregation tests on fixture handoffs (tests/fixtures/aggregate/) and a fake filesystem:
-//! the `exists` closure answers from a list and records every question it was asked.
+//! the `locate` closure answers from a list and records every question it was asked.
 
 use super::*;
 use crate::protocol::files::parse_handoff;
@@ -57,11 +57,15 @@ fn run_with(
     human: Vec<HumanAnswer>,
 ) -> (Report, Vec<PathBuf>) {
     let asked = RefCell::new(Vec::new());
-    let exists = |p: &Path| {
+    let locate = |p: &Path| {
         asked.borrow_mut().push(p.to_path_buf());
-        existing.iter().any(|e| Path::new(WS).join(e) == p)
+        if existing.iter().any(|e| Path::new(WS).join(e) == p) {
+            workspace::Found::Exists
+        } else {
+            workspace::Found::Missing
+        }
     };
-    let r = aggregate(&Input { agents, handoffs, workspace: Path::new(WS), exists: &exists, human });
+    let r = aggregate(&Input { agents, handoffs, workspace: Path::new(WS), locate: &locate, human });
     (r, asked.into_inner())
 }
 
@@ -562,7 +566,7 @@ fn scales_to_a_thousand_handoffs() {
         })
         .collect();
     let agents = (0..N).map(|i| agent(&format!("agent-{i:04}-W"), "complete", None)).collect();
-    let r = aggregate(&Input { agents, handoffs, workspace: Path::new(WS), exists: &|_| true, human: vec![] });
+    let r = aggregate(&Input { agents, handoffs, workspace: Path::new(WS), locate: &|_| workspace::Found::Exists, human: vec![] });
     let c = &r.counts;
     assert_eq!((c.agents, c.aggregated, c.failed, c.missing), (N, N, 0, 0));
     assert_eq!(c.findings, 5 + 4 * N);

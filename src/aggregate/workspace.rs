@@ -1,7 +1,11 @@
-//! Where a listed deliverable points, decided from the path text alone. The filesystem is
-//! never consulted here: a path that escapes the workspace must be caught before anything
-//! (even an existence check) touches it.
+//! The one rule for deliverables, used by the supervisor's completion check and by
+//! `corral aggregate`: a listed file counts as inside the workspace only if its real path
+//! (symlinks resolved, the workspace root itself canonicalized) is. A path whose text
+//! already leaves the workspace (absolute elsewhere, `..` escapes) is flagged before the
+//! filesystem is asked anything about it; one inside by its text is then followed link by
+//! link (metadata only, never content), and flagged if it leads out.
 
+use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
 /// Folds `.` and `..` without resolving symlinks. `..` above the root stays at the root (as
@@ -52,6 +56,141 @@ pub fn place(workspace: &Path, cwd: &Path, listed: &str) -> Placed {
     }
 }
 
+/// What the filesystem says about a path that is inside the workspace by its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Exists,
+    Missing,
+    /// Through symlinks, it leads to this real path outside the workspace.
+    Escapes(PathBuf),
+}
+
+/// A listed deliverable, judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// `relative`: workspace-relative, as reports name it and conflicts compare it.
+    Exists {
+        relative: String,
+    },
+    Missing {
+        relative: String,
+    },
+    /// `full`: the normalized path as listed; `real`: where a symlink inside led, if one did.
+    Outside {
+        full: PathBuf,
+        real: Option<PathBuf>,
+    },
+}
+
+impl Verdict {
+    /// How the supervisor names a deliverable that fails, `None` when it is fine.
+    pub fn failure(&self, listed: &str) -> Option<String> {
+        match self {
+            Verdict::Exists { .. } => None,
+            Verdict::Missing { .. } => Some(listed.to_string()),
+            Verdict::Outside { full, real: None } => {
+                Some(format!("{listed} (outside the workspace: {})", full.display()))
+            }
+            Verdict::Outside { real: Some(real), .. } => {
+                Some(format!("{listed} (a symlink out of the workspace, to {})", real.display()))
+            }
+        }
+    }
+}
+
+/// Judges `listed` (absolute, or relative to the agent's `cwd`) against the workspace;
+/// `locate` is asked only about normalized paths inside it by their text.
+pub fn judge(workspace: &Path, cwd: &Path, listed: &str, locate: &dyn Fn(&Path) -> Found) -> Verdict {
+    match place(workspace, cwd, listed) {
+        Placed::Outside { full } => Verdict::Outside { full, real: None },
+        Placed::Inside { full, relative } => match locate(&full) {
+            Found::Exists => Verdict::Exists { relative },
+            Found::Missing => Verdict::Missing { relative },
+            Found::Escapes(real) => Verdict::Outside { full, real: Some(real) },
+        },
+    }
+}
+
+/// The real filesystem's answers for [`judge`].
+pub struct OnDisk {
+    real_root: PathBuf,
+}
+
+impl OnDisk {
+    pub fn new(workspace: &Path) -> Self {
+        let real_root = std::fs::canonicalize(workspace).unwrap_or_else(|_| normalize(workspace));
+        Self { real_root }
+    }
+
+    pub fn locate(&self, full: &Path) -> Found {
+        match real_path(full) {
+            Ok((real, exists)) if real.starts_with(&self.real_root) => {
+                if exists {
+                    Found::Exists
+                } else {
+                    Found::Missing
+                }
+            }
+            Ok((real, _)) => Found::Escapes(real),
+            // A loop of links leads nowhere.
+            Err(_) => Found::Missing,
+        }
+    }
+}
+
+/// Resolves every symlink on `path` (absolute) as the kernel would, by reading the links
+/// themselves (never a file's content). Where a component does not exist, the rest is
+/// folded on as text: a dangling link that points out is still seen to point out. Returns
+/// the real path and whether it exists.
+pub fn real_path(path: &Path) -> std::io::Result<(PathBuf, bool)> {
+    const MAX_LINKS: u32 = 40;
+    let mut todo: Vec<OsString> = Vec::new();
+    push_components(&mut todo, path);
+    let mut real = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            real.pop();
+            continue;
+        }
+        let next = real.join(&name);
+        match std::fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                let target = std::fs::read_link(&next)?;
+                if target.is_absolute() {
+                    real = PathBuf::from("/");
+                }
+                push_components(&mut todo, &target);
+            }
+            Ok(m) if m.is_dir() || todo.is_empty() => real = next,
+            // A file used as a directory, or nothing there: the rest cannot exist.
+            _ => {
+                let mut rest = next;
+                while let Some(n) = todo.pop() {
+                    rest.push(n);
+                }
+                return Ok((normalize(&rest), false));
+            }
+        }
+    }
+    Ok((real, true))
+}
+
+/// Pushes `p`'s components so that the first is popped first.
+fn push_components(todo: &mut Vec<OsString>, p: &Path) {
+    for c in p.components().rev() {
+        match c {
+            Component::Normal(n) => todo.push(n.to_os_string()),
+            Component::ParentDir => todo.push("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +221,34 @@ mod tests {
             Placed::Inside { full: "/w/sub/a".into(), relative: "sub/a".into() }
         );
         assert_eq!(place(Path::new("/w/"), cwd, ".."), Placed::Inside { full: "/w".into(), relative: ".".into() });
+    }
+
+    #[test]
+    fn symlinks_are_judged_by_where_they_lead() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path().join("ws");
+        std::fs::create_dir_all(ws.join("src")).unwrap();
+        std::fs::write(ws.join("src/a.rs"), "a").unwrap();
+        std::fs::write(d.path().join("secret"), "s").unwrap();
+        symlink(d.path().join("secret"), ws.join("out")).unwrap();
+        symlink("../..", ws.join("src/up")).unwrap();
+        symlink("a.rs", ws.join("src/in")).unwrap();
+        symlink(d.path().join("nowhere"), ws.join("dangling")).unwrap();
+        symlink("loop", ws.join("loop")).unwrap();
+        // The workspace reached through a symlink of its own is still the workspace.
+        symlink(&ws, d.path().join("alias")).unwrap();
+        let alias = d.path().join("alias");
+        let disk = OnDisk::new(&alias);
+        let j = |l: &str| judge(&alias, &alias, l, &|p| disk.locate(p));
+        assert_eq!(j("src/a.rs"), Verdict::Exists { relative: "src/a.rs".into() });
+        assert_eq!(j("src/in"), Verdict::Exists { relative: "src/in".into() });
+        assert_eq!(j("src/none.rs"), Verdict::Missing { relative: "src/none.rs".into() });
+        assert!(matches!(j("out"), Verdict::Outside { real: Some(r), .. } if r.ends_with("secret")));
+        assert!(matches!(j("src/up/secret"), Verdict::Outside { real: Some(_), .. }));
+        assert!(matches!(j("dangling"), Verdict::Outside { real: Some(_), .. }));
+        assert_eq!(j("loop"), Verdict::Missing { relative: "loop".into() });
+        assert!(matches!(j("/etc/passwd"), Verdict::Outside { real: None, .. }));
+        assert!(j("out").failure("out").unwrap().contains("symlink"));
     }
 }

@@ -6,7 +6,7 @@ use super::{Ctx, Fail, Result, usage};
 use crate::aggregate::{self, AgentOutcome, HandoffInput, Input, Report, Resolution};
 use crate::ipc::{AgentView, Request};
 use crate::policy::agent::Escalation;
-use crate::protocol::{DataDir, files, time};
+use crate::protocol::{DataDir, files, fsio, time};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,30 +72,31 @@ pub fn build(ctx: &Ctx, ids: &[String], role: Option<&str>) -> Result<Report> {
         .collect();
     let escalations: Vec<Escalation> = serde_json::from_value(ctx.call(&Request::Escalations { all: true })?)?;
     let human = aggregate::human_answers(&escalations);
-    let exists = |p: &Path| p.exists();
-    let input = Input { agents, handoffs, workspace: &ctx.ws.root, exists: &exists, human };
+    let disk = aggregate::workspace::OnDisk::new(&ctx.ws.root);
+    let locate = |p: &Path| disk.locate(p);
+    let input = Input { agents, handoffs, workspace: &ctx.ws.root, locate: &locate, human };
     Ok(aggregate::aggregate(&input))
 }
 
 /// Every handoff file under the data dir whose owner (from its name) passes `keep`.
 fn read_handoffs(data: &DataDir, keep: impl Fn(&str) -> bool) -> Vec<HandoffInput> {
-    let Ok(rd) = std::fs::read_dir(data.handoff_dir()) else { return vec![] };
+    let dir = data.handoff_dir();
+    // Listed through fsio: a handoffs directory an agent replaced by a symlink is not read.
+    let Ok(names) = fsio::Dir::open(data.root(), &dir).and_then(|d| d.names()) else { return vec![] };
     let mut out = Vec::new();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+    for name in names {
+        let name = name.to_string_lossy().into_owned();
         let Some(owner) = DataDir::handoff_owner(&name) else { continue };
         if !keep(owner) {
             continue;
         }
-        let path = e.path();
-        let modified = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
+        let path = dir.join(&name);
+        let modified = fsio::lstat(&path)
+            .and_then(|m| m.modified().ok())
             .and_then(|m| jiff::Timestamp::try_from(m).ok())
             .map(time::rfc3339)
             .unwrap_or_default();
-        out.push(match files::read_handoff(&path) {
+        out.push(match files::read_handoff(data.root(), &path) {
             Ok(handoff) => HandoffInput::Parsed { path, handoff, modified },
             Err(error) => HandoffInput::Unreadable { path, error },
         });

@@ -42,7 +42,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
                 s
             } else {
-                files::read_bounded(f).map_err(usage)?
+                files::read_named(f).map_err(usage)?
             };
             let v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| usage(format!("{}: not valid JSON: {e}", f.display())))?;

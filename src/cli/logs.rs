@@ -2,7 +2,7 @@
 
 use super::{Ctx, Result};
 use crate::ipc::{AgentView, Request};
-use crate::protocol::AgentId;
+use crate::protocol::{AgentId, fsio};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::mpsc;
 
@@ -23,7 +23,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     let mut out = std::io::stdout().lock();
     let mut pos = 0u64;
     let mut copy = |pos: &mut u64| -> Result<()> {
-        if let Ok(mut f) = std::fs::File::open(&path) {
+        // Through fsio: a log replaced by a FIFO or a symlink is not followed.
+        if let Ok(mut f) = fsio::open_read(ctx.data.root(), &path) {
             f.seek(SeekFrom::Start(*pos))?;
             let mut buf = Vec::new();
             f.read_to_end(&mut buf)?;

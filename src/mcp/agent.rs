@@ -60,7 +60,7 @@ pub fn report(ctx: &Ctx, a: ReportArgs) -> Result<ReportReply, String> {
     let done = agent_side::report(&ctx.data, &id, role, env_path("CORRAL_STATUS_FILE", &id), update)?;
     let warnings = done.warnings();
     let path = done.path;
-    let status = files::read_status(&path)?;
+    let status = files::read_status(ctx.data.root(), &path)?;
     Ok(ReportReply { agent_id: id.to_string(), status_file: path.display().to_string(), status, warnings })
 }
 

@@ -3,9 +3,9 @@
 //! files the same way (atomically, and one report of an agent at a time).
 
 use super::files::{self, Handoff, ReportedStatus, StatusFile};
-use super::{AgentId, DataDir, atomic, time};
+use super::{AgentId, DataDir, atomic, fsio, time};
 use serde_json::Value;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default)]
@@ -79,14 +79,14 @@ pub fn report(
     validate(&u)?;
     let path = path.unwrap_or_else(|| data.status_file(id));
     let _lock = lock_reports(data, id)?;
-    let (old, replaced) = match files::read_status(&path) {
+    let (old, replaced) = match files::read_status(data.root(), &path) {
         Ok(s) if s.agent_id == id.as_str() => (Some(s), None),
         Ok(s) => (None, Some(format!("it belongs to {}", s.agent_id))),
         Err(_) if std::fs::symlink_metadata(&path).is_err() => (None, None),
         Err(e) => (None, Some(e)),
     };
     let merged = merge(old, id.as_str(), role, u, time::rfc3339(time::now()), files::MAX_FILE_BYTES as usize)?;
-    write(&path, &merged.status)?;
+    write(data.root(), &path, &merged.status)?;
     let dropped_total = merged.status.findings_dropped.unwrap_or(0);
     Ok(Reported { path, dropped: merged.dropped, dropped_total, replaced })
 }
@@ -201,11 +201,9 @@ fn element_size(f: &Value) -> usize {
 /// the other's findings. std opens files close-on-exec, so no process started later holds it.
 fn lock_reports(data: &DataDir, id: &AgentId) -> Result<File, String> {
     let path = data.report_lock(id);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
     let fail = |e: std::io::Error| format!("cannot lock {}: {e}", path.display());
-    let f = OpenOptions::new().write(true).create(true).truncate(false).open(&path).map_err(fail)?;
+    // A lock file planted as a FIFO or a symlink is moved aside: it is no lock of ours.
+    let (f, _) = fsio::open_write_replacing(data.root(), &path, fsio::Mode::Update).map_err(fail)?;
     crate::supervisor::process::lock(&f).map_err(fail)?;
     Ok(f)
 }
@@ -236,11 +234,11 @@ pub fn write_handoff(
 ) -> Result<(PathBuf, Handoff), String> {
     let path = path.unwrap_or_else(|| data.handoff_file(id, &time::compact(time::now())));
     let _lock = lock_reports(data, id)?;
-    let merged = match files::read_handoff(&path) {
+    let merged = match files::read_handoff(data.root(), &path) {
         Ok(old) if old.from_agent == h.from_agent => merge_handoff(old, h.clone()),
         _ => h.clone(),
     };
-    write(&path, &merged)?;
+    write(data.root(), &path, &merged)?;
     Ok((path, merged))
 }
 
@@ -289,11 +287,10 @@ pub fn status_of_handoff(h: &Handoff) -> Option<ReportUpdate> {
     Some(ReportUpdate { status: Some(status), progress, ..Default::default() })
 }
 
-fn write<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), String> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    atomic::write_json_atomic(path, v).map_err(|e| format!("cannot write {}: {e}", path.display()))
+/// Through [`fsio`]: never through a symlink or hard link planted at the name, and a
+/// directory an agent replaced is made again first.
+fn write<T: serde::Serialize>(root: &Path, path: &Path, v: &T) -> Result<(), String> {
+    atomic::write_json_atomic(root, path, v).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

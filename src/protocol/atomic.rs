@@ -1,23 +1,22 @@
-//! Atomic file writes: temp file in the same directory, fsync-free rename. A reader sees the
-//! old file or the new one, never a torn one.
+//! Atomic file writes: a temp file in the same directory, renamed over the name (no
+//! fsync). A reader sees the old file or the new one, never a torn one. Every write goes
+//! through [`fsio`], so a name an agent planted (a symlink, a hard link) is replaced, never
+//! written through.
 
-use std::io::Write;
+use super::fsio::{self, Dir};
+use std::ffi::OsString;
+use std::io;
 use std::path::Path;
 
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    // Hidden, per-process temp name: watchers skip dotfiles, and two writers never share one.
-    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), unique()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+/// Writes a file the caller named (a report, `corral.toml`), anchored at its own directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fsio::write_atomic(dir, path, bytes)
+}
+
+/// Writes a file below the data dir `root`, following no symlink below it.
+pub fn write_beneath(root: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    fsio::write_atomic(root, path, bytes)
 }
 
 /// Replaces `path`'s content for readers as atomically as [`write_atomic`], without
@@ -28,27 +27,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// the next time. The companion is rewritten only under a write lease (`F_SETLEASE`),
 /// which the kernel grants only while no one else has the file open: a reader still going
 /// through an old version keeps it intact, and then, as where leases or exchanges are not
-/// supported, this falls back to [`write_atomic`].
+/// supported, this falls back to [`write_atomic`]. A companion that is not a regular file
+/// of ours with one link (planted, or a hard link exchanged in from the name) is moved
+/// aside, never written.
 ///
 /// The caller must ignore `SIGIO`: a lease is broken by someone opening the companion while
 /// it is being written, and the kernel says so with that signal.
-pub fn replace_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let swap = dir.join(format!(".{name}.swap"));
-    let exchanged = (|| -> std::io::Result<bool> {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&swap)?;
-        if !f.metadata()?.is_file() {
-            return Ok(false);
-        }
-        use std::os::fd::AsRawFd;
+pub fn replace_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let dir_path = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no file", path.display())))?;
+    let dir = Dir::open(dir_path, dir_path)?;
+    let mut swap = OsString::from(".");
+    swap.push(name);
+    swap.push(".swap");
+    let exchanged = (|| -> io::Result<bool> {
+        let f = match dir.open_write(&swap) {
+            Ok(f) => f,
+            Err(e) => {
+                if fsio::is_refusal(&e) {
+                    dir.set_aside(&swap)?;
+                }
+                return Ok(false);
+            }
+        };
         // SAFETY: fcntl on a descriptor we own.
         if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) } != 0 {
             return Ok(false); // someone has it open, or leases are not supported here
@@ -58,39 +63,27 @@ pub fn replace_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
         written?;
         drop(f);
-        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
-        let (from, to) = (c(&swap)?, c(path)?);
-        // SAFETY: two valid C strings; renameat2 only reads them.
-        let r = unsafe {
-            libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_EXCHANGE)
-        };
-        if r == 0 {
-            return Ok(true);
+        match dir.exchange(&swap, name) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The first version: nothing to exchange with yet.
+                dir.rename(&swap, name)?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
         }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOENT) && !path.exists() {
-            // The first version: nothing to exchange with yet.
-            std::fs::rename(&swap, path)?;
-            return Ok(true);
-        }
-        Ok(false)
     })();
     match exchanged {
         Ok(true) => Ok(()),
-        _ => write_atomic(path, bytes),
+        _ => fsio::write_in(&dir, name, bytes),
     }
 }
 
-pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+/// Writes `value` as pretty JSON below the data dir `root`.
+pub fn write_json_atomic<T: serde::Serialize>(root: &Path, path: &Path, value: &T) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    write_atomic(path, &bytes)
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
+    write_beneath(root, path, &bytes)
 }
 
 #[cfg(test)]
@@ -136,5 +129,29 @@ mod tests {
             std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         assert_eq!(names, [".reg.json.swap", "reg.json"]);
+    }
+
+    #[test]
+    fn planted_companions_are_never_written_through() {
+        use std::os::unix::fs::symlink;
+        // SAFETY: ignoring a signal; see replace_in_place.
+        unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+        let d = tempfile::tempdir().unwrap();
+        let secret = d.path().join("secret");
+        std::fs::write(&secret, b"SECRET").unwrap();
+        let root = d.path().join("data");
+        std::fs::create_dir(&root).unwrap();
+        let p = root.join("reg.json");
+        symlink(&secret, root.join(".reg.json.swap")).unwrap();
+        super::replace_in_place(&p, b"one").unwrap();
+        super::replace_in_place(&p, b"two").unwrap();
+        // A hard link to the registry becomes the companion after an exchange.
+        std::fs::hard_link(&p, d.path().join("held")).unwrap();
+        for v in ["three", "four", "five"] {
+            super::replace_in_place(&p, v.as_bytes()).unwrap();
+        }
+        assert_eq!(std::fs::read(&secret).unwrap(), b"SECRET");
+        assert_eq!(std::fs::read(d.path().join("held")).unwrap(), b"two");
+        assert_eq!(std::fs::read(&p).unwrap(), b"five");
     }
 }

@@ -2,9 +2,9 @@
 //! input (torn, binary, huge, wrong shape) gives either a value or a reason that says what
 //! is wrong and where, never a panic.
 
+use super::fsio;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::io::Read;
 use std::path::Path;
 
 /// Larger files are refused unread: one agent cannot make the supervisor allocate 50 MB.
@@ -121,10 +121,11 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
-    /// The file's current version; `None` when there is no file.
+    /// The file's current version; `None` when there is no file. The name's own entry:
+    /// a symlink planted in its place is a version of its own, never its target's.
     pub fn of(path: &Path) -> Option<Self> {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
+        let m = std::fs::symlink_metadata(path).ok()?;
         Some(Self {
             dev: m.dev(),
             ino: m.ino(),
@@ -135,30 +136,19 @@ impl FileStamp {
     }
 }
 
-/// Opens a file an agent controls for reading, refusing anything but a regular file: a
-/// FIFO, device or socket planted under the data dir must never block or flood the reader.
-pub fn open_regular(path: &Path) -> Result<std::fs::File, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let meta = f.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
-    }
-    Ok(f)
+/// Reads a file an agent can write, below the data dir `root` (through [`fsio`]: no
+/// symlink, FIFO or device is ever opened), bounded by [`MAX_FILE_BYTES`], as UTF-8 text.
+pub fn read_bounded(root: &Path, path: &Path) -> Result<String, String> {
+    text(fsio::read(root, path, MAX_FILE_BYTES), path)
 }
 
-/// Reads a file the agent wrote, bounded by [`MAX_FILE_BYTES`], as UTF-8 text.
-pub fn read_bounded(path: &Path) -> Result<String, String> {
-    let f = open_regular(path)?;
-    let mut buf = Vec::new();
-    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if buf.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("{} is larger than the {} MiB limit", path.display(), MAX_FILE_BYTES / (1024 * 1024)));
-    }
+/// [`read_bounded`] for a file the caller named itself (its symlinks are followed).
+pub fn read_named(path: &Path) -> Result<String, String> {
+    text(fsio::read_named(path, MAX_FILE_BYTES), path)
+}
+
+fn text(read: std::io::Result<Vec<u8>>, path: &Path) -> Result<String, String> {
+    let buf = read.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     String::from_utf8(buf)
         .map_err(|e| format!("{} is not text (invalid UTF-8 at byte {})", path.display(), e.utf8_error().valid_up_to()))
 }
@@ -237,8 +227,8 @@ pub fn parse_status(text: &str, path: &Path) -> Result<StatusFile, String> {
     serde_json::from_value(v).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-pub fn read_status(path: &Path) -> Result<StatusFile, String> {
-    parse_status(&read_bounded(path)?, path)
+pub fn read_status(root: &Path, path: &Path) -> Result<StatusFile, String> {
+    parse_status(&read_bounded(root, path)?, path)
 }
 
 /// Validates a handoff's shape field by field so the error names the field.
@@ -301,8 +291,8 @@ pub fn validate_handoff_value(v: &Value) -> Result<(), String> {
     }
 }
 
-pub fn read_handoff(path: &Path) -> Result<Handoff, String> {
-    parse_handoff(&read_bounded(path)?, path)
+pub fn read_handoff(root: &Path, path: &Path) -> Result<Handoff, String> {
+    parse_handoff(&read_bounded(root, path)?, path)
 }
 
 /// Command-line text for a finding, decision or memory: a JSON object or array is taken as
@@ -372,10 +362,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let big = d.path().join("big.json");
         std::fs::write(&big, vec![b' '; (MAX_FILE_BYTES + 10) as usize]).unwrap();
-        assert!(read_bounded(&big).unwrap_err().contains("limit"));
+        assert!(read_bounded(d.path(), &big).unwrap_err().contains("limit"));
         let bin = d.path().join("bin.json");
         std::fs::write(&bin, [0xff, 0xfe, 0x00, 0x01]).unwrap();
-        assert!(read_status(&bin).unwrap_err().contains("not text"));
+        assert!(read_status(d.path(), &bin).unwrap_err().contains("not text"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod agent_side;
 pub mod atomic;
 pub mod context;
 pub mod files;
+pub mod fsio;
 pub mod ids;
 pub mod paths;
 pub mod perms;

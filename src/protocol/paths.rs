@@ -120,11 +120,13 @@ impl DataDir {
         Ok(socket)
     }
 
-    /// Creates the data dir and its subdirectories, private to the user (0700).
+    /// Makes the data dir and its directories, private to the user (0700); one an agent
+    /// replaced (by a symlink, a file) is moved aside and made again
+    /// (see [`super::fsio::ensure_dir`]).
     pub fn create_all(&self) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root)?;
         for d in [
-            self.root.clone(),
             self.status_dir(),
             self.handoff_dir(),
             self.log_dir(),
@@ -132,7 +134,7 @@ impl DataDir {
             self.inbox_dir(),
             self.run_dir(),
         ] {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&d)?;
+            super::fsio::ensure_dir(&self.root, &d)?;
         }
         Ok(())
     }

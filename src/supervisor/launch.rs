@@ -12,7 +12,7 @@ use crate::policy::lifecycle;
 use crate::protocol::context::{ContextInput, render};
 use crate::protocol::files::FileStamp;
 use crate::protocol::ids::validate_role;
-use crate::protocol::{AgentId, DataDir, atomic, time};
+use crate::protocol::{AgentId, DataDir, atomic, fsio, time};
 use std::io::BufRead;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -222,7 +222,7 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
     let d = &sup.data;
     let (status_file, context_file, inbox) = (d.status_file(id), d.context_file(id), d.inbox_file(id));
     let previous = lifecycle::attempt_history(&live.agent);
-    let inbox_text = std::fs::read_to_string(&inbox).ok().filter(|t| !t.trim().is_empty());
+    let inbox_text = read_inbox(d, &inbox);
     let extra: Vec<&str> = attempt.context_note.as_deref().into_iter().chain(inbox_text.as_deref()).collect();
     let extra = if extra.is_empty() { None } else { Some(extra.join("\n\n")) };
     let context = render(&ContextInput {
@@ -238,7 +238,8 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
         previous_failures: &previous,
         extra_context: extra.as_deref(),
     });
-    atomic::write_atomic(&context_file, context.as_bytes()).map_err(|e| format!("cannot write context: {e}"))?;
+    atomic::write_beneath(d.root(), &context_file, context.as_bytes())
+        .map_err(|e| format!("cannot write context {}: {e}", context_file.display()))?;
     let argv: Vec<String> = if spec.template {
         let vars = [
             ("{context}", context.as_str()),
@@ -286,6 +287,28 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
         workspace: Some(sup.ws.root.clone()),
     };
     Ok(args)
+}
+
+/// The newest messages of the agent's inbox, for its context. Read through fsio (never a
+/// symlink to a file outside the data dir, a FIFO or a device) and bounded: the context
+/// may become a command-line argument.
+fn read_inbox(d: &DataDir, inbox: &Path) -> Option<String> {
+    const INBOX_BYTES: u64 = 64 * 1024;
+    let (bytes, skipped) = match fsio::read_tail(d.root(), inbox, INBOX_BYTES) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            crate::elog!("corral daemon: inbox {} not read: {e}", inbox.display());
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let text = if skipped > 0 {
+        format!("(the {skipped} bytes of older messages before these are left out)\n{}", text)
+    } else {
+        text.into_owned()
+    };
+    Some(text).filter(|t| !t.trim().is_empty())
 }
 
 /// A started shim: its pid, the agent's pid, a pidfd for its end (`None` when it has
@@ -437,7 +460,7 @@ pub fn watch_exit(
 /// Whether no shim holds the run file any more; `false` while that cannot be told (the
 /// file cannot be opened for a passing reason).
 fn shim_gone(run: &Path) -> bool {
-    match std::fs::File::open(run) {
+    match fsio::open_read(super::shim::data_root(run), run) {
         Ok(f) => process::try_lock(&f).unwrap_or(false),
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
@@ -452,10 +475,8 @@ fn transient(e: &std::io::Error) -> bool {
 /// record that is there is never taken for a missing one.
 fn read_run(path: &Path) -> std::io::Result<RunInfo> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW).open(path);
-    let file = match opened {
-        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+    let file = match fsio::open_read(super::shim::data_root(path), path) {
+        Ok(f) => f,
         Err(e) if transient(&e) => return Err(e),
         _ => return Ok(RunInfo::default()),
     };

@@ -17,7 +17,7 @@ pub mod views;
 pub mod watch;
 
 use crate::config::Workspace;
-use crate::protocol::{DataDir, atomic, perms};
+use crate::protocol::{DataDir, atomic, fsio, perms};
 use crate::store::sqlite::SqliteRegistry;
 use anyhow::Context;
 use std::io::Write;
@@ -35,14 +35,13 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
         Err(e) => crate::elog!("corral daemon: cannot make {} private: {e}", data.root().display()),
     }
     let fd_limit = process::raise_fd_limit();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(data.daemon_lock())
+    // Through fsio: a lock planted as a symlink to someone's file is moved aside, never
+    // truncated through.
+    let (lock, _) = fsio::open_write_replacing(data.root(), &data.daemon_lock(), fsio::Mode::Update)
         .with_context(|| format!("cannot open {}", data.daemon_lock().display()))?;
     if !process::try_lock(&lock)? {
-        let pid = std::fs::read_to_string(data.daemon_lock()).unwrap_or_default();
+        let pid = fsio::read(data.root(), &data.daemon_lock(), 64).unwrap_or_default();
+        let pid = String::from_utf8_lossy(&pid);
         anyhow::bail!("a supervisor is already running for {} (pid {})", data.root().display(), pid.trim());
     }
     lock.set_len(0)?;
@@ -70,7 +69,8 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
 
         let mut sup = daemon::Supervisor::new(ws, data.clone(), Box::new(store), tx.clone(), socket.clone());
-        let _watcher = watch::watch(&[&data.status_dir(), &data.handoff_dir()], sup.written.clone(), tx.clone())
+        let watched = [data.status_dir(), data.handoff_dir()];
+        let _watcher = watch::watch(data.root(), &watched, sup.written.clone(), tx.clone())
             .context("cannot watch the status and handoff directories")?;
         sup.load()?;
         tokio::spawn(server::serve(listener, tx.clone(), sup.events.clone(), fd_limit));
@@ -84,7 +84,7 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
             }
         });
         let info = serde_json::json!({ "pid": std::process::id(), "socket": socket, "startedAt": sup.started_at });
-        let _ = atomic::write_json_atomic(&data.daemon_info(), &info);
+        let _ = atomic::write_json_atomic(data.root(), &data.daemon_info(), &info);
         println!("corral daemon ready: pid {} socket {}", std::process::id(), socket.display());
         let _ = std::io::stdout().flush();
         // Whoever started us stops reading after that line; nothing more goes to stdout.

@@ -3,11 +3,12 @@
 
 use super::daemon::{Supervisor, finding_text, now};
 use super::launch;
+use crate::aggregate::workspace;
 use crate::policy::agent::ProcessEnd;
 use crate::policy::evidence;
 use crate::policy::lifecycle::{self, ExitFacts, HandoffFacts, Report, Rules};
 use crate::protocol::files::{self, FileStamp, StatusFile};
-use crate::protocol::{AgentId, DataDir, time};
+use crate::protocol::{AgentId, DataDir, fsio, time};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -28,12 +29,27 @@ fn seen_findings(s: &StatusFile) -> usize {
     usize::try_from(s.findings_dropped.unwrap_or(0)).unwrap_or(usize::MAX).saturating_add(s.findings.len())
 }
 
+/// The entry's own time: a symlink planted as a handoff is never followed, even to a time.
 fn modified(p: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+    fsio::lstat(p).and_then(|m| m.modified().ok())
 }
 
 impl Supervisor {
     pub fn file_written(&mut self, path: PathBuf) {
+        // A watched directory that was replaced and is watched again: what was written in
+        // it meanwhile is looked at anew.
+        if path == self.data.status_dir() {
+            for id in self.order.clone() {
+                self.refresh_status(&id);
+            }
+            return;
+        }
+        if path == self.data.handoff_dir() {
+            for name in self.handoff_names() {
+                self.file_written(path.join(name));
+            }
+            return;
+        }
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { return };
         if path.parent() == Some(self.data.status_dir().as_path()) {
             if let Some(id) = name.strip_suffix(".json").and_then(|s| AgentId::parse(s).ok())
@@ -56,7 +72,7 @@ impl Supervisor {
     pub fn refresh_status(&mut self, id: &AgentId) {
         let path = self.data.status_file(id);
         let Some(stamp) = FileStamp::of(&path) else { return };
-        let parsed = files::read_status(&path).and_then(|s| {
+        let parsed = files::read_status(self.data.root(), &path).and_then(|s| {
             if s.agent_id == id.as_str() {
                 Ok(s)
             } else {
@@ -114,14 +130,14 @@ impl Supervisor {
     /// What the agent's status file and log hold as its current attempt starts: what it
     /// adds after this is that attempt's evidence.
     pub fn take_evidence_baseline(&mut self, id: &AgentId) {
-        let log_len = std::fs::metadata(self.data.log_file(id)).map(|m| m.len()).unwrap_or(0);
+        let log_len = std::fs::symlink_metadata(self.data.log_file(id)).map(|m| m.len()).unwrap_or(0);
         let path = self.data.status_file(id);
         let Some(live) = self.agents.get_mut(id) else { return };
         let findings = match FileStamp::of(&path) {
             None => 0,
             // The version already read needs no second read on the spawn path.
             Some(stamp) if live.status_seen == Some(stamp) => live.report.as_ref().map_or(0, seen_findings),
-            Some(_) => files::read_status(&path).map(|s| seen_findings(&s)).unwrap_or(0),
+            Some(_) => files::read_status(self.data.root(), &path).map(|s| seen_findings(&s)).unwrap_or(0),
         };
         if let Some(a) = live.agent.current_mut() {
             a.findings_before = Some(findings);
@@ -130,17 +146,24 @@ impl Supervisor {
     }
 
     pub fn scan_handoffs(&mut self) {
-        let Ok(rd) = std::fs::read_dir(self.data.handoff_dir()) else { return };
-        for e in rd.flatten() {
-            let name = e.file_name();
+        let dir = self.data.handoff_dir();
+        for name in self.handoff_names() {
             let Some(owner) = name.to_str().and_then(DataDir::handoff_owner).and_then(|s| AgentId::parse(s).ok())
             else {
                 continue;
             };
-            if let Some(live) = self.agents.get_mut(&owner) {
-                live.handoffs.push(e.path());
+            let path = dir.join(&name);
+            if let Some(live) = self.agents.get_mut(&owner)
+                && !live.handoffs.contains(&path)
+            {
+                live.handoffs.push(path);
             }
         }
+    }
+
+    /// The names in `handoffs/`, listed without following a symlink put in its place.
+    fn handoff_names(&self) -> Vec<std::ffi::OsString> {
+        fsio::Dir::open(self.data.root(), &self.data.handoff_dir()).and_then(|d| d.names()).unwrap_or_default()
     }
 
     /// An attempt's shim is gone: gather the facts and let the core decide.
@@ -232,7 +255,7 @@ impl Supervisor {
     /// Stores the memory candidates of a completed attempt's handoff, deduplicated.
     fn remember(&mut self, id: &AgentId, attempt: u32) {
         let Some(path) = self.attempt_handoff(id, attempt) else { return };
-        let Ok(h) = files::read_handoff(&path) else { return };
+        let Ok(h) = files::read_handoff(self.data.root(), &path) else { return };
         let Some(mc) = h.memory_candidate else { return };
         let role = self.agents[id].agent.spec.role.clone();
         for value in crate::memory::split_candidates(&mc) {
@@ -251,26 +274,23 @@ impl Supervisor {
         }
     }
 
-    /// The newest handoff written during this attempt, and whether its files exist.
+    /// The newest handoff written during this attempt, and whether its files exist inside
+    /// the workspace (by the one rule `aggregate` uses too).
     fn handoff_facts(&mut self, id: &AgentId, attempt: u32) -> HandoffFacts {
         let Some(path) = self.attempt_handoff(id, attempt) else { return HandoffFacts::Absent };
-        let live = &self.agents[id];
-        let cwd = live.agent.spec.cwd.clone();
-        match files::read_handoff(&path) {
+        let cwd = self.agents[id].agent.spec.cwd.clone();
+        match files::read_handoff(self.data.root(), &path) {
             Err(e) => HandoffFacts::Unreadable(e),
             Ok(h) => {
-                let missing: Vec<String> = h
+                let workspace = &self.ws.root;
+                let disk = workspace::OnDisk::new(workspace);
+                let failing: Vec<String> = h
                     .deliverables
                     .files
                     .iter()
-                    .filter(|f| {
-                        let p = Path::new(f);
-                        let p = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
-                        !p.exists()
-                    })
-                    .cloned()
+                    .filter_map(|f| workspace::judge(workspace, &cwd, f, &|p| disk.locate(p)).failure(f))
                     .collect();
-                if missing.is_empty() { HandoffFacts::Valid } else { HandoffFacts::MissingFiles(missing) }
+                if failing.is_empty() { HandoffFacts::Valid } else { HandoffFacts::MissingFiles(failing) }
             }
         }
     }
@@ -281,7 +301,7 @@ impl Supervisor {
         let Some(a) = self.agents.get(id).and_then(|l| l.agent.attempts.iter().find(|a| a.attempt == attempt)) else {
             return String::new();
         };
-        let Ok(mut f) = files::open_regular(&self.data.log_file(id)) else { return String::new() };
+        let Ok(mut f) = fsio::open_read(self.data.root(), &self.data.log_file(id)) else { return String::new() };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         let (start, size) = evidence::output_window(a, len, OUTPUT_TAIL_BYTES);
         let _ = f.seek(SeekFrom::Start(start));

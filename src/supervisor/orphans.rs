@@ -92,9 +92,13 @@ pub fn adopt_lost(sup: &mut Supervisor, id: &AgentId, n: u32) -> bool {
     let actions = lifecycle::started(&mut live.agent, start.shim_pid, start.pid, &now());
     let cap = live.agent.spec.policy.max_log_size;
     let out = sup.orphans.held.get_mut(&(id.clone(), n)).and_then(|h| h.1.take());
-    let log =
-        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(sup.data.log_file(id));
-    let sink = match log.and_then(|f| LogSink::new(f, cap)) {
+    // Through fsio, as the shim opens it: a log replaced by a symlink is set aside.
+    let log = crate::protocol::fsio::open_write_replacing(
+        sup.data.root(),
+        &sup.data.log_file(id),
+        crate::protocol::fsio::Mode::Update,
+    );
+    let sink = match log.and_then(|(f, _)| LogSink::new(f, cap)) {
         Ok(s) => s,
         Err(e) => {
             crate::elog!("corral daemon: cannot open the log of adopted {id}: {e}");

@@ -7,7 +7,7 @@ use crate::policy::agent::AgentState;
 use crate::policy::escalation;
 use crate::policy::health::{self, Breaker};
 use crate::policy::lifecycle::{self, fmt_ms};
-use crate::protocol::{AgentId, time};
+use crate::protocol::{AgentId, fsio, time};
 use std::io::Write;
 
 /// A `corral kill` whose attempt still has processes: answered when its end is recorded,
@@ -84,14 +84,11 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
         Request::Tell { id, text } => with_agent(sup, &id, |sup, id| {
             let path = sup.data.inbox_file(id);
             let entry = format!("\n## {}\n\n{}\n", time::rfc3339(time::now()), text);
-            // Non-blocking: a FIFO planted as the inbox must not hang the supervisor.
-            std::os::unix::fs::OpenOptionsExt::custom_flags(
-                std::fs::OpenOptions::new().create(true).append(true),
-                libc::O_NONBLOCK | libc::O_NOFOLLOW,
-            )
-            .open(&path)
-            .and_then(|mut f| f.write_all(entry.as_bytes()))
-            .map_err(|e| Reply::err(1, format!("cannot write {}: {e}", path.display())))?;
+            // Through fsio: an inbox replaced by a FIFO, a symlink or a hard link is set
+            // aside and the message goes to a fresh one; nothing blocks, nothing leaves.
+            fsio::open_write_replacing(sup.data.root(), &path, fsio::Mode::Append)
+                .and_then(|(mut f, _)| f.write_all(entry.as_bytes()))
+                .map_err(|e| Reply::err(1, format!("cannot write {}: {e}", path.display())))?;
             sup.emit(Some(id), "told", serde_json::json!({ "text": text }));
             // An agent blocked with nobody left to unblock it resumes with the message.
             let live = sup.agents.get_mut(id).expect("looked up");

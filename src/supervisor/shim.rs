@@ -12,7 +12,7 @@
 
 use super::{process, relay};
 use crate::policy::agent::ProcessEnd;
-use crate::protocol::{files, time};
+use crate::protocol::{files, fsio, time};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
@@ -86,7 +86,7 @@ impl RunInfo {
     /// Reads a run file (bounded; a torn last line, as from a shim killed while writing it,
     /// is not a record).
     pub fn read(path: &Path) -> Self {
-        files::read_bounded(path).map(|text| Self::parse(&text)).unwrap_or_default()
+        files::read_bounded(data_root(path), path).map(|text| Self::parse(&text)).unwrap_or_default()
     }
 
     /// What the complete lines of a run file's text say.
@@ -109,7 +109,7 @@ impl RunInfo {
     /// When the attempt's output last came, on the monotonic clock (`None`: no output yet,
     /// or no slot). A bounded read of the first line only.
     pub fn output_stamp(path: &Path) -> Option<u64> {
-        let f = crate::protocol::files::open_regular(path).ok()?;
+        let f = fsio::open_read(data_root(path), path).ok()?;
         let mut b = [0u8; SLOT_LINE.len()];
         f.read_exact_at(&mut b, 0).ok()?;
         let digits = b.strip_prefix(SLOT_PREFIX.as_bytes())?.get(..SLOT_DIGITS)?;
@@ -119,9 +119,15 @@ impl RunInfo {
 
     /// Whether the shim that owns the run file still holds it (`None`: no file).
     pub fn held(path: &Path) -> Option<bool> {
-        let f = File::open(path).ok()?;
+        let f = fsio::open_read(data_root(path), path).ok()?;
         Some(process::try_lock(&f).map(|got| !got).unwrap_or(false))
     }
+}
+
+/// The data dir of a run file or log: both live one directory below it. Nothing below it
+/// is followed when they are opened.
+pub(crate) fn data_root(file: &Path) -> &Path {
+    file.parent().and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// Appends records to a run file at known offsets, into space reserved up front.
@@ -142,7 +148,8 @@ const RUN_FILE_RESERVE: i64 = 16 * 1024;
 impl RunFile {
     /// Creates (or opens) and locks the run file; `Ok(None)` if another shim holds it.
     pub fn claim(path: &Path) -> std::io::Result<Option<Self>> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        // A name planted for a later attempt (a symlink, a FIFO) is moved aside.
+        let (file, _) = fsio::open_write_replacing(data_root(path), path, fsio::Mode::Update)?;
         if !process::try_lock(&file)? {
             return Ok(None);
         }
@@ -311,7 +318,7 @@ pub fn run(a: ShimArgs) -> i32 {
 fn ensure_supervisor(a: &ShimArgs) {
     let (Some(data), Some(ws)) = (&a.data_dir, &a.workspace) else { return };
     let data = crate::protocol::DataDir::new(data.clone());
-    let Ok(lock) = File::open(data.daemon_lock()) else { return };
+    let Ok(lock) = fsio::open_read(data.root(), &data.daemon_lock()) else { return };
     if !process::try_lock(&lock).unwrap_or(false) {
         return; // a supervisor holds it
     }
@@ -334,14 +341,14 @@ fn say(seq: u64, result: Handshake) {
 
 /// Starts the command, says so, relays its output and watches it until its group is gone.
 fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Option<StopReason>), String> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .read(true)
-        .open(&a.log)
+    // A log the agent replaced (a symlink to one of the user's files, a hard link, a FIFO)
+    // is moved aside, and this attempt's output goes to a fresh one.
+    let (log, replaced) = fsio::open_write_replacing(data_root(&a.log), &a.log, fsio::Mode::Update)
         .map_err(|e| format!("cannot open log {}: {e}", a.log.display()))?;
     let mut sink = relay::LogSink::new(log, a.max_log_size).map_err(|e| format!("log {}: {e}", a.log.display()))?;
+    if let Some(why) = replaced {
+        sink.note(&format!("corral: the log was set aside and started again ({why})"));
+    }
     sink.note(&a.header);
     let (prog, args) = a.argv.split_first().ok_or("empty command")?;
     let (out_r, out_w) = process::pipe().map_err(|e| format!("cannot make the output pipe: {e}"))?;
