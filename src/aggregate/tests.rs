@@ -566,7 +566,13 @@ fn scales_to_a_thousand_handoffs() {
         })
         .collect();
     let agents = (0..N).map(|i| agent(&format!("agent-{i:04}-W"), "complete", None)).collect();
-    let r = aggregate(&Input { agents, handoffs, workspace: Path::new(WS), locate: &|_| workspace::Found::Exists, human: vec![] });
+    let r = aggregate(&Input {
+        agents,
+        handoffs,
+        workspace: Path::new(WS),
+        locate: &|_| workspace::Found::Exists,
+        human: vec![],
+    });
     let c = &r.counts;
     assert_eq!((c.agents, c.aggregated, c.failed, c.missing), (N, N, 0, 0));
     assert_eq!(c.findings, 5 + 4 * N);
