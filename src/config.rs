@@ -3,7 +3,7 @@
 //! is allowed.
 
 use crate::policy::classify::{FailureType, Rule, RuleAction};
-use crate::policy::health::HealthPolicy;
+use crate::policy::health::{BreakerScope, HealthPolicy};
 use crate::policy::role::{Backoff, Jitter, RolePolicy};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -114,6 +114,17 @@ pub struct HealthConfig {
     pub min_free_memory: Option<u64>,
     pub max_load: Option<f64>,
     pub max_open_escalations: Option<usize>,
+    /// `role` (default): one breaker per role; `global`: one for the whole workspace.
+    #[serde(default, deserialize_with = "de_breaker_scope")]
+    pub breaker_scope: Option<BreakerScope>,
+}
+
+fn de_breaker_scope<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BreakerScope>, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "role" => Ok(Some(BreakerScope::Role)),
+        "global" => Ok(Some(BreakerScope::Global)),
+        other => Err(serde::de::Error::custom(format!("breaker_scope {other:?}: use \"role\" or \"global\""))),
+    }
 }
 
 /// Milliseconds, saturating: `as u64` would silently keep only the low bits of a huge one.
@@ -191,6 +202,7 @@ impl Config {
             min_free_memory: h.min_free_memory,
             max_load: h.max_load,
             max_open_escalations: h.max_open_escalations,
+            breaker_scope: h.breaker_scope.unwrap_or_default(),
         }
     }
 }

@@ -121,6 +121,10 @@ pub struct AgentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
     pub attempt: u32,
+    /// The attempt's number within the current retry budget (a human retry starts a new
+    /// one), which is what `maxRetries` bounds.
+    #[serde(default)]
+    pub budget_attempt: u32,
     pub max_retries: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
@@ -253,7 +257,11 @@ pub struct HealthView {
     pub running: usize,
     pub max_concurrent: usize,
     pub queued: Vec<QueuedView>,
+    /// The breaker that says most: an open one, else half-open, else closed (or off).
     pub breaker: BreakerView,
+    /// Every breaker with recent failures (one per role, or the workspace's one).
+    #[serde(default)]
+    pub breakers: Vec<BreakerView>,
     pub free_memory: Option<u64>,
     pub min_free_memory: Option<u64>,
     pub load: Option<f64>,
@@ -272,6 +280,13 @@ pub struct QueuedView {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BreakerView {
+    /// The role this breaker is for, or `*` for the whole workspace.
+    #[serde(default)]
+    pub key: String,
+    /// `role` or `global` (`[health] breaker_scope`).
+    #[serde(default)]
+    pub scope: String,
+    /// closed, open, half_open, or off (`breaker_failures = 0`).
     pub state: String,
     pub recent_failures: usize,
     pub threshold: usize,

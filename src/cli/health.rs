@@ -23,17 +23,37 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     }
     println!("capacity:    {} of {} running", h.running, h.max_concurrent);
     let b = &h.breaker;
-    let mut line = format!(
-        "breaker:     {} ({} of {} failures within {}; cooldown {})",
-        b.state, b.recent_failures, b.threshold, b.window, b.cooldown
-    );
-    if let Some(s) = b.probe_in_seconds {
-        line.push_str(&format!("; probe in {s:.0}s"));
+    if b.state == "off" {
+        println!("breaker:     off (breaker_failures = 0)");
+    } else {
+        let line = |b: &crate::ipc::BreakerView| {
+            let mut line = format!(
+                "{} ({} of {} within {}; cooldown {})",
+                b.state,
+                b.recent_failures,
+                crate::policy::plural(b.threshold, "failure", "failures"),
+                b.window,
+                b.cooldown
+            );
+            if let Some(s) = b.probe_in_seconds {
+                line.push_str(&format!("; probe in {}s", s.ceil() as u64));
+            }
+            if let Some(p) = &b.probe {
+                line.push_str(&format!("; probe {p} running"));
+            }
+            line
+        };
+        match b.scope.as_str() {
+            "global" => println!("breaker:     {}", line(b)),
+            _ if h.breakers.is_empty() => println!("breaker:     closed (one per role; no recent failures)"),
+            _ => {
+                println!("breakers:    one per role");
+                for r in &h.breakers {
+                    println!("  {:12} {}", r.key, line(r));
+                }
+            }
+        }
     }
-    if let Some(p) = &b.probe {
-        line.push_str(&format!("; probe {p} running"));
-    }
-    println!("{line}");
     if let Some(m) = h.free_memory {
         println!("memory:      {} MiB free (minimum {} MiB)", m >> 20, h.min_free_memory.unwrap_or(0) >> 20);
     }

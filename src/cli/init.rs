@@ -79,6 +79,7 @@ max_concurrent = 5            # agents running at once; more spawns queue, in or
 breaker_failures = 3          # this many failed attempts ...
 breaker_window = "5m"         # ... within this window open the circuit breaker
 breaker_cooldown = "1m"       # then one probe spawn; its success closes the breaker
+# breaker_scope = "role"      # one breaker per role; "global": one for the whole workspace
 # min_free_memory = "512MiB"  # hold spawns while MemAvailable is lower
 # max_load = 8.0              # hold spawns while the 1-minute load average is higher
 # max_open_escalations = 3    # hold spawns while this many escalations are open

@@ -54,7 +54,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     if !v.anomalies.is_empty() {
         println!("  anomalies:  {}", v.anomalies.join(" "));
     }
-    println!("  attempts ({} of at most {}):", s.attempts.len(), v.max_retries + 1);
+    if v.budget_attempt as usize == s.attempts.len() {
+        println!("  attempts ({} of at most {}):", s.attempts.len(), v.max_retries + 1);
+    } else {
+        // A human retry started a fresh budget: say both, so neither reads as `4 of 3`.
+        println!(
+            "  attempts ({} in all; {} of at most {} since the last human retry):",
+            s.attempts.len(),
+            v.budget_attempt,
+            v.max_retries + 1
+        );
+    }
     for at in &s.attempts {
         let how = match (&at.ended_at, &at.reason) {
             (Some(t), Some(r)) => format!("ended {t}: {r}"),

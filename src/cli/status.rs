@@ -71,11 +71,20 @@ fn table(views: Vec<AgentView>) -> Result {
     }
     let idw = views.iter().map(|v| v.agent_id.len()).max().unwrap_or(5).max(5);
     let rw = views.iter().map(|v| v.role.len()).max().unwrap_or(4).max(4);
+    // Within the current retry budget; after a human retry, the attempt's own number too.
+    let tries: Vec<String> = views
+        .iter()
+        .map(|v| match v.budget_attempt == v.attempt {
+            true => format!("{}/{}", v.attempt, v.max_retries + 1),
+            false => format!("{}/{} #{}", v.budget_attempt, v.max_retries + 1, v.attempt),
+        })
+        .collect();
+    let tw = tries.iter().map(String::len).max().unwrap_or(3).max(3);
     println!(
-        "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:5}  ANOMALIES",
+        "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  ANOMALIES",
         "AGENT", "ROLE", "STATUS", "PROGRESS", "PHASE/MILESTONE", "AGE", "TRY"
     );
-    for v in views {
+    for (v, tries) in views.iter().zip(tries) {
         let pm = match (&v.phase, &v.milestone) {
             (Some(p), Some(m)) => format!("{p}/{m}"),
             (Some(p), None) => p.clone(),
@@ -86,14 +95,14 @@ fn table(views: Vec<AgentView>) -> Result {
         // The queue reason is one of the anomalies already: printed once.
         let anomalies = v.anomalies.join(" ");
         println!(
-            "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:5}  {}",
+            "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {}",
             v.agent_id,
             v.role,
             v.status,
             bar(v.progress, 10),
             pm,
             age(v.age_seconds),
-            format!("{}/{}", v.attempt, v.max_retries + 1),
+            tries,
             anomalies.trim()
         );
     }

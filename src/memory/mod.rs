@@ -134,7 +134,10 @@ pub fn patterns(agents: &[&Agent]) -> Vec<RolePattern> {
                 for at in &a.attempts {
                     let AttemptRun::Ended { ended_at, failure_type, reason, .. } = &at.run else { continue };
                     p.attempts += 1;
-                    if let (Some(s), Some(e)) = (time::parse(&at.started_at), time::parse(ended_at)) {
+                    // An attempt stopped by a timeout ran as long as it was allowed, not as
+                    // long as its work took: its duration would only echo the limit back.
+                    let by_timeout = failure_type.as_deref() == Some("timeout");
+                    if !by_timeout && let (Some(s), Some(e)) = (time::parse(&at.started_at), time::parse(ended_at)) {
                         durations.push((e - s).as_millis().max(0) as u64);
                     }
                     if let Some(ft) = failure_type {

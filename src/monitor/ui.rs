@@ -108,7 +108,7 @@ fn agents(f: &mut Frame, m: &Model, area: Rect, state: &mut TableState) {
                 Cell::from(bar(v.progress, 8)),
                 Cell::from(pm),
                 Cell::from(age(v.age_seconds)),
-                Cell::from(format!("{}/{}", v.attempt, v.max_retries + 1)),
+                Cell::from(format!("{}/{}", v.budget_attempt, v.max_retries + 1)),
                 Cell::from(Line::from(anomalies)),
             ])
         })

@@ -13,6 +13,28 @@ pub struct HealthPolicy {
     pub min_free_memory: Option<u64>,
     pub max_load: Option<f64>,
     pub max_open_escalations: Option<usize>,
+    /// One breaker per role (the default), or one for the whole workspace.
+    #[serde(default)]
+    pub breaker_scope: BreakerScope,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerScope {
+    /// Failures of one role hold only that role's spawns.
+    #[default]
+    Role,
+    /// Failures of any role hold every spawn.
+    Global,
+}
+
+impl BreakerScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Role => "role",
+            Self::Global => "global",
+        }
+    }
 }
 
 impl Default for HealthPolicy {
@@ -25,9 +47,112 @@ impl Default for HealthPolicy {
             min_free_memory: None,
             max_load: None,
             max_open_escalations: None,
+            breaker_scope: BreakerScope::Role,
         }
     }
 }
+
+/// The breakers in force: one per role, or one (keyed `*`) for the whole workspace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Breakers {
+    pub by_key: std::collections::BTreeMap<String, Breaker>,
+}
+
+/// The key of the breaker for the whole workspace.
+pub const GLOBAL: &str = "*";
+
+impl Breakers {
+    /// Which breaker a role's attempts feed and its spawns obey.
+    pub fn key<'a>(p: &HealthPolicy, role: &'a str) -> &'a str {
+        match p.breaker_scope {
+            BreakerScope::Role => role,
+            BreakerScope::Global => GLOBAL,
+        }
+    }
+
+    pub fn get(&self, p: &HealthPolicy, role: &str) -> Option<&Breaker> {
+        self.by_key.get(Self::key(p, role))
+    }
+
+    /// An attempt of `role` ended. Returns the breaker's key and new state when it changed.
+    pub fn outcome(
+        &mut self,
+        p: &HealthPolicy,
+        role: &str,
+        agent: &str,
+        success: bool,
+        now: u64,
+    ) -> Option<(String, &Breaker)> {
+        let key = Self::key(p, role).to_string();
+        if success && !self.by_key.contains_key(&key) {
+            return None; // a closed breaker with nothing to forget: nothing to record
+        }
+        let b = self.by_key.entry(key.clone()).or_default();
+        let before = b.name();
+        if success {
+            b.success(agent);
+        } else {
+            b.failure(agent, now, p);
+        }
+        let changed = b.name() != before;
+        if let Breaker::Closed { failures } = b
+            && failures.is_empty()
+        {
+            self.by_key.remove(&key);
+            return changed.then(|| (key, &CLOSED));
+        }
+        changed.then(|| (key.clone(), &self.by_key[&key]))
+    }
+
+    /// Time passing: breakers whose cooldown is over let a probe through. Returns the keys
+    /// that changed.
+    pub fn advance(&mut self, now: u64) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (key, b) in self.by_key.iter_mut() {
+            let before = b.name();
+            b.advance(now);
+            if b.name() != before {
+                changed.push(key.clone());
+            }
+        }
+        changed
+    }
+
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.by_key.values().filter_map(Breaker::next_deadline).min()
+    }
+
+    /// A start of `role` went through; in half-open state it is the probe.
+    pub fn started(&mut self, p: &HealthPolicy, role: &str, agent: &str) {
+        if let Some(b) = self.by_key.get_mut(Self::key(p, role)) {
+            b.started(agent);
+        }
+    }
+
+    /// Why a start of `role` must wait on its breaker, if it must.
+    pub fn blocks(&self, p: &HealthPolicy, role: &str, now: u64) -> Option<String> {
+        let b = self.get(p, role)?;
+        let why = b.blocks(now)?;
+        Some(match p.breaker_scope {
+            BreakerScope::Role => format!("{role}: {why}"),
+            BreakerScope::Global => why,
+        })
+    }
+
+    /// The breaker that says most about the workspace: an open one, else a half-open one,
+    /// else closed.
+    pub fn worst(&self) -> Option<(&str, &Breaker)> {
+        let rank = |b: &Breaker| match b {
+            Breaker::Open { .. } => 2,
+            Breaker::HalfOpen { .. } => 1,
+            Breaker::Closed { .. } => 0,
+        };
+        self.by_key.iter().max_by_key(|(_, b)| rank(b)).map(|(k, b)| (k.as_str(), b))
+    }
+}
+
+static CLOSED: Breaker = Breaker::Closed { failures: Vec::new() };
 
 /// systemd's StartLimitBurst/StartLimitIntervalSec as a three-state breaker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,7 +242,8 @@ impl Breaker {
         match self {
             Self::Closed { .. } => None,
             Self::Open { until_mono, failures } => Some(format!(
-                "circuit breaker open after {failures} recent failures; probe in {}",
+                "circuit breaker open after {}; probe in {}",
+                super::plural(*failures, "recent failure", "recent failures"),
                 crate::policy::lifecycle::fmt_ms(until_mono.saturating_sub(now).div_ceil(1000).saturating_mul(1000))
             )),
             Self::HalfOpen { probe: Some(p) } => Some(format!("circuit breaker half-open; waiting on probe {p}")),
@@ -152,16 +278,17 @@ pub fn resources_short(p: &HealthPolicy, r: &Resources) -> bool {
 /// the first that applies.
 pub fn hold_reason(
     p: &HealthPolicy,
-    b: &Breaker,
+    b: &Breakers,
+    role: &str,
     running: usize,
     open_escalations: usize,
     r: &Resources,
     now: u64,
 ) -> Option<String> {
     if running >= p.max_concurrent {
-        return Some(format!("capacity: {running} of {} agents running", p.max_concurrent));
+        return Some(format!("capacity: {running} of {} running", super::plural(p.max_concurrent, "agent", "agents")));
     }
-    if let Some(why) = b.blocks(now) {
+    if let Some(why) = b.blocks(p, role, now) {
         return Some(why);
     }
     if let (Some(min), Some(free)) = (p.min_free_memory, r.free_memory)
@@ -177,7 +304,10 @@ pub fn hold_reason(
     if let Some(max) = p.max_open_escalations
         && open_escalations >= max
     {
-        return Some(format!("{open_escalations} open escalations (at most {max} allowed)"));
+        return Some(format!(
+            "{} (at most {max} allowed)",
+            super::plural(open_escalations, "open escalation", "open escalations")
+        ));
     }
     None
 }

@@ -78,6 +78,20 @@ pub fn dependency_gate<'a>(spec: &AgentSpec, lookup: impl Fn(&AgentId) -> Option
     if waiting.is_empty() { Gate::Ready } else { Gate::Wait(format!("waiting for {}", waiting.join(", "))) }
 }
 
+/// Whether a queued agent may start now: its dependencies first, then the health gate
+/// (`hold` says why its role may not start now, if it may not). The supervisor admits by
+/// this rule and `status`/`health` show a queued agent's reason by it, computed when shown.
+pub fn admission<'a>(
+    spec: &AgentSpec,
+    lookup: impl Fn(&AgentId) -> Option<&'a AgentState>,
+    hold: impl FnOnce(&str) -> Option<String>,
+) -> Gate {
+    match dependency_gate(spec, lookup) {
+        Gate::Ready => hold(&spec.role).map_or(Gate::Ready, Gate::Wait),
+        other => other,
+    }
+}
+
 /// A new agent, or a queued one being re-examined: start it, keep it queued, or fail it.
 pub fn admit(agent: &mut Agent, gate: Gate, now: &Now, handoff_file: PathBuf) -> Vec<Action> {
     match gate {

@@ -12,5 +12,10 @@ pub mod health;
 pub mod lifecycle;
 pub mod role;
 
+/// `n` with the word for one or many: `1 attempt`, `2 attempts`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 #[cfg(test)]
 mod tests;

@@ -333,6 +333,12 @@ fn partial_progress_is_not_mistaken_for_a_stall() {
     assert!(matches!(b.state, AgentState::Stopping { cause: StopCause::Silent, .. }), "{:?}", b.state);
 }
 
+/// `hold_reason` for an agent of role X whose role breaker is `b`.
+fn held(p: &HealthPolicy, b: &Breaker, running: usize, open: usize, r: &Resources, now: u64) -> Option<String> {
+    let breakers = super::health::Breakers { by_key: [("X".to_string(), b.clone())].into() };
+    hold_reason(p, &breakers, "X", running, open, r, now)
+}
+
 #[test]
 fn breaker_opens_after_3_failures_in_5_minutes_and_probes_after_cooldown() {
     let p = HealthPolicy::default();
@@ -343,12 +349,12 @@ fn breaker_opens_after_3_failures_in_5_minutes_and_probes_after_cooldown() {
     // the first has aged out of the window by now: still closed
     assert!(!b.failure("c", 5 * M + 1, &p));
     assert!(b.failure("d", 6 * M, &p), "3 failures within 5 minutes open it");
-    assert!(hold_reason(&p, &b, 0, 0, &r, 6 * M + 1).unwrap().contains("circuit breaker open"));
+    assert!(held(&p, &b, 0, 0, &r, 6 * M + 1).unwrap().contains("circuit breaker open"));
     b.advance(7 * M);
     assert_eq!(b.name(), "half_open");
-    assert_eq!(hold_reason(&p, &b, 0, 0, &r, 7 * M), None, "one probe goes through");
+    assert_eq!(held(&p, &b, 0, 0, &r, 7 * M), None, "one probe goes through");
     b.started("probe");
-    assert!(hold_reason(&p, &b, 1, 0, &r, 7 * M).unwrap().contains("probe"));
+    assert!(held(&p, &b, 1, 0, &r, 7 * M).unwrap().contains("probe"));
     // the probe fails: open again; a later probe succeeds: closed
     assert!(b.failure("probe", 7 * M + 5, &p));
     b.advance(9 * M);
@@ -362,15 +368,15 @@ fn capacity_of_5_queues_the_sixth() {
     let p = HealthPolicy::default();
     let b = Breaker::default();
     let r = Resources::default();
-    assert_eq!(hold_reason(&p, &b, 4, 0, &r, 0), None);
-    assert_eq!(hold_reason(&p, &b, 5, 0, &r, 0).unwrap(), "capacity: 5 of 5 agents running");
+    assert_eq!(held(&p, &b, 4, 0, &r, 0), None);
+    assert_eq!(held(&p, &b, 5, 0, &r, 0).unwrap(), "capacity: 5 of 5 agents running");
     let p2 = HealthPolicy { min_free_memory: Some(1 << 30), max_load: Some(4.0), max_open_escalations: Some(1), ..p };
     let low = Resources { free_memory: Some(100 << 20), load: Some(1.0) };
-    assert!(hold_reason(&p2, &b, 0, 0, &low, 0).unwrap().contains("free memory"));
+    assert!(held(&p2, &b, 0, 0, &low, 0).unwrap().contains("free memory"));
     let busy = Resources { free_memory: Some(2 << 30), load: Some(9.0) };
-    assert!(hold_reason(&p2, &b, 0, 0, &busy, 0).unwrap().contains("load"));
+    assert!(held(&p2, &b, 0, 0, &busy, 0).unwrap().contains("load"));
     let fine = Resources { free_memory: Some(2 << 30), load: Some(1.0) };
-    assert!(hold_reason(&p2, &b, 0, 1, &fine, 0).unwrap().contains("escalations"));
+    assert!(held(&p2, &b, 0, 1, &fine, 0).unwrap().contains("open escalation"));
 }
 
 #[test]
@@ -525,7 +531,7 @@ fn an_endless_breaker_cooldown_keeps_it_open() {
     assert!(!b.failure("b", 2 * M, &p));
     assert!(b.failure("c", 3 * M, &p));
     assert_eq!(b.next_deadline(), Some(u64::MAX));
-    let why = hold_reason(&p, &b, 0, 0, &Resources::default(), 0).unwrap();
+    let why = held(&p, &b, 0, 0, &Resources::default(), 0).unwrap();
     assert!(why.contains("circuit breaker open"), "{why}");
     b.advance(u64::MAX - 1);
     assert_eq!(b.name(), "open");
@@ -832,4 +838,90 @@ fn resolving_an_agents_escalation_says_what_becomes_of_it() {
     assert!(said.contains("runs again"), "{said}");
     assert!(matches!(a.state, AgentState::Queued { .. }));
     assert_eq!(a.budget_start, 1, "a fresh budget");
+}
+
+#[test]
+fn the_breaker_is_per_role_by_default() {
+    use super::health::{BreakerScope, Breakers};
+    let p = HealthPolicy::default(); // 3 failures within 5m
+    let mut b = Breakers::default();
+    for i in 0..4 {
+        b.outcome(&p, "NET", &format!("agent-00{i}-NET"), false, i * S);
+    }
+    let r = Resources::default();
+    let held = hold_reason(&p, &b, "NET", 0, 0, &r, 5 * S).unwrap();
+    assert!(held.starts_with("NET: circuit breaker open after 3 recent failures"), "{held}");
+    assert_eq!(hold_reason(&p, &b, "OTHER", 0, 0, &r, 5 * S), None, "another role is not held");
+    assert_eq!(hold_reason(&p, &b, super::health::GLOBAL, 0, 0, &r, 5 * S), None);
+    // one breaker for everyone when asked for
+    let g = HealthPolicy { breaker_scope: BreakerScope::Global, ..HealthPolicy::default() };
+    let mut b = Breakers::default();
+    for i in 0..3 {
+        b.outcome(&g, "NET", "agent-001-NET", false, i * S);
+    }
+    assert!(hold_reason(&g, &b, "OTHER", 0, 0, &r, 5 * S).unwrap().starts_with("circuit breaker open"));
+    // cooldown over: a probe of the role goes through, and its success closes it
+    let mut b = Breakers::default();
+    for i in 0..3 {
+        b.outcome(&p, "NET", "agent-001-NET", false, i * S);
+    }
+    assert_eq!(b.next_deadline(), Some(2 * S + M));
+    assert_eq!(b.advance(2 * S + M), ["NET"]);
+    assert_eq!(hold_reason(&p, &b, "NET", 0, 0, &r, 2 * S + M), None);
+    b.started(&p, "NET", "agent-009-NET");
+    assert!(hold_reason(&p, &b, "NET", 0, 0, &r, 2 * S + M).unwrap().contains("waiting on probe agent-009-NET"));
+    assert!(b.outcome(&p, "NET", "agent-009-NET", true, 3 * M).is_some());
+    assert!(b.by_key.is_empty(), "a closed breaker with no failures is forgotten");
+}
+
+#[test]
+fn reasons_are_worded_for_their_numbers() {
+    let p = HealthPolicy { max_concurrent: 1, max_open_escalations: Some(1), ..HealthPolicy::default() };
+    let b = super::health::Breakers::default();
+    let r = Resources::default();
+    assert_eq!(hold_reason(&p, &b, "X", 1, 0, &r, 0).unwrap(), "capacity: 1 of 1 agent running");
+    assert_eq!(hold_reason(&p, &b, "X", 0, 1, &r, 0).unwrap(), "1 open escalation (at most 1 allowed)");
+    let one = Breaker::Open { until_mono: 10 * S, failures: 1 };
+    assert!(one.blocks(0).unwrap().contains("after 1 recent failure;"), "{:?}", one.blocks(0));
+    assert_eq!(super::plural(2, "attempt", "attempts"), "2 attempts");
+}
+
+#[test]
+fn a_queued_agents_reason_is_the_admission_rule_now() {
+    let dep = agent_with("Y", &["agent-001-X"]);
+    let running = AgentState::Running;
+    let gate = admission(&dep.spec, |_| Some(&running), |_| Some("held".into()));
+    assert!(matches!(gate, Gate::Wait(w) if w.contains("agent-001-X")), "dependencies come first");
+    let done = AgentState::Complete;
+    assert_eq!(admission(&dep.spec, |_| Some(&done), |role| Some(format!("{role} held"))), Gate::Wait("Y held".into()));
+    assert_eq!(admission(&dep.spec, |_| Some(&done), |_| None), Gate::Ready);
+}
+
+#[test]
+fn timeout_advice_ignores_attempts_ended_by_a_timeout() {
+    let mut list = Vec::new();
+    for (secs, timed_out) in [(50, false), (55, false), (60, true), (60, true), (60, true)] {
+        let mut a = running("SLOW");
+        a.spec.policy.attempt_timeout_ms = 60 * S;
+        let f = if timed_out {
+            facts(ProcessEnd::Signaled { signal: 15 }, None)
+        } else {
+            facts(ProcessEnd::Exited { code: 0 }, None)
+        };
+        if timed_out {
+            tick(&mut a, &at(20 * M));
+        }
+        exit(&mut a, f, 20 * M + 5);
+        let at0 = &mut a.attempts[0];
+        at0.started_at = "2026-01-01T00:00:00Z".into();
+        if let AttemptRun::Ended { ended_at, .. } = &mut at0.run {
+            *ended_at = format!("2026-01-01T00:00:{secs:02}Z");
+        }
+        list.push(a);
+    }
+    let refs: Vec<&Agent> = list.iter().collect();
+    let p = &crate::memory::patterns(&refs)[0];
+    assert_eq!(p.failure_types.get("timeout"), Some(&3), "{p:?}");
+    assert_eq!(p.duration_max_ms, Some(55 * S), "timed-out attempts ran to the limit, not to the end of the work");
+    assert!(p.advice.as_deref().unwrap_or("").contains("is near its 1m timeout"), "{p:?}");
 }

@@ -8,7 +8,7 @@ use crate::config::Workspace;
 use crate::ipc::Reply;
 use crate::policy::agent::{Agent, AgentState, Escalation};
 use crate::policy::classify::{self, Rule};
-use crate::policy::health::{self, Breaker, HealthPolicy, Resources};
+use crate::policy::health::{self, Breakers, HealthPolicy, Resources};
 use crate::policy::lifecycle::{self, Action, Now, Signal};
 use crate::protocol::files::{FileStamp, StatusFile};
 use crate::protocol::{AgentId, DataDir, time};
@@ -62,7 +62,7 @@ pub struct Supervisor {
     pub rules: Rc<Vec<Rule>>,
     pub default_rules: Rc<Vec<Rule>>,
     pub health: HealthPolicy,
-    pub breaker: Breaker,
+    pub breaker: Breakers,
     pub escalations: Vec<Escalation>,
     pub data: DataDir,
     pub store: Box<dyn Registry>,
@@ -126,7 +126,7 @@ impl Supervisor {
             rules,
             default_rules: Rc::new(classify::default_rules()),
             health,
-            breaker: Breaker::default(),
+            breaker: Breakers::default(),
             escalations: Vec::new(),
             data,
             store,
@@ -348,18 +348,19 @@ impl Supervisor {
 
     fn breaker_outcome(&mut self, id: &AgentId, success: bool) {
         let now = time::mono_ms();
-        let before = self.breaker.name();
-        if success {
-            self.breaker.success(id.as_str());
-        } else {
-            self.breaker.failure(id.as_str(), now, &self.health);
-        }
-        if let Ok(s) = serde_json::to_string(&self.breaker) {
+        let role = self.agents.get(id).map(|l| l.agent.spec.role.clone()).unwrap_or_default();
+        let changed = self.breaker.outcome(&self.health, &role, id.as_str(), success, now).map(|(key, b)| {
+            let mut data = serde_json::to_value(b).unwrap_or_default();
+            data["breaker"] = key.into();
+            (b.name(), data)
+        });
+        if (!success || changed.is_some())
+            && let Ok(s) = serde_json::to_string(&self.breaker)
+        {
             let _ = self.store.put_meta(BREAKER_KEY, &s);
         }
-        let after = self.breaker.name();
-        if before != after {
-            self.emit(None, &format!("breaker_{after}"), serde_json::to_value(&self.breaker).unwrap_or_default());
+        if let Some((state, data)) = changed {
+            self.emit(None, &format!("breaker_{state}"), data);
         }
     }
 
@@ -464,14 +465,11 @@ impl Supervisor {
     pub fn tick(&mut self) {
         let _ = self.store.begin();
         let now = now();
-        let before = self.breaker.name();
-        self.breaker.advance(now.mono);
-        if self.breaker.name() != before {
-            self.emit(
-                None,
-                &format!("breaker_{}", self.breaker.name()),
-                serde_json::to_value(&self.breaker).unwrap_or_default(),
-            );
+        for key in self.breaker.advance(now.mono) {
+            let b = &self.breaker.by_key[&key];
+            let mut data = serde_json::to_value(b).unwrap_or_default();
+            data["breaker"] = key.into();
+            self.emit(None, &format!("breaker_{}", b.name()), data);
         }
         self.resource_recheck = None;
         let due: Vec<AgentId> = self
@@ -568,7 +566,9 @@ impl Supervisor {
                 if gate == lifecycle::Gate::Ready {
                     let (running, open) =
                         *counts.get_or_insert_with(|| (self.running_count(), self.open_escalations()));
-                    let hold = health::hold_reason(&self.health, &self.breaker, running, open, &resources, now.mono);
+                    let role = &self.agents[&id].agent.spec.role;
+                    let hold =
+                        health::hold_reason(&self.health, &self.breaker, role, running, open, &resources, now.mono);
                     if let Some(why) = hold {
                         if health::resources_short(&self.health, &resources) {
                             self.resource_recheck = Some(now.mono + RESOURCE_RECHECK_MS);
@@ -582,7 +582,7 @@ impl Supervisor {
                 let actions =
                     lifecycle::admit(&mut self.agents.get_mut(&id).expect("present").agent, gate, &now, handoff);
                 if ready {
-                    self.breaker.started(id.as_str());
+                    self.breaker.started(&self.health, &self.agents[&id].agent.spec.role, id.as_str());
                 }
                 if !actions.is_empty() {
                     self.apply(&id, actions);

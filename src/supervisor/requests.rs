@@ -3,9 +3,8 @@
 use super::daemon::{EVENTS_PAGE, Supervisor, now};
 use super::{launch, views};
 use crate::ipc::{BreakerView, DaemonView, HealthView, QueuedView, Reply, Request};
-use crate::policy::agent::AgentState;
 use crate::policy::escalation;
-use crate::policy::health::{self, Breaker};
+use crate::policy::health::{self, Breaker, GLOBAL};
 use crate::policy::lifecycle::{self, fmt_ms};
 use crate::protocol::{AgentId, fsio, time};
 use std::io::Write;
@@ -220,18 +219,46 @@ fn resolve_for(sup: &mut Supervisor, id: &AgentId, note: &str) {
 
 pub fn health_view(sup: &Supervisor) -> HealthView {
     let now = time::mono_ms();
-    let r = sup.resources();
-    let running = sup.running_count();
-    let held = health::hold_reason(&sup.health, &sup.breaker, running, sup.open_escalations(), &r, now);
+    let gauges = views::Gauges::of(sup);
+    let (r, running) = (&gauges.resources, gauges.running);
+    // What holds every start, whatever its role (a role's own breaker is in `breakers`).
+    let held = health::hold_reason(&sup.health, &sup.breaker, GLOBAL, running, sup.open_escalations(), r, now);
     let h = &sup.health;
-    let (recent, probe_in, probe) = match &sup.breaker {
-        Breaker::Closed { failures } => {
-            (failures.iter().filter(|t| now.saturating_sub(**t) < h.breaker_window_ms).count(), None, None)
+    let view = |key: &str, b: Option<&Breaker>| {
+        let (state, recent, probe_in, probe) = match b {
+            _ if h.breaker_failures == 0 => ("off", 0, None, None),
+            None => ("closed", 0, None, None),
+            Some(Breaker::Closed { failures }) => (
+                "closed",
+                failures.iter().filter(|t| now.saturating_sub(**t) < h.breaker_window_ms).count(),
+                None,
+                None,
+            ),
+            Some(Breaker::Open { until_mono, failures }) => {
+                ("open", *failures, Some(until_mono.saturating_sub(now) as f64 / 1000.0), None)
+            }
+            Some(Breaker::HalfOpen { probe }) => ("half_open", 0, None, probe.clone()),
+        };
+        BreakerView {
+            key: key.to_string(),
+            scope: h.breaker_scope.as_str().to_string(),
+            state: state.to_string(),
+            recent_failures: recent,
+            threshold: h.breaker_failures,
+            window: fmt_ms(h.breaker_window_ms),
+            cooldown: fmt_ms(h.breaker_cooldown_ms),
+            probe_in_seconds: probe_in,
+            probe,
         }
-        Breaker::Open { until_mono, failures } => {
-            (*failures, Some(until_mono.saturating_sub(now) as f64 / 1000.0), None)
-        }
-        Breaker::HalfOpen { probe } => (0, None, probe.clone()),
+    };
+    let summary = match sup.breaker.worst() {
+        Some((key, b)) => view(key, Some(b)),
+        None => view(GLOBAL, None),
+    };
+    let breakers = if h.breaker_failures == 0 {
+        vec![]
+    } else {
+        sup.breaker.by_key.iter().map(|(k, b)| view(k, Some(b))).collect()
     };
     HealthView {
         healthy: held.is_none(),
@@ -241,20 +268,14 @@ pub fn health_view(sup: &Supervisor) -> HealthView {
         queued: sup
             .order
             .iter()
-            .filter_map(|id| match &sup.agents[id].agent.state {
-                AgentState::Queued { reason } => Some(QueuedView { agent_id: id.to_string(), reason: reason.clone() }),
-                _ => None,
+            .filter_map(|id| {
+                let live = &sup.agents[id];
+                views::queue_reason(sup, live, &gauges, now)
+                    .map(|reason| QueuedView { agent_id: id.to_string(), reason })
             })
             .collect(),
-        breaker: BreakerView {
-            state: sup.breaker.name().to_string(),
-            recent_failures: recent,
-            threshold: h.breaker_failures,
-            window: fmt_ms(h.breaker_window_ms),
-            cooldown: fmt_ms(h.breaker_cooldown_ms),
-            probe_in_seconds: probe_in,
-            probe,
-        },
+        breaker: summary,
+        breakers,
         free_memory: r.free_memory,
         min_free_memory: h.min_free_memory,
         load: r.load,

@@ -4,12 +4,26 @@
 use super::daemon::{Live, Supervisor};
 use crate::ipc::{AgentView, AttemptView, Reply, ShowFiles, ShowView};
 use crate::policy::agent::{AgentState, AttemptRun, StopCause};
-use crate::policy::lifecycle::fmt_ms;
+use crate::policy::health::{self, Resources};
+use crate::policy::lifecycle::{self, Gate, fmt_ms};
 use crate::protocol::files::ReportedStatus;
 use crate::protocol::registry::SpawnRecord;
 use crate::protocol::time;
 
-pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentView {
+/// What admission looks at, taken once per read command (not once per agent).
+pub struct Gauges {
+    pub resources: Resources,
+    pub running: usize,
+    pub open_escalations: usize,
+}
+
+impl Gauges {
+    pub fn of(sup: &Supervisor) -> Self {
+        Self { resources: sup.resources(), running: sup.running_count(), open_escalations: sup.open_escalations() }
+    }
+}
+
+pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp, gauges: &Gauges) -> AgentView {
     let a = &live.agent;
     let cur = a.current();
     let last_end = cur.and_then(|x| x.ended());
@@ -58,22 +72,26 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
     if let Some(s) = next_in {
         anomalies.push(format!("RETRYING in {}s", s.ceil() as u64));
     }
-    if let AgentState::Queued { reason } = &a.state {
+    let queued = match &a.state {
+        AgentState::Queued { .. } => queue_reason(sup, live, gauges, mono),
+        _ => None,
+    };
+    if let Some(reason) = &queued {
         anomalies.push(format!("QUEUED: {reason}"));
     }
-    let _ = sup;
     AgentView {
         agent_id: a.spec.id.to_string(),
         role: a.spec.role.clone(),
         task: a.spec.task.clone(),
         status: a.view_name().to_string(),
-        reason: a.state.reason().map(str::to_string).or_else(|| {
+        reason: queued.or_else(|| a.state.reason().map(str::to_string)).or_else(|| {
             live_attempt.and_then(|c| c.liveness.waiting_on.as_ref()).map(|b| format!("waiting on a blocker: {b}"))
         }),
         needs_human: a.state.needs_human(),
         reported_status: report.map(|r| r.status.as_str().to_string()),
         pid: if a.state.has_live_process() { cur.and_then(|c| c.pid()) } else { None },
         attempt: cur.map(|c| c.attempt).unwrap_or(0),
+        budget_attempt: a.counted_attempts() as u32,
         max_retries: a.spec.policy.max_retries,
         progress: report.and_then(|r| r.progress),
         phase: report.and_then(|r| r.phase.clone()),
@@ -92,6 +110,23 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp) -> AgentV
     }
 }
 
+/// Why a queued agent waits, computed now by the rule admission uses (the reason recorded
+/// when it was queued may be stale: a cooldown counts down, capacity frees up).
+pub fn queue_reason(sup: &Supervisor, live: &Live, g: &Gauges, mono: u64) -> Option<String> {
+    let AgentState::Queued { reason } = &live.agent.state else { return None };
+    let (running, open, r) = (g.running, g.open_escalations, &g.resources);
+    let gate = lifecycle::admission(
+        &live.agent.spec,
+        |d| sup.agents.get(d).map(|l| &l.agent.state),
+        |role| health::hold_reason(&sup.health, &sup.breaker, role, running, open, r, mono),
+    );
+    Some(match gate {
+        Gate::Wait(why) | Gate::Fail(why) => why,
+        // Nothing holds it: it starts with the next admission pass.
+        Gate::Ready => reason.clone(),
+    })
+}
+
 pub fn status(sup: &Supervisor, ids: &[String], role: Option<&str>) -> Reply {
     let mut wanted = Vec::new();
     for id in ids {
@@ -101,13 +136,14 @@ pub fn status(sup: &Supervisor, ids: &[String], role: Option<&str>) -> Reply {
         }
     }
     let now = time::now();
+    let gauges = Gauges::of(sup);
     let views: Vec<AgentView> = sup
         .order
         .iter()
         .filter(|id| wanted.is_empty() || wanted.contains(id))
         .map(|id| &sup.agents[id])
         .filter(|l| role.is_none_or(|r| l.agent.spec.role == r))
-        .map(|l| agent_view(sup, l, now))
+        .map(|l| agent_view(sup, l, now, &gauges))
         .collect();
     Reply::ok(views)
 }
@@ -155,7 +191,7 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
         .collect();
     let d = &sup.data;
     let view = ShowView {
-        agent: agent_view(sup, live, time::now()),
+        agent: agent_view(sup, live, time::now(), &Gauges::of(sup)),
         scope: a.spec.scope.clone(),
         constraints: a.spec.constraints.clone(),
         after: a.spec.after.iter().map(|x| x.to_string()).collect(),

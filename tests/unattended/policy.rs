@@ -235,3 +235,55 @@ fn handoffs_of_one_attempt_accumulate() {
     let r = aggregate_json(&ws);
     assert_eq!(r["counts"]["findings"], 3, "{r}");
 }
+
+#[test]
+fn a_roles_transient_failures_do_not_hold_another_roles_spawns() {
+    let ws = Ws::with_config(Some(
+        "[defaults]\nmax_retries = 0\n[health]\nmax_concurrent = 50\nbreaker_failures = 3\nbreaker_cooldown = \"1h\"\n",
+    ));
+    let flaky: Vec<String> =
+        (0..4).map(|_| ws.spawn("NET", &["sh", "-c", "echo 'network unreachable'; exit 1"])).collect();
+    for id in &flaky {
+        ws.wait_state(id, &["escalated", "queued"], SECS(20));
+    }
+    let other = ws.spawn("BUILD", &["true"]);
+    let v = ws.wait_state(&other, &["complete", "queued"], SECS(20));
+    let held_net = ws.spawn("NET", &["true"]);
+    let q = ws.agent(&held_net);
+    let health = ws.json(&["health", "--json"]);
+    println!("UNATTENDED role_breaker other_role={} same_role={}", v["status"], q["status"]);
+    assert_eq!(v["status"], "complete", "role NET's breaker must not hold BUILD: {health}");
+    assert_eq!(q["status"], "queued", "{q}");
+    let reason = q["reason"].as_str().unwrap();
+    assert!(reason.starts_with("NET: circuit breaker open after 3 recent failures; probe in"), "{reason}");
+    assert_eq!(health["breaker"]["scope"], "role");
+    assert_eq!(health["breakers"][0]["key"], "NET", "{health}");
+    assert_eq!(health["breakers"][0]["state"], "open", "{health}");
+    assert!(health["heldBecause"].is_null(), "the workspace as a whole is not held: {health}");
+    // The queue reason is printed once, and says the same as health.
+    let table = ws.ok(&["status"]);
+    let line = table.lines().find(|l| l.starts_with(&held_net)).unwrap();
+    assert_eq!(line.matches("QUEUED").count(), 1, "{line}");
+    assert_eq!(health["queued"][0]["reason"], reason);
+}
+
+#[test]
+fn what_is_shown_is_true_and_current() {
+    let ws = Ws::with_config(Some(&config("")));
+    // The breaker is off in this workspace: health says so.
+    let text = ws.ok(&["health"]);
+    assert!(text.contains("breaker:     off"), "{text}");
+    assert_eq!(ws.json(&["health", "--json"])["breaker"]["state"], "off");
+    // The attempt column after a human retry counts within the fresh budget.
+    let id = ws.spawn("AUDITOR", &["sh", "-c", "[ -e ok ] && exit 0; exit 2"]);
+    ws.wait_state(&id, &["escalated"], SECS(20));
+    std::fs::write(ws.path().join("ok"), "").unwrap();
+    ws.ok(&["retry", &id]);
+    let v = ws.wait_state(&id, &["complete"], SECS(20));
+    let table = ws.ok(&["status"]);
+    let line = table.lines().find(|l| l.starts_with(&id)).unwrap().to_string();
+    println!("UNATTENDED shown_true attempt={} budget_attempt={} line={line:?}", v["attempt"], v["budgetAttempt"]);
+    assert_eq!((v["attempt"].as_u64(), v["budgetAttempt"].as_u64()), (Some(2), Some(1)), "{v}");
+    assert!(line.contains("1/2 #2"), "{line}");
+    assert!(!line.contains("2/2"), "{line}");
+}
