@@ -100,7 +100,7 @@ impl Breakers {
             && failures.is_empty()
         {
             self.by_key.remove(&key);
-            return changed.then(|| (key, &CLOSED));
+            return changed.then_some((key, &CLOSED));
         }
         changed.then(|| (key.clone(), &self.by_key[&key]))
     }
