@@ -294,6 +294,11 @@ fn demo_runs_every_pattern_and_exits_0() {
         "resolved by evidence: `8080`",
         "**UNRESOLVED**",
         "unresolved conflict on database",
+        "BLOCKED: waiting on external API",
+        "NEEDS A HUMAN",
+        "the human answers agent-006-INTEGRATOR",
+        "agent-006-INTEGRATOR is complete",
+        "conflict on database: resolved by human: resolved by a human (escalation",
     ] {
         assert!(out.contains(pattern), "demo output lacks {pattern:?}:\n{out}");
     }

@@ -1,7 +1,9 @@
 //! `corral demo`: a self-contained run of scripted agents in a temp workspace, narrated as
 //! it happens: spawning without blocking, progress reports, a dependency, a transient crash
 //! retried with backoff, a hang killed at its timeout and retried with a longer one, a
-//! permanent failure escalated to a human, spawns queued by the health gate, handoffs.
+//! permanent failure escalated to a human, an agent blocked on an external API with nobody
+//! left to unblock it (a human is asked, and a message resumes it), spawns queued by the
+//! health gate, handoffs, and a conflict a human settles.
 
 use super::{Ctx, Fail, Result};
 use crate::client::Client;
@@ -82,6 +84,16 @@ const SCRIPTS: &[Script] = &[
                  corral report --status failed --finding 'schema migration 0042 conflicts with production data'; exit 2",
     },
     Script {
+        role: "INTEGRATOR",
+        task: "Wire up payments (blocked on an external API)",
+        after_first: false,
+        script: "if [ \"$CORRAL_ATTEMPT\" = 1 ]; then \
+                 corral report --status blocked --finding 'waiting on external API: the payments sandbox is down'; \
+                 sleep 0.3; exit 0; fi; \
+                 grep -q 'sandbox is back' \"$CORRAL_INBOX_FILE\" || exit 3; \
+                 corral report --status complete --progress 1.0 --phase done --milestone payments-wired",
+    },
+    Script {
         role: "DOCS",
         task: "Write the changelog (queued until capacity frees)",
         after_first: false,
@@ -150,6 +162,9 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
             clip(e["reason"].as_str().unwrap_or(""), 100)
         );
     }
+    let settled = human_answers(&mut client, &data, &root, &ctx, &ids)?;
+    let views: Vec<AgentView> =
+        serde_json::from_value(super::into_result(client.call(&Request::Status { ids: vec![], role: None })?)?)?;
     let handoffs = std::fs::read_dir(data.handoff_dir()).map(|r| r.count()).unwrap_or(0);
     println!("\n{handoffs} handoffs in {}", data.handoff_dir().display());
     let _ = client.call(&Request::Stop);
@@ -158,21 +173,70 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
         say(&format!("kept {}", kept.display()));
     }
     let status = |role: &str| views.iter().find(|v| v.role == role).map(|v| (v.status.as_str(), v.attempt));
+    let human_settled = settled.conflicts.iter().any(|c| c.resolution == crate::aggregate::Resolution::Human);
     let as_scripted = status("PLANNER") == Some(("complete", 1))
         && status("IMPLEMENTER") == Some(("complete", 1))
         && status("AUDITOR") == Some(("complete", 2))
         && status("CLEANER") == Some(("complete", 2))
         && status("REVIEWER") == Some(("escalated", 1))
         && status("DOCS") == Some(("complete", 1))
+        && status("INTEGRATOR") == Some(("complete", 2))
+        && human_settled
         && resolved
         && unresolved;
     if as_scripted { Ok(0) } else { Err(Fail { code: 1, msg: "the demo did not end as scripted".into() }) }
 }
 
+/// The human's part: a message resumes the blocked agent, and the unresolved conflict is
+/// settled by choosing a value. Returns the aggregate that follows.
+fn human_answers(
+    client: &mut Client,
+    data: &DataDir,
+    root: &std::path::Path,
+    ctx: &Ctx,
+    ids: &[String],
+) -> Result<crate::aggregate::Report> {
+    let views: Vec<AgentView> =
+        serde_json::from_value(super::into_result(client.call(&Request::Status { ids: vec![], role: None })?)?)?;
+    let after: u64 = serde_json::from_value(super::into_result(client.call(&Request::LastSeq)?)?)?;
+    let mut resumed = 0;
+    for v in views.iter().filter(|v| v.needs_human && v.status == "blocked") {
+        say(&format!("the human answers {} (corral tell): the sandbox is back", v.agent_id));
+        let tell = Request::Tell { id: v.agent_id.clone(), text: "The payments sandbox is back up.".into() };
+        super::into_result(client.call(&tell)?)?;
+        resumed += 1;
+    }
+    follow_from(data, root, resumed, after)?;
+    let escalations: Vec<crate::policy::agent::Escalation> =
+        serde_json::from_value(super::into_result(client.call(&Request::Escalations { all: false })?)?)?;
+    for e in escalations.iter().filter(|e| e.conflict.is_some()) {
+        let key = e.conflict.as_ref().map(|c| c.key.clone()).unwrap_or_default();
+        say(&format!("the human settles the conflict on {key} (corral escalations resolve {} --choose postgres)", e.n));
+        let answer = crate::policy::escalation::Answer { choose: Some("postgres".into()), ..Default::default() };
+        let note = Some("production already runs postgres".to_string());
+        super::into_result(client.call(&Request::Resolve { n: e.n, note, answer })?)?;
+    }
+    let _ = ids;
+    say("aggregating again: the human's answer stands");
+    let report = super::aggregate::build(ctx, &[], None)?;
+    super::aggregate::escalate_unresolved(ctx, &report)?;
+    for c in &report.conflicts {
+        let how =
+            serde_json::to_value(c.resolution).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        println!("  conflict on {}: resolved by {how}: {}", c.key, clip(&c.reason, 110));
+    }
+    Ok(report)
+}
+
 /// Narrates the event log until every agent is finished.
 fn follow(data: &DataDir, root: &std::path::Path, total: usize) -> Result<()> {
+    follow_from(data, root, total, 0)
+}
+
+/// Narrates events after `after` until `total` agents finish.
+fn follow_from(data: &DataDir, root: &std::path::Path, total: usize, after: u64) -> Result<()> {
     let mut events = Client::connect(data, root)?;
-    events.send(&Request::Events { after: 0, agent: None, follow: true })?;
+    events.send(&Request::Events { after, agent: None, follow: true })?;
     let start = Instant::now();
     let mut finished = 0;
     while finished < total && start.elapsed() < Duration::from_secs(60) {
@@ -206,6 +270,11 @@ fn follow(data: &DataDir, root: &std::path::Path, total: usize) -> Result<()> {
                 crate::policy::lifecycle::fmt_ms(d["delayMs"].as_u64().unwrap_or(0))
             ),
             "escalation_opened" => format!("{id} ESCALATED to a human: escalation #{}", d["escalation"]),
+            "waiting" => format!("{id} BLOCKED: {} (its process waits; no retry is spent)", s("blocker")),
+            "needs_human" => {
+                finished += 1;
+                format!("{id} NEEDS A HUMAN: blocked, and its process is gone (nobody left to unblock it)")
+            }
             "escalated" => {
                 finished += 1;
                 format!("{id} is escalated")
