@@ -1,8 +1,7 @@
 //! Which evidence belongs to an attempt. Every decision about an attempt (classification,
 //! the reason it records, a blocker) uses what that attempt itself wrote: findings it
 //! added to the status file, output it printed, the handoff it wrote. What an earlier
-//! attempt left behind never classifies a later one. One rule, used by the supervisor when
-//! an attempt ends and by aggregation when it picks an agent's handoff.
+//! attempt left behind never classifies a later one.
 
 use super::agent::Attempt;
 use serde_json::Value;
@@ -39,16 +38,10 @@ pub fn output_window(attempt: &Attempt, log_len: u64, tail: u64) -> (u64, u64) {
     (start, log_len - start)
 }
 
-/// Whether the handoff file `name` (with its modification time, RFC 3339 or a sortable
-/// stand-in) may be the attempt's: the one named for it, or any of the agent's written
-/// since the attempt started (not among those that were there before).
+/// Whether the agent's handoff file `name` may be the attempt's: the one named for it, or
+/// any written since the attempt started (not among those that were there before). The
+/// newest of those speaks for the attempt.
 pub fn handoff_is_attempts(attempt: &Attempt, name: &str) -> bool {
     attempt.handoff_file.file_name().and_then(|n| n.to_str()) == Some(name)
         || !attempt.handoffs_before.iter().any(|b| b == name)
-}
-
-/// Of the candidate handoffs of one attempt (name, modification time), the one that speaks
-/// for it: the newest; the name (which carries a UTC timestamp) breaks ties.
-pub fn newest_handoff<'a, T: Ord>(candidates: impl IntoIterator<Item = (&'a str, T)>) -> Option<&'a str> {
-    candidates.into_iter().max_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0))).map(|(name, _)| name)
 }

@@ -5,6 +5,7 @@
 //! clock, a file or a process.
 
 pub mod agent;
+pub mod anomaly;
 pub mod classify;
 pub mod escalation;
 pub mod evidence;

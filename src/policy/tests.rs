@@ -925,3 +925,29 @@ fn timeout_advice_ignores_attempts_ended_by_a_timeout() {
     assert_eq!(p.duration_max_ms, Some(55 * S), "timed-out attempts ran to the limit, not to the end of the work");
     assert!(p.advice.as_deref().unwrap_or("").contains("is near its 1m timeout"), "{p:?}");
 }
+
+#[test]
+fn anomalies_are_one_rule_for_every_face() {
+    use super::anomaly::{Seen, anomalies};
+    let seen = Seen { reported: Some(ReportedStatus::Active), unreadable: false, queue_reason: None };
+    let mut a = running("X"); // heartbeat 5m, stall 10m
+    let d = rules();
+    let r = Report { status: ReportedStatus::Active, last_finding: None, changed: true };
+    status_reported(&mut a, &r, &Rules { user: &[], defaults: &d }, &at(0));
+    let names =
+        |a: &Agent, seen: &Seen, t: u64| anomalies(a, seen, t).iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert!(names(&a, &seen, 4 * M).is_empty());
+    assert_eq!(names(&a, &seen, 5 * M + 1), ["STALE", "SLOW"]);
+    // waiting on a blocker is neither slow nor running
+    blocked_on(&mut a, "waiting for the staging DB", 6 * M);
+    let blocked = Seen { reported: Some(ReportedStatus::Blocked), ..seen };
+    assert_eq!(names(&a, &blocked, 6 * M + 1), ["BLOCKED"]);
+    let mut q = agent_with("X", &[]);
+    let held = Seen { reported: None, unreadable: true, queue_reason: Some("capacity: 5 of 5 agents running") };
+    assert_eq!(names(&q, &held, 0), ["UNREADABLE", "QUEUED: capacity: 5 of 5 agents running"]);
+    q.state = AgentState::Escalated { reason: "r".into(), escalation: 3 };
+    let none = Seen { reported: None, unreadable: false, queue_reason: None };
+    assert_eq!(names(&q, &none, 0), ["FAILED", "NEEDS-HUMAN #3"]);
+    q.state = AgentState::Retrying { next_mono: 10 * S + 1, reason: "r".into() };
+    assert_eq!(names(&q, &none, 0), ["RETRYING in 11s"]);
+}

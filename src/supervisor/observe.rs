@@ -240,10 +240,7 @@ impl Supervisor {
         let mut candidates: Vec<PathBuf> = live
             .handoffs
             .iter()
-            .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                !a.handoffs_before.iter().any(|b| b == name)
-            })
+            .filter(|p| evidence::handoff_is_attempts(a, p.file_name().and_then(|n| n.to_str()).unwrap_or_default()))
             .cloned()
             .collect();
         if !candidates.contains(&a.handoff_file) {

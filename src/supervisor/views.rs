@@ -3,10 +3,10 @@
 
 use super::daemon::{Live, Supervisor};
 use crate::ipc::{AgentView, AttemptView, Reply, ShowFiles, ShowView};
-use crate::policy::agent::{AgentState, AttemptRun, StopCause};
+use crate::policy::agent::{AgentState, AttemptRun};
+use crate::policy::anomaly::{self, Seen};
 use crate::policy::health::{self, Resources};
 use crate::policy::lifecycle::{self, Gate, fmt_ms};
-use crate::protocol::files::ReportedStatus;
 use crate::protocol::registry::SpawnRecord;
 use crate::protocol::time;
 
@@ -31,54 +31,21 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp, gauges: &
     let last_update = report.and_then(|r| r.last_update.clone());
     let since = last_update.as_deref().and_then(time::parse).or_else(|| cur.and_then(|c| time::parse(&c.started_at)));
     let mono = time::mono_ms();
-    let p = &a.spec.policy;
     let live_attempt = cur.filter(|_| a.state.has_live_process());
-    let liveness = live_attempt.map(|c| &c.liveness);
-    let mut anomalies = Vec::new();
-    if live.report_error.is_some() {
-        anomalies.push("UNREADABLE".to_string());
-    }
-    let stale = matches!(a.state, AgentState::Stopping { cause: StopCause::Heartbeat, .. })
-        || liveness.and_then(|l| l.last_heartbeat()).is_some_and(|hb| mono.saturating_sub(hb) > p.heartbeat_timeout_ms);
-    if stale {
-        anomalies.push("STALE".to_string());
-    }
-    let slow = liveness.is_some_and(|l| l.waiting_on.is_none())
-        && liveness.and_then(|l| l.last_change).is_some_and(|c| mono.saturating_sub(c) > p.stall_timeout_ms / 2);
-    if slow {
-        anomalies.push("SLOW".to_string());
-    }
-    if matches!(a.state, AgentState::Blocked { .. })
-        || (a.state.has_live_process() && report.is_some_and(|r| r.status == ReportedStatus::Blocked))
-        || a.view_name() == "blocked"
-    {
-        anomalies.push("BLOCKED".to_string());
-    }
-    if matches!(a.state, AgentState::Failed { .. } | AgentState::Escalated { .. } | AgentState::TimedOut { .. })
-        || (a.state.has_live_process() && report.is_some_and(|r| r.status == ReportedStatus::Failed))
-    {
-        anomalies.push("FAILED".to_string());
-    }
-    if a.state.needs_human() {
-        anomalies.push(match a.state.escalation() {
-            Some(n) => format!("NEEDS-HUMAN #{n}"),
-            None => "NEEDS-HUMAN".to_string(),
-        });
-    }
-    let next_in = match a.state {
-        AgentState::Retrying { next_mono, .. } => Some(next_mono.saturating_sub(mono) as f64 / 1000.0),
-        _ => None,
-    };
-    if let Some(s) = next_in {
-        anomalies.push(format!("RETRYING in {}s", s.ceil() as u64));
-    }
     let queued = match &a.state {
         AgentState::Queued { .. } => queue_reason(sup, live, gauges, mono),
         _ => None,
     };
-    if let Some(reason) = &queued {
-        anomalies.push(format!("QUEUED: {reason}"));
-    }
+    let seen = Seen {
+        reported: report.map(|r| r.status),
+        unreadable: live.report_error.is_some(),
+        queue_reason: queued.as_deref(),
+    };
+    let anomalies: Vec<String> = anomaly::anomalies(a, &seen, mono).iter().map(ToString::to_string).collect();
+    let next_in = match a.state {
+        AgentState::Retrying { next_mono, .. } => Some(next_mono.saturating_sub(mono) as f64 / 1000.0),
+        _ => None,
+    };
     AgentView {
         agent_id: a.spec.id.to_string(),
         role: a.spec.role.clone(),
