@@ -951,3 +951,32 @@ fn anomalies_are_one_rule_for_every_face() {
     q.state = AgentState::Retrying { next_mono: 10 * S + 1, reason: "r".into() };
     assert_eq!(names(&q, &none, 0), ["RETRYING in 11s"]);
 }
+
+mod backoff_schedule {
+    use super::super::role::{Backoff, Jitter};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// For any configuration: delays never shrink from one retry to the next, never
+        /// exceed `max`, start at `initial` (capped), and full jitter stays within the
+        /// un-jittered delay.
+        #[test]
+        fn delays_grow_are_capped_and_jitter_stays_below(
+            initial in 0u64..10_000_000,
+            coefficient in 1.0f64..100.0,
+            max in proptest::option::of(0u64..100_000_000),
+            retry in 1u32..200,
+            sample in 0.0f64..1.0,
+        ) {
+            let b = Backoff { initial_ms: initial, coefficient, max_ms: max, jitter: Jitter::None };
+            let (this, next) = (b.delay_ms(retry, 0.5), b.delay_ms(retry + 1, 0.5));
+            prop_assert!(next >= this, "retry {retry}: {this} then {next}");
+            if let Some(m) = max {
+                prop_assert!(this <= m);
+            }
+            prop_assert_eq!(b.delay_ms(1, 0.5), max.map_or(initial, |m| initial.min(m)));
+            let j = Backoff { jitter: Jitter::Full, ..b.clone() };
+            prop_assert!(j.delay_ms(retry, sample) <= this);
+        }
+    }
+}
