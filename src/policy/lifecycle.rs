@@ -144,7 +144,12 @@ pub fn started(agent: &mut Agent, shim_pid: i32, pid: i32, now: &Now) -> Vec<Act
     a.run = AttemptRun::Running { shim_pid, pid };
     let (n, timeout) = (a.attempt, a.timeout_ms);
     agent.updated_at = now.wall.clone();
-    vec![emit("started", json!({ "attempt": n, "pid": pid, "timeoutMs": timeout }))]
+    let mut out = vec![emit("started", json!({ "attempt": n, "pid": pid, "timeoutMs": timeout }))];
+    // Told to stop while its shim was still starting it: the TERM it could not get then.
+    if matches!(agent.state, AgentState::Stopping { .. }) {
+        out.push(Action::SignalGroup { pgid: pid, signal: Signal::Term });
+    }
+    out
 }
 
 /// What the agent's status file says now.

@@ -3,6 +3,8 @@
 //! core, and carries out the actions the core returns. One task owns all state, so there
 //! are no locks; each batch of inputs is committed once, then replies go out.
 
+use super::io::Io;
+use super::shim::Handshake;
 use super::{launch, process, views};
 use crate::config::Workspace;
 use crate::ipc::Reply;
@@ -14,7 +16,8 @@ use crate::protocol::files::{FileStamp, StatusFile};
 use crate::protocol::{AgentId, DataDir, time};
 use crate::store::{EventRecord, Registry};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -34,6 +37,32 @@ pub enum Msg {
     },
     /// Files in `agent-status/` or `handoffs/` were written (see `watch`).
     Written,
+    /// The shim asked for with this `seq` said whether it started the command.
+    Launched {
+        seq: u64,
+        shim_pid: i32,
+        result: Handshake,
+        /// Its pidfd, when opened while it could not have been replaced (our own child).
+        pidfd: Option<OwnedFd>,
+    },
+}
+
+/// A reply that waits for something to happen (a spawn for its handshake): asked again after
+/// every batch until it gives its reply, without holding up anything else.
+pub type Hold = Box<dyn FnMut(&mut Supervisor) -> Option<Reply>>;
+
+/// What a request gets: its reply now, or later.
+pub enum Answer {
+    Now(Reply),
+    Hold(Hold),
+}
+
+/// A shim asked for and not yet heard from.
+pub struct PendingLaunch {
+    pub id: AgentId,
+    pub attempt: u32,
+    /// When to stop waiting for its handshake (monotonic ms).
+    pub deadline: u64,
 }
 
 /// An agent as the supervisor holds it: the durable record plus what its files say.
@@ -90,7 +119,17 @@ pub struct Supervisor {
     /// Sequence number of the newest event.
     pub last_seq: u64,
     /// Forks shims; started on first use, replaced when it fails.
-    pub launcher: Option<super::launcher::Launcher>,
+    /// The clock, signals and shims.
+    pub io: Box<dyn Io>,
+    /// Actions decided and not yet carried out, in order: carried out by the loop, never
+    /// from inside the code that decided them.
+    work: VecDeque<(AgentId, Action)>,
+    /// Queued agents should be looked at again once the work is done.
+    admit_wanted: bool,
+    /// Shims asked for, by request number, until their handshake arrives.
+    pub launches: HashMap<u64, PendingLaunch>,
+    pub launch_seq: u64,
+    held: Vec<(oneshot::Sender<Reply>, Hold)>,
     /// Files written, gathered by the watcher.
     pub written: super::watch::Pending,
     /// Running attempts' shims and adopted attempts (see `orphans`).
@@ -101,12 +140,9 @@ pub struct Supervisor {
     pub ready_replies: Vec<(oneshot::Sender<Reply>, Reply)>,
 }
 
+/// The machine's clock, for code that runs off the loop (the loop itself uses `Supervisor::now`).
 pub fn now() -> Now {
-    // Full jitter needs a uniform sample; the low bits of the clock are plenty for that.
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let mixed = (nanos as u64 ^ std::process::id() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
-    Now { wall: time::rfc3339(time::now()), mono: time::mono_ms(), jitter: mixed as f64 / (1u64 << 53) as f64 }
+    super::io::clock_now()
 }
 
 impl Supervisor {
@@ -114,9 +150,11 @@ impl Supervisor {
         ws: Workspace,
         data: DataDir,
         store: Box<dyn Registry>,
+        io: Box<dyn Io>,
         tx: mpsc::UnboundedSender<Msg>,
         socket: PathBuf,
     ) -> Self {
+        let started_mono = io.mono_ms();
         let config_mtime = ws.config_file.as_ref().and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
         let rules = Rc::new(ws.config.rules());
         let health = ws.config.health();
@@ -136,7 +174,7 @@ impl Supervisor {
             events: broadcast::channel(4096).0,
             socket,
             started_at: time::rfc3339(time::now()),
-            started_mono: time::mono_ms(),
+            started_mono,
             resource_recheck: None,
             dirty: Vec::new(),
             registry_pending: Vec::new(),
@@ -148,11 +186,20 @@ impl Supervisor {
             written: Default::default(),
             stopping: false,
             last_seq: 0,
-            launcher: None,
+            io,
+            work: VecDeque::new(),
+            admit_wanted: false,
+            launches: HashMap::new(),
+            launch_seq: 0,
+            held: Vec::new(),
             orphans: Default::default(),
             held_kills: Vec::new(),
             ready_replies: Vec::new(),
         }
+    }
+
+    pub fn now(&mut self) -> Now {
+        self.io.now()
     }
 
     /// Loads the registry and reconciles it with what is on disk and in the process table.
@@ -187,7 +234,7 @@ impl Supervisor {
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) -> anyhow::Result<()> {
         let mut replies = Vec::new();
         while !self.stopping {
-            let sleep = self.next_deadline().map(|d| d.saturating_sub(time::mono_ms()));
+            let sleep = self.next_deadline().map(|d| d.saturating_sub(self.io.mono_ms()));
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(m) => self.handle(m, &mut replies),
@@ -203,7 +250,7 @@ impl Supervisor {
                     Err(_) => break,
                 }
             }
-            replies.append(&mut self.ready_replies);
+            self.release_held(&mut replies);
 
             // A commit that fails (a full disk) is done again with the next one; what the
             // replies say is already true in memory, and reads must keep working meanwhile.
@@ -214,10 +261,40 @@ impl Supervisor {
             let batch = self.export_batch(std::mem::take(&mut replies));
             self.send_export(batch);
         }
+        for (tx, _) in std::mem::take(&mut self.held) {
+            let _ = tx.send(Reply::err(1, "the supervisor stopped before this could be answered"));
+        }
         Ok(())
     }
 
-    fn handle(&mut self, msg: Msg, replies: &mut Vec<(oneshot::Sender<Reply>, Reply)>) {
+    /// Holds a reply until `hold` gives it.
+    pub fn hold(&mut self, tx: oneshot::Sender<Reply>, hold: Hold) {
+        self.held.push((tx, hold));
+    }
+
+    /// Gives the replies whose moment has come.
+    pub(crate) fn release_held(&mut self, replies: &mut Vec<(oneshot::Sender<Reply>, Reply)>) {
+        replies.append(&mut self.ready_replies);
+        if self.held.is_empty() {
+            return;
+        }
+        for (tx, mut hold) in std::mem::take(&mut self.held) {
+            if tx.is_closed() {
+                continue;
+            }
+            match hold(self) {
+                Some(reply) => replies.push((tx, reply)),
+                None => self.held.push((tx, hold)),
+            }
+        }
+    }
+
+    pub(crate) fn handle(&mut self, msg: Msg, replies: &mut Vec<(oneshot::Sender<Reply>, Reply)>) {
+        self.take(msg, replies);
+        self.settle();
+    }
+
+    fn take(&mut self, msg: Msg, replies: &mut Vec<(oneshot::Sender<Reply>, Reply)>) {
         if let Err(e) = self.store.begin() {
             crate::elog!("corral daemon: cannot begin a registry transaction: {e}");
         }
@@ -240,6 +317,45 @@ impl Supervisor {
                     self.file_written(path);
                 }
             }
+            Msg::Launched { seq, shim_pid, result, pidfd } => launch::launched(self, seq, shim_pid, result, pidfd),
+        }
+    }
+
+    /// Carries out the queued work, then admission, until neither has anything left. Work
+    /// that leads to more work (an attempt that cannot start ends, its agent is retried or
+    /// its dependents fail, the next in the queue is admitted) queues it behind, so however
+    /// long the chain, nothing recurses.
+    pub fn settle(&mut self) {
+        loop {
+            if let Some((id, action)) = self.work.pop_front() {
+                self.perform(&id, action);
+            } else if std::mem::take(&mut self.admit_wanted) {
+                self.run_admission();
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn perform(&mut self, id: &AgentId, action: Action) {
+        match action {
+            Action::Spawn => launch::start_current(self, id),
+            Action::SignalGroup { pgid, signal } => {
+                let r = match signal {
+                    // The watcher of the attempt (its shim) sends the TERM and keeps the
+                    // grace for the whole group, leftovers of the leader included.
+                    Signal::Term => self.stop_group(id, pgid),
+                    Signal::Kill => self.io.signal_group(pgid, Signal::Kill),
+                };
+                if let Err(e) = r {
+                    crate::elog!("corral daemon: signal to group {pgid} of {id} failed: {e}");
+                }
+            }
+            Action::Emit { kind, data } => self.emit(Some(id), kind, data),
+            Action::Escalate { reason } => {
+                self.open_escalation(id, reason);
+            }
+            Action::Outcome { success } => self.breaker_outcome(id, success),
         }
     }
 
@@ -273,40 +389,20 @@ impl Supervisor {
         }
     }
 
-    /// Carries out what the core decided for one agent.
+    /// Queues what the core decided for one agent; the loop carries it out (`settle`).
     pub fn apply(&mut self, id: &AgentId, actions: Vec<Action>) {
         self.mark_dirty(id);
-        for a in actions {
-            match a {
-                Action::Spawn => launch::start_current(self, id),
-                Action::SignalGroup { pgid, signal } => {
-                    let r = match signal {
-                        // The watcher of the attempt (its shim) sends the TERM and keeps the
-                        // grace for the whole group, leftovers of the leader included.
-                        Signal::Term => self.stop_group(id, pgid),
-                        Signal::Kill => process::signal_group(pgid, libc::SIGKILL),
-                    };
-                    if let Err(e) = r {
-                        crate::elog!("corral daemon: signal to group {pgid} of {id} failed: {e}");
-                    }
-                }
-                Action::Emit { kind, data } => self.emit(Some(id), kind, data),
-                Action::Escalate { reason } => {
-                    self.open_escalation(id, reason);
-                }
-                Action::Outcome { success } => self.breaker_outcome(id, success),
-            }
-        }
+        self.work.extend(actions.into_iter().map(|a| (id.clone(), a)));
     }
 
     fn stop_group(&mut self, id: &AgentId, pgid: i32) -> std::io::Result<()> {
         let a = &self.agents[id].agent;
         let n = a.current().map_or(0, |x| x.attempt);
         let grace = match &a.state {
-            AgentState::Stopping { hard_kill_mono, .. } => hard_kill_mono.saturating_sub(time::mono_ms()),
+            AgentState::Stopping { hard_kill_mono, .. } => hard_kill_mono.saturating_sub(self.io.mono_ms()),
             _ => lifecycle::STOP_GRACE_MS,
         };
-        self.orphans.stop(id, n, pgid, grace)
+        if self.orphans.stop_by_watcher(id, n, grace) { Ok(()) } else { self.io.signal_group(pgid, Signal::Term) }
     }
 
     /// Records a new open escalation for `id`; returns its number.
@@ -347,7 +443,7 @@ impl Supervisor {
     }
 
     fn breaker_outcome(&mut self, id: &AgentId, success: bool) {
-        let now = time::mono_ms();
+        let now = self.io.mono_ms();
         let role = self.agents.get(id).map(|l| l.agent.spec.role.clone()).unwrap_or_default();
         let changed = self.breaker.outcome(&self.health, &role, id.as_str(), success, now).map(|(key, b)| {
             let mut data = serde_json::to_value(b).unwrap_or_default();
@@ -390,7 +486,9 @@ impl Supervisor {
 
     /// Writes changed agents to the registry and commits.
     pub fn persist(&mut self) -> anyhow::Result<()> {
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut seen = std::collections::HashSet::with_capacity(dirty.len());
+        dirty.retain(|id| seen.insert(id.clone()));
         let written = (|| {
             self.store.begin()?;
             for id in &dirty {
@@ -459,12 +557,14 @@ impl Supervisor {
             .filter_map(|l| lifecycle::next_deadline(&l.agent))
             .chain(self.breaker.next_deadline())
             .chain(self.resource_recheck)
+            .chain(self.launches.values().map(|p| p.deadline))
             .min()
     }
 
     pub fn tick(&mut self) {
         let _ = self.store.begin();
-        let now = now();
+        let now = self.now();
+        launch::overdue_handshakes(self, now.mono);
         for key in self.breaker.advance(now.mono) {
             let b = &self.breaker.by_key[&key];
             let mut data = serde_json::to_value(b).unwrap_or_default();
@@ -492,6 +592,7 @@ impl Supervisor {
             }
         }
         self.admit_queued();
+        self.settle();
     }
 
     /// When the attempt's output last came, on the monotonic clock, as its watcher stamped
@@ -501,7 +602,7 @@ impl Supervisor {
     fn output_mono(&mut self, id: &AgentId) -> Option<u64> {
         let n = self.agents.get(id)?.agent.current()?.attempt;
         let stamp = super::shim::RunInfo::output_stamp(&self.data.attempt_file(id, n, "run"))?;
-        Some((stamp + super::relay::STAMP_EVERY_MS).min(time::mono_ms()))
+        Some((stamp + super::relay::STAMP_EVERY_MS).min(self.io.mono_ms()))
     }
 
     /// Takes the log's measure when an attempt starts (or is found again after a
@@ -542,10 +643,17 @@ impl Supervisor {
     }
 
     /// Starts queued agents, in spawn order, while dependencies and health allow.
+    /// Asks for queued agents to be looked at again once the current work is done.
     pub fn admit_queued(&mut self) {
+        self.admit_wanted = true;
+    }
+
+    /// Starts queued agents, in spawn order, while dependencies and health allow. Starting
+    /// is queued work: admission decides, `settle` starts.
+    fn run_admission(&mut self) {
         let resources = self.resources();
         loop {
-            let now = now();
+            let now = self.now();
             let mut changed = false;
             let queued: Vec<AgentId> = self
                 .order
@@ -577,7 +685,9 @@ impl Supervisor {
                     }
                 }
                 let ready = gate == lifecycle::Gate::Ready;
-                let handoff = self.data.handoff_file(&id, &time::compact(time::now()));
+                // Named only for an attempt that begins: a queue held by the gate reads no clock.
+                let handoff =
+                    if ready { self.data.handoff_file(&id, &time::compact(time::now())) } else { PathBuf::new() };
                 let before = self.agents[&id].agent.state.clone();
                 let actions =
                     lifecycle::admit(&mut self.agents.get_mut(&id).expect("present").agent, gate, &now, handoff);

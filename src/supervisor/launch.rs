@@ -1,49 +1,61 @@
 //! Starting attempts and finding them again. `spawn` validates a request and records the
-//! agent; `start_current` starts the current attempt's shim and waits for its handshake;
-//! `reconcile` re-attaches to attempts that were running when a supervisor died.
+//! agent; `start_current` records the current attempt and asks for its shim, whose handshake
+//! comes back later (`launched`); `reconcile` re-attaches to attempts that were running when
+//! a supervisor died. Nothing here waits for a shim.
 
-use super::daemon::{Live, Msg, Supervisor, now};
-use super::launcher::Launcher;
-use super::process;
-use super::shim::{Handshake, HandshakeMsg, RunInfo, ShimArgs, StopReason};
+use super::daemon::{Answer, Live, PendingLaunch, Supervisor};
+use super::io::{HANDSHAKE_TIMEOUT_MS, no_word_reason};
+use super::shim::{Handshake, ShimArgs, StopReason};
 use crate::ipc::{Reply, SpawnReply, SpawnRequest};
-use crate::policy::agent::{Agent, AgentSpec, AgentState, ProcessEnd};
+use crate::policy::agent::{Agent, AgentSpec, AgentState, AttemptRun, ProcessEnd};
 use crate::policy::lifecycle;
 use crate::protocol::context::{ContextInput, render};
 use crate::protocol::files::FileStamp;
 use crate::protocol::ids::validate_role;
 use crate::protocol::{AgentId, DataDir, atomic, fsio, time};
-use std::io::BufRead;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-/// How long the supervisor waits for a shim to say it started the command.
-const HANDSHAKE_TIMEOUT_MS: i32 = 10_000;
+/// The reply to a spawn: once the agent is started (its handshake came back), queued, or
+/// ended without starting. Until then it is held, and the loop goes on with other work.
+fn spawn_reply(sup: &Supervisor, id: &AgentId) -> Option<Reply> {
+    let a = &sup.agents.get(id)?.agent;
+    let starting = a.state.has_live_process() && a.current().is_some_and(|x| x.run == AttemptRun::Starting);
+    if starting && !sup.stopping {
+        return None;
+    }
+    Some(Reply::ok(SpawnReply {
+        agent_id: id.to_string(),
+        status: a.state.name().to_string(),
+        pid: a.current().and_then(|x| x.pid()).filter(|_| a.state.has_live_process()),
+        reason: a.state.reason().map(str::to_string),
+    }))
+}
 
-pub fn spawn(sup: &mut Supervisor, req: SpawnRequest) -> Reply {
+pub fn spawn(sup: &mut Supervisor, req: SpawnRequest) -> Answer {
+    let id = match record(sup, req) {
+        Ok(id) => id,
+        Err(reply) => return Answer::Now(reply),
+    };
+    Answer::Hold(Box::new(move |sup: &mut Supervisor| {
+        spawn_reply(sup, &id).or_else(|| (!sup.agents.contains_key(&id)).then(|| Reply::err(1, "agent vanished")))
+    }))
+}
+
+/// Validates and records a new agent and asks for it to be admitted; its id, or the refusal.
+fn record(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentId, Reply> {
     if let Some(key) = req.idempotency_key.as_deref() {
         if key.is_empty() || key.len() > 200 {
-            return Reply::err(2, "idempotency key must be 1 to 200 characters");
+            return Err(Reply::err(2, "idempotency key must be 1 to 200 characters"));
         }
         let seen = sup.order.iter().find(|id| sup.agents[*id].agent.spec.idempotency_key.as_deref() == Some(key));
         if let Some(id) = seen {
-            let a = &sup.agents[id].agent;
-            return Reply::ok(SpawnReply {
-                agent_id: id.to_string(),
-                status: a.state.name().to_string(),
-                pid: a.current().and_then(|x| x.pid()).filter(|_| a.state.has_live_process()),
-                reason: a.state.reason().map(str::to_string),
-            });
+            return Ok(id.clone());
         }
     }
-    let spec = match validate(sup, req) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let spec = validate(sup, req)?;
     let id = spec.id.clone();
-    let now = now();
+    let now = sup.now();
     let agent = Agent {
         spec,
         state: AgentState::Queued { reason: "new".into() },
@@ -63,14 +75,7 @@ pub fn spawn(sup: &mut Supervisor, req: SpawnRequest) -> Reply {
     // New agents take the same way in as every queued one: dependencies, then health.
     sup.mark_dirty(&id);
     sup.admit_queued();
-    let a = &sup.agents[&id].agent;
-    let reply = SpawnReply {
-        agent_id: id.to_string(),
-        status: a.state.name().to_string(),
-        pid: a.current().and_then(|x| x.pid()),
-        reason: a.state.reason().map(str::to_string),
-    };
-    Reply::ok(reply)
+    Ok(id)
 }
 
 fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply> {
@@ -152,35 +157,80 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
     })
 }
 
-/// Starts the process of the agent's current attempt (recorded durably first).
+/// Starts the process of the agent's current attempt: recorded durably first, then the
+/// shim is asked for. Its handshake comes back as a message (`launched`).
 pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
+    let Some(n) = sup.agents.get(id).and_then(|l| l.agent.current()).map(|a| a.attempt) else { return };
     take_baselines(sup, id);
     // Durable before it runs: a supervisor that dies now finds the attempt and its lock.
     if let Err(e) = sup.persist() {
         // Starting it anyway could leave an agent running that a restarted supervisor
         // knows nothing about: it does not start, and says why.
         crate::elog!("corral daemon: cannot record attempt of {id} before starting it: {e}");
-        let n = sup.agents[id].agent.current().map(|a| a.attempt).unwrap_or(0);
         sup.attempt_not_started(id, n, format!("the registry cannot be written ({e})"));
         return;
     }
     let _ = sup.store.begin();
-    let result = launch_shim(sup, id);
-    let now = now();
-    let live = sup.agents.get_mut(id).expect("present");
-    let n = live.agent.current().map(|a| a.attempt).unwrap_or(0);
+    let mut args = match shim_args(sup, id) {
+        Ok(a) => a,
+        Err(reason) => return sup.attempt_not_started(id, n, reason),
+    };
+    sup.launch_seq += 1;
+    args.seq = sup.launch_seq;
+    // A little longer than a directly started shim is given, so that its own answer (with
+    // what its run file says) comes first.
+    let deadline = sup.io.mono_ms().saturating_add(HANDSHAKE_TIMEOUT_MS + 1_000);
+    sup.launches.insert(args.seq, PendingLaunch { id: id.clone(), attempt: n, deadline });
+    sup.io.start_shim(args);
+}
+
+/// A shim answered: the attempt runs (watch it) or did not start (it ends as not started).
+/// An answer that comes after its deadline, or for an attempt that is no longer starting,
+/// changes nothing.
+pub fn launched(sup: &mut Supervisor, seq: u64, shim_pid: i32, result: Handshake, pidfd: Option<OwnedFd>) {
+    let Some(p) = sup.launches.remove(&seq) else { return };
+    let (id, n) = (p.id, p.attempt);
+    let starting = sup
+        .agents
+        .get(&id)
+        .and_then(|l| l.agent.current())
+        .is_some_and(|a| a.attempt == n && a.run == AttemptRun::Starting);
+    if !starting {
+        return;
+    }
     match result {
-        Ok((shim_pid, pid, pidfd, out)) => {
-            sup.orphans.started(id, n, pidfd.as_ref(), out);
-            let run = sup.data.attempt_file(id, n, "run");
-            watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, pidfd.ok_or(run));
-            sup.measure_log(id);
-            let live = sup.agents.get_mut(id).expect("present");
+        Handshake::Started { pid, out_fd } => {
+            let run = sup.data.attempt_file(&id, n, "run");
+            let pidfd = pidfd.or_else(|| sup.io.open_shim(shim_pid, &run));
+            let out = copy_out(pidfd.as_ref(), out_fd);
+            sup.orphans.started(&id, n, pidfd.as_ref(), out);
+            sup.io.watch_exit(&id, n, shim_pid, &run, pidfd);
+            sup.measure_log(&id);
+            let now = sup.now();
+            let live = sup.agents.get_mut(&id).expect("present");
             let actions = lifecycle::started(&mut live.agent, shim_pid, pid, &now);
-            sup.apply(id, actions);
+            sup.apply(&id, actions);
         }
         // Ended like any other attempt, so the policy classifies it like any other.
-        Err(reason) => sup.attempt_not_started(id, n, reason),
+        Handshake::NotStarted { reason } => sup.attempt_not_started(&id, n, reason),
+    }
+}
+
+/// Shims that have not answered in time: if one recorded a start, it owns the attempt and
+/// its exit record will say how it ended; otherwise the attempt did not start.
+pub fn overdue_handshakes(sup: &mut Supervisor, mono: u64) {
+    if sup.launches.is_empty() {
+        return;
+    }
+    let overdue: Vec<u64> = sup.launches.iter().filter(|(_, p)| p.deadline <= mono).map(|(s, _)| *s).collect();
+    for seq in overdue {
+        let Some(p) = sup.launches.get(&seq) else { continue };
+        let run = sup.data.attempt_file(&p.id, p.attempt, "run");
+        let result = match sup.io.probe_run(&run).info.start {
+            Some(s) => (s.shim_pid, Handshake::Started { pid: s.pid, out_fd: None }),
+            None => (0, Handshake::NotStarted { reason: no_word_reason() }),
+        };
+        launched(sup, seq, result.0, result.1, None);
     }
 }
 
@@ -311,192 +361,17 @@ fn read_inbox(d: &DataDir, inbox: &Path) -> Option<String> {
     Some(text).filter(|t| !t.trim().is_empty())
 }
 
-/// A started shim: its pid, the agent's pid, a pidfd for its end (`None` when it has
-/// already ended) and a copy of its output pipe's read end.
-type Started = (i32, i32, Option<OwnedFd>, Option<OwnedFd>);
-
-/// Starts the shim through the launcher (a fork), or by executing it when the launcher is
-/// not available.
-fn launch_shim(sup: &mut Supervisor, id: &AgentId) -> Result<Started, String> {
-    let args = shim_args(sup, id)?;
-    if sup.launcher.is_none() {
-        match Launcher::start() {
-            Ok(l) => sup.launcher = Some(l),
-            Err(e) => crate::elog!("corral daemon: cannot start the launcher ({e}); starting shims directly"),
-        }
-    }
-    if let Some(l) = sup.launcher.as_mut() {
-        match l.launch(args.clone(), HANDSHAKE_TIMEOUT_MS) {
-            Ok(Some(m)) => return handshake_result(sup, m, &args),
-            Ok(None) => return no_word(&args, None),
-            Err(e) => {
-                crate::elog!("corral daemon: the launcher failed ({e}); replacing it");
-                sup.launcher = None;
-            }
-        }
-    }
-    exec_shim(sup, args)
-}
-
-fn handshake_result(sup: &Supervisor, m: HandshakeMsg, args: &ShimArgs) -> Result<Started, String> {
-    let _ = sup;
-    match m.result {
-        Handshake::Started { pid, out_fd } => {
-            // Not our child: the shim may already be gone (a command that ended at once);
-            // then its exit record is already written and no pidfd is needed.
-            let fd = process::pidfd_open(m.shim_pid).ok();
-            // Opened after the shim may have ended: if its exit record is there, the pid
-            // could already belong to someone else, so do not watch it.
-            let fd = fd.filter(|_| RunInfo::read(&args.run).exit.is_none());
-            let out = copy_out(fd.as_ref(), out_fd);
-            Ok((m.shim_pid, pid, fd, out))
-        }
-        Handshake::NotStarted { reason } => {
-            let _ = args;
-            Err(reason)
-        }
-    }
-}
-
-/// The shim did not answer in time: if it recorded a start, it owns the attempt and its
-/// exit record will say how it ended; otherwise the attempt did not start.
-fn no_word(args: &ShimArgs, fd: Option<OwnedFd>) -> Result<Started, String> {
-    match RunInfo::read(&args.run).start {
-        Some(s) => Ok((s.shim_pid, s.pid, fd.or_else(|| process::pidfd_open(s.shim_pid).ok()), None)),
-        None => Err("the attempt's shim did not report within 10s".into()),
-    }
-}
-
-/// The fallback: execute `corral __shim` as our own child.
-fn exec_shim(sup: &Supervisor, args: ShimArgs) -> Result<Started, String> {
-    let _ = sup;
-    let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-    cmd.arg("__shim")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        // Its own group: a signal meant for the supervisor's group never reaches the shim.
-        .process_group(0);
-    // SAFETY: umask and setrlimit are async-signal-safe; the shim passes the user's umask
-    // and descriptor limit on to the agent.
-    unsafe {
-        cmd.pre_exec(|| {
-            crate::protocol::perms::restore_user_umask();
-            process::restore_fd_limit();
-            Ok(())
-        })
-    };
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start the attempt's shim: {e}"))?;
-    let shim_pid = child.id() as i32;
-    if let Some(mut stdin) = child.stdin.take() {
-        let mut line = serde_json::to_vec(&args).map_err(|e| e.to_string())?;
-        line.push(b'\n');
-        let _ = std::io::Write::write_all(&mut stdin, &line);
-    }
-    // Opened while the shim is our unreaped child, so the pid cannot have been reused.
-    let pidfd = process::pidfd_open(shim_pid).map_err(|e| format!("pidfd_open({shim_pid}): {e}"))?;
-    let out = child.stdout.take().expect("piped");
-    let handshake = match process::wait_readable(&out, HANDSHAKE_TIMEOUT_MS) {
-        Ok(true) => {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(out).read_line(&mut line);
-            serde_json::from_str::<HandshakeMsg>(&line).ok()
-        }
-        _ => None,
-    };
-    match handshake.map(|m| m.result) {
-        Some(Handshake::Started { pid, out_fd }) => {
-            let out = copy_out(Some(&pidfd), out_fd);
-            Ok((shim_pid, pid, Some(pidfd), out))
-        }
-        Some(Handshake::NotStarted { reason }) => {
-            let _ = child.wait();
-            Err(reason)
-        }
-        None => no_word(&args, Some(pidfd)).inspect_err(|_| {
-            let _ = child.kill();
-            let _ = child.wait();
-        }),
-    }
-}
-
 /// A copy of the shim's end of the output pipe: while the supervisor holds it, the agent
 /// never writes into a pipe with no reader, even once its shim is gone.
 fn copy_out(pidfd: Option<&OwnedFd>, out_fd: Option<i32>) -> Option<OwnedFd> {
-    process::pidfd_getfd(pidfd?, out_fd?).ok()
-}
-
-/// Tells the loop when the attempt's shim has ended: when its pidfd becomes readable, or,
-/// without one (none could be opened, as when descriptors ran out), once the shim no
-/// longer holds the lock on its run file.
-pub fn watch_exit(
-    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
-    id: AgentId,
-    attempt: u32,
-    shim_pid: i32,
-    watch: Result<OwnedFd, std::path::PathBuf>,
-) {
-    tokio::spawn(async move {
-        match watch {
-            // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until dropped.
-            Ok(fd) => match unsafe { tokio::io::unix::AsyncFd::register(fd) } {
-                Ok(afd) => {
-                    let _ = afd.readable().await;
-                }
-                Err(e) => {
-                    crate::elog!("corral daemon: cannot watch the shim of {id}: {e}");
-                }
-            },
-            Err(run) => {
-                while !shim_gone(&run) {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        }
-        let _ = tx.send(Msg::Exited { id, attempt, shim_pid });
-    });
-}
-
-/// Whether no shim holds the run file any more; `false` while that cannot be told (the
-/// file cannot be opened for a passing reason).
-fn shim_gone(run: &Path) -> bool {
-    match fsio::open_read(super::shim::data_root(run), run) {
-        Ok(f) => process::try_lock(&f).unwrap_or(false),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-    }
-}
-
-/// A failure that may pass: no descriptor free, interrupted, try again.
-fn transient(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::EINTR | libc::EAGAIN | libc::ENOMEM))
-}
-
-/// Reads an attempt's run file; an error only for a failure that may pass, so that an exit
-/// record that is there is never taken for a missing one.
-fn read_run(path: &Path) -> std::io::Result<RunInfo> {
-    use std::io::Read;
-    let file = match fsio::open_read(super::shim::data_root(path), path) {
-        Ok(f) => f,
-        Err(e) if transient(&e) => return Err(e),
-        _ => return Ok(RunInfo::default()),
-    };
-    let mut bytes = Vec::new();
-    loop {
-        match (&file).take(crate::protocol::files::MAX_FILE_BYTES).read_to_end(&mut bytes) {
-            Ok(_) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if transient(&e) => return Err(e),
-            Err(_) => break,
-        }
-    }
-    Ok(RunInfo::parse(&String::from_utf8_lossy(&bytes)))
+    super::process::pidfd_getfd(pidfd?, out_fd?).ok()
 }
 
 /// How the attempt ended, and when, from the shim's exit record, and whether its shim
 /// stopped it at its deadline. An error when the record could not be read for a reason
 /// that may pass (out of descriptors): read it again later.
 pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> std::io::Result<(ProcessEnd, Option<String>, bool)> {
-    Ok(match read_run(&sup.data.attempt_file(id, attempt, "run"))?.exit {
+    Ok(match sup.io.read_run(&sup.data.attempt_file(id, attempt, "run"))?.exit {
         Some(r) => (r.end, Some(r.ended_at), r.stopped == Some(StopReason::Timeout)),
         None => (
             ProcessEnd::Lost {
@@ -515,9 +390,7 @@ pub fn reconcile(sup: &mut Supervisor, id: &AgentId) {
     };
     let n = a.attempt;
     let path = sup.data.attempt_file(id, n, "run");
-    // Whether its shim lives, then what it wrote: once the lock is free, the file is final.
-    let held = RunInfo::held(&path);
-    let info = RunInfo::read(&path);
+    let super::io::RunProbe { held, info } = sup.io.probe_run(&path);
     if info.exit.is_some() {
         sup.attempt_ended(id, n);
         return;
@@ -526,22 +399,23 @@ pub fn reconcile(sup: &mut Supervisor, id: &AgentId) {
         (Some(true), start) => {
             // The shim is alive and holds the attempt: watch it again.
             let shim_pid = info.shim_pid.unwrap_or(0);
-            match process::pidfd_open(shim_pid) {
-                Ok(fd) => {
+            match sup.io.open_shim(shim_pid, &path) {
+                Some(fd) => {
                     // Stop requests go to the shim again (so a kill's grace holds for the
                     // whole group), and the output pipe gets a second reader again.
                     let out = start.as_ref().and_then(|s| copy_out(Some(&fd), s.out_fd));
                     sup.orphans.started(id, n, Some(&fd), out);
                     if let Some(s) = start {
+                        let now = sup.now();
                         let live = sup.agents.get_mut(id).expect("present");
-                        let actions = lifecycle::started(&mut live.agent, s.shim_pid, s.pid, &now());
+                        let actions = lifecycle::started(&mut live.agent, s.shim_pid, s.pid, &now);
                         sup.apply(id, actions);
                     }
                     sup.measure_log(id);
                     sup.emit(Some(id), "reattached", serde_json::json!({ "attempt": n, "shimPid": shim_pid }));
-                    watch_exit(sup.tx.clone(), id.clone(), n, shim_pid, Ok(fd));
+                    sup.io.watch_exit(id, n, shim_pid, &path, Some(fd));
                 }
-                Err(_) => sup.attempt_ended(id, n),
+                None => sup.attempt_ended(id, n),
             }
         }
         // Started, shim gone, no exit record: its group may live on (adopted until it is

@@ -60,16 +60,16 @@ pub fn run() -> i32 {
     0
 }
 
-/// The supervisor's handle on its launcher.
+/// The supervisor's handle on its launcher. Requests go in on its stdin; the handshakes of
+/// the shims it forks come out on its stdout (shared by every shim, one line each, matched
+/// to requests by `seq`), read by whoever took [`Launcher::start`]'s second half.
 pub struct Launcher {
     child: Child,
     stdin: ChildStdin,
-    out: BufReader<ChildStdout>,
-    seq: u64,
 }
 
 impl Launcher {
-    pub fn start() -> std::io::Result<Self> {
+    pub fn start() -> std::io::Result<(Self, BufReader<ChildStdout>)> {
         let mut cmd = Command::new(std::env::current_exe()?);
         // The supervisor's own environment: a shim that finds no supervisor running when
         // its attempt ends starts one with it.
@@ -92,34 +92,30 @@ impl Launcher {
         let mut child = cmd.spawn()?;
         let stdin = child.stdin.take().expect("piped");
         let out = BufReader::new(child.stdout.take().expect("piped"));
-        Ok(Self { child, stdin, out, seq: 0 })
+        Ok((Self { child, stdin }, out))
     }
 
-    /// Asks for a shim and waits up to `timeout_ms` for its handshake. An `Err` means the
-    /// launcher itself failed (it should be replaced); the shim's own failure to start the
-    /// command comes back as `Ok(NotStarted)`.
-    pub fn launch(&mut self, mut args: ShimArgs, timeout_ms: i32) -> std::io::Result<Option<HandshakeMsg>> {
-        self.seq += 1;
-        args.seq = self.seq;
-        let mut line = serde_json::to_vec(&args).map_err(std::io::Error::other)?;
+    /// Asks for a shim; its handshake arrives on the launcher's stdout. An `Err` means the
+    /// launcher itself failed (it should be replaced).
+    pub fn send(&mut self, args: &ShimArgs) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(args).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.stdin.write_all(&line)?;
-        self.stdin.flush()?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms as u64);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis() as i32;
-            if self.out.buffer().is_empty() && !process::wait_readable(self.out.get_ref(), left)? {
-                return Ok(None);
-            }
-            let mut reply = String::new();
-            if self.out.read_line(&mut reply)? == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the launcher exited"));
-            }
-            match serde_json::from_str::<HandshakeMsg>(&reply) {
-                Ok(m) if m.seq == self.seq => return Ok(Some(m)),
-                // A late answer to an earlier request that timed out: its shim is watched
-                // through its exit record, so the line itself is no longer needed.
-                _ => continue,
+        self.stdin.flush()
+    }
+}
+
+/// Reads handshake lines until the launcher and every shim it forked have closed the pipe.
+pub fn read_handshakes(mut out: BufReader<ChildStdout>, mut each: impl FnMut(HandshakeMsg)) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match out.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if let Ok(m) = serde_json::from_str::<HandshakeMsg>(&line) {
+                    each(m);
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 pub mod connections;
 pub mod daemon;
 pub mod export;
+pub mod io;
 pub mod launch;
 pub mod launcher;
 pub mod observe;
@@ -68,7 +69,8 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
         let listener = listener.with_context(|| format!("cannot listen on {}", socket.display()))?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
 
-        let mut sup = daemon::Supervisor::new(ws, data.clone(), Box::new(store), tx.clone(), socket.clone());
+        let io = Box::new(io::RealIo::new(tx.clone()));
+        let mut sup = daemon::Supervisor::new(ws, data.clone(), Box::new(store), io, tx.clone(), socket.clone());
         let watched = [data.status_dir(), data.handoff_dir()];
         let _watcher = watch::watch(data.root(), &watched, sup.written.clone(), tx.clone())
             .context("cannot watch the status and handoff directories")?;
@@ -103,3 +105,8 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
         result
     })
 }
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;

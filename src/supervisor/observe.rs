@@ -1,7 +1,7 @@
 //! Turning what agents wrote into inputs for the core: status writes, handoffs, and the
 //! facts about an attempt's end (exit record, last report, handoff, output tail).
 
-use super::daemon::{Supervisor, finding_text, now};
+use super::daemon::{Supervisor, finding_text};
 use super::launch;
 use crate::aggregate::workspace;
 use crate::policy::agent::ProcessEnd;
@@ -80,6 +80,7 @@ impl Supervisor {
             }
         });
         let rules = (self.rules.clone(), self.default_rules.clone());
+        let now = self.now();
         let Some(live) = self.agents.get_mut(id) else { return };
         let new_version = live.status_seen != Some(stamp);
         live.status_seen = Some(stamp);
@@ -100,7 +101,7 @@ impl Supervisor {
                         .unwrap_or(&[]);
                     let report = Report { status: s.status, last_finding: own.last().map(finding_text), changed };
                     let r = Rules { user: &rules.0, defaults: &rules.1 };
-                    actions = lifecycle::status_reported(&mut live.agent, &report, &r, &now());
+                    actions = lifecycle::status_reported(&mut live.agent, &report, &r, &now);
                 }
                 let ev = any_change.then(|| {
                     serde_json::json!({
@@ -205,6 +206,7 @@ impl Supervisor {
         let handoff = self.handoff_facts(id, attempt);
         let output_tail = self.output_tail(id, attempt);
         let rules = (self.rules.clone(), self.default_rules.clone());
+        let now = self.now();
         let live = self.agents.get_mut(id).expect("present");
         // Only what this attempt reported speaks for it.
         let this =
@@ -222,7 +224,7 @@ impl Supervisor {
             timed_out,
         };
         let r = Rules { user: &rules.0, defaults: &rules.1 };
-        let actions = lifecycle::exited(&mut live.agent, attempt, facts, &r, &now());
+        let actions = lifecycle::exited(&mut live.agent, attempt, facts, &r, &now);
         self.apply(id, actions);
         if self.agents[id].agent.state == crate::policy::agent::AgentState::Complete {
             self.remember(id, attempt);

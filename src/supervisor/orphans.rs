@@ -49,18 +49,19 @@ impl Orphans {
     /// TERM to the group now and KILL after `grace_ms`, by whoever watches the attempt (so
     /// the group's leftovers get the same grace); the group itself when nobody does.
     pub fn stop(&mut self, id: &AgentId, n: u32, pgid: i32, grace_ms: u64) -> std::io::Result<()> {
+        if self.stop_by_watcher(id, n, grace_ms) { Ok(()) } else { process::signal_group(pgid, libc::SIGTERM) }
+    }
+
+    /// Hands the stop request to the attempt's watcher; false when it has none.
+    pub fn stop_by_watcher(&mut self, id: &AgentId, n: u32, grace_ms: u64) -> bool {
         let k = (id.clone(), n);
         if let Some(tx) = self.adopted.get(&k)
             && tx.send(grace_ms).is_ok()
         {
-            return Ok(());
+            return true;
         }
-        if let Some((Some(pidfd), _)) = self.held.get(&k)
-            && process::pidfd_queue(pidfd, process::stop_signal(), grace_ms).is_ok()
-        {
-            return Ok(());
-        }
-        process::signal_group(pgid, libc::SIGTERM)
+        matches!(self.held.get(&k), Some((Some(pidfd), _))
+            if process::pidfd_queue(pidfd, process::stop_signal(), grace_ms).is_ok())
     }
 }
 

@@ -1,6 +1,6 @@
 //! Answers to CLI requests: each one a thin layer over the core or the views.
 
-use super::daemon::{EVENTS_PAGE, Supervisor, now};
+use super::daemon::{Answer, EVENTS_PAGE, Supervisor};
 use super::{launch, views};
 use crate::ipc::{BreakerView, DaemonView, HealthView, QueuedView, Reply, Request};
 use crate::policy::escalation;
@@ -27,7 +27,13 @@ pub fn dispatch(
         Request::Kill { id, .. } => Some(id.clone()),
         _ => None,
     };
-    let reply = handle(sup, req);
+    let reply = match handle(sup, req) {
+        Answer::Now(reply) => reply,
+        Answer::Hold(hold) => {
+            sup.hold(tx, hold);
+            return None;
+        }
+    };
     if let (Some(id), true) = (kill, reply.ok)
         && let Ok(id) = AgentId::parse(&id)
         && let Some(live) = sup.agents.get(&id)
@@ -52,35 +58,27 @@ pub fn attempt_over(sup: &mut Supervisor, id: &AgentId, attempt: u32) {
     }
 }
 
-pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
+pub fn handle(sup: &mut Supervisor, req: Request) -> Answer {
     let config = sup.reload_config();
     match req {
         Request::Spawn(s) => match config {
-            Err(e) => Reply::err(2, e),
+            Err(e) => Answer::Now(Reply::err(2, e)),
             Ok(()) => launch::spawn(sup, *s),
         },
-        Request::Status { ids, role } => views::status(sup, &ids, role.as_deref()),
-        Request::Show { id } => views::show(sup, &id),
-        Request::Kill { id, grace_ms } => with_agent(sup, &id, |sup, id| {
+        Request::Retry { id, context } => held_for_agent(sup, &id, |sup, id| {
+            let now = sup.now();
             let live = sup.agents.get_mut(id).expect("looked up");
-            let actions = lifecycle::kill_requested(&mut live.agent, grace_ms, &now()).map_err(|e| Reply::err(1, e))?;
-            sup.apply(id, actions);
-            // A human's kill answers what the agent waited on a human for.
-            resolve_for(sup, id, "killed by a human");
-            sup.admit_queued();
-            Ok(serde_json::json!({ "agentId": id, "status": sup.agents[id].agent.state.name() }))
-        }),
-        Request::Retry { id, context } => with_agent(sup, &id, |sup, id| {
-            let live = sup.agents.get_mut(id).expect("looked up");
-            let actions = lifecycle::retry_requested(&mut live.agent, context, &now()).map_err(|e| Reply::err(1, e))?;
+            let actions = lifecycle::retry_requested(&mut live.agent, context, &now).map_err(|e| Reply::err(1, e))?;
             sup.apply(id, actions);
             // A human retry answers the agent's open escalations.
             resolve_for(sup, id, "retried by a human");
             sup.admit_queued();
-            let a = &sup.agents[id].agent;
-            Ok(serde_json::json!({ "agentId": id, "status": a.state.name(), "reason": a.state.reason() }))
+            Ok(|sup: &Supervisor, id: &AgentId| {
+                let a = &sup.agents[id].agent;
+                serde_json::json!({ "agentId": id, "status": a.state.name(), "reason": a.state.reason() })
+            })
         }),
-        Request::Tell { id, text } => with_agent(sup, &id, |sup, id| {
+        Request::Tell { id, text } => held_for_agent(sup, &id, |sup, id| {
             let path = sup.data.inbox_file(id);
             let entry = format!("\n## {}\n\n{}\n", time::rfc3339(time::now()), text);
             // Through fsio: an inbox replaced by a FIFO, a symlink or a hard link is set
@@ -90,16 +88,59 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
                 .map_err(|e| Reply::err(1, format!("cannot write {}: {e}", path.display())))?;
             sup.emit(Some(id), "told", serde_json::json!({ "text": text }));
             // An agent blocked with nobody left to unblock it resumes with the message.
+            let now = sup.now();
             let live = sup.agents.get_mut(id).expect("looked up");
-            let actions = lifecycle::told(&mut live.agent, &now());
+            let actions = lifecycle::told(&mut live.agent, &now);
             let resumed = !actions.is_empty();
             if resumed {
                 sup.apply(id, actions);
                 resolve_for(sup, id, "answered by corral tell");
                 sup.admit_queued();
             }
-            let a = &sup.agents[id].agent;
-            Ok(serde_json::json!({ "agentId": id, "inbox": path, "status": a.view_name(), "resumed": resumed }))
+            Ok(move |sup: &Supervisor, id: &AgentId| {
+                let a = &sup.agents[id].agent;
+                serde_json::json!({ "agentId": id, "inbox": path, "status": a.view_name(), "resumed": resumed })
+            })
+        }),
+        other => Answer::Now(answer(sup, other)),
+    }
+}
+
+/// A request that changes an agent and answers with what the agent is once the loop has
+/// carried out what the change set going (an admission, a start): `f` makes the change and
+/// gives what to say then.
+fn held_for_agent<V>(
+    sup: &mut Supervisor,
+    id: &str,
+    f: impl FnOnce(&mut Supervisor, &AgentId) -> Result<V, Reply>,
+) -> Answer
+where
+    V: Fn(&Supervisor, &AgentId) -> serde_json::Value + 'static,
+{
+    let id = match sup.lookup(id) {
+        Ok(id) => id,
+        Err(r) => return Answer::Now(r),
+    };
+    match f(sup, &id) {
+        Ok(view) => Answer::Hold(Box::new(move |sup: &mut Supervisor| Some(Reply::ok(view(sup, &id))))),
+        Err(r) => Answer::Now(r),
+    }
+}
+
+fn answer(sup: &mut Supervisor, req: Request) -> Reply {
+    match req {
+        Request::Spawn(_) | Request::Retry { .. } | Request::Tell { .. } => unreachable!("answered by `handle`"),
+        Request::Status { ids, role } => views::status(sup, &ids, role.as_deref()),
+        Request::Show { id } => views::show(sup, &id),
+        Request::Kill { id, grace_ms } => with_agent(sup, &id, |sup, id| {
+            let now = sup.now();
+            let live = sup.agents.get_mut(id).expect("looked up");
+            let actions = lifecycle::kill_requested(&mut live.agent, grace_ms, &now).map_err(|e| Reply::err(1, e))?;
+            sup.apply(id, actions);
+            // A human's kill answers what the agent waited on a human for.
+            resolve_for(sup, id, "killed by a human");
+            sup.admit_queued();
+            Ok(serde_json::json!({ "agentId": id, "status": sup.agents[id].agent.state.name() }))
         }),
         Request::Escalations { all } => {
             let list: Vec<_> = sup.escalations.iter().filter(|e| all || e.is_open()).cloned().collect();
@@ -141,7 +182,7 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Reply {
             socket: sup.socket.display().to_string(),
             data_dir: sup.data.root().display().to_string(),
             started_at: sup.started_at.clone(),
-            uptime_seconds: (time::mono_ms() - sup.started_mono) as f64 / 1000.0,
+            uptime_seconds: sup.io.mono_ms().saturating_sub(sup.started_mono) as f64 / 1000.0,
             agents_supervised: sup.agents.values().filter(|l| !l.agent.state.is_finished()).count(),
             agents_total: sup.agents.len(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -177,9 +218,10 @@ fn resolve(sup: &mut Supervisor, n: u64, note: Option<String>, answer: escalatio
     e.resolved_at = Some(time::rfc3339(time::now()));
     e.note = note.clone();
     let id = e.agent_id.clone();
+    let now = sup.now();
     let (outcome, actions) = match (&e.conflict, sup.agents.get_mut(&id)) {
         (Some(c), _) => (format!("the conflict on {} is settled for the next aggregate", c.key), vec![]),
-        (None, Some(live)) => escalation::resolved(&mut live.agent, &e, answer.retry, &now()),
+        (None, Some(live)) => escalation::resolved(&mut live.agent, &e, answer.retry, &now),
         (None, None) => (format!("{id} is not in the registry"), vec![]),
     };
     e.answer = Some(answer);
@@ -218,7 +260,7 @@ fn resolve_for(sup: &mut Supervisor, id: &AgentId, note: &str) {
 }
 
 pub fn health_view(sup: &Supervisor) -> HealthView {
-    let now = time::mono_ms();
+    let now = sup.io.mono_ms();
     let gauges = views::Gauges::of(sup);
     let (r, running) = (&gauges.resources, gauges.running);
     // What holds every start, whatever its role (a role's own breaker is in `breakers`).
