@@ -46,7 +46,7 @@ fn write_canonical(v: &Value, out: &mut String) {
     }
 }
 
-/// SPEC section 6: test or measurement 3, citation 2, reasoning 1, none 0. A test or
+/// Evidence weights: test or measurement 3, citation 2, reasoning 1, none 0. A test or
 /// measurement that says it did not pass is no support at all.
 pub fn evidence_rank(evidence: &[Value]) -> u8 {
     evidence.iter().map(item_rank).max().unwrap_or(0)

@@ -1,4 +1,4 @@
-//! Aggregation (SPEC section 6): owns turning agents' outcomes and handoffs into one report:
+//! Aggregation: owns turning agents' outcomes and handoffs into one report:
 //! merged findings, decisions, validated deliverables, conflicts and how each was resolved,
 //! failed and missing agents, a TODO list and memory candidates, as JSON and Markdown.
 //!

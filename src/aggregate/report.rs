@@ -129,7 +129,7 @@ pub struct AgentDeliverables {
     pub files: Vec<FileCheck>,
 }
 
-/// A handoff that claims success but whose files are not all there (SPEC: deliverable failure).
+/// A handoff that claims success but whose files are not all there (a deliverable failure).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliverableFailure {

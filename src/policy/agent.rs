@@ -300,7 +300,7 @@ pub enum AgentState {
 }
 
 impl AgentState {
-    /// corral's one-word view (SPEC section 2).
+    /// corral's one-word view of the agent.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Queued { .. } => "queued",

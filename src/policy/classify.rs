@@ -131,7 +131,7 @@ fn rule(name: &str, types: &[FailureType], finding: Option<&str>, output: Option
     }
 }
 
-/// The seed's responses (SPEC section 4), applied after the user's rules.
+/// The seed's responses, applied after the user's rules.
 pub fn default_rules() -> Vec<Rule> {
     use FailureType::*;
     use RuleAction::*;

@@ -84,7 +84,7 @@ fn default_max_log_size() -> u64 {
 }
 
 impl RolePolicy {
-    /// The seed's role table (SPEC section 4) with the seed's other defaults.
+    /// The seed's role table with the seed's other defaults.
     pub fn seed(role: &str) -> Self {
         let (timeout, retries) = match role {
             "PLANNER" => (15 * MIN, 1),

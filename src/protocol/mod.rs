@@ -1,4 +1,4 @@
-//! The agent file protocol (SPEC section 2): ids, paths under the data dir, the status and
+//! The agent file protocol: ids, paths under the data dir, the status and
 //! handoff files, the registry export, the delegation context and the agent environment.
 //! Owns formats only; it never decides policy and never talks to the supervisor.
 

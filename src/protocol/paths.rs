@@ -1,4 +1,4 @@
-//! Where every file of the protocol lives under the data dir (SPEC section 2).
+//! Where every file of the protocol lives under the data dir.
 
 use super::ids::AgentId;
 use super::perms;
