@@ -10,7 +10,36 @@ pub struct Args {
     /// Overwrite an existing corral.toml.
     #[arg(long)]
     pub force: bool,
+    /// Write a `[defaults] command` that runs this agent CLI for every role, as it works
+    /// today: `claude-code` (Claude Code, `claude -p`) or `codex` (Codex, `codex exec`).
+    #[arg(long, value_enum)]
+    pub agent: Option<Agent>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Agent {
+    #[value(name = "claude-code")]
+    ClaudeCode,
+    Codex,
+}
+
+/// The `[defaults]` lines that run Claude Code: print mode, the stream of JSON events
+/// (which needs `--verbose`), and corral's own two commands allowed for its Bash tool so
+/// `corral report` and `corral handoff` run without a permission prompt nobody answers.
+const CLAUDE_CODE: &str = r#"command = ["claude", "-p", "{context}", "--output-format", "stream-json", "--verbose",
+           "--allowedTools", "Bash(corral report *),Bash(corral handoff *),Read,Edit,Write"]
+output_is_progress = true     # it streams events as it works and may report only once"#;
+
+/// The `[defaults]` lines that run Codex: `exec` with JSON events, the workspace-write
+/// sandbox (the data dir is inside the workspace, so reports are written), outside a git
+/// repository too, and commands run in a plain shell: a login shell's profile resets PATH
+/// and `corral` would not be found.
+const CODEX: &str = r#"command = ["codex", "exec", "--json", "--skip-git-repo-check", "--sandbox", "workspace-write",
+           "-c", "allow_login_shell=false", "{context}"]
+output_is_progress = true     # it streams events as it works and may report only once"#;
+
+const COMMAND_EXAMPLE: &str =
+    r#"# command = ["claude", "-p", "{context}", "--output-format", "stream-json", "--verbose"]"#;
 
 pub const TEMPLATE: &str = r#"# corral configuration. Durations take forms like 90s, 15m, 1h30m; sizes 512MiB, 2GiB.
 # Precedence: [roles.NAME] over [defaults] over the built-in seed table.
@@ -23,7 +52,7 @@ data_dir = "{data_dir}"
 # argv template used when `corral spawn` has no `-- CMD`. Placeholders, each expanded
 # inside one argument (never through a shell):
 #   {context} {context_file} {task} {agent_id} {role} {handoff_file} {status_file}
-# command = ["claude", "-p", "{context}", "--output-format", "stream-json"]
+{command}
 attempt_timeout = "20m"       # one attempt may run this long; then TERM, KILL after 5s
 max_retries = 1               # attempts = retries + 1; after the last, escalate
 # heartbeat_timeout = "5m"    # a reporting agent with no status write and no output is stale
@@ -85,6 +114,16 @@ breaker_cooldown = "1m"       # then one probe spawn; its success closes the bre
 # max_open_escalations = 3    # hold spawns while this many escalations are open
 "#;
 
+/// The corral.toml `corral init` writes.
+pub fn render(data_dir: &str, agent: Option<Agent>) -> String {
+    let command = match agent {
+        None => COMMAND_EXAMPLE,
+        Some(Agent::ClaudeCode) => CLAUDE_CODE,
+        Some(Agent::Codex) => CODEX,
+    };
+    TEMPLATE.replace("{command}", command).replace("{data_dir}", &data_dir.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 pub fn run(ctx: &Ctx, data_dir: Option<PathBuf>, a: Args) -> Result {
     let cwd = std::env::current_dir()?;
     let path = cwd.join(CONFIG_FILE);
@@ -92,7 +131,7 @@ pub fn run(ctx: &Ctx, data_dir: Option<PathBuf>, a: Args) -> Result {
         return Err(Fail { code: 1, msg: format!("{} already exists; pass --force to overwrite it", path.display()) });
     }
     let dd = data_dir.map(|d| d.display().to_string()).unwrap_or_else(|| DEFAULT_DATA_DIR.to_string());
-    let text = TEMPLATE.replace("{data_dir}", &dd.replace('\\', "\\\\").replace('"', "\\\""));
+    let text = render(&dd, a.agent);
     crate::config::parse(&text, &path).map_err(|e| Fail { code: 2, msg: e })?;
     crate::protocol::atomic::write_atomic(&path, text.as_bytes())?;
     // The user's file, not corral's private one: the mode their umask asks for.
@@ -109,14 +148,15 @@ mod tests {
     /// The commented-out knobs are documentation; uncommented, each must be valid.
     #[test]
     fn every_commented_knob_is_valid_when_uncommented() {
-        let text: Vec<&str> = super::TEMPLATE
+        let template = super::render(".corral", None);
+        let text: Vec<&str> = template
             .lines()
             .map(|l| match l.strip_prefix("# ") {
                 Some(r) if r.contains(" = ") || r.starts_with("[[") => r,
                 _ => l,
             })
             .collect();
-        let text = text.join("\n").replace("{data_dir}", ".corral");
+        let text = text.join("\n");
         let c = crate::config::parse(&text, std::path::Path::new("corral.toml")).unwrap();
         assert_eq!(c.rules().len(), 2);
         let (cmd, p) = c.role("OTHER");
@@ -124,5 +164,20 @@ mod tests {
         assert_eq!(p.deadline_ms, Some(2 * 3600 * 1000));
         assert_eq!(c.health().min_free_memory, Some(512 << 20));
         assert_eq!(c.role("PLANNER").1.attempt_timeout_ms, 15 * 60 * 1000);
+    }
+
+    /// Each agent template parses and gives every role the agent's command.
+    #[test]
+    fn agent_templates_give_every_role_the_command() {
+        for (agent, program) in [(super::Agent::ClaudeCode, "claude"), (super::Agent::Codex, "codex")] {
+            let text = super::render(".corral", Some(agent));
+            let c = crate::config::parse(&text, std::path::Path::new("corral.toml")).unwrap();
+            for role in ["PLANNER", "IMPLEMENTER", "AUDITOR", "CLEANER", "OTHER"] {
+                let (cmd, _) = c.role(role);
+                let cmd = cmd.unwrap_or_else(|| panic!("{role} has no command for {program}"));
+                assert_eq!(cmd[0], program);
+                assert!(cmd.iter().any(|a| a == "{context}"), "{cmd:?}");
+            }
+        }
     }
 }

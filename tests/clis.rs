@@ -1,0 +1,336 @@
+//! The real Claude Code and Codex CLIs as corral agents, offline: each test starts the
+//! scripted fake model server (tests/fake_model/server.py) on 127.0.0.1, a workspace whose
+//! roles are exactly what `corral init --agent ...` writes, and a scratch HOME / CODEX_HOME
+//! pointing the CLI at the server. scripts/test.sh installs the CLIs into target/test-deps;
+//! without them each test says so and returns.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cli {
+    Claude,
+    Codex,
+}
+
+impl Cli {
+    fn program(self) -> &'static str {
+        match self {
+            Cli::Claude => "claude",
+            Cli::Codex => "codex",
+        }
+    }
+    fn init_agent(self) -> &'static str {
+        match self {
+            Cli::Claude => "claude-code",
+            Cli::Codex => "codex",
+        }
+    }
+}
+
+/// Where scripts/test.sh installs the CLIs.
+fn cli_bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-deps/node_modules/.bin")
+}
+
+/// The CLI's directory when it is installed and starts; else a skip message and None.
+fn require(cli: Cli, test: &str) -> Option<PathBuf> {
+    let dir = cli_bin_dir();
+    let ok = Command::new(dir.join(cli.program()))
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!(
+            "SKIPPED {test}: the {} CLI is not installed in {} (scripts/test.sh installs it)",
+            cli.program(),
+            dir.display()
+        );
+        return None;
+    }
+    Some(dir)
+}
+
+/// The fake model server: a Python process serving the scripted turns, stopped on drop
+/// (and by itself when this process dies: its stdin is a pipe from here).
+struct FakeModel {
+    child: Child,
+    port: u16,
+    record: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeModel {
+    fn start(script: &Value) -> Self {
+        let dir = tempfile::Builder::new().prefix("corral-model").tempdir().unwrap();
+        let script_path = dir.path().join("script.json");
+        std::fs::write(&script_path, serde_json::to_vec_pretty(script).unwrap()).unwrap();
+        let record = dir.path().join("requests.jsonl");
+        let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_model/server.py");
+        let mut child = Command::new("python3")
+            .arg(&server)
+            .arg(&script_path)
+            .arg(&record)
+            .args(["--max-lifetime", "240"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs the fake model server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("fake model server printed no port: {line:?}"));
+        Self { child, port, record, _dir: dir }
+    }
+
+    /// Every request so far, oldest first.
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a request record is JSON"))
+            .collect()
+    }
+
+    /// The requests of the conversation matched by `mark`.
+    fn conversation(&self, mark: &str) -> Vec<Value> {
+        self.requests().into_iter().filter(|r| r["conversation"] == mark).collect()
+    }
+}
+
+impl Drop for FakeModel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A workspace made by `corral init --agent`, a fake model server and a scratch home for
+/// the CLI, plus the environment `corral spawn` passes on to the agents.
+struct Rig {
+    cli: Cli,
+    ws: Ws,
+    model: FakeModel,
+    home: tempfile::TempDir,
+    bin_dir: PathBuf,
+}
+
+impl Rig {
+    /// `roles` is TOML appended to what `corral init --agent` wrote (extra `[roles.X]`
+    /// tables: they inherit the agent command from `[defaults]`).
+    fn new(cli: Cli, bin_dir: PathBuf, script: &Value, roles: &str) -> Self {
+        let ws = Ws::bare();
+        ws.ok(&["init", "--agent", cli.init_agent()]);
+        let path = ws.path().join("corral.toml");
+        let mut toml = std::fs::read_to_string(&path).unwrap();
+        toml.push('\n');
+        toml.push_str(roles);
+        std::fs::write(&path, toml).unwrap();
+        let model = FakeModel::start(script);
+        let home = tempfile::Builder::new().prefix("corral-home").tempdir().unwrap();
+        if cli == Cli::Codex {
+            std::fs::write(home.path().join("config.toml"), codex_config(model.port)).unwrap();
+        }
+        Self { cli, ws, model, home, bin_dir }
+    }
+
+    /// `corral ARGS` with the CLI's environment: PATH holds corral and the CLI, HOME (or
+    /// CODEX_HOME) is the scratch home, the API base URL is the fake model server.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.ws.cmd(args);
+        let path = format!(
+            "{}:{}:{}",
+            bin().parent().unwrap().display(),
+            self.bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        c.env("PATH", path).env("HOME", self.home.path());
+        match self.cli {
+            Cli::Claude => {
+                c.env("ANTHROPIC_BASE_URL", format!("http://127.0.0.1:{}", self.model.port))
+                    .env("ANTHROPIC_API_KEY", "fake-key")
+                    .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+                    .env("DISABLE_TELEMETRY", "1")
+                    .env("DISABLE_AUTOUPDATER", "1")
+                    .env("DISABLE_ERROR_REPORTING", "1")
+                    .env("CLAUDE_CODE_MAX_RETRIES", "0")
+                    .env("API_TIMEOUT_MS", "20000");
+            }
+            Cli::Codex => {
+                c.env("CODEX_HOME", self.home.path()).env("FAKE_MODEL_KEY", "fake-key");
+            }
+        }
+        c.env_remove("ANTHROPIC_AUTH_TOKEN").env_remove("OPENAI_API_KEY").env_remove("OPENAI_BASE_URL");
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd(args).output().expect("run corral");
+        assert!(
+            o.status.success(),
+            "corral {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Spawns an agent of `role` from the role's template; returns its id.
+    fn spawn(&self, role: &str, task: &str) -> String {
+        self.ok(&["spawn", "--role", role, "--task", task]).trim().to_string()
+    }
+
+    fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.ws.data.join("logs").join(format!("{id}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until `id` is in one of `states`; on failure shows the agent's log and the
+    /// model server's requests.
+    fn wait_state(&self, id: &str, states: &[&str], limit: Duration) -> Value {
+        let mut last = Value::Null;
+        let ok = wait_until(limit, || {
+            last = self.ws.agent(id);
+            states.contains(&last["status"].as_str().unwrap_or(""))
+        });
+        assert!(
+            ok,
+            "{id} never reached {states:?}; last: {last}\nlog:\n{}\nrequests served: {:?}",
+            self.log(id),
+            self.model.requests().iter().map(|r| r["served"].clone()).collect::<Vec<_>>()
+        );
+        last
+    }
+}
+
+/// CODEX_HOME/config.toml: the fake provider on 127.0.0.1, nothing else on the network.
+/// (`allow_login_shell = false` is not here: the role `corral init` writes passes it.)
+fn codex_config(port: u16) -> String {
+    format!(
+        r#"model_provider = "fake"
+model = "gpt-5.1-codex"
+check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+
+[features]
+plugins = false
+unbounded_connection_retries = false
+
+[model_providers.fake]
+name = "fake"
+base_url = "http://127.0.0.1:{port}/v1"
+wire_api = "responses"
+env_key = "FAKE_MODEL_KEY"
+request_max_retries = 0
+stream_max_retries = 0
+stream_idle_timeout_ms = 20000
+"#
+    )
+}
+
+/// The tool results the CLI sent back to the model in one request: (text, is_error).
+fn tool_results(cli: Cli, request: &Value) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    match cli {
+        Cli::Claude => {
+            for m in request["body"]["messages"].as_array().into_iter().flatten() {
+                for part in m["content"].as_array().into_iter().flatten() {
+                    if part["type"] == "tool_result" {
+                        let text = match &part["content"] {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        out.push((text, part["is_error"].as_bool().unwrap_or(false)));
+                    }
+                }
+            }
+        }
+        Cli::Codex => {
+            for item in request["body"]["input"].as_array().into_iter().flatten() {
+                if item["type"] == "function_call_output" {
+                    let text = match &item["output"] {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let failed = text.contains("Process exited with code") && !text.contains("exited with code 0");
+                    out.push((text, failed));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The agent's own shell tool runs `corral report` then `corral handoff`, and it ends with
+/// a final answer: the agent is complete, with its status and handoff written by those
+/// commands.
+fn reports_and_hands_off(cli: Cli, test: &str) {
+    let Some(bin_dir) = require(cli, test) else { return };
+    let mark = format!("report-and-handoff-{}", cli.program());
+    let finding = format!("the {} shell tool reached corral", cli.program());
+    let script = json!({"conversations": [{"match": mark, "turns": [
+        {"bash": "corral report --status active --progress 0.5 --phase work --milestone halfway"},
+        {"bash": format!("corral handoff --finding '{finding}' --decision 'kept the old API'")},
+        {"text": "Done: reported and handed off."}
+    ]}]});
+    let rig = Rig::new(cli, bin_dir, &script, "[roles.WORKER]\nmax_retries = 0\nattempt_timeout = \"60s\"\n");
+    let id = rig.spawn("WORKER", &format!("Task {mark}: report, then hand off."));
+    let agent = rig.wait_state(&id, &["complete", "failed", "escalated", "timed_out", "killed"], SECS(60));
+    assert_eq!(agent["status"], "complete", "{agent}\nlog:\n{}", rig.log(&id));
+
+    // The model saw three turns; each tool call ran and succeeded.
+    let reqs = rig.model.conversation(&mark);
+    assert_eq!(reqs.len(), 3, "{:?}", reqs.iter().map(|r| &r["served"]).collect::<Vec<_>>());
+    let results = tool_results(cli, &reqs[2]);
+    assert_eq!(results.len(), 2, "two tool results in the last request: {results:?}");
+    for (text, failed) in &results {
+        assert!(!failed, "a corral command failed inside {}: {text}", cli.program());
+    }
+
+    // What the commands wrote: the status file and the handoff.
+    let status: Value = serde_json::from_str(
+        &std::fs::read_to_string(rig.ws.data.join("agent-status").join(format!("{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["milestone"], "halfway", "{status}");
+    assert_eq!(status["phase"], "work", "{status}");
+    let handoffs: Vec<_> = std::fs::read_dir(rig.ws.data.join("handoffs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(&id))
+        .collect();
+    assert_eq!(handoffs.len(), 1, "one handoff for {id}");
+    let handoff: Value = serde_json::from_str(&std::fs::read_to_string(handoffs[0].path()).unwrap()).unwrap();
+    let text = handoff.to_string();
+    assert!(text.contains(&finding), "{handoff}");
+    assert!(text.contains("kept the old API"), "{handoff}");
+    assert_eq!(handoff["fromAgent"], id.as_str());
+
+    // The CLI's own stream went to the agent's log.
+    let log = rig.log(&id);
+    let marker = match cli {
+        Cli::Claude => "\"type\":\"result\"",
+        Cli::Codex => "\"type\":\"turn.completed\"",
+    };
+    assert!(log.contains(marker), "the CLI's JSON stream is in the log:\n{log}");
+}
+
+#[test]
+fn claude_reports_and_hands_off_through_its_bash_tool() {
+    reports_and_hands_off(Cli::Claude, "claude_reports_and_hands_off_through_its_bash_tool");
+}
+
+#[test]
+fn codex_reports_and_hands_off_through_its_shell_tool() {
+    reports_and_hands_off(Cli::Codex, "codex_reports_and_hands_off_through_its_shell_tool");
+}
