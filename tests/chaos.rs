@@ -1396,9 +1396,10 @@ const SHIM_CONFIG: &str = "[defaults]\nbackoff = { initial = \"200ms\" }\nmax_re
                            [[classify]]\nfailure_type = [\"crash\"]\naction = \"retry\"\n";
 
 /// Prints as it works and writes `start`/`end` lines with times to the ledger (also when
-/// a signal ends it), then exits with $CODE.
+/// a signal ends it; a `pipe` line when its output had no reader left), then exits with $CODE.
 const SHIM_AGENT: &str = r#"echo "start $CORRAL_AGENT_ID $CORRAL_ATTEMPT $(date +%s%N)" >> "$LEDGER"
-trap 'echo "end $CORRAL_AGENT_ID $CORRAL_ATTEMPT $(date +%s%N)" >> "$LEDGER"; exit 141' PIPE TERM
+trap 'echo "pipe $CORRAL_AGENT_ID $CORRAL_ATTEMPT $(date +%s%N)" >> "$LEDGER"; echo "end $CORRAL_AGENT_ID $CORRAL_ATTEMPT $(date +%s%N)" >> "$LEDGER"; exit 141' PIPE
+trap 'echo "end $CORRAL_AGENT_ID $CORRAL_ATTEMPT $(date +%s%N)" >> "$LEDGER"; exit 143' TERM
 i=0; while [ $i -lt "$TICKS" ]; do echo "tick $i"; i=$((i+1)); sleep 0.1; done
 echo "end $CORRAL_AGENT_ID $CORRAL_ATTEMPT $(date +%s%N)" >> "$LEDGER"
 exit "$CODE""#;
@@ -1411,6 +1412,9 @@ fn ledger_overlaps(ledger: &Path, details: &mut Vec<String>) -> usize {
         let f: Vec<&str> = l.split_whitespace().collect();
         let [kind, id, n, t] = f[..] else { continue };
         let (Ok(n), Ok(t)) = (n.parse::<u32>(), t.parse::<u128>()) else { continue };
+        if kind == "pipe" {
+            continue;
+        }
         let e = spans.entry((id.to_string(), n)).or_insert((t, u128::MAX, 0));
         if kind == "start" {
             e.0 = t;
@@ -1472,6 +1476,12 @@ fn shim_chaos(scenario: &'static str, agents: usize, kill_all: bool, shim_kills:
         wait_until(SECS(10), || shim_pids(&ws).len() >= agents * 3 / 4);
         let sup = lock_pid(&ws).expect("a supervisor");
         let mut victims = shim_pids(&ws);
+        eprintln!("{scenario}: killing {} shims, the supervisor and its launcher", victims.len());
+        assert!(
+            victims.len() >= agents / 2,
+            "{scenario}: only {} of {agents} shims were running: nothing to test",
+            victims.len()
+        );
         victims.push(sup);
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>()
@@ -1535,6 +1545,20 @@ fn shim_chaos(scenario: &'static str, agents: usize, kill_all: bool, shim_kills:
         }
     }
     let orphans = count_orphans(&ws, &pgids, &mut details);
+    // Every agent's last line reached its log, also from attempts nobody watched for a while.
+    let mut output_lost = 0;
+    for (id, (_, ticks)) in ids.iter().zip(&plans) {
+        let log = std::fs::read_to_string(ws.data.join("logs").join(format!("{id}.log"))).unwrap_or_default();
+        if !log.lines().any(|l| l == format!("tick {}", ticks - 1)) {
+            output_lost += 1;
+            details.push(format!("output lost: the log of {id} lacks its last line \"tick {}\"", ticks - 1));
+        }
+    }
+    let pipe_deaths =
+        std::fs::read_to_string(&ledger).unwrap_or_default().lines().filter(|l| l.starts_with("pipe ")).count();
+    if pipe_deaths > 0 {
+        details.push(format!("{pipe_deaths} agents died of SIGPIPE: their output lost its reader"));
+    }
     let mut f = Figures::new(scenario);
     f.set("agents", agents);
     f.set("kills", kills);
@@ -1544,7 +1568,20 @@ fn shim_chaos(scenario: &'static str, agents: usize, kill_all: bool, shim_kills:
     f.set("exit_codes_unknowable", unknowable);
     f.set("orphans", orphans);
     f.set("supervisor_crashes", panics(&ws));
-    f.print_and_check(&["agents_lost", "double_runs", "exit_codes_lost", "orphans", "supervisor_crashes"], &details);
+    f.set("died_of_sigpipe", pipe_deaths);
+    f.set("output_lost", output_lost);
+    f.print_and_check(
+        &[
+            "agents_lost",
+            "double_runs",
+            "exit_codes_lost",
+            "orphans",
+            "supervisor_crashes",
+            "died_of_sigpipe",
+            "output_lost",
+        ],
+        &details,
+    );
 }
 
 fn time_ns() -> i128 {

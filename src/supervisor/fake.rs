@@ -64,6 +64,7 @@ impl Io for FakeIo {
                     pid,
                     started_at: at.clone(),
                     out_fd: None,
+                    agent_out_fd: None,
                     start_time: None,
                 }),
                 exit: r.exit.clone().map(|end| ExitRecord { end, ended_at: at.clone(), stopped: None }),

@@ -92,7 +92,15 @@ pub fn adopt_lost(sup: &mut Supervisor, id: &AgentId, n: u32) -> bool {
     let Some(live) = sup.agents.get_mut(id) else { return false };
     let actions = lifecycle::started(&mut live.agent, start.shim_pid, start.pid, &now());
     let cap = live.agent.spec.policy.max_log_size;
-    let out = sup.orphans.held.get_mut(&(id.clone(), n)).and_then(|h| h.1.take());
+    // The copy of the output pipe kept since the start, or else (a supervisor started after
+    // every corral process was killed) the one the agent's own processes hold.
+    let out = sup.orphans.held.get_mut(&(id.clone(), n)).and_then(|h| h.1.take()).or_else(|| {
+        let fd = start.agent_out_fd?;
+        process::group_members(start.pid).into_iter().find_map(|pid| {
+            let pidfd = process::pidfd_open(pid).ok()?;
+            process::pidfd_getfd(&pidfd, fd).ok().filter(process::is_pipe)
+        })
+    });
     // Through fsio, as the shim opens it: a log replaced by a symlink is set aside.
     let log = crate::protocol::fsio::open_write_replacing(
         sup.data.root(),

@@ -305,7 +305,23 @@ pub fn group_has_live(pgid: i32) -> bool {
     if !group_alive(pgid) {
         return false;
     }
-    let Ok(rd) = std::fs::read_dir("/proc") else { return true };
+    match live_members(pgid, true) {
+        Some(m) => !m.is_empty(),
+        None => true, // /proc unreadable: the group signal said it lives
+    }
+}
+
+/// The live (not zombie) processes of group `pgid`, its leader first when it lives.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut m = live_members(pgid, false).unwrap_or_default();
+    m.sort_by_key(|&p| (p != pgid, p));
+    m
+}
+
+/// Scans /proc for the live members of a group (stopping at the first when `first`).
+fn live_members(pgid: i32, first: bool) -> Option<Vec<i32>> {
+    let rd = std::fs::read_dir("/proc").ok()?;
+    let mut found = Vec::new();
     for e in rd.flatten() {
         let name = e.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
@@ -313,8 +329,19 @@ pub fn group_has_live(pgid: i32) -> bool {
         let Some((_, rest)) = stat.rsplit_once(')') else { continue };
         let f: Vec<&str> = rest.split_whitespace().take(3).collect();
         if f.len() == 3 && f[2] == pgid.to_string() && f[0] != "Z" && f[0] != "X" {
-            return true;
+            found.push(pid);
+            if first {
+                break;
+            }
         }
     }
-    false
+    Some(found)
+}
+
+/// Whether a descriptor is a pipe (what an agent holds at the agreed number may be
+/// anything once it has closed and reused it).
+pub fn is_pipe(fd: &OwnedFd) -> bool {
+    // SAFETY: fstat writes into the zeroed stat buffer it is given.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0) && (st.st_mode & libc::S_IFMT) == libc::S_IFIFO
 }

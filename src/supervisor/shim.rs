@@ -36,7 +36,16 @@ pub struct StartRecord {
     /// The shim's descriptor of the output pipe's read end (a supervisor copies it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out_fd: Option<i32>,
+    /// The descriptor at which the agent's own processes keep a copy of that read end, so
+    /// the pipe never loses its last reader when every corral process is killed, and a
+    /// supervisor started afterwards can take it from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_out_fd: Option<i32>,
 }
+
+/// Where an agent's processes hold their copy of the output pipe's read end. High enough to
+/// stay clear of descriptors programs pick themselves, below the default soft limit.
+pub const AGENT_OUT_FD: i32 = 1000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -359,6 +368,17 @@ fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Optio
     // The agent creates its files as the user asked, not as privately as corral does.
     crate::protocol::perms::restore_user_umask();
     let err_w = out_w.try_clone().map_err(|e| e.to_string())?;
+    let keep = out_r.as_raw_fd();
+    // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe. The copy has
+    // no close-on-exec flag, so the agent (and what it starts) holds a reader of its own
+    // output: with every corral process killed, its writes block in a full pipe until a
+    // supervisor takes the pipe again, instead of killing it with SIGPIPE.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::dup2(keep, AGENT_OUT_FD);
+            Ok(())
+        });
+    }
     let spawned = cmd
         .args(args)
         .current_dir(&a.cwd)
@@ -400,6 +420,7 @@ fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Optio
         started_at: time::rfc3339(time::now()),
         start_time: process::start_time(pid),
         out_fd: Some(out_r.as_raw_fd()),
+        agent_out_fd: Some(AGENT_OUT_FD),
     };
     if let Err(e) = run.append(&RunLine::Start(start), Duration::ZERO) {
         // Without a start record a restarted supervisor could not find this attempt again.
