@@ -129,7 +129,7 @@ pub enum AttemptRun {
 pub struct Attempt {
     pub attempt: u32,
     pub started_at: String,
-    /// Monotonic (boot-time) milliseconds: deadlines do not move when the wall clock steps.
+    /// Monotonic milliseconds: deadlines do not move when the wall clock steps.
     pub started_mono: u64,
     pub timeout_ms: Option<u64>,
     pub handoff_file: PathBuf,

@@ -21,12 +21,14 @@ pub fn parse(s: &str) -> Option<Timestamp> {
     s.parse::<Timestamp>().ok()
 }
 
-/// Milliseconds on the monotonic clock that keeps counting across suspend (CLOCK_BOOTTIME).
-/// Shared by every process on the machine, so deadlines survive a supervisor restart.
+/// Milliseconds on the monotonic clock (CLOCK_MONOTONIC). Shared by every process on the
+/// machine, so deadlines survive a supervisor restart; it ignores wall-clock steps and does
+/// not count a host suspend, so an agent that was suspended with its host is not overdue
+/// for the time the host slept.
 pub fn mono_ms() -> u64 {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `t` is a valid, writable timespec; CLOCK_BOOTTIME exists on every Linux since 2.6.39.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut t) };
+    // SAFETY: `t` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
     t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
 

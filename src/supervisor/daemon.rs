@@ -26,6 +26,33 @@ pub const EVENTS_PAGE: usize = 10_000;
 /// How often held spawns look at memory and load again while those are what holds them.
 const RESOURCE_RECHECK_MS: u64 = 2_000;
 const BREAKER_KEY: &str = "breaker";
+/// A loop turn that starts this much later than its timer asked for, or a wall clock that
+/// moved this much more than the monotonic one, means the supervisor did not run meanwhile.
+const GAP_MS: u64 = 500;
+/// How long the loop lets the rest of the runtime deliver what queued during a pause.
+const CATCH_UP_MS: u64 = 20;
+
+/// When a loop turn ended, on both clocks: the next turn tells from it whether the
+/// supervisor was stopped or the machine suspended in between.
+struct Turn {
+    mono: u64,
+    wall: std::time::SystemTime,
+}
+
+impl Turn {
+    fn now(mono: u64) -> Self {
+        Self { mono, wall: std::time::SystemTime::now() }
+    }
+
+    /// Whether more time passed before `next` than the loop's timer (`sleep`, none: no
+    /// deadline) can explain, on the monotonic clock (stopped) or the wall clock
+    /// (suspended: the monotonic clock does not count a suspend).
+    fn gap_before(&self, next: &Turn, sleep: Option<u64>) -> bool {
+        let mono = next.mono.saturating_sub(self.mono);
+        let wall = next.wall.duration_since(self.wall).map(|d| d.as_millis() as u64).unwrap_or(0);
+        sleep.is_some_and(|s| mono > s.saturating_add(GAP_MS)) || wall > mono.saturating_add(GAP_MS)
+    }
+}
 
 pub enum Msg {
     Request(crate::ipc::Request, oneshot::Sender<Reply>),
@@ -233,15 +260,25 @@ impl Supervisor {
 
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) -> anyhow::Result<()> {
         let mut replies = Vec::new();
+        let mut last = Turn::now(self.io.mono_ms());
         while !self.stopping {
             let sleep = self.next_deadline().map(|d| d.saturating_sub(self.io.mono_ms()));
+            let mut due = false;
             tokio::select! {
+                // Inputs before deadlines: a deadline is judged only on what has arrived.
+                biased;
                 msg = rx.recv() => match msg {
                     Some(m) => self.handle(m, &mut replies),
                     None => break,
                 },
                 _ = async { tokio::time::sleep(std::time::Duration::from_millis(sleep.unwrap_or(0))).await },
-                    if sleep.is_some() => self.tick(),
+                    if sleep.is_some() => due = true,
+            }
+            // Stopped (SIGSTOP, a debugger) or suspended: what queued meanwhile (requests,
+            // exits, status and handoff writes) is taken in before any deadline is judged.
+            let turn = Turn::now(self.io.mono_ms());
+            if last.gap_before(&turn, sleep) {
+                self.catch_up(&mut rx, &mut replies).await;
             }
             // Take whatever else is already waiting, so one commit covers the whole batch.
             for _ in 0..1000 {
@@ -249,6 +286,9 @@ impl Supervisor {
                     Ok(m) => self.handle(m, &mut replies),
                     Err(_) => break,
                 }
+            }
+            if due {
+                self.tick();
             }
             self.release_held(&mut replies);
 
@@ -260,11 +300,44 @@ impl Supervisor {
             // The replies go out once the exports show what they say.
             let batch = self.export_batch(std::mem::take(&mut replies));
             self.send_export(batch);
+            last = Turn::now(self.io.mono_ms());
         }
         for (tx, _) in std::mem::take(&mut self.held) {
             let _ = tx.send(Reply::err(1, "the supervisor stopped before this could be answered"));
         }
         Ok(())
+    }
+
+    /// After a pause: lets the connections, the pidfd watches and the file watcher deliver
+    /// what queued, takes it in, and reads every running agent's status file and the
+    /// handoffs directory anew (the watcher's queue may still be behind).
+    async fn catch_up(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+        replies: &mut Vec<(oneshot::Sender<Reply>, Reply)>,
+    ) {
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(CATCH_UP_MS)).await;
+        while let Ok(m) = rx.try_recv() {
+            self.handle(m, replies);
+        }
+        let _ = self.store.begin();
+        let live: Vec<AgentId> =
+            self.order.iter().filter(|id| self.agents[*id].agent.state.has_live_process()).cloned().collect();
+        for id in &live {
+            self.refresh_status(id);
+        }
+        let known: Vec<(AgentId, usize)> = live.iter().map(|id| (id.clone(), self.agents[id].handoffs.len())).collect();
+        self.scan_handoffs();
+        for (id, before) in known {
+            let new: Vec<PathBuf> = self.agents[&id].handoffs[before..].to_vec();
+            for path in new {
+                self.emit(Some(&id), "handoff", serde_json::json!({ "file": path }));
+            }
+        }
+        self.settle();
     }
 
     /// Holds a reply until `hold` gives it.
@@ -713,5 +786,29 @@ pub fn finding_text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Object(o) => o.get("claim").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string()),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod turn_tests {
+    use super::Turn;
+    use std::time::{Duration, SystemTime};
+
+    fn at(mono: u64, wall_ms: u64) -> Turn {
+        Turn { mono, wall: SystemTime::UNIX_EPOCH + Duration::from_millis(wall_ms) }
+    }
+
+    #[test]
+    fn a_turn_late_for_its_timer_or_a_wall_jump_is_a_gap() {
+        let last = at(10_000, 1_000_000);
+        // On time, or a little late under load: no gap.
+        assert!(!last.gap_before(&at(11_000, 1_001_000), Some(1_000)));
+        assert!(!last.gap_before(&at(11_300, 1_001_300), Some(1_000)));
+        // Stopped past its timer: the monotonic clock says so.
+        assert!(last.gap_before(&at(15_000, 1_005_000), Some(1_000)));
+        // A message woke it long after the last turn, but no deadline was near: no gap.
+        assert!(!last.gap_before(&at(70_000, 1_060_000), None));
+        // Suspended: the wall clock moved an hour, the monotonic one a second.
+        assert!(last.gap_before(&at(11_000, 4_600_000), None));
     }
 }
