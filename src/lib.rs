@@ -15,6 +15,7 @@ macro_rules! elog {
     }};
 }
 
+pub mod adapter;
 pub mod aggregate;
 pub mod cli;
 pub mod client;
