@@ -67,6 +67,52 @@ pub struct RoleConfig {
     /// Cap on one attempt's output in the log (`"100MiB"`; `0`: none).
     #[serde(default, deserialize_with = "de_size")]
     pub max_log_size: Option<u64>,
+    /// `claude-code`, `codex` or `none` (default: from the command's program name).
+    #[serde(default, deserialize_with = "de_adapter")]
+    pub adapter: Option<crate::adapter::Adapter>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub result_grace: Option<Duration>,
+    pub resume_session: Option<bool>,
+    #[serde(default, deserialize_with = "de_cost")]
+    pub max_cost_usd: Option<f64>,
+    pub max_tokens: Option<u64>,
+    pub max_turns: Option<u32>,
+    pub token_prices: Option<TokenPricesConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenPricesConfig {
+    #[serde(deserialize_with = "de_price")]
+    pub input: f64,
+    #[serde(deserialize_with = "de_price")]
+    pub output: f64,
+}
+
+fn de_adapter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<crate::adapter::Adapter>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::adapter::Adapter::parse(&s).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "adapter {s:?} is not known; use one of {}",
+            crate::adapter::Adapter::NAMES.join(", ")
+        ))
+    })
+}
+
+fn de_cost<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let c = f64::deserialize(d)?;
+    if !c.is_finite() || c <= 0.0 {
+        return Err(serde::de::Error::custom(format!("max_cost_usd {c} must be a positive number of dollars")));
+    }
+    Ok(Some(c))
+}
+
+fn de_price<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let c = f64::deserialize(d)?;
+    if !c.is_finite() || c < 0.0 {
+        return Err(serde::de::Error::custom(format!("token price {c} must be zero or more (USD per million tokens)")));
+    }
+    Ok(c)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -172,6 +218,18 @@ impl Config {
         if let Some(m) = r.max_log_size.or(d.max_log_size) {
             p.max_log_size = m;
         }
+        p.adapter = r.adapter.or(d.adapter);
+        if let Some(t) = both(r.result_grace, d.result_grace) {
+            p.result_grace_ms = t;
+        }
+        p.resume_session = r.resume_session.or(d.resume_session);
+        p.max_cost_usd = r.max_cost_usd.or(d.max_cost_usd);
+        p.max_tokens = r.max_tokens.or(d.max_tokens);
+        p.max_turns = r.max_turns.or(d.max_turns);
+        p.token_prices = r
+            .token_prices
+            .or(d.token_prices)
+            .map(|t| crate::policy::role::TokenPrices { input: t.input, output: t.output });
         (r.command.clone().or_else(|| d.command.clone()), p)
     }
 

@@ -89,6 +89,10 @@ pub struct SpawnRequest {
     /// A repeated request with the same key returns the agent the first one created.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// `--adapter`: how the command's output is read (default: the role's, else from the
+    /// program name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -155,6 +159,13 @@ pub struct AgentView {
     /// Why the status file could not be read, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+    /// How the agent's output is read: claude-code, codex or none.
+    #[serde(default = "none_adapter")]
+    pub adapter: String,
+}
+
+fn none_adapter() -> String {
+    "none".into()
 }
 
 impl AgentView {

@@ -64,6 +64,11 @@ impl Adapter {
         self == Self::None
     }
 
+    /// For `skip_serializing_if`.
+    pub fn is_none_ref(a: &Self) -> bool {
+        a.is_none()
+    }
+
     /// The provider whose limits the CLI runs into (admission is held per provider).
     pub fn provider(self) -> Option<&'static str> {
         match self {

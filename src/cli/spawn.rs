@@ -38,6 +38,10 @@ pub struct Args {
     /// again (for scripts that retry).
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+    /// How the command's output is read: claude-code, codex or none (default: the
+    /// role's `adapter`, else from the program name).
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(crate::adapter::Adapter::NAMES))]
+    pub adapter: Option<String>,
     /// The command and its arguments (default: the role's `command` template).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -98,6 +102,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         cwd: cwd.display().to_string(),
         command: a.command,
         idempotency_key: a.idempotency_key,
+        adapter: a.adapter,
     };
     let reply = into_result(ctx.request(&Request::Spawn(Box::new(req)))?)?;
     let r: SpawnReply = serde_json::from_value(reply)?;

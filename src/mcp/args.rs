@@ -120,6 +120,10 @@ pub struct SpawnArgs {
     /// `allow_raw_commands = true` under [mcp].
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// How the agent's output is read: "claude-code", "codex" or "none"; default: the
+    /// role's `adapter`, else from the command's program name.
+    #[serde(default)]
+    pub adapter: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -95,6 +95,7 @@ pub fn spawn(ctx: &Ctx, a: SpawnArgs) -> Result<SpawnReply, String> {
         cwd: cwd.display().to_string(),
         command,
         idempotency_key: a.idempotency_key,
+        adapter: a.adapter,
     };
     call(ctx, &Request::Spawn(Box::new(req)))
 }

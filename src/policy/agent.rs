@@ -37,6 +37,9 @@ pub struct AgentSpec {
     /// The caller's key for this spawn; a retried request with it gets this agent back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// How the command's output is read (`none`: plain output).
+    #[serde(default, skip_serializing_if = "crate::adapter::Adapter::is_none_ref")]
+    pub adapter: crate::adapter::Adapter,
 }
 
 /// How an attempt's process ended.

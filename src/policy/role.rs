@@ -69,6 +69,45 @@ pub struct RolePolicy {
     /// are kept.
     #[serde(default = "default_max_log_size")]
     pub max_log_size: u64,
+    /// The adapter the role names (`None`: chosen from the command's program name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<crate::adapter::Adapter>,
+    /// How long a process may linger after its CLI printed the final result.
+    #[serde(default = "default_result_grace")]
+    pub result_grace_ms: u64,
+    /// A retry after a transient failure, a limit or a lost attempt continues the CLI's
+    /// session (`None`: yes when the agent has an adapter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_session: Option<bool>,
+    /// Budgets of one attempt (an adapter agent over one is stopped and escalated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+    /// USD per million tokens, for CLIs that report tokens but no cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_prices: Option<TokenPrices>,
+}
+
+/// USD per million input and output tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TokenPrices {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl TokenPrices {
+    pub fn cost(&self, input: u64, output: u64) -> f64 {
+        (input as f64 * self.input + output as f64 * self.output) / 1_000_000.0
+    }
+}
+
+pub const DEFAULT_RESULT_GRACE_MS: u64 = 10_000;
+
+fn default_result_grace() -> u64 {
+    DEFAULT_RESULT_GRACE_MS
 }
 
 pub const DEFAULT_BLOCKED_TIMEOUT_MS: u64 = 60 * MIN;
@@ -108,6 +147,13 @@ impl RolePolicy {
             blocked_timeout_ms: DEFAULT_BLOCKED_TIMEOUT_MS,
             output_is_progress: false,
             max_log_size: DEFAULT_MAX_LOG_SIZE,
+            adapter: None,
+            result_grace_ms: DEFAULT_RESULT_GRACE_MS,
+            resume_session: None,
+            max_cost_usd: None,
+            max_tokens: None,
+            max_turns: None,
+            token_prices: None,
         }
     }
 

@@ -32,6 +32,7 @@ fn agent_with(role: &str, after: &[&str]) -> Agent {
             policy: RolePolicy::seed(role),
             spawned_at: "t".into(),
             idempotency_key: None,
+            adapter: Default::default(),
         },
         state: AgentState::Queued { reason: "new".into() },
         attempts: vec![],

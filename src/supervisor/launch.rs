@@ -134,6 +134,12 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
             }
         },
     };
+    let adapter = match req.adapter.as_deref() {
+        Some(name) => crate::adapter::Adapter::parse(name).ok_or_else(|| {
+            bad(format!("--adapter {name:?} is not known; use one of {}", crate::adapter::Adapter::NAMES.join(", ")))
+        })?,
+        None => policy.adapter.unwrap_or_else(|| crate::adapter::Adapter::from_program(&command[0])),
+    };
     let mut env = req.caller_env;
     env.retain(|(k, _)| !k.starts_with("CORRAL_"));
     for (k, v) in req.env {
@@ -154,6 +160,7 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
         policy,
         spawned_at: time::rfc3339(time::now()),
         idempotency_key: req.idempotency_key,
+        adapter,
     })
 }
 

@@ -84,6 +84,7 @@ impl Rig {
             cwd: self.dir.path().display().to_string(),
             command: vec!["true".into()],
             idempotency_key: None,
+            adapter: Default::default(),
         })))
     }
 
@@ -213,6 +214,7 @@ fn queued(sup: &Supervisor, name: &str) -> Agent {
             policy,
             spawned_at: "2026-01-01T00:00:00.000+00:00".into(),
             idempotency_key: None,
+            adapter: Default::default(),
         },
         state: AgentState::Queued { reason: "new".into() },
         attempts: vec![],

@@ -74,6 +74,7 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp, gauges: &
         unreadable: live.report_error.clone(),
         next_attempt_in_seconds: next_in,
         escalation: a.state.escalation(),
+        adapter: a.spec.adapter.as_str().to_string(),
     }
 }
 
