@@ -4,6 +4,9 @@
 //! core), `supervisor` (processes, the event loop), `store` (registry and events),
 //! `aggregate` and `memory` (results), and the faces: `cli`, `mcp`, `monitor`.
 
+// Human output goes through `display` (`say!`, `note!`), which escapes agent text.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 /// `eprintln!` that never panics. The supervisor's stderr is its log file, which may sit on
 /// a full disk; the shim's and the MCP server's may be a closed pipe. A line that cannot be
 /// written is dropped, the process carries on.
@@ -11,7 +14,8 @@
 macro_rules! elog {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($t)*);
+        // Log lines quote agent text (reasons, paths): escaped as any human output is.
+        let _ = writeln!(std::io::stderr(), "{}", $crate::display::block(&format!($($t)*)));
     }};
 }
 

@@ -19,7 +19,7 @@ fn main() {
     let code = match cli::run(cli) {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("corral: {}", f.msg);
+            corral::display::note_block(&format!("corral: {}", f.msg));
             f.code
         }
     };

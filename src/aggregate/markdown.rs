@@ -1,5 +1,7 @@
 //! The report for people. It shows everything the JSON holds that a reader needs to act:
-//! no position of a conflict is left out, and values are printed as the agents gave them.
+//! no position of a conflict is left out, and values are printed as the agents gave them,
+//! on one line each and with every character that could drive a terminal escaped (the
+//! report is read with `cat` as often as with a Markdown viewer).
 
 use super::findings::rank_name;
 use super::*;
@@ -19,9 +21,11 @@ fn code(s: &str) -> String {
     format!("{fence}{pad}{s}{pad}{fence}")
 }
 
-/// Agent text on one line, so it cannot break the list it sits in.
+/// Agent text on one line, so it cannot break the list it sits in, and escaped, so it
+/// cannot drive the terminal of whoever reads the report.
 fn one_line(s: &str) -> String {
-    s.split(['\n', '\r']).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
+    let joined = s.split(['\n', '\r']).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ");
+    crate::display::escape(&joined).into_owned()
 }
 
 fn value(v: &Value) -> String {
@@ -106,7 +110,9 @@ pub fn render_markdown(r: &Report) -> String {
     let mut out = String::new();
     let o = &mut out;
     let unknown: HashSet<&str> = r.unknown_agents.iter().map(String::as_str).collect();
-    let who = |a: &str| if unknown.contains(a) { format!("{a} (not a known agent)") } else { a.to_string() };
+    let who = |a: &str| {
+        if unknown.contains(a) { format!("{} (not a known agent)", one_line(a)) } else { one_line(a) }
+    };
     let many = |agents: &[String]| agents.iter().map(|a| who(a)).collect::<Vec<_>>().join(", ");
 
     let _ = writeln!(o, "# Aggregation report\n\n{}\n", summary(r));
@@ -218,9 +224,9 @@ pub fn render_markdown(r: &Report) -> String {
         let _ = writeln!(
             o,
             "- {} ({}), {}: {reason}. Task: {}{}",
-            f.agent,
-            f.role,
-            f.status,
+            one_line(&f.agent),
+            one_line(&f.role),
+            one_line(&f.status),
             one_line(&f.task),
             left.unwrap_or_default()
         );
@@ -231,7 +237,7 @@ pub fn render_markdown(r: &Report) -> String {
         let _ = writeln!(o, "None.");
     }
     for m in &r.missing {
-        let agent = m.agent.as_deref().unwrap_or("unknown agent");
+        let agent = one_line(m.agent.as_deref().unwrap_or("unknown agent"));
         match (&m.kind, &m.path) {
             (MissingKind::Unreadable, Some(p)) => {
                 let _ =
@@ -264,5 +270,10 @@ pub fn render_markdown(r: &Report) -> String {
             let _ = writeln!(o, "- {} ({})", value(&m.candidate), many(&m.agents));
         }
     }
-    out
+    // Every value above is escaped where it is written; this pass keeps a value a future
+    // line forgets from reaching a terminal as it is.
+    match crate::display::block(&out) {
+        std::borrow::Cow::Borrowed(_) => out,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    }
 }

@@ -5,10 +5,10 @@
 use super::{Ctx, Fail, Result, usage};
 use crate::aggregate::{self, AgentOutcome, HandoffInput, Input, Report, Resolution};
 use crate::ipc::{AgentView, Request};
+use crate::note;
 use crate::policy::agent::Escalation;
 use crate::protocol::{DataDir, files, fsio, time};
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
@@ -39,15 +39,20 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         Some(path) => {
             crate::protocol::atomic::write_atomic(path, text.as_bytes())?;
             crate::protocol::perms::user_file(path)?;
-            eprintln!("wrote {}", path.display());
+            note!("wrote {}", path.display())?;
         }
-        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+        // The Markdown is escaped where it is rendered; JSON escapes on its own.
+        None => crate::display::raw_out(text.as_bytes())?,
     }
     let c = &report.counts;
-    eprintln!(
+    note!(
         "{} of {} agents aggregated; {} conflicts ({} unresolved); {} to do",
-        c.aggregated, c.agents, c.conflicts, c.unresolved, c.todo
-    );
+        c.aggregated,
+        c.agents,
+        c.conflicts,
+        c.unresolved,
+        c.todo
+    )?;
     Ok(if report.complete { 0 } else { 1 })
 }
 

@@ -4,6 +4,7 @@ use super::output::print_json;
 use super::{Ctx, Fail, Result};
 use crate::client::Client;
 use crate::ipc::{DaemonView, Request};
+use crate::{note, say};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,12 +35,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         }
         None => {
             let v: DaemonView = serde_json::from_value(ctx.call(&Request::DaemonStatus)?)?;
-            eprintln!("supervisor running: pid {}, socket {}", v.pid, v.socket);
+            note!("supervisor running: pid {}, socket {}", v.pid, v.socket)?;
             Ok(0)
         }
         Some(Action::Stop) => {
             let Ok(mut c) = Client::try_connect(&ctx.data) else {
-                eprintln!("no supervisor is running for {}", ctx.data.root().display());
+                note!("no supervisor is running for {}", ctx.data.root().display())?;
                 return Ok(0);
             };
             let v: DaemonView = serde_json::from_value(super::into_result(c.call(&Request::DaemonStatus)?)?)?;
@@ -48,7 +49,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             if let Ok(fd) = crate::supervisor::process::pidfd_open(v.pid as i32) {
                 let _ = crate::supervisor::process::wait_readable(&fd, 10_000);
             }
-            eprintln!("supervisor {} stopped; running agents keep running", v.pid);
+            note!("supervisor {} stopped; running agents keep running", v.pid)?;
             Ok(0)
         }
         Some(Action::Status { json }) => {
@@ -56,7 +57,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                 if json {
                     print_json(&serde_json::json!({ "running": false, "dataDir": ctx.data.root() }))?;
                 } else {
-                    eprintln!("no supervisor is running for {}", ctx.data.root().display());
+                    note!("no supervisor is running for {}", ctx.data.root().display())?;
                 }
                 return Ok(3);
             };
@@ -67,10 +68,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                 print_json(&data)?;
             } else {
                 let v: DaemonView = serde_json::from_value(data)?;
-                println!(
+                say!(
                     "supervisor pid {}  socket {}  up {:.0}s  supervising {} of {} agents",
-                    v.pid, v.socket, v.uptime_seconds, v.agents_supervised, v.agents_total
-                );
+                    v.pid,
+                    v.socket,
+                    v.uptime_seconds,
+                    v.agents_supervised,
+                    v.agents_total
+                )?;
             }
             Ok(0)
         }

@@ -9,6 +9,7 @@ use super::{Ctx, Fail, Result};
 use crate::client::Client;
 use crate::ipc::{AgentView, Request, SpawnReply, SpawnRequest};
 use crate::protocol::DataDir;
+use crate::say;
 use crate::store::EventRecord;
 use std::time::{Duration, Instant};
 
@@ -139,34 +140,38 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
     follow(&data, &root, ids.len())?;
     let views: Vec<AgentView> =
         serde_json::from_value(super::into_result(client.call(&Request::Status { ids: vec![], role: None })?)?)?;
-    println!("\nfinal state:");
+    say!("")?;
+    say!("final state:")?;
     for v in &views {
         let why = v.reason.as_deref().map(|r| format!("  ({})", clip(r, 90))).unwrap_or_default();
-        println!("  {:22} {:10} attempts {}{why}", v.agent_id, v.status, v.attempt);
+        say!("  {:22} {:10} attempts {}{why}", v.agent_id, v.status, v.attempt)?;
     }
     // The final step of the pattern: one deliverable from every handoff.
     say("aggregating the handoffs (corral aggregate)...");
     let ctx = Ctx { ws: crate::config::Workspace::discover(&root).map_err(super::usage)?, data: data.clone() };
     let report = super::aggregate::build(&ctx, &[], None)?;
     super::aggregate::escalate_unresolved(&ctx, &report)?;
-    println!("\n{}", crate::aggregate::render_markdown(&report));
+    say!("")?;
+    crate::display::say_block(&format!("{}\n", crate::aggregate::render_markdown(&report)))?;
     let resolved = report.conflicts.iter().any(|c| c.resolution == crate::aggregate::Resolution::Evidence);
     let unresolved = report.conflicts.iter().any(|c| c.resolution == crate::aggregate::Resolution::Unresolved);
     let escalations = super::into_result(client.call(&Request::Escalations { all: false })?)?;
-    println!("\nescalations for a human ({}):", data.escalations_file().display());
+    say!("")?;
+    say!("escalations for a human ({}):", data.escalations_file().display())?;
     for e in escalations.as_array().into_iter().flatten() {
-        println!(
+        say!(
             "  #{} {}: {}",
             e["n"],
             e["agentId"].as_str().unwrap_or(""),
             clip(e["reason"].as_str().unwrap_or(""), 100)
-        );
+        )?;
     }
     let settled = human_answers(&mut client, &data, &root, &ctx, &ids)?;
     let views: Vec<AgentView> =
         serde_json::from_value(super::into_result(client.call(&Request::Status { ids: vec![], role: None })?)?)?;
     let handoffs = std::fs::read_dir(data.handoff_dir()).map(|r| r.count()).unwrap_or(0);
-    println!("\n{handoffs} handoffs in {}", data.handoff_dir().display());
+    say!("")?;
+    say!("{handoffs} handoffs in {}", data.handoff_dir().display())?;
     let _ = client.call(&Request::Stop);
     if a.keep {
         let kept = dir.keep();
@@ -223,7 +228,7 @@ fn human_answers(
     for c in &report.conflicts {
         let how =
             serde_json::to_value(c.resolution).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        println!("  conflict on {}: resolved by {how}: {}", c.key, clip(&c.reason, 110));
+        say!("  conflict on {}: resolved by {how}: {}", c.key, clip(&c.reason, 110))?;
     }
     Ok(report)
 }
@@ -293,11 +298,12 @@ fn follow_from(data: &DataDir, root: &std::path::Path, total: usize, after: u64)
 }
 
 fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { format!("{}...", s.chars().take(n).collect::<String>()) }
+    let s = crate::display::escape(s);
+    if s.chars().count() <= n { s.into_owned() } else { format!("{}...", s.chars().take(n).collect::<String>()) }
 }
 
+/// One narrated line, stamped with the time.
 fn say(s: &str) {
-    use std::io::Write;
     let t = crate::protocol::time::now().strftime("%H:%M:%S%.3f");
-    let _ = writeln!(std::io::stdout(), "[{t}] {s}");
+    let _ = crate::say!("[{t}] {s}");
 }

@@ -6,6 +6,7 @@ use super::{Ctx, Result};
 use crate::ipc::Request;
 use crate::policy::agent::Escalation;
 use crate::policy::escalation::Answer;
+use crate::{note, say};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -56,7 +57,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                 print_json(&data)?;
             } else {
                 let e: Escalation = serde_json::from_value(data)?;
-                eprintln!("escalation {n} resolved: {}", e.outcome.as_deref().unwrap_or("recorded"));
+                note!("escalation {n} resolved: {}", e.outcome.as_deref().unwrap_or("recorded"))?;
             }
             Ok(0)
         }
@@ -68,7 +69,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             }
             let list: Vec<Escalation> = serde_json::from_value(data)?;
             if list.is_empty() {
-                eprintln!("no open escalations");
+                note!("no open escalations")?;
             }
             for e in list {
                 let state = match &e.resolved_at {
@@ -79,9 +80,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                     Some(c) => format!("conflict on {} between {}", c.key, c.agents.join(", ")),
                     None => e.agent_id.to_string(),
                 };
-                println!("#{:<4} {}  {}  {}\n      {}", e.n, about, e.opened_at, state, e.reason);
+                say!("#{:<4} {}  {}  {}", e.n, about, e.opened_at, state)?;
+                say!("      {}", e.reason)?;
                 if let Some(o) = &e.outcome {
-                    println!("      -> {o}");
+                    say!("      -> {o}")?;
                 }
             }
             Ok(0)

@@ -3,6 +3,7 @@
 
 use super::report::{agent_id, env_path};
 use super::{Ctx, Result, usage};
+use crate::note;
 use crate::protocol::agent_side;
 use crate::protocol::files::{self, Deliverables, Handoff};
 use std::path::PathBuf;
@@ -68,7 +69,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     let fail = |e| super::Fail { code: 1, msg: e };
     let (path, written) =
         agent_side::write_handoff(&ctx.data, &id, env_path("CORRAL_HANDOFF_FILE", &id), &handoff).map_err(fail)?;
-    eprintln!("wrote {}", path.display());
+    note!("wrote {}", path.display())?;
     if !a.keep_status
         && let Some(update) = agent_side::status_of_handoff(&written)
     {

@@ -2,6 +2,7 @@
 
 use super::{Ctx, Fail, Result};
 use crate::config::{CONFIG_FILE, DEFAULT_DATA_DIR};
+use crate::note;
 use crate::protocol::DataDir;
 use std::path::PathBuf;
 
@@ -139,7 +140,7 @@ pub fn run(ctx: &Ctx, data_dir: Option<PathBuf>, a: Args) -> Result {
     let data = if PathBuf::from(&dd).is_absolute() { PathBuf::from(&dd) } else { cwd.join(&dd) };
     DataDir::new(data.clone()).create_all()?;
     let _ = ctx;
-    eprintln!("wrote {} and created {}", path.display(), data.display());
+    note!("wrote {} and created {}", path.display(), data.display())?;
     Ok(0)
 }
 

@@ -4,6 +4,7 @@
 use super::events::wait_for_kinds;
 use super::{Ctx, Result};
 use crate::ipc::Request;
+use crate::note;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,7 +31,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     if a.json {
         super::output::print_json(&serde_json::json!({ "agentId": a.id, "status": "killed" }))?;
     } else {
-        eprintln!("{}: killed", a.id);
+        note!("{}: killed", a.id)?;
     }
     Ok(0)
 }

@@ -5,6 +5,7 @@ use super::{Ctx, Result, usage};
 use crate::ipc::Request;
 use crate::memory::{self, MemorySnapshot};
 use crate::policy::lifecycle::fmt_ms;
+use crate::{note, say};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -53,9 +54,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                 Some(path) => {
                     crate::protocol::atomic::write_atomic(&path, text.as_bytes())?;
                     crate::protocol::perms::user_file(&path)?;
-                    eprintln!("wrote {} lines to {}", text.lines().count(), path.display());
+                    note!("wrote {} lines to {}", text.lines().count(), path.display())?;
                 }
-                None => print!("{text}"),
+                None => crate::display::raw_out(text.as_bytes())?,
             }
             Ok(0)
         }
@@ -67,18 +68,18 @@ fn show(s: &MemorySnapshot, json: bool) -> Result {
         print_json(s)?;
         return Ok(0);
     }
-    println!("memory candidates ({}):", s.candidates.len());
+    say!("memory candidates ({}):", s.candidates.len())?;
     for c in &s.candidates {
         let v = match &c.value {
             serde_json::Value::String(t) => t.clone(),
             other => other.to_string(),
         };
-        println!("  - {v}  ({}, {})", c.agent_id, c.role);
+        say!("  - {v}  ({}, {})", c.agent_id, c.role)?;
     }
-    println!("failure patterns by role:");
+    say!("failure patterns by role:")?;
     for p in &s.patterns {
         let types: Vec<String> = p.failure_types.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!(
+        say!(
             "  {}: {} agents, {} attempts, {} failed{}; {} escalated",
             p.role,
             p.agents,
@@ -86,26 +87,28 @@ fn show(s: &MemorySnapshot, json: bool) -> Result {
             p.failed_attempts,
             if types.is_empty() { String::new() } else { format!(" ({})", types.join(", ")) },
             p.escalated
-        );
+        )?;
         if p.retried_completed + p.retried_escalated + p.retried_other > 0 {
-            println!(
+            say!(
                 "    retried: {} then completed, {} then escalated, {} other",
-                p.retried_completed, p.retried_escalated, p.retried_other
-            );
+                p.retried_completed,
+                p.retried_escalated,
+                p.retried_other
+            )?;
         }
         for (r, n) in &p.top_reasons {
-            println!("    {n}x {r}");
+            say!("    {n}x {r}")?;
         }
         if let (Some(p50), Some(p95)) = (p.duration_p50_ms, p.duration_p95_ms) {
-            println!(
+            say!(
                 "    attempt duration p50 {}, p95 {}; timeout {}",
                 fmt_ms(p50),
                 fmt_ms(p95),
                 fmt_ms(p.attempt_timeout_ms)
-            );
+            )?;
         }
         if let Some(adv) = &p.advice {
-            println!("    ADVICE: {adv}");
+            say!("    ADVICE: {adv}")?;
         }
     }
     Ok(0)

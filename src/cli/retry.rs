@@ -2,6 +2,7 @@
 
 use super::{Ctx, Result};
 use crate::ipc::Request;
+use crate::note;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,8 +21,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     } else {
         let status = data["status"].as_str().unwrap_or_default();
         match data["reason"].as_str() {
-            Some(r) if status == "queued" => eprintln!("{}: new attempt queued ({r})", a.id),
-            _ => eprintln!("{}: new attempt {status}", a.id),
+            Some(r) if status == "queued" => note!("{}: new attempt queued ({r})", a.id)?,
+            _ => note!("{}: new attempt {status}", a.id)?,
         }
     }
     Ok(0)
@@ -39,9 +40,9 @@ pub fn tell(ctx: &Ctx, a: TellArgs) -> Result {
         return Err(super::usage("the message is empty"));
     }
     let data = ctx.call(&Request::Tell { id: a.id.clone(), text: a.text })?;
-    eprintln!("{}: appended to {}", a.id, data["inbox"].as_str().unwrap_or_default());
+    note!("{}: appended to {}", a.id, data["inbox"].as_str().unwrap_or_default())?;
     if data["resumed"] == true {
-        eprintln!("{}: resumed with the message (it was blocked with nobody left to unblock it)", a.id);
+        note!("{}: resumed with the message (it was blocked with nobody left to unblock it)", a.id)?;
     }
     Ok(0)
 }

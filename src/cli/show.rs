@@ -2,7 +2,9 @@
 
 use super::output::{age, bar, print_json};
 use super::{Ctx, Result};
+use crate::display::{shown, shown_or_dash};
 use crate::ipc::{Request, ShowView};
+use crate::say;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,84 +21,83 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     }
     let s: ShowView = serde_json::from_value(data)?;
     let v = &s.agent;
-    println!("{}  ({})", v.agent_id, v.role);
-    println!("  task:       {}", v.task);
+    say!("{}  ({})", shown(&v.agent_id), shown(&v.role))?;
+    say!("  task:       {}", shown(&v.task))?;
     if let Some(sc) = &s.scope {
-        println!("  scope:      {sc}");
+        say!("  scope:      {}", shown(sc))?;
     }
     for c in &s.constraints {
-        println!("  constraint: {c}");
+        say!("  constraint: {}", shown(c))?;
     }
     if !s.after.is_empty() {
-        println!("  after:      {}", s.after.join(", "));
+        say!("  after:      {}", shown(&s.after.join(", ")))?;
     }
-    println!("  command:    {:?}  (in {})", s.command, s.agent.cwd);
-    print!("  status:     {}", v.status);
-    if let Some(r) = &v.reason {
-        print!(" ({r})");
+    say!("  command:    {:?}  (in {})", s.command, shown(&s.agent.cwd))?;
+    match &v.reason {
+        Some(r) => say!("  status:     {} ({})", shown(&v.status), shown(r))?,
+        None => say!("  status:     {}", shown(&v.status))?,
     }
-    println!();
     if let Some(pid) = v.pid {
-        println!("  pid:        {pid} (process group {pid})");
+        say!("  pid:        {pid} (process group {pid})")?;
     }
     if let Some(rs) = &v.reported_status {
-        println!(
-            "  reported:   {rs} {} {}/{}  updated {} ago",
+        say!(
+            "  reported:   {} {} {}/{}  updated {} ago",
+            shown(rs),
             bar(v.progress, 10),
-            v.phase.as_deref().unwrap_or("-"),
-            v.milestone.as_deref().unwrap_or("-"),
+            shown_or_dash(v.phase.as_deref()),
+            shown_or_dash(v.milestone.as_deref()),
             age(v.age_seconds)
-        );
+        )?;
     }
     if let Some(u) = &v.unreadable {
-        println!("  UNREADABLE: {u}");
+        say!("  UNREADABLE: {}", shown(u))?;
     }
     if !v.anomalies.is_empty() {
-        println!("  anomalies:  {}", v.anomalies.join(" "));
+        say!("  anomalies:  {}", shown(&v.anomalies.join(" ")))?;
     }
     if v.budget_attempt as usize == s.attempts.len() {
-        println!("  attempts ({} of at most {}):", s.attempts.len(), v.max_retries + 1);
+        say!("  attempts ({} of at most {}):", s.attempts.len(), v.max_retries + 1)?;
     } else {
         // A human retry started a fresh budget: say both, so neither reads as `4 of 3`.
-        println!(
+        say!(
             "  attempts ({} in all; {} of at most {} since the last human retry):",
             s.attempts.len(),
             v.budget_attempt,
             v.max_retries + 1
-        );
+        )?;
     }
     for at in &s.attempts {
         let how = match (&at.ended_at, &at.reason) {
-            (Some(t), Some(r)) => format!("ended {t}: {r}"),
-            (Some(t), None) => format!("ended {t}"),
+            (Some(t), Some(r)) => format!("ended {}: {}", shown(t), shown(r)),
+            (Some(t), None) => format!("ended {}", shown(t)),
             (None, _) => match at.pid {
                 Some(p) => format!("running, pid {p}"),
                 None => "starting".into(),
             },
         };
-        println!(
+        say!(
             "    #{} started {} timeout {}: {how}",
             at.attempt,
-            at.started_at,
-            at.timeout.as_deref().unwrap_or("none")
-        );
+            shown(&at.started_at),
+            shown(at.timeout.as_deref().unwrap_or("none"))
+        )?;
     }
     if !s.findings.is_empty() {
-        println!("  last findings:");
+        say!("  last findings:")?;
         for f in s.findings.iter().rev().take(5).rev() {
-            println!("    - {}", crate::supervisor::daemon::finding_text(f));
+            say!("    - {}", shown(&crate::supervisor::daemon::finding_text(f)))?;
         }
     }
     for h in &s.handoffs {
-        println!("  handoff:    {h}");
+        say!("  handoff:    {}", shown(h))?;
     }
-    println!(
-        "  files:      status {}\n              log {}\n              context {}",
-        s.files.status_file, s.files.log_file, s.files.context_file
-    );
-    println!("  events:");
+    say!("  files:      status {}", shown(&s.files.status_file))?;
+    say!("              log {}", shown(&s.files.log_file))?;
+    say!("              context {}", shown(&s.files.context_file))?;
+    say!("  events:")?;
     for e in &s.events {
-        println!("    {} {:18} {}", e.at, e.kind, e.data);
+        say!("    {} {:18} {}", shown(&e.at), shown(&e.kind), shown(&e.data.to_string()))?;
     }
     Ok(0)
 }

@@ -4,6 +4,7 @@
 use super::{Ctx, Result, into_result, usage};
 use crate::ipc::{Request, SpawnReply, SpawnRequest};
 use crate::protocol::ids::{validate_id, validate_role};
+use crate::{note, say};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -106,15 +107,15 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     };
     let reply = into_result(ctx.request(&Request::Spawn(Box::new(req)))?)?;
     let r: SpawnReply = serde_json::from_value(reply)?;
-    println!("{}", r.agent_id);
+    say!("{}", r.agent_id)?;
     match r.status.as_str() {
         "running" | "complete" | "retrying" | "stopping" => Ok(0),
         "queued" => {
-            eprintln!("{}: queued ({})", r.agent_id, r.reason.unwrap_or_default());
+            note!("{}: queued ({})", r.agent_id, r.reason.unwrap_or_default())?;
             Ok(0)
         }
         other => {
-            eprintln!("{}: {other}: {}", r.agent_id, r.reason.unwrap_or_default());
+            note!("{}: {other}: {}", r.agent_id, r.reason.unwrap_or_default())?;
             Ok(1)
         }
     }

@@ -2,7 +2,9 @@
 
 use super::output::{age, bar};
 use super::{Ctx, Result};
+use crate::display::{clip, shown};
 use crate::ipc::{AgentView, Request};
+use crate::{note, say};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -48,7 +50,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         let views: Vec<AgentView> = serde_json::from_str(&raw)?;
         let views: Vec<AgentView> = views.into_iter().filter(|v| wanted(v, &a.statuses)).collect();
         if a.json {
-            println!("{}", serde_json::to_string(&views)?);
+            crate::display::raw_out(format!("{}\n", serde_json::to_string(&views)?).as_bytes())?;
             return Ok(0);
         }
         return table(views);
@@ -66,11 +68,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
 
 fn table(views: Vec<AgentView>) -> Result {
     if views.is_empty() {
-        eprintln!("no agents");
+        note!("no agents")?;
         return Ok(0);
     }
-    let idw = views.iter().map(|v| v.agent_id.len()).max().unwrap_or(5).max(5);
-    let rw = views.iter().map(|v| v.role.len()).max().unwrap_or(4).max(4);
+    let width = |s: &str| shown(s).to_string().chars().count();
+    let idw = views.iter().map(|v| width(&v.agent_id)).max().unwrap_or(5).max(5);
+    let rw = views.iter().map(|v| width(&v.role)).max().unwrap_or(4).max(4);
     // Within the current retry budget; after a human retry, the attempt's own number too.
     let tries: Vec<String> = views
         .iter()
@@ -80,10 +83,16 @@ fn table(views: Vec<AgentView>) -> Result {
         })
         .collect();
     let tw = tries.iter().map(String::len).max().unwrap_or(3).max(3);
-    println!(
+    say!(
         "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  ANOMALIES",
-        "AGENT", "ROLE", "STATUS", "PROGRESS", "PHASE/MILESTONE", "AGE", "TRY"
-    );
+        "AGENT",
+        "ROLE",
+        "STATUS",
+        "PROGRESS",
+        "PHASE/MILESTONE",
+        "AGE",
+        "TRY"
+    )?;
     for (v, tries) in views.iter().zip(tries) {
         let pm = match (&v.phase, &v.milestone) {
             (Some(p), Some(m)) => format!("{p}/{m}"),
@@ -91,20 +100,20 @@ fn table(views: Vec<AgentView>) -> Result {
             (None, Some(m)) => format!("-/{m}"),
             (None, None) => "-".into(),
         };
-        let pm: String = if pm.chars().count() > 24 { pm.chars().take(23).chain(['~']).collect() } else { pm };
+        let pm = clip(&pm, 24);
         // The queue reason is one of the anomalies already: printed once.
         let anomalies = v.anomalies.join(" ");
-        println!(
+        say!(
             "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {}",
-            v.agent_id,
-            v.role,
-            v.status,
+            shown(&v.agent_id),
+            shown(&v.role),
+            shown(&v.status),
             bar(v.progress, 10),
             pm,
             age(v.age_seconds),
             tries,
-            anomalies.trim()
-        );
+            shown(anomalies.trim())
+        )?;
     }
     Ok(0)
 }

@@ -24,6 +24,7 @@ pub struct Args {
     pub json: bool,
 }
 
+use crate::note;
 use crate::policy::agent::AgentState;
 const FINISHED_EVENTS: &[&str] = AgentState::FINISHED_EVENTS;
 
@@ -95,7 +96,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         print_one(v, a.json, tty, start)?;
     }
     if tty {
-        eprint!("\r\x1b[K");
+        crate::display::clear_progress();
     }
     Ok(if all_complete { 0 } else { 1 })
 }
@@ -109,7 +110,7 @@ fn is_timeout(e: &anyhow::Error) -> bool {
 
 fn print_one(v: &AgentView, json: bool, tty: bool, start: Instant) -> Result<()> {
     if tty {
-        eprint!("\r\x1b[K");
+        crate::display::clear_progress();
     }
     let mut out = std::io::stdout().lock();
     if json {
@@ -122,7 +123,10 @@ fn print_one(v: &AgentView, json: bool, tty: bool, start: Instant) -> Result<()>
             (_, Some(s), _) => format!(" (signal {s})"),
             _ => String::new(),
         };
-        writeln!(out, "{} {}{detail}  [{:.1}s]", v.agent_id, v.status, start.elapsed().as_secs_f64())?;
+        crate::display::line_to(
+            &mut out,
+            format_args!("{} {}{detail}  [{:.1}s]", v.agent_id, v.status, start.elapsed().as_secs_f64()),
+        )?;
     }
     out.flush()?;
     Ok(())
@@ -130,15 +134,17 @@ fn print_one(v: &AgentView, json: bool, tty: bool, start: Instant) -> Result<()>
 
 fn progress(tty: bool, done: usize, total: usize, start: Instant) {
     if tty {
-        eprint!("\r\x1b[Kwaiting: {done}/{total} finished, {:.0}s elapsed", start.elapsed().as_secs_f64());
-        let _ = std::io::stderr().flush();
+        crate::display::progress_line(format_args!(
+            "waiting: {done}/{total} finished, {:.0}s elapsed",
+            start.elapsed().as_secs_f64()
+        ));
     }
 }
 
 fn timed_out(tty: bool, done: usize, total: usize) -> Result {
     if tty {
-        eprint!("\r\x1b[K");
+        crate::display::clear_progress();
     }
-    eprintln!("timed out: {done} of {total} finished");
+    note!("timed out: {done} of {total} finished")?;
     Ok(124)
 }

@@ -9,6 +9,12 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState};
 
+/// Agent text as the dashboard shows it: escaped before it reaches the buffer, so nothing
+/// an agent wrote can move the cursor, recolour or retitle the terminal, or break a row.
+fn shown(s: &str) -> String {
+    crate::display::escape(s).into_owned()
+}
+
 fn status_color(s: &str) -> Color {
     match s {
         "running" => Color::Green,
@@ -47,7 +53,7 @@ pub fn draw(f: &mut Frame, m: &Model, table: &mut TableState) {
             .map(|e| {
                 Line::from(vec![
                     Span::styled(format!("#{} ", e.n), Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)),
-                    Span::raw(format!("{}: {}", e.agent_id, e.reason)),
+                    Span::raw(format!("{}: {}", shown(e.agent_id.as_str()), shown(&e.reason))),
                 ])
             })
             .collect();
@@ -62,7 +68,7 @@ fn header(f: &mut Frame, m: &Model, area: Rect) {
     let mut spans = vec![Span::styled("corral monitor", Style::new().add_modifier(Modifier::BOLD))];
     spans.push(Span::raw(format!("  {} agents:", m.agents.len())));
     for (s, n) in m.counts() {
-        spans.push(Span::styled(format!(" {n} {s}"), Style::new().fg(status_color(&s))));
+        spans.push(Span::styled(format!(" {n} {}", shown(&s)), Style::new().fg(status_color(&s))));
     }
     let mut lines = vec![Line::from(spans)];
     if let Some(h) = &m.health {
@@ -71,10 +77,10 @@ fn header(f: &mut Frame, m: &Model, area: Rect) {
             if b.state == "closed" { Style::new().fg(Color::Green) } else { Style::new().fg(Color::Red) };
         let mut l = vec![
             Span::raw(format!("capacity {}/{}  queue {}  breaker ", h.running, h.max_concurrent, h.queued.len())),
-            Span::styled(b.state.clone(), breaker_style),
+            Span::styled(shown(&b.state), breaker_style),
         ];
         if let Some(why) = &h.held_because {
-            l.push(Span::styled(format!("  held: {why}"), Style::new().fg(Color::Yellow)));
+            l.push(Span::styled(format!("  held: {}", shown(why)), Style::new().fg(Color::Yellow)));
         }
         lines.push(Line::from(l));
     }
@@ -92,19 +98,24 @@ fn agents(f: &mut Frame, m: &Model, area: Rect, state: &mut TableState) {
         .take(height)
         .map(|v| {
             let pm = match (&v.phase, &v.milestone) {
-                (Some(p), Some(ms)) => format!("{p}/{ms}"),
-                (Some(p), None) => p.clone(),
-                (None, Some(ms)) => format!("-/{ms}"),
+                (Some(p), Some(ms)) => format!("{}/{}", shown(p), shown(ms)),
+                (Some(p), None) => shown(p),
+                (None, Some(ms)) => format!("-/{}", shown(ms)),
                 (None, None) => "-".into(),
             };
             let anomalies: Vec<Span> = v
                 .anomalies
                 .iter()
-                .map(|a| Span::styled(format!("{a} "), Style::new().fg(anomaly_color(a)).add_modifier(Modifier::BOLD)))
+                .map(|a| {
+                    Span::styled(
+                        format!("{} ", shown(a)),
+                        Style::new().fg(anomaly_color(a)).add_modifier(Modifier::BOLD),
+                    )
+                })
                 .collect();
             Row::new(vec![
-                Cell::from(v.agent_id.clone()),
-                Cell::from(Span::styled(v.status.clone(), Style::new().fg(status_color(&v.status)))),
+                Cell::from(shown(&v.agent_id)),
+                Cell::from(Span::styled(shown(&v.status), Style::new().fg(status_color(&v.status)))),
                 Cell::from(bar(v.progress, 8)),
                 Cell::from(pm),
                 Cell::from(age(v.age_seconds)),
@@ -142,12 +153,12 @@ fn footer(f: &mut Frame, m: &Model, area: Rect) {
             };
             Line::from(vec![
                 Span::styled(format!("{label}: "), Style::new().fg(Color::Cyan)),
-                Span::raw(format!("{buf}_")),
+                Span::raw(format!("{}_", shown(buf))),
             ])
         }
-        _ if !m.message.is_empty() => Line::from(Span::styled(m.message.clone(), Style::new().fg(Color::Cyan))),
+        _ if !m.message.is_empty() => Line::from(Span::styled(shown(&m.message), Style::new().fg(Color::Cyan))),
         _ => {
-            let filter = m.role_filter.as_deref().map(|r| format!(" [role {r}]")).unwrap_or_default();
+            let filter = m.role_filter.as_deref().map(|r| format!(" [role {}]", shown(r))).unwrap_or_default();
             Line::from(format!("up/down select  k kill  r retry  t tell  e resolve  f filter  q quit{filter}"))
         }
     };

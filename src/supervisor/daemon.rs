@@ -606,7 +606,8 @@ impl Supervisor {
             self.escalations
                 .iter()
                 .filter(|e| e.is_open())
-                .map(|e| format!("{}: {}\n", e.agent_id, e.reason.replace('\n', " ")))
+                // One line per escalation whatever the reason holds: escaped as shown to a human.
+                .map(|e| format!("{}: {}\n", e.agent_id, crate::display::escape(&e.reason)))
                 .collect()
         });
         super::export::Batch { added, lines, rewrite: false, escalations, replies }

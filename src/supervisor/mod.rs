@@ -87,7 +87,7 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
         });
         let info = serde_json::json!({ "pid": std::process::id(), "socket": socket, "startedAt": sup.started_at });
         let _ = atomic::write_json_atomic(data.root(), &data.daemon_info(), &info);
-        println!("corral daemon ready: pid {} socket {}", std::process::id(), socket.display());
+        let _ = crate::say!("corral daemon ready: pid {} socket {}", std::process::id(), socket.display());
         let _ = std::io::stdout().flush();
         // Whoever started us stops reading after that line; nothing more goes to stdout.
         if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {

@@ -40,9 +40,11 @@ impl LogSink {
         Ok(Self { file, start: end, end, cap, tail_start: None, dropped: 0 })
     }
 
-    /// A line of corral's own (header, footer): not counted against the cap.
+    /// A line of corral's own (header, footer): not counted against the cap. What it quotes
+    /// (the command line, why a start failed) is escaped: `corral logs` prints it to a
+    /// terminal, and it stays one line.
     pub fn note(&mut self, line: &str) {
-        let mut b = line.as_bytes().to_vec();
+        let mut b = crate::display::escape(line).into_owned().into_bytes();
         b.push(b'\n');
         if self.file.write_all_at(&b, self.end).is_ok() {
             self.end += b.len() as u64;
