@@ -27,6 +27,27 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub mcp: McpConfig,
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+}
+
+/// The default of `[supervisor] idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// With no agent live, queued, waiting or backing off and no client connected for this
+    /// long, the supervisor exits (default 10m; "0s": never).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
+}
+
+impl SupervisorConfig {
+    /// How long an idle supervisor lives; `None`: for ever.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        Some(self.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

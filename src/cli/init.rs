@@ -113,6 +113,9 @@ breaker_cooldown = "1m"       # then one probe spawn; its success closes the bre
 # min_free_memory = "512MiB"  # hold spawns while MemAvailable is lower
 # max_load = 8.0              # hold spawns while the 1-minute load average is higher
 # max_open_escalations = 3    # hold spawns while this many escalations are open
+
+[supervisor]
+# idle_timeout = "10m"        # with no agent to look after and no client, exit after this ("0s": never)
 "#;
 
 /// The corral.toml `corral init` writes.

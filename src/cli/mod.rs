@@ -126,6 +126,19 @@ pub enum Cmd {
     Man,
 }
 
+impl Cmd {
+    /// Commands that only look: in a directory with no workspace they create nothing and
+    /// start nothing.
+    fn only_reads(&self) -> bool {
+        match self {
+            Cmd::Status(_) | Cmd::Show(_) | Cmd::Logs(_) | Cmd::Events(_) | Cmd::Wait(_) | Cmd::Health(_) => true,
+            Cmd::Monitor(_) => true,
+            Cmd::Escalations(a) => a.action.is_none(),
+            _ => false,
+        }
+    }
+}
+
 /// A failure with the exit code it deserves (2: bad input, 1: the operation failed).
 #[derive(Debug)]
 pub struct Fail {
@@ -161,6 +174,25 @@ impl Ctx {
             None => ws.data_dir(),
         };
         Ok(Self { ws, data: DataDir::new(data) })
+    }
+
+    /// Fails (exit 1, creating nothing) when there is no workspace here: no corral.toml in
+    /// this directory or above, and no data dir. There is nothing to read then, and no
+    /// supervisor to start.
+    pub fn require_workspace(&self) -> Result<()> {
+        if self.ws.config_file.is_some() || crate::protocol::fsio::lstat(self.data.root()).is_some() {
+            return Ok(());
+        }
+        Err(Fail {
+            code: 1,
+            msg: format!(
+                "no corral workspace here (looked for {} in {} and above, and for the data dir {}); nothing to \
+                 show. `corral init` makes one; `corral spawn` starts one",
+                crate::config::CONFIG_FILE,
+                self.ws.root.display(),
+                self.data.root().display()
+            ),
+        })
     }
 
     pub fn client(&self) -> Result<Client> {
@@ -214,6 +246,9 @@ pub fn run(cli: Cli) -> Result {
         _ => {}
     }
     let ctx = Ctx::resolve(cli.data_dir.clone())?;
+    if cli.command.only_reads() {
+        ctx.require_workspace()?;
+    }
     match cli.command {
         Cmd::Demo(a) => demo::run(&ctx, a),
         Cmd::Init(a) => init::run(&ctx, cli.data_dir, a),

@@ -72,6 +72,8 @@ pub enum Msg {
         /// Its pidfd, when opened while it could not have been replaced (our own child).
         pidfd: Option<OwnedFd>,
     },
+    /// The last client connected to the control socket has left (the idle period may begin).
+    ClientsGone,
 }
 
 /// A reply that waits for something to happen (a spawn for its handshake): asked again after
@@ -165,6 +167,10 @@ pub struct Supervisor {
     pub held_kills: Vec<super::requests::HeldKill>,
     /// Replies that became ready outside a request (held ones, now answered).
     pub ready_replies: Vec<(oneshot::Sender<Reply>, Reply)>,
+    /// Clients connected to the control socket (followers included), counted by the server.
+    pub clients: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Since when (monotonic ms) the supervisor has had nothing to do and nobody to serve.
+    idle_since: Option<u64>,
 }
 
 /// The machine's clock, for code that runs off the loop (the loop itself uses `Supervisor::now`).
@@ -222,6 +228,8 @@ impl Supervisor {
             orphans: Default::default(),
             held_kills: Vec::new(),
             ready_replies: Vec::new(),
+            clients: Default::default(),
+            idle_since: None,
         }
     }
 
@@ -289,6 +297,7 @@ impl Supervisor {
             }
             if due {
                 self.tick();
+                self.stop_if_idle_long();
             }
             self.release_held(&mut replies);
 
@@ -301,11 +310,43 @@ impl Supervisor {
             let batch = self.export_batch(std::mem::take(&mut replies));
             self.send_export(batch);
             last = Turn::now(self.io.mono_ms());
+            self.note_idle(last.mono);
         }
         for (tx, _) in std::mem::take(&mut self.held) {
             let _ = tx.send(Reply::err(1, "the supervisor stopped before this could be answered"));
         }
         Ok(())
+    }
+
+    /// Nothing to look after: no agent live, queued, waiting or backing off, no shim being
+    /// started, no reply held, and no client connected.
+    fn idle(&self) -> bool {
+        self.clients.load(std::sync::atomic::Ordering::Relaxed) == 0
+            && self.launches.is_empty()
+            && self.held.is_empty()
+            && self.held_kills.is_empty()
+            && self.work.is_empty()
+            && self.agents.values().all(|l| l.agent.state.is_finished())
+    }
+
+    /// Starts or ends the idle period after a turn; a request (any message) starts it anew.
+    fn note_idle(&mut self, now: u64) {
+        self.idle_since = if self.idle() { Some(self.idle_since.unwrap_or(now)) } else { None };
+    }
+
+    /// Exits (cleanly: the socket removed, the exports written) once idle for `idle_timeout`.
+    fn stop_if_idle_long(&mut self) {
+        let (Some(since), Some(limit)) = (self.idle_since, self.ws.config.supervisor.idle_timeout()) else { return };
+        if self.idle() && self.io.mono_ms().saturating_sub(since) >= limit.as_millis() as u64 {
+            crate::elog!(
+                "corral daemon: idle for {} (no agent to look after, no client): exiting; the next corral \
+                 command starts a supervisor again",
+                humantime::format_duration(limit)
+            );
+            self.stopping = true;
+        } else if !self.idle() {
+            self.idle_since = None;
+        }
     }
 
     /// After a pause: lets the connections, the pidfd watches and the file watcher deliver
@@ -363,6 +404,9 @@ impl Supervisor {
     }
 
     pub(crate) fn handle(&mut self, msg: Msg, replies: &mut Vec<(oneshot::Sender<Reply>, Reply)>) {
+        if matches!(msg, Msg::Request(..)) {
+            self.idle_since = None;
+        }
         self.take(msg, replies);
         self.settle();
     }
@@ -391,6 +435,7 @@ impl Supervisor {
                 }
             }
             Msg::Launched { seq, shim_pid, result, pidfd } => launch::launched(self, seq, shim_pid, result, pidfd),
+            Msg::ClientsGone => {}
         }
     }
 
@@ -632,7 +677,14 @@ impl Supervisor {
             .chain(self.breaker.next_deadline())
             .chain(self.resource_recheck)
             .chain(self.launches.values().map(|p| p.deadline))
+            .chain(self.idle_deadline())
             .min()
+    }
+
+    /// When an idle supervisor exits, unless something happens first.
+    fn idle_deadline(&self) -> Option<u64> {
+        let limit = self.ws.config.supervisor.idle_timeout()?;
+        Some(self.idle_since?.saturating_add(limit.as_millis() as u64))
     }
 
     pub fn tick(&mut self) {

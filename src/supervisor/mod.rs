@@ -75,7 +75,7 @@ pub fn run(ws: Workspace, data: DataDir) -> anyhow::Result<()> {
         let _watcher = watch::watch(data.root(), &watched, sup.written.clone(), tx.clone())
             .context("cannot watch the status and handoff directories")?;
         sup.load()?;
-        tokio::spawn(server::serve(listener, tx.clone(), sup.events.clone(), fd_limit));
+        tokio::spawn(server::serve(listener, tx.clone(), sup.events.clone(), fd_limit, sup.clients.clone()));
         let stop_tx = tx.clone();
         tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -6,6 +6,7 @@ use super::connections::{MAX_BUFFERED_TOTAL, State, Table, Want};
 use super::daemon::Msg;
 use crate::ipc::{MAX_REQUEST_BYTES, Reply, Request};
 use crate::store::EventRecord;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -16,6 +17,9 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 struct Shared {
     table: Mutex<Table>,
     closed: Notify,
+    /// Connections open now, shared with the supervisor (an idle one exits only with none).
+    clients: Arc<AtomicUsize>,
+    tx: mpsc::UnboundedSender<Msg>,
 }
 
 impl Shared {
@@ -76,9 +80,11 @@ pub async fn serve(
     tx: mpsc::UnboundedSender<Msg>,
     events: broadcast::Sender<EventRecord>,
     fd_limit: u64,
+    clients: Arc<AtomicUsize>,
 ) {
     let me = crate::protocol::perms::my_uid();
-    let shared = Arc::new(Shared { table: Mutex::new(Table::default()), closed: Notify::new() });
+    let shared =
+        Arc::new(Shared { table: Mutex::new(Table::default()), closed: Notify::new(), clients, tx: tx.clone() });
     let reserve = fd_reserve(fd_limit);
     let mut gauge = FdGauge { limit: fd_limit, reserve, others: 0, measured: None };
     loop {
@@ -114,6 +120,7 @@ pub async fn serve(
             _ => continue,
         }
         let id = shared.table().open(Instant::now());
+        shared.clients.fetch_add(1, Ordering::Relaxed);
         let conn = Registered { id, shared: shared.clone() };
         let task = tokio::spawn(connection(stream, tx.clone(), events.clone(), conn));
         shared.table().attach(id, task.abort_handle());
@@ -170,6 +177,9 @@ impl Drop for Registered {
     fn drop(&mut self) {
         self.shared.table().close(self.id);
         self.shared.closed.notify_one();
+        if self.shared.clients.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let _ = self.shared.tx.send(Msg::ClientsGone);
+        }
     }
 }
 
@@ -246,7 +256,7 @@ async fn connection(
         };
         if let Request::Events { after, agent, follow: true } = req {
             conn.set(State::Following);
-            return follow_events(&mut w, tx, events, after, agent).await;
+            return follow_events(&mut w, &mut r, tx, events, after, agent).await;
         }
         let (reply_tx, reply_rx) = oneshot::channel();
         if tx.send(Msg::Request(req, reply_tx)).is_err() {
@@ -261,8 +271,9 @@ async fn connection(
 
 /// Backlog from the store, then live events. Subscribing before reading the backlog means
 /// nothing falls between the two; sequence numbers drop the overlap.
-async fn follow_events<W: AsyncWrite + Unpin>(
+async fn follow_events<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     w: &mut W,
+    r: &mut R,
     tx: mpsc::UnboundedSender<Msg>,
     events: broadcast::Sender<EventRecord>,
     mut after: u64,
@@ -290,8 +301,18 @@ async fn follow_events<W: AsyncWrite + Unpin>(
         }
     }
     w.flush().await?;
+    let mut scratch = [0u8; 256];
     loop {
-        match live.recv().await {
+        // A follower that left is noticed at once (not at the next event): an idle
+        // supervisor counts its clients.
+        let next = tokio::select! {
+            e = live.recv() => e,
+            n = tokio::io::AsyncReadExt::read(r, &mut scratch) => match n {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            },
+        };
+        match next {
             Ok(e) => {
                 if e.seq <= after
                     || agent.as_deref().is_some_and(|a| e.agent_id.as_ref().is_none_or(|x| x.as_str() != a))
@@ -303,7 +324,7 @@ async fn follow_events<W: AsyncWrite + Unpin>(
             }
             // Fell behind: the store has everything, so nothing is lost by resyncing.
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                return Box::pin(follow_events(w, tx, events, after, agent)).await;
+                return Box::pin(follow_events(w, r, tx, events, after, agent)).await;
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }

@@ -5,6 +5,7 @@
 mod common;
 
 mod faces;
+mod followers;
 mod policy;
 mod shim;
 mod supervisor;
