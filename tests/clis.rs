@@ -146,6 +146,24 @@ impl Rig {
     /// CODEX_HOME) is the scratch home, the API base URL is the fake model server.
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = self.ws.cmd(args);
+        self.env(&mut c);
+        c
+    }
+
+    /// The CLI itself, run by the test in the workspace (as an orchestrator).
+    fn cli_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.bin_dir.join(self.cli.program()));
+        c.args(args).current_dir(self.ws.path()).stdin(Stdio::null());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CORRAL_") {
+                c.env_remove(k);
+            }
+        }
+        self.env(&mut c);
+        c
+    }
+
+    fn env(&self, c: &mut Command) {
         let path = format!(
             "{}:{}:{}",
             bin().parent().unwrap().display(),
@@ -169,7 +187,6 @@ impl Rig {
             }
         }
         c.env_remove("ANTHROPIC_AUTH_TOKEN").env_remove("OPENAI_API_KEY").env_remove("OPENAI_BASE_URL");
-        c
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -333,4 +350,180 @@ fn claude_reports_and_hands_off_through_its_bash_tool() {
 #[test]
 fn codex_reports_and_hands_off_through_its_shell_tool() {
     reports_and_hands_off(Cli::Codex, "codex_reports_and_hands_off_through_its_shell_tool");
+}
+
+/// Runs `c` to its end, killed after `limit`; (exit code, stdout, stderr).
+fn run_bounded(mut c: Command, limit: Duration) -> (Option<i32>, String, String) {
+    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the CLI starts");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(o) => {
+            let o = o.unwrap();
+            (o.status.code(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+        }
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let o = rx.recv().unwrap().unwrap();
+            panic!(
+                "the CLI ran past {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+}
+
+/// The worker turns: report, hand off `finding`, answer.
+fn worker_turns(finding: &str) -> Value {
+    json!([
+        {"bash": "corral report --status active --progress 0.5 --phase work"},
+        {"bash": format!("corral handoff --finding '{finding}'")},
+        {"text": "handed off"}
+    ])
+}
+
+/// The CLI as the orchestrator, with `corral mcp` as its MCP server: it spawns two workers
+/// (real CLIs of the same kind, from the role `corral init --agent` wrote), waits for them
+/// and aggregates their handoffs, all through corral's tools.
+fn orchestrates_through_mcp(cli: Cli, test: &str) {
+    let Some(bin_dir) = require(cli, test) else { return };
+    let name = cli.program();
+    let mark = format!("orchestrate-through-mcp-{name}");
+    let (a, b) = (format!("mcpworker-a-{name}"), format!("mcpworker-b-{name}"));
+    let (fa, fb) = (format!("worker a of {name} found the cache"), format!("worker b of {name} found the index"));
+    // Claude defers MCP tools behind its ToolSearch tool; Codex lists them in a namespace.
+    let tool = |t: &str, input: Value| match cli {
+        Cli::Claude => json!({"tool": format!("mcp__corral__{t}"), "input": input}),
+        Cli::Codex => json!({"tool": t, "namespace": "mcp__corral", "input": input}),
+    };
+    let mut turns = Vec::new();
+    if cli == Cli::Claude {
+        turns.push(json!({"tool": "ToolSearch", "input": {
+            "query": "select:mcp__corral__spawn_agent,mcp__corral__wait_agents,mcp__corral__aggregate"}}));
+    }
+    turns.push(tool(
+        "spawn_agent",
+        json!({"role": "WORKER", "task": format!("Task {a}: look at the cache."), "idempotency_key": "a"}),
+    ));
+    turns.push(tool(
+        "spawn_agent",
+        json!({"role": "WORKER", "task": format!("Task {b}: look at the index."), "idempotency_key": "b"}),
+    ));
+    turns.push(tool("wait_agents", json!({"role": "WORKER", "timeout": "60s"})));
+    turns.push(tool("aggregate", json!({"role": "WORKER"})));
+    turns.push(json!({"text": "Both workers finished; the report is aggregated."}));
+    let script = json!({"conversations": [
+        {"match": mark, "turns": turns},
+        {"match": a, "turns": worker_turns(&fa)},
+        {"match": b, "turns": worker_turns(&fb)},
+    ]});
+    let rig = Rig::new(cli, bin_dir, &script, "[roles.WORKER]\nmax_retries = 0\nattempt_timeout = \"60s\"\n");
+    let corral = bin();
+    let prompt = format!("Task {mark}: coordinate two workers through the corral tools.");
+    let (code, out, err) = match cli {
+        Cli::Claude => {
+            let config = json!({"mcpServers": {"corral": {"type": "stdio", "command": corral, "args": ["mcp"]}}});
+            let config_path = rig.home.path().join("mcp.json");
+            std::fs::write(&config_path, config.to_string()).unwrap();
+            let c = rig.cli_cmd(&[
+                "-p",
+                &prompt,
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--mcp-config",
+                config_path.to_str().unwrap(),
+                "--strict-mcp-config",
+                "--allowedTools",
+                "mcp__corral",
+            ]);
+            run_bounded(c, SECS(120))
+        }
+        Cli::Codex => {
+            let mut config = std::fs::read_to_string(rig.home.path().join("config.toml")).unwrap();
+            config.push_str(&format!(
+                "\n[mcp_servers.corral]\ncommand = {:?}\nargs = [\"mcp\"]\n\
+                 env_vars = [\"PATH\", \"HOME\", \"CODEX_HOME\", \"FAKE_MODEL_KEY\"]\n\
+                 default_tools_approval_mode = \"approve\"\n",
+                corral.display().to_string()
+            ));
+            std::fs::write(rig.home.path().join("config.toml"), config).unwrap();
+            let c = rig.cli_cmd(&["exec", "--json", "--skip-git-repo-check", "--sandbox", "workspace-write", &prompt]);
+            run_bounded(c, SECS(120))
+        }
+    };
+    let served: Vec<_> =
+        rig.model.requests().iter().map(|r| (r["conversation"].clone(), r["served"].clone())).collect();
+    let context = format!("exit {code:?}\nstdout:\n{out}\nstderr:\n{err}\nrequests: {served:?}");
+    assert_eq!(code, Some(0), "{context}");
+
+    // Every scripted turn of the orchestrator was asked for, and no tool call failed.
+    let reqs = rig.model.conversation(&mark);
+    assert_eq!(reqs.len(), turns.len(), "{context}");
+    let last = reqs.last().unwrap();
+    let results = tool_results_any(cli, last);
+    assert_eq!(results.len(), turns.len() - 1, "a result for every tool call: {results:?}\n{context}");
+    for (text, failed) in &results {
+        assert!(!failed, "a tool call failed: {text}\n{context}");
+    }
+    // spawn_agent gave two ids, wait_agents saw both complete, aggregate holds both findings.
+    let ids: Vec<String> = rig.ws.status().iter().map(|a| a["agentId"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let n = results.len();
+    for id in &ids {
+        assert!(
+            results[n - 4].0.contains(id.as_str()) || results[n - 3].0.contains(id.as_str()),
+            "{id} was spawned: {results:?}"
+        );
+        assert_eq!(rig.ws.agent(id)["status"], "complete", "{}", rig.log(id));
+    }
+    let wait = &results[n - 2].0;
+    assert!(wait.replace(['\\', ' '], "").contains("\"allComplete\":true"), "wait_agents: {wait}");
+    let aggregate = &results[n - 1].0;
+    assert!(aggregate.contains(&fa) && aggregate.contains(&fb), "aggregate has both findings: {aggregate}");
+    // The tool schemas the client handed the model carry corral's tools, and no format of
+    // the schema generator's own (`uint32`, `double`, ...) that clients warn about.
+    let tools = last["body"]["tools"].to_string();
+    assert!(tools.contains("spawn_agent") && tools.contains("wait_agents"), "{tools}");
+    for f in ["uint", "int32", "int64", "double", "float"] {
+        assert!(!tools.contains(&format!("\"format\":\"{f}")), "format {f} in the tools: {tools}");
+    }
+    // The workers were real CLI runs: each conversation ran its three turns.
+    assert_eq!(rig.model.conversation(&a).len(), 3);
+    assert_eq!(rig.model.conversation(&b).len(), 3);
+}
+
+/// Tool results of any tool (shell or MCP) in one request: (text, failed).
+fn tool_results_any(cli: Cli, request: &Value) -> Vec<(String, bool)> {
+    match cli {
+        Cli::Claude => tool_results(cli, request),
+        Cli::Codex => request["body"]["input"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["type"] == "function_call_output")
+            .map(|i| {
+                let text = match &i["output"] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let failed = text.contains("\"isError\":true") || text.contains("\"is_error\":true");
+                (text, failed)
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn claude_orchestrates_real_claude_workers_through_corral_mcp() {
+    orchestrates_through_mcp(Cli::Claude, "claude_orchestrates_real_claude_workers_through_corral_mcp");
+}
+
+#[test]
+fn codex_orchestrates_real_codex_workers_through_corral_mcp() {
+    orchestrates_through_mcp(Cli::Codex, "codex_orchestrates_real_codex_workers_through_corral_mcp");
 }

@@ -50,10 +50,63 @@ fn object_schema<T: schemars::JsonSchema + 'static>() -> Arc<rmcp::model::JsonOb
     Arc::new(s)
 }
 
+/// The `format`s JSON Schema itself defines; clients validate these and warn about (or
+/// reject) others.
+const STANDARD_FORMATS: &[&str] = &[
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// A schema without the generator's own formats (`uint32`, `int64`, `double`, `uint`, ...),
+/// which MCP clients warn about: integer ranges are already said by `minimum`/`maximum`.
+fn portable(schema: &rmcp::model::JsonObject) -> rmcp::model::JsonObject {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("format").and_then(|f| f.as_str()).is_some_and(|f| !STANDARD_FORMATS.contains(&f)) {
+                    m.remove("format");
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::Value::Object(schema.clone());
+    strip(&mut v);
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("an object stays an object"),
+    }
+}
+
 #[tool_router]
 impl Server {
     pub fn new(ctx: Ctx) -> Self {
-        Self { ctx: Arc::new(ctx), tool_router: Self::tool_router() }
+        let mut tool_router = Self::tool_router();
+        for route in tool_router.map.values_mut() {
+            let t = &mut route.attr;
+            t.input_schema = Arc::new(portable(&t.input_schema));
+            t.output_schema = t.output_schema.as_ref().map(|s| Arc::new(portable(s)));
+        }
+        Self { ctx: Arc::new(ctx), tool_router }
     }
 
     /// Record an agent and start it (or queue it, saying why); returns its id at once.
@@ -254,5 +307,38 @@ mod tests {
             let output = t.output_schema.as_ref().unwrap_or_else(|| panic!("{} has no output schema", t.name));
             assert_eq!(output.get("type"), Some(&serde_json::json!("object")), "{}", t.name);
         }
+    }
+
+    /// No tool schema carries a format outside JSON Schema's own (clients warn about
+    /// `uint32` and the like); unsigned integers keep their lower bound.
+    #[test]
+    fn tool_schemas_use_only_standard_formats() {
+        fn formats(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(f) = m.get("format").and_then(|f| f.as_str()) {
+                        out.push(f.to_string());
+                    }
+                    m.values().for_each(|v| formats(v, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| formats(v, out)),
+                _ => {}
+            }
+        }
+        let ws = crate::config::Workspace::discover(std::path::Path::new("/")).unwrap();
+        let data = crate::protocol::DataDir::new(std::env::temp_dir());
+        let server = super::Server::new(crate::cli::Ctx { ws, data });
+        for t in server.tool_router.list_all() {
+            let mut found = Vec::new();
+            formats(&serde_json::Value::Object((*t.input_schema).clone()), &mut found);
+            if let Some(o) = &t.output_schema {
+                formats(&serde_json::Value::Object((**o).clone()), &mut found);
+            }
+            found.retain(|f| !super::STANDARD_FORMATS.contains(&f.as_str()));
+            assert!(found.is_empty(), "{} has formats {found:?}", t.name);
+        }
+        let spawn = server.tool_router.map.get("spawn_agent").unwrap();
+        let retries = &spawn.attr.input_schema["properties"]["max_retries"];
+        assert_eq!(retries["minimum"], serde_json::json!(0), "{retries}");
     }
 }
