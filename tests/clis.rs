@@ -304,6 +304,9 @@ fn reports_and_hands_off(cli: Cli, test: &str) {
     let id = rig.spawn("WORKER", &format!("Task {mark}: report, then hand off."));
     let agent = rig.wait_state(&id, &["complete", "failed", "escalated", "timed_out", "killed"], SECS(60));
     assert_eq!(agent["status"], "complete", "{agent}\nlog:\n{}", rig.log(&id));
+    // The adapter comes from the program `corral init --agent` put in the command.
+    assert_eq!(agent["adapter"], cli.init_agent(), "{agent}");
+    assert_eq!(rig.ws.show(&id)["command"][0], cli.program());
 
     // The model saw three turns; each tool call ran and succeeded.
     let reqs = rig.model.conversation(&mark);
