@@ -6,6 +6,7 @@
 
 mod agent;
 mod args;
+pub mod framing;
 mod orchestrator;
 mod wait;
 
@@ -285,7 +286,9 @@ impl ServerHandler for Server {}
 /// Serves MCP on stdin/stdout until the client closes the connection.
 pub async fn serve(ctx: Ctx) -> anyhow::Result<()> {
     crate::elog!("corral mcp: serving {} (data {}) on stdio", ctx.ws.root.display(), ctx.data.root().display());
-    let service = Server::new(ctx).serve(rmcp::transport::io::stdio_pipes()).await?;
+    // Every line is judged before the service sees it, so a malformed one is answered.
+    let (read, write) = rmcp::transport::io::stdio_pipes();
+    let service = Server::new(ctx).serve(framing::framed(read, write)).await?;
     service.waiting().await?;
     Ok(())
 }
