@@ -198,7 +198,7 @@ fn start_daemon(data: &DataDir, workspace_root: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--data-dir")
         .arg(data.root())
-        .args(["daemon", "--foreground"])
+        .args(["daemon", "--foreground", "--on-demand"])
         .current_dir(workspace_root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

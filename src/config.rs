@@ -16,7 +16,12 @@ pub const DEFAULT_DATA_DIR: &str = ".corral";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(default, deserialize_with = "de_data_dir")]
     pub data_dir: Option<PathBuf>,
+    /// A spawn whose role is neither configured nor one of the seed's is refused instead of
+    /// warned about.
+    #[serde(default)]
+    pub strict_roles: bool,
     #[serde(default)]
     pub defaults: RoleConfig,
     #[serde(default)]
@@ -63,30 +68,32 @@ pub struct McpConfig {
 pub struct RoleConfig {
     /// argv template: `{context}`, `{context_file}`, `{task}`, `{agent_id}`, `{role}`,
     /// `{handoff_file}`, `{status_file}`.
+    #[serde(default, deserialize_with = "de_command")]
     pub command: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_limit")]
     pub attempt_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_limit")]
     pub heartbeat_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_limit")]
     pub stall_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_limit")]
     pub start_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_limit")]
     pub deadline: Option<Duration>,
+    #[serde(default, deserialize_with = "de_retries")]
     pub max_retries: Option<u32>,
     pub backoff: Option<BackoffConfig>,
     pub progressive_timeout: Option<bool>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_limit")]
     pub max_attempt_timeout: Option<Duration>,
     pub retry_guidance: Option<String>,
     pub require_handoff: Option<bool>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_limit")]
     pub blocked_timeout: Option<Duration>,
     /// Plain output counts as progress (resets the stall check), not only as a heartbeat.
     pub output_is_progress: Option<bool>,
     /// Cap on one attempt's output in the log (`"100MiB"`; `0`: none).
-    #[serde(default, deserialize_with = "de_size")]
+    #[serde(default, deserialize_with = "de_log_size")]
     pub max_log_size: Option<u64>,
     /// `claude-code`, `codex` or `none` (default: from the command's program name).
     #[serde(default, deserialize_with = "de_adapter")]
@@ -153,7 +160,7 @@ pub struct BackoffConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyConfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_exit_codes")]
     pub exit_codes: Vec<i32>,
     #[serde(default, deserialize_with = "de_signals")]
     pub signals: Vec<i32>,
@@ -171,15 +178,19 @@ pub struct ClassifyConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
+    #[serde(default, deserialize_with = "de_at_least_one")]
     pub max_concurrent: Option<usize>,
+    #[serde(default, deserialize_with = "de_count")]
     pub breaker_failures: Option<usize>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_limit")]
     pub breaker_window: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     pub breaker_cooldown: Option<Duration>,
     #[serde(default, deserialize_with = "de_size")]
     pub min_free_memory: Option<u64>,
+    #[serde(default, deserialize_with = "de_max_load")]
     pub max_load: Option<f64>,
+    #[serde(default, deserialize_with = "de_at_least_one")]
     pub max_open_escalations: Option<usize>,
     /// `role` (default): one breaker per role; `global`: one for the whole workspace.
     #[serde(default, deserialize_with = "de_breaker_scope")]
@@ -289,6 +300,126 @@ impl Config {
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// A limit (a timeout, a deadline, a window): 0 would end every wait the moment it began.
+fn de_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    let t = parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if t.is_zero() {
+        return Err(serde::de::Error::custom(format!(
+            "{s:?} can never work: a limit of 0 is over the moment it starts; give a duration above 0, e.g. 30s"
+        )));
+    }
+    Ok(Some(t))
+}
+
+/// The most retries a role may have: far more than any agent is worth retrying, and the
+/// attempt counter (retries + 1, counted again after every human retry) stays far inside
+/// its range.
+pub const MAX_RETRIES: u32 = 1000;
+
+/// A retry budget: 0 to [`MAX_RETRIES`]. The same rule for `--max-retries` and MCP.
+pub fn check_retries(n: i64) -> Result<u32, String> {
+    if n < 0 {
+        return Err(format!("{n} is negative; use 0 (no retries) to {MAX_RETRIES}"));
+    }
+    u32::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_RETRIES)
+        .ok_or_else(|| format!("{n} is more retries than corral counts; use 0 to {MAX_RETRIES}"))
+}
+
+fn de_retries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    check_retries(i64::deserialize(d)?).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn de_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let n = i64::deserialize(d)?;
+    usize::try_from(n).map(Some).map_err(|_| serde::de::Error::custom(format!("{n} is negative; use 0 or more")))
+}
+
+fn de_at_least_one<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    match de_count(d)? {
+        Some(0) => Err(serde::de::Error::custom("0 can never work: nothing would ever start; use 1 or more")),
+        n => Ok(n),
+    }
+}
+
+fn de_max_load<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        I(i64),
+        F(f64),
+    }
+    let v = match N::deserialize(d)? {
+        N::I(i) => i as f64,
+        N::F(f) => f,
+    };
+    if !v.is_finite() || v <= 0.0 {
+        return Err(serde::de::Error::custom(format!(
+            "{v} can never work: the load average is never below it, so nothing would start; use a positive \
+             number such as 4.0 (the number of cores is a good start)"
+        )));
+    }
+    Ok(Some(v))
+}
+
+/// Below this a log cap cannot keep a head, the line saying what was dropped, and a tail.
+pub const MIN_LOG_SIZE: u64 = 4096;
+
+fn de_log_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match de_size(d)? {
+        Some(n) if n > 0 && n < MIN_LOG_SIZE => Err(serde::de::Error::custom(format!(
+            "{n} bytes is too small to keep the head and the newest tail of an attempt's output; use 0 (no cap) \
+             or at least 4KiB"
+        ))),
+        n => Ok(n),
+    }
+}
+
+fn de_command<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let argv = Vec::<String>::deserialize(d)?;
+    match argv.first() {
+        None => Err(serde::de::Error::custom("the command is empty; give the program and its arguments")),
+        Some(p) if p.trim().is_empty() => {
+            Err(serde::de::Error::custom("the command's program (its first element) is empty"))
+        }
+        _ if argv.iter().any(|a| a.contains('\0')) => {
+            Err(serde::de::Error::custom("an argument holds a NUL character, which no program can receive"))
+        }
+        _ => Ok(Some(argv)),
+    }
+}
+
+fn de_exit_codes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
+    let v = match OneOrMany::<i64>::deserialize(d)? {
+        OneOrMany::One(n) => vec![n],
+        OneOrMany::Many(v) => v,
+    };
+    v.into_iter()
+        .map(|n| {
+            u8::try_from(n).map(i32::from).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "exit code {n} can never match: a process exits with 0 to 255 (a signal is matched by `signals`)"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn de_data_dir<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Err(serde::de::Error::custom(
+            "data_dir is empty, which would make the workspace itself the data dir; leave it out (.corral) or name a directory",
+        ));
+    }
+    if s.contains('\0') {
+        return Err(serde::de::Error::custom("data_dir holds a NUL character"));
+    }
+    Ok(Some(PathBuf::from(s)))
 }
 
 fn de_coefficient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -429,21 +560,58 @@ pub struct Workspace {
     pub root: PathBuf,
     pub config_file: Option<PathBuf>,
     pub config: Config,
+    /// Why `corral.toml` could not be used, when it could not: `config` is then the last
+    /// good one a supervisor saved (else the built-in defaults).
+    pub config_error: Option<String>,
 }
+
+/// The copy of the last `corral.toml` a supervisor loaded without error, in the data dir.
+pub const LAST_GOOD_FILE: &str = "config.last-good.toml";
 
 impl Workspace {
     /// Finds the workspace from `start` upward; without a `corral.toml` it is `start`.
     pub fn discover(start: &Path) -> Result<Self, String> {
-        let mut dir = Some(start);
-        while let Some(d) = dir {
-            let f = d.join(CONFIG_FILE);
-            if f.is_file() {
+        match find(start) {
+            Some((root, f)) => {
                 let config = load(&f)?;
-                return Ok(Self { root: d.to_path_buf(), config_file: Some(f), config });
+                Ok(Self { root, config_file: Some(f), config, config_error: None })
             }
-            dir = d.parent();
+            None => {
+                Ok(Self { root: start.to_path_buf(), config_file: None, config: Config::default(), config_error: None })
+            }
         }
-        Ok(Self { root: start.to_path_buf(), config_file: None, config: Config::default() })
+    }
+
+    /// As [`discover`](Self::discover), but a broken `corral.toml` does not stop the caller:
+    /// the error is kept in `config_error`, the data dir is taken from the file as far as it
+    /// can be read (else `data_dir`, when the caller names one), and the configuration is
+    /// the last good one saved there.
+    pub fn discover_tolerant(start: &Path, data_dir: Option<&Path>) -> Self {
+        let (root, f) = match find(start) {
+            Some(x) => x,
+            None => return Self::discover(start).expect("no file, no error"),
+        };
+        let err = match load(&f) {
+            Ok(config) => return Self { root, config_file: Some(f), config, config_error: None },
+            Err(e) => e,
+        };
+        let text = crate::protocol::files::read_named(&f).unwrap_or_default();
+        let salvaged = salvage_data_dir(&text);
+        let mut ws = Self {
+            root,
+            config_file: Some(f),
+            config: Config { data_dir: salvaged.clone(), ..Config::default() },
+            config_error: Some(err),
+        };
+        let data = data_dir.map(Path::to_path_buf).unwrap_or_else(|| ws.data_dir());
+        let good = crate::protocol::files::read_bounded(&data, &data.join(LAST_GOOD_FILE))
+            .ok()
+            .and_then(|t| parse(&t, Path::new(LAST_GOOD_FILE)).ok());
+        if let Some(mut c) = good {
+            c.data_dir = salvaged.or(c.data_dir);
+            ws.config = c;
+        }
+        ws
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -452,8 +620,36 @@ impl Workspace {
     }
 }
 
+/// The directory holding `corral.toml`, from `start` upward, and the file.
+fn find(start: &Path) -> Option<(PathBuf, PathBuf)> {
+    start.ancestors().map(|d| (d.to_path_buf(), d.join(CONFIG_FILE))).find(|(_, f)| f.is_file())
+}
+
+/// `data_dir` from a file that does not parse as a whole: from the TOML when only a value
+/// is wrong, else from its own top-level line.
+fn salvage_data_dir(text: &str) -> Option<PathBuf> {
+    if let Ok(t) = text.parse::<toml::Table>() {
+        return t.get("data_dir")?.as_str().filter(|s| !s.trim().is_empty()).map(PathBuf::from);
+    }
+    let line = text.lines().take_while(|l| !l.trim_start().starts_with('[')).find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == "data_dir").then(|| v.trim())
+    })?;
+    let v = line.strip_prefix('"')?.split('"').next()?;
+    (!v.trim().is_empty()).then(|| PathBuf::from(v))
+}
+
+/// Keeps a copy of `file` as the last good configuration in the data dir, if it is one.
+pub fn save_last_good(file: &Path, data: &Path) -> Result<(), String> {
+    let text = crate::protocol::files::read_named(file)?;
+    parse(&text, file)?;
+    crate::protocol::atomic::write_beneath(data, &data.join(LAST_GOOD_FILE), text.as_bytes())
+        .map_err(|e| format!("cannot save {}: {e}", data.join(LAST_GOOD_FILE).display()))
+}
+
 pub fn load(path: &Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    // Bounded and never blocking: a corral.toml replaced by a FIFO or a device is an error.
+    let text = crate::protocol::files::read_named(path)?;
     parse(&text, path)
 }
 
@@ -469,10 +665,79 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
             None => format!("{}: {msg}", path.display()),
         }
     })?;
-    for (name, _) in c.roles.iter() {
-        crate::protocol::ids::validate_role(name).map_err(|e| format!("{}: [roles.{name}]: {e}", path.display()))?;
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for name in c.roles.keys() {
+        let at = |what: String| match line_of_role(text, name) {
+            Some(l) => format!("{}:{l}: key `roles.{name}`: {what}", path.display()),
+            None => format!("{}: key `roles.{name}`: {what}", path.display()),
+        };
+        crate::protocol::ids::validate_role(name).map_err(|e| at(e.to_string()))?;
+        if let Some(other) = seen.insert(name.to_ascii_uppercase(), name) {
+            return Err(at(format!(
+                "roles {other} and {name} differ only in case; roles are matched exactly, so one of them is never \
+                 the one meant: keep one"
+            )));
+        }
     }
     Ok(c)
+}
+
+/// The line of the table (or dotted key) that defines role `name`.
+fn line_of_role(text: &str, name: &str) -> Option<usize> {
+    let header = |l: &str| {
+        let t: String = l.chars().filter(|c| !c.is_whitespace()).collect();
+        t.starts_with(&format!("[roles.{name}]"))
+            || t.starts_with(&format!("[roles.\"{name}\"]"))
+            || t.starts_with(&format!("roles.{name}."))
+    };
+    text.lines().position(header).map(|i| i + 1)
+}
+
+/// The roles of the seed's table; any other role gets the seed's "any other" row.
+pub const SEED_ROLES: [&str; 4] = ["PLANNER", "IMPLEMENTER", "AUDITOR", "CLEANER"];
+
+impl Config {
+    /// What to say about a spawn's role that is neither configured nor one of the seed's
+    /// (`None` for a known one): the nearest known role when one is close, as a typo of
+    /// it is the likely cause.
+    pub fn unknown_role(&self, role: &str) -> Option<String> {
+        if self.roles.contains_key(role) || SEED_ROLES.contains(&role) {
+            return None;
+        }
+        let known: Vec<&str> = self.roles.keys().map(String::as_str).chain(SEED_ROLES).collect();
+        let near = known
+            .iter()
+            .map(|k| (edit_distance(&role.to_ascii_uppercase(), &k.to_ascii_uppercase()), *k))
+            .filter(|(d, k)| *d <= (k.len() / 3).max(1))
+            .min();
+        let p = self.role(role).1;
+        let mut msg = format!(
+            "role {role} is neither configured in {CONFIG_FILE} nor one of the built-in roles; it gets the \
+             defaults ({} attempt timeout, {} retries)",
+            humantime::format_duration(Duration::from_millis(p.attempt_timeout_ms)),
+            p.max_retries
+        );
+        if let Some((_, k)) = near {
+            msg.push_str(&format!("; did you mean {k}?"));
+        }
+        Some(msg)
+    }
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(row[j + 1]) };
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// The dotted key of the line holding byte `pos`: the table header above it plus the key.
@@ -550,6 +815,111 @@ mod tests {
         let c = parse("[health]\nbreaker_window = \"100y\"\n", Path::new("corral.toml")).unwrap();
         assert_eq!(c.health().breaker_window_ms, 100 * 31_557_600_000);
         assert!(parse_duration("1000000000000000000s").unwrap_err().contains("maximum"));
+    }
+
+    /// Every value that can never work is refused with the file, the line and the key.
+    #[test]
+    fn impossible_values_are_refused_with_file_line_and_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[health]\nmax_concurrent = 0\n", "health.max_concurrent", "nothing would ever start"),
+            ("[health]\nmax_concurrent = -3\n", "health.max_concurrent", "negative"),
+            ("[health]\nbreaker_failures = -1\n", "health.breaker_failures", "negative"),
+            ("[health]\nmax_load = -1.5\n", "health.max_load", "can never work"),
+            ("[health]\nmax_load = 0\n", "health.max_load", "can never work"),
+            ("[health]\nmax_load = nan\n", "health.max_load", "can never work"),
+            ("[health]\nmax_open_escalations = 0\n", "health.max_open_escalations", "use 1 or more"),
+            ("[health]\nbreaker_window = \"0s\"\n", "health.breaker_window", "above 0"),
+            ("[defaults]\nmax_retries = 4294967295\n", "defaults.max_retries", "0 to 1000"),
+            ("[defaults]\nmax_retries = 1001\n", "defaults.max_retries", "0 to 1000"),
+            ("[defaults]\nmax_retries = -1\n", "defaults.max_retries", "negative"),
+            ("[defaults]\nattempt_timeout = \"0s\"\n", "defaults.attempt_timeout", "above 0"),
+            ("[roles.A]\nheartbeat_timeout = \"0ms\"\n", "roles.A.heartbeat_timeout", "above 0"),
+            ("[roles.A]\nstall_timeout = \"0s\"\n", "roles.A.stall_timeout", "above 0"),
+            ("[roles.A]\nstart_timeout = \"0s\"\n", "roles.A.start_timeout", "above 0"),
+            ("[roles.A]\ndeadline = \"0s\"\n", "roles.A.deadline", "above 0"),
+            ("[roles.A]\nmax_attempt_timeout = \"0s\"\n", "roles.A.max_attempt_timeout", "above 0"),
+            ("[roles.A]\nblocked_timeout = \"0s\"\n", "roles.A.blocked_timeout", "above 0"),
+            ("[defaults]\nmax_log_size = 100\n", "defaults.max_log_size", "at least 4KiB"),
+            ("[defaults]\ncommand = []\n", "defaults.command", "empty"),
+            ("[roles.A]\ncommand = [\"\", \"x\"]\n", "roles.A.command", "program"),
+            ("[roles.A]\ncommand = [\"sh\", \"a\\u0000b\"]\n", "roles.A.command", "NUL"),
+            ("[roles.A]\nbackoff = { coefficient = 0.5 }\n", "roles.A.backoff", "between 1.0 and 100.0"),
+            ("[roles.A]\nbackoff = { jitter = \"half\" }\n", "roles.A.backoff", "\"none\" or \"full\""),
+            ("[[classify]]\nexit_codes = [256]\naction = \"retry\"\n", "classify.exit_codes", "0 to 255"),
+            ("[[classify]]\nexit_codes = [-1]\naction = \"retry\"\n", "classify.exit_codes", "0 to 255"),
+            ("[[classify]]\noutput = \"[a\"\naction = \"retry\"\n", "classify.output", "invalid regex"),
+            ("[[classify]]\nfailure_type = \"hang\"\naction = \"retry\"\n", "classify.failure_type", "crash"),
+            ("[[classify]]\nsignals = [99]\naction = \"retry\"\n", "classify.signals", "between 1 and 64"),
+            ("[health]\nbreaker_scope = \"host\"\n", "health.breaker_scope", "\"role\" or \"global\""),
+            ("\ndata_dir = \"\"\n", "data_dir", "empty"),
+            ("\nstrict_roles = \"yes\"\n", "strict_roles", "bool"),
+            ("[roles.PLANNER]\nmax_retries = 1\n[roles.planner]\nmax_retries = 2\n", "roles.planner", "only in case"),
+        ];
+        for (text, key, what) in cases {
+            let e = parse(text, Path::new("corral.toml")).unwrap_err();
+            let line = if key.starts_with("roles.planner") { 3 } else { 2 };
+            assert!(
+                e.starts_with(&format!("corral.toml:{line}:")) && e.contains(&format!("`{key}")) && e.contains(what),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    /// The edges of each rule are accepted: they can work.
+    #[test]
+    fn values_at_the_edges_are_accepted() {
+        let c = parse(
+            "strict_roles = true\n[defaults]\nmax_retries = 1000\nmax_log_size = 0\nattempt_timeout = \"1ms\"\n\
+             backoff = { initial = \"0s\", coefficient = 1.0 }\n[roles.B]\nmax_log_size = \"4KiB\"\n\
+             [health]\nmax_concurrent = 1\nbreaker_failures = 0\nbreaker_cooldown = \"0s\"\nmax_load = 2\n\
+             [[classify]]\nexit_codes = [0, 255]\naction = \"ignore\"\n",
+            Path::new("corral.toml"),
+        )
+        .unwrap();
+        assert!(c.strict_roles);
+        assert_eq!(c.role("X").1.max_retries, 1000);
+        assert_eq!(c.role("X").1.max_log_size, 0);
+        assert_eq!(c.role("B").1.max_log_size, 4096);
+        assert_eq!(c.health().max_load, Some(2.0));
+        assert_eq!(c.health().max_concurrent, 1);
+        assert_eq!(c.rules()[0].exit_codes, vec![0, 255]);
+    }
+
+    #[test]
+    fn unknown_roles_are_named_with_the_nearest_known_one() {
+        let c = parse("[roles.REVIEWER]\nmax_retries = 4\n", Path::new("corral.toml")).unwrap();
+        assert_eq!(c.unknown_role("IMPLEMENTER"), None);
+        assert_eq!(c.unknown_role("REVIEWER"), None);
+        let typo = c.unknown_role("IMPLEMNTER").unwrap();
+        assert!(typo.contains("did you mean IMPLEMENTER?"), "{typo}");
+        assert!(c.unknown_role("reviewr").unwrap().contains("did you mean REVIEWER?"));
+        let far = c.unknown_role("W").unwrap();
+        assert!(!far.contains("did you mean") && far.contains("20m attempt timeout, 1 retries"), "{far}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn a_broken_file_leaves_the_data_dir_and_the_last_good_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d");
+        std::fs::create_dir(&data).unwrap();
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(&file, "data_dir = \"d\"\n[health]\nmax_concurrent = 7\n").unwrap();
+        save_last_good(&file, &data).unwrap();
+        std::fs::write(&file, "data_dir = \"d\"\n[health]\nmax_concurrent = 0\n").unwrap();
+        assert!(save_last_good(&file, &data).is_err(), "a broken file is never saved as good");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let ws = Workspace::discover_tolerant(&sub, None);
+        assert!(ws.config_error.as_deref().unwrap().contains("max_concurrent"));
+        assert_eq!(ws.root, dir.path());
+        assert_eq!(ws.data_dir(), data);
+        assert_eq!(ws.config.health().max_concurrent, 7);
+        // Not even TOML: the data dir still comes from its own line.
+        std::fs::write(&file, "data_dir = \"d\"\n[health\nmax_concurrent = = 3\n").unwrap();
+        let ws = Workspace::discover_tolerant(&sub, None);
+        assert!(ws.config_error.is_some());
+        assert_eq!((ws.data_dir(), ws.config.health().max_concurrent), (data, 7));
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct SpawnReply {
     pub status: String,
     pub pid: Option<i32>,
     pub reason: Option<String>,
+    /// Something the caller should know although the spawn went through (an unknown role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// One line of `corral status --json` (and the head of `show --json`).

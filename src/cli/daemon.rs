@@ -11,6 +11,11 @@ pub struct Args {
     /// Run in this process instead of in the background.
     #[arg(long)]
     pub foreground: bool,
+    /// Started by a command that needed a supervisor: a broken corral.toml does not stop
+    /// it, it runs on the last good configuration (and refuses spawns until the file is
+    /// fixed).
+    #[arg(long, hide = true, requires = "foreground")]
+    pub on_demand: bool,
     #[command(subcommand)]
     pub action: Option<Action>,
 }
@@ -29,16 +34,30 @@ pub enum Action {
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     match a.action {
         None if a.foreground => {
+            match &ctx.ws.config_error {
+                Some(e) if a.on_demand => crate::elog!(
+                    "corral daemon: {e}; running on the last good configuration, spawns are refused until the \
+                     file is fixed"
+                ),
+                _ => ctx.need_config()?,
+            }
             crate::supervisor::run(ctx.ws.clone(), ctx.data.clone())
                 .map_err(|e| Fail { code: 1, msg: format!("{e:#}") })?;
             Ok(0)
         }
         None => {
+            // A start needs the configuration as it is now; a supervisor already running
+            // keeps its last good one.
+            if ctx.ws.config_error.is_some() && Client::try_connect(&ctx.data).is_err() {
+                ctx.need_config()?;
+            }
+            ctx.warn_config();
             let v: DaemonView = serde_json::from_value(ctx.call(&Request::DaemonStatus)?)?;
             note!("supervisor running: pid {}, socket {}", v.pid, v.socket)?;
             Ok(0)
         }
         Some(Action::Stop) => {
+            ctx.warn_config();
             let Ok(mut c) = Client::try_connect(&ctx.data) else {
                 note!("no supervisor is running for {}", ctx.data.root().display())?;
                 return Ok(0);
@@ -53,6 +72,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             Ok(0)
         }
         Some(Action::Status { json }) => {
+            ctx.warn_config();
             let Ok(mut c) = Client::try_connect(&ctx.data) else {
                 if json {
                     print_json(&serde_json::json!({ "running": false, "dataDir": ctx.data.root() }))?;

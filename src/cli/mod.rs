@@ -167,12 +167,9 @@ pub struct Ctx {
 impl Ctx {
     pub fn resolve(data_dir: Option<PathBuf>) -> Result<Self> {
         let cwd = std::env::current_dir().map_err(|e| Fail { code: 1, msg: format!("no working directory: {e}") })?;
-        let ws = Workspace::discover(&cwd).map_err(usage)?;
-        let data = match data_dir {
-            Some(d) if d.is_absolute() => d,
-            Some(d) => cwd.join(d),
-            None => ws.data_dir(),
-        };
+        let flag = data_dir.map(|d| if d.is_absolute() { d } else { cwd.join(d) });
+        let ws = Workspace::discover_tolerant(&cwd, flag.as_deref());
+        let data = flag.unwrap_or_else(|| ws.data_dir());
         Ok(Self { ws, data: DataDir::new(data) })
     }
 
@@ -193,6 +190,28 @@ impl Ctx {
                 self.data.root().display()
             ),
         })
+    }
+
+    /// For what needs the configuration as it is now (a spawn, a first start): a broken
+    /// `corral.toml` is an error.
+    pub fn need_config(&self) -> Result<()> {
+        match &self.ws.config_error {
+            Some(e) => Err(usage(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// For everything else: a broken `corral.toml` is said once on stderr, and the command
+    /// goes on with the running supervisor's last good configuration.
+    pub fn warn_config(&self) {
+        if let Some(e) = &self.ws.config_error {
+            let on = if Client::try_connect(&self.data).is_ok() {
+                "the running supervisor's last good configuration"
+            } else {
+                "the last good configuration"
+            };
+            crate::elog!("warning: {e}; using {on}");
+        }
     }
 
     pub fn client(&self) -> Result<Client> {
@@ -248,6 +267,15 @@ pub fn run(cli: Cli) -> Result {
     let ctx = Ctx::resolve(cli.data_dir.clone())?;
     if cli.command.only_reads() {
         ctx.require_workspace()?;
+    }
+    match &cli.command {
+        // What needs the file as it is now refuses while it is broken.
+        Cmd::Spawn(_) => ctx.need_config()?,
+        // `init` writes a new file and the demo makes its own workspace; the agent side says
+        // nothing into an agent's output, where a classify rule could match it; `daemon`
+        // decides for itself.
+        Cmd::Init(_) | Cmd::Demo(_) | Cmd::Report(_) | Cmd::Handoff(_) | Cmd::Daemon(_) => {}
+        _ => ctx.warn_config(),
     }
     match cli.command {
         Cmd::Demo(a) => demo::run(&ctx, a),

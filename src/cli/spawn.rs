@@ -59,6 +59,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     for x in &a.after {
         validate_id(x).map_err(|e| usage(format!("--after: {e}")))?;
     }
+    if let Some(n) = a.max_retries {
+        crate::config::check_retries(n.into()).map_err(|e| usage(format!("--max-retries: {e}")))?;
+    }
+    // A role neither configured nor in the seed's table is most likely a typo.
+    if let Some(why) = ctx.ws.config.unknown_role(&a.role) {
+        if ctx.ws.config.strict_roles {
+            return Err(usage(format!("--role: {why} (strict_roles = true refuses it)")));
+        }
+        crate::elog!("warning: {why}");
+    }
     let timeout_ms = match &a.timeout {
         Some(t) => {
             let d = crate::config::parse_duration(t).map_err(|e| usage(format!("--timeout: {e}")))?;

@@ -47,6 +47,9 @@ pub fn spawn(ctx: &Ctx, a: SpawnArgs) -> Result<SpawnReply, String> {
         }
         args::text("idempotency_key", k)?;
     }
+    if let Some(n) = a.max_retries {
+        crate::config::check_retries(n.into()).map_err(|e| format!("argument `max_retries`: {e}"))?;
+    }
     let timeout_ms = match &a.timeout {
         None => None,
         Some(t) => {
@@ -80,6 +83,11 @@ pub fn spawn(ctx: &Ctx, a: SpawnArgs) -> Result<SpawnReply, String> {
             Vec::new()
         }
     };
+    // A role neither configured nor in the seed's table is most likely a typo.
+    let warning = ws.config.unknown_role(&a.role);
+    if let Some(why) = warning.as_ref().filter(|_| ws.config.strict_roles) {
+        return Err(format!("argument `role`: {why} (strict_roles = true refuses it)"));
+    }
     let cwd = std::env::current_dir().map_err(|e| format!("no working directory: {e}"))?;
     let req = SpawnRequest {
         role: a.role,
@@ -97,7 +105,8 @@ pub fn spawn(ctx: &Ctx, a: SpawnArgs) -> Result<SpawnReply, String> {
         idempotency_key: a.idempotency_key,
         adapter: a.adapter,
     };
-    call(ctx, &Request::Spawn(Box::new(req)))
+    let reply: SpawnReply = call(ctx, &Request::Spawn(Box::new(req)))?;
+    Ok(SpawnReply { warning, ..reply })
 }
 
 fn config_path(ws: &Workspace) -> String {

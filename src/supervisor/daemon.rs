@@ -188,7 +188,17 @@ impl Supervisor {
         socket: PathBuf,
     ) -> Self {
         let started_mono = io.mono_ms();
-        let config_mtime = ws.config_file.as_ref().and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+        // Started on a broken corral.toml (on the last good copy): no mtime, so every spawn
+        // reads the file again and is refused while it stays broken.
+        let config_mtime = match (&ws.config_file, &ws.config_error) {
+            (Some(f), None) => {
+                if let Err(e) = crate::config::save_last_good(f, data.root()) {
+                    crate::elog!("corral daemon: {e}");
+                }
+                std::fs::metadata(f).and_then(|m| m.modified()).ok()
+            }
+            _ => None,
+        };
         let rules = Rc::new(ws.config.rules());
         let health = ws.config.health();
         Self {
@@ -490,7 +500,11 @@ impl Supervisor {
                 self.rules = Rc::new(c.rules());
                 self.health = c.health();
                 self.ws.config = c;
+                self.ws.config_error = None;
                 self.config_mtime = mtime;
+                if let Err(e) = crate::config::save_last_good(&f, self.data.root()) {
+                    crate::elog!("corral daemon: {e}");
+                }
                 self.emit(None, "config_reloaded", serde_json::json!({ "file": f }));
                 Ok(())
             }

@@ -29,6 +29,7 @@ fn spawn_reply(sup: &Supervisor, id: &AgentId) -> Option<Reply> {
         status: a.state.name().to_string(),
         pid: a.current().and_then(|x| x.pid()).filter(|_| a.state.has_live_process()),
         reason: a.state.reason().map(str::to_string),
+        warning: None,
     }))
 }
 
@@ -50,7 +51,16 @@ fn record(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentId, Reply> {
         }
         let seen = sup.order.iter().find(|id| sup.agents[*id].agent.spec.idempotency_key.as_deref() == Some(key));
         if let Some(id) = seen {
-            return Ok(id.clone());
+            return match differs(&sup.agents[id].agent.spec, &req) {
+                None => Ok(id.clone()),
+                Some(what) => Err(Reply::err(
+                    2,
+                    format!(
+                        "idempotency key {key:?} already belongs to {id}, spawned with {what}; nothing was spawned. \
+                         Repeat the same request to get {id} back, or use a new key for a new request"
+                    ),
+                )),
+            };
         }
     }
     let spec = validate(sup, req)?;
@@ -78,6 +88,35 @@ fn record(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentId, Reply> {
     Ok(id)
 }
 
+/// How a request differs from the spawn that first used its idempotency key (role, task,
+/// command), said as "X (here Y)".
+fn differs(spec: &AgentSpec, req: &SpawnRequest) -> Option<String> {
+    if spec.role != req.role {
+        return Some(format!("role {} (here {})", spec.role, req.role));
+    }
+    if spec.task != req.task {
+        return Some(format!("another task ({:?}; here {:?})", clip(&spec.task), clip(&req.task)));
+    }
+    let same_command =
+        if req.command.is_empty() { spec.template } else { !spec.template && spec.command == req.command };
+    if !same_command {
+        let shown = |t: bool, c: &[String]| if t { "the role's command".to_string() } else { format!("{c:?}") };
+        return Some(format!(
+            "another command ({}; here {})",
+            clip(&shown(spec.template, &spec.command)),
+            clip(&shown(req.command.is_empty(), &req.command))
+        ));
+    }
+    None
+}
+
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply> {
     let bad = |m: String| Reply::err(2, m);
     validate_role(&req.role).map_err(|e| bad(e.to_string()))?;
@@ -89,6 +128,7 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
         policy.attempt_timeout_ms = t;
     }
     if let Some(n) = req.max_retries {
+        crate::config::check_retries(n.into()).map_err(|e| bad(format!("max_retries: {e}")))?;
         policy.max_retries = n;
     }
     let (command, template) = if !req.command.is_empty() {

@@ -24,7 +24,7 @@ struct Rig {
 
 fn workspace(dir: &std::path::Path, config: &str) -> Workspace {
     let config = crate::config::parse(config, &dir.join("corral.toml")).expect("test config parses");
-    Workspace { root: dir.to_path_buf(), config_file: None, config }
+    Workspace { root: dir.to_path_buf(), config_file: None, config, config_error: None }
 }
 
 fn rig_with(config: &str, store: MemRegistry, io: FakeIo, dir: tempfile::TempDir) -> Rig {
