@@ -713,9 +713,9 @@ impl Config {
         let p = self.role(role).1;
         let mut msg = format!(
             "role {role} is neither configured in {CONFIG_FILE} nor one of the built-in roles; it gets the \
-             defaults ({} attempt timeout, {} retries)",
+             defaults ({} attempt timeout, {})",
             humantime::format_duration(Duration::from_millis(p.attempt_timeout_ms)),
-            p.max_retries
+            crate::policy::plural(p.max_retries as usize, "retry", "retries")
         );
         if let Some((_, k)) = near {
             msg.push_str(&format!("; did you mean {k}?"));
@@ -894,7 +894,7 @@ mod tests {
         assert!(typo.contains("did you mean IMPLEMENTER?"), "{typo}");
         assert!(c.unknown_role("reviewr").unwrap().contains("did you mean REVIEWER?"));
         let far = c.unknown_role("W").unwrap();
-        assert!(!far.contains("did you mean") && far.contains("20m attempt timeout, 1 retries"), "{far}");
+        assert!(!far.contains("did you mean") && far.contains("20m attempt timeout, 1 retry)"), "{far}");
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
