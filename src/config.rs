@@ -103,7 +103,9 @@ pub struct RoleConfig {
     pub resume_session: Option<bool>,
     #[serde(default, deserialize_with = "de_cost")]
     pub max_cost_usd: Option<f64>,
+    #[serde(default, deserialize_with = "de_budget")]
     pub max_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "de_budget")]
     pub max_turns: Option<u32>,
     pub token_prices: Option<TokenPricesConfig>,
 }
@@ -368,6 +370,17 @@ fn de_max_load<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D:
 
 /// Below this a log cap cannot keep a head, the line saying what was dropped, and a tail.
 pub const MIN_LOG_SIZE: u64 = 4096;
+
+/// A budget (tokens, turns): 0 would stop every agent before its first step.
+fn de_budget<'de, D: serde::Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<Option<T>, D::Error> {
+    let n = i64::deserialize(d)?;
+    if n <= 0 {
+        return Err(serde::de::Error::custom(format!(
+            "{n} can never work: the agent would be over budget before it starts; use 1 or more"
+        )));
+    }
+    T::try_from(n).map(Some).map_err(|_| serde::de::Error::custom(format!("{n} is too large")))
+}
 
 fn de_log_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     match de_size(d)? {
@@ -850,6 +863,10 @@ mod tests {
             ("[[classify]]\noutput = \"[a\"\naction = \"retry\"\n", "classify.output", "invalid regex"),
             ("[[classify]]\nfailure_type = \"hang\"\naction = \"retry\"\n", "classify.failure_type", "crash"),
             ("[[classify]]\nsignals = [99]\naction = \"retry\"\n", "classify.signals", "between 1 and 64"),
+            ("[roles.A]\nmax_tokens = 0\n", "roles.A.max_tokens", "over budget"),
+            ("[roles.A]\nmax_turns = -2\n", "roles.A.max_turns", "over budget"),
+            ("[roles.A]\nmax_turns = 99999999999\n", "roles.A.max_turns", "too large"),
+            ("[roles.A]\nmax_cost_usd = 0\n", "roles.A.max_cost_usd", "positive"),
             ("[health]\nbreaker_scope = \"host\"\n", "health.breaker_scope", "\"role\" or \"global\""),
             ("\ndata_dir = \"\"\n", "data_dir", "empty"),
             ("\nstrict_roles = \"yes\"\n", "strict_roles", "bool"),
