@@ -530,3 +530,88 @@ fn claude_orchestrates_real_claude_workers_through_corral_mcp() {
 fn codex_orchestrates_real_codex_workers_through_corral_mcp() {
     orchestrates_through_mcp(Cli::Codex, "codex_orchestrates_real_codex_workers_through_corral_mcp");
 }
+
+// ---- Limits, overload, stalls, budgets ---------------------------------------------------
+
+/// Persistent 529 / 503: each attempt ends after the CLI's own retries (one, as the role
+/// sets), corral classifies it as transient and retries with its backoff, then gives up.
+fn overload_is_transient_and_retried_with_backoff(cli: Cli, test: &str) {
+    let Some(bin_dir) = require(cli, test) else { return };
+    let mark = format!("overloaded-{}", cli.program());
+    let status = if cli == Cli::Claude { 529 } else { 503 };
+    let script = json!({"conversations": [{"match": mark, "turns": [
+        {"status": status, "message": "Overloaded", "repeat": true}]}]});
+    // The CLI's own retries: one, set by the role's command.
+    let command = match cli {
+        Cli::Claude => "command = [\"env\", \"CLAUDE_CODE_MAX_RETRIES=1\", \"claude\", \"-p\", \"{context}\", \"--output-format\", \"stream-json\", \"--verbose\"]\nadapter = \"claude-code\"\n".to_string(),
+        Cli::Codex => "command = [\"codex\", \"exec\", \"--json\", \"--skip-git-repo-check\", \"--sandbox\", \"workspace-write\", \"-c\", \"allow_login_shell=false\", \"-c\", \"model_providers.fake.request_max_retries=1\", \"{context}\"]\n".to_string(),
+    };
+    let roles = format!("[roles.WORKER]\nmax_retries = 1\nbackoff = {{ initial = \"2s\" }}\n{command}");
+    let rig = Rig::new(cli, bin_dir, &script, &roles);
+    let id = rig.spawn("WORKER", &format!("Task {mark}."));
+    let v = rig.wait_state(&id, &["complete", "failed", "escalated"], SECS(90));
+    assert_ne!(v["status"], "complete", "{v}");
+    let show = rig.ws.show(&id);
+    let attempts = show["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "retried once: {show}");
+    assert!(attempts[0]["action"].as_str().unwrap_or("").starts_with("retry"), "{show}");
+    // Two requests per attempt: the CLI's first and its one retry.
+    let reqs = rig.model.conversation(&mark);
+    assert_eq!(reqs.len(), 4, "{:?}", reqs.iter().map(|r| &r["t"]).collect::<Vec<_>>());
+    let gap = reqs[2]["t"].as_f64().unwrap() - reqs[1]["t"].as_f64().unwrap();
+    assert!(gap >= 1.9, "corral's backoff of 2s between attempts: {gap}");
+}
+
+#[test]
+fn claude_persistent_529_is_transient_and_retried_with_backoff() {
+    overload_is_transient_and_retried_with_backoff(
+        Cli::Claude,
+        "claude_persistent_529_is_transient_and_retried_with_backoff",
+    );
+}
+
+#[test]
+fn codex_persistent_503_is_transient_and_retried_with_backoff() {
+    overload_is_transient_and_retried_with_backoff(
+        Cli::Codex,
+        "codex_persistent_503_is_transient_and_retried_with_backoff",
+    );
+}
+
+/// The model stops answering mid-stream: nothing more is printed, the agent is stale at
+/// its heartbeat_timeout, killed and retried, and the retry completes.
+fn stalled_stream_is_stale_killed_and_retried(cli: Cli, test: &str) {
+    let Some(bin_dir) = require(cli, test) else { return };
+    let stall = format!("stalls-{}", cli.program());
+    let script = json!({"conversations": [
+        {"match": stall, "turns": [
+            {"bash": "corral report --status active --progress 0.2"},
+            {"hang_after_headers": true},
+            {"text": "second attempt done"}]},
+    ]});
+    let roles = "[roles.WORKER]\nmax_retries = 1\nheartbeat_timeout = \"3s\"\nbackoff = { initial = \"500ms\" }\n";
+    let rig = Rig::new(cli, bin_dir, &script, roles);
+    let id = rig.spawn("WORKER", &format!("Task {stall}."));
+    let v = rig.wait_state(&id, &["complete", "failed", "escalated"], SECS(60));
+    assert_eq!(v["status"], "complete", "{v}\n{}", rig.log(&id));
+    let show = rig.ws.show(&id);
+    let attempts = show["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{show}");
+    assert_eq!(attempts[0]["failureType"], "timeout", "{show}");
+    assert!(attempts[0]["reason"].as_str().unwrap_or("").contains("heartbeat"), "{show}");
+    let reqs = rig.model.conversation(&stall);
+    assert_eq!(reqs.len(), 3, "{:?}", reqs.iter().map(|r| &r["served"]).collect::<Vec<_>>());
+    let hung = reqs[1]["t"].as_f64().unwrap();
+    let retried = reqs[2]["t"].as_f64().unwrap();
+    assert!(retried - hung >= 3.0, "stale only after heartbeat_timeout: {}", retried - hung);
+}
+
+#[test]
+fn claude_stalled_stream_is_stale_killed_and_retried() {
+    stalled_stream_is_stale_killed_and_retried(Cli::Claude, "claude_stalled_stream_is_stale_killed_and_retried");
+}
+
+#[test]
+fn codex_stalled_stream_is_stale_killed_and_retried() {
+    stalled_stream_is_stale_killed_and_retried(Cli::Codex, "codex_stalled_stream_is_stale_killed_and_retried");
+}
