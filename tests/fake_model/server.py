@@ -188,6 +188,9 @@ def responses_error(status, message, turn):
     err = {"type": turn.get("error_type", kind), "message": message}
     if "resets_in_seconds" in turn:
         err["resets_in_seconds"] = turn["resets_in_seconds"]
+        err["resets_at"] = int(time.time() + float(turn["resets_in_seconds"]))
+    if "plan_type" in turn:
+        err["plan_type"] = turn["plan_type"]
     return {"error": err}
 
 
