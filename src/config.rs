@@ -34,6 +34,8 @@ pub struct Config {
     pub mcp: McpConfig,
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    /// Where worktree agents' worktrees go (default `<data dir>/worktrees`).
+    pub worktree_dir: Option<PathBuf>,
 }
 
 /// The default of `[supervisor] idle_timeout`.
@@ -108,6 +110,21 @@ pub struct RoleConfig {
     #[serde(default, deserialize_with = "de_budget")]
     pub max_turns: Option<u32>,
     pub token_prices: Option<TokenPricesConfig>,
+    /// `"worktree"`: each agent in its own git worktree; `"none"` (default): in its cwd.
+    #[serde(default, deserialize_with = "de_isolation")]
+    pub isolation: Option<bool>,
+    /// The commit worktrees are made from (default `HEAD`).
+    pub base: Option<String>,
+    /// Files copied from the repository into each new worktree (e.g. `.env`).
+    pub worktree_copy: Option<Vec<String>>,
+    /// argv run in a new worktree before the agent starts; failing is permanent.
+    pub worktree_setup: Option<Vec<String>>,
+    /// Ports reserved per agent; the first is `CORRAL_PORT`.
+    pub ports_per_agent: Option<u16>,
+    /// argv run in the agent's working tree when it completes; it must pass.
+    pub verify: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub verify_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -143,6 +160,14 @@ fn de_price<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         return Err(serde::de::Error::custom(format!("token price {c} must be zero or more (USD per million tokens)")));
     }
     Ok(c)
+}
+
+fn de_isolation<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "worktree" => Ok(Some(true)),
+        "none" => Ok(Some(false)),
+        other => Err(serde::de::Error::custom(format!("isolation {other:?}: use \"worktree\" or \"none\""))),
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -264,6 +289,15 @@ impl Config {
             .token_prices
             .or(d.token_prices)
             .map(|t| crate::policy::role::TokenPrices { input: t.input, output: t.output });
+        p.worktree = r.isolation.or(d.isolation).unwrap_or(false);
+        p.base = r.base.clone().or_else(|| d.base.clone());
+        p.worktree_copy = r.worktree_copy.clone().or_else(|| d.worktree_copy.clone()).unwrap_or_default();
+        p.worktree_setup = r.worktree_setup.clone().or_else(|| d.worktree_setup.clone()).filter(|c| !c.is_empty());
+        p.ports_per_agent = r.ports_per_agent.or(d.ports_per_agent);
+        p.verify = r.verify.clone().or_else(|| d.verify.clone()).filter(|c| !c.is_empty());
+        if let Some(t) = both(r.verify_timeout, d.verify_timeout) {
+            p.verify_timeout_ms = t;
+        }
         (r.command.clone().or_else(|| d.command.clone()), p)
     }
 

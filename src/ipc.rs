@@ -93,6 +93,9 @@ pub struct SpawnRequest {
     /// program name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
+    /// `--worktree` (true) / `--no-worktree` (false) over the role's `isolation`.
+    #[serde(default)]
+    pub worktree: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

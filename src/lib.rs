@@ -34,3 +34,4 @@ pub mod protocol;
 pub mod schemas;
 pub mod store;
 pub mod supervisor;
+pub mod worktree;

@@ -70,6 +70,13 @@ max_retries = 1               # attempts = retries + 1; after the last, escalate
 #                             # CLIs that report once, then only print); output is always a heartbeat
 # max_log_size = "100MiB"     # per attempt, in the log: head and newest tail kept, the cut
 #                             # said in the log; the agent is not stopped for it (0: no cap)
+# isolation = "worktree"      # each agent in its own git worktree on branch corral/<agentId>
+# base = "HEAD"               # the commit worktrees are made from
+# worktree_copy = [".env"]    # files copied into each new worktree
+# worktree_setup = ["npm", "ci"]  # run in a new worktree before the agent; failing is permanent
+# ports_per_agent = 1         # ports reserved per agent (CORRAL_PORT is the first)
+# verify = ["cargo", "test"]  # must pass in the agent's tree before it counts as complete
+# verify_timeout = "10m"
 
 # The seed's role table.
 [roles.PLANNER]

@@ -43,6 +43,12 @@ pub struct Args {
     /// role's `adapter`, else from the program name).
     #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(crate::adapter::Adapter::NAMES))]
     pub adapter: Option<String>,
+    /// Run the agent in its own git worktree on branch corral/<id> (over the role's `isolation`).
+    #[arg(long, conflicts_with = "no_worktree")]
+    pub worktree: bool,
+    /// Run the agent in its cwd even where the role says `isolation = "worktree"`.
+    #[arg(long)]
+    pub no_worktree: bool,
     /// The command and its arguments (default: the role's `command` template).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -114,6 +120,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         command: a.command,
         idempotency_key: a.idempotency_key,
         adapter: a.adapter,
+        worktree: if a.worktree {
+            Some(true)
+        } else if a.no_worktree {
+            Some(false)
+        } else {
+            None
+        },
     };
     let reply = into_result(ctx.request(&Request::Spawn(Box::new(req)))?)?;
     let r: SpawnReply = serde_json::from_value(reply)?;

@@ -104,6 +104,7 @@ pub fn spawn(ctx: &Ctx, a: SpawnArgs) -> Result<SpawnReply, String> {
         command,
         idempotency_key: a.idempotency_key,
         adapter: a.adapter,
+        worktree: None,
     };
     let reply: SpawnReply = call(ctx, &Request::Spawn(Box::new(req)))?;
     Ok(SpawnReply { warning, ..reply })

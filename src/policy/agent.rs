@@ -40,6 +40,24 @@ pub struct AgentSpec {
     /// How the command's output is read (`none`: plain output).
     #[serde(default, skip_serializing_if = "crate::adapter::Adapter::is_none_ref")]
     pub adapter: crate::adapter::Adapter,
+    /// The agent's own git worktree (`cwd` is inside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<WorktreeSpec>,
+    /// The first of the ports reserved for the agent (`CORRAL_PORT`), and how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<(u16, u16)>,
+}
+
+/// Where an agent's worktree is and what it is made from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorktreeSpec {
+    /// The top of the repository's main working tree.
+    pub repo: PathBuf,
+    pub path: PathBuf,
+    pub branch: String,
+    /// What the worktree is made from, as given (`HEAD` by default).
+    pub base: String,
 }
 
 /// How an attempt's process ended.
@@ -399,6 +417,10 @@ pub struct Agent {
     /// Context for the next attempt, set when a retry is scheduled or requested.
     #[serde(default)]
     pub next_context: Option<String>,
+    /// The commit the agent's worktree was made from, once it is fully made (set up
+    /// included): until then no attempt of the agent runs in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_commit: Option<String>,
 }
 
 impl Agent {

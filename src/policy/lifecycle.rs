@@ -254,6 +254,10 @@ pub struct ExitFacts {
     pub ended_at: Option<String>,
     /// The shim stopped it at its deadline (with no supervisor to judge it then).
     pub timed_out: bool,
+    /// The role's `verify`, when it ran for this attempt: `Err` holds what failed.
+    pub verify: Option<Result<(), String>>,
+    /// It could not start for a reason no retry changes (its worktree setup failed).
+    pub permanent: bool,
 }
 
 /// The attempt's process is gone. Decides what the agent is now.
@@ -324,10 +328,28 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
                 ),
             }
         }
+        _ if f.permanent => (
+            Some(FailureType::Crash),
+            end_text.clone(),
+            Some((RuleAction::Escalate, "permanent: worktree_setup failed".to_string())),
+        ),
         _ => {
             let reported = f.reported;
             if f.end.success() && !matches!(reported, Some(ReportedStatus::Failed | ReportedStatus::Blocked)) {
                 match (&f.handoff, agent.spec.policy.require_handoff) {
+                    // With a verify, an attempt is complete only once it passed.
+                    _ if matches!(f.verify, Some(Err(_)))
+                        || (agent.spec.policy.verify.is_some() && f.verify.is_none()) =>
+                    {
+                        (
+                            Some(FailureType::Deliverable),
+                            match &f.verify {
+                                Some(Err(e)) => e.clone(),
+                                _ => "verify did not run".to_string(),
+                            },
+                            None,
+                        )
+                    }
                     (HandoffFacts::MissingFiles(files), _) => (
                         Some(FailureType::Deliverable),
                         format!("handoff names files that do not exist: {}", files.join(", ")),

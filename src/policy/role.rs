@@ -89,6 +89,24 @@ pub struct RolePolicy {
     /// USD per million tokens, for CLIs that report tokens but no cost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_prices: Option<TokenPrices>,
+    /// Each agent runs in its own git worktree on branch `corral/<agentId>`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub worktree: bool,
+    /// The commit worktrees are made from (`None`: the repository's `HEAD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worktree_copy: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree_setup: Option<Vec<String>>,
+    /// Ports reserved for each agent (`None`: one for worktree agents, none otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports_per_agent: Option<u16>,
+    /// A command corral runs in the agent's working tree before it believes "complete".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Vec<String>>,
+    #[serde(default = "default_verify_timeout")]
+    pub verify_timeout_ms: u64,
 }
 
 /// USD per million input and output tokens.
@@ -108,6 +126,12 @@ pub const DEFAULT_RESULT_GRACE_MS: u64 = 10_000;
 
 fn default_result_grace() -> u64 {
     DEFAULT_RESULT_GRACE_MS
+}
+
+pub const DEFAULT_VERIFY_TIMEOUT_MS: u64 = 10 * MIN;
+
+fn default_verify_timeout() -> u64 {
+    DEFAULT_VERIFY_TIMEOUT_MS
 }
 
 pub const DEFAULT_BLOCKED_TIMEOUT_MS: u64 = 60 * MIN;
@@ -154,7 +178,19 @@ impl RolePolicy {
             max_tokens: None,
             max_turns: None,
             token_prices: None,
+            worktree: false,
+            base: None,
+            worktree_copy: Vec::new(),
+            worktree_setup: None,
+            ports_per_agent: None,
+            verify: None,
+            verify_timeout_ms: DEFAULT_VERIFY_TIMEOUT_MS,
         }
+    }
+
+    /// How many ports the agent gets.
+    pub fn ports(&self) -> u16 {
+        self.ports_per_agent.unwrap_or(if self.worktree { 1 } else { 0 })
     }
 
     /// Attempt `n` (1-based) gets base x n with progressive timeouts (the seed's

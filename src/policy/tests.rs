@@ -33,12 +33,15 @@ fn agent_with(role: &str, after: &[&str]) -> Agent {
             spawned_at: "t".into(),
             idempotency_key: None,
             adapter: Default::default(),
+            worktree: None,
+            ports: None,
         },
         state: AgentState::Queued { reason: "new".into() },
         attempts: vec![],
         updated_at: "t".into(),
         budget_start: 0,
         next_context: None,
+        base_commit: None,
     }
 }
 
@@ -66,6 +69,8 @@ fn facts(end: ProcessEnd, finding: Option<&str>) -> ExitFacts {
         output_tail: String::new(),
         ended_at: None,
         timed_out: false,
+        verify: None,
+        permanent: false,
     }
 }
 

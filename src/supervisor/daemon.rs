@@ -74,6 +74,18 @@ pub enum Msg {
     },
     /// The last client connected to the control socket has left (the idle period may begin).
     ClientsGone,
+    /// The worktree worker made (or could not make) this agent's worktree.
+    Prepared {
+        id: AgentId,
+        attempt: u32,
+        result: super::prepare::Prepared,
+    },
+    /// The role's verify ran for this attempt.
+    Verified {
+        id: AgentId,
+        attempt: u32,
+        result: Result<(), String>,
+    },
 }
 
 /// A reply that waits for something to happen (a spawn for its handshake): asked again after
@@ -171,6 +183,8 @@ pub struct Supervisor {
     pub clients: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Since when (monotonic ms) the supervisor has had nothing to do and nobody to serve.
     idle_since: Option<u64>,
+    /// Worktrees being made and verifies running, off the loop.
+    pub prepare: super::prepare::Preparer,
 }
 
 /// The machine's clock, for code that runs off the loop (the loop itself uses `Supervisor::now`).
@@ -240,6 +254,7 @@ impl Supervisor {
             ready_replies: Vec::new(),
             clients: Default::default(),
             idle_since: None,
+            prepare: Default::default(),
         }
     }
 
@@ -262,6 +277,7 @@ impl Supervisor {
             self.refresh_status(&id);
         }
         self.scan_handoffs();
+        super::prepare::prune_orphans(self);
         for id in self.order.clone() {
             if self.agents[&id].agent.state.has_live_process() {
                 launch::reconcile(self, &id);
@@ -446,6 +462,8 @@ impl Supervisor {
             }
             Msg::Launched { seq, shim_pid, result, pidfd } => launch::launched(self, seq, shim_pid, result, pidfd),
             Msg::ClientsGone => {}
+            Msg::Prepared { id, attempt, result } => super::prepare::prepared(self, id, attempt, result),
+            Msg::Verified { id, attempt, result } => super::prepare::verified(self, id, attempt, result),
         }
     }
 

@@ -21,7 +21,9 @@ use std::path::Path;
 fn spawn_reply(sup: &Supervisor, id: &AgentId) -> Option<Reply> {
     let a = &sup.agents.get(id)?.agent;
     let starting = a.state.has_live_process() && a.current().is_some_and(|x| x.run == AttemptRun::Starting);
-    if starting && !sup.stopping {
+    // An agent whose worktree is being made is recorded and on its way: the caller need
+    // not wait for git.
+    if starting && !sup.stopping && !sup.prepare.preparing.contains(id) {
         return None;
     }
     Some(Reply::ok(SpawnReply {
@@ -73,6 +75,7 @@ fn record(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentId, Reply> {
         updated_at: now.wall.clone(),
         budget_start: 0,
         next_context: None,
+        base_commit: None,
     };
     sup.order.push(id.clone());
     sup.agents.insert(id.clone(), Live::new(agent));
@@ -180,6 +183,20 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
         })?,
         None => policy.adapter.unwrap_or_else(|| crate::adapter::Adapter::from_program(&command[0])),
     };
+    policy.worktree = req.worktree.unwrap_or(policy.worktree);
+    let (worktree, cwd) = if policy.worktree {
+        let (w, inner) = super::prepare::plan(sup, &id, cwd, policy.base.as_deref()).map_err(bad)?;
+        (Some(w), inner)
+    } else {
+        (None, cwd.to_path_buf())
+    };
+    let ports = super::prepare::reserve_ports(sup, policy.ports());
+    if ports.is_none() && policy.ports() > 0 {
+        return Err(Reply::err(
+            1,
+            format!("no {} free ports from {} for the agent", policy.ports(), super::prepare::FIRST_PORT),
+        ));
+    }
     let mut env = req.caller_env;
     env.retain(|(k, _)| !k.starts_with("CORRAL_"));
     for (k, v) in req.env {
@@ -195,12 +212,14 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
         after,
         command,
         template,
-        cwd: cwd.to_path_buf(),
+        cwd,
         env,
         policy,
         spawned_at: time::rfc3339(time::now()),
         idempotency_key: req.idempotency_key,
         adapter,
+        worktree,
+        ports,
     })
 }
 
@@ -218,6 +237,9 @@ pub fn start_current(sup: &mut Supervisor, id: &AgentId) {
         return;
     }
     let _ = sup.store.begin();
+    if super::prepare::needed(sup, id) {
+        return super::prepare::begin(sup, id, n);
+    }
     let mut args = match shim_args(sup, id) {
         Ok(a) => a,
         Err(reason) => return sup.attempt_not_started(id, n, reason),
@@ -365,6 +387,11 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
         ("CORRAL_INBOX_FILE".into(), s(&inbox)),
         ("CORRAL_TASK".into(), spec.task.clone()),
     ]);
+    if let Some(w) = &spec.worktree {
+        env.extend(super::prepare::worktree_env(w, live.agent.base_commit.as_deref(), spec.ports));
+    } else if let Some((p, _)) = spec.ports {
+        env.push(("CORRAL_PORT".into(), p.to_string()));
+    }
     // The attempt's own limits, which its shim keeps even with no supervisor running.
     let p = &spec.policy;
     let attempt_end = attempt.timeout_ms.map(|t| attempt.started_mono.saturating_add(t));

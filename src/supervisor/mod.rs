@@ -9,6 +9,7 @@ pub mod launch;
 pub mod launcher;
 pub mod observe;
 pub mod orphans;
+pub mod prepare;
 pub mod process;
 pub mod relay;
 pub mod requests;

@@ -7,6 +7,7 @@ use crate::aggregate::workspace;
 use crate::policy::agent::ProcessEnd;
 use crate::policy::evidence;
 use crate::policy::lifecycle::{self, ExitFacts, HandoffFacts, Report, Rules};
+use crate::protocol::files::ReportedStatus;
 use crate::protocol::files::{self, FileStamp, StatusFile};
 use crate::protocol::{AgentId, DataDir, fsio, time};
 use std::io::{Read, Seek, SeekFrom};
@@ -169,17 +170,29 @@ impl Supervisor {
 
     /// An attempt's shim is gone: gather the facts and let the core decide.
     pub fn attempt_ended(&mut self, id: &AgentId, attempt: u32) {
-        self.end_attempt(id, attempt, None);
+        self.end_attempt(id, attempt, None, false);
+    }
+
+    /// The agent's `worktree_setup` failed: a permanent failure, with its output.
+    pub fn setup_failed(&mut self, id: &AgentId, attempt: u32, reason: String) {
+        let ended_at = time::rfc3339(time::now());
+        self.end_attempt(id, attempt, Some((ProcessEnd::NotStarted { reason }, Some(ended_at))), true);
     }
 
     /// An attempt the supervisor could not start: it ends as not started, with the reason.
     pub fn attempt_not_started(&mut self, id: &AgentId, attempt: u32, reason: String) {
         let ended_at = time::rfc3339(time::now());
-        self.end_attempt(id, attempt, Some((ProcessEnd::NotStarted { reason }, Some(ended_at))));
+        self.end_attempt(id, attempt, Some((ProcessEnd::NotStarted { reason }, Some(ended_at))), false);
     }
 
     /// `known`: how it ended, when the supervisor knows; otherwise the shim's record says.
-    fn end_attempt(&mut self, id: &AgentId, attempt: u32, known: Option<(ProcessEnd, Option<String>)>) {
+    fn end_attempt(
+        &mut self,
+        id: &AgentId,
+        attempt: u32,
+        known: Option<(ProcessEnd, Option<String>)>,
+        permanent: bool,
+    ) {
         let Some(live) = self.agents.get(id) else { return };
         if live.agent.attempts.iter().any(|a| a.attempt == attempt && a.ended().is_some()) {
             return;
@@ -203,6 +216,14 @@ impl Supervisor {
         self.orphans.ended(id, attempt);
         // The last write may not have reached us through inotify yet.
         self.refresh_status(id);
+        let verify = match self.wants_verify(id, attempt, &end) {
+            false => None,
+            true => match super::prepare::verify_outcome(self, id, attempt) {
+                Some(r) => Some(r),
+                // Decided when the verify answers.
+                None => return,
+            },
+        };
         let handoff = self.handoff_facts(id, attempt);
         let output_tail = self.output_tail(id, attempt);
         let rules = (self.rules.clone(), self.default_rules.clone());
@@ -222,11 +243,16 @@ impl Supervisor {
             output_tail,
             ended_at,
             timed_out,
+            verify: verify.clone(),
+            permanent,
         };
         let r = Rules { user: &rules.0, defaults: &rules.1 };
         let actions = lifecycle::exited(&mut live.agent, attempt, facts, &r, &now);
         self.apply(id, actions);
         if self.agents[id].agent.state == crate::policy::agent::AgentState::Complete {
+            if verify.as_ref().is_some_and(|v| v.is_ok()) {
+                self.add_test_evidence(id, attempt);
+            }
             self.remember(id, attempt);
         }
         self.cleanup_after_commit(self.data.attempt_file(id, attempt, "run"));
@@ -236,6 +262,61 @@ impl Supervisor {
 
     /// The newest handoff file written during this attempt: the file named for it, or one
     /// of the agent's that was not there before it started.
+    /// The attempt ended in a way that counts as complete only once the role's `verify`
+    /// passes: exit 0, not reporting failed or blocked, not stopped by corral.
+    fn wants_verify(&self, id: &AgentId, attempt: u32, end: &ProcessEnd) -> bool {
+        let live = &self.agents[id];
+        let reported = live
+            .report
+            .as_ref()
+            .filter(|_| live.agent.attempts.iter().any(|a| a.attempt == attempt && a.liveness.last_report.is_some()))
+            .map(|r| r.status);
+        live.agent.spec.policy.verify.is_some()
+            && end.success()
+            && live.agent.state == crate::policy::agent::AgentState::Running
+            && !matches!(reported, Some(ReportedStatus::Failed | ReportedStatus::Blocked))
+    }
+
+    /// A passed verify is test evidence for the attempt's handoff: each structured finding
+    /// gets it, and the handoff says what passed (one is written if the agent left none).
+    fn add_test_evidence(&mut self, id: &AgentId, attempt: u32) {
+        let log = self.data.log_file(id).display().to_string();
+        let record = serde_json::json!({ "kind": "test", "ref": log, "passed": true });
+        let command = self.agents[id].agent.spec.policy.verify.clone().unwrap_or_default();
+        let (path, mut h) = match self.attempt_handoff(id, attempt) {
+            Some(p) => match files::read_handoff(self.data.root(), &p) {
+                Ok(h) => (p, h),
+                Err(_) => return,
+            },
+            None => {
+                let Some(a) = self.agents[id].agent.attempts.iter().find(|a| a.attempt == attempt) else { return };
+                let h: files::Handoff = match serde_json::from_value(serde_json::json!({ "fromAgent": id.as_str() })) {
+                    Ok(h) => h,
+                    Err(_) => return,
+                };
+                (a.handoff_file.clone(), h)
+            }
+        };
+        for f in h.deliverables.findings.iter_mut() {
+            if let Some(o) = f.as_object_mut() {
+                match o.get_mut("evidence") {
+                    Some(serde_json::Value::Array(v)) => v.push(record.clone()),
+                    Some(other) => *other = serde_json::Value::Array(vec![other.take(), record.clone()]),
+                    None => {
+                        o.insert("evidence".into(), serde_json::Value::Array(vec![record.clone()]));
+                    }
+                }
+            }
+        }
+        h.deliverables.findings.push(serde_json::json!({
+            "claim": format!("verify passed: {}", command.join(" ")),
+            "evidence": [record],
+        }));
+        if let Err(e) = crate::protocol::atomic::write_json_atomic(self.data.root(), &path, &h) {
+            crate::elog!("corral daemon: cannot add test evidence to {}: {e}", path.display());
+        }
+    }
+
     fn attempt_handoff(&self, id: &AgentId, attempt: u32) -> Option<PathBuf> {
         let live = &self.agents[id];
         let a = live.agent.attempts.iter().find(|a| a.attempt == attempt)?;

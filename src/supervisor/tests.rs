@@ -85,6 +85,7 @@ impl Rig {
             command: vec!["true".into()],
             idempotency_key: None,
             adapter: Default::default(),
+            worktree: None,
         })))
     }
 
@@ -215,12 +216,15 @@ fn queued(sup: &Supervisor, name: &str) -> Agent {
             spawned_at: "2026-01-01T00:00:00.000+00:00".into(),
             idempotency_key: None,
             adapter: Default::default(),
+            worktree: None,
+            ports: None,
         },
         state: AgentState::Queued { reason: "new".into() },
         attempts: vec![],
         updated_at: "2026-01-01T00:00:00.000+00:00".into(),
         budget_start: 0,
         next_context: None,
+        base_commit: None,
     }
 }
 

@@ -1,0 +1,267 @@
+//! Slow work done for an agent off the loop: making its worktree before its first attempt
+//! starts, and running its role's `verify` when an attempt ends well. Each is asked for
+//! here, done on a worker thread, and comes back as a message (`Msg::Prepared`,
+//! `Msg::Verified`); the loop never waits on git or on a test suite.
+//!
+//! A worktree counts as made only once its message is back and recorded (`base_commit`):
+//! one that a killed supervisor left half-made is removed and made again before any
+//! attempt runs in it, and worktrees no agent owns are pruned when a supervisor starts.
+
+use super::daemon::{Msg, Supervisor};
+use crate::policy::agent::{AttemptRun, WorktreeSpec};
+use crate::protocol::AgentId;
+use crate::worktree::{self, Prepare, PrepareError};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+/// The first port handed to agents (`CORRAL_PORT`); ranges are kept disjoint among live agents.
+pub const FIRST_PORT: u16 = 20_000;
+
+#[derive(Default)]
+pub struct Preparer {
+    /// Agents whose worktree is being made.
+    pub preparing: HashSet<AgentId>,
+    /// Attempts whose verify is running.
+    verifying: HashSet<(AgentId, u32)>,
+    /// Verify outcomes not yet taken by the attempt's end: `Err` holds the failure text.
+    verified: HashMap<(AgentId, u32), Result<(), String>>,
+    /// One worker makes worktrees, one at a time (git locks a repository's worktree list).
+    jobs: Option<mpsc::Sender<(AgentId, u32, Prepare)>>,
+}
+
+pub type Prepared = Result<String, PrepareError>;
+
+/// Where the agent's worktree goes.
+pub fn worktree_dir(sup: &Supervisor) -> PathBuf {
+    match &sup.ws.config.worktree_dir {
+        Some(d) if d.is_absolute() => d.clone(),
+        Some(d) => sup.ws.root.join(d),
+        None => sup.data.root().join("worktrees"),
+    }
+}
+
+/// The worktree of a new agent whose cwd is `cwd`, and the agent's cwd inside it. An error
+/// (for the spawn to refuse) when `cwd` is in no git repository.
+pub fn plan(sup: &Supervisor, id: &AgentId, cwd: &Path, base: Option<&str>) -> Result<(WorktreeSpec, PathBuf), String> {
+    let Some(repo) = worktree::find_repo(cwd) else {
+        return Err(format!(
+            "{} is not inside a git repository, and isolation = \"worktree\" gives each agent a git worktree: \
+             run `git init` (and commit) there, spawn with --no-worktree, or set isolation = \"none\" for the role",
+            cwd.display()
+        ));
+    };
+    let path = worktree_dir(sup).join(id.as_str());
+    let inner = cwd.strip_prefix(&repo).map(|r| path.join(r)).unwrap_or_else(|_| path.clone());
+    let spec = WorktreeSpec { repo, path, branch: format!("corral/{id}"), base: base.unwrap_or("HEAD").to_string() };
+    Ok((spec, inner))
+}
+
+/// `n` ports starting at the lowest free port from `FIRST_PORT` that no live agent holds
+/// and that nothing on this machine is listening on.
+pub fn reserve_ports(sup: &Supervisor, n: u16) -> Option<(u16, u16)> {
+    if n == 0 {
+        return None;
+    }
+    let held: Vec<(u16, u16)> =
+        sup.agents.values().filter(|l| !l.agent.state.is_finished()).filter_map(|l| l.agent.spec.ports).collect();
+    let mut p = FIRST_PORT;
+    while let Some(end) = p.checked_add(n) {
+        let overlap = held.iter().find(|(s, c)| p < s.saturating_add(*c) && *s < end);
+        match overlap {
+            Some((s, c)) => p = s.saturating_add(*c),
+            None if (p..end).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()) => return Some((p, n)),
+            None => p += 1,
+        }
+    }
+    None
+}
+
+/// The agent's worktree is to be made before its current attempt can start.
+pub fn needed(sup: &Supervisor, id: &AgentId) -> bool {
+    sup.agents.get(id).is_some_and(|l| l.agent.spec.worktree.is_some() && l.agent.base_commit.is_none())
+}
+
+/// Asks the worker to make the agent's worktree for attempt `n`; its answer comes back as
+/// `Msg::Prepared`.
+pub fn begin(sup: &mut Supervisor, id: &AgentId, n: u32) {
+    if !sup.prepare.preparing.insert(id.clone()) {
+        return;
+    }
+    let spec = &sup.agents[id].agent.spec;
+    let w = spec.worktree.clone().expect("a worktree agent");
+    let mut env = spec.env.clone();
+    env.extend(worktree_env(&w, None, spec.ports));
+    let job = Prepare {
+        repo: w.repo.clone(),
+        path: w.path.clone(),
+        branch: w.branch.clone(),
+        base: w.base.clone(),
+        copy: spec.policy.worktree_copy.clone(),
+        setup: spec.policy.worktree_setup.clone(),
+        env,
+        log: sup.data.log_file(id),
+    };
+    sup.emit(Some(id), "worktree_preparing", serde_json::json!({ "path": w.path, "branch": w.branch, "base": w.base }));
+    let tx = sup.tx.clone();
+    let jobs = sup.prepare.jobs.get_or_insert_with(|| {
+        let (jtx, jrx) = mpsc::channel::<(AgentId, u32, Prepare)>();
+        let spawned = std::thread::Builder::new().name("corral-worktrees".into()).spawn(move || {
+            for (id, attempt, job) in jrx {
+                let result = worktree::prepare(&job);
+                if result.is_err() {
+                    worktree::discard(&job.repo, &job.path, Some(&job.branch));
+                }
+                let _ = tx.send(Msg::Prepared { id, attempt, result });
+            }
+        });
+        if let Err(e) = spawned {
+            crate::elog!("corral daemon: cannot start the worktree worker: {e}");
+        }
+        jtx
+    });
+    if jobs.send((id.clone(), n, job)).is_err() {
+        sup.prepare.jobs = None;
+        sup.prepare.preparing.remove(id);
+        sup.attempt_not_started(id, n, "the worktree worker is gone".into());
+    }
+}
+
+/// The worker answered: the attempt starts in its new worktree, or ends without starting.
+pub fn prepared(sup: &mut Supervisor, id: AgentId, attempt: u32, result: Prepared) {
+    sup.prepare.preparing.remove(&id);
+    let starting = sup
+        .agents
+        .get(&id)
+        .and_then(|l| l.agent.current())
+        .is_some_and(|a| a.attempt == attempt && a.run == AttemptRun::Starting);
+    if !starting {
+        return;
+    }
+    match result {
+        Ok(base) => {
+            sup.emit(Some(&id), "worktree_ready", serde_json::json!({ "attempt": attempt, "base": base }));
+            sup.agents.get_mut(&id).expect("present").agent.base_commit = Some(base);
+            sup.mark_dirty(&id);
+            super::launch::start_current(sup, &id);
+        }
+        Err(e) => {
+            sup.emit(Some(&id), "worktree_failed", serde_json::json!({ "attempt": attempt, "reason": e.message }));
+            if e.permanent {
+                sup.setup_failed(&id, attempt, e.message);
+            } else {
+                sup.attempt_not_started(&id, attempt, e.message);
+            }
+        }
+    }
+}
+
+/// `CORRAL_WORKTREE`, `CORRAL_BRANCH`, `CORRAL_BASE` and `CORRAL_PORT` for the agent.
+pub fn worktree_env(w: &WorktreeSpec, base: Option<&str>, ports: Option<(u16, u16)>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("CORRAL_WORKTREE".to_string(), w.path.display().to_string()),
+        ("CORRAL_BRANCH".to_string(), w.branch.clone()),
+    ];
+    if let Some(b) = base {
+        env.push(("CORRAL_BASE".into(), b.to_string()));
+    }
+    if let Some((p, _)) = ports {
+        env.push(("CORRAL_PORT".into(), p.to_string()));
+    }
+    env
+}
+
+/// How the attempt's verify went, once it ran: `None` while it has not (it is started
+/// now, and the attempt's end is decided when it answers).
+pub fn verify_outcome(sup: &mut Supervisor, id: &AgentId, attempt: u32) -> Option<Result<(), String>> {
+    let key = (id.clone(), attempt);
+    if let Some(r) = sup.prepare.verified.remove(&key) {
+        return Some(r);
+    }
+    if !sup.prepare.verifying.insert(key) {
+        return None;
+    }
+    let spec = &sup.agents[id].agent.spec;
+    let argv = spec.policy.verify.clone().unwrap_or_default();
+    let timeout = std::time::Duration::from_millis(spec.policy.verify_timeout_ms);
+    let dir = spec.cwd.clone();
+    let mut env = spec.env.clone();
+    if let Some(w) = &spec.worktree {
+        env.extend(worktree_env(w, sup.agents[id].agent.base_commit.as_deref(), spec.ports));
+    }
+    env.push(("CORRAL_AGENT_ID".into(), id.to_string()));
+    let log = sup.data.log_file(id);
+    sup.emit(Some(id), "verify_started", serde_json::json!({ "attempt": attempt, "command": argv }));
+    let (tx, id) = (sup.tx.clone(), id.clone());
+    let spawned = std::thread::Builder::new().name("corral-verify".into()).spawn(move || {
+        let (ok, output) = worktree::run_logged(&argv, &dir, &env, &log, "verify", Some(timeout));
+        let result = if ok {
+            Ok(())
+        } else {
+            Err(format!("verify {argv:?} failed; the end of its output:\n{}", worktree::tail(&output, 2000)))
+        };
+        let _ = tx.send(Msg::Verified { id, attempt, result });
+    });
+    if let Err(e) = spawned {
+        return Some(Err(format!("verify could not be started: {e}")));
+    }
+    None
+}
+
+/// A verify answered: the attempt's end is decided now.
+pub fn verified(sup: &mut Supervisor, id: AgentId, attempt: u32, result: Result<(), String>) {
+    let key = (id.clone(), attempt);
+    sup.prepare.verifying.remove(&key);
+    sup.emit(
+        Some(&id),
+        "verified",
+        serde_json::json!({ "attempt": attempt, "passed": result.is_ok(), "reason": result.as_ref().err() }),
+    );
+    sup.prepare.verified.insert(key, result);
+    sup.attempt_ended(&id, attempt);
+}
+
+/// At start: worktrees in the worktree directory that no agent owns with a finished
+/// preparation, and that no agent will prepare again, are half-made leftovers: removed on
+/// a worker thread, with git's record of them.
+pub fn prune_orphans(sup: &Supervisor) {
+    let dir = worktree_dir(sup);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    let owned: HashMap<PathBuf, (&WorktreeSpec, bool, bool)> = sup
+        .agents
+        .values()
+        .filter_map(|l| {
+            let w = l.agent.spec.worktree.as_ref()?;
+            Some((w.path.clone(), (w, l.agent.base_commit.is_some(), l.agent.state.is_finished())))
+        })
+        .collect();
+    let home = worktree::find_repo(&sup.ws.root);
+    let mut gone: Vec<(PathBuf, PathBuf, Option<String>)> = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        // Only what corral names: a directory of someone else's is never touched.
+        if AgentId::parse(&e.file_name().to_string_lossy()).is_err() {
+            continue;
+        }
+        match owned.get(&path) {
+            Some((_, true, _)) => {}
+            // To be made again before the agent's next attempt, which removes it first.
+            Some((_, false, false)) => {}
+            Some((w, false, true)) => gone.push((w.repo.clone(), path, Some(w.branch.clone()))),
+            None => {
+                if let Some(r) = &home {
+                    gone.push((r.clone(), path, None));
+                }
+            }
+        }
+    }
+    if gone.is_empty() {
+        return;
+    }
+    let _ = std::thread::Builder::new().name("corral-prune".into()).spawn(move || {
+        for (repo, path, branch) in gone {
+            crate::elog!("corral daemon: removing half-made worktree {}", path.display());
+            worktree::discard(&repo, &path, branch.as_deref());
+        }
+    });
+}

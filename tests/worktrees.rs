@@ -1,0 +1,193 @@
+//! A git worktree per agent, verify before "complete", aggregation from git, merge and
+//! clean: each test makes its own git repository and runs the real binary against it.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+const GIT_ID: [(&str, &str); 4] = [
+    ("GIT_AUTHOR_NAME", "t"),
+    ("GIT_AUTHOR_EMAIL", "t@example.com"),
+    ("GIT_COMMITTER_NAME", "t"),
+    ("GIT_COMMITTER_EMAIL", "t@example.com"),
+];
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git").arg("-C").arg(dir).args(args).envs(GIT_ID).output().expect("git runs");
+    assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A workspace that is a git repository with one commit (its config and a `.gitignore`
+/// for the data dir committed, so its working tree starts clean).
+fn repo(config: &str) -> Ws {
+    let ws = Ws::with_config(Some(config));
+    std::fs::write(ws.path().join(".gitignore"), ".corral/\n").unwrap();
+    std::fs::write(ws.path().join("shared.txt"), "one\ntwo\nthree\nfour\nfive\nsix\nseven\n").unwrap();
+    git(ws.path(), &["init", "-q", "-b", "main"]);
+    git(ws.path(), &["add", "-A"]);
+    git(ws.path(), &["commit", "-qm", "base"]);
+    ws
+}
+
+/// `sh -c` that commits whatever the agent changed in its worktree.
+fn commit(msg: &str) -> String {
+    let ids: String = GIT_ID.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    format!("git add -A && {ids} git commit -qm '{msg}'")
+}
+
+fn log_of(ws: &Ws, id: &str) -> String {
+    ws.ok(&["logs", id])
+}
+
+const WT: &str = "[health]\nmax_concurrent = 50\nbreaker_failures = 0\n[defaults]\nmax_retries = 0\n\
+                  [roles.W]\nisolation = \"worktree\"\nports_per_agent = 2\n";
+
+#[test]
+fn six_worktree_agents_each_get_a_branch_their_own_files_and_disjoint_ports() {
+    let ws = repo(WT);
+    let head = git(ws.path(), &["rev-parse", "HEAD"]);
+    // Each writes its file, waits for the others to have written theirs, and checks that
+    // its tree holds its own file alone.
+    let script = format!(
+        "echo PORT=$CORRAL_PORT; echo \"$CORRAL_AGENT_ID\" > \"from-$CORRAL_AGENT_ID.txt\"; sleep 0.5; \
+         test \"$(ls | grep -c '^from-')\" = 1 || exit 3; test \"$PWD\" = \"$CORRAL_WORKTREE\" || exit 4; {}",
+        commit("agent work")
+    );
+    let ids: Vec<String> = (0..6).map(|_| ws.spawn("W", &["sh", "-c", &script])).collect();
+    for id in &ids {
+        ws.wait_state(id, &["complete"], SECS(30));
+    }
+    let mut ports = Vec::new();
+    for id in &ids {
+        let files = git(ws.path(), &["diff", "--name-only", &format!("main...corral/{id}")]);
+        assert_eq!(files.trim(), format!("from-{id}.txt"), "branch corral/{id} has the agent's own file alone");
+        let log = log_of(&ws, id);
+        let p: u32 = log.lines().find_map(|l| l.strip_prefix("PORT=")).expect("CORRAL_PORT set").parse().unwrap();
+        ports.push(p);
+    }
+    ports.sort();
+    assert!(ports.windows(2).all(|w| w[1] >= w[0] + 2), "two ports each, never shared: {ports:?}");
+    assert_eq!(git(ws.path(), &["status", "--porcelain"]), "", "the workspace's own tree is untouched");
+    assert_eq!(git(ws.path(), &["rev-parse", "HEAD"]), head);
+    assert!(!ws.path().join(format!("from-{}.txt", ids[0])).exists());
+}
+
+#[test]
+fn worktree_spawn_outside_a_repository_is_refused_and_setup_failure_is_permanent() {
+    let ws = Ws::with_config(Some(WT));
+    let o = ws.run(&["spawn", "--role", "W", "--task", "t", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not inside a git repository") && err.contains("--no-worktree"), "{err}");
+    // --no-worktree runs it in place
+    let id = ws.ok(&["spawn", "--role", "W", "--no-worktree", "--task", "t", "--", "true"]);
+    ws.wait_state(id.trim(), &["complete"], SECS(10));
+
+    let cfg = format!("{WT}max_retries = 3\nworktree_setup = [\"sh\", \"-c\", \"echo no toolchain here; exit 7\"]\n");
+    let ws = repo(&cfg);
+    let id = ws.spawn("W", &["touch", "ran"]);
+    let a = ws.wait_state(&id, &["escalated"], SECS(20));
+    let show = ws.show(&id);
+    assert_eq!(show["attempts"].as_array().unwrap().len(), 1, "no retry of a failed setup: {show}");
+    assert!(show.to_string().contains("no toolchain here"), "the setup's output is in the reason: {a}");
+    assert!(!ws.data.join("worktrees").join(&id).exists(), "the failed worktree is removed");
+}
+
+#[test]
+fn verify_failure_gets_a_corrective_attempt_and_a_pass_is_test_evidence_that_wins() {
+    let cfg = "[health]\nmax_concurrent = 50\nbreaker_failures = 0\n\
+               [defaults]\nbackoff = { initial = \"100ms\" }\n\
+               [roles.V]\nverify = [\"sh\", \"-c\", \"test -f done.txt\"]\nmax_retries = 2\n";
+    let ws = Ws::with_config(Some(cfg));
+    let claim = |v: &str| format!(r#"{{"key":"db","value":"{v}","evidence":[{{"kind":"reasoning"}}]}}"#);
+    // Says complete at once; makes done.txt only when its context carries the verify.
+    let script = format!(
+        "if grep -q 'test -f done.txt' \"$CORRAL_CONTEXT_FILE\"; then touch done.txt; fi; \
+         corral handoff --finding '{}'",
+        claim("postgres")
+    );
+    let v = ws.spawn("V", &["sh", "-c", &script]);
+    let other = ws.spawn("W", &["sh", "-c", &format!("corral handoff --finding '{}'", claim("mysql"))]);
+    ws.wait_state(&v, &["complete"], SECS(20));
+    ws.wait_state(&other, &["complete"], SECS(10));
+    let show = ws.show(&v);
+    let attempts = show["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{show}");
+    assert_eq!(attempts[0]["failureType"], "deliverable");
+    let context = std::fs::read_to_string(ws.data.join("context").join(format!("{v}.md"))).unwrap();
+    assert!(context.contains("test -f done.txt") && context.contains("exited with code 1"), "{context}");
+    assert!(log_of(&ws, &v).contains("corral: verify exited with code 0: passed"));
+    let r = ws.json(&["aggregate", "--json"]);
+    let c = r["conflicts"].as_array().unwrap().iter().find(|c| c["key"] == "db").expect("a conflict on db").clone();
+    assert_eq!(c["resolution"], "evidence", "{c}");
+    assert_eq!(c["winner"]["value"], "postgres");
+    assert_eq!(c["winner"]["agent"], v.as_str());
+}
+
+#[test]
+fn verify_runs_a_real_test_suite_in_the_worktree() {
+    let cfg = format!("{WT}max_retries = 1\nverify = [\"python3\", \"-m\", \"unittest\", \"-q\"]\n");
+    let ws = repo(&cfg);
+    std::fs::write(ws.path().join("calc.py"), "def add(a, b):\n    return a - b\n").unwrap();
+    std::fs::write(
+        ws.path().join("test_calc.py"),
+        "import unittest\nfrom calc import add\nclass T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 2), 4)\n",
+    )
+    .unwrap();
+    git(ws.path(), &["add", "-A"]);
+    git(ws.path(), &["commit", "-qm", "a bug"]);
+    // The first attempt changes nothing; the corrective one fixes the bug.
+    let fix =
+        format!("if [ \"$CORRAL_ATTEMPT\" = 2 ]; then sed -i 's/a - b/a + b/' calc.py && {}; fi", commit("fix add"));
+    let id = ws.spawn("W", &["sh", "-c", &fix]);
+    let a = ws.wait_state(&id, &["complete", "escalated"], SECS(60));
+    let log = log_of(&ws, &id);
+    assert_eq!(a["status"], "complete", "{log}");
+    assert_eq!(ws.show(&id)["attempts"][0]["failureType"], "deliverable");
+    assert!(log.contains("AssertionError"), "the failing run is in the log: {log}");
+    let fixed = git(ws.path(), &["show", &format!("corral/{id}:calc.py")]);
+    assert!(fixed.contains("a + b"), "the fix is on the agent's branch");
+    let own = std::fs::read_to_string(ws.path().join("calc.py")).unwrap();
+    assert!(own.contains("a - b"), "the workspace's own tree is untouched");
+}
+
+/// The agents' starts, one line each, written outside their worktrees.
+fn starts(ws: &Ws) -> Vec<String> {
+    std::fs::read_to_string(ws.path().join("starts.log")).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn kill_9_while_worktrees_are_made_uses_no_half_made_one_and_leaks_none() {
+    let cfg = format!("{WT}worktree_setup = [\"sh\", \"-c\", \"sleep 0.3; touch .setup-done\"]\n");
+    let ws = repo(&cfg);
+    let log = ws.path().join("starts.log");
+    let script = format!("test -f .setup-done || exit 9; echo $CORRAL_AGENT_ID >> {}", log.display());
+    let ids: Vec<String> = (0..4).map(|_| ws.spawn("W", &["sh", "-c", &script])).collect();
+    let pid = ws.daemon_pid();
+    // Killed while the first worktrees are being made (the setup takes 0.3s each).
+    assert!(wait_until(SECS(10), || ws.data.join("worktrees").join(&ids[1]).exists()));
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(SECS(5), || !alive(pid)));
+    // A leftover no agent owns.
+    let stray = ws.data.join("worktrees").join("agent-099-W");
+    std::fs::create_dir_all(&stray).unwrap();
+    for id in &ids {
+        ws.wait_state(id, &["complete"], SECS(30));
+    }
+    let mut started = starts(&ws);
+    started.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(started, want, "each agent started once, in a fully made worktree");
+    assert!(wait_until(SECS(10), || !stray.exists()), "the stray worktree is pruned");
+    let listed = git(ws.path(), &["worktree", "list", "--porcelain"]);
+    let trees: Vec<&str> = listed.lines().filter(|l| l.starts_with("worktree ")).collect();
+    assert_eq!(trees.len(), 1 + ids.len(), "the main tree and one per agent: {listed}");
+    let dirs: Vec<String> = std::fs::read_dir(ws.data.join("worktrees"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs.len(), ids.len(), "{dirs:?}");
+}
