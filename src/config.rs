@@ -905,6 +905,7 @@ mod tests {
             ("\ndata_dir = \"\"\n", "data_dir", "empty"),
             ("\nstrict_roles = \"yes\"\n", "strict_roles", "bool"),
             ("[roles.PLANNER]\nmax_retries = 1\n[roles.planner]\nmax_retries = 2\n", "roles.planner", "only in case"),
+            ("\n[roles.\"\"]\nmax_retries = 1\n", "roles.", "empty"),
         ];
         for (text, key, what) in cases {
             let e = parse(text, Path::new("corral.toml")).unwrap_err();

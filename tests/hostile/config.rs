@@ -129,6 +129,12 @@ fn impossible_values_are_refused_and_the_supervisor_keeps_serving() {
             }
         }
     }
+    // The command line's retry budget follows the same bound as the file's.
+    std::fs::write(&file, GOOD).unwrap();
+    let cli_retries = ws.run(&["spawn", "--role", "W", "--task", "t", "--max-retries", "4294967295", "--", "true"]);
+    wrong_exit += usize::from(cli_retries.status.code() != Some(2));
+    unnamed += usize::from(!stderr(&cli_retries).contains("--max-retries: 4294967295 is more retries"));
+    std::fs::write(&file, broken(IMPOSSIBLE[0].0, IMPOSSIBLE[0].1).0).unwrap();
     // The last good configuration stayed in force all along.
     let health = ws.json(&["health", "--json"]);
     let kept = health["maxConcurrent"].as_u64();

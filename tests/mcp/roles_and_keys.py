@@ -1,6 +1,6 @@
 """`spawn_agent` with a role nobody configured (a warning in the result; an error once the
 workspace sets `strict_roles`) and an idempotency key reused for another task (an error
-naming the agent). Writes what it saw, as JSON, to the file named by its first argument."""
+naming the agent); with a broken file, reads go on and spawns are refused. Writes what it saw, as JSON, to the file named by its first argument."""
 
 import asyncio
 import json
@@ -24,6 +24,11 @@ async def main(out: str) -> None:
         with open("corral.toml", "w") as f:
             f.write("strict_roles = true\n" + config)
         seen["strict"] = await error(s, "spawn_agent", {"role": "IMPLEMNTER", "task": "typo", "command": raw})
+        # A typo in the file: reads go on, spawns are refused with the file's error.
+        with open("corral.toml", "w") as f:
+            f.write(("strict_roles = true\n" + config).replace("max_concurrent = 50", "max_concurrent = 0"))
+        seen["broken_list"] = await call(s, "list_agents", {})
+        seen["broken_spawn"] = await error(s, "spawn_agent", {"role": "REVIEWER", "task": "t3"})
     with open(out, "w") as f:
         json.dump(seen, f)
 

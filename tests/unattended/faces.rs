@@ -36,7 +36,11 @@ fn a_broken_config_locks_no_read_command_out() {
     let failed = ws.ok(&["spawn", "--role", "W", "--task", "t", "--max-retries", "0", "--", "sh", "-c", "exit 3"]);
     let failed = failed.trim().to_string();
     ws.wait_state(&failed, &["escalated"], SECS(10));
-    let runner = ws.spawn("W", &["sleep", "30"]);
+    // An agent that keeps reporting: its reports must go on while the file is broken.
+    let ticker =
+        "i=0; while :; do i=$((i+1)); corral report --phase tick$i 2>&1 || echo REPORT-FAILED; sleep 0.1; done";
+    let runner = ws.spawn("W", &["sh", "-c", ticker]);
+    assert!(wait_until(SECS(10), || ws.agent(&runner)["phase"].as_str().is_some_and(|p| p.starts_with("tick"))));
     let pid = ws.daemon_pid();
 
     let file = ws.path().join("corral.toml");
@@ -63,6 +67,19 @@ fn a_broken_config_locks_no_read_command_out() {
     let list: Value = serde_json::from_slice(&list.stdout).unwrap();
     let n = list[0]["n"].as_u64().unwrap_or_else(|| panic!("an open escalation: {list}")).to_string();
     warned(&ws, &["escalations", "resolve", &n, "--note", "seen"], 0, &at);
+    let phase = |o: &Output| {
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v[0]["phase"].as_str().unwrap_or_default().trim_start_matches("tick").parse::<u64>().unwrap_or(0)
+    };
+    let first = phase(&warned(&ws, &["status", &runner, "--json"], 0, &at));
+    let mut later = first;
+    assert!(wait_until(SECS(10), || {
+        later = phase(&ws.run(&["status", &runner, "--json"]));
+        later > first + 3
+    }));
+    let log = String::from_utf8(warned(&ws, &["logs", &runner], 0, &at).stdout).unwrap();
+    let output: Vec<&str> = log.lines().filter(|l| !l.starts_with("=== corral:")).collect();
+    assert!(output.iter().all(|l| l.trim().is_empty()), "the agent's reports went on silently: {log}");
     warned(&ws, &["kill", &runner, "--grace", "1s"], 0, &at);
     assert_eq!(ws.agent(&runner)["status"], "killed");
     warned(&ws, &["daemon", "status"], 0, &at);
@@ -103,7 +120,8 @@ fn a_broken_config_locks_no_read_command_out() {
     let o = ws.run(&["spawn", "--role", "W", "--task", "t", "--", "true"]);
     assert!(o.status.success() && !stderr(&o).contains(&file.display().to_string()), "{}", stderr(&o));
     println!(
-        "UNATTENDED faces-broken-config reads_ok=12 spawn_refused=1 start_refused=1 supervisor_restarts_while_broken=0"
+        "UNATTENDED faces-broken-config reads_ok=14 agent_reports_failed=0 spawn_refused=1 start_refused=1 \
+         supervisor_restarts_while_broken=0"
     );
 }
 
@@ -197,6 +215,11 @@ fn over_mcp_unknown_roles_warn_strict_roles_refuses_and_keys_are_checked() {
     assert!(other.contains(&format!("already belongs to {id}")) && other.contains("task"), "{other}");
     let strict = seen["strict"].as_str().unwrap();
     assert!(strict.contains("strict_roles") && strict.contains("did you mean IMPLEMENTER?"), "{strict}");
+    assert_eq!(seen["broken_list"]["agents"].as_array().map(Vec::len), Some(3), "{seen}");
+    let broken = seen["broken_spawn"].as_str().unwrap();
+    assert!(broken.contains("corral.toml:4:") && broken.contains("health.max_concurrent"), "{broken}");
     assert_eq!(ws.registry().as_array().unwrap().len(), 3, "the refused spawns wrote nothing");
-    println!("UNATTENDED faces-mcp warned=1 key_mismatch_refused=1 strict_refused=1 written_when_refused=0");
+    println!(
+        "UNATTENDED faces-mcp warned=1 key_mismatch_refused=1 strict_refused=1 broken_reads_ok=1 written_when_refused=0"
+    );
 }
