@@ -63,6 +63,10 @@ pub struct McpConfig {
     /// Lets `spawn_agent` run a caller-given argv; off: only roles' command templates run.
     #[serde(default)]
     pub allow_raw_commands: bool,
+    /// Lets `spawn_agent` run a role whose template puts a placeholder inside a shell's
+    /// script (`["sh", "-c", "... {task} ..."]`); off: such roles are refused over MCP.
+    #[serde(default)]
+    pub allow_shell_templates: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

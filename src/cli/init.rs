@@ -121,6 +121,13 @@ breaker_cooldown = "1m"       # then one probe spawn; its success closes the bre
 # max_load = 8.0              # hold spawns while the 1-minute load average is higher
 # max_open_escalations = 3    # hold spawns while this many escalations are open
 
+[mcp]
+# allow_raw_commands = false     # true: spawn_agent may run an argv the MCP client gives
+# allow_shell_templates = false  # true: spawn_agent may run a role whose template puts a
+#   placeholder inside a shell's script (["sh", "-c", "... {task} ..."]). Off, because the
+#   client's text would run as shell code; pass it as an argument of its own instead:
+#   ["sh", "-c", "... \"$1\" ...", "sh", "{task}"], or read $CORRAL_TASK in the script.
+
 [supervisor]
 # idle_timeout = "10m"        # with no agent to look after and no client, exit after this ("0s": never)
 "#;

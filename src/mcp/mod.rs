@@ -8,6 +8,7 @@ mod agent;
 mod args;
 pub mod framing;
 mod orchestrator;
+pub mod shell;
 mod wait;
 
 use crate::aggregate::Report;

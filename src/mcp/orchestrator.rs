@@ -127,7 +127,10 @@ fn check_role(ws: &Workspace, role: &str) -> Result<(), String> {
         return Err(format!("argument `role`: role {role:?} is not configured; {hint}"));
     }
     match ws.config.role(role).0 {
-        Some(c) if !c.is_empty() => Ok(()),
+        Some(c) if !c.is_empty() => match super::shell::refuse(role, &c, &config_path(ws)) {
+            Some(why) if !ws.config.mcp.allow_shell_templates => Err(why),
+            _ => Ok(()),
+        },
         _ => Err(format!(
             "argument `role`: role {role} has no command; set `command` under [roles.{role}] or [defaults] in {}",
             config_path(ws)

@@ -144,3 +144,70 @@ fn every_malformed_message_is_answered_and_the_server_keeps_serving() {
         "corral mcp exits at the end of its input"
     );
 }
+
+/// A tools/call of `spawn_agent`; the result (a tool error has `isError`).
+fn spawn_agent(mcp: &mut Mcp, id: i64, role: &str, task: &str) -> Value {
+    let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "spawn_agent", "arguments": {"role": role, "task": task}}});
+    mcp.send(call.to_string().as_bytes());
+    let r = mcp.next().expect("spawn_agent is answered");
+    assert_eq!(r["id"], id, "{r}");
+    r["result"].clone()
+}
+
+fn initialized(ws: &Ws) -> Mcp {
+    let mut mcp = Mcp::start(ws);
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "hostile", "version": "1"}}});
+    mcp.send(init.to_string().as_bytes());
+    mcp.next().expect("initialize is answered");
+    mcp.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    mcp
+}
+
+const SHELL_ROLES: &str = r#"
+[roles.SHELLY]
+command = ["sh", "-c", "echo {task} > said.txt"]
+[roles.LOGIN]
+command = ["env", "LC_ALL=C", "bash", "-lc", "echo '{context}' > said.txt"]
+[roles.SAFE]
+command = ["sh", "-c", "printf '%s' \"$1\" > said.txt", "sh", "{task}"]
+"#;
+
+#[test]
+fn shell_templates_with_placeholders_are_refused_over_mcp() {
+    let ws = Ws::with_config(Some(&format!("{RELAXED}{SHELL_ROLES}")));
+    let mut mcp = initialized(&ws);
+    let task = "hi; touch PWNED; $(touch PWNED2)";
+    let mut refused = 0;
+    for (n, role) in ["SHELLY", "LOGIN"].iter().enumerate() {
+        let r = spawn_agent(&mut mcp, 10 + n as i64, role, task);
+        let text = r["content"][0]["text"].as_str().unwrap_or_default().to_string();
+        assert_eq!(r["isError"], true, "{role} is refused: {r}");
+        for part in ["shell code", "allow_shell_templates = true", "[mcp]", role] {
+            assert!(text.contains(part), "{role}: {part:?} missing from: {text}");
+        }
+        refused += 1;
+    }
+    // The same text as an argument of its own is data.
+    let r = spawn_agent(&mut mcp, 20, "SAFE", task);
+    assert_ne!(r["isError"], true, "SAFE runs: {r}");
+    let id = r["structuredContent"]["agentId"].as_str().unwrap().to_string();
+    ws.wait_state(&id, &["complete"], SECS(20));
+    let said = std::fs::read_to_string(ws.path().join("said.txt")).unwrap_or_default();
+    let ran = ["PWNED", "PWNED2"].iter().filter(|f| ws.path().join(f).exists()).count();
+    println!("HOSTILE mcp-shell-templates unanswered=0 refused={refused} task_ran_as_code={ran}");
+    assert_eq!(said, task, "the task reached the agent as one argument");
+    assert_eq!(ran, 0, "the task ran as shell code");
+}
+
+#[test]
+fn shell_templates_run_when_the_workspace_allows_them() {
+    let ws = Ws::with_config(Some(&format!("{RELAXED}\n[mcp]\nallow_shell_templates = true\n{SHELL_ROLES}")));
+    let mut mcp = initialized(&ws);
+    let r = spawn_agent(&mut mcp, 10, "SHELLY", "allowed");
+    assert_ne!(r["isError"], true, "SHELLY runs when allowed: {r}");
+    let id = r["structuredContent"]["agentId"].as_str().unwrap().to_string();
+    ws.wait_state(&id, &["complete"], SECS(20));
+    assert_eq!(std::fs::read_to_string(ws.path().join("said.txt")).unwrap().trim(), "allowed");
+}
