@@ -29,6 +29,7 @@ pub mod ipc;
 pub mod mcp;
 pub mod memory;
 pub mod monitor;
+pub mod ops;
 pub mod policy;
 pub mod protocol;
 pub mod schemas;

@@ -149,8 +149,7 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
     // The final step of the pattern: one deliverable from every handoff.
     say("aggregating the handoffs (corral aggregate)...");
     let ctx = Ctx { ws: crate::config::Workspace::discover(&root).map_err(super::usage)?, data: data.clone() };
-    let report = super::aggregate::build(&ctx, &[], None)?;
-    super::aggregate::escalate_unresolved(&ctx, &report)?;
+    let report = crate::ops::collect::aggregate(ctx.target(), &[], None).map_err(super::fail)?;
     say!("")?;
     crate::display::say_block(&format!("{}\n", crate::aggregate::render_markdown(&report)))?;
     let resolved = report.conflicts.iter().any(|c| c.resolution == crate::aggregate::Resolution::Evidence);
@@ -223,8 +222,7 @@ fn human_answers(
     }
     let _ = ids;
     say("aggregating again: the human's answer stands");
-    let report = super::aggregate::build(ctx, &[], None)?;
-    super::aggregate::escalate_unresolved(ctx, &report)?;
+    let report = crate::ops::collect::aggregate(ctx.target(), &[], None).map_err(super::fail)?;
     for c in &report.conflicts {
         let how =
             serde_json::to_value(c.resolution).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();

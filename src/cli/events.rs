@@ -1,10 +1,10 @@
-//! `corral events [-f]`: the event log as JSON lines.
+//! `corral events [-f]`: the event log as JSON lines; `-f` follows it across supervisor
+//! restarts (`ops::follow`).
 
 use super::{Ctx, Result, into_result};
 use crate::ipc::{Reply, Request};
 use crate::store::EventRecord;
 use std::io::Write;
-use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -23,11 +23,11 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
-    let mut client = ctx.client()?;
     let agent = a.agent.clone();
-    client.send(&Request::Events { after: a.after, agent: a.agent, follow: a.follow })?;
     let mut out = std::io::stdout().lock();
     if !a.follow {
+        let mut client = ctx.client()?;
+        client.send(&Request::Events { after: a.after, agent: a.agent, follow: false })?;
         // Page by page: the log can hold millions of events.
         let mut after = a.after;
         loop {
@@ -45,45 +45,19 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             client.send(&Request::Events { after, agent: agent.clone(), follow: false })?;
         }
     }
-    while let Some(line) = client.read_line()? {
-        if let Ok(r) = serde_json::from_str::<Reply>(&line)
-            && !r.ok
-        {
-            into_result(r)?;
-        }
-        if out.write_all(line.as_bytes()).and_then(|_| out.flush()).is_err() {
-            break; // reader went away (e.g. `| head`)
-        }
-    }
-    Ok(0)
-}
-
-/// Follows one agent's events until one of `kinds` arrives or `limit` passes.
-pub fn wait_for_kinds(ctx: &Ctx, id: &str, kinds: &[&str], limit: Duration) -> Result<Option<EventRecord>> {
-    let mut client = ctx.client()?;
-    client.send(&Request::Events { after: 0, agent: Some(id.to_string()), follow: true })?;
-    let deadline = Instant::now() + limit;
-    let stream = client_stream(&client);
-    while Instant::now() < deadline {
-        let _ = stream
-            .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
-        match client.read_line() {
-            Ok(Some(line)) => {
-                if let Ok(e) = serde_json::from_str::<EventRecord>(&line) {
-                    if kinds.contains(&e.kind.as_str()) {
-                        return Ok(Some(e));
-                    }
-                } else if let Ok(r) = serde_json::from_str::<Reply>(&line) {
-                    into_result(r)?;
-                }
-            }
-            Ok(None) => return Ok(None),
-            Err(_) => return Ok(None),
+    // Followed across supervisor restarts: resumed after the last event printed.
+    let say = |m: &str| {
+        let _ = crate::note!("corral events: {m}");
+    };
+    let mut follower = crate::ops::follow::Follower::new(ctx.target(), a.after, agent, &say);
+    loop {
+        let Some(e) = follower.next(None).map_err(super::fail)? else { continue };
+        let written = serde_json::to_writer(&mut out, &e).map_err(std::io::Error::from).and_then(|_| {
+            out.write_all(b"\n")?;
+            out.flush()
+        });
+        if written.is_err() {
+            return Ok(0); // reader went away (e.g. `| head`)
         }
     }
-    Ok(None)
-}
-
-fn client_stream(c: &crate::client::Client) -> std::os::unix::net::UnixStream {
-    c.stream().try_clone().expect("socket clone")
 }

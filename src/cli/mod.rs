@@ -152,6 +152,11 @@ impl<E: std::fmt::Display> From<E> for Fail {
     }
 }
 
+/// A client operation's failure, with its exit code.
+pub fn fail(f: crate::ops::Failure) -> Fail {
+    Fail { code: f.code, msg: f.msg }
+}
+
 pub fn usage(msg: impl Into<String>) -> Fail {
     Fail { code: 2, msg: msg.into() }
 }
@@ -212,6 +217,11 @@ impl Ctx {
             };
             crate::elog!("warning: {e}; using {on}");
         }
+    }
+
+    /// This workspace, for the client operations (`crate::ops`).
+    pub fn target(&self) -> crate::ops::Target<'_> {
+        crate::ops::Target { data: &self.data, root: &self.ws.root }
     }
 
     pub fn client(&self) -> Result<Client> {

@@ -1,11 +1,11 @@
 //! `corral monitor`: the live dashboard. It follows the supervisor's event stream and asks
 //! only for the agents an event touched (plus a periodic full refresh for ages), so its
-//! cost does not grow with the number of status files.
+//! cost does not grow with the number of status files. A supervisor that goes away
+//! (killed, restarted) is connected to again, and the stream resumes where it was.
 
 use super::{Ctx, Result};
 use crate::ipc::{AgentView, HealthView, Request};
 use crate::monitor::{Command, Key, Model};
-use crate::store::EventRecord;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
 use std::collections::BTreeSet;
 use std::sync::mpsc;
@@ -27,39 +27,88 @@ pub struct Args {
 enum Change {
     Agent(String),
     Global,
-    Closed,
+    /// What happens to the connection, for the message line.
+    Note(String),
+}
+
+/// The monitor's connection for requests: made again when the supervisor went away.
+struct Conn<'a> {
+    ctx: &'a Ctx,
+    client: Option<crate::client::Client>,
+}
+
+impl Conn<'_> {
+    fn call(&mut self, req: &Request) -> anyhow::Result<crate::ipc::Reply> {
+        if let Some(c) = self.client.as_mut() {
+            match c.call(req) {
+                Ok(r) => return Ok(r),
+                Err(_) => self.client = None,
+            }
+        }
+        let mut c = crate::client::Client::connect(&self.ctx.data, &self.ctx.ws.root)?;
+        let r = c.call(req)?;
+        self.client = Some(c);
+        Ok(r)
+    }
 }
 
 const FULL_REFRESH: Duration = Duration::from_secs(2);
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
-    let mut client = ctx.client()?;
+    let mut client = Conn { ctx, client: Some(ctx.client()?) };
     let after: u64 = serde_json::from_value(super::into_result(client.call(&Request::LastSeq)?)?)?;
-    let mut events = ctx.client()?;
-    events.send(&Request::Events { after, agent: None, follow: true })?;
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        while let Ok(Some(line)) = events.read_line() {
-            let Ok(e) = serde_json::from_str::<EventRecord>(&line) else { continue };
-            let global = e.kind.starts_with("escalation") || e.kind.starts_with("breaker") || e.kind == "escalated";
-            let change = match e.agent_id {
-                Some(id) if !global => Change::Agent(id.to_string()),
-                Some(id) => {
-                    let _ = tx.send(Change::Agent(id.to_string()));
-                    Change::Global
+    // Its own thread, left behind when the dashboard quits.
+    let (data, root) = (ctx.data.clone(), ctx.ws.root.clone());
+    std::thread::spawn(move || follow(crate::ops::Target { data: &data, root: &root }, after, tx));
+    show(&mut client, &rx, &a)
+}
+
+/// Turns the event stream (followed across restarts) into what the dashboard must refresh.
+fn follow(target: crate::ops::Target, after: u64, tx: mpsc::Sender<Change>) {
+    let ntx = tx.clone();
+    let note = move |m: &str| {
+        let _ = ntx.send(Change::Note(m.to_string()));
+    };
+    let mut events = crate::ops::follow::Follower::new(target, after, None, &note);
+    let mut seen = 0;
+    loop {
+        let e = match events.next(Some(Duration::from_secs(1))) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                if events.reconnects() != seen {
+                    seen = events.reconnects();
+                    if tx.send(Change::Global).is_err() {
+                        return;
+                    }
                 }
-                None => Change::Global,
-            };
-            if tx.send(change).is_err() {
+                continue;
+            }
+            Err(e) => {
+                let _ = tx.send(Change::Note(e.msg));
                 return;
             }
+        };
+        let global = e.kind.starts_with("escalation") || e.kind.starts_with("breaker") || e.kind == "escalated";
+        let change = match e.agent_id {
+            Some(id) if !global => Change::Agent(id.to_string()),
+            Some(id) => {
+                let _ = tx.send(Change::Agent(id.to_string()));
+                Change::Global
+            }
+            None => Change::Global,
+        };
+        if tx.send(change).is_err() {
+            return;
         }
-        let _ = tx.send(Change::Closed);
-    });
+    }
+}
+
+fn show(client: &mut Conn, rx: &mpsc::Receiver<Change>, a: &Args) -> Result {
     let mut m = Model::default();
-    refresh_all(&mut client, &mut m)?;
+    refresh_all(client, &mut m)?;
     let mut terminal = ratatui::try_init()?;
-    let result = ui_loop(&mut terminal, &mut client, &mut m, &rx, &a);
+    let result = ui_loop(&mut terminal, client, &mut m, rx, a);
     ratatui::restore();
     if let Some(path) = &a.stats {
         let cpu = cpu_seconds();
@@ -70,7 +119,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
 
 fn ui_loop(
     terminal: &mut ratatui::DefaultTerminal,
-    client: &mut crate::client::Client,
+    client: &mut Conn,
     m: &mut Model,
     rx: &mpsc::Receiver<Change>,
     a: &Args,
@@ -112,7 +161,9 @@ fn ui_loop(
                     Some(Command::Quit) => return Ok(0),
                     Some(cmd) => {
                         m.message = execute(client, cmd);
-                        refresh_all(client, m)?;
+                        if let Err(e) = refresh_all(client, m) {
+                            m.message = format!("cannot reach the supervisor ({}); trying again", e.msg);
+                        }
                     }
                     None => {}
                 }
@@ -127,18 +178,27 @@ fn ui_loop(
                     changed.insert(id);
                 }
                 Ok(Change::Global) => global = true,
-                Ok(Change::Closed) => m.message = "the supervisor stopped; press q to quit".into(),
+                Ok(Change::Note(n)) if !n.is_empty() => m.message = n,
+                Ok(Change::Note(_)) => {}
                 Err(_) => break,
             }
         }
-        if last_full.elapsed() >= FULL_REFRESH || global {
-            refresh_all(client, m)?;
-            last_full = Instant::now();
+        // A supervisor that cannot be reached for a moment (restarting) is said so, and
+        // asked again at the next frame.
+        let refreshed = if last_full.elapsed() >= FULL_REFRESH || global {
+            refresh_all(client, m).map(|()| last_full = Instant::now())
         } else if !changed.is_empty() {
-            let views: Vec<AgentView> = serde_json::from_value(super::into_result(
-                client.call(&Request::Status { ids: changed.into_iter().collect(), role: None })?,
-            )?)?;
-            m.apply(views);
+            client
+                .call(&Request::Status { ids: changed.into_iter().collect(), role: None })
+                .map_err(super::Fail::from)
+                .and_then(super::into_result)
+                .and_then(|v| Ok(serde_json::from_value::<Vec<AgentView>>(v)?))
+                .map(|views| m.apply(views))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = refreshed {
+            m.message = format!("cannot reach the supervisor ({}); trying again", e.msg);
         }
         m.clamp_selection();
         terminal.draw(|f| crate::monitor::ui::draw(f, m, &mut table))?;
@@ -149,7 +209,7 @@ fn ui_loop(
     }
 }
 
-fn refresh_all(client: &mut crate::client::Client, m: &mut Model) -> Result<()> {
+fn refresh_all(client: &mut Conn, m: &mut Model) -> Result<()> {
     let views: Vec<AgentView> =
         serde_json::from_value(super::into_result(client.call(&Request::Status { ids: vec![], role: None })?)?)?;
     m.replace_all(views);
@@ -159,7 +219,7 @@ fn refresh_all(client: &mut crate::client::Client, m: &mut Model) -> Result<()> 
     Ok(())
 }
 
-fn execute(client: &mut crate::client::Client, cmd: Command) -> String {
+fn execute(client: &mut Conn, cmd: Command) -> String {
     let (req, what) = match cmd {
         Command::Kill(id) => (Request::Kill { id: id.clone(), grace_ms: 5_000 }, format!("kill {id}")),
         Command::Retry(id) => (Request::Retry { id: id.clone(), context: None }, format!("retry {id}")),

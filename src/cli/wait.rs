@@ -1,10 +1,11 @@
 //! `corral wait [ID...] [--role R] [--all] [--timeout D]`: prints each agent as it
-//! finishes, in finishing order, following the event log (no polling tick).
+//! finishes, in finishing order, following the event log (no polling tick) across
+//! supervisor restarts (see `ops::wait`).
 
-use super::{Ctx, Fail, Result, usage};
-use crate::ipc::{AgentView, Request};
-use crate::store::EventRecord;
-use std::collections::BTreeSet;
+use super::{Ctx, Result};
+use crate::ipc::AgentView;
+use crate::note;
+use crate::ops::{self, wait::Watch};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -24,88 +25,57 @@ pub struct Args {
     pub json: bool,
 }
 
-use crate::note;
-use crate::policy::agent::AgentState;
-const FINISHED_EVENTS: &[&str] = AgentState::FINISHED_EVENTS;
-
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     let limit = match &a.timeout {
-        Some(t) => Some(crate::config::parse_duration(t).map_err(|e| usage(format!("--timeout: {e}")))?),
+        Some(t) => Some(crate::config::parse_duration(t).map_err(|e| super::usage(format!("--timeout: {e}")))?),
         None => None,
     };
-    let start = Instant::now();
-    let mut client = ctx.client()?;
-    // The event sequence first, then the snapshot: anything finishing in between shows
-    // up in both, and the id set drops the repeat.
-    let after: u64 = serde_json::from_value(super::into_result(client.call(&Request::LastSeq)?)?)?;
-    let ids = if a.all || (a.ids.is_empty() && a.role.is_none()) { vec![] } else { a.ids.clone() };
-    let status = Request::Status { ids, role: a.role.clone() };
-    let views: Vec<AgentView> = serde_json::from_value(super::into_result(client.call(&status)?)?)?;
-    if views.is_empty() {
-        return Err(usage("no agents to wait for"));
-    }
-    let total = views.len();
-    let wanted: BTreeSet<String> = views.iter().map(|v| v.agent_id.clone()).collect();
-    let mut done: BTreeSet<String> = BTreeSet::new();
-    let mut all_complete = true;
+    let ids = if a.all { vec![] } else { a.ids.clone() };
+    let role = a.role.clone();
     let tty = unsafe { libc::isatty(2) } == 1 && !a.json;
-    let mut finished: Vec<&AgentView> = views.iter().filter(|v| v.is_finished()).collect();
-    finished.sort_by(|x, y| x.ended_at.cmp(&y.ended_at));
-    for v in finished {
-        all_complete &= v.status == "complete";
-        done.insert(v.agent_id.clone());
-        print_one(v, a.json, tty, start)?;
-    }
-    let mut events = ctx.client()?;
-    events.send(&Request::Events { after, agent: None, follow: true })?;
-    let stream = events.stream().try_clone()?;
-    while done.len() < total {
-        progress(tty, done.len(), total, start);
-        let wait = match limit {
-            Some(l) => match l.checked_sub(start.elapsed()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => return timed_out(tty, done.len(), total),
-            },
-            // Wake once a second only to redraw the elapsed time on a terminal.
-            None => tty.then_some(Duration::from_secs(1)),
-        };
-        let wait = match (wait, tty) {
-            (Some(w), true) => Some(w.min(Duration::from_secs(1))),
-            (w, _) => w,
-        };
-        stream.set_read_timeout(wait)?;
-        let line = match events.read_line() {
-            Ok(Some(l)) => l,
-            Ok(None) => return Err(Fail { code: 1, msg: "the supervisor closed the event stream".into() }),
-            Err(e) if is_timeout(&e) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let Ok(e) = serde_json::from_str::<EventRecord>(&line) else { continue };
-        let Some(id) = e.agent_id.map(|i| i.to_string()) else { continue };
-        if !FINISHED_EVENTS.contains(&e.kind.as_str()) || !wanted.contains(&id) || done.contains(&id) {
-            continue;
-        }
-        let v: Vec<AgentView> = serde_json::from_value(super::into_result(
-            client.call(&Request::Status { ids: vec![id.clone()], role: None })?,
-        )?)?;
-        // A finishing event can be overtaken by a new attempt (a human retry); only the
-        // agent's state right now says whether it is finished.
-        let Some(v) = v.first().filter(|v| v.is_finished()) else { continue };
-        all_complete &= v.status == "complete";
-        done.insert(id);
-        print_one(v, a.json, tty, start)?;
-    }
+    let mut face = Face { json: a.json, tty, start: Instant::now(), drawn: None };
+    let w = ops::wait::wait(ctx.target(), ops::wait::WaitFor { ids, role, limit }, &mut face).map_err(super::fail)?;
     if tty {
         crate::display::clear_progress();
     }
-    Ok(if all_complete { 0 } else { 1 })
+    if w.timed_out {
+        note!("timed out: {} of {} finished", w.finished.len(), w.finished.len() + w.pending.len())?;
+        return Ok(124);
+    }
+    Ok(if w.all_complete { 0 } else { 1 })
 }
 
-fn is_timeout(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
-    })
+/// How `corral wait` shows a wait: one line per finished agent on stdout, progress and
+/// reconnect notes on stderr.
+struct Face {
+    json: bool,
+    tty: bool,
+    start: Instant,
+    /// When the progress line was last drawn (it is redrawn once a second).
+    drawn: Option<Instant>,
+}
+
+impl Watch for Face {
+    fn finished(&mut self, v: &AgentView, _done: usize, _total: usize) -> std::result::Result<(), ops::Failure> {
+        print_one(v, self.json, self.tty, self.start).map_err(|f| ops::Failure::new(f.code, f.msg))
+    }
+
+    fn waiting(&mut self, done: usize, total: usize) {
+        if self.tty && self.drawn.is_none_or(|d| d.elapsed() >= Duration::from_secs(1)) {
+            self.drawn = Some(Instant::now());
+            crate::display::progress_line(format_args!(
+                "waiting: {done}/{total} finished, {:.0}s elapsed",
+                self.start.elapsed().as_secs_f64()
+            ));
+        }
+    }
+
+    fn note(&self, msg: &str) {
+        if self.tty {
+            crate::display::clear_progress();
+        }
+        let _ = note!("corral wait: {msg}");
+    }
 }
 
 fn print_one(v: &AgentView, json: bool, tty: bool, start: Instant) -> Result<()> {
@@ -130,21 +100,4 @@ fn print_one(v: &AgentView, json: bool, tty: bool, start: Instant) -> Result<()>
     }
     out.flush()?;
     Ok(())
-}
-
-fn progress(tty: bool, done: usize, total: usize, start: Instant) {
-    if tty {
-        crate::display::progress_line(format_args!(
-            "waiting: {done}/{total} finished, {:.0}s elapsed",
-            start.elapsed().as_secs_f64()
-        ));
-    }
-}
-
-fn timed_out(tty: bool, done: usize, total: usize) -> Result {
-    if tty {
-        crate::display::clear_progress();
-    }
-    note!("timed out: {done} of {total} finished")?;
-    Ok(124)
 }

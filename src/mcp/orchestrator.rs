@@ -167,18 +167,7 @@ pub fn kill(ctx: &Ctx, a: KillArgs) -> Result<KillReply, String> {
         None => Duration::from_secs(5),
         Some(g) => crate::config::parse_duration(g).map_err(|e| format!("argument `grace`: {e}"))?,
     };
-    let r: serde_json::Value = call(ctx, &Request::Kill { id: a.id.clone(), grace_ms: grace.as_millis() as u64 })?;
-    if r["status"] != "killed" {
-        // As `corral kill` does: answer once the group is dead, so the next call sees it so.
-        let limit = grace + Duration::from_secs(5);
-        let kinds = ["killed", "complete", "failed", "timed_out"];
-        let ended = crate::cli::events::wait_for_kinds(ctx, &a.id, &kinds, limit).map_err(|f| f.msg)?;
-        if ended.is_none() {
-            return Err(format!("{} did not exit within {}", a.id, humantime::format_duration(limit)));
-        }
-    }
-    let views: Vec<AgentView> = call(ctx, &Request::Status { ids: vec![a.id.clone()], role: None })?;
-    let status = views.first().map(|v| v.status.clone()).unwrap_or_else(|| "killed".into());
+    let status = crate::ops::kill::kill(ctx.target(), &a.id, grace, &|_| {}).map_err(|f| f.msg)?;
     Ok(KillReply { agent_id: a.id, status })
 }
 
@@ -243,7 +232,6 @@ pub fn memory_search(ctx: &Ctx, a: MemoryArgs) -> Result<MemorySnapshot, String>
 pub fn aggregate(ctx: &Ctx, a: AggregateArgs) -> Result<Report, String> {
     args::texts("ids", &a.ids)?;
     args::opt_text("role", &a.role)?;
-    let report = crate::cli::aggregate::build(ctx, &a.ids, a.role.as_deref()).map_err(|f| f.msg)?;
-    crate::cli::aggregate::escalate_unresolved(ctx, &report).map_err(|f| f.msg)?;
+    let report = crate::ops::collect::aggregate(ctx.target(), &a.ids, a.role.as_deref()).map_err(|f| f.msg)?;
     Ok(report)
 }

@@ -185,6 +185,8 @@ pub struct Supervisor {
     idle_since: Option<u64>,
     /// Worktrees being made and verifies running, off the loop.
     pub prepare: super::prepare::Preparer,
+    /// Events recorded and not yet committed: followers get them after the commit.
+    unsent: Vec<EventRecord>,
 }
 
 /// The machine's clock, for code that runs off the loop (the loop itself uses `Supervisor::now`).
@@ -255,6 +257,7 @@ impl Supervisor {
             clients: Default::default(),
             idle_since: None,
             prepare: Default::default(),
+            unsent: Vec::new(),
         }
     }
 
@@ -615,7 +618,7 @@ impl Supervisor {
         match self.store.append_event(&at, id, kind, &data) {
             Ok(rec) => {
                 self.last_seq = rec.seq;
-                let _ = self.events.send(rec);
+                self.unsent.push(rec);
             }
             Err(e) => crate::elog!("corral daemon: cannot record event {kind}: {e}"),
         }
@@ -655,6 +658,11 @@ impl Supervisor {
         }
         for p in self.cleanup.drain(..) {
             let _ = std::fs::remove_file(p);
+        }
+        // Followers see an event only once it is committed: one that a supervisor killed
+        // before its commit took with it was never seen, and its number may come again.
+        for rec in self.unsent.drain(..) {
+            let _ = self.events.send(rec);
         }
         Ok(())
     }
