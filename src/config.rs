@@ -16,7 +16,7 @@ pub const DEFAULT_DATA_DIR: &str = ".corral";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default, deserialize_with = "de_data_dir")]
+    #[serde(default, deserialize_with = "de_dir")]
     pub data_dir: Option<PathBuf>,
     /// A spawn whose role is neither configured nor one of the seed's is refused instead of
     /// warned about.
@@ -35,6 +35,7 @@ pub struct Config {
     #[serde(default)]
     pub supervisor: SupervisorConfig,
     /// Where worktree agents' worktrees go (default `<data dir>/worktrees`).
+    #[serde(default, deserialize_with = "de_dir")]
     pub worktree_dir: Option<PathBuf>,
 }
 
@@ -118,16 +119,20 @@ pub struct RoleConfig {
     #[serde(default, deserialize_with = "de_isolation")]
     pub isolation: Option<bool>,
     /// The commit worktrees are made from (default `HEAD`).
+    #[serde(default, deserialize_with = "de_base")]
     pub base: Option<String>,
     /// Files copied from the repository into each new worktree (e.g. `.env`).
+    #[serde(default, deserialize_with = "de_repo_paths")]
     pub worktree_copy: Option<Vec<String>>,
     /// argv run in a new worktree before the agent starts; failing is permanent.
+    #[serde(default, deserialize_with = "de_optional_argv")]
     pub worktree_setup: Option<Vec<String>>,
     /// Ports reserved per agent; the first is `CORRAL_PORT`.
     pub ports_per_agent: Option<u16>,
     /// argv run in the agent's working tree when it completes; it must pass.
+    #[serde(default, deserialize_with = "de_optional_argv")]
     pub verify: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_limit")]
     pub verify_timeout: Option<Duration>,
 }
 
@@ -460,15 +465,51 @@ fn de_exit_codes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::
         .collect()
 }
 
-fn de_data_dir<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+/// An argv where `[]` means none: a present program must be one.
+fn de_optional_argv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let argv = Vec::<String>::deserialize(d)?;
+    if argv.first().is_some_and(|p| p.trim().is_empty()) {
+        return Err(serde::de::Error::custom("the program (the first element) is empty; give one, or [] for none"));
+    }
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err(serde::de::Error::custom("an argument holds a NUL character, which no program can receive"));
+    }
+    Ok(Some(argv))
+}
+
+/// Paths inside the repository: relative, never through `..`.
+fn de_repo_paths<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for f in &v {
+        let p = Path::new(f);
+        if f.trim().is_empty() || p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(serde::de::Error::custom(format!(
+                "{f:?} is not a path inside the repository; give one relative to it, without \"..\""
+            )));
+        }
+    }
+    Ok(Some(v))
+}
+
+fn de_base<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() || s.starts_with('-') || s.contains('\0') {
+        return Err(serde::de::Error::custom(format!(
+            "base {s:?} can never name a commit; give a branch, tag or commit (default HEAD)"
+        )));
+    }
+    Ok(Some(s))
+}
+
+fn de_dir<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
     let s = String::deserialize(d)?;
     if s.trim().is_empty() {
         return Err(serde::de::Error::custom(
-            "data_dir is empty, which would make the workspace itself the data dir; leave it out (.corral) or name a directory",
+            "the directory is empty, which would make the workspace itself that directory; leave it out or name one",
         ));
     }
     if s.contains('\0') {
-        return Err(serde::de::Error::custom("data_dir holds a NUL character"));
+        return Err(serde::de::Error::custom("the directory holds a NUL character"));
     }
     Ok(Some(PathBuf::from(s)))
 }
@@ -905,6 +946,13 @@ mod tests {
             ("[roles.A]\nmax_turns = -2\n", "roles.A.max_turns", "over budget"),
             ("[roles.A]\nmax_turns = 99999999999\n", "roles.A.max_turns", "too large"),
             ("[roles.A]\nmax_cost_usd = 0\n", "roles.A.max_cost_usd", "positive"),
+            ("\nworktree_dir = \"\"\n", "worktree_dir", "empty"),
+            ("[roles.A]\nbase = \"--orphan\"\n", "roles.A.base", "never name a commit"),
+            ("[roles.A]\nworktree_copy = [\"../secret\"]\n", "roles.A.worktree_copy", "inside the repository"),
+            ("[roles.A]\nworktree_copy = [\"/etc/passwd\"]\n", "roles.A.worktree_copy", "inside the repository"),
+            ("[roles.A]\nverify = [\"\"]\n", "roles.A.verify", "program"),
+            ("[roles.A]\nworktree_setup = [\" \", \"x\"]\n", "roles.A.worktree_setup", "program"),
+            ("[roles.A]\nverify_timeout = \"0s\"\n", "roles.A.verify_timeout", "above 0"),
             ("[health]\nbreaker_scope = \"host\"\n", "health.breaker_scope", "\"role\" or \"global\""),
             ("\ndata_dir = \"\"\n", "data_dir", "empty"),
             ("\nstrict_roles = \"yes\"\n", "strict_roles", "bool"),
