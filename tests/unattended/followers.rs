@@ -122,7 +122,15 @@ fn followers_ride_out_a_killed_supervisor_and_lose_nothing() {
     let mut kills = 0;
     for pause in [1_200, 1_500] {
         std::thread::sleep(Duration::from_millis(pause));
-        let pid = ws.daemon_pid();
+        // The last kill's replacement may still be starting on a loaded machine.
+        let mut pid = None;
+        let back = wait_until(SECS(20), || {
+            let out = ws.run(&["daemon", "status", "--json"]).stdout;
+            pid = serde_json::from_slice::<Value>(&out).ok().and_then(|v| v["pid"].as_i64()).map(|p| p as i32);
+            pid.is_some()
+        });
+        assert!(back, "no supervisor came back after kill {kills}");
+        let pid = pid.unwrap();
         // SAFETY: a signal to the supervisor this test started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         assert!(wait_until(SECS(5), || !alive(pid)), "supervisor {pid} survived SIGKILL");
