@@ -168,6 +168,21 @@ pub struct AgentView {
     /// How the agent's output is read: claude-code, codex or none.
     #[serde(default = "none_adapter")]
     pub adapter: String,
+    /// A worktree agent's own git worktree, branch, repository and the commit it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_commit: Option<String>,
+    /// `CORRAL_PORT`: the first of the ports reserved for the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The role's `verify` command, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Vec<String>>,
 }
 
 fn none_adapter() -> String {

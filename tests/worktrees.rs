@@ -24,7 +24,9 @@ fn git(dir: &Path, args: &[&str]) -> String {
 fn repo(config: &str) -> Ws {
     let ws = Ws::with_config(Some(config));
     std::fs::write(ws.path().join(".gitignore"), ".corral/\n").unwrap();
-    std::fs::write(ws.path().join("shared.txt"), "one\ntwo\nthree\nfour\nfive\nsix\nseven\n").unwrap();
+    let lines = "one\ntwo\nthree\nfour\nfive\nsix\nseven\n";
+    std::fs::write(ws.path().join("shared.txt"), lines).unwrap();
+    std::fs::write(ws.path().join("other.txt"), lines).unwrap();
     git(ws.path(), &["init", "-q", "-b", "main"]);
     git(ws.path(), &["add", "-A"]);
     git(ws.path(), &["commit", "-qm", "base"]);
@@ -151,6 +153,47 @@ fn verify_runs_a_real_test_suite_in_the_worktree() {
     assert!(fixed.contains("a + b"), "the fix is on the agent's branch");
     let own = std::fs::read_to_string(ws.path().join("calc.py")).unwrap();
     assert!(own.contains("a - b"), "the workspace's own tree is untouched");
+}
+
+#[test]
+fn aggregate_reads_branches_a_same_line_change_conflicts_a_same_file_change_merges() {
+    let ws = repo(WT);
+    let edit = |line: &str, to: &str, file: &str| {
+        format!("sed -i 's/^{line}$/{to}/' {file} && {}", commit(&format!("{file}: {line} -> {to}")))
+    };
+    let a = ws.spawn("W", &["sh", "-c", &edit("two", "two by A", "shared.txt")]);
+    let b = ws.spawn("W", &["sh", "-c", &edit("two", "two by B", "shared.txt")]);
+    let c = ws.spawn("W", &["sh", "-c", &edit("one", "one by C", "other.txt")]);
+    let d = ws.spawn("W", &["sh", "-c", &edit("seven", "seven by D", "other.txt")]);
+    for id in [&a, &b, &c, &d] {
+        ws.wait_state(id, &["complete"], SECS(30));
+    }
+    let o = ws.run(&["aggregate", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "an unresolved conflict is left to do");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let conflicts = r["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{r:#}");
+    let x = &conflicts[0];
+    assert_eq!(
+        (x["key"].as_str(), x["kind"].as_str(), x["resolution"].as_str()),
+        (Some("shared.txt"), Some("file"), Some("unresolved"))
+    );
+    let reason = x["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("textual conflict") && reason.contains("two by A") && reason.contains("two by B"),
+        "{reason}"
+    );
+    let agents: Vec<&str> = x["positions"].as_array().unwrap().iter().map(|p| p["agent"].as_str().unwrap()).collect();
+    assert_eq!(agents, [a.as_str(), b.as_str()]);
+    let overlaps = r["overlaps"].as_array().unwrap();
+    assert_eq!(overlaps.len(), 1, "{r:#}");
+    assert_eq!(overlaps[0]["file"], "other.txt");
+    assert_eq!(overlaps[0]["mergesCleanly"], true);
+    let branches = r["branches"].as_array().unwrap();
+    assert_eq!(branches.len(), 4);
+    assert!(branches.iter().all(|b| b["files"].as_array().unwrap().len() == 1), "{branches:?}");
+    let esc = ws.json(&["escalations", "--json"]);
+    assert!(esc.as_array().unwrap().iter().any(|e| e["reason"].as_str().unwrap().contains("shared.txt")), "{esc}");
 }
 
 /// The agents' starts, one line each, written outside their worktrees.

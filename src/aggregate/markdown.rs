@@ -170,6 +170,17 @@ pub fn render_markdown(r: &Report) -> String {
         let _ = writeln!(o, "- {}: {}", who(&f.agent), bad.join(", "));
     }
 
+    if !r.branches.is_empty() {
+        let _ = writeln!(o, "\nBranches (what each worktree agent changed):\n");
+    }
+    for b in &r.branches {
+        let files: Vec<String> = b.files.iter().map(|f| code(f)).collect();
+        let _ = writeln!(o, "- {} on {}: {}", who(&b.agent), code(&b.branch), files.join(", "));
+    }
+    for v in &r.overlaps {
+        let _ = writeln!(o, "- {} changed by {}: merges cleanly", code(&v.file), many(&v.agents));
+    }
+
     let _ = writeln!(o, "\n## Conflicts\n");
     if r.conflicts.is_empty() {
         let _ = writeln!(o, "None.");

@@ -12,6 +12,7 @@
 //! position in a conflict, winning, losing or unresolved, stays in the report with its agent
 //! and evidence.
 
+pub mod branches;
 mod findings;
 mod markdown;
 mod report;
@@ -170,6 +171,10 @@ pub struct Input<'a> {
     /// Asked only about normalized paths inside the workspace by their text; on the real
     /// filesystem, [`workspace::OnDisk::locate`].
     pub locate: &'a dyn Fn(&Path) -> workspace::Found,
+    /// Worktree agents' branches and what each changed, from git.
+    pub branches: Vec<branches::BranchChanges>,
+    /// Three-way merges of every two branches that changed one file.
+    pub merges: Vec<branches::PairMerge>,
 }
 
 /// The handoff chosen for one agent, with what the rest of aggregation needs about it.
@@ -239,6 +244,8 @@ pub fn aggregate(input: &Input) -> Report {
             });
         } else if let Some(&(path, handoff, _)) = handoff {
             chosen.push(Chosen { agent: &a.agent_id, known: true, cwd: a.cwd.clone(), path, handoff });
+        } else if input.branches.iter().any(|b| b.agent == a.agent_id && !b.files.is_empty()) {
+            // Its branch is its result.
         } else if !unreadable_owners.contains(a.agent_id.as_str()) {
             // An agent whose only handoff is unreadable is reported once, with the error, below.
             missing.push(MissingHandoff {
@@ -289,6 +296,8 @@ pub fn aggregate(input: &Input) -> Report {
     let memory = memory.finish(|candidate, agents| MemoryCandidate { candidate, agents });
     let memory_withheld = withheld.finish(|candidate, agents| MemoryCandidate { candidate, agents });
     conflicts.extend(files.conflicts);
+    let (overlaps, git_conflicts) = branches::judge(&input.merges);
+    conflicts.extend(git_conflicts);
     for c in conflicts.iter_mut() {
         if let Some(h) = input.human.iter().rev().find(|h| h.key == c.key && h.kind == c.kind) {
             apply_human(c, h);
@@ -338,6 +347,8 @@ pub fn aggregate(input: &Input) -> Report {
         memory,
         memory_withheld,
         unknown_agents: unknown.iter().map(|s| s.to_string()).collect(),
+        branches: input.branches.clone(),
+        overlaps,
     }
 }
 

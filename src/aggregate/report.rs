@@ -31,6 +31,13 @@ pub struct Report {
     pub memory_withheld: Vec<MemoryCandidate>,
     /// `fromAgent` values that name no known agent; their handoffs are aggregated anyway.
     pub unknown_agents: Vec<String>,
+    /// Worktree agents' branches and the files each changed against its merge base.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<super::branches::BranchChanges>,
+    /// Files two agents' branches both changed that merge cleanly (conflicting ones are in
+    /// `conflicts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlaps: Vec<super::branches::Overlap>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -65,7 +65,15 @@ fn run_with(
             workspace::Found::Missing
         }
     };
-    let r = aggregate(&Input { agents, handoffs, workspace: Path::new(WS), locate: &locate, human });
+    let r = aggregate(&Input {
+        agents,
+        handoffs,
+        workspace: Path::new(WS),
+        locate: &locate,
+        human,
+        branches: vec![],
+        merges: vec![],
+    });
     (r, asked.into_inner())
 }
 
@@ -572,6 +580,8 @@ fn scales_to_a_thousand_handoffs() {
         workspace: Path::new(WS),
         locate: &|_| workspace::Found::Exists,
         human: vec![],
+        branches: vec![],
+        merges: vec![],
     });
     let c = &r.counts;
     assert_eq!((c.agents, c.aggregated, c.failed, c.missing), (N, N, 0, 0));

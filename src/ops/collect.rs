@@ -3,6 +3,7 @@
 //! core builds the report, and the conflicts it could not settle go to the human queue.
 
 use super::{Failure, Target};
+use crate::aggregate::branches::{BranchChanges, PairMerge};
 use crate::aggregate::{self, AgentOutcome, HandoffInput, Input, Report, Resolution};
 use crate::ipc::{AgentView, Request};
 use crate::policy::agent::Escalation;
@@ -39,7 +40,8 @@ pub fn build(t: Target, ids: &[String], role: Option<&str>) -> Result<Report, Fa
     let human = aggregate::human_answers(&escalations);
     let disk = aggregate::workspace::OnDisk::new(t.root);
     let locate = |p: &Path| disk.locate(p);
-    let input = Input { agents, handoffs, workspace: t.root, locate: &locate, human };
+    let (branches, merges) = collect_branches(&views);
+    let input = Input { agents, handoffs, workspace: t.root, locate: &locate, human, branches, merges };
     Ok(aggregate::aggregate(&input))
 }
 
@@ -83,4 +85,39 @@ pub fn escalate_unresolved(t: Target, r: &Report) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// What complete worktree agents' branches changed against their merge base, and a real
+/// three-way merge (`git merge-tree`) of every two branches of one repository that change
+/// one file. A branch git cannot read is left out (its agent is still in the report).
+pub fn collect_branches(views: &[AgentView]) -> (Vec<BranchChanges>, Vec<PairMerge>) {
+    let mut found: Vec<(BranchChanges, String)> = Vec::new();
+    for v in views.iter().filter(|v| v.status == "complete") {
+        let (Some(branch), Some(repo), Some(base)) = (&v.branch, &v.repo, &v.base_commit) else { continue };
+        match crate::worktree::changed_files(Path::new(repo), base, branch) {
+            Ok(files) => {
+                found.push((BranchChanges { agent: v.agent_id.clone(), branch: branch.clone(), files }, repo.clone()))
+            }
+            Err(e) => crate::elog!("corral: {}: branch {branch} not read: {e}", v.agent_id),
+        }
+    }
+    let mut merges = Vec::new();
+    for (i, (a, repo)) in found.iter().enumerate() {
+        for (b, other) in &found[i + 1..] {
+            let shared: Vec<String> = a.files.iter().filter(|f| b.files.contains(f)).cloned().collect();
+            if shared.is_empty() || repo != other {
+                continue;
+            }
+            match crate::worktree::merge_tree(Path::new(repo), &a.branch, &b.branch) {
+                Ok(m) => merges.push(PairMerge {
+                    agents: [a.agent.clone(), b.agent.clone()],
+                    branches: [a.branch.clone(), b.branch.clone()],
+                    shared,
+                    conflicts: m.conflicts,
+                }),
+                Err(e) => crate::elog!("corral: {} and {} not merged for comparison: {e}", a.branch, b.branch),
+            }
+        }
+    }
+    (found.into_iter().map(|(b, _)| b).collect(), merges)
 }

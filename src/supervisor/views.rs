@@ -75,6 +75,12 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp, gauges: &
         next_attempt_in_seconds: next_in,
         escalation: a.state.escalation(),
         adapter: a.spec.adapter.as_str().to_string(),
+        worktree: a.spec.worktree.as_ref().map(|w| w.path.display().to_string()),
+        branch: a.spec.worktree.as_ref().map(|w| w.branch.clone()),
+        repo: a.spec.worktree.as_ref().map(|w| w.repo.display().to_string()),
+        base_commit: a.base_commit.clone(),
+        port: a.spec.ports.map(|(p, _)| p),
+        verify: a.spec.policy.verify.clone(),
     }
 }
 
