@@ -38,7 +38,7 @@ impl Client {
             if let Ok(c) = Self::try_connect(data) {
                 return Ok(c);
             }
-            match start_daemon(data, workspace_root) {
+            match start_daemon(data, workspace_root, false) {
                 Ok(()) => last = None,
                 Err(e) if e.to_string().contains("already running") => last = Some(e),
                 Err(e) => return Err(e),
@@ -51,6 +51,15 @@ impl Client {
         Err(last.unwrap_or_else(|| {
             anyhow::anyhow!("supervisor started but {} refuses connections", data.socket().display())
         }))
+    }
+
+    /// Starts the supervisor (with `rebuild`: rebuilding agents the registry lacks) and
+    /// waits until it is ready, or says why it did not start.
+    pub fn start(data: &DataDir, workspace_root: &Path, rebuild: bool) -> anyhow::Result<()> {
+        data.create_all().with_context(|| format!("cannot create data dir {}", data.root().display()))?;
+        let (lock, _) = fsio::open_write_replacing(data.root(), &data.daemon_start_lock(), fsio::Mode::Update)?;
+        process::lock(&lock)?;
+        start_daemon(data, workspace_root, rebuild)
     }
 
     /// One request, one reply, in a single round trip: the liveness check and the request
@@ -193,12 +202,13 @@ fn check_peer(s: &UnixStream, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn start_daemon(data: &DataDir, workspace_root: &Path) -> anyhow::Result<()> {
+fn start_daemon(data: &DataDir, workspace_root: &Path, rebuild: bool) -> anyhow::Result<()> {
     let (log, _) = fsio::open_write_replacing(data.root(), &data.daemon_log(), fsio::Mode::Append)?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--data-dir")
         .arg(data.root())
         .args(["daemon", "--foreground", "--on-demand"])
+        .args(rebuild.then_some("--rebuild"))
         .current_dir(workspace_root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

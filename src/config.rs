@@ -49,12 +49,23 @@ pub struct SupervisorConfig {
     /// long, the supervisor exits (default 10m; "0s": never).
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
+    /// How often every run file, status file and handoff is looked at again, behind the
+    /// file watch: a missed event delays a decision by at most this (default 30s).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub reconcile_interval: Option<Duration>,
 }
 
 impl SupervisorConfig {
+    pub const DEFAULT_RECONCILE: Duration = Duration::from_secs(30);
+
     /// How long an idle supervisor lives; `None`: for ever.
     pub fn idle_timeout(&self) -> Option<Duration> {
         Some(self.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero())
+    }
+
+    /// The reconcile period in milliseconds (at least 100, so it never spins).
+    pub fn reconcile_ms(&self) -> u64 {
+        ms(self.reconcile_interval.unwrap_or(Self::DEFAULT_RECONCILE)).max(100)
     }
 }
 

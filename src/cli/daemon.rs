@@ -16,12 +16,26 @@ pub struct Args {
     /// fixed).
     #[arg(long, hide = true, requires = "foreground")]
     pub on_demand: bool,
+    /// Rebuild agents the registry lacks (deleted, emptied or truncated) from the run files
+    /// and spawn-registry.json, instead of refusing to start.
+    #[arg(long)]
+    pub rebuild: bool,
     #[command(subcommand)]
     pub action: Option<Action>,
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Action {
+    /// Start the supervisor in the background (commands also start it on demand).
+    Start {
+        /// Rebuild agents the registry lacks (deleted, emptied or truncated) from the run
+        /// files and spawn-registry.json, instead of refusing to start.
+        #[arg(long)]
+        rebuild: bool,
+        /// Run in this process instead of in the background.
+        #[arg(long)]
+        foreground: bool,
+    },
     /// Stop the supervisor; running agents keep running and are picked up on next start.
     Stop,
     /// Pid, socket, uptime and agents supervised.
@@ -41,8 +55,23 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                 ),
                 _ => ctx.need_config()?,
             }
-            crate::supervisor::run(ctx.ws.clone(), ctx.data.clone())
+            crate::supervisor::run(ctx.ws.clone(), ctx.data.clone(), a.rebuild)
                 .map_err(|e| Fail { code: 1, msg: format!("{e:#}") })?;
+            Ok(0)
+        }
+        Some(Action::Start { rebuild, foreground: true }) => {
+            crate::supervisor::run(ctx.ws.clone(), ctx.data.clone(), rebuild)
+                .map_err(|e| Fail { code: 1, msg: format!("{e:#}") })?;
+            Ok(0)
+        }
+        Some(Action::Start { rebuild, foreground: false }) => {
+            if Client::try_connect(&ctx.data).is_ok() {
+                eprintln!("a supervisor is already running for {}", ctx.data.root().display());
+                return Ok(0);
+            }
+            Client::start(&ctx.data, &ctx.ws.root, rebuild)?;
+            let v: DaemonView = serde_json::from_value(ctx.call(&Request::DaemonStatus)?)?;
+            eprintln!("supervisor running: pid {}, socket {}", v.pid, v.socket);
             Ok(0)
         }
         None => {

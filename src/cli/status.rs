@@ -35,6 +35,7 @@ const STATES: &[&str] = &[
     "timed_out",
     "escalated",
     "needs-human",
+    "unreadable",
 ];
 
 fn wanted(v: &AgentView, statuses: &[String]) -> bool {

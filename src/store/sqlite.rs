@@ -108,8 +108,34 @@ impl SqliteRegistry {
 }
 
 impl Registry for SqliteRegistry {
-    fn load(&mut self) -> Result<Vec<Agent>> {
-        self.json_rows("SELECT id, body FROM agents ORDER BY seq")
+    fn load(&mut self) -> Result<super::Loaded> {
+        let mut out = super::Loaded::default();
+        let mut stmt = self.conn.prepare("SELECT id, role, body FROM agents ORDER BY seq")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            // A column of the wrong type is one more unreadable row, not an unreadable registry.
+            let text = |i: usize| match r.get_ref(i) {
+                Ok(rusqlite::types::ValueRef::Text(t)) => Ok(String::from_utf8_lossy(t).into_owned()),
+                Ok(other) => Err(format!("column {i} holds {:?}, not text", other.data_type())),
+                Err(e) => Err(e.to_string()),
+            };
+            let id = text(0).unwrap_or_else(|e| format!("(unreadable id: {e})"));
+            let role = text(1).unwrap_or_default();
+            match text(2) {
+                Ok(body) => out.row(id, role, &body),
+                Err(reason) => out.unreadable.push(super::Unreadable { id, role, reason }),
+            }
+        }
+        Ok(out)
+    }
+
+    fn raise_number(&mut self, floor: u64) -> Result<()> {
+        self.write(
+            "INSERT INTO meta(key, value) VALUES ('agent_number', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
+            vec![SqlValue::Integer(floor as i64)],
+        )?;
+        Ok(())
     }
 
     fn next_number(&mut self) -> Result<u64> {

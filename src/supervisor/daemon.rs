@@ -187,6 +187,17 @@ pub struct Supervisor {
     pub prepare: super::prepare::Preparer,
     /// Events recorded and not yet committed: followers get them after the commit.
     unsent: Vec<EventRecord>,
+    /// The data dir and registry this supervisor serves (none on the fake machine).
+    pub identity: Option<super::identity::Identity>,
+    /// Why it stopped serving: its data dir or registry is no longer the one it started with.
+    pub lost: Option<String>,
+    /// Registry rows that could not be read: those agents are quarantined (shown, never
+    /// touched, their ids never reused).
+    pub unreadable: Vec<crate::store::Unreadable>,
+    /// Rebuild agents the registry lacks from the data dir's evidence instead of refusing.
+    pub rebuild: bool,
+    /// When (monotonic ms) every agent's files are looked at again, behind the watch.
+    next_reconcile: u64,
 }
 
 /// The machine's clock, for code that runs off the loop (the loop itself uses `Supervisor::now`).
@@ -204,6 +215,7 @@ impl Supervisor {
         socket: PathBuf,
     ) -> Self {
         let started_mono = io.mono_ms();
+        let reconcile_ms = ws.config.supervisor.reconcile_ms();
         // Started on a broken corral.toml (on the last good copy): no mtime, so every spawn
         // reads the file again and is refused while it stays broken.
         let config_mtime = match (&ws.config_file, &ws.config_error) {
@@ -258,6 +270,11 @@ impl Supervisor {
             idle_since: None,
             prepare: Default::default(),
             unsent: Vec::new(),
+            identity: None,
+            lost: None,
+            unreadable: Vec::new(),
+            rebuild: false,
+            next_reconcile: started_mono + reconcile_ms,
         }
     }
 
@@ -273,7 +290,33 @@ impl Supervisor {
             self.breaker = b;
         }
         self.store.begin()?;
-        for agent in self.store.load()? {
+        let loaded = self.store.load()?;
+        for u in &loaded.unreadable {
+            crate::elog!("corral daemon: registry row {:?} is unreadable and quarantined: {}", u.id, u.reason);
+        }
+        let mut agents = loaded.agents;
+        self.unreadable = loaded.unreadable;
+        let known: std::collections::BTreeSet<String> =
+            agents.iter().map(|a| a.spec.id.to_string()).chain(self.unreadable.iter().map(|u| u.id.clone())).collect();
+        // The data dir's own account of its agents: a registry that lacks some was deleted,
+        // emptied or truncated, and is never taken for a fresh start.
+        let ev = crate::store::evidence::Evidence::gather(&self.data);
+        let missing = ev.missing(&known);
+        if !missing.is_empty() {
+            if !self.rebuild {
+                anyhow::bail!(crate::store::evidence::refusal(&self.data, known.len(), &missing));
+            }
+            for (id, _) in missing {
+                if let Some(a) = crate::store::evidence::rebuild(&self.ws, &self.data, &ev, id) {
+                    crate::elog!("corral daemon: rebuilt {id} from the data dir");
+                    self.store.put(&a)?;
+                    agents.push(a);
+                }
+            }
+        }
+        let floor = known.iter().filter_map(|id| crate::store::evidence::id_number(id)).chain([ev.floor]).max();
+        self.store.raise_number(floor.unwrap_or(0))?;
+        for agent in agents {
             let id = agent.spec.id.clone();
             self.order.push(id.clone());
             self.agents.insert(id.clone(), Live::new(agent));
@@ -288,9 +331,25 @@ impl Supervisor {
         }
         self.tick();
         self.persist()?;
-        self.exporter = Some(super::export::Exporter::start(self.data.registry_file(), self.data.escalations_file())?);
+        self.exporter = Some(super::export::Exporter::start(
+            self.data.registry_file(),
+            self.data.escalations_file(),
+            self.identity.clone(),
+        )?);
         let mut first = self.export_batch(Vec::new());
         first.rewrite = true;
+        // A quarantined agent keeps its line of the last export (marked unreadable): the
+        // export never loses an agent because its row cannot be read.
+        for u in &self.unreadable {
+            let Ok(id) = AgentId::parse(&u.id) else { continue };
+            let mut line = ev.export.get(&u.id).cloned().unwrap_or_else(|| {
+                serde_json::json!({ "agentId": u.id, "spawnedAt": "", "role": u.role, "task": "",
+                                    "expectedHandoff": "", "attempt": 0, "maxRetries": 0 })
+            });
+            line["status"] = "unreadable".into();
+            first.added.push(id.clone());
+            first.lines.push((id, line.to_string()));
+        }
         self.send_export(first);
         Ok(())
     }
@@ -298,6 +357,9 @@ impl Supervisor {
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) -> anyhow::Result<()> {
         let mut replies = Vec::new();
         let mut last = Turn::now(self.io.mono_ms());
+        // The data dir is looked at on every wake, and at least this often.
+        let mut look = tokio::time::interval(std::time::Duration::from_secs(1));
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.stopping {
             let sleep = self.next_deadline().map(|d| d.saturating_sub(self.io.mono_ms()));
             let mut due = false;
@@ -310,6 +372,20 @@ impl Supervisor {
                 },
                 _ = async { tokio::time::sleep(std::time::Duration::from_millis(sleep.unwrap_or(0))).await },
                     if sleep.is_some() => due = true,
+                _ = look.tick() => {}
+            }
+            if let Some(why) = self.lost.clone().or_else(|| self.identity.as_ref().and_then(|i| i.lost())) {
+                // Nothing more is written: the names now lead to another dir (or nowhere).
+                crate::elog!("corral daemon: {why}; this supervisor no longer serves it and exits");
+                self.lost = Some(why);
+                self.stopping = true;
+                for (tx, _) in replies.drain(..) {
+                    let _ = tx.send(Reply::err(
+                        1,
+                        "the supervisor's data dir was deleted or replaced; run the command again",
+                    ));
+                }
+                break;
             }
             // Stopped (SIGSTOP, a debugger) or suspended: what queued meanwhile (requests,
             // exits, status and handoff writes) is taken in before any deadline is judged.
@@ -459,8 +535,16 @@ impl Supervisor {
                 self.attempt_ended(&id, attempt);
             }
             Msg::Written => {
+                // The data dir itself named: it was deleted or moved (the loop looks next).
+                let root = self.data.root().to_path_buf();
                 for path in super::watch::take(&self.written) {
-                    self.file_written(path);
+                    if path == root {
+                        if self.identity.is_some() && self.lost.is_none() {
+                            self.lost = Some(format!("the data dir {} was deleted or moved away", root.display()));
+                        }
+                    } else {
+                        self.file_written(path);
+                    }
                 }
             }
             Msg::Launched { seq, shim_pid, result, pidfd } => launch::launched(self, seq, shim_pid, result, pidfd),
@@ -533,7 +617,22 @@ impl Supervisor {
         }
     }
 
+    /// The registry row of this id could not be read.
+    pub fn is_quarantined(&self, id: &str) -> bool {
+        self.unreadable.iter().any(|u| u.id == id)
+    }
+
     pub fn lookup(&self, id: &str) -> Result<AgentId, Reply> {
+        if let Some(u) = self.unreadable.iter().find(|u| u.id == id) {
+            return Err(Reply::err(
+                1,
+                format!(
+                    "agent {id} is unreadable in the registry ({}): it is quarantined and left as it is; every \
+                     other agent works. `corral status` shows it",
+                    u.reason
+                ),
+            ));
+        }
         let id = AgentId::parse(id).map_err(|e| Reply::err(2, e.to_string()))?;
         if self.agents.contains_key(&id) {
             Ok(id)
@@ -718,6 +817,7 @@ impl Supervisor {
             .chain(self.resource_recheck)
             .chain(self.launches.values().map(|p| p.deadline))
             .chain(self.idle_deadline())
+            .chain([self.next_reconcile])
             .min()
     }
 
@@ -727,9 +827,49 @@ impl Supervisor {
         Some(self.idle_since?.saturating_add(limit.as_millis() as u64))
     }
 
+    /// Looks at every agent's files again, as if each had been written: status files and
+    /// handoffs, and the run file of every attempt believed running (its end recorded, or
+    /// its shim gone, without the exit being heard). The file watch and the shims' exit
+    /// watches are the fast path; this bounds what a missed event (an overflowed inotify
+    /// queue, a write through a path no watch sees, a lost wakeup) can delay.
+    pub fn reconcile_all(&mut self) {
+        for id in self.order.clone() {
+            // Read again only when the file is not the version last read.
+            let stamp = FileStamp::of(&self.data.status_file(&id));
+            if stamp.is_some() && stamp != self.agents[&id].status_seen {
+                self.refresh_status(&id);
+            }
+        }
+        self.file_written(self.data.handoff_dir());
+        let starting: std::collections::HashSet<AgentId> = self.launches.values().map(|p| p.id.clone()).collect();
+        for id in self.order.clone() {
+            let live = &self.agents[&id].agent;
+            if !live.state.has_live_process() || starting.contains(&id) {
+                continue;
+            }
+            let Some(cur) = live.current() else { continue };
+            let (n, shim_pid) = match cur.run {
+                crate::policy::agent::AttemptRun::Running { shim_pid, .. } => (cur.attempt, shim_pid),
+                _ => continue,
+            };
+            if self.orphans.is_adopted(&id, n) {
+                continue;
+            }
+            let probe = self.io.probe_run(&self.data.attempt_file(&id, n, "run"));
+            if probe.info.exit.is_some() || probe.held == Some(false) {
+                crate::elog!("corral daemon: the end of {id} attempt {n} was found by the periodic look, not heard");
+                self.take(Msg::Exited { id: id.clone(), attempt: n, shim_pid }, &mut Vec::new());
+            }
+        }
+    }
+
     pub fn tick(&mut self) {
         let _ = self.store.begin();
         let now = self.now();
+        if now.mono >= self.next_reconcile {
+            self.next_reconcile = now.mono + self.ws.config.supervisor.reconcile_ms();
+            self.reconcile_all();
+        }
         launch::overdue_handshakes(self, now.mono);
         for key in self.breaker.advance(now.mono) {
             let b = &self.breaker.by_key[&key];

@@ -6,12 +6,18 @@
 //! Replies go through here too, in order: a reply is sent only once every change made
 //! before it is in the files, so a script that runs `jq` on the registry after any corral
 //! command sees what that command saw.
+//!
+//! An export that cannot be written (a read-only or full disk) is written again, with a
+//! backoff, until it can be: a failed export is never left stale. Nothing is written once the
+//! data dir is no longer the one the supervisor serves.
 
+use super::identity::Identity;
 use crate::ipc::Reply;
 use crate::protocol::{AgentId, atomic};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// What changed in one batch of the event loop, and the replies that wait for it.
@@ -44,11 +50,21 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    pub fn start(registry: PathBuf, escalations: PathBuf) -> std::io::Result<Self> {
+    pub fn start(registry: PathBuf, escalations: PathBuf, identity: Option<Identity>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Batch>();
-        let thread = std::thread::Builder::new()
-            .name("corral-export".into())
-            .spawn(move || Writer { registry, escalations, order: Vec::new(), lines: HashMap::new() }.run(rx))?;
+        let thread = std::thread::Builder::new().name("corral-export".into()).spawn(move || {
+            Writer {
+                registry,
+                escalations,
+                identity,
+                order: Vec::new(),
+                lines: HashMap::new(),
+                registry_due: false,
+                escalations_due: None,
+                delay: RETRY_FIRST,
+            }
+            .run(rx)
+        })?;
         Ok(Self { tx: Some(tx), thread: Some(thread) })
     }
 
@@ -78,45 +94,95 @@ impl Drop for Exporter {
     }
 }
 
+/// The first wait before an export that failed is written again, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 struct Writer {
     registry: PathBuf,
     escalations: PathBuf,
+    identity: Option<Identity>,
     order: Vec<AgentId>,
     lines: HashMap<AgentId, String>,
+    /// The registry export is not yet written as it stands.
+    registry_due: bool,
+    /// The escalations export not yet written.
+    escalations_due: Option<String>,
+    /// The wait before the next try of a failed export.
+    delay: Duration,
 }
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Batch>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let due = self.registry_due || self.escalations_due.is_some();
+            let first = if due {
+                match rx.recv_timeout(self.delay) {
+                    Ok(b) => Some(b),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        self.write_due();
+                        return;
+                    }
+                }
+            } else {
+                match rx.recv() {
+                    Ok(b) => Some(b),
+                    Err(_) => return,
+                }
+            };
             // Everything queued meanwhile is written at once.
-            let mut batches = vec![first];
-            batches.extend(rx.try_iter());
-            let mut registry_changed = false;
-            let mut escalations = None;
             let mut replies = Vec::new();
-            for b in batches {
-                registry_changed |= b.rewrite || !b.added.is_empty() || !b.lines.is_empty();
+            for b in first.into_iter().chain(rx.try_iter()) {
+                self.registry_due |= b.rewrite || !b.added.is_empty() || !b.lines.is_empty();
                 self.order.extend(b.added);
                 self.lines.extend(b.lines);
-                escalations = b.escalations.or(escalations);
+                if b.escalations.is_some() {
+                    self.escalations_due = b.escalations;
+                }
                 replies.extend(b.replies);
             }
-            if registry_changed {
-                self.write_registry();
+            let failed_before = due;
+            self.write_due();
+            if self.registry_due || self.escalations_due.is_some() {
+                self.delay = if failed_before { (self.delay * 2).min(RETRY_MAX) } else { RETRY_FIRST };
+            } else if failed_before {
+                self.delay = RETRY_FIRST;
+                crate::elog!("corral daemon: the exports are written again");
             }
-            if let Some(text) = escalations
-                && let Err(e) = atomic::replace_in_place(&self.escalations, text.as_bytes())
-            {
-                crate::elog!("corral daemon: cannot write {}: {e}", self.escalations.display());
-            }
+            // A reply does not wait for a disk that cannot take the export: the registry
+            // has what it says, and the export follows as soon as it can.
             for (tx, reply) in replies {
                 let _ = tx.send(reply);
             }
         }
     }
 
-    /// One record per line, a valid JSON array.
-    fn write_registry(&self) {
+    /// Writes what is due; what fails stays due.
+    fn write_due(&mut self) {
+        if let Some(why) = self.identity.as_ref().and_then(Identity::lost) {
+            if self.registry_due || self.escalations_due.is_some() {
+                crate::elog!("corral daemon: exports not written: {why}");
+            }
+            self.registry_due = false;
+            self.escalations_due = None;
+            return;
+        }
+        if self.registry_due {
+            self.registry_due = !self.write_registry();
+        }
+        if let Some(text) = self.escalations_due.take()
+            && let Err(e) = atomic::replace_in_place(&self.escalations, text.as_bytes())
+        {
+            if self.delay == RETRY_FIRST {
+                crate::elog!("corral daemon: cannot write {} (will try again): {e}", self.escalations.display());
+            }
+            self.escalations_due = Some(text);
+        }
+    }
+
+    /// One record per line, a valid JSON array. Whether it was written.
+    fn write_registry(&self) -> bool {
         let mut text = String::with_capacity(self.lines.values().map(|l| l.len() + 2).sum::<usize>() + 4);
         text.push('[');
         for (i, id) in self.order.iter().enumerate() {
@@ -124,8 +190,14 @@ impl Writer {
             text.push_str(self.lines.get(id).map_or("null", String::as_str));
         }
         text.push_str("\n]\n");
-        if let Err(e) = atomic::replace_in_place(&self.registry, text.as_bytes()) {
-            crate::elog!("corral daemon: cannot write {}: {e}", self.registry.display());
+        match atomic::replace_in_place(&self.registry, text.as_bytes()) {
+            Ok(()) => true,
+            Err(e) => {
+                if self.delay == RETRY_FIRST {
+                    crate::elog!("corral daemon: cannot write {} (will try again): {e}", self.registry.display());
+                }
+                false
+            }
         }
     }
 }

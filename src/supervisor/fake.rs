@@ -102,19 +102,23 @@ pub struct Tables {
 pub struct MemRegistry(pub Rc<RefCell<Tables>>);
 
 impl Registry for MemRegistry {
-    fn load(&mut self) -> Result<Vec<Agent>> {
+    fn load(&mut self) -> Result<crate::store::Loaded> {
         let t = self.0.borrow();
-        t.agents
-            .iter()
-            .map(|(id, body)| {
-                serde_json::from_str(body).map_err(|e| StoreError::Corrupt { id: id.clone(), err: e.to_string() })
-            })
-            .collect()
+        let mut out = crate::store::Loaded::default();
+        for (id, body) in &t.agents {
+            out.row(id.clone(), String::new(), body);
+        }
+        Ok(out)
     }
     fn next_number(&mut self) -> Result<u64> {
         let mut t = self.0.borrow_mut();
         t.number += 1;
         Ok(t.number)
+    }
+    fn raise_number(&mut self, floor: u64) -> Result<()> {
+        let mut t = self.0.borrow_mut();
+        t.number = t.number.max(floor);
+        Ok(())
     }
     fn put(&mut self, agent: &Agent) -> Result<()> {
         let mut t = self.0.borrow_mut();

@@ -164,7 +164,7 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
     let id = match &req.id {
         Some(given) => {
             let id = AgentId::parse(given).map_err(|e| bad(e.to_string()))?;
-            if sup.agents.contains_key(&id) {
+            if sup.agents.contains_key(&id) || sup.is_quarantined(id.as_str()) {
                 return Err(bad(format!("agent id {id} is already taken; choose another --id")));
             }
             id
@@ -172,7 +172,7 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
         None => loop {
             let n = sup.store.next_number().map_err(|e| Reply::err(1, e.to_string()))?;
             let id = AgentId::generated(n, &req.role);
-            if !sup.agents.contains_key(&id) {
+            if !sup.agents.contains_key(&id) && !sup.is_quarantined(id.as_str()) {
                 break id;
             }
         },

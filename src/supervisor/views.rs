@@ -101,9 +101,52 @@ pub fn queue_reason(sup: &Supervisor, live: &Live, g: &Gauges, mono: u64) -> Opt
     })
 }
 
+/// An agent whose registry row could not be read: quarantined, shown with the reason.
+pub fn unreadable_view(sup: &Supervisor, u: &crate::store::Unreadable) -> AgentView {
+    let reason = format!(
+        "its registry row cannot be read ({}); it is left as it is and no other agent is affected. \
+         Look at the row in {} or remove it",
+        u.reason,
+        sup.data.db_file().display()
+    );
+    AgentView {
+        agent_id: u.id.clone(),
+        role: u.role.clone(),
+        task: String::new(),
+        status: "unreadable".into(),
+        reason: Some(reason.clone()),
+        needs_human: true,
+        reported_status: None,
+        pid: None,
+        attempt: 0,
+        budget_attempt: 0,
+        max_retries: 0,
+        progress: None,
+        phase: None,
+        milestone: None,
+        last_update: None,
+        age_seconds: None,
+        anomalies: vec!["UNREADABLE".into()],
+        exit_code: None,
+        signal: None,
+        spawned_at: String::new(),
+        cwd: String::new(),
+        ended_at: None,
+        unreadable: Some(reason),
+        next_attempt_in_seconds: None,
+        escalation: None,
+        adapter: "none".into(),
+    }
+}
+
 pub fn status(sup: &Supervisor, ids: &[String], role: Option<&str>) -> Reply {
     let mut wanted = Vec::new();
+    let mut quarantined = Vec::new();
     for id in ids {
+        if let Some(u) = sup.unreadable.iter().find(|u| u.id == *id) {
+            quarantined.push(u);
+            continue;
+        }
         match sup.lookup(id) {
             Ok(id) => wanted.push(id),
             Err(r) => return r,
@@ -119,10 +162,36 @@ pub fn status(sup: &Supervisor, ids: &[String], role: Option<&str>) -> Reply {
         .filter(|l| role.is_none_or(|r| l.agent.spec.role == r))
         .map(|l| agent_view(sup, l, now, &gauges))
         .collect();
+    let mut views = views;
+    if !ids.is_empty() && wanted.is_empty() {
+        views.clear();
+    }
+    let unreadable = if ids.is_empty() { sup.unreadable.iter().collect() } else { quarantined };
+    views.extend(unreadable.into_iter().filter(|u| role.is_none_or(|r| u.role == r)).map(|u| unreadable_view(sup, u)));
     Reply::ok(views)
 }
 
 pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
+    if let Some(u) = sup.unreadable.iter().find(|u| u.id == id) {
+        let d = &sup.data;
+        let file = |p: std::path::PathBuf| p.display().to_string();
+        let (status_file, log_file, context_file) = match crate::protocol::AgentId::parse(id) {
+            Ok(a) => (file(d.status_file(&a)), file(d.log_file(&a)), file(d.context_file(&a))),
+            Err(_) => Default::default(),
+        };
+        return Reply::ok(ShowView {
+            agent: unreadable_view(sup, u),
+            scope: None,
+            constraints: Vec::new(),
+            after: Vec::new(),
+            command: Vec::new(),
+            attempts: Vec::new(),
+            findings: Vec::new(),
+            files: ShowFiles { status_file, log_file, context_file, expected_handoff: String::new() },
+            handoffs: Vec::new(),
+            events: Vec::new(),
+        });
+    }
     let id = match sup.lookup(id) {
         Ok(id) => id,
         Err(r) => return r,

@@ -83,13 +83,40 @@ struct Watched {
 struct Dirs {
     inotify: OwnedFd,
     root: PathBuf,
+    /// The data dir as it was at start: once the name holds another (or none), nothing is
+    /// made again in it, and the supervisor is told.
+    root_id: super::identity::FileId,
+    root_wd: i32,
     dirs: Vec<Watched>,
 }
 
 impl Dirs {
+    fn root_intact(&self) -> bool {
+        super::identity::file_id(&self.root, true) == Some(self.root_id)
+    }
+
+    /// Whether a directory gone from the data dir was the agents' doing (the data dir and
+    /// its registry stay) rather than the data dir being deleted: looked at a few times over
+    /// a moment, since `rm -rf` takes the directories one by one.
+    fn settled(&self) -> bool {
+        let db = crate::protocol::DataDir::new(self.root.clone()).db_file();
+        for round in 0..3 {
+            if round > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if !self.root_intact() || fsio::lstat(&db).is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// (Re)makes the directory and watches it; a few rounds against an agent swapping it
     /// while we do.
     fn arm(&mut self, i: usize) -> io::Result<()> {
+        if !self.root_intact() {
+            return Err(io::Error::other(format!("{} is no longer the data dir served", self.root.display())));
+        }
         let fd = self.inotify.as_raw_fd();
         let w = &mut self.dirs[i];
         if w.wd >= 0 {
@@ -137,8 +164,15 @@ fn visible(name: &OsStr) -> bool {
     b.ends_with(b".json") && !b.starts_with(b".")
 }
 
-/// Watches `dirs` (directories below the data dir `root`).
-pub fn watch(root: &Path, dirs: &[PathBuf], pending: Pending, tx: UnboundedSender<Msg>) -> io::Result<Watcher> {
+/// Watches `dirs` (directories below the data dir `root`, whose identity is `root_id`), and
+/// the data dir itself for its deletion or move (then `root` is handed over as written).
+pub fn watch(
+    root: &Path,
+    root_id: super::identity::FileId,
+    dirs: &[PathBuf],
+    pending: Pending,
+    tx: UnboundedSender<Msg>,
+) -> io::Result<Watcher> {
     // SAFETY: plain syscalls creating descriptors we own.
     let inotify = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
     if inotify < 0 {
@@ -153,9 +187,20 @@ pub fn watch(root: &Path, dirs: &[PathBuf], pending: Pending, tx: UnboundedSende
     }
     // SAFETY: just created, each owned once.
     let (wake, stop) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+    let c = CString::new(root.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: valid descriptor and C string.
+    let root_wd = unsafe {
+        libc::inotify_add_watch(
+            inotify.as_raw_fd(),
+            c.as_ptr(),
+            libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_ONLYDIR,
+        )
+    };
     let mut state = Dirs {
         inotify,
         root: root.to_path_buf(),
+        root_id,
+        root_wd,
         dirs: dirs.iter().map(|p| Watched { path: p.clone(), wd: -1, id: (0, 0) }).collect(),
     };
     for i in 0..state.dirs.len() {
@@ -206,6 +251,12 @@ fn run(mut state: Dirs, wake: OwnedFd, pending: Pending, tx: UnboundedSender<Msg
                     rearm.extend(0..state.dirs.len());
                     continue;
                 }
+                if ev.wd == state.root_wd && ev.wd >= 0 {
+                    if ev.mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 {
+                        push(&pending, &tx, state.root.clone());
+                    }
+                    continue;
+                }
                 let Some(i) = state.dirs.iter().position(|w| w.wd == ev.wd) else { continue };
                 if ev.mask & SELF_EVENTS != 0 {
                     rearm.insert(i);
@@ -224,6 +275,12 @@ fn run(mut state: Dirs, wake: OwnedFd, pending: Pending, tx: UnboundedSender<Msg
             if !state.still_there(i) {
                 rearm.insert(i);
             }
+        }
+        if !rearm.is_empty() && !state.settled() {
+            // The whole data dir is going (or went): the supervisor stops; nothing is made
+            // again in it, which would leave `rm -rf` unable to finish.
+            push(&pending, &tx, state.root.clone());
+            continue;
         }
         for i in rearm {
             if let Err(e) = state.arm(i) {
@@ -258,9 +315,11 @@ mod tests {
         let root = d.path().join("data");
         let status = root.join("agent-status");
         std::fs::create_dir_all(&status).unwrap();
+        std::fs::write(root.join("corral.db"), "").unwrap();
         let pending: Pending = Default::default();
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let _w = watch(&root, std::slice::from_ref(&status), pending.clone(), tx).unwrap();
+        let root_id = crate::supervisor::identity::file_id(&root, true).unwrap();
+        let _w = watch(&root, root_id, std::slice::from_ref(&status), pending.clone(), tx).unwrap();
         std::fs::write(status.join("a.json"), "{}").unwrap();
         assert!(wait_for(&pending, &status.join("a.json")));
 
