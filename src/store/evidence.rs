@@ -41,6 +41,13 @@ pub fn id_number(id: &str) -> Option<u64> {
     n.parse().ok()
 }
 
+/// The names of the regular files in `dir` (a symlink or FIFO planted there is no record).
+fn files(data: &DataDir, dir: &Path) -> Vec<String> {
+    let mut out = names(data, dir);
+    out.retain(|n| fsio::lstat(&dir.join(n)).is_some_and(|m| m.is_file()));
+    out
+}
+
 fn names(data: &DataDir, dir: &Path) -> Vec<String> {
     fsio::Dir::open(data.root(), dir)
         .and_then(|d| d.names())
@@ -54,7 +61,7 @@ impl Evidence {
     pub fn gather(data: &DataDir) -> Self {
         let mut ev = Self::default();
         let mut weak = BTreeSet::new();
-        for name in names(data, &data.run_dir()) {
+        for name in files(data, &data.run_dir()) {
             // `<id>.<attempt>.<kind>`, or `<id>.report.lock`; ids may hold dots.
             let mut parts = name.rsplitn(3, '.');
             let (Some(kind), Some(mid), Some(id)) = (parts.next(), parts.next(), parts.next()) else { continue };
@@ -74,7 +81,7 @@ impl Evidence {
                 }
             }
         }
-        for name in names(data, &data.log_dir()) {
+        for name in files(data, &data.log_dir()) {
             if let Some(id) = name.strip_suffix(".log").filter(|id| AgentId::parse(id).is_ok()) {
                 ev.note(id, "logs");
             }

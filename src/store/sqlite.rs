@@ -336,6 +336,28 @@ mod tests {
     }
 
     #[test]
+    fn one_unreadable_row_is_set_apart_and_the_number_never_goes_back() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = SqliteRegistry::open(&d.path().join("r.db")).unwrap();
+        s.conn
+            .execute_batch(
+                "INSERT INTO agents(id, seq, role, state, body) VALUES ('agent-004-X', 1, 'X', 'running', '{bad');
+                 INSERT INTO agents(id, seq, role, state, body) VALUES ('agent-005-X', 2, 'X', 'running', X'FF');",
+            )
+            .unwrap();
+        let loaded = s.load().unwrap();
+        assert!(loaded.agents.is_empty());
+        let rows: Vec<(&str, &str)> = loaded.unreadable.iter().map(|u| (u.id.as_str(), u.role.as_str())).collect();
+        assert_eq!(rows, [("agent-004-X", "X"), ("agent-005-X", "X")]);
+        assert!(loaded.unreadable[1].reason.contains("not text"), "{:?}", loaded.unreadable[1]);
+        s.begin().unwrap();
+        s.raise_number(9).unwrap();
+        s.raise_number(3).unwrap();
+        s.commit().unwrap();
+        assert_eq!(s.next_number().unwrap(), 10);
+    }
+
+    #[test]
     fn numbers_events_and_recent_events_are_the_newest_in_order() {
         let d = tempfile::tempdir().unwrap();
         let mut s = SqliteRegistry::open(&d.path().join("r.db")).unwrap();

@@ -201,3 +201,42 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_export_that_cannot_be_written_is_written_once_it_can() {
+        let d = tempfile::tempdir().unwrap();
+        // The directory is not there yet: every write fails until it is.
+        let dir = d.path().join("later");
+        let registry = dir.join("spawn-registry.json");
+        let x = Exporter::start(registry.clone(), dir.join("escalations.txt"), None).unwrap();
+        let (tx, rx) = oneshot::channel();
+        let id = AgentId::parse("a").unwrap();
+        x.send(Batch {
+            added: vec![id.clone()],
+            lines: vec![(id, "{\"agentId\":\"a\"}".into())],
+            rewrite: true,
+            escalations: Some("a: why\n".into()),
+            replies: vec![(tx, Reply::ok(1))],
+        });
+        // The reply does not wait for a disk that cannot take the export.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let mut rx = rx;
+        while rx.try_recv().is_err() {
+            assert!(std::time::Instant::now() < until, "the reply never came");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!registry.exists());
+        std::fs::create_dir(&dir).unwrap();
+        while !(registry.exists() && dir.join("escalations.txt").exists()) {
+            assert!(std::time::Instant::now() < until, "the export was never written again");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&registry).unwrap()).unwrap();
+        assert_eq!(v[0]["agentId"], "a");
+        assert_eq!(std::fs::read_to_string(dir.join("escalations.txt")).unwrap(), "a: why\n");
+    }
+}

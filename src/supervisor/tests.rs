@@ -340,3 +340,128 @@ fn a_restart_reconciles_attempts_in_every_state() {
     r.sup.tick();
     assert!(r.started().iter().any(|s| s.starts_with("retrying.1")), "a due retry starts: {:?}", r.started());
 }
+
+#[test]
+fn the_periodic_reconcile_finds_an_exit_and_a_report_no_event_announced() {
+    let mut r = rig("[supervisor]\nreconcile_interval = \"5s\"\n");
+    r.spawn("quiet");
+    r.answer("quiet", 1);
+    r.spawn("reporter");
+    r.answer("reporter", 2);
+    // The exit is in the run file, but no exit message ever comes (a lost wakeup).
+    let run = r.sup.data.attempt_file(&id("quiet"), 1, "run");
+    r.io.0.borrow_mut().runs.insert(run, FakeRun { exit: Some(ProcessEnd::Exited { code: 0 }), ..Default::default() });
+    // A status write no watch saw (there is no watcher on the fake machine at all).
+    let status = r.sup.data.status_file(&id("reporter"));
+    std::fs::write(&status, r#"{"agentId":"reporter","status":"active","phase":"unseen"}"#).unwrap();
+
+    r.io.0.borrow_mut().mono += 4_000;
+    r.sup.tick();
+    assert_eq!(r.state("quiet"), AgentState::Running, "nothing is looked at before the period");
+    assert!(r.sup.agents[&id("reporter")].report.is_none());
+
+    r.io.0.borrow_mut().mono += 1_001;
+    r.sup.tick();
+    assert_eq!(r.state("quiet"), AgentState::Complete, "the end is found within one period");
+    let live = &r.sup.agents[&id("reporter")];
+    let report = live.report.clone().unwrap_or_else(|| panic!("not read within one period: {:?}", live.report_error));
+    assert_eq!(report.phase.as_deref(), Some("unseen"));
+    assert_eq!(r.state("reporter"), AgentState::Running);
+}
+
+#[test]
+fn an_unreadable_row_is_quarantined_and_its_id_never_handed_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MemRegistry::default();
+    {
+        let template = rig("");
+        let mut s = store.clone();
+        use crate::store::Registry;
+        s.put(&queued(&template.sup, "good")).unwrap();
+        let mut bad_id = queued(&template.sup, "x");
+        bad_id.state = AgentState::Complete;
+        let body = serde_json::to_string(&bad_id).unwrap().replace("\"id\":\"x\"", "\"id\":\"../../etc\"");
+        let mut t = store.0.borrow_mut();
+        t.agents.push(("agent-007-worker".into(), "{not json".into()));
+        t.agents.push(("x".into(), body));
+    }
+    let mut r = rig_with("", store, FakeIo::default(), dir);
+    let ids: Vec<String> = r.sup.unreadable.iter().map(|u| u.id.clone()).collect();
+    assert_eq!(ids, ["agent-007-worker", "x"]);
+    assert!(r.sup.agents.contains_key(&id("good")));
+    let (replies, _) = r.request(Request::Status { ids: vec![], role: None });
+    let views: Vec<serde_json::Value> = replies[0].parse().unwrap();
+    let status: Vec<(&str, &str)> =
+        views.iter().map(|v| (v["agentId"].as_str().unwrap(), v["status"].as_str().unwrap())).collect();
+    assert_eq!(status, [("good", "running"), ("agent-007-worker", "unreadable"), ("x", "unreadable")]);
+    assert!(views[1]["reason"].as_str().unwrap().contains("not an agent record"), "{}", views[1]);
+    assert!(views[2]["reason"].as_str().unwrap().contains("not allowed"), "{}", views[2]);
+    let (show, _) = r.request(Request::Show { id: "agent-007-worker".into() });
+    assert_eq!(show[0].parse::<serde_json::Value>().unwrap()["status"], "unreadable");
+    let (kill, _) = r.request(Request::Kill { id: "x".into(), grace_ms: 0 });
+    assert!(kill[0].error.as_deref().unwrap_or("").contains("quarantined"), "{:?}", kill[0].error);
+    // The next generated id is past the quarantined one's number.
+    let (now, _) = r.request(Request::Spawn(Box::new(SpawnRequest {
+        role: "worker".into(),
+        task: "t".into(),
+        scope: None,
+        constraints: vec![],
+        id: None,
+        after: vec![],
+        timeout_ms: None,
+        max_retries: None,
+        env: vec![],
+        caller_env: vec![],
+        cwd: r.dir.path().display().to_string(),
+        command: vec!["true".into()],
+        idempotency_key: None,
+    })));
+    assert!(now.is_empty(), "the spawn waits for its handshake");
+    assert!(r.started().iter().any(|s| s.starts_with("agent-008-worker.")), "{:?}", r.started());
+    // The bad rows are never written over.
+    assert_eq!(r.store.0.borrow().agents[1].1, "{not json");
+}
+
+#[test]
+fn an_emptied_registry_next_to_run_files_and_an_export_is_refused_or_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path().join("data"));
+    data.create_all().unwrap();
+    std::fs::write(
+        data.registry_file(),
+        r#"[{"agentId":"agent-002-worker","role":"worker","task":"the task","status":"complete"}]"#,
+    )
+    .unwrap();
+    std::fs::write(data.attempt_file(&id("agent-005-worker"), 1, "run"), "").unwrap();
+    let export_before = std::fs::read(data.registry_file()).unwrap();
+
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let ws = workspace(dir.path(), "");
+    let mut sup = Supervisor::new(
+        ws.clone(),
+        data.clone(),
+        Box::new(MemRegistry::default()),
+        Box::new(FakeIo::default()),
+        tx.clone(),
+        dir.path().join("sock"),
+    );
+    let err = sup.load().unwrap_err().to_string();
+    assert!(err.contains("agent-002-worker") && err.contains("agent-005-worker"), "{err}");
+    assert!(err.contains("--rebuild"), "{err}");
+    drop(sup);
+    assert_eq!(std::fs::read(data.registry_file()).unwrap(), export_before, "the export is left as it was");
+
+    let store = MemRegistry::default();
+    let mut sup =
+        Supervisor::new(ws, data, Box::new(store.clone()), Box::new(FakeIo::default()), tx, dir.path().join("sock"));
+    sup.rebuild = true;
+    sup.load().unwrap();
+    let a2 = &sup.agents[&id("agent-002-worker")].agent;
+    assert_eq!((a2.state.clone(), a2.spec.task.as_str()), (AgentState::Complete, "the task"));
+    // The rebuilt attempt is judged by its run file like any other: nothing ever ran, so it
+    // starts now, once.
+    assert!(sup.agents.contains_key(&id("agent-005-worker")));
+    use crate::store::Registry;
+    let mut s = store.clone();
+    assert_eq!(s.next_number().unwrap(), 6, "no number the data dir names is handed out again");
+}
