@@ -66,12 +66,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         }
         Some(Action::Start { rebuild, foreground: false }) => {
             if Client::try_connect(&ctx.data).is_ok() {
-                eprintln!("a supervisor is already running for {}", ctx.data.root().display());
+                note!("a supervisor is already running for {}", ctx.data.root().display())?;
                 return Ok(0);
             }
             Client::start(&ctx.data, &ctx.ws.root, rebuild)?;
             let v: DaemonView = serde_json::from_value(ctx.call(&Request::DaemonStatus)?)?;
-            eprintln!("supervisor running: pid {}, socket {}", v.pid, v.socket);
+            note!("supervisor running: pid {}, socket {}", v.pid, v.socket)?;
             Ok(0)
         }
         None => {
