@@ -416,6 +416,7 @@ fn an_unreadable_row_is_quarantined_and_its_id_never_handed_out_again() {
         command: vec!["true".into()],
         idempotency_key: None,
         adapter: Default::default(),
+        worktree: None,
     })));
     assert!(now.is_empty(), "the spawn waits for its handshake");
     assert!(r.started().iter().any(|s| s.starts_with("agent-008-worker.")), "{:?}", r.started());
