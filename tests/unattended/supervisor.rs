@@ -41,8 +41,15 @@ fn delay_of_unseen_write(config: &str, limit: Duration) -> Option<Duration> {
 #[test]
 fn a_missed_status_event_is_found_by_the_periodic_reconcile() {
     // The control: with the default period (30s) the write stays unseen for seconds, so the
-    // watch really missed it.
-    let control = delay_of_unseen_write(RELAXED, SECS(3));
+    // watch really missed it. (A loop held up past its timer under load reads every status
+    // file again on its own; one quiet run of three is enough to show the watch is blind.)
+    let mut control = None;
+    for _ in 0..3 {
+        control = delay_of_unseen_write(RELAXED, SECS(3));
+        if control.is_none() {
+            break;
+        }
+    }
     // With a 1s period it is found within that period (plus the time to look).
     let config = format!("{RELAXED}[supervisor]\nreconcile_interval = \"1s\"\n");
     let found = delay_of_unseen_write(&config, SECS(10));
