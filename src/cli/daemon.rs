@@ -50,8 +50,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         None if a.foreground => {
             match &ctx.ws.config_error {
                 Some(e) if a.on_demand => crate::elog!(
-                    "corral daemon: {e}; running on the last good configuration, spawns are refused until the \
-                     file is fixed"
+                    "corral daemon: {}; running on the last good configuration, spawns are refused until the \
+                     file is fixed",
+                    crate::display::escape(e)
                 ),
                 _ => ctx.need_config()?,
             }

@@ -215,7 +215,8 @@ impl Ctx {
             } else {
                 "the last good configuration"
             };
-            crate::elog!("warning: {e}; using {on}");
+            // The file is the workspace's, which agents can write: shown escaped, on one line.
+            crate::elog!("warning: {}; using {on}", crate::display::escape(e));
         }
     }
 

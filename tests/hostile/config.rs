@@ -183,3 +183,24 @@ fn a_config_replaced_by_a_fifo_hangs_nothing() {
     assert_eq!(reads_ok, 2, "{:?}", status.as_ref().map(stderr));
     std::fs::remove_file(&file).unwrap();
 }
+
+/// A `corral.toml` an agent filled with terminal controls: the error every command shows
+/// (spawn's refusal, the others' warning) carries them escaped, never raw.
+#[test]
+fn terminal_controls_in_the_config_reach_no_terminal() {
+    let ws = Ws::with_config(Some(GOOD));
+    let id = ws.spawn("W", &["true"]);
+    std::fs::write(ws.path().join("corral.toml"), format!("{GOOD}\x1b]0;PWNED\x07\x1b[2J = 1\n")).unwrap();
+    let mut raw_controls = 0;
+    let mut outputs = 0;
+    for args in [&["spawn", "--role", "W", "--task", "t", "--", "true"][..], &["status"], &["show", &id]] {
+        if let Some(o) = run_t(&ws, ws.path(), args, SECS(20)) {
+            outputs += 1;
+            let e = stderr(&o);
+            raw_controls += e.matches(['\x1b', '\x07']).count();
+            assert!(e.contains("corral.toml:4:") && e.contains("\\e]0;PWNED"), "{args:?}: {e:?}");
+        }
+    }
+    println!("HOSTILE config-terminal outputs={outputs} raw_controls={raw_controls}");
+    assert_eq!((outputs, raw_controls), (3, 0));
+}
