@@ -217,6 +217,12 @@ pub struct ClassifyConfig {
     pub finding: Option<regex::Regex>,
     #[serde(default, deserialize_with = "de_regex")]
     pub output: Option<regex::Regex>,
+    /// The API error status an agent CLI's result reported (e.g. 529).
+    #[serde(default)]
+    pub api_error_status: Vec<u16>,
+    /// Regex on the text of an agent CLI's result.
+    #[serde(default, deserialize_with = "de_regex")]
+    pub result: Option<regex::Regex>,
     #[serde(deserialize_with = "de_action")]
     pub action: RuleAction,
     pub name: Option<String>,
@@ -332,6 +338,8 @@ impl Config {
                 failure_types: c.failure_type.clone(),
                 finding: c.finding.clone(),
                 output: c.output.clone(),
+                api_error_status: c.api_error_status.clone(),
+                result: c.result.clone(),
                 action: c.action,
             })
             .collect()

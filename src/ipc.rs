@@ -183,6 +183,19 @@ pub struct AgentView {
     /// The role's `verify` command, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Vec<String>>,
+    /// The agent CLI's session (the latest attempt's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Cost of all attempts together, in USD (`null`: not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<crate::policy::usage::Tokens>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turns: Option<u32>,
+    /// While `waiting` on a rate limit: when it ends (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_until: Option<String>,
 }
 
 fn none_adapter() -> String {
@@ -210,6 +223,30 @@ pub struct AttemptView {
     pub rule: Option<String>,
     pub pid: Option<i32>,
     pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<crate::policy::usage::Tokens>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turns: Option<u32>,
+    /// The agent CLI's final result, when it reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultView>,
+    /// This attempt continued the session of the one before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+}
+
+/// An agent CLI's final result as `show --json` gives it.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultView {
+    pub ok: bool,
+    pub subtype: Option<String>,
+    pub text: Option<String>,
+    pub api_error_status: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -300,6 +337,21 @@ pub struct HealthView {
     pub max_load: Option<f64>,
     pub open_escalations: usize,
     pub max_open_escalations: Option<usize>,
+    /// What all agents' attempts cost together, in USD, where known.
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// Providers whose rate or usage limit holds their agents' admission.
+    #[serde(default)]
+    pub providers: Vec<ProviderView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderView {
+    pub name: String,
+    /// When the hold ends (RFC 3339).
+    pub held_until: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -65,3 +65,191 @@ fn a_role_names_its_adapter_and_a_bad_name_is_a_config_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("corral.toml") && err.contains("claude-code, codex, none"), "{err}");
 }
+
+fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
+}
+
+fn events(ws: &Ws, id: &str) -> Vec<serde_json::Value> {
+    ws.ok(&["events", "--agent", id]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn kinds(ws: &Ws, id: &str) -> Vec<String> {
+    events(ws, id).iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_claude_run_records_session_tokens_cost_turns_and_its_result() {
+    let ws = Ws::with_config(Some(FAST));
+    let claude = fake_cli(&ws, "claude", "claude-success", "exit 0");
+    let id = ws.spawn("W", &[&claude, "-p", "x"]);
+    let s = ws.wait_state(&id, &["complete", "failed", "escalated", "retrying"], secs(15));
+    assert_eq!(s["status"], "complete", "{s}");
+    assert_eq!(s["sessionId"], "5f1c2a9e-7b7e-4d53-9a55-0f2d7b1c9e01");
+    assert_eq!(s["costUsd"], 0.0123);
+    assert_eq!(s["tokens"]["input"], 2500);
+    assert_eq!(s["tokens"]["output"], 52);
+    assert_eq!(s["turns"], 2);
+    let show = ws.show(&id);
+    let a = &show["attempts"][0];
+    assert_eq!(a["sessionId"], "5f1c2a9e-7b7e-4d53-9a55-0f2d7b1c9e01");
+    assert_eq!(a["result"]["ok"], true);
+    assert_eq!(a["result"]["subtype"], "success");
+    assert_eq!(a["result"]["text"], "Done: the report and the handoff are written.");
+    assert_eq!(a["costUsd"], 0.0123);
+    let k = kinds(&ws, &id);
+    assert!(k.contains(&"result".to_string()) && k.contains(&"usage".to_string()), "{k:?}");
+    let reg = ws.registry();
+    let rec = reg.as_array().unwrap().iter().find(|r| r["agentId"] == id.as_str()).unwrap().clone();
+    assert_eq!(rec["costUsd"], 0.0123, "{rec}");
+    assert_eq!(rec["sessionId"], "5f1c2a9e-7b7e-4d53-9a55-0f2d7b1c9e01");
+    assert!((ws.json(&["health", "--json"])["costUsd"].as_f64().unwrap() - 0.0123).abs() < 1e-9);
+    let table = ws.ok(&["status"]);
+    assert!(table.contains("COST") && table.contains("$0.0123"), "{table}");
+    // Plain agents carry none of it.
+    let plain = ws.spawn("W", &["sh", "-c", &format!("cat '{}'", fixture("claude-success").display())]);
+    let p = ws.wait_state(&plain, &["complete"], secs(15));
+    assert!(p.get("sessionId").is_none() && p.get("costUsd").is_none(), "{p}");
+}
+
+#[test]
+fn an_error_result_after_exit_0_is_a_failure_and_so_is_no_result_at_all() {
+    let ws = Ws::with_config(Some(&format!("{FAST}\n[roles.W]\nmax_retries = 0\n")));
+    let over = fake_cli(&ws, "claude", "claude-overloaded", "exit 0");
+    let id = ws.spawn("W", &[&over, "-p", "x"]);
+    let s = ws.wait_state(&id, &["complete", "failed", "escalated"], secs(15));
+    assert_eq!(s["status"], "escalated", "{s}");
+    let a = &ws.show(&id)["attempts"][0];
+    assert_eq!(a["exitCode"], 0);
+    assert_eq!(a["failureType"], "crash");
+    assert_eq!(a["result"]["ok"], false);
+    assert_eq!(a["result"]["apiErrorStatus"], 529);
+    assert!(a["reason"].as_str().unwrap().contains("the CLI reported an error (API status 529)"), "{a}");
+
+    let cut = fake_cli(&ws, "claude", "claude-no-result", "exit 0");
+    let id = ws.spawn("W", &[&cut, "-p", "x"]);
+    let s = ws.wait_state(&id, &["complete", "failed", "escalated"], secs(15));
+    assert_ne!(s["status"], "complete", "{s}");
+    let a = &ws.show(&id)["attempts"][0];
+    assert!(a["reason"].as_str().unwrap().contains("ended without a result"), "{a}");
+}
+
+#[test]
+fn overload_is_transient_and_retried() {
+    let ws = Ws::with_config(Some(&format!("{FAST}\n[roles.W]\nmax_retries = 1\n")));
+    let marker = ws.path().join("tried");
+    let dir = ws.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("claude");
+    let script = format!(
+        "#!/bin/sh\nif [ -e '{m}' ]; then cat '{ok}'; exit 0; fi\ntouch '{m}'\ncat '{bad}'\nexit 0\n",
+        m = marker.display(),
+        ok = fixture("claude-success").display(),
+        bad = fixture("claude-overloaded").display()
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let id = ws.spawn("W", &[path.to_str().unwrap(), "-p", "x"]);
+    let s = ws.wait_state(&id, &["complete", "failed", "escalated"], secs(15));
+    assert_eq!(s["status"], "complete", "{s}");
+    let show = ws.show(&id);
+    assert_eq!(show["attempts"][0]["failureType"], "crash");
+    assert!(show["attempts"][0]["action"].as_str().unwrap().starts_with("retry"), "{show}");
+}
+
+#[test]
+fn a_process_lingering_after_its_result_is_stopped_after_result_grace_and_complete() {
+    let ws = Ws::with_config(Some(&format!("{FAST}\n[roles.W]\nresult_grace = \"300ms\"\n")));
+    let claude = fake_cli(&ws, "claude", "claude-success", "sleep 60");
+    let id = ws.spawn("W", &[&claude, "-p", "x"]);
+    let s = ws.wait_state(&id, &["complete", "failed", "escalated", "retrying"], secs(20));
+    assert_eq!(s["status"], "complete", "{s}");
+    let a = &ws.show(&id)["attempts"][0];
+    assert_eq!(a["signal"], 15, "stopped with TERM: {a}");
+    assert_eq!(a["result"]["ok"], true);
+}
+
+#[test]
+fn a_cost_over_max_cost_usd_stops_and_escalates() {
+    let ws = Ws::with_config(Some(&format!("{FAST}\n[roles.W]\nmax_cost_usd = 0.01\nmax_retries = 3\n")));
+    let claude = fake_cli(&ws, "claude", "claude-success", "sleep 60");
+    let id = ws.spawn("W", &[&claude, "-p", "x"]);
+    let s = ws.wait_state(&id, &["complete", "failed", "escalated"], secs(20));
+    assert_eq!(s["status"], "escalated", "{s}");
+    assert_eq!(s["attempt"], 1, "no retry: {s}");
+    let a = &ws.show(&id)["attempts"][0];
+    assert_eq!(a["failureType"], "budget");
+    assert!(a["reason"].as_str().unwrap().contains("max_cost_usd"), "{a}");
+    assert!(kinds(&ws, &id).contains(&"budget_exceeded".to_string()));
+    assert!(ws.json(&["escalations", "--json"]).to_string().contains("max_cost_usd"));
+}
+
+#[test]
+fn a_silent_stream_is_stale_at_heartbeat_timeout_and_retried() {
+    let ws = Ws::with_config(Some(&format!("{FAST}\n[roles.W]\nheartbeat_timeout = \"1s\"\nmax_retries = 1\n")));
+    let claude = fake_cli(&ws, "claude", "claude-no-result", "sleep 60");
+    let id = ws.spawn("W", &[&claude, "-p", "x"]);
+    assert!(wait_until(secs(20), || ws.agent(&id)["attempt"] == 2), "{}", ws.agent(&id));
+    let a = &ws.show(&id)["attempts"][0];
+    assert_eq!(a["failureType"], "timeout", "{a}");
+    assert!(a["reason"].as_str().unwrap().contains("stale"), "{a}");
+}
+
+#[test]
+fn a_rate_limit_waits_for_the_reset_holds_the_provider_and_spends_no_retry() {
+    let ws = Ws::with_config(Some(&format!("{FAST}\n[roles.W]\nmax_retries = 0\n")));
+    let limited = ws.path().join("limited.jsonl");
+    std::fs::write(
+        &limited,
+        concat!(
+            r#"{"type":"thread.started","thread_id":"0199a213-81c0-7800-8aa1-bbab2a035a60"}"#,
+            "\n",
+            r#"{"type":"turn.started"}"#,
+            "\n",
+            r#"{"type":"turn.failed","error":{"message":"You've hit your usage limit. Try again in 3 seconds."}}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let marker = ws.path().join("limited-once");
+    let dir = ws.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("codex");
+    let script = format!(
+        "#!/bin/sh\nif [ -e '{m}' ]; then cat '{ok}'; exit 0; fi\ntouch '{m}'\ncat '{bad}'\nexit 1\n",
+        m = marker.display(),
+        ok = fixture("codex-success").display(),
+        bad = limited.display()
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let codex = path.to_str().unwrap();
+    let first = ws.spawn("W", &[codex, "exec", "--json"]);
+    let s = ws.wait_state(&first, &["waiting", "complete", "failed", "escalated"], secs(15));
+    assert_eq!(s["status"], "waiting", "{s}");
+    assert!(s["reason"].as_str().unwrap().contains("rate limited by openai"), "{s}");
+    let until = s["waitingUntil"].as_str().expect("waitingUntil");
+    assert!(until.contains('T'), "{until}");
+    // Another agent of the same provider queues, saying why; a plain one is not held.
+    let second = ws.spawn("W", &[codex, "exec", "--json"]);
+    let q = ws.agent(&second);
+    assert_eq!(q["status"], "queued", "{q}");
+    assert!(q["reason"].as_str().unwrap().contains("provider openai is rate-limited"), "{q}");
+    let plain = ws.spawn("W", &["true"]);
+    ws.wait_state(&plain, &["complete"], secs(10));
+    let health = ws.json(&["health", "--json"]);
+    assert_eq!(health["providers"][0]["name"], "openai", "{health}");
+    assert!(health["providers"][0]["heldUntil"].is_string(), "{health}");
+    // After the reset both complete, the first with no retry spent.
+    let a = ws.wait_state(&first, &["complete", "failed", "escalated"], secs(20));
+    assert_eq!(a["status"], "complete", "{a}");
+    assert_eq!(a["budgetAttempt"], 1, "the limited attempt was not counted: {a}");
+    let b = ws.wait_state(&second, &["complete", "failed", "escalated"], secs(20));
+    assert_eq!(b["status"], "complete", "{b}");
+    let show = ws.show(&first);
+    assert_eq!(show["attempts"][0]["failureType"], "rate_limited");
+    assert!(show["attempts"][0]["action"].as_str().unwrap().starts_with("wait"), "{show}");
+    assert!(kinds(&ws, &first).contains(&"rate_limited".to_string()));
+}

@@ -65,6 +65,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         Some(m) => say!("escalations: {} open (at most {m})", h.open_escalations)?,
         None => say!("escalations: {} open", h.open_escalations)?,
     }
+    for p in &h.providers {
+        say!(
+            "provider:    {} held until {} ({})",
+            crate::display::shown(&p.name),
+            p.held_until,
+            crate::display::shown(&p.reason)
+        )?;
+    }
+    if h.cost_usd > 0.0 {
+        say!("cost:        ${:.4} so far", h.cost_usd)?;
+    }
     say!("queue:       {} waiting", h.queued.len())?;
     for q in &h.queued {
         say!("  {}  {}", q.agent_id, q.reason)?;

@@ -84,8 +84,13 @@ fn table(views: Vec<AgentView>) -> Result {
         })
         .collect();
     let tw = tries.iter().map(String::len).max().unwrap_or(3).max(3);
+    // The COST column appears once some agent CLI reported usage.
+    let costs: Option<Vec<String>> =
+        views.iter().any(|v| v.cost_usd.is_some() || v.tokens.is_some()).then(|| views.iter().map(cost).collect());
+    let cw = costs.as_ref().map_or(0, |c| c.iter().map(String::len).max().unwrap_or(4).max(4));
+    let cost_head = if costs.is_some() { format!("{:>cw$}  ", "COST") } else { String::new() };
     say!(
-        "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  ANOMALIES",
+        "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {cost_head}ANOMALIES",
         "AGENT",
         "ROLE",
         "STATUS",
@@ -94,7 +99,8 @@ fn table(views: Vec<AgentView>) -> Result {
         "AGE",
         "TRY"
     )?;
-    for (v, tries) in views.iter().zip(tries) {
+    for (i, (v, tries)) in views.iter().zip(tries).enumerate() {
+        let c = costs.as_ref().map_or(String::new(), |c| format!("{:>cw$}  ", c[i]));
         let pm = match (&v.phase, &v.milestone) {
             (Some(p), Some(m)) => format!("{p}/{m}"),
             (Some(p), None) => p.clone(),
@@ -105,7 +111,7 @@ fn table(views: Vec<AgentView>) -> Result {
         // The queue reason is one of the anomalies already: printed once.
         let anomalies = v.anomalies.join(" ");
         say!(
-            "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {}",
+            "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {c}{}",
             shown(&v.agent_id),
             shown(&v.role),
             shown(&v.status),
@@ -117,4 +123,13 @@ fn table(views: Vec<AgentView>) -> Result {
         )?;
     }
     Ok(0)
+}
+
+/// `$0.0123`, or the tokens when the cost is not known, or `-`.
+fn cost(v: &AgentView) -> String {
+    match (v.cost_usd, v.tokens) {
+        (Some(c), _) => format!("${c:.4}"),
+        (None, Some(t)) => format!("{}k tok", t.total().div_ceil(1000)),
+        (None, None) => "-".into(),
+    }
 }

@@ -178,6 +178,33 @@ pub struct Attempt {
     /// The log's length when this attempt started: its output is what follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_start: Option<u64>,
+    /// What the agent CLI's stream said about this attempt (adapter agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<AttemptStream>,
+}
+
+/// An attempt as its agent CLI reported it: its session, its own share of the tokens, cost
+/// and turns, and the CLI's final result.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptStream {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<super::usage::Tokens>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turns: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<crate::adapter::RunResult>,
+    /// The session's totals as the CLI reported them at the end (a resumed session's
+    /// next attempt subtracts them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<crate::adapter::Usage>,
+    /// This attempt continued the session of an earlier one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
 }
 
 fn yes() -> bool {
@@ -297,6 +324,13 @@ pub enum AgentState {
         next_mono: u64,
         reason: String,
     },
+    /// Hit a rate or usage limit of `provider`: waits until the reset (or a backoff),
+    /// spending no retry, and holds the admission of that provider's other agents.
+    Waiting {
+        next_mono: u64,
+        provider: String,
+        reason: String,
+    },
     /// Ended while blocked on something outside the agent: nobody is left to unblock it, so
     /// it needs a human (`escalation` is its number). `corral retry` or `corral tell`
     /// resumes it.
@@ -329,6 +363,7 @@ impl AgentState {
             Self::Stopping { cause: StopCause::Heartbeat, .. } => "stale",
             Self::Stopping { .. } => "stopping",
             Self::Retrying { .. } => "retrying",
+            Self::Waiting { .. } => "waiting",
             Self::Blocked { .. } => "blocked",
             Self::Complete => "complete",
             Self::Failed { .. } => "failed",
@@ -397,6 +432,7 @@ impl AgentState {
             | Self::Failed { reason }
             | Self::TimedOut { reason }
             | Self::Retrying { reason, .. }
+            | Self::Waiting { reason, .. }
             | Self::Blocked { reason, .. }
             | Self::Escalated { reason, .. } => Some(reason),
             _ => None,

@@ -13,10 +13,14 @@ pub enum FailureType {
     Blocked,
     Deliverable,
     Silent,
+    /// An agent CLI ran into a rate or usage limit: it waits for the reset, spending no retry.
+    RateLimited,
+    /// An agent CLI went over its role's cost, token or turn budget.
+    Budget,
 }
 
 impl FailureType {
-    pub const ALL: &'static str = "crash, timeout, blocked, deliverable, silent";
+    pub const ALL: &'static str = "crash, timeout, blocked, deliverable, silent, rate_limited, budget";
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "crash" => Self::Crash,
@@ -24,6 +28,8 @@ impl FailureType {
             "blocked" => Self::Blocked,
             "deliverable" => Self::Deliverable,
             "silent" => Self::Silent,
+            "rate_limited" => Self::RateLimited,
+            "budget" => Self::Budget,
             _ => return None,
         })
     }
@@ -34,6 +40,8 @@ impl FailureType {
             Self::Blocked => "blocked",
             Self::Deliverable => "deliverable",
             Self::Silent => "silent",
+            Self::RateLimited => "rate_limited",
+            Self::Budget => "budget",
         }
     }
 }
@@ -84,6 +92,10 @@ pub struct Rule {
     pub failure_types: Vec<FailureType>,
     pub finding: Option<Regex>,
     pub output: Option<Regex>,
+    /// The API error status an agent CLI's result reported.
+    pub api_error_status: Vec<u16>,
+    /// Regex on the text of an agent CLI's result.
+    pub result: Option<Regex>,
     pub action: RuleAction,
 }
 
@@ -95,6 +107,8 @@ pub struct Facts<'a> {
     pub signal: Option<i32>,
     pub last_finding: Option<&'a str>,
     pub output_tail: &'a str,
+    pub api_error_status: Option<u16>,
+    pub result_text: Option<&'a str>,
 }
 
 impl Rule {
@@ -104,6 +118,9 @@ impl Rule {
             && (self.failure_types.is_empty() || self.failure_types.contains(&f.failure))
             && self.finding.as_ref().is_none_or(|r| f.last_finding.is_some_and(|t| r.is_match(t)))
             && self.output.as_ref().is_none_or(|r| r.is_match(f.output_tail))
+            && (self.api_error_status.is_empty()
+                || f.api_error_status.is_some_and(|s| self.api_error_status.contains(&s)))
+            && self.result.as_ref().is_none_or(|r| f.result_text.is_some_and(|t| r.is_match(t)))
     }
 }
 
@@ -127,6 +144,8 @@ fn rule(name: &str, types: &[FailureType], finding: Option<&str>, output: Option
         failure_types: types.to_vec(),
         finding: finding.map(|r| Regex::new(r).expect("built-in pattern")),
         output: output.map(|r| Regex::new(r).expect("built-in pattern")),
+        api_error_status: vec![],
+        result: None,
         action,
     }
 }
@@ -162,7 +181,16 @@ pub fn default_rules() -> Vec<Rule> {
             Some(TRANSIENT),
             Retry,
         ),
+        Rule {
+            api_error_status: vec![408, 429, 500, 502, 503, 504, 529],
+            ..rule("default: an agent CLI's transient API error status retries", &[Crash], None, None, Retry)
+        },
+        Rule {
+            result: Some(Regex::new(TRANSIENT).expect("built-in pattern")),
+            ..rule("default: an agent CLI's transient error result retries", &[Crash], None, None, Retry)
+        },
         rule("default: missing context retries with context", &[Crash], Some(NEEDS_CONTEXT), None, RetryWithContext),
+        rule("default: a budget overrun needs a human", &[Budget], None, None, Escalate),
         rule("default: permanent failures escalate", &[], None, None, Escalate),
     ]
 }

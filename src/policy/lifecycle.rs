@@ -92,6 +92,47 @@ pub fn admission<'a>(
     }
 }
 
+/// A provider whose rate or usage limit holds the admission of its agents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderHold {
+    pub name: String,
+    pub until_mono: u64,
+    pub reason: String,
+}
+
+/// The providers held now: one per provider with an agent waiting on its limit, until the
+/// latest of their resets.
+pub fn provider_holds<'a>(agents: impl IntoIterator<Item = &'a Agent>, mono: u64) -> Vec<ProviderHold> {
+    let mut out: Vec<ProviderHold> = Vec::new();
+    for a in agents {
+        if let AgentState::Waiting { next_mono, provider, reason } = &a.state
+            && *next_mono > mono
+        {
+            match out.iter_mut().find(|h| h.name == *provider) {
+                Some(h) if h.until_mono >= *next_mono => {}
+                Some(h) => {
+                    h.until_mono = *next_mono;
+                    h.reason = reason.clone();
+                }
+                None => {
+                    out.push(ProviderHold { name: provider.clone(), until_mono: *next_mono, reason: reason.clone() })
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Why a queued agent may not start while its provider is held.
+pub fn provider_gate(spec: &AgentSpec, holds: &[ProviderHold], mono: u64) -> Option<String> {
+    let p = spec.adapter.provider()?;
+    let h = holds.iter().find(|h| h.name == p)?;
+    Some(format!(
+        "provider {p} is rate-limited for {} more (another agent hit its limit)",
+        fmt_ms(h.until_mono.saturating_sub(mono).div_ceil(1000) * 1000)
+    ))
+}
+
 /// A new agent, or a queued one being re-examined: start it, keep it queued, or fail it.
 pub fn admit(agent: &mut Agent, gate: Gate, now: &Now, handoff_file: PathBuf) -> Vec<Action> {
     match gate {
@@ -129,6 +170,7 @@ fn begin_attempt(agent: &mut Agent, now: &Now, handoff_file: PathBuf) -> Vec<Act
         handoffs_before: Vec::new(),
         findings_before: None,
         log_start: None,
+        stream: None,
     });
     agent.state = AgentState::Running;
     agent.updated_at = now.wall.clone();
@@ -190,6 +232,8 @@ pub fn status_reported(agent: &mut Agent, r: &Report, rules: &Rules, now: &Now) 
         signal: None,
         last_finding: r.last_finding.as_deref(),
         output_tail: "",
+        api_error_status: None,
+        result_text: None,
     };
     let (action, rule) = classify::classify(rules.user, rules.defaults, &facts);
     let blocker = r.last_finding.clone().unwrap_or_else(|| "no finding given".into());
@@ -217,7 +261,8 @@ pub fn status_reported(agent: &mut Agent, r: &Report, rules: &Rules, now: &Now) 
 /// Output was written at `mono`: a heartbeat and a first sign of life, and progress (it
 /// resets the stall check) only where the role says output is progress.
 pub fn output_seen(agent: &mut Agent, mono: u64) {
-    let progress = agent.spec.policy.output_is_progress;
+    // An adapter agent's progress is what its parser calls progress (not an API retry).
+    let progress = agent.spec.policy.output_is_progress && agent.spec.adapter.is_none();
     if let Some(a) = agent.current_mut()
         && a.ended().is_none()
         && mono >= a.started_mono
@@ -228,6 +273,18 @@ pub fn output_seen(agent: &mut Agent, mono: u64) {
         if progress && let Some(c) = l.last_change {
             l.last_change = Some(c.max(mono));
         }
+    }
+}
+
+/// The adapter saw progress (a model turn, a tool call) at `mono`: it resets the stall
+/// check of an agent that reports.
+pub fn progress_seen(agent: &mut Agent, mono: u64) {
+    if let Some(a) = agent.current_mut()
+        && a.ended().is_none()
+        && mono >= a.started_mono
+        && let Some(c) = a.liveness.last_change
+    {
+        a.liveness.last_change = Some(c.max(mono));
     }
 }
 
@@ -258,6 +315,77 @@ pub struct ExitFacts {
     pub verify: Option<Result<(), String>>,
     /// It could not start for a reason no retry changes (its worktree setup failed).
     pub permanent: bool,
+    /// What the agent CLI's stream said (adapter agents).
+    pub stream: Option<crate::adapter::Summary>,
+    /// Milliseconds from now until the rate limit the stream reported resets, when it said.
+    pub limit_wait_ms: Option<u64>,
+    /// The shim stopped it because it lingered for `result_grace` after its final result.
+    pub after_result: bool,
+}
+
+/// What an adapter agent's stream says of its end, before the exit code is looked at: a
+/// budget overrun, a rate limit, an error result, or exit 0 with no result at all.
+fn stream_failure(agent: &Agent, idx: usize, f: &ExitFacts, end_text: &str) -> Option<(FailureType, String)> {
+    if agent.spec.adapter.is_none() {
+        return None;
+    }
+    if let Some(rec) = &agent.attempts[idx].stream {
+        let spent = super::usage::Spent {
+            tokens: rec.tokens.unwrap_or_default(),
+            cost_usd: rec.cost_usd,
+            turns: rec.turns.unwrap_or(0),
+        };
+        if let Some(why) = super::usage::over_budget(&agent.spec.policy, &spent) {
+            return Some((FailureType::Budget, format!("over budget: {why}; {end_text}")));
+        }
+    }
+    let s = f.stream.as_ref();
+    let result = s.and_then(|s| s.result.as_ref());
+    if result.is_some_and(|r| r.ok) {
+        return None;
+    }
+    if let Some(l) = s.and_then(|s| s.rate_limited.as_ref()) {
+        return Some((FailureType::RateLimited, format!("rate limited by {}: {}", l.provider, l.message)));
+    }
+    match result {
+        Some(r) => {
+            let status = r.api_error_status.map(|s| format!(" (API status {s})")).unwrap_or_default();
+            let text = r.text.as_deref().unwrap_or("no text");
+            Some((FailureType::Crash, format!("the CLI reported an error{status}: {text}; {end_text}")))
+        }
+        None if f.end.success() => Some((FailureType::Crash, "ended without a result (exit 0)".into())),
+        None => None,
+    }
+}
+
+/// What the session the current attempt continues had reported by the end of the attempt
+/// before it, when the current attempt resumes one.
+pub fn session_usage_before(agent: &Agent) -> Option<crate::adapter::Usage> {
+    let cur = agent.current()?;
+    if !cur.stream.as_ref().is_some_and(|s| s.resumed) {
+        return None;
+    }
+    let n = agent.attempts.len().checked_sub(2)?;
+    agent.attempts[n].stream.as_ref()?.reported
+}
+
+/// The attempt's record of its stream: session, own share of usage, result.
+fn attempt_stream(agent: &Agent, idx: usize, s: &crate::adapter::Summary) -> AttemptStream {
+    let before = agent.attempts[..idx]
+        .iter()
+        .rev()
+        .find_map(|a| a.stream.as_ref().filter(|x| x.session_id.is_some() && x.session_id == s.session_id))
+        .and_then(|x| x.reported);
+    let spent = s.usage.map(|u| super::usage::attempt_share(&u, before.as_ref(), agent.spec.policy.token_prices));
+    AttemptStream {
+        session_id: s.session_id.clone(),
+        tokens: spent.map(|x| x.tokens),
+        cost_usd: spent.and_then(|x| x.cost_usd),
+        turns: spent.map(|x| x.turns).filter(|_| s.usage.is_some_and(|u| u.turns.is_some())),
+        result: s.result.clone(),
+        reported: s.usage,
+        resumed: agent.attempts[idx].stream.as_ref().is_some_and(|x| x.resumed),
+    }
 }
 
 /// The attempt's process is gone. Decides what the agent is now.
@@ -290,6 +418,10 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
     });
     if let Some(cause) = shim_cause {
         agent.state = AgentState::Stopping { cause, hard_kill_mono: now.mono };
+    }
+    if let Some(s) = &f.stream {
+        let rec = attempt_stream(agent, idx, s);
+        agent.attempts[idx].stream = Some(rec);
     }
     // What kind of ending this was, and whether the classification is already decided.
     let (failure, reason, fixed): (Option<FailureType>, String, Option<(RuleAction, String)>) = match &agent.state {
@@ -335,7 +467,11 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
         ),
         _ => {
             let reported = f.reported;
-            if f.end.success() && !matches!(reported, Some(ReportedStatus::Failed | ReportedStatus::Blocked)) {
+            // Lingering after an ok result and stopped for it: complete, whatever the signal.
+            let clean_end = f.end.success() || f.after_result;
+            if let Some((ft, why)) = stream_failure(agent, idx, &f, &end_text) {
+                (Some(ft), with_finding(why), None)
+            } else if clean_end && !matches!(reported, Some(ReportedStatus::Failed | ReportedStatus::Blocked)) {
                 match (&f.handoff, agent.spec.policy.require_handoff) {
                     // With a verify, an attempt is complete only once it passed.
                     _ if matches!(f.verify, Some(Err(_)))
@@ -365,7 +501,7 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
                 }
             } else if reported == Some(ReportedStatus::Blocked) {
                 (Some(FailureType::Blocked), with_finding(format!("reported blocked and {end_text}")), None)
-            } else if f.end.success() {
+            } else if clean_end {
                 (Some(FailureType::Crash), with_finding("exited 0 but reported status failed".into()), None)
             } else {
                 (Some(FailureType::Crash), with_finding(end_text.clone()), None)
@@ -381,7 +517,55 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
     )];
     let requested = matches!(agent.state, AgentState::Stopping { cause: StopCause::Requested, .. });
     let restart = matches!(agent.state, AgentState::Stopping { cause: StopCause::Restart, .. });
+    if let Some(rec) = &agent.attempts[idx].stream {
+        if let Some(r) = &rec.result {
+            out.push(emit("result", json!({ "attempt": attempt, "result": r })));
+        }
+        if rec.tokens.is_some() || rec.cost_usd.is_some() {
+            out.push(emit(
+                "usage",
+                json!({ "attempt": attempt, "tokens": rec.tokens, "costUsd": rec.cost_usd, "turns": rec.turns }),
+            ));
+        }
+    }
+    if failure == Some(FailureType::Budget) {
+        out.push(emit("budget_exceeded", json!({ "attempt": attempt, "reason": reason })));
+    }
     let (state, action_text, rule) = match failure {
+        Some(FailureType::RateLimited) => {
+            // No retry spent, no breaker fed: the provider said when to come back.
+            agent.attempts[idx].counted = false;
+            let provider = f
+                .stream
+                .as_ref()
+                .and_then(|s| s.rate_limited.as_ref())
+                .map(|l| l.provider.clone())
+                .or_else(|| agent.spec.adapter.provider().map(str::to_string))
+                .unwrap_or_default();
+            let in_a_row = agent.attempts[..idx]
+                .iter()
+                .rev()
+                .take_while(
+                    |a| matches!(&a.run, AttemptRun::Ended { failure_type: Some(t), .. } if t == "rate_limited"),
+                )
+                .count() as u32
+                + 1;
+            let delay = f.limit_wait_ms.unwrap_or_else(|| agent.spec.policy.backoff.delay_ms(in_a_row, now.jitter));
+            let why = match f.limit_wait_ms {
+                Some(_) => format!("{reason}; waiting {} for the reset", fmt_ms(delay)),
+                None => format!("{reason}; no reset given, waiting {} (backoff)", fmt_ms(delay)),
+            };
+            out.push(emit(
+                "rate_limited",
+                json!({ "attempt": attempt, "provider": provider, "waitMs": delay, "reason": reason }),
+            ));
+            let next_mono = now.mono.saturating_add(delay);
+            (
+                AgentState::Waiting { next_mono, provider, reason: why },
+                format!("wait {}", fmt_ms(delay)),
+                Some("rate limit".to_string()),
+            )
+        }
         None if requested => (AgentState::Killed, "none".to_string(), None),
         None if restart => (AgentState::Queued { reason: "retry requested".into() }, "retry".to_string(), None),
         None => {
@@ -397,6 +581,12 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
                     signal: f.end.signal(),
                     last_finding: f.last_finding.as_deref(),
                     output_tail: &f.output_tail,
+                    api_error_status: f
+                        .stream
+                        .as_ref()
+                        .and_then(|s| s.result.as_ref())
+                        .and_then(|r| r.api_error_status),
+                    result_text: f.stream.as_ref().and_then(|s| s.result.as_ref()).and_then(|r| r.text.as_deref()),
                 };
                 let (a, r) = classify::classify(rules.user, rules.defaults, &facts);
                 (a, r.to_string())
@@ -533,7 +723,10 @@ fn after_failure(
 /// `corral kill`: TERM to the group now, KILL after the grace period.
 pub fn kill_requested(agent: &mut Agent, grace_ms: u64, now: &Now) -> Result<Vec<Action>, String> {
     match &agent.state {
-        AgentState::Queued { .. } | AgentState::Retrying { .. } | AgentState::Blocked { .. } => {
+        AgentState::Queued { .. }
+        | AgentState::Retrying { .. }
+        | AgentState::Waiting { .. }
+        | AgentState::Blocked { .. } => {
             agent.state = AgentState::Killed;
             agent.updated_at = now.wall.clone();
             Ok(vec![emit("killed", json!({ "reason": "killed while not running" }))])
@@ -617,8 +810,11 @@ fn running_deadlines(agent: &Agent) -> Vec<(u64, StopCause)> {
     if let (Some(s), None) = (p.start_timeout_ms, l.first_sign) {
         v.push((a.started_mono.saturating_add(s), StopCause::StartTimeout));
     }
+    // Every event of an adapter agent's stream is a heartbeat: its heartbeat check runs from
+    // the start, reporting or not.
+    let stream_hb = (!agent.spec.adapter.is_none()).then(|| l.last_output.unwrap_or(0).max(a.started_mono));
     if l.waiting_on.is_none() {
-        if let Some(hb) = l.last_heartbeat() {
+        if let Some(hb) = l.last_heartbeat().max(stream_hb) {
             v.push((hb.saturating_add(p.heartbeat_timeout_ms), StopCause::Heartbeat));
         }
         if let Some(c) = l.last_change {
@@ -633,7 +829,7 @@ pub fn next_deadline(agent: &Agent) -> Option<u64> {
     match &agent.state {
         AgentState::Running => running_deadlines(agent).into_iter().map(|(t, _)| t).min(),
         AgentState::Stopping { hard_kill_mono, .. } => Some(*hard_kill_mono),
-        AgentState::Retrying { next_mono, .. } => Some(*next_mono),
+        AgentState::Retrying { next_mono, .. } | AgentState::Waiting { next_mono, .. } => Some(*next_mono),
         _ => None,
     }
 }
@@ -660,6 +856,11 @@ pub fn tick(agent: &mut Agent, now: &Now) -> Vec<Action> {
             agent.state = AgentState::Queued { reason: "retry due".into() };
             agent.updated_at = now.wall.clone();
             vec![emit("retry_due", json!({ "nextAttempt": agent.attempts.len() + 1 }))]
+        }
+        AgentState::Waiting { next_mono, provider, .. } if next_mono <= now.mono => {
+            agent.state = AgentState::Queued { reason: format!("{provider}'s limit reset") };
+            agent.updated_at = now.wall.clone();
+            vec![emit("retry_due", json!({ "nextAttempt": agent.attempts.len() + 1, "after": "rate_limited" }))]
         }
         _ => vec![],
     }

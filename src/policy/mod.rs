@@ -12,11 +12,14 @@ pub mod evidence;
 pub mod health;
 pub mod lifecycle;
 pub mod role;
+pub mod usage;
 
 /// `n` with the word for one or many: `1 attempt`, `2 attempts`.
 pub fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;

@@ -71,6 +71,9 @@ fn facts(end: ProcessEnd, finding: Option<&str>) -> ExitFacts {
         timed_out: false,
         verify: None,
         permanent: false,
+        stream: None,
+        limit_wait_ms: None,
+        after_result: false,
     }
 }
 
@@ -244,6 +247,8 @@ fn user_rules_come_first() {
         failure_types: vec![],
         finding: None,
         output: None,
+        api_error_status: vec![],
+        result: None,
         action: RuleAction::Ignore,
     }];
     let mut a = running("X");
@@ -251,8 +256,15 @@ fn user_rules_come_first() {
     exited(&mut a, 1, crash(75, None), &Rules { user: &user, defaults: &d }, &at(5));
     assert!(matches!(a.state, AgentState::Retrying { .. }), "ignore must not use the budget: {:?}", a.state);
     assert!(!a.attempts[0].counted);
-    let f =
-        Facts { failure: FailureType::Crash, exit_code: Some(1), signal: None, last_finding: None, output_tail: "" };
+    let f = Facts {
+        failure: FailureType::Crash,
+        exit_code: Some(1),
+        signal: None,
+        last_finding: None,
+        output_tail: "",
+        api_error_status: None,
+        result_text: None,
+    };
     assert_eq!(super::classify::classify(&user, &d, &f).0, RuleAction::Escalate);
 }
 
@@ -565,6 +577,8 @@ fn overload_and_server_errors_are_transient_by_default() {
                 signal: None,
                 last_finding: finding,
                 output_tail: tail,
+                api_error_status: None,
+                result_text: None,
             };
             assert_eq!(
                 super::classify::classify(&[], &d, &f).0,
@@ -583,6 +597,8 @@ fn overload_and_server_errors_are_transient_by_default() {
             signal: None,
             last_finding: None,
             output_tail: text,
+            api_error_status: None,
+            result_text: None,
         };
         assert_eq!(super::classify::classify(&[], &d, &f).0, RuleAction::Escalate, "{text:?}");
     }
@@ -681,6 +697,8 @@ fn an_exit_while_a_wait_rule_holds_needs_a_human_too() {
         failure_types: vec![],
         finding: None,
         output: None,
+        api_error_status: vec![],
+        result: None,
         action: RuleAction::Wait,
     }];
     let mut a = running("X");

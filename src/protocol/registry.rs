@@ -28,4 +28,11 @@ pub struct SpawnRecord {
     pub ended_at: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub after: Vec<String>,
+    /// The agent CLI's session and what all attempts cost (adapter agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<crate::policy::usage::Tokens>,
 }

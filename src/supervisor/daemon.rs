@@ -892,6 +892,13 @@ impl Supervisor {
                 lifecycle::output_seen(&mut self.agents.get_mut(&id).expect("present").agent, mono);
                 self.mark_dirty(&id);
             }
+            if self.agents[&id].agent.state == AgentState::Running
+                && !self.agents[&id].agent.spec.adapter.is_none()
+                && let Some(n) = self.agents[&id].agent.current().map(|a| a.attempt)
+                && let Some(mono) = super::stream::StreamInfo::read(&self.data.attempt_file(&id, n, "run")).progress
+            {
+                lifecycle::progress_seen(&mut self.agents.get_mut(&id).expect("present").agent, mono);
+            }
             let actions = lifecycle::tick(&mut self.agents.get_mut(&id).expect("present").agent, &now);
             if !actions.is_empty() {
                 self.apply(&id, actions);
@@ -970,6 +977,7 @@ impl Supervisor {
             // Counted once, and again only after something started: a long queue held by
             // the gate costs one pass, not one pass per queued agent.
             let mut counts = None;
+            let holds = lifecycle::provider_holds(self.agents.values().map(|l| &l.agent), now.mono);
             for id in queued {
                 if !matches!(self.agents[&id].agent.state, AgentState::Queued { .. }) {
                     continue;
@@ -981,8 +989,9 @@ impl Supervisor {
                     let (running, open) =
                         *counts.get_or_insert_with(|| (self.running_count(), self.open_escalations()));
                     let role = &self.agents[&id].agent.spec.role;
-                    let hold =
-                        health::hold_reason(&self.health, &self.breaker, role, running, open, &resources, now.mono);
+                    let hold = lifecycle::provider_gate(&self.agents[&id].agent.spec, &holds, now.mono).or_else(|| {
+                        health::hold_reason(&self.health, &self.breaker, role, running, open, &resources, now.mono)
+                    });
                     if let Some(why) = hold {
                         if health::resources_short(&self.health, &resources) {
                             self.resource_recheck = Some(now.mono + RESOURCE_RECHECK_MS);

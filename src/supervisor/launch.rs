@@ -409,6 +409,12 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
         max_log_size: p.max_log_size,
         data_dir: Some(d.root().to_path_buf()),
         workspace: Some(sup.ws.root.clone()),
+        stream: (!spec.adapter.is_none()).then(|| super::stream::StreamArgs {
+            adapter: spec.adapter,
+            result_grace_ms: p.result_grace_ms,
+            policy: Some(p.clone()),
+            usage_before: lifecycle::session_usage_before(&live.agent),
+        }),
     };
     Ok(args)
 }
@@ -444,15 +450,19 @@ fn copy_out(pidfd: Option<&OwnedFd>, out_fd: Option<i32>) -> Option<OwnedFd> {
 /// How the attempt ended, and when, from the shim's exit record, and whether its shim
 /// stopped it at its deadline. An error when the record could not be read for a reason
 /// that may pass (out of descriptors): read it again later.
-pub fn read_exit(sup: &Supervisor, id: &AgentId, attempt: u32) -> std::io::Result<(ProcessEnd, Option<String>, bool)> {
+pub fn read_exit(
+    sup: &Supervisor,
+    id: &AgentId,
+    attempt: u32,
+) -> std::io::Result<(ProcessEnd, Option<String>, Option<StopReason>)> {
     Ok(match sup.io.read_run(&sup.data.attempt_file(id, attempt, "run"))?.exit {
-        Some(r) => (r.end, Some(r.ended_at), r.stopped == Some(StopReason::Timeout)),
+        Some(r) => (r.end, Some(r.ended_at), r.stopped),
         None => (
             ProcessEnd::Lost {
                 reason: "exit code unknown: the attempt's shim ended without recording an exit (was it killed?)".into(),
             },
             None,
-            false,
+            None,
         ),
     })
 }

@@ -16,6 +16,7 @@ pub mod relay;
 pub mod requests;
 pub mod server;
 pub mod shim;
+pub mod stream;
 pub mod views;
 pub mod watch;
 

@@ -197,8 +197,8 @@ impl Supervisor {
         if live.agent.attempts.iter().any(|a| a.attempt == attempt && a.ended().is_some()) {
             return;
         }
-        let known = known.map(|(end, at)| Ok((end, at, false)));
-        let (end, ended_at, timed_out) = match known.unwrap_or_else(|| launch::read_exit(self, id, attempt)) {
+        let known = known.map(|(end, at)| Ok((end, at, None)));
+        let (end, ended_at, stopped) = match known.unwrap_or_else(|| launch::read_exit(self, id, attempt)) {
             Ok(ended) => ended,
             Err(e) => {
                 // Calling it lost would be a lie: the record may well be there.
@@ -226,6 +226,16 @@ impl Supervisor {
         };
         let handoff = self.handoff_facts(id, attempt);
         let output_tail = self.output_tail(id, attempt);
+        let run = self.data.attempt_file(id, attempt, "run");
+        let stream = if self.agents[id].agent.spec.adapter.is_none() {
+            None
+        } else {
+            Some(super::stream::StreamInfo::read(&run).summary.unwrap_or_default())
+        };
+        let limit_wait_ms = stream.as_ref().and_then(|s| s.rate_limited.as_ref()?.until_ms).map(|until| {
+            let now_ms = jiff::Timestamp::now().as_millisecond();
+            u64::try_from(until.saturating_sub(now_ms)).unwrap_or(0)
+        });
         let rules = (self.rules.clone(), self.default_rules.clone());
         let now = self.now();
         let live = self.agents.get_mut(id).expect("present");
@@ -242,9 +252,12 @@ impl Supervisor {
             handoff,
             output_tail,
             ended_at,
-            timed_out,
+            timed_out: stopped == Some(super::shim::StopReason::Timeout),
             verify: verify.clone(),
             permanent,
+            stream,
+            limit_wait_ms,
+            after_result: stopped == Some(super::shim::StopReason::ResultGrace),
         };
         let r = Rules { user: &rules.0, defaults: &rules.1 };
         let actions = lifecycle::exited(&mut live.agent, attempt, facts, &r, &now);
@@ -256,6 +269,7 @@ impl Supervisor {
             self.remember(id, attempt);
         }
         self.cleanup_after_commit(self.data.attempt_file(id, attempt, "run"));
+        self.cleanup_after_commit(self.data.attempt_file(id, attempt, "obs"));
         super::requests::attempt_over(self, id, attempt);
         self.admit_queued();
     }

@@ -119,11 +119,13 @@ pub struct Relay {
     pub sink: LogSink,
     last_stamp: u64,
     buf: Vec<u8>,
+    /// The adapter's reader of the stream (adapter agents).
+    pub observer: Option<super::stream::Observer>,
 }
 
 impl Relay {
     pub fn new(pipe: Option<OwnedFd>, sink: LogSink) -> Self {
-        Self { pipe, sink, last_stamp: 0, buf: vec![0; 64 * 1024] }
+        Self { pipe, sink, last_stamp: 0, buf: vec![0; 64 * 1024], observer: None }
     }
 
     /// The pipe's descriptor while it is open (-1 once every writer is gone).
@@ -147,9 +149,12 @@ impl Relay {
                 }
                 Ok(n) => {
                     got = true;
-                    // The place for an observer of the stream: it sees exactly what the log gets.
+                    // The observer of the stream sees exactly what the log gets.
                     if let Err(e) = self.sink.write(&self.buf[..n]) {
                         crate::elog!("corral shim: cannot write the log: {e}");
+                    }
+                    if let Some(o) = self.observer.as_mut() {
+                        o.observe(&self.buf[..n]);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -324,5 +324,21 @@ pub fn health_view(sup: &Supervisor) -> HealthView {
         max_load: h.max_load,
         open_escalations: sup.open_escalations(),
         max_open_escalations: h.max_open_escalations,
+        cost_usd: sup.agents.values().filter_map(|l| views::agent_totals(&l.agent).cost_usd).sum(),
+        providers: gauges
+            .holds
+            .iter()
+            .map(|p| crate::ipc::ProviderView {
+                name: p.name.clone(),
+                held_until: time::rfc3339(
+                    time::now()
+                        .checked_add(jiff::SignedDuration::from_millis(
+                            i64::try_from(p.until_mono.saturating_sub(time::mono_ms())).unwrap_or(0),
+                        ))
+                        .unwrap_or_else(|_| time::now()),
+                ),
+                reason: p.reason.clone(),
+            })
+            .collect(),
     }
 }

@@ -67,6 +67,10 @@ pub enum StopReason {
     Requested,
     /// The shim itself was sent SIGTERM.
     Terminated,
+    /// It lingered for `result_grace` after its CLI printed the final result.
+    ResultGrace,
+    /// Its CLI reported usage over the role's budget.
+    Budget,
 }
 
 /// One line of a run file.
@@ -257,6 +261,9 @@ pub struct ShimArgs {
     pub data_dir: Option<PathBuf>,
     #[serde(default)]
     pub workspace: Option<PathBuf>,
+    /// The agent CLI's stream is read by this adapter (`None`: plain output).
+    #[serde(default)]
+    pub stream: Option<super::stream::StreamArgs>,
 }
 
 /// Grace given to processes an agent leaves behind in its group after it exits by itself.
@@ -432,6 +439,7 @@ fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Optio
     say(a.seq, Handshake::Started { pid, out_fd });
     let mut w = Watch::new(pid, Some(&sigs), a.deadline_mono, a.stop_grace_ms);
     let mut relay = relay::Relay::new(Some(out_r), sink);
+    relay.observer = a.stream.clone().and_then(|s| super::stream::Observer::open(&a.run, s));
     let (end, stopped) = w.watch(&mut relay, run, |w| {
         // Our own children (the leader, and orphans of the group reparented to us).
         while let Ok(Some((p, end))) = process::try_wait_any() {
@@ -516,6 +524,17 @@ impl<'a> Watch<'a> {
             {
                 self.stop(self.deadline_grace, Some(StopReason::Timeout));
             }
+            // The stream's own limits: lingering after the final result, a budget overrun.
+            if self.leader_end.is_none()
+                && self.stop.is_none()
+                && let Some(o) = relay.observer.as_ref()
+            {
+                if o.over_budget.is_some() {
+                    self.stop(self.deadline_grace, Some(StopReason::Budget));
+                } else if o.linger_deadline().is_some_and(|d| now >= d) {
+                    self.stop(self.deadline_grace, Some(StopReason::ResultGrace));
+                }
+            }
             if let Some((kill_at, _, _)) = self.stop
                 && now >= kill_at
                 && !self.killed
@@ -542,6 +561,12 @@ impl<'a> Watch<'a> {
             // leftovers linger, look again often (their ends reach us as SIGCHLD only when
             // they are our children).
             let mut due: Vec<u64> = self.deadline.into_iter().collect();
+            if self.stop.is_none()
+                && self.leader_end.is_none()
+                && let Some(d) = relay.observer.as_ref().and_then(|o| o.linger_deadline())
+            {
+                due.push(d);
+            }
             if let Some((k, _, _)) = self.stop
                 && !self.killed
             {

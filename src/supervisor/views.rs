@@ -15,11 +15,17 @@ pub struct Gauges {
     pub resources: Resources,
     pub running: usize,
     pub open_escalations: usize,
+    pub holds: Vec<lifecycle::ProviderHold>,
 }
 
 impl Gauges {
     pub fn of(sup: &Supervisor) -> Self {
-        Self { resources: sup.resources(), running: sup.running_count(), open_escalations: sup.open_escalations() }
+        Self {
+            resources: sup.resources(),
+            running: sup.running_count(),
+            open_escalations: sup.open_escalations(),
+            holds: lifecycle::provider_holds(sup.agents.values().map(|l| &l.agent), time::mono_ms()),
+        }
     }
 }
 
@@ -42,6 +48,7 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp, gauges: &
         queue_reason: queued.as_deref(),
     };
     let anomalies: Vec<String> = anomaly::anomalies(a, &seen, mono).iter().map(ToString::to_string).collect();
+    let totals = agent_totals(a);
     let next_in = match a.state {
         AgentState::Retrying { next_mono, .. } => Some(next_mono.saturating_sub(mono) as f64 / 1000.0),
         _ => None,
@@ -81,7 +88,50 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp, gauges: &
         base_commit: a.base_commit.clone(),
         port: a.spec.ports.map(|(p, _)| p),
         verify: a.spec.policy.verify.clone(),
+        session_id: a.attempts.iter().rev().find_map(|x| x.stream.as_ref()?.session_id.clone()),
+        cost_usd: totals.cost_usd,
+        tokens: totals.tokens,
+        turns: totals.turns,
+        waiting_until: match &a.state {
+            AgentState::Waiting { next_mono, .. } => {
+                let ms = i64::try_from(next_mono.saturating_sub(mono)).unwrap_or(i64::MAX / 2);
+                now.checked_add(jiff::SignedDuration::from_millis(ms)).ok().map(time::rfc3339)
+            }
+            _ => None,
+        },
     }
+}
+
+/// Tokens, cost and turns of all of an agent's attempts: a cost is known only when every
+/// attempt that used tokens has one.
+pub struct Totals {
+    pub tokens: Option<crate::policy::usage::Tokens>,
+    pub cost_usd: Option<f64>,
+    pub turns: Option<u32>,
+}
+
+pub fn agent_totals(a: &crate::policy::agent::Agent) -> Totals {
+    let mut t = Totals { tokens: None, cost_usd: None, turns: None };
+    let mut cost_known = true;
+    for s in a.attempts.iter().filter_map(|x| x.stream.as_ref()) {
+        if let Some(k) = s.tokens {
+            let sum = t.tokens.get_or_insert_with(Default::default);
+            sum.input = sum.input.saturating_add(k.input);
+            sum.output = sum.output.saturating_add(k.output);
+        }
+        match s.cost_usd {
+            Some(c) => *t.cost_usd.get_or_insert(0.0) += c,
+            None if s.tokens.is_some_and(|k| k.total() > 0) => cost_known = false,
+            None => {}
+        }
+        if let Some(n) = s.turns {
+            *t.turns.get_or_insert(0) += n;
+        }
+    }
+    if !cost_known {
+        t.cost_usd = None;
+    }
+    t
 }
 
 /// Why a queued agent waits, computed now by the rule admission uses (the reason recorded
@@ -92,7 +142,10 @@ pub fn queue_reason(sup: &Supervisor, live: &Live, g: &Gauges, mono: u64) -> Opt
     let gate = lifecycle::admission(
         &live.agent.spec,
         |d| sup.agents.get(d).map(|l| &l.agent.state),
-        |role| health::hold_reason(&sup.health, &sup.breaker, role, running, open, r, mono),
+        |role| {
+            lifecycle::provider_gate(&live.agent.spec, &g.holds, mono)
+                .or_else(|| health::hold_reason(&sup.health, &sup.breaker, role, running, open, r, mono))
+        },
     );
     Some(match gate {
         Gate::Wait(why) | Gate::Fail(why) => why,
@@ -229,6 +282,17 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
                     _ => None,
                 },
                 timeout: x.timeout_ms.map(fmt_ms),
+                session_id: x.stream.as_ref().and_then(|s| s.session_id.clone()),
+                cost_usd: x.stream.as_ref().and_then(|s| s.cost_usd),
+                tokens: x.stream.as_ref().and_then(|s| s.tokens),
+                turns: x.stream.as_ref().and_then(|s| s.turns),
+                result: x.stream.as_ref().and_then(|s| s.result.as_ref()).map(|r| crate::ipc::ResultView {
+                    ok: r.ok,
+                    subtype: r.subtype.clone(),
+                    text: r.text.clone(),
+                    api_error_status: r.api_error_status,
+                }),
+                resumed: x.stream.as_ref().is_some_and(|s| s.resumed),
             }
         })
         .collect();
@@ -284,5 +348,8 @@ pub fn spawn_record(sup: &Supervisor, live: &Live) -> SpawnRecord {
         signal: end.and_then(|(_, e)| e.signal()),
         ended_at: end.map(|(t, _)| t.to_string()),
         after: a.spec.after.iter().map(|x| x.to_string()).collect(),
+        session_id: a.attempts.iter().rev().find_map(|x| x.stream.as_ref()?.session_id.clone()),
+        cost_usd: agent_totals(a).cost_usd,
+        tokens: agent_totals(a).tokens,
     }
 }
