@@ -222,6 +222,7 @@ pub fn rebuild(ws: &Workspace, data: &DataDir, ev: &Evidence, id: &str) -> Optio
             handoffs_before: Vec::new(),
             findings_before: None,
             log_start: None,
+            stream: None,
         })
         .collect();
     let status = text("status").unwrap_or_default();

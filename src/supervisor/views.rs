@@ -189,6 +189,17 @@ pub fn unreadable_view(sup: &Supervisor, u: &crate::store::Unreadable) -> AgentV
         next_attempt_in_seconds: None,
         escalation: None,
         adapter: "none".into(),
+        worktree: None,
+        branch: None,
+        repo: None,
+        base_commit: None,
+        port: None,
+        verify: None,
+        session_id: None,
+        cost_usd: None,
+        tokens: None,
+        turns: None,
+        waiting_until: None,
     }
 }
 
