@@ -203,7 +203,6 @@ pub fn rebuild(ws: &Workspace, data: &DataDir, ev: &Evidence, id: &str) -> Optio
             started_mono: 0,
             timeout_ms: None,
             handoff_file: handoff.clone(),
-            stream: None,
             run: if i + 1 == runs.len() {
                 AttemptRun::Starting
             } else {
