@@ -162,45 +162,24 @@ pub fn unreadable_view(sup: &Supervisor, u: &crate::store::Unreadable) -> AgentV
         u.reason,
         sup.data.db_file().display()
     );
-    AgentView {
-        agent_id: u.id.clone(),
-        role: u.role.clone(),
-        task: String::new(),
-        status: "unreadable".into(),
-        reason: Some(reason.clone()),
-        needs_human: true,
-        reported_status: None,
-        pid: None,
-        attempt: 0,
-        budget_attempt: 0,
-        max_retries: 0,
-        progress: None,
-        phase: None,
-        milestone: None,
-        last_update: None,
-        age_seconds: None,
-        anomalies: vec!["UNREADABLE".into()],
-        exit_code: None,
-        signal: None,
-        spawned_at: String::new(),
-        cwd: String::new(),
-        ended_at: None,
-        unreadable: Some(reason),
-        next_attempt_in_seconds: None,
-        escalation: None,
-        adapter: "none".into(),
-        worktree: None,
-        branch: None,
-        repo: None,
-        base_commit: None,
-        port: None,
-        verify: None,
-        session_id: None,
-        cost_usd: None,
-        tokens: None,
-        turns: None,
-        waiting_until: None,
-    }
+    // Built from its JSON form: every field an agent view may grow is absent here.
+    serde_json::from_value(serde_json::json!({
+        "agentId": u.id,
+        "role": u.role,
+        "task": "",
+        "status": "unreadable",
+        "reason": reason,
+        "needsHuman": true,
+        "attempt": 0,
+        "budgetAttempt": 0,
+        "maxRetries": 0,
+        "anomalies": ["UNREADABLE"],
+        "spawnedAt": "",
+        "cwd": "",
+        "unreadable": reason,
+        "adapter": "none",
+    }))
+    .expect("an unreadable agent's view is a valid agent view")
 }
 
 pub fn status(sup: &Supervisor, ids: &[String], role: Option<&str>) -> Reply {
