@@ -589,7 +589,7 @@ fn stalled_stream_is_stale_killed_and_retried(cli: Cli, test: &str) {
             {"hang_after_headers": true},
             {"text": "second attempt done"}]},
     ]});
-    let roles = "[roles.WORKER]\nmax_retries = 1\nheartbeat_timeout = \"3s\"\nbackoff = { initial = \"500ms\" }\n";
+    let roles = "[roles.WORKER]\nmax_retries = 1\nheartbeat_timeout = \"6s\"\nbackoff = { initial = \"500ms\" }\n";
     let rig = Rig::new(cli, bin_dir, &script, roles);
     let id = rig.spawn("WORKER", &format!("Task {stall}."));
     let v = rig.wait_state(&id, &["complete", "failed", "escalated"], SECS(60));
@@ -603,7 +603,7 @@ fn stalled_stream_is_stale_killed_and_retried(cli: Cli, test: &str) {
     assert_eq!(reqs.len(), 3, "{:?}", reqs.iter().map(|r| &r["served"]).collect::<Vec<_>>());
     let hung = reqs[1]["t"].as_f64().unwrap();
     let retried = reqs[2]["t"].as_f64().unwrap();
-    assert!(retried - hung >= 3.0, "stale only after heartbeat_timeout: {}", retried - hung);
+    assert!(retried - hung >= 6.0, "stale only after heartbeat_timeout: {}", retried - hung);
 }
 
 #[test]
@@ -614,4 +614,288 @@ fn claude_stalled_stream_is_stale_killed_and_retried() {
 #[test]
 fn codex_stalled_stream_is_stale_killed_and_retried() {
     stalled_stream_is_stale_killed_and_retried(Cli::Codex, "codex_stalled_stream_is_stale_killed_and_retried");
+}
+// ---- What corral reads from the CLI's stream --------------------------------------------
+
+/// The session id the CLI printed in the agent's log (claude's `system/init`, codex's
+/// `thread.started`), for the attempt-th time it appears.
+fn logged_sessions(cli: Cli, log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| match cli {
+            Cli::Claude if v["type"] == "system" && v["subtype"] == "init" => {
+                v["session_id"].as_str().map(String::from)
+            }
+            Cli::Codex if v["type"] == "thread.started" => v["thread_id"].as_str().map(String::from),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The CLI's own figures from the log's last result line (claude) or turn.completed
+/// (codex): (input tokens, output tokens, cost in USD when the CLI gives one).
+fn logged_usage(cli: Cli, log: &str) -> (u64, u64, Option<f64>) {
+    let line = log
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| match cli {
+            Cli::Claude => v["type"] == "result",
+            Cli::Codex => v["type"] == "turn.completed",
+        })
+        .unwrap_or_else(|| panic!("no result in the log:\n{log}"));
+    let u = &line["usage"];
+    (u["input_tokens"].as_u64().unwrap(), u["output_tokens"].as_u64().unwrap(), line["total_cost_usd"].as_f64())
+}
+
+/// The agent's own run records the CLI's session id, turns, tokens and cost, as the CLI
+/// reported them (Codex reports no cost: the role's token_prices price its tokens).
+fn records_session_turns_tokens_and_cost(cli: Cli, test: &str) {
+    let Some(bin_dir) = require(cli, test) else { return };
+    let mark = format!("usage-{}", cli.program());
+    let script = json!({"conversations": [{"match": mark, "turns": [
+        {"bash": "corral report --status active --progress 0.5", "usage": {"input_tokens": 1000, "output_tokens": 50}},
+        {"text": "done", "usage": {"input_tokens": 1200, "output_tokens": 70}}
+    ]}]});
+    let roles = "[roles.WORKER]\nmax_retries = 0\ntoken_prices = { input = 2.0, output = 10.0 }\n";
+    let rig = Rig::new(cli, bin_dir, &script, roles);
+    let id = rig.spawn("WORKER", &format!("Task {mark}."));
+    rig.wait_state(&id, &["complete", "failed", "escalated", "timed_out"], SECS(60));
+    let show = rig.ws.show(&id);
+    assert_eq!(show["status"], "complete", "{show}");
+    let log = rig.log(&id);
+    let sessions = logged_sessions(cli, &log);
+    assert_eq!(sessions.len(), 1, "{log}");
+    assert_eq!(show["sessionId"], sessions[0].as_str(), "{show}");
+    assert_eq!(show["attempts"][0]["sessionId"], sessions[0].as_str(), "{show}");
+    let (input, output, cost) = logged_usage(cli, &log);
+    assert_eq!(show["tokens"]["input"].as_u64(), Some(input), "{show}");
+    assert_eq!(show["tokens"]["output"].as_u64(), Some(output), "{show}");
+    // Two model turns were served.
+    assert_eq!(rig.model.conversation(&mark).len(), 2);
+    assert!(show["turns"].as_u64().is_some_and(|t| t >= 1), "{show}");
+    let want = match cli {
+        Cli::Claude => cost.expect("claude reports its cost"),
+        Cli::Codex => (input as f64 * 2.0 + output as f64 * 10.0) / 1e6,
+    };
+    let got = show["costUsd"].as_f64().unwrap_or_else(|| panic!("no costUsd: {show}"));
+    assert!((got - want).abs() < 1e-9, "cost {got} vs {want}");
+    let health = rig.ws.json(&["health", "--json"]);
+    assert!((health["costUsd"].as_f64().unwrap() - want).abs() < 1e-9, "{health}");
+    let reg = rig.ws.registry();
+    let rec = reg.as_array().unwrap().iter().find(|r| r["agentId"] == id.as_str()).unwrap().clone();
+    assert!((rec["costUsd"].as_f64().unwrap() - want).abs() < 1e-9, "{rec}");
+}
+
+#[test]
+fn claude_run_records_session_turns_tokens_and_cost() {
+    records_session_turns_tokens_and_cost(Cli::Claude, "claude_run_records_session_turns_tokens_and_cost");
+}
+
+#[test]
+fn codex_run_records_session_turns_tokens_and_priced_cost() {
+    records_session_turns_tokens_and_cost(Cli::Codex, "codex_run_records_session_turns_tokens_and_priced_cost");
+}
+
+/// The role's command as `corral init --agent` writes it, inside `sh -c '...; then'`
+/// (a wrapper that hides the CLI's exit status or outlives it), as TOML.
+fn wrapped(cli: Cli, then: &str) -> String {
+    let run = match cli {
+        Cli::Claude => {
+            "claude -p \"$0\" --output-format stream-json --verbose --allowedTools 'Bash(corral report *),Bash(corral handoff *)'"
+        }
+        Cli::Codex => {
+            "codex exec --json --skip-git-repo-check --sandbox workspace-write -c allow_login_shell=false \"$0\""
+        }
+    };
+    format!(
+        "command = [\"sh\", \"-c\", {:?}, \"{{context}}\"]\nadapter = \"{}\"\n",
+        format!("{run} </dev/null; {then}"),
+        cli.init_agent()
+    )
+}
+
+/// The CLI's result is an API error but the wrapper exits 0: not complete, and the
+/// attempt carries the result. A run cut short before any result, exit 0: not complete
+/// either ("ended without a result").
+fn exit_zero_is_not_complete_without_a_good_result(cli: Cli, test: &str) {
+    let Some(bin_dir) = require(cli, test) else { return };
+    let (bad, none) = (format!("bad-request-{}", cli.program()), format!("no-result-{}", cli.program()));
+    let script = json!({"conversations": [
+        {"match": bad, "turns": [{"status": 400, "message": "scripted: this request is invalid", "repeat": true}]},
+        {"match": none, "turns": [{"hang": true, "repeat": true}]},
+    ]});
+    let roles = format!(
+        "[roles.SWALLOW]\nmax_retries = 0\n{}\n[roles.CUTSHORT]\nmax_retries = 0\n{}",
+        wrapped(cli, "exit 0"),
+        // The CLI is killed before it can print a result; the wrapper still exits 0.
+        wrapped(cli, "exit 0")
+            .replace(&format!("{} ", cli.program()), &format!("timeout -s KILL 3 {} ", cli.program()))
+    );
+    let rig = Rig::new(cli, bin_dir, &script, &roles);
+    let a = rig.spawn("SWALLOW", &format!("Task {bad}."));
+    let b = rig.spawn("CUTSHORT", &format!("Task {none}."));
+    let done = ["complete", "failed", "escalated", "timed_out", "killed"];
+    for id in [&a, &b] {
+        let v = rig.wait_state(id, &done, SECS(60));
+        assert_ne!(v["status"], "complete", "{v}\n{}", rig.log(id));
+        assert_eq!(v["exitCode"], 0, "the wrapper exited 0: {v}");
+    }
+    let sa = rig.ws.show(&a);
+    let r = &sa["attempts"][0]["result"];
+    assert_eq!(r["ok"], false, "{sa}");
+    if cli == Cli::Claude {
+        assert_eq!(r["apiErrorStatus"], 400, "{sa}");
+    }
+    assert!(r["text"].as_str().unwrap_or("").contains("scripted: this request is invalid"), "{sa}");
+    let sb = rig.ws.show(&b);
+    let reason = sb["attempts"][0]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("without a result"), "{sb}");
+    assert!(sb["attempts"][0]["result"].is_null(), "{sb}");
+}
+
+#[test]
+fn claude_error_result_or_no_result_after_exit_0_is_not_complete() {
+    exit_zero_is_not_complete_without_a_good_result(
+        Cli::Claude,
+        "claude_error_result_or_no_result_after_exit_0_is_not_complete",
+    );
+}
+
+#[test]
+fn codex_failed_turn_or_no_result_after_exit_0_is_not_complete() {
+    exit_zero_is_not_complete_without_a_good_result(
+        Cli::Codex,
+        "codex_failed_turn_or_no_result_after_exit_0_is_not_complete",
+    );
+}
+
+/// The server answers 429: the agent waits (no retry spent: its role allows none) until the
+/// reset (Claude: the reset its message gives; Codex prints none for a plain 429, so the
+/// role's backoff), a second agent of the same provider queues saying why, and both
+/// complete after the reset.
+fn rate_limit_waits_for_the_reset_and_holds_the_provider(cli: Cli, test: &str) {
+    let Some(bin_dir) = require(cli, test) else { return };
+    let (a, b) = (format!("limited-a-{}", cli.program()), format!("limited-b-{}", cli.program()));
+    let script = json!({"conversations": [
+        {"match": a, "turns": [
+            {"bash": "corral report --status active --progress 0.3 --milestone before-the-limit"},
+            {"status": 429, "headers": {"retry-after": "4"}, "message": "Rate limited: your usage limit resets in 4 seconds."},
+            {"text": "finished after the reset"}]},
+        {"match": b, "turns": [{"text": "second agent done"}]},
+    ]});
+    let roles = "[roles.WORKER]\nmax_retries = 0\nattempt_timeout = \"60s\"\nbackoff = { initial = \"4s\" }\n";
+    let rig = Rig::new(cli, bin_dir, &script, roles);
+    let first = rig.spawn("WORKER", &format!("Task {a}."));
+    let waiting = rig.wait_state(&first, &["waiting", "complete", "failed", "escalated"], SECS(30));
+    assert_eq!(waiting["status"], "waiting", "{waiting}\n{}", rig.log(&first));
+    assert!(waiting["waitingUntil"].is_string(), "{waiting}");
+    let health = rig.ws.json(&["health", "--json"]);
+    let providers = health["providers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(providers.len(), 1, "{health}");
+    assert!(providers[0]["heldUntil"].is_string(), "{health}");
+    let second = rig.spawn("WORKER", &format!("Task {b}."));
+    let queued = rig.ws.agent(&second);
+    assert_eq!(queued["status"], "queued", "{queued}");
+    let why = queued["reason"].as_str().unwrap_or("");
+    assert!(why.contains("rate-limited"), "the queued agent says why: {queued}");
+    for id in [&first, &second] {
+        let v = rig.wait_state(id, &["complete", "failed", "escalated"], SECS(60));
+        assert_eq!(v["status"], "complete", "{v}\n{}", rig.log(id));
+    }
+    let show = rig.ws.show(&first);
+    let attempts = show["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{show}");
+    assert_eq!(attempts[0]["failureType"], "rate_limited", "{show}");
+    assert_eq!(show["budgetAttempt"], 1, "no retry spent: {show}");
+    let reqs = rig.model.conversation(&a);
+    assert_eq!(reqs.len(), 3, "{:?}", reqs.iter().map(|r| &r["served"]).collect::<Vec<_>>());
+    // The second agent's first request, and the first agent's next one, came after the reset.
+    let t429 = reqs[1]["t"].as_f64().unwrap();
+    let tb = rig.model.conversation(&b)[0]["t"].as_f64().unwrap();
+    assert!(tb >= t429 + 3.0, "the second agent was held until the reset ({t429} -> {tb})");
+    assert!(reqs[2]["t"].as_f64().unwrap() >= t429 + 3.0);
+}
+
+#[test]
+fn claude_rate_limit_waits_for_the_reset_and_holds_the_provider() {
+    rate_limit_waits_for_the_reset_and_holds_the_provider(
+        Cli::Claude,
+        "claude_rate_limit_waits_for_the_reset_and_holds_the_provider",
+    );
+}
+
+#[test]
+fn codex_rate_limit_waits_for_the_reset_and_holds_the_provider() {
+    rate_limit_waits_for_the_reset_and_holds_the_provider(
+        Cli::Codex,
+        "codex_rate_limit_waits_for_the_reset_and_holds_the_provider",
+    );
+}
+
+/// A CLI wrapper that lingers after the final result is stopped after result_grace and
+/// counts as complete.
+fn lingering_after_the_result_is_finished(cli: Cli, test: &str) {
+    let Some(bin_dir) = require(cli, test) else { return };
+    let linger = format!("lingers-{}", cli.program());
+    let script = json!({"conversations": [{"match": linger, "turns": [{"text": "done, but the wrapper stays"}]}]});
+    let roles = format!("[roles.LINGER]\nmax_retries = 0\nresult_grace = \"1s\"\n{}", wrapped(cli, "sleep 60"));
+    let rig = Rig::new(cli, bin_dir, &script, &roles);
+    let started = std::time::Instant::now();
+    let id = rig.spawn("LINGER", &format!("Task {linger}."));
+    let l = rig.wait_state(&id, &["complete", "failed", "escalated", "timed_out"], SECS(30));
+    assert_eq!(l["status"], "complete", "{l}\n{}", rig.log(&id));
+    assert!(started.elapsed() < SECS(30));
+    let ls = rig.ws.show(&id);
+    assert_eq!(ls["attempts"].as_array().unwrap().len(), 1, "{ls}");
+    assert_eq!(ls["attempts"][0]["result"]["ok"], true, "{ls}");
+}
+
+#[test]
+fn claude_lingering_after_its_result_is_finished_after_result_grace() {
+    lingering_after_the_result_is_finished(
+        Cli::Claude,
+        "claude_lingering_after_its_result_is_finished_after_result_grace",
+    );
+}
+
+#[test]
+fn codex_lingering_after_its_result_is_finished_after_result_grace() {
+    lingering_after_the_result_is_finished(
+        Cli::Codex,
+        "codex_lingering_after_its_result_is_finished_after_result_grace",
+    );
+}
+
+/// A run that costs more than the role's max_cost_usd is stopped and escalated, the
+/// figure in the reason.
+fn over_budget_is_stopped_and_escalated(cli: Cli, test: &str) {
+    let Some(bin_dir) = require(cli, test) else { return };
+    let mark = format!("expensive-{}", cli.program());
+    let script = json!({"conversations": [{"match": mark, "turns": [
+        {"bash": "corral report --status active --progress 0.2", "usage": {"input_tokens": 400000, "output_tokens": 1000}},
+        {"bash": "sleep 20", "usage": {"input_tokens": 400000, "output_tokens": 1000}},
+        {"text": "done", "usage": {"input_tokens": 400000, "output_tokens": 1000}}]}]});
+    let roles = "[roles.WORKER]\nmax_retries = 2\nmax_cost_usd = 0.5\ntoken_prices = { input = 5.0, output = 25.0 }\n";
+    let rig = Rig::new(cli, bin_dir, &script, roles);
+    let id = rig.spawn("WORKER", &format!("Task {mark}."));
+    let v = rig.wait_state(&id, &["complete", "failed", "escalated", "killed"], SECS(60));
+    assert_eq!(v["status"], "escalated", "{v}\n{}", rig.log(&id));
+    let show = rig.ws.show(&id);
+    let attempts = show["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "a budget is not retried: {show}");
+    assert_eq!(attempts[0]["failureType"], "budget", "{show}");
+    assert!(show["costUsd"].as_f64().unwrap() > 0.5, "{show}");
+    let esc = rig.ws.json(&["escalations", "--json"]).to_string();
+    assert!(esc.contains(&id) && esc.contains("0.5"), "{esc}");
+}
+
+#[test]
+fn claude_over_max_cost_is_stopped_and_escalated() {
+    over_budget_is_stopped_and_escalated(Cli::Claude, "claude_over_max_cost_is_stopped_and_escalated");
+}
+
+#[test]
+fn codex_over_max_cost_is_stopped_and_escalated() {
+    over_budget_is_stopped_and_escalated(Cli::Codex, "codex_over_max_cost_is_stopped_and_escalated");
 }
