@@ -253,3 +253,34 @@ fn a_rate_limit_waits_for_the_reset_holds_the_provider_and_spends_no_retry() {
     assert!(show["attempts"][0]["action"].as_str().unwrap().starts_with("wait"), "{show}");
     assert!(kinds(&ws, &first).contains(&"rate_limited".to_string()));
 }
+
+#[test]
+fn a_transient_retry_continues_the_cli_session_and_records_it() {
+    let ws = Ws::with_config(Some(&format!("{FAST}\n[roles.W]\nmax_retries = 2\n")));
+    let marker = ws.path().join("tried");
+    let args = ws.path().join("args");
+    let dir = ws.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("claude");
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> '{a}'\nif [ -e '{m}' ]; then cat '{ok}'; exit 0; fi\ntouch '{m}'\ncat '{bad}'\nexit 1\n",
+        a = args.display(),
+        m = marker.display(),
+        ok = fixture("claude-success").display(),
+        bad = fixture("claude-overloaded").display()
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let id = ws.spawn("W", &[path.to_str().unwrap(), "-p", "do it"]);
+    let s = ws.wait_state(&id, &["complete", "failed", "escalated"], secs(15));
+    assert_eq!(s["status"], "complete", "{s}");
+    let lines: Vec<String> = std::fs::read_to_string(&args).unwrap().lines().map(str::to_string).collect();
+    assert_eq!(lines[0], "-p do it");
+    assert_eq!(lines[1], "-p do it --resume b1d5f3a2-2222-4d53-9a55-0f2d7b1c9e03", "{lines:?}");
+    let show = ws.show(&id);
+    assert_eq!(show["attempts"][1]["resumed"], true, "{show}");
+    assert!(show["attempts"][0].get("resumed").is_none());
+    let started: Vec<serde_json::Value> = events(&ws, &id).into_iter().filter(|e| e["kind"] == "started").collect();
+    assert_eq!(started[1]["data"]["resumedSession"], "b1d5f3a2-2222-4d53-9a55-0f2d7b1c9e03", "{started:?}");
+}

@@ -93,6 +93,30 @@ impl std::fmt::Display for Adapter {
     }
 }
 
+/// The command that continues session `id` with the same arguments: Claude Code takes
+/// `--resume ID` (its `-p` prompt is the new turn), Codex `exec resume ID` (its last
+/// argument is the new prompt). Other commands are left as they are.
+pub fn resume_argv(adapter: Adapter, argv: &[String], id: &str) -> Vec<String> {
+    let mut v = argv.to_vec();
+    match adapter {
+        Adapter::ClaudeCode => {
+            if !v.iter().any(|a| a == "--resume" || a == "-r" || a.starts_with("--resume=")) {
+                v.push("--resume".into());
+                v.push(id.into());
+            }
+        }
+        Adapter::Codex => {
+            if let Some(i) = v.iter().position(|a| a == "exec")
+                && v.get(i + 1).map(String::as_str) != Some("resume")
+            {
+                v.splice(i + 1..i + 1, ["resume".to_string(), id.to_string()]);
+            }
+        }
+        Adapter::None => {}
+    }
+    v
+}
+
 /// What kind of progress a stream event shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

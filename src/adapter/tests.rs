@@ -217,3 +217,19 @@ proptest! {
         let _ = limits::reset_in(&String::from_utf8_lossy(&bytes));
     }
 }
+
+#[test]
+fn a_resumed_session_goes_where_each_cli_takes_it() {
+    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        resume_argv(Adapter::ClaudeCode, &v(&["claude", "-p", "ctx", "--output-format", "stream-json"]), "S1"),
+        v(&["claude", "-p", "ctx", "--output-format", "stream-json", "--resume", "S1"])
+    );
+    assert_eq!(
+        resume_argv(Adapter::Codex, &v(&["codex", "exec", "--json", "ctx"]), "T1"),
+        v(&["codex", "exec", "resume", "T1", "--json", "ctx"])
+    );
+    let already = v(&["claude", "-p", "x", "--resume", "OLD"]);
+    assert_eq!(resume_argv(Adapter::ClaudeCode, &already, "S1"), already);
+    assert_eq!(resume_argv(Adapter::None, &v(&["sh"]), "S1"), v(&["sh"]));
+}

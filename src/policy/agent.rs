@@ -183,6 +183,16 @@ pub struct Attempt {
     pub stream: Option<AttemptStream>,
 }
 
+impl AttemptStream {
+    /// Keeps the session a resumed attempt was started with when the CLI reported none.
+    pub fn or_resumed(mut self, started: Option<&AttemptStream>) -> Self {
+        if self.session_id.is_none() {
+            self.session_id = started.and_then(|s| s.session_id.clone());
+        }
+        self
+    }
+}
+
 /// An attempt as its agent CLI reported it: its session, its own share of the tokens, cost
 /// and turns, and the CLI's final result.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

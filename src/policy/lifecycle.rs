@@ -153,7 +153,31 @@ pub fn admit(agent: &mut Agent, gate: Gate, now: &Now, handoff_file: PathBuf) ->
     }
 }
 
+/// The session the next attempt continues, if it should: the agent has an adapter, the
+/// role does not turn `resume_session` off, the attempt before it had a session, and it
+/// ended by a transient failure (retried as it was), a limit, a timeout or a lost process.
+/// A retry for any other reason (with context, a corrective attempt, a human retry) starts
+/// fresh.
+pub fn session_to_resume(agent: &Agent) -> Option<String> {
+    if agent.spec.adapter.is_none() || agent.spec.policy.resume_session == Some(false) {
+        return None;
+    }
+    let prev = agent.attempts.last()?;
+    let session = prev.stream.as_ref()?.session_id.clone()?;
+    let AttemptRun::Ended { end, failure_type, action, .. } = &prev.run else { return None };
+    let resumable = matches!(end, ProcessEnd::Lost { .. })
+        || match failure_type.as_deref() {
+            Some("rate_limited" | "timeout" | "silent") => true,
+            Some("crash") => action.as_deref().is_some_and(|a| a.starts_with("retry in")),
+            _ => false,
+        };
+    // A human retry resets the budget and starts over.
+    let human = agent.budget_start == agent.attempts.len() && agent.budget_start > 0;
+    (resumable && !human).then_some(session)
+}
+
 fn begin_attempt(agent: &mut Agent, now: &Now, handoff_file: PathBuf) -> Vec<Action> {
+    let resume = session_to_resume(agent);
     let n = agent.attempts.len() as u32 + 1;
     let budget_n = (agent.attempts.len() - agent.budget_start.min(agent.attempts.len())) as u32 + 1;
     agent.attempts.push(Attempt {
@@ -170,7 +194,7 @@ fn begin_attempt(agent: &mut Agent, now: &Now, handoff_file: PathBuf) -> Vec<Act
         handoffs_before: Vec::new(),
         findings_before: None,
         log_start: None,
-        stream: None,
+        stream: resume.map(|id| AttemptStream { session_id: Some(id), resumed: true, ..Default::default() }),
     });
     agent.state = AgentState::Running;
     agent.updated_at = now.wall.clone();
@@ -185,8 +209,13 @@ pub fn started(agent: &mut Agent, shim_pid: i32, pid: i32, now: &Now) -> Vec<Act
     }
     a.run = AttemptRun::Running { shim_pid, pid };
     let (n, timeout) = (a.attempt, a.timeout_ms);
+    let resumed = a.stream.as_ref().filter(|s| s.resumed).and_then(|s| s.session_id.clone());
     agent.updated_at = now.wall.clone();
-    let mut out = vec![emit("started", json!({ "attempt": n, "pid": pid, "timeoutMs": timeout }))];
+    let mut data = json!({ "attempt": n, "pid": pid, "timeoutMs": timeout });
+    if let Some(s) = resumed {
+        data["resumedSession"] = s.into();
+    }
+    let mut out = vec![emit("started", data)];
     // Told to stop while its shim was still starting it: the TERM it could not get then.
     if matches!(agent.state, AgentState::Stopping { .. }) {
         out.push(Action::SignalGroup { pgid: pid, signal: Signal::Term });
@@ -386,6 +415,7 @@ fn attempt_stream(agent: &Agent, idx: usize, s: &crate::adapter::Summary) -> Att
         reported: s.usage,
         resumed: agent.attempts[idx].stream.as_ref().is_some_and(|x| x.resumed),
     }
+    .or_resumed(agent.attempts[idx].stream.as_ref())
 }
 
 /// The attempt's process is gone. Decides what the agent is now.

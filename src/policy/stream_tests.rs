@@ -253,3 +253,57 @@ fn token_prices_price_a_cli_without_cost_and_a_resumed_session_counts_once() {
     let s = a.attempts[1].stream.as_ref().unwrap();
     assert_eq!((s.tokens.unwrap().input, s.tokens.unwrap().output, s.cost_usd, s.turns), (50, 15, Some(0.5), Some(1)));
 }
+
+/// Ends the current attempt with `f` at `t`, runs out the wait or backoff and starts the next.
+fn again(a: &mut Agent, f: ExitFacts, t: u64) -> u64 {
+    exit(a, f, t);
+    let next = match a.state {
+        AgentState::Retrying { next_mono, .. } | AgentState::Waiting { next_mono, .. } => next_mono,
+        ref s => panic!("not retrying: {s:?}"),
+    };
+    tick(a, &at(next));
+    admit(a, Gate::Ready, &at(next), "h".into());
+    started(a, 10, 11, &at(next));
+    next
+}
+
+#[test]
+fn a_retry_after_a_transient_failure_or_a_limit_resumes_the_session_others_start_fresh() {
+    let overloaded = || {
+        let bad = RunResult { ok: false, api_error_status: Some(529), text: Some("Overloaded".into()), ..ok_result() };
+        end(1, Some(summary(Some(bad), None)))
+    };
+    let mut a = running(Adapter::ClaudeCode, 0);
+    a.spec.policy.max_retries = 3;
+    let t = again(&mut a, overloaded(), S);
+    let s = a.attempts[1].stream.as_ref().unwrap();
+    assert!(s.resumed && s.session_id.as_deref() == Some("s1"), "{s:?}");
+    assert_eq!(session_to_resume(&a), None, "the running attempt has not ended");
+
+    // A limit resumes too.
+    let mut limited = summary(Some(RunResult { ok: false, ..ok_result() }), None);
+    limited.rate_limited =
+        Some(Limit { provider: "anthropic".into(), reset: None, message: "429".into(), until_ms: None });
+    again(&mut a, ExitFacts { limit_wait_ms: Some(S), ..end(1, Some(limited)) }, t + S);
+    assert!(a.attempts[2].stream.as_ref().unwrap().resumed);
+
+    // Off for the role: fresh.
+    let mut b = running(Adapter::ClaudeCode, 0);
+    b.spec.policy.resume_session = Some(false);
+    again(&mut b, overloaded(), S);
+    assert!(b.attempts[1].stream.is_none());
+
+    // A permanent failure the rules retry with context starts fresh; so does a plain agent.
+    let mut c = running(Adapter::ClaudeCode, 0);
+    c.spec.policy.max_retries = 3;
+    let f = ExitFacts {
+        handoff: HandoffFacts::MissingFiles(vec!["x".into()]),
+        ..end(0, Some(summary(Some(ok_result()), None)))
+    };
+    again(&mut c, f, S);
+    assert!(c.attempts[1].stream.is_none(), "a corrective attempt starts over");
+    let mut p = running(Adapter::None, 0);
+    p.spec.policy.max_retries = 3;
+    again(&mut p, ExitFacts { output_tail: "network error".into(), ..end(1, None) }, S);
+    assert!(p.attempts[1].stream.is_none());
+}

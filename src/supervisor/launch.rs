@@ -373,6 +373,11 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
     } else {
         spec.command.clone()
     };
+    // A retry that continues the CLI's session (see `lifecycle::session_to_resume`).
+    let argv = match attempt.stream.as_ref().filter(|s| s.resumed).and_then(|s| s.session_id.as_deref()) {
+        Some(session) => crate::adapter::resume_argv(spec.adapter, &argv, session),
+        None => argv,
+    };
     let header = format!("=== corral: {id} attempt {n} at {}: {argv:?} ===", attempt.started_at);
     let mut env = spec.env.clone();
     let s = |p: &Path| p.display().to_string();
