@@ -218,7 +218,7 @@ pub struct ClassifyConfig {
     #[serde(default, deserialize_with = "de_regex")]
     pub output: Option<regex::Regex>,
     /// The API error status an agent CLI's result reported (e.g. 529).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_http_statuses")]
     pub api_error_status: Vec<u16>,
     /// Regex on the text of an agent CLI's result.
     #[serde(default, deserialize_with = "de_regex")]
@@ -518,6 +518,20 @@ fn de_base<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::
         )));
     }
     Ok(Some(s))
+}
+
+fn de_http_statuses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    let v = match OneOrMany::<i64>::deserialize(d)? {
+        OneOrMany::One(n) => vec![n],
+        OneOrMany::Many(v) => v,
+    };
+    v.into_iter()
+        .map(|n| {
+            u16::try_from(n).ok().filter(|n| (100..=599).contains(n)).ok_or_else(|| {
+                serde::de::Error::custom(format!("status {n} can never match: an HTTP status is 100 to 599"))
+            })
+        })
+        .collect()
 }
 
 fn de_dir<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
@@ -972,6 +986,11 @@ mod tests {
             ("[roles.A]\nverify = [\"\"]\n", "roles.A.verify", "program"),
             ("[roles.A]\nworktree_setup = [\" \", \"x\"]\n", "roles.A.worktree_setup", "program"),
             ("[roles.A]\nverify_timeout = \"0s\"\n", "roles.A.verify_timeout", "above 0"),
+            (
+                "[[classify]]\napi_error_status = [5290]\naction = \"retry\"\n",
+                "classify.api_error_status",
+                "100 to 599",
+            ),
             ("[health]\nbreaker_scope = \"host\"\n", "health.breaker_scope", "\"role\" or \"global\""),
             ("\ndata_dir = \"\"\n", "data_dir", "empty"),
             ("\nstrict_roles = \"yes\"\n", "strict_roles", "bool"),
@@ -995,7 +1014,7 @@ mod tests {
             "strict_roles = true\n[defaults]\nmax_retries = 1000\nmax_log_size = 0\nattempt_timeout = \"1ms\"\n\
              backoff = { initial = \"0s\", coefficient = 1.0 }\n[roles.B]\nmax_log_size = \"4KiB\"\n\
              [health]\nmax_concurrent = 1\nbreaker_failures = 0\nbreaker_cooldown = \"0s\"\nmax_load = 2\n\
-             [[classify]]\nexit_codes = [0, 255]\naction = \"ignore\"\n",
+             [[classify]]\nexit_codes = [0, 255]\napi_error_status = 529\naction = \"ignore\"\n",
             Path::new("corral.toml"),
         )
         .unwrap();
@@ -1006,6 +1025,7 @@ mod tests {
         assert_eq!(c.health().max_load, Some(2.0));
         assert_eq!(c.health().max_concurrent, 1);
         assert_eq!(c.rules()[0].exit_codes, vec![0, 255]);
+        assert_eq!(c.rules()[0].api_error_status, vec![529]);
     }
 
     #[test]
