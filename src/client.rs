@@ -5,7 +5,7 @@
 
 use crate::ipc::{Reply, Request};
 use crate::protocol::{DataDir, fsio};
-use crate::supervisor::process;
+use crate::sys as process;
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

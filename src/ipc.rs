@@ -6,6 +6,9 @@ use crate::store::EventRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Most events one `events` reply carries; a full page means: ask for the next.
+pub const EVENTS_PAGE: usize = 10_000;
+
 /// Largest request line the supervisor reads; anything longer is refused, not buffered.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 

@@ -35,4 +35,5 @@ pub mod protocol;
 pub mod schemas;
 pub mod store;
 pub mod supervisor;
+pub mod sys;
 pub mod worktree;

@@ -95,8 +95,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             let v: DaemonView = serde_json::from_value(super::into_result(c.call(&Request::DaemonStatus)?)?)?;
             super::into_result(c.call(&Request::Stop)?)?;
             // Wait for the process to be gone so a following start cannot race it.
-            if let Ok(fd) = crate::supervisor::process::pidfd_open(v.pid as i32) {
-                let _ = crate::supervisor::process::wait_readable(&fd, 10_000);
+            if let Ok(fd) = crate::sys::pidfd_open(v.pid as i32) {
+                let _ = crate::sys::wait_readable(&fd, 10_000);
             }
             note!("supervisor {} stopped; running agents keep running", v.pid)?;
             Ok(0)

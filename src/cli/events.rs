@@ -39,7 +39,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                 writeln!(out)?;
                 after = e.seq;
             }
-            if events.len() < crate::supervisor::daemon::EVENTS_PAGE {
+            if events.len() < crate::ipc::EVENTS_PAGE {
                 return Ok(0);
             }
             client.send(&Request::Events { after, agent: agent.clone(), follow: false })?;

@@ -86,7 +86,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     if !s.findings.is_empty() {
         say!("  last findings:")?;
         for f in s.findings.iter().rev().take(5).rev() {
-            say!("    - {}", shown(&crate::supervisor::daemon::finding_text(f)))?;
+            say!("    - {}", shown(&crate::protocol::files::finding_text(f)))?;
         }
     }
     for h in &s.handoffs {

@@ -204,7 +204,7 @@ fn lock_reports(data: &DataDir, id: &AgentId) -> Result<File, String> {
     let fail = |e: std::io::Error| format!("cannot lock {}: {e}", path.display());
     // A lock file planted as a FIFO or a symlink is moved aside: it is no lock of ours.
     let (f, _) = fsio::open_write_replacing(data.root(), &path, fsio::Mode::Update).map_err(fail)?;
-    crate::supervisor::process::lock(&f).map_err(fail)?;
+    crate::sys::lock(&f).map_err(fail)?;
     Ok(f)
 }
 

@@ -307,6 +307,17 @@ pub fn text_or_json(s: &str) -> Value {
     Value::String(s.to_string())
 }
 
+/// A finding as one line of text: a string as it is, an object by its `claim`.
+pub fn finding_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(o) => {
+            o.get("claim").and_then(serde_json::Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string())
+        }
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,13 @@ pub fn mono_ms() -> u64 {
     t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
 
+/// This boot of the machine (`/proc/sys/kernel/random/boot_id`): the monotonic clock starts
+/// again at each boot, so a value read under another boot id is from another clock.
+pub fn boot_id() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

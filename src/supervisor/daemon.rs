@@ -22,10 +22,12 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub const EVENTS_PAGE: usize = 10_000;
+pub use crate::ipc::EVENTS_PAGE;
+pub use crate::protocol::files::finding_text;
 /// How often held spawns look at memory and load again while those are what holds them.
 const RESOURCE_RECHECK_MS: u64 = 2_000;
 const BREAKER_KEY: &str = "breaker";
+const BOOT_KEY: &str = "boot_id";
 /// A loop turn that starts this much later than its timer asked for, or a wall clock that
 /// moved this much more than the monotonic one, means the supervisor did not run meanwhile.
 const GAP_MS: u64 = 500;
@@ -323,6 +325,7 @@ impl Supervisor {
             self.refresh_status(&id);
         }
         self.scan_handoffs();
+        self.after_reboot()?;
         super::prepare::prune_orphans(self);
         for id in self.order.clone() {
             if self.agents[&id].agent.state.has_live_process() {
@@ -351,6 +354,40 @@ impl Supervisor {
             first.lines.push((id, line.to_string()));
         }
         self.send_export(first);
+        Ok(())
+    }
+
+    /// The monotonic clock starts again at each boot: after a reboot the deadlines the
+    /// registry holds are from the old clock, so a backoff or a KILL that was pending is
+    /// due now rather than after the old machine's uptime.
+    fn after_reboot(&mut self) -> anyhow::Result<()> {
+        let Some(boot) = time::boot_id() else { return Ok(()) };
+        let stored = self.store.get_meta(BOOT_KEY)?;
+        if stored.as_deref() == Some(boot.as_str()) {
+            return Ok(());
+        }
+        if stored.is_some() {
+            let now = self.io.mono_ms();
+            let mut moved = 0;
+            for id in self.order.clone() {
+                let live = self.agents.get_mut(&id).expect("present");
+                match &mut live.agent.state {
+                    AgentState::Retrying { next_mono: t, .. } | AgentState::Stopping { hard_kill_mono: t, .. }
+                        if *t > now =>
+                    {
+                        *t = now;
+                        moved += 1;
+                    }
+                    _ => continue,
+                }
+                self.mark_dirty(&id);
+            }
+            crate::elog!(
+                "corral daemon: the machine restarted since the registry was last written; {moved} pending \
+                 deadlines from before are due now"
+            );
+        }
+        self.store.put_meta(BOOT_KEY, &boot)?;
         Ok(())
     }
 
@@ -1020,14 +1057,6 @@ impl Supervisor {
                 break;
             }
         }
-    }
-}
-
-pub fn finding_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Object(o) => o.get("claim").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string()),
-        other => other.to_string(),
     }
 }
 

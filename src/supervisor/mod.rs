@@ -11,7 +11,8 @@ pub mod launcher;
 pub mod observe;
 pub mod orphans;
 pub mod prepare;
-pub mod process;
+/// The system-call wrappers, by their old name inside the supervisor.
+pub use crate::sys as process;
 pub mod relay;
 pub mod requests;
 pub mod server;

@@ -467,3 +467,36 @@ fn an_emptied_registry_next_to_run_files_and_an_export_is_refused_or_rebuilt() {
     let mut s = store.clone();
     assert_eq!(s.next_number().unwrap(), 6, "no number the data dir names is handed out again");
 }
+
+#[test]
+fn after_a_reboot_deadlines_from_the_old_clock_are_due_at_once() {
+    if crate::protocol::time::boot_id().is_none() {
+        // No boot id on this machine: nothing to tell boots apart by.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemRegistry::default();
+    let io = FakeIo::default();
+    // The new boot's clock is young; the registry was written under another boot, with a
+    // backoff that ends at the old machine's uptime plus a little.
+    io.0.borrow_mut().mono = 50;
+    let template = rig("");
+    {
+        use crate::store::Registry;
+        store.put_meta("boot_id", "an-older-boot").unwrap();
+        let mut a = queued(&template.sup, "retrying");
+        a.state = AgentState::Retrying { next_mono: 9_000_000_000, reason: "backoff".into() };
+        store.put(&a).unwrap();
+    }
+    drop(template);
+    let mut r = rig_with("", store, io, dir);
+    match r.state("retrying") {
+        AgentState::Retrying { next_mono, .. } => assert!(next_mono <= 50, "still waits for {next_mono}"),
+        other => assert!(!matches!(other, AgentState::Retrying { .. })),
+    }
+    r.sup.tick();
+    assert!(!matches!(r.state("retrying"), AgentState::Retrying { .. }), "the backoff did not end");
+    // The new boot is recorded: a second start under it moves nothing.
+    use crate::store::Registry;
+    assert_eq!(r.store.get_meta("boot_id").unwrap(), crate::protocol::time::boot_id());
+}
