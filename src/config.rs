@@ -34,6 +34,8 @@ pub struct Config {
     pub mcp: McpConfig,
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    #[serde(default)]
+    pub budget: BudgetConfig,
     /// Where worktree agents' worktrees go (default `<data dir>/worktrees`).
     #[serde(default, deserialize_with = "de_dir")]
     pub worktree_dir: Option<PathBuf>,
@@ -67,6 +69,15 @@ impl SupervisorConfig {
     pub fn reconcile_ms(&self) -> u64 {
         ms(self.reconcile_interval.unwrap_or(Self::DEFAULT_RECONCILE)).max(100)
     }
+}
+
+/// `[budget]`: limits of the whole workspace.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Once all agents' attempts together cost this much (USD), new starts queue.
+    #[serde(default, deserialize_with = "de_cost")]
+    pub max_cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -284,3 +284,17 @@ fn a_transient_retry_continues_the_cli_session_and_records_it() {
     let started: Vec<serde_json::Value> = events(&ws, &id).into_iter().filter(|e| e["kind"] == "started").collect();
     assert_eq!(started[1]["data"]["resumedSession"], "b1d5f3a2-2222-4d53-9a55-0f2d7b1c9e03", "{started:?}");
 }
+
+#[test]
+fn a_spent_workspace_budget_queues_new_spawns_with_the_reason() {
+    let ws = Ws::with_config(Some(&format!("{FAST}\n[budget]\nmax_cost_usd = 0.01\n")));
+    let claude = fake_cli(&ws, "claude", "claude-success", "exit 0");
+    let first = ws.spawn("W", &[&claude, "-p", "x"]);
+    ws.wait_state(&first, &["complete"], secs(15));
+    let next = ws.spawn("W", &["true"]);
+    let q = ws.agent(&next);
+    assert_eq!(q["status"], "queued", "{q}");
+    assert!(q["reason"].as_str().unwrap().contains("[budget] max_cost_usd"), "{q}");
+    let h = ws.json(&["health", "--json"]);
+    assert!(h["heldBecause"].as_str().unwrap().contains("budget"), "{h}");
+}

@@ -123,6 +123,13 @@ pub fn provider_holds<'a>(agents: impl IntoIterator<Item = &'a Agent>, mono: u64
     out
 }
 
+/// Why no agent may start once the workspace spent its `[budget] max_cost_usd`.
+pub fn workspace_budget_gate(max_cost_usd: Option<f64>, spent_usd: f64) -> Option<String> {
+    let max = max_cost_usd?;
+    (spent_usd >= max)
+        .then(|| format!("the workspace's budget is spent: ${spent_usd:.4} of [budget] max_cost_usd ${max:.4}"))
+}
+
 /// Why a queued agent may not start while its provider is held.
 pub fn provider_gate(spec: &AgentSpec, holds: &[ProviderHold], mono: u64) -> Option<String> {
     let p = spec.adapter.provider()?;

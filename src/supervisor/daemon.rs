@@ -1015,6 +1015,10 @@ impl Supervisor {
             // the gate costs one pass, not one pass per queued agent.
             let mut counts = None;
             let holds = lifecycle::provider_holds(self.agents.values().map(|l| &l.agent), now.mono);
+            let budget = self.ws.config.budget.max_cost_usd.and_then(|max| {
+                let spent = self.agents.values().filter_map(|l| super::views::agent_totals(&l.agent).cost_usd).sum();
+                lifecycle::workspace_budget_gate(Some(max), spent)
+            });
             for id in queued {
                 if !matches!(self.agents[&id].agent.state, AgentState::Queued { .. }) {
                     continue;
@@ -1026,9 +1030,12 @@ impl Supervisor {
                     let (running, open) =
                         *counts.get_or_insert_with(|| (self.running_count(), self.open_escalations()));
                     let role = &self.agents[&id].agent.spec.role;
-                    let hold = lifecycle::provider_gate(&self.agents[&id].agent.spec, &holds, now.mono).or_else(|| {
-                        health::hold_reason(&self.health, &self.breaker, role, running, open, &resources, now.mono)
-                    });
+                    let hold = budget
+                        .clone()
+                        .or_else(|| lifecycle::provider_gate(&self.agents[&id].agent.spec, &holds, now.mono))
+                        .or_else(|| {
+                            health::hold_reason(&self.health, &self.breaker, role, running, open, &resources, now.mono)
+                        });
                     if let Some(why) = hold {
                         if health::resources_short(&self.health, &resources) {
                             self.resource_recheck = Some(now.mono + RESOURCE_RECHECK_MS);

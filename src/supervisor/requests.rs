@@ -264,7 +264,10 @@ pub fn health_view(sup: &Supervisor) -> HealthView {
     let gauges = views::Gauges::of(sup);
     let (r, running) = (&gauges.resources, gauges.running);
     // What holds every start, whatever its role (a role's own breaker is in `breakers`).
-    let held = health::hold_reason(&sup.health, &sup.breaker, GLOBAL, running, sup.open_escalations(), r, now);
+    let held = gauges
+        .budget
+        .clone()
+        .or_else(|| health::hold_reason(&sup.health, &sup.breaker, GLOBAL, running, sup.open_escalations(), r, now));
     let h = &sup.health;
     let view = |key: &str, b: Option<&Breaker>| {
         let (state, recent, probe_in, probe) = match b {

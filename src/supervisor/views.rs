@@ -16,6 +16,8 @@ pub struct Gauges {
     pub running: usize,
     pub open_escalations: usize,
     pub holds: Vec<lifecycle::ProviderHold>,
+    /// Why nothing starts while the workspace's budget is spent.
+    pub budget: Option<String>,
 }
 
 impl Gauges {
@@ -25,6 +27,10 @@ impl Gauges {
             running: sup.running_count(),
             open_escalations: sup.open_escalations(),
             holds: lifecycle::provider_holds(sup.agents.values().map(|l| &l.agent), time::mono_ms()),
+            budget: sup.ws.config.budget.max_cost_usd.and_then(|max| {
+                let spent = sup.agents.values().filter_map(|l| agent_totals(&l.agent).cost_usd).sum();
+                lifecycle::workspace_budget_gate(Some(max), spent)
+            }),
         }
     }
 }
@@ -143,7 +149,9 @@ pub fn queue_reason(sup: &Supervisor, live: &Live, g: &Gauges, mono: u64) -> Opt
         &live.agent.spec,
         |d| sup.agents.get(d).map(|l| &l.agent.state),
         |role| {
-            lifecycle::provider_gate(&live.agent.spec, &g.holds, mono)
+            g.budget
+                .clone()
+                .or_else(|| lifecycle::provider_gate(&live.agent.spec, &g.holds, mono))
                 .or_else(|| health::hold_reason(&sup.health, &sup.breaker, role, running, open, r, mono))
         },
     );
