@@ -21,6 +21,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("escalations", v(schema_for!(Vec<crate::policy::agent::Escalation>))),
         ("memory", v(schema_for!(crate::memory::MemorySnapshot))),
         ("aggregate", v(schema_for!(crate::aggregate::Report))),
+        ("merge", v(schema_for!(crate::cli::merge::MergeReport))),
     ]
 }
 

@@ -196,6 +196,74 @@ fn aggregate_reads_branches_a_same_line_change_conflicts_a_same_file_change_merg
     assert!(esc.as_array().unwrap().iter().any(|e| e["reason"].as_str().unwrap().contains("shared.txt")), "{esc}");
 }
 
+#[test]
+fn merge_of_five_stops_at_the_fourth_conflict_and_dry_run_changes_nothing() {
+    let ws = repo(WT);
+    let head = git(ws.path(), &["rev-parse", "HEAD"]);
+    let own = |n: u32| format!("echo {n} > own-{n}.txt && {}", commit(&format!("agent {n}")));
+    let line =
+        |n: u32| format!("sed -i 's/^two$/two by {n}/' shared.txt && {}", commit(&format!("agent {n} edits two")));
+    let scripts = [line(1), own(2), own(3), line(4), own(5)];
+    let mut ids = Vec::new();
+    for s in &scripts {
+        // One after the other, so finishing order is spawn order.
+        let id = ws.spawn("W", &["sh", "-c", s]);
+        ws.wait_state(&id, &["complete"], SECS(30));
+        ids.push(id);
+    }
+    let integration = || git(ws.path(), &["branch", "--list", "corral/integration-*"]);
+    let trees = || git(ws.path(), &["worktree", "list"]);
+    let before = trees();
+
+    let o = ws.run(&["merge", "--dry-run", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["merged"], serde_json::json!(ids[..3]), "{r:#}");
+    assert_eq!(r["stopped"]["agent"], ids[3].as_str());
+    assert_eq!(r["stopped"]["files"], serde_json::json!(["shared.txt"]));
+    assert_eq!(r["notAttempted"], serde_json::json!([ids[4]]));
+    assert_eq!(integration(), "", "a dry run makes no branch");
+    assert_eq!(trees(), before);
+    assert_eq!(ws.json(&["escalations", "--json"]).as_array().unwrap().len(), 0, "a dry run escalates nothing");
+
+    let o = ws.run(&["merge", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["merged"], serde_json::json!(ids[..3]), "{r:#}");
+    assert_eq!(r["stopped"]["agent"], ids[3].as_str());
+    assert_eq!(r["stopped"]["why"], "conflict");
+    assert_eq!(r["stopped"]["files"], serde_json::json!(["shared.txt"]));
+    assert_eq!(r["notAttempted"], serde_json::json!([ids[4]]));
+    let into = r["into"].as_str().unwrap().to_string();
+    assert!(into.starts_with("corral/integration-"), "{into}");
+    assert_eq!(git(ws.path(), &["rev-parse", &into]).trim(), r["head"].as_str().unwrap());
+    let is_in = |id: &str| {
+        Command::new("git")
+            .arg("-C")
+            .arg(ws.path())
+            .args(["merge-base", "--is-ancestor", &format!("corral/{id}"), &into])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(ids[..3].iter().all(|id| is_in(id)), "the first three are in {into}");
+    assert!(!is_in(&ids[3]) && !is_in(&ids[4]), "the fourth and fifth are not");
+    let third = git(ws.path(), &["rev-parse", &format!("{into}^2")]);
+    assert_eq!(
+        third,
+        git(ws.path(), &["rev-parse", &format!("corral/{}", ids[2])]),
+        "the branch is at the third merge"
+    );
+    let esc = ws.json(&["escalations", "--json"]);
+    let esc = esc.as_array().unwrap();
+    assert_eq!(esc.len(), 1, "{esc:?}");
+    assert_eq!(esc[0]["agentId"], ids[3].as_str());
+    assert!(esc[0]["reason"].as_str().unwrap().contains("shared.txt"));
+    assert_eq!(git(ws.path(), &["status", "--porcelain"]), "", "the user's tree is untouched");
+    assert_eq!(git(ws.path(), &["rev-parse", "HEAD"]), head);
+    assert_eq!(trees(), before, "corral's merge worktree is gone");
+}
+
 /// The agents' starts, one line each, written outside their worktrees.
 fn starts(ws: &Ws) -> Vec<String> {
     std::fs::read_to_string(ws.path().join("starts.log")).unwrap_or_default().lines().map(str::to_string).collect()

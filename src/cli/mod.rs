@@ -14,6 +14,7 @@ pub mod kill;
 pub mod logs;
 pub mod mcp;
 pub mod memory;
+pub mod merge;
 pub mod monitor;
 pub mod output;
 pub mod report;
@@ -106,6 +107,8 @@ pub enum Cmd {
     Wait(wait::Args),
     /// Collect handoffs into one deliverable: merged findings, conflicts resolved by evidence.
     Aggregate(aggregate::Args),
+    /// Integrate complete worktree agents' branches one at a time, verifying after each.
+    Merge(merge::Args),
     /// Learned memory and failure patterns; export for the MCP memory server.
     Memory(memory::Args),
     /// Model Context Protocol server on stdio: the orchestrator's and the agent's tools.
@@ -305,6 +308,7 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Mcp(a) => mcp::run(&ctx, a),
         Cmd::Memory(a) => memory::run(&ctx, a),
         Cmd::Aggregate(a) => aggregate::run(&ctx, a),
+        Cmd::Merge(a) => merge::run(&ctx, a),
         Cmd::Report(a) => report::run(&ctx, a),
         Cmd::Handoff(a) => handoff::run(&ctx, a),
         Cmd::Events(a) => events::run(&ctx, a),
