@@ -32,7 +32,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-all_targets=(status handoff config request agent_id report_merge adapter)
+all_targets=(status handoff config request agent_id report_merge adapter mcp_message)
 seconds="${FUZZ_SECONDS:-60}"
 if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then seconds="$1"; shift; fi
 targets=("$@")

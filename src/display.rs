@@ -188,6 +188,12 @@ macro_rules! say {
     ($($t:tt)*) => { $crate::display::say_line(format_args!($($t)*)) };
 }
 
+/// As [`say!`], to the writer given first (a face rendered into a buffer, for a test).
+#[macro_export]
+macro_rules! say_to {
+    ($w:expr, $($t:tt)*) => { $crate::display::line_to($w, format_args!($($t)*)) };
+}
+
 /// As [`say!`], on stderr.
 #[macro_export]
 macro_rules! note {

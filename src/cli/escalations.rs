@@ -6,7 +6,7 @@ use super::{Ctx, Result};
 use crate::ipc::Request;
 use crate::policy::agent::Escalation;
 use crate::policy::escalation::Answer;
-use crate::{note, say};
+use crate::{note, say_to};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -71,22 +71,29 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             if list.is_empty() {
                 note!("no open escalations")?;
             }
-            for e in list {
-                let state = match &e.resolved_at {
-                    None => "OPEN".to_string(),
-                    Some(t) => format!("resolved {t}{}", e.note.map(|n| format!(": {n}")).unwrap_or_default()),
-                };
-                let about = match &e.conflict {
-                    Some(c) => format!("conflict on {} between {}", c.key, c.agents.join(", ")),
-                    None => e.agent_id.to_string(),
-                };
-                say!("#{:<4} {}  {}  {}", e.n, about, e.opened_at, state)?;
-                say!("      {}", e.reason)?;
-                if let Some(o) = &e.outcome {
-                    say!("      -> {o}")?;
-                }
-            }
+            lines(&list, &mut std::io::stdout().lock())?;
             Ok(0)
         }
     }
+}
+
+/// What `corral escalations` prints: per escalation its number, what it is about, when it
+/// opened and its state, then its reason and outcome, each on its own line.
+pub fn lines(list: &[Escalation], out: &mut impl std::io::Write) -> std::io::Result<()> {
+    for e in list {
+        let state = match &e.resolved_at {
+            None => "OPEN".to_string(),
+            Some(t) => format!("resolved {t}{}", e.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default()),
+        };
+        let about = match &e.conflict {
+            Some(c) => format!("conflict on {} between {}", c.key, c.agents.join(", ")),
+            None => e.agent_id.to_string(),
+        };
+        say_to!(out, "#{:<4} {}  {}  {}", e.n, about, e.opened_at, state)?;
+        say_to!(out, "      {}", e.reason)?;
+        if let Some(o) = &e.outcome {
+            say_to!(out, "      -> {o}")?;
+        }
+    }
+    Ok(())
 }

@@ -20,6 +20,8 @@ pub mod output;
 pub mod report;
 pub mod retry;
 pub mod show;
+#[cfg(test)]
+mod snapshots;
 pub mod spawn;
 pub mod status;
 pub mod wait;

@@ -4,7 +4,7 @@ use super::output::{age, bar, print_json};
 use super::{Ctx, Result};
 use crate::display::{shown, shown_or_dash};
 use crate::ipc::{Request, ShowView};
-use crate::say;
+use crate::say_to;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,28 +20,35 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         return Ok(0);
     }
     let s: ShowView = serde_json::from_value(data)?;
+    render(&s, &mut std::io::stdout().lock())?;
+    Ok(0)
+}
+
+/// What `corral show` prints about one agent.
+pub fn render(s: &ShowView, out: &mut impl std::io::Write) -> std::io::Result<()> {
     let v = &s.agent;
-    say!("{}  ({})", shown(&v.agent_id), shown(&v.role))?;
-    say!("  task:       {}", shown(&v.task))?;
+    say_to!(out, "{}  ({})", shown(&v.agent_id), shown(&v.role))?;
+    say_to!(out, "  task:       {}", shown(&v.task))?;
     if let Some(sc) = &s.scope {
-        say!("  scope:      {}", shown(sc))?;
+        say_to!(out, "  scope:      {}", shown(sc))?;
     }
     for c in &s.constraints {
-        say!("  constraint: {}", shown(c))?;
+        say_to!(out, "  constraint: {}", shown(c))?;
     }
     if !s.after.is_empty() {
-        say!("  after:      {}", shown(&s.after.join(", ")))?;
+        say_to!(out, "  after:      {}", shown(&s.after.join(", ")))?;
     }
-    say!("  command:    {:?}  (in {})", s.command, shown(&s.agent.cwd))?;
+    say_to!(out, "  command:    {:?}  (in {})", s.command, shown(&s.agent.cwd))?;
     match &v.reason {
-        Some(r) => say!("  status:     {} ({})", shown(&v.status), shown(r))?,
-        None => say!("  status:     {}", shown(&v.status))?,
+        Some(r) => say_to!(out, "  status:     {} ({})", shown(&v.status), shown(r))?,
+        None => say_to!(out, "  status:     {}", shown(&v.status))?,
     }
     if let Some(pid) = v.pid {
-        say!("  pid:        {pid} (process group {pid})")?;
+        say_to!(out, "  pid:        {pid} (process group {pid})")?;
     }
     if let Some(rs) = &v.reported_status {
-        say!(
+        say_to!(
+            out,
             "  reported:   {} {} {}/{}  updated {} ago",
             shown(rs),
             bar(v.progress, 10),
@@ -51,16 +58,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         )?;
     }
     if let Some(u) = &v.unreadable {
-        say!("  UNREADABLE: {}", shown(u))?;
+        say_to!(out, "  UNREADABLE: {}", shown(u))?;
     }
     if !v.anomalies.is_empty() {
-        say!("  anomalies:  {}", shown(&v.anomalies.join(" ")))?;
+        say_to!(out, "  anomalies:  {}", shown(&v.anomalies.join(" ")))?;
     }
     if v.budget_attempt as usize == s.attempts.len() {
-        say!("  attempts ({} of at most {}):", s.attempts.len(), v.max_retries + 1)?;
+        say_to!(out, "  attempts ({} of at most {}):", s.attempts.len(), v.max_retries + 1)?;
     } else {
         // A human retry started a fresh budget: say both, so neither reads as `4 of 3`.
-        say!(
+        say_to!(
+            out,
             "  attempts ({} in all; {} of at most {} since the last human retry):",
             s.attempts.len(),
             v.budget_attempt,
@@ -76,7 +84,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
                 None => "starting".into(),
             },
         };
-        say!(
+        say_to!(
+            out,
             "    #{} started {} timeout {}: {how}",
             at.attempt,
             shown(&at.started_at),
@@ -84,20 +93,20 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         )?;
     }
     if !s.findings.is_empty() {
-        say!("  last findings:")?;
+        say_to!(out, "  last findings:")?;
         for f in s.findings.iter().rev().take(5).rev() {
-            say!("    - {}", shown(&crate::protocol::files::finding_text(f)))?;
+            say_to!(out, "    - {}", shown(&crate::protocol::files::finding_text(f)))?;
         }
     }
     for h in &s.handoffs {
-        say!("  handoff:    {}", shown(h))?;
+        say_to!(out, "  handoff:    {}", shown(h))?;
     }
-    say!("  files:      status {}", shown(&s.files.status_file))?;
-    say!("              log {}", shown(&s.files.log_file))?;
-    say!("              context {}", shown(&s.files.context_file))?;
-    say!("  events:")?;
+    say_to!(out, "  files:      status {}", shown(&s.files.status_file))?;
+    say_to!(out, "              log {}", shown(&s.files.log_file))?;
+    say_to!(out, "              context {}", shown(&s.files.context_file))?;
+    say_to!(out, "  events:")?;
     for e in &s.events {
-        say!("    {} {:18} {}", shown(&e.at), shown(&e.kind), shown(&e.data.to_string()))?;
+        say_to!(out, "    {} {:18} {}", shown(&e.at), shown(&e.kind), shown(&e.data.to_string()))?;
     }
-    Ok(0)
+    Ok(())
 }

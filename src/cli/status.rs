@@ -4,7 +4,7 @@ use super::output::{age, bar};
 use super::{Ctx, Result};
 use crate::display::{clip, shown};
 use crate::ipc::{AgentView, Request};
-use crate::{note, say};
+use crate::{note, say_to};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -54,7 +54,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             crate::display::raw_out(format!("{}\n", serde_json::to_string(&views)?).as_bytes())?;
             return Ok(0);
         }
-        return table(views);
+        return print_table(views);
     }
     if a.json {
         // Printed as the supervisor wrote it: one object per agent, no re-encoding.
@@ -64,14 +64,20 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         out.write_all(b"\n")?;
         return Ok(0);
     }
-    table(serde_json::from_str(&raw)?)
+    print_table(serde_json::from_str(&raw)?)
 }
 
-fn table(views: Vec<AgentView>) -> Result {
+fn print_table(views: Vec<AgentView>) -> Result {
     if views.is_empty() {
         note!("no agents")?;
         return Ok(0);
     }
+    table(&views, &mut std::io::stdout().lock())?;
+    Ok(0)
+}
+
+/// The table `corral status` prints, one line per agent under a header.
+pub fn table(views: &[AgentView], out: &mut impl std::io::Write) -> std::io::Result<()> {
     let width = |s: &str| shown(s).to_string().chars().count();
     let idw = views.iter().map(|v| width(&v.agent_id)).max().unwrap_or(5).max(5);
     let rw = views.iter().map(|v| width(&v.role)).max().unwrap_or(4).max(4);
@@ -89,7 +95,8 @@ fn table(views: Vec<AgentView>) -> Result {
         views.iter().any(|v| v.cost_usd.is_some() || v.tokens.is_some()).then(|| views.iter().map(cost).collect());
     let cw = costs.as_ref().map_or(0, |c| c.iter().map(String::len).max().unwrap_or(4).max(4));
     let cost_head = if costs.is_some() { format!("{:>cw$}  ", "COST") } else { String::new() };
-    say!(
+    say_to!(
+        out,
         "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {cost_head}ANOMALIES",
         "AGENT",
         "ROLE",
@@ -110,7 +117,8 @@ fn table(views: Vec<AgentView>) -> Result {
         let pm = clip(&pm, 24);
         // The queue reason is one of the anomalies already: printed once.
         let anomalies = v.anomalies.join(" ");
-        say!(
+        say_to!(
+            out,
             "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {c}{}",
             shown(&v.agent_id),
             shown(&v.role),
@@ -122,7 +130,7 @@ fn table(views: Vec<AgentView>) -> Result {
             shown(anomalies.trim())
         )?;
     }
-    Ok(0)
+    Ok(())
 }
 
 /// `$0.0123`, or the tokens when the cost is not known, or `-`.

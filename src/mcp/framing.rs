@@ -149,10 +149,16 @@ pub fn judge(line: &[u8]) -> Frame {
 
 /// Splits a byte stream into lines without ever holding more than [`MAX_MESSAGE_BYTES`] of
 /// one: the rest of an oversized line is skipped up to its newline.
-#[derive(Default)]
 pub struct Lines {
     buf: Vec<u8>,
     discarding: bool,
+    max: usize,
+}
+
+impl Default for Lines {
+    fn default() -> Self {
+        Self::with_max(MAX_MESSAGE_BYTES)
+    }
 }
 
 /// A piece of the stream: a whole line, or the mark of one too long to keep.
@@ -163,6 +169,16 @@ pub enum Piece {
 }
 
 impl Lines {
+    /// Lines of at most `max` bytes (the bound the server uses is [`MAX_MESSAGE_BYTES`]).
+    pub fn with_max(max: usize) -> Self {
+        Self { buf: Vec::new(), discarding: false, max }
+    }
+
+    /// How many bytes of an unfinished line are held.
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The pieces `chunk` completes, in order.
     pub fn feed(&mut self, mut chunk: &[u8]) -> Vec<Piece> {
         let mut out = Vec::new();
@@ -177,7 +193,7 @@ impl Lines {
                 self.discarding = nl.is_none();
                 continue;
             }
-            if self.buf.len() + part.len() > MAX_MESSAGE_BYTES {
+            if self.buf.len() + part.len() > self.max {
                 self.buf = Vec::new();
                 self.discarding = nl.is_none();
                 out.push(Piece::Oversized);
