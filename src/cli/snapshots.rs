@@ -128,6 +128,8 @@ fn aggregate_markdown_with_hostile_text() {
         workspace: Path::new("/ws"),
         locate: &locate,
         human: vec![],
+        branches: vec![],
+        merges: vec![],
     });
     insta::assert_snapshot!(render_markdown(&report));
 }
