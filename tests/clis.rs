@@ -772,9 +772,9 @@ fn codex_failed_turn_or_no_result_after_exit_0_is_not_complete() {
 
 /// The server answers 429: the agent waits (no retry spent: its role allows none) until the
 /// reset (Claude: the reset its message gives; Codex prints none for a plain 429, so the
-/// role's backoff), a second agent of the same provider queues saying why, and both
-/// complete after the reset.
-fn rate_limit_waits_for_the_reset_and_holds_the_provider(cli: Cli, test: &str) {
+/// role's backoff), a second agent of the same provider queues saying why, both complete
+/// after the reset, and the first continues its CLI session.
+fn rate_limit_waits_for_the_reset_holds_the_provider_and_resumes(cli: Cli, test: &str) {
     let Some(bin_dir) = require(cli, test) else { return };
     let (a, b) = (format!("limited-a-{}", cli.program()), format!("limited-b-{}", cli.program()));
     let script = json!({"conversations": [
@@ -815,21 +815,29 @@ fn rate_limit_waits_for_the_reset_and_holds_the_provider(cli: Cli, test: &str) {
     let tb = rig.model.conversation(&b)[0]["t"].as_f64().unwrap();
     assert!(tb >= t429 + 3.0, "the second agent was held until the reset ({t429} -> {tb})");
     assert!(reqs[2]["t"].as_f64().unwrap() >= t429 + 3.0);
+    // The first agent continued its session: the request after the reset carries its
+    // earlier tool call.
+    assert_eq!(attempts[1]["resumed"], true, "{show}");
+    let history = match cli {
+        Cli::Claude => reqs[2]["body"]["messages"].to_string(),
+        Cli::Codex => reqs[2]["body"]["input"].to_string(),
+    };
+    assert!(history.contains("before-the-limit"), "resumed history: {history}");
 }
 
 #[test]
-fn claude_rate_limit_waits_for_the_reset_and_holds_the_provider() {
-    rate_limit_waits_for_the_reset_and_holds_the_provider(
+fn claude_rate_limit_waits_for_the_reset_holds_the_provider_and_resumes() {
+    rate_limit_waits_for_the_reset_holds_the_provider_and_resumes(
         Cli::Claude,
-        "claude_rate_limit_waits_for_the_reset_and_holds_the_provider",
+        "claude_rate_limit_waits_for_the_reset_holds_the_provider_and_resumes",
     );
 }
 
 #[test]
-fn codex_rate_limit_waits_for_the_reset_and_holds_the_provider() {
-    rate_limit_waits_for_the_reset_and_holds_the_provider(
+fn codex_rate_limit_waits_for_the_reset_holds_the_provider_and_resumes() {
+    rate_limit_waits_for_the_reset_holds_the_provider_and_resumes(
         Cli::Codex,
-        "codex_rate_limit_waits_for_the_reset_and_holds_the_provider",
+        "codex_rate_limit_waits_for_the_reset_holds_the_provider_and_resumes",
     );
 }
 

@@ -106,10 +106,14 @@ pub fn resume_argv(adapter: Adapter, argv: &[String], id: &str) -> Vec<String> {
             }
         }
         Adapter::Codex => {
+            // `codex exec [OPTIONS] resume ID PROMPT`: exec's options come before the
+            // subcommand (after it, `--sandbox` and the like are refused), the prompt last.
             if let Some(i) = v.iter().position(|a| a == "exec")
-                && v.get(i + 1).map(String::as_str) != Some("resume")
+                && !v[i + 1..].iter().any(|a| a == "resume")
+                && v.len() > i + 1
             {
-                v.splice(i + 1..i + 1, ["resume".to_string(), id.to_string()]);
+                let at = v.len() - 1;
+                v.splice(at..at, ["resume".to_string(), id.to_string()]);
             }
         }
         Adapter::None => {}

@@ -227,7 +227,7 @@ fn a_resumed_session_goes_where_each_cli_takes_it() {
     );
     assert_eq!(
         resume_argv(Adapter::Codex, &v(&["codex", "exec", "--json", "ctx"]), "T1"),
-        v(&["codex", "exec", "resume", "T1", "--json", "ctx"])
+        v(&["codex", "exec", "--json", "resume", "T1", "ctx"])
     );
     let already = v(&["claude", "-p", "x", "--resume", "OLD"]);
     assert_eq!(resume_argv(Adapter::ClaudeCode, &already, "S1"), already);
