@@ -121,8 +121,9 @@ pub fn judge(line: &[u8]) -> Frame {
         (None, true) if id.is_none() => return invalid(None, "a response needs the id of its request"),
         _ => {}
     }
+    // `null` is what the SDK itself writes for a notification without parameters.
     if let Some(p) = obj.get("params")
-        && !(p.is_object() || p.is_array())
+        && !(p.is_object() || p.is_array() || p.is_null())
     {
         return invalid(id, "\"params\" must be an object or an array");
     }
@@ -311,6 +312,14 @@ mod tests {
     fn code_and_id(line: &[u8]) -> (i64, Value) {
         let r = reply(line);
         (r["error"]["code"].as_i64().unwrap(), r["id"].clone())
+    }
+
+    #[test]
+    fn a_notification_with_null_params_is_a_message_as_the_sdk_writes_it() {
+        let line = br#"{"jsonrpc":"2.0","method":"notifications/initialized","params":null}"#;
+        assert!(matches!(judge(line), Frame::Message(_)));
+        let bad = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":7}"#;
+        assert!(matches!(judge(bad), Frame::Reply(_)));
     }
 
     #[test]
