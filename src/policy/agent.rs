@@ -259,6 +259,27 @@ impl Liveness {
 }
 
 impl Attempt {
+    /// Attempt `attempt`, about to start: nothing seen of it yet. Fields added to the
+    /// attempt get their empty value here, in one place.
+    pub fn starting(attempt: u32, started_at: String, started_mono: u64, handoff_file: PathBuf) -> Self {
+        Attempt {
+            attempt,
+            started_at,
+            started_mono,
+            timeout_ms: None,
+            handoff_file,
+            run: AttemptRun::Starting,
+            context_note: None,
+            counted: true,
+            liveness: Liveness::default(),
+            status_baseline: None,
+            handoffs_before: Vec::new(),
+            findings_before: None,
+            log_start: None,
+            stream: None,
+        }
+    }
+
     pub fn pid(&self) -> Option<i32> {
         match self.run {
             AttemptRun::Running { pid, .. } => Some(pid),

@@ -188,20 +188,10 @@ fn begin_attempt(agent: &mut Agent, now: &Now, handoff_file: PathBuf) -> Vec<Act
     let n = agent.attempts.len() as u32 + 1;
     let budget_n = (agent.attempts.len() - agent.budget_start.min(agent.attempts.len())) as u32 + 1;
     agent.attempts.push(Attempt {
-        attempt: n,
-        started_at: now.wall.clone(),
-        started_mono: now.mono,
         timeout_ms: Some(agent.spec.policy.attempt_timeout(budget_n)),
-        handoff_file,
-        run: AttemptRun::Starting,
         context_note: agent.next_context.take(),
-        counted: true,
-        liveness: Liveness::default(),
-        status_baseline: None,
-        handoffs_before: Vec::new(),
-        findings_before: None,
-        log_start: None,
         stream: resume.map(|id| AttemptStream { session_id: Some(id), resumed: true, ..Default::default() }),
+        ..Attempt::starting(n, now.wall.clone(), now.mono, handoff_file)
     });
     agent.state = AgentState::Running;
     agent.updated_at = now.wall.clone();

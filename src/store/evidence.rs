@@ -9,7 +9,7 @@
 //! good export with nothing, unless told to rebuild the missing agents from that evidence.
 
 use crate::config::Workspace;
-use crate::policy::agent::{Agent, AgentSpec, AgentState, Attempt, AttemptRun, Liveness, ProcessEnd};
+use crate::policy::agent::{Agent, AgentSpec, AgentState, Attempt, AttemptRun, ProcessEnd};
 use crate::protocol::{AgentId, DataDir, fsio, time};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,11 +198,6 @@ pub fn rebuild(ws: &Workspace, data: &DataDir, ev: &Evidence, id: &str) -> Optio
         .iter()
         .enumerate()
         .map(|(i, n)| Attempt {
-            attempt: *n,
-            started_at: spawned_at.clone(),
-            started_mono: 0,
-            timeout_ms: None,
-            handoff_file: handoff.clone(),
             run: if i + 1 == runs.len() {
                 AttemptRun::Starting
             } else {
@@ -215,14 +210,7 @@ pub fn rebuild(ws: &Workspace, data: &DataDir, ev: &Evidence, id: &str) -> Optio
                     rule: None,
                 }
             },
-            context_note: None,
-            counted: true,
-            liveness: Liveness::default(),
-            status_baseline: None,
-            handoffs_before: Vec::new(),
-            findings_before: None,
-            log_start: None,
-            stream: None,
+            ..Attempt::starting(*n, spawned_at.clone(), 0, handoff.clone())
         })
         .collect();
     let status = text("status").unwrap_or_default();
