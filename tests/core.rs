@@ -335,3 +335,20 @@ fn hostile_files_never_block_the_supervisor() {
     ws.ok(&["kill", &id]);
     assert_eq!(ws.agent(&id)["status"], "killed");
 }
+
+#[test]
+fn a_dropped_test_workspace_kills_its_own_leftover_agents_only() {
+    // The harness's cleanup finds leftovers by the data dir in their environment, never by
+    // a recorded pid alone (pids are reused quickly on small pid_max machines).
+    let ws = Ws::new();
+    let other = Ws::new();
+    let id = ws.spawn("R", &sh("sleep 1000 & sleep 1000"));
+    let mine = other.spawn("R", &sh("sleep 1000"));
+    let pgid = ws.agent(&id)["pid"].as_i64().unwrap() as i32;
+    let theirs = other.agent(&mine)["pid"].as_i64().unwrap() as i32;
+    assert!(wait_until(SECS(5), || group_members(pgid).len() >= 2));
+    assert_eq!(common::processes_of(other.path(), &[pgid]), Vec::<i32>::new());
+    drop(ws);
+    assert!(wait_until(SECS(5), || group_members(pgid).is_empty()), "left: {:?}", group_members(pgid));
+    assert!(alive(theirs), "another workspace's agent was killed");
+}

@@ -143,13 +143,35 @@ impl Drop for Ws {
         if let Ok(text) = std::fs::read_to_string(self.data.join("spawn-registry.json"))
             && let Ok(Value::Array(recs)) = serde_json::from_str::<Value>(&text)
         {
-            for r in recs {
-                if let Some(pid) = r["pid"].as_i64() {
-                    unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
-                }
+            let groups: Vec<i32> = recs.iter().filter_map(|r| r["pid"].as_i64()).map(|p| p as i32).collect();
+            for pid in processes_of(self.path(), &groups) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
     }
+}
+
+/// The live processes in any of `groups` that belong to the workspace in `dir` (their
+/// environment names a data dir inside it). A recorded pid may long since have been reused
+/// by another test's agent (pid_max is small on test machines): a group is never killed by
+/// number alone.
+pub fn processes_of(dir: &Path, groups: &[i32]) -> Vec<i32> {
+    let marks: Vec<Vec<u8>> = [Some(dir.to_path_buf()), dir.canonicalize().ok()]
+        .into_iter()
+        .flatten()
+        .map(|d| format!("CORRAL_DATA_DIR={}/", d.display()).into_bytes())
+        .collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            // Fields after the command's closing parenthesis: state, ppid, pgrp.
+            let pgrp = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(2)?.parse::<i32>().ok());
+            pgrp.is_some_and(|g| groups.contains(&g))
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| marks.iter().any(|m| v.starts_with(m))))
+        })
+        .collect()
 }
 
 /// Polls `cond` every 10 ms until it holds or `limit` passes.
