@@ -98,3 +98,33 @@ fn monitor_shows_progress_kills_and_survives_resize() {
     t.keys(&["q"]);
     assert!(wait_until(SECS(5), || !t.alive()), "q did not quit");
 }
+
+#[test]
+fn monitor_rides_out_a_killed_supervisor() {
+    let ws = Ws::new();
+    let steps = "for i in 1 2 3 4 5 6 7 8 9; do corral report --status active --progress 0.$i --milestone m$i; sleep 0.5; done; sleep 30";
+    let first = ws.spawn("W", &["sh", "-c", steps]);
+    let t = Tmux::new(&ws, 120, 30);
+    assert!(wait_until(SECS(10), || t.screen().contains(first.as_str())), "{}", t.screen());
+    let pid = ws.daemon_pid();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(SECS(5), || !alive(pid)), "supervisor {pid} survived SIGKILL");
+    // A new supervisor (started by this spawn): the monitor follows it without a key press,
+    // shows the agent spawned after the restart, and the first agent's progress goes on.
+    let second = ws.spawn("W", &["sleep", "300"]);
+    assert!(ws.daemon_pid() != pid);
+    assert!(
+        wait_until(SECS(15), || t.screen().contains(second.as_str())),
+        "agent spawned after the restart not shown:\n{}",
+        t.screen()
+    );
+    let before = row(&t.screen(), &first).unwrap().to_string();
+    assert!(
+        wait_until(SECS(10), || row(&t.screen(), &first).is_some_and(|r| r != before)),
+        "the first agent's row froze after the restart:\n{}",
+        t.screen()
+    );
+    assert!(t.alive(), "monitor died with its supervisor");
+    t.keys(&["q"]);
+    assert!(wait_until(SECS(5), || !t.alive()), "q did not quit");
+}
