@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+# PostgreSQL for cluster mode's store (tests/cluster.rs starts throw-away servers).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (Debian packages)" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -23,6 +23,7 @@ pub mod adapter;
 pub mod aggregate;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod display;
 pub mod ipc;

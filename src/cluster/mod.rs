@@ -1,0 +1,198 @@
+//! Cluster mode's store: the registry and queue in PostgreSQL. This module holds what every
+//! worker and client needs before anything else: reaching the database (with the password
+//! from the URL, `PGPASSWORD` or a password file, as libpq users expect) and the versioned
+//! schema that corral creates and migrates itself.
+
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use tokio_postgres::config::Host;
+
+/// Where the database is, as given (a `postgres://` URL or a libpq key=value string), with
+/// the password filled in from the environment when the URL has none.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub config: tokio_postgres::Config,
+}
+
+/// What [`Database::parse`] needs from the environment, passed in so it stays testable.
+#[derive(Debug, Default, Clone)]
+pub struct PasswordSources {
+    /// `PGPASSWORD`.
+    pub password: Option<String>,
+    /// `PGPASSFILE`, else `~/.pgpass`.
+    pub passfile: Option<PathBuf>,
+}
+
+impl PasswordSources {
+    pub fn from_env() -> Self {
+        let password = std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty());
+        let passfile = std::env::var_os("PGPASSFILE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")));
+        Self { password, passfile }
+    }
+}
+
+impl Database {
+    /// Parses `url`; a URL without a password takes `PGPASSWORD`, else the first matching
+    /// line of the password file (which, as with libpq, is ignored when others may read it).
+    pub fn parse(url: &str, env: &PasswordSources) -> Result<Self, String> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            format!(
+                "database URL {:?} is not valid: {e}; expected e.g. postgres://USER@HOST:5432/DB",
+                redact(url)
+            )
+        })?;
+        if config.get_user().is_none()
+            && let Ok(user) = std::env::var("PGUSER").or_else(|_| std::env::var("USER"))
+        {
+            config.user(&user);
+        }
+        if config.get_password().is_none() {
+            if let Some(p) = &env.password {
+                config.password(p.as_str());
+            } else if let Some(file) = &env.passfile
+                && let Some(p) = passfile_lookup(file, &config)
+            {
+                config.password(p.as_str());
+            }
+        }
+        Ok(Self { config })
+    }
+
+    /// Connects, running the connection's I/O on the current tokio runtime.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, String> {
+        let (client, conn) = self.config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+            format!("cannot connect to the database at {}: {e}", self.describe())
+        })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// host:port/db for messages, never the password.
+    pub fn describe(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}/{}", self.config.get_dbname().unwrap_or("(default database)"))
+    }
+}
+
+/// The URL with any password replaced, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let cred = &url[s + 3..at];
+            match cred.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The password for `config` in a libpq password file: lines `host:port:database:user:password`,
+/// `*` matching anything, `\:` and `\\` escaped, `#` comments. A file that group or others may
+/// read, or that is not a regular file, is ignored (libpq does the same).
+pub fn passfile_lookup(file: &Path, config: &tokio_postgres::Config) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(file).ok()?;
+    if !meta.is_file() || meta.mode() & 0o077 != 0 || meta.len() > 1 << 20 {
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        // libpq matches a socket connection with "localhost".
+        Some(Host::Unix(_)) | None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let user = config.get_user().unwrap_or_default().to_string();
+    let db = config.get_dbname().map(str::to_string).unwrap_or_else(|| user.clone());
+    passfile_match(&text, [&host, &port, &db, &user])
+}
+
+/// The first line of a password file's `text` whose four fields match `want`.
+pub fn passfile_match(text: &str, want: [&str; 4]) -> Option<String> {
+    for line in text.lines() {
+        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_escaped(line);
+        if fields.len() != 5 {
+            continue;
+        }
+        if fields[..4].iter().zip(want).all(|(f, w)| f == "*" || f == w) {
+            return Some(fields[4].clone());
+        }
+    }
+    None
+}
+
+fn split_escaped(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    out.last_mut().unwrap().push(n);
+                }
+            }
+            // The password is the rest of the line, colons and all.
+            ':' if out.len() < 5 => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_file_lines_match_with_wildcards_and_escapes() {
+        let text = "# comment\n\
+                    db.example:5432:other:alice:nope\n\
+                    db.example:*:corral:alice:pa\\:ss:word\n\
+                    *:*:*:*:fallback\n";
+        assert_eq!(passfile_match(text, ["db.example", "5432", "corral", "alice"]).as_deref(), Some("pa:ss:word"));
+        assert_eq!(passfile_match(text, ["db.example", "5432", "other", "alice"]).as_deref(), Some("nope"));
+        assert_eq!(passfile_match(text, ["elsewhere", "1", "x", "y"]).as_deref(), Some("fallback"));
+        assert_eq!(passfile_match("short:line\n", ["a", "b", "c", "d"]), None);
+    }
+
+    #[test]
+    fn the_password_comes_from_the_url_then_pgpassword_then_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgpass");
+        std::fs::write(&file, "127.0.0.1:5433:corral:bob:from-file\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let url = "postgres://bob@127.0.0.1:5433/corral";
+        let from_file = PasswordSources { password: None, passfile: Some(file.clone()) };
+        let got = Database::parse(url, &from_file).unwrap();
+        assert_eq!(got.config.get_password(), Some(&b"from-file"[..]));
+        let from_env = PasswordSources { password: Some("from-env".into()), passfile: Some(file.clone()) };
+        assert_eq!(Database::parse(url, &from_env).unwrap().config.get_password(), Some(&b"from-env"[..]));
+        let in_url = Database::parse("postgres://bob:inline@127.0.0.1:5433/corral", &from_env).unwrap();
+        assert_eq!(in_url.config.get_password(), Some(&b"inline"[..]));
+        // A file others may read is ignored, as libpq does.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(Database::parse(url, &from_file).unwrap().config.get_password(), None);
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_showing_the_password() {
+        let e = Database::parse("postgres://bob:secret@host:notaport/db", &PasswordSources::default()).unwrap_err();
+        assert!(e.contains("not valid") && !e.contains("secret"), "{e}");
+    }
+}
