@@ -65,6 +65,14 @@ pub enum Request {
         agent: Option<String>,
         follow: bool,
     },
+    /// Takes finished agents out of the views (`corral clean`): those that ended at least
+    /// `older_than_ms` ago; with `worktrees`, the reply also names agents cleaned before
+    /// whose worktree may still be there.
+    Clean {
+        older_than_ms: Option<u64>,
+        #[serde(default)]
+        worktrees: bool,
+    },
     DaemonStatus,
     /// Answers at once: proves the supervisor behind the socket is alive and serving.
     Ping,
@@ -381,4 +389,21 @@ pub struct BreakerView {
     pub cooldown: String,
     pub probe_in_seconds: Option<f64>,
     pub probe: Option<String>,
+}
+
+/// One agent `corral clean` took out of the views (or, with `worktrees`, one cleaned
+/// before whose worktree is still recorded).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanedAgent {
+    pub agent_id: String,
+    pub status: String,
+    /// Cleaned by this call (false: cleaned before, listed for its worktree).
+    pub now: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
 }

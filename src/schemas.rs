@@ -22,6 +22,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("memory", v(schema_for!(crate::memory::MemorySnapshot))),
         ("aggregate", v(schema_for!(crate::aggregate::Report))),
         ("merge", v(schema_for!(crate::cli::merge::MergeReport))),
+        ("clean", v(schema_for!(crate::cli::clean::CleanReport))),
     ]
 }
 

@@ -302,3 +302,77 @@ fn kill_9_while_worktrees_are_made_uses_no_half_made_one_and_leaks_none() {
         .collect();
     assert_eq!(dirs.len(), ids.len(), "{dirs:?}");
 }
+
+#[test]
+fn clean_hides_finished_agents_and_with_worktrees_keeps_a_dirty_tree_and_an_unmerged_branch() {
+    let ws = repo(WT);
+    let unmerged = ws.spawn("W", &["sh", "-c", &format!("echo a > a.txt && {}", commit("a"))]);
+    let dirty = ws.spawn("W", &["sh", "-c", "echo wip > wip.txt"]);
+    let idle = ws.spawn("W", &["true"]);
+    let merged = ws.spawn("W", &["sh", "-c", &format!("echo m > m.txt && {}", commit("m"))]);
+    let plain = ws.ok(&["spawn", "--role", "W", "--no-worktree", "--task", "t", "--", "true"]).trim().to_string();
+    let done = [&unmerged, &dirty, &idle, &merged, &plain];
+    for id in done {
+        ws.wait_state(id, &["complete"], SECS(30));
+    }
+    let running = ws.spawn("W", &["sleep", "30"]);
+    ws.wait_state(&running, &["running"], SECS(30));
+    git(ws.path(), &["merge", "-q", "--no-edit", &format!("corral/{merged}")]);
+
+    // Nothing is old enough yet.
+    let none = ws.json(&["clean", "--older-than", "1h", "--json"]);
+    assert_eq!(none["cleaned"], serde_json::json!([]), "{none}");
+    assert_eq!(ws.status().len(), 6);
+
+    let r = ws.json(&["clean", "--worktrees", "--json"]);
+    let mut cleaned: Vec<String> =
+        r["cleaned"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    cleaned.sort();
+    let mut want: Vec<String> = done.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(cleaned, want, "the finished agents, not the running one: {r}");
+    let views = ws.status();
+    assert_eq!(views.len(), 1, "status shows only what was not cleaned: {views:?}");
+    assert_eq!(views[0]["agentId"], running.as_str());
+    // History stays: show, status ID and events still find a cleaned agent.
+    assert_eq!(ws.show(&idle)["status"], "complete");
+    assert_eq!(ws.agent(&idle)["status"], "complete");
+    let events = ws.ok(&["events"]);
+    assert!(events.lines().any(|l| l.contains("\"cleaned\"") && l.contains(idle.as_str())), "{events}");
+
+    let wt = |id: &str| ws.data.join("worktrees").join(id);
+    let branch = |id: &str| {
+        Command::new("git")
+            .arg("-C")
+            .arg(ws.path())
+            .args(["rev-parse", "--verify", "--quiet", &format!("refs/heads/corral/{id}")])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(wt(&dirty).exists() && branch(&dirty), "the dirty worktree is kept");
+    assert!(!wt(&unmerged).exists() && branch(&unmerged), "the unmerged branch is kept, its tree removed");
+    assert!(!wt(&idle).exists() && !branch(&idle), "nothing to keep: both removed");
+    assert!(!wt(&merged).exists() && !branch(&merged), "a merged branch is removed");
+    let kept: Vec<(String, String)> = r["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["agent"].as_str().unwrap().to_string(), k["what"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(
+        kept.contains(&(dirty.clone(), "worktree".into())) && kept.contains(&(unmerged.clone(), "branch".into())),
+        "{r}"
+    );
+    assert_eq!(kept.len(), 2, "{r}");
+    let wl = git(ws.path(), &["worktree", "list", "--porcelain"]);
+    assert!(!wl.contains(&idle), "git forgets removed worktrees: {wl}");
+
+    // --force removes the rest; agents cleaned before are not cleaned again.
+    let f = ws.json(&["clean", "--worktrees", "--force", "--json"]);
+    assert_eq!(f["cleaned"], serde_json::json!([]), "{f}");
+    assert_eq!(f["kept"], serde_json::json!([]), "{f}");
+    assert!(!wt(&dirty).exists() && !branch(&dirty) && !branch(&unmerged), "{f}");
+    assert_eq!(git(ws.path(), &["status", "--porcelain"]), "", "the workspace's own tree is untouched");
+    ws.ok(&["kill", &running]);
+}

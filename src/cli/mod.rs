@@ -2,6 +2,7 @@
 //! print; they send requests to the supervisor and never touch the registry themselves.
 
 pub mod aggregate;
+pub mod clean;
 pub mod completions;
 pub mod daemon;
 pub mod demo;
@@ -111,6 +112,8 @@ pub enum Cmd {
     Aggregate(aggregate::Args),
     /// Integrate complete worktree agents' branches one at a time, verifying after each.
     Merge(merge::Args),
+    /// Take finished agents out of the views (history stays); --worktrees removes their worktrees.
+    Clean(clean::Args),
     /// Learned memory and failure patterns; export for the MCP memory server.
     Memory(memory::Args),
     /// Model Context Protocol server on stdio: the orchestrator's and the agent's tools.
@@ -311,6 +314,7 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Memory(a) => memory::run(&ctx, a),
         Cmd::Aggregate(a) => aggregate::run(&ctx, a),
         Cmd::Merge(a) => merge::run(&ctx, a),
+        Cmd::Clean(a) => clean::run(&ctx, a),
         Cmd::Report(a) => report::run(&ctx, a),
         Cmd::Handoff(a) => handoff::run(&ctx, a),
         Cmd::Events(a) => events::run(&ctx, a),

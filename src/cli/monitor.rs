@@ -89,7 +89,9 @@ fn follow(target: crate::ops::Target, after: u64, tx: mpsc::Sender<Change>) {
                 return;
             }
         };
-        let global = e.kind.starts_with("escalation") || e.kind.starts_with("breaker") || e.kind == "escalated";
+        let global = e.kind.starts_with("escalation") || e.kind.starts_with("breaker") || e.kind == "escalated"
+            // A cleaned agent leaves the view: only a full snapshot drops it.
+            || e.kind == "cleaned";
         let change = match e.agent_id {
             Some(id) if !global => Change::Agent(id.to_string()),
             Some(id) => {

@@ -488,6 +488,10 @@ pub struct Agent {
     /// included): until then no attempt of the agent runs in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_commit: Option<String>,
+    /// When `corral clean` took the finished agent out of the views (it stays in the
+    /// registry: `show` and `events` still find it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleaned_at: Option<String>,
 }
 
 impl Agent {

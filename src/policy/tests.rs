@@ -42,6 +42,7 @@ fn agent_with(role: &str, after: &[&str]) -> Agent {
         budget_start: 0,
         next_context: None,
         base_commit: None,
+        cleaned_at: None,
     }
 }
 

@@ -228,7 +228,16 @@ pub fn rebuild(ws: &Workspace, data: &DataDir, ev: &Evidence, id: &str) -> Optio
             ),
         }
     };
-    Some(Agent { spec, state, attempts, updated_at: now, budget_start: 0, next_context: None, base_commit: None })
+    Some(Agent {
+        spec,
+        state,
+        attempts,
+        updated_at: now,
+        budget_start: 0,
+        next_context: None,
+        base_commit: None,
+        cleaned_at: None,
+    })
 }
 
 #[cfg(test)]

@@ -140,6 +140,9 @@ pub struct Supervisor {
     pub store: Box<dyn Registry>,
     pub agents: HashMap<AgentId, Live>,
     pub order: Vec<AgentId>,
+    /// `order` without the agents `corral clean` took out of the views: what `status`,
+    /// the monitor and the default aggregation walk, so cleaned agents cost them nothing.
+    pub shown: Vec<AgentId>,
     pub tx: mpsc::UnboundedSender<Msg>,
     pub events: broadcast::Sender<EventRecord>,
     pub socket: PathBuf,
@@ -243,6 +246,7 @@ impl Supervisor {
             store,
             agents: HashMap::new(),
             order: Vec::new(),
+            shown: Vec::new(),
             tx,
             events: broadcast::channel(4096).0,
             socket,
@@ -321,6 +325,9 @@ impl Supervisor {
         for agent in agents {
             let id = agent.spec.id.clone();
             self.order.push(id.clone());
+            if agent.cleaned_at.is_none() {
+                self.shown.push(id.clone());
+            }
             self.agents.insert(id.clone(), Live::new(agent));
             self.refresh_status(&id);
         }

@@ -76,8 +76,10 @@ fn record(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentId, Reply> {
         budget_start: 0,
         next_context: None,
         base_commit: None,
+        cleaned_at: None,
     };
     sup.order.push(id.clone());
+    sup.shown.push(id.clone());
     sup.agents.insert(id.clone(), Live::new(agent));
     let s = &sup.agents[&id].agent.spec;
     sup.emit(

@@ -177,6 +177,7 @@ fn answer(sup: &mut Supervisor, req: Request) -> Reply {
                 Err(e) => Reply::err(1, e.to_string()),
             }
         }
+        Request::Clean { older_than_ms, worktrees } => clean(sup, older_than_ms, worktrees),
         Request::DaemonStatus => Reply::ok(DaemonView {
             pid: std::process::id(),
             socket: sup.socket.display().to_string(),
@@ -344,4 +345,54 @@ pub fn health_view(sup: &Supervisor) -> HealthView {
             })
             .collect(),
     }
+}
+
+/// Takes finished agents that no human waits on out of the views; their records stay.
+fn clean(sup: &mut Supervisor, older_than_ms: Option<u64>, worktrees: bool) -> Reply {
+    let now = time::now();
+    let cutoff = older_than_ms.map(|ms| {
+        let ms = i64::try_from(ms).unwrap_or(i64::MAX / 2);
+        now.checked_sub(jiff::SignedDuration::from_millis(ms)).unwrap_or(jiff::Timestamp::MIN)
+    });
+    let old_enough = |a: &crate::policy::agent::Agent| match cutoff {
+        None => true,
+        Some(c) => a.current().and_then(|x| x.ended()).and_then(|(t, _)| time::parse(t)).is_some_and(|t| t <= c),
+    };
+    let listed = |a: &crate::policy::agent::Agent, now: bool| crate::ipc::CleanedAgent {
+        agent_id: a.spec.id.to_string(),
+        status: a.view_name().to_string(),
+        now,
+        worktree: a.spec.worktree.as_ref().map(|w| w.path.display().to_string()),
+        branch: a.spec.worktree.as_ref().map(|w| w.branch.clone()),
+        repo: a.spec.worktree.as_ref().map(|w| w.repo.display().to_string()),
+    };
+    let mut out = Vec::new();
+    let mut cleaned = Vec::new();
+    let stamp = time::rfc3339(now);
+    for id in &sup.shown {
+        let a = &sup.agents[id].agent;
+        if a.state.is_finished() && !a.state.needs_human() && old_enough(a) {
+            cleaned.push(id.clone());
+        }
+    }
+    if worktrees {
+        for id in &sup.order {
+            let a = &sup.agents[id].agent;
+            if a.cleaned_at.is_some() && a.spec.worktree.is_some() && old_enough(a) {
+                out.push(listed(a, false));
+            }
+        }
+    }
+    for id in &cleaned {
+        let live = sup.agents.get_mut(id).expect("shown agents are known");
+        live.agent.cleaned_at = Some(stamp.clone());
+        out.push(listed(&live.agent, true));
+        sup.mark_dirty(id);
+        sup.emit(Some(id), "cleaned", serde_json::json!({}));
+    }
+    if !cleaned.is_empty() {
+        let gone: std::collections::HashSet<&AgentId> = cleaned.iter().collect();
+        sup.shown.retain(|id| !gone.contains(id));
+    }
+    Reply::ok(out)
 }

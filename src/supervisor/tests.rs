@@ -225,6 +225,7 @@ fn queued(sup: &Supervisor, name: &str) -> Agent {
         budget_start: 0,
         next_context: None,
         base_commit: None,
+        cleaned_at: None,
     }
 }
 
@@ -247,6 +248,7 @@ fn a_long_queue_of_commands_that_cannot_start_is_worked_through_without_recursio
             for a in rows {
                 let name = a.spec.id.clone();
                 r.sup.order.push(name.clone());
+                r.sup.shown.push(name.clone());
                 r.sup.agents.insert(name, super::daemon::Live::new(a));
             }
             r.store.0.borrow_mut().failing = true;

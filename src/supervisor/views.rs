@@ -205,8 +205,10 @@ pub fn status(sup: &Supervisor, ids: &[String], role: Option<&str>) -> Reply {
     }
     let now = time::now();
     let gauges = Gauges::of(sup);
-    let views: Vec<AgentView> = sup
-        .order
+    // Named agents are found even when cleaned; the default set skips cleaned ones
+    // without walking them.
+    let walk = if wanted.is_empty() { &sup.shown } else { &sup.order };
+    let views: Vec<AgentView> = walk
         .iter()
         .filter(|id| wanted.is_empty() || wanted.contains(id))
         .map(|id| &sup.agents[id])
