@@ -15,6 +15,8 @@ fn main() {
     if args.get(1).is_some_and(|a| a == "__launcher") {
         std::process::exit(supervisor::launcher::run());
     }
+    // A completion request from the shell's registration (`corral completions SHELL`).
+    cli::completions::answer_if_asked();
     let cli = cli::Cli::from_env();
     let code = match cli::run(cli) {
         Ok(code) => code,

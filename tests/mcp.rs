@@ -259,3 +259,14 @@ fn an_agent_reports_and_hands_off_over_mcp() {
     assert_eq!(handoff["deliverables"]["findings"][0]["value"], "stdio");
     assert_eq!(handoff["memoryCandidate"]["lesson"], "agents can report over MCP");
 }
+
+#[test]
+fn tools_take_ids_by_number_and_unique_prefix() {
+    let config = format!("{RELAXED}\n[roles.WORKER]\ncommand = [\"sleep\", \"30\"]\n");
+    let ws = Ws::with_config(Some(&config));
+    let seen = run_py(&ws, "ids.py");
+    assert_eq!(seen["by_number"]["agentId"], seen["second"]["agentId"], "{seen}");
+    assert_eq!(seen["by_prefix"]["agentId"], seen["first"]["agentId"], "{seen}");
+    let msg = seen["ambiguous"].as_str().unwrap();
+    assert!(msg.contains("ambiguous") && msg.contains("agent-001-WORKER") && msg.contains("agent-002-WORKER"), "{msg}");
+}

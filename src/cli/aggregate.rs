@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub ids: Vec<String>,
     #[arg(long)]
     pub role: Option<String>,

@@ -13,6 +13,7 @@ pub struct Args {
     pub follow: bool,
     /// Only this agent's events.
     #[arg(long)]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub agent: Option<String>,
     /// Only events after this sequence number.
     #[arg(long, default_value_t = 0)]

@@ -6,6 +6,7 @@ use crate::note;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub id: String,
     /// Time between TERM and KILL.
     #[arg(long, default_value = "5s", value_name = "D")]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub id: String,
     /// Keep printing new output until the agent finishes.
     #[arg(short, long)]
@@ -34,12 +35,15 @@ struct Place {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
-    let id = AgentId::parse(&a.id).map_err(|e| super::usage(e.to_string()))?;
     // The event number before the state: a finish after the look is in the stream.
     let after: u64 = serde_json::from_value(ctx.call(&Request::LastSeq)?)?;
-    // Ask the supervisor first: an unknown id is an error, not an empty log.
+    // Ask the supervisor first: an unknown id is an error, not an empty log; a prefix or a
+    // number comes back as the whole id.
     let views: Vec<AgentView> =
         serde_json::from_value(ctx.call(&Request::Status { ids: vec![a.id.clone()], role: None })?)?;
+    let whole = views.first().map_or(a.id.clone(), |v| v.agent_id.clone());
+    let id = AgentId::parse(&whole).map_err(|e| super::usage(e.to_string()))?;
+    let a = Args { id: whole, ..a };
     let mut out = std::io::stdout().lock();
     let mut place = Place::default();
     copy(ctx, &id, &mut place, &mut out)?;

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Agents to merge, in this order (default: every complete worktree agent, in finishing order).
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub ids: Vec<String>,
     /// The branch to merge into (default: a new corral/integration-<timestamp> from the base).
     #[arg(long, value_name = "BRANCH")]

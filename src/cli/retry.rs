@@ -6,6 +6,7 @@ use crate::note;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub id: String,
     /// Added to the next attempt's delegation context.
     #[arg(long)]
@@ -30,6 +31,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
 
 #[derive(Debug, clap::Args)]
 pub struct TellArgs {
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub id: String,
     /// The message; it is appended to the agent's inbox (CORRAL_INBOX_FILE).
     pub text: String,

@@ -8,6 +8,7 @@ use crate::say_to;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub id: String,
     #[arg(long)]
     pub json: bool,

@@ -38,7 +38,22 @@ fn status_with_hostile_text() {
     quiet["milestone"] = "m1".into();
     quiet["anomalies"] = json!([]);
     let views: Vec<AgentView> = serde_json::from_value(json!([agent(), quiet])).unwrap();
-    insta::assert_snapshot!(render(|o| super::status::table(&views, o)));
+    insta::assert_snapshot!(render(|o| super::status::table(&views, Some(80), o)));
+}
+
+#[test]
+fn status_at_80_columns_shortens_the_task_not_the_id() {
+    let mut long = agent();
+    long["agentId"] = "agent-017-IMPLEMENTER-frontend".into();
+    long["role"] = "IMPLEMENTER".into();
+    long["task"] = "Rewrite the settings page so that every form field validates on blur and says why".into();
+    long["anomalies"] = json!([]);
+    let views: Vec<AgentView> = serde_json::from_value(json!([long])).unwrap();
+    let text = render(|o| super::status::table(&views, Some(80), o));
+    assert!(text.contains("agent-017-IMPLEMENTER-frontend "), "{text}");
+    assert!(text.contains("Rewrite the~") && !text.contains("says why"), "{text}");
+    let whole = render(|o| super::status::table(&views, None, o));
+    assert!(whole.contains("validates on blur and says why"), "{whole}");
 }
 
 #[test]

@@ -8,6 +8,7 @@ use crate::{note, say_to};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub ids: Vec<String>,
     #[arg(long)]
     pub role: Option<String>,
@@ -72,12 +73,28 @@ fn print_table(views: Vec<AgentView>) -> Result {
         note!("no agents")?;
         return Ok(0);
     }
-    table(&views, &mut std::io::stdout().lock())?;
+    table(&views, columns(), &mut std::io::stdout().lock())?;
     Ok(0)
 }
 
+/// How wide the table may be: `COLUMNS` when set, else the terminal's width; none (tasks
+/// shown whole) when the output is not a terminal.
+pub fn columns() -> Option<usize> {
+    if let Some(n) = std::env::var("COLUMNS").ok().and_then(|c| c.trim().parse::<usize>().ok()).filter(|n| *n > 0) {
+        return Some(n);
+    }
+    // SAFETY: TIOCGWINSZ fills a winsize on a terminal, fails (and is ignored) otherwise.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_col > 0).then_some(ws.ws_col as usize)
+}
+
+/// Narrowest a task is shortened to, whatever the width.
+const MIN_TASK: usize = 12;
+
 /// The table `corral status` prints, one line per agent under a header.
-pub fn table(views: &[AgentView], out: &mut impl std::io::Write) -> std::io::Result<()> {
+/// Ids are never cut: the task, last, is shortened to what is left of `columns`.
+pub fn table(views: &[AgentView], columns: Option<usize>, out: &mut impl std::io::Write) -> std::io::Result<()> {
     let width = |s: &str| shown(s).to_string().chars().count();
     let idw = views.iter().map(|v| width(&v.agent_id)).max().unwrap_or(5).max(5);
     let rw = views.iter().map(|v| width(&v.role)).max().unwrap_or(4).max(4);
@@ -95,17 +112,21 @@ pub fn table(views: &[AgentView], out: &mut impl std::io::Write) -> std::io::Res
         views.iter().any(|v| v.cost_usd.is_some() || v.tokens.is_some()).then(|| views.iter().map(cost).collect());
     let cw = costs.as_ref().map_or(0, |c| c.iter().map(String::len).max().unwrap_or(4).max(4));
     let cost_head = if costs.is_some() { format!("{:>cw$}  ", "COST") } else { String::new() };
+    let anomalies: Vec<String> = views.iter().map(|v| v.anomalies.join(" ").trim().to_string()).collect();
+    let aw = anomalies.iter().map(|a| width(a)).max().unwrap_or(0).max(9);
     say_to!(
         out,
-        "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {cost_head}ANOMALIES",
+        "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {cost_head}{:aw$}  TASK",
         "AGENT",
         "ROLE",
         "STATUS",
         "PROGRESS",
         "PHASE/MILESTONE",
         "AGE",
-        "TRY"
+        "TRY",
+        "ANOMALIES"
     )?;
+    let before_task = idw + rw + 9 + 17 + 24 + 6 + tw + aw + if costs.is_some() { cw + 2 } else { 0 } + 2 * 8;
     for (i, (v, tries)) in views.iter().zip(tries).enumerate() {
         let c = costs.as_ref().map_or(String::new(), |c| format!("{:>cw$}  ", c[i]));
         let pm = match (&v.phase, &v.milestone) {
@@ -116,10 +137,14 @@ pub fn table(views: &[AgentView], out: &mut impl std::io::Write) -> std::io::Res
         };
         let pm = clip(&pm, 24);
         // The queue reason is one of the anomalies already: printed once.
-        let anomalies = v.anomalies.join(" ");
+        let task_line = v.task.lines().next().unwrap_or("");
+        let task = match columns {
+            Some(cols) => clip(task_line, cols.saturating_sub(before_task).max(MIN_TASK)),
+            None => shown(task_line).to_string(),
+        };
         say_to!(
             out,
-            "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {c}{}",
+            "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {c}{:aw$}  {}",
             shown(&v.agent_id),
             shown(&v.role),
             shown(&v.status),
@@ -127,7 +152,8 @@ pub fn table(views: &[AgentView], out: &mut impl std::io::Write) -> std::io::Res
             pm,
             age(v.age_seconds),
             tries,
-            shown(anomalies.trim())
+            shown(&anomalies[i]),
+            task.trim_end()
         )?;
     }
     Ok(())

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub ids: Vec<String>,
     #[arg(long)]
     pub role: Option<String>,

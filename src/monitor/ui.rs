@@ -92,6 +92,17 @@ fn agents(f: &mut Frame, m: &Model, area: Rect, state: &mut TableState) {
     // Only the rows on screen are built: 1,000 agents cost what 20 do.
     let height = area.height.saturating_sub(1) as usize;
     let first = m.selected.saturating_sub(height.saturating_sub(1));
+    // Ids are never cut: their column is as wide as the longest on screen; the task, last,
+    // takes what is left (shortened with `~`).
+    let on_screen = || visible.iter().skip(first).take(height);
+    let idw = on_screen().map(|v| shown(&v.agent_id).chars().count()).max().unwrap_or(5).max(5) as u16;
+    let aw = on_screen()
+        .map(|v| v.anomalies.iter().map(|a| shown(a).chars().count() + 1).sum::<usize>())
+        .max()
+        .unwrap_or(0)
+        .clamp(9, 30) as u16;
+    let fixed = idw + 9 + 15 + 16 + 6 + 4 + aw + 7;
+    let taskw = area.width.saturating_sub(fixed).max(8) as usize;
     let rows: Vec<Row> = visible
         .iter()
         .skip(first)
@@ -121,21 +132,23 @@ fn agents(f: &mut Frame, m: &Model, area: Rect, state: &mut TableState) {
                 Cell::from(age(v.age_seconds)),
                 Cell::from(format!("{}/{}", v.budget_attempt, v.max_retries + 1)),
                 Cell::from(Line::from(anomalies)),
+                Cell::from(crate::display::clip(v.task.lines().next().unwrap_or(""), taskw)),
             ])
         })
         .collect();
     let widths = [
-        Constraint::Length(22),
+        Constraint::Min(idw),
         Constraint::Length(9),
         Constraint::Length(15),
         Constraint::Length(16),
         Constraint::Length(6),
         Constraint::Length(4),
-        Constraint::Min(10),
+        Constraint::Length(aw),
+        Constraint::Fill(1),
     ];
     let t = Table::new(rows, widths)
         .header(
-            Row::new(["AGENT", "STATUS", "PROGRESS", "PHASE/MILESTONE", "AGE", "TRY", "ANOMALIES"])
+            Row::new(["AGENT", "STATUS", "PROGRESS", "PHASE/MILESTONE", "AGE", "TRY", "ANOMALIES", "TASK"])
                 .style(Style::new().add_modifier(Modifier::BOLD)),
         )
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));

@@ -5,6 +5,7 @@
 
 pub mod collect;
 pub mod follow;
+pub mod ids;
 pub mod kill;
 pub mod wait;
 

@@ -677,11 +677,19 @@ impl Supervisor {
                 ),
             ));
         }
-        let id = AgentId::parse(id).map_err(|e| Reply::err(2, e.to_string()))?;
-        if self.agents.contains_key(&id) {
-            Ok(id)
-        } else {
-            Err(Reply::err(2, format!("no agent {id} in this workspace ({})", self.data.root().display())))
+        if let Ok(exact) = AgentId::parse(id)
+            && self.agents.contains_key(&exact)
+        {
+            return Ok(exact);
+        }
+        // A prefix or a number: the client's resolver, over the ids known here.
+        match crate::ops::ids::resolve(id, self.order.iter().map(AgentId::as_str)) {
+            Ok(Some(found)) => Ok(AgentId::parse(found).expect("a known id is valid")),
+            Ok(None) => {
+                AgentId::parse(id).map_err(|e| Reply::err(2, e.to_string()))?;
+                Err(Reply::err(2, format!("no agent {id} in this workspace ({})", self.data.root().display())))
+            }
+            Err(f) => Err(Reply::err(f.code, f.msg)),
         }
     }
 

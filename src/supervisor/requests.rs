@@ -168,9 +168,19 @@ fn answer(sup: &mut Supervisor, req: Request) -> Reply {
         },
         Request::LastSeq => Reply::ok(sup.last_seq),
         Request::Events { after, agent, .. } => {
-            let agent = match agent.map(|a| AgentId::parse(&a)).transpose() {
-                Ok(a) => a,
-                Err(e) => return Reply::err(2, e.to_string()),
+            // A prefix or number of a known agent names it; any other valid id is taken
+            // as it is (its events may outlive it).
+            let known = |a: &str| {
+                crate::ops::ids::resolve(a, sup.order.iter().map(AgentId::as_str)).map(|f| f.map(str::to_string))
+            };
+            let agent = match agent.map(|a| match known(&a) {
+                Ok(Some(found)) => AgentId::parse(&found).map_err(|e| Reply::err(2, e.to_string())),
+                Ok(None) => AgentId::parse(&a).map_err(|e| Reply::err(2, e.to_string())),
+                Err(f) => Err(Reply::err(f.code, f.msg)),
+            }) {
+                None => None,
+                Some(Ok(a)) => Some(a),
+                Some(Err(r)) => return r,
             };
             match sup.store.events(after, agent.as_ref(), EVENTS_PAGE) {
                 Ok(ev) => Reply::ok(ev),
