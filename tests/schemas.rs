@@ -66,10 +66,17 @@ fn schemas_validate_files_and_json_output_of_a_real_run() {
 #[test]
 fn completions_and_man_page_generate() {
     let ws = Ws::bare();
+    // The scripts ask the binary itself (COMPLETE=<shell>), which knows every command.
     for shell in ["bash", "zsh", "fish"] {
         let out = ws.ok(&["completions", shell]);
-        assert!(out.contains("spawn") && out.contains("escalations"), "{shell}");
+        assert!(
+            out.contains(&format!("COMPLETE=\"{shell}\"")) || out.contains(&format!("COMPLETE={shell}")),
+            "{shell}: {out}"
+        );
     }
+    let o = ws.cmd(&["--", "corral", ""]).env("COMPLETE", "fish").output().unwrap();
+    let offered = String::from_utf8_lossy(&o.stdout);
+    assert!(offered.contains("spawn") && offered.contains("escalations"), "{offered}");
     let man = ws.ok(&["man"]);
     assert!(man.contains(".TH corral 1") && man.contains("spawn"), "{man}");
     assert!(!ws.data.exists(), "generating docs must not create a data dir");
