@@ -11,6 +11,9 @@
 #   memory     supervisor memory, idle and with 1,000 running agents (corral and pueued)
 #   growth     100 to 10,000 agents: status --json, spawn latency, memory (and the seed's
 #              monitor script)
+#   parse      parsing throughput of the claude-code and codex adapters (MB/s), the
+#              #[ignore]d test adapter::tests::parse_throughput in a release build; its
+#              section is appended to the report
 #
 #   bench/run.sh                     full run (about 30 minutes, half of it the growth to
 #                                    10,000 agents; plus building)
@@ -27,7 +30,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$(realpath -m "${BENCH_OUT:-$root/BENCHMARKS.md}")"
 cd "$root"
 
-targets="spawn, retry, aggregate, monitor, mcp, memory, growth"
+targets="spawn, retry, aggregate, monitor, mcp, memory, growth, parse"
 quick=()
 only=()
 if [[ "${BENCH_QUICK:-0}" != 0 ]]; then quick=(--quick); fi
@@ -48,6 +51,19 @@ if (( ${#only[@]} )); then
       exit 2
     }
   done
+fi
+# `parse` is a cargo test, not a harness target: taken out of the harness's list.
+parse=1
+if (( ${#only[@]} )); then
+  parse=0
+  rest=()
+  for t in "${wanted[@]}"; do
+    t="${t// /}"
+    if [[ "$t" == parse ]]; then parse=1; else rest+=("$t"); fi
+  done
+  harness_list="$(IFS=,; echo "${rest[*]}")"
+else
+  harness_list=""
 fi
 
 say() { printf '== %s\n' "$*" >&2; }
@@ -135,6 +151,33 @@ cmdline="bench/run.sh"
 (( ${#quick[@]} )) && cmdline="$cmdline --quick"
 (( ${#only[@]} )) && cmdline="$cmdline --only ${only[1]}"
 
+# The adapters' parsing throughput, in MB/s: a section appended to the report.
+parse_section() {
+  local log
+  log="$(mktemp)"
+  say "measuring the adapters' parsing throughput (cargo test --release --lib parse_throughput)"
+  cargo test --release --quiet --lib adapter::tests::parse_throughput -- --ignored --exact --nocapture 2>"$log" >/dev/null \
+    || { cat "$log" >&2; rm -f "$log"; return 1; }
+  {
+    printf '\n## Adapter parsing throughput\n\n'
+    printf 'Target: the shim parses what an agent CLI prints as fast as it can print it (50 agents at 200 events a second each are 10,000 lines a second). '
+    printf 'The parser of each adapter is fed a stream of about 32 MiB, made of its recorded fixture (`tests/fixtures/adapters/claude-success.jsonl`, `codex-success.jsonl`) over and over, in 64 KiB reads as the shim gets them; best of 5, on one core, with\n\n'
+    printf '```sh\nbench/run.sh --only parse\n# which runs: cargo test --release --lib adapter::tests::parse_throughput -- --ignored --exact --nocapture\n```\n\n'
+    printf '| adapter | throughput | lines a second | stream | best of 5 |\n|---|---|---|---|---|\n'
+    sed -n 's/^parse \([a-z-]*\): \([0-9.]*\) MB\/s (\([0-9]*\) lines, \([0-9.]*\) MB, best of 5: \([0-9.]*\) ms; \([0-9]*\) lines\/s)$/| \1 | \2 MB\/s | \6 | \3 lines, \4 MB | \5 ms |/p' "$log"
+    printf '\nLoad average (1, 5, 15 min) after: %s.\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+  } >>"$out"
+  rm -f "$log"
+}
+
+if (( ${#only[@]} )) && [[ -z "$harness_list" ]]; then
+  # Only `parse`: a report of that section alone.
+  printf '# Benchmarks (bench/run.sh %s)\n\n%s, corral %s\n' "${quick[*]} ${only[*]}" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$rev" >"$out"
+  parse_section
+  exit $?
+fi
+(( ${#only[@]} )) && only=(--only "$harness_list")
+
 say "measuring (corral, pueue, the seed's scripts)"
 setsid --wait bench/harness/target/release/corral-bench run \
   --corral "$corral" \
@@ -153,4 +196,5 @@ harness_pid=$!
 status=0
 wait "$harness_pid" || status=$?
 harness_pid=""
+if (( status == 0 && parse )); then parse_section || status=$?; fi
 exit "$status"

@@ -233,3 +233,45 @@ fn a_resumed_session_goes_where_each_cli_takes_it() {
     assert_eq!(resume_argv(Adapter::ClaudeCode, &already, "S1"), already);
     assert_eq!(resume_argv(Adapter::None, &v(&["sh"]), "S1"), v(&["sh"]));
 }
+
+/// Parsing throughput of each adapter's parser, for `bench/run.sh --only parse` (release
+/// build): a stream of about 32 MiB, made of the recorded fixtures over and over, fed in
+/// 64 KiB reads as the shim gets them. Prints MB/s; asserts only that every line was read.
+#[test]
+#[ignore = "benchmark: bench/run.sh --only parse"]
+fn parse_throughput() {
+    for (kind, name) in [(Adapter::ClaudeCode, "claude-success.jsonl"), (Adapter::Codex, "codex-success.jsonl")] {
+        let one = fixture(name);
+        let lines_in_one = one.iter().filter(|b| **b == b'\n').count();
+        let mut stream = Vec::with_capacity(33 << 20);
+        while stream.len() < 32 << 20 {
+            stream.extend_from_slice(&one);
+        }
+        let lines = stream.iter().filter(|b| **b == b'\n').count();
+        assert_eq!(lines % lines_in_one, 0);
+        let mut best = f64::MAX;
+        let mut seen = 0;
+        for _ in 0..5 {
+            let mut p = Parser::new(kind);
+            let t = std::time::Instant::now();
+            let mut heartbeats = 0;
+            for chunk in stream.chunks(64 << 10) {
+                heartbeats += p.feed(chunk).iter().filter(|o| matches!(o, Observation::Heartbeat)).count();
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+            seen = heartbeats;
+        }
+        assert!(seen >= lines, "{name}: a heartbeat for every stream line ({seen} for {lines})");
+        let mb = stream.len() as f64 / 1e6;
+        crate::note!(
+            "parse {}: {:.1} MB/s ({} lines, {:.1} MB, best of 5: {:.1} ms; {:.0} lines/s)",
+            kind.as_str(),
+            mb / best,
+            lines,
+            mb,
+            best * 1e3,
+            lines as f64 / best
+        )
+        .unwrap();
+    }
+}
