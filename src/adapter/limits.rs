@@ -16,16 +16,25 @@ pub enum Reset {
     At { unix: i64 },
     /// At the next time of day (the machine's local time) with this hour and minute.
     Clock { hour: u8, minute: u8 },
+    /// At this date and time of day in the machine's local time (Codex names the day when
+    /// the reset is not today: "Try again at Dec 3rd, 2026 4:00 PM").
+    Local { year: u16, month: u8, day: u8, hour: u8, minute: u8 },
 }
 
 /// Longest wait a message is believed for: a reset further away than this is taken as
 /// this (a garbled figure must not park an agent for years).
 pub const MAX_RESET_SECS: u64 = 7 * 24 * 3600;
 
+const MINUTE_MS: i64 = 60_000;
+
 impl Reset {
     /// When it ends, in Unix milliseconds, for a message seen at `now_ms` on a machine
     /// whose local time is UTC + `utc_offset_secs`. Never before `now_ms`, never later
     /// than [`MAX_RESET_SECS`] after it.
+    ///
+    /// A time of day names a whole minute (the CLIs print the reset truncated to it), so a
+    /// time in the current minute means the end of that minute, and one earlier today
+    /// means tomorrow: never an instant already past, which would retry at once.
     pub fn until_ms(&self, now_ms: i64, utc_offset_secs: i32) -> i64 {
         let max = now_ms.saturating_add((MAX_RESET_SECS * 1000) as i64);
         let t = match *self {
@@ -36,10 +45,24 @@ impl Reset {
                 let local = now_ms + i64::from(utc_offset_secs) * 1000;
                 let midnight = local.div_euclid(day) * day;
                 let mut at = midnight + (i64::from(hour) * 3600 + i64::from(minute) * 60) * 1000;
-                if at <= local {
+                if local - at >= 0 && local - at < MINUTE_MS {
+                    at += MINUTE_MS;
+                } else if at <= local {
                     at += day;
                 }
                 at - i64::from(utc_offset_secs) * 1000
+            }
+            Self::Local { year, month, day, hour, minute } => {
+                let Ok(date) = jiff::civil::Date::new(year as i16, month as i8, day as i8) else {
+                    return now_ms;
+                };
+                let at = date.at(hour as i8, minute as i8, 0, 0);
+                let offset = jiff::tz::Offset::from_seconds(utc_offset_secs).unwrap_or(jiff::tz::Offset::UTC);
+                match offset.to_timestamp(at) {
+                    // The end of the minute named: it is truncated as a time of day is.
+                    Ok(ts) => ts.as_millisecond().saturating_add(MINUTE_MS),
+                    Err(_) => now_ms,
+                }
             }
         };
         t.clamp(now_ms, max)
@@ -72,6 +95,13 @@ static CLOCK: LazyLock<Regex> = LazyLock::new(|| {
         .expect("valid regex")
 });
 
+static DATED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)(?:resets?|try again|available again)(?:\s+at)?\s+(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4}),?\s+(\d{1,2}):(\d{2})\s*([ap]\.?m\.?)?",
+    )
+    .expect("valid regex")
+});
+
 static DURATION_PART: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)(\d+(?:\.\d+)?)\s*([a-z]*)").expect("valid regex"));
 
@@ -99,24 +129,44 @@ pub fn reset_in(text: &str) -> Option<Reset> {
     {
         return Some(Reset::After { secs });
     }
+    if let Some(c) = DATED.captures(text) {
+        const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+        let month = MONTHS.iter().position(|m| c[1].eq_ignore_ascii_case(m))? as u8 + 1;
+        let day: u8 = c[2].parse().ok()?;
+        let year: u16 = c[3].parse().ok()?;
+        let hour = to_24h(c[4].parse().ok()?, c.get(6).map(|m| m.as_str()))?;
+        let minute: u8 = c[5].parse().ok()?;
+        return (minute < 60).then_some(Reset::Local { year, month, day, hour, minute });
+    }
     for c in CLOCK.captures_iter(text) {
         let hour: u8 = c[1].parse().ok()?;
         let minute: u8 = c.get(2).map_or(Some(0), |m| m.as_str().parse().ok())?;
-        let ampm = c.get(3).map(|m| m.as_str().to_ascii_lowercase());
+        let ampm = c.get(3).map(|m| m.as_str());
         // "resets 7" alone is no time: a time of day has am/pm or minutes.
         if ampm.is_none() && c.get(2).is_none() {
             continue;
         }
-        let hour = match ampm.as_deref().map(|s| s.starts_with('p')) {
-            Some(true) if (1..12).contains(&hour) => hour + 12,
-            Some(false) if hour == 12 => 0,
-            _ => hour,
-        };
-        if hour < 24 && minute < 60 {
+        if let Some(hour) = to_24h(hour, ampm)
+            && minute < 60
+        {
             return Some(Reset::Clock { hour, minute });
         }
     }
     None
+}
+
+/// An hour as said ("4" with "PM") on the 24-hour clock, or None if it is no hour.
+fn to_24h(hour: u8, ampm: Option<&str>) -> Option<u8> {
+    let pm = ampm.map(|s| s.to_ascii_lowercase().starts_with('p'));
+    if pm.is_some() && !(1..=12).contains(&hour) {
+        return None;
+    }
+    let hour = match pm {
+        Some(true) if hour < 12 => hour + 12,
+        Some(false) if hour == 12 => 0,
+        _ => hour,
+    };
+    (hour < 24).then_some(hour)
 }
 
 /// "2h 13m", "2 hours 13 minutes", "45s", "30" (seconds), "1 day".

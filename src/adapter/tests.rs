@@ -123,6 +123,13 @@ fn resets_as_the_clis_word_them() {
         ("resets 12am", Some(Reset::Clock { hour: 0, minute: 0 })),
         ("resets 12pm", Some(Reset::Clock { hour: 12, minute: 0 })),
         ("try again at 19:05", Some(Reset::Clock { hour: 19, minute: 5 })),
+        ("You've hit your usage limit. Try again at 4:00 PM.", Some(Reset::Clock { hour: 16, minute: 0 })),
+        ("You've hit your usage limit. Try again at 12:30 AM.", Some(Reset::Clock { hour: 0, minute: 30 })),
+        (
+            "You've hit your usage limit. Try again at Dec 3rd, 2026 4:05 PM.",
+            Some(Reset::Local { year: 2026, month: 12, day: 3, hour: 16, minute: 5 }),
+        ),
+        ("Try again at Jan 1st, 2027 12:00 AM.", Some(Reset::Local { year: 2027, month: 1, day: 1, hour: 0, minute: 0 })),
         ("try again in 2h 13m", Some(Reset::After { secs: 7980 })),
         ("Please try again in 45s.", Some(Reset::After { secs: 45 })),
         ("retry-after: 30", Some(Reset::After { secs: 30 })),
@@ -154,6 +161,19 @@ fn a_reset_resolves_to_the_next_such_time_and_is_bounded() {
     assert_eq!(c.until_ms(now, 7200), now + 23 * 3_600_000);
     assert_eq!(Reset::After { secs: 10 }.until_ms(now, 0), now + 10_000);
     assert_eq!(Reset::At { unix: 1 }.until_ms(now, 0), now, "a reset in the past is now");
+    // "Try again at 6:00 PM" said at 18:00:30: the reset lies in that minute, so it is
+    // over at 18:01, not tomorrow and not already past.
+    let four = Reset::Clock { hour: 18, minute: 0 };
+    assert_eq!(four.until_ms(now + 30_000, 0), now + 60_000);
+    assert_eq!(four.until_ms(now, 0), now + 60_000);
+    // A minute later it is a time earlier today: the next one is tomorrow.
+    assert_eq!(four.until_ms(now + 60_000, 0), now + day);
+    let dated = Reset::Local { year: 2024, month: 10, day: 4, hour: 19, minute: 30 };
+    let at = jiff::tz::Offset::UTC.to_timestamp(jiff::civil::date(2024, 10, 4).at(19, 30, 0, 0)).unwrap();
+    let t = at.as_millisecond();
+    assert_eq!(dated.until_ms(t - 3_600_000, 0), t + 60_000);
+    assert_eq!(dated.until_ms(t - 3_600_000, 3600), t - 3_600_000 + 60_000, "in local time UTC+1");
+    assert_eq!(Reset::Local { year: 2024, month: 2, day: 30, hour: 1, minute: 0 }.until_ms(t, 0), t, "no such day");
     let far = Reset::After { secs: u64::MAX }.until_ms(now, 0);
     assert_eq!(far, now + (limits::MAX_RESET_SECS * 1000) as i64);
 }
@@ -190,6 +210,49 @@ fn all_fixtures() -> Vec<(Adapter, Vec<u8>)> {
 }
 
 proptest! {
+    #[test]
+    fn a_time_of_day_is_never_past_and_at_most_a_day_away(
+        hour in 1u8..=12, minute in 0u8..60, pm in any::<bool>(), now in 0i64..4_000_000_000_000, offset in -50_400i32..=50_400,
+    ) {
+        let said = format!("You've hit your usage limit. Try again at {hour}:{minute:02} {}.", if pm { "PM" } else { "AM" });
+        let h24 = match (hour, pm) { (12, false) => 0, (12, true) => 12, (h, true) => h + 12, (h, false) => h };
+        let r = limits::reset_in(&said);
+        prop_assert_eq!(r, Some(Reset::Clock { hour: h24, minute }));
+        let until = r.unwrap().until_ms(now, offset);
+        prop_assert!(until > now, "{said} at {now}: {until}");
+        prop_assert!(until <= now + 86_400_000);
+        // It lands on a whole minute of local time with the hour and minute said, or on the
+        // end of that minute when it is the current one.
+        let local = until + i64::from(offset) * 1000;
+        prop_assert_eq!(local.rem_euclid(60_000), 0);
+        let mins = local.rem_euclid(86_400_000) / 60_000;
+        let said_mins = i64::from(h24) * 60 + i64::from(minute);
+        prop_assert!(mins == said_mins || mins == (said_mins + 1) % 1440, "{mins} vs {said_mins}");
+        if mins != said_mins {
+            prop_assert!(until - now <= 60_000, "the end of the minute only when it is the current one");
+        }
+    }
+
+    #[test]
+    fn resets_in_hours_and_minutes_are_that_many_seconds(h in 0u64..48, m in 0u64..60, s in 0u64..60, now in 0i64..4_000_000_000_000) {
+        let said = format!("rate limited, try again in {h}h {m}m {s}s");
+        let secs = (h * 3600 + m * 60 + s).min(limits::MAX_RESET_SECS);
+        prop_assert_eq!(limits::reset_in(&said), Some(Reset::After { secs }));
+        let words = format!("Please try again in {h} hours and {m} minutes.");
+        prop_assert_eq!(limits::reset_in(&words), Some(Reset::After { secs: h * 3600 + m * 60 }));
+        prop_assert_eq!(Reset::After { secs }.until_ms(now, 0), now + secs as i64 * 1000);
+    }
+
+    #[test]
+    fn retry_after_and_resets_in_seconds_are_read_as_given(n in 0u64..10_000_000, frac in 0u32..1000, now in 0i64..4_000_000_000_000) {
+        prop_assert_eq!(limits::reset_in(&format!("Retry-After: {n}")), Some(Reset::After { secs: n }));
+        prop_assert_eq!(limits::reset_in(&format!("retry-after: {n}.{frac:03}")), Some(Reset::After { secs: n + u64::from(frac > 0) }));
+        let body = format!(r#"{{"error":{{"type":"usage_limit_reached","resets_in_seconds":{n}}}}}"#);
+        prop_assert_eq!(limits::reset_in(&body), Some(Reset::After { secs: n }));
+        let until = Reset::After { secs: n }.until_ms(now, 0);
+        prop_assert_eq!(until, now + (n.min(limits::MAX_RESET_SECS) * 1000) as i64);
+    }
+
     #[test]
     fn any_split_gives_what_the_whole_gives(which in 0usize..9, cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12)) {
         let (kind, bytes) = all_fixtures().swap_remove(which);
