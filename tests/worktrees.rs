@@ -264,6 +264,61 @@ fn merge_of_five_stops_at_the_fourth_conflict_and_dry_run_changes_nothing() {
     assert_eq!(trees(), before, "corral's merge worktree is gone");
 }
 
+#[test]
+fn merge_runs_verify_after_each_merge_in_worktree_dir_and_stops_at_the_first_failure() {
+    let trees = tempfile::Builder::new().prefix("corral-trees").tempdir().unwrap();
+    let seen = trees.path().join("verify-dirs.log");
+    // Each branch passes alone; one.txt and two.txt together fail.
+    let verify = format!(
+        "pwd >> {}; if [ -f one.txt ] && [ -f two.txt ]; then echo 'one and two clash'; exit 1; fi",
+        seen.display()
+    );
+    let cfg = format!(
+        "worktree_dir = \"{}\"\n{WT}verify = [\"sh\", \"-c\", {verify:?}]\n",
+        trees.path().join("wt").display()
+    );
+    let ws = repo(&cfg);
+    let mut ids = Vec::new();
+    for name in ["one", "two", "three"] {
+        let id = ws.spawn("W", &["sh", "-c", &format!("echo {name} > {name}.txt && {}", commit(name))]);
+        ws.wait_state(&id, &["complete"], SECS(30));
+        ids.push(id);
+    }
+    assert!(trees.path().join("wt").join(&ids[0]).is_dir(), "agents' worktrees are under worktree_dir");
+    let verified_before = std::fs::read_to_string(&seen).unwrap().lines().count();
+    let o = ws.run(&["merge", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["merged"], serde_json::json!([ids[0]]), "{r:#}");
+    assert_eq!(r["stopped"]["agent"], ids[1].as_str(), "{r:#}");
+    assert_eq!(r["stopped"]["why"], "verify");
+    assert!(r["stopped"]["output"].as_str().unwrap().contains("one and two clash"), "{r:#}");
+    assert_eq!(r["notAttempted"], serde_json::json!([ids[2]]));
+    let into = r["into"].as_str().unwrap();
+    assert_eq!(git(ws.path(), &["rev-parse", into]).trim(), r["head"].as_str().unwrap());
+    assert_eq!(
+        git(ws.path(), &["rev-parse", &format!("{into}^2")]),
+        git(ws.path(), &["rev-parse", &format!("corral/{}", ids[0])]),
+        "the branch stays at the last good merge"
+    );
+    let files = git(ws.path(), &["ls-tree", "--name-only", into]);
+    assert!(files.contains("one.txt") && !files.contains("two.txt"), "{files}");
+    // Verify ran after the first merge and after the second, not for the third, in corral's
+    // own integration worktree under worktree_dir.
+    let dirs: Vec<String> =
+        std::fs::read_to_string(&seen).unwrap().lines().skip(verified_before).map(str::to_string).collect();
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    let merge_root = std::fs::canonicalize(trees.path().join("wt")).unwrap();
+    assert!(dirs.iter().all(|d| Path::new(d).starts_with(&merge_root) && d.contains("merge-")), "{dirs:?}");
+    assert!(!dirs.iter().any(|d| Path::new(d).exists()), "the integration worktree is removed");
+    let esc = ws.json(&["escalations", "--json"]);
+    let esc = esc.as_array().unwrap();
+    assert_eq!(esc.len(), 1, "{esc:?}");
+    assert_eq!(esc[0]["agentId"], ids[1].as_str());
+    assert!(esc[0]["reason"].as_str().unwrap().contains("one and two clash"), "{esc:?}");
+    assert_eq!(git(ws.path(), &["status", "--porcelain"]), "", "the user's tree is untouched");
+}
+
 /// The agents' starts, one line each, written outside their worktrees.
 fn starts(ws: &Ws) -> Vec<String> {
     std::fs::read_to_string(ws.path().join("starts.log")).unwrap_or_default().lines().map(str::to_string).collect()

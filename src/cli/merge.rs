@@ -201,7 +201,11 @@ fn integrate(
     if created {
         git(repo, &["branch", into, start]).map_err(bad)?;
     }
-    let dir = ctx.data.root().join("worktrees").join(format!("merge-{}", std::process::id()));
+    let root = worktree::worktree_root(&ctx.ws, ctx.data.root());
+    if let Err(e) = std::fs::create_dir_all(&root) {
+        return Err(bad(format!("cannot create the worktree directory {}: {e} (see worktree_dir)", root.display())));
+    }
+    let dir = root.join(format!("merge-{}", std::process::id()));
     if let Err(e) = git(repo, &["worktree", "add", "--quiet", &dir.to_string_lossy(), into]) {
         return Err(bad(format!(
             "{e}\n(corral merges in a worktree of its own and never in yours: a branch checked out elsewhere cannot be \

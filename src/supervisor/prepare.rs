@@ -34,11 +34,7 @@ pub type Prepared = Result<String, PrepareError>;
 
 /// Where the agent's worktree goes.
 pub fn worktree_dir(sup: &Supervisor) -> PathBuf {
-    match &sup.ws.config.worktree_dir {
-        Some(d) if d.is_absolute() => d.clone(),
-        Some(d) => sup.ws.root.join(d),
-        None => sup.data.root().join("worktrees"),
-    }
+    worktree::worktree_root(&sup.ws, sup.data.root())
 }
 
 /// The worktree of a new agent whose cwd is `cwd`, and the agent's cwd inside it. An error

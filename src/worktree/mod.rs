@@ -20,6 +20,16 @@ pub fn find_repo(dir: &Path) -> Option<PathBuf> {
     None
 }
 
+/// Where worktrees go: `worktree_dir` (relative to the workspace), else `<data dir>/worktrees`.
+/// Agents' worktrees and `corral merge`'s own integration worktree alike.
+pub fn worktree_root(ws: &crate::config::Workspace, data_root: &Path) -> PathBuf {
+    match &ws.config.worktree_dir {
+        Some(d) if d.is_absolute() => d.clone(),
+        Some(d) => ws.root.join(d),
+        None => data_root.join("worktrees"),
+    }
+}
+
 /// `git -C dir ARGS`: stdout, or an error with git's own message.
 pub fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new("git")
