@@ -39,6 +39,104 @@ pub struct Config {
     /// Where worktree agents' worktrees go (default `<data dir>/worktrees`).
     #[serde(default, deserialize_with = "de_dir")]
     pub worktree_dir: Option<PathBuf>,
+    /// `[[notify]]` hooks: commands run when events happen.
+    #[serde(default)]
+    pub notify: Vec<NotifyConfig>,
+}
+
+/// The default of a `[[notify]]` hook's `timeout`.
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a `[[notify]]` hook can be run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotifyOn {
+    /// Escalated, or blocked with nobody left to unblock it: any escalation opened.
+    NeedsHuman,
+    /// An escalation opened for an agent that is not merely blocked.
+    Escalated,
+    Complete,
+    /// Failed for good (failed or timed out, not escalated).
+    Failed,
+    RateLimited,
+    Budget,
+    /// The last agent of a run finished.
+    AllFinished,
+}
+
+impl NotifyOn {
+    pub const ALL: [NotifyOn; 7] = [
+        Self::NeedsHuman,
+        Self::Escalated,
+        Self::Complete,
+        Self::Failed,
+        Self::RateLimited,
+        Self::Budget,
+        Self::AllFinished,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NeedsHuman => "needs-human",
+            Self::Escalated => "escalated",
+            Self::Complete => "complete",
+            Self::Failed => "failed",
+            Self::RateLimited => "rate-limited",
+            Self::Budget => "budget",
+            Self::AllFinished => "all-finished",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.name() == s)
+    }
+}
+
+/// One `[[notify]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    #[serde(deserialize_with = "de_notify_on")]
+    pub on: Vec<NotifyOn>,
+    /// argv; the event as JSON on stdin, `CORRAL_EVENT`, `CORRAL_AGENT_ID`, `CORRAL_REASON`.
+    #[serde(deserialize_with = "de_hook_command")]
+    pub command: Vec<String>,
+    /// How long it may run before its process group is killed (default 10s).
+    #[serde(default, deserialize_with = "de_limit")]
+    pub timeout: Option<Duration>,
+}
+
+impl NotifyConfig {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_NOTIFY_TIMEOUT)
+    }
+}
+
+fn de_notify_on<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<NotifyOn>, D::Error> {
+    let v = match OneOrMany::<String>::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    let names = || NotifyOn::ALL.iter().map(|o| o.name()).collect::<Vec<_>>().join(", ");
+    if v.is_empty() {
+        return Err(serde::de::Error::custom(format!(
+            "`on` is empty, so the hook would never run; name at least one of {}",
+            names()
+        )));
+    }
+    let mut out = Vec::new();
+    for s in &v {
+        let o = NotifyOn::parse(s).ok_or_else(|| {
+            serde::de::Error::custom(format!("{s:?} is not an event a hook can be run on; use one of {}", names()))
+        })?;
+        if !out.contains(&o) {
+            out.push(o);
+        }
+    }
+    Ok(out)
+}
+
+fn de_hook_command<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(de_command(d)?.unwrap_or_default())
 }
 
 /// The default of `[supervisor] idle_timeout`.
@@ -932,6 +1030,34 @@ mod tests {
             let e = parse(text, Path::new("corral.toml")).unwrap_err();
             assert!(e.starts_with(at) && e.contains(what), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn notify_hooks_parse_and_bad_ones_are_named() {
+        let c = parse(
+            "[[notify]]\non = [\"needs-human\", \"all-finished\"]\ncommand = [\"notify-send\", \"corral\"]\n\
+             [[notify]]\non = \"complete\"\ncommand = [\"true\"]\ntimeout = \"2s\"\n",
+            Path::new("corral.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.notify.len(), 2);
+        assert_eq!(c.notify[0].on, vec![NotifyOn::NeedsHuman, NotifyOn::AllFinished]);
+        assert_eq!(c.notify[0].timeout(), DEFAULT_NOTIFY_TIMEOUT);
+        assert_eq!(c.notify[1].on, vec![NotifyOn::Complete]);
+        assert_eq!(c.notify[1].timeout(), Duration::from_secs(2));
+        let cases = [
+            ("[[notify]]\non = [\"done\"]\ncommand = [\"true\"]\n", "notify.on", "needs-human, escalated"),
+            ("[[notify]]\non = []\ncommand = [\"true\"]\n", "notify.on", "never run"),
+            ("[[notify]]\non = [\"complete\"]\ncommand = []\n", "notify.command", "empty"),
+            ("[[notify]]\non = [\"complete\"]\ncommand = [\"x\"]\ntimeout = \"0s\"\n", "notify.timeout", "above 0"),
+            ("[[notify]]\non = [\"complete\"]\ncommand = [\"x\"]\nwhen = 1\n", "when", "unknown field"),
+        ];
+        for (text, key, what) in cases {
+            let e = parse(text, Path::new("corral.toml")).unwrap_err();
+            assert!(e.starts_with("corral.toml:") && e.contains(key) && e.contains(what), "{text:?}: {e}");
+        }
+        let e = parse("[[notify]]\non = [\"complete\"]\n", Path::new("corral.toml")).unwrap_err();
+        assert!(e.contains("command"), "{e}");
     }
 
     #[test]

@@ -130,6 +130,28 @@ breaker_cooldown = "1m"       # then one probe spawn; its success closes the bre
 
 [supervisor]
 # idle_timeout = "10m"        # with no agent to look after and no client, exit after this ("0s": never)
+
+# Notifications: a command run when something happens, off the supervisor's loop, one at a
+# time per hook, killed (its process group) after `timeout` (default 10s); a failure is
+# recorded as a `notify_failed` event. `on`: needs-human (escalated, or blocked with nobody
+# to unblock it), escalated, complete, failed, rate-limited, budget, all-finished (the last
+# agent of a run finished). The event is JSON on stdin; CORRAL_EVENT, CORRAL_AGENT_ID and
+# CORRAL_REASON are in the environment. The output goes to <data dir>/notify.log.
+# A desktop notification:
+# [[notify]]
+# on = ["needs-human", "all-finished"]
+# command = ["sh", "-c", 'notify-send "corral: $CORRAL_EVENT" "$CORRAL_AGENT_ID $CORRAL_REASON"']
+#
+# ntfy (pick a topic nobody can guess):
+# [[notify]]
+# on = ["needs-human", "failed", "all-finished"]
+# command = ["sh", "-c", 'curl -sS -H "Title: corral $CORRAL_EVENT" -d "$CORRAL_AGENT_ID: $CORRAL_REASON" https://ntfy.sh/your-topic']
+#
+# A Slack incoming webhook (its URL in SLACK_WEBHOOK_URL where corral runs):
+# [[notify]]
+# on = ["needs-human", "all-finished"]
+# command = ["sh", "-c", 'r=$(printf %s "$CORRAL_REASON" | tr "\n" " " | tr -d "[:cntrl:]\\\\\"" | cut -c1-300); curl -sS -H "Content-Type: application/json" -d "{\"text\": \"corral $CORRAL_EVENT $CORRAL_AGENT_ID: $r\"}" "$SLACK_WEBHOOK_URL"']
+# timeout = "15s"
 "#;
 
 /// The corral.toml `corral init` writes.
@@ -182,6 +204,8 @@ mod tests {
         assert_eq!(p.deadline_ms, Some(2 * 3600 * 1000));
         assert_eq!(c.health().min_free_memory, Some(512 << 20));
         assert_eq!(c.role("PLANNER").1.attempt_timeout_ms, 15 * 60 * 1000);
+        assert_eq!(c.notify.len(), 3);
+        assert!(c.notify.iter().all(|n| n.command[0] == "sh"));
     }
 
     /// Each agent template parses and gives every role the agent's command.

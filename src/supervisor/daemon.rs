@@ -88,6 +88,13 @@ pub enum Msg {
         attempt: u32,
         result: Result<(), String>,
     },
+    /// A `[[notify]]` hook ran (or could not run, or was dropped) for this event.
+    Notified {
+        hook: usize,
+        event: &'static str,
+        agent: Option<String>,
+        result: super::notify::Outcome,
+    },
 }
 
 /// A reply that waits for something to happen (a spawn for its handshake): asked again after
@@ -203,6 +210,8 @@ pub struct Supervisor {
     pub rebuild: bool,
     /// When (monotonic ms) every agent's files are looked at again, behind the watch.
     next_reconcile: u64,
+    /// `[[notify]]` hooks: what is to be handed to them, and the run `all-finished` ends.
+    pub notify: super::notify::Notifier,
 }
 
 /// The machine's clock, for code that runs off the loop (the loop itself uses `Supervisor::now`).
@@ -281,6 +290,7 @@ impl Supervisor {
             unreadable: Vec::new(),
             rebuild: false,
             next_reconcile: started_mono + reconcile_ms,
+            notify: Default::default(),
         }
     }
 
@@ -331,6 +341,7 @@ impl Supervisor {
             self.agents.insert(id.clone(), Live::new(agent));
             self.refresh_status(&id);
         }
+        self.notify.resume_run(&self.agents);
         self.scan_handoffs();
         self.after_reboot()?;
         super::prepare::prune_orphans(self);
@@ -478,6 +489,15 @@ impl Supervisor {
             && self.agents.values().all(|l| l.agent.state.is_finished())
     }
 
+    /// Nothing of a run is left: no agent queued, starting, running, waiting or backing off,
+    /// and no work or shim start pending.
+    pub(crate) fn nothing_left(&self) -> bool {
+        self.launches.is_empty()
+            && self.work.is_empty()
+            && self.prepare.preparing.is_empty()
+            && self.agents.values().all(|l| l.agent.state.is_finished())
+    }
+
     /// Starts or ends the idle period after a turn; a request (any message) starts it anew.
     fn note_idle(&mut self, now: u64) {
         self.idle_since = if self.idle() { Some(self.idle_since.unwrap_or(now)) } else { None };
@@ -595,6 +615,7 @@ impl Supervisor {
             Msg::ClientsGone => {}
             Msg::Prepared { id, attempt, result } => super::prepare::prepared(self, id, attempt, result),
             Msg::Verified { id, attempt, result } => super::prepare::verified(self, id, attempt, result),
+            Msg::Notified { hook, event, agent, result } => self.notified(hook, event, agent, result),
         }
     }
 
@@ -769,6 +790,7 @@ impl Supervisor {
         match self.store.append_event(&at, id, kind, &data) {
             Ok(rec) => {
                 self.last_seq = rec.seq;
+                self.notice(&rec);
                 self.unsent.push(rec);
             }
             Err(e) => crate::elog!("corral daemon: cannot record event {kind}: {e}"),
@@ -790,6 +812,7 @@ impl Supervisor {
 
     /// Writes changed agents to the registry and commits.
     pub fn persist(&mut self) -> anyhow::Result<()> {
+        self.check_run_over();
         let mut dirty = std::mem::take(&mut self.dirty);
         let mut seen = std::collections::HashSet::with_capacity(dirty.len());
         dirty.retain(|id| seen.insert(id.clone()));
@@ -815,6 +838,7 @@ impl Supervisor {
         for rec in self.unsent.drain(..) {
             let _ = self.events.send(rec);
         }
+        self.dispatch_notifications();
         Ok(())
     }
 

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod io;
 pub mod launch;
 pub mod launcher;
+pub mod notify;
 pub mod observe;
 pub mod orphans;
 pub mod prepare;
