@@ -294,6 +294,49 @@ fn a_hanging_hook_is_killed_at_its_timeout_while_the_supervisor_keeps_answering(
         .collect();
     assert!(running.len() <= 1, "more than one run of the hook at once: {running:?}");
     assert!(ws.ok(&["status"]).contains(&first));
+    // A supervisor that stops kills the hook running now; the waiting ones never start.
+    ws.ok(&["daemon", "stop"]);
+    let all = || -> Vec<i32> {
+        std::fs::read_to_string(&pids).unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    };
+    assert!(wait_until(SECS(5), || all().iter().all(|p| !alive(*p))), "hooks left running: {:?}", all());
+    let started = all().len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(all().len(), started, "a hook started after the supervisor stopped");
+}
+
+#[test]
+fn a_busy_hook_queues_a_bounded_number_and_records_what_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let script = format!("echo $$ >> {}; sleep 5", pids.display());
+    let config = format!("{FAST}\n[[notify]]\non = [\"complete\"]\ncommand = {}\n", toml_str(&["sh", "-c", &script]));
+    let ws = Ws::with_config(Some(&config));
+    // 19 agents complete at once: one runs the hook, 16 wait, the rest are dropped.
+    let ids: Vec<String> =
+        (0..19).map(|_| ws.spawn("IMPLEMENTER", &["sh", "-c", "while [ ! -e go ]; do sleep 0.05; done"])).collect();
+    for id in &ids {
+        ws.wait_state(id, &["running"], SECS(10));
+    }
+    std::fs::write(ws.path().join("go"), "").unwrap();
+    for id in &ids {
+        ws.wait_state(id, &["complete"], SECS(10));
+    }
+    let dropped = || -> Vec<Value> {
+        all_events(&ws)
+            .into_iter()
+            .filter(|e| e["kind"] == "notify_failed" && e["data"]["reason"].as_str().unwrap_or("").contains("dropped"))
+            .collect()
+    };
+    assert!(wait_until(SECS(5), || dropped().len() >= 2), "{:?}", all_events(&ws));
+    let d = dropped();
+    assert!(d.len() <= 3, "more dropped than the queue explains: {d:?}");
+    assert!(d.iter().all(|e| e["data"]["hook"] == 1 && e["data"]["event"] == "complete" && e["agentId"].is_string()));
+    // One at a time: only one run of the hook has started so far.
+    assert_eq!(std::fs::read_to_string(&pids).unwrap_or_default().lines().count(), 1);
+    ws.ok(&["daemon", "stop"]);
+    let all: Vec<i32> = std::fs::read_to_string(&pids).unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert!(wait_until(SECS(5), || all.iter().all(|p| !alive(*p))), "hooks left running: {all:?}");
 }
 
 #[test]

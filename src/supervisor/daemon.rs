@@ -475,6 +475,7 @@ impl Supervisor {
         for (tx, _) in std::mem::take(&mut self.held) {
             let _ = tx.send(Reply::err(1, "the supervisor stopped before this could be answered"));
         }
+        self.notify.stop();
         Ok(())
     }
 

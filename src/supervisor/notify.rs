@@ -62,9 +62,34 @@ pub struct Notifier {
     finish_seen: bool,
     /// The supervisor's environment without corral's own variables (what hooks inherit).
     base_env: Option<Vec<(String, String)>>,
+    /// The process groups of the hooks running now, shared with the workers.
+    running: Running,
+}
+
+/// Hooks' process groups running now, by hook; `None` once the supervisor stops: no more
+/// hook starts, and those running are killed.
+#[derive(Clone, Default)]
+pub struct Running(std::sync::Arc<std::sync::Mutex<Option<HashMap<usize, i32>>>>);
+
+impl Running {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashMap<usize, i32>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Notifier {
+    /// The supervisor stops: the hooks running now are killed (their process groups), and
+    /// the ones waiting never start. Nothing is left behind to run unwatched.
+    pub fn stop(&mut self) {
+        self.workers.clear();
+        let mut r = self.running.lock();
+        for (hook, pgid) in r.take().unwrap_or_default() {
+            crate::elog!("corral daemon: stopping: notify hook {hook} was still running; killed");
+            // SAFETY: killpg on a group our worker started and has not yet reaped.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        }
+    }
+
     /// After a restart: a run that was going on goes on, with the agents not yet finished.
     pub fn resume_run(&mut self, agents: &HashMap<AgentId, super::daemon::Live>) {
         self.run_agents =
@@ -197,7 +222,8 @@ impl Supervisor {
         for job in std::mem::take(&mut self.notify.pending) {
             let hook = job.hook;
             let tx = self.tx.clone();
-            let worker = self.notify.workers.entry(hook).or_insert_with(|| start_worker(hook, tx));
+            let running = self.notify.running.clone();
+            let worker = self.notify.workers.entry(hook).or_insert_with(|| start_worker(hook, tx, running));
             match worker.try_send(job) {
                 Ok(()) => {}
                 Err(TrySendError::Full(job)) => {
@@ -226,11 +252,17 @@ impl Supervisor {
     }
 }
 
-fn start_worker(hook: usize, tx: tokio::sync::mpsc::UnboundedSender<Msg>) -> SyncSender<Job> {
+fn start_worker(hook: usize, tx: tokio::sync::mpsc::UnboundedSender<Msg>, running: Running) -> SyncSender<Job> {
     let (jtx, jrx) = mpsc::sync_channel::<Job>(QUEUE);
+    {
+        let mut r = running.lock();
+        if r.is_none() {
+            *r = Some(HashMap::new());
+        }
+    }
     let spawned = std::thread::Builder::new().name(format!("corral-notify-{hook}")).spawn(move || {
         for job in jrx {
-            let result = run(&job);
+            let Some(result) = run(&job, &running) else { return };
             let _ = tx.send(Msg::Notified { hook: job.hook, event: job.event, agent: job.agent, result });
         }
     });
@@ -267,8 +299,9 @@ fn open_log(path: &std::path::Path) -> Option<std::fs::File> {
 
 /// Runs one hook: in its own process group, the event on stdin, output to the notify log;
 /// the whole group killed at the timeout, and whatever it left behind when it ends.
-pub fn run(job: &Job) -> Outcome {
-    let Some((prog, args)) = job.command.split_first() else { return Err("the command is empty".into()) };
+/// `None`: the supervisor is stopping, and it did not run (or was killed).
+pub fn run(job: &Job, running: &Running) -> Option<Outcome> {
+    let Some((prog, args)) = job.command.split_first() else { return Some(Err("the command is empty".into())) };
     let mut log = open_log(&job.log);
     let start_len = log.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
     if let Some(f) = log.as_mut() {
@@ -281,9 +314,16 @@ pub fn run(job: &Job) -> Outcome {
             crate::protocol::time::rfc3339(crate::protocol::time::now())
         );
     }
-    let stdin = stdin_of(&job.body).map_err(|e| format!("cannot hand the event to {prog:?}: {e}"))?;
+    let stdin = match stdin_of(&job.body) {
+        Ok(f) => f,
+        Err(e) => return Some(Err(format!("cannot hand the event to {prog:?}: {e}"))),
+    };
     let out =
         |l: &Option<std::fs::File>| l.as_ref().and_then(|f| f.try_clone().ok()).map_or(Stdio::null(), Stdio::from);
+    // Started and registered under the lock: a stopping supervisor either sees the group
+    // and kills it, or the hook never starts.
+    let mut guard = running.lock();
+    let groups = guard.as_mut()?;
     let spawned = Command::new(prog)
         .args(args)
         .current_dir(&job.cwd)
@@ -296,9 +336,11 @@ pub fn run(job: &Job) -> Outcome {
         .spawn();
     let mut child = match spawned {
         Ok(c) => c,
-        Err(e) => return Err(format!("cannot start {prog:?}: {e}")),
+        Err(e) => return Some(Err(format!("cannot start {prog:?}: {e}"))),
     };
     let pgid = child.id() as i32;
+    groups.insert(job.hook, pgid);
+    drop(guard);
     let begun = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -319,9 +361,19 @@ pub fn run(job: &Job) -> Outcome {
     };
     // What the hook left running in its group goes with it (and is reaped: the supervisor
     // is the subreaper of what its children leave behind).
-    // SAFETY: as above.
-    unsafe { libc::killpg(pgid, libc::SIGKILL) };
-    super::process::reap_group(pgid);
+    {
+        let mut r = running.lock();
+        let stopping = r.is_none();
+        if let Some(g) = r.as_mut() {
+            g.remove(&job.hook);
+        }
+        // SAFETY: as above; the group is not reaped yet, so its number is still ours.
+        unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        super::process::reap_group(pgid);
+        if stopping {
+            return None;
+        }
+    }
     let failure = match status {
         Ok(s) if s.success() => None,
         Ok(s) => Some(match s.code() {
@@ -340,9 +392,9 @@ pub fn run(job: &Job) -> Outcome {
     if let Some(f) = log.as_mut() {
         let _ = writeln!(f, "corral: hook {} {}", job.hook, failure.as_deref().unwrap_or("done"));
     }
-    let Some(why) = failure else { return Ok(()) };
-    Err(match tail.filter(|t| !t.is_empty()) {
+    let Some(why) = failure else { return Some(Ok(())) };
+    Some(Err(match tail.filter(|t| !t.is_empty()) {
         Some(t) => format!("{why}; the end of its output:\n{t}"),
         None => why,
-    })
+    }))
 }
