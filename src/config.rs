@@ -357,6 +357,12 @@ pub struct HealthConfig {
     /// `role` (default): one breaker per role; `global`: one for the whole workspace.
     #[serde(default, deserialize_with = "de_breaker_scope")]
     pub breaker_scope: Option<BreakerScope>,
+    /// Agents of one provider (an adapter's API) running at once.
+    #[serde(default, deserialize_with = "de_at_least_one")]
+    pub provider_max_concurrent: Option<usize>,
+    /// The quiet period after which a provider's lowered limit goes up by one.
+    #[serde(default, deserialize_with = "de_limit")]
+    pub provider_recovery: Option<Duration>,
 }
 
 fn de_breaker_scope<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BreakerScope>, D::Error> {
@@ -466,6 +472,8 @@ impl Config {
             max_load: h.max_load,
             max_open_escalations: h.max_open_escalations,
             breaker_scope: h.breaker_scope.unwrap_or_default(),
+            provider_max_concurrent: h.provider_max_concurrent,
+            provider_recovery_ms: h.provider_recovery.map(ms).unwrap_or(d.provider_recovery_ms),
         }
     }
 }
@@ -1091,6 +1099,8 @@ mod tests {
             ("[health]\nmax_load = nan\n", "health.max_load", "can never work"),
             ("[health]\nmax_open_escalations = 0\n", "health.max_open_escalations", "use 1 or more"),
             ("[health]\nbreaker_window = \"0s\"\n", "health.breaker_window", "above 0"),
+            ("[health]\nprovider_max_concurrent = 0\n", "health.provider_max_concurrent", "nothing would ever start"),
+            ("[health]\nprovider_recovery = \"0s\"\n", "health.provider_recovery", "above 0"),
             ("[defaults]\nmax_retries = 4294967295\n", "defaults.max_retries", "0 to 1000"),
             ("[defaults]\nmax_retries = 1001\n", "defaults.max_retries", "0 to 1000"),
             ("[defaults]\nmax_retries = -1\n", "defaults.max_retries", "negative"),

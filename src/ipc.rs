@@ -351,7 +351,8 @@ pub struct HealthView {
     /// What all agents' attempts cost together, in USD, where known.
     #[serde(default)]
     pub cost_usd: f64,
-    /// Providers whose rate or usage limit holds their agents' admission.
+    /// Providers whose rate or usage limit holds their agents' admission, or whose
+    /// concurrency a burst of rate limits lowered.
     #[serde(default)]
     pub providers: Vec<ProviderView>,
 }
@@ -360,8 +361,16 @@ pub struct HealthView {
 #[serde(rename_all = "camelCase")]
 pub struct ProviderView {
     pub name: String,
-    /// When the hold ends (RFC 3339).
-    pub held_until: String,
+    /// When the hold of its rate limit ends (RFC 3339), while it is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<String>,
+    /// How many of its agents may run at once now, while a burst of rate limits has
+    /// lowered that (`[health] provider_max_concurrent` otherwise, when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    /// How many of its agents run now.
+    #[serde(default)]
+    pub running: usize,
     pub reason: String,
 }
 

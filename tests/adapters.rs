@@ -298,3 +298,91 @@ fn a_spent_workspace_budget_queues_new_spawns_with_the_reason() {
     let h = ws.json(&["health", "--json"]);
     assert!(h["heldBecause"].as_str().unwrap().contains("budget"), "{h}");
 }
+
+#[test]
+fn a_burst_of_rate_limits_lowers_the_providers_concurrency_then_it_recovers() {
+    let ws = Ws::with_config(Some(
+        "[defaults]\nbackoff = { initial = \"200ms\", coefficient = 2.0 }\n\
+         [health]\nmax_concurrent = 50\nbreaker_failures = 0\nprovider_recovery = \"6s\"\n\
+         [roles.W]\nmax_retries = 0\n",
+    ));
+    let limited = ws.path().join("limited.jsonl");
+    std::fs::write(
+        &limited,
+        concat!(
+            r#"{"type":"thread.started","thread_id":"0199a213-81c0-7800-8aa1-bbab2a035a61"}"#,
+            "\n",
+            r#"{"type":"turn.failed","error":{"message":"Rate limit reached. Try again in 2 seconds."}}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    // Each agent's first run hits the limit; its next one works for a while and completes.
+    let dir = ws.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("codex");
+    let script = format!(
+        "#!/bin/sh\nm='{d}'/\"limited-$CORRAL_AGENT_ID\"\nif [ -e \"$m\" ]; then sleep 3; cat '{ok}'; exit 0; fi\n\
+         touch \"$m\"\ncat '{bad}'\nexit 1\n",
+        d = ws.path().display(),
+        ok = fixture("codex-success").display(),
+        bad = limited.display()
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let codex = path.to_str().unwrap();
+    let a = ws.spawn("W", &[codex, "exec", "--json"]);
+    let b = ws.spawn("W", &[codex, "exec", "--json"]);
+    for id in [&a, &b] {
+        let s = ws.wait_state(id, &["waiting", "running", "complete", "failed", "escalated"], secs(15));
+        assert!(s["status"] == "waiting" || s["status"] == "running", "{s}");
+    }
+    // Two limits within the window are a burst: the provider's concurrency is lowered to
+    // what still runs (nothing), at least one.
+    let mut health = serde_json::Value::Null;
+    assert!(
+        wait_until(secs(15), || {
+            health = ws.json(&["health", "--json"]);
+            health["providers"].as_array().is_some_and(|p| p.iter().any(|p| p["maxConcurrent"] == 1))
+        }),
+        "{health}"
+    );
+    let p = &health["providers"][0];
+    assert_eq!(p["name"], "openai", "{health}");
+    assert!(p["reason"].as_str().unwrap().contains("2 rate limits within 1m"), "{health}");
+    // After the reset one agent runs again; the other queues, its reason naming the limit.
+    let mut queued = serde_json::Value::Null;
+    assert!(
+        wait_until(secs(15), || {
+            let (x, y) = (ws.agent(&a), ws.agent(&b));
+            let running = [&x, &y].iter().filter(|s| s["status"] == "running").count();
+            queued = if x["status"] == "queued" { x.clone() } else { y.clone() };
+            running == 1 && queued["status"] == "queued"
+        }),
+        "{queued}"
+    );
+    let why = queued["reason"].as_str().unwrap();
+    assert!(why.contains("provider openai runs at most 1 agent at once and 1 run"), "{why}");
+    let h = ws.json(&["health", "--json"]);
+    assert!(h["queued"].to_string().contains("runs at most 1 agent"), "{h}");
+    // Both complete, without a retry spent, and the limit recovers.
+    for id in [&a, &b] {
+        let s = ws.wait_state(id, &["complete", "failed", "escalated"], secs(30));
+        assert_eq!(s["status"], "complete", "{s}");
+        assert_eq!(s["budgetAttempt"], 1, "{s}");
+    }
+    assert!(
+        wait_until(secs(20), || ws.json(&["health", "--json"])["providers"].as_array().is_some_and(|p| p.is_empty())),
+        "the lowered limit recovers after quiet periods"
+    );
+    let mut all = String::new();
+    assert!(
+        wait_until(secs(10), || {
+            all = ws.ok(&["events"]);
+            all.contains("\"provider_restored\"")
+        }),
+        "{all}"
+    );
+    assert!(all.contains("\"provider_lowered\""), "{all}");
+}

@@ -66,10 +66,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         None => say!("escalations: {} open", h.open_escalations)?,
     }
     for p in &h.providers {
+        let mut what = Vec::new();
+        if let Some(u) = &p.held_until {
+            what.push(format!("held until {u}"));
+        }
+        if let Some(m) = p.max_concurrent {
+            what.push(format!("{} of at most {m} running", p.running));
+        }
         say!(
-            "provider:    {} held until {} ({})",
+            "provider:    {} {} ({})",
             crate::display::shown(&p.name),
-            p.held_until,
+            what.join(", "),
             crate::display::shown(&p.reason)
         )?;
     }

@@ -16,6 +16,17 @@ pub struct HealthPolicy {
     /// One breaker per role (the default), or one for the whole workspace.
     #[serde(default)]
     pub breaker_scope: BreakerScope,
+    /// Agents of one provider running at once (none: only `max_concurrent` bounds them).
+    #[serde(default)]
+    pub provider_max_concurrent: Option<usize>,
+    /// After a burst of rate limits lowered a provider's limit, it goes up by one each time
+    /// this long passes without another.
+    #[serde(default = "default_recovery_ms")]
+    pub provider_recovery_ms: u64,
+}
+
+fn default_recovery_ms() -> u64 {
+    super::provider::DEFAULT_RECOVERY_MS
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +59,8 @@ impl Default for HealthPolicy {
             max_load: None,
             max_open_escalations: None,
             breaker_scope: BreakerScope::Role,
+            provider_max_concurrent: None,
+            provider_recovery_ms: default_recovery_ms(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod escalation;
 pub mod evidence;
 pub mod health;
 pub mod lifecycle;
+pub mod provider;
 pub mod role;
 pub mod usage;
 

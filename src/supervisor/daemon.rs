@@ -8,10 +8,11 @@ use super::shim::Handshake;
 use super::{launch, process, views};
 use crate::config::Workspace;
 use crate::ipc::Reply;
-use crate::policy::agent::{Agent, AgentState, Escalation};
+use crate::policy::agent::{Agent, AgentSpec, AgentState, Escalation};
 use crate::policy::classify::{self, Rule};
 use crate::policy::health::{self, Breakers, HealthPolicy, Resources};
 use crate::policy::lifecycle::{self, Action, Now, Signal};
+use crate::policy::provider::{self, ProviderLimit, ProviderLoads};
 use crate::protocol::files::{FileStamp, StatusFile};
 use crate::protocol::{AgentId, DataDir, time};
 use crate::store::{EventRecord, Registry};
@@ -156,6 +157,8 @@ pub struct Supervisor {
     pub started_at: String,
     pub started_mono: u64,
     resource_recheck: Option<u64>,
+    /// Rate limits per provider, and the providers whose concurrency a burst lowered.
+    pub provider_loads: ProviderLoads,
     dirty: Vec<AgentId>,
     /// Agents whose registry-export line may have changed since the last export.
     registry_pending: Vec<AgentId>,
@@ -262,6 +265,7 @@ impl Supervisor {
             started_at: time::rfc3339(time::now()),
             started_mono,
             resource_recheck: None,
+            provider_loads: ProviderLoads::default(),
             dirty: Vec::new(),
             registry_pending: Vec::new(),
             registry_lines: HashMap::new(),
@@ -650,7 +654,14 @@ impl Supervisor {
                     crate::elog!("corral daemon: signal to group {pgid} of {id} failed: {e}");
                 }
             }
-            Action::Emit { kind, data } => self.emit(Some(id), kind, data),
+            Action::Emit { kind, data } => {
+                let provider =
+                    (kind == "rate_limited").then(|| data["provider"].as_str().map(str::to_string)).flatten();
+                self.emit(Some(id), kind, data);
+                if let Some(p) = provider {
+                    self.provider_rate_limited(&p);
+                }
+            }
             Action::Escalate { reason } => {
                 self.open_escalation(id, reason);
             }
@@ -892,6 +903,7 @@ impl Supervisor {
             .filter_map(|l| lifecycle::next_deadline(&l.agent))
             .chain(self.breaker.next_deadline())
             .chain(self.resource_recheck)
+            .chain(self.provider_loads.next_step(self.io.mono_ms(), self.health.provider_recovery_ms))
             .chain(self.launches.values().map(|p| p.deadline))
             .chain(self.idle_deadline())
             .chain([self.next_reconcile])
@@ -955,6 +967,9 @@ impl Supervisor {
             self.emit(None, &format!("breaker_{}", b.name()), data);
         }
         self.resource_recheck = None;
+        for (provider, back_to) in self.provider_loads.advance(now.mono, self.health.provider_recovery_ms) {
+            self.emit(None, "provider_restored", serde_json::json!({ "provider": provider, "maxConcurrent": back_to }));
+        }
         let due: Vec<AgentId> = self
             .agents
             .iter()
@@ -1008,6 +1023,56 @@ impl Supervisor {
         std::fs::metadata(self.data.log_file(id)).map(|m| m.len()).unwrap_or(0)
     }
 
+    /// An agent of `provider` hit its rate limit: a burst lowers the provider's concurrency.
+    fn provider_rate_limited(&mut self, provider: &str) {
+        let running = self.provider_running(provider);
+        let (base, rec) = (self.health.provider_max_concurrent, self.health.provider_recovery_ms);
+        let mono = self.io.mono_ms();
+        if let Some(l) = self.provider_loads.rate_limited(provider, mono, running, base, rec)
+            && l.limit < l.ceiling
+        {
+            let data = serde_json::json!({
+                "provider": provider, "maxConcurrent": l.limit, "from": l.ceiling, "rateLimits": l.hits,
+            });
+            self.emit(None, "provider_lowered", data);
+        }
+    }
+
+    /// Why an agent may not start while its provider runs as many agents as it may;
+    /// `counts` gives each provider's live agents (asked only when a limit is in force).
+    pub fn provider_limit_gate<'c>(
+        &self,
+        spec: &AgentSpec,
+        lowered: &[ProviderLimit],
+        counts: impl FnOnce() -> &'c HashMap<&'static str, usize>,
+    ) -> Option<String> {
+        let p = spec.adapter.provider()?;
+        let base = self.health.provider_max_concurrent;
+        if base.is_none() && !lowered.iter().any(|l| l.name == p) {
+            return None;
+        }
+        provider::concurrency_gate(p, counts().get(p).copied().unwrap_or(0), base, lowered)
+    }
+
+    /// How many agents of each provider have a live process.
+    pub fn provider_counts(&self) -> HashMap<&'static str, usize> {
+        let mut m = HashMap::new();
+        for l in self.agents.values().filter(|l| l.agent.state.has_live_process()) {
+            if let Some(p) = l.agent.spec.adapter.provider() {
+                *m.entry(p).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
+    /// How many agents of `provider` have a live process.
+    pub fn provider_running(&self, provider: &str) -> usize {
+        self.agents
+            .values()
+            .filter(|l| l.agent.state.has_live_process() && l.agent.spec.adapter.provider() == Some(provider))
+            .count()
+    }
+
     pub fn running_count(&self) -> usize {
         self.agents.values().filter(|l| l.agent.state.has_live_process()).count()
     }
@@ -1054,7 +1119,9 @@ impl Supervisor {
             // Counted once, and again only after something started: a long queue held by
             // the gate costs one pass, not one pass per queued agent.
             let mut counts = None;
+            let mut by_provider = None;
             let holds = lifecycle::provider_holds(self.agents.values().map(|l| &l.agent), now.mono);
+            let lowered = self.provider_loads.lowered(now.mono, self.health.provider_recovery_ms);
             let budget = self.ws.config.budget.max_cost_usd.and_then(|max| {
                 let spent = self.agents.values().filter_map(|l| super::views::agent_totals(&l.agent).cost_usd).sum();
                 lifecycle::workspace_budget_gate(Some(max), spent)
@@ -1073,6 +1140,12 @@ impl Supervisor {
                     let hold = budget
                         .clone()
                         .or_else(|| lifecycle::provider_gate(&self.agents[&id].agent.spec, &holds, now.mono))
+                        .or_else(|| {
+                            let spec = &self.agents[&id].agent.spec;
+                            self.provider_limit_gate(spec, &lowered, || {
+                                by_provider.get_or_insert_with(|| self.provider_counts())
+                            })
+                        })
                         .or_else(|| {
                             health::hold_reason(&self.health, &self.breaker, role, running, open, &resources, now.mono)
                         });
@@ -1096,6 +1169,7 @@ impl Supervisor {
                 if !actions.is_empty() {
                     self.apply(&id, actions);
                     counts = None;
+                    by_provider = None;
                 }
                 changed |= self.agents[&id].agent.state.is_finished() && !before.is_finished();
             }

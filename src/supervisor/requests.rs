@@ -339,22 +339,47 @@ pub fn health_view(sup: &Supervisor) -> HealthView {
         open_escalations: sup.open_escalations(),
         max_open_escalations: h.max_open_escalations,
         cost_usd: sup.agents.values().filter_map(|l| views::agent_totals(&l.agent).cost_usd).sum(),
-        providers: gauges
-            .holds
-            .iter()
-            .map(|p| crate::ipc::ProviderView {
-                name: p.name.clone(),
-                held_until: time::rfc3339(
-                    time::now()
-                        .checked_add(jiff::SignedDuration::from_millis(
-                            i64::try_from(p.until_mono.saturating_sub(time::mono_ms())).unwrap_or(0),
-                        ))
-                        .unwrap_or_else(|_| time::now()),
-                ),
-                reason: p.reason.clone(),
-            })
-            .collect(),
+        providers: provider_views(&gauges),
     }
+}
+
+/// The providers held by a rate limit or with their concurrency lowered by a burst of them.
+fn provider_views(g: &views::Gauges) -> Vec<crate::ipc::ProviderView> {
+    let mono = time::mono_ms();
+    let mut out: Vec<crate::ipc::ProviderView> = g
+        .holds
+        .iter()
+        .map(|p| crate::ipc::ProviderView {
+            name: p.name.clone(),
+            held_until: Some(time::rfc3339(
+                time::now()
+                    .checked_add(jiff::SignedDuration::from_millis(
+                        i64::try_from(p.until_mono.saturating_sub(mono)).unwrap_or(0),
+                    ))
+                    .unwrap_or_else(|_| time::now()),
+            )),
+            max_concurrent: None,
+            running: g.by_provider.get(p.name.as_str()).copied().unwrap_or(0),
+            reason: p.reason.clone(),
+        })
+        .collect();
+    for l in &g.lowered {
+        let why = l.reason.clone();
+        match out.iter_mut().find(|v| v.name == l.name) {
+            Some(v) => {
+                v.max_concurrent = Some(l.max);
+                v.reason = format!("{}; {why}", v.reason);
+            }
+            None => out.push(crate::ipc::ProviderView {
+                name: l.name.clone(),
+                held_until: None,
+                max_concurrent: Some(l.max),
+                running: g.by_provider.get(l.name.as_str()).copied().unwrap_or(0),
+                reason: why,
+            }),
+        }
+    }
+    out
 }
 
 /// Takes finished agents that no human waits on out of the views; their records stay.

@@ -7,8 +7,10 @@ use crate::policy::agent::{AgentState, AttemptRun};
 use crate::policy::anomaly::{self, Seen};
 use crate::policy::health::{self, Resources};
 use crate::policy::lifecycle::{self, Gate, fmt_ms};
+use crate::policy::provider::ProviderLimit;
 use crate::protocol::registry::SpawnRecord;
 use crate::protocol::time;
+use std::collections::HashMap;
 
 /// What admission looks at, taken once per read command (not once per agent).
 pub struct Gauges {
@@ -16,6 +18,9 @@ pub struct Gauges {
     pub running: usize,
     pub open_escalations: usize,
     pub holds: Vec<lifecycle::ProviderHold>,
+    /// Providers whose concurrency a burst of rate limits lowered, and each one's live agents.
+    pub lowered: Vec<ProviderLimit>,
+    pub by_provider: HashMap<&'static str, usize>,
     /// Why nothing starts while the workspace's budget is spent.
     pub budget: Option<String>,
 }
@@ -27,6 +32,8 @@ impl Gauges {
             running: sup.running_count(),
             open_escalations: sup.open_escalations(),
             holds: lifecycle::provider_holds(sup.agents.values().map(|l| &l.agent), time::mono_ms()),
+            lowered: sup.provider_loads.lowered(time::mono_ms(), sup.health.provider_recovery_ms),
+            by_provider: sup.provider_counts(),
             budget: sup.ws.config.budget.max_cost_usd.and_then(|max| {
                 let spent = sup.agents.values().filter_map(|l| agent_totals(&l.agent).cost_usd).sum();
                 lifecycle::workspace_budget_gate(Some(max), spent)
@@ -152,6 +159,7 @@ pub fn queue_reason(sup: &Supervisor, live: &Live, g: &Gauges, mono: u64) -> Opt
             g.budget
                 .clone()
                 .or_else(|| lifecycle::provider_gate(&live.agent.spec, &g.holds, mono))
+                .or_else(|| sup.provider_limit_gate(&live.agent.spec, &g.lowered, || &g.by_provider))
                 .or_else(|| health::hold_reason(&sup.health, &sup.breaker, role, running, open, r, mono))
         },
     );
