@@ -332,13 +332,22 @@ fn kill_9_while_worktrees_are_made_uses_no_half_made_one_and_leaks_none() {
     let script = format!("test -f .setup-done || exit 9; echo $CORRAL_AGENT_ID >> {}", log.display());
     let ids: Vec<String> = (0..4).map(|_| ws.spawn("W", &["sh", "-c", &script])).collect();
     let pid = ws.daemon_pid();
-    // Killed while the first worktrees are being made (the setup takes 0.3s each).
-    assert!(wait_until(SECS(10), || ws.data.join("worktrees").join(&ids[1]).exists()));
+    let trees_dir = ws.data.join("worktrees");
+    // Killed while the second worktree is being made (each setup takes 0.3s).
+    assert!(wait_until(SECS(10), || trees_dir.join(&ids[1]).exists()));
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(wait_until(SECS(5), || !alive(pid)));
-    // A leftover no agent owns.
-    let stray = ws.data.join("worktrees").join("agent-099-W");
+    assert!(!starts(&ws).contains(&ids[1]), "the second was still being made when the supervisor died");
+    assert!(!trees_dir.join(&ids[2]).exists(), "worktrees are made one at a time");
+    // What a crash can also leave: a directory no agent owns, a worktree git knows of
+    // that no agent owns, and git's record of a worktree whose directory is gone.
+    let stray = trees_dir.join("agent-099-W");
     std::fs::create_dir_all(&stray).unwrap();
+    let unowned = trees_dir.join("agent-098-W");
+    git(ws.path(), &["worktree", "add", "-q", "--detach", &unowned.to_string_lossy()]);
+    let vanished = trees_dir.join("agent-097-W");
+    git(ws.path(), &["worktree", "add", "-q", "--detach", &vanished.to_string_lossy()]);
+    std::fs::remove_dir_all(&vanished).unwrap();
     for id in &ids {
         ws.wait_state(id, &["complete"], SECS(30));
     }
@@ -347,15 +356,78 @@ fn kill_9_while_worktrees_are_made_uses_no_half_made_one_and_leaks_none() {
     let mut want = ids.clone();
     want.sort();
     assert_eq!(started, want, "each agent started once, in a fully made worktree");
-    assert!(wait_until(SECS(10), || !stray.exists()), "the stray worktree is pruned");
-    let listed = git(ws.path(), &["worktree", "list", "--porcelain"]);
+    // The one caught half-made was made again from scratch before it started.
+    let events = ws.ok(&["events", "--agent", &ids[1]]);
+    let preparing = events.lines().filter(|l| l.contains("\"worktree_preparing\"")).count();
+    assert_eq!(preparing, 2, "{events}");
+    assert!(ws.show(&ids[1])["attempts"].as_array().unwrap().len() == 1, "no attempt ran in the half-made one");
+    assert!(wait_until(SECS(10), || !stray.exists() && !unowned.exists()), "the orphans are pruned");
+    let listed = || git(ws.path(), &["worktree", "list", "--porcelain"]);
+    assert!(wait_until(SECS(10), || !listed().contains("agent-097-W")), "git's stale record is pruned: {}", listed());
+    let listed = listed();
     let trees: Vec<&str> = listed.lines().filter(|l| l.starts_with("worktree ")).collect();
     assert_eq!(trees.len(), 1 + ids.len(), "the main tree and one per agent: {listed}");
-    let dirs: Vec<String> = std::fs::read_dir(ws.data.join("worktrees"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(dirs.len(), ids.len(), "{dirs:?}");
+    let mut dirs: Vec<String> =
+        std::fs::read_dir(&trees_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    dirs.sort();
+    assert_eq!(dirs, want, "one directory per agent, nothing else");
+    let branches = git(ws.path(), &["branch", "--list", "corral/*", "--format=%(refname:short)"]);
+    let mut branches: Vec<&str> = branches.lines().collect();
+    branches.sort();
+    let want_branches: Vec<String> = want.iter().map(|id| format!("corral/{id}")).collect();
+    assert_eq!(branches, want_branches, "one branch per agent, none leaked");
+}
+
+#[test]
+fn reconcile_keeps_a_dirty_orphan_and_retry_after_clean_makes_the_worktree_again_on_its_branch() {
+    let ws = repo(WT);
+    // Each attempt adds a line and commits: a retry continues on the branch.
+    let script = format!("echo \"$CORRAL_AGENT_ID\" >> work.txt && {}", commit("work"));
+    let kept = ws.spawn("W", &["sh", "-c", &script]);
+    let lost = ws.spawn("W", &["sh", "-c", &script]);
+    ws.wait_state(&kept, &["complete"], SECS(30));
+    ws.wait_state(&lost, &["complete"], SECS(30));
+    let r = ws.json(&["clean", "--worktrees", "--json"]);
+    let trees_dir = ws.data.join("worktrees");
+    assert!(!trees_dir.join(&kept).exists() && !trees_dir.join(&lost).exists(), "{r}");
+    git(ws.path(), &["branch", "-D", &format!("corral/{lost}")]);
+
+    let o = ws.run(&["retry", &lost]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("corral/{lost}")) && err.contains("spawn a new agent"), "{err}");
+    assert_eq!(ws.agent(&lost)["attempt"], 1, "a refused retry starts nothing");
+
+    ws.ok(&["retry", &kept]);
+    ws.wait_state(&kept, &["complete"], SECS(30));
+    assert!(trees_dir.join(&kept).is_dir(), "its worktree is made again");
+    let work = git(ws.path(), &["show", &format!("corral/{kept}:work.txt")]);
+    assert_eq!(work, format!("{kept}\n{kept}\n"), "the second attempt continued the first's branch");
+    assert_eq!(ws.status().iter().filter(|v| v["agentId"] == kept.as_str()).count(), 1, "retried, it is shown again");
+
+    // A supervisor killed with orphans about: a worktree with uncommitted changes no agent
+    // owns is kept and reported, a clean one is pruned.
+    let pid = ws.daemon_pid();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(SECS(5), || !alive(pid)));
+    let dirty = trees_dir.join("agent-090-W");
+    let clean = trees_dir.join("agent-091-W");
+    for d in [&dirty, &clean] {
+        git(ws.path(), &["worktree", "add", "-q", "--detach", &d.to_string_lossy()]);
+    }
+    std::fs::write(dirty.join("wip.txt"), "not committed").unwrap();
+    ws.ok(&["status"]);
+    assert!(wait_until(SECS(10), || !clean.exists()), "the clean orphan is pruned");
+    let events = || ws.ok(&["events"]);
+    assert!(
+        wait_until(SECS(10), || events().lines().any(|l| l.contains("worktree_kept") && l.contains("agent-090-W"))),
+        "{}",
+        events()
+    );
+    assert!(events().lines().any(|l| l.contains("worktree_pruned") && l.contains("agent-091-W")), "{}", events());
+    assert_eq!(std::fs::read_to_string(dirty.join("wip.txt")).unwrap(), "not committed", "the dirty one is kept");
+    assert!(trees_dir.join(&kept).is_dir(), "an agent's own worktree is kept");
+    assert_eq!(git(ws.path(), &["status", "--porcelain"]), "", "the workspace's own tree is untouched");
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
+    refuse_lost_work(ctx, &a.id)?;
     let data = ctx.call(&Request::Retry { id: a.id.clone(), context: a.context })?;
     if a.json {
         super::output::print_json(&data)?;
@@ -27,6 +28,31 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         }
     }
     Ok(0)
+}
+
+/// A worktree agent whose worktree was removed is continued in a worktree made again on
+/// its branch; with the branch gone too there is nothing to continue, and the retry is
+/// refused here (the git check runs in the command, not on the supervisor's loop).
+fn refuse_lost_work(ctx: &Ctx, id: &str) -> Result<()> {
+    // An id the supervisor does not know gets the retry's own answer.
+    let Ok(found) = ctx.call(&Request::Status { ids: vec![id.to_string()], role: None }) else { return Ok(()) };
+    let Ok(views) = serde_json::from_value::<Vec<crate::ipc::AgentView>>(found) else { return Ok(()) };
+    let Some(v) = views.first() else { return Ok(()) };
+    let (Some(tree), Some(branch), Some(repo)) = (&v.worktree, &v.branch, &v.repo) else { return Ok(()) };
+    if v.base_commit.is_none() || std::path::Path::new(tree).is_dir() {
+        return Ok(());
+    }
+    if crate::worktree::rev(std::path::Path::new(repo), &format!("refs/heads/{branch}")).is_some() {
+        return Ok(());
+    }
+    Err(super::Fail {
+        code: 1,
+        msg: format!(
+            "{}: its worktree {tree} was removed and its branch {branch} is gone from {repo}, so its work cannot be \
+             continued; spawn a new agent for the task instead",
+            v.agent_id
+        ),
+    })
 }
 
 #[derive(Debug, clap::Args)]

@@ -83,6 +83,11 @@ pub enum Msg {
         attempt: u32,
         result: super::prepare::Prepared,
     },
+    /// Reconcile's pruning of orphaned worktrees is done.
+    Pruned {
+        removed: Vec<std::path::PathBuf>,
+        kept: Vec<std::path::PathBuf>,
+    },
     /// The role's verify ran for this attempt.
     Verified {
         id: AgentId,
@@ -621,6 +626,7 @@ impl Supervisor {
             Msg::Prepared { id, attempt, result } => super::prepare::prepared(self, id, attempt, result),
             Msg::Verified { id, attempt, result } => super::prepare::verified(self, id, attempt, result),
             Msg::Notified { hook, event, agent, result } => self.notified(hook, event, agent, result),
+            Msg::Pruned { removed, kept } => super::prepare::pruned(self, removed, kept),
         }
     }
 

@@ -73,9 +73,13 @@ pub fn reserve_ports(sup: &Supervisor, n: u16) -> Option<(u16, u16)> {
     None
 }
 
-/// The agent's worktree is to be made before its current attempt can start.
+/// The agent's worktree is to be made before its current attempt can start: never made
+/// yet, or made and since removed (its directory is gone: it is made again on its branch).
 pub fn needed(sup: &Supervisor, id: &AgentId) -> bool {
-    sup.agents.get(id).is_some_and(|l| l.agent.spec.worktree.is_some() && l.agent.base_commit.is_none())
+    sup.agents.get(id).is_some_and(|l| match &l.agent.spec.worktree {
+        Some(w) => l.agent.base_commit.is_none() || !w.path.is_dir(),
+        None => false,
+    })
 }
 
 /// Asks the worker to make the agent's worktree for attempt `n`; its answer comes back as
@@ -84,21 +88,28 @@ pub fn begin(sup: &mut Supervisor, id: &AgentId, n: u32) {
     if !sup.prepare.preparing.insert(id.clone()) {
         return;
     }
+    let made = sup.agents[id].agent.base_commit.clone();
     let spec = &sup.agents[id].agent.spec;
     let w = spec.worktree.clone().expect("a worktree agent");
     let mut env = spec.env.clone();
-    env.extend(worktree_env(&w, None, spec.ports));
+    env.extend(worktree_env(&w, made.as_deref(), spec.ports));
     let job = Prepare {
         repo: w.repo.clone(),
         path: w.path.clone(),
         branch: w.branch.clone(),
-        base: w.base.clone(),
+        // Made again: from the commit it was first made from (kept as its base).
+        base: made.clone().unwrap_or_else(|| w.base.clone()),
         copy: spec.policy.worktree_copy.clone(),
         setup: spec.policy.worktree_setup.clone(),
         env,
         log: sup.data.log_file(id),
+        restore: made.is_some(),
     };
-    sup.emit(Some(id), "worktree_preparing", serde_json::json!({ "path": w.path, "branch": w.branch, "base": w.base }));
+    sup.emit(
+        Some(id),
+        "worktree_preparing",
+        serde_json::json!({ "path": w.path, "branch": w.branch, "base": job.base, "again": job.restore }),
+    );
     let tx = sup.tx.clone();
     let jobs = sup.prepare.jobs.get_or_insert_with(|| {
         let (jtx, jrx) = mpsc::channel::<(AgentId, u32, Prepare)>();
@@ -106,7 +117,8 @@ pub fn begin(sup: &mut Supervisor, id: &AgentId, n: u32) {
             for (id, attempt, job) in jrx {
                 let result = worktree::prepare(&job);
                 if result.is_err() {
-                    worktree::discard(&job.repo, &job.path, Some(&job.branch));
+                    // A branch with work on it (one being made again) is never deleted.
+                    worktree::discard(&job.repo, &job.path, (!job.restore).then_some(job.branch.as_str()));
                 }
                 let _ = tx.send(Msg::Prepared { id, attempt, result });
             }
@@ -217,47 +229,113 @@ pub fn verified(sup: &mut Supervisor, id: AgentId, attempt: u32, result: Result<
     sup.attempt_ended(&id, attempt);
 }
 
+/// What reconcile does with a directory under the worktree directory.
+enum Orphan {
+    /// Half-made (its agent never started in it): removed, with its branch.
+    HalfMade { repo: PathBuf, path: PathBuf, branch: String },
+    /// No live agent owns it (unknown, or cleaned): removed unless it has uncommitted
+    /// changes, which are reported instead; a branch is never deleted here.
+    Unowned { repo: PathBuf, path: PathBuf },
+}
+
 /// At start: worktrees in the worktree directory that no agent owns with a finished
-/// preparation, and that no agent will prepare again, are half-made leftovers: removed on
-/// a worker thread, with git's record of them.
+/// preparation, and that no agent will prepare again, are leftovers (of a supervisor killed
+/// while making them, of an agent cleaned or forgotten, of a `corral merge` that died):
+/// removed on a worker thread, with git's record of them, and git's records of worktrees
+/// whose directory is gone are pruned. One with uncommitted changes is never removed: it
+/// is reported (`worktree_kept`) instead. What happened comes back as `Msg::Pruned`.
 pub fn prune_orphans(sup: &Supervisor) {
     let dir = worktree_dir(sup);
-    let Ok(entries) = std::fs::read_dir(&dir) else { return };
-    let owned: HashMap<PathBuf, (&WorktreeSpec, bool, bool)> = sup
+    let owned: HashMap<PathBuf, &crate::policy::agent::Agent> = sup
         .agents
         .values()
-        .filter_map(|l| {
-            let w = l.agent.spec.worktree.as_ref()?;
-            Some((w.path.clone(), (w, l.agent.base_commit.is_some(), l.agent.state.is_finished())))
-        })
+        .filter_map(|l| Some((l.agent.spec.worktree.as_ref()?.path.clone(), &l.agent)))
         .collect();
     let home = worktree::find_repo(&sup.ws.root);
-    let mut gone: Vec<(PathBuf, PathBuf, Option<String>)> = Vec::new();
-    for e in entries.flatten() {
+    let mut repos: Vec<PathBuf> = home.iter().cloned().collect();
+    for a in owned.values() {
+        let r = &a.spec.worktree.as_ref().expect("owned").repo;
+        if !repos.contains(r) {
+            repos.push(r.clone());
+        }
+    }
+    let mut orphans: Vec<Orphan> = Vec::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
         // Only what corral names: a directory of someone else's is never touched.
-        if AgentId::parse(&e.file_name().to_string_lossy()).is_err() {
+        if let Some(pid) = name.strip_prefix("merge-").and_then(|p| p.parse::<i32>().ok()) {
+            // `corral merge`'s own worktree, left by a merge that died.
+            let gone = pid > 0 && unsafe { libc::kill(pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if let (true, Some(r)) = (gone, &home) {
+                orphans.push(Orphan::Unowned { repo: r.clone(), path });
+            }
+            continue;
+        }
+        if AgentId::parse(&name).is_err() {
             continue;
         }
         match owned.get(&path) {
-            Some((_, true, _)) => {}
-            // To be made again before the agent's next attempt, which removes it first.
-            Some((_, false, false)) => {}
-            Some((w, false, true)) => gone.push((w.repo.clone(), path, Some(w.branch.clone()))),
+            Some(a) => {
+                let w = a.spec.worktree.as_ref().expect("owned");
+                match (a.base_commit.is_some(), a.state.is_finished(), a.cleaned_at.is_some()) {
+                    // Cleaned, yet still here (kept for its changes, or its removal failed).
+                    (true, _, true) => orphans.push(Orphan::Unowned { repo: w.repo.clone(), path }),
+                    (true, _, false) => {}
+                    // To be made again before the agent's next attempt, which removes it first.
+                    (false, false, _) => {}
+                    (false, true, _) => {
+                        orphans.push(Orphan::HalfMade { repo: w.repo.clone(), path, branch: w.branch.clone() })
+                    }
+                }
+            }
             None => {
                 if let Some(r) = &home {
-                    gone.push((r.clone(), path, None));
+                    orphans.push(Orphan::Unowned { repo: r.clone(), path });
                 }
             }
         }
     }
-    if gone.is_empty() {
-        return;
-    }
+    let tx = sup.tx.clone();
     let _ = std::thread::Builder::new().name("corral-prune".into()).spawn(move || {
-        for (repo, path, branch) in gone {
-            crate::elog!("corral daemon: removing half-made worktree {}", path.display());
-            worktree::discard(&repo, &path, branch.as_deref());
+        let (mut removed, mut kept) = (Vec::new(), Vec::new());
+        for o in orphans {
+            match o {
+                Orphan::HalfMade { repo, path, branch } => {
+                    worktree::discard(&repo, &path, Some(&branch));
+                    removed.push(path);
+                }
+                Orphan::Unowned { repo, path } => {
+                    // Only a worktree of its own is asked: git in a bare directory would
+                    // answer for the repository above it.
+                    if path.join(".git").exists() && worktree::is_dirty(&path) {
+                        kept.push(path);
+                    } else {
+                        worktree::discard(&repo, &path, None);
+                        removed.push(path);
+                    }
+                }
+            }
         }
+        for r in &repos {
+            let _ = worktree::git(r, &["worktree", "prune"]);
+        }
+        let _ = tx.send(Msg::Pruned { removed, kept });
     });
+}
+
+/// Reconcile's pruning is done: what it removed and what it kept, as events.
+pub fn pruned(sup: &mut Supervisor, removed: Vec<PathBuf>, kept: Vec<PathBuf>) {
+    for p in removed {
+        sup.emit(None, "worktree_pruned", serde_json::json!({ "path": p }));
+    }
+    for p in kept {
+        crate::elog!(
+            "corral daemon: kept the orphaned worktree {}: it has uncommitted changes (no agent owns it; look at \
+             it, then `git worktree remove --force` it)",
+            p.display()
+        );
+        sup.emit(None, "worktree_kept", serde_json::json!({ "path": p, "why": "uncommitted changes" }));
+    }
 }

@@ -70,6 +70,15 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Answer {
             let live = sup.agents.get_mut(id).expect("looked up");
             let actions = lifecycle::retry_requested(&mut live.agent, context, &now).map_err(|e| Reply::err(1, e))?;
             sup.apply(id, actions);
+            // Retried, a cleaned agent is back in the views.
+            let live = sup.agents.get_mut(id).expect("looked up");
+            if live.agent.cleaned_at.take().is_some() {
+                sup.mark_dirty(id);
+                let order = &sup.order;
+                let mut shown: Vec<AgentId> = sup.shown.drain(..).chain([id.clone()]).collect();
+                shown.sort_by_key(|s| order.iter().position(|o| o == s));
+                sup.shown = shown;
+            }
             // A human retry answers the agent's open escalations.
             resolve_for(sup, id, "retried by a human");
             sup.admit_queued();

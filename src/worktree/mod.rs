@@ -68,6 +68,9 @@ pub struct Prepare {
     pub env: Vec<(String, String)>,
     /// Where the setup's output is appended.
     pub log: PathBuf,
+    /// The worktree was made before and its directory is gone (`corral clean --worktrees`):
+    /// it is made again on its existing branch, which is never deleted or moved.
+    pub restore: bool,
 }
 
 /// Why a worktree could not be made: `permanent` failures (the setup command failed) are
@@ -83,7 +86,7 @@ pub struct PrepareError {
 /// Returns the commit it was made from.
 pub fn prepare(p: &Prepare) -> Result<String, PrepareError> {
     let fail = |message: String| PrepareError { permanent: false, message };
-    discard(&p.repo, &p.path, Some(&p.branch));
+    discard(&p.repo, &p.path, if p.restore { None } else { Some(&p.branch) });
     let spec = format!("{}^{{commit}}", p.base);
     let base = git(&p.repo, &["rev-parse", "--verify", "--quiet", &spec])
         .map_err(|_| fail(format!("base {:?} is not a commit of {}", p.base, p.repo.display())))?
@@ -93,7 +96,22 @@ pub fn prepare(p: &Prepare) -> Result<String, PrepareError> {
         std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
     }
     let path = p.path.to_string_lossy();
-    git(&p.repo, &["worktree", "add", "--quiet", "-b", &p.branch, &path, &base]).map_err(fail)?;
+    if p.restore {
+        if rev(&p.repo, &format!("refs/heads/{}", p.branch)).is_none() {
+            return Err(PrepareError {
+                permanent: true,
+                message: format!(
+                    "its worktree {path} was removed and its branch {} is gone from {}, so its work cannot be \
+                     continued: spawn a new agent",
+                    p.branch,
+                    p.repo.display()
+                ),
+            });
+        }
+        git(&p.repo, &["worktree", "add", "--quiet", &path, &p.branch]).map_err(fail)?;
+    } else {
+        git(&p.repo, &["worktree", "add", "--quiet", "-b", &p.branch, &path, &base]).map_err(fail)?;
+    }
     for f in &p.copy {
         let rel = Path::new(f);
         if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
