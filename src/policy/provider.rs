@@ -45,6 +45,8 @@ pub struct ProviderLimit {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProviderLoads {
     by_name: BTreeMap<String, Load>,
+    /// When [`advance`](ProviderLoads::advance) last looked.
+    advanced_mono: u64,
 }
 
 /// How a rate limit changed a provider's limit.
@@ -98,6 +100,7 @@ impl ProviderLoads {
 
     /// Forgets lowerings that have recovered by `mono`; returns the providers restored.
     pub fn advance(&mut self, mono: u64, recovery_ms: u64) -> Vec<(String, usize)> {
+        self.advanced_mono = self.advanced_mono.max(mono);
         let done: Vec<(String, usize)> = self
             .by_name
             .iter()
@@ -116,9 +119,19 @@ impl ProviderLoads {
         done
     }
 
-    /// The next moment a lowered limit goes up (so held spawns are looked at again).
-    pub fn next_step(&self, mono: u64, recovery_ms: u64) -> Option<u64> {
-        self.lowered(mono, recovery_ms).into_iter().filter_map(|l| l.next_step_mono).min()
+    /// The next moment a lowered limit goes up (so held spawns are looked at again): the
+    /// first step after the last [`advance`](Self::advance), so a step that passed while
+    /// nothing advanced is still due.
+    pub fn next_step(&self, recovery_ms: u64) -> Option<u64> {
+        let recovery = recovery_ms.max(1);
+        self.by_name
+            .values()
+            .filter_map(|load| {
+                let l = load.lowered.as_ref()?;
+                let steps = self.advanced_mono.saturating_sub(l.since_mono) / recovery;
+                Some(l.since_mono.saturating_add(steps.saturating_add(1).saturating_mul(recovery)))
+            })
+            .min()
     }
 
     /// The providers whose limit is lowered at `mono`, and to what.
@@ -199,13 +212,15 @@ mod tests {
         let gate = |p: &ProviderLoads, running, mono| concurrency_gate("openai", running, None, &p.lowered(mono, REC));
         assert!(gate(&p, 1, 2 * S).unwrap().contains("at most 1 agent at once and 1 run"));
         assert_eq!(gate(&p, 0, 2 * S), None);
-        assert_eq!(p.next_step(2 * S, REC), Some(31 * S));
+        assert_eq!(p.next_step(REC), Some(31 * S));
         // A quiet period later it is back at its ceiling: the lowering ends.
         assert_eq!(gate(&p, 1, 31 * S), None);
+        assert_eq!(p.next_step(REC), Some(31 * S), "due until advanced, even once past");
         assert_eq!(p.advance(30 * S, REC), vec![]);
-        assert_eq!(p.advance(31 * S, REC), vec![("openai".to_string(), 2)]);
-        assert!(p.lowered(31 * S, REC).is_empty());
-        assert_eq!(p.next_step(31 * S, REC), None);
+        assert_eq!(p.next_step(REC), Some(31 * S));
+        assert_eq!(p.advance(40 * S, REC), vec![("openai".to_string(), 2)]);
+        assert!(p.lowered(40 * S, REC).is_empty());
+        assert_eq!(p.next_step(REC), None);
     }
 
     #[test]
@@ -218,6 +233,10 @@ mod tests {
         assert_eq!(max(&p, 2 * S), Some(1));
         assert_eq!(max(&p, 32 * S), Some(2));
         assert_eq!(max(&p, 62 * S), Some(3));
+        // Each step is due once: after an advance past one, the next one.
+        assert_eq!(p.next_step(REC), Some(32 * S));
+        p.advance(45 * S, REC);
+        assert_eq!(p.next_step(REC), Some(62 * S));
         // One more rate limit while lowered: down to what runs, the quiet period restarts,
         // the ceiling stays where it was.
         let l = p.rate_limited("anthropic", 70 * S, 2, None, REC).unwrap();

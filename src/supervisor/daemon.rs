@@ -909,7 +909,7 @@ impl Supervisor {
             .filter_map(|l| lifecycle::next_deadline(&l.agent))
             .chain(self.breaker.next_deadline())
             .chain(self.resource_recheck)
-            .chain(self.provider_loads.next_step(self.io.mono_ms(), self.health.provider_recovery_ms))
+            .chain(self.provider_loads.next_step(self.health.provider_recovery_ms))
             .chain(self.launches.values().map(|p| p.deadline))
             .chain(self.idle_deadline())
             .chain([self.next_reconcile])
