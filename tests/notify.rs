@@ -345,11 +345,22 @@ fn a_hook_that_cannot_start_is_recorded_and_the_supervisor_goes_on() {
     let config = format!(
         "{FAST}\n[[notify]]\non = [\"complete\"]\ncommand = [\"/nonexistent/corral-hook\", \"x\"]\n\
          [[notify]]\non = [\"complete\"]\ncommand = [\"sh\", \"-c\", \"echo broken pipe dream >&2; exit 7\"]\n\
-         [[notify]]\non = [\"complete\"]\ncommand = {}\n",
+         [[notify]]\non = [\"complete\"]\ncommand = {}\n\
+         [[notify]]\non = [\"complete\"]\ncommand = [\"sh\", \"-c\", \"env > hook-env.txt\"]\n",
         poster(rx.port, "/ok")
     );
     let ws = Ws::with_config(Some(&config));
     let id = ws.spawn("IMPLEMENTER", &["true"]);
+    // A hook's environment: corral's three variables and none of its others.
+    let env_file = ws.path().join("hook-env.txt");
+    assert!(wait_until(SECS(15), || std::fs::read_to_string(&env_file).is_ok_and(|t| t.contains("CORRAL_REASON"))));
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    let mut ours: Vec<&str> =
+        env.lines().filter(|l| l.starts_with("CORRAL_")).map(|l| l.split('=').next().unwrap()).collect();
+    ours.sort();
+    assert_eq!(ours, ["CORRAL_AGENT_ID", "CORRAL_EVENT", "CORRAL_REASON"], "{env}");
+    assert!(env.lines().any(|l| l == format!("CORRAL_AGENT_ID={id}")), "{env}");
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
     let mut failures = Vec::new();
     assert!(wait_until(SECS(15), || {
         failures = events_of(&ws, &id).into_iter().filter(|e| e["kind"] == "notify_failed").collect();

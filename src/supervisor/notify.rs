@@ -90,6 +90,11 @@ impl Notifier {
         }
     }
 
+    /// The notifications waiting for the commit: hook number, event and agent.
+    pub fn pending(&self) -> Vec<(usize, &'static str, Option<&str>)> {
+        self.pending.iter().map(|j| (j.hook, j.event, j.agent.as_deref())).collect()
+    }
+
     /// After a restart: a run that was going on goes on, with the agents not yet finished.
     pub fn resume_run(&mut self, agents: &HashMap<AgentId, super::daemon::Live>) {
         self.run_agents =

@@ -502,3 +502,23 @@ fn after_a_reboot_deadlines_from_the_old_clock_are_due_at_once() {
     use crate::store::Registry;
     assert_eq!(r.store.get_meta("boot_id").unwrap(), crate::protocol::time::boot_id());
 }
+
+/// Which hooks an event concerns, and as what: rate limits and budgets included, events no
+/// hook asked for never queued, and `escalated` only where the agent is not merely blocked.
+#[test]
+fn events_reach_the_hooks_that_asked_for_them() {
+    let mut r = rig("[[notify]]\non = [\"rate-limited\", \"budget\"]\ncommand = [\"true\"]\n\
+         [[notify]]\non = [\"escalated\", \"needs-human\", \"complete\"]\ncommand = [\"true\"]\n");
+    let a = id("agent-001-IMPLEMENTER");
+    r.sup.emit(Some(&a), "rate_limited", serde_json::json!({ "reason": "usage limit", "waitMs": 1000 }));
+    r.sup.emit(Some(&a), "budget_exceeded", serde_json::json!({ "reason": "over $1" }));
+    r.sup.emit(Some(&a), "escalation_opened", serde_json::json!({ "escalation": 1, "reason": "stuck" }));
+    r.sup.emit(Some(&a), "retry_scheduled", serde_json::json!({}));
+    r.sup.emit(None, "all_finished", serde_json::json!({ "reason": "1 agent finished" }));
+    let a = Some("agent-001-IMPLEMENTER");
+    assert_eq!(
+        r.sup.notify.pending(),
+        vec![(1, "rate-limited", a), (1, "budget", a), (2, "escalated", a)],
+        "no hook asked for all-finished or retries"
+    );
+}
