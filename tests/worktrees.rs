@@ -319,6 +319,58 @@ fn merge_runs_verify_after_each_merge_in_worktree_dir_and_stops_at_the_first_fai
     assert_eq!(git(ws.path(), &["status", "--porcelain"]), "", "the user's tree is untouched");
 }
 
+#[test]
+fn worktree_agents_deliverables_are_what_their_branch_holds_not_any_checkout() {
+    let ws = repo(WT);
+    let main = ws.path().display().to_string();
+    // Committed on its branch.
+    let committed = ws.spawn(
+        "W",
+        &["sh", "-c", &format!("echo a > out.txt && {} && corral handoff --deliverable out.txt", commit("out"))],
+    );
+    // Written into the workspace's own checkout (by relative and absolute name), never committed.
+    let elsewhere = ws.spawn(
+        "W",
+        &["sh", "-c", &format!("echo b > {main}/b.txt && corral handoff --deliverable b.txt --deliverable {main}/b.txt")],
+    );
+    // Committed, and taken off its branch later.
+    let later = ws.spawn(
+        "W",
+        &["sh", "-c", &format!("echo c > c.txt && {} && corral handoff --deliverable c.txt", commit("c"))],
+    );
+    ws.wait_state(&committed, &["complete"], SECS(30));
+    ws.wait_state(&later, &["complete"], SECS(30));
+    let v = ws.wait_state(&elsewhere, &["failed", "escalated"], SECS(30));
+    let show = ws.show(&elsewhere);
+    assert_eq!(show["attempts"][0]["failureType"], "deliverable", "{show}");
+    let reason = show.to_string();
+    assert!(reason.contains("not in branch") && reason.contains(&format!("corral/{elsewhere}:b.txt")), "{v} {reason}");
+    assert!(ws.path().join("b.txt").exists(), "the file is in the main checkout");
+
+    // In the branch only: its worktree's file gone from disk changes nothing.
+    let trees = ws.data.join("worktrees");
+    std::fs::remove_file(trees.join(&committed).join("out.txt")).unwrap();
+    // Off its branch, present in the main checkout: a deliverable failure.
+    let later_tree = trees.join(&later);
+    git(&later_tree, &["rm", "-q", "c.txt"]);
+    git(&later_tree, &["commit", "-qm", "take c.txt off"]);
+    std::fs::write(ws.path().join("c.txt"), "c").unwrap();
+    std::fs::write(later_tree.join("c.txt"), "c").unwrap();
+
+    let o = ws.run(&["aggregate", "--json", &committed, &later]);
+    assert_eq!(o.status.code(), Some(1), "a deliverable failure makes the result incomplete");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let failures = r["deliverableFailures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{r:#}");
+    assert_eq!(failures[0]["agent"], later.as_str());
+    assert_eq!(failures[0]["missing"], serde_json::json!([format!("corral/{later}:c.txt")]), "{r:#}");
+    let files = |id: &str| {
+        r["deliverables"].as_array().unwrap().iter().find(|d| d["agent"] == id).unwrap()["files"].clone()
+    };
+    assert_eq!(files(&committed)[0]["path"], format!("corral/{committed}:out.txt"), "{r:#}");
+    assert_eq!(files(&committed)[0]["state"], "exists", "{r:#}");
+}
+
 /// The agents' starts, one line each, written outside their worktrees.
 fn starts(ws: &Ws) -> Vec<String> {
     std::fs::read_to_string(ws.path().join("starts.log")).unwrap_or_default().lines().map(str::to_string).collect()

@@ -175,6 +175,9 @@ pub struct Input<'a> {
     pub branches: Vec<branches::BranchChanges>,
     /// Three-way merges of every two branches that changed one file.
     pub merges: Vec<branches::PairMerge>,
+    /// Worktree agents' branches, by agent: their deliverables are judged against these
+    /// ([`workspace::BranchTree`]) instead of the workspace.
+    pub trees: HashMap<String, workspace::BranchTree>,
 }
 
 /// The handoff chosen for one agent, with what the rest of aggregation needs about it.
@@ -369,10 +372,18 @@ fn check_files(chosen: &[Chosen], input: &Input) -> Files {
     for (i, c) in chosen.iter().enumerate() {
         let mut files = Vec::new();
         let mut mine: HashSet<String> = HashSet::new();
+        let tree = input.trees.get(c.agent).filter(|_| c.known);
+        if let Some(t) = tree {
+            t.preload(&c.cwd, &c.handoff.deliverables.files);
+        }
         for listed in &c.handoff.deliverables.files {
             let cached =
                 |p: &Path| cache.borrow_mut().entry(p.to_path_buf()).or_insert_with(|| (input.locate)(p)).clone();
-            let (path, state) = match workspace::judge(input.workspace, &c.cwd, listed, &cached) {
+            let verdict = match tree {
+                Some(t) => t.judge(&c.cwd, listed),
+                None => workspace::judge(input.workspace, &c.cwd, listed, &cached),
+            };
+            let (path, state) = match verdict {
                 workspace::Verdict::Outside { full, .. } => {
                     (full.to_string_lossy().into_owned(), FileState::OutsideWorkspace)
                 }

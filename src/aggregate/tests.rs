@@ -73,6 +73,7 @@ fn run_with(
         human,
         branches: vec![],
         merges: vec![],
+        trees: Default::default(),
     });
     (r, asked.into_inner())
 }
@@ -582,6 +583,7 @@ fn scales_to_a_thousand_handoffs() {
         human: vec![],
         branches: vec![],
         merges: vec![],
+        trees: Default::default(),
     });
     let c = &r.counts;
     assert_eq!((c.agents, c.aggregated, c.failed, c.missing), (N, N, 0, 0));

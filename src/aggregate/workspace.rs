@@ -4,6 +4,12 @@
 //! already leaves the workspace (absolute elsewhere, `..` escapes) is flagged before the
 //! filesystem is asked anything about it; one inside by its text is then followed link by
 //! link (metadata only, never content), and flagged if it leads out.
+//!
+//! A worktree agent's deliverables are what its branch holds, not what any checkout has
+//! on disk: a listed path (relative to the agent's cwd in its worktree, or absolute in
+//! the worktree or in the repository's own checkout) names a file of the branch's tree at
+//! its tip, asked of git ([`BranchTree`]); a file only written, never committed, or one
+//! that is only in the main checkout, is missing. Such files are named `<branch>:<path>`.
 
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
@@ -134,6 +140,151 @@ impl OnDisk {
             Ok((real, _)) => Found::Escapes(real),
             // A loop of links leads nowhere.
             Err(_) => Found::Missing,
+        }
+    }
+}
+
+/// What one path is in a branch's tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    File,
+    Dir,
+    /// A symlink, with its target.
+    Link(String),
+    Missing,
+}
+
+/// A worktree agent's branch, the files of its tip asked of git path by path (each path
+/// once; the listed ones in one call with [`BranchTree::preload`]).
+pub struct BranchTree {
+    repo: PathBuf,
+    branch: String,
+    /// The agent's worktree: listed paths are placed against it.
+    root: PathBuf,
+    known: std::cell::RefCell<std::collections::HashMap<String, Entry>>,
+}
+
+impl BranchTree {
+    pub fn new(repo: &Path, branch: &str, root: &Path) -> Self {
+        Self {
+            repo: repo.to_path_buf(),
+            branch: branch.to_string(),
+            root: normalize(root),
+            known: Default::default(),
+        }
+    }
+
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    /// `listed` as a path in the worktree: one absolute in the repository's own checkout
+    /// names the same file of the tree.
+    fn in_worktree(&self, listed: &str) -> String {
+        let p = normalize(Path::new(listed));
+        if p.is_absolute()
+            && !p.starts_with(&self.root)
+            && let Ok(rel) = p.strip_prefix(normalize(&self.repo))
+        {
+            return self.root.join(rel).to_string_lossy().into_owned();
+        }
+        listed.to_string()
+    }
+
+    /// Asks git about these paths (relative to the worktree) at once.
+    pub fn preload(&self, cwd: &Path, listed: &[String]) {
+        let rels: Vec<String> = listed
+            .iter()
+            .filter_map(|l| match place(&self.root, cwd, &self.in_worktree(l)) {
+                Placed::Inside { relative, .. } => Some(relative),
+                Placed::Outside { .. } => None,
+            })
+            .filter(|r| !self.known.borrow().contains_key(r))
+            .collect();
+        self.ask(&rels);
+    }
+
+    fn ask(&self, rels: &[String]) {
+        if rels.is_empty() {
+            return;
+        }
+        let mut args = vec!["--literal-pathspecs", "ls-tree", "-z", self.branch.as_str(), "--"];
+        args.extend(rels.iter().map(String::as_str));
+        let out = crate::worktree::git(&self.repo, &args).unwrap_or_default();
+        let mut known = self.known.borrow_mut();
+        for r in rels {
+            known.insert(r.clone(), Entry::Missing);
+        }
+        for rec in out.split('\0').filter(|r| !r.is_empty()) {
+            let Some((meta, path)) = rec.split_once('\t') else { continue };
+            let mut m = meta.split(' ');
+            let (mode, kind, id) = (m.next().unwrap_or_default(), m.next().unwrap_or_default(), m.next());
+            let entry = match (mode, kind) {
+                ("120000", _) => Entry::Link(
+                    id.and_then(|id| crate::worktree::git(&self.repo, &["cat-file", "blob", id]).ok())
+                        .unwrap_or_default(),
+                ),
+                (_, "tree") => Entry::Dir,
+                _ => Entry::File,
+            };
+            known.insert(path.to_string(), entry);
+        }
+        if rels.iter().any(|r| r == ".") {
+            known.insert(".".into(), Entry::Dir);
+        }
+    }
+
+    fn entry(&self, rel: &str) -> Entry {
+        if let Some(e) = self.known.borrow().get(rel) {
+            return e.clone();
+        }
+        self.ask(&[rel.to_string()]);
+        self.known.borrow().get(rel).cloned().unwrap_or(Entry::Missing)
+    }
+
+    /// [`Found`] for a normalized path inside the worktree, from the branch's tree: symlinks
+    /// are followed in the tree, and one leading out of it escapes.
+    pub fn locate(&self, full: &Path) -> Found {
+        let mut rel = match full.strip_prefix(&self.root) {
+            Ok(r) if r.as_os_str().is_empty() => ".".to_string(),
+            Ok(r) => r.to_string_lossy().into_owned(),
+            Err(_) => return Found::Escapes(full.to_path_buf()),
+        };
+        for _ in 0..40 {
+            match self.entry(&rel) {
+                Entry::File | Entry::Dir => return Found::Exists,
+                Entry::Missing => return Found::Missing,
+                Entry::Link(target) => {
+                    let parent = Path::new(&rel).parent().unwrap_or(Path::new("")).to_path_buf();
+                    let next = normalize(&self.root.join(parent).join(&target));
+                    match next.strip_prefix(&self.root) {
+                        Ok(r) if !r.as_os_str().is_empty() => rel = r.to_string_lossy().into_owned(),
+                        Ok(_) => return Found::Exists,
+                        Err(_) => return Found::Escapes(next),
+                    }
+                }
+            }
+        }
+        Found::Missing
+    }
+
+    /// [`judge`] against the branch: the verdict names the file `<branch>:<path>`.
+    pub fn judge(&self, cwd: &Path, listed: &str) -> Verdict {
+        let named = |r: String| format!("{}:{r}", self.branch);
+        match judge(&self.root, cwd, &self.in_worktree(listed), &|p| self.locate(p)) {
+            Verdict::Exists { relative } => Verdict::Exists { relative: named(relative) },
+            Verdict::Missing { relative } => Verdict::Missing { relative: named(relative) },
+            v @ Verdict::Outside { .. } => v,
+        }
+    }
+
+    /// How the supervisor names a deliverable that fails against the branch.
+    pub fn failure(&self, cwd: &Path, listed: &str) -> Option<String> {
+        match self.judge(cwd, listed) {
+            Verdict::Missing { relative } => {
+                Some(format!("{listed} (not in branch {}: {relative} is not committed there)", self.branch))
+            }
+            v => v.failure(listed),
         }
     }
 }

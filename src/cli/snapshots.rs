@@ -145,6 +145,7 @@ fn aggregate_markdown_with_hostile_text() {
         human: vec![],
         branches: vec![],
         merges: vec![],
+        trees: Default::default(),
     });
     insta::assert_snapshot!(render_markdown(&report));
 }

@@ -41,7 +41,16 @@ pub fn build(t: Target, ids: &[String], role: Option<&str>) -> Result<Report, Fa
     let disk = aggregate::workspace::OnDisk::new(t.root);
     let locate = |p: &Path| disk.locate(p);
     let (branches, merges) = collect_branches(&views);
-    let input = Input { agents, handoffs, workspace: t.root, locate: &locate, human, branches, merges };
+    let trees = views
+        .iter()
+        .filter(|v| v.base_commit.is_some())
+        .filter_map(|v| {
+            let (tree, branch, repo) = (v.worktree.as_ref()?, v.branch.as_ref()?, v.repo.as_ref()?);
+            let t = aggregate::workspace::BranchTree::new(Path::new(repo), branch, Path::new(tree));
+            Some((v.agent_id.clone(), t))
+        })
+        .collect();
+    let input = Input { agents, handoffs, workspace: t.root, locate: &locate, human, branches, merges, trees };
     Ok(aggregate::aggregate(&input))
 }
 

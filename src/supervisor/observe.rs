@@ -369,21 +369,32 @@ impl Supervisor {
     }
 
     /// The newest handoff written during this attempt, and whether its files exist inside
-    /// the workspace (by the one rule `aggregate` uses too).
+    /// the workspace, or for a worktree agent in its branch (by the one rule `aggregate`
+    /// uses too; for a worktree agent one `git ls-tree` of the listed paths).
     fn handoff_facts(&mut self, id: &AgentId, attempt: u32) -> HandoffFacts {
         let Some(path) = self.attempt_handoff(id, attempt) else { return HandoffFacts::Absent };
         let cwd = self.agents[id].agent.spec.cwd.clone();
         match files::read_handoff(self.data.root(), &path) {
             Err(e) => HandoffFacts::Unreadable(e),
             Ok(h) => {
-                let workspace = &self.ws.root;
-                let disk = workspace::OnDisk::new(workspace);
-                let failing: Vec<String> = h
-                    .deliverables
-                    .files
-                    .iter()
-                    .filter_map(|f| workspace::judge(workspace, &cwd, f, &|p| disk.locate(p)).failure(f))
-                    .collect();
+                let agent = &self.agents[id].agent;
+                let listed = &h.deliverables.files;
+                let failing: Vec<String> = match (&agent.spec.worktree, &agent.base_commit) {
+                    // A worktree agent's deliverables are what its branch holds.
+                    (Some(w), Some(_)) if !listed.is_empty() => {
+                        let tree = workspace::BranchTree::new(&w.repo, &w.branch, &w.path);
+                        tree.preload(&cwd, listed);
+                        listed.iter().filter_map(|f| tree.failure(&cwd, f)).collect()
+                    }
+                    _ => {
+                        let workspace = &self.ws.root;
+                        let disk = workspace::OnDisk::new(workspace);
+                        listed
+                            .iter()
+                            .filter_map(|f| workspace::judge(workspace, &cwd, f, &|p| disk.locate(p)).failure(f))
+                            .collect()
+                    }
+                };
                 if failing.is_empty() { HandoffFacts::Valid } else { HandoffFacts::MissingFiles(failing) }
             }
         }
