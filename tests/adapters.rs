@@ -386,3 +386,66 @@ fn a_burst_of_rate_limits_lowers_the_providers_concurrency_then_it_recovers() {
     );
     assert!(all.contains("\"provider_lowered\""), "{all}");
 }
+
+/// A fake `codex` that reports one turn's usage, then works on (sleeps) for a long while.
+fn codex_then_sleep(ws: &Ws, input: u64, output: u64) -> String {
+    let lines = ws.path().join("turn.jsonl");
+    std::fs::write(
+        &lines,
+        format!(
+            "{}\n{}\n{}\n",
+            r#"{"type":"thread.started","thread_id":"0199a213-81c0-7800-8aa1-bbab2a035a62"}"#,
+            r#"{"type":"turn.started"}"#,
+            format_args!(r#"{{"type":"turn.completed","usage":{{"input_tokens":{input},"output_tokens":{output}}}}}"#),
+        ),
+    )
+    .unwrap();
+    let dir = ws.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("codex");
+    std::fs::write(&path, format!("#!/bin/sh\ncat '{}'\nexec sleep 60\n", lines.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn usage_shows_while_the_agent_runs() {
+    let ws = Ws::with_config(Some(&format!(
+        "{FAST}\n[roles.W]\nresult_grace = \"5m\"\ntoken_prices = {{ input = 1.0, output = 2.0 }}\n"
+    )));
+    let codex = codex_then_sleep(&ws, 1000, 500);
+    let id = ws.spawn("W", &[&codex, "exec", "--json"]);
+    let mut s = serde_json::Value::Null;
+    assert!(
+        wait_until(secs(15), || {
+            s = ws.agent(&id);
+            s["turns"] == 1
+        }),
+        "the turn is shown before the agent ends: {s}"
+    );
+    assert_eq!(s["status"], "running", "{s}");
+    assert_eq!(s["tokens"]["input"], 1000, "{s}");
+    assert_eq!(s["tokens"]["output"], 500, "{s}");
+    let cost = s["costUsd"].as_f64().expect("costUsd");
+    assert!((cost - 0.002).abs() < 1e-9, "{s}");
+    assert_eq!(ws.show(&id)["attempts"][0]["turns"], 1);
+    ws.ok(&["kill", &id]);
+}
+
+#[test]
+fn a_budget_stops_the_agent_while_it_works_not_at_its_end() {
+    let ws = Ws::with_config(Some(&format!(
+        "{FAST}\n[roles.W]\nresult_grace = \"5m\"\nmax_tokens = 1000\nmax_retries = 3\n"
+    )));
+    let codex = codex_then_sleep(&ws, 1000, 500);
+    let started = std::time::Instant::now();
+    let id = ws.spawn("W", &[&codex, "exec", "--json"]);
+    let s = ws.wait_state(&id, &["complete", "failed", "escalated"], secs(40));
+    assert_eq!(s["status"], "escalated", "{s}");
+    assert!(started.elapsed() < secs(30), "stopped while it slept, not at its end: {:?}", started.elapsed());
+    let a = &ws.show(&id)["attempts"][0];
+    assert_eq!(a["failureType"], "budget", "{a}");
+    assert!(a["reason"].as_str().unwrap().contains("max_tokens"), "{a}");
+    assert_eq!(s["tokens"]["output"], 500, "{s}");
+}

@@ -415,6 +415,22 @@ fn attempt_stream(agent: &Agent, idx: usize, s: &crate::adapter::Summary) -> Att
     .or_resumed(agent.attempts[idx].stream.as_ref())
 }
 
+/// What the running attempt's stream says so far (its session, usage, cost and turns),
+/// recorded as it comes so the views show it live. Returns whether the record changed.
+/// The attempt's end records it again, whole; a budget overrun is stopped by the watcher.
+pub fn stream_seen(agent: &mut Agent, attempt: u32, s: &crate::adapter::Summary) -> bool {
+    let Some(idx) = agent.attempts.iter().position(|a| a.attempt == attempt) else { return false };
+    if agent.spec.adapter.is_none() || agent.attempts[idx].ended().is_some() {
+        return false;
+    }
+    let rec = attempt_stream(agent, idx, s);
+    if agent.attempts[idx].stream.as_ref() == Some(&rec) {
+        return false;
+    }
+    agent.attempts[idx].stream = Some(rec);
+    true
+}
+
 /// The attempt's process is gone. Decides what the agent is now.
 pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now: &Now) -> Vec<Action> {
     let Some(idx) = agent.attempts.iter().position(|a| a.attempt == attempt) else { return vec![] };

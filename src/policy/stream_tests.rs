@@ -308,3 +308,25 @@ fn a_retry_after_a_transient_failure_or_a_limit_resumes_the_session_others_start
     again(&mut p, ExitFacts { output_tail: "network error".into(), ..end(1, None) }, S);
     assert!(p.attempts[1].stream.is_none());
 }
+
+#[test]
+fn the_stream_so_far_is_recorded_while_the_attempt_runs_and_not_after() {
+    let mut a = running(Adapter::Codex, 0);
+    let u = Usage { input: 100, output: 20, cost_usd: None, turns: Some(1), session_totals: false };
+    assert!(stream_seen(&mut a, 1, &summary(None, Some(u))));
+    let s = a.attempts[0].stream.as_ref().unwrap();
+    assert_eq!((s.tokens.unwrap().input, s.turns, s.session_id.as_deref()), (100, Some(1), Some("s1")));
+    // The same summary again changes nothing (nothing to write); another attempt's is ignored.
+    assert!(!stream_seen(&mut a, 1, &summary(None, Some(u))));
+    assert!(!stream_seen(&mut a, 2, &summary(None, Some(u))));
+    let more = Usage { input: 300, output: 50, turns: Some(2), ..u };
+    assert!(stream_seen(&mut a, 1, &summary(None, Some(more))));
+    assert_eq!(a.attempts[0].stream.as_ref().unwrap().turns, Some(2));
+    // Once ended, the end's record stands.
+    exit(&mut a, end(0, Some(summary(Some(ok_result()), Some(more)))), 5 * S);
+    assert!(!stream_seen(&mut a, 1, &summary(None, Some(u))));
+    assert_eq!(a.attempts[0].stream.as_ref().unwrap().tokens.unwrap().input, 300);
+    // A plain agent has no stream to record.
+    let mut plain = running(Adapter::None, 0);
+    assert!(!stream_seen(&mut plain, 1, &summary(None, Some(u))));
+}

@@ -104,7 +104,8 @@ pub fn run(ws: Workspace, data: DataDir, rebuild: bool) -> anyhow::Result<()> {
         let mut sup = daemon::Supervisor::new(ws, data.clone(), Box::new(store), io, tx.clone(), socket.clone());
         sup.identity = Some(ident.clone());
         sup.rebuild = rebuild;
-        let watched = [data.status_dir(), data.handoff_dir()];
+        // The run dir for adapter agents' observations: usage is shown as it is written.
+        let watched = [data.status_dir(), data.handoff_dir(), data.run_dir()];
         let _watcher = watch::watch(data.root(), ident.root_id(), &watched, sup.written.clone(), tx.clone())
             .context("cannot watch the status and handoff directories")?;
         sup.load()?;

@@ -51,8 +51,24 @@ impl Supervisor {
             }
             return;
         }
+        if path == self.data.run_dir() {
+            for id in self.order.clone() {
+                if let Some(n) = self.agents[&id].agent.current().map(|a| a.attempt) {
+                    self.stream_written(&id, n);
+                }
+            }
+            return;
+        }
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { return };
-        if path.parent() == Some(self.data.status_dir().as_path()) {
+        if path.parent() == Some(self.data.run_dir().as_path()) {
+            // `<id>.<attempt>.obs`: what an adapter agent's watcher made of its stream.
+            if let Some((id, n)) = name.strip_suffix(".obs").and_then(|s| s.rsplit_once('.'))
+                && let (Ok(id), Ok(n)) = (AgentId::parse(id), n.parse::<u32>())
+                && self.agents.contains_key(&id)
+            {
+                self.stream_written(&id, n);
+            }
+        } else if path.parent() == Some(self.data.status_dir().as_path()) {
             if let Some(id) = name.strip_suffix(".json").and_then(|s| AgentId::parse(s).ok())
                 && self.agents.contains_key(&id)
             {
@@ -64,6 +80,30 @@ impl Supervisor {
         {
             live.handoffs.push(path.clone());
             self.emit(Some(&owner), "handoff", serde_json::json!({ "file": path }));
+        }
+    }
+
+    /// Takes in an adapter agent's observations of its running attempt `n` as they are
+    /// written: progress, and the usage, cost and turns so far. The file is a fixed slot
+    /// and one folded line, so this reads only what there is to know now.
+    pub fn stream_written(&mut self, id: &AgentId, n: u32) {
+        let Some(live) = self.agents.get(id) else { return };
+        let a = &live.agent;
+        if a.spec.adapter.is_none()
+            || !a.state.has_live_process()
+            || a.current().is_none_or(|c| c.attempt != n || c.ended().is_some())
+        {
+            return;
+        }
+        let info = super::stream::StreamInfo::read(&self.data.attempt_file(id, n, "run"));
+        let live = self.agents.get_mut(id).expect("present");
+        if let Some(mono) = info.progress {
+            lifecycle::progress_seen(&mut live.agent, mono);
+        }
+        if let Some(s) = info.summary
+            && lifecycle::stream_seen(&mut live.agent, n, &s)
+        {
+            self.mark_dirty(id);
         }
     }
 

@@ -159,9 +159,10 @@ impl Dirs {
     }
 }
 
+/// Status files and handoffs (`.json`), and adapter agents' observation files (`.obs`).
 fn visible(name: &OsStr) -> bool {
     let b = name.as_bytes();
-    b.ends_with(b".json") && !b.starts_with(b".")
+    (b.ends_with(b".json") || b.ends_with(b".obs")) && !b.starts_with(b".")
 }
 
 /// Watches `dirs` (directories below the data dir `root`, whose identity is `root_id`), and
