@@ -107,7 +107,7 @@ pub fn run(ws: Workspace, data: DataDir, rebuild: bool) -> anyhow::Result<()> {
         // The run dir for adapter agents' observations: usage is shown as it is written.
         let watched = [data.status_dir(), data.handoff_dir(), data.run_dir()];
         let _watcher = watch::watch(data.root(), ident.root_id(), &watched, sup.written.clone(), tx.clone())
-            .context("cannot watch the status and handoff directories")?;
+            .context("cannot watch the status, handoff and run directories")?;
         sup.load()?;
         tokio::spawn(server::serve(listener, tx.clone(), sup.events.clone(), fd_limit, sup.clients.clone()));
         let stop_tx = tx.clone();

@@ -1,5 +1,6 @@
-//! Turns writes in `agent-status/` and `handoffs/` into supervisor messages (inotify): a
-//! status write is seen in milliseconds, with no polling tick.
+//! Turns writes in `agent-status/` and `handoffs/` (and adapter agents' observation files
+//! in `run/`) into supervisor messages (inotify): a status write is seen in milliseconds,
+//! with no polling tick.
 //!
 //! Writes are coalesced: the files written since the supervisor last looked wait in one set,
 //! and the supervisor is woken once for all of them. An agent rewriting its status file
@@ -347,5 +348,38 @@ mod tests {
         std::fs::write(status.join("c.json"), "{}").unwrap();
         assert!(wait_for(&pending, &status.join("c.json")));
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod obs_tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn observation_files_rewritten_in_place_are_seen_and_other_run_files_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("data");
+        let run = root.join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(root.join("corral.db"), "").unwrap();
+        let obs = run.join("agent-001-W.1.obs");
+        std::fs::write(&obs, "{}\n").unwrap();
+        let pending: Pending = Default::default();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let root_id = crate::supervisor::identity::file_id(&root, true).unwrap();
+        let _w = watch(&root, root_id, std::slice::from_ref(&run), pending.clone(), tx).unwrap();
+        std::fs::write(run.join("agent-001-W.1.run"), "x").unwrap();
+        // Written in place, as the watcher of an attempt rewrites it: seen.
+        let f = std::fs::OpenOptions::new().write(true).open(&obs).unwrap();
+        f.write_all_at(b"[]", 0).unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while !pending.lock().unwrap().seen.contains(&obs) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let seen = take(&pending);
+        assert!(seen.contains(&obs), "{seen:?}");
+        assert!(!seen.iter().any(|p| p.extension().is_some_and(|e| e == "run")), "{seen:?}");
     }
 }
