@@ -499,13 +499,11 @@ impl Supervisor {
             && self.agents.values().all(|l| l.agent.state.is_finished())
     }
 
-    /// Nothing of a run is left: no agent queued, starting, running, waiting or backing off,
-    /// and no work or shim start pending.
+    /// Nothing of a run is left: no agent queued, starting, running, waiting or backing off.
+    /// By the agents' states alone (an agent whose shim or worktree is on its way is not
+    /// finished): a late handshake of an attempt that already ended never holds a run open.
     pub(crate) fn nothing_left(&self) -> bool {
-        self.launches.is_empty()
-            && self.work.is_empty()
-            && self.prepare.preparing.is_empty()
-            && self.agents.values().all(|l| l.agent.state.is_finished())
+        self.agents.values().all(|l| l.agent.state.is_finished())
     }
 
     /// Starts or ends the idle period after a turn; a request (any message) starts it anew.

@@ -522,3 +522,43 @@ fn events_reach_the_hooks_that_asked_for_them() {
         "no hook asked for all-finished or retries"
     );
 }
+
+/// `all_finished` is recorded once when the last agent of a run finishes, never while one is
+/// still queued or running, again for a later run, and a run a restart interrupted goes on.
+#[test]
+fn all_finished_is_recorded_once_per_run_and_a_restart_keeps_the_run() {
+    let finished = |store: &MemRegistry| -> Vec<serde_json::Value> {
+        store.0.borrow().events.iter().filter(|e| e.kind == "all_finished").map(|e| e.data.clone()).collect()
+    };
+    let mut r = rig("[health]\nmax_concurrent = 1\n");
+    r.spawn("r1");
+    r.spawn("r2");
+    r.answer("r1", 1);
+    r.end("r1", ProcessEnd::Exited { code: 0 });
+    r.sup.persist().unwrap();
+    assert!(finished(&r.store).is_empty(), "r2 is still to run");
+    r.answer("r2", 2);
+    r.end("r2", ProcessEnd::Exited { code: 0 });
+    r.sup.persist().unwrap();
+    let f = finished(&r.store);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["agents"], 2);
+    assert_eq!(f[0]["states"]["complete"], 2);
+    r.sup.persist().unwrap();
+    assert_eq!(finished(&r.store).len(), 1, "once per run");
+
+    // A new run, interrupted by a restart: it ends when its last agent does.
+    r.spawn("r3");
+    r.answer("r3", 3);
+    r.sup.persist().unwrap();
+    let Rig { sup, io, store, dir, .. } = r;
+    drop(sup);
+    let mut r = rig_with("[health]\nmax_concurrent = 1\n", store, io, dir);
+    assert_eq!(r.state("r3"), AgentState::Running);
+    r.end("r3", ProcessEnd::Exited { code: 0 });
+    assert_eq!(r.state("r3"), AgentState::Complete);
+    r.sup.persist().unwrap();
+    let f = finished(&r.store);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert_eq!(f[1]["agents"], 1);
+}
