@@ -371,6 +371,44 @@ fn worktree_agents_deliverables_are_what_their_branch_holds_not_any_checkout() {
     assert_eq!(files(&committed)[0]["state"], "exists", "{r:#}");
 }
 
+#[test]
+fn kill_9_while_a_cleaned_worktree_is_made_again_makes_it_once_more_before_the_retry_runs() {
+    let cfg = format!("{WT}worktree_setup = [\"sh\", \"-c\", \"sleep 0.5; touch .setup-done\"]\n");
+    let ws = repo(&cfg);
+    let log = ws.path().join("starts.log");
+    // The setup's mark is ignored, so the worktree is clean for `corral clean`.
+    std::fs::write(ws.path().join(".gitignore"), ".corral/\n.setup-done\n").unwrap();
+    git(ws.path(), &["commit", "-qam", "ignore the setup's mark"]);
+    // Commits work (never the setup's mark), so its branch is kept when its tree is removed.
+    let ids: String = GIT_ID.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    let script = format!(
+        "test -f .setup-done || exit 9; echo $CORRAL_AGENT_ID >> {}; echo x >> work.txt && git add work.txt && \
+         {ids} git commit -qm work",
+        log.display()
+    );
+    let id = ws.spawn("W", &["sh", "-c", &script]);
+    ws.wait_state(&id, &["complete"], SECS(30));
+    ws.ok(&["clean", "--worktrees"]);
+    let tree = ws.data.join("worktrees").join(&id);
+    assert!(!tree.exists());
+    ws.ok(&["retry", &id]);
+    let pid = ws.daemon_pid();
+    // Killed while the worktree is made again (its setup takes 0.5s).
+    assert!(wait_until(SECS(10), || tree.exists()));
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(SECS(5), || !alive(pid)));
+    assert!(!tree.join(".setup-done").exists(), "caught half-made");
+    ws.wait_state(&id, &["complete"], SECS(30));
+    assert_eq!(starts(&ws), vec![id.clone(), id.clone()], "started once before the clean and once after, never in the half-made tree");
+    let show = ws.show(&id);
+    assert_eq!(show["attempts"].as_array().unwrap().len(), 2, "{show}");
+    let dirs: Vec<String> = std::fs::read_dir(ws.data.join("worktrees"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs, vec![id.clone()], "no mark or leftover stays");
+}
+
 /// The agents' starts, one line each, written outside their worktrees.
 fn starts(ws: &Ws) -> Vec<String> {
     std::fs::read_to_string(ws.path().join("starts.log")).unwrap_or_default().lines().map(str::to_string).collect()
@@ -395,10 +433,26 @@ fn kill_9_while_worktrees_are_made_uses_no_half_made_one_and_leaks_none() {
     // that no agent owns, and git's record of a worktree whose directory is gone.
     let stray = trees_dir.join("agent-099-W");
     std::fs::create_dir_all(&stray).unwrap();
+    // (The killed supervisor's `git worktree add` may still be finishing: git refuses
+    // another one meanwhile.)
+    let add = |d: &Path| {
+        let ok = || {
+            Command::new("git")
+                .arg("-C")
+                .arg(ws.path())
+                .args(["worktree", "add", "-q", "--detach"])
+                .arg(d)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(wait_until(SECS(10), ok), "git worktree add {}", d.display());
+    };
     let unowned = trees_dir.join("agent-098-W");
-    git(ws.path(), &["worktree", "add", "-q", "--detach", &unowned.to_string_lossy()]);
+    add(&unowned);
     let vanished = trees_dir.join("agent-097-W");
-    git(ws.path(), &["worktree", "add", "-q", "--detach", &vanished.to_string_lossy()]);
+    add(&vanished);
     std::fs::remove_dir_all(&vanished).unwrap();
     for id in &ids {
         ws.wait_state(id, &["complete"], SECS(30));

@@ -77,7 +77,7 @@ pub fn reserve_ports(sup: &Supervisor, n: u16) -> Option<(u16, u16)> {
 /// yet, or made and since removed (its directory is gone: it is made again on its branch).
 pub fn needed(sup: &Supervisor, id: &AgentId) -> bool {
     sup.agents.get(id).is_some_and(|l| match &l.agent.spec.worktree {
-        Some(w) => l.agent.base_commit.is_none() || !w.path.is_dir(),
+        Some(w) => l.agent.base_commit.is_none() || !w.path.is_dir() || worktree::making(&w.path).exists(),
         None => false,
     })
 }
@@ -115,11 +115,9 @@ pub fn begin(sup: &mut Supervisor, id: &AgentId, n: u32) {
         let (jtx, jrx) = mpsc::channel::<(AgentId, u32, Prepare)>();
         let spawned = std::thread::Builder::new().name("corral-worktrees".into()).spawn(move || {
             for (id, attempt, job) in jrx {
+                // A failure leaves nothing, and a branch with work on it (one being made
+                // again) is never deleted.
                 let result = worktree::prepare(&job);
-                if result.is_err() {
-                    // A branch with work on it (one being made again) is never deleted.
-                    worktree::discard(&job.repo, &job.path, (!job.restore).then_some(job.branch.as_str()));
-                }
                 let _ = tx.send(Msg::Prepared { id, attempt, result });
             }
         });
@@ -236,6 +234,8 @@ enum Orphan {
     /// No live agent owns it (unknown, or cleaned): removed unless it has uncommitted
     /// changes, which are reported instead; a branch is never deleted here.
     Unowned { repo: PathBuf, path: PathBuf },
+    /// Half-made again on its existing branch: removed, the branch kept.
+    Remade { repo: PathBuf, path: PathBuf },
 }
 
 /// At start: worktrees in the worktree directory that no agent owns with a finished
@@ -263,6 +263,16 @@ pub fn prune_orphans(sup: &Supervisor) {
     for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let path = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            // A `making` mark whose worktree is gone and that no agent will make again.
+            if let Some(tree) = name.strip_suffix(".making").map(|n| dir.join(n))
+                && !tree.exists()
+                && owned.get(&tree).is_none_or(|a| a.state.is_finished())
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         // Only what corral names: a directory of someone else's is never touched.
         if let Some(pid) = name.strip_prefix("merge-").and_then(|p| p.parse::<i32>().ok()) {
             // `corral merge`'s own worktree, left by a merge that died.
@@ -282,6 +292,10 @@ pub fn prune_orphans(sup: &Supervisor) {
                 match (a.base_commit.is_some(), a.state.is_finished(), a.cleaned_at.is_some()) {
                     // Cleaned, yet still here (kept for its changes, or its removal failed).
                     (true, _, true) => orphans.push(Orphan::Unowned { repo: w.repo.clone(), path }),
+                    // Caught being made again on its branch, and nobody will finish it.
+                    (true, true, false) if worktree::making(&path).exists() => {
+                        orphans.push(Orphan::Remade { repo: w.repo.clone(), path })
+                    }
                     (true, _, false) => {}
                     // To be made again before the agent's next attempt, which removes it first.
                     (false, false, _) => {}
@@ -304,6 +318,11 @@ pub fn prune_orphans(sup: &Supervisor) {
             match o {
                 Orphan::HalfMade { repo, path, branch } => {
                     worktree::discard(&repo, &path, Some(&branch));
+                    removed.push(path);
+                }
+                Orphan::Remade { repo, path } => {
+                    worktree::discard(&repo, &path, None);
+                    let _ = std::fs::remove_file(worktree::making(&path));
                     removed.push(path);
                 }
                 Orphan::Unowned { repo, path } => {

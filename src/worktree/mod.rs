@@ -86,6 +86,34 @@ pub struct PrepareError {
 /// Returns the commit it was made from.
 pub fn prepare(p: &Prepare) -> Result<String, PrepareError> {
     let fail = |message: String| PrepareError { permanent: false, message };
+    if p.restore {
+        // Made again, the worktree is half-made until this is gone (see `making`).
+        if let Some(parent) = p.path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        std::fs::write(making(&p.path), b"")
+            .map_err(|e| fail(format!("cannot write {}: {e}", making(&p.path).display())))?;
+    }
+    let made = make(p);
+    if made.is_err() {
+        discard(&p.repo, &p.path, if p.restore { None } else { Some(&p.branch) });
+    }
+    // Made, or removed: either way not half-made.
+    let _ = std::fs::remove_file(making(&p.path));
+    made
+}
+
+/// The mark of a worktree being made again on its branch, next to it: a supervisor killed
+/// meanwhile finds it, and makes the worktree once more before any attempt uses it. (A
+/// worktree made the first time needs none: it counts as made once its base is recorded.)
+pub fn making(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".making");
+    path.with_file_name(name)
+}
+
+fn make(p: &Prepare) -> Result<String, PrepareError> {
+    let fail = |message: String| PrepareError { permanent: false, message };
     discard(&p.repo, &p.path, if p.restore { None } else { Some(&p.branch) });
     let spec = format!("{}^{{commit}}", p.base);
     let base = git(&p.repo, &["rev-parse", "--verify", "--quiet", &spec])
