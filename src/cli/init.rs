@@ -120,6 +120,8 @@ breaker_cooldown = "1m"       # then one probe spawn; its success closes the bre
 # min_free_memory = "512MiB"  # hold spawns while MemAvailable is lower
 # max_load = 8.0              # hold spawns while the 1-minute load average is higher
 # max_open_escalations = 3    # hold spawns while this many escalations are open
+# provider_max_concurrent = 4 # agents of one provider (anthropic, openai) at once; a burst
+# provider_recovery = "1m"    #   of rate limits lowers it for a while, up one per quiet period
 
 [mcp]
 # allow_raw_commands = false     # true: spawn_agent may run an argv the MCP client gives
