@@ -219,7 +219,10 @@ impl Supervisor {
         let summary: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {}", k.replace('_', " "))).collect();
         let reason =
             format!("{} agent{} finished: {}", run.len(), if run.len() == 1 { "" } else { "s" }, summary.join(", "));
-        self.emit(None, "all_finished", json!({ "agents": run.len(), "states": counts, "reason": reason }));
+        // Recorded only where a hook asked for it: without hooks the event log stays as it was.
+        if self.ws.config.notify.iter().any(|h| h.on.contains(&NotifyOn::AllFinished)) {
+            self.emit(None, "all_finished", json!({ "agents": run.len(), "states": counts, "reason": reason }));
+        }
     }
 
     /// After a commit: the notifications it recorded go to their hooks' workers.

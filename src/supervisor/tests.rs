@@ -530,7 +530,8 @@ fn all_finished_is_recorded_once_per_run_and_a_restart_keeps_the_run() {
     let finished = |store: &MemRegistry| -> Vec<serde_json::Value> {
         store.0.borrow().events.iter().filter(|e| e.kind == "all_finished").map(|e| e.data.clone()).collect()
     };
-    let mut r = rig("[health]\nmax_concurrent = 1\n");
+    const CONFIG: &str = "[health]\nmax_concurrent = 1\n[[notify]]\non = [\"all-finished\"]\ncommand = [\"true\"]\n";
+    let mut r = rig(CONFIG);
     r.spawn("r1");
     r.spawn("r2");
     r.answer("r1", 1);
@@ -553,7 +554,7 @@ fn all_finished_is_recorded_once_per_run_and_a_restart_keeps_the_run() {
     r.sup.persist().unwrap();
     let Rig { sup, io, store, dir, .. } = r;
     drop(sup);
-    let mut r = rig_with("[health]\nmax_concurrent = 1\n", store, io, dir);
+    let mut r = rig_with(CONFIG, store, io, dir);
     assert_eq!(r.state("r3"), AgentState::Running);
     r.end("r3", ProcessEnd::Exited { code: 0 });
     assert_eq!(r.state("r3"), AgentState::Complete);
