@@ -89,7 +89,7 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp, gauges: &
         exit_code: last_end.and_then(|(_, e)| e.exit_code()),
         signal: last_end.and_then(|(_, e)| e.signal()),
         spawned_at: a.spec.spawned_at.clone(),
-        cwd: a.spec.cwd.display().to_string(),
+        cwd: a.spec.cwd.to_string_lossy().into_owned(),
         ended_at: if a.state.is_finished() { last_end.map(|(t, _)| t.to_string()) } else { None },
         unreadable: live.report_error.clone(),
         next_attempt_in_seconds: next_in,
@@ -216,20 +216,43 @@ pub fn status(sup: &Supervisor, ids: &[String], role: Option<&str>) -> Reply {
     // Named agents are found even when cleaned; the default set skips cleaned ones
     // without walking them.
     let walk = if wanted.is_empty() { &sup.shown } else { &sup.order };
-    let views: Vec<AgentView> = walk
-        .iter()
-        .filter(|id| wanted.is_empty() || wanted.contains(id))
-        .map(|id| &sup.agents[id])
-        .filter(|l| role.is_none_or(|r| l.agent.spec.role == r))
-        .map(|l| agent_view(sup, l, now, &gauges))
-        .collect();
-    let mut views = views;
-    if !ids.is_empty() && wanted.is_empty() {
-        views.clear();
+    let lives: Vec<&Live> = if !ids.is_empty() && wanted.is_empty() {
+        Vec::new()
+    } else {
+        walk.iter()
+            .filter(|id| wanted.is_empty() || wanted.contains(id))
+            .map(|id| &sup.agents[id])
+            .filter(|l| role.is_none_or(|r| l.agent.spec.role == r))
+            .collect()
+    };
+    let unreadable: Vec<_> = if ids.is_empty() { sup.unreadable.iter().collect() } else { quarantined };
+    let unreadable = unreadable.into_iter().filter(|u| role.is_none_or(|r| u.role == r)).collect();
+    Reply::ok(Views { sup, lives, unreadable, now, gauges })
+}
+
+/// The agents' views, each built as it is written out: a status of thousands of agents
+/// never holds them all at once (building, holding and freeing them cost more than the
+/// writing).
+struct Views<'a> {
+    sup: &'a Supervisor,
+    lives: Vec<&'a Live>,
+    unreadable: Vec<&'a crate::store::Unreadable>,
+    now: jiff::Timestamp,
+    gauges: Gauges,
+}
+
+impl serde::Serialize for Views<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.lives.len() + self.unreadable.len()))?;
+        for l in &self.lives {
+            seq.serialize_element(&agent_view(self.sup, l, self.now, &self.gauges))?;
+        }
+        for u in &self.unreadable {
+            seq.serialize_element(&unreadable_view(self.sup, u))?;
+        }
+        seq.end()
     }
-    let unreadable = if ids.is_empty() { sup.unreadable.iter().collect() } else { quarantined };
-    views.extend(unreadable.into_iter().filter(|u| role.is_none_or(|r| u.role == r)).map(|u| unreadable_view(sup, u)));
-    Reply::ok(views)
 }
 
 pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
