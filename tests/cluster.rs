@@ -83,7 +83,10 @@ impl Pg {
                 return pg;
             }
         }
-        panic!("PostgreSQL did not start: {}", std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default());
+        panic!(
+            "PostgreSQL did not start: {}",
+            std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+        );
     }
 
     fn url(&self, db: &str) -> String {

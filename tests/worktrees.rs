@@ -331,13 +331,15 @@ fn worktree_agents_deliverables_are_what_their_branch_holds_not_any_checkout() {
     // Written into the workspace's own checkout (by relative and absolute name), never committed.
     let elsewhere = ws.spawn(
         "W",
-        &["sh", "-c", &format!("echo b > {main}/b.txt && corral handoff --deliverable b.txt --deliverable {main}/b.txt")],
+        &[
+            "sh",
+            "-c",
+            &format!("echo b > {main}/b.txt && corral handoff --deliverable b.txt --deliverable {main}/b.txt"),
+        ],
     );
     // Committed, and taken off its branch later.
-    let later = ws.spawn(
-        "W",
-        &["sh", "-c", &format!("echo c > c.txt && {} && corral handoff --deliverable c.txt", commit("c"))],
-    );
+    let later = ws
+        .spawn("W", &["sh", "-c", &format!("echo c > c.txt && {} && corral handoff --deliverable c.txt", commit("c"))]);
     ws.wait_state(&committed, &["complete"], SECS(30));
     ws.wait_state(&later, &["complete"], SECS(30));
     let v = ws.wait_state(&elsewhere, &["failed", "escalated"], SECS(30));
@@ -364,9 +366,8 @@ fn worktree_agents_deliverables_are_what_their_branch_holds_not_any_checkout() {
     assert_eq!(failures.len(), 1, "{r:#}");
     assert_eq!(failures[0]["agent"], later.as_str());
     assert_eq!(failures[0]["missing"], serde_json::json!([format!("corral/{later}:c.txt")]), "{r:#}");
-    let files = |id: &str| {
-        r["deliverables"].as_array().unwrap().iter().find(|d| d["agent"] == id).unwrap()["files"].clone()
-    };
+    let files =
+        |id: &str| r["deliverables"].as_array().unwrap().iter().find(|d| d["agent"] == id).unwrap()["files"].clone();
     assert_eq!(files(&committed)[0]["path"], format!("corral/{committed}:out.txt"), "{r:#}");
     assert_eq!(files(&committed)[0]["state"], "exists", "{r:#}");
 }
@@ -399,7 +400,11 @@ fn kill_9_while_a_cleaned_worktree_is_made_again_makes_it_once_more_before_the_r
     assert!(wait_until(SECS(5), || !alive(pid)));
     assert!(!tree.join(".setup-done").exists(), "caught half-made");
     ws.wait_state(&id, &["complete"], SECS(30));
-    assert_eq!(starts(&ws), vec![id.clone(), id.clone()], "started once before the clean and once after, never in the half-made tree");
+    assert_eq!(
+        starts(&ws),
+        vec![id.clone(), id.clone()],
+        "started once before the clean and once after, never in the half-made tree"
+    );
     let show = ws.show(&id);
     assert_eq!(show["attempts"].as_array().unwrap().len(), 2, "{show}");
     let dirs: Vec<String> = std::fs::read_dir(ws.data.join("worktrees"))

@@ -129,7 +129,10 @@ fn resets_as_the_clis_word_them() {
             "You've hit your usage limit. Try again at Dec 3rd, 2026 4:05 PM.",
             Some(Reset::Local { year: 2026, month: 12, day: 3, hour: 16, minute: 5 }),
         ),
-        ("Try again at Jan 1st, 2027 12:00 AM.", Some(Reset::Local { year: 2027, month: 1, day: 1, hour: 0, minute: 0 })),
+        (
+            "Try again at Jan 1st, 2027 12:00 AM.",
+            Some(Reset::Local { year: 2027, month: 1, day: 1, hour: 0, minute: 0 }),
+        ),
         ("try again in 2h 13m", Some(Reset::After { secs: 7980 })),
         ("Please try again in 45s.", Some(Reset::After { secs: 45 })),
         ("retry-after: 30", Some(Reset::After { secs: 30 })),

@@ -166,12 +166,7 @@ pub struct BranchTree {
 
 impl BranchTree {
     pub fn new(repo: &Path, branch: &str, root: &Path) -> Self {
-        Self {
-            repo: repo.to_path_buf(),
-            branch: branch.to_string(),
-            root: normalize(root),
-            known: Default::default(),
-        }
+        Self { repo: repo.to_path_buf(), branch: branch.to_string(), root: normalize(root), known: Default::default() }
     }
 
     pub fn branch(&self) -> &str {

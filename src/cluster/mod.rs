@@ -39,10 +39,7 @@ impl Database {
     /// line of the password file (which, as with libpq, is ignored when others may read it).
     pub fn parse(url: &str, env: &PasswordSources) -> Result<Self, String> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            format!(
-                "database URL {:?} is not valid: {e}; expected e.g. postgres://USER@HOST:5432/DB",
-                redact(url)
-            )
+            format!("database URL {:?} is not valid: {e}; expected e.g. postgres://USER@HOST:5432/DB", redact(url))
         })?;
         if config.get_user().is_none()
             && let Ok(user) = std::env::var("PGUSER").or_else(|_| std::env::var("USER"))
@@ -63,9 +60,11 @@ impl Database {
 
     /// Connects, running the connection's I/O on the current tokio runtime.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, String> {
-        let (client, conn) = self.config.connect(tokio_postgres::NoTls).await.map_err(|e| {
-            format!("cannot connect to the database at {}: {e}", self.describe())
-        })?;
+        let (client, conn) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("cannot connect to the database at {}: {e}", self.describe()))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });

@@ -246,11 +246,8 @@ enum Orphan {
 /// is reported (`worktree_kept`) instead. What happened comes back as `Msg::Pruned`.
 pub fn prune_orphans(sup: &Supervisor) {
     let dir = worktree_dir(sup);
-    let owned: HashMap<PathBuf, &crate::policy::agent::Agent> = sup
-        .agents
-        .values()
-        .filter_map(|l| Some((l.agent.spec.worktree.as_ref()?.path.clone(), &l.agent)))
-        .collect();
+    let owned: HashMap<PathBuf, &crate::policy::agent::Agent> =
+        sup.agents.values().filter_map(|l| Some((l.agent.spec.worktree.as_ref()?.path.clone(), &l.agent))).collect();
     let home = worktree::find_repo(&sup.ws.root);
     let mut repos: Vec<PathBuf> = home.iter().cloned().collect();
     for a in owned.values() {
@@ -276,7 +273,8 @@ pub fn prune_orphans(sup: &Supervisor) {
         // Only what corral names: a directory of someone else's is never touched.
         if let Some(pid) = name.strip_prefix("merge-").and_then(|p| p.parse::<i32>().ok()) {
             // `corral merge`'s own worktree, left by a merge that died.
-            let gone = pid > 0 && unsafe { libc::kill(pid, 0) } != 0
+            let gone = pid > 0
+                && unsafe { libc::kill(pid, 0) } != 0
                 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
             if let (true, Some(r)) = (gone, &home) {
                 orphans.push(Orphan::Unowned { repo: r.clone(), path });
