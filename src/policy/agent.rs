@@ -215,6 +215,20 @@ pub struct AttemptStream {
     /// This attempt continued the session of an earlier one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
+    /// The session it was started to continue: kept apart from `session_id`, which the
+    /// CLI's own output may change while the attempt runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+}
+
+impl AttemptStream {
+    /// The session this attempt was started to continue, if it was.
+    pub fn resumed_session(&self) -> Option<&str> {
+        if !self.resumed {
+            return None;
+        }
+        self.resumed_from.as_deref().or(self.session_id.as_deref())
+    }
 }
 
 fn yes() -> bool {

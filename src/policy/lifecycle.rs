@@ -190,7 +190,12 @@ fn begin_attempt(agent: &mut Agent, now: &Now, handoff_file: PathBuf) -> Vec<Act
     agent.attempts.push(Attempt {
         timeout_ms: Some(agent.spec.policy.attempt_timeout(budget_n)),
         context_note: agent.next_context.take(),
-        stream: resume.map(|id| AttemptStream { session_id: Some(id), resumed: true, ..Default::default() }),
+        stream: resume.map(|id| AttemptStream {
+            session_id: Some(id.clone()),
+            resumed: true,
+            resumed_from: Some(id),
+            ..Default::default()
+        }),
         ..Attempt::starting(n, now.wall.clone(), now.mono, handoff_file)
     });
     agent.state = AgentState::Running;
@@ -206,7 +211,7 @@ pub fn started(agent: &mut Agent, shim_pid: i32, pid: i32, now: &Now) -> Vec<Act
     }
     a.run = AttemptRun::Running { shim_pid, pid };
     let (n, timeout) = (a.attempt, a.timeout_ms);
-    let resumed = a.stream.as_ref().filter(|s| s.resumed).and_then(|s| s.session_id.clone());
+    let resumed = a.stream.as_ref().and_then(|s| s.resumed_session()).map(str::to_string);
     agent.updated_at = now.wall.clone();
     let mut data = json!({ "attempt": n, "pid": pid, "timeoutMs": timeout });
     if let Some(s) = resumed {
@@ -411,6 +416,7 @@ fn attempt_stream(agent: &Agent, idx: usize, s: &crate::adapter::Summary) -> Att
         result: s.result.clone(),
         reported: s.usage,
         resumed: agent.attempts[idx].stream.as_ref().is_some_and(|x| x.resumed),
+        resumed_from: agent.attempts[idx].stream.as_ref().and_then(|x| x.resumed_from.clone()),
     }
     .or_resumed(agent.attempts[idx].stream.as_ref())
 }

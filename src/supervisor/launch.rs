@@ -376,7 +376,7 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
         spec.command.clone()
     };
     // A retry that continues the CLI's session (see `lifecycle::session_to_resume`).
-    let argv = match attempt.stream.as_ref().filter(|s| s.resumed).and_then(|s| s.session_id.as_deref()) {
+    let argv = match attempt.stream.as_ref().and_then(|s| s.resumed_session()) {
         Some(session) => crate::adapter::resume_argv(spec.adapter, &argv, session),
         None => argv,
     };
