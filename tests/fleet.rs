@@ -105,3 +105,23 @@ fn bash_completion_offers_commands_flags_and_live_ids() {
     let ids = complete(&ws, &script, "corral logs agent-00");
     assert!(ids.contains(&a) && ids.contains(&b), "{ids:?}");
 }
+
+#[test]
+fn status_since_keeps_agents_active_in_that_time() {
+    let ws = Ws::new();
+    let old = ws.spawn("W", &["true"]);
+    ws.wait_state(&old, &["complete"], common::SECS(10));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let live = ws.spawn("W", &["sleep", "30"]);
+    let ids = |args: &[&str]| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&ws.ok(args)).unwrap();
+        v.as_array().unwrap().iter().map(|a| a["agentId"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids(&["status", "--json", "--since", "1s"]), vec![live.clone()]);
+    assert_eq!(ids(&["status", "--json", "--since", "1h"]), vec![old.clone(), live.clone()]);
+    assert_eq!(ids(&["status", "--json", "--since", "1s", "--status", "complete"]), Vec::<String>::new());
+    let o = ws.run(&["status", "--since", "soon"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--since"), "{o:?}");
+    ws.ok(&["kill", &live]);
+}

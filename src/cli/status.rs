@@ -17,6 +17,10 @@ pub struct Args {
     /// with no process left).
     #[arg(long = "status", value_name = "S")]
     pub statuses: Vec<String>,
+    /// Only agents active in this last stretch of time (e.g. `30m`, `2h`): still unfinished,
+    /// or spawned, updated or ended since then.
+    #[arg(long, value_name = "D")]
+    pub since: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -43,14 +47,30 @@ fn wanted(v: &AgentView, statuses: &[String]) -> bool {
     statuses.is_empty() || statuses.iter().any(|s| *s == v.status || (s == "needs-human" && v.needs_human))
 }
 
+/// Active at some moment after `since`: unfinished, or spawned, updated or ended after it.
+fn active_since(v: &AgentView, since: Option<jiff::Timestamp>) -> bool {
+    let Some(since) = since else { return true };
+    let after = |t: Option<&str>| t.and_then(crate::protocol::time::parse).is_some_and(|t| t >= since);
+    !v.is_finished() || after(Some(&v.spawned_at)) || after(v.last_update.as_deref()) || after(v.ended_at.as_deref())
+}
+
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     if let Some(bad) = a.statuses.iter().find(|s| !STATES.contains(&s.as_str())) {
         return Err(super::usage(format!("--status {bad:?}: use one of {}", STATES.join(", "))));
     }
+    let since = match &a.since {
+        Some(d) => {
+            let d = crate::config::parse_duration(d).map_err(|e| super::usage(format!("--since: {e}")))?;
+            let d = jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX);
+            Some(crate::protocol::time::now().checked_sub(d).unwrap_or(jiff::Timestamp::MIN))
+        }
+        None => None,
+    };
     let raw = ctx.call_raw(&Request::Status { ids: a.ids, role: a.role })?;
-    if !a.statuses.is_empty() {
+    if !a.statuses.is_empty() || since.is_some() {
         let views: Vec<AgentView> = serde_json::from_str(&raw)?;
-        let views: Vec<AgentView> = views.into_iter().filter(|v| wanted(v, &a.statuses)).collect();
+        let views: Vec<AgentView> =
+            views.into_iter().filter(|v| wanted(v, &a.statuses) && active_since(v, since)).collect();
         if a.json {
             crate::display::raw_out(format!("{}\n", serde_json::to_string(&views)?).as_bytes())?;
             return Ok(0);

@@ -8,16 +8,46 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The top of the git working tree holding `dir` (a `.git` directory or file found upward),
-/// found without running git so a spawn can refuse a non-repository at once.
+/// found without running git so a spawn can refuse a non-repository at once. Only what git
+/// itself takes for one counts: a `.git` directory with a `HEAD`, or a `.git` file naming its
+/// `gitdir:`; an empty or stray `.git` (a half-made clone, a leftover) is passed over.
 pub fn find_repo(dir: &Path) -> Option<PathBuf> {
     let mut d = Some(dir);
     while let Some(x) = d {
-        if x.join(".git").exists() {
+        if is_git_entry(&x.join(".git")) {
             return Some(x.to_path_buf());
         }
         d = x.parent();
     }
     None
+}
+
+fn is_git_entry(p: &Path) -> bool {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => p.join("HEAD").is_file(),
+        Ok(m) if m.is_file() && m.len() < 64 * 1024 => {
+            std::fs::read_to_string(p).is_ok_and(|t| t.trim_start().starts_with("gitdir:"))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod find_repo_tests {
+    #[test]
+    fn a_stray_git_entry_is_not_a_repository() {
+        let t = tempfile::tempdir().unwrap();
+        let inner = t.path().join("a/b");
+        std::fs::create_dir_all(&inner).unwrap();
+        std::fs::create_dir(t.path().join("a/.git")).unwrap();
+        assert_eq!(super::find_repo(&inner), None, "an empty .git directory");
+        std::fs::write(t.path().join("a/.git/HEAD"), "ref: refs/heads/main\n").unwrap();
+        assert_eq!(super::find_repo(&inner).as_deref(), Some(t.path().join("a").as_path()));
+        std::fs::write(inner.join(".git"), "not a pointer").unwrap();
+        assert_eq!(super::find_repo(&inner).as_deref(), Some(t.path().join("a").as_path()), "a stray .git file");
+        std::fs::write(inner.join(".git"), "gitdir: /elsewhere/.git/worktrees/b\n").unwrap();
+        assert_eq!(super::find_repo(&inner).as_deref(), Some(inner.as_path()), "a worktree's .git file");
+    }
 }
 
 /// Where worktrees go: `worktree_dir` (relative to the workspace), else `<data dir>/worktrees`.
