@@ -20,6 +20,13 @@ pub fn signal_group(pgid: i32, sig: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Whether process `pid` is gone for certain (no such process; not merely one of another
+/// user's).
+pub fn process_gone(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    pid > 0 && unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
 /// Whether any process of the group still exists (zombies included).
 pub fn group_alive(pgid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence and permission.

@@ -169,10 +169,6 @@ impl BranchTree {
         Self { repo: repo.to_path_buf(), branch: branch.to_string(), root: normalize(root), known: Default::default() }
     }
 
-    pub fn branch(&self) -> &str {
-        &self.branch
-    }
-
     /// `listed` as a path in the worktree: one absolute in the repository's own checkout
     /// names the same file of the tree.
     fn in_worktree(&self, listed: &str) -> String {

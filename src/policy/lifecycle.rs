@@ -40,6 +40,9 @@ pub enum Action {
     Escalate { reason: String },
     /// An attempt ended: feeds the circuit breaker (kills on request are not reported).
     Outcome { success: bool },
+    /// An agent of this provider hit its rate limit: feeds the provider's load (a burst
+    /// lowers its concurrency).
+    RateLimited { provider: String },
 }
 
 fn emit(kind: &'static str, data: Value) -> Action {
@@ -608,6 +611,7 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
                 "rate_limited",
                 json!({ "attempt": attempt, "provider": provider, "waitMs": delay, "reason": reason }),
             ));
+            out.push(Action::RateLimited { provider: provider.clone() });
             let next_mono = now.mono.saturating_add(delay);
             (
                 AgentState::Waiting { next_mono, provider, reason: why },

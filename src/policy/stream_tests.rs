@@ -167,6 +167,10 @@ fn a_rate_limit_waits_for_the_reset_without_spending_a_retry_and_holds_the_provi
     assert_eq!(a.view_name(), "waiting");
     assert!(!a.attempts[0].counted, "no retry spent");
     assert!(acts.iter().any(|x| matches!(x, Action::Emit { kind: "rate_limited", .. })));
+    assert!(
+        acts.iter().any(|x| matches!(x, Action::RateLimited { provider } if provider == "anthropic")),
+        "the provider's load is fed: {acts:?}"
+    );
     assert!(!acts.iter().any(|x| matches!(x, Action::Outcome { .. })), "the breaker is not fed");
     // Another agent of the same provider is held, one of another provider is not.
     let holds = provider_holds([&a], 10 * S);

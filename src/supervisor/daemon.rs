@@ -496,7 +496,7 @@ impl Supervisor {
             && self.held.is_empty()
             && self.held_kills.is_empty()
             && self.work.is_empty()
-            && self.agents.values().all(|l| l.agent.state.is_finished())
+            && self.nothing_left()
     }
 
     /// Nothing of a run is left: no agent queued, starting, running, waiting or backing off.
@@ -658,18 +658,12 @@ impl Supervisor {
                     crate::elog!("corral daemon: signal to group {pgid} of {id} failed: {e}");
                 }
             }
-            Action::Emit { kind, data } => {
-                let provider =
-                    (kind == "rate_limited").then(|| data["provider"].as_str().map(str::to_string)).flatten();
-                self.emit(Some(id), kind, data);
-                if let Some(p) = provider {
-                    self.provider_rate_limited(&p);
-                }
-            }
+            Action::Emit { kind, data } => self.emit(Some(id), kind, data),
             Action::Escalate { reason } => {
                 self.open_escalation(id, reason);
             }
             Action::Outcome { success } => self.breaker_outcome(id, success),
+            Action::RateLimited { provider } => self.provider_rate_limited(&provider),
         }
     }
 
@@ -1029,7 +1023,7 @@ impl Supervisor {
 
     /// An agent of `provider` hit its rate limit: a burst lowers the provider's concurrency.
     fn provider_rate_limited(&mut self, provider: &str) {
-        let running = self.provider_running(provider);
+        let running = self.provider_counts().get(provider).copied().unwrap_or(0);
         let (base, rec) = (self.health.provider_max_concurrent, self.health.provider_recovery_ms);
         let mono = self.io.mono_ms();
         if let Some(l) = self.provider_loads.rate_limited(provider, mono, running, base, rec)
@@ -1067,14 +1061,6 @@ impl Supervisor {
             }
         }
         m
-    }
-
-    /// How many agents of `provider` have a live process.
-    pub fn provider_running(&self, provider: &str) -> usize {
-        self.agents
-            .values()
-            .filter(|l| l.agent.state.has_live_process() && l.agent.spec.adapter.provider() == Some(provider))
-            .count()
     }
 
     pub fn running_count(&self) -> usize {

@@ -85,8 +85,8 @@ impl Notifier {
         let mut r = self.running.lock();
         for (hook, pgid) in r.take().unwrap_or_default() {
             crate::elog!("corral daemon: stopping: notify hook {hook} was still running; killed");
-            // SAFETY: killpg on a group our worker started and has not yet reaped.
-            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            // A group our worker started and has not yet reaped.
+            let _ = crate::sys::signal_group(pgid, libc::SIGKILL);
         }
     }
 
@@ -357,8 +357,7 @@ pub fn run(job: &Job, running: &Running) -> Option<Outcome> {
             Err(e) => break Err(format!("lost {prog:?}: {e}")),
         }
         if begun.elapsed() >= job.timeout {
-            // SAFETY: killpg with our child's own group.
-            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            let _ = crate::sys::signal_group(pgid, libc::SIGKILL);
             let _ = child.wait();
             break Err(format!(
                 "{prog:?} did not finish within its {} timeout; its process group was killed",
@@ -375,8 +374,8 @@ pub fn run(job: &Job, running: &Running) -> Option<Outcome> {
         if let Some(g) = r.as_mut() {
             g.remove(&job.hook);
         }
-        // SAFETY: as above; the group is not reaped yet, so its number is still ours.
-        unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        // The group is not reaped yet, so its number is still ours.
+        let _ = crate::sys::signal_group(pgid, libc::SIGKILL);
         super::process::reap_group(pgid);
         if stopping {
             return None;

@@ -273,10 +273,7 @@ pub fn prune_orphans(sup: &Supervisor) {
         // Only what corral names: a directory of someone else's is never touched.
         if let Some(pid) = name.strip_prefix("merge-").and_then(|p| p.parse::<i32>().ok()) {
             // `corral merge`'s own worktree, left by a merge that died.
-            let gone = pid > 0
-                && unsafe { libc::kill(pid, 0) } != 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-            if let (true, Some(r)) = (gone, &home) {
+            if let (true, Some(r)) = (crate::sys::process_gone(pid), &home) {
                 orphans.push(Orphan::Unowned { repo: r.clone(), path });
             }
             continue;

@@ -74,10 +74,8 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Answer {
             let live = sup.agents.get_mut(id).expect("looked up");
             if live.agent.cleaned_at.take().is_some() {
                 sup.mark_dirty(id);
-                let order = &sup.order;
-                let mut shown: Vec<AgentId> = sup.shown.drain(..).chain([id.clone()]).collect();
-                shown.sort_by_key(|s| order.iter().position(|o| o == s));
-                sup.shown = shown;
+                let agents = &sup.agents;
+                sup.shown = sup.order.iter().filter(|o| agents[*o].agent.cleaned_at.is_none()).cloned().collect();
             }
             // A human retry answers the agent's open escalations.
             resolve_for(sup, id, "retried by a human");
