@@ -180,6 +180,15 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
+/// A copy of `fd` at descriptor number `at`, without close-on-exec, so processes started
+/// while it is open inherit it there. A descriptor already at `at` is replaced.
+pub fn dup_inheritable(fd: &impl AsRawFd, at: i32) -> io::Result<OwnedFd> {
+    // SAFETY: dup2 on a descriptor we own; `at` becomes ours (dup2 never sets close-on-exec).
+    let got = check(unsafe { libc::dup2(fd.as_raw_fd(), at) })?;
+    // SAFETY: the kernel just gave us this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(got) })
+}
+
 /// A copy of descriptor `fd` of the process behind `pidfd` (same user, our descendant).
 pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags.

@@ -375,17 +375,13 @@ fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Optio
     // The agent creates its files as the user asked, not as privately as corral does.
     crate::protocol::perms::restore_user_umask();
     let err_w = out_w.try_clone().map_err(|e| e.to_string())?;
-    let keep = out_r.as_raw_fd();
-    // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe. The copy has
-    // no close-on-exec flag, so the agent (and what it starts) holds a reader of its own
-    // output: with every corral process killed, its writes block in a full pipe until a
-    // supervisor takes the pipe again, instead of killing it with SIGPIPE.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::dup2(keep, AGENT_OUT_FD);
-            Ok(())
-        });
-    }
+    // The agent (and what it starts) holds a reader of its own output at AGENT_OUT_FD: with
+    // every corral process killed, its writes block in a full pipe until a supervisor takes
+    // the pipe again, instead of killing it with SIGPIPE. Made here without close-on-exec
+    // and inherited, rather than by a hook between fork and exec, so std starts the agent
+    // with posix_spawn (no fork of the shim).
+    let keep =
+        process::dup_inheritable(&out_r, AGENT_OUT_FD).map_err(|e| format!("cannot keep the output pipe: {e}"))?;
     let spawned = cmd
         .args(args)
         .current_dir(&a.cwd)
@@ -394,8 +390,10 @@ fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Optio
         .stderr(Stdio::from(err_w))
         .process_group(0)
         .spawn();
-    // The write ends are closed in the shim (moved into the Command, dropped with it).
+    // The write ends are closed in the shim (moved into the Command, dropped with it), and
+    // the inherited reader too: the shim reads through `out_r`.
     drop(cmd);
+    drop(keep);
     let child = match spawned {
         Ok(c) => c,
         Err(e) => {
