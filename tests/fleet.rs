@@ -27,7 +27,9 @@ fn ids_by_number_and_unique_prefix_in_every_command() {
     // Unknown: exit 2, as before.
     assert_eq!(ws.run(&["show", "7"]).status.code(), Some(2));
 
-    ws.ok(&["kill", "2"]);
+    // The reply names the agent by its whole id, whatever was typed.
+    let killed = ws.json(&["kill", "2", "--json"]);
+    assert_eq!(killed["agentId"], b.as_str(), "{killed}");
     assert_eq!(ws.agent(&b)["status"], "killed");
     ws.ok(&["tell", "1", "hello"]);
     ws.ok(&["kill", "agent-001"]);

@@ -269,4 +269,6 @@ fn tools_take_ids_by_number_and_unique_prefix() {
     assert_eq!(seen["by_prefix"]["agentId"], seen["first"]["agentId"], "{seen}");
     let msg = seen["ambiguous"].as_str().unwrap();
     assert!(msg.contains("ambiguous") && msg.contains("agent-001-WORKER") && msg.contains("agent-002-WORKER"), "{msg}");
+    // A kill by number answers with the whole id.
+    assert_eq!(seen["killed"]["agentId"], seen["first"]["agentId"], "{seen}");
 }

@@ -20,11 +20,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     let say = |m: &str| {
         let _ = note!("corral kill: {m}");
     };
-    let status = crate::ops::kill::kill(ctx.target(), &a.id, grace, &say).map_err(super::fail)?;
+    let k = crate::ops::kill::kill(ctx.target(), &a.id, grace, &say).map_err(super::fail)?;
     if a.json {
-        super::output::print_json(&serde_json::json!({ "agentId": a.id, "status": status }))?;
+        super::output::print_json(&serde_json::json!({ "agentId": k.agent_id, "status": k.status }))?;
     } else {
-        note!("{}: {status}", a.id)?;
+        note!("{}: {}", k.agent_id, k.status)?;
     }
     Ok(0)
 }

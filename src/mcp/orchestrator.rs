@@ -167,8 +167,8 @@ pub fn kill(ctx: &Ctx, a: KillArgs) -> Result<KillReply, String> {
         None => Duration::from_secs(5),
         Some(g) => crate::config::parse_duration(g).map_err(|e| format!("argument `grace`: {e}"))?,
     };
-    let status = crate::ops::kill::kill(ctx.target(), &a.id, grace, &|_| {}).map_err(|f| f.msg)?;
-    Ok(KillReply { agent_id: a.id, status })
+    let k = crate::ops::kill::kill(ctx.target(), &a.id, grace, &|_| {}).map_err(|f| f.msg)?;
+    Ok(KillReply { agent_id: k.agent_id, status: k.status })
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, JsonSchema)]

@@ -11,9 +11,15 @@ use std::time::{Duration, Instant};
 /// restart) before it is reported as not done.
 pub const SLACK: Duration = Duration::from_secs(10);
 
-/// Kills `id` with `grace` between TERM and KILL; returns the agent's state once its
-/// group is gone.
-pub fn kill(t: Target, id: &str, grace: Duration, note: &dyn Fn(&str)) -> Result<String, Failure> {
+/// What a kill ended with: the agent's whole id (the one given may be a prefix or a
+/// number) and its state once its group is gone.
+pub struct Killed {
+    pub agent_id: String,
+    pub status: String,
+}
+
+/// Kills `id` with `grace` between TERM and KILL; returns once its group is gone.
+pub fn kill(t: Target, id: &str, grace: Duration, note: &dyn Fn(&str)) -> Result<Killed, Failure> {
     let deadline = Instant::now() + grace + SLACK;
     let req = Request::Kill { id: id.to_string(), grace_ms: grace.as_millis() as u64 };
     let mut asked = false;
@@ -21,7 +27,10 @@ pub fn kill(t: Target, id: &str, grace: Duration, note: &dyn Fn(&str)) -> Result
         let failure = match t.request(&req) {
             Ok(reply) if reply.ok => {
                 let v: serde_json::Value = reply.parse().unwrap_or_default();
-                return Ok(v["status"].as_str().unwrap_or("killed").to_string());
+                return Ok(Killed {
+                    agent_id: v["agentId"].as_str().unwrap_or(id).to_string(),
+                    status: v["status"].as_str().unwrap_or("killed").to_string(),
+                });
             }
             // Asked again after a restart: an agent that ended meanwhile is what was wanted.
             Ok(reply) if asked => {
@@ -29,7 +38,7 @@ pub fn kill(t: Target, id: &str, grace: Duration, note: &dyn Fn(&str)) -> Result
                     && let Some(v) = views.into_iter().next()
                     && v.is_finished()
                 {
-                    return Ok(v.status);
+                    return Ok(Killed { agent_id: v.agent_id, status: v.status });
                 }
                 Failure::new(reply.exit.unwrap_or(1), reply.error.unwrap_or_default())
             }

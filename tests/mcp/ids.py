@@ -17,6 +17,7 @@ async def main(out: str) -> None:
         seen["by_number"] = await call(s, "agent_status", {"id": "2"})
         seen["by_prefix"] = await call(s, "agent_status", {"id": "agent-001"})
         seen["ambiguous"] = await error(s, "agent_status", {"id": "agent-00"})
+        seen["killed"] = await call(s, "kill_agent", {"id": "1"})
     with open(out, "w") as f:
         json.dump(seen, f)
 
