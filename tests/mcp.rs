@@ -83,7 +83,31 @@ command = ["sleep", "30"]
         // Declared, so the client checked every result below against it.
         assert_eq!(tools[t]["output"]["type"], "object", "{t}");
     }
+    // No schema carries a format clients warn about (`uint32`, `uint64`, `double`, ...):
+    // only JSON Schema's own, and an unsigned integer keeps its lower bound.
+    fn formats(v: &Value, at: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(f) = m.get("format").and_then(Value::as_str) {
+                    out.push(format!("{at}: {f}"));
+                }
+                m.iter().for_each(|(k, v)| formats(v, &format!("{at}/{k}"), out));
+            }
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| formats(v, &format!("{at}/{i}"), out)),
+            _ => {}
+        }
+    }
+    const STANDARD: &[&str] =
+        &["date-time", "date", "time", "duration", "email", "hostname", "ipv4", "ipv6", "uri", "uuid"];
+    let mut odd = Vec::new();
+    for (name, t) in tools {
+        formats(&t["input"], &format!("{name} input"), &mut odd);
+        formats(&t["output"], &format!("{name} output"), &mut odd);
+    }
+    odd.retain(|f| !STANDARD.iter().any(|s| f.ends_with(&format!(": {s}"))));
+    assert!(odd.is_empty(), "formats clients warn about: {odd:?}");
     let spawn = &tools["spawn_agent"]["input"];
+    assert_eq!(spawn["properties"]["max_retries"]["minimum"], 0, "{spawn}");
     for arg in ["role", "task", "scope", "constraints", "after", "timeout", "max_retries", "idempotency_key", "command"]
     {
         assert!(spawn["properties"][arg].is_object(), "spawn_agent lacks {arg}: {spawn}");
