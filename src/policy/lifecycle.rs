@@ -110,6 +110,7 @@ pub fn provider_holds<'a>(agents: impl IntoIterator<Item = &'a Agent>, mono: u64
     for a in agents {
         if let AgentState::Waiting { next_mono, provider, reason } = &a.state
             && *next_mono > mono
+            && !provider.is_empty()
         {
             match out.iter_mut().find(|h| h.name == *provider) {
                 Some(h) if h.until_mono >= *next_mono => {}
@@ -592,6 +593,7 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
                 .as_ref()
                 .and_then(|s| s.rate_limited.as_ref())
                 .map(|l| l.provider.clone())
+                .filter(|p| !p.is_empty())
                 .or_else(|| agent.spec.adapter.provider().map(str::to_string))
                 .unwrap_or_default();
             let in_a_row = agent.attempts[..idx]
@@ -611,7 +613,10 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
                 "rate_limited",
                 json!({ "attempt": attempt, "provider": provider, "waitMs": delay, "reason": reason }),
             ));
-            out.push(Action::RateLimited { provider: provider.clone() });
+            // A limit of no known provider holds no provider and feeds no provider's load.
+            if !provider.is_empty() {
+                out.push(Action::RateLimited { provider: provider.clone() });
+            }
             let next_mono = now.mono.saturating_add(delay);
             (
                 AgentState::Waiting { next_mono, provider, reason: why },

@@ -334,3 +334,24 @@ fn the_stream_so_far_is_recorded_while_the_attempt_runs_and_not_after() {
     let mut plain = running(Adapter::None, 0);
     assert!(!stream_seen(&mut plain, 1, &summary(None, Some(u))));
 }
+
+#[test]
+fn a_limit_that_names_no_provider_is_charged_to_the_adapters_and_an_unnamed_one_holds_nothing() {
+    let limited = |provider: &str| {
+        let mut s = summary(Some(RunResult { ok: false, api_error_status: Some(429), ..ok_result() }), None);
+        s.rate_limited = Some(Limit { provider: provider.into(), reset: None, message: "429".into(), until_ms: None });
+        ExitFacts { limit_wait_ms: Some(30 * S), ..end(1, Some(s)) }
+    };
+    // The limit line said no provider: the CLI's own is the one limited.
+    let mut a = running(Adapter::ClaudeCode, 0);
+    let acts = exit(&mut a, limited(""), 5 * S);
+    assert!(matches!(&a.state, AgentState::Waiting { provider, .. } if provider == "anthropic"), "{:?}", a.state);
+    assert!(acts.iter().any(|x| matches!(x, Action::RateLimited { provider } if provider == "anthropic")), "{acts:?}");
+    // An agent waiting on a limit of no provider (as a registry of an older version may
+    // hold it) holds no provider's admission; a named one does.
+    let mut b = agent(2, Adapter::None);
+    b.state = AgentState::Waiting { next_mono: 60 * S, provider: String::new(), reason: "limit".into() };
+    assert!(provider_holds([&b], 10 * S).is_empty());
+    assert_eq!(provider_holds([&a, &b], 10 * S).len(), 1);
+    assert!(provider_holds([&a, &b], 10 * S).iter().all(|h| !h.name.is_empty()));
+}
