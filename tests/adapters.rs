@@ -449,3 +449,180 @@ fn a_budget_stops_the_agent_while_it_works_not_at_its_end() {
     assert!(a["reason"].as_str().unwrap().contains("max_tokens"), "{a}");
     assert_eq!(s["tokens"]["output"], 500, "{s}");
 }
+
+/// A fake CLI at `<ws>/bin/<program>`: prints `before` (which may end in the middle of a
+/// line), waits until `<ws>/go` exists, prints `after` and exits 0.
+fn paused_cli(ws: &Ws, program: &str, before: &str, after: &str) -> String {
+    let (b, a) = (ws.path().join(format!("{program}.before")), ws.path().join(format!("{program}.after")));
+    std::fs::write(&b, before).unwrap();
+    std::fs::write(&a, after).unwrap();
+    let dir = ws.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(program);
+    let go = ws.path().join("go");
+    let script = format!(
+        "#!/bin/sh\ncat '{}'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\ncat '{}'\nexit 0\n",
+        b.display(),
+        go.display(),
+        a.display()
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+/// The pid of the shim of `id`'s attempt `n`, from its run file.
+fn shim_of(ws: &Ws, id: &str, n: u32) -> i32 {
+    let text = std::fs::read_to_string(ws.data.join(format!("run/{id}.{n}.run"))).unwrap();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["start"]["shimPid"].as_i64())
+        .expect("a start record") as i32
+}
+
+/// kill -9 of `id`'s shim; returns once the supervisor adopted the attempt.
+fn kill_shim(ws: &Ws, id: &str) {
+    let shim = shim_of(ws, id, 1);
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    assert!(wait_until(secs(10), || kinds(ws, id).contains(&"adopted".to_string())), "{:?}", kinds(ws, id));
+}
+
+const PAUSED: &str = r#"
+[defaults]
+backoff = { initial = "200ms", coefficient = 2.0 }
+[health]
+max_concurrent = 50
+breaker_failures = 0
+[roles.W]
+max_retries = 0
+result_grace = "5m"
+"#;
+
+#[test]
+fn after_its_shim_is_killed_an_error_result_still_fails_the_attempt_and_its_usage_counts() {
+    let ws = Ws::with_config(Some(PAUSED));
+    let codex = paused_cli(
+        &ws,
+        "codex",
+        concat!(
+            r#"{"type":"thread.started","thread_id":"0199a213-81c0-7800-8aa1-bbab2a035a70"}"#,
+            "\n",
+            r#"{"type":"turn.started"}"#,
+            "\n",
+            r#"{"type":"turn.completed","usage":{"input_tokens":1000,"output_tokens":500}}"#,
+            "\n",
+        ),
+        concat!(
+            r#"{"type":"turn.started"}"#,
+            "\n",
+            r#"{"type":"turn.completed","usage":{"input_tokens":200,"output_tokens":100}}"#,
+            "\n",
+            r#"{"type":"turn.started"}"#,
+            "\n",
+            r#"{"type":"turn.failed","error":{"message":"the request was refused: invalid tool schema"}}"#,
+            "\n",
+        ),
+    );
+    let id = ws.spawn("W", &[&codex, "exec", "--json"]);
+    let mut s = serde_json::Value::Null;
+    assert!(
+        wait_until(secs(15), || {
+            s = ws.agent(&id);
+            s["turns"] == 1
+        }),
+        "{s}"
+    );
+    kill_shim(&ws, &id);
+    std::fs::write(ws.path().join("go"), "").unwrap();
+    let s = ws.wait_state(&id, &["complete", "failed", "escalated", "retrying"], secs(20));
+    assert_eq!(s["status"], "escalated", "an error result after exit 0 is no success: {s}");
+    let a = &ws.show(&id)["attempts"][0];
+    assert_eq!(a["exitCode"], 0, "{a}");
+    assert_eq!(a["failureType"], "crash", "{a}");
+    assert!(a["reason"].as_str().unwrap().contains("the CLI reported an error"), "{a}");
+    assert_eq!(a["result"]["ok"], false, "{a}");
+    assert_eq!(a["result"]["text"], "the request was refused: invalid tool schema", "{a}");
+    // Both turns' usage: the one the shim read and the one read after it was gone.
+    assert_eq!(a["tokens"]["input"], 1200, "{a}");
+    assert_eq!(a["tokens"]["output"], 600, "{a}");
+    assert_eq!(a["turns"], 2, "{a}");
+    assert_eq!(s["tokens"]["input"], 1200, "{s}");
+    assert_eq!(a["sessionId"], "0199a213-81c0-7800-8aa1-bbab2a035a70", "{a}");
+}
+
+const CLAUDE_INIT: &str = concat!(
+    r#"{"type":"system","subtype":"init","session_id":"7d2b1c3e-1111-4d53-9a55-0f2d7b1c9e70","tools":["Bash"]}"#,
+    "\n",
+    r#"{"type":"assistant","message":{"content":[{"type":"text","text":"working"}],"usage":{"input_tokens":10,"output_tokens":2}},"session_id":"7d2b1c3e-1111-4d53-9a55-0f2d7b1c9e70"}"#,
+    "\n",
+);
+
+const CLAUDE_RESULT: &str = concat!(
+    r#"{"type":"result","subtype":"success","is_error":false,"num_turns":3,"result":"all done","#,
+    r#""session_id":"7d2b1c3e-1111-4d53-9a55-0f2d7b1c9e70","total_cost_usd":0.25,"#,
+    r#""usage":{"input_tokens":300,"output_tokens":40}}"#,
+    "\n",
+);
+
+fn assert_claude_completed(ws: &Ws, id: &str) {
+    let s = ws.wait_state(id, &["complete", "failed", "escalated", "retrying"], secs(20));
+    assert_eq!(s["status"], "complete", "{s}\n{}", ws.ok(&["events", "--agent", id]));
+    assert_eq!(s["costUsd"], 0.25, "{s}");
+    assert_eq!(s["sessionId"], "7d2b1c3e-1111-4d53-9a55-0f2d7b1c9e70", "{s}");
+    let show = ws.show(id);
+    let a = &show["attempts"][0];
+    assert_eq!(show["attempts"].as_array().unwrap().len(), 1, "{show}");
+    assert_eq!(a["result"]["ok"], true, "{a}");
+    assert_eq!(a["result"]["text"], "all done", "{a}");
+    assert_eq!(a["costUsd"], 0.25, "{a}");
+    assert_eq!(a["turns"], 3, "{a}");
+    assert_eq!(a["tokens"]["input"], 300, "{a}");
+    assert!((ws.json(&["health", "--json"])["costUsd"].as_f64().unwrap() - 0.25).abs() < 1e-9);
+}
+
+#[test]
+fn after_its_shim_and_then_the_supervisor_are_killed_a_good_result_completes_with_its_cost() {
+    let ws = Ws::with_config(Some(PAUSED));
+    // The shim dies in the middle of the result line: its first half was read before.
+    let (head, tail) = CLAUDE_RESULT.split_at(40);
+    let claude = paused_cli(&ws, "claude", &format!("{CLAUDE_INIT}{head}"), tail);
+    let id = ws.spawn("W", &[&claude, "-p", "x"]);
+    let log = ws.data.join(format!("logs/{id}.log"));
+    assert!(
+        wait_until(secs(15), || {
+            ws.agent(&id)["sessionId"].is_string() && std::fs::read_to_string(&log).unwrap_or_default().contains(head)
+        }),
+        "{}",
+        ws.agent(&id)
+    );
+    kill_shim(&ws, &id);
+    // Adopted, its stream read on; then the supervisor dies too and a new one adopts it.
+    let daemon = ws.daemon_pid();
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    assert!(wait_until(secs(5), || !alive(daemon)));
+    assert!(
+        wait_until(secs(10), || kinds(&ws, &id).iter().filter(|k| *k == "adopted").count() == 2),
+        "{:?}",
+        kinds(&ws, &id)
+    );
+    assert_eq!(ws.agent(&id)["status"], "running");
+    std::fs::write(ws.path().join("go"), "").unwrap();
+    assert_claude_completed(&ws, &id);
+    // The agent's line reached its log whole.
+    assert!(std::fs::read_to_string(&log).unwrap().contains(CLAUDE_RESULT.trim_end()));
+}
+
+#[test]
+fn after_a_supervisor_restart_the_result_printed_meanwhile_completes_the_agent() {
+    let ws = Ws::with_config(Some(PAUSED));
+    let claude = paused_cli(&ws, "claude", CLAUDE_INIT, CLAUDE_RESULT);
+    let id = ws.spawn("W", &[&claude, "-p", "x"]);
+    assert!(wait_until(secs(15), || ws.agent(&id)["sessionId"].is_string()), "{}", ws.agent(&id));
+    let daemon = ws.daemon_pid();
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    assert!(wait_until(secs(5), || !alive(daemon)));
+    std::fs::write(ws.path().join("go"), "").unwrap();
+    assert_claude_completed(&ws, &id);
+    assert_ne!(ws.daemon_pid(), daemon);
+}

@@ -23,6 +23,16 @@ fn status_in(text: &str) -> Option<u16> {
 }
 
 impl State {
+    /// The state a stream left that `before` summarises: its turns' usage so far, its
+    /// last answer.
+    pub fn resume(before: &super::Summary) -> Self {
+        Self {
+            usage: before.usage.unwrap_or_default(),
+            last_message: before.result.as_ref().and_then(|r| r.text.clone()),
+            last_error: None,
+        }
+    }
+
     pub fn line(&mut self, v: &Value, out: &mut Vec<Observation>) {
         match s(v, "type") {
             Some("thread.started") => {

@@ -253,6 +253,19 @@ impl Parser {
         Self { kind, lines: Lines::default(), codex: codex::State::default() }
     }
 
+    /// A parser that goes on where another one stopped: `before` is what that one had
+    /// made of the stream (its folded summary), `pending` the line it was in the middle of
+    /// (what came after the stream's last line break). What follows is read as the first
+    /// parser would have read it.
+    pub fn resume(kind: Adapter, before: &Summary, pending: &[u8]) -> Self {
+        let mut p = Self::new(kind);
+        if kind == Adapter::Codex {
+            p.codex = codex::State::resume(before);
+        }
+        let _ = p.feed(pending);
+        p
+    }
+
     pub fn adapter(&self) -> Adapter {
         self.kind
     }

@@ -272,6 +272,30 @@ proptest! {
         prop_assert_eq!(got, whole);
     }
 
+    /// A parser resumed at any point from what the first one recorded (its summary) and the
+    /// line it was in the middle of records what one parser reading it all does (a Codex
+    /// answer given before the cut and its turn's end after it aside: that answer's text).
+    #[test]
+    fn a_parser_resumed_from_the_summary_and_the_unfinished_line_ends_where_one_would(which in 0usize..9, cut in any::<prop::sample::Index>()) {
+        let (kind, bytes) = all_fixtures().swap_remove(which);
+        let c = cut.index(bytes.len() + 1);
+        let (mut whole, _) = summary(kind, &bytes);
+        let (mut first, _) = summary(kind, &bytes[..c]);
+        let pending = &bytes[bytes[..c].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)..c];
+        let mut p = Parser::resume(kind, &first, pending);
+        for o in p.feed(&bytes[c..]) {
+            first.add(&o);
+        }
+        if kind == Adapter::Codex {
+            for s in [&mut whole, &mut first] {
+                if let Some(r) = s.result.as_mut() {
+                    r.text = None;
+                }
+            }
+        }
+        prop_assert_eq!(first, whole);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096), codex in any::<bool>()) {
         let kind = if codex { Adapter::Codex } else { Adapter::ClaudeCode };

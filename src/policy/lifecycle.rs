@@ -521,7 +521,11 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
         _ => {
             let reported = f.reported;
             // Lingering after an ok result and stopped for it: complete, whatever the signal.
-            let clean_end = f.end.success() || f.after_result;
+            // So is an exit nobody could see (its watchers were killed) after the CLI said
+            // its run succeeded.
+            let cli_ok = !agent.spec.adapter.is_none()
+                && f.stream.as_ref().and_then(|s| s.result.as_ref()).is_some_and(|r| r.ok);
+            let clean_end = f.end.success() || f.after_result || (cli_ok && matches!(f.end, ProcessEnd::Lost { .. }));
             if let Some((ft, why)) = stream_failure(agent, idx, &f, &end_text) {
                 (Some(ft), with_finding(why), None)
             } else if clean_end && !matches!(reported, Some(ReportedStatus::Failed | ReportedStatus::Blocked)) {

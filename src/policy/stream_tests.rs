@@ -355,3 +355,21 @@ fn a_limit_that_names_no_provider_is_charged_to_the_adapters_and_an_unnamed_one_
     assert_eq!(provider_holds([&a, &b], 10 * S).len(), 1);
     assert!(provider_holds([&a, &b], 10 * S).iter().all(|h| !h.name.is_empty()));
 }
+
+#[test]
+fn an_unseen_exit_after_the_clis_ok_result_completes_and_an_error_result_does_not() {
+    let lost = |ok: bool| ExitFacts {
+        end: ProcessEnd::Lost { reason: "exit code unknown: its shim and the supervisor were killed".into() },
+        ..end(0, Some(summary(Some(RunResult { ok, ..ok_result() }), None)))
+    };
+    let mut a = running(Adapter::ClaudeCode, 0);
+    exit(&mut a, lost(true), 5 * S);
+    assert_eq!(a.state, AgentState::Complete);
+    let mut b = running(Adapter::ClaudeCode, 0);
+    exit(&mut b, lost(false), 5 * S);
+    assert_eq!(failure(&b).as_deref(), Some("crash"));
+    // Without a CLI to say so, an unseen exit is no success.
+    let mut c = running(Adapter::None, 0);
+    exit(&mut c, ExitFacts { stream: None, ..lost(true) }, 5 * S);
+    assert_ne!(c.state, AgentState::Complete);
+}

@@ -416,12 +416,7 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
         max_log_size: p.max_log_size,
         data_dir: Some(d.root().to_path_buf()),
         workspace: Some(sup.ws.root.clone()),
-        stream: (!spec.adapter.is_none()).then(|| super::stream::StreamArgs {
-            adapter: spec.adapter,
-            result_grace_ms: p.result_grace_ms,
-            policy: Some(p.clone()),
-            usage_before: lifecycle::session_usage_before(&live.agent),
-        }),
+        stream: super::stream::StreamArgs::of(&live.agent),
     };
     Ok(args)
 }

@@ -11,11 +11,13 @@ use super::daemon::{Msg, Supervisor, now};
 use super::process;
 use super::relay::{LogSink, Relay};
 use super::shim::{ExitRecord, RunFile, RunInfo, RunLine, Watch};
+use super::stream::{Observer, StreamArgs, unfinished_line};
 use crate::policy::agent::ProcessEnd;
 use crate::policy::lifecycle;
 use crate::protocol::{AgentId, time};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -114,13 +116,17 @@ pub fn adopt_lost(sup: &mut Supervisor, id: &AgentId, n: u32) -> bool {
             return false;
         }
     };
+    // An adapter agent's stream is read on from where its shim stopped.
+    let stream = StreamArgs::of(&live.agent);
+    let (run_path, log_path) = (path.clone(), sup.data.log_file(id));
     let (ctl_tx, ctl_rx) = mpsc::channel();
     sup.orphans.adopted.insert((id.clone(), n), ctl_tx);
     let tx = sup.tx.clone();
     let (aid, pid, start_time) = (id.clone(), start.pid, start.start_time);
-    let spawned = std::thread::Builder::new()
-        .name(format!("adopt-{id}"))
-        .spawn(move || watch_adopted(aid, n, pid, start_time, run, sink, out, ctl_rx, tx));
+    let spawned = std::thread::Builder::new().name(format!("adopt-{id}")).spawn(move || {
+        let stream = stream.map(|args| (args, run_path, log_path));
+        watch_adopted(aid, n, pid, start_time, run, sink, out, stream, ctl_rx, tx)
+    });
     if let Err(e) = spawned {
         crate::elog!("corral daemon: cannot watch adopted {id}: {e}");
         sup.orphans.adopted.remove(&(id.clone(), n));
@@ -141,12 +147,20 @@ fn watch_adopted(
     mut run: RunFile,
     sink: LogSink,
     out: Option<OwnedFd>,
+    stream: Option<(StreamArgs, PathBuf, PathBuf)>,
     ctl: mpsc::Receiver<u64>,
     tx: tokio::sync::mpsc::UnboundedSender<Msg>,
 ) {
     let had_pipe = out.is_some();
     let mut relay = Relay::new(out, sink);
-    relay.sink.note(&format!("corral: the attempt's shim is gone; the supervisor watches pid {pid}"));
+    // The line the stream was in the middle of, read before anything is added to the log.
+    let pending = stream.as_ref().map(|(_, _, log)| unfinished_line(log)).unwrap_or_default();
+    relay.observer = stream.and_then(|(args, run, _)| Observer::resume(&run, args, &pending));
+    // Written only between lines: in the middle of one it would cut the agent's line in two
+    // (the `adopted` event says it anyway).
+    if pending.is_empty() {
+        relay.sink.note(&format!("corral: the attempt's shim is gone; the supervisor watches pid {pid}"));
+    }
     let pidfd =
         process::pidfd_open(pid).ok().filter(|_| process::start_time(pid) == start_time || start_time.is_none());
     let mut w = Watch::new(pid, None, None, lifecycle::STOP_GRACE_MS);

@@ -47,6 +47,19 @@ pub struct StreamArgs {
     pub usage_before: Option<Usage>,
 }
 
+impl StreamArgs {
+    /// What the watcher of `agent`'s current attempt needs (`None`: plain output).
+    pub fn of(agent: &crate::policy::agent::Agent) -> Option<Self> {
+        let spec = &agent.spec;
+        (!spec.adapter.is_none()).then(|| Self {
+            adapter: spec.adapter,
+            result_grace_ms: spec.policy.result_grace_ms,
+            policy: Some(spec.policy.clone()),
+            usage_before: crate::policy::lifecycle::session_usage_before(agent),
+        })
+    }
+}
+
 pub struct Observer {
     parser: Parser,
     pub summary: Summary,
@@ -87,6 +100,47 @@ impl Observer {
             over_budget: None,
             args,
         })
+    }
+
+    /// The observer of an attempt whose first watcher (its shim) is gone: it goes on from
+    /// what the observation file records and the line the stream was in the middle of
+    /// (`pending`: what the log holds after its last line break), and keeps writing the
+    /// same file. `None` for plain output.
+    pub fn resume(run: &Path, args: StreamArgs, pending: &[u8]) -> Option<Self> {
+        args.adapter.parser()?;
+        let before = StreamInfo::read(run);
+        let path = obs_path(run);
+        let file = match fsio::open_write_replacing(data_root(&path), &path, fsio::Mode::Update) {
+            Ok((f, _)) => {
+                let mut head = [0u8; SLOT_PREFIX.len()];
+                if f.read_exact_at(&mut head, 0).is_err() || head != SLOT_PREFIX.as_bytes() {
+                    let _ = f.set_len(0);
+                    let _ = f.write_all_at(SLOT_LINE.as_bytes(), 0);
+                }
+                Some(f)
+            }
+            Err(e) => {
+                crate::elog!("corral daemon: cannot write {}: {e}", path.display());
+                None
+            }
+        };
+        let summary = before.summary.unwrap_or_default();
+        let parser = Parser::resume(args.adapter, &summary, pending);
+        let now = time::mono_ms();
+        let mut o = Self {
+            parser,
+            // A result already given: the grace for lingering after it starts again now.
+            result_at: summary.result.is_some().then_some(now),
+            summary,
+            file,
+            last_stamp: 0,
+            result_grace_ms: args.result_grace_ms,
+            over_budget: None,
+            args,
+        };
+        o.check_budget();
+        o.write_summary();
+        Some(o)
     }
 
     /// Takes in what the agent printed.
@@ -145,6 +199,24 @@ impl Observer {
     /// When the process must be stopped for lingering after its result (monotonic ms).
     pub fn linger_deadline(&self) -> Option<u64> {
         self.result_at.filter(|_| self.result_grace_ms > 0).map(|t| t.saturating_add(self.result_grace_ms))
+    }
+}
+
+/// The line an attempt's stream was in the middle of when its watcher went away: what its
+/// log holds after the last line break (corral's own lines in the log end with one). Off
+/// the supervisor's loop: it reads up to a line's bound from the log's end.
+pub fn unfinished_line(log: &Path) -> Vec<u8> {
+    let Ok(f) = fsio::open_read(data_root(log), log) else { return Vec::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let take = len.min(crate::adapter::MAX_LINE as u64 + 1);
+    let mut buf = vec![0u8; take as usize];
+    if f.read_exact_at(&mut buf, len - take).is_err() {
+        return Vec::new();
+    }
+    match buf.iter().rposition(|b| *b == b'\n') {
+        Some(i) => buf.split_off(i + 1),
+        // No line break in a whole line's bound: a line too long to read, skipped anyway.
+        None => buf,
     }
 }
 
