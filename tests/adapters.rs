@@ -626,3 +626,74 @@ fn after_a_supervisor_restart_the_result_printed_meanwhile_completes_the_agent()
     assert_claude_completed(&ws, &id);
     assert_ne!(ws.daemon_pid(), daemon);
 }
+
+#[test]
+fn a_lowered_provider_limit_survives_a_supervisor_restart_until_it_recovers() {
+    let ws = Ws::with_config(Some(
+        "[defaults]\nbackoff = { initial = \"200ms\", coefficient = 2.0 }\n\
+         [health]\nmax_concurrent = 50\nbreaker_failures = 0\nprovider_recovery = \"10s\"\n\
+         [roles.W]\nmax_retries = 0\n",
+    ));
+    let limited = ws.path().join("limited.jsonl");
+    std::fs::write(
+        &limited,
+        concat!(
+            r#"{"type":"thread.started","thread_id":"0199a213-81c0-7800-8aa1-bbab2a035a71"}"#,
+            "\n",
+            r#"{"type":"turn.failed","error":{"message":"Rate limit reached. Try again in 1 seconds."}}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    // Each agent's first run hits the limit; its next one completes.
+    let dir = ws.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("codex");
+    let script = format!(
+        "#!/bin/sh\nm='{d}'/\"limited-$CORRAL_AGENT_ID\"\nif [ -e \"$m\" ]; then cat '{ok}'; exit 0; fi\n\
+         touch \"$m\"\ncat '{bad}'\nexit 1\n",
+        d = ws.path().display(),
+        ok = fixture("codex-success").display(),
+        bad = limited.display()
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let codex = path.to_str().unwrap();
+    let a = ws.spawn("W", &[codex, "exec", "--json"]);
+    let b = ws.spawn("W", &[codex, "exec", "--json"]);
+    let lowered = |h: &serde_json::Value| {
+        h["providers"].as_array().is_some_and(|p| p.iter().any(|p| p["name"] == "openai" && p["maxConcurrent"] == 1))
+    };
+    let mut health = serde_json::Value::Null;
+    assert!(
+        wait_until(secs(15), || {
+            health = ws.json(&["health", "--json"]);
+            lowered(&health)
+        }),
+        "{health}"
+    );
+    let lowered_at = std::time::Instant::now();
+    let daemon = ws.daemon_pid();
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    assert!(wait_until(secs(5), || !alive(daemon)));
+    // The next command starts a new supervisor: the provider is still lowered.
+    let h = ws.json(&["health", "--json"]);
+    assert_ne!(ws.daemon_pid(), daemon);
+    assert!(lowered(&h), "{h}");
+    assert!(h["providers"][0]["reason"].as_str().unwrap().contains("2 rate limits within 1m"), "{h}");
+    for id in [&a, &b] {
+        let s = ws.wait_state(id, &["complete", "failed", "escalated"], secs(30));
+        assert_eq!(s["status"], "complete", "{s}");
+    }
+    // Lowered until its quiet period has passed, then restored.
+    if lowered_at.elapsed() < secs(8) {
+        assert!(lowered(&ws.json(&["health", "--json"])), "recovered before provider_recovery passed");
+    }
+    assert!(
+        wait_until(secs(20), || ws.json(&["health", "--json"])["providers"].as_array().is_some_and(|p| p.is_empty())),
+        "the lowered limit recovers after provider_recovery"
+    );
+    assert!(lowered_at.elapsed() >= secs(9), "recovered early: {:?}", lowered_at.elapsed());
+    assert!(ws.ok(&["events"]).contains("\"provider_restored\""));
+}

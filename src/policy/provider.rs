@@ -3,6 +3,7 @@
 //! overloaded, then raised one agent per quiet period until it is back where it was.
 //! Pure: the shell reports the rate limits and asks with the time.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// This many rate limits of one provider within [`BURST_WINDOW_MS`] are a burst.
@@ -12,7 +13,8 @@ pub const BURST_WINDOW_MS: u64 = 60_000;
 pub const DEFAULT_RECOVERY_MS: u64 = 60_000;
 
 /// A provider's concurrency lowered by a burst of rate limits.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Lowered {
     /// The limit set at the lowering (or the last rate limit since).
     pub limit: usize,
@@ -24,7 +26,7 @@ pub struct Lowered {
     pub hits: usize,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Load {
     /// Recent rate limits, oldest first, within the burst window.
     hits: Vec<u64>,
@@ -41,11 +43,14 @@ pub struct ProviderLimit {
     pub next_step_mono: Option<u64>,
 }
 
-/// Every provider's rate-limit history and lowered limit.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Every provider's rate-limit history and lowered limit. It is kept across restarts of
+/// the supervisor (its times are on the machine's monotonic clock, good until a reboot).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProviderLoads {
     by_name: BTreeMap<String, Load>,
-    /// When [`advance`](ProviderLoads::advance) last looked.
+    /// When [`advance`](ProviderLoads::advance) last looked (not kept: a step that passed
+    /// while no supervisor ran is due at once).
+    #[serde(skip)]
     advanced_mono: u64,
 }
 

@@ -29,6 +29,8 @@ pub use crate::protocol::files::finding_text;
 const RESOURCE_RECHECK_MS: u64 = 2_000;
 const BREAKER_KEY: &str = "breaker";
 const BOOT_KEY: &str = "boot_id";
+/// The providers' rate-limit history and lowered concurrency.
+const PROVIDERS_KEY: &str = "provider_loads";
 /// A loop turn that starts this much later than its timer asked for, or a wall clock that
 /// moved this much more than the monotonic one, means the supervisor did not run meanwhile.
 const GAP_MS: u64 = 500;
@@ -314,6 +316,9 @@ impl Supervisor {
         if let Some(b) = self.store.get_meta(BREAKER_KEY)?.and_then(|s| serde_json::from_str(&s).ok()) {
             self.breaker = b;
         }
+        if let Some(p) = self.store.get_meta(PROVIDERS_KEY)?.and_then(|s| serde_json::from_str(&s).ok()) {
+            self.provider_loads = p;
+        }
         self.store.begin()?;
         let loaded = self.store.load()?;
         for u in &loaded.unreadable {
@@ -394,6 +399,11 @@ impl Supervisor {
             return Ok(());
         }
         if stored.is_some() {
+            // Rate limits and lowerings timed on the old clock: the provider starts afresh.
+            if self.provider_loads != ProviderLoads::default() {
+                self.provider_loads = ProviderLoads::default();
+                self.save_provider_loads();
+            }
             let now = self.io.mono_ms();
             let mut moved = 0;
             for id in self.order.clone() {
@@ -965,7 +975,11 @@ impl Supervisor {
             self.emit(None, &format!("breaker_{}", b.name()), data);
         }
         self.resource_recheck = None;
-        for (provider, back_to) in self.provider_loads.advance(now.mono, self.health.provider_recovery_ms) {
+        let restored = self.provider_loads.advance(now.mono, self.health.provider_recovery_ms);
+        if !restored.is_empty() {
+            self.save_provider_loads();
+        }
+        for (provider, back_to) in restored {
             self.emit(None, "provider_restored", serde_json::json!({ "provider": provider, "maxConcurrent": back_to }));
         }
         let due: Vec<AgentId> = self
@@ -1026,13 +1040,28 @@ impl Supervisor {
         let running = self.provider_counts().get(provider).copied().unwrap_or(0);
         let (base, rec) = (self.health.provider_max_concurrent, self.health.provider_recovery_ms);
         let mono = self.io.mono_ms();
-        if let Some(l) = self.provider_loads.rate_limited(provider, mono, running, base, rec)
+        let lowering = self.provider_loads.rate_limited(provider, mono, running, base, rec);
+        self.save_provider_loads();
+        if let Some(l) = lowering
             && l.limit < l.ceiling
         {
             let data = serde_json::json!({
                 "provider": provider, "maxConcurrent": l.limit, "from": l.ceiling, "rateLimits": l.hits,
             });
             self.emit(None, "provider_lowered", data);
+        }
+    }
+
+    /// Keeps the providers' loads in the registry, so a restarted supervisor admits their
+    /// agents as this one would have.
+    fn save_provider_loads(&mut self) {
+        match serde_json::to_string(&self.provider_loads) {
+            Ok(s) => {
+                if let Err(e) = self.store.put_meta(PROVIDERS_KEY, &s) {
+                    crate::elog!("corral daemon: cannot record the providers' limits: {e}");
+                }
+            }
+            Err(e) => crate::elog!("corral daemon: cannot record the providers' limits: {e}"),
         }
     }
 
