@@ -697,3 +697,63 @@ fn a_lowered_provider_limit_survives_a_supervisor_restart_until_it_recovers() {
     assert!(lowered_at.elapsed() >= secs(9), "recovered early: {:?}", lowered_at.elapsed());
     assert!(ws.ok(&["events"]).contains("\"provider_restored\""));
 }
+
+#[test]
+fn memory_patterns_give_each_roles_cost_and_tokens_in_all_per_agent_and_on_failures() {
+    let ws = Ws::with_config(Some(&format!(
+        "{FAST}\n[roles.W]\nmax_retries = 0\n[roles.BAD]\nmax_retries = 1\nresume_session = false\n\
+         [[classify]]\nfailure_type = [\"crash\"]\naction = \"retry\"\n"
+    )));
+    // Two good runs of W at $0.0123 each (2,500 in, 52 out); a plain agent of W reports none.
+    let good = fake_cli(&ws, "claude", "claude-success", "exit 0");
+    let a = ws.spawn("W", &[&good, "-p", "x"]);
+    let b = ws.spawn("W", &[&good, "-p", "x"]);
+    let plain = ws.spawn("W", &["true"]);
+    // BAD: an error result costing $0.5, twice (the retry, a session of its own, fails the
+    // same way).
+    let bad_lines = ws.path().join("bad.jsonl");
+    std::fs::write(
+        &bad_lines,
+        concat!(
+            r#"{"type":"system","subtype":"init","session_id":"9a9a9a9a-1111-4d53-9a55-0f2d7b1c9e7N"}"#,
+            "\n",
+            r#"{"type":"result","subtype":"error_during_execution","is_error":true,"num_turns":1,"result":"broke","session_id":"9a9a9a9a-1111-4d53-9a55-0f2d7b1c9e7N","total_cost_usd":0.5,"usage":{"input_tokens":100,"output_tokens":10}}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let bad_bin = ws.path().join("badbin");
+    std::fs::create_dir_all(&bad_bin).unwrap();
+    let bad_cli = bad_bin.join("claude");
+    let script = format!("#!/bin/sh\nsed \"s/7N/7$CORRAL_ATTEMPT/g\" '{}'\nexit 0\n", bad_lines.display());
+    std::fs::write(&bad_cli, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bad_cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = ws.spawn("BAD", &[bad_cli.to_str().unwrap(), "-p", "x"]);
+    for id in [&a, &b, &plain] {
+        assert_eq!(ws.wait_state(id, &["complete", "failed", "escalated"], secs(15))["status"], "complete");
+    }
+    let s = ws.wait_state(&c, &["complete", "failed", "escalated"], secs(15));
+    assert_ne!(s["status"], "complete", "{s}");
+    assert_eq!(ws.show(&c)["attempts"].as_array().unwrap().len(), 2);
+
+    let m = ws.json(&["memory", "list", "--json"]);
+    let role = |name: &str| m["patterns"].as_array().unwrap().iter().find(|p| p["role"] == name).unwrap().clone();
+    let close = |v: &serde_json::Value, want: f64| (v.as_f64().unwrap_or(f64::NAN) - want).abs() < 1e-9;
+    let w = role("W");
+    assert!(close(&w["costUsd"], 0.0246), "{w}");
+    assert!(close(&w["costPerAgentUsd"], 0.0123), "the mean over the agents that reported one: {w}");
+    assert_eq!(w["tokens"], serde_json::json!({ "input": 5000, "output": 104 }), "{w}");
+    assert_eq!(w["tokensPerAgent"], serde_json::json!({ "input": 2500, "output": 52 }), "{w}");
+    assert!(w.get("failedCostUsd").is_none(), "nothing failed: {w}");
+    let bad = role("BAD");
+    assert!(close(&bad["costUsd"], 1.0), "{bad}");
+    assert!(close(&bad["costPerAgentUsd"], 1.0), "{bad}");
+    assert!(close(&bad["failedCostUsd"], 1.0), "{bad}");
+    assert_eq!(bad["tokens"], serde_json::json!({ "input": 200, "output": 20 }), "{bad}");
+    let text = ws.ok(&["memory"]);
+    assert!(text.contains("cost $0.0246 ($0.0123 per agent)"), "{text}");
+    assert!(text.contains("cost $1.0000 ($1.0000 per agent); $1.0000 on failed attempts"), "{text}");
+    let export = ws.ok(&["memory", "export"]);
+    assert!(export.contains("cost $1.0000, $1.0000 per agent, $1.0000 of it on failed attempts"), "{export}");
+}

@@ -107,6 +107,14 @@ fn show(s: &MemorySnapshot, json: bool) -> Result {
                 fmt_ms(p.attempt_timeout_ms)
             )?;
         }
+        if let Some(c) = p.cost_usd {
+            let per = p.cost_per_agent_usd.map(|x| format!(" (${x:.4} per agent)")).unwrap_or_default();
+            let failed = p.failed_cost_usd.map(|x| format!("; ${x:.4} on failed attempts")).unwrap_or_default();
+            say!("    cost ${c:.4}{per}{failed}")?;
+        }
+        if let (Some(t), Some(per)) = (p.tokens, p.tokens_per_agent) {
+            say!("    tokens {} in, {} out ({} in, {} out per agent)", t.input, t.output, per.input, per.output)?;
+        }
         if let Some(adv) = &p.advice {
             say!("    ADVICE: {adv}")?;
         }

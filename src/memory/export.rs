@@ -69,6 +69,14 @@ fn pattern_observations(p: &RolePattern) -> Vec<String> {
             fmt_ms(p.attempt_timeout_ms)
         ));
     }
+    if let Some(c) = p.cost_usd {
+        let per = p.cost_per_agent_usd.map(|x| format!(", ${x:.4} per agent")).unwrap_or_default();
+        let failed = p.failed_cost_usd.map(|x| format!(", ${x:.4} of it on failed attempts")).unwrap_or_default();
+        o.push(format!("cost ${c:.4}{per}{failed}"));
+    }
+    if let (Some(t), Some(per)) = (p.tokens, p.tokens_per_agent) {
+        o.push(format!("tokens {} in, {} out; {} in, {} out per agent", t.input, t.output, per.input, per.output));
+    }
     o.extend(p.advice.clone());
     o
 }

@@ -6,6 +6,7 @@ pub mod export;
 
 use crate::policy::agent::{Agent, AgentState, AttemptRun};
 use crate::policy::lifecycle::fmt_ms;
+use crate::policy::usage::{Tokens, agent_totals};
 use crate::protocol::time;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,6 +43,20 @@ pub struct RolePattern {
     pub attempt_timeout_ms: u64,
     /// Set when the role's attempts run near or past its timeout.
     pub advice: Option<String>,
+    /// What the role's agent CLIs reported (absent for plain agents): the cost of all its
+    /// agents whose cost is known, and the tokens of all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Tokens>,
+    /// The same per agent: the mean over the agents that reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_per_agent_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_agent: Option<Tokens>,
+    /// What its failed attempts cost: spent on work that had to be done again or escalated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -127,7 +142,13 @@ pub fn patterns(agents: &[&Agent]) -> Vec<RolePattern> {
                 duration_max_ms: None,
                 attempt_timeout_ms: list.last().map(|a| a.spec.policy.attempt_timeout_ms).unwrap_or(0),
                 advice: None,
+                cost_usd: None,
+                tokens: None,
+                cost_per_agent_usd: None,
+                tokens_per_agent: None,
+                failed_cost_usd: None,
             };
+            spending(&mut p, &list);
             let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
             let mut durations = Vec::new();
             for a in &list {
@@ -170,6 +191,38 @@ pub fn patterns(agents: &[&Agent]) -> Vec<RolePattern> {
             p
         })
         .collect()
+}
+
+/// The role's cost and tokens, in all and per agent, and what its failed attempts cost.
+fn spending(p: &mut RolePattern, list: &[&Agent]) {
+    let (mut cost, mut costed, mut tokens, mut tokened) = (0.0, 0usize, Tokens::default(), 0u64);
+    for a in list {
+        let t = agent_totals(a);
+        if let Some(c) = t.cost_usd {
+            cost += c;
+            costed += 1;
+        }
+        if let Some(k) = t.tokens {
+            tokens.input = tokens.input.saturating_add(k.input);
+            tokens.output = tokens.output.saturating_add(k.output);
+            tokened += 1;
+        }
+        for at in &a.attempts {
+            if let (AttemptRun::Ended { failure_type: Some(_), .. }, Some(c)) =
+                (&at.run, at.stream.as_ref().and_then(|s| s.cost_usd))
+            {
+                *p.failed_cost_usd.get_or_insert(0.0) += c;
+            }
+        }
+    }
+    if costed > 0 {
+        p.cost_usd = Some(cost);
+        p.cost_per_agent_usd = Some(cost / costed as f64);
+    }
+    if let (Some(i), Some(o)) = (tokens.input.checked_div(tokened), tokens.output.checked_div(tokened)) {
+        p.tokens = Some(tokens);
+        p.tokens_per_agent = Some(Tokens { input: i, output: o });
+    }
 }
 
 /// Advice when the 95th-percentile attempt comes within 80% of the role's timeout.

@@ -60,3 +60,35 @@ pub fn over_budget(p: &RolePolicy, s: &Spent) -> Option<String> {
     }
     None
 }
+
+/// Tokens, cost and turns of all of an agent's attempts: a cost is known only when every
+/// attempt that used tokens has one.
+pub struct Totals {
+    pub tokens: Option<Tokens>,
+    pub cost_usd: Option<f64>,
+    pub turns: Option<u32>,
+}
+
+pub fn agent_totals(a: &super::agent::Agent) -> Totals {
+    let mut t = Totals { tokens: None, cost_usd: None, turns: None };
+    let mut cost_known = true;
+    for s in a.attempts.iter().filter_map(|x| x.stream.as_ref()) {
+        if let Some(k) = s.tokens {
+            let sum = t.tokens.get_or_insert_with(Default::default);
+            sum.input = sum.input.saturating_add(k.input);
+            sum.output = sum.output.saturating_add(k.output);
+        }
+        match s.cost_usd {
+            Some(c) => *t.cost_usd.get_or_insert(0.0) += c,
+            None if s.tokens.is_some_and(|k| k.total() > 0) => cost_known = false,
+            None => {}
+        }
+        if let Some(n) = s.turns {
+            *t.turns.get_or_insert(0) += n;
+        }
+    }
+    if !cost_known {
+        t.cost_usd = None;
+    }
+    t
+}

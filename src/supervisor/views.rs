@@ -115,37 +115,7 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp, gauges: &
     }
 }
 
-/// Tokens, cost and turns of all of an agent's attempts: a cost is known only when every
-/// attempt that used tokens has one.
-pub struct Totals {
-    pub tokens: Option<crate::policy::usage::Tokens>,
-    pub cost_usd: Option<f64>,
-    pub turns: Option<u32>,
-}
-
-pub fn agent_totals(a: &crate::policy::agent::Agent) -> Totals {
-    let mut t = Totals { tokens: None, cost_usd: None, turns: None };
-    let mut cost_known = true;
-    for s in a.attempts.iter().filter_map(|x| x.stream.as_ref()) {
-        if let Some(k) = s.tokens {
-            let sum = t.tokens.get_or_insert_with(Default::default);
-            sum.input = sum.input.saturating_add(k.input);
-            sum.output = sum.output.saturating_add(k.output);
-        }
-        match s.cost_usd {
-            Some(c) => *t.cost_usd.get_or_insert(0.0) += c,
-            None if s.tokens.is_some_and(|k| k.total() > 0) => cost_known = false,
-            None => {}
-        }
-        if let Some(n) = s.turns {
-            *t.turns.get_or_insert(0) += n;
-        }
-    }
-    if !cost_known {
-        t.cost_usd = None;
-    }
-    t
-}
+pub use crate::policy::usage::{Totals, agent_totals};
 
 /// Why a queued agent waits, computed now by the rule admission uses (the reason recorded
 /// when it was queued may be stale: a cooldown counts down, capacity frees up).
