@@ -907,3 +907,58 @@ fn claude_over_max_cost_is_stopped_and_escalated() {
 fn codex_over_max_cost_is_stopped_and_escalated() {
     over_budget_is_stopped_and_escalated(Cli::Codex, "codex_over_max_cost_is_stopped_and_escalated");
 }
+
+/// The server answers 429 to three Claude agents at once: the burst lowers the provider's
+/// concurrency (`provider_lowered`), each agent waits for the reset without spending a
+/// retry, and all three complete after it.
+#[test]
+fn claude_burst_of_rate_limits_lowers_the_provider_and_every_agent_completes_after_the_reset() {
+    let test = "claude_burst_of_rate_limits_lowers_the_provider_and_every_agent_completes_after_the_reset";
+    let Some(bin_dir) = require(Cli::Claude, test) else { return };
+    let marks: Vec<String> = (1..=3).map(|n| format!("burst-{n}-claude")).collect();
+    let conversations: Vec<Value> = marks
+        .iter()
+        .map(|m| {
+            json!({"match": m, "turns": [
+                {"status": 429, "headers": {"retry-after": "4"}, "message": "Rate limited: your usage limit resets in 4 seconds."},
+                {"text": format!("{m} finished after the reset")}]})
+        })
+        .collect();
+    let script = json!({ "conversations": conversations });
+    let roles = "[roles.WORKER]\nmax_retries = 0\nattempt_timeout = \"60s\"\nbackoff = { initial = \"4s\" }\n";
+    let rig = Rig::new(Cli::Claude, bin_dir, &script, roles);
+    let path = rig.ws.path().join("corral.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    // Admission is bounded by the provider alone here.
+    std::fs::write(&path, toml.replace("[health]\n", "[health]\nprovider_recovery = \"5s\"\n")).unwrap();
+    let ids: Vec<String> = marks.iter().map(|m| rig.spawn("WORKER", &format!("Task {m}."))).collect();
+    let mut events = String::new();
+    assert!(
+        wait_until(SECS(60), || {
+            events = rig.ok(&["events"]);
+            events.contains("\"provider_lowered\"")
+        }),
+        "no provider_lowered event:\n{events}"
+    );
+    let lowered: Value = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["kind"] == "provider_lowered")
+        .unwrap();
+    assert_eq!(lowered["data"]["provider"], "anthropic", "{lowered}");
+    assert!(lowered["data"]["maxConcurrent"].as_u64() < lowered["data"]["from"].as_u64(), "{lowered}");
+    for id in &ids {
+        let v = rig.wait_state(id, &["complete", "failed", "escalated"], SECS(120));
+        assert_eq!(v["status"], "complete", "{v}\n{}", rig.log(id));
+        let show = rig.ws.show(id);
+        assert_eq!(show["budgetAttempt"], 1, "no retry spent: {show}");
+        let attempts = show["attempts"].as_array().unwrap();
+        assert_eq!(attempts[0]["failureType"], "rate_limited", "{show}");
+    }
+    for m in &marks {
+        let reqs = rig.model.conversation(m);
+        assert!(reqs.len() >= 2, "{m}: {:?}", reqs.iter().map(|r| &r["served"]).collect::<Vec<_>>());
+        let t429 = reqs[0]["t"].as_f64().unwrap();
+        assert!(reqs.last().unwrap()["t"].as_f64().unwrap() >= t429 + 3.0, "{m} went on only after the reset");
+    }
+}
