@@ -248,6 +248,9 @@ pub struct AttemptView {
     /// This attempt continued the session of the one before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
+    /// Where this attempt's part of the log starts (its header line), in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_start: Option<u64>,
 }
 
 /// An agent CLI's final result as `show --json` gives it.

@@ -361,10 +361,14 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
     });
     atomic::write_beneath(d.root(), &context_file, context.as_bytes())
         .map_err(|e| format!("cannot write context {}: {e}", context_file.display()))?;
-    let argv: Vec<String> = if spec.template {
+    let context_path = context_file.to_string_lossy();
+    let expand = |context: &str| -> Vec<String> {
+        if !spec.template {
+            return spec.command.clone();
+        }
         let vars = [
-            ("{context}", context.as_str()),
-            ("{context_file}", &context_file.to_string_lossy()),
+            ("{context}", context),
+            ("{context_file}", &context_path),
             ("{task}", spec.task.as_str()),
             ("{agent_id}", id.as_str()),
             ("{role}", spec.role.as_str()),
@@ -372,15 +376,17 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
             ("{status_file}", &status_file.to_string_lossy()),
         ];
         spec.command.iter().map(|a| crate::protocol::context::expand(a, &vars)).collect()
-    } else {
-        spec.command.clone()
     };
     // A retry that continues the CLI's session (see `lifecycle::session_to_resume`).
-    let argv = match attempt.stream.as_ref().and_then(|s| s.resumed_session()) {
+    let resumed = |argv: Vec<String>| match attempt.stream.as_ref().and_then(|s| s.resumed_session()) {
         Some(session) => crate::adapter::resume_argv(spec.adapter, &argv, session),
         None => argv,
     };
-    let header = format!("=== corral: {id} attempt {n} at {}: {argv:?} ===", attempt.started_at);
+    let argv = resumed(expand(context.as_str()));
+    // The log's header names the delegation context by its file: the whole text would
+    // make one line of pages, and it is in that file.
+    let shown = resumed(expand(&format!("<the context in {context_path}>")));
+    let header = format!("=== corral: {id} attempt {n} at {}: {shown:?} ===", attempt.started_at);
     let mut env = spec.env.clone();
     let s = |p: &Path| p.display().to_string();
     env.extend([

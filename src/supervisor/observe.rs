@@ -4,7 +4,7 @@
 use super::daemon::{Supervisor, finding_text};
 use super::launch;
 use crate::aggregate::workspace;
-use crate::policy::agent::ProcessEnd;
+use crate::policy::agent::{AttemptRun, ProcessEnd};
 use crate::policy::evidence;
 use crate::policy::lifecycle::{self, ExitFacts, HandoffFacts, Report, Rules};
 use crate::protocol::files::ReportedStatus;
@@ -301,6 +301,8 @@ impl Supervisor {
         };
         let r = Rules { user: &rules.0, defaults: &rules.1 };
         let actions = lifecycle::exited(&mut live.agent, attempt, facts, &r, &now);
+        // Written before the events go out: who learns of the end finds it in the log.
+        self.log_outcome(id, attempt);
         self.apply(id, actions);
         if self.agents[id].agent.state == crate::policy::agent::AgentState::Complete {
             if verify.as_ref().is_some_and(|v| v.is_ok()) {
@@ -312,6 +314,28 @@ impl Supervisor {
         self.cleanup_after_commit(self.data.attempt_file(id, attempt, "obs"));
         super::requests::attempt_over(self, id, attempt);
         self.admit_queued();
+    }
+
+    /// The log's last word on an attempt: how corral judged it and what follows, below
+    /// the shim's footer (which knows only how the process ended).
+    fn log_outcome(&self, id: &AgentId, attempt: u32) {
+        let Some(a) = self.agents[id].agent.attempts.iter().find(|a| a.attempt == attempt) else { return };
+        let AttemptRun::Ended { failure_type, reason, action, .. } = &a.run else { return };
+        let judged = match (failure_type, reason) {
+            (None, _) => "complete".to_string(),
+            (Some(t), Some(r)) => format!("{t}: {r}"),
+            (Some(t), None) => t.clone(),
+        };
+        let then = action.as_deref().filter(|x| *x != "none").map(|x| format!("; then: {x}")).unwrap_or_default();
+        let mut line = crate::display::escape(&format!("corral: attempt {attempt} judged {judged}{then}")).into_owned();
+        line.push('\n');
+        let path = self.data.log_file(id);
+        match fsio::open_write(self.data.root(), &path, fsio::Mode::Append) {
+            Ok(mut f) => {
+                let _ = std::io::Write::write_all(&mut f, line.as_bytes());
+            }
+            Err(e) => crate::elog!("corral daemon: cannot note the outcome in {}: {e}", path.display()),
+        }
     }
 
     /// The newest handoff file written during this attempt: the file named for it, or one

@@ -73,6 +73,19 @@ pub enum StopReason {
     Budget,
 }
 
+impl StopReason {
+    /// Why corral stopped the attempt, for the log's footer.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Timeout => "stopped at its attempt timeout",
+            Self::Requested => "stopped by the supervisor",
+            Self::Terminated => "stopped: its shim was sent SIGTERM",
+            Self::ResultGrace => "stopped after lingering past result_grace after its final result",
+            Self::Budget => "stopped over its budget",
+        }
+    }
+}
+
 /// One line of a run file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -446,7 +459,8 @@ fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Optio
             }
         }
     });
-    relay.sink.note(&format!("corral: attempt ended: {}", end.describe()));
+    let why = stopped.map(StopReason::describe).map(|w| format!(", {w}")).unwrap_or_default();
+    relay.sink.note(&format!("corral: attempt ended: {}{why}", end.describe()));
     Ok((end, stopped))
 }
 

@@ -294,6 +294,7 @@ pub fn show(sup: &mut Supervisor, id: &str) -> Reply {
                     api_error_status: r.api_error_status,
                 }),
                 resumed: x.stream.as_ref().is_some_and(|s| s.resumed),
+                log_start: x.log_start,
             }
         })
         .collect();

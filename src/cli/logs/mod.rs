@@ -2,6 +2,7 @@
 //! `-f` follows it until the agent finishes, across supervisor restarts (the finish is
 //! learnt from the event stream, `ops::follow`), and across a log that was replaced (read
 //! from its start) or cut short in place (read on from its new end), saying so on stderr.
+//! `-n`, `--attempt`, `--json` and `--role` read the log as lines (`lines`).
 
 use super::{Ctx, Result};
 use crate::ipc::{AgentView, Request};
@@ -14,13 +15,42 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc;
 use std::time::Duration;
 
-#[derive(Debug, clap::Args)]
+mod lines;
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
-    pub id: String,
-    /// Keep printing new output until the agent finishes.
+    /// The agent: its id, a unique prefix of it, or its number (not with --role).
+    #[arg(
+        required_unless_present = "role",
+        add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids)
+    )]
+    pub id: Option<String>,
+    /// Keep printing new output until the agent finishes (with --role: until every agent
+    /// of the role has finished, taking in the role's agents spawned meanwhile).
     #[arg(short, long)]
     pub follow: bool,
+    /// Only the last N lines (of the attempt chosen, else of the whole log; per agent with
+    /// --role); with -f, then everything that follows.
+    #[arg(short = 'n', long = "lines", value_name = "N")]
+    pub lines: Option<usize>,
+    /// Only attempt N's part of the log (its header, its output, its footer).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempt: Option<u32>,
+    /// One JSON object per line: agentId, attempt, stream ("output" for what the agent
+    /// printed on stdout or stderr, "corral" for corral's header, footer and notes), line.
+    #[arg(long)]
+    pub json: bool,
+    /// Every agent of role R, each line prefixed with its agent id; with -f interleaved as
+    /// written.
+    #[arg(long, value_name = "R", conflicts_with = "id")]
+    pub role: Option<String>,
+}
+
+impl Args {
+    /// Read as lines rather than copied as bytes.
+    fn by_line(&self) -> bool {
+        self.lines.is_some() || self.attempt.is_some() || self.json || self.role.is_some()
+    }
 }
 
 /// How often the log is looked at even with no write seen (a log directory replaced
@@ -35,15 +65,18 @@ struct Place {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
+    if a.by_line() {
+        return lines::run(ctx, a);
+    }
+    let typed = a.id.clone().unwrap_or_default();
     // The event number before the state: a finish after the look is in the stream.
     let after: u64 = serde_json::from_value(ctx.call(&Request::LastSeq)?)?;
     // Ask the supervisor first: an unknown id is an error, not an empty log; a prefix or a
     // number comes back as the whole id.
     let views: Vec<AgentView> =
-        serde_json::from_value(ctx.call(&Request::Status { ids: vec![a.id.clone()], role: None })?)?;
-    let whole = views.first().map_or(a.id.clone(), |v| v.agent_id.clone());
+        serde_json::from_value(ctx.call(&Request::Status { ids: vec![typed.clone()], role: None })?)?;
+    let whole = views.first().map_or(typed, |v| v.agent_id.clone());
     let id = AgentId::parse(&whole).map_err(|e| super::usage(e.to_string()))?;
-    let a = Args { id: whole, ..a };
     let mut out = std::io::stdout().lock();
     let mut place = Place::default();
     copy(ctx, &id, &mut place, &mut out)?;
@@ -61,8 +94,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     let _ = watcher.watch(&ctx.data.log_dir(), notify::RecursiveMode::NonRecursive);
     let target = ctx.target();
     std::thread::scope(|s| {
+        let fid = id.to_string();
         s.spawn(move || {
-            finish_of(target, &a.id, after);
+            finish_of(target, &fid, after);
             let _ = tx.send(true);
         });
         loop {
@@ -108,8 +142,17 @@ fn finish_of(t: Target, id: &str, after: u64) {
 
 /// Prints what the log holds past `place`.
 fn copy(ctx: &Ctx, id: &AgentId, place: &mut Place, out: &mut impl Write) -> Result<()> {
+    let buf = read_new(ctx, id, place)?;
+    out.write_all(&buf)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// What the log holds past `place` (all of it when the log was replaced), moving `place`
+/// on; nothing when there is no log (yet).
+fn read_new(ctx: &Ctx, id: &AgentId, place: &mut Place) -> Result<Vec<u8>> {
     // Through fsio: a log replaced by a FIFO or a symlink is not followed.
-    let Ok(mut f) = fsio::open_read(ctx.data.root(), &ctx.data.log_file(id)) else { return Ok(()) };
+    let Ok(mut f) = fsio::open_read(ctx.data.root(), &ctx.data.log_file(id)) else { return Ok(Vec::new()) };
     let meta = f.metadata()?;
     let file = (meta.dev(), meta.ino());
     if place.file.is_some_and(|was| was != file) {
@@ -126,7 +169,5 @@ fn copy(ctx: &Ctx, id: &AgentId, place: &mut Place, out: &mut impl Write) -> Res
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;
     place.pos += buf.len() as u64;
-    out.write_all(&buf)?;
-    out.flush()?;
-    Ok(())
+    Ok(buf)
 }
