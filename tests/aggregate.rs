@@ -1,4 +1,4 @@
-//! Issue 4: wait in finishing order, aggregation, learned memory and its export.
+//! Waiting in finishing order, aggregation, learned memory and its export, through the real binary.
 
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! Issue 2's must-shows: the real binary against real processes.
+//! The core promises, shown by the real binary against real processes.
 
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! Issue 3's end-to-end must-shows: real processes, second-scale policy settings.
+//! Failure policy end to end: real processes, second-scale policy settings.
 
 mod common;
 use common::*;
