@@ -76,7 +76,6 @@ pub fn report(
     path: Option<PathBuf>,
     u: ReportUpdate,
 ) -> Result<Reported, String> {
-    validate(&u)?;
     let path = path.unwrap_or_else(|| data.status_file(id));
     let _lock = lock_reports(data, id)?;
     let (old, replaced) = match files::read_status(data.root(), &path) {
@@ -102,7 +101,8 @@ pub struct Merged {
 /// `lastUpdate` = `now`, no larger than `bound` bytes as written (pretty JSON and a
 /// newline). Past the bound the oldest findings are dropped, the newest kept, and the
 /// count added to `findingsDropped`. Refused (nothing dropped) when the update could never
-/// fit: a finding, or the other fields, larger than the bound.
+/// fit (a finding, or the other fields, larger than the bound) or is not a valid report
+/// (see [`validate`]): what it writes always reads back.
 pub fn merge(
     old: Option<StatusFile>,
     id: &str,
@@ -111,6 +111,9 @@ pub fn merge(
     now: String,
     bound: usize,
 ) -> Result<Merged, String> {
+    // Here, not only in the commands: whatever a merge writes must be a status file that
+    // reads back.
+    validate(&u)?;
     let mut s = old.unwrap_or_else(|| StatusFile {
         agent_id: id.to_string(),
         role: role.clone(),
@@ -328,6 +331,16 @@ mod tests {
             findings: findings.map(|i| Value::from(format!("finding {i:06}"))).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_merge_refuses_what_would_not_read_back() {
+        // Found by fuzzing: a finding that is JSON but neither text nor an object.
+        let u = ReportUpdate { findings: vec![serde_json::json!([])], ..Default::default() };
+        let e = merge(None, "agent-001-X", None, u, "2026-01-01T00:00:00.000Z".into(), 4096).unwrap_err();
+        assert!(e.contains("findings[0]"), "{e}");
+        let u = ReportUpdate { progress: Some(f64::NAN), ..Default::default() };
+        assert!(merge(None, "agent-001-X", None, u, "2026-01-01T00:00:00.000Z".into(), 4096).is_err());
     }
 
     #[test]
