@@ -9,8 +9,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Agents whose handoffs to aggregate, by id, unique prefix or number (default: all).
     #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub ids: Vec<String>,
+    /// Only agents of this role.
     #[arg(long)]
     pub role: Option<String>,
     /// Write the report here (atomically) instead of stdout.

@@ -40,6 +40,7 @@ pub enum Action {
     Stop,
     /// Pid, socket, uptime and agents supervised.
     Status {
+        /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
         #[arg(long)]
         json: bool,
     },

@@ -15,6 +15,7 @@ pub struct Args {
     /// Include resolved escalations.
     #[arg(long)]
     pub all: bool,
+    /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -23,6 +24,7 @@ pub struct Args {
 pub enum Action {
     /// Close escalation N, recording the human's answer.
     Resolve {
+        /// The escalation's number (as `corral escalations` lists it).
         n: u64,
         /// The human's answer in words; kept with the escalation and shown by `aggregate`.
         #[arg(long)]
@@ -37,6 +39,7 @@ pub enum Action {
         /// (without it the agent stays failed).
         #[arg(long)]
         retry: bool,
+        /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
         #[arg(long)]
         json: bool,
     },

@@ -16,10 +16,13 @@ pub struct Args {
     /// A file this agent produced (repeatable).
     #[arg(long = "deliverable", value_name = "PATH")]
     pub deliverables: Vec<String>,
+    /// A finding (repeatable; a JSON object is kept as a structured finding).
     #[arg(long = "finding", value_name = "X")]
     pub findings: Vec<String>,
+    /// A decision made (repeatable).
     #[arg(long = "decision", value_name = "X")]
     pub decisions: Vec<String>,
+    /// A lesson worth remembering for later agents (repeatable).
     #[arg(long = "memory", value_name = "X")]
     pub memory: Vec<String>,
     /// The handoff's status (default: complete).

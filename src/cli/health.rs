@@ -7,6 +7,7 @@ use crate::say;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
     #[arg(long)]
     pub json: bool,
 }

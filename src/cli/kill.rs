@@ -6,11 +6,13 @@ use crate::note;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The agent: its id, a unique prefix of it, or its number.
     #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub id: String,
     /// Time between TERM and KILL.
     #[arg(long, default_value = "5s", value_name = "D")]
     pub grace: String,
+    /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -11,6 +11,7 @@ use crate::{note, say};
 pub struct Args {
     #[command(subcommand)]
     pub action: Option<Action>,
+    /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -19,12 +20,15 @@ pub struct Args {
 pub enum Action {
     /// Stored memory candidates and failure patterns per role (the default).
     List {
+        /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Candidates and patterns that mention Q (case-insensitive).
     Search {
+        /// Words to look for in learned memories and failure patterns.
         q: String,
+        /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
         #[arg(long)]
         json: bool,
     },

@@ -25,6 +25,7 @@ pub struct Args {
     /// Check each merge with git merge-tree and change nothing (no verify is run).
     #[arg(long)]
     pub dry_run: bool,
+    /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
     #[arg(long)]
     pub json: bool,
 }

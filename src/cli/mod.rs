@@ -130,8 +130,9 @@ pub enum Cmd {
     Daemon(daemon::Args),
     /// Shell completions for bash, zsh, fish, elvish or powershell.
     Completions(completions::Args),
-    /// The manual page (roff) on stdout.
-    Man,
+    /// A manual page: corral(1), or with SUB the subcommand's corral-SUB(1); formatted
+    /// when stdout is a terminal, roff otherwise (`corral man spawn | man -l -`).
+    Man(completions::ManArgs),
 }
 
 impl Cmd {
@@ -280,7 +281,7 @@ pub fn run(cli: Cli) -> Result {
     }
     match cli.command {
         Cmd::Completions(a) => return completions::completions(a),
-        Cmd::Man => return completions::man(),
+        Cmd::Man(a) => return completions::man(a),
         _ => {}
     }
     let ctx = Ctx::resolve(cli.data_dir.clone())?;
@@ -319,6 +320,6 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Handoff(a) => handoff::run(&ctx, a),
         Cmd::Events(a) => events::run(&ctx, a),
         Cmd::Daemon(a) => daemon::run(&ctx, a),
-        Cmd::Completions(_) | Cmd::Man => unreachable!("handled above"),
+        Cmd::Completions(_) | Cmd::Man(_) => unreachable!("handled above"),
     }
 }

@@ -15,8 +15,10 @@ pub struct Args {
     /// 0.0 to 1.0.
     #[arg(long)]
     pub progress: Option<f64>,
+    /// The phase the agent is in (free text, e.g. implementing).
     #[arg(long)]
     pub phase: Option<String>,
+    /// The milestone it reached (free text).
     #[arg(long)]
     pub milestone: Option<String>,
     /// Appended to findings (a JSON object is kept as a structured finding).

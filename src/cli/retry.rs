@@ -6,11 +6,13 @@ use crate::note;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The agent: its id, a unique prefix of it, or its number.
     #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub id: String,
     /// Added to the next attempt's delegation context.
     #[arg(long)]
     pub context: Option<String>,
+    /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -57,6 +59,7 @@ fn refuse_lost_work(ctx: &Ctx, id: &str) -> Result<()> {
 
 #[derive(Debug, clap::Args)]
 pub struct TellArgs {
+    /// The agent: its id, a unique prefix of it, or its number.
     #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub id: String,
     /// The message; it is appended to the agent's inbox (CORRAL_INBOX_FILE).

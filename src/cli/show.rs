@@ -8,8 +8,10 @@ use crate::say_to;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The agent: its id, a unique prefix of it, or its number.
     #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub id: String,
+    /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -14,8 +14,10 @@ pub struct Args {
     /// What the agent should do.
     #[arg(long)]
     pub task: String,
+    /// What the agent may touch (files, modules); goes into its delegation context.
     #[arg(long)]
     pub scope: Option<String>,
+    /// A constraint the agent must keep (repeatable); goes into its delegation context.
     #[arg(long = "constraint", value_name = "C")]
     pub constraints: Vec<String>,
     /// Use this id instead of agent-<NNN>-<ROLE>.
@@ -27,6 +29,7 @@ pub struct Args {
     /// Attempt timeout, e.g. 90s, 15m (default: the role's).
     #[arg(long, value_name = "D")]
     pub timeout: Option<String>,
+    /// Retries after the first attempt (overrides the role's max_retries).
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
     /// Extra environment for the agent (repeatable).

@@ -8,8 +8,10 @@ use crate::{note, say_to};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Agents by id, unique prefix or number (default: all).
     #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub ids: Vec<String>,
+    /// Only agents of this role.
     #[arg(long)]
     pub role: Option<String>,
     /// Only agents in this state (repeatable): corral's view (queued, running, blocked,
@@ -21,6 +23,7 @@ pub struct Args {
     /// or spawned, updated or ended since then.
     #[arg(long, value_name = "D")]
     pub since: Option<String>,
+    /// Print JSON (a stable shape: see schemas/ and the README) instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Agents to wait for, by id, unique prefix or number (default with none named: all).
     #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub ids: Vec<String>,
+    /// Wait for every agent of this role.
     #[arg(long)]
     pub role: Option<String>,
     /// Every agent in the workspace (the default when no id or role is given).
