@@ -4,6 +4,7 @@
 //! now) returning the new state and the actions to carry out. Nothing in here reads a
 //! clock, a file or a process.
 
+pub mod admission;
 pub mod agent;
 pub mod anomaly;
 pub mod classify;

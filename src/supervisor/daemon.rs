@@ -8,11 +8,12 @@ use super::shim::Handshake;
 use super::{launch, process, views};
 use crate::config::Workspace;
 use crate::ipc::Reply;
-use crate::policy::agent::{Agent, AgentSpec, AgentState, Escalation};
+use crate::policy::admission;
+use crate::policy::agent::{Agent, AgentState, Escalation};
 use crate::policy::classify::{self, Rule};
 use crate::policy::health::{self, Breakers, HealthPolicy, Resources};
 use crate::policy::lifecycle::{self, Action, Now, Signal};
-use crate::policy::provider::{self, ProviderLimit, ProviderLoads};
+use crate::policy::provider::ProviderLoads;
 use crate::protocol::files::{FileStamp, StatusFile};
 use crate::protocol::{AgentId, DataDir, time};
 use crate::store::{EventRecord, Registry};
@@ -1065,31 +1066,34 @@ impl Supervisor {
         }
     }
 
-    /// Why an agent may not start while its provider runs as many agents as it may;
-    /// `counts` gives each provider's live agents (asked only when a limit is in force).
-    pub fn provider_limit_gate<'c>(
-        &self,
-        spec: &AgentSpec,
-        lowered: &[ProviderLimit],
-        counts: impl FnOnce() -> &'c HashMap<&'static str, usize>,
-    ) -> Option<String> {
-        let p = spec.adapter.provider()?;
-        let base = self.health.provider_max_concurrent;
-        if base.is_none() && !lowered.iter().any(|l| l.name == p) {
-            return None;
-        }
-        provider::concurrency_gate(p, counts().get(p).copied().unwrap_or(0), base, lowered)
-    }
-
     /// How many agents of each provider have a live process.
     pub fn provider_counts(&self) -> HashMap<&'static str, usize> {
-        let mut m = HashMap::new();
-        for l in self.agents.values().filter(|l| l.agent.state.has_live_process()) {
-            if let Some(p) = l.agent.spec.adapter.provider() {
-                *m.entry(p).or_insert(0) += 1;
-            }
+        admission::Counts::of(self.agents.values().map(|l| &l.agent), 0, true).by_provider
+    }
+
+    /// The rules admission applies now.
+    pub fn limits(&self) -> admission::Limits<'_> {
+        admission::Limits { health: &self.health, breakers: &self.breaker }
+    }
+
+    /// What admission reads that a start does not change, as of `mono`.
+    pub fn admission_pass(&self, mono: u64) -> admission::Pass {
+        admission::Pass {
+            mono,
+            resources: self.resources(),
+            budget: self.ws.config.budget.max_cost_usd.and_then(|max| {
+                let spent = self.agents.values().filter_map(|l| super::views::agent_totals(&l.agent).cost_usd).sum();
+                lifecycle::workspace_budget_gate(Some(max), spent)
+            }),
+            holds: lifecycle::provider_holds(self.agents.values().map(|l| &l.agent), mono),
+            lowered: self.provider_loads.lowered(mono, self.health.provider_recovery_ms),
         }
-        m
+    }
+
+    /// What a start changes, counted now.
+    pub fn admission_counts(&self, pass: &admission::Pass) -> admission::Counts {
+        let providers = self.limits().per_provider(pass);
+        admission::Counts::of(self.agents.values().map(|l| &l.agent), self.open_escalations(), providers)
     }
 
     pub fn running_count(&self) -> usize {
@@ -1125,7 +1129,6 @@ impl Supervisor {
     /// Starts queued agents, in spawn order, while dependencies and health allow. Starting
     /// is queued work: admission decides, `settle` starts.
     fn run_admission(&mut self) {
-        let resources = self.resources();
         loop {
             let now = self.now();
             let mut changed = false;
@@ -1135,16 +1138,10 @@ impl Supervisor {
                 .filter(|id| matches!(self.agents[*id].agent.state, AgentState::Queued { .. }))
                 .cloned()
                 .collect();
+            let pass = self.admission_pass(now.mono);
             // Counted once, and again only after something started: a long queue held by
             // the gate costs one pass, not one pass per queued agent.
             let mut counts = None;
-            let mut by_provider = None;
-            let holds = lifecycle::provider_holds(self.agents.values().map(|l| &l.agent), now.mono);
-            let lowered = self.provider_loads.lowered(now.mono, self.health.provider_recovery_ms);
-            let budget = self.ws.config.budget.max_cost_usd.and_then(|max| {
-                let spent = self.agents.values().filter_map(|l| super::views::agent_totals(&l.agent).cost_usd).sum();
-                lifecycle::workspace_budget_gate(Some(max), spent)
-            });
             for id in queued {
                 if !matches!(self.agents[&id].agent.state, AgentState::Queued { .. }) {
                     continue;
@@ -1153,23 +1150,10 @@ impl Supervisor {
                     self.agents.get(d).map(|l| &l.agent.state)
                 });
                 if gate == lifecycle::Gate::Ready {
-                    let (running, open) =
-                        *counts.get_or_insert_with(|| (self.running_count(), self.open_escalations()));
-                    let role = &self.agents[&id].agent.spec.role;
-                    let hold = budget
-                        .clone()
-                        .or_else(|| lifecycle::provider_gate(&self.agents[&id].agent.spec, &holds, now.mono))
-                        .or_else(|| {
-                            let spec = &self.agents[&id].agent.spec;
-                            self.provider_limit_gate(spec, &lowered, || {
-                                by_provider.get_or_insert_with(|| self.provider_counts())
-                            })
-                        })
-                        .or_else(|| {
-                            health::hold_reason(&self.health, &self.breaker, role, running, open, &resources, now.mono)
-                        });
+                    let counts = counts.get_or_insert_with(|| self.admission_counts(&pass));
+                    let hold = admission::hold(&self.agents[&id].agent.spec, &self.limits(), &pass, counts);
                     if let Some(why) = hold {
-                        if health::resources_short(&self.health, &resources) {
+                        if health::resources_short(&self.health, &pass.resources) {
                             self.resource_recheck = Some(now.mono + RESOURCE_RECHECK_MS);
                         }
                         gate = lifecycle::Gate::Wait(why);
@@ -1188,7 +1172,6 @@ impl Supervisor {
                 if !actions.is_empty() {
                     self.apply(&id, actions);
                     counts = None;
-                    by_provider = None;
                 }
                 changed |= self.agents[&id].agent.state.is_finished() && !before.is_finished();
             }

@@ -3,8 +3,9 @@
 use super::daemon::{Answer, EVENTS_PAGE, Supervisor};
 use super::{launch, views};
 use crate::ipc::{BreakerView, DaemonView, HealthView, QueuedView, Reply, Request};
+use crate::policy::admission;
 use crate::policy::escalation;
-use crate::policy::health::{self, Breaker, GLOBAL};
+use crate::policy::health::{Breaker, GLOBAL};
 use crate::policy::lifecycle::{self, fmt_ms};
 use crate::protocol::{AgentId, fsio, time};
 use std::io::Write;
@@ -280,12 +281,9 @@ fn resolve_for(sup: &mut Supervisor, id: &AgentId, note: &str) {
 pub fn health_view(sup: &Supervisor) -> HealthView {
     let now = sup.io.mono_ms();
     let gauges = views::Gauges::of(sup);
-    let (r, running) = (&gauges.resources, gauges.running);
+    let (r, running) = (&gauges.pass.resources, gauges.counts.running);
     // What holds every start, whatever its role (a role's own breaker is in `breakers`).
-    let held = gauges
-        .budget
-        .clone()
-        .or_else(|| health::hold_reason(&sup.health, &sup.breaker, GLOBAL, running, sup.open_escalations(), r, now));
+    let held = admission::workspace_hold(&sup.limits(), &gauges.pass, &gauges.counts);
     let h = &sup.health;
     let view = |key: &str, b: Option<&Breaker>| {
         let (state, recent, probe_in, probe) = match b {
@@ -333,8 +331,7 @@ pub fn health_view(sup: &Supervisor) -> HealthView {
             .iter()
             .filter_map(|id| {
                 let live = &sup.agents[id];
-                views::queue_reason(sup, live, &gauges, now)
-                    .map(|reason| QueuedView { agent_id: id.to_string(), reason })
+                views::queue_reason(sup, live, &gauges).map(|reason| QueuedView { agent_id: id.to_string(), reason })
             })
             .collect(),
         breaker: summary,
@@ -354,6 +351,7 @@ pub fn health_view(sup: &Supervisor) -> HealthView {
 fn provider_views(g: &views::Gauges) -> Vec<crate::ipc::ProviderView> {
     let mono = time::mono_ms();
     let mut out: Vec<crate::ipc::ProviderView> = g
+        .pass
         .holds
         .iter()
         .map(|p| crate::ipc::ProviderView {
@@ -366,11 +364,11 @@ fn provider_views(g: &views::Gauges) -> Vec<crate::ipc::ProviderView> {
                     .unwrap_or_else(|_| time::now()),
             )),
             max_concurrent: None,
-            running: g.by_provider.get(p.name.as_str()).copied().unwrap_or(0),
+            running: g.counts.by_provider.get(p.name.as_str()).copied().unwrap_or(0),
             reason: p.reason.clone(),
         })
         .collect();
-    for l in &g.lowered {
+    for l in &g.pass.lowered {
         let why = l.reason.clone();
         match out.iter_mut().find(|v| v.name == l.name) {
             Some(v) => {
@@ -381,7 +379,7 @@ fn provider_views(g: &views::Gauges) -> Vec<crate::ipc::ProviderView> {
                 name: l.name.clone(),
                 held_until: None,
                 max_concurrent: Some(l.max),
-                running: g.by_provider.get(l.name.as_str()).copied().unwrap_or(0),
+                running: g.counts.by_provider.get(l.name.as_str()).copied().unwrap_or(0),
                 reason: why,
             }),
         }

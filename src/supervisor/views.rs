@@ -3,42 +3,26 @@
 
 use super::daemon::{Live, Supervisor};
 use crate::ipc::{AgentView, AttemptView, Reply, ShowFiles, ShowView};
+use crate::policy::admission;
 use crate::policy::agent::{AgentState, AttemptRun};
 use crate::policy::anomaly::{self, Seen};
-use crate::policy::health::{self, Resources};
 use crate::policy::lifecycle::{self, Gate, fmt_ms};
-use crate::policy::provider::ProviderLimit;
 use crate::protocol::registry::SpawnRecord;
 use crate::protocol::time;
-use std::collections::HashMap;
 
 /// What admission looks at, taken once per read command (not once per agent).
 pub struct Gauges {
-    pub resources: Resources,
-    pub running: usize,
-    pub open_escalations: usize,
-    pub holds: Vec<lifecycle::ProviderHold>,
-    /// Providers whose concurrency a burst of rate limits lowered, and each one's live agents.
-    pub lowered: Vec<ProviderLimit>,
-    pub by_provider: HashMap<&'static str, usize>,
-    /// Why nothing starts while the workspace's budget is spent.
-    pub budget: Option<String>,
+    pub pass: admission::Pass,
+    pub counts: admission::Counts,
 }
 
 impl Gauges {
     pub fn of(sup: &Supervisor) -> Self {
-        Self {
-            resources: sup.resources(),
-            running: sup.running_count(),
-            open_escalations: sup.open_escalations(),
-            holds: lifecycle::provider_holds(sup.agents.values().map(|l| &l.agent), time::mono_ms()),
-            lowered: sup.provider_loads.lowered(time::mono_ms(), sup.health.provider_recovery_ms),
-            by_provider: sup.provider_counts(),
-            budget: sup.ws.config.budget.max_cost_usd.and_then(|max| {
-                let spent = sup.agents.values().filter_map(|l| agent_totals(&l.agent).cost_usd).sum();
-                lifecycle::workspace_budget_gate(Some(max), spent)
-            }),
-        }
+        let pass = sup.admission_pass(time::mono_ms());
+        // Per provider always: `health` shows each held provider's live agents.
+        let agents = sup.agents.values().map(|l| &l.agent);
+        let counts = admission::Counts::of(agents, sup.open_escalations(), true);
+        Self { pass, counts }
     }
 }
 
@@ -52,7 +36,7 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp, gauges: &
     let mono = time::mono_ms();
     let live_attempt = cur.filter(|_| a.state.has_live_process());
     let queued = match &a.state {
-        AgentState::Queued { .. } => queue_reason(sup, live, gauges, mono),
+        AgentState::Queued { .. } => queue_reason(sup, live, gauges),
         _ => None,
     };
     let seen = Seen {
@@ -119,19 +103,12 @@ pub use crate::policy::usage::{Totals, agent_totals};
 
 /// Why a queued agent waits, computed now by the rule admission uses (the reason recorded
 /// when it was queued may be stale: a cooldown counts down, capacity frees up).
-pub fn queue_reason(sup: &Supervisor, live: &Live, g: &Gauges, mono: u64) -> Option<String> {
+pub fn queue_reason(sup: &Supervisor, live: &Live, g: &Gauges) -> Option<String> {
     let AgentState::Queued { reason } = &live.agent.state else { return None };
-    let (running, open, r) = (g.running, g.open_escalations, &g.resources);
     let gate = lifecycle::admission(
         &live.agent.spec,
         |d| sup.agents.get(d).map(|l| &l.agent.state),
-        |role| {
-            g.budget
-                .clone()
-                .or_else(|| lifecycle::provider_gate(&live.agent.spec, &g.holds, mono))
-                .or_else(|| sup.provider_limit_gate(&live.agent.spec, &g.lowered, || &g.by_provider))
-                .or_else(|| health::hold_reason(&sup.health, &sup.breaker, role, running, open, r, mono))
-        },
+        |_| admission::hold(&live.agent.spec, &sup.limits(), &g.pass, &g.counts),
     );
     Some(match gate {
         Gate::Wait(why) | Gate::Fail(why) => why,
