@@ -42,6 +42,9 @@ pub struct Config {
     /// `[[notify]]` hooks: commands run when events happen.
     #[serde(default)]
     pub notify: Vec<NotifyConfig>,
+    /// `[groups.NAME]`: admission groups with a limit of their own.
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupConfig>,
 }
 
 /// The default of a `[[notify]]` hook's `timeout`.
@@ -254,6 +257,25 @@ pub struct RoleConfig {
     pub verify: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_limit")]
     pub verify_timeout: Option<Duration>,
+    /// The admission group its agents count against (`--group` overrides it).
+    #[serde(default, deserialize_with = "de_group")]
+    pub group: Option<String>,
+}
+
+/// One `[groups.NAME]` table: a limit of its own for the agents of an admission group.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// At most this many of the group's agents run at once (within `[health]
+    /// max_concurrent`); none: no limit of its own.
+    #[serde(default, deserialize_with = "de_at_least_one")]
+    pub max_concurrent: Option<usize>,
+}
+
+fn de_group<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::protocol::ids::validate_group(&s).map_err(serde::de::Error::custom)?;
+    Ok(Some(s))
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -458,6 +480,16 @@ impl Config {
                 action: c.action,
             })
             .collect()
+    }
+
+    /// The admission group of a role's agents: `[roles.X] group`, else `[defaults] group`.
+    pub fn role_group(&self, role: &str) -> Option<String> {
+        self.roles.get(role).and_then(|r| r.group.clone()).or_else(|| self.defaults.group.clone())
+    }
+
+    /// Each configured group's `max_concurrent`.
+    pub fn group_limits(&self) -> BTreeMap<String, usize> {
+        self.groups.iter().filter_map(|(g, c)| Some((g.clone(), c.max_concurrent?))).collect()
     }
 
     pub fn health(&self) -> HealthPolicy {
@@ -921,16 +953,29 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
             )));
         }
     }
+    for name in c.groups.keys() {
+        if let Err(e) = crate::protocol::ids::validate_group(name) {
+            return Err(match line_of_table(text, "groups", name) {
+                Some(l) => format!("{}:{l}: key `groups.{name}`: {e}", path.display()),
+                None => format!("{}: key `groups.{name}`: {e}", path.display()),
+            });
+        }
+    }
     Ok(c)
 }
 
 /// The line of the table (or dotted key) that defines role `name`.
 fn line_of_role(text: &str, name: &str) -> Option<usize> {
+    line_of_table(text, "roles", name)
+}
+
+/// The line of the table (or dotted key) that defines `[table.name]`.
+fn line_of_table(text: &str, table: &str, name: &str) -> Option<usize> {
     let header = |l: &str| {
         let t: String = l.chars().filter(|c| !c.is_whitespace()).collect();
-        t.starts_with(&format!("[roles.{name}]"))
-            || t.starts_with(&format!("[roles.\"{name}\"]"))
-            || t.starts_with(&format!("roles.{name}."))
+        t.starts_with(&format!("[{table}.{name}]"))
+            || t.starts_with(&format!("[{table}.\"{name}\"]"))
+            || t.starts_with(&format!("{table}.{name}."))
     };
     text.lines().position(header).map(|i| i + 1)
 }

@@ -73,6 +73,22 @@ pub enum Request {
         #[serde(default)]
         worktrees: bool,
     },
+    /// `corral parallel`: how many agents (of `group`, else of the workspace) may run at
+    /// once, changed at run time and kept; `max: None` goes back to the configuration's.
+    Parallel {
+        #[serde(default)]
+        group: Option<String>,
+        max: Option<usize>,
+    },
+    /// `corral pause` (`paused`) / `corral resume`: holds or releases the admission of queued
+    /// agents (of `group`, else of the workspace; `all` releases every pause).
+    Pause {
+        #[serde(default)]
+        group: Option<String>,
+        paused: bool,
+        #[serde(default)]
+        all: bool,
+    },
     DaemonStatus,
     /// Answers at once: proves the supervisor behind the socket is alive and serving.
     Ping,
@@ -107,6 +123,15 @@ pub struct SpawnRequest {
     /// `--worktree` (true) / `--no-worktree` (false) over the role's `isolation`.
     #[serde(default)]
     pub worktree: Option<bool>,
+    /// `--group`: the admission group (default: the role's `group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `--priority` (default 0).
+    #[serde(default)]
+    pub priority: i32,
+    /// `--delay`: not started before this long after the spawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -207,6 +232,15 @@ pub struct AgentView {
     /// While `waiting` on a rate limit: when it ends (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_until: Option<String>,
+    /// The admission group it counts against (`--group`, or its role's `group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `--priority`: among queued agents that may start, higher ones start first.
+    #[serde(default)]
+    pub priority: i32,
+    /// `--delay`: not started before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
 }
 
 fn none_adapter() -> String {
@@ -338,7 +372,14 @@ pub struct HealthView {
     /// Why spawning is held, when it is.
     pub held_because: Option<String>,
     pub running: usize,
+    /// How many agents may run at once now (`corral parallel` over `[health] max_concurrent`).
     pub max_concurrent: usize,
+    /// `[health] max_concurrent` as configured, when `corral parallel` changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured_max_concurrent: Option<usize>,
+    /// `corral pause` holds every queued agent.
+    #[serde(default)]
+    pub paused: bool,
     pub queued: Vec<QueuedView>,
     /// The breaker that says most: an open one, else half-open, else closed (or off).
     pub breaker: BreakerView,
@@ -358,6 +399,43 @@ pub struct HealthView {
     /// concurrency a burst of rate limits lowered.
     #[serde(default)]
     pub providers: Vec<ProviderView>,
+    /// Admission groups: those configured or changed at run time, and those agents name.
+    #[serde(default)]
+    pub groups: Vec<GroupView>,
+}
+
+/// What `corral parallel`, `corral pause` and `corral resume` print with `--json`: the
+/// capacity of the workspace (no `group`) or of one group, as it is now.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityView {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// How many (of the group's) agents may run at once now (`null`: a group with no limit).
+    pub max_concurrent: Option<usize>,
+    /// What `corral.toml` says (`null`: nothing, for a group).
+    pub configured: Option<usize>,
+    /// `corral parallel` changed it: this holds over the configuration until `--reset`.
+    pub changed: bool,
+    /// Admission is held (`corral resume` releases it).
+    pub paused: bool,
+    pub running: usize,
+    pub queued: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupView {
+    pub name: String,
+    /// Its agents with a live process.
+    pub running: usize,
+    /// Its agents waiting to start.
+    pub queued: usize,
+    /// How many of its agents may run at once (`null`: no limit of its own).
+    pub max_concurrent: Option<usize>,
+    /// `corral pause --group` holds its queued agents.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -17,6 +17,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("show", v(schema_for!(ShowView))),
         ("daemon-status", v(schema_for!(DaemonView))),
         ("health", v(schema_for!(HealthView))),
+        ("capacity", v(schema_for!(CapacityView))),
         ("event", v(schema_for!(crate::store::EventRecord))),
         ("escalations", v(schema_for!(Vec<crate::policy::agent::Escalation>))),
         ("memory", v(schema_for!(crate::memory::MemorySnapshot))),

@@ -23,7 +23,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         None => say!("healthy: new agents start at once")?,
         Some(why) => say!("holding new starts: {why}")?,
     }
-    say!("capacity:    {} of {} running", h.running, h.max_concurrent)?;
+    match h.configured_max_concurrent {
+        Some(c) => say!(
+            "capacity:    {} of {} running (corral parallel; corral.toml says {c}; corral parallel --reset goes back)",
+            h.running,
+            h.max_concurrent
+        )?,
+        None => say!("capacity:    {} of {} running", h.running, h.max_concurrent)?,
+    }
+    if h.paused {
+        say!("paused:      no queued agent starts (corral resume to release)")?;
+    }
     let b = &h.breaker;
     if b.state == "off" {
         say!("breaker:     off (breaker_failures = 0)")?;
@@ -79,6 +89,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             crate::display::shown(&p.name),
             what.join(", "),
             crate::display::shown(&p.reason)
+        )?;
+    }
+    for g in &h.groups {
+        let max = g.max_concurrent.map_or("no limit of its own".to_string(), |m| format!("at most {m}"));
+        let paused = if g.paused { ", paused" } else { "" };
+        say!(
+            "group:       {} {} running ({max}{paused}), {} queued",
+            crate::display::shown(&g.name),
+            g.running,
+            g.queued
         )?;
     }
     if h.cost_usd > 0.0 {

@@ -2,6 +2,7 @@
 //! print; they send requests to the supervisor and never touch the registry themselves.
 
 pub mod aggregate;
+pub mod capacity;
 pub mod clean;
 pub mod completions;
 pub mod daemon;
@@ -60,6 +61,8 @@ struct Frequent {
 }
 
 #[derive(Debug, Subcommand)]
+// Made once per process, and moved straight into `Cmd`: its size costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum FrequentCmd {
     Spawn(spawn::Args),
     Report(report::Args),
@@ -106,6 +109,12 @@ pub enum Cmd {
     Escalations(escalations::Args),
     /// Capacity, queue, circuit breaker, resources: why spawning is held.
     Health(health::Args),
+    /// How many agents (of a group) may run at once, changed now and kept over corral.toml.
+    Parallel(capacity::ParallelArgs),
+    /// Hold the admission of queued agents (of a group); running agents go on.
+    Pause(capacity::PauseArgs),
+    /// Release what `corral pause` held: queued agents start again, by priority.
+    Resume(capacity::ResumeArgs),
     /// Block until agents finish, printing each as it finishes (exit 0 all complete, 1 not, 124 timeout).
     Wait(wait::Args),
     /// Collect handoffs into one deliverable: merged findings, conflicts resolved by evidence.
@@ -309,6 +318,9 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Tell(a) => retry::tell(&ctx, a),
         Cmd::Escalations(a) => escalations::run(&ctx, a),
         Cmd::Health(a) => health::run(&ctx, a),
+        Cmd::Parallel(a) => capacity::parallel(&ctx, a),
+        Cmd::Pause(a) => capacity::pause(&ctx, a),
+        Cmd::Resume(a) => capacity::resume(&ctx, a),
         Cmd::Wait(a) => wait::run(&ctx, a),
         Cmd::Monitor(a) => monitor::run(&ctx, a),
         Cmd::Mcp(a) => mcp::run(&ctx, a),

@@ -52,6 +52,19 @@ pub struct Args {
     /// Run the agent in its cwd even where the role says `isolation = "worktree"`.
     #[arg(long)]
     pub no_worktree: bool,
+    /// Admission group: at most `[groups.G] max_concurrent` (or `corral parallel N --group G`)
+    /// of its agents run at once (default: the role's `group`; an unconfigured group has no
+    /// limit of its own).
+    #[arg(long, value_name = "G")]
+    pub group: Option<String>,
+    /// Among queued agents that may start, higher priorities start first (ties in spawn
+    /// order): -1000 to 1000, default 0.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<i64>,
+    /// Do not start before this long after the spawn, e.g. 10m, 2h (the agent waits queued;
+    /// the time is kept, so a supervisor restart does not shorten or restart it).
+    #[arg(long, value_name = "D")]
+    pub delay: Option<String>,
     /// The command and its arguments (default: the role's `command` template).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -71,6 +84,19 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     if let Some(n) = a.max_retries {
         crate::config::check_retries(n.into()).map_err(|e| usage(format!("--max-retries: {e}")))?;
     }
+    if let Some(g) = &a.group {
+        crate::protocol::ids::validate_group(g).map_err(|e| usage(format!("--group: {e}")))?;
+    }
+    let priority = match a.priority {
+        Some(n) => crate::policy::admission::check_priority(n).map_err(|e| usage(format!("--priority: {e}")))?,
+        None => 0,
+    };
+    let delay_ms = match &a.delay {
+        Some(d) => {
+            Some(crate::config::parse_duration(d).map_err(|e| usage(format!("--delay: {e}")))?.as_millis() as u64)
+        }
+        None => None,
+    };
     // A role neither configured nor in the seed's table is most likely a typo.
     if let Some(why) = ctx.ws.config.unknown_role(&a.role) {
         if ctx.ws.config.strict_roles {
@@ -130,6 +156,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         } else {
             None
         },
+        group: a.group,
+        priority,
+        delay_ms,
     };
     let reply = into_result(ctx.request(&Request::Spawn(Box::new(req)))?)?;
     let r: SpawnReply = serde_json::from_value(reply)?;

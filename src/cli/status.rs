@@ -14,6 +14,9 @@ pub struct Args {
     /// Only agents of this role.
     #[arg(long)]
     pub role: Option<String>,
+    /// Only agents of this admission group (`--group` at spawn, or the role's `group`).
+    #[arg(long, value_name = "G")]
+    pub group: Option<String>,
     /// Only agents in this state (repeatable): corral's view (queued, running, blocked,
     /// retrying, complete, failed, escalated, ...) or `needs-human` (escalated, or blocked
     /// with no process left).
@@ -61,6 +64,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     if let Some(bad) = a.statuses.iter().find(|s| !STATES.contains(&s.as_str())) {
         return Err(super::usage(format!("--status {bad:?}: use one of {}", STATES.join(", "))));
     }
+    if let Some(g) = &a.group {
+        crate::protocol::ids::validate_group(g).map_err(|e| super::usage(format!("--group: {e}")))?;
+    }
     let since = match &a.since {
         Some(d) => {
             let d = crate::config::parse_duration(d).map_err(|e| super::usage(format!("--since: {e}")))?;
@@ -70,10 +76,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         None => None,
     };
     let raw = ctx.call_raw(&Request::Status { ids: a.ids, role: a.role })?;
-    if !a.statuses.is_empty() || since.is_some() {
+    if !a.statuses.is_empty() || since.is_some() || a.group.is_some() {
         let views: Vec<AgentView> = serde_json::from_str(&raw)?;
+        let in_group = |v: &AgentView| a.group.as_ref().is_none_or(|g| v.group.as_ref() == Some(g));
         let views: Vec<AgentView> =
-            views.into_iter().filter(|v| wanted(v, &a.statuses) && active_since(v, since)).collect();
+            views.into_iter().filter(|v| wanted(v, &a.statuses) && active_since(v, since) && in_group(v)).collect();
         if a.json {
             crate::display::raw_out(format!("{}\n", serde_json::to_string(&views)?).as_bytes())?;
             return Ok(0);

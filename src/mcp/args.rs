@@ -124,6 +124,18 @@ pub struct SpawnArgs {
     /// role's `adapter`, else from the command's program name.
     #[serde(default)]
     pub adapter: Option<String>,
+    /// The admission group it counts against: at most `[groups.NAME] max_concurrent` of a
+    /// group's agents run at once (default: the role's `group`; a group not configured has
+    /// no limit of its own).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Among queued agents that may start, higher priorities start first (ties in spawn
+    /// order): -1000 to 1000, default 0.
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// Do not start before this long after the spawn, humantime form (10m, 2h).
+    #[serde(default)]
+    pub delay: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

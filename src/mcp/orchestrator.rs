@@ -50,6 +50,19 @@ pub fn spawn(ctx: &Ctx, a: SpawnArgs) -> Result<SpawnReply, String> {
     if let Some(n) = a.max_retries {
         crate::config::check_retries(n.into()).map_err(|e| format!("argument `max_retries`: {e}"))?;
     }
+    if let Some(g) = &a.group {
+        crate::protocol::ids::validate_group(g).map_err(|e| format!("argument `group`: {e}"))?;
+    }
+    let priority = match a.priority {
+        Some(n) => crate::policy::admission::check_priority(n).map_err(|e| format!("argument `priority`: {e}"))?,
+        None => 0,
+    };
+    let delay_ms = match &a.delay {
+        Some(d) => {
+            Some(crate::config::parse_duration(d).map_err(|e| format!("argument `delay`: {e}"))?.as_millis() as u64)
+        }
+        None => None,
+    };
     let timeout_ms = match &a.timeout {
         None => None,
         Some(t) => {
@@ -105,6 +118,9 @@ pub fn spawn(ctx: &Ctx, a: SpawnArgs) -> Result<SpawnReply, String> {
         idempotency_key: a.idempotency_key,
         adapter: a.adapter,
         worktree: None,
+        group: a.group,
+        priority,
+        delay_ms,
     };
     let reply: SpawnReply = call(ctx, &Request::Spawn(Box::new(req)))?;
     Ok(SpawnReply { warning, ..reply })

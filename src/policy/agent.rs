@@ -46,6 +46,19 @@ pub struct AgentSpec {
     /// The first of the ports reserved for the agent (`CORRAL_PORT`), and how many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<(u16, u16)>,
+    /// The admission group it counts against (`--group`, else its role's `group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Among the queued agents that may start, higher priorities start first (`--priority`).
+    #[serde(default, skip_serializing_if = "no_priority")]
+    pub priority: i32,
+    /// Not started before this wall time (RFC 3339; `--delay` from the spawn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+}
+
+fn no_priority(n: &i32) -> bool {
+    *n == 0
 }
 
 /// Where an agent's worktree is and what it is made from.

@@ -51,6 +51,20 @@ pub fn validate_role(role: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// An admission group's name (`--group`, `[groups.NAME]`): letters, digits, `_` and `-`,
+/// as a role's.
+pub fn validate_group(group: &str) -> Result<(), NameError> {
+    check("group", group, &[])?;
+    if group.len() > MAX_ROLE_LEN {
+        return Err(NameError {
+            what: "group",
+            value: group.to_string(),
+            why: format!("it is longer than {MAX_ROLE_LEN} characters"),
+        });
+    }
+    Ok(())
+}
+
 /// An agent id: letters, digits, `_`, `-` and `.`, starting with a letter or digit, so it
 /// can never be `..`, contain a slash, or be hidden.
 pub fn validate_id(id: &str) -> Result<(), NameError> {

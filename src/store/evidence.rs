@@ -191,6 +191,9 @@ pub fn rebuild(ws: &Workspace, data: &DataDir, ev: &Evidence, id: &str) -> Optio
         adapter: policy_adapter,
         worktree: None,
         ports: None,
+        group: None,
+        priority: 0,
+        not_before: None,
     };
     let handoff = data.handoff_file(&agent_id, &time::compact(time::now()));
     let runs: Vec<u32> = ev.runs.get(id).map(|r| r.iter().copied().collect()).unwrap_or_default();

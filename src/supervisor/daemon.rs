@@ -29,6 +29,7 @@ pub use crate::protocol::files::finding_text;
 /// How often held spawns look at memory and load again while those are what holds them.
 const RESOURCE_RECHECK_MS: u64 = 2_000;
 const BREAKER_KEY: &str = "breaker";
+const CAPACITY_KEY: &str = "capacity";
 const BOOT_KEY: &str = "boot_id";
 /// The providers' rate-limit history and lowered concurrency.
 const PROVIDERS_KEY: &str = "provider_loads";
@@ -136,11 +137,22 @@ pub struct Live {
     /// The log's length when last looked at, and when (monotonic ms) it was last seen to
     /// grow: output counts as a heartbeat without trusting file times.
     pub log_seen: Option<(u64, Option<u64>)>,
+    /// Until when (monotonic ms) a `--delay` holds it, while that is ahead: taken from the
+    /// wall time its spec keeps, so it holds across restarts and reboots.
+    pub not_before_mono: Option<u64>,
 }
 
 impl Live {
     pub fn new(agent: Agent) -> Self {
-        Self { agent, report: None, report_error: None, handoffs: Vec::new(), status_seen: None, log_seen: None }
+        Self {
+            agent,
+            report: None,
+            report_error: None,
+            handoffs: Vec::new(),
+            status_seen: None,
+            log_seen: None,
+            not_before_mono: None,
+        }
     }
 }
 
@@ -223,6 +235,10 @@ pub struct Supervisor {
     next_reconcile: u64,
     /// `[[notify]]` hooks: what is to be handed to them, and the run `all-finished` ends.
     pub notify: super::notify::Notifier,
+    /// Each admission group's limit in force.
+    pub group_max: std::collections::BTreeMap<String, usize>,
+    /// What `corral parallel`, `pause` and `resume` changed over the configuration.
+    pub capacity: admission::Capacity,
 }
 
 /// The machine's clock, for code that runs off the loop (the loop itself uses `Supervisor::now`).
@@ -254,6 +270,7 @@ impl Supervisor {
         };
         let rules = Rc::new(ws.config.rules());
         let health = ws.config.health();
+        let group_max = ws.config.group_limits();
         Self {
             ws,
             config_mtime,
@@ -303,6 +320,8 @@ impl Supervisor {
             rebuild: false,
             next_reconcile: started_mono + reconcile_ms,
             notify: Default::default(),
+            group_max,
+            capacity: Default::default(),
         }
     }
 
@@ -319,6 +338,15 @@ impl Supervisor {
         }
         if let Some(p) = self.store.get_meta(PROVIDERS_KEY)?.and_then(|s| serde_json::from_str(&s).ok()) {
             self.provider_loads = p;
+        }
+        if let Some(text) = self.store.get_meta(CAPACITY_KEY)? {
+            match serde_json::from_str(&text) {
+                Ok(c) => self.capacity = c,
+                Err(e) => {
+                    crate::elog!("corral daemon: the kept capacity changes cannot be read ({e}); using corral.toml's")
+                }
+            }
+            self.apply_capacity();
         }
         self.store.begin()?;
         let loaded = self.store.load()?;
@@ -353,7 +381,9 @@ impl Supervisor {
             if agent.cleaned_at.is_none() {
                 self.shown.push(id.clone());
             }
-            self.agents.insert(id.clone(), Live::new(agent));
+            let mut live = Live::new(agent);
+            live.not_before_mono = self.delay_mono(&live.agent);
+            self.agents.insert(id.clone(), live);
             self.refresh_status(&id);
         }
         self.notify.resume_run(&self.agents);
@@ -691,6 +721,7 @@ impl Supervisor {
                 self.rules = Rc::new(c.rules());
                 self.health = c.health();
                 self.ws.config = c;
+                self.apply_capacity();
                 self.ws.config_error = None;
                 self.config_mtime = mtime;
                 if let Err(e) = crate::config::save_last_good(&f, self.data.root()) {
@@ -701,6 +732,28 @@ impl Supervisor {
             }
             Err(e) => Err(format!("{e}\n(the supervisor keeps its last good configuration)")),
         }
+    }
+
+    /// Until when (monotonic ms) a queued agent's `--delay` holds it, if it still does.
+    pub fn delay_mono(&self, agent: &Agent) -> Option<u64> {
+        if !matches!(agent.state, AgentState::Queued { .. }) || !agent.attempts.is_empty() {
+            return None;
+        }
+        let at = time::parse(agent.spec.not_before.as_deref()?)?;
+        let ms = (at - time::now()).as_millis();
+        (ms > 0).then(|| self.io.mono_ms().saturating_add(u64::try_from(ms).unwrap_or(u64::MAX)))
+    }
+
+    /// The configuration's limits with what `corral parallel` changed over them.
+    pub fn apply_capacity(&mut self) {
+        self.health.max_concurrent = self.capacity.max_concurrent(self.ws.config.health().max_concurrent);
+        self.group_max = self.capacity.group_limits(self.ws.config.group_limits());
+    }
+
+    /// Keeps the run-time capacity changes in the registry (committed with the batch).
+    pub fn keep_capacity(&mut self) -> Result<(), String> {
+        let text = serde_json::to_string(&self.capacity).map_err(|e| e.to_string())?;
+        self.store.put_meta(CAPACITY_KEY, &text).map_err(|e| format!("cannot keep the change in the registry: {e}"))
     }
 
     /// The registry row of this id could not be read.
@@ -912,6 +965,7 @@ impl Supervisor {
             .filter_map(|l| lifecycle::next_deadline(&l.agent))
             .chain(self.breaker.next_deadline())
             .chain(self.resource_recheck)
+            .chain(self.agents.values().filter_map(|l| l.not_before_mono))
             .chain(self.provider_loads.next_step(self.health.provider_recovery_ms))
             .chain(self.launches.values().map(|p| p.deadline))
             .chain(self.idle_deadline())
@@ -982,6 +1036,12 @@ impl Supervisor {
         }
         for (provider, back_to) in restored {
             self.emit(None, "provider_restored", serde_json::json!({ "provider": provider, "maxConcurrent": back_to }));
+        }
+        // A delay that is over holds no more (and is no deadline of the loop's any more).
+        for live in self.agents.values_mut() {
+            if live.not_before_mono.is_some_and(|t| t <= now.mono) {
+                live.not_before_mono = None;
+            }
         }
         let due: Vec<AgentId> = self
             .agents
@@ -1073,7 +1133,12 @@ impl Supervisor {
 
     /// The rules admission applies now.
     pub fn limits(&self) -> admission::Limits<'_> {
-        admission::Limits { health: &self.health, breakers: &self.breaker }
+        admission::Limits {
+            health: &self.health,
+            breakers: &self.breaker,
+            groups: &self.group_max,
+            capacity: &self.capacity,
+        }
     }
 
     /// What admission reads that a start does not change, as of `mono`.
@@ -1126,18 +1191,20 @@ impl Supervisor {
         self.admit_wanted = true;
     }
 
-    /// Starts queued agents, in spawn order, while dependencies and health allow. Starting
-    /// is queued work: admission decides, `settle` starts.
+    /// Starts queued agents, higher priority first and in spawn order among equals, while
+    /// their dependencies and the holds allow. Starting is queued work: admission decides,
+    /// `settle` starts.
     fn run_admission(&mut self) {
         loop {
             let now = self.now();
             let mut changed = false;
-            let queued: Vec<AgentId> = self
+            let mut queued: Vec<AgentId> = self
                 .order
                 .iter()
                 .filter(|id| matches!(self.agents[*id].agent.state, AgentState::Queued { .. }))
                 .cloned()
                 .collect();
+            admission::by_priority(&mut queued, |id| self.agents[id].agent.spec.priority);
             let pass = self.admission_pass(now.mono);
             // Counted once, and again only after something started: a long queue held by
             // the gate costs one pass, not one pass per queued agent.
@@ -1151,7 +1218,8 @@ impl Supervisor {
                 });
                 if gate == lifecycle::Gate::Ready {
                     let counts = counts.get_or_insert_with(|| self.admission_counts(&pass));
-                    let hold = admission::hold(&self.agents[&id].agent.spec, &self.limits(), &pass, counts);
+                    let live = &self.agents[&id];
+                    let hold = admission::hold(&live.agent.spec, live.not_before_mono, &self.limits(), &pass, counts);
                     if let Some(why) = hold {
                         if health::resources_short(&self.health, &pass.resources) {
                             self.resource_recheck = Some(now.mono + RESOURCE_RECHECK_MS);

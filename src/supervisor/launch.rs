@@ -8,7 +8,7 @@ use super::io::{HANDSHAKE_TIMEOUT_MS, no_word_reason};
 use super::shim::{Handshake, ShimArgs, StopReason};
 use crate::ipc::{Reply, SpawnReply, SpawnRequest};
 use crate::policy::agent::{Agent, AgentSpec, AgentState, AttemptRun, ProcessEnd};
-use crate::policy::lifecycle;
+use crate::policy::{admission, lifecycle};
 use crate::protocol::context::{ContextInput, render};
 use crate::protocol::files::FileStamp;
 use crate::protocol::ids::validate_role;
@@ -80,7 +80,9 @@ fn record(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentId, Reply> {
     };
     sup.order.push(id.clone());
     sup.shown.push(id.clone());
-    sup.agents.insert(id.clone(), Live::new(agent));
+    let mut live = Live::new(agent);
+    live.not_before_mono = sup.delay_mono(&live.agent);
+    sup.agents.insert(id.clone(), live);
     let s = &sup.agents[&id].agent.spec;
     sup.emit(
         Some(&id),
@@ -192,6 +194,23 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
     } else {
         (None, cwd.to_path_buf())
     };
+    let group = match req.group {
+        Some(g) => {
+            crate::protocol::ids::validate_group(&g).map_err(|e| bad(format!("--group: {e}")))?;
+            Some(g)
+        }
+        None => sup.ws.config.role_group(&req.role),
+    };
+    let priority = admission::check_priority(req.priority.into()).map_err(|e| bad(format!("--priority: {e}")))?;
+    let spawned = time::now();
+    let not_before = match req.delay_ms.filter(|d| *d > 0) {
+        None => None,
+        Some(ms) => {
+            let d = jiff::SignedDuration::from_millis(i64::try_from(ms).unwrap_or(i64::MAX));
+            let at = spawned.checked_add(d).map_err(|_| bad("--delay is too long".into()))?;
+            Some(time::rfc3339(at))
+        }
+    };
     let ports = super::prepare::reserve_ports(sup, policy.ports());
     if ports.is_none() && policy.ports() > 0 {
         return Err(Reply::err(
@@ -217,11 +236,14 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
         cwd,
         env,
         policy,
-        spawned_at: time::rfc3339(time::now()),
+        spawned_at: time::rfc3339(spawned),
         idempotency_key: req.idempotency_key,
         adapter,
         worktree,
         ports,
+        group,
+        priority,
+        not_before,
     })
 }
 

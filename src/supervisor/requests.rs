@@ -4,6 +4,7 @@ use super::daemon::{Answer, EVENTS_PAGE, Supervisor};
 use super::{launch, views};
 use crate::ipc::{BreakerView, DaemonView, HealthView, QueuedView, Reply, Request};
 use crate::policy::admission;
+use crate::policy::agent::AgentState;
 use crate::policy::escalation;
 use crate::policy::health::{Breaker, GLOBAL};
 use crate::policy::lifecycle::{self, fmt_ms};
@@ -86,6 +87,10 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Answer {
                 serde_json::json!({ "agentId": id, "status": a.state.name(), "reason": a.state.reason() })
             })
         }),
+        Request::Parallel { group, max } => capacity_change(sup, group, |sup, group| set_parallel(sup, group, max)),
+        Request::Pause { group, paused, all } => {
+            capacity_change(sup, group, move |sup, group| set_paused(sup, group, paused, all))
+        }
         Request::Tell { id, text } => held_for_agent(sup, &id, |sup, id| {
             let path = sup.data.inbox_file(id);
             let entry = format!("\n## {}\n\n{}\n", time::rfc3339(time::now()), text);
@@ -137,7 +142,11 @@ where
 
 fn answer(sup: &mut Supervisor, req: Request) -> Reply {
     match req {
-        Request::Spawn(_) | Request::Retry { .. } | Request::Tell { .. } => unreachable!("answered by `handle`"),
+        Request::Spawn(_)
+        | Request::Retry { .. }
+        | Request::Tell { .. }
+        | Request::Parallel { .. }
+        | Request::Pause { .. } => unreachable!("answered by `handle`"),
         Request::Status { ids, role } => views::status(sup, &ids, role.as_deref()),
         Request::Show { id } => views::show(sup, &id),
         Request::Kill { id, grace_ms } => with_agent(sup, &id, |sup, id| {
@@ -326,6 +335,8 @@ pub fn health_view(sup: &Supervisor) -> HealthView {
         held_because: held,
         running,
         max_concurrent: h.max_concurrent,
+        configured_max_concurrent: sup.capacity.max_concurrent.map(|_| sup.ws.config.health().max_concurrent),
+        paused: sup.capacity.paused,
         queued: sup
             .order
             .iter()
@@ -344,7 +355,149 @@ pub fn health_view(sup: &Supervisor) -> HealthView {
         max_open_escalations: h.max_open_escalations,
         cost_usd: sup.agents.values().filter_map(|l| views::agent_totals(&l.agent).cost_usd).sum(),
         providers: provider_views(&gauges),
+        groups: group_views(sup, &gauges),
     }
+}
+
+/// A change of capacity or of a pause: `f` makes it (after `group` is checked), then it is
+/// kept in the registry, queued agents are looked at again, and the reply says what the
+/// capacity is once those that may start have started.
+fn capacity_change(
+    sup: &mut Supervisor,
+    group: Option<String>,
+    f: impl FnOnce(&mut Supervisor, Option<&str>) -> Result<(), Reply>,
+) -> Answer {
+    if let Some(g) = &group
+        && let Err(e) = crate::protocol::ids::validate_group(g)
+    {
+        return Answer::Now(Reply::err(2, format!("--group: {e}")));
+    }
+    let before = sup.capacity.clone();
+    if let Err(r) = f(sup, group.as_deref()) {
+        return Answer::Now(r);
+    }
+    if sup.capacity != before {
+        if let Err(e) = sup.keep_capacity() {
+            sup.capacity = before;
+            sup.apply_capacity();
+            return Answer::Now(Reply::err(1, e));
+        }
+        sup.apply_capacity();
+        sup.admit_queued();
+    }
+    Answer::Hold(Box::new(move |sup: &mut Supervisor| Some(Reply::ok(capacity_view(sup, group.as_deref())))))
+}
+
+fn set_parallel(sup: &mut Supervisor, group: Option<&str>, max: Option<usize>) -> Result<(), Reply> {
+    if max == Some(0) {
+        return Err(Reply::err(
+            2,
+            "a capacity of 0 would never start anything; use `corral pause` to hold admission (and `corral resume` \
+             to release it), or give 1 or more",
+        ));
+    }
+    let (from, configured) = match group {
+        None => (Some(sup.health.max_concurrent), Some(sup.ws.config.health().max_concurrent)),
+        Some(g) => (sup.group_max.get(g).copied(), sup.ws.config.group_limits().get(g).copied()),
+    };
+    match (group, max) {
+        (None, m) => sup.capacity.max_concurrent = m,
+        (Some(g), Some(n)) => {
+            sup.capacity.groups.insert(g.to_string(), n);
+        }
+        (Some(g), None) => {
+            sup.capacity.groups.remove(g);
+        }
+    }
+    let to = max.or(configured);
+    if to != from {
+        let data = serde_json::json!({
+            "group": group, "maxConcurrent": to, "from": from, "configured": configured, "reset": max.is_none(),
+        });
+        sup.emit(None, "capacity_changed", data);
+    }
+    Ok(())
+}
+
+fn set_paused(sup: &mut Supervisor, group: Option<&str>, paused: bool, all: bool) -> Result<(), Reply> {
+    let c = &mut sup.capacity;
+    let mut changed: Vec<Option<String>> = Vec::new();
+    match group {
+        None if all && !paused => {
+            if std::mem::take(&mut c.paused) {
+                changed.push(None);
+            }
+            changed.extend(std::mem::take(&mut c.paused_groups).into_iter().map(Some));
+        }
+        None => {
+            if c.paused != paused {
+                c.paused = paused;
+                changed.push(None);
+            }
+        }
+        Some(g) => {
+            let did = if paused { c.paused_groups.insert(g.to_string()) } else { c.paused_groups.remove(g) };
+            if did {
+                changed.push(Some(g.to_string()));
+            }
+        }
+    }
+    for g in changed {
+        sup.emit(None, if paused { "paused" } else { "resumed" }, serde_json::json!({ "group": g }));
+    }
+    Ok(())
+}
+
+/// The capacity of the workspace, or of one group, as it is now.
+pub fn capacity_view(sup: &Supervisor, group: Option<&str>) -> crate::ipc::CapacityView {
+    let of = |l: &&super::daemon::Live| group.is_none_or(|g| l.agent.spec.group.as_deref() == Some(g));
+    let running = sup.agents.values().filter(of).filter(|l| l.agent.state.has_live_process()).count();
+    let queued = sup.agents.values().filter(of).filter(|l| matches!(l.agent.state, AgentState::Queued { .. })).count();
+    let c = &sup.capacity;
+    match group {
+        None => crate::ipc::CapacityView {
+            group: None,
+            max_concurrent: Some(sup.health.max_concurrent),
+            configured: Some(sup.ws.config.health().max_concurrent),
+            changed: c.max_concurrent.is_some(),
+            paused: c.paused,
+            running,
+            queued,
+        },
+        Some(g) => crate::ipc::CapacityView {
+            group: Some(g.to_string()),
+            max_concurrent: sup.group_max.get(g).copied(),
+            configured: sup.ws.config.group_limits().get(g).copied(),
+            changed: c.groups.contains_key(g),
+            paused: c.paused_groups.contains(g),
+            running,
+            queued,
+        },
+    }
+}
+
+/// Every admission group with a limit, or with agents running or queued.
+pub fn group_views(sup: &Supervisor, g: &views::Gauges) -> Vec<crate::ipc::GroupView> {
+    let mut queued: std::collections::BTreeMap<&str, usize> = Default::default();
+    for l in sup.agents.values() {
+        if let (Some(name), AgentState::Queued { .. }) = (&l.agent.spec.group, &l.agent.state) {
+            *queued.entry(name.as_str()).or_insert(0) += 1;
+        }
+    }
+    let mut names: std::collections::BTreeSet<&str> = sup.group_max.keys().map(String::as_str).collect();
+    names.extend(sup.capacity.paused_groups.iter().map(String::as_str));
+    names.extend(g.counts.by_group.keys().map(String::as_str));
+    names.extend(queued.keys().copied());
+    names
+        .into_iter()
+        .map(|name| crate::ipc::GroupView {
+            name: name.to_string(),
+            running: g.counts.by_group.get(name).copied().unwrap_or(0),
+            queued: queued.get(name).copied().unwrap_or(0),
+            max_concurrent: sup.group_max.get(name).copied(),
+            paused: sup.capacity.paused_groups.contains(name),
+        })
+        .collect()
 }
 
 /// The providers held by a rate limit or with their concurrency lowered by a burst of them.

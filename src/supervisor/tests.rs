@@ -86,6 +86,7 @@ impl Rig {
             idempotency_key: None,
             adapter: Default::default(),
             worktree: None,
+            ..Default::default()
         })))
     }
 
@@ -218,6 +219,9 @@ fn queued(sup: &Supervisor, name: &str) -> Agent {
             adapter: Default::default(),
             worktree: None,
             ports: None,
+            group: None,
+            priority: 0,
+            not_before: None,
         },
         state: AgentState::Queued { reason: "new".into() },
         attempts: vec![],
@@ -419,6 +423,7 @@ fn an_unreadable_row_is_quarantined_and_its_id_never_handed_out_again() {
         idempotency_key: None,
         adapter: Default::default(),
         worktree: None,
+        ..Default::default()
     })));
     assert!(now.is_empty(), "the spawn waits for its handshake");
     assert!(r.started().iter().any(|s| s.starts_with("agent-008-worker.")), "{:?}", r.started());

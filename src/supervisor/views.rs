@@ -96,6 +96,9 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp, gauges: &
             }
             _ => None,
         },
+        group: a.spec.group.clone(),
+        priority: a.spec.priority,
+        not_before: a.spec.not_before.clone(),
     }
 }
 
@@ -108,7 +111,7 @@ pub fn queue_reason(sup: &Supervisor, live: &Live, g: &Gauges) -> Option<String>
     let gate = lifecycle::admission(
         &live.agent.spec,
         |d| sup.agents.get(d).map(|l| &l.agent.state),
-        |_| admission::hold(&live.agent.spec, &sup.limits(), &g.pass, &g.counts),
+        |_| admission::hold(&live.agent.spec, live.not_before_mono, &sup.limits(), &g.pass, &g.counts),
     );
     Some(match gate {
         Gate::Wait(why) | Gate::Fail(why) => why,
