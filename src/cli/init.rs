@@ -77,6 +77,7 @@ max_retries = 1               # attempts = retries + 1; after the last, escalate
 # ports_per_agent = 1         # ports reserved per agent (CORRAL_PORT is the first)
 # verify = ["cargo", "test"]  # must pass in the agent's tree before it counts as complete
 # verify_timeout = "10m"
+# group = "review"            # the admission group of the role's agents (spawn --group overrides it)
 
 # The seed's role table.
 [roles.PLANNER]
@@ -112,7 +113,7 @@ max_retries = 1
 # action = "escalate"
 
 [health]
-max_concurrent = 5            # agents running at once; more spawns queue, in order
+max_concurrent = 5            # agents running at once; more spawns queue, by --priority, then in order
 breaker_failures = 3          # this many failed attempts ...
 breaker_window = "5m"         # ... within this window open the circuit breaker
 breaker_cooldown = "1m"       # then one probe spawn; its success closes the breaker
@@ -122,6 +123,14 @@ breaker_cooldown = "1m"       # then one probe spawn; its success closes the bre
 # max_open_escalations = 3    # hold spawns while this many escalations are open
 # provider_max_concurrent = 4 # agents of one provider (anthropic, openai) at once; a burst
 # provider_recovery = "1m"    #   of rate limits lowers it for a while, up one per quiet period
+# `corral parallel N` changes max_concurrent at run time, kept over this file until
+# `corral parallel --reset`; `corral pause` / `corral resume` hold and release admission.
+
+# Admission groups: at most max_concurrent of a group's agents run at once (within the
+# workspace's max_concurrent). An agent is in a group by `spawn --group G` or its role's
+# `group`; a group with no table here has no limit of its own.
+# [groups.review]
+# max_concurrent = 2
 
 [mcp]
 # allow_raw_commands = false     # true: spawn_agent may run an argv the MCP client gives
@@ -194,7 +203,7 @@ mod tests {
         let text: Vec<&str> = template
             .lines()
             .map(|l| match l.strip_prefix("# ") {
-                Some(r) if r.contains(" = ") || r.starts_with("[[") => r,
+                Some(r) if r.contains(" = ") || r.starts_with('[') => r,
                 _ => l,
             })
             .collect();
@@ -207,6 +216,8 @@ mod tests {
         assert_eq!(c.health().min_free_memory, Some(512 << 20));
         assert_eq!(c.role("PLANNER").1.attempt_timeout_ms, 15 * 60 * 1000);
         assert_eq!(c.notify.len(), 3);
+        assert_eq!(c.group_limits().get("review"), Some(&2));
+        assert_eq!(c.role_group("OTHER").as_deref(), Some("review"));
         assert!(c.notify.iter().all(|n| n.command[0] == "sh"));
     }
 
