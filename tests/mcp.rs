@@ -108,8 +108,20 @@ command = ["sleep", "30"]
     assert!(odd.is_empty(), "formats clients warn about: {odd:?}");
     let spawn = &tools["spawn_agent"]["input"];
     assert_eq!(spawn["properties"]["max_retries"]["minimum"], 0, "{spawn}");
-    for arg in ["role", "task", "scope", "constraints", "after", "timeout", "max_retries", "idempotency_key", "command"]
-    {
+    for arg in [
+        "role",
+        "task",
+        "scope",
+        "constraints",
+        "after",
+        "timeout",
+        "max_retries",
+        "idempotency_key",
+        "command",
+        "group",
+        "priority",
+        "delay",
+    ] {
         assert!(spawn["properties"][arg].is_object(), "spawn_agent lacks {arg}: {spawn}");
     }
     assert_eq!(spawn["required"], serde_json::json!(["role", "task"]));
@@ -295,4 +307,28 @@ fn tools_take_ids_by_number_and_unique_prefix() {
     assert!(msg.contains("ambiguous") && msg.contains("agent-001-WORKER") && msg.contains("agent-002-WORKER"), "{msg}");
     // A kill by number answers with the whole id.
     assert_eq!(seen["killed"]["agentId"], seen["first"]["agentId"], "{seen}");
+}
+
+#[test]
+fn spawn_agent_takes_a_group_a_priority_and_a_delay() {
+    let ws = Ws::with_config(Some(&format!("{RELAXED}\n[roles.WORKER]\ncommand = [\"true\"]\n")));
+    let seen = run_py(&ws, "groups.py");
+    let id = seen["spawn"]["agentId"].as_str().unwrap().to_string();
+    assert_eq!(seen["spawn"]["status"], "queued", "{seen}");
+    let a = ws.agent(&id);
+    assert_eq!((a["group"].as_str(), a["priority"].as_i64()), (Some("review"), Some(7)), "{a}");
+    assert!(a["reason"].as_str().unwrap().starts_with("delayed until "), "{a}");
+    assert!(a["notBefore"].is_string(), "{a}");
+    let groups = seen["health"]["groups"].as_array().unwrap();
+    assert!(groups.iter().any(|g| g["name"] == "review" && g["queued"] == 1), "{groups:?}");
+    let e = &seen["errors"];
+    for (case, words) in [
+        ("priority_range", ["`priority`", "-1000 to 1000"]),
+        ("bad_group", ["`group`", "a/b"]),
+        ("bad_delay", ["`delay`", "soon"]),
+    ] {
+        let msg = e[case].as_str().unwrap_or_else(|| panic!("{case} missing: {e}"));
+        assert!(words.iter().all(|w| msg.contains(w)), "{case}: {msg:?} does not say {words:?}");
+    }
+    assert_eq!(ws.status().len(), 1, "the refused calls spawned nothing");
 }
