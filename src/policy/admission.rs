@@ -81,16 +81,21 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Counts the live agents among `agents`; per provider only when `providers` (a
-    /// provider limit is in force), as nothing else reads those counts.
-    pub fn of<'a>(agents: impl IntoIterator<Item = &'a Agent>, open_escalations: usize, providers: bool) -> Self {
+    /// Counts the live agents among `agents`; per provider only when `by.providers` (a
+    /// provider limit is in force) and per group only when `by.groups` (a group has a limit),
+    /// as nothing else in admission reads those counts.
+    pub fn of<'a>(agents: impl IntoIterator<Item = &'a Agent>, open_escalations: usize, by: Per) -> Self {
         let mut c = Counts { open_escalations, ..Default::default() };
         for a in agents.into_iter().filter(|a| a.state.has_live_process()) {
             c.running += 1;
-            if providers && let Some(p) = a.spec.adapter.provider() {
+            if by.providers
+                && let Some(p) = a.spec.adapter.provider()
+            {
                 *c.by_provider.entry(p).or_insert(0) += 1;
             }
-            if let Some(g) = &a.spec.group {
+            if by.groups
+                && let Some(g) = &a.spec.group
+            {
                 match c.by_group.get_mut(g) {
                     Some(n) => *n += 1,
                     None => {
@@ -101,6 +106,17 @@ impl Counts {
         }
         c
     }
+}
+
+/// Which counts [`Counts::of`] takes besides the total.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Per {
+    pub providers: bool,
+    pub groups: bool,
+}
+
+impl Per {
+    pub const ALL: Per = Per { providers: true, groups: true };
 }
 
 /// The rules the holds apply.
@@ -115,9 +131,13 @@ pub struct Limits<'a> {
 }
 
 impl Limits<'_> {
-    /// Whether some provider limit is in force (then live agents are counted per provider).
-    pub fn per_provider(&self, pass: &Pass) -> bool {
-        self.health.provider_max_concurrent.is_some() || !pass.lowered.is_empty()
+    /// Which counts the holds need: per provider while a provider limit is in force, per
+    /// group while a group has a limit.
+    pub fn per(&self, pass: &Pass) -> Per {
+        Per {
+            providers: self.health.provider_max_concurrent.is_some() || !pass.lowered.is_empty(),
+            groups: !self.groups.is_empty(),
+        }
     }
 }
 

@@ -1128,7 +1128,8 @@ impl Supervisor {
 
     /// How many agents of each provider have a live process.
     pub fn provider_counts(&self) -> HashMap<&'static str, usize> {
-        admission::Counts::of(self.agents.values().map(|l| &l.agent), 0, true).by_provider
+        let per = admission::Per { providers: true, groups: false };
+        admission::Counts::of(self.agents.values().map(|l| &l.agent), 0, per).by_provider
     }
 
     /// The rules admission applies now.
@@ -1157,8 +1158,8 @@ impl Supervisor {
 
     /// What a start changes, counted now.
     pub fn admission_counts(&self, pass: &admission::Pass) -> admission::Counts {
-        let providers = self.limits().per_provider(pass);
-        admission::Counts::of(self.agents.values().map(|l| &l.agent), self.open_escalations(), providers)
+        let per = self.limits().per(pass);
+        admission::Counts::of(self.agents.values().map(|l| &l.agent), self.open_escalations(), per)
     }
 
     pub fn running_count(&self) -> usize {

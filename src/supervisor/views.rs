@@ -19,9 +19,9 @@ pub struct Gauges {
 impl Gauges {
     pub fn of(sup: &Supervisor) -> Self {
         let pass = sup.admission_pass(time::mono_ms());
-        // Per provider always: `health` shows each held provider's live agents.
+        // Per provider and group always: `health` shows each one's live agents.
         let agents = sup.agents.values().map(|l| &l.agent);
-        let counts = admission::Counts::of(agents, sup.open_escalations(), true);
+        let counts = admission::Counts::of(agents, sup.open_escalations(), admission::Per::ALL);
         Self { pass, counts }
     }
 }
