@@ -41,6 +41,8 @@ fn main() {
     let code = match args.first().map(String::as_str) {
         Some("stamp") => stamp(started, &args[1..]),
         Some("reporter") => reporter(&args[1..]),
+        Some("emit") => emit(&args[1..]),
+        Some("stamp-exec") => stamp_exec(started, &args[1..]),
         Some("reap") => match args.get(1) {
             Some(dir) => {
                 let n = procfs::reap_agents(std::path::Path::new(dir));
@@ -92,6 +94,49 @@ fn stamp(t: SystemTime, args: &[String]) -> i32 {
 
 /// The reporting agent: the seed's status file, rewritten atomically once a second (on a
 /// fixed schedule, so a slow write does not drift the rate) for SECONDS seconds.
+fn stamp_exec(started: SystemTime, args: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let [file, prog, rest @ ..] = args else {
+        eprintln!("corral-bench stamp-exec: usage: stamp-exec FILE CMD [ARGS...]");
+        return 2;
+    };
+    if stamp(started, std::slice::from_ref(file)) != 0 {
+        return 1;
+    }
+    let e = std::process::Command::new(prog).args(rest).exec();
+    eprintln!("corral-bench stamp-exec: cannot run {prog}: {e}");
+    127
+}
+
+fn emit(args: &[String]) -> i32 {
+    use std::io::Write;
+    let num = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok());
+    let (Some(rate), Some(secs)) = (num(0), num(1)) else {
+        eprintln!("corral-bench emit: usage: emit RATE SECONDS");
+        return 2;
+    };
+    let session = "7d2b1c3e-1111-4d53-9a55-0f2d7b1c9e70";
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, r#"{{"type":"system","subtype":"init","session_id":"{session}","tools":["Bash"]}}"#);
+    let start = std::time::Instant::now();
+    let total = rate * secs;
+    for i in 0..total {
+        let line = format!(
+            r#"{{"type":"assistant","message":{{"id":"msg_{i}","content":[{{"type":"text","text":"step {i} of the work"}}],"usage":{{"input_tokens":10,"output_tokens":2}}}},"session_id":"{session}"}}"#
+        );
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return 1;
+        }
+        let next = start + std::time::Duration::from_micros((i + 1) * 1_000_000 / rate.max(1));
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+    }
+    let _ = writeln!(
+        out,
+        r#"{{"type":"result","subtype":"success","is_error":false,"num_turns":{total},"result":"done","session_id":"{session}","total_cost_usd":0.01,"usage":{{"input_tokens":10,"output_tokens":2}}}}"#
+    );
+    0
+}
+
 fn reporter(args: &[String]) -> i32 {
     let Some(secs) = args.first().and_then(|s| s.parse::<u64>().ok()) else {
         eprintln!("corral-bench reporter: missing SECONDS");
