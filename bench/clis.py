@@ -204,9 +204,8 @@ def shims_cpu(ws):
             with open(f"/proc/{pid}/comm") as f:
                 if f.read().strip() != "corral-shim":
                     continue
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if ws.encode() not in f.read():
-                    continue
+            if os.readlink(f"/proc/{pid}/cwd") != ws:
+                continue
             out[pid] = proc_cpu(pid)
         except OSError:
             pass
