@@ -256,6 +256,36 @@ def streams(agents, rate, seconds):
         shutil.rmtree(ws, ignore_errors=True)
 
 
+def status_with_costs(n, runs=20):
+    """`status --json` over n finished agents that carry cost, tokens, turns and a session
+    (claude-code adapter), beside n plain ones."""
+    out = {}
+    for kind in ("plain", "costs"):
+        ws = tempfile.mkdtemp(prefix=f"corral-bench-{kind}-")
+        try:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+            subprocess.run([CORRAL, "init"], cwd=ws, env=env, check=True, capture_output=True)
+            capacity(ws, 2000)
+            for i in range(n):
+                argv = [PROBE, "emit", "1", "1"] if kind == "costs" else ["true"]
+                extra = ["--adapter", "claude-code"] if kind == "costs" else []
+                subprocess.run([CORRAL, "spawn", "--role", "W", "--task", f"agent {i}", *extra, "--", *argv],
+                               cwd=ws, env=env, check=True, capture_output=True)
+            subprocess.run([CORRAL, "wait", "--all", "--timeout", "600s"], cwd=ws, env=env, capture_output=True)
+            views = json.loads(subprocess.run([CORRAL, "status", "--json"], cwd=ws, env=env, check=True,
+                                              capture_output=True, text=True).stdout)
+            t = []
+            for _ in range(runs + 1):
+                t0 = time.perf_counter()
+                subprocess.run([CORRAL, "status", "--json"], cwd=ws, env=env, check=True, capture_output=True)
+                t.append((time.perf_counter() - t0) * 1000)
+            out[kind] = (statistics.median(t[1:]), sum(1 for v in views if v.get("costUsd") is not None), len(views))
+            subprocess.run([CORRAL, "daemon", "stop"], cwd=ws, env=env, capture_output=True)
+        finally:
+            shutil.rmtree(ws, ignore_errors=True)
+    return out
+
+
 def ms(v):
     return f"{v:.2f} ms" if v < 100 else f"{v:.0f} ms"
 
@@ -267,7 +297,8 @@ def main():
     ap.add_argument("--rate", type=int, default=200)
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--out")
-    ap.add_argument("--only", choices=["overhead", "streams"])
+    ap.add_argument("--status-agents", type=int, default=1000)
+    ap.add_argument("--only", choices=["overhead", "streams", "costs"])
     a = ap.parse_args()
     load = os.getloadavg()
     lines = ["## Real agent CLIs and stream agents", "",
@@ -307,6 +338,13 @@ def main():
                   "of one core | |",
                   f"| agents complete, turns counted | {r['complete']} of {r['agents']}, {r['turns']} of "
                   f"{r['expected_turns']} | all |", ""]
+    if a.only in (None, "costs"):
+        r = status_with_costs(a.status_agents)
+        lines += [f"`status --json` over {a.status_agents:,} finished agents, median of 20: agents of the "
+                  "claude-code adapter carrying cost, tokens, turns and a session, beside plain agents:", "",
+                  "| agents | `status --json` | agents with a cost |", "|---|---:|---:|",
+                  f"| plain | {r['plain'][0]:.2f} ms | {r['plain'][1]} of {r['plain'][2]} |",
+                  f"| with cost columns | {r['costs'][0]:.2f} ms | {r['costs'][1]} of {r['costs'][2]} |", ""]
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
     if a.out:
