@@ -83,6 +83,11 @@ fn a_group_capacity_holds_across_roles_and_other_groups_go_on() {
     assert_eq!(review, [a.clone(), b.clone(), c.clone()]);
     let table = ws.ok(&["status", "--group", "build"]);
     assert!(table.contains(&d) && table.contains(&e) && !table.contains(&a), "{table}");
+    // The table names each agent's group once some agent has one.
+    let head = table.lines().next().unwrap();
+    assert!(head.contains("GROUP"), "{table}");
+    let row = table.lines().find(|l| l.starts_with(d.as_str())).unwrap();
+    assert!(row.split_whitespace().any(|w| w == "build"), "{table}");
     // health lists the groups: running, queued, limit.
     let h = ws.json(&["health", "--json"]);
     let groups = h["groups"].as_array().unwrap();

@@ -142,11 +142,16 @@ pub fn table(views: &[AgentView], columns: Option<usize>, out: &mut impl std::io
         views.iter().any(|v| v.cost_usd.is_some() || v.tokens.is_some()).then(|| views.iter().map(cost).collect());
     let cw = costs.as_ref().map_or(0, |c| c.iter().map(String::len).max().unwrap_or(4).max(4));
     let cost_head = if costs.is_some() { format!("{:>cw$}  ", "COST") } else { String::new() };
+    // The GROUP column appears once some agent is in a group.
+    let groups = views.iter().any(|v| v.group.is_some());
+    let gw =
+        if groups { views.iter().map(|v| v.group.as_deref().map_or(1, width)).max().unwrap_or(5).max(5) } else { 0 };
+    let group_head = if groups { format!("{:gw$}  ", "GROUP") } else { String::new() };
     let anomalies: Vec<String> = views.iter().map(|v| v.anomalies.join(" ").trim().to_string()).collect();
     let aw = anomalies.iter().map(|a| width(a)).max().unwrap_or(0).max(9);
     say_to!(
         out,
-        "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {cost_head}{:aw$}  TASK",
+        "{:idw$}  {:rw$}  {group_head}{:9}  {:17}  {:24}  {:>6}  {:tw$}  {cost_head}{:aw$}  TASK",
         "AGENT",
         "ROLE",
         "STATUS",
@@ -156,9 +161,20 @@ pub fn table(views: &[AgentView], columns: Option<usize>, out: &mut impl std::io
         "TRY",
         "ANOMALIES"
     )?;
-    let before_task = idw + rw + 9 + 17 + 24 + 6 + tw + aw + if costs.is_some() { cw + 2 } else { 0 } + 2 * 8;
+    let before_task = idw
+        + rw
+        + 9
+        + 17
+        + 24
+        + 6
+        + tw
+        + aw
+        + if costs.is_some() { cw + 2 } else { 0 }
+        + if groups { gw + 2 } else { 0 }
+        + 2 * 8;
     for (i, (v, tries)) in views.iter().zip(tries).enumerate() {
         let c = costs.as_ref().map_or(String::new(), |c| format!("{:>cw$}  ", c[i]));
+        let g = if groups { format!("{:gw$}  ", shown(v.group.as_deref().unwrap_or("-"))) } else { String::new() };
         let pm = match (&v.phase, &v.milestone) {
             (Some(p), Some(m)) => format!("{p}/{m}"),
             (Some(p), None) => p.clone(),
@@ -174,7 +190,7 @@ pub fn table(views: &[AgentView], columns: Option<usize>, out: &mut impl std::io
         };
         say_to!(
             out,
-            "{:idw$}  {:rw$}  {:9}  {:17}  {:24}  {:>6}  {:tw$}  {c}{:aw$}  {}",
+            "{:idw$}  {:rw$}  {g}{:9}  {:17}  {:24}  {:>6}  {:tw$}  {c}{:aw$}  {}",
             shown(&v.agent_id),
             shown(&v.role),
             shown(&v.status),
