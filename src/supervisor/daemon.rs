@@ -544,7 +544,14 @@ impl Supervisor {
     /// By the agents' states alone (an agent whose shim or worktree is on its way is not
     /// finished): a late handshake of an attempt that already ended never holds a run open.
     pub(crate) fn nothing_left(&self) -> bool {
-        self.agents.values().all(|l| l.agent.state.is_finished())
+        self.active().all(|l| l.agent.state.is_finished())
+    }
+
+    /// The agents not cleaned from the views: every unfinished agent is among them (only
+    /// finished agents are cleaned, and a cleaned agent retried is shown again), so what
+    /// counts or waits on live agents walks these, not the whole history.
+    pub fn active(&self) -> impl Iterator<Item = &Live> + '_ {
+        self.shown.iter().filter_map(|id| self.agents.get(id))
     }
 
     /// Starts or ends the idle period after a turn; a request (any message) starts it anew.
@@ -960,12 +967,11 @@ impl Supervisor {
 
     /// The earliest moment anything is due, on the monotonic clock.
     fn next_deadline(&self) -> Option<u64> {
-        self.agents
-            .values()
+        self.active()
             .filter_map(|l| lifecycle::next_deadline(&l.agent))
             .chain(self.breaker.next_deadline())
             .chain(self.resource_recheck)
-            .chain(self.agents.values().filter_map(|l| l.not_before_mono))
+            .chain(self.active().filter_map(|l| l.not_before_mono))
             .chain(self.provider_loads.next_step(self.health.provider_recovery_ms))
             .chain(self.launches.values().map(|p| p.deadline))
             .chain(self.idle_deadline())
@@ -1129,7 +1135,7 @@ impl Supervisor {
     /// How many agents of each provider have a live process.
     pub fn provider_counts(&self) -> HashMap<&'static str, usize> {
         let per = admission::Per { providers: true, groups: false };
-        admission::Counts::of(self.agents.values().map(|l| &l.agent), 0, per).by_provider
+        admission::Counts::of(self.active().map(|l| &l.agent), 0, per).by_provider
     }
 
     /// The rules admission applies now.
@@ -1151,7 +1157,7 @@ impl Supervisor {
                 let spent = self.agents.values().filter_map(|l| super::views::agent_totals(&l.agent).cost_usd).sum();
                 lifecycle::workspace_budget_gate(Some(max), spent)
             }),
-            holds: lifecycle::provider_holds(self.agents.values().map(|l| &l.agent), mono),
+            holds: lifecycle::provider_holds(self.active().map(|l| &l.agent), mono),
             lowered: self.provider_loads.lowered(mono, self.health.provider_recovery_ms),
         }
     }
@@ -1159,11 +1165,11 @@ impl Supervisor {
     /// What a start changes, counted now.
     pub fn admission_counts(&self, pass: &admission::Pass) -> admission::Counts {
         let per = self.limits().per(pass);
-        admission::Counts::of(self.agents.values().map(|l| &l.agent), self.open_escalations(), per)
+        admission::Counts::of(self.active().map(|l| &l.agent), self.open_escalations(), per)
     }
 
     pub fn running_count(&self) -> usize {
-        self.agents.values().filter(|l| l.agent.state.has_live_process()).count()
+        self.active().filter(|l| l.agent.state.has_live_process()).count()
     }
 
     pub fn open_escalations(&self) -> usize {
@@ -1200,10 +1206,9 @@ impl Supervisor {
             let now = self.now();
             let mut changed = false;
             let mut queued: Vec<AgentId> = self
-                .order
-                .iter()
-                .filter(|id| matches!(self.agents[*id].agent.state, AgentState::Queued { .. }))
-                .cloned()
+                .active()
+                .filter(|l| matches!(l.agent.state, AgentState::Queued { .. }))
+                .map(|l| l.agent.spec.id.clone())
                 .collect();
             admission::by_priority(&mut queued, |id| self.agents[id].agent.spec.priority);
             let pass = self.admission_pass(now.mono);

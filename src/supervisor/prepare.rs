@@ -60,7 +60,7 @@ pub fn reserve_ports(sup: &Supervisor, n: u16) -> Option<(u16, u16)> {
         return None;
     }
     let held: Vec<(u16, u16)> =
-        sup.agents.values().filter(|l| !l.agent.state.is_finished()).filter_map(|l| l.agent.spec.ports).collect();
+        sup.active().filter(|l| !l.agent.state.is_finished()).filter_map(|l| l.agent.spec.ports).collect();
     let mut p = FIRST_PORT;
     while let Some(end) = p.checked_add(n) {
         let overlap = held.iter().find(|(s, c)| p < s.saturating_add(*c) && *s < end);

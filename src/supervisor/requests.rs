@@ -211,7 +211,7 @@ fn answer(sup: &mut Supervisor, req: Request) -> Reply {
             data_dir: sup.data.root().display().to_string(),
             started_at: sup.started_at.clone(),
             uptime_seconds: sup.io.mono_ms().saturating_sub(sup.started_mono) as f64 / 1000.0,
-            agents_supervised: sup.agents.values().filter(|l| !l.agent.state.is_finished()).count(),
+            agents_supervised: sup.active().filter(|l| !l.agent.state.is_finished()).count(),
             agents_total: sup.agents.len(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }),
@@ -451,8 +451,8 @@ fn set_paused(sup: &mut Supervisor, group: Option<&str>, paused: bool, all: bool
 /// The capacity of the workspace, or of one group, as it is now.
 pub fn capacity_view(sup: &Supervisor, group: Option<&str>) -> crate::ipc::CapacityView {
     let of = |l: &&super::daemon::Live| group.is_none_or(|g| l.agent.spec.group.as_deref() == Some(g));
-    let running = sup.agents.values().filter(of).filter(|l| l.agent.state.has_live_process()).count();
-    let queued = sup.agents.values().filter(of).filter(|l| matches!(l.agent.state, AgentState::Queued { .. })).count();
+    let running = sup.active().filter(of).filter(|l| l.agent.state.has_live_process()).count();
+    let queued = sup.active().filter(of).filter(|l| matches!(l.agent.state, AgentState::Queued { .. })).count();
     let c = &sup.capacity;
     match group {
         None => crate::ipc::CapacityView {
@@ -479,7 +479,7 @@ pub fn capacity_view(sup: &Supervisor, group: Option<&str>) -> crate::ipc::Capac
 /// Every admission group with a limit, or with agents running or queued.
 pub fn group_views(sup: &Supervisor, g: &views::Gauges) -> Vec<crate::ipc::GroupView> {
     let mut queued: std::collections::BTreeMap<&str, usize> = Default::default();
-    for l in sup.agents.values() {
+    for l in sup.active() {
         if let (Some(name), AgentState::Queued { .. }) = (&l.agent.spec.group, &l.agent.state) {
             *queued.entry(name.as_str()).or_insert(0) += 1;
         }

@@ -20,7 +20,7 @@ impl Gauges {
     pub fn of(sup: &Supervisor) -> Self {
         let pass = sup.admission_pass(time::mono_ms());
         // Per provider and group always: `health` shows each one's live agents.
-        let agents = sup.agents.values().map(|l| &l.agent);
+        let agents = sup.active().map(|l| &l.agent);
         let counts = admission::Counts::of(agents, sup.open_escalations(), admission::Per::ALL);
         Self { pass, counts }
     }
