@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+# rsvg-convert renders `corral timeline`'s SVG to PNG (tests/timeline.rs checks its pixels).
+command -v rsvg-convert >/dev/null 2>&1 || need_apt+=(librsvg2-bin)
 # PostgreSQL for cluster mode's store (tests/cluster.rs starts throw-away servers).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then

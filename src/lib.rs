@@ -37,4 +37,5 @@ pub mod schemas;
 pub mod store;
 pub mod supervisor;
 pub mod sys;
+pub mod timeline;
 pub mod worktree;

@@ -26,6 +26,7 @@ pub mod show;
 mod snapshots;
 pub mod spawn;
 pub mod status;
+pub mod timeline;
 pub mod wait;
 
 use crate::client::Client;
@@ -135,6 +136,8 @@ pub enum Cmd {
     Handoff(handoff::Args),
     /// The event log as JSON lines; -f follows it.
     Events(events::Args),
+    /// A picture of the run (SVG, or HTML with --out FILE.html): one row per agent, attempts coloured by outcome.
+    Timeline(timeline::Args),
     /// The supervisor: start it, stop it, or ask how it is.
     Daemon(daemon::Args),
     /// Shell completions for bash, zsh, fish, elvish or powershell.
@@ -150,7 +153,7 @@ impl Cmd {
     fn only_reads(&self) -> bool {
         match self {
             Cmd::Status(_) | Cmd::Show(_) | Cmd::Logs(_) | Cmd::Events(_) | Cmd::Wait(_) | Cmd::Health(_) => true,
-            Cmd::Monitor(_) => true,
+            Cmd::Monitor(_) | Cmd::Timeline(_) => true,
             Cmd::Escalations(a) => a.action.is_none(),
             _ => false,
         }
@@ -331,6 +334,7 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Report(a) => report::run(&ctx, a),
         Cmd::Handoff(a) => handoff::run(&ctx, a),
         Cmd::Events(a) => events::run(&ctx, a),
+        Cmd::Timeline(a) => timeline::run(&ctx, a),
         Cmd::Daemon(a) => daemon::run(&ctx, a),
         Cmd::Completions(_) | Cmd::Man(_) => unreachable!("handled above"),
     }
