@@ -302,4 +302,15 @@ fn demo_runs_every_pattern_and_exits_0() {
     ] {
         assert!(out.contains(pattern), "demo output lacks {pattern:?}:\n{out}");
     }
+    // It ends with the run's timeline, and says where it is.
+    let line = out.lines().find(|l| l.starts_with("timeline of the run")).expect("the timeline's place");
+    let path = std::path::PathBuf::from(line.rsplit(": ").next().unwrap());
+    let page = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::fs::remove_file(&path).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") && page.contains("<svg"));
+    assert_eq!(page.matches("class=\"row\"").count(), 7, "one row per agent");
+    for id in ["agent-001-PLANNER", "agent-005-REVIEWER", "agent-007-DOCS"] {
+        assert!(page.contains(&format!("data-agent=\"{id}\"")), "{id}");
+    }
+    assert!(page.contains("class=\"mark escalation\"") && page.contains("class=\"gap backoff\""));
 }

@@ -171,6 +171,8 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
     let handoffs = std::fs::read_dir(data.handoff_dir()).map(|r| r.count()).unwrap_or(0);
     say!("")?;
     say!("{handoffs} handoffs in {}", data.handoff_dir().display())?;
+    let timeline = write_timeline(&mut client, &root, a.keep)?;
+    say!("timeline of the run (open it in a browser): {}", timeline.display())?;
     let _ = client.call(&Request::Stop);
     if a.keep {
         let kept = dir.keep();
@@ -189,6 +191,21 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
         && resolved
         && unresolved;
     if as_scripted { Ok(0) } else { Err(Fail { code: 1, msg: "the demo did not end as scripted".into() }) }
+}
+
+/// The run as a picture (`corral timeline`): in the workspace when it is kept, else beside
+/// it in the temp dir, where it outlives the workspace.
+fn write_timeline(client: &mut Client, root: &std::path::Path, keep: bool) -> Result<std::path::PathBuf> {
+    let runs = super::timeline::collect(client, vec![], None)?;
+    let page = super::timeline::render(&runs, 1400, super::timeline::Format::Html);
+    let path = if keep {
+        root.join("timeline.html")
+    } else {
+        let f = tempfile::Builder::new().prefix("corral-demo-timeline-").suffix(".html").tempfile()?;
+        f.keep()?.1
+    };
+    std::fs::write(&path, page)?;
+    Ok(path)
 }
 
 /// The human's part: a message resumes the blocked agent, and the unresolved conflict is

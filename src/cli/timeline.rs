@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Only these agents (ids, unique prefixes or numbers); default: every agent in the views.
-    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
+    #[arg(value_name = "ID", add = clap_complete::ArgValueCandidates::new(super::completions::agent_ids))]
     pub ids: Vec<String>,
     /// Only agents of this role.
     #[arg(long, value_name = "R")]

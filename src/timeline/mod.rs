@@ -322,8 +322,8 @@ const CHAR_EM: f64 = 0.61;
 const LABEL_FONT: f64 = 11.0;
 const GAP_FONT: f64 = 9.0;
 const AXIS_FONT: f64 = 10.0;
-/// Least room between two tick labels.
-const TICK_SPACING: f64 = 90.0;
+/// Room left between two tick labels.
+const TICK_GAP: f64 = 30.0;
 const TICK_STEPS_MS: &[i64] = &[
     100,
     200,
@@ -349,6 +349,27 @@ const TICK_STEPS_MS: &[i64] = &[
     172_800_000,
     604_800_000,
 ];
+
+/// How a tick at this step is labelled.
+fn tick_format(step: i64) -> &'static str {
+    if step < 1_000 {
+        "%H:%M:%S%.1f"
+    } else if step < 60_000 {
+        "%H:%M:%S"
+    } else {
+        "%H:%M"
+    }
+}
+
+/// The least distance between ticks at this step: their labels' width and a gap.
+pub fn tick_room(step: i64) -> f64 {
+    let chars = match tick_format(step) {
+        "%H:%M:%S%.1f" => 10.0,
+        "%H:%M:%S" => 8.0,
+        _ => 6.0, // `%H:%M`, or `%b %d` where the date changes
+    };
+    chars * AXIS_FONT * CHAR_EM + TICK_GAP
+}
 
 fn chars_fitting(px: f64, font: f64) -> usize {
     (px / (font * CHAR_EM)).floor().max(0.0) as usize
@@ -492,22 +513,16 @@ pub fn layout(runs: &[AgentRun], o: &Options) -> Layout {
     let axis_y = ly + 26.0;
     let rows_y0 = axis_y + 8.0;
 
-    // Ticks: the smallest step that leaves room between labels, aligned on the wall clock.
+    // Ticks: the smallest step that leaves room between its labels, aligned on the wall clock.
     let step = TICK_STEPS_MS
         .iter()
         .copied()
-        .find(|&s| s as f64 / span * pw >= TICK_SPACING)
+        .find(|&s| s as f64 / span * pw >= tick_room(s))
         .unwrap_or(*TICK_STEPS_MS.last().expect("steps"));
     let offset_ms = i64::from(tz.to_offset(t0).seconds()) * 1000;
     let local0 = t0.as_millisecond() + offset_ms;
     let mut tick = local0.div_euclid(step) * step + if local0.rem_euclid(step) == 0 { 0 } else { step };
-    let fmt = if step < 1_000 {
-        "%H:%M:%S%.1f"
-    } else if step < 60_000 {
-        "%H:%M:%S"
-    } else {
-        "%H:%M"
-    };
+    let fmt = tick_format(step);
     let mut ticks = Vec::new();
     let mut last_day = None;
     while tick - offset_ms <= t1.as_millisecond() {

@@ -91,6 +91,15 @@ fn bars_sit_at_their_times_in_their_outcome_colours() {
     assert!(b.y > a.y && b.y - a.y >= ROW_HEIGHT, "rows do not overlap");
 }
 
+/// No two tick labels overlap: their centres are further apart than half of each one's
+/// width, with room to spare.
+fn assert_labels_apart(l: &Layout) {
+    let width = |t: &Tick| t.label.chars().count() as f64 * AXIS_FONT * CHAR_EM;
+    for w in l.ticks.windows(2) {
+        assert!(w[1].x - w[0].x >= (width(&w[0]) + width(&w[1])) / 2.0 + 20.0, "{:?}", l.ticks);
+    }
+}
+
 #[test]
 fn ticks_are_wall_clock_steps_with_room_between_labels() {
     let l = layout(&fixture(), &opts("12:00:40"));
@@ -99,8 +108,8 @@ fn ticks_are_wall_clock_steps_with_room_between_labels() {
         labels,
         ["12:00:00", "12:00:05", "12:00:10", "12:00:15", "12:00:20", "12:00:25", "12:00:30", "12:00:35", "12:00:40"]
     );
-    assert!(l.ticks.windows(2).all(|w| w[1].x - w[0].x >= 90.0));
-    // Three hours: ticks every half hour on the half hour, in HH:MM.
+    assert_labels_apart(&l);
+    // Three hours: ticks every quarter of an hour on the quarter, in HH:MM.
     let long = vec![run(
         "agent-001-A",
         "long",
@@ -111,8 +120,26 @@ fn ticks_are_wall_clock_steps_with_room_between_labels() {
     )];
     let l = layout(&long, &opts("13:00:00"));
     let labels: Vec<&str> = l.ticks.iter().map(|t| t.label.as_str()).collect();
-    assert_eq!(labels, ["10:00", "10:30", "11:00", "11:30", "12:00", "12:30"]);
-    assert!(l.ticks.windows(2).all(|w| w[1].x - w[0].x >= 90.0));
+    assert_eq!(
+        labels,
+        ["10:00", "10:15", "10:30", "10:45", "11:00", "11:15", "11:30", "11:45", "12:00", "12:15", "12:30", "12:45"]
+    );
+    assert_labels_apart(&l);
+    // Past midnight, the tick where the date changes says the day.
+    let night = vec![AgentRun {
+        attempts: vec![Attempt {
+            n: 1,
+            start: t("23:10:00"),
+            end: Some("2026-12-04T01:20:00Z".parse().unwrap()),
+            outcome: Outcome::Complete,
+            reason: None,
+        }],
+        ..run("agent-001-A", "night", "23:10:00", vec![], vec![], false)
+    }];
+    let l = layout(&night, &opts("23:59:00"));
+    let labels: Vec<&str> = l.ticks.iter().map(|t| t.label.as_str()).collect();
+    assert!(labels.contains(&"Dec 04") && labels.contains(&"23:30") && labels.contains(&"00:30"), "{labels:?}");
+    assert_labels_apart(&l);
     // The axis is in the zone asked for.
     let o = Options { width: 1400, tz: TimeZone::fixed(jiff::tz::offset(2)), now: t("13:00:00") };
     let l = layout(&long, &o);
@@ -148,7 +175,7 @@ fn fifty_agents_over_hours_stay_readable() {
         assert!(r.label_task.ends_with('…'), "a long task is shortened, visibly");
         assert!(r.bars[0].x >= l.plot_x0 && r.bars[0].x + r.bars[0].w <= l.plot_x1 + 1e-6);
     }
-    assert!(l.ticks.windows(2).all(|w| w[1].x - w[0].x >= 90.0));
+    assert_labels_apart(&l);
     assert!(l.ticks.len() >= 5, "{:?}", l.ticks);
     assert!(l.width == 1400.0 && l.height < 1400.0);
 }
