@@ -252,8 +252,11 @@ fn agent_text_is_escaped_in_svg_and_html() {
     assert!(!s.contains('\u{1b}') && !s.contains('\u{7}') && !s.contains('\u{202e}') && !s.contains('\u{fffe}'));
     assert!(s.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot; &#39;x&#39; \\e[31mred\\x07"));
     assert_eq!(xml_text("<&\">"), "&lt;&amp;&quot;&gt;");
-    // Every element opened is closed, every `&` starts an entity: the markup survives.
-    assert_eq!(s.matches("<g").count(), s.matches("</g>").count());
+    // The markup survives: well-formed, and the hostile text is text where it was put.
+    let doc = roxmltree::Document::parse(&s).expect("well-formed SVG");
+    let task = doc.descendants().find(|n| n.attribute("class") == Some("task")).expect("the task's tspan");
+    assert!(task.text().unwrap().starts_with("<script>alert(1)</script> & \"quoted\""), "{:?}", task.text());
+    assert_eq!(doc.descendants().filter(|n| n.tag_name().name() == "script").count(), 0);
     for (i, _) in s.match_indices('&') {
         let rest = &s[i..];
         assert!(["&lt;", "&gt;", "&amp;", "&quot;", "&#39;"].iter().any(|e| rest.starts_with(e)), "{}", &rest[..10]);
@@ -282,4 +285,36 @@ fn an_empty_run_still_draws() {
     let s = svg(&l);
     assert!(s.contains("no agents"));
     assert!(s.starts_with("<svg") && s.ends_with("</svg>\n"));
+}
+
+#[test]
+fn rate_limit_waits_are_their_own_line_and_blockers_are_not_gaps() {
+    let runs = vec![run(
+        "agent-001-A",
+        "limited",
+        "12:00:00",
+        vec![
+            attempt(1, "12:00:00", Some("12:00:05"), Outcome::RateLimited),
+            attempt(2, "12:01:05", Some("12:01:30"), Outcome::Complete),
+        ],
+        vec![
+            ev("12:00:00", "started", None),
+            Event { blocker: true, ..ev("12:00:02", "waiting", Some("the sandbox is down")) },
+            ev("12:00:05", "waiting", Some("429 rate limit; waiting 1m for the reset")),
+            ev("12:01:05", "started", None),
+            ev("12:01:30", "complete", None),
+        ],
+        false,
+    )];
+    let l = layout(&runs, &opts("13:00:00"));
+    let r = &l.rows[0];
+    assert_eq!(r.bars.iter().map(|b| b.outcome).collect::<Vec<_>>(), [Outcome::RateLimited, Outcome::Complete]);
+    assert_eq!(r.bars[0].outcome.colour(), "#9467bd");
+    assert_eq!(r.gaps.len(), 1, "{:?}", r.gaps);
+    assert_eq!(r.gaps[0].kind, GapKind::Wait);
+    assert!(r.gaps[0].title.contains("waiting 1m for the reset") && r.gaps[0].title.contains("1m00s"));
+    assert!(
+        (r.gaps[0].x - r.bars[0].x - r.bars[0].w).abs() < 1e-6
+            && (r.gaps[0].x + r.gaps[0].w - r.bars[1].x).abs() < 1e-6
+    );
 }
