@@ -2,10 +2,16 @@
 //! only for the agents an event touched (plus a periodic full refresh for ages), so its
 //! cost does not grow with the number of status files. A supervisor that goes away
 //! (killed, restarted) is connected to again, and the stream resumes where it was.
+//!
+//! The detail and log panes are filled by a thread of their own ([`panes`]), so a slow
+//! `show` or log read never holds a frame back: it asks about the selected agent alone,
+//! when the selection or that agent changed, and reads its log only when the log's size or
+//! modification time did.
 
 use super::{Ctx, Result};
-use crate::ipc::{AgentView, HealthView, Request};
+use crate::ipc::{AgentView, HealthView, Request, ShowView};
 use crate::monitor::{Command, Key, Model};
+use crate::protocol::{AgentId, DataDir, fsio};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
 use std::collections::BTreeSet;
 use std::sync::mpsc;
@@ -32,12 +38,13 @@ enum Change {
 }
 
 /// The monitor's connection for requests: made again when the supervisor went away.
-struct Conn<'a> {
-    ctx: &'a Ctx,
+struct Conn {
+    data: DataDir,
+    root: std::path::PathBuf,
     client: Option<crate::client::Client>,
 }
 
-impl Conn<'_> {
+impl Conn {
     fn call(&mut self, req: &Request) -> anyhow::Result<crate::ipc::Reply> {
         if let Some(c) = self.client.as_mut() {
             match c.call(req) {
@@ -45,7 +52,7 @@ impl Conn<'_> {
                 Err(_) => self.client = None,
             }
         }
-        let mut c = crate::client::Client::connect(&self.ctx.data, &self.ctx.ws.root)?;
+        let mut c = crate::client::Client::connect(&self.data, &self.root)?;
         let r = c.call(req)?;
         self.client = Some(c);
         Ok(r)
@@ -53,9 +60,11 @@ impl Conn<'_> {
 }
 
 const FULL_REFRESH: Duration = Duration::from_secs(2);
+/// A terminal at least this tall shows the detail pane from the start.
+const DETAIL_ROWS: u16 = 40;
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
-    let mut client = Conn { ctx, client: Some(ctx.client()?) };
+    let mut client = Conn { data: ctx.data.clone(), root: ctx.ws.root.clone(), client: Some(ctx.client()?) };
     let after: u64 = serde_json::from_value(super::into_result(client.call(&Request::LastSeq)?)?)?;
     let (tx, rx) = mpsc::channel();
     // Its own thread, left behind when the dashboard quits.
@@ -106,10 +115,118 @@ fn follow(target: crate::ops::Target, after: u64, tx: mpsc::Sender<Change>) {
     }
 }
 
+/// What the pane thread should look at: the selected agent, and which panes are shown.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Focus {
+    id: Option<String>,
+    detail: bool,
+    log: bool,
+}
+
+enum Ask {
+    Focus(Focus),
+    /// The focused agent changed (an event about it): its detail is asked for again.
+    Changed,
+}
+
+enum News {
+    Detail(String, Box<std::result::Result<ShowView, String>>),
+    /// The last lines of an agent's log, escaped.
+    Log(String, Vec<String>),
+}
+
+/// How often the pane thread looks at the focused agent's log.
+const LOG_POLL: Duration = Duration::from_millis(250);
+/// How much of the end of a log is read, and how many of its lines are kept.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+const LOG_LINES: usize = 200;
+
+/// The pane thread: answers the latest focus only (older asks are dropped unanswered).
+fn panes(mut conn: Conn, asks: mpsc::Receiver<Ask>, news: mpsc::Sender<News>) {
+    let mut focus = Focus::default();
+    let mut want_detail = false;
+    // The log as last read: whose, its size and modification time.
+    let mut seen: Option<(String, u64, std::time::SystemTime)> = None;
+    loop {
+        let first = match asks.recv_timeout(LOG_POLL) {
+            Ok(a) => Some(a),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        for a in first.into_iter().chain(std::iter::from_fn(|| asks.try_recv().ok())) {
+            match a {
+                Ask::Focus(f) => {
+                    want_detail = f.detail && (f.id != focus.id || !focus.detail || want_detail);
+                    if f.id != focus.id || !f.log {
+                        seen = None;
+                    }
+                    focus = f;
+                }
+                Ask::Changed => want_detail |= focus.detail,
+            }
+        }
+        let Some(id) = focus.id.clone() else { continue };
+        if want_detail {
+            want_detail = false;
+            let detail = conn
+                .call(&Request::Show { id: id.clone() })
+                .map_err(|e| e.to_string())
+                .and_then(|r| super::into_result(r).map_err(|e| e.msg))
+                .and_then(|v| serde_json::from_value::<ShowView>(v).map_err(|e| e.to_string()));
+            if news.send(News::Detail(id.clone(), Box::new(detail))).is_err() {
+                return;
+            }
+        }
+        if focus.log
+            && let Some(lines) = read_log(&conn.data, &id, &mut seen)
+            && news.send(News::Log(id, lines)).is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The last lines of an agent's log when it changed since `seen` (its size or modification
+/// time), else `None`. Read through `fsio`: a log replaced by a symlink or a FIFO is not
+/// followed, and only its tail is read. Every line is escaped: an agent's output may hold
+/// control sequences, and none may reach the terminal.
+fn read_log(data: &DataDir, id: &str, seen: &mut Option<(String, u64, std::time::SystemTime)>) -> Option<Vec<String>> {
+    let Ok(aid) = AgentId::parse(id) else { return Some(vec!["(not an agent id)".into()]) };
+    let path = data.log_file(&aid);
+    let stamp = std::fs::symlink_metadata(&path).ok().map(|m| (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)));
+    let now = stamp.map(|(len, t)| (id.to_string(), len, t));
+    if seen.is_some() && *seen == now {
+        return None;
+    }
+    *seen = now;
+    if stamp.is_none() {
+        return Some(Vec::new());
+    }
+    let (bytes, skipped) = match fsio::read_tail(data.root(), &path, LOG_TAIL_BYTES) {
+        Ok(x) => x,
+        Err(e) => return Some(vec![crate::display::escape(&format!("(cannot read the log: {e})")).into_owned()]),
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if skipped > 0 && !lines.is_empty() {
+        lines.remove(0); // cut in the middle by the tail's start
+    }
+    let from = lines.len().saturating_sub(LOG_LINES);
+    Some(
+        lines[from..]
+            .iter()
+            .map(|l| crate::display::escape(&l.trim_end_matches('\r').replace('\t', "    ")).into_owned())
+            .collect(),
+    )
+}
+
 fn show(client: &mut Conn, rx: &mpsc::Receiver<Change>, a: &Args) -> Result {
     let mut m = Model::default();
     refresh_all(client, &mut m)?;
+    m.select_attention();
     let mut terminal = ratatui::try_init()?;
+    // Tall enough: the detail pane is there from the start.
+    m.detail_pane = terminal.size().is_ok_and(|s| s.height >= DETAIL_ROWS);
     let result = ui_loop(&mut terminal, client, &mut m, rx, a);
     ratatui::restore();
     if let Some(path) = &a.stats {
@@ -130,6 +247,11 @@ fn ui_loop(
     let start = Instant::now();
     let mut last_full = Instant::now();
     let mut table = ratatui::widgets::TableState::default();
+    let (ask, asks) = mpsc::channel();
+    let (news_tx, news) = mpsc::channel();
+    let conn = Conn { data: client.data.clone(), root: client.root.clone(), client: None };
+    std::thread::spawn(move || panes(conn, asks, news_tx));
+    let mut focus = Focus::default();
     // Frames on a fixed cadence: the work of a frame comes out of its wait, not on top.
     let mut deadline = Instant::now();
     loop {
@@ -169,11 +291,13 @@ fn ui_loop(
                     }
                     None => {}
                 }
+                sync_panes(m, &mut focus, &ask, &news, false);
                 terminal.draw(|f| crate::monitor::ui::draw(f, m, &mut table))?;
             }
         }
         let mut changed = BTreeSet::new();
         let mut global = false;
+        let focused = focus.id.clone();
         loop {
             match rx.try_recv() {
                 Ok(Change::Agent(id)) => {
@@ -185,6 +309,7 @@ fn ui_loop(
                 Err(_) => break,
             }
         }
+        let touched = global || focused.is_some_and(|id| changed.contains(&id));
         // A supervisor that cannot be reached for a moment (restarting) is said so, and
         // asked again at the next frame.
         let refreshed = if last_full.elapsed() >= FULL_REFRESH || global {
@@ -203,10 +328,33 @@ fn ui_loop(
             m.message = format!("cannot reach the supervisor ({}); trying again", e.msg);
         }
         m.clamp_selection();
+        sync_panes(m, &mut focus, &ask, &news, touched);
         terminal.draw(|f| crate::monitor::ui::draw(f, m, &mut table))?;
         m.redraws += 1;
         if a.seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s) {
             return Ok(0);
+        }
+    }
+}
+
+/// Tells the pane thread what is selected and shown (when that changed, or `touched`: the
+/// selected agent changed), and takes in what it found.
+fn sync_panes(m: &mut Model, focus: &mut Focus, ask: &mpsc::Sender<Ask>, news: &mpsc::Receiver<News>, touched: bool) {
+    let now = Focus { id: m.selected_id(), detail: m.detail_pane, log: m.log_pane };
+    if now != *focus {
+        let _ = ask.send(Ask::Focus(now.clone()));
+        *focus = now;
+    } else if touched {
+        let _ = ask.send(Ask::Changed);
+    }
+    while let Ok(n) = news.try_recv() {
+        match n {
+            News::Detail(id, d) => {
+                if focus.id.as_deref() == Some(id.as_str()) {
+                    m.detail = Some(*d);
+                }
+            }
+            News::Log(id, lines) => m.log = Some((id, lines)),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 pub mod ui;
 
-use crate::ipc::{AgentView, HealthView};
+use crate::ipc::{AgentView, HealthView, ShowView};
 use crate::policy::agent::Escalation;
 use std::collections::HashMap;
 
@@ -21,6 +21,8 @@ pub enum Command {
 pub enum Input {
     /// Typing text for a command; `what` says which.
     Text { what: Prompt, buf: String },
+    /// Asking whether to kill this agent: `y` does, any other key cancels.
+    ConfirmKill(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,6 +58,35 @@ pub struct Model {
     pub input: Option<Input>,
     pub message: String,
     pub redraws: u64,
+    /// The detail pane (attempts, findings, why it waits) is shown.
+    pub detail_pane: bool,
+    /// The log pane (the tail of the selected agent's log) is shown.
+    pub log_pane: bool,
+    /// The help overlay is shown; any key closes it.
+    pub help: bool,
+    /// What the supervisor last said about the selected agent (`show`), or why it could not.
+    pub detail: Option<Result<ShowView, String>>,
+    /// The last lines of the selected agent's log, already escaped: whose, and the lines.
+    pub log: Option<(String, Vec<String>)>,
+}
+
+/// Every key the dashboard knows, for the help overlay (and the README).
+pub const KEYS: &[(&str, &str)] = &[
+    ("up/down", "select an agent (PgUp/PgDn by 10, Home/End)"),
+    ("Enter, d", "show or hide the detail pane"),
+    ("l", "show or hide the log pane"),
+    ("k", "kill the selected agent (asks y/N)"),
+    ("r", "retry the selected agent"),
+    ("t", "tell the selected agent something"),
+    ("e", "resolve its (else the oldest) open escalation"),
+    ("f", "filter by role (empty: all)"),
+    ("?", "this help; any key closes it"),
+    ("q, Esc", "quit"),
+];
+
+/// Whether an agent waits on a human or failed: where the selection starts.
+pub fn needs_attention(v: &AgentView) -> bool {
+    v.needs_human || matches!(v.status.as_str(), "escalated" | "failed" | "timed_out")
 }
 
 impl Model {
@@ -99,8 +130,38 @@ impl Model {
         c
     }
 
+    /// Puts the selection on the newest agent needing attention (the one that ended last,
+    /// else the one spawned last), else on the first row.
+    pub fn select_attention(&mut self) {
+        let visible = self.visible();
+        self.selected = visible
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| needs_attention(v))
+            .max_by(|(i, a), (j, b)| a.ended_at.cmp(&b.ended_at).then(i.cmp(j)))
+            .map_or(0, |(i, _)| i);
+    }
+
+    /// The id of the selected agent.
+    pub fn selected_id(&self) -> Option<String> {
+        self.selected_agent().map(|v| v.agent_id.clone())
+    }
+
     /// Handles a key; returns what should be sent to the supervisor, if anything.
     pub fn key(&mut self, k: Key) -> Option<Command> {
+        if self.help {
+            self.help = false;
+            return None;
+        }
+        if let Some(Input::ConfirmKill(id)) = &self.input {
+            let id = id.clone();
+            self.input = None;
+            if k == Key::Char('y') {
+                return Some(Command::Kill(id));
+            }
+            self.message = format!("kill of {id} cancelled");
+            return None;
+        }
         if let Some(Input::Text { what, buf }) = &mut self.input {
             match k {
                 Key::Esc => self.input = None,
@@ -127,7 +188,10 @@ impl Model {
             Key::Home => self.selected = 0,
             Key::End => self.selected = n.saturating_sub(1),
             Key::Char('q') | Key::Esc => return Some(Command::Quit),
-            Key::Char('k') => return sel.map(Command::Kill),
+            Key::Char('k') => self.input = sel.map(Input::ConfirmKill),
+            Key::Char('?') => self.help = true,
+            Key::Enter | Key::Char('d') => self.detail_pane = !self.detail_pane,
+            Key::Char('l') => self.log_pane = !self.log_pane,
             Key::Char('r') => return sel.map(Command::Retry),
             Key::Char('t') if sel.is_some() => {
                 self.input = Some(Input::Text { what: Prompt::Tell, buf: String::new() })
@@ -184,7 +248,14 @@ mod tests {
     fn keys_select_filter_and_command() {
         let mut m = Model::default();
         m.apply(vec![view("a1", "A", "running"), view("b1", "B", "running"), view("a2", "A", "queued")]);
-        assert_eq!(m.key(Key::Char('k')), Some(Command::Kill("a1".into())));
+        // kill asks first: anything but `y` cancels
+        assert_eq!(m.key(Key::Char('k')), None);
+        assert_eq!(m.input, Some(Input::ConfirmKill("a1".into())));
+        assert_eq!(m.key(Key::Char('n')), None);
+        assert_eq!(m.input, None);
+        assert!(m.message.contains("cancelled"), "{}", m.message);
+        m.key(Key::Char('k'));
+        assert_eq!(m.key(Key::Char('y')), Some(Command::Kill("a1".into())));
         m.key(Key::Down);
         assert_eq!(m.key(Key::Char('r')), Some(Command::Retry("b1".into())));
         m.key(Key::Char('f'));
@@ -206,5 +277,40 @@ mod tests {
         assert_eq!(m.key(Key::Char('q')), None);
         m.key(Key::Esc);
         assert_eq!(m.input, None);
+    }
+
+    #[test]
+    fn help_is_closed_by_any_key_and_panes_toggle() {
+        let mut m = Model::default();
+        m.apply(vec![view("a1", "A", "running")]);
+        m.key(Key::Char('?'));
+        assert!(m.help);
+        // the key that closes the help does nothing else
+        assert_eq!(m.key(Key::Char('q')), None);
+        assert!(!m.help);
+        m.key(Key::Char('d'));
+        m.key(Key::Char('l'));
+        assert!(m.detail_pane && m.log_pane);
+        m.key(Key::Enter);
+        assert!(!m.detail_pane);
+    }
+
+    #[test]
+    fn selection_starts_at_the_newest_agent_needing_attention() {
+        let mut m = Model::default();
+        let mut failed = view("a2", "A", "failed");
+        failed.ended_at = Some("2026-01-01T10:00:00Z".into());
+        let mut escalated = view("a3", "A", "escalated");
+        escalated.ended_at = Some("2026-01-01T11:00:00Z".into());
+        let mut blocked = view("a1", "A", "blocked");
+        blocked.needs_human = true;
+        m.apply(vec![blocked, escalated, failed, view("a4", "A", "running")]);
+        m.select_attention();
+        assert_eq!(m.selected_id().as_deref(), Some("a3"));
+        let mut m = Model::default();
+        m.apply(vec![view("a1", "A", "running"), view("a2", "A", "complete")]);
+        m.selected = 1;
+        m.select_attention();
+        assert_eq!(m.selected, 0);
     }
 }
