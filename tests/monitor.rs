@@ -282,3 +282,25 @@ fn monitor_detail_shows_the_cost_once_the_adapter_recorded_it() {
         t.screen()
     );
 }
+
+#[test]
+fn monitor_detail_says_why_an_agent_is_queued() {
+    let ws = Ws::new();
+    ws.ok(&["pause"]);
+    let id = ws.spawn("W", &["sleep", "300"]);
+    assert_eq!(ws.agent(&id)["status"], "queued");
+    let t = Tmux::new(&ws, 100, 45);
+    assert!(
+        wait_until(SECS(10), || t.screen().contains(&format!("detail {id}"))
+            && t.screen().contains("why paused (corral resume to release)")),
+        "{}",
+        t.screen()
+    );
+    // the detail follows the agent: released, it runs, and the pane says so
+    ws.ok(&["resume"]);
+    assert!(
+        wait_until(SECS(10), || t.screen().contains("#1 running, pid")),
+        "detail not refreshed after the agent started:\n{}",
+        t.screen()
+    );
+}
