@@ -141,12 +141,14 @@ const LOG_POLL: Duration = Duration::from_millis(250);
 const LOG_TAIL_BYTES: u64 = 64 * 1024;
 const LOG_LINES: usize = 200;
 
+type Seen = (String, Option<(u64, std::time::SystemTime)>);
+
 /// The pane thread: answers the latest focus only (older asks are dropped unanswered).
 fn panes(mut conn: Conn, asks: mpsc::Receiver<Ask>, news: mpsc::Sender<News>) {
     let mut focus = Focus::default();
     let mut want_detail = false;
-    // The log as last read: whose, its size and modification time.
-    let mut seen: Option<(String, u64, std::time::SystemTime)> = None;
+    // The log as last read: whose, and its size and modification time (none: no log yet).
+    let mut seen: Option<Seen> = None;
     loop {
         let first = match asks.recv_timeout(LOG_POLL) {
             Ok(a) => Some(a),
@@ -190,12 +192,12 @@ fn panes(mut conn: Conn, asks: mpsc::Receiver<Ask>, news: mpsc::Sender<News>) {
 /// time), else `None`. Read through `fsio`: a log replaced by a symlink or a FIFO is not
 /// followed, and only its tail is read. Every line is escaped: an agent's output may hold
 /// control sequences, and none may reach the terminal.
-fn read_log(data: &DataDir, id: &str, seen: &mut Option<(String, u64, std::time::SystemTime)>) -> Option<Vec<String>> {
+fn read_log(data: &DataDir, id: &str, seen: &mut Option<Seen>) -> Option<Vec<String>> {
     let Ok(aid) = AgentId::parse(id) else { return Some(vec!["(not an agent id)".into()]) };
     let path = data.log_file(&aid);
     let stamp = std::fs::symlink_metadata(&path).ok().map(|m| (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)));
-    let now = stamp.map(|(len, t)| (id.to_string(), len, t));
-    if seen.is_some() && *seen == now {
+    let now = Some((id.to_string(), stamp));
+    if *seen == now {
         return None;
     }
     *seen = now;
