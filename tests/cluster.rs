@@ -154,7 +154,10 @@ fn several_workers_migrating_at_once_apply_each_step_once() {
         "corral",
         "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'public'",
     );
-    assert_eq!(tables, "agents,commands,corral_schema,escalations,events,handoffs,kv,reports,workers,workspaces");
+    assert_eq!(
+        tables,
+        "agents,attempts,commands,corral_schema,escalations,events,handoffs,kv,reports,workers,workspaces"
+    );
     // Again: nothing to do.
     let again = block_on(async {
         let mut c = Database::parse(&url, &with_password()).unwrap().connect().await.unwrap();
@@ -204,4 +207,442 @@ fn the_password_comes_from_a_password_file_and_errors_never_show_it() {
     let wrong = PasswordSources { password: Some("not-it-42".into()), passfile: None };
     let err = block_on(async { Database::parse(&url, &wrong).unwrap().connect().await.map(|_| ()).unwrap_err() });
     assert!(err.contains("cannot connect") && !err.contains("not-it-42"), "{err}");
+}
+
+// ---- leases, claims, fenced writes, re-queue of lost agents ----
+
+use corral::cluster::queue::{
+    self, AttemptEnd, Change, ClusterError, Lease, NewAgent, NewEvent, SweepRules, WorkerSpec,
+};
+use serde_json::json;
+
+const WS: &str = "team";
+
+async fn client(url: &str) -> tokio_postgres::Client {
+    let mut c = Database::parse(url, &with_password()).unwrap().connect().await.unwrap();
+    schema::migrate(&mut c).await.unwrap();
+    c
+}
+
+fn spec(labels: serde_json::Value, slots: i32, ttl: Duration) -> WorkerSpec {
+    WorkerSpec {
+        workspace: WS.into(),
+        id: queue::new_worker_id(),
+        host: "localhost".into(),
+        pid: std::process::id() as i32,
+        labels,
+        slots,
+        ttl,
+    }
+}
+
+fn new_agents(prefix: &str, n: usize, placement: serde_json::Value) -> Vec<NewAgent> {
+    (0..n)
+        .map(|i| NewAgent {
+            id: format!("{prefix}-{i}"),
+            role: "worker".into(),
+            placement: placement.clone(),
+            body: json!({ "task": i }),
+            delay: Duration::ZERO,
+        })
+        .collect()
+}
+
+/// The attempt ends with exit 0 and the agent leaves its worker, complete.
+fn finished() -> Change {
+    Change {
+        state: Some("complete".into()),
+        end_attempt: Some(AttemptEnd { outcome: "exited".into(), exit_code: Some(0), detail: json!({}) }),
+        release: true,
+        events: vec![NewEvent::new("exited", json!({ "code": 0 }))],
+        ..Change::default()
+    }
+}
+
+fn running() -> Change {
+    Change { state: Some("running".into()), events: vec![NewEvent::new("started", json!({}))], ..Change::default() }
+}
+
+/// Sweeps right away: no settle time (the tests' server and workers are seconds old).
+fn quick_rules(max_requeue: i64) -> SweepRules {
+    SweepRules {
+        grace: Duration::from_millis(100),
+        settle: Duration::ZERO,
+        fresh: Duration::from_secs(30),
+        max_requeue,
+        max_lost: 3,
+    }
+}
+
+fn wait_past(lease: &Lease, extra: Duration) {
+    std::thread::sleep(lease.remaining() + extra);
+}
+
+/// Event numbers are 1..=N with no gap.
+fn assert_events_dense(pg: &Pg) -> usize {
+    let got =
+        pg.sql("corral", "SELECT count(*) || ',' || COALESCE(min(seq), 0) || ',' || COALESCE(max(seq), 0) FROM events");
+    let n: Vec<usize> = got.split(',').map(|x| x.parse().unwrap()).collect();
+    assert_eq!((n[1], n[2]), (1.min(n[0]), n[0]), "event numbers are not dense: count,min,max = {got}");
+    n[0]
+}
+
+#[test]
+fn eight_claimers_on_200_agents_claim_each_once_and_never_exceed_max_concurrent() {
+    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, Some(5)).await.unwrap();
+        // 20 agents may run only where there is a GPU (workers 0 and 1).
+        let mut all = new_agents("a", 180, json!({}));
+        all.extend(new_agents("gpu", 20, json!({ "gpu": true })));
+        assert_eq!(queue::enqueue(&mut c, WS, &all).await.unwrap(), (1..=200).collect::<Vec<i64>>());
+    });
+    let finished_n = AtomicUsize::new(0);
+    let inflight = AtomicI64::new(0);
+    let peak = AtomicI64::new(0);
+    let per_worker: Vec<usize> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|w| {
+                let (url, finished_n, inflight, peak) = (&url, &finished_n, &inflight, &peak);
+                s.spawn(move || {
+                    block_on(async move {
+                        let mut c = client(url).await;
+                        let labels = if w < 2 { json!({ "gpu": true, "host": w }) } else { json!({ "host": w }) };
+                        let lease = queue::register(&c, &spec(labels, 3, Duration::from_secs(60))).await.unwrap();
+                        let end = Instant::now() + Duration::from_secs(30);
+                        let mut mine = 0;
+                        while finished_n.load(SeqCst) < 200 {
+                            assert!(Instant::now() < end, "the 200 agents did not all finish in 30 s");
+                            let claims = queue::claim(&mut c, &lease, 3).await.unwrap();
+                            if claims.is_empty() {
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                                continue;
+                            }
+                            // Every claim is seen by the database before it returns, and the
+                            // agent keeps its slot until the write below: a count of what
+                            // the claimers hold never exceeds what the database counts.
+                            let now = inflight.fetch_add(claims.len() as i64, SeqCst) + claims.len() as i64;
+                            peak.fetch_max(now, SeqCst);
+                            tokio::time::sleep(Duration::from_millis(4)).await;
+                            for cl in &claims {
+                                assert_eq!((cl.fence, cl.attempt), (1, 1), "{cl:?}");
+                                inflight.fetch_sub(1, SeqCst);
+                                queue::write(&mut c, &lease, &cl.id, cl.fence, &finished()).await.unwrap();
+                                finished_n.fetch_add(1, SeqCst);
+                                mine += 1;
+                            }
+                        }
+                        mine
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let peak = peak.load(SeqCst);
+    println!("CLUSTER claim claimers=8 agents=200 per_worker={per_worker:?} peak_held={peak}");
+    assert_eq!(per_worker.iter().sum::<usize>(), 200);
+    assert!(per_worker.iter().filter(|&&n| n > 0).count() > 1, "{per_worker:?}");
+    assert!(peak <= 5, "claimers held {peak} agents at once, over max_concurrent 5");
+    // Each agent claimed exactly once: one attempt each, fence 1, complete and released.
+    assert_eq!(
+        pg.sql(
+            "corral",
+            "SELECT count(*) || ',' || count(DISTINCT agent_id) || ',' || max(n) || ',' || max(fence) FROM attempts"
+        ),
+        "200,200,1,1"
+    );
+    assert_eq!(
+        pg.sql(
+            "corral",
+            "SELECT state || ',' || (owner IS NULL) || ',' || count(*) FROM agents GROUP BY state, owner IS NULL"
+        ),
+        "complete,true,200"
+    );
+    // Never more than 5 attempts open at once, by the database's own clock: an attempt opens
+    // (clock_timestamp in the claim, after the count) only once the end that freed its slot
+    // has committed.
+    let overlap: i64 = pg
+        .sql(
+            "corral",
+            "SELECT max((SELECT count(*) FROM attempts b
+                         WHERE b.started_at <= a.started_at AND b.ended_at > a.started_at)) FROM attempts a",
+        )
+        .parse()
+        .unwrap();
+    println!("CLUSTER claim max_open_attempts_in_db={overlap}");
+    assert!((2..=5).contains(&overlap), "at most 5 (and, with 8 claimers, more than 1) at once: {overlap}");
+    // Placement: the GPU agents ran only on workers labelled with a GPU.
+    assert_eq!(
+        pg.sql(
+            "corral",
+            "SELECT count(*) FROM attempts t JOIN agents a ON a.workspace = t.workspace AND a.id = t.agent_id
+             JOIN workers w ON w.id = t.worker WHERE a.placement ? 'gpu' AND NOT w.labels @> '{\"gpu\": true}'"
+        ),
+        "0"
+    );
+    // Events: dense, and each agent's spawned < claimed < exited.
+    assert_eq!(assert_events_dense(&pg), 600);
+    assert_eq!(
+        pg.sql(
+            "corral",
+            "SELECT count(*) FROM (SELECT agent_id FROM events GROUP BY agent_id
+               HAVING array_agg(kind ORDER BY seq) = ARRAY['spawned', 'claimed', 'exited']) x"
+        ),
+        "200"
+    );
+}
+
+#[test]
+fn a_write_with_a_stale_fence_or_from_another_worker_changes_nothing() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        queue::enqueue(&mut c, WS, &new_agents("x", 1, json!({}))).await.unwrap();
+        let a = queue::register(&c, &spec(json!({}), 2, Duration::from_secs(30))).await.unwrap();
+        let b = queue::register(&c, &spec(json!({}), 2, Duration::from_secs(30))).await.unwrap();
+        let claims = queue::claim(&mut c, &a, 5).await.unwrap();
+        assert_eq!(claims.len(), 1);
+        let fence = claims[0].fence;
+        let before = pg.sql("corral", "SELECT state || ',' || fence || ',' || updated_at FROM agents");
+        let events = assert_events_dense(&pg);
+        // The right owner with an old fence.
+        match queue::write(&mut c, &a, "x-0", fence - 1, &finished()).await {
+            Err(ClusterError::Stale { agent, fence: f, now }) => {
+                assert_eq!((agent.as_str(), f), ("x-0", fence - 1));
+                assert!(now.contains(&format!("fence {fence}")) && now.contains(&a.worker), "{now}");
+            }
+            other => panic!("a stale fence must be refused: {other:?}"),
+        }
+        // The right fence from another worker.
+        let err = queue::write(&mut c, &b, "x-0", fence, &finished()).await.unwrap_err();
+        assert!(matches!(err, ClusterError::Stale { .. }), "{err}");
+        assert!(err.to_string().contains("nothing was written"), "{err}");
+        // An agent that does not exist.
+        assert!(matches!(queue::write(&mut c, &a, "nope", 1, &running()).await, Err(ClusterError::Stale { .. })));
+        assert_eq!(pg.sql("corral", "SELECT state || ',' || fence || ',' || updated_at FROM agents"), before);
+        assert_eq!(assert_events_dense(&pg), events);
+        assert_eq!(pg.sql("corral", "SELECT count(*) FROM attempts WHERE ended_at IS NOT NULL"), "0");
+        // The owner with its fence: written, with its event numbered next.
+        let seqs = queue::write(&mut c, &a, "x-0", fence, &running()).await.unwrap();
+        assert_eq!(seqs, vec![events as i64 + 1]);
+        assert_eq!(pg.sql("corral", "SELECT state FROM agents"), "running");
+        assert_eq!(
+            pg.sql("corral", &format!("SELECT kind || ',' || fence FROM events WHERE seq = {}", seqs[0])),
+            "started,1"
+        );
+    });
+}
+
+#[test]
+fn a_lease_that_ran_out_cannot_be_renewed_nor_used() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        queue::enqueue(&mut c, WS, &new_agents("x", 2, json!({}))).await.unwrap();
+        let s = spec(json!({}), 1, Duration::from_millis(600));
+        let mut lease = queue::register(&c, &s).await.unwrap();
+        assert!(lease.remaining() > Duration::from_millis(500) && lease.remaining() <= Duration::from_millis(600));
+        // Renewed while live: the end moves on, on the database's clock.
+        let first = lease.until;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let until = queue::renew(&c, &mut lease).await.unwrap();
+        assert!(until > first && lease.until == until);
+        let claims = queue::claim(&mut c, &lease, 5).await.unwrap();
+        assert_eq!(claims.len(), 1, "one slot");
+        // A restart within the lease re-attaches under the same id.
+        let again = queue::register(&c, &s).await.unwrap();
+        assert!(again.until >= lease.until);
+        tokio::time::sleep(lease.remaining() + Duration::from_millis(100)).await;
+        // Run out: nothing more, not even before anyone swept.
+        let err = queue::renew(&c, &mut lease).await.unwrap_err();
+        assert!(matches!(err, ClusterError::LeaseLost { .. }) && err.to_string().contains("register again"), "{err}");
+        assert_eq!(pg.sql("corral", &format!("SELECT state FROM workers WHERE id = '{}'", lease.worker)), "dead");
+        assert!(matches!(queue::claim(&mut c, &lease, 1).await, Err(ClusterError::LeaseLost { .. })));
+        let late = queue::write(&mut c, &lease, &claims[0].id, claims[0].fence, &finished()).await;
+        assert!(matches!(late, Err(ClusterError::LeaseLost { .. })), "{late:?}");
+        assert!(matches!(queue::register(&c, &s).await, Err(ClusterError::LeaseLost { .. })));
+        assert_eq!(pg.sql("corral", "SELECT string_agg(state, ',' ORDER BY id) FROM agents"), "starting,queued");
+    });
+}
+
+#[test]
+fn a_worker_whose_lease_expired_loses_its_agents_to_another_with_a_higher_fence() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, Some(2)).await.unwrap();
+        queue::enqueue(&mut c, WS, &new_agents("x", 2, json!({}))).await.unwrap();
+        let mut old = queue::register(&c, &spec(json!({}), 4, Duration::from_millis(800))).await.unwrap();
+        let new = queue::register(&c, &spec(json!({}), 4, Duration::from_secs(30))).await.unwrap();
+        let took = queue::claim(&mut c, &old, 4).await.unwrap();
+        assert_eq!(took.iter().map(|t| t.fence).collect::<Vec<_>>(), vec![1, 1]);
+        queue::write(&mut c, &old, "x-0", 1, &running()).await.unwrap();
+        // While the old lease is live, nothing is taken and max_concurrent is full.
+        let swept = queue::sweep(&mut c, &new, &quick_rules(20)).await.unwrap();
+        assert_eq!(swept, queue::Swept::default());
+        assert!(queue::claim(&mut c, &new, 4).await.unwrap().is_empty());
+        wait_past(&old, Duration::from_millis(250));
+        let swept = queue::sweep(&mut c, &new, &quick_rules(20)).await.unwrap();
+        assert_eq!(swept.requeued, vec![("x-0".to_string(), 2), ("x-1".to_string(), 2)]);
+        assert!(swept.held.is_none() && swept.escalated.is_empty(), "{swept:?}");
+        assert_eq!(
+            pg.sql(
+                "corral",
+                "SELECT string_agg(n || ':' || outcome || ':' || fence, ',' ORDER BY agent_id) FROM attempts"
+            ),
+            "1:lost:1,1:lost:1"
+        );
+        // The new worker claims them with a higher fence, as attempt 2.
+        let again = queue::claim(&mut c, &new, 4).await.unwrap();
+        assert_eq!(again.iter().map(|t| (t.fence, t.attempt)).collect::<Vec<_>>(), vec![(3, 2), (3, 2)]);
+        // The old worker comes back: its renewal and its late writes are refused.
+        assert!(matches!(queue::renew(&c, &mut old).await, Err(ClusterError::LeaseLost { .. })));
+        let before = pg.sql("corral", "SELECT string_agg(state || fence || owner, ',' ORDER BY id) FROM agents");
+        let events = assert_events_dense(&pg);
+        for t in &took {
+            let late = queue::write(&mut c, &old, &t.id, t.fence, &finished()).await;
+            assert!(matches!(late, Err(ClusterError::Stale { .. })), "{late:?}");
+        }
+        assert_eq!(pg.sql("corral", "SELECT string_agg(state || fence || owner, ',' ORDER BY id) FROM agents"), before);
+        assert_eq!(assert_events_dense(&pg), events);
+        // The new owner finishes them; lost attempts did not count as failures.
+        for t in &again {
+            queue::write(&mut c, &new, &t.id, t.fence, &finished()).await.unwrap();
+        }
+        assert_eq!(
+            pg.sql("corral", "SELECT string_agg(state || ':' || lost_streak, ',' ORDER BY id) FROM agents"),
+            "complete:0,complete:0"
+        );
+        assert_eq!(
+            pg.sql("corral", "SELECT string_agg(kind, ',' ORDER BY seq) FROM events WHERE agent_id = 'x-0'"),
+            "spawned,claimed,started,lost,claimed,exited"
+        );
+        assert_eq!(pg.sql("corral", "SELECT count(*) FROM events WHERE kind = 'lost' AND fence = 2"), "2");
+    });
+}
+
+#[test]
+fn the_third_lost_attempt_in_a_row_escalates_instead_of_requeueing() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        queue::enqueue(&mut c, WS, &new_agents("x", 1, json!({}))).await.unwrap();
+        let sweeper = queue::register(&c, &spec(json!({ "sweeper": true }), 1, Duration::from_secs(30))).await.unwrap();
+        let mut outcomes = Vec::new();
+        for _ in 0..3 {
+            // Only short-lived workers can run it.
+            let w = queue::register(&c, &spec(json!({}), 1, Duration::from_millis(300))).await.unwrap();
+            let claims = queue::claim(&mut c, &w, 1).await.unwrap();
+            assert_eq!(claims.len(), 1, "the agent is claimable again after each lost attempt");
+            wait_past(&w, Duration::from_millis(200));
+            let s = queue::sweep(&mut c, &sweeper, &quick_rules(20)).await.unwrap();
+            outcomes.push((s.requeued.len(), s.escalated.len()));
+        }
+        assert_eq!(outcomes, vec![(1, 0), (1, 0), (0, 1)]);
+        assert_eq!(
+            pg.sql("corral", "SELECT state || ',' || lost_streak || ',' || (owner IS NULL) FROM agents"),
+            "blocked,3,true"
+        );
+        let esc = pg.sql("corral", "SELECT agent_id || ' ' || (body->>'reason') FROM escalations");
+        assert!(esc.starts_with("x-0 lost 3 times in a row"), "{esc}");
+        assert_eq!(pg.sql("corral", "SELECT string_agg(outcome, ',' ORDER BY n) FROM attempts"), "lost,lost,lost");
+        let w = queue::register(&c, &spec(json!({}), 1, Duration::from_secs(30))).await.unwrap();
+        assert!(queue::claim(&mut c, &w, 1).await.unwrap().is_empty(), "an escalated agent is not claimed");
+        assert_events_dense(&pg);
+    });
+}
+
+#[test]
+fn a_sweep_judges_nobody_until_its_own_lease_is_settled_and_takes_at_most_n() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        queue::enqueue(&mut c, WS, &new_agents("x", 3, json!({}))).await.unwrap();
+        let dead = queue::register(&c, &spec(json!({}), 3, Duration::from_millis(300))).await.unwrap();
+        assert_eq!(queue::claim(&mut c, &dead, 3).await.unwrap().len(), 3);
+        let sweeper = queue::register(&c, &spec(json!({}), 1, Duration::from_secs(30))).await.unwrap();
+        wait_past(&dead, Duration::from_millis(200));
+        // Just registered (as after a database outage, when every worker registers anew).
+        let settle = SweepRules { settle: Duration::from_secs(3600), ..quick_rules(20) };
+        let s = queue::sweep(&mut c, &sweeper, &settle).await.unwrap();
+        assert!(s.requeued.is_empty() && s.held.as_deref().unwrap_or("").contains("held its lease"), "{s:?}");
+        // Not renewed lately.
+        let stale = SweepRules { fresh: Duration::ZERO, ..quick_rules(20) };
+        let s = queue::sweep(&mut c, &sweeper, &stale).await.unwrap();
+        assert!(s.requeued.is_empty() && s.held.as_deref().unwrap_or("").contains("not renewed"), "{s:?}");
+        assert_eq!(pg.sql("corral", "SELECT count(*) FROM agents WHERE state = 'queued'"), "0");
+        // At most two per sweep, oldest first.
+        let s = queue::sweep(&mut c, &sweeper, &quick_rules(2)).await.unwrap();
+        assert_eq!(s.requeued.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), vec!["x-0", "x-1"]);
+        let s = queue::sweep(&mut c, &sweeper, &quick_rules(2)).await.unwrap();
+        assert_eq!(s.requeued.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), vec!["x-2"]);
+        assert_eq!(queue::sweep(&mut c, &sweeper, &quick_rules(2)).await.unwrap(), queue::Swept::default());
+        // An expired sweeper judges nobody.
+        let mut short = queue::register(&c, &spec(json!({}), 1, Duration::from_millis(200))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(matches!(queue::sweep(&mut c, &short, &quick_rules(2)).await, Err(ClusterError::LeaseLost { .. })));
+        assert!(queue::renew(&c, &mut short).await.is_err());
+    });
+}
+
+#[test]
+fn a_database_at_version_1_migrates_to_the_latest_once_keeping_its_rows() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    // A database as the first cluster release left it, with an agent in it.
+    block_on(async {
+        let c = Database::parse(&url, &with_password()).unwrap().connect().await.unwrap();
+        c.batch_execute(
+            "CREATE TABLE corral_schema (version integer PRIMARY KEY, name text NOT NULL,
+                                         applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .unwrap();
+        c.batch_execute(schema::MIGRATIONS[0].sql).await.unwrap();
+        c.batch_execute(
+            "INSERT INTO corral_schema (version, name) VALUES (1, 'v1');
+             INSERT INTO workspaces (id) VALUES ('team');
+             INSERT INTO agents (workspace, id, seq, role, state, body) VALUES ('team', 'old', 1, 'r', 'queued', '{}')",
+        )
+        .await
+        .unwrap();
+    });
+    let results: Vec<schema::Migrated> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    block_on(async {
+                        let mut c = Database::parse(&url, &with_password()).unwrap().connect().await.unwrap();
+                        schema::migrate(&mut c).await.unwrap()
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let appliers: Vec<_> = results.iter().filter(|m| !m.applied.is_empty()).collect();
+    assert_eq!(appliers.len(), 1, "{results:?}");
+    assert_eq!(appliers[0].from, 1);
+    assert_eq!(appliers[0].applied, (2..=schema::latest()).collect::<Vec<_>>());
+    assert_eq!(pg.sql("corral", "SELECT id || ',' || attempt || ',' || lost_streak FROM agents"), "old,0,0");
+    // The old agent is claimable under the new schema.
+    block_on(async {
+        let mut c = client(&url).await;
+        let w = queue::register(&c, &spec(json!({}), 1, Duration::from_secs(30))).await.unwrap();
+        let got = queue::claim(&mut c, &w, 1).await.unwrap();
+        assert_eq!(got, vec![queue::Claim { id: "old".into(), seq: 1, fence: 1, attempt: 1 }]);
+    });
 }

@@ -1,8 +1,10 @@
 //! Cluster mode's store: the registry and queue in PostgreSQL. This module holds what every
 //! worker and client needs before anything else: reaching the database (with the password
 //! from the URL, `PGPASSWORD` or a password file, as libpq users expect) and the versioned
-//! schema that corral creates and migrates itself.
+//! schema that corral creates and migrates itself; [`queue`] holds the leases, claims, fenced
+//! writes and re-queue of lost agents that every worker runs.
 
+pub mod queue;
 pub mod schema;
 
 use std::path::{Path, PathBuf};

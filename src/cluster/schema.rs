@@ -17,10 +17,11 @@ pub struct Migration {
 }
 
 /// The steps, oldest first. Never edit a released step: add one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "registry, queue, leases, events",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "registry, queue, leases, events",
+        sql: r#"
 CREATE TABLE workspaces (
     id              text PRIMARY KEY,
     max_concurrent  integer,
@@ -118,7 +119,31 @@ CREATE TABLE kv (
     PRIMARY KEY (workspace, key)
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "attempts, lost streaks, lease sweeps",
+        sql: r#"
+ALTER TABLE agents ADD COLUMN IF NOT EXISTS attempt integer NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN IF NOT EXISTS lost_streak integer NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS attempts (
+    workspace       text NOT NULL,
+    agent_id        text NOT NULL,
+    n               integer NOT NULL,
+    fence           bigint NOT NULL,
+    worker          uuid NOT NULL REFERENCES workers(id),
+    started_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    ended_at        timestamptz,
+    outcome         text,
+    exit_code       integer,
+    detail          jsonb NOT NULL DEFAULT '{}',
+    PRIMARY KEY (workspace, agent_id, n),
+    FOREIGN KEY (workspace, agent_id) REFERENCES agents(workspace, id)
+);
+CREATE INDEX IF NOT EXISTS workers_lease ON workers (workspace, lease_until);
+"#,
+    },
+];
 
 /// What [`migrate`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]

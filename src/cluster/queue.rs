@@ -1,0 +1,640 @@
+//! The cluster's correctness core: worker leases, claims, fenced writes and the re-queue of
+//! agents whose worker's lease ran out. Every time here is the database's clock (`now()`):
+//! no worker's wall clock is ever compared with another's.
+//!
+//! - A worker [`register`]s and keeps a lease by [`renew`]ing it before it runs out; a lease
+//!   that has run out cannot be renewed (the worker learns it lost it, stops its agents and
+//!   registers again under a new id).
+//! - [`claim`] admits queued agents in one transaction under the workspace row's lock, so
+//!   `max_concurrent` holds across every worker; candidates are taken with
+//!   `FOR UPDATE SKIP LOCKED`, and each claim bumps the agent's fence.
+//! - [`write`] is the one way a worker changes anything about an agent it runs: it checks
+//!   `owner = me AND fence = $fence` under the agent's row lock, and a stale writer changes
+//!   nothing and gets [`ClusterError::Stale`].
+//! - [`sweep`] gives the agents of workers whose lease expired back to the queue as a `lost`
+//!   attempt, bumping their fence; the third lost attempt in a row escalates instead.
+//!
+//! Lock order, everywhere: an agent's row, then the workspace row (events are numbered last,
+//! just before commit). [`claim`] takes the workspace row first but never waits on an agent
+//! row (SKIP LOCKED), so no two of these transactions wait on each other in a cycle.
+
+use serde_json::{Value, json};
+use std::time::{Duration, SystemTime};
+use tokio_postgres::{Client, Transaction};
+
+/// How long a lease lasts when nothing says otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// How often a worker renews its lease when nothing says otherwise.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long past a lease's end a sweep waits before it takes the agents.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+/// Lost attempts in a row that escalate an agent instead of re-queueing it.
+pub const DEFAULT_MAX_LOST: i32 = 3;
+/// At most this many agents re-queued by one sweep.
+pub const DEFAULT_MAX_REQUEUE: i64 = 20;
+
+/// The states in which an agent holds one of the workspace's `max_concurrent` slots.
+const SLOT_STATES: &str = "('starting', 'running', 'stopping')";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The write's fence or owner is not the agent's any more: nothing was written.
+    #[error(
+        "agent {agent}: fence {fence} is stale ({now}); nothing was written: the agent is no longer this worker's to change"
+    )]
+    Stale { agent: String, fence: i64, now: String },
+    /// This worker's lease ran out (or was never there): it must stop its agents and register
+    /// again under a new id.
+    #[error("worker {worker} has lost its lease: stop its agents and register again under a new id")]
+    LeaseLost { worker: String },
+    #[error("{0}")]
+    Bad(String),
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+type Result<T> = std::result::Result<T, ClusterError>;
+
+/// What a worker says about itself when it registers.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub workspace: String,
+    /// A UUID, kept by the worker across restarts (a restart within the lease re-attaches).
+    pub id: String,
+    pub host: String,
+    pub pid: i32,
+    /// What this worker offers; an agent runs here only if its `placement` is contained in
+    /// these (`placement <@ labels`, JSON containment).
+    pub labels: Value,
+    pub slots: i32,
+    pub ttl: Duration,
+}
+
+/// A worker's hold on the agents it claimed, as the database last confirmed it.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub workspace: String,
+    pub worker: String,
+    pub ttl: Duration,
+    /// The lease's end on the database's clock.
+    pub until: SystemTime,
+    /// The database's clock when it granted `until`: `until - granted` is how long the lease
+    /// runs from the moment the renewal was sent, whatever this machine's clock says.
+    pub granted: SystemTime,
+}
+
+impl Lease {
+    /// How long the lease had left when the database granted it.
+    pub fn remaining(&self) -> Duration {
+        self.until.duration_since(self.granted).unwrap_or_default()
+    }
+}
+
+/// One agent a worker now runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub id: String,
+    pub seq: i64,
+    /// The token every write about this agent must carry.
+    pub fence: i64,
+    /// The attempt's number, from 1.
+    pub attempt: i32,
+}
+
+/// An event to append: numbered densely, in commit order, with the others of its
+/// transaction.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: String,
+    pub data: Value,
+}
+
+impl NewEvent {
+    pub fn new(kind: &str, data: Value) -> Self {
+        Self { kind: kind.into(), data }
+    }
+}
+
+/// How an attempt ended, recorded on its attempt row.
+#[derive(Debug, Clone)]
+pub struct AttemptEnd {
+    pub outcome: String,
+    pub exit_code: Option<i32>,
+    pub detail: Value,
+}
+
+/// What one [`write`] changes about an agent, all in one transaction or not at all.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    pub state: Option<String>,
+    /// Replaces the agent's body (its full record).
+    pub body: Option<Value>,
+    pub end_attempt: Option<AttemptEnd>,
+    /// Gives the agent up: no owner any more (a later write with this fence is stale).
+    pub release: bool,
+    /// With `release` into `queued`: the earliest time another claim may take it, from now.
+    pub run_after: Option<Duration>,
+    pub events: Vec<NewEvent>,
+}
+
+/// An agent to queue.
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub id: String,
+    pub role: String,
+    pub placement: Value,
+    pub body: Value,
+    /// Not claimable before now + delay.
+    pub delay: Duration,
+}
+
+/// The rules of [`sweep`]: when a lease counts as dead, and the guards against re-queueing
+/// everything at once after the database itself was away.
+#[derive(Debug, Clone)]
+pub struct SweepRules {
+    /// A lease is dead this long after its end.
+    pub grace: Duration,
+    /// The sweeper must have held its own lease, without a break, this long, and the
+    /// database must have been up this long: after an outage every worker gets a full lease
+    /// to come back before anyone judges anyone.
+    pub settle: Duration,
+    /// The sweeper must have renewed within this long.
+    pub fresh: Duration,
+    /// At most this many agents re-queued per sweep; the rest wait for the next.
+    pub max_requeue: i64,
+    /// The lost attempt in a row that escalates instead of re-queueing.
+    pub max_lost: i32,
+}
+
+impl SweepRules {
+    /// The defaults for a lease of `ttl` renewed every `heartbeat`.
+    pub fn for_lease(ttl: Duration, heartbeat: Duration) -> Self {
+        Self {
+            grace: DEFAULT_GRACE,
+            settle: ttl + DEFAULT_GRACE,
+            fresh: heartbeat * 2,
+            max_requeue: DEFAULT_MAX_REQUEUE,
+            max_lost: DEFAULT_MAX_LOST,
+        }
+    }
+}
+
+/// What a [`sweep`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Why this sweep judged nobody (a guard held), if it did not.
+    pub held: Option<String>,
+    /// Agents back in the queue, with their new fence.
+    pub requeued: Vec<(String, i64)>,
+    /// Agents escalated for being lost too often in a row, with their new fence.
+    pub escalated: Vec<(String, i64)>,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// A fresh random worker id (a version 4 UUID).
+pub fn new_worker_id() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Never on Linux with a 16-byte request; still distinct per process and instant.
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        b.copy_from_slice(&(t ^ ((std::process::id() as u128) << 64)).to_le_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// Creates the workspace if it is not there, and sets its cluster-wide `max_concurrent`
+/// (`None`: no limit).
+pub async fn configure_workspace(client: &Client, workspace: &str, max_concurrent: Option<i32>) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO workspaces (id, max_concurrent) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET max_concurrent = EXCLUDED.max_concurrent",
+            &[&workspace, &max_concurrent],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Registers a worker with a lease of `spec.ttl`. The same id again while its lease is live
+/// re-attaches (a restarted worker keeps its agents and their fences); an id whose lease ran
+/// out is refused with [`ClusterError::LeaseLost`].
+pub async fn register(client: &Client, spec: &WorkerSpec) -> Result<Lease> {
+    if spec.slots < 1 {
+        return Err(ClusterError::Bad(format!("worker {}: slots must be at least 1, not {}", spec.id, spec.slots)));
+    }
+    if !spec.labels.is_object() {
+        return Err(ClusterError::Bad(format!("worker {}: labels must be a JSON object", spec.id)));
+    }
+    client.execute("INSERT INTO workspaces (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", &[&spec.workspace]).await?;
+    let row = client
+        .query_opt(
+            "INSERT INTO workers AS w (id, workspace, host, pid, labels, slots, state, lease_until)
+             VALUES ($1::text::uuid, $2, $3, $4, $5, $6, 'active', now() + make_interval(secs => $7))
+             ON CONFLICT (id) DO UPDATE
+                SET host = EXCLUDED.host, pid = EXCLUDED.pid, labels = EXCLUDED.labels,
+                    slots = EXCLUDED.slots, heartbeat_at = now(), lease_until = EXCLUDED.lease_until
+                WHERE w.state = 'active' AND w.lease_until > now() AND w.workspace = EXCLUDED.workspace
+             RETURNING lease_until, now()",
+            &[&spec.id, &spec.workspace, &spec.host, &spec.pid, &spec.labels, &spec.slots, &secs(spec.ttl)],
+        )
+        .await
+        .map_err(|e| match e.code() {
+            Some(c) if *c == tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION => {
+                ClusterError::Bad(format!("worker id {:?} is not a UUID", spec.id))
+            }
+            _ => e.into(),
+        })?;
+    let row = row.ok_or_else(|| ClusterError::LeaseLost { worker: spec.id.clone() })?;
+    Ok(Lease {
+        workspace: spec.workspace.clone(),
+        worker: spec.id.clone(),
+        ttl: spec.ttl,
+        until: row.get(0),
+        granted: row.get(1),
+    })
+}
+
+/// Extends the lease to `now() + ttl`, only while it is still live; returns its new end as
+/// the database sees it. A lease that ran out, or a worker declared dead, gets
+/// [`ClusterError::LeaseLost`] and the worker row is marked dead.
+pub async fn renew(client: &Client, lease: &mut Lease) -> Result<SystemTime> {
+    let row = client
+        .query_opt(
+            "UPDATE workers SET heartbeat_at = now(), lease_until = now() + make_interval(secs => $2)
+             WHERE id = $1::text::uuid AND state = 'active' AND lease_until > now()
+             RETURNING lease_until, now()",
+            &[&lease.worker, &secs(lease.ttl)],
+        )
+        .await?;
+    match row {
+        Some(row) => {
+            lease.until = row.get(0);
+            lease.granted = row.get(1);
+            Ok(lease.until)
+        }
+        None => {
+            client.execute("UPDATE workers SET state = 'dead' WHERE id = $1::text::uuid", &[&lease.worker]).await?;
+            Err(ClusterError::LeaseLost { worker: lease.worker.clone() })
+        }
+    }
+}
+
+/// Refuses with [`ClusterError::LeaseLost`] unless `lease` is live now; returns the worker's
+/// labels and slots.
+async fn live(tx: &Transaction<'_>, lease: &Lease) -> Result<(Value, i32)> {
+    let row = tx
+        .query_opt(
+            "SELECT labels, slots FROM workers
+             WHERE id = $1::text::uuid AND workspace = $2 AND state = 'active' AND lease_until > now()",
+            &[&lease.worker, &lease.workspace],
+        )
+        .await?;
+    let row = row.ok_or_else(|| ClusterError::LeaseLost { worker: lease.worker.clone() })?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// One event for [`append_events`].
+struct Ev<'a> {
+    agent: Option<&'a str>,
+    fence: Option<i64>,
+    kind: &'a str,
+    data: Value,
+}
+
+/// Numbers `events` densely after the workspace's last and inserts them; call it last in a
+/// transaction, so the workspace row is held only until commit and numbers follow commit
+/// order (a reader of `seq > last` can never miss one that commits late).
+async fn append_events(
+    tx: &Transaction<'_>,
+    workspace: &str,
+    worker: Option<&str>,
+    events: &[Ev<'_>],
+) -> Result<Vec<i64>> {
+    if events.is_empty() {
+        return Ok(vec![]);
+    }
+    let n = events.len() as i64;
+    let last: i64 = tx
+        .query_one(
+            "UPDATE workspaces SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq",
+            &[&workspace, &n],
+        )
+        .await?
+        .get(0);
+    let first = last - n + 1;
+    let agents: Vec<Option<&str>> = events.iter().map(|e| e.agent).collect();
+    let fences: Vec<Option<i64>> = events.iter().map(|e| e.fence).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
+    let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
+    tx.execute(
+        "INSERT INTO events (workspace, seq, agent_id, kind, data, worker, fence)
+         SELECT $1, $2::int8 + u.i - 1, u.agent_id, u.kind, u.data, $7::text::uuid, u.fence
+         FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::int8[]) WITH ORDINALITY
+              AS u(agent_id, kind, data, fence, i)",
+        &[&workspace, &first, &agents, &kinds, &data, &fences, &worker],
+    )
+    .await?;
+    Ok((first..=last).collect())
+}
+
+/// Queues `agents` in `workspace` (numbered in order, a `spawned` event each).
+pub async fn enqueue(client: &mut Client, workspace: &str, agents: &[NewAgent]) -> Result<Vec<i64>> {
+    let tx = client.transaction().await?;
+    let n = agents.len() as i64;
+    let next: i64 = tx
+        .query_one(
+            "UPDATE workspaces SET next_number = next_number + $2 WHERE id = $1 RETURNING next_number",
+            &[&workspace, &n],
+        )
+        .await?
+        .get(0);
+    let mut seqs = Vec::new();
+    for (i, a) in agents.iter().enumerate() {
+        let seq = next - n + i as i64;
+        tx.execute(
+            "INSERT INTO agents (workspace, id, seq, role, state, placement, body, run_after)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, now() + make_interval(secs => $7))",
+            &[&workspace, &a.id, &seq, &a.role, &a.placement, &a.body, &secs(a.delay)],
+        )
+        .await?;
+        seqs.push(seq);
+    }
+    let evs: Vec<Ev> = agents
+        .iter()
+        .map(|a| Ev { agent: Some(&a.id), fence: Some(0), kind: "spawned", data: json!({ "role": a.role }) })
+        .collect();
+    append_events(&tx, workspace, None, &evs).await?;
+    tx.commit().await?;
+    Ok(seqs)
+}
+
+/// Claims up to `want` queued agents for this worker: those whose `run_after` has passed and
+/// whose placement its labels satisfy, in spawn order, never more than the workspace's
+/// `max_concurrent` holding a slot across all workers. Each claim bumps the agent's fence,
+/// opens its attempt and appends a `claimed` event.
+pub async fn claim(client: &mut Client, lease: &Lease, want: i64) -> Result<Vec<Claim>> {
+    let tx = client.transaction().await?;
+    let (labels, slots) = live(&tx, lease).await?;
+    // Serializes admission across the cluster: every claim takes this row first.
+    let max: Option<i32> = tx
+        .query_one("SELECT max_concurrent FROM workspaces WHERE id = $1 FOR UPDATE", &[&lease.workspace])
+        .await?
+        .get(0);
+    let counts = tx
+        .query_one(
+            &format!(
+                "SELECT count(*), count(*) FILTER (WHERE owner = $2::text::uuid)
+                 FROM agents WHERE workspace = $1 AND owner IS NOT NULL AND state IN {SLOT_STATES}"
+            ),
+            &[&lease.workspace, &lease.worker],
+        )
+        .await?;
+    let (busy, mine): (i64, i64) = (counts.get(0), counts.get(1));
+    let mut free = want.min(slots as i64 - mine);
+    if let Some(max) = max {
+        free = free.min(max as i64 - busy);
+    }
+    if free <= 0 {
+        tx.commit().await?;
+        return Ok(vec![]);
+    }
+    let rows = tx
+        .query(
+            "WITH cand AS (
+                 SELECT id FROM agents
+                 WHERE workspace = $1 AND state = 'queued' AND owner IS NULL AND run_after <= now()
+                   AND placement <@ $3
+                 ORDER BY seq LIMIT $4
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE agents a SET owner = $2::text::uuid, fence = a.fence + 1, state = 'starting',
+                                 attempt = a.attempt + 1, updated_at = now()
+             FROM cand WHERE a.workspace = $1 AND a.id = cand.id
+             RETURNING a.id, a.seq, a.fence, a.attempt",
+            &[&lease.workspace, &lease.worker, &labels, &free],
+        )
+        .await?;
+    let mut claims: Vec<Claim> =
+        rows.iter().map(|r| Claim { id: r.get(0), seq: r.get(1), fence: r.get(2), attempt: r.get(3) }).collect();
+    claims.sort_by_key(|c| c.seq);
+    if !claims.is_empty() {
+        let ids: Vec<&str> = claims.iter().map(|c| c.id.as_str()).collect();
+        let ns: Vec<i32> = claims.iter().map(|c| c.attempt).collect();
+        let fences: Vec<i64> = claims.iter().map(|c| c.fence).collect();
+        tx.execute(
+            "INSERT INTO attempts (workspace, agent_id, n, fence, worker)
+             SELECT $1, u.id, u.n, u.fence, $2::text::uuid FROM unnest($3::text[], $4::int4[], $5::int8[]) AS u(id, n, fence)",
+            &[&lease.workspace, &lease.worker, &ids, &ns, &fences],
+        )
+        .await?;
+        let evs: Vec<Ev> = claims
+            .iter()
+            .map(|c| Ev {
+                agent: Some(&c.id),
+                fence: Some(c.fence),
+                kind: "claimed",
+                data: json!({ "attempt": c.attempt }),
+            })
+            .collect();
+        append_events(&tx, &lease.workspace, Some(&lease.worker), &evs).await?;
+    }
+    tx.commit().await?;
+    Ok(claims)
+}
+
+/// Applies `change` to `agent` if, under its row lock, it is still this worker's with this
+/// `fence` and the worker's lease is live; returns the numbers of the events appended. A
+/// stale fence or owner changes nothing ([`ClusterError::Stale`]); a lease that ran out,
+/// nothing either ([`ClusterError::LeaseLost`]).
+pub async fn write(client: &mut Client, lease: &Lease, agent: &str, fence: i64, change: &Change) -> Result<Vec<i64>> {
+    if change.run_after.is_some() && !(change.release && change.state.as_deref() == Some("queued")) {
+        return Err(ClusterError::Bad(format!(
+            "agent {agent}: run_after is only for giving the agent back to the queue"
+        )));
+    }
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT owner::text, fence, attempt FROM agents WHERE workspace = $1 AND id = $2 FOR UPDATE",
+            &[&lease.workspace, &agent],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(ClusterError::Stale { agent: agent.into(), fence, now: "no such agent".into() });
+    };
+    let (owner, now_fence, attempt): (Option<String>, i64, i32) = (row.get(0), row.get(1), row.get(2));
+    if owner.as_deref() != Some(lease.worker.as_str()) || now_fence != fence {
+        let now = match owner {
+            Some(o) => format!("it has fence {now_fence}, owned by worker {o}"),
+            None => format!("it has fence {now_fence}, owned by no worker"),
+        };
+        return Err(ClusterError::Stale { agent: agent.into(), fence, now });
+    }
+    live(&tx, lease).await?;
+    let lost = change.end_attempt.as_ref().map(|e| e.outcome == "lost");
+    tx.execute(
+        "UPDATE agents SET state = COALESCE($3, state), body = COALESCE($4, body),
+                owner = CASE WHEN $5 THEN NULL ELSE owner END,
+                run_after = CASE WHEN $6::float8 IS NULL THEN run_after ELSE now() + make_interval(secs => $6) END,
+                lost_streak = CASE WHEN $7::bool IS NULL THEN lost_streak WHEN $7 THEN lost_streak + 1 ELSE 0 END,
+                updated_at = now()
+         WHERE workspace = $1 AND id = $2",
+        &[&lease.workspace, &agent, &change.state, &change.body, &change.release, &change.run_after.map(secs), &lost],
+    )
+    .await?;
+    if let Some(end) = &change.end_attempt {
+        tx.execute(
+            "UPDATE attempts SET ended_at = clock_timestamp(), outcome = $5, exit_code = $6, detail = $7
+             WHERE workspace = $1 AND agent_id = $2 AND n = $3 AND fence = $4",
+            &[&lease.workspace, &agent, &attempt, &fence, &end.outcome, &end.exit_code, &end.detail],
+        )
+        .await?;
+    }
+    let evs: Vec<Ev> = change
+        .events
+        .iter()
+        .map(|e| Ev { agent: Some(agent), fence: Some(fence), kind: &e.kind, data: e.data.clone() })
+        .collect();
+    let seqs = append_events(&tx, &lease.workspace, Some(&lease.worker), &evs).await?;
+    tx.commit().await?;
+    Ok(seqs)
+}
+
+/// Gives the agents of workers whose lease ended more than `rules.grace` ago back to the
+/// queue: their attempt ends `lost`, their fence is bumped (so the old worker's late writes
+/// are refused), they do not spend a retry; the `rules.max_lost`-th lost attempt in a row
+/// escalates the agent (state `blocked`, an escalation row) instead. Guards: nothing is
+/// judged unless this worker's own lease is live and was renewed within `rules.fresh`, it has
+/// held it for `rules.settle`, and the database has been up for `rules.settle`; at most
+/// `rules.max_requeue` agents per sweep, oldest first.
+pub async fn sweep(client: &mut Client, lease: &Lease, rules: &SweepRules) -> Result<Swept> {
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT heartbeat_at > now() - make_interval(secs => $3),
+                    started_at <= now() - make_interval(secs => $4),
+                    pg_postmaster_start_time() <= now() - make_interval(secs => $4)
+             FROM workers
+             WHERE id = $1::text::uuid AND workspace = $2 AND state = 'active' AND lease_until > now()",
+            &[&lease.worker, &lease.workspace, &secs(rules.fresh), &secs(rules.settle)],
+        )
+        .await?;
+    let row = row.ok_or_else(|| ClusterError::LeaseLost { worker: lease.worker.clone() })?;
+    let (fresh, settled, db_up): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    let held = if !fresh {
+        Some(format!("this worker has not renewed its lease within {:?}", rules.fresh))
+    } else if !settled {
+        Some(format!("this worker has held its lease for less than {:?}", rules.settle))
+    } else if !db_up {
+        Some(format!("the database has been up for less than {:?}", rules.settle))
+    } else {
+        None
+    };
+    if held.is_some() {
+        tx.commit().await?;
+        return Ok(Swept { held, ..Swept::default() });
+    }
+    tx.execute(
+        "UPDATE workers SET state = 'dead'
+         WHERE workspace = $1 AND state <> 'dead' AND lease_until < now() - make_interval(secs => $2)",
+        &[&lease.workspace, &secs(rules.grace)],
+    )
+    .await?;
+    // Rows an owner is writing right now are skipped: the next sweep takes them.
+    let rows = tx
+        .query(
+            "SELECT a.id, a.fence, a.attempt, a.lost_streak, a.owner::text, w.lease_until::text
+             FROM agents a JOIN workers w ON w.id = a.owner
+             WHERE a.workspace = $1 AND w.lease_until < now() - make_interval(secs => $2)
+             ORDER BY a.seq LIMIT $3
+             FOR UPDATE OF a SKIP LOCKED",
+            &[&lease.workspace, &secs(rules.grace), &rules.max_requeue],
+        )
+        .await?;
+    let mut out = Swept::default();
+    let mut evs = Vec::new();
+    let mut escalations = Vec::new();
+    for r in &rows {
+        let (id, fence, attempt, streak, owner, until): (String, i64, i32, i32, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let streak = streak + 1;
+        let escalate = streak >= rules.max_lost;
+        let detail = json!({ "worker": owner, "lease_until": until, "lost_in_a_row": streak });
+        tx.execute(
+            "UPDATE attempts SET ended_at = clock_timestamp(), outcome = 'lost', detail = $5
+             WHERE workspace = $1 AND agent_id = $2 AND n = $3 AND fence = $4 AND ended_at IS NULL",
+            &[&lease.workspace, &id, &attempt, &fence, &detail],
+        )
+        .await?;
+        let state = if escalate { "blocked" } else { "queued" };
+        let new_fence: i64 = tx
+            .query_one(
+                "UPDATE agents SET owner = NULL, fence = fence + 1, state = $3, lost_streak = $4,
+                        run_after = now(), updated_at = now()
+                 WHERE workspace = $1 AND id = $2 RETURNING fence",
+                &[&lease.workspace, &id, &state, &streak],
+            )
+            .await?
+            .get(0);
+        if escalate {
+            let reason = format!(
+                "lost {streak} times in a row: the workers running it stopped renewing their lease (last {owner})"
+            );
+            escalations.push((id.clone(), json!({ "kind": "lost", "reason": reason })));
+            out.escalated.push((id.clone(), new_fence));
+            evs.push((id, new_fence, "escalated", json!({ "reason": reason, "attempt": attempt })));
+        } else {
+            out.requeued.push((id.clone(), new_fence));
+            evs.push((id, new_fence, "lost", detail.clone()));
+        }
+    }
+    if !escalations.is_empty() {
+        // Escalations are numbered per workspace: under its row, taken after the agents'.
+        tx.execute("SELECT 1 FROM workspaces WHERE id = $1 FOR UPDATE", &[&lease.workspace]).await?;
+        for (id, body) in &escalations {
+            tx.execute(
+                "INSERT INTO escalations (workspace, id, agent_id, body)
+                 SELECT $1, COALESCE(max(id), 0) + 1, $2, $3 FROM escalations WHERE workspace = $1",
+                &[&lease.workspace, id, body],
+            )
+            .await?;
+        }
+    }
+    let evs: Vec<Ev> = evs
+        .iter()
+        .map(|(id, fence, kind, data)| Ev { agent: Some(id), fence: Some(*fence), kind, data: data.clone() })
+        .collect();
+    append_events(&tx, &lease.workspace, Some(&lease.worker), &evs).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_ids_are_distinct_version_4_uuids() {
+        let (a, b) = (new_worker_id(), new_worker_id());
+        assert_ne!(a, b);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12], "{a}");
+        assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{a}");
+        assert!(parts[2].starts_with('4') && "89ab".contains(&parts[3][..1]), "{a}");
+    }
+
+    #[test]
+    fn default_sweep_rules_wait_a_full_lease_and_grace() {
+        let r = SweepRules::for_lease(DEFAULT_LEASE, DEFAULT_HEARTBEAT);
+        assert_eq!(r.settle, Duration::from_secs(35));
+        assert_eq!(r.fresh, Duration::from_secs(10));
+        assert_eq!((r.max_lost, r.max_requeue), (3, 20));
+    }
+}
