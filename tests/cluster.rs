@@ -89,6 +89,28 @@ impl Pg {
         );
     }
 
+    /// Stops the server (fast shutdown: clients are cut off) and starts it again on the
+    /// same port and data.
+    fn restart(&mut self) {
+        let data = self.dir.path().join("data");
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let st = as_pg_user(&pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-t", "30", "-m", "fast", "-o", &opts, "restart"])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "pg_ctl restart: {}", String::from_utf8_lossy(&st.stderr));
+        let pid = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
+        self.pid = pid.lines().next().unwrap().trim().parse().unwrap();
+    }
+
     fn url(&self, db: &str) -> String {
         format!("postgres://corral@127.0.0.1:{}/{db}", self.port)
     }
@@ -645,4 +667,48 @@ fn a_database_at_version_1_migrates_to_the_latest_once_keeping_its_rows() {
         let got = queue::claim(&mut c, &w, 1).await.unwrap();
         assert_eq!(got, vec![queue::Claim { id: "old".into(), seq: 1, fence: 1, attempt: 1 }]);
     });
+}
+
+#[test]
+fn after_the_database_restarts_a_sweep_waits_a_full_settle_time_before_judging_anyone() {
+    let mut pg = Pg::start();
+    let url = pg.url("corral");
+    let settle = Duration::from_millis(1500);
+    let rules = SweepRules { settle, ..quick_rules(20) };
+    let (sweeper, dead) = block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        queue::enqueue(&mut c, WS, &new_agents("x", 1, json!({}))).await.unwrap();
+        let sweeper = queue::register(&c, &spec(json!({}), 1, Duration::from_secs(60))).await.unwrap();
+        let dead = queue::register(&c, &spec(json!({}), 1, Duration::from_millis(300))).await.unwrap();
+        assert_eq!(queue::claim(&mut c, &dead, 1).await.unwrap().len(), 1);
+        (sweeper, dead)
+    });
+    std::thread::sleep(settle + Duration::from_millis(100));
+    pg.restart();
+    let waited = block_on(async {
+        let mut c = client(&url).await;
+        let mut sweeper = sweeper.clone();
+        queue::renew(&c, &mut sweeper).await.expect("a lease longer than the outage survives it");
+        // The dead worker's lease ran out during the outage, and this sweeper has held its
+        // own for longer than the settle time; the database's fresh start still holds it.
+        let expired = format!("SELECT lease_until < now() FROM workers WHERE id = '{}'", dead.worker);
+        assert_eq!(pg.sql("corral", &expired), "t");
+        let s = queue::sweep(&mut c, &sweeper, &rules).await.unwrap();
+        assert!(s.requeued.is_empty() && s.held.as_deref().unwrap_or("").contains("database has been up"), "{s:?}");
+        assert_eq!(pg.sql("corral", "SELECT state FROM agents"), "starting");
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            queue::renew(&c, &mut sweeper).await.unwrap();
+            let s = queue::sweep(&mut c, &sweeper, &rules).await.unwrap();
+            if s.held.is_none() {
+                assert_eq!(s.requeued, vec![("x-0".to_string(), 2)]);
+                break start.elapsed();
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "the sweep is still held: {s:?}");
+        }
+    });
+    assert!(waited < settle + Duration::from_secs(1), "held for about the settle time after the restart: {waited:?}");
+    assert_eq!(pg.sql("corral", "SELECT state || ',' || fence FROM agents"), "queued,2");
 }
