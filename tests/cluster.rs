@@ -712,3 +712,114 @@ fn after_the_database_restarts_a_sweep_waits_a_full_settle_time_before_judging_a
     assert!(waited < settle + Duration::from_secs(1), "held for about the settle time after the restart: {waited:?}");
     assert_eq!(pg.sql("corral", "SELECT state || ',' || fence FROM agents"), "queued,2");
 }
+
+#[test]
+fn sweepers_racing_each_other_requeue_each_lost_agent_once() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    let dead = block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        queue::enqueue(&mut c, WS, &new_agents("x", 40, json!({}))).await.unwrap();
+        let dead = queue::register(&c, &spec(json!({}), 40, Duration::from_millis(300))).await.unwrap();
+        assert_eq!(queue::claim(&mut c, &dead, 40).await.unwrap().len(), 40);
+        dead
+    });
+    wait_past(&dead, Duration::from_millis(200));
+    let taken: Vec<Vec<(String, i64)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    block_on(async {
+                        let mut c = client(&url).await;
+                        let me = queue::register(&c, &spec(json!({}), 1, Duration::from_secs(30))).await.unwrap();
+                        let mut mine = Vec::new();
+                        for _ in 0..10 {
+                            let s = queue::sweep(&mut c, &me, &quick_rules(3)).await.unwrap();
+                            mine.extend(s.requeued);
+                        }
+                        mine
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<(String, i64)> = taken.concat();
+    all.sort();
+    println!("CLUSTER sweep racers=4 per_sweeper={:?}", taken.iter().map(Vec::len).collect::<Vec<_>>());
+    assert_eq!(all.len(), 40, "each lost agent re-queued exactly once: {taken:?}");
+    all.dedup_by(|a, b| a.0 == b.0);
+    assert_eq!(all.len(), 40);
+    assert!(all.iter().all(|(_, f)| *f == 2), "{all:?}");
+    assert_eq!(pg.sql("corral", "SELECT count(*) FROM events WHERE kind = 'lost'"), "40");
+    assert_eq!(
+        pg.sql("corral", "SELECT string_agg(DISTINCT state || ':' || lost_streak, ',') FROM agents"),
+        "queued:1"
+    );
+    assert_events_dense(&pg);
+}
+
+#[test]
+fn an_agent_given_back_with_a_delay_is_claimed_again_only_after_it() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        let mut later = new_agents("later", 1, json!({}));
+        later[0].delay = Duration::from_secs(3600);
+        queue::enqueue(&mut c, WS, &new_agents("x", 1, json!({}))).await.unwrap();
+        queue::enqueue(&mut c, WS, &later).await.unwrap();
+        let w = queue::register(&c, &spec(json!({}), 2, Duration::from_secs(30))).await.unwrap();
+        let first = queue::claim(&mut c, &w, 2).await.unwrap();
+        assert_eq!(first.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["x-0"], "a delayed agent waits");
+        // The attempt failed: back to the queue for a backoff of 400 ms (a retry).
+        let back = Change {
+            state: Some("queued".into()),
+            end_attempt: Some(AttemptEnd { outcome: "failed".into(), exit_code: Some(1), detail: json!({}) }),
+            release: true,
+            run_after: Some(Duration::from_millis(400)),
+            events: vec![NewEvent::new("retrying", json!({ "in_ms": 400 }))],
+            ..Change::default()
+        };
+        queue::write(&mut c, &w, "x-0", first[0].fence, &back).await.unwrap();
+        assert!(queue::claim(&mut c, &w, 2).await.unwrap().is_empty(), "claimed before its run_after");
+        // Released: the old fence is stale now.
+        assert!(matches!(
+            queue::write(&mut c, &w, "x-0", first[0].fence, &running()).await,
+            Err(ClusterError::Stale { .. })
+        ));
+        let start = Instant::now();
+        let again = loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let got = queue::claim(&mut c, &w, 2).await.unwrap();
+            if !got.is_empty() {
+                break got;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "never claimable again");
+        };
+        assert_eq!(again, vec![queue::Claim { id: "x-0".into(), seq: 1, fence: 2, attempt: 2 }]);
+        // Claimed only once its run_after had passed, set after the first attempt ended.
+        assert_eq!(
+            pg.sql(
+                "corral",
+                "SELECT t2.started_at >= a.run_after AND a.run_after > t1.ended_at FROM agents a
+                 JOIN attempts t1 ON t1.agent_id = a.id AND t1.n = 1 JOIN attempts t2 ON t2.agent_id = a.id AND t2.n = 2"
+            ),
+            "t"
+        );
+        assert_eq!(
+            pg.sql(
+                "corral",
+                "SELECT string_agg(outcome || ':' || exit_code, ',' ORDER BY n) FROM attempts WHERE agent_id = 'x-0'"
+            ),
+            "failed:1"
+        );
+        // A run_after without giving the agent back to the queue is a mistake, not a write.
+        let bad =
+            Change { state: Some("running".into()), run_after: Some(Duration::from_secs(1)), ..Change::default() };
+        let err = queue::write(&mut c, &w, "x-0", 2, &bad).await.unwrap_err();
+        assert!(matches!(err, ClusterError::Bad(_)) && err.to_string().contains("run_after"), "{err}");
+    });
+}
