@@ -449,16 +449,33 @@ pub async fn claim(client: &mut Client, lease: &Lease, want: i64) -> Result<Vec<
     Ok(claims)
 }
 
+/// Refuses a change that would leave an agent nobody can run or claim: a queued agent with
+/// an owner, a released one still holding a slot, a delay on an agent not going back to
+/// the queue.
+fn check_change(agent: &str, change: &Change) -> Result<()> {
+    let state = change.state.as_deref();
+    let bad = |why: &str| Err(ClusterError::Bad(format!("agent {agent}: {why}")));
+    if change.release && state.is_none() {
+        return bad("giving an agent up needs the state it is left in");
+    }
+    if change.release && matches!(state, Some("starting" | "running" | "stopping")) {
+        return bad("an agent given up cannot be left starting, running or stopping");
+    }
+    if state == Some("queued") && !change.release {
+        return bad("an agent goes back to the queue only by giving it up (release)");
+    }
+    if change.run_after.is_some() && state != Some("queued") {
+        return bad("run_after is only for giving the agent back to the queue");
+    }
+    Ok(())
+}
+
 /// Applies `change` to `agent` if, under its row lock, it is still this worker's with this
 /// `fence` and the worker's lease is live; returns the numbers of the events appended. A
 /// stale fence or owner changes nothing ([`ClusterError::Stale`]); a lease that ran out,
 /// nothing either ([`ClusterError::LeaseLost`]).
 pub async fn write(client: &mut Client, lease: &Lease, agent: &str, fence: i64, change: &Change) -> Result<Vec<i64>> {
-    if change.run_after.is_some() && !(change.release && change.state.as_deref() == Some("queued")) {
-        return Err(ClusterError::Bad(format!(
-            "agent {agent}: run_after is only for giving the agent back to the queue"
-        )));
-    }
+    check_change(agent, change)?;
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
@@ -628,6 +645,22 @@ mod tests {
         assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12], "{a}");
         assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{a}");
         assert!(parts[2].starts_with('4') && "89ab".contains(&parts[3][..1]), "{a}");
+    }
+
+    #[test]
+    fn changes_that_would_strand_an_agent_are_refused() {
+        let ok = |c: Change| check_change("a", &c).is_ok();
+        let queued = || Change { state: Some("queued".into()), release: true, ..Change::default() };
+        assert!(ok(queued()));
+        assert!(ok(Change { run_after: Some(Duration::from_secs(1)), ..queued() }));
+        assert!(ok(Change { state: Some("complete".into()), release: true, ..Change::default() }));
+        assert!(ok(Change { state: Some("running".into()), ..Change::default() }));
+        assert!(ok(Change::default()));
+        assert!(!ok(Change { state: None, ..queued() }));
+        assert!(!ok(Change { state: Some("running".into()), ..queued() }));
+        assert!(!ok(Change { release: false, ..queued() }));
+        let e = check_change("a", &Change { run_after: Some(Duration::ZERO), ..Change::default() }).unwrap_err();
+        assert!(e.to_string().starts_with("agent a: run_after"), "{e}");
     }
 
     #[test]
