@@ -291,6 +291,19 @@ fn timeline_draws_each_agents_attempts_waits_and_escalations() {
     assert_eq!(pic2.rows[4].bars[0].6, "#7f7f7f");
     check_pixels(&pic2, &render_png(&svg2));
 
+    // --json: the same rows as data; the flaky agent's two attempts, the first a crash with
+    // its reason, then complete; the backoff between them among its events.
+    let j = ws.json(&["timeline", "--json"]);
+    let rows = j.as_array().unwrap();
+    assert_eq!(rows.len(), pic2.rows.len(), "{j}");
+    let fj = rows.iter().find(|r| r["agentId"] == flaky.as_str()).unwrap();
+    let outcomes: Vec<&str> =
+        fj["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes.last(), Some(&"complete"), "{fj}");
+    assert_eq!(outcomes.len(), 2, "{fj}");
+    assert!(fj["attempts"][0]["reason"].is_string() && fj["attempts"][0]["endedAt"].is_string(), "{fj}");
+    assert!(fj["events"].as_array().unwrap().iter().any(|e| e["kind"] == "retrying"), "{fj}");
+
     // Filters: ids (a unique prefix of one) and roles.
     let one = parse(&ws.ok(&["timeline", &flaky[..9]]));
     assert_eq!(one.rows.iter().map(|r| r.agent.as_str()).collect::<Vec<_>>(), [&flaky]);

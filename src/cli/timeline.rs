@@ -28,6 +28,77 @@ pub struct Args {
     /// The picture's width in pixels (400 to 20000); the run's time is scaled to fit it.
     #[arg(long, value_name = "PX", default_value_t = 1400)]
     pub width: u32,
+    /// What the picture shows, as JSON instead: per agent its attempts (times, outcome,
+    /// reason) and the events that make its waits and marks.
+    #[arg(long, conflicts_with_all = ["out", "format"])]
+    pub json: bool,
+}
+
+/// One agent's row as `timeline --json` gives it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RowJson<'a> {
+    agent_id: &'a str,
+    role: &'a str,
+    task: &'a str,
+    status: &'a str,
+    spawned_at: String,
+    attempts: Vec<AttemptJson<'a>>,
+    events: Vec<EventJson<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AttemptJson<'a> {
+    attempt: u32,
+    started_at: String,
+    ended_at: Option<String>,
+    /// complete, failed, timeout, killed, rate_limited, running, ... (the bar's colour).
+    outcome: &'static str,
+    reason: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventJson<'a> {
+    at: String,
+    kind: &'a str,
+    reason: Option<&'a str>,
+    escalation: Option<u64>,
+}
+
+fn rows_json(runs: &[AgentRun]) -> Vec<RowJson<'_>> {
+    let t = |x: &jiff::Timestamp| crate::protocol::time::rfc3339(*x);
+    runs.iter()
+        .map(|r| RowJson {
+            agent_id: &r.id,
+            role: &r.role,
+            task: &r.task,
+            status: &r.status,
+            spawned_at: t(&r.spawned),
+            attempts: r
+                .attempts
+                .iter()
+                .map(|a| AttemptJson {
+                    attempt: a.n,
+                    started_at: t(&a.start),
+                    ended_at: a.end.as_ref().map(t),
+                    outcome: a.outcome.name(),
+                    reason: a.reason.as_deref(),
+                })
+                .collect(),
+            events: r
+                .events
+                .iter()
+                .map(|e| EventJson {
+                    at: t(&e.at),
+                    kind: &e.kind,
+                    reason: e.reason.as_deref(),
+                    escalation: e.escalation,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +135,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     let format = Format::choose(a.format.as_deref(), a.out.as_deref())?;
     let mut client = ctx.client()?;
     let runs = collect(&mut client, a.ids, a.role)?;
+    if a.json {
+        super::output::print_json(&rows_json(&runs))?;
+        return Ok(0);
+    }
     let text = render(&runs, a.width, format);
     match &a.out {
         Some(path) => {
