@@ -591,7 +591,7 @@ impl Supervisor {
         }
         let _ = self.store.begin();
         let live: Vec<AgentId> =
-            self.order.iter().filter(|id| self.agents[*id].agent.state.has_live_process()).cloned().collect();
+            self.active().filter(|l| l.agent.state.has_live_process()).map(|l| l.agent.spec.id.clone()).collect();
         for id in &live {
             self.refresh_status(id);
         }
@@ -991,7 +991,8 @@ impl Supervisor {
     /// watches are the fast path; this bounds what a missed event (an overflowed inotify
     /// queue, a write through a path no watch sees, a lost wakeup) can delay.
     pub fn reconcile_all(&mut self) {
-        for id in self.order.clone() {
+        // The shown agents: a cleaned one is finished, nothing it writes changes a decision.
+        for id in self.shown.clone() {
             // Read again only when the file is not the version last read.
             let stamp = FileStamp::of(&self.data.status_file(&id));
             if stamp.is_some() && stamp != self.agents[&id].status_seen {
@@ -1000,7 +1001,7 @@ impl Supervisor {
         }
         self.file_written(self.data.handoff_dir());
         let starting: std::collections::HashSet<AgentId> = self.launches.values().map(|p| p.id.clone()).collect();
-        for id in self.order.clone() {
+        for id in self.shown.clone() {
             let live = &self.agents[&id].agent;
             if !live.state.has_live_process() || starting.contains(&id) {
                 continue;
