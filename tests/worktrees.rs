@@ -614,3 +614,78 @@ fn clean_hides_finished_agents_and_with_worktrees_keeps_a_dirty_tree_and_an_unme
     assert_eq!(git(ws.path(), &["status", "--porcelain"]), "", "the workspace's own tree is untouched");
     ws.ok(&["kill", &running]);
 }
+
+/// A directory holding a `git` that takes `secs` seconds over `ls-tree` (marking, by its
+/// pid, when each such call starts and ends in `marks`) and is the real git otherwise.
+fn slow_ls_tree_git(secs: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let real = String::from_utf8(Command::new("sh").args(["-c", "command -v git"]).output().unwrap().stdout).unwrap();
+    let dir = tempfile::Builder::new().prefix("corral-slowgit").tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let m = marks.display();
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in *\" ls-tree \"*)\n  touch {m}/started.$$; sleep {secs}; {real} \"$@\"; rc=$?; \
+         touch {m}/ended.$$; exit $rc;;\nesac\nexec {real} \"$@\"\n",
+        real = real.trim()
+    );
+    let git = dir.path().join("bin");
+    std::fs::create_dir(&git).unwrap();
+    std::fs::write(git.join("git"), script).unwrap();
+    std::fs::set_permissions(git.join("git"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, marks)
+}
+
+/// The pids of the slow git's calls that have started (or ended).
+fn marked(marks: &Path, what: &str) -> Vec<String> {
+    std::fs::read_dir(marks)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_prefix(&format!("{what}.")).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_slow_branch_check_runs_off_the_loop_status_answers_meanwhile_and_a_restart_checks_again() {
+    let ws = repo(WT);
+    let (slow, marks) = slow_ls_tree_git(3);
+    // The supervisor runs with the slow git first on its PATH.
+    let with_slow_git = |args: &[&str]| {
+        let mut c = ws.cmd(args);
+        let path = format!(
+            "{}:{}:{}",
+            slow.path().join("bin").display(),
+            bin().parent().unwrap().display(),
+            std::env::var("PATH").unwrap()
+        );
+        c.env("PATH", path);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "corral {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    with_slow_git(&["status"]);
+    let id = ws.spawn(
+        "W",
+        &["sh", "-c", &format!("echo a > out.txt && {} && corral handoff --deliverable out.txt", commit("out"))],
+    );
+    assert!(wait_until(SECS(30), || !marked(&marks, "started").is_empty()), "the branch check never started");
+    let first = marked(&marks, "started")[0].clone();
+    // The check is running: the supervisor answers, and the agent is as it was.
+    let views = ws.status();
+    assert!(marked(&marks, "ended").is_empty(), "status was answered only after the slow git ended");
+    let v = views.iter().find(|v| v["agentId"] == id.as_str()).unwrap();
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(ws.agent(&id)["status"], "running");
+    assert!(marked(&marks, "ended").is_empty());
+
+    // Killed meanwhile: the next supervisor checks again, and the agent completes.
+    let pid = ws.daemon_pid();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(SECS(5), || !alive(pid)));
+    with_slow_git(&["status"]);
+    assert!(
+        wait_until(SECS(30), || marked(&marks, "started").iter().any(|p| *p != first)),
+        "the restarted supervisor never checked the branch again"
+    );
+    let a = ws.wait_state(&id, &["complete", "failed", "escalated"], SECS(30));
+    assert_eq!(a["status"], "complete", "{a}");
+    assert_eq!(ws.show(&id)["attempts"].as_array().unwrap().len(), 1, "one attempt, checked twice");
+}

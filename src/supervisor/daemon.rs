@@ -98,6 +98,12 @@ pub enum Msg {
         attempt: u32,
         result: Result<(), String>,
     },
+    /// A worktree agent's listed deliverables were looked up in its branch: those that fail.
+    Checked {
+        id: AgentId,
+        attempt: u32,
+        failing: Vec<String>,
+    },
     /// A `[[notify]]` hook ran (or could not run, or was dropped) for this event.
     Notified {
         hook: usize,
@@ -671,6 +677,7 @@ impl Supervisor {
             Msg::ClientsGone => {}
             Msg::Prepared { id, attempt, result } => super::prepare::prepared(self, id, attempt, result),
             Msg::Verified { id, attempt, result } => super::prepare::verified(self, id, attempt, result),
+            Msg::Checked { id, attempt, failing } => super::prepare::checked(self, id, attempt, failing),
             Msg::Notified { hook, event, agent, result } => self.notified(hook, event, agent, result),
             Msg::Pruned { removed, kept } => super::prepare::pruned(self, removed, kept),
         }

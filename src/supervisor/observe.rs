@@ -235,6 +235,7 @@ impl Supervisor {
     ) {
         let Some(live) = self.agents.get(id) else { return };
         if live.agent.attempts.iter().any(|a| a.attempt == attempt && a.ended().is_some()) {
+            super::prepare::forget(self, id, attempt);
             return;
         }
         let known = known.map(|(end, at)| Ok((end, at, None)));
@@ -264,7 +265,11 @@ impl Supervisor {
                 None => return,
             },
         };
-        let handoff = self.handoff_facts(id, attempt);
+        let Some(handoff) = self.handoff_facts(id, attempt) else {
+            // Decided when the branch check answers.
+            return;
+        };
+        super::prepare::forget(self, id, attempt);
         let output_tail = self.output_tail(id, attempt);
         let run = self.data.attempt_file(id, attempt, "run");
         let stream = if self.agents[id].agent.spec.adapter.is_none() {
@@ -434,22 +439,20 @@ impl Supervisor {
 
     /// The newest handoff written during this attempt, and whether its files exist inside
     /// the workspace, or for a worktree agent in its branch (by the one rule `aggregate`
-    /// uses too; for a worktree agent one `git ls-tree` of the listed paths).
-    fn handoff_facts(&mut self, id: &AgentId, attempt: u32) -> HandoffFacts {
-        let Some(path) = self.attempt_handoff(id, attempt) else { return HandoffFacts::Absent };
+    /// uses too; for a worktree agent one `git ls-tree` of the listed paths, run off the
+    /// loop: `None` until it has answered).
+    fn handoff_facts(&mut self, id: &AgentId, attempt: u32) -> Option<HandoffFacts> {
+        let Some(path) = self.attempt_handoff(id, attempt) else { return Some(HandoffFacts::Absent) };
         let cwd = self.agents[id].agent.spec.cwd.clone();
-        match files::read_handoff(self.data.root(), &path) {
+        Some(match files::read_handoff(self.data.root(), &path) {
             Err(e) => HandoffFacts::Unreadable(e),
             Ok(h) => {
                 let agent = &self.agents[id].agent;
+                let in_worktree = agent.spec.worktree.is_some() && agent.base_commit.is_some();
                 let listed = &h.deliverables.files;
-                let failing: Vec<String> = match (&agent.spec.worktree, &agent.base_commit) {
+                let failing: Vec<String> = match in_worktree {
                     // A worktree agent's deliverables are what its branch holds.
-                    (Some(w), Some(_)) if !listed.is_empty() => {
-                        let tree = workspace::BranchTree::new(&w.repo, &w.branch, &w.path);
-                        tree.preload(&cwd, listed);
-                        listed.iter().filter_map(|f| tree.failure(&cwd, f)).collect()
-                    }
+                    true if !listed.is_empty() => super::prepare::branch_check(self, id, attempt, &cwd, listed)?,
                     _ => {
                         let workspace = &self.ws.root;
                         let disk = workspace::OnDisk::new(workspace);
@@ -461,7 +464,7 @@ impl Supervisor {
                 };
                 if failing.is_empty() { HandoffFacts::Valid } else { HandoffFacts::MissingFiles(failing) }
             }
-        }
+        })
     }
 
     /// What the classification rules see of the attempt's output: the end of what it

@@ -1,7 +1,9 @@
 //! Slow work done for an agent off the loop: making its worktree before its first attempt
-//! starts, and running its role's `verify` when an attempt ends well. Each is asked for
-//! here, done on a worker thread, and comes back as a message (`Msg::Prepared`,
-//! `Msg::Verified`); the loop never waits on git or on a test suite.
+//! starts, running its role's `verify` when an attempt ends well, and checking a worktree
+//! agent's deliverables against its branch. Each is asked for here, done on a worker
+//! thread, and comes back as a message (`Msg::Prepared`, `Msg::Verified`, `Msg::Checked`);
+//! the loop never waits on git or on a test suite. Until the answer is back the agent stays
+//! as it was; a supervisor restarted meanwhile asks again when it reconciles the attempt.
 //!
 //! A worktree counts as made only once its message is back and recorded (`base_commit`):
 //! one that a killed supervisor left half-made is removed and made again before any
@@ -26,6 +28,10 @@ pub struct Preparer {
     verifying: HashSet<(AgentId, u32)>,
     /// Verify outcomes not yet taken by the attempt's end: `Err` holds the failure text.
     verified: HashMap<(AgentId, u32), Result<(), String>>,
+    /// Attempts whose deliverables are being looked up in their branch.
+    checking: HashSet<(AgentId, u32)>,
+    /// Those answers, not yet taken by the attempt's end: the deliverables that fail.
+    checked: HashMap<(AgentId, u32), Vec<String>>,
     /// One worker makes worktrees, one at a time (git locks a repository's worktree list).
     jobs: Option<mpsc::Sender<(AgentId, u32, Prepare)>>,
 }
@@ -181,8 +187,9 @@ pub fn worktree_env(w: &WorktreeSpec, base: Option<&str>, ports: Option<(u16, u1
 /// now, and the attempt's end is decided when it answers).
 pub fn verify_outcome(sup: &mut Supervisor, id: &AgentId, attempt: u32) -> Option<Result<(), String>> {
     let key = (id.clone(), attempt);
-    if let Some(r) = sup.prepare.verified.remove(&key) {
-        return Some(r);
+    // Kept until the attempt's end is decided: a branch check after it asks again.
+    if let Some(r) = sup.prepare.verified.get(&key) {
+        return Some(r.clone());
     }
     if !sup.prepare.verifying.insert(key) {
         return None;
@@ -225,6 +232,56 @@ pub fn verified(sup: &mut Supervisor, id: AgentId, attempt: u32, result: Result<
     );
     sup.prepare.verified.insert(key, result);
     sup.attempt_ended(&id, attempt);
+}
+
+/// The listed deliverables of a worktree agent's attempt that its branch does not hold,
+/// once git has answered: `None` while it has not (it is asked now, on a thread, and the
+/// attempt's end is decided when `Msg::Checked` comes back).
+pub fn branch_check(
+    sup: &mut Supervisor,
+    id: &AgentId,
+    attempt: u32,
+    cwd: &Path,
+    listed: &[String],
+) -> Option<Vec<String>> {
+    let key = (id.clone(), attempt);
+    if let Some(r) = sup.prepare.checked.get(&key) {
+        return Some(r.clone());
+    }
+    if !sup.prepare.checking.insert(key.clone()) {
+        return None;
+    }
+    let w = sup.agents[id].agent.spec.worktree.clone().expect("a worktree agent");
+    let (tx, dir, names, who) = (sup.tx.clone(), cwd.to_path_buf(), listed.to_vec(), id.clone());
+    let spawned = std::thread::Builder::new().name("corral-check".into()).spawn(move || {
+        let tree = crate::aggregate::workspace::BranchTree::new(&w.repo, &w.branch, &w.path);
+        tree.preload(&dir, &names);
+        let failing = names.iter().filter_map(|f| tree.failure(&dir, f)).collect();
+        let _ = tx.send(Msg::Checked { id: who, attempt, failing });
+    });
+    if let Err(e) = spawned {
+        sup.prepare.checking.remove(&key);
+        return Some(listed.iter().map(|f| format!("{f} (its branch could not be checked: {e})")).collect());
+    }
+    None
+}
+
+/// A branch check answered: the attempt's end is decided now.
+pub fn checked(sup: &mut Supervisor, id: AgentId, attempt: u32, failing: Vec<String>) {
+    let key = (id.clone(), attempt);
+    if !sup.prepare.checking.remove(&key) {
+        return;
+    }
+    sup.prepare.checked.insert(key, failing);
+    sup.attempt_ended(&id, attempt);
+}
+
+/// The attempt's end is decided (or it had ended before): what its verify and branch
+/// check answered is no longer needed.
+pub fn forget(sup: &mut Supervisor, id: &AgentId, attempt: u32) {
+    let key = (id.clone(), attempt);
+    sup.prepare.verified.remove(&key);
+    sup.prepare.checked.remove(&key);
 }
 
 /// What reconcile does with a directory under the worktree directory.
