@@ -219,6 +219,9 @@ pub struct AgentView {
     /// The role's `verify` command, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Vec<String>>,
+    /// The role's limit on that command, in milliseconds (with `verify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_timeout_ms: Option<u64>,
     /// The agent CLI's session (the latest attempt's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,

@@ -689,3 +689,147 @@ fn a_slow_branch_check_runs_off_the_loop_status_answers_meanwhile_and_a_restart_
     assert_eq!(a["status"], "complete", "{a}");
     assert_eq!(ws.show(&id)["attempts"].as_array().unwrap().len(), 1, "one attempt, checked twice");
 }
+
+#[test]
+fn merge_kills_a_hanging_verify_at_the_roles_timeout_and_stays_at_the_last_good_merge() {
+    let flags = tempfile::Builder::new().prefix("corral-hang").tempdir().unwrap();
+    let (hang, pidfile) = (flags.path().join("hang"), flags.path().join("pid"));
+    // Passes in the agents' own worktrees; once `hang` exists, hangs where two.txt is.
+    let verify = format!(
+        "if [ -f {h} ] && [ -f two.txt ]; then echo hanging; echo $$ > {p}; exec sleep 600; fi",
+        h = hang.display(),
+        p = pidfile.display()
+    );
+    let cfg = format!("{WT}verify = [\"sh\", \"-c\", {verify:?}]\nverify_timeout = \"1s\"\n");
+    let ws = repo(&cfg);
+    let mut ids = Vec::new();
+    for name in ["one", "two", "three"] {
+        let id = ws.spawn("W", &["sh", "-c", &format!("echo {name} > {name}.txt && {}", commit(name))]);
+        ws.wait_state(&id, &["complete"], SECS(30));
+        ids.push(id);
+    }
+    std::fs::write(&hang, "").unwrap();
+    let o = ws.run(&["merge", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["merged"], serde_json::json!([ids[0]]), "{r:#}");
+    assert_eq!(r["stopped"]["agent"], ids[1].as_str(), "{r:#}");
+    assert_eq!(r["stopped"]["why"], "verify");
+    let output = r["stopped"]["output"].as_str().unwrap();
+    assert!(output.contains("verify timed out after 1s") && output.contains("hanging"), "{output}");
+    assert_eq!(r["notAttempted"], serde_json::json!([ids[2]]));
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(wait_until(SECS(5), || !alive(pid)), "the hanging verify's process group is killed");
+    let into = r["into"].as_str().unwrap();
+    assert_eq!(
+        git(ws.path(), &["rev-parse", &format!("{into}^2")]),
+        git(ws.path(), &["rev-parse", &format!("corral/{}", ids[0])]),
+        "the branch stays at the last good merge"
+    );
+    let esc = ws.json(&["escalations", "--json"]);
+    let esc = esc.as_array().unwrap();
+    assert_eq!(esc.len(), 1, "{esc:?}");
+    assert_eq!(esc[0]["agentId"], ids[1].as_str());
+    assert!(esc[0]["reason"].as_str().unwrap().contains("verify timed out after 1s"), "{esc:?}");
+}
+
+#[test]
+fn what_worktree_setup_leaves_untracked_does_not_keep_a_worktree_an_agents_own_change_does() {
+    // node_modules is not ignored: only the record of what the setup left excuses it.
+    let cfg = format!(
+        "{WT}worktree_copy = [\"local.env\"]\n\
+         worktree_setup = [\"sh\", \"-c\", \"mkdir -p node_modules/x build && echo m > node_modules/x/index.js && echo o > build/out\"]\n"
+    );
+    let ws = repo(&cfg);
+    std::fs::write(ws.path().join("local.env"), "SECRET=1\n").unwrap();
+    let ids: String = GIT_ID.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    let own = format!("echo w > work.txt && git add work.txt && {ids} git commit -qm work");
+    let committed = ws.spawn("W", &["sh", "-c", &own]);
+    let edited = ws.spawn("W", &["sh", "-c", &format!("{own} && echo more >> shared.txt")]);
+    let added = ws.spawn("W", &["sh", "-c", &format!("{own} && echo new > notes.txt")]);
+    let in_setup_dir = ws.spawn("W", &["sh", "-c", &format!("{own} && echo new > build/mine")]);
+    for id in [&committed, &edited, &added, &in_setup_dir] {
+        ws.wait_state(id, &["complete"], SECS(30));
+    }
+    let wt = |id: &str| ws.data.join("worktrees").join(id);
+    assert!(wt(&committed).join("node_modules/x/index.js").is_file() && wt(&committed).join("local.env").is_file());
+    let r = ws.json(&["clean", "--worktrees", "--json"]);
+    assert!(!wt(&committed).exists(), "setup's and worktree_copy's untracked output keeps nothing: {r}");
+    assert!(wt(&edited).exists(), "an uncommitted edit of a tracked file keeps the worktree: {r}");
+    assert!(wt(&added).exists(), "an untracked file of the agent's keeps the worktree: {r}");
+    assert!(wt(&in_setup_dir).exists(), "a file of the agent's in a directory the setup made keeps it: {r}");
+    let mut kept: Vec<&str> = r["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["what"] == "worktree")
+        .map(|k| k["agent"].as_str().unwrap())
+        .collect();
+    kept.sort();
+    let mut want = vec![edited.as_str(), added.as_str(), in_setup_dir.as_str()];
+    want.sort();
+    assert_eq!(kept, want, "{r}");
+    let removed = r["removedWorktrees"].as_array().unwrap();
+    assert_eq!(removed.len(), 1, "{r}");
+    assert!(removed[0].as_str().unwrap().ends_with(committed.as_str()), "{r}");
+}
+
+/// Sets a path's modification time an hour back.
+fn age(p: &Path) {
+    let ok = Command::new("touch").args(["-h", "-d", "1 hour ago"]).arg(p).status().unwrap().success();
+    assert!(ok, "touch {}", p.display());
+}
+
+#[test]
+fn a_killed_gits_leftovers_older_than_the_supervisor_are_cleared_and_the_worktree_made() {
+    let ws = repo(WT);
+    ws.ok(&["status"]);
+    let dot_git = ws.path().join(".git");
+    // A worktree record half-written by a git killed with its supervisor: its directory is
+    // there, its commondir empty. Every `git worktree add` dies on it.
+    let stray = tempfile::Builder::new().prefix("corral-stray").tempdir().unwrap();
+    let admin = dot_git.join("worktrees/half");
+    std::fs::create_dir_all(&admin).unwrap();
+    std::fs::write(admin.join("gitdir"), format!("{}/.git\n", stray.path().display())).unwrap();
+    std::fs::write(admin.join("commondir"), "").unwrap();
+    std::fs::write(stray.path().join(".git"), format!("gitdir: {}\n", admin.display())).unwrap();
+    // And the lock of the branch it was making for the agent to be made now.
+    let lock = dot_git.join("refs/heads/corral/agent-001-W.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, "").unwrap();
+    for p in [&admin.join("gitdir"), &admin.join("commondir"), &lock, &admin] {
+        age(p);
+    }
+    let by_hand = Command::new("git")
+        .arg("-C")
+        .arg(ws.path())
+        .args(["worktree", "add", "-q", "--detach"])
+        .arg(stray.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&by_hand.stderr).contains("commondir"), "git itself trips over it");
+
+    let id = ws.spawn("W", &["sh", "-c", &format!("echo x > x.txt && {}", commit("x"))]);
+    assert_eq!(id, "agent-001-W");
+    let a = ws.wait_state(&id, &["complete", "failed", "escalated"], SECS(30));
+    assert_eq!(a["status"], "complete", "{a}");
+    assert_eq!(ws.show(&id)["attempts"].as_array().unwrap().len(), 1, "no attempt lost to the leftovers");
+    assert!(!lock.exists() && !admin.exists(), "the leftovers are gone");
+    assert_eq!(git(ws.path(), &["show", &format!("corral/{id}:x.txt")]), "x\n");
+
+    // A lock newer than the supervisor may be a git at work: it is left alone, and the
+    // attempt fails without starting, named; once it is gone, a retry makes the worktree.
+    let fresh = dot_git.join("refs/heads/corral/agent-002-W.lock");
+    std::fs::write(&fresh, "").unwrap();
+    let id = ws.spawn("W", &["sh", "-c", &format!("echo w > w.txt && {}", commit("w"))]);
+    assert_eq!(id, "agent-002-W");
+    let a = ws.wait_state(&id, &["failed", "escalated", "complete"], SECS(30));
+    assert_ne!(a["status"], "complete", "{a}");
+    assert!(fresh.exists(), "a fresh lock is never removed");
+    assert!(a["reason"].as_str().unwrap().contains("agent-002-W.lock"), "the reason names the lock: {a}");
+    std::fs::remove_file(&fresh).unwrap();
+    ws.ok(&["retry", &id]);
+    let a = ws.wait_state(&id, &["complete", "failed", "escalated"], SECS(30));
+    assert_eq!(a["status"], "complete", "{a}");
+    assert_eq!(git(ws.path(), &["show", &format!("corral/{id}:w.txt")]), "w\n");
+}

@@ -70,6 +70,8 @@ struct Candidate {
     branch: String,
     base: String,
     verify: Option<Vec<String>>,
+    /// The role's verify timeout.
+    verify_timeout: std::time::Duration,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
@@ -114,6 +116,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
             branch: v.branch.clone().unwrap_or_default(),
             base: v.base_commit.clone().unwrap_or_default(),
             verify: v.verify.clone(),
+            verify_timeout: std::time::Duration::from_millis(
+                v.verify_timeout_ms.unwrap_or(crate::policy::role::DEFAULT_VERIFY_TIMEOUT_MS),
+            ),
         })
         .collect();
     let (into, created) = match &a.into {
@@ -244,17 +249,24 @@ fn merge_each(ctx: &Ctx, dir: &Path, into: &str, created: bool, cands: &[Candida
         let stop = match merged {
             Ok(_) => match &c.verify {
                 Some(argv) => {
-                    let (ok, out) =
-                        worktree::run_logged(argv, dir, &[], &log, &format!("verify after merging {}", c.id), None);
-                    if ok {
+                    let what = format!("verify after merging {}", c.id);
+                    let ran = worktree::run_logged(argv, dir, &[], &log, &what, Some(c.verify_timeout));
+                    if ran.ok {
                         None
                     } else {
                         let _ = git(dir, &["reset", "--hard", "--quiet", &before]);
+                        let mut output = worktree::tail(&ran.output, 2000);
+                        if ran.timed_out {
+                            output = format!(
+                                "verify timed out after {}\n{output}",
+                                humantime::format_duration(c.verify_timeout)
+                            );
+                        }
                         Some(Stopped {
                             agent: c.id.clone(),
                             why: "verify".into(),
                             files: vec![],
-                            output: Some(worktree::tail(&out, 2000)),
+                            output: Some(output),
                             escalation: None,
                         })
                     }

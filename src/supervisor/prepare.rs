@@ -110,6 +110,11 @@ pub fn begin(sup: &mut Supervisor, id: &AgentId, n: u32) {
         env,
         log: sup.data.log_file(id),
         restore: made.is_some(),
+        // Unknown: nothing counts as a killed predecessor's.
+        stale_before: std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(
+                sup.started_at.parse::<jiff::Timestamp>().map_or(0, |t| u64::try_from(t.as_millisecond()).unwrap_or(0)),
+            ),
     };
     sup.emit(
         Some(id),
@@ -207,11 +212,17 @@ pub fn verify_outcome(sup: &mut Supervisor, id: &AgentId, attempt: u32) -> Optio
     sup.emit(Some(id), "verify_started", serde_json::json!({ "attempt": attempt, "command": argv }));
     let (tx, id) = (sup.tx.clone(), id.clone());
     let spawned = std::thread::Builder::new().name("corral-verify".into()).spawn(move || {
-        let (ok, output) = worktree::run_logged(&argv, &dir, &env, &log, "verify", Some(timeout));
-        let result = if ok {
+        let ran = worktree::run_logged(&argv, &dir, &env, &log, "verify", Some(timeout));
+        let result = if ran.ok {
             Ok(())
+        } else if ran.timed_out {
+            Err(format!(
+                "verify {argv:?} timed out after {}; the end of its output:\n{}",
+                humantime::format_duration(timeout),
+                worktree::tail(&ran.output, 2000)
+            ))
         } else {
-            Err(format!("verify {argv:?} failed; the end of its output:\n{}", worktree::tail(&output, 2000)))
+            Err(format!("verify {argv:?} failed; the end of its output:\n{}", worktree::tail(&ran.output, 2000)))
         };
         let _ = tx.send(Msg::Verified { id, attempt, result });
     });

@@ -85,6 +85,7 @@ pub fn agent_view(sup: &Supervisor, live: &Live, now: jiff::Timestamp, gauges: &
         base_commit: a.base_commit.clone(),
         port: a.spec.ports.map(|(p, _)| p),
         verify: a.spec.policy.verify.clone(),
+        verify_timeout_ms: a.spec.policy.verify.as_ref().map(|_| a.spec.policy.verify_timeout_ms),
         session_id: a.attempts.iter().rev().find_map(|x| x.stream.as_ref()?.session_id.clone()),
         cost_usd: totals.cost_usd,
         tokens: totals.tokens,

@@ -101,6 +101,10 @@ pub struct Prepare {
     /// The worktree was made before and its directory is gone (`corral clean --worktrees`):
     /// it is made again on its existing branch, which is never deleted or moved.
     pub restore: bool,
+    /// When the supervisor asking started: git's leftovers older than this (locks, broken
+    /// worktree records) are a killed predecessor's, and are cleared when they block the
+    /// preparation.
+    pub stale_before: std::time::SystemTime,
 }
 
 /// Why a worktree could not be made: `permanent` failures (the setup command failed) are
@@ -154,21 +158,16 @@ fn make(p: &Prepare) -> Result<String, PrepareError> {
         std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
     }
     let path = p.path.to_string_lossy();
-    if p.restore {
-        if rev(&p.repo, &format!("refs/heads/{}", p.branch)).is_none() {
-            return Err(PrepareError {
-                permanent: true,
-                message: format!(
-                    "its worktree {path} was removed and its branch {} is gone from {}, so its work cannot be \
-                     continued: spawn a new agent",
-                    p.branch,
-                    p.repo.display()
-                ),
-            });
+    // Each leftover cleared lets git get further, to the next one it trips over (a record
+    // first, then a lock): tried again while that clears something, a few times at most.
+    let mut tries = 0;
+    while let Err(e) = add_worktree(p, &base, &path) {
+        tries += 1;
+        if e.permanent || tries > 3 || !clear_leftovers(&p.repo, &e.message, p.stale_before) {
+            return Err(e);
         }
-        git(&p.repo, &["worktree", "add", "--quiet", &path, &p.branch]).map_err(fail)?;
-    } else {
-        git(&p.repo, &["worktree", "add", "--quiet", "-b", &p.branch, &path, &base]).map_err(fail)?;
+        // What the failed add left half-done is undone before the next.
+        discard(&p.repo, &p.path, if p.restore { None } else { Some(&p.branch) });
     }
     for f in &p.copy {
         let rel = Path::new(f);
@@ -185,15 +184,89 @@ fn make(p: &Prepare) -> Result<String, PrepareError> {
         std::fs::copy(&from, &to).map_err(|e| fail(format!("worktree_copy {f}: {e}")))?;
     }
     if let Some(argv) = &p.setup {
-        let (ok, output) = run_logged(argv, &p.path, &p.env, &p.log, "worktree_setup", None);
-        if !ok {
+        let ran = run_logged(argv, &p.path, &p.env, &p.log, "worktree_setup", None);
+        if !ran.ok {
             return Err(PrepareError {
                 permanent: true,
-                message: format!("worktree_setup {argv:?} failed: {}", tail(&output, 2000)),
+                message: format!("worktree_setup {argv:?} failed: {}", tail(&ran.output, 2000)),
             });
         }
     }
+    if p.setup.is_some() || !p.copy.is_empty() {
+        record_prepared_state(&p.path).map_err(fail)?;
+    }
     Ok(base)
+}
+
+/// The file in the worktree's own git directory (`.git/worktrees/<name>/`, gone with the
+/// worktree) that holds `git status --porcelain --untracked-files=all` as it was once the
+/// worktree was made.
+fn prepared_state_file(path: &Path) -> Result<PathBuf, String> {
+    let dir = git(path, &["rev-parse", "--absolute-git-dir"])?;
+    Ok(PathBuf::from(dir.trim()).join("corral-prepared-status"))
+}
+
+/// Records what `worktree_copy` and `worktree_setup` left changed or untracked, so that
+/// it does not count as the agent's uncommitted work (see [`is_dirty`]).
+fn record_prepared_state(path: &Path) -> Result<(), String> {
+    let status = git(path, &["status", "--porcelain", "--untracked-files=all"])?;
+    let file = prepared_state_file(path)?;
+    std::fs::write(&file, status).map_err(|e| format!("cannot write {}: {e}", file.display()))
+}
+
+/// `git worktree add`: on a new branch from `base`, or on its existing branch when it is
+/// made again.
+fn add_worktree(p: &Prepare, base: &str, path: &str) -> Result<(), PrepareError> {
+    let fail = |message: String| PrepareError { permanent: false, message };
+    if p.restore {
+        if rev(&p.repo, &format!("refs/heads/{}", p.branch)).is_none() {
+            return Err(PrepareError {
+                permanent: true,
+                message: format!(
+                    "its worktree {path} was removed and its branch {} is gone from {}, so its work cannot be \
+                     continued: spawn a new agent",
+                    p.branch,
+                    p.repo.display()
+                ),
+            });
+        }
+        git(&p.repo, &["worktree", "add", "--quiet", path, &p.branch]).map_err(fail)?;
+    } else {
+        git(&p.repo, &["worktree", "add", "--quiet", "-b", &p.branch, path, base]).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// What a git killed mid-way (with the supervisor that ran it) leaves behind and every
+/// later `git worktree add` trips over: a lock file git names in `error`, and worktree
+/// records under `.git/worktrees/` with an empty `commondir` or no `gitdir` (git dies
+/// reading them: "failed to read .../commondir"). Only leftovers older than `before` (the
+/// running supervisor's start) are removed: a git running now is never pulled from under.
+/// Whether anything was removed (then the preparation is tried again).
+pub fn clear_leftovers(repo: &Path, error: &str, before: std::time::SystemTime) -> bool {
+    let Ok(common) = git(repo, &["rev-parse", "--path-format=absolute", "--git-common-dir"]) else { return false };
+    let common = PathBuf::from(common.trim());
+    let old = |p: &Path| std::fs::symlink_metadata(p).and_then(|m| m.modified()).is_ok_and(|t| t < before);
+    let mut cleared = false;
+    // "Unable to create '<path>.lock': File exists."
+    for piece in error.split("Unable to create '").skip(1) {
+        let Some(lock) = piece.split_once("': File exists").map(|(l, _)| PathBuf::from(l)) else { continue };
+        if lock.extension().is_some_and(|e| e == "lock") && lock.starts_with(&common) && old(&lock) {
+            cleared |= std::fs::remove_file(&lock).is_ok();
+        }
+    }
+    for e in std::fs::read_dir(common.join("worktrees")).into_iter().flatten().flatten() {
+        let admin = e.path();
+        let unreadable = |name: &str| std::fs::read_to_string(admin.join(name)).map_or(true, |t| t.trim().is_empty());
+        let broken = (admin.join("commondir").exists() && unreadable("commondir")) || unreadable("gitdir");
+        if e.file_type().is_ok_and(|t| t.is_dir()) && broken && old(&admin) {
+            cleared |= std::fs::remove_dir_all(&admin).is_ok();
+        }
+    }
+    if cleared {
+        let _ = git(repo, &["worktree", "prune"]);
+    }
+    cleared
 }
 
 /// Removes a worktree and, when given, its branch, ignoring what is already gone.
@@ -208,9 +281,16 @@ pub fn discard(repo: &Path, path: &Path, branch: Option<&str>) {
     }
 }
 
-/// The worktree has changes not committed (untracked files count).
+/// The worktree has changes not committed (untracked files count), beyond what its
+/// preparation left: an untracked file that was there right after `worktree_copy` and
+/// `worktree_setup` (an unignored `node_modules/`, a build directory, a copied `.env`)
+/// does not count; any other untracked file does, one the agent put in such a directory
+/// included, and so does every change to a tracked file, whoever made it.
 pub fn is_dirty(path: &Path) -> bool {
-    git(path, &["status", "--porcelain"]).map(|s| !s.trim().is_empty()).unwrap_or(false)
+    let Ok(now) = git(path, &["status", "--porcelain", "--untracked-files=all"]) else { return false };
+    let before = prepared_state_file(path).ok().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+    let left: std::collections::HashSet<&str> = before.lines().filter(|l| l.starts_with("?? ")).collect();
+    now.lines().any(|l| !l.trim().is_empty() && !left.contains(l))
 }
 
 pub fn rev(repo: &Path, what: &str) -> Option<String> {
@@ -293,8 +373,18 @@ pub fn tail(s: &str, max: usize) -> String {
     s[start..].trim().to_string()
 }
 
+/// How a command run by [`run_logged`] went.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub ok: bool,
+    /// Stopped (its whole process group killed) at its timeout: not ok.
+    pub timed_out: bool,
+    /// Its output, both streams; when it failed, with a last line saying how it ended.
+    pub output: String,
+}
+
 /// Runs `argv` in `dir` in its own process group, appending its output to `log` between
-/// header lines; stops the group at `timeout`. Whether it passed, and its output.
+/// header lines; stops the group at `timeout`.
 pub fn run_logged(
     argv: &[String],
     dir: &Path,
@@ -302,14 +392,15 @@ pub fn run_logged(
     log: &Path,
     what: &str,
     timeout: Option<Duration>,
-) -> (bool, String) {
+) -> Ran {
     use std::io::Write;
     use std::os::unix::process::CommandExt;
     let mut logf = std::fs::OpenOptions::new().create(true).append(true).open(log).ok();
     if let Some(f) = logf.as_mut() {
         let _ = writeln!(f, "=== corral: {what} {argv:?} in {} ===", dir.display());
     }
-    let Some((prog, args)) = argv.split_first() else { return (false, "empty command".into()) };
+    let fail = |output: String| Ran { ok: false, timed_out: false, output };
+    let Some((prog, args)) = argv.split_first() else { return fail("empty command".into()) };
     let child = Command::new(prog)
         .args(args)
         .current_dir(dir)
@@ -321,7 +412,7 @@ pub fn run_logged(
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return (false, format!("cannot run {prog:?}: {e}")),
+        Err(e) => return fail(format!("cannot run {prog:?}: {e}")),
     };
     // Both streams into one buffer, read on threads so neither pipe fills up.
     let read = |r: Option<Box<dyn Read + Send>>| {
@@ -357,7 +448,10 @@ pub fn run_logged(
     text.push_str(&String::from_utf8_lossy(&err.join().unwrap_or_default()));
     let ok = !timed_out && status.is_some_and(|s| s.success());
     let end = match (timed_out, status) {
-        (true, _) => format!("stopped after its {}s timeout", timeout.map_or(0, |t| t.as_secs())),
+        (true, _) => format!(
+            "timed out after {}: its process group was killed",
+            humantime::format_duration(timeout.unwrap_or_default())
+        ),
         (_, Some(s)) => match s.code() {
             Some(c) => format!("exited with code {c}"),
             None => "killed by a signal".into(),
@@ -374,5 +468,5 @@ pub fn run_logged(
     if !ok {
         text.push_str(&format!("\n({what} {end})"));
     }
-    (ok, text)
+    Ran { ok, timed_out, output: text }
 }
