@@ -252,6 +252,9 @@ pub struct RoleConfig {
     pub worktree_setup: Option<Vec<String>>,
     /// Ports reserved per agent; the first is `CORRAL_PORT`.
     pub ports_per_agent: Option<u16>,
+    /// The lowest port handed to agents (default 20000).
+    #[serde(default, deserialize_with = "de_port_base")]
+    pub port_base: Option<u16>,
     /// argv run in the agent's working tree when it completes; it must pass.
     #[serde(default, deserialize_with = "de_optional_argv")]
     pub verify: Option<Vec<String>>,
@@ -457,6 +460,7 @@ impl Config {
         p.worktree_copy = r.worktree_copy.clone().or_else(|| d.worktree_copy.clone()).unwrap_or_default();
         p.worktree_setup = r.worktree_setup.clone().or_else(|| d.worktree_setup.clone()).filter(|c| !c.is_empty());
         p.ports_per_agent = r.ports_per_agent.or(d.ports_per_agent);
+        p.port_base = r.port_base.or(d.port_base);
         p.verify = r.verify.clone().or_else(|| d.verify.clone()).filter(|c| !c.is_empty());
         if let Some(t) = both(r.verify_timeout, d.verify_timeout) {
             p.verify_timeout_ms = t;
@@ -545,6 +549,16 @@ pub fn check_retries(n: i64) -> Result<u32, String> {
 
 fn de_retries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     check_retries(i64::deserialize(d)?).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn de_port_base<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    let n = i64::deserialize(d)?;
+    match u16::try_from(n) {
+        Ok(p) if p >= 1024 => Ok(Some(p)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not a port agents can listen on without privileges; use 1024 to 65535 (e.g. 20000)"
+        ))),
+    }
 }
 
 fn de_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
@@ -940,12 +954,24 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
         }
     })?;
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    let ports_fit = |r: &RoleConfig| -> Result<(), String> {
+        let base = r.port_base.or(c.defaults.port_base).unwrap_or(crate::policy::role::FIRST_PORT);
+        let n = r.ports_per_agent.or(c.defaults.ports_per_agent).unwrap_or(1).max(1);
+        if u32::from(base) + u32::from(n) - 1 > 65535 {
+            return Err(format!(
+                "port_base {base} with ports_per_agent {n} runs past port 65535; lower port_base or ports_per_agent"
+            ));
+        }
+        Ok(())
+    };
+    ports_fit(&c.defaults).map_err(|e| format!("{}: key `defaults`: {e}", path.display()))?;
     for name in c.roles.keys() {
         let at = |what: String| match line_of_role(text, name) {
             Some(l) => format!("{}:{l}: key `roles.{name}`: {what}", path.display()),
             None => format!("{}: key `roles.{name}`: {what}", path.display()),
         };
         crate::protocol::ids::validate_role(name).map_err(|e| at(e.to_string()))?;
+        ports_fit(&c.roles[name]).map_err(at)?;
         if let Some(other) = seen.insert(name.to_ascii_uppercase(), name) {
             return Err(at(format!(
                 "roles {other} and {name} differ only in case; roles are matched exactly, so one of them is never \
@@ -1178,6 +1204,8 @@ mod tests {
             ("[roles.A]\nverify = [\"\"]\n", "roles.A.verify", "program"),
             ("[roles.A]\nworktree_setup = [\" \", \"x\"]\n", "roles.A.worktree_setup", "program"),
             ("[roles.A]\nverify_timeout = \"0s\"\n", "roles.A.verify_timeout", "above 0"),
+            ("[roles.A]\nport_base = 80\n", "roles.A.port_base", "1024 to 65535"),
+            ("[defaults]\nport_base = 70000\n", "defaults.port_base", "1024 to 65535"),
             (
                 "[[classify]]\napi_error_status = [5290]\naction = \"retry\"\n",
                 "classify.api_error_status",

@@ -833,3 +833,41 @@ fn a_killed_gits_leftovers_older_than_the_supervisor_are_cleared_and_the_worktre
     assert_eq!(a["status"], "complete", "{a}");
     assert_eq!(git(ws.path(), &["show", &format!("corral/{id}:w.txt")]), "w\n");
 }
+
+#[test]
+fn port_base_and_ports_stay_disjoint_across_a_supervisor_restart() {
+    let cfg = "[health]\nmax_concurrent = 50\nbreaker_failures = 0\n[defaults]\nmax_retries = 0\n\
+               [roles.P]\nports_per_agent = 3\nport_base = 23457\n";
+    let ws = Ws::with_config(Some(cfg));
+    let script = ["sh", "-c", "echo PORT=$CORRAL_PORT; sleep 60"];
+    let mut ids: Vec<String> = (0..3).map(|_| ws.spawn("P", &script)).collect();
+    for id in &ids {
+        ws.wait_state(id, &["running"], SECS(20));
+    }
+    let pid = ws.daemon_pid();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(SECS(5), || !alive(pid)));
+    ws.ok(&["status"]);
+    ids.extend((0..3).map(|_| ws.spawn("P", &script)));
+    let port = |id: &str| -> u32 {
+        let mut p = None;
+        assert!(
+            wait_until(SECS(20), || {
+                p = log_of(&ws, id).lines().find_map(|l| l.strip_prefix("PORT=")?.parse().ok());
+                p.is_some()
+            }),
+            "{id} printed no port"
+        );
+        p.unwrap()
+    };
+    let mut ports: Vec<u32> = ids.iter().map(|id| port(id)).collect();
+    for id in &ids[..3] {
+        assert_eq!(ws.agent(id)["status"], "running", "the first three live on through the restart");
+    }
+    ports.sort();
+    assert!(ports[0] >= 23457, "from port_base up: {ports:?}");
+    assert!(ports.windows(2).all(|w| w[1] >= w[0] + 3), "three ports each, never shared: {ports:?}");
+    for id in &ids {
+        ws.ok(&["kill", id]);
+    }
+}

@@ -75,6 +75,7 @@ max_retries = 1               # attempts = retries + 1; after the last, escalate
 # worktree_copy = [".env"]    # files copied into each new worktree
 # worktree_setup = ["npm", "ci"]  # run in a new worktree before the agent; failing is permanent
 # ports_per_agent = 1         # ports reserved per agent (CORRAL_PORT is the first)
+# port_base = 20000           # the lowest port handed to agents (1024 to 65535)
 # verify = ["cargo", "test"]  # must pass in the agent's tree before it counts as complete
 # verify_timeout = "10m"
 # group = "review"            # the admission group of the role's agents (spawn --group overrides it)

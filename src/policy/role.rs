@@ -102,6 +102,9 @@ pub struct RolePolicy {
     /// Ports reserved for each agent (`None`: one for worktree agents, none otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports_per_agent: Option<u16>,
+    /// The lowest port handed out (`None`: [`FIRST_PORT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_base: Option<u16>,
     /// A command corral runs in the agent's working tree before it believes "complete".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Vec<String>>,
@@ -127,6 +130,9 @@ pub const DEFAULT_RESULT_GRACE_MS: u64 = 10_000;
 fn default_result_grace() -> u64 {
     DEFAULT_RESULT_GRACE_MS
 }
+
+/// The first port handed to agents (`CORRAL_PORT`) unless `port_base` says otherwise.
+pub const FIRST_PORT: u16 = 20_000;
 
 pub const DEFAULT_VERIFY_TIMEOUT_MS: u64 = 10 * MIN;
 
@@ -183,6 +189,7 @@ impl RolePolicy {
             worktree_copy: Vec::new(),
             worktree_setup: None,
             ports_per_agent: None,
+            port_base: None,
             verify: None,
             verify_timeout_ms: DEFAULT_VERIFY_TIMEOUT_MS,
         }

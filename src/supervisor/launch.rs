@@ -211,11 +211,16 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
             Some(time::rfc3339(at))
         }
     };
-    let ports = super::prepare::reserve_ports(sup, policy.ports());
+    let from = policy.port_base.unwrap_or(crate::policy::role::FIRST_PORT);
+    let ports = super::prepare::reserve_ports(sup, from, policy.ports());
     if ports.is_none() && policy.ports() > 0 {
         return Err(Reply::err(
             1,
-            format!("no {} free ports from {} for the agent", policy.ports(), super::prepare::FIRST_PORT),
+            format!(
+                "no {} free ports from {from} up for the agent (port_base): stop what holds them, or set another \
+                 port_base",
+                policy.ports()
+            ),
         ));
     }
     let mut env = req.caller_env;

@@ -17,9 +17,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-/// The first port handed to agents (`CORRAL_PORT`); ranges are kept disjoint among live agents.
-pub const FIRST_PORT: u16 = 20_000;
-
 #[derive(Default)]
 pub struct Preparer {
     /// Agents whose worktree is being made.
@@ -59,15 +56,16 @@ pub fn plan(sup: &Supervisor, id: &AgentId, cwd: &Path, base: Option<&str>) -> R
     Ok((spec, inner))
 }
 
-/// `n` ports starting at the lowest free port from `FIRST_PORT` that no live agent holds
-/// and that nothing on this machine is listening on.
-pub fn reserve_ports(sup: &Supervisor, n: u16) -> Option<(u16, u16)> {
+/// `n` ports starting at the lowest free port from `from` (the role's `port_base`) that no
+/// live agent holds, whatever its role's base (an agent restored by a restarted supervisor
+/// included: its ports are in its record), and that nothing on this machine is listening on.
+pub fn reserve_ports(sup: &Supervisor, from: u16, n: u16) -> Option<(u16, u16)> {
     if n == 0 {
         return None;
     }
     let held: Vec<(u16, u16)> =
         sup.active().filter(|l| !l.agent.state.is_finished()).filter_map(|l| l.agent.spec.ports).collect();
-    let mut p = FIRST_PORT;
+    let mut p = from;
     while let Some(end) = p.checked_add(n) {
         let overlap = held.iter().find(|(s, c)| p < s.saturating_add(*c) && *s < end);
         match overlap {
