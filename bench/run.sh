@@ -11,6 +11,10 @@
 #   memory     supervisor memory, idle and with 1,000 running agents (corral and pueued)
 #   growth     100 to 10,000 agents: status --json, spawn latency, memory (and the seed's
 #              monitor script)
+#   worktree   worktree agents on a repository of 10,000 files: spawn to running against
+#              `git worktree add` by hand, a plain spawn while ten worktrees are prepared
+#              against idle, `corral merge` of 20 branches against a shell loop of
+#              `git merge` + the verify command
 #   parse      parsing throughput of the claude-code and codex adapters (MB/s), the
 #              #[ignore]d test adapter::tests::parse_throughput in a release build; its
 #              section is appended to the report
@@ -30,7 +34,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$(realpath -m "${BENCH_OUT:-$root/BENCHMARKS.md}")"
 cd "$root"
 
-targets="spawn, retry, aggregate, monitor, mcp, memory, growth, parse"
+targets="spawn, retry, aggregate, monitor, mcp, memory, growth, worktree, parse"
 quick=()
 only=()
 if [[ "${BENCH_QUICK:-0}" != 0 ]]; then quick=(--quick); fi

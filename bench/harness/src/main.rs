@@ -27,6 +27,7 @@ mod retry;
 mod stats;
 mod target;
 mod tools;
+mod worktree;
 
 use std::path::PathBuf;
 use std::time::SystemTime;

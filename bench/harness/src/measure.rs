@@ -161,6 +161,7 @@ pub struct Results {
     pub live: Option<Live>,
     pub live_disk: Option<Live>,
     pub mcp: Option<Mcp>,
+    pub worktrees: Option<crate::worktree::Worktrees>,
     pub memory: Memory,
     /// The figures at each size of `sizes.growth`.
     pub growth: Vec<growth::Size>,
@@ -178,7 +179,7 @@ fn loadavg() -> String {
     l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
-fn now_ns() -> i128 {
+pub fn now_ns() -> i128 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
 }
 
@@ -189,7 +190,7 @@ fn ms(ns: i128) -> f64 {
 /// xorshift64*: enough randomness for probe jitter without a dependency.
 pub struct Rng(u64);
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -234,6 +235,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         live: None,
         live_disk: None,
         mcp: None,
+        worktrees: None,
         memory: Memory::default(),
         growth: Vec::new(),
         monitor: Vec::new(),
@@ -276,6 +278,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     if r.ran.contains(&Target::Growth) {
         growth::growth(&args, &tmp, &me, &mut rng, &mut r);
+    }
+    if r.ran.contains(&Target::Worktree) {
+        match crate::worktree::worktrees(&args, &tmp, &me, &mut rng, args.quick) {
+            Ok(w) => r.worktrees = Some(w),
+            Err(e) => note(&mut r, "(worktree) worktrees", e),
+        }
     }
 
     // The monitor last: its run on disk leaves the load average high for a while.
@@ -662,6 +670,7 @@ fn raw_json(r: &Results) -> Value {
         "errors": r.errors, "wallSeconds": r.wall_s, "loadavg": [r.load.0, r.load.1], "targetsRun": r.ran.iter().map(|t| t.name()).collect::<Vec<_>>(),
         "retry": r.crash.as_ref().map(Crash::to_json),
         "aggregate": r.aggregation.as_ref().map(Aggregation::to_json),
+        "worktree": r.worktrees.as_ref().map(crate::worktree::Worktrees::to_json),
         "monitor": r.live.as_ref().map(Live::to_json),
         "monitorOnDisk": r.live_disk.as_ref().map(Live::to_json),
         "mcp": r.mcp.as_ref().map(Mcp::to_json),

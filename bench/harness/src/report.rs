@@ -55,7 +55,7 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         o,
         "corral's figures for its performance targets (spawn latency, sequential spawns and status at 1,000 agents, crash to \
-retry, aggregation, the monitor under load, MCP spawns, supervisor memory, growth to 10,000 agents), each beside its peer \
+retry, aggregation, the monitor under load, MCP spawns, supervisor memory, growth to 10,000 agents, worktree agents), each beside its peer \
 ({peer}, or the seed's scripts). Every figure below comes from one run of\n\n```sh\n{}\n```\n",
         r.args.command_line
     );

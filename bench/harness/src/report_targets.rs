@@ -1,5 +1,5 @@
 //! BENCHMARKS.md, the targets beyond spawn and status (retry, aggregate, monitor, mcp,
-//! memory, growth): their rows of the summary and their sections.
+//! memory, growth, worktree): their rows of the summary and their sections.
 
 use crate::growth::{At, Size};
 use crate::measure::{REPORTING_AGENT, Results};
@@ -154,6 +154,85 @@ pub fn summary_rows(o: &mut String, r: &Results) {
         "| memory: supervisor memory (RSS), idle and with running agents | {corral_mem} | {pueue_mem} | none stated (recorded) | not judged |"
     );
     growth_summary(o, r);
+    worktree_summary(o, r);
+}
+
+fn worktree_summary(o: &mut String, r: &Results) {
+    let w = r.worktrees.as_ref();
+    let med = |v: &[f64]| summarize(v).map(|s| f(s.median)).unwrap_or_else(|| "n/a".into());
+    let full = !r.args.quick;
+    let _ = writeln!(
+        o,
+        "| worktree: spawn to running of a worktree agent, repository of {} files, median of {} | {} | `git worktree add` by hand: {} | overhead <= 20 % | {} |",
+        w.map_or(10_000, |w| w.files),
+        w.map_or(0, |w| w.corral_add.len()),
+        w.map(|w| format!(
+            "{} ({} over git)",
+            med(&w.corral_add),
+            w.overhead().map(|x| format!("{:+.0} %", x * 100.0)).unwrap_or_default()
+        ))
+        .unwrap_or_else(|| absent(r, Target::Worktree)),
+        w.map(|w| med(&w.git_add)).unwrap_or_else(|| absent(r, Target::Worktree)),
+        verdict(w.and_then(|w| w.overhead()).filter(|_| full).map(|x| x <= 0.20))
+    );
+    let _ = writeln!(
+        o,
+        "| worktree: spawn to running of a plain agent while ten worktrees are prepared, median | {} | the same, idle: {} | <= 2x idle | {} |",
+        w.map(|w| format!("{} ({:.2}x, n = {})", med(&w.busy), w.busy_ratio().unwrap_or(f64::NAN), w.busy.len()))
+            .unwrap_or_else(|| absent(r, Target::Worktree)),
+        w.map(|w| format!("{} (n = {})", med(&w.idle), w.idle.len())).unwrap_or_else(|| absent(r, Target::Worktree)),
+        verdict(w.and_then(|w| w.busy_ratio()).map(|x| x <= 2.0))
+    );
+    let _ = writeln!(
+        o,
+        "| worktree: `corral merge` of {} branches with verify after each, median of {} | {} | a shell loop of `git merge` + verify: {} | none stated (recorded) | not judged |",
+        w.map_or(20, |w| w.branches),
+        w.map_or(0, |w| w.corral_merge.len()),
+        w.map(|w| med(&w.corral_merge)).unwrap_or_else(|| absent(r, Target::Worktree)),
+        w.map(|w| med(&w.shell_merge)).unwrap_or_else(|| absent(r, Target::Worktree)),
+    );
+}
+
+fn worktrees(o: &mut String, r: &Results) {
+    let _ = writeln!(
+        o,
+        "## Worktrees
+"
+    );
+    let _ = writeln!(
+        o,
+        "Targets: making an agent's worktree costs at most 20 % over making it with `git worktree add` by hand; a plain \
+spawn while ten worktrees are being prepared takes at most twice as long as on an idle supervisor (the loop is not \
+blocked); `corral merge` is recorded beside a shell loop of `git merge` and the verify command.\n"
+    );
+    let Some(w) = &r.worktrees else { return not_measured(o, r, Target::Worktree) };
+    let _ = writeln!(
+        o,
+        "One git repository of {} files (100 directories, one commit). Worktree creation: one at a time, alternated (which \
+goes first alternates too), each after `sync` and a pause of 0.5 s so that neither pays for the other's 10,000 files \
+still being written back, and none removed until all are made (a removal of 10,000 files slowed the next worktree by \
+seconds here): a `git worktree add -b BRANCH DIR HEAD` by hand, timed around the git process, and a \
+`corral spawn` of an agent with `isolation = \"worktree\"` whose command is the probe (`corral-bench stamp FILE`), \
+timed from before the spawn to the probe's first instruction: the CLI, the supervisor, the worktree worker's \
+`git worktree add` (and the rest of its preparation), and the start of the agent. Plain spawns: the probe with \
+`isolation = \"none\"`, one at a time after a random pause of 0-100 ms, first with nothing else going on, then \
+right after ten worktree agents were spawned; a probe counts as made while worktrees were prepared if, once it ran, \
+one of the ten was still without its worktree. Merges: {} agents each commit a file of their own on their branch; \
+`corral merge --into NEW ID...` (its own worktree, a `--no-ff` merge and the role's verify `{}` after each, then the \
+worktree removed), against `sh -c` doing the same by hand (`git worktree add`, then per branch \
+`git merge --no-ff --no-edit` and the verify, then `git worktree remove`), alternated.\n",
+        w.files,
+        w.branches,
+        crate::worktree::VERIFY
+    );
+    let _ = write!(o, "{HEAD}");
+    row(o, "corral: spawn to running, worktree agent", summarize(&w.corral_add));
+    row(o, "git worktree add by hand", summarize(&w.git_add));
+    row(o, "corral: spawn to running, plain agent, idle", summarize(&w.idle));
+    row(o, "corral: spawn to running, plain agent, while worktrees are prepared", summarize(&w.busy));
+    row(o, &format!("corral merge of {} branches", w.branches), summarize(&w.corral_merge));
+    row(o, &format!("shell loop: git merge + verify, {} branches", w.branches), summarize(&w.shell_merge));
+    o.push('\n');
 }
 
 fn kib(k: f64) -> String {
@@ -177,6 +256,7 @@ pub fn sections(o: &mut String, r: &Results) {
     mcp(o, r);
     memory(o, r);
     growth(o, r);
+    worktrees(o, r);
 }
 
 fn not_measured(o: &mut String, r: &Results, target: Target) {

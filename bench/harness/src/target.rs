@@ -21,12 +21,23 @@ pub enum Target {
     Memory,
     /// `status --json`, spawn latency and memory from 100 to 10,000 agents.
     Growth,
+    /// Worktree agents on a repository of 10,000 files: creation against `git worktree
+    /// add`, a plain spawn while worktrees are prepared, `corral merge` of 20 branches.
+    Worktree,
 }
 
 impl Target {
     /// Every target, in the order of the report's summary.
-    pub const ALL: [Target; 7] =
-        [Target::Spawn, Target::Retry, Target::Aggregate, Target::Monitor, Target::Mcp, Target::Memory, Target::Growth];
+    pub const ALL: [Target; 8] = [
+        Target::Spawn,
+        Target::Retry,
+        Target::Aggregate,
+        Target::Monitor,
+        Target::Mcp,
+        Target::Memory,
+        Target::Growth,
+        Target::Worktree,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -37,6 +48,7 @@ impl Target {
             Target::Mcp => "mcp",
             Target::Memory => "memory",
             Target::Growth => "growth",
+            Target::Worktree => "worktree",
         }
     }
 
