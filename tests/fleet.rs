@@ -10,7 +10,8 @@ use std::process::Command;
 fn ids_by_number_and_unique_prefix_in_every_command() {
     let ws = Ws::new();
     let a = ws.spawn("PLANNER", &["sh", "-c", "echo planning; sleep 30"]);
-    let b = ws.spawn("IMPLEMENTER", &["sh", "-c", "echo building; sleep 30"]);
+    // Takes a second to go after a TERM: a kill by number must wait for it all the same.
+    let b = ws.spawn("IMPLEMENTER", &["sh", "-c", "trap 'sleep 1; exit 0' TERM; echo building; sleep 30 & wait"]);
     assert_eq!((a.as_str(), b.as_str()), ("agent-001-PLANNER", "agent-002-IMPLEMENTER"));
 
     assert_eq!(ws.show("1")["agentId"], a);

@@ -36,8 +36,9 @@ pub fn dispatch(
             return None;
         }
     };
+    // The agent as the kill resolved it: the id given may be a number or a prefix.
     if let (Some(id), true) = (kill, reply.ok)
-        && let Ok(id) = AgentId::parse(&id)
+        && let Ok(id) = sup.lookup(&id)
         && let Some(live) = sup.agents.get(&id)
         && live.agent.state.has_live_process()
         && let Some(a) = live.agent.current()
