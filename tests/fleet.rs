@@ -27,6 +27,11 @@ fn ids_by_number_and_unique_prefix_in_every_command() {
     assert!(err.contains("ambiguous") && err.contains(&a) && err.contains(&b), "{err}");
     // Unknown: exit 2, as before.
     assert_eq!(ws.run(&["show", "7"]).status.code(), Some(2));
+    // --after takes them too: a dependency named by number waits for that agent.
+    let c =
+        ws.ok(&["spawn", "--role", "R", "--task", "after the second", "--after", "2", "--", "true"]).trim().to_string();
+    assert_eq!(ws.show(&c)["after"], serde_json::json!([b.as_str()]), "{}", ws.show(&c));
+    assert_eq!(ws.run(&["spawn", "--role", "R", "--task", "t", "--after", "9", "--", "true"]).status.code(), Some(2));
 
     // The reply names the agent by its whole id, whatever was typed.
     let killed = ws.json(&["kill", "2", "--json"]);

@@ -159,10 +159,8 @@ fn validate(sup: &mut Supervisor, req: SpawnRequest) -> Result<AgentSpec, Reply>
     }
     let mut after = Vec::new();
     for a in &req.after {
-        let id = AgentId::parse(a).map_err(|e| bad(format!("--after: {e}")))?;
-        if !sup.agents.contains_key(&id) {
-            return Err(bad(format!("--after {id}: no such agent")));
-        }
+        // As everywhere: the whole id, its number or a unique prefix.
+        let id = sup.lookup(a).map_err(|r| bad(format!("--after {a}: {}", r.error.unwrap_or_default())))?;
         after.push(id);
     }
     let id = match &req.id {
