@@ -823,3 +823,340 @@ fn an_agent_given_back_with_a_delay_is_claimed_again_only_after_it() {
         assert!(matches!(err, ClusterError::Bad(_)) && err.to_string().contains("run_after"), "{err}");
     });
 }
+
+// ---- spawns from any machine, commands, wake-ups, reads ----
+
+use corral::cluster::listen::{ListenOptions, Listener};
+use corral::cluster::{commands, read};
+
+fn spawn_req(role: &str, key: Option<String>, task: &str) -> queue::Spawn {
+    queue::Spawn {
+        id: None,
+        role: role.into(),
+        key,
+        request: json!({ "role": role, "task": task, "command": "true" }),
+        placement: json!({}),
+        body: json!({ "task": task }),
+        delay: Duration::ZERO,
+    }
+}
+
+#[test]
+fn eight_spawners_reusing_keys_get_one_agent_per_key_distinct_ids_and_dense_numbers() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+    });
+    // Each spawner: 50 spawns, half with keys all spawners share, half with its own.
+    let got: Vec<Vec<(String, queue::Spawned)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|t| {
+                let url = &url;
+                s.spawn(move || {
+                    block_on(async move {
+                        let mut c = client(url).await;
+                        let mut out = Vec::new();
+                        for i in 0..50 {
+                            let key = if i % 2 == 0 { format!("shared-{}", i / 2) } else { format!("own-{t}-{i}") };
+                            let sp =
+                                queue::spawn(&mut c, WS, &spawn_req("worker", Some(key.clone()), &key)).await.unwrap();
+                            out.push((key, sp));
+                        }
+                        out
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let all: Vec<(String, queue::Spawned)> = got.concat();
+    let mut by_key: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut created: BTreeMap<&str, usize> = BTreeMap::new();
+    for (k, sp) in &all {
+        by_key.entry(k).or_default().insert(&sp.id);
+        *created.entry(k).or_default() += sp.created as usize;
+    }
+    assert_eq!(by_key.len(), 25 + 8 * 25);
+    assert!(by_key.values().all(|ids| ids.len() == 1), "a key got more than one agent");
+    assert!(created.values().all(|n| *n == 1), "each key created exactly once: {created:?}");
+    let ids: BTreeSet<&str> = by_key.values().flatten().copied().collect();
+    assert_eq!(ids.len(), 225, "no two keys share an id");
+    assert_eq!(pg.sql("corral", "SELECT count(*) || ',' || min(seq) || ',' || max(seq) FROM agents"), "225,1,225");
+    assert_eq!(pg.sql("corral", "SELECT next_number FROM workspaces"), "226");
+    assert_eq!(
+        pg.sql("corral", "SELECT count(*) FROM agents WHERE id <> 'agent-' || lpad(seq::text, 3, '0') || '-worker'"),
+        "0",
+        "ids come from the numbers"
+    );
+    println!("CLUSTER spawn spawners=8 spawns=400 agents=225");
+    assert_eq!(assert_events_dense(&pg), 225);
+    block_on(async {
+        let mut c = client(&url).await;
+        // The same key for a different spawn is refused, naming the key and the first agent.
+        let first = &by_key["shared-0"];
+        let err = queue::spawn(&mut c, WS, &spawn_req("worker", Some("shared-0".into()), "something else"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"shared-0\"") && err.contains(first.iter().next().unwrap()) && err.contains("different"),
+            "{err}"
+        );
+        // A given id that exists already is refused; no number is spent on either.
+        let mut dup = spawn_req("worker", None, "x");
+        dup.id = Some("agent-001-worker".into());
+        let err = queue::spawn(&mut c, WS, &dup).await.unwrap_err().to_string();
+        assert!(err.contains("agent-001-worker already exists"), "{err}");
+        let next = queue::spawn(&mut c, WS, &spawn_req("reviewer", None, "y")).await.unwrap();
+        assert_eq!(next, queue::Spawned { id: "agent-226-reviewer".into(), seq: 226, created: true });
+    });
+}
+
+#[test]
+fn commands_reach_the_owning_worker_once_also_while_ownership_moves() {
+    use std::collections::BTreeSet;
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        queue::enqueue(&mut c, WS, &new_agents("a", 4, json!({}))).await.unwrap();
+        let w1 = queue::register(&c, &spec(json!({}), 2, Duration::from_millis(1500))).await.unwrap();
+        let w2 = queue::register(&c, &spec(json!({}), 4, Duration::from_secs(60))).await.unwrap();
+        assert_eq!(queue::claim(&mut c, &w1, 2).await.unwrap().len(), 2); // a-0, a-1
+        assert_eq!(queue::claim(&mut c, &w2, 1).await.unwrap().len(), 1); // a-2; a-3 stays queued
+        // From a machine with no worker.
+        let mut cli = client(&url).await;
+        let k0 = commands::submit(&mut cli, WS, "a-0", "kill", json!({})).await.unwrap();
+        let t1 = commands::submit(&mut cli, WS, "a-1", "tell", json!({ "text": "one" })).await.unwrap();
+        let r2 = commands::submit(&mut cli, WS, "a-2", "retry", json!({})).await.unwrap();
+        let t3 = commands::submit(&mut cli, WS, "a-3", "tell", json!({ "text": "queued" })).await.unwrap();
+        let k0b = commands::submit(&mut cli, WS, "a-0", "kill", json!({ "again": true })).await.unwrap();
+        let err = commands::submit(&mut cli, WS, "nope", "kill", json!({})).await.unwrap_err().to_string();
+        assert!(err.contains("no agent nope"), "{err}");
+        let err = commands::submit(&mut cli, WS, "a-0", "pause", json!({})).await.unwrap_err().to_string();
+        assert!(err.contains("kill, retry, tell"), "{err}");
+
+        let mut c1 = client(&url).await;
+        let mut c2 = client(&url).await;
+        let mut taken: Vec<(i64, String)> = Vec::new();
+        let got2 = commands::take_commands(&mut c2, &w2).await.unwrap();
+        assert_eq!(got2.iter().map(|c| (c.id, c.agent.as_str(), c.fence)).collect::<Vec<_>>(), vec![(r2, "a-2", 1)]);
+        let got1 = commands::take_commands(&mut c1, &w1).await.unwrap();
+        assert_eq!(
+            got1.iter().map(|c| (c.id, c.kind.as_str(), c.fence)).collect::<Vec<_>>(),
+            vec![(k0, "kill", 1), (t1, "tell", 1), (k0b, "kill", 1)],
+            "the owner's commands, in order"
+        );
+        assert_eq!(got1[1].args, json!({ "text": "one" }));
+        taken.extend(got1.iter().map(|c| (c.id, w1.worker.clone())));
+        taken.extend(got2.iter().map(|c| (c.id, w2.worker.clone())));
+        assert!(commands::take_commands(&mut c1, &w1).await.unwrap().is_empty(), "taken once");
+        assert!(commands::take_commands(&mut c2, &w2).await.unwrap().is_empty());
+        // Only the taker finishes a command, once.
+        let err = commands::finish_command(&mut c2, &w2, k0, json!({})).await.unwrap_err().to_string();
+        assert!(err.contains("not this worker's"), "{err}");
+        commands::finish_command(&mut c1, &w1, k0, json!({ "killed": true })).await.unwrap();
+        assert!(commands::finish_command(&mut c1, &w1, k0, json!({})).await.is_err());
+
+        // Many commands, two connections of the owner taking at once: each exactly once.
+        let mut many = Vec::new();
+        for i in 0..40 {
+            many.push(commands::submit(&mut cli, WS, "a-1", "tell", json!({ "text": format!("m{i}") })).await.unwrap());
+        }
+        let (x, y) = tokio::join!(commands::take_commands(&mut c1, &w1), commands::take_commands(&mut c2, &w1));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        let both: Vec<i64> = x.iter().chain(&y).map(|c| c.id).collect();
+        assert_eq!(both.iter().copied().collect::<BTreeSet<_>>(), many.iter().copied().collect(), "{x:?} {y:?}");
+        assert_eq!(both.len(), 40, "no command taken twice");
+        taken.extend(both.iter().map(|id| (*id, w1.worker.clone())));
+
+        // Ownership moves: w1 stops renewing; commands submitted meanwhile wait for the new owner.
+        let late = commands::submit(&mut cli, WS, "a-1", "tell", json!({ "text": "late" })).await.unwrap();
+        wait_past(&w1, Duration::from_millis(300));
+        let later = commands::submit(&mut cli, WS, "a-1", "kill", json!({})).await.unwrap();
+        assert!(matches!(commands::take_commands(&mut c1, &w1).await, Err(ClusterError::LeaseLost { .. })));
+        assert!(matches!(
+            commands::finish_command(&mut c1, &w1, t1, json!({})).await,
+            Err(ClusterError::LeaseLost { .. })
+        ));
+        let s = queue::sweep(&mut c2, &w2, &quick_rules(20)).await.unwrap();
+        assert_eq!(s.requeued.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), vec!["a-0", "a-1"]);
+        // Nobody owns a-1 now: its commands wait untaken.
+        assert!(commands::take_commands(&mut c2, &w2).await.unwrap().is_empty());
+        let claimed = queue::claim(&mut c2, &w2, 3).await.unwrap();
+        assert_eq!(
+            claimed.iter().map(|c| (c.id.as_str(), c.fence)).collect::<Vec<_>>(),
+            vec![("a-0", 3), ("a-1", 3), ("a-3", 1)]
+        );
+        let moved = commands::take_commands(&mut c2, &w2).await.unwrap();
+        assert_eq!(
+            moved.iter().map(|c| (c.id, c.agent.as_str(), c.fence)).collect::<Vec<_>>(),
+            vec![(t3, "a-3", 1), (late, "a-1", 3), (later, "a-1", 3)],
+            "the new owner gets the untaken ones, under its fence"
+        );
+        taken.extend(moved.iter().map(|c| (c.id, w2.worker.clone())));
+        assert!(commands::take_commands(&mut c2, &w2).await.unwrap().is_empty());
+
+        // Every command taken exactly once, by the worker that owned its agent then.
+        let rows = commands::list(&cli, WS, None).await.unwrap();
+        assert_eq!(rows.len(), 5 + 40 + 2);
+        taken.sort();
+        assert_eq!(taken.len(), rows.len());
+        for (row, (id, by)) in rows.iter().zip(&taken) {
+            assert_eq!((row.id, row.taken_by.as_deref()), (*id, Some(by.as_str())), "{row:?}");
+        }
+        let done: Vec<_> = rows.iter().filter(|r| r.done).map(|r| (r.id, r.result.clone())).collect();
+        assert_eq!(done, vec![(k0, Some(json!({ "killed": true })))]);
+    });
+}
+
+/// Reads on from `last` until `target`, asserting every number comes once and in order.
+async fn follow(l: &mut Listener, c: &tokio_postgres::Client, last: &mut i64, target: i64, what: &str) {
+    let end = Instant::now() + Duration::from_secs(8);
+    loop {
+        if l.head().events > *last {
+            for e in read::events(c, WS, *last, 1000).await.unwrap() {
+                assert_eq!(e.seq, *last + 1, "{what}: a gap or a repeat after {last}");
+                *last = e.seq;
+            }
+        }
+        if *last >= target {
+            assert_eq!(*last, target, "{what}");
+            return;
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{what}: at {last}, head {:?}, never reached {target}", l.head());
+        let _ = tokio::time::timeout(left, l.changed()).await;
+    }
+}
+
+#[test]
+fn a_listener_sees_every_event_in_order_by_notify_by_poll_and_across_a_dropped_connection() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        let db = Database::parse(&url, &with_password()).unwrap();
+        let opts = |name: &str, poll: Duration| ListenOptions {
+            poll,
+            ping: Duration::from_millis(500),
+            reconnect: Duration::from_millis(100),
+            application_name: format!("corral-listener-{name}"),
+        };
+        // `a` never polls after connecting: it moves only by notifications. `b` polls.
+        let mut a = Listener::start(&db, WS, opts("a", Duration::from_secs(3600)));
+        let mut b = Listener::start(&db, WS, opts("b", Duration::from_millis(300)));
+        let start = Instant::now();
+        while a.head().connects == 0 || b.head().connects == 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "listeners did not connect");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let reader = client(&url).await;
+        let (mut la, mut lb) = (0, 0);
+        for i in 1..=10 {
+            queue::spawn(&mut c, WS, &spawn_req("worker", None, &format!("t{i}"))).await.unwrap();
+            follow(&mut a, &reader, &mut la, i, "by notify").await;
+        }
+        follow(&mut b, &reader, &mut lb, 10, "b").await;
+        // An event whose notification is lost (written without one): the poll finds it.
+        pg.sql(
+            "corral",
+            "WITH n AS (UPDATE workspaces SET event_seq = event_seq + 1 WHERE id = 'team' RETURNING event_seq)
+             INSERT INTO events (workspace, seq, kind) SELECT 'team', event_seq, 'silent' FROM n",
+        );
+        follow(&mut b, &reader, &mut lb, 11, "by poll").await;
+        assert_eq!(a.head().events, 10, "no notification reached the listener that does not poll");
+        // Both LISTEN connections dropped by the server; events keep coming meanwhile.
+        let killed = pg.sql(
+            "corral",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'corral-listener-%'",
+        );
+        assert_eq!(killed, "2");
+        for i in 12..=16 {
+            queue::spawn(&mut c, WS, &spawn_req("worker", None, &format!("t{i}"))).await.unwrap();
+        }
+        follow(&mut a, &reader, &mut la, 16, "a after reconnecting").await;
+        follow(&mut b, &reader, &mut lb, 16, "b after reconnecting").await;
+        assert!(a.head().connects >= 2 && b.head().connects >= 2, "{:?} {:?}", a.head(), b.head());
+        // A command wakes listeners too.
+        let before = a.head().commands;
+        let id = commands::submit(&mut c, WS, "agent-001-worker", "kill", json!({})).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while a.head().commands < id {
+                a.changed().await;
+            }
+        })
+        .await;
+        assert!(before < id && a.head().commands == id, "{:?}", a.head());
+    });
+}
+
+#[test]
+fn reads_by_sql_return_the_stored_bodies_and_the_events_in_commit_order() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        for t in ["x", "y", "z"] {
+            queue::spawn(&mut c, WS, &spawn_req("worker", Some(format!("k-{t}")), t)).await.unwrap();
+        }
+        let w = queue::register(&c, &spec(json!({}), 2, Duration::from_secs(30))).await.unwrap();
+        let got = queue::claim(&mut c, &w, 2).await.unwrap();
+        let (one, two) = (&got[0], &got[1]);
+        let body = json!({ "task": "x", "pid": 4242 });
+        let run = Change { body: Some(body.clone()), ..running() };
+        queue::write(&mut c, &w, &one.id, one.fence, &run).await.unwrap();
+        queue::write(&mut c, &w, &two.id, two.fence, &finished()).await.unwrap();
+
+        let other = client(&url).await;
+        let all = read::agents(&other, WS, &read::AgentFilter::default()).await.unwrap();
+        let view: Vec<_> = all.iter().map(|a| (a.id.as_str(), a.seq, a.state.as_str(), a.fence)).collect();
+        assert_eq!(
+            view,
+            vec![
+                ("agent-001-worker", 1, "running", 1),
+                ("agent-002-worker", 2, "complete", 1),
+                ("agent-003-worker", 3, "queued", 0)
+            ]
+        );
+        assert_eq!(all[0].body, body);
+        assert_eq!(all[0].owner.as_deref(), Some(w.worker.as_str()));
+        assert_eq!((all[1].owner.as_deref(), all[2].idempotency_key.as_deref()), (None, Some("k-z")));
+        let running_only = read::AgentFilter { states: Some(vec!["running".into()]), ..Default::default() };
+        assert_eq!(read::agents(&other, WS, &running_only).await.unwrap().len(), 1);
+        let mine = read::AgentFilter { owner: Some(w.worker.clone()), ..Default::default() };
+        assert_eq!(read::agents(&other, WS, &mine).await.unwrap()[0].id, "agent-001-worker");
+        let some = read::AgentFilter {
+            ids: Some(vec!["agent-003-worker".into()]),
+            role: Some("worker".into()),
+            ..Default::default()
+        };
+        assert_eq!(read::agents(&other, WS, &some).await.unwrap()[0].state, "queued");
+
+        let evs = read::events(&other, WS, 0, 100).await.unwrap();
+        let kinds: Vec<_> = evs.iter().map(|e| (e.seq, e.kind.as_str(), e.agent.as_deref().unwrap_or(""))).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (1, "spawned", "agent-001-worker"),
+                (2, "spawned", "agent-002-worker"),
+                (3, "spawned", "agent-003-worker"),
+                (4, "claimed", "agent-001-worker"),
+                (5, "claimed", "agent-002-worker"),
+                (6, "started", "agent-001-worker"),
+                (7, "exited", "agent-002-worker"),
+            ]
+        );
+        assert_eq!((evs[0].worker.as_deref(), evs[5].worker.as_deref()), (None, Some(w.worker.as_str())));
+        assert_eq!(evs[6].data, json!({ "code": 0 }));
+        let page: Vec<i64> = read::events(&other, WS, 3, 2).await.unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(page, vec![4, 5]);
+        assert!(read::events(&other, WS, 7, 10).await.unwrap().is_empty());
+    });
+}

@@ -2,10 +2,30 @@
 //! worker and client needs before anything else: reaching the database (with the password
 //! from the URL, `PGPASSWORD` or a password file, as libpq users expect) and the versioned
 //! schema that corral creates and migrates itself; [`queue`] holds the leases, claims, fenced
-//! writes and re-queue of lost agents that every worker runs.
+//! writes and re-queue of lost agents that every worker runs; [`commands`] carries kill,
+//! retry and tell from any machine to the worker that owns the agent; [`listen`] turns
+//! LISTEN/NOTIFY into wake-ups with a slow poll behind them; [`read`] is what `status` and
+//! `events` read on a machine with no worker.
 
+pub mod commands;
+pub mod listen;
 pub mod queue;
+pub mod read;
 pub mod schema;
+
+/// The NOTIFY channel of `workspace`: `corral:<workspace>` when that is a short plain name,
+/// else `corral#<hash>` (channel names are identifiers of at most 63 bytes).
+pub fn channel(workspace: &str) -> String {
+    let plain =
+        workspace.len() <= 48 && workspace.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if plain {
+        format!("corral:{workspace}")
+    } else {
+        // FNV-1a: stable across machines and versions, unlike std's hasher.
+        let h = workspace.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        format!("corral#{h:016x}")
+    }
+}
 
 use std::path::{Path, PathBuf};
 use tokio_postgres::config::Host;

@@ -289,7 +289,7 @@ pub async fn renew(client: &Client, lease: &mut Lease) -> Result<SystemTime> {
 
 /// Refuses with [`ClusterError::LeaseLost`] unless `lease` is live now; returns the worker's
 /// labels and slots.
-async fn live(tx: &Transaction<'_>, lease: &Lease) -> Result<(Value, i32)> {
+pub(crate) async fn live(tx: &Transaction<'_>, lease: &Lease) -> Result<(Value, i32)> {
     let row = tx
         .query_opt(
             "SELECT labels, slots FROM workers
@@ -309,8 +309,8 @@ struct Ev<'a> {
     data: Value,
 }
 
-/// Numbers `events` densely after the workspace's last and inserts them; call it last in a
-/// transaction, so the workspace row is held only until commit and numbers follow commit
+/// Numbers `events` densely after the workspace's last, inserts them and notifies the
+/// workspace's channel with the last number; call it last in a transaction, so the workspace row is held only until commit and numbers follow commit
 /// order (a reader of `seq > last` can never miss one that commits late).
 async fn append_events(
     tx: &Transaction<'_>,
@@ -342,6 +342,8 @@ async fn append_events(
         &[&workspace, &first, &agents, &kinds, &data, &fences, &worker],
     )
     .await?;
+    // A wake-up for listeners, delivered at commit and only if it commits: the last number.
+    tx.execute("SELECT pg_notify($1, $2)", &[&super::channel(workspace), &last.to_string()]).await?;
     Ok((first..=last).collect())
 }
 
@@ -374,6 +376,90 @@ pub async fn enqueue(client: &mut Client, workspace: &str, agents: &[NewAgent]) 
     append_events(&tx, workspace, None, &evs).await?;
     tx.commit().await?;
     Ok(seqs)
+}
+
+/// One spawn from any machine: an agent to queue, under an optional idempotency key.
+#[derive(Debug, Clone)]
+pub struct Spawn {
+    /// The agent's id; `None`: `agent-<number>-<role>` from the workspace's counter.
+    pub id: Option<String>,
+    pub role: String,
+    /// Unique per workspace: the same key again returns the first agent.
+    pub key: Option<String>,
+    /// What the spawn asked for (role, task, command): a second spawn with the same key must
+    /// ask for the same, or it is refused.
+    pub request: Value,
+    pub placement: Value,
+    pub body: Value,
+    pub delay: Duration,
+}
+
+/// What a [`spawn`] gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spawned {
+    pub id: String,
+    /// The agent's number in its workspace (dense: 1, 2, 3 ...).
+    pub seq: i64,
+    /// False when the key had been used already and this is the first spawn's agent.
+    pub created: bool,
+}
+
+/// Queues one agent, in one transaction under the workspace row: a key already used returns
+/// its agent (and queues nothing, spends no number) if the request is the same, and is
+/// refused if it is not; otherwise the agent gets the workspace's next number, and its id
+/// from it unless one is given, so ids never collide across machines.
+pub async fn spawn(client: &mut Client, workspace: &str, s: &Spawn) -> Result<Spawned> {
+    if s.key.as_deref() == Some("") {
+        return Err(ClusterError::Bad("an idempotency key must not be empty".into()));
+    }
+    client.execute("INSERT INTO workspaces (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", &[&workspace]).await?;
+    let tx = client.transaction().await?;
+    // Every spawn takes this row first: keys and numbers are decided one spawn at a time.
+    let number: i64 =
+        tx.query_one("SELECT next_number FROM workspaces WHERE id = $1 FOR UPDATE", &[&workspace]).await?.get(0);
+    if let Some(key) = &s.key {
+        let row = tx
+            .query_opt(
+                "SELECT id, seq, spawn_request FROM agents WHERE workspace = $1 AND idempotency_key = $2",
+                &[&workspace, key],
+            )
+            .await?;
+        if let Some(row) = row {
+            let (id, seq, first): (String, i64, Option<Value>) = (row.get(0), row.get(1), row.get(2));
+            if first.as_ref() != Some(&s.request) {
+                return Err(ClusterError::Bad(format!(
+                    "idempotency key {key:?} was used by agent {id} for a different spawn ({}; this one asks for {}): \
+                     use a new key, or repeat the first spawn exactly",
+                    first.unwrap_or(Value::Null),
+                    s.request
+                )));
+            }
+            tx.commit().await?;
+            return Ok(Spawned { id, seq, created: false });
+        }
+    }
+    let id = match &s.id {
+        Some(id) => id.clone(),
+        None => crate::protocol::ids::AgentId::generated(number as u64, &s.role).as_str().to_string(),
+    };
+    let inserted = tx
+        .execute(
+            "INSERT INTO agents (workspace, id, seq, role, state, placement, body, run_after, idempotency_key, spawn_request)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, now() + make_interval(secs => $7), $8, $9)
+             ON CONFLICT (workspace, id) DO NOTHING",
+            &[&workspace, &id, &number, &s.role, &s.placement, &s.body, &secs(s.delay), &s.key, &s.request],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(ClusterError::Bad(format!(
+            "agent {id} already exists in workspace {workspace}: choose another id"
+        )));
+    }
+    tx.execute("UPDATE workspaces SET next_number = next_number + 1 WHERE id = $1", &[&workspace]).await?;
+    let ev = Ev { agent: Some(&id), fence: Some(0), kind: "spawned", data: json!({ "role": s.role }) };
+    append_events(&tx, workspace, None, &[ev]).await?;
+    tx.commit().await?;
+    Ok(Spawned { id, seq: number, created: true })
 }
 
 /// Claims up to `want` queued agents for this worker: those whose `run_after` has passed and

@@ -143,6 +143,17 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS workers_lease ON workers (workspace, lease_until);
 "#,
     },
+    Migration {
+        version: 3,
+        name: "idempotent spawns, commands taken under a fence",
+        sql: r#"
+ALTER TABLE agents ADD COLUMN IF NOT EXISTS spawn_request jsonb;
+ALTER TABLE commands ADD COLUMN IF NOT EXISTS taken_by uuid;
+ALTER TABLE commands ADD COLUMN IF NOT EXISTS taken_fence bigint;
+ALTER TABLE commands ADD COLUMN IF NOT EXISTS taken_at timestamptz;
+CREATE INDEX IF NOT EXISTS commands_untaken ON commands (workspace, agent_id, id) WHERE taken_at IS NULL;
+"#,
+    },
 ];
 
 /// What [`migrate`] found and did.
