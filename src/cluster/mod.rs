@@ -212,6 +212,16 @@ mod tests {
     }
 
     #[test]
+    fn channels_are_the_workspace_name_when_plain_else_a_stable_hash() {
+        assert_eq!(channel("team-a.1"), "corral:team-a.1");
+        let odd = channel("Team \"A\"; drop");
+        assert!(odd.starts_with("corral#") && odd.len() == 23, "{odd}");
+        assert_eq!(odd, channel("Team \"A\"; drop"));
+        assert_ne!(channel(&"x".repeat(49)), channel(&"x".repeat(50)));
+        assert!(channel(&"x".repeat(200)).len() <= 63);
+    }
+
+    #[test]
     fn a_bad_url_is_refused_without_showing_the_password() {
         let e = Database::parse("postgres://bob:secret@host:notaport/db", &PasswordSources::default()).unwrap_err();
         assert!(e.contains("not valid") && !e.contains("secret"), "{e}");
