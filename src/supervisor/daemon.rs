@@ -553,11 +553,13 @@ impl Supervisor {
         self.active().all(|l| l.agent.state.is_finished())
     }
 
-    /// The agents not cleaned from the views: every unfinished agent is among them (only
-    /// finished agents are cleaned, and a cleaned agent retried is shown again), so what
-    /// counts or waits on live agents walks these, not the whole history.
+    /// The agents not cleaned from the views (`shown`), in no particular order: every
+    /// unfinished agent is among them (only finished agents are cleaned, and a cleaned agent
+    /// retried is shown again), so what counts or waits on live agents walks these, not the
+    /// whole history.
     pub fn active(&self) -> impl Iterator<Item = &Live> + '_ {
-        self.shown.iter().filter_map(|id| self.agents.get(id))
+        // By a field, not by looking each shown id up: these walks run on every loop turn.
+        self.agents.values().filter(|l| l.agent.cleaned_at.is_none())
     }
 
     /// Starts or ends the idle period after a turn; a request (any message) starts it anew.
@@ -1213,10 +1215,12 @@ impl Supervisor {
         loop {
             let now = self.now();
             let mut changed = false;
+            // In spawn order (`shown` keeps it), then by priority.
             let mut queued: Vec<AgentId> = self
-                .active()
-                .filter(|l| matches!(l.agent.state, AgentState::Queued { .. }))
-                .map(|l| l.agent.spec.id.clone())
+                .shown
+                .iter()
+                .filter(|id| matches!(self.agents[*id].agent.state, AgentState::Queued { .. }))
+                .cloned()
                 .collect();
             admission::by_priority(&mut queued, |id| self.agents[id].agent.spec.priority);
             let pass = self.admission_pass(now.mono);
