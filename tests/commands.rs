@@ -302,11 +302,17 @@ fn demo_runs_every_pattern_and_exits_0() {
     ] {
         assert!(out.contains(pattern), "demo output lacks {pattern:?}:\n{out}");
     }
-    // It ends with the run's timeline, and says where it is.
-    let line = out.lines().find(|l| l.starts_with("timeline of the run")).expect("the timeline's place");
-    let path = std::path::PathBuf::from(line.rsplit(": ").next().unwrap());
+    // It ends with the unified report and beside it the run's timeline, and says where.
+    let place = |start: &str| {
+        let line = out.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("{start} in {out}"));
+        std::path::PathBuf::from(line.rsplit(": ").next().unwrap())
+    };
+    let (report, path) = (place("the unified report"), place("timeline of the run"));
+    assert_eq!(report.parent(), path.parent(), "the timeline is beside the report");
+    let md = std::fs::read_to_string(&report).unwrap_or_else(|e| panic!("{}: {e}", report.display()));
+    assert!(md.contains("resolved by a human"), "{md}");
     let page = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     assert!(page.starts_with("<!DOCTYPE html>") && page.contains("<svg"));
     assert_eq!(page.matches("class=\"row\"").count(), 7, "one row per agent");
     for id in ["agent-001-PLANNER", "agent-005-REVIEWER", "agent-007-DOCS"] {

@@ -171,7 +171,8 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
     let handoffs = std::fs::read_dir(data.handoff_dir()).map(|r| r.count()).unwrap_or(0);
     say!("")?;
     say!("{handoffs} handoffs in {}", data.handoff_dir().display())?;
-    let timeline = write_timeline(&mut client, &root, a.keep)?;
+    let (report_file, timeline) = write_outputs(&mut client, &root, a.keep, &settled)?;
+    say!("the unified report: {}", report_file.display())?;
     say!("timeline of the run (open it in a browser): {}", timeline.display())?;
     let _ = client.call(&Request::Stop);
     if a.keep {
@@ -193,19 +194,22 @@ pub fn run(_ctx: &Ctx, a: Args) -> Result {
     if as_scripted { Ok(0) } else { Err(Fail { code: 1, msg: "the demo did not end as scripted".into() }) }
 }
 
-/// The run as a picture (`corral timeline`): in the workspace when it is kept, else beside
-/// it in the temp dir, where it outlives the workspace.
-fn write_timeline(client: &mut Client, root: &std::path::Path, keep: bool) -> Result<std::path::PathBuf> {
+/// The unified report (Markdown, as settled by the human) and beside it the run as a
+/// picture (`corral timeline`): in the workspace when it is kept, else in a directory of
+/// their own in the temp dir, where they outlive the workspace.
+fn write_outputs(
+    client: &mut Client,
+    root: &std::path::Path,
+    keep: bool,
+    report: &crate::aggregate::Report,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let runs = super::timeline::collect(client, vec![], None)?;
     let page = super::timeline::render(&runs, 1400, super::timeline::Format::Html);
-    let path = if keep {
-        root.join("timeline.html")
-    } else {
-        let f = tempfile::Builder::new().prefix("corral-demo-timeline-").suffix(".html").tempfile()?;
-        f.keep()?.1
-    };
-    std::fs::write(&path, page)?;
-    Ok(path)
+    let dir = if keep { root.to_path_buf() } else { tempfile::Builder::new().prefix("corral-demo-").tempdir()?.keep() };
+    let (report_file, timeline) = (dir.join("report.md"), dir.join("timeline.html"));
+    std::fs::write(&report_file, crate::aggregate::render_markdown(report))?;
+    std::fs::write(&timeline, page)?;
+    Ok((report_file, timeline))
 }
 
 /// The human's part: a message resumes the blocked agent, and the unresolved conflict is
