@@ -67,6 +67,13 @@ impl Client {
     /// supervisor answers in order), so it is sent again the slow way, starting a
     /// supervisor if none runs.
     pub fn request(data: &DataDir, workspace_root: &Path, req: &Request) -> anyhow::Result<Reply> {
+        let line = Self::request_line(data, workspace_root, req)?;
+        Ok(serde_json::from_str(&line).context("unreadable reply from the supervisor")?)
+    }
+
+    /// As [`Client::request`], the reply's line as it came (for a `--json` command that
+    /// prints the data as the supervisor wrote it, see [`crate::ipc::ok_data`]).
+    pub fn request_line(data: &DataDir, workspace_root: &Path, req: &Request) -> anyhow::Result<String> {
         let socket = match open_socket(data) {
             Ok(s) => Some(s),
             Err(Unreachable::Refused(why)) => bail!("{why}"),
@@ -83,12 +90,17 @@ impl Client {
                 && serde_json::from_str::<Reply>(&l).is_ok_and(|r| r.ok)
             {
                 return match c.read_line()? {
-                    Some(l) => Ok(serde_json::from_str(&l).context("unreadable reply from the supervisor")?),
+                    Some(l) => Ok(l),
                     None => bail!("the supervisor closed the connection without replying"),
                 };
             }
         }
-        Self::connect(data, workspace_root)?.call(req)
+        let mut c = Self::connect(data, workspace_root)?;
+        c.send(req)?;
+        match c.read_line()? {
+            Some(l) => Ok(l),
+            None => bail!("the supervisor closed the connection without replying"),
+        }
     }
 
     /// Connects only if a supervisor is running and answering: a socket still held open by

@@ -353,6 +353,17 @@ pub struct Reply {
     pub exit: Option<i32>,
 }
 
+/// What [`Reply::ok`] always writes before its data: `{"ok":true,"data":DATA}`.
+const OK_PREFIX: &str = r#"{"ok":true,"data":"#;
+
+/// The data of a successful reply line as the supervisor wrote it, without reading it as
+/// JSON (a status of thousands of agents is hundreds of KiB: printing it as it came costs a
+/// copy, parsing it first costs more than the rest of the command). `None` for any other
+/// line: an error, or a shape this does not know, which the caller then parses.
+pub fn ok_data(line: &str) -> Option<&str> {
+    line.strip_suffix('\n').unwrap_or(line).strip_prefix(OK_PREFIX)?.strip_suffix('}')
+}
+
 impl Reply {
     pub fn ok(data: impl Serialize) -> Self {
         let raw =
@@ -499,4 +510,25 @@ pub struct CleanedAgent {
     pub branch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
+}
+
+#[cfg(test)]
+mod ok_data_tests {
+    use super::*;
+
+    #[test]
+    fn a_successful_replys_data_is_found_as_written_and_nothing_else_passes() {
+        for v in [
+            serde_json::json!([{"agentId": "a", "task": "ends with } and \"quotes\"\n"}]),
+            serde_json::json!(null),
+            serde_json::json!({"x": "}"}),
+        ] {
+            let line = format!("{}\n", serde_json::to_string(&Reply::ok(&v)).unwrap());
+            let data = ok_data(&line).expect("a successful reply");
+            assert_eq!(serde_json::from_str::<serde_json::Value>(data).unwrap(), v);
+        }
+        let err = serde_json::to_string(&Reply::err(2, "no such agent")).unwrap();
+        assert_eq!(ok_data(&err), None);
+        assert_eq!(ok_data("garbage"), None);
+    }
 }

@@ -257,7 +257,16 @@ impl Ctx {
 
     /// Sends one request and returns the reply's data as the JSON text it came as.
     pub fn call_raw(&self, req: &Request) -> Result<String> {
-        let reply: Reply = Client::request(&self.data, &self.ws.root, req)?;
+        let mut line = Client::request_line(&self.data, &self.ws.root, req)?;
+        if let Some(data) = crate::ipc::ok_data(&line) {
+            // The data as written, in place: no parse, no second copy.
+            let (start, len) = (data.as_ptr() as usize - line.as_ptr() as usize, data.len());
+            line.truncate(start + len);
+            line.drain(..start);
+            return Ok(line);
+        }
+        let reply: Reply =
+            serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("unreadable reply from the supervisor: {e}"))?;
         if !reply.ok {
             return Err(Fail {
                 code: reply.exit.unwrap_or(1),
