@@ -68,7 +68,7 @@ impl Client {
     /// supervisor if none runs.
     pub fn request(data: &DataDir, workspace_root: &Path, req: &Request) -> anyhow::Result<Reply> {
         let line = Self::request_line(data, workspace_root, req)?;
-        Ok(serde_json::from_str(&line).context("unreadable reply from the supervisor")?)
+        serde_json::from_str(&line).context("unreadable reply from the supervisor")
     }
 
     /// As [`Client::request`], the reply's line as it came (for a `--json` command that
