@@ -203,12 +203,7 @@ fn follow(
     // Woken by writes to the logs (inotify), by events (a finish, a spawn), and now and
     // then regardless.
     let (tx, rx) = mpsc::channel::<bool>();
-    let wtx = tx.clone();
-    use notify::Watcher;
-    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = wtx.send(false);
-    })?;
-    let _ = watcher.watch(&ctx.data.log_dir(), notify::RecursiveMode::NonRecursive);
+    let _watcher = super::watch_logs(ctx, tx.clone())?;
     let target = ctx.target();
     let only = a.id.as_ref().map(|_| readers[0].id.to_string());
     std::thread::scope(|s| {

@@ -86,12 +86,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     // Wake on writes to the log (inotify), on the agent finishing (event stream), and now
     // and then regardless.
     let (tx, rx) = mpsc::channel::<bool>();
-    let wtx = tx.clone();
-    use notify::Watcher;
-    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = wtx.send(false);
-    })?;
-    let _ = watcher.watch(&ctx.data.log_dir(), notify::RecursiveMode::NonRecursive);
+    let _watcher = watch_logs(ctx, tx.clone())?;
     let target = ctx.target();
     std::thread::scope(|s| {
         let fid = id.to_string();
@@ -138,6 +133,17 @@ fn finish_of(t: Target, id: &str, after: u64) {
             return;
         }
     }
+}
+
+/// Sends `false` on `tx` whenever something in the log directory is written; watching
+/// stops when the returned watcher is dropped.
+fn watch_logs(ctx: &Ctx, tx: mpsc::Sender<bool>) -> Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.send(false);
+    })?;
+    let _ = watcher.watch(&ctx.data.log_dir(), notify::RecursiveMode::NonRecursive);
+    Ok(watcher)
 }
 
 /// Prints what the log holds past `place`.
