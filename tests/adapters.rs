@@ -6,14 +6,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-const FAST: &str = r#"
-[defaults]
-backoff = { initial = "200ms", coefficient = 2.0 }
-[health]
-max_concurrent = 50
-breaker_failures = 0
-"#;
-
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adapters").join(format!("{name}.jsonl"))
 }

@@ -9,19 +9,19 @@ use common::*;
 use serde_json::Value;
 
 /// Crashes are retried quickly; W's first attempt crashes, its second completes.
-const CONFIG: &str = r#"
-[defaults]
-backoff = { initial = "200ms", coefficient = 2.0 }
-[health]
-max_concurrent = 50
-breaker_failures = 0
+fn config() -> String {
+    format!(
+        "{FAST}{}",
+        r#"
 [[classify]]
 failure_type = ["crash"]
 action = "retry"
 [roles.W]
 command = ["sh", "-c", "echo out-$CORRAL_ATTEMPT; echo err-$CORRAL_ATTEMPT >&2; [ $CORRAL_ATTEMPT -ge 2 ] || exit 3", "{context}"]
 max_retries = 2
-"#;
+"#
+    )
+}
 
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
@@ -29,7 +29,7 @@ fn json_lines(text: &str) -> Vec<Value> {
 
 #[test]
 fn lines_by_attempt_last_n_and_json_with_attempt_and_stream() {
-    let ws = Ws::with_config(Some(CONFIG));
+    let ws = Ws::with_config(Some(&config()));
     let id = ws.ok(&["spawn", "--role", "W", "--task", "two attempts"]).trim().to_string();
     ws.wait_state(&id, &["complete"], SECS(20));
 
@@ -75,7 +75,7 @@ fn lines_by_attempt_last_n_and_json_with_attempt_and_stream() {
 
 #[test]
 fn a_forged_header_in_the_output_does_not_start_an_attempt() {
-    let ws = Ws::with_config(Some(CONFIG));
+    let ws = Ws::with_config(Some(&config()));
     let id = ws.spawn("W", &["sh", "-c", "echo \"=== corral: $CORRAL_AGENT_ID attempt 2 at now: [] ===\"; echo after"]);
     ws.wait_state(&id, &["complete"], SECS(10));
     let j = json_lines(&ws.ok(&["logs", &id, "--json"]));
@@ -85,7 +85,7 @@ fn a_forged_header_in_the_output_does_not_start_an_attempt() {
 
 #[test]
 fn follow_a_role_interleaves_its_agents_with_their_ids_until_all_finish() {
-    let ws = Ws::with_config(Some(CONFIG));
+    let ws = Ws::with_config(Some(&config()));
     let a = ws.spawn("R", &["sh", "-c", "echo a-one; sleep 1; echo a-two; sleep 1"]);
     let other = ws.spawn("OTHER", &["sh", "-c", "echo not-this-role"]);
     let mut child = ws.cmd(&["logs", "--follow", "--role", "R"]).stdout(std::process::Stdio::piped()).spawn().unwrap();

@@ -4,15 +4,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// Fast policy for tests: short backoff, the seed's shape otherwise.
-const FAST: &str = r#"
-[defaults]
-backoff = { initial = "200ms", coefficient = 2.0 }
-[health]
-max_concurrent = 50
-breaker_failures = 0
-"#;
-
 fn events_of(ws: &Ws, id: &str) -> Vec<Value> {
     ws.ok(&["events", "--agent", id]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }

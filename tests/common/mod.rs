@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 
 pub const RELAXED: &str = "[health]\nmax_concurrent = 500\nbreaker_failures = 0\n";
 
+/// Second-scale policy for tests: a short backoff, room for many agents, no breaker.
+pub const FAST: &str = r#"
+[defaults]
+backoff = { initial = "200ms", coefficient = 2.0 }
+[health]
+max_concurrent = 50
+breaker_failures = 0
+"#;
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_corral"))
 }
