@@ -45,6 +45,90 @@ pub struct Config {
     /// `[groups.NAME]`: admission groups with a limit of their own.
     #[serde(default)]
     pub groups: BTreeMap<String, GroupConfig>,
+    /// `[cluster]`: the PostgreSQL registry that workers on several machines share.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: cluster mode's database, workspace name, lease timings and this worker's
+/// labels and slots.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The PostgreSQL URL (`CORRAL_DATABASE_URL` and `--database` win over it).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// The workspace's name in the database (default: the workspace directory's name).
+    #[serde(default)]
+    pub workspace: Option<String>,
+    /// How long a worker's lease lasts (default 30s).
+    #[serde(default, deserialize_with = "de_limit")]
+    pub lease: Option<Duration>,
+    /// How often a worker renews it (default 5s).
+    #[serde(default, deserialize_with = "de_limit")]
+    pub heartbeat: Option<Duration>,
+    /// How long before its lease would end a worker that could not renew stops its agents
+    /// (default a third of the lease).
+    #[serde(default, deserialize_with = "de_limit")]
+    pub lease_margin: Option<Duration>,
+    /// How long past a lease's end the others wait before they take its agents (default 5s).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub takeover_grace: Option<Duration>,
+    /// What this worker offers (`gpu = true`, `host = "a"`); a role's `placement` must be
+    /// contained in them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, toml::Value>,
+    /// At most this many agents on this worker at once (default `[health] max_concurrent`).
+    #[serde(default, deserialize_with = "de_at_least_one")]
+    pub slots: Option<usize>,
+}
+
+/// Cluster timings with their defaults filled in and checked against each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTimings {
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    pub margin: Duration,
+    pub grace: Duration,
+}
+
+impl ClusterConfig {
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+    pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+    /// The timings, or what is wrong with them: the heartbeat must leave room for at least
+    /// two renewals before the margin, and the margin must be shorter than the lease.
+    pub fn timings(&self) -> Result<LeaseTimings, String> {
+        let lease = self.lease.unwrap_or(Self::DEFAULT_LEASE);
+        let heartbeat = self.heartbeat.unwrap_or(Self::DEFAULT_HEARTBEAT.min(lease / 6));
+        let margin = self.lease_margin.unwrap_or(lease / 3);
+        let grace = self.takeover_grace.unwrap_or(Self::DEFAULT_GRACE.min(lease / 4));
+        let f = |d: Duration| humantime::format_duration(d).to_string();
+        if margin >= lease {
+            return Err(format!(
+                "cluster.lease_margin ({}) must be shorter than cluster.lease ({}): the worker would stop its agents \
+                 before it ever renewed",
+                f(margin),
+                f(lease)
+            ));
+        }
+        if heartbeat * 2 > lease - margin {
+            return Err(format!(
+                "cluster.heartbeat ({}) leaves no room for a second renewal before the worker must stop its agents \
+                 (lease {} minus lease_margin {}); make the heartbeat at most half of that",
+                f(heartbeat),
+                f(lease),
+                f(margin)
+            ));
+        }
+        Ok(LeaseTimings { lease, heartbeat, margin, grace })
+    }
+
+    /// The labels as a JSON object.
+    pub fn labels_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.labels).unwrap_or_else(|_| serde_json::json!({}))
+    }
 }
 
 /// The default of a `[[notify]]` hook's `timeout`.

@@ -28,6 +28,7 @@ pub mod spawn;
 pub mod status;
 pub mod timeline;
 pub mod wait;
+pub mod worker;
 
 use crate::client::Client;
 use crate::config::Workspace;
@@ -140,6 +141,8 @@ pub enum Cmd {
     Timeline(timeline::Args),
     /// The supervisor: start it, stop it, or ask how it is.
     Daemon(daemon::Args),
+    /// This machine's worker in a cluster: claims queued agents from PostgreSQL and runs them.
+    Worker(worker::Args),
     /// Shell completions for bash, zsh, fish, elvish or powershell.
     Completions(completions::Args),
     /// A manual page: corral(1), or with SUB the subcommand's corral-SUB(1); formatted
@@ -296,7 +299,7 @@ pub fn run(cli: Cli) -> Result {
     // tool. The supervisor and the shim (not parsed here) keep ignoring SIGPIPE: a closed
     // pipe must never kill them; nor the MCP server, which ends its session cleanly when
     // its client leaves.
-    if !matches!(cli.command, Cmd::Daemon(_) | Cmd::Mcp(_)) {
+    if !matches!(cli.command, Cmd::Daemon(_) | Cmd::Mcp(_) | Cmd::Worker(_)) {
         // SAFETY: restoring the default disposition of one signal.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
@@ -315,7 +318,7 @@ pub fn run(cli: Cli) -> Result {
         // `init` writes a new file and the demo makes its own workspace; the agent side says
         // nothing into an agent's output, where a classify rule could match it; `daemon`
         // decides for itself.
-        Cmd::Init(_) | Cmd::Demo(_) | Cmd::Report(_) | Cmd::Handoff(_) | Cmd::Daemon(_) => {}
+        Cmd::Init(_) | Cmd::Demo(_) | Cmd::Report(_) | Cmd::Handoff(_) | Cmd::Daemon(_) | Cmd::Worker(_) => {}
         _ => ctx.warn_config(),
     }
     match cli.command {
@@ -345,6 +348,7 @@ pub fn run(cli: Cli) -> Result {
         Cmd::Events(a) => events::run(&ctx, a),
         Cmd::Timeline(a) => timeline::run(&ctx, a),
         Cmd::Daemon(a) => daemon::run(&ctx, a),
+        Cmd::Worker(a) => worker::run(&ctx, a),
         Cmd::Completions(_) | Cmd::Man(_) => unreachable!("handled above"),
     }
 }

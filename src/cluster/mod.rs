@@ -12,6 +12,36 @@ pub mod listen;
 pub mod queue;
 pub mod read;
 pub mod schema;
+pub mod worker;
+
+/// The database and workspace name this invocation works with in cluster mode, if any: the
+/// URL from `flag`, else `CORRAL_DATABASE_URL`, else `[cluster] database`; the workspace from
+/// `name`, else `[cluster] workspace`, else the workspace directory's name. `None`: no
+/// database anywhere, single-machine mode.
+pub fn target(
+    ws: &crate::config::Workspace,
+    flag: Option<&str>,
+    name: Option<&str>,
+) -> Result<Option<(Database, String)>, String> {
+    let env = std::env::var("CORRAL_DATABASE_URL").ok().filter(|u| !u.trim().is_empty());
+    let url = match flag.map(str::to_string).or(env).or_else(|| ws.config.cluster.database.clone()) {
+        Some(u) => u,
+        None => return Ok(None),
+    };
+    let db = Database::parse(&url, &PasswordSources::from_env())?;
+    let workspace = name
+        .map(str::to_string)
+        .or_else(|| ws.config.cluster.workspace.clone())
+        .or_else(|| ws.root.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "default".into());
+    if workspace.is_empty() || workspace.len() > 200 || workspace.chars().any(char::is_control) {
+        return Err(format!(
+            "cluster workspace name {workspace:?} is not usable: give 1 to 200 printable characters (--workspace or \
+             [cluster] workspace)"
+        ));
+    }
+    Ok(Some((db, workspace)))
+}
 
 /// The NOTIFY channel of `workspace`: `corral:<workspace>` when that is a short plain name,
 /// else `corral#<hash>` (channel names are identifiers of at most 63 bytes).

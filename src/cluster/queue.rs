@@ -33,9 +33,6 @@ pub const DEFAULT_MAX_LOST: i32 = 3;
 /// At most this many agents re-queued by one sweep.
 pub const DEFAULT_MAX_REQUEUE: i64 = 20;
 
-/// The states in which an agent holds one of the workspace's `max_concurrent` slots.
-const SLOT_STATES: &str = "('starting', 'running', 'stopping')";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// The write's fence or owner is not the agent's any more: nothing was written.
@@ -476,10 +473,10 @@ pub async fn claim(client: &mut Client, lease: &Lease, want: i64) -> Result<Vec<
         .get(0);
     let counts = tx
         .query_one(
-            &format!(
-                "SELECT count(*), count(*) FILTER (WHERE owner = $2::text::uuid)
-                 FROM agents WHERE workspace = $1 AND owner IS NOT NULL AND state IN {SLOT_STATES}"
-            ),
+            // An owned agent holds a slot whatever its state: its worker starts its next
+            // attempt (after a retry's backoff, say) without claiming it again.
+            "SELECT count(*), count(*) FILTER (WHERE owner = $2::text::uuid)
+             FROM agents WHERE workspace = $1 AND owner IS NOT NULL",
             &[&lease.workspace, &lease.worker],
         )
         .await?;

@@ -448,6 +448,7 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
         data_dir: Some(d.root().to_path_buf()),
         workspace: Some(sup.ws.root.clone()),
         stream: super::stream::StreamArgs::of(&live.agent),
+        lease: super::watchdog::configured(d),
     };
     Ok(args)
 }

@@ -21,6 +21,7 @@ pub mod shim;
 pub mod stream;
 pub mod views;
 pub mod watch;
+pub mod watchdog;
 
 use crate::config::Workspace;
 use crate::protocol::{DataDir, atomic, fsio, perms};

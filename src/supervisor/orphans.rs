@@ -123,9 +123,10 @@ pub fn adopt_lost(sup: &mut Supervisor, id: &AgentId, n: u32) -> bool {
     sup.orphans.adopted.insert((id.clone(), n), ctl_tx);
     let tx = sup.tx.clone();
     let (aid, pid, start_time) = (id.clone(), start.pid, start.start_time);
+    let lease = super::watchdog::configured(&sup.data);
     let spawned = std::thread::Builder::new().name(format!("adopt-{id}")).spawn(move || {
         let stream = stream.map(|args| (args, run_path, log_path));
-        watch_adopted(aid, n, pid, start_time, run, sink, out, stream, ctl_rx, tx)
+        watch_adopted(aid, n, pid, start_time, run, sink, out, stream, lease, ctl_rx, tx)
     });
     if let Err(e) = spawned {
         crate::elog!("corral daemon: cannot watch adopted {id}: {e}");
@@ -148,6 +149,7 @@ fn watch_adopted(
     sink: LogSink,
     out: Option<OwnedFd>,
     stream: Option<(StreamArgs, PathBuf, PathBuf)>,
+    lease: Option<PathBuf>,
     ctl: mpsc::Receiver<u64>,
     tx: tokio::sync::mpsc::UnboundedSender<Msg>,
 ) {
@@ -164,6 +166,7 @@ fn watch_adopted(
     let pidfd =
         process::pidfd_open(pid).ok().filter(|_| process::start_time(pid) == start_time || start_time.is_none());
     let mut w = Watch::new(pid, None, None, lifecycle::STOP_GRACE_MS);
+    w.lease = lease;
     if pidfd.is_none() {
         w.leader_end = Some(unknown("its shim was killed after the process ended"));
     }

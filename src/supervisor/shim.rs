@@ -71,6 +71,8 @@ pub enum StopReason {
     ResultGrace,
     /// Its CLI reported usage over the role's budget.
     Budget,
+    /// Its cluster worker's lease was not renewed in time (the local deadline passed).
+    LeaseLost,
 }
 
 impl StopReason {
@@ -82,6 +84,7 @@ impl StopReason {
             Self::Terminated => "stopped: its shim was sent SIGTERM",
             Self::ResultGrace => "stopped after lingering past result_grace after its final result",
             Self::Budget => "stopped over its budget",
+            Self::LeaseLost => "stopped: its worker's lease was not renewed in time",
         }
     }
 }
@@ -277,7 +280,13 @@ pub struct ShimArgs {
     /// The agent CLI's stream is read by this adapter (`None`: plain output).
     #[serde(default)]
     pub stream: Option<super::stream::StreamArgs>,
+    /// A cluster worker's local deadline (see `watchdog`): not started past it, stopped at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<PathBuf>,
 }
+
+/// How often a shim with a cluster worker's deadline looks at it.
+const LEASE_CHECK_MS: i32 = 100;
 
 /// Grace given to processes an agent leaves behind in its group after it exits by itself.
 const LEFTOVER_GRACE_MS: u64 = 1000;
@@ -380,6 +389,13 @@ fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Optio
     }
     sink.note(&a.header);
     let (prog, args) = a.argv.split_first().ok_or("empty command")?;
+    if let Some(lease) = &a.lease
+        && super::watchdog::due(lease).0 <= time::mono_ms()
+    {
+        let why = "not started: this worker's lease was not renewed in time (its local deadline passed)".to_string();
+        sink.note(&format!("corral: {why}"));
+        return Err(why);
+    }
     let (out_r, out_w) = process::pipe().map_err(|e| format!("cannot make the output pipe: {e}"))?;
     let mut cmd = Command::new(prog);
     if let Some(env) = &a.env {
@@ -449,6 +465,7 @@ fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Optio
     let out_fd = Some(out_r.as_raw_fd());
     say(a.seq, Handshake::Started { pid, out_fd });
     let mut w = Watch::new(pid, Some(&sigs), a.deadline_mono, a.stop_grace_ms);
+    w.lease = a.lease.clone();
     let mut relay = relay::Relay::new(Some(out_r), sink);
     relay.observer = a.stream.clone().and_then(|s| super::stream::Observer::open(&a.run, s));
     let (end, stopped) = w.watch(&mut relay, run, |w| {
@@ -472,6 +489,8 @@ pub struct Watch<'a> {
     sigs: Option<&'a std::os::fd::OwnedFd>,
     deadline: Option<u64>,
     deadline_grace: u64,
+    /// A cluster worker's deadline file, looked at every [`LEASE_CHECK_MS`].
+    pub lease: Option<PathBuf>,
     pub leader_end: Option<ProcessEnd>,
     /// The stop in progress: when the group is KILLed, why, and whether it is only the
     /// clearing of leftovers after the leader ended by itself.
@@ -481,7 +500,7 @@ pub struct Watch<'a> {
 
 impl<'a> Watch<'a> {
     pub fn new(pgid: i32, sigs: Option<&'a std::os::fd::OwnedFd>, deadline: Option<u64>, grace: u64) -> Self {
-        Self { pgid, sigs, deadline, deadline_grace: grace, leader_end: None, stop: None, killed: false }
+        Self { pgid, sigs, deadline, deadline_grace: grace, lease: None, leader_end: None, stop: None, killed: false }
     }
 
     /// TERM to the group now, KILL after `grace_ms`. A later request may shorten the grace;
@@ -536,6 +555,14 @@ impl<'a> Watch<'a> {
             {
                 self.stop(self.deadline_grace, Some(StopReason::Timeout));
             }
+            if self.stop.is_none()
+                && let Some(lease) = &self.lease
+            {
+                let (term_at, kill_after) = super::watchdog::due(lease);
+                if now >= term_at {
+                    self.stop(kill_after, Some(StopReason::LeaseLost));
+                }
+            }
             // The stream's own limits: lingering after the final result, a budget overrun.
             if self.leader_end.is_none()
                 && self.stop.is_none()
@@ -585,6 +612,9 @@ impl<'a> Watch<'a> {
                 due.push(k);
             }
             let mut timeout = due.iter().min().map(|d| d.saturating_sub(now).min(60_000) as i32).unwrap_or(-1);
+            if self.lease.is_some() && self.stop.is_none() {
+                timeout = if timeout < 0 { LEASE_CHECK_MS } else { timeout.min(LEASE_CHECK_MS) };
+            }
             if self.leader_end.is_some() || self.killed || self.sigs.is_none() {
                 let every = if self.sigs.is_none() { 50 } else { 20 };
                 timeout = if timeout < 0 { every } else { timeout.min(every) };

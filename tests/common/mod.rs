@@ -2,6 +2,8 @@
 //! wait-until-condition helpers instead of fixed sleeps.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

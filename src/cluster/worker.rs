@@ -1,0 +1,702 @@
+//! `corral worker`: one machine's part of a cluster. The worker holds a lease in the
+//! database, claims queued agents cluster-wide and runs each with this machine's own
+//! supervisor (the same shims, policy core and file protocol as on one machine), then writes
+//! what the supervisor saw back to the database, every write fenced.
+//!
+//! The local supervisor serves one *epoch* of this worker: a data dir of its own under the
+//! worker's (`epochs/<worker id>-<n>`). A worker restarted within its lease keeps its id and
+//! its epoch and re-attaches to the running agents as the single-machine supervisor does.
+//! When the lease is lost (or the worker had to stop its agents because it could not renew
+//! in time), the epoch ends: its agents are stopped, its supervisor is stopped, and the next
+//! epoch starts with nothing in it, so an agent claimed again later starts afresh here.
+//!
+//! After each renewal the worker writes its local deadline (`watchdog`): the renewal's
+//! send time plus the lease the database granted, minus `lease_margin`. Every shim of the
+//! epoch stops its agent at that deadline by itself, which is what keeps an agent from ever
+//! running on two machines at once when this worker is stopped, hung or cut off.
+
+use super::Database;
+use super::queue::{self, AttemptEnd, Change, ClusterError, Lease, NewEvent, SweepRules, WorkerSpec};
+use crate::client::Client;
+use crate::config::LeaseTimings;
+use crate::ipc::{AgentView, Request, SpawnRequest};
+use crate::protocol::{DataDir, atomic, fsio, time};
+use crate::store::EventRecord;
+use crate::supervisor::watchdog;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What `corral worker` was told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub db: Database,
+    pub workspace: String,
+    pub timings: LeaseTimings,
+    pub labels: Value,
+    pub slots: usize,
+    /// The workspace's cluster-wide limit, set in the database at start.
+    pub max_concurrent: Option<usize>,
+    /// The workspace root on this machine (its `corral.toml`, the agents' working dirs).
+    pub root: PathBuf,
+    /// The worker's own data dir (its id, its epochs).
+    pub data: DataDir,
+}
+
+/// An agent's record in the database (`agents.body`): what the spawn asked for and, once a
+/// worker runs it, that worker's view of it.
+pub fn body(request: &SpawnRequest, view: Option<&AgentView>, worker: Option<(&str, &str)>) -> Value {
+    let mut b = json!({ "request": request });
+    if let Some(v) = view {
+        b["view"] = serde_json::to_value(v).unwrap_or(Value::Null);
+    }
+    if let Some((id, host)) = worker {
+        b["worker"] = json!({ "id": id, "host": host });
+    }
+    b
+}
+
+/// The spawn request in an agent's record.
+pub fn request_of(body: &Value) -> Result<SpawnRequest, String> {
+    let r = body.get("request").ok_or("the record has no spawn request")?;
+    serde_json::from_value(r.clone()).map_err(|e| format!("the record's spawn request is unreadable: {e}"))
+}
+
+/// This worker's identity, kept in its data dir across restarts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Identity {
+    id: String,
+    epoch: u32,
+}
+
+const IDENTITY_FILE: &str = "worker.json";
+
+impl Identity {
+    fn load(data: &DataDir) -> Option<Self> {
+        let bytes = fsio::read(data.root(), &data.root().join(IDENTITY_FILE), 4096).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+    fn save(&self, data: &DataDir) -> anyhow::Result<()> {
+        atomic::write_json_atomic(data.root(), &data.root().join(IDENTITY_FILE), self)?;
+        Ok(())
+    }
+    fn epoch_dir(&self, data: &DataDir) -> DataDir {
+        DataDir::new(data.root().join("epochs").join(format!("{}-{}", self.id, self.epoch)))
+    }
+}
+
+/// One agent this worker runs.
+#[derive(Debug, Clone)]
+struct Owned {
+    fence: i64,
+    request: SpawnRequest,
+    /// What was last written about it (the view without its ever-changing ages).
+    written: Option<Value>,
+}
+
+/// Why an epoch ended.
+enum EpochEnd {
+    /// The lease is gone: a new id.
+    LeaseLost,
+    /// The agents were stopped at the local deadline but the lease held: same id, new epoch.
+    Fenced,
+    /// SIGTERM / SIGINT: the agents keep running for the next start within the lease.
+    Stop,
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "?".into())
+}
+
+/// A database call with a bound: a connection that stopped answering (a partition keeps
+/// sockets open) must not hold the worker past its deadline.
+async fn bounded<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, ClusterError>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(ClusterError::Bad(format!("the database did not answer within {limit:?}"))),
+    }
+}
+
+/// Runs the worker until SIGTERM or SIGINT.
+pub fn run(o: Options) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(Worker::new(o).run())
+}
+
+struct Worker {
+    o: Options,
+    host: String,
+    client: Option<tokio_postgres::Client>,
+    rules: SweepRules,
+}
+
+impl Worker {
+    fn new(o: Options) -> Self {
+        let mut rules = SweepRules::for_lease(o.timings.lease, o.timings.heartbeat);
+        rules.grace = o.timings.grace;
+        rules.settle = o.timings.lease + o.timings.grace;
+        Self { host: host(), client: None, rules, o }
+    }
+
+    fn say(&self, msg: &str) {
+        let _ = crate::note!("corral worker: {msg}");
+    }
+
+    /// A connection, made now if there is none (bounded by a heartbeat).
+    async fn db(&mut self) -> Result<&mut tokio_postgres::Client, ClusterError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let limit = self.o.timings.heartbeat.max(Duration::from_millis(500));
+            let c = match tokio::time::timeout(limit, self.o.db.connect()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(ClusterError::Bad(e)),
+                Err(_) => {
+                    return Err(ClusterError::Bad(format!("cannot reach {} within {limit:?}", self.o.db.describe())));
+                }
+            };
+            self.client = Some(c);
+        }
+        Ok(self.client.as_mut().expect("just made"))
+    }
+
+    /// After an error that is not about fences or leases, the connection is suspect: the next
+    /// call makes a new one.
+    fn failed(&mut self, e: &ClusterError) {
+        if matches!(e, ClusterError::Db(_) | ClusterError::Bad(_)) {
+            self.client = None;
+        }
+    }
+
+    async fn run(mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.o.data.root())?;
+        // One worker per data dir: the id in it is this worker's alone.
+        let lock_path = self.o.data.root().join("worker.lock");
+        let (lock, _) = fsio::open_write_replacing(self.o.data.root(), &lock_path, fsio::Mode::Update)?;
+        if !crate::sys::try_lock(&lock)? {
+            anyhow::bail!(
+                "a worker already runs with the data dir {}; give this one its own (--data-dir)",
+                self.o.data.root().display()
+            );
+        }
+        let mut stop = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        // The schema, and the workspace's cluster-wide limit.
+        let mut waited = false;
+        loop {
+            let r = async {
+                let db = self.db().await?;
+                super::schema::migrate(db).await.map_err(ClusterError::Bad)?;
+                let max = self.o.max_concurrent.map(|m| m.min(i32::MAX as usize) as i32);
+                queue::configure_workspace(self.client.as_ref().expect("connected"), &self.o.workspace, max).await
+            }
+            .await;
+            match r {
+                Ok(()) => break,
+                Err(e) => {
+                    self.failed(&e);
+                    if !waited {
+                        self.say(&format!("{e}; trying again every second"));
+                        waited = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.recv() => return Ok(()),
+                        _ = int.recv() => return Ok(()),
+                    }
+                }
+            }
+        }
+        let mut me = Identity::load(&self.o.data).unwrap_or_else(|| Identity { id: queue::new_worker_id(), epoch: 1 });
+        me.save(&self.o.data)?;
+        loop {
+            let lease = match self.register(&mut me, &mut stop, &mut int).await? {
+                Some(l) => l,
+                None => return Ok(()),
+            };
+            let end = self.epoch(&me, lease, &mut stop, &mut int).await?;
+            match end {
+                EpochEnd::Stop => return Ok(()),
+                EpochEnd::LeaseLost => {
+                    self.end_epoch(&me);
+                    me = Identity { id: queue::new_worker_id(), epoch: 1 };
+                    me.save(&self.o.data)?;
+                }
+                EpochEnd::Fenced => {
+                    self.end_epoch(&me);
+                    me.epoch += 1;
+                    me.save(&self.o.data)?;
+                }
+            }
+        }
+    }
+
+    /// Registers (re-attaching under the same id while its lease is live, else under a new
+    /// one); `None` when told to stop meanwhile.
+    async fn register(
+        &mut self,
+        me: &mut Identity,
+        stop: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> anyhow::Result<Option<(Lease, u64)>> {
+        let mut said = false;
+        loop {
+            let spec = WorkerSpec {
+                workspace: self.o.workspace.clone(),
+                id: me.id.clone(),
+                host: self.host.clone(),
+                pid: std::process::id() as i32,
+                labels: self.o.labels.clone(),
+                slots: self.o.slots.min(i32::MAX as usize) as i32,
+                ttl: self.o.timings.lease,
+            };
+            let sent = time::mono_ms();
+            let limit = self.o.timings.heartbeat.max(Duration::from_millis(500));
+            let r = match self.db().await {
+                Ok(db) => bounded(limit, queue::register(db, &spec)).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(lease) => return Ok(Some((lease, sent))),
+                Err(ClusterError::LeaseLost { .. }) => {
+                    // The old id's lease ran out while nobody ran it: its epoch's agents
+                    // were stopped by their shims and given to others; start clean.
+                    self.end_epoch(me);
+                    *me = Identity { id: queue::new_worker_id(), epoch: 1 };
+                    me.save(&self.o.data)?;
+                }
+                Err(e @ ClusterError::Bad(_)) if e.to_string().contains("not a UUID") => {
+                    anyhow::bail!(
+                        "{e}: remove {} to start under a new id",
+                        self.o.data.root().join(IDENTITY_FILE).display()
+                    )
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    if !said {
+                        self.say(&format!("cannot register: {e}; trying again every second"));
+                        said = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.recv() => return Ok(None),
+                        _ = int.recv() => return Ok(None),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The local deadline of a renewal sent at `sent` (monotonic ms) that got `lease`.
+    fn deadline(&self, lease: &Lease, sent: u64) -> watchdog::Deadline {
+        let run = lease.remaining().saturating_sub(self.o.timings.margin);
+        let kill_after = (self.o.timings.margin / 2).as_millis().clamp(100, 5000) as u64;
+        watchdog::Deadline {
+            worker: lease.worker.clone(),
+            term_at_mono: sent + run.as_millis() as u64,
+            kill_after_ms: kill_after,
+        }
+    }
+
+    /// Stops what is left of an epoch: its agents (with a short grace) and its supervisor.
+    fn end_epoch(&self, me: &Identity) {
+        let epoch = me.epoch_dir(&self.o.data);
+        if Client::try_connect(&epoch).is_err() {
+            return;
+        }
+        let local = Local { data: epoch, root: self.o.root.clone() };
+        if let Ok(views) = local.status() {
+            for v in views.iter().filter(|v| !v.is_finished()) {
+                let _ = local.call(&Request::Kill { id: v.agent_id.clone(), grace_ms: 500 });
+            }
+        }
+        let _ = local.call(&Request::Stop);
+    }
+
+    async fn epoch(
+        &mut self,
+        me: &Identity,
+        (mut lease, sent): (Lease, u64),
+        stop: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> anyhow::Result<EpochEnd> {
+        let local = Local { data: me.epoch_dir(&self.o.data), root: self.o.root.clone() };
+        std::fs::create_dir_all(local.data.root())?;
+        let mut deadline = self.deadline(&lease, sent);
+        watchdog::write(&local.data, &deadline)?;
+        self.say(&format!(
+            "{} on {} in workspace {:?}: up to {} agents, lease {:?} renewed every {:?}",
+            lease.worker, self.host, self.o.workspace, self.o.slots, self.o.timings.lease, self.o.timings.heartbeat
+        ));
+        // A restart within the lease: the agents the database says are ours.
+        let mut owned: BTreeMap<String, Owned> = BTreeMap::new();
+        let ws = self.o.workspace.clone();
+        if let Ok(db) = self.db().await {
+            let rows = db
+                .query(
+                    "SELECT id, fence, body FROM agents WHERE workspace = $1 AND owner = $2::text::uuid",
+                    &[&ws, &lease.worker],
+                )
+                .await;
+            for r in rows.unwrap_or_default() {
+                let body: Value = r.get(2);
+                if let Ok(request) = request_of(&body) {
+                    owned.insert(r.get(0), Owned { fence: r.get(1), request, written: None });
+                }
+            }
+        }
+        let mut local_seq = local.last_seq().unwrap_or(0);
+        let tick = Duration::from_millis(100);
+        let mut next_renew = time::mono_ms() + self.o.timings.heartbeat.as_millis() as u64;
+        let mut next_sweep = 0u64;
+        let mut next_claim = 0u64;
+        let mut fenced = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.recv() => return Ok(EpochEnd::Stop),
+                _ = int.recv() => return Ok(EpochEnd::Stop),
+            }
+            let now = time::mono_ms();
+            // The local deadline passed without a renewal: stop everything here now (the
+            // shims do too) and take nothing more until the lease is settled.
+            if !fenced && now >= deadline.term_at_mono {
+                fenced = true;
+                self.say("could not renew the lease in time: stopping this worker's agents");
+                for id in owned.keys() {
+                    let _ = local.call(&Request::Kill { id: id.clone(), grace_ms: deadline.kill_after_ms });
+                }
+            }
+            if now >= next_renew || fenced {
+                let sent = time::mono_ms();
+                let limit = self.o.timings.heartbeat;
+                let r = match self.db().await {
+                    Ok(db) => bounded(limit, queue::renew(db, &mut lease)).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(()) => {
+                        next_renew = sent + self.o.timings.heartbeat.as_millis() as u64;
+                        if fenced {
+                            self.give_back(&lease, &owned, "its worker could not renew its lease in time").await;
+                            return Ok(EpochEnd::Fenced);
+                        }
+                        deadline = self.deadline(&lease, sent);
+                        if let Err(e) = watchdog::write(&local.data, &deadline) {
+                            self.say(&format!("cannot write the local deadline: {e}"));
+                        }
+                    }
+                    Err(ClusterError::LeaseLost { .. }) => {
+                        self.say("the lease was lost: stopping this worker's agents and registering again");
+                        return Ok(EpochEnd::LeaseLost);
+                    }
+                    Err(e) => {
+                        self.failed(&e);
+                        next_renew = sent + 200;
+                    }
+                }
+                if fenced {
+                    continue;
+                }
+            }
+            // What the local supervisor saw, into the database.
+            if !owned.is_empty() {
+                match self.sync(&lease, &local, &mut owned, &mut local_seq).await {
+                    Ok(()) => {}
+                    Err(ClusterError::LeaseLost { .. }) => return Ok(EpochEnd::LeaseLost),
+                    Err(e) => self.failed(&e),
+                }
+                match self.commands(&lease, &local, &owned).await {
+                    Ok(()) | Err(ClusterError::Stale { .. }) => {}
+                    Err(ClusterError::LeaseLost { .. }) => return Ok(EpochEnd::LeaseLost),
+                    Err(e) => self.failed(&e),
+                }
+            }
+            if now >= next_sweep {
+                next_sweep = now + self.o.timings.heartbeat.as_millis() as u64;
+                let limit = self.o.timings.heartbeat;
+                let rules = self.rules.clone();
+                if let Ok(db) = self.db().await {
+                    match bounded(limit, queue::sweep(db, &lease, &rules)).await {
+                        Ok(s) => {
+                            for (id, _) in &s.requeued {
+                                self.say(&format!("{id}: its worker's lease ran out; back in the queue"));
+                            }
+                        }
+                        Err(ClusterError::LeaseLost { .. }) => return Ok(EpochEnd::LeaseLost),
+                        Err(e) => self.failed(&e),
+                    }
+                }
+            }
+            if owned.len() < self.o.slots && now >= next_claim {
+                next_claim = now + 200;
+                match self.claim(&lease, &local, &mut owned).await {
+                    Ok(()) => {}
+                    Err(ClusterError::LeaseLost { .. }) => return Ok(EpochEnd::LeaseLost),
+                    Err(e) => self.failed(&e),
+                }
+            }
+        }
+    }
+
+    /// After the agents were stopped at the local deadline while the lease held: each goes
+    /// back to the queue as a lost attempt, so another worker (or this one's next epoch)
+    /// starts it again.
+    async fn give_back(&mut self, lease: &Lease, owned: &BTreeMap<String, Owned>, why: &str) {
+        for (id, a) in owned {
+            let change = Change {
+                state: Some("queued".into()),
+                end_attempt: Some(AttemptEnd {
+                    outcome: "lost".into(),
+                    exit_code: None,
+                    detail: json!({ "reason": why }),
+                }),
+                release: true,
+                events: vec![NewEvent::new("lost", json!({ "reason": why }))],
+                ..Change::default()
+            };
+            let limit = self.o.timings.heartbeat;
+            if let Ok(db) = self.db().await {
+                let _ = bounded(limit, queue::write(db, lease, id, a.fence, &change)).await;
+            }
+        }
+    }
+
+    async fn claim(
+        &mut self,
+        lease: &Lease,
+        local: &Local,
+        owned: &mut BTreeMap<String, Owned>,
+    ) -> Result<(), ClusterError> {
+        let want = (self.o.slots - owned.len()) as i64;
+        let limit = self.o.timings.heartbeat;
+        let db = self.db().await?;
+        let claims = bounded(limit, queue::claim(db, lease, want)).await?;
+        for c in claims {
+            let ws = self.o.workspace.clone();
+            let row = self
+                .db()
+                .await?
+                .query_one("SELECT body FROM agents WHERE workspace = $1 AND id = $2", &[&ws, &c.id])
+                .await?;
+            let body: Value = row.get(0);
+            let request = match request_of(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.fail_claim(lease, &c.id, c.fence, &e).await?;
+                    continue;
+                }
+            };
+            let mut req = request.clone();
+            req.id = Some(c.id.clone());
+            req.after.clear();
+            req.idempotency_key = None;
+            req.delay_ms = None;
+            req.caller_env = std::env::vars().filter(|(k, _)| !k.starts_with("CORRAL_")).collect();
+            req.env.push(("CORRAL_FENCE".into(), c.fence.to_string()));
+            req.env.push(("CORRAL_WORKER".into(), lease.worker.clone()));
+            req.cwd = self.cwd_here(&request.cwd);
+            let started = match local.call(&Request::Spawn(Box::new(req))) {
+                Ok(v) => Ok(v),
+                // Claimed here before in this epoch: the local record is finished; a new
+                // attempt of it.
+                Err(e) if e.contains("already") => local.call(&Request::Retry { id: c.id.clone(), context: None }),
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(_) => {
+                    owned.insert(c.id.clone(), Owned { fence: c.fence, request, written: None });
+                }
+                Err(e) => self.fail_claim(lease, &c.id, c.fence, &e).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The spawn's working directory as it is on this machine: a relative one is under this
+    /// worker's workspace root; one that does not exist here is the root itself.
+    fn cwd_here(&self, cwd: &str) -> String {
+        let p = std::path::Path::new(cwd);
+        let here = if cwd.is_empty() {
+            self.o.root.clone()
+        } else if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.o.root.join(p)
+        };
+        if here.is_dir() { here } else { self.o.root.clone() }.display().to_string()
+    }
+
+    async fn fail_claim(&mut self, lease: &Lease, id: &str, fence: i64, why: &str) -> Result<(), ClusterError> {
+        self.say(&format!("{id}: cannot start it here: {why}"));
+        let change = Change {
+            state: Some("failed".into()),
+            end_attempt: Some(AttemptEnd {
+                outcome: "failed".into(),
+                exit_code: None,
+                detail: json!({ "reason": why }),
+            }),
+            release: true,
+            events: vec![NewEvent::new("failed", json!({ "reason": why, "worker": lease.worker }))],
+            ..Change::default()
+        };
+        let limit = self.o.timings.heartbeat;
+        let db = self.db().await?;
+        match bounded(limit, queue::write(db, lease, id, fence, &change)).await {
+            Ok(_) | Err(ClusterError::Stale { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes each owned agent whose view changed (or that has new events), fenced; a
+    /// finished one ends its attempt and is given up.
+    async fn sync(
+        &mut self,
+        lease: &Lease,
+        local: &Local,
+        owned: &mut BTreeMap<String, Owned>,
+        local_seq: &mut u64,
+    ) -> Result<(), ClusterError> {
+        let views = local.status().map_err(ClusterError::Bad)?;
+        let events = local.events(*local_seq).map_err(ClusterError::Bad)?;
+        let mut by_agent: BTreeMap<String, Vec<NewEvent>> = BTreeMap::new();
+        let mut last = *local_seq;
+        for e in events {
+            last = last.max(e.seq);
+            let Some(id) = e.agent_id.as_ref().map(|i| i.to_string()) else { continue };
+            if e.kind == "spawned" || !owned.contains_key(&id) {
+                continue;
+            }
+            by_agent.entry(id).or_default().push(NewEvent::new(&e.kind, e.data));
+        }
+        let views: BTreeMap<&str, &AgentView> = views.iter().map(|v| (v.agent_id.as_str(), v)).collect();
+        let ids: Vec<String> = owned.keys().cloned().collect();
+        for id in ids {
+            let Some(view) = views.get(id.as_str()) else { continue };
+            let a = owned.get(&id).expect("listed");
+            let mut shown = serde_json::to_value(view).unwrap_or(Value::Null);
+            if let Some(o) = shown.as_object_mut() {
+                o.remove("ageSeconds");
+                o.remove("nextAttemptInSeconds");
+            }
+            let evs = by_agent.remove(&id).unwrap_or_default();
+            if a.written.as_ref() == Some(&shown) && evs.is_empty() {
+                continue;
+            }
+            let finished = view.is_finished();
+            let state = match view.status.as_str() {
+                // Held by the local supervisor's own admission: still this worker's.
+                "queued" => "starting".to_string(),
+                s => s.to_string(),
+            };
+            let change = Change {
+                state: Some(state),
+                body: Some(body(&a.request, Some(view), Some((&lease.worker, &self.host)))),
+                end_attempt: finished.then(|| AttemptEnd {
+                    outcome: view.status.clone(),
+                    exit_code: view.exit_code,
+                    detail: json!({ "reason": view.reason, "localAttempts": view.attempt }),
+                }),
+                release: finished,
+                events: evs,
+                ..Change::default()
+            };
+            let limit = self.o.timings.heartbeat;
+            let fence = a.fence;
+            let db = self.db().await?;
+            match bounded(limit, queue::write(db, lease, &id, fence, &change)).await {
+                Ok(_) => {
+                    if finished {
+                        owned.remove(&id);
+                    } else if let Some(a) = owned.get_mut(&id) {
+                        a.written = Some(shown);
+                    }
+                }
+                Err(ClusterError::Stale { .. }) => {
+                    // Someone else's now (or gone): this copy must not go on.
+                    self.say(&format!("{id} is no longer this worker's: stopping it here"));
+                    let _ = local.call(&Request::Kill { id: id.clone(), grace_ms: 1000 });
+                    owned.remove(&id);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        *local_seq = last;
+        Ok(())
+    }
+
+    /// Applies the kill, retry and tell commands of this worker's agents, each once.
+    async fn commands(
+        &mut self,
+        lease: &Lease,
+        local: &Local,
+        owned: &BTreeMap<String, Owned>,
+    ) -> Result<(), ClusterError> {
+        let limit = self.o.timings.heartbeat;
+        let db = self.db().await?;
+        let cmds = bounded(limit, super::commands::take_commands(db, lease)).await?;
+        for c in cmds {
+            let arg = |k: &str| c.args.get(k).and_then(Value::as_str).map(str::to_string);
+            let req = match c.kind.as_str() {
+                "kill" => Some(Request::Kill {
+                    id: c.agent.clone(),
+                    grace_ms: c
+                        .args
+                        .get("graceMs")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(crate::policy::lifecycle::STOP_GRACE_MS),
+                }),
+                "retry" => Some(Request::Retry { id: c.agent.clone(), context: arg("context") }),
+                "tell" => Some(Request::Tell { id: c.agent.clone(), text: arg("text").unwrap_or_default() }),
+                _ => None,
+            };
+            let result = match (req, owned.contains_key(&c.agent)) {
+                (None, _) => json!({ "ok": false, "error": format!("unknown command {:?}", c.kind) }),
+                (Some(r), _) => match local.call(&r) {
+                    Ok(v) => json!({ "ok": true, "data": v }),
+                    Err(e) => json!({ "ok": false, "error": e }),
+                },
+            };
+            let db = self.db().await?;
+            bounded(limit, super::commands::finish_command(db, lease, c.id, result)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// This epoch's supervisor, reached over its socket (started on first use).
+struct Local {
+    data: DataDir,
+    root: PathBuf,
+}
+
+impl Local {
+    fn call(&self, req: &Request) -> Result<Value, String> {
+        let reply = Client::request(&self.data, &self.root, req).map_err(|e| e.to_string())?;
+        if reply.ok {
+            reply.parse().map_err(|e| e.to_string())
+        } else {
+            Err(reply.error.unwrap_or_else(|| "the supervisor refused".into()))
+        }
+    }
+
+    fn status(&self) -> Result<Vec<AgentView>, String> {
+        let v = self.call(&Request::Status { ids: vec![], role: None })?;
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+
+    fn events(&self, after: u64) -> Result<Vec<EventRecord>, String> {
+        let v = self.call(&Request::Events { after, agent: None, follow: false })?;
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+
+    fn last_seq(&self) -> Result<u64, String> {
+        serde_json::from_value(self.call(&Request::LastSeq)?).map_err(|e| e.to_string())
+    }
+}
