@@ -2,6 +2,7 @@
 //! wait-until-condition helpers instead of fixed sleeps.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod pg;
 
 use serde_json::Value;

@@ -1,0 +1,283 @@
+//! The cluster harness: a real PostgreSQL on 127.0.0.1 and three real `corral worker`
+//! processes, each with its own data dir standing in for a machine. The agents append start
+//! and end records to a ledger the test owns, which is the ground truth: after every
+//! scenario no two copies of one agent ran at once, never more than `max_concurrent` ran in
+//! the whole cluster, fences only grew, and the event numbers are dense.
+
+use super::pg::{PASSWORD, Pg};
+use corral::cluster::{Database, PasswordSources, queue, worker};
+use corral::ipc::SpawnRequest;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Short lease timings: lease 2 s, renewed every 200 ms, agents stopped 700 ms before the
+/// lease ends when it could not be renewed, taken over 500 ms after it ended.
+pub const CONFIG: &str = r#"
+[defaults]
+backoff = { initial = "200ms", coefficient = 2.0 }
+max_retries = 3
+[health]
+max_concurrent = 5
+breaker_failures = 0
+[cluster]
+workspace = "t"
+lease = "2s"
+heartbeat = "200ms"
+lease_margin = "700ms"
+takeover_grace = "500ms"
+[[classify]]
+exit_codes = [1]
+action = "retry"
+"#;
+
+pub const AGENT: &str = r#"
+ledger=$1; secs=$2; first=$3; later=$4
+rec() { echo "$1 $CORRAL_AGENT_ID $CORRAL_FENCE $CORRAL_ATTEMPT $(date +%s%N)" >> "$ledger"; }
+rec start
+trap 'rec end; exit 143' TERM
+sleep "$secs" & wait $!
+rec end
+if [ "$CORRAL_ATTEMPT" -gt 1 ]; then exit "$later"; fi
+exit "$first"
+"#;
+
+pub struct Cluster {
+    pub pg: Pg,
+    pub ws: tempfile::TempDir,
+    pub ledger: PathBuf,
+    pub workers: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    pub fn new(config: &str) -> Self {
+        let pg = Pg::start();
+        let ws = tempfile::Builder::new().prefix("corral-cl").tempdir().unwrap();
+        std::fs::write(ws.path().join("corral.toml"), config).unwrap();
+        let ledger = ws.path().join("ledger");
+        std::fs::write(&ledger, "").unwrap();
+        Self { pg, ws, ledger, workers: vec![] }
+    }
+
+    pub fn url(&self) -> String {
+        self.pg.url("corral")
+    }
+
+    pub fn worker_dir(&self, n: usize) -> PathBuf {
+        self.ws.path().join(format!("w{n}"))
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(super::bin());
+        c.args(args).current_dir(self.ws.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CORRAL_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("PGPASSWORD", PASSWORD).env("CORRAL_DATABASE_URL", self.url());
+        c
+    }
+
+    /// Starts worker `n` (again); its output goes to `w<n>.log`.
+    pub fn start_worker(&mut self, n: usize) {
+        let dir = self.worker_dir(n);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.ws.path().join(format!("w{n}.log")))
+            .unwrap();
+        let child = self
+            .cmd(&["worker", "--data-dir", dir.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        while self.workers.len() <= n {
+            self.workers.push(None);
+        }
+        self.workers[n] = Some(child);
+    }
+
+    pub fn pid(&self, n: usize) -> i32 {
+        self.workers[n].as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, n: usize, sig: i32) {
+        unsafe { libc::kill(self.pid(n), sig) };
+    }
+
+    pub fn kill9(&mut self, n: usize) {
+        if let Some(mut c) = self.workers[n].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in 0..self.workers.len() {
+            let log = std::fs::read_to_string(self.ws.path().join(format!("w{n}.log"))).unwrap_or_default();
+            out += &format!("--- w{n}.log\n{log}\n");
+        }
+        out
+    }
+
+    /// A shell agent that writes `start` and `end` ledger lines (its id, fence, attempt and a
+    /// nanosecond clock), sleeps `ms`, and exits `first` on its first attempt on a worker and
+    /// `later` after that (143 when stopped).
+    pub fn script(&self, ms: u64, first: i32, later: i32) -> Vec<String> {
+        let file = self.ws.path().join("agent.sh");
+        if !file.exists() {
+            std::fs::write(&file, AGENT).unwrap();
+        }
+        let secs = format!("{:.3}", ms as f64 / 1000.0);
+        let l = self.ledger.display().to_string();
+        ["sh", file.to_str().unwrap(), &l, &secs, &first.to_string(), &later.to_string()].map(String::from).to_vec()
+    }
+
+    pub fn db(&self) -> Database {
+        Database::parse(&self.url(), &PasswordSources { password: Some(PASSWORD.into()), passfile: None }).unwrap()
+    }
+
+    /// Queues agents straight into the database, as a spawn from a machine with no worker.
+    pub fn spawn_all(&self, agents: &[(String, Vec<String>)]) {
+        block_on(async {
+            let mut c = self.db().connect().await.unwrap();
+            corral::cluster::schema::migrate(&mut c).await.unwrap();
+            for (id, command) in agents {
+                let req = SpawnRequest {
+                    role: "worker".into(),
+                    task: format!("task of {id}"),
+                    id: Some(id.clone()),
+                    command: command.clone(),
+                    ..SpawnRequest::default()
+                };
+                let s = queue::Spawn {
+                    id: Some(id.clone()),
+                    role: "worker".into(),
+                    key: None,
+                    request: serde_json::json!({ "id": id }),
+                    placement: serde_json::json!({}),
+                    body: worker::body(&req, None, None),
+                    delay: Duration::ZERO,
+                };
+                queue::spawn(&mut c, "t", &s).await.unwrap();
+            }
+        });
+    }
+
+    pub fn states(&self) -> BTreeMap<String, String> {
+        let out = self.pg.sql("corral", "SELECT id || '=' || state FROM agents WHERE workspace = 't' ORDER BY seq");
+        out.lines().filter_map(|l| l.split_once('=')).map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    pub fn wait_all(&self, want: &str, n: usize, limit: Duration) {
+        let ok = super::wait_until(limit, || {
+            let s = self.states();
+            s.len() == n && s.values().all(|v| v == want)
+        });
+        assert!(ok, "not all {n} agents {want} within {limit:?}: {:?}\n{}", self.states(), self.logs());
+    }
+
+    pub fn ledger(&self) -> Vec<Rec> {
+        std::fs::read_to_string(&self.ledger)
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 5).then(|| Rec {
+                    start: f[0] == "start",
+                    id: f[1].into(),
+                    fence: f[2].parse().unwrap_or(-1),
+                    at: f[4].parse().unwrap(),
+                })
+            })
+            .collect()
+    }
+
+    /// The invariants every scenario ends with; returns the number of runs in the ledger.
+    pub fn check(&self, max_concurrent: usize) -> usize {
+        let recs = self.ledger();
+        // Per agent: its runs in order, each ended before the next started, fences growing.
+        let mut open: BTreeMap<String, (i64, u128)> = BTreeMap::new();
+        let mut last_fence: BTreeMap<String, i64> = BTreeMap::new();
+        let mut running = 0usize;
+        let mut most = 0usize;
+        let mut runs = 0;
+        let mut sorted = recs.clone();
+        sorted.sort_by_key(|r| (r.at, r.start));
+        for r in &sorted {
+            if r.start {
+                assert!(
+                    !open.contains_key(&r.id),
+                    "{} started again (fence {}) while a copy was running: {:?}\n{}",
+                    r.id,
+                    r.fence,
+                    open.get(&r.id),
+                    self.logs()
+                );
+                if let Some(f) = last_fence.get(&r.id) {
+                    assert!(r.fence >= *f, "{}: fence went back from {f} to {}", r.id, r.fence);
+                }
+                last_fence.insert(r.id.clone(), r.fence);
+                open.insert(r.id.clone(), (r.fence, r.at));
+                running += 1;
+                most = most.max(running);
+                runs += 1;
+            } else if open.remove(&r.id).is_some() {
+                running -= 1;
+            }
+        }
+        assert!(most <= max_concurrent, "{most} agents ran at once, over max_concurrent = {max_concurrent}");
+        // Events numbered densely from 1.
+        let ev =
+            self.pg.sql("corral", "SELECT count(*) || ' ' || coalesce(max(seq), 0) FROM events WHERE workspace = 't'");
+        let (n, max) = ev.split_once(' ').unwrap();
+        assert_eq!(n, max, "event numbers are not dense: {n} events, the last numbered {max}");
+        runs
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in 0..self.workers.len() {
+            if self.workers[n].is_some() {
+                self.signal(n, libc::SIGCONT);
+                self.kill9(n);
+            }
+        }
+        // The workers' local supervisors and anything they left.
+        for n in 0..self.workers.len() {
+            let epochs = self.worker_dir(n).join("epochs");
+            for e in std::fs::read_dir(&epochs).into_iter().flatten().flatten() {
+                let _ = self.cmd(&["daemon", "stop", "--data-dir", e.path().to_str().unwrap()]).output();
+                kill_lock_holder(&e.path().join("daemon.lock"));
+            }
+        }
+    }
+}
+
+pub fn kill_lock_holder(lock: &Path) {
+    if let Ok(pid) = std::fs::read_to_string(lock)
+        && let Ok(pid) = pid.trim().parse::<i32>()
+        && pid > 1
+    {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub start: bool,
+    pub id: String,
+    pub fence: i64,
+    pub at: u128,
+}
+
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
