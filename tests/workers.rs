@@ -26,3 +26,126 @@ fn three_workers_run_200_agents_each_once_at_a_time_never_over_max_concurrent() 
     assert!(owners.parse::<i32>().unwrap() >= 2, "only {owners} worker(s) ran agents");
     eprintln!("200 agents on 3 workers in {:?}", start.elapsed());
 }
+
+/// The worker ids in the database, by the pid each registered with.
+fn worker_of_pid(c: &Cluster, pid: i32) -> Vec<String> {
+    c.pg.sql("corral", &format!("SELECT id FROM workers WHERE pid = {pid} ORDER BY started_at"))
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Agents with an open attempt on worker `w`.
+fn running_on(c: &Cluster, w: &str) -> Vec<String> {
+    c.pg.sql(
+        "corral",
+        &format!("SELECT agent_id FROM attempts WHERE workspace = 't' AND worker = '{w}' AND ended_at IS NULL"),
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+fn started_in_ledger(c: &Cluster, id: &str) -> usize {
+    c.ledger().iter().filter(|r| r.start && r.id == id).count()
+}
+
+#[test]
+fn a_worker_stopped_past_its_lease_has_its_agents_stopped_before_they_run_elsewhere() {
+    let mut c = Cluster::new(CONFIG);
+    let agents: Vec<(String, Vec<String>)> = (0..4).map(|i| (format!("s{i}"), c.script(5000, 0, 0))).collect();
+    // Worker 0 alone first, so it takes agents.
+    c.start_worker(0);
+    c.spawn_all(&agents);
+    let mut w0 = vec![];
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        w0 = worker_of_pid(&c, c.pid(0));
+        w0.len() == 1 && !running_on(&c, &w0[0]).is_empty()
+    }));
+    let mine = running_on(&c, &w0[0]);
+    assert!(common::wait_until(Duration::from_secs(10), || mine.iter().all(|id| started_in_ledger(&c, id) == 1)));
+    c.start_worker(1);
+    c.start_worker(2);
+    c.signal(0, libc::SIGSTOP);
+    let stopped_at = Instant::now();
+    // Its agents are re-queued and run elsewhere; the check below proves each copy ended
+    // before the next began.
+    assert!(
+        common::wait_until(Duration::from_secs(30), || mine.iter().all(|id| started_in_ledger(&c, id) >= 2)),
+        "the stopped worker's agents did not start elsewhere: {:?}\n{}",
+        c.ledger(),
+        c.logs()
+    );
+    // Stopped for three leases in all, then continued: its late writes change nothing.
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(stopped_at.elapsed()));
+    c.signal(0, libc::SIGCONT);
+    c.wait_all("complete", 4, Duration::from_secs(40));
+    c.check(5);
+    for id in &mine {
+        let lost = c.pg.sql(
+            "corral",
+            &format!(
+                "SELECT count(*) FROM attempts WHERE agent_id = '{id}' AND outcome = 'lost' AND worker = '{}'",
+                w0[0]
+            ),
+        );
+        assert_eq!(lost, "1", "{id}: the stopped worker's attempt is recorded as lost");
+        let won = c.pg.sql(
+            "corral",
+            &format!(
+                "SELECT count(*) FROM attempts WHERE agent_id = '{id}' AND outcome = 'complete' AND worker <> '{}'",
+                w0[0]
+            ),
+        );
+        assert_eq!(won, "1", "{id}: completed once, on another worker");
+    }
+    // The continued worker registered again under a new id.
+    assert!(common::wait_until(Duration::from_secs(10), || worker_of_pid(&c, c.pid(0)).len() == 2), "{}", c.logs());
+}
+
+#[test]
+fn a_worker_killed_and_restarted_within_its_lease_keeps_its_agents_without_a_new_attempt() {
+    let mut c = Cluster::new(CONFIG);
+    let agents: Vec<(String, Vec<String>)> = (0..3).map(|i| (format!("k{i}"), c.script(4000, 0, 0))).collect();
+    c.start_worker(0);
+    c.spawn_all(&agents);
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        agents.iter().all(|(id, _)| started_in_ledger(&c, id) == 1)
+    }));
+    c.kill9(0);
+    std::thread::sleep(Duration::from_millis(300));
+    c.start_worker(0);
+    c.wait_all("complete", 3, Duration::from_secs(30));
+    c.check(5);
+    for (id, _) in &agents {
+        assert_eq!(started_in_ledger(&c, id), 1, "{id} ran once:\n{:?}\n{}", c.ledger(), c.logs());
+    }
+    let attempts = c.pg.sql("corral", "SELECT count(*) FROM attempts WHERE workspace = 't'");
+    assert_eq!(attempts, "3", "no new attempt after the restart");
+}
+
+#[test]
+fn a_worker_killed_and_not_restarted_has_its_agents_run_elsewhere_after_its_lease() {
+    let mut c = Cluster::new(CONFIG);
+    let agents: Vec<(String, Vec<String>)> = (0..3).map(|i| (format!("d{i}"), c.script(3000, 0, 0))).collect();
+    c.start_worker(0);
+    c.spawn_all(&agents);
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        agents.iter().all(|(id, _)| started_in_ledger(&c, id) == 1)
+    }));
+    c.kill9(0);
+    let died = Instant::now();
+    c.start_worker(1);
+    assert!(
+        common::wait_until(Duration::from_secs(30), || agents.iter().all(|(id, _)| started_in_ledger(&c, id) == 2)),
+        "{:?}\n{}",
+        c.ledger(),
+        c.logs()
+    );
+    let took = died.elapsed();
+    c.wait_all("complete", 3, Duration::from_secs(30));
+    c.check(5);
+    let lost = c.pg.sql("corral", "SELECT count(*) FROM attempts WHERE workspace = 't' AND outcome = 'lost'");
+    assert_eq!(lost, "3");
+    eprintln!("the dead worker's agents ran elsewhere {took:?} after its death (lease 2 s, grace 0.5 s)");
+}
