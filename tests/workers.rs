@@ -149,3 +149,106 @@ fn a_worker_killed_and_not_restarted_has_its_agents_run_elsewhere_after_its_leas
     assert_eq!(lost, "3");
     eprintln!("the dead worker's agents ran elsewhere {took:?} after its death (lease 2 s, grace 0.5 s)");
 }
+
+/// (start, end) of each run of `id` in the ledger, in nanoseconds.
+fn runs_of(c: &Cluster, id: &str) -> Vec<(u128, u128)> {
+    let mut out = vec![];
+    let mut open = None;
+    let mut recs = c.ledger();
+    recs.sort_by_key(|r| r.at);
+    for r in recs.iter().filter(|r| r.id == id) {
+        if r.start {
+            open = Some(r.at);
+        } else if let Some(s) = open.take() {
+            out.push((s, r.at));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_dependency_on_another_worker_holds_its_dependent_and_a_failed_one_fails_it() {
+    let mut c = Cluster::new(CONFIG.replace("max_retries = 3", "max_retries = 0").as_str());
+    let s = |ms, code| c.script(ms, code, code);
+    let agents = vec![
+        ("a".to_string(), s(800, 0), "worker", vec![]),
+        ("b".to_string(), s(100, 0), "worker", vec!["a".to_string()]),
+        ("f".to_string(), s(300, 2), "worker", vec![]),
+        ("g".to_string(), s(100, 0), "worker", vec!["f".to_string()]),
+    ];
+    // One agent per worker at a time, so a and b can only meet on different workers.
+    for n in 0..3 {
+        c.start_worker_args(n, &["--slots", "1"]);
+    }
+    c.spawn_full(&agents);
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            let st = c.states();
+            st.get("b").map(String::as_str) == Some("complete") && st.get("g").map(String::as_str) == Some("failed")
+        }),
+        "{:?}\n{}",
+        c.states(),
+        c.logs()
+    );
+    let (a, b) = (runs_of(&c, "a"), runs_of(&c, "b"));
+    assert_eq!((a.len(), b.len()), (1, 1), "{:?}", c.ledger());
+    assert!(b[0].0 > a[0].1, "b started before a ended: {a:?} {b:?}");
+    assert!(runs_of(&c, "g").is_empty(), "g never ran: its dependency failed");
+    let why = c.pg.sql("corral", "SELECT data->>'reason' FROM events WHERE agent_id = 'g' AND kind = 'failed'");
+    assert!(why.contains("dependency f"), "{why}");
+    c.check(5);
+}
+
+#[test]
+fn failures_on_different_workers_open_one_breaker_for_the_cluster_and_one_probe_goes_first() {
+    let config = CONFIG
+        .replace(
+            "breaker_failures = 0",
+            "breaker_failures = 3\nbreaker_window = \"1m\"\nbreaker_cooldown = \"2s\"\nbreaker_scope = \"global\"",
+        )
+        .replace("max_retries = 3", "max_retries = 0");
+    let mut c = Cluster::new(&config);
+    for n in 0..3 {
+        c.start_worker_args(n, &["--slots", "1"]);
+    }
+    c.spawn_all(&[]); // the schema, so the workers can be counted
+    assert!(common::wait_until(Duration::from_secs(20), || c.pg.sql("corral", "SELECT count(*) FROM workers") == "3"));
+    let bad: Vec<(String, Vec<String>)> = (0..3).map(|i| (format!("bad{i}"), c.script(1500, 2, 2))).collect();
+    c.spawn_all(&bad);
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            let st = c.states();
+            // Out of retries: escalated to a human.
+            (0..3).all(|i| st.get(&format!("bad{i}")).map(String::as_str) == Some("escalated"))
+        }),
+        "{:?}\n{}",
+        c.states(),
+        c.logs()
+    );
+    let workers = c.pg.sql("corral", "SELECT count(DISTINCT worker) FROM attempts WHERE agent_id LIKE 'bad%'");
+    assert_eq!(workers, "3", "the three failures happened on three workers");
+    let opened = Instant::now();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            c.pg.sql("corral", "SELECT count(*) FROM events WHERE kind = 'breaker' AND data->>'state' = 'open'") == "1"
+        }),
+        "{}",
+        c.logs()
+    );
+    let good: Vec<(String, Vec<String>)> = (0..3).map(|i| (format!("good{i}"), c.script(300, 0, 0))).collect();
+    c.spawn_all(&good);
+    c.wait_all_of(&["good0", "good1", "good2"], "complete", Duration::from_secs(30));
+    let mut runs: Vec<(u128, u128)> = (0..3).flat_map(|i| runs_of(&c, &format!("good{i}"))).collect();
+    runs.sort();
+    assert_eq!(runs.len(), 3);
+    // Nothing started during the cooldown; the probe ran alone, the rest after it.
+    assert!(opened.elapsed() >= Duration::from_secs(2));
+    assert!(runs[1].0 > runs[0].1 && runs[2].0 > runs[0].1, "one probe first, then the others: {runs:?}");
+    let first_start = c.pg.sql(
+        "corral",
+        "SELECT (extract(epoch from min(a.started_at) - (SELECT min(at) FROM events WHERE kind = 'breaker')) * 1000)::int \
+         FROM attempts a WHERE agent_id LIKE 'good%'",
+    );
+    assert!(first_start.parse::<i64>().unwrap() >= 1900, "the probe started {first_start} ms after the breaker opened");
+    c.check(5);
+}

@@ -63,6 +63,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         labels,
         slots,
         max_concurrent: Some(health.max_concurrent),
+        health: health.clone(),
         root: ctx.ws.root.clone(),
         data: ctx.data.clone(),
     })?;

@@ -459,18 +459,76 @@ pub async fn spawn(client: &mut Client, workspace: &str, s: &Spawn) -> Result<Sp
     Ok(Spawned { id, seq: number, created: true })
 }
 
-/// Claims up to `want` queued agents for this worker: those whose `run_after` has passed and
-/// whose placement its labels satisfy, in spawn order, never more than the workspace's
-/// `max_concurrent` holding a slot across all workers. Each claim bumps the agent's fence,
-/// opens its attempt and appends a `claimed` event.
+/// What admission holds across the whole cluster besides `max_concurrent`: the circuit
+/// breaker over recent failures, fed by every worker (`None`: no breaker).
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    pub health: Option<crate::policy::health::HealthPolicy>,
+}
+
+/// The finished states: a dependency in one of them other than `complete` fails its
+/// dependents.
+const FINISHED: &str = "('complete', 'failed', 'killed', 'timed_out', 'escalated', 'blocked')";
+
+/// The database's clock in milliseconds, the clock of the cluster's breaker.
+async fn db_ms(tx: &Transaction<'_>) -> Result<u64> {
+    let ms: f64 = tx.query_one("SELECT (extract(epoch from clock_timestamp()) * 1000)::float8", &[]).await?.get(0);
+    Ok(ms.max(0.0) as u64)
+}
+
+/// Claims up to `want` queued agents for this worker (see [`claim_with`]), with no breaker.
 pub async fn claim(client: &mut Client, lease: &Lease, want: i64) -> Result<Vec<Claim>> {
+    claim_with(client, lease, want, &Admission::default()).await
+}
+
+/// Claims up to `want` queued agents for this worker: those whose `run_after` has passed,
+/// whose placement its labels satisfy, whose dependencies (`request.after`) completed and
+/// whose breaker lets them start, in spawn order, never more than the workspace's
+/// `max_concurrent` holding a slot across all workers. Each claim bumps the agent's fence,
+/// opens its attempt and appends a `claimed` event. Agents whose dependency finished
+/// without completing fail here, with the reason.
+pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &Admission) -> Result<Vec<Claim>> {
     let tx = client.transaction().await?;
     let (labels, slots) = live(&tx, lease).await?;
     // Serializes admission across the cluster: every claim takes this row first.
-    let max: Option<i32> = tx
-        .query_one("SELECT max_concurrent FROM workspaces WHERE id = $1 FOR UPDATE", &[&lease.workspace])
-        .await?
-        .get(0);
+    let row = tx
+        .query_one("SELECT max_concurrent, breaker FROM workspaces WHERE id = $1 FOR UPDATE", &[&lease.workspace])
+        .await?;
+    let (max, breaker): (Option<i32>, Value) = (row.get(0), row.get(1));
+    // Dependents of a dependency that will never complete fail with it.
+    // (Never waiting on a row another transaction holds: SKIP LOCKED, as for candidates.)
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT q.id, d.id, d.state
+                 FROM agents q
+                 CROSS JOIN LATERAL jsonb_array_elements_text(
+                     CASE WHEN jsonb_typeof(q.body->'request'->'after') = 'array'
+                          THEN q.body->'request'->'after' ELSE '[]'::jsonb END) AS need(id)
+                 JOIN agents d ON d.workspace = q.workspace AND d.id = need.id
+                 WHERE q.workspace = $1 AND q.state = 'queued' AND q.owner IS NULL
+                   AND d.state IN {FINISHED} AND d.state <> 'complete'
+                 ORDER BY q.seq
+                 FOR UPDATE OF q SKIP LOCKED"
+            ),
+            &[&lease.workspace],
+        )
+        .await?;
+    let mut doomed: Vec<(String, String, String)> = Vec::new();
+    for r in &rows {
+        let id: String = r.get(0);
+        if !doomed.iter().any(|d| d.0 == id) {
+            doomed.push((id, r.get(1), r.get(2)));
+        }
+    }
+    if !doomed.is_empty() {
+        let ids: Vec<&str> = doomed.iter().map(|d| d.0.as_str()).collect();
+        tx.execute(
+            "UPDATE agents SET state = 'failed', updated_at = now() WHERE workspace = $1 AND id = ANY($2)",
+            &[&lease.workspace, &ids],
+        )
+        .await?;
+    }
     let counts = tx
         .query_one(
             // An owned agent holds a slot whatever its state: its worker starts its next
@@ -485,28 +543,74 @@ pub async fn claim(client: &mut Client, lease: &Lease, want: i64) -> Result<Vec<
     if let Some(max) = max {
         free = free.min(max as i64 - busy);
     }
-    if free <= 0 {
-        tx.commit().await?;
-        return Ok(vec![]);
+    let mut claims: Vec<Claim> = Vec::new();
+    let mut breakers: Option<crate::policy::health::Breakers> = None;
+    if free > 0 {
+        // Candidates: queued, due, placeable here, every dependency complete. More than
+        // `free` of them when a breaker may hold some back.
+        let extra = if rules.health.is_some() { 50 } else { 0 };
+        let rows = tx
+            .query(
+                "SELECT a.id, a.role FROM agents a
+                 WHERE a.workspace = $1 AND a.state = 'queued' AND a.owner IS NULL AND a.run_after <= now()
+                   AND a.placement <@ $2
+                   AND NOT EXISTS (
+                       SELECT 1 FROM jsonb_array_elements_text(
+                           CASE WHEN jsonb_typeof(a.body->'request'->'after') = 'array'
+                                THEN a.body->'request'->'after' ELSE '[]'::jsonb END) AS need(id)
+                       LEFT JOIN agents d ON d.workspace = a.workspace AND d.id = need.id
+                       WHERE d.state IS DISTINCT FROM 'complete')
+                 ORDER BY a.seq LIMIT $3
+                 FOR UPDATE OF a SKIP LOCKED",
+                &[&lease.workspace, &labels, &(free + extra)],
+            )
+            .await?;
+        let mut chosen: Vec<String> = Vec::new();
+        match &rules.health {
+            None => chosen.extend(rows.iter().take(free as usize).map(|r| r.get::<_, String>(0))),
+            Some(p) => {
+                let now = db_ms(&tx).await?;
+                let mut b: crate::policy::health::Breakers = serde_json::from_value(breaker).unwrap_or_default();
+                b.advance(now);
+                for r in &rows {
+                    if chosen.len() as i64 >= free {
+                        break;
+                    }
+                    let (id, role): (String, String) = (r.get(0), r.get(1));
+                    if b.blocks(p, &role, now).is_some() {
+                        continue;
+                    }
+                    // A half-open breaker lets one probe through, cluster-wide.
+                    if let Some(crate::policy::health::Breaker::HalfOpen { probe: Some(_) }) = b.get(p, &role) {
+                        continue;
+                    }
+                    b.started(p, &role, &id);
+                    chosen.push(id);
+                }
+                breakers = Some(b);
+            }
+        }
+        if !chosen.is_empty() {
+            let rows = tx
+                .query(
+                    "UPDATE agents a SET owner = $2::text::uuid, fence = a.fence + 1, state = 'starting',
+                                         attempt = a.attempt + 1, updated_at = now()
+                     WHERE a.workspace = $1 AND a.id = ANY($3)
+                     RETURNING a.id, a.seq, a.fence, a.attempt",
+                    &[&lease.workspace, &lease.worker, &chosen],
+                )
+                .await?;
+            claims = rows
+                .iter()
+                .map(|r| Claim { id: r.get(0), seq: r.get(1), fence: r.get(2), attempt: r.get(3) })
+                .collect();
+            claims.sort_by_key(|c| c.seq);
+        }
     }
-    let rows = tx
-        .query(
-            "WITH cand AS (
-                 SELECT id FROM agents
-                 WHERE workspace = $1 AND state = 'queued' AND owner IS NULL AND run_after <= now()
-                   AND placement <@ $3
-                 ORDER BY seq LIMIT $4
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE agents a SET owner = $2::text::uuid, fence = a.fence + 1, state = 'starting',
-                                 attempt = a.attempt + 1, updated_at = now()
-             FROM cand WHERE a.workspace = $1 AND a.id = cand.id
-             RETURNING a.id, a.seq, a.fence, a.attempt",
-            &[&lease.workspace, &lease.worker, &labels, &free],
-        )
-        .await?;
-    let mut claims: Vec<Claim> =
-        rows.iter().map(|r| Claim { id: r.get(0), seq: r.get(1), fence: r.get(2), attempt: r.get(3) }).collect();
-    claims.sort_by_key(|c| c.seq);
+    if let Some(b) = &breakers {
+        let v = serde_json::to_value(b).unwrap_or_else(|_| json!({}));
+        tx.execute("UPDATE workspaces SET breaker = $2 WHERE id = $1", &[&lease.workspace, &v]).await?;
+    }
     if !claims.is_empty() {
         let ids: Vec<&str> = claims.iter().map(|c| c.id.as_str()).collect();
         let ns: Vec<i32> = claims.iter().map(|c| c.attempt).collect();
@@ -517,19 +621,62 @@ pub async fn claim(client: &mut Client, lease: &Lease, want: i64) -> Result<Vec<
             &[&lease.workspace, &lease.worker, &ids, &ns, &fences],
         )
         .await?;
-        let evs: Vec<Ev> = claims
-            .iter()
-            .map(|c| Ev {
-                agent: Some(&c.id),
-                fence: Some(c.fence),
-                kind: "claimed",
-                data: json!({ "attempt": c.attempt }),
-            })
-            .collect();
-        append_events(&tx, &lease.workspace, Some(&lease.worker), &evs).await?;
     }
+    let mut evs: Vec<Ev> = doomed
+        .iter()
+        .map(|(id, dep, state)| Ev {
+            agent: Some(id),
+            fence: None,
+            kind: "failed",
+            data: json!({ "reason": format!("its dependency {dep} ended {state}, so it can never start") }),
+        })
+        .collect();
+    evs.extend(claims.iter().map(|c| Ev {
+        agent: Some(&c.id),
+        fence: Some(c.fence),
+        kind: "claimed",
+        data: json!({ "attempt": c.attempt }),
+    }));
+    append_events(&tx, &lease.workspace, Some(&lease.worker), &evs).await?;
     tx.commit().await?;
     Ok(claims)
+}
+
+/// Feeds attempt outcomes into the cluster's breaker (`(role, agent, success)` each), on the
+/// database's clock; returns the breakers that changed state, by key and new state name.
+pub async fn record_outcomes(
+    client: &mut Client,
+    workspace: &str,
+    health: &crate::policy::health::HealthPolicy,
+    outcomes: &[(String, String, bool)],
+) -> Result<Vec<(String, String)>> {
+    if outcomes.is_empty() {
+        return Ok(vec![]);
+    }
+    let tx = client.transaction().await?;
+    let v: Value = tx.query_one("SELECT breaker FROM workspaces WHERE id = $1 FOR UPDATE", &[&workspace]).await?.get(0);
+    let mut b: crate::policy::health::Breakers = serde_json::from_value(v).unwrap_or_default();
+    let now = db_ms(&tx).await?;
+    let mut changed = Vec::new();
+    for (role, agent, ok) in outcomes {
+        if let Some((key, state)) = b.outcome(health, role, agent, *ok, now) {
+            changed.push((key, state.name().to_string()));
+        }
+    }
+    let v = serde_json::to_value(&b).unwrap_or_else(|_| json!({}));
+    tx.execute("UPDATE workspaces SET breaker = $2 WHERE id = $1", &[&workspace, &v]).await?;
+    let evs: Vec<Ev> = changed
+        .iter()
+        .map(|(key, state)| Ev {
+            agent: None,
+            fence: None,
+            kind: "breaker",
+            data: json!({ "key": key, "state": state }),
+        })
+        .collect();
+    append_events(&tx, workspace, None, &evs).await?;
+    tx.commit().await?;
+    Ok(changed)
 }
 
 /// Refuses a change that would leave an agent nobody can run or claim: a queued agent with

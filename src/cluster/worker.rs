@@ -39,6 +39,8 @@ pub struct Options {
     pub slots: usize,
     /// The workspace's cluster-wide limit, set in the database at start.
     pub max_concurrent: Option<usize>,
+    /// The breaker's settings, applied across the cluster.
+    pub health: crate::policy::health::HealthPolicy,
     /// The workspace root on this machine (its `corral.toml`, the agents' working dirs).
     pub root: PathBuf,
     /// The worker's own data dir (its id, its epochs).
@@ -331,8 +333,13 @@ impl Worker {
         let mut deadline = self.deadline(&lease, sent);
         watchdog::write(&local.data, &deadline)?;
         self.say(&format!(
-            "{} on {} in workspace {:?}: up to {} agents, lease {:?} renewed every {:?}",
-            lease.worker, self.host, self.o.workspace, self.o.slots, self.o.timings.lease, self.o.timings.heartbeat
+            "{} on {} in workspace {:?}: up to {}, lease {:?} renewed every {:?}",
+            lease.worker,
+            self.host,
+            self.o.workspace,
+            crate::policy::plural(self.o.slots, "agent", "agents"),
+            self.o.timings.lease,
+            self.o.timings.heartbeat
         ));
         // A restart within the lease: the agents the database says are ours.
         let mut owned: BTreeMap<String, Owned> = BTreeMap::new();
@@ -476,8 +483,9 @@ impl Worker {
     ) -> Result<(), ClusterError> {
         let want = (self.o.slots - owned.len()) as i64;
         let limit = self.o.timings.heartbeat;
+        let rules = queue::Admission { health: (self.o.health.breaker_failures > 0).then(|| self.o.health.clone()) };
         let db = self.db().await?;
-        let claims = bounded(limit, queue::claim(db, lease, want)).await?;
+        let claims = bounded(limit, queue::claim_with(db, lease, want, &rules)).await?;
         for c in claims {
             let ws = self.o.workspace.clone();
             let row = self
@@ -566,12 +574,18 @@ impl Worker {
         let views = local.status().map_err(ClusterError::Bad)?;
         let events = local.events(*local_seq).map_err(ClusterError::Bad)?;
         let mut by_agent: BTreeMap<String, Vec<NewEvent>> = BTreeMap::new();
+        // Attempt outcomes for the cluster's breaker: (role, agent, success).
+        let mut outcomes: Vec<(String, String, bool)> = Vec::new();
         let mut last = *local_seq;
         for e in events {
             last = last.max(e.seq);
             let Some(id) = e.agent_id.as_ref().map(|i| i.to_string()) else { continue };
-            if e.kind == "spawned" || !owned.contains_key(&id) {
+            let Some(a) = owned.get(&id) else { continue };
+            if e.kind == "spawned" {
                 continue;
+            }
+            if e.kind == "retry_scheduled" {
+                outcomes.push((a.request.role.clone(), id.clone(), false));
             }
             by_agent.entry(id).or_default().push(NewEvent::new(&e.kind, e.data));
         }
@@ -613,6 +627,15 @@ impl Worker {
             match bounded(limit, queue::write(db, lease, &id, fence, &change)).await {
                 Ok(_) => {
                     if finished {
+                        if let Some(a) = owned.get(&id) {
+                            match view.status.as_str() {
+                                "complete" => outcomes.push((a.request.role.clone(), id.clone(), true)),
+                                "failed" | "timed_out" | "escalated" => {
+                                    outcomes.push((a.request.role.clone(), id.clone(), false))
+                                }
+                                _ => {}
+                            }
+                        }
                         owned.remove(&id);
                     } else if let Some(a) = owned.get_mut(&id) {
                         a.written = Some(shown);
@@ -628,6 +651,14 @@ impl Worker {
             }
         }
         *local_seq = last;
+        if self.o.health.breaker_failures > 0 && !outcomes.is_empty() {
+            let (ws, health) = (self.o.workspace.clone(), self.o.health.clone());
+            let limit = self.o.timings.heartbeat;
+            let db = self.db().await?;
+            for (key, state) in bounded(limit, queue::record_outcomes(db, &ws, &health, &outcomes)).await? {
+                self.say(&format!("the cluster's circuit breaker {key} is now {state}"));
+            }
+        }
         Ok(())
     }
 

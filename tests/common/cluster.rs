@@ -82,6 +82,11 @@ impl Cluster {
 
     /// Starts worker `n` (again); its output goes to `w<n>.log`.
     pub fn start_worker(&mut self, n: usize) {
+        self.start_worker_args(n, &[]);
+    }
+
+    /// As [`Cluster::start_worker`], with more arguments for `corral worker`.
+    pub fn start_worker_args(&mut self, n: usize, extra: &[&str]) {
         let dir = self.worker_dir(n);
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -90,7 +95,7 @@ impl Cluster {
             .open(self.ws.path().join(format!("w{n}.log")))
             .unwrap();
         let child = self
-            .cmd(&["worker", "--data-dir", dir.to_str().unwrap()])
+            .cmd(&[&["worker", "--data-dir", dir.to_str().unwrap()][..], extra].concat())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -145,20 +150,28 @@ impl Cluster {
 
     /// Queues agents straight into the database, as a spawn from a machine with no worker.
     pub fn spawn_all(&self, agents: &[(String, Vec<String>)]) {
+        let all: Vec<(String, Vec<String>, &str, Vec<String>)> =
+            agents.iter().map(|(id, cmd)| (id.clone(), cmd.clone(), "worker", vec![])).collect();
+        self.spawn_full(&all);
+    }
+
+    /// Queues agents `(id, command, role, after)` straight into the database.
+    pub fn spawn_full(&self, agents: &[(String, Vec<String>, &str, Vec<String>)]) {
         block_on(async {
             let mut c = self.db().connect().await.unwrap();
             corral::cluster::schema::migrate(&mut c).await.unwrap();
-            for (id, command) in agents {
+            for (id, command, role, after) in agents {
                 let req = SpawnRequest {
-                    role: "worker".into(),
+                    role: role.to_string(),
                     task: format!("task of {id}"),
                     id: Some(id.clone()),
                     command: command.clone(),
+                    after: after.clone(),
                     ..SpawnRequest::default()
                 };
                 let s = queue::Spawn {
                     id: Some(id.clone()),
-                    role: "worker".into(),
+                    role: role.to_string(),
                     key: None,
                     request: serde_json::json!({ "id": id }),
                     placement: serde_json::json!({}),
@@ -173,6 +186,15 @@ impl Cluster {
     pub fn states(&self) -> BTreeMap<String, String> {
         let out = self.pg.sql("corral", "SELECT id || '=' || state FROM agents WHERE workspace = 't' ORDER BY seq");
         out.lines().filter_map(|l| l.split_once('=')).map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    /// Waits until each of `ids` is in state `want`.
+    pub fn wait_all_of(&self, ids: &[&str], want: &str, limit: Duration) {
+        let ok = super::wait_until(limit, || {
+            let s = self.states();
+            ids.iter().all(|id| s.get(*id).map(String::as_str) == Some(want))
+        });
+        assert!(ok, "not all of {ids:?} {want} within {limit:?}: {:?}\n{}", self.states(), self.logs());
     }
 
     pub fn wait_all(&self, want: &str, n: usize, limit: Duration) {
