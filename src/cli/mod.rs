@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod capacity;
 pub mod clean;
+pub mod cluster;
 pub mod completions;
 pub mod daemon;
 pub mod demo;
@@ -309,6 +310,19 @@ pub fn run(cli: Cli) -> Result {
         _ => {}
     }
     let ctx = Ctx::resolve(cli.data_dir.clone())?;
+    // Cluster mode: with a database and no data dir named, the client commands work by SQL
+    // from any machine, in a directory with or without a workspace.
+    if cli.data_dir.is_none()
+        && !cluster::local_only(&cli.command)
+        && let Some((db, workspace)) = crate::cluster::target(&ctx.ws, None, None).map_err(usage)?
+    {
+        if matches!(cli.command, Cmd::Spawn(_)) {
+            ctx.need_config()?;
+        } else if let Some(e) = &ctx.ws.config_error {
+            crate::elog!("warning: {}; going on without it", crate::display::escape(e));
+        }
+        return cluster::run(&ctx, cluster::Target { db, workspace }, cli.command);
+    }
     if cli.command.only_reads() {
         ctx.require_workspace()?;
     }

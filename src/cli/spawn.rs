@@ -71,6 +71,25 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
+    let req = request(ctx, a)?;
+    let reply = into_result(ctx.request(&Request::Spawn(Box::new(req)))?)?;
+    let r: SpawnReply = serde_json::from_value(reply)?;
+    say!("{}", r.agent_id)?;
+    match r.status.as_str() {
+        "running" | "complete" | "retrying" | "stopping" => Ok(0),
+        "queued" => {
+            note!("{}: queued ({})", r.agent_id, r.reason.unwrap_or_default())?;
+            Ok(0)
+        }
+        other => {
+            note!("{}: {other}: {}", r.agent_id, r.reason.unwrap_or_default())?;
+            Ok(1)
+        }
+    }
+}
+
+/// The request the command line asks for, every part of it checked (nothing is written).
+pub fn request(ctx: &Ctx, a: Args) -> Result<SpawnRequest> {
     validate_role(&a.role).map_err(|e| usage(format!("--role: {e}")))?;
     if a.task.trim().is_empty() {
         return Err(usage("--task is empty; say what the agent should do"));
@@ -160,18 +179,5 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         priority,
         delay_ms,
     };
-    let reply = into_result(ctx.request(&Request::Spawn(Box::new(req)))?)?;
-    let r: SpawnReply = serde_json::from_value(reply)?;
-    say!("{}", r.agent_id)?;
-    match r.status.as_str() {
-        "running" | "complete" | "retrying" | "stopping" => Ok(0),
-        "queued" => {
-            note!("{}: queued ({})", r.agent_id, r.reason.unwrap_or_default())?;
-            Ok(0)
-        }
-        other => {
-            note!("{}: {other}: {}", r.agent_id, r.reason.unwrap_or_default())?;
-            Ok(1)
-        }
-    }
+    Ok(req)
 }

@@ -60,27 +60,49 @@ fn active_since(v: &AgentView, since: Option<jiff::Timestamp>) -> bool {
     !v.is_finished() || after(Some(&v.spawned_at)) || after(v.last_update.as_deref()) || after(v.ended_at.as_deref())
 }
 
-pub fn run(ctx: &Ctx, a: Args) -> Result {
-    if let Some(bad) = a.statuses.iter().find(|s| !STATES.contains(&s.as_str())) {
-        return Err(super::usage(format!("--status {bad:?}: use one of {}", STATES.join(", "))));
-    }
-    if let Some(g) = &a.group {
-        crate::protocol::ids::validate_group(g).map_err(|e| super::usage(format!("--group: {e}")))?;
-    }
-    let since = match &a.since {
-        Some(d) => {
-            let d = crate::config::parse_duration(d).map_err(|e| super::usage(format!("--since: {e}")))?;
-            let d = jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX);
-            Some(crate::protocol::time::now().checked_sub(d).unwrap_or(jiff::Timestamp::MIN))
+/// What `--status`, `--since` and `--group` keep, checked.
+pub struct Keep {
+    statuses: Vec<String>,
+    since: Option<jiff::Timestamp>,
+    group: Option<String>,
+}
+
+impl Keep {
+    pub fn new(a: &Args) -> Result<Self> {
+        if let Some(bad) = a.statuses.iter().find(|s| !STATES.contains(&s.as_str())) {
+            return Err(super::usage(format!("--status {bad:?}: use one of {}", STATES.join(", "))));
         }
-        None => None,
-    };
+        if let Some(g) = &a.group {
+            crate::protocol::ids::validate_group(g).map_err(|e| super::usage(format!("--group: {e}")))?;
+        }
+        let since = match &a.since {
+            Some(d) => {
+                let d = crate::config::parse_duration(d).map_err(|e| super::usage(format!("--since: {e}")))?;
+                let d = jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX);
+                Some(crate::protocol::time::now().checked_sub(d).unwrap_or(jiff::Timestamp::MIN))
+            }
+            None => None,
+        };
+        Ok(Self { statuses: a.statuses.clone(), since, group: a.group.clone() })
+    }
+
+    /// Every agent is kept.
+    fn all(&self) -> bool {
+        self.statuses.is_empty() && self.since.is_none() && self.group.is_none()
+    }
+
+    pub fn keeps(&self, v: &AgentView) -> bool {
+        let in_group = self.group.as_ref().is_none_or(|g| v.group.as_ref() == Some(g));
+        wanted(v, &self.statuses) && active_since(v, self.since) && in_group
+    }
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result {
+    let keep = Keep::new(&a)?;
     let raw = ctx.call_raw(&Request::Status { ids: a.ids, role: a.role })?;
-    if !a.statuses.is_empty() || since.is_some() || a.group.is_some() {
+    if !keep.all() {
         let views: Vec<AgentView> = serde_json::from_str(&raw)?;
-        let in_group = |v: &AgentView| a.group.as_ref().is_none_or(|g| v.group.as_ref() == Some(g));
-        let views: Vec<AgentView> =
-            views.into_iter().filter(|v| wanted(v, &a.statuses) && active_since(v, since) && in_group(v)).collect();
+        let views: Vec<AgentView> = views.into_iter().filter(|v| keep.keeps(v)).collect();
         if a.json {
             crate::display::raw_out(format!("{}\n", serde_json::to_string(&views)?).as_bytes())?;
             return Ok(0);

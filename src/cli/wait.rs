@@ -81,7 +81,8 @@ impl Watch for Face {
     }
 }
 
-fn print_one(v: &AgentView, json: bool, tty: bool, start: Instant) -> Result<()> {
+/// One finished agent, as `wait` prints it.
+pub(super) fn print_one(v: &AgentView, json: bool, tty: bool, start: Instant) -> Result<()> {
     if tty {
         crate::display::clear_progress();
     }

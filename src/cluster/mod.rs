@@ -8,6 +8,7 @@
 //! `events` read on a machine with no worker.
 
 pub mod commands;
+pub mod direct;
 pub mod listen;
 pub mod queue;
 pub mod read;
@@ -16,7 +17,8 @@ pub mod worker;
 
 /// The database and workspace name this invocation works with in cluster mode, if any: the
 /// URL from `flag`, else `CORRAL_DATABASE_URL`, else `[cluster] database`; the workspace from
-/// `name`, else `[cluster] workspace`, else the workspace directory's name. `None`: no
+/// `name`, else `CORRAL_WORKSPACE`, else `[cluster] workspace`, else the workspace
+/// directory's name. `None`: no
 /// database anywhere, single-machine mode.
 pub fn target(
     ws: &crate::config::Workspace,
@@ -31,6 +33,7 @@ pub fn target(
     let db = Database::parse(&url, &PasswordSources::from_env())?;
     let workspace = name
         .map(str::to_string)
+        .or_else(|| std::env::var("CORRAL_WORKSPACE").ok().filter(|w| !w.is_empty()))
         .or_else(|| ws.config.cluster.workspace.clone())
         .or_else(|| ws.root.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "default".into());

@@ -299,17 +299,17 @@ pub(crate) async fn live(tx: &Transaction<'_>, lease: &Lease) -> Result<(Value, 
 }
 
 /// One event for [`append_events`].
-struct Ev<'a> {
-    agent: Option<&'a str>,
-    fence: Option<i64>,
-    kind: &'a str,
-    data: Value,
+pub(crate) struct Ev<'a> {
+    pub(crate) agent: Option<&'a str>,
+    pub(crate) fence: Option<i64>,
+    pub(crate) kind: &'a str,
+    pub(crate) data: Value,
 }
 
 /// Numbers `events` densely after the workspace's last, inserts them and notifies the
 /// workspace's channel with the last number; call it last in a transaction, so the workspace row is held only until commit and numbers follow commit
 /// order (a reader of `seq > last` can never miss one that commits late).
-async fn append_events(
+pub(crate) async fn append_events(
     tx: &Transaction<'_>,
     workspace: &str,
     worker: Option<&str>,

@@ -514,7 +514,10 @@ impl Worker {
                 Ok(v) => Ok(v),
                 // Claimed here before in this epoch: the local record is finished; a new
                 // attempt of it.
-                Err(e) if e.contains("already") => local.call(&Request::Retry { id: c.id.clone(), context: None }),
+                Err(e) if e.contains("already") => local.call(&Request::Retry {
+                    id: c.id.clone(),
+                    context: body["retryContext"].as_str().map(String::from),
+                }),
                 Err(e) => Err(e),
             };
             match started {
