@@ -51,9 +51,18 @@ fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn fifty_spawns_at_once_from_machines_with_no_worker_get_distinct_dense_ids() {
-    let c = Cluster::new(CONFIG);
+    let mut c = Cluster::new(CONFIG);
     // Half from the workspace, half from a directory with no corral.toml at all.
     let bare = tempfile::tempdir().unwrap();
+    // Followed from the start, through a restart of the database below.
+    let events_out = c.ws.path().join("events.jsonl");
+    let mut follow = c
+        .cmd(&["events", "-f"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&events_out).unwrap())
+        .stderr(std::fs::File::create(c.ws.path().join("follow.err")).unwrap())
+        .spawn()
+        .unwrap();
     let threads: Vec<_> = (0..50)
         .map(|i| {
             let mut cmd = c.cmd(&["spawn", "--role", "worker", "--task", &format!("task {i}"), "--", "true"]);
@@ -161,6 +170,30 @@ fn fifty_spawns_at_once_from_machines_with_no_worker_get_distinct_dense_ids() {
     assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
     let after = ok(&c, &["events", "--after", "50", "--agent", "agent-002-worker"]);
     assert_eq!(after.lines().count(), 2, "{after}");
+
+    // The database restarts under `events -f`: it reconnects and prints each event once.
+    c.pg.restart();
+    for i in 0..3 {
+        ok(&c, &["spawn", "--role", "worker", "--task", &format!("after the restart {i}"), "--", "true"]);
+    }
+    let n: i64 = c.pg.sql("corral", "SELECT count(*) FROM events WHERE workspace = 't'").parse().unwrap();
+    let seen = || -> Vec<i64> {
+        std::fs::read_to_string(&events_out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_i64().unwrap())
+            .collect()
+    };
+    let err = || std::fs::read_to_string(c.ws.path().join("follow.err")).unwrap();
+    assert!(
+        until(Duration::from_secs(15), || seen().len() as i64 >= n),
+        "{} of {n} events followed: {}",
+        seen().len(),
+        err()
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(seen(), (1..=n).collect::<Vec<_>>(), "each event once, in order");
 }
 
 /// An agent that waits (at most 20 s) for a message in its inbox and copies the inbox next
