@@ -30,6 +30,10 @@ pub enum Request {
     Retry {
         id: String,
         context: Option<String>,
+        /// Variables set in the agent's environment from this attempt on (a cluster worker's
+        /// `CORRAL_FENCE` for a new claim of an agent it ran before).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        env: Vec<(String, String)>,
     },
     Tell {
         id: String,

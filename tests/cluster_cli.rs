@@ -261,12 +261,14 @@ fn kill_retry_tell_wait_and_events_from_a_machine_with_no_worker() {
     let r = run(&c, &["retry", "short"]);
     assert!(r.status.success(), "{}", text(&r));
     assert!(until(Duration::from_secs(20), || c.ledger().iter().filter(|r| r.id == "short" && r.start).count() == 2));
-    // (The attempts' fences in the database: a run again on the worker that ran it before
-    // is a local retry, whose environment keeps the first run's CORRAL_FENCE.)
+    // The attempts' fences in the database, and the agent's own CORRAL_FENCE in each run
+    // (also when the run again is on the worker that ran it before).
     let fences =
         c.pg.sql("corral", "SELECT string_agg(fence::text, ' ' ORDER BY n) FROM attempts WHERE agent_id = 'short'");
     let fences: Vec<i64> = fences.split(' ').map(|f| f.parse().unwrap()).collect();
     assert!(fences.len() == 2 && fences[1] > fences[0], "fences {fences:?}");
+    let seen: Vec<i64> = c.ledger().iter().filter(|r| r.id == "short" && r.start).map(|r| r.fence).collect();
+    assert_eq!(seen, fences, "the agent saw the fence of its claim each time");
     assert!(until(Duration::from_secs(20), || state(&c, "short") == "complete"), "{}", c.logs());
 
     // Waiting for everything now: one was killed, so not all complete.

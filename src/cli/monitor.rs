@@ -374,7 +374,7 @@ fn refresh_all(client: &mut Conn, m: &mut Model) -> Result<()> {
 fn execute(client: &mut Conn, cmd: Command) -> String {
     let (req, what) = match cmd {
         Command::Kill(id) => (Request::Kill { id: id.clone(), grace_ms: 5_000 }, format!("kill {id}")),
-        Command::Retry(id) => (Request::Retry { id: id.clone(), context: None }, format!("retry {id}")),
+        Command::Retry(id) => (Request::Retry { id: id.clone(), context: None, env: vec![] }, format!("retry {id}")),
         Command::Tell(id, text) => (Request::Tell { id: id.clone(), text }, format!("told {id}")),
         Command::Resolve(n, note) => (
             Request::Resolve { n, note: if note.is_empty() { None } else { Some(note) }, answer: Default::default() },

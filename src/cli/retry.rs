@@ -19,7 +19,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     refuse_lost_work(ctx, &a.id)?;
-    let data = ctx.call(&Request::Retry { id: a.id.clone(), context: a.context })?;
+    let data = ctx.call(&Request::Retry { id: a.id.clone(), context: a.context, env: vec![] })?;
     if a.json {
         super::output::print_json(&data)?;
     } else {

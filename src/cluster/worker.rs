@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What `corral worker` was told.
@@ -218,6 +219,9 @@ impl Worker {
         let mut me = Identity::load(&self.o.data).unwrap_or_else(|| Identity { id: queue::new_worker_id(), epoch: 1 });
         me.save(&self.o.data)?;
         loop {
+            // The epoch's supervisor is started before the lease, so the time it takes to
+            // start never eats into the first lease.
+            let _ = Local { data: me.epoch_dir(&self.o.data), root: self.o.root.clone() }.call(&Request::Ping);
             let lease = match self.register(&mut me, &mut stop, &mut int).await? {
                 Some(l) => l,
                 None => return Ok(()),
@@ -324,13 +328,13 @@ impl Worker {
     async fn epoch(
         &mut self,
         me: &Identity,
-        (mut lease, sent): (Lease, u64),
+        (lease, sent): (Lease, u64),
         stop: &mut tokio::signal::unix::Signal,
         int: &mut tokio::signal::unix::Signal,
     ) -> anyhow::Result<EpochEnd> {
         let local = Local { data: me.epoch_dir(&self.o.data), root: self.o.root.clone() };
         std::fs::create_dir_all(local.data.root())?;
-        let mut deadline = self.deadline(&lease, sent);
+        let deadline = self.deadline(&lease, sent);
         watchdog::write(&local.data, &deadline)?;
         self.say(&format!(
             "{} on {} in workspace {:?}: up to {}, lease {:?} renewed every {:?}",
@@ -341,6 +345,37 @@ impl Worker {
             self.o.timings.lease,
             self.o.timings.heartbeat
         ));
+        // Renewals on a thread of their own, with their own connection: a slow claim, a
+        // slow local supervisor or a stalled write never delays one.
+        let shared = Arc::new(Mutex::new(Shared {
+            lease: lease.clone(),
+            deadline,
+            fenced: false,
+            lost: false,
+            renewed_after_fence: false,
+            stop: false,
+        }));
+        let beat = Heartbeat {
+            db: self.o.db.clone(),
+            timings: self.o.timings,
+            data: local.data.clone(),
+            shared: shared.clone(),
+        };
+        let beating = std::thread::Builder::new().name("lease".into()).spawn(move || beat.run())?;
+        let end = self.epoch_loop(lease, &local, &shared, stop, int).await;
+        shared.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        let _ = beating.join();
+        end
+    }
+
+    async fn epoch_loop(
+        &mut self,
+        mut lease: Lease,
+        local: &Local,
+        shared: &Arc<Mutex<Shared>>,
+        stop: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> anyhow::Result<EpochEnd> {
         // A restart within the lease: the agents the database says are ours.
         let mut owned: BTreeMap<String, Owned> = BTreeMap::new();
         let ws = self.o.workspace.clone();
@@ -360,7 +395,6 @@ impl Worker {
         }
         let mut local_seq = local.last_seq().unwrap_or(0);
         let tick = Duration::from_millis(100);
-        let mut next_renew = time::mono_ms() + self.o.timings.heartbeat.as_millis() as u64;
         let mut next_sweep = 0u64;
         let mut next_claim = 0u64;
         let mut fenced = false;
@@ -371,46 +405,31 @@ impl Worker {
                 _ = int.recv() => return Ok(EpochEnd::Stop),
             }
             let now = time::mono_ms();
+            let (lost, fence_now, renewed_after_fence, kill_after) = {
+                let s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                lease = s.lease.clone();
+                (s.lost, s.fenced || now >= s.deadline.term_at_mono, s.renewed_after_fence, s.deadline.kill_after_ms)
+            };
+            if lost {
+                self.say("the lease was lost: stopping this worker's agents and registering again");
+                return Ok(EpochEnd::LeaseLost);
+            }
             // The local deadline passed without a renewal: stop everything here now (the
             // shims do too) and take nothing more until the lease is settled.
-            if !fenced && now >= deadline.term_at_mono {
+            if fence_now && !fenced {
                 fenced = true;
+                shared.lock().unwrap_or_else(|e| e.into_inner()).fenced = true;
                 self.say("could not renew the lease in time: stopping this worker's agents");
                 for id in owned.keys() {
-                    let _ = local.call(&Request::Kill { id: id.clone(), grace_ms: deadline.kill_after_ms });
+                    let _ = local.call(&Request::Kill { id: id.clone(), grace_ms: kill_after });
                 }
             }
-            if now >= next_renew || fenced {
-                let sent = time::mono_ms();
-                let limit = self.o.timings.heartbeat;
-                let r = match self.db().await {
-                    Ok(db) => bounded(limit, queue::renew(db, &mut lease)).await.map(|_| ()),
-                    Err(e) => Err(e),
-                };
-                match r {
-                    Ok(()) => {
-                        next_renew = sent + self.o.timings.heartbeat.as_millis() as u64;
-                        if fenced {
-                            self.give_back(&lease, &owned, "its worker could not renew its lease in time").await;
-                            return Ok(EpochEnd::Fenced);
-                        }
-                        deadline = self.deadline(&lease, sent);
-                        if let Err(e) = watchdog::write(&local.data, &deadline) {
-                            self.say(&format!("cannot write the local deadline: {e}"));
-                        }
-                    }
-                    Err(ClusterError::LeaseLost { .. }) => {
-                        self.say("the lease was lost: stopping this worker's agents and registering again");
-                        return Ok(EpochEnd::LeaseLost);
-                    }
-                    Err(e) => {
-                        self.failed(&e);
-                        next_renew = sent + 200;
-                    }
+            if fenced {
+                if renewed_after_fence {
+                    self.give_back(&lease, &owned, "its worker could not renew its lease in time").await;
+                    return Ok(EpochEnd::Fenced);
                 }
-                if fenced {
-                    continue;
-                }
+                continue;
             }
             // What the local supervisor saw, into the database.
             if !owned.is_empty() {
@@ -507,8 +526,11 @@ impl Worker {
             req.idempotency_key = None;
             req.delay_ms = None;
             req.caller_env = std::env::vars().filter(|(k, _)| !k.starts_with("CORRAL_")).collect();
-            req.env.push(("CORRAL_FENCE".into(), c.fence.to_string()));
-            req.env.push(("CORRAL_WORKER".into(), lease.worker.clone()));
+            let env = vec![
+                ("CORRAL_FENCE".to_string(), c.fence.to_string()),
+                ("CORRAL_WORKER".to_string(), lease.worker.clone()),
+            ];
+            req.env.extend(env.iter().cloned());
             req.cwd = self.cwd_here(&request.cwd);
             let started = match local.call(&Request::Spawn(Box::new(req))) {
                 Ok(v) => Ok(v),
@@ -517,6 +539,7 @@ impl Worker {
                 Err(e) if e.contains("already") => local.call(&Request::Retry {
                     id: c.id.clone(),
                     context: body["retryContext"].as_str().map(String::from),
+                    env,
                 }),
                 Err(e) => Err(e),
             };
@@ -686,7 +709,7 @@ impl Worker {
                         .and_then(Value::as_u64)
                         .unwrap_or(crate::policy::lifecycle::STOP_GRACE_MS),
                 }),
-                "retry" => Some(Request::Retry { id: c.agent.clone(), context: arg("context") }),
+                "retry" => Some(Request::Retry { id: c.agent.clone(), context: arg("context"), env: vec![] }),
                 "tell" => Some(Request::Tell { id: c.agent.clone(), text: arg("text").unwrap_or_default() }),
                 _ => None,
             };
@@ -701,6 +724,100 @@ impl Worker {
             bounded(limit, super::commands::finish_command(db, lease, c.id, result)).await?;
         }
         Ok(())
+    }
+}
+
+/// What the lease thread and the worker's loop share about the lease.
+struct Shared {
+    lease: Lease,
+    /// The deadline last written for the shims.
+    deadline: watchdog::Deadline,
+    /// The deadline passed without a renewal: it is never extended again in this epoch.
+    fenced: bool,
+    /// The database said the lease is gone.
+    lost: bool,
+    /// A renewal went through after the deadline had passed: the lease held although this
+    /// worker's agents were stopped.
+    renewed_after_fence: bool,
+    /// The epoch is over: the thread ends.
+    stop: bool,
+}
+
+/// The lease's own thread: renews every heartbeat (each round trip bounded by it) and, while
+/// the deadline has not passed, moves the shims' deadline on.
+struct Heartbeat {
+    db: Database,
+    timings: LeaseTimings,
+    data: DataDir,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Heartbeat {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(self) {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            self.lock().lost = true;
+            return;
+        };
+        rt.block_on(self.beat());
+    }
+
+    async fn beat(&self) {
+        let every = self.timings.heartbeat;
+        let mut client: Option<tokio_postgres::Client> = None;
+        loop {
+            let sent = time::mono_ms();
+            let mut lease = {
+                let mut s = self.lock();
+                if s.stop || s.lost {
+                    return;
+                }
+                if sent >= s.deadline.term_at_mono {
+                    s.fenced = true;
+                }
+                s.lease.clone()
+            };
+            if client.as_ref().is_some_and(|c| c.is_closed()) {
+                client = None;
+            }
+            if client.is_none() {
+                client = tokio::time::timeout(every, self.db.connect()).await.ok().and_then(Result::ok);
+            }
+            if let Some(c) = &client {
+                match bounded(every, queue::renew(c, &mut lease)).await {
+                    Ok(_) => {
+                        let run = lease.remaining().saturating_sub(self.timings.margin);
+                        let next = watchdog::Deadline {
+                            term_at_mono: sent + run.as_millis() as u64,
+                            ..self.lock().deadline.clone()
+                        };
+                        let mut s = self.lock();
+                        s.lease = lease;
+                        // Never moved on once passed: the shims may be stopping agents.
+                        if s.fenced || time::mono_ms() >= s.deadline.term_at_mono {
+                            s.fenced = true;
+                            s.renewed_after_fence = true;
+                        } else {
+                            if let Err(e) = watchdog::write(&self.data, &next) {
+                                crate::elog!("corral worker: cannot write the local deadline: {e}");
+                            }
+                            s.deadline = next;
+                        }
+                    }
+                    Err(ClusterError::LeaseLost { .. }) => {
+                        self.lock().lost = true;
+                        return;
+                    }
+                    Err(_) => client = None,
+                }
+            }
+            let due = sent + every.as_millis() as u64;
+            let wait = due.saturating_sub(time::mono_ms()).max(20);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
     }
 }
 

@@ -199,7 +199,7 @@ pub struct RetryReply {
 pub fn retry(ctx: &Ctx, a: RetryArgs) -> Result<RetryReply, String> {
     args::text("id", &a.id)?;
     args::opt_text("context", &a.context)?;
-    call(ctx, &Request::Retry { id: a.id, context: a.context })
+    call(ctx, &Request::Retry { id: a.id, context: a.context, env: vec![] })
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, JsonSchema)]

@@ -68,9 +68,13 @@ pub fn handle(sup: &mut Supervisor, req: Request) -> Answer {
             Err(e) => Answer::Now(Reply::err(2, e)),
             Ok(()) => launch::spawn(sup, *s),
         },
-        Request::Retry { id, context } => held_for_agent(sup, &id, |sup, id| {
+        Request::Retry { id, context, env } => held_for_agent(sup, &id, |sup, id| {
             let now = sup.now();
             let live = sup.agents.get_mut(id).expect("looked up");
+            for (k, v) in env {
+                live.agent.spec.env.retain(|(x, _)| *x != k);
+                live.agent.spec.env.push((k, v));
+            }
             let actions = lifecycle::retry_requested(&mut live.agent, context, &now).map_err(|e| Reply::err(1, e))?;
             sup.apply(id, actions);
             // Retried, a cleaned agent is back in the views.
