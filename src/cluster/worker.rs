@@ -433,12 +433,12 @@ impl Worker {
             }
             // What the local supervisor saw, into the database.
             if !owned.is_empty() {
-                match self.sync(&lease, &local, &mut owned, &mut local_seq).await {
+                match self.sync(&lease, local, &mut owned, &mut local_seq).await {
                     Ok(()) => {}
                     Err(ClusterError::LeaseLost { .. }) => return Ok(EpochEnd::LeaseLost),
                     Err(e) => self.failed(&e),
                 }
-                match self.commands(&lease, &local, &owned).await {
+                match self.commands(&lease, local, &owned).await {
                     Ok(()) | Err(ClusterError::Stale { .. }) => {}
                     Err(ClusterError::LeaseLost { .. }) => return Ok(EpochEnd::LeaseLost),
                     Err(e) => self.failed(&e),
@@ -462,7 +462,7 @@ impl Worker {
             }
             if owned.len() < self.o.slots && now >= next_claim {
                 next_claim = now + 200;
-                match self.claim(&lease, &local, &mut owned).await {
+                match self.claim(&lease, local, &mut owned).await {
                     Ok(()) => {}
                     Err(ClusterError::LeaseLost { .. }) => return Ok(EpochEnd::LeaseLost),
                     Err(e) => self.failed(&e),
