@@ -25,6 +25,17 @@ fn three_workers_run_200_agents_each_once_at_a_time_never_over_max_concurrent() 
     let owners = c.pg.sql("corral", "SELECT count(DISTINCT worker) FROM attempts WHERE workspace = 't'");
     assert!(owners.parse::<i32>().unwrap() >= 2, "only {owners} worker(s) ran agents");
     eprintln!("200 agents on 3 workers in {:?}", start.elapsed());
+    // Each worker keeps the seed's spawn-registry.json for the whole workspace.
+    for n in 0..3 {
+        let file = c.worker_dir(n).join("spawn-registry.json");
+        let ok = common::wait_until(Duration::from_secs(5), || {
+            let Ok(text) = std::fs::read_to_string(&file) else { return false };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+            let all = v.as_array().cloned().unwrap_or_default();
+            all.len() == 200 && all.iter().all(|e| e["status"] == "complete" && e["exitCode"] == 0)
+        });
+        assert!(ok, "worker {n}'s spawn-registry.json: {:?}", std::fs::read_to_string(&file));
+    }
 }
 
 /// The worker ids in the database, by the pid each registered with.
@@ -225,6 +236,18 @@ fn failures_on_different_workers_open_one_breaker_for_the_cluster_and_one_probe_
         c.states(),
         c.logs()
     );
+    // Every worker's escalations.txt lists all three, wherever they ran.
+    for n in 0..3 {
+        let file = c.worker_dir(n).join("escalations.txt");
+        assert!(
+            common::wait_until(Duration::from_secs(5), || {
+                let t = std::fs::read_to_string(&file).unwrap_or_default();
+                (0..3).all(|i| t.lines().any(|l| l.starts_with(&format!("bad{i}: "))))
+            }),
+            "{:?}",
+            std::fs::read_to_string(&file)
+        );
+    }
     let workers = c.pg.sql("corral", "SELECT count(DISTINCT worker) FROM attempts WHERE agent_id LIKE 'bad%'");
     assert_eq!(workers, "3", "the three failures happened on three workers");
     let opened = Instant::now();

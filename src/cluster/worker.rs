@@ -67,6 +67,51 @@ pub fn request_of(body: &Value) -> Result<SpawnRequest, String> {
     serde_json::from_value(r.clone()).map_err(|e| format!("the record's spawn request is unreadable: {e}"))
 }
 
+/// The seed's exports for the whole workspace, from the database's records: the text of
+/// `spawn-registry.json` (one entry per agent, in spawn order, as the single-machine
+/// supervisor writes it) and of `escalations.txt` (one line per agent waiting on a human).
+pub fn exports(rows: &[super::read::AgentRow]) -> (String, String) {
+    let mut registry = String::from("[");
+    let mut escalations = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        let req = request_of(&r.body).unwrap_or_default();
+        let view = r.body.get("view").and_then(|v| serde_json::from_value::<AgentView>(v.clone()).ok());
+        let v = view.as_ref();
+        let rec = crate::protocol::registry::SpawnRecord {
+            agent_id: r.id.clone(),
+            spawned_at: v
+                .map(|v| v.spawned_at.clone())
+                .or_else(|| r.body["spawnedAt"].as_str().map(String::from))
+                .unwrap_or_default(),
+            role: r.role.clone(),
+            task: req.task.clone(),
+            scope: req.scope.clone(),
+            expected_handoff: format!("handoffs/handoff-*-{}-to-ORCHESTRATOR.json", r.id),
+            status: r.state.clone(),
+            timeout_at: None,
+            attempt: v.map(|v| v.attempt).unwrap_or(r.attempt.max(0) as u32),
+            max_retries: v.map(|v| v.max_retries).or(req.max_retries).unwrap_or(0),
+            pid: v.and_then(|v| v.pid).filter(|_| r.owner.is_some()),
+            exit_code: v.and_then(|v| v.exit_code),
+            signal: v.and_then(|v| v.signal),
+            ended_at: v.and_then(|v| v.ended_at.clone()),
+            after: req.after.clone(),
+            session_id: v.and_then(|v| v.session_id.clone()),
+            cost_usd: v.and_then(|v| v.cost_usd),
+            tokens: v.and_then(|v| v.tokens.clone()),
+        };
+        registry.push_str(if i == 0 { "\n" } else { ",\n" });
+        registry.push_str(&serde_json::to_string(&rec).unwrap_or_else(|_| "null".into()));
+        let waits = r.state == "escalated" || (r.state == "blocked" && r.owner.is_none());
+        if waits {
+            let why = v.and_then(|v| v.reason.clone()).unwrap_or_else(|| r.state.clone());
+            escalations.push_str(&format!("{}: {}\n", r.id, crate::display::escape(&why)));
+        }
+    }
+    registry.push_str("\n]\n");
+    (registry, escalations)
+}
+
 /// This worker's identity, kept in its data dir across restarts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Identity {
@@ -397,6 +442,8 @@ impl Worker {
         let tick = Duration::from_millis(100);
         let mut next_sweep = 0u64;
         let mut next_claim = 0u64;
+        let mut next_export = 0u64;
+        let mut exported_head = -1i64;
         let mut fenced = false;
         loop {
             tokio::select! {
@@ -430,6 +477,12 @@ impl Worker {
                     return Ok(EpochEnd::Fenced);
                 }
                 continue;
+            }
+            if now >= next_export {
+                next_export = now + 1000;
+                if let Err(e) = self.export(&mut exported_head).await {
+                    self.failed(&e);
+                }
             }
             // What the local supervisor saw, into the database.
             if !owned.is_empty() {
@@ -469,6 +522,32 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Rewrites `spawn-registry.json` and `escalations.txt` in the worker's data dir for the
+    /// whole workspace when events were appended since the last time.
+    async fn export(&mut self, exported: &mut i64) -> Result<(), ClusterError> {
+        let ws = self.o.workspace.clone();
+        let limit = self.o.timings.heartbeat.max(Duration::from_secs(1));
+        let db = self.db().await?;
+        let head: i64 = bounded(limit, async {
+            Ok(db.query_one("SELECT event_seq FROM workspaces WHERE id = $1", &[&ws]).await?.get(0))
+        })
+        .await?;
+        if head == *exported {
+            return Ok(());
+        }
+        let db = self.db().await?;
+        let rows = bounded(limit, super::read::agents(db, &ws, &super::read::AgentFilter::default())).await?;
+        let (registry, escalations) = exports(&rows);
+        let root = self.o.data.root();
+        let written = atomic::write_beneath(root, &root.join("spawn-registry.json"), registry.as_bytes())
+            .and_then(|_| atomic::write_beneath(root, &root.join("escalations.txt"), escalations.as_bytes()));
+        match written {
+            Ok(()) => *exported = head,
+            Err(e) => self.say(&format!("cannot write the workspace's exports in {}: {e}", root.display())),
+        }
+        Ok(())
     }
 
     /// After the agents were stopped at the local deadline while the lease held: each goes
