@@ -98,7 +98,7 @@ pub fn exports(rows: &[super::read::AgentRow]) -> (String, String) {
             after: req.after.clone(),
             session_id: v.and_then(|v| v.session_id.clone()),
             cost_usd: v.and_then(|v| v.cost_usd),
-            tokens: v.and_then(|v| v.tokens.clone()),
+            tokens: v.and_then(|v| v.tokens),
         };
         registry.push_str(if i == 0 { "\n" } else { ",\n" });
         registry.push_str(&serde_json::to_string(&rec).unwrap_or_else(|_| "null".into()));
