@@ -275,3 +275,38 @@ fn failures_on_different_workers_open_one_breaker_for_the_cluster_and_one_probe_
     assert!(first_start.parse::<i64>().unwrap() >= 1900, "the probe started {first_start} ms after the breaker opened");
     c.check(5);
 }
+
+#[test]
+fn handoffs_written_on_workers_are_aggregated_and_shown_from_a_machine_with_no_worker() {
+    let mut c = Cluster::new(CONFIG);
+    let corral = common::bin().display().to_string();
+    let agent = |finding: &str| {
+        vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            format!(
+                "echo made > out-$CORRAL_AGENT_ID.txt && {corral} handoff --finding '{finding}' --deliverable out-$CORRAL_AGENT_ID.txt"
+            ),
+        ]
+    };
+    c.start_worker(0);
+    c.start_worker(1);
+    let agents: Vec<(String, Vec<String>)> =
+        (0..4).map(|i| (format!("h{i}"), agent(&format!("finding number {i}")))).collect();
+    c.spawn_all(&agents);
+    c.wait_all("complete", 4, Duration::from_secs(30));
+    let stored = c.pg.sql("corral", "SELECT count(*) FROM handoffs WHERE workspace = 't'");
+    assert_eq!(stored, "4", "{}", c.logs());
+    // From the workspace with no worker of its own: the report has every agent's finding.
+    let o = c.cmd(&["aggregate", "--json"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}\n{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["counts"]["aggregated"], 4, "{report:#}");
+    for i in 0..4 {
+        assert!(text.contains(&format!("finding number {i}")), "{text}");
+    }
+    let o = c.cmd(&["show", "h2", "--json"]).output().unwrap();
+    let show: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(show["handoff"]["body"]["deliverables"]["findings"][0], "finding number 2", "{show:#}");
+}

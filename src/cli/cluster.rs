@@ -62,6 +62,7 @@ pub fn run(ctx: &Ctx, t: Target, cmd: Cmd) -> Result {
         Cmd::Tell(a) => rt.block_on(tell(&t, a)),
         Cmd::Wait(a) => rt.block_on(wait(ctx, &t, a)),
         Cmd::Events(a) => rt.block_on(events(&t, a)),
+        Cmd::Aggregate(a) => rt.block_on(aggregate(ctx, &t, a)),
         other => Err(usage(format!(
             "`corral {}` does not work from the database yet: run it on the worker's machine with --data-dir <its epoch \
              dir> (under the worker's data dir, epochs/<worker id>-<n>)",
@@ -262,6 +263,18 @@ async fn show(ctx: &Ctx, t: &Target, a: super::show::Args) -> Result {
         })
         .collect();
     out["events"] = events.iter().map(event_json).collect();
+    // The newest handoff a worker recorded, with the attempt it came from.
+    let handoff = c
+        .query_opt(
+            "SELECT attempt, file, body FROM handoffs WHERE workspace = $1 AND agent_id = $2 ORDER BY attempt DESC LIMIT 1",
+            &[&t.workspace, &id],
+        )
+        .await
+        .map_err(|e| db_fail(e.into()))?;
+    out["handoff"] = handoff.map_or(
+        Value::Null,
+        |r| json!({ "attempt": r.get::<_, i32>(0), "file": r.get::<_, String>(1), "body": r.get::<_, Value>(2) }),
+    );
     if a.json {
         super::output::print_json(&out)?;
         return Ok(0);
@@ -663,6 +676,94 @@ async fn events(t: &Target, a: super::events::Args) -> Result {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+// ---- aggregate -----------------------------------------------------------------------
+
+/// `corral aggregate` from the handoffs the workers recorded (each agent's newest), the
+/// agents' records and the deliverables as this machine's checkout of the workspace has
+/// them. Unresolved conflicts are reported (exit 1), not escalated: escalations live with
+/// the workers.
+async fn aggregate(ctx: &Ctx, t: &Target, a: super::aggregate::Args) -> Result {
+    use crate::aggregate::{self, AgentOutcome, HandoffInput, Input};
+    let json_out = a.json || a.format == "json";
+    if !json_out && a.format != "md" {
+        return Err(usage(format!("--format {:?}: use md or json", a.format)));
+    }
+    let c = connect(t).await?;
+    let ids = resolve_all(&c, t, &a.ids).await?;
+    let rows = read::agents(&c, &t.workspace, &AgentFilter { role: a.role.clone(), ids, ..AgentFilter::default() })
+        .await
+        .map_err(db_fail)?;
+    let wanted: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let found = c
+        .query(
+            "SELECT DISTINCT ON (agent_id) agent_id, file, body FROM handoffs
+             WHERE workspace = $1 AND agent_id = ANY($2) ORDER BY agent_id, attempt DESC",
+            &[&t.workspace, &wanted],
+        )
+        .await
+        .map_err(|e| db_fail(e.into()))?;
+    let handoffs = found
+        .iter()
+        .map(|r| {
+            let (file, body): (String, Value) = (r.get(1), r.get(2));
+            let path = ctx.ws.root.join("handoffs").join(&file);
+            match crate::protocol::files::parse_handoff(&body.to_string(), &path) {
+                Ok(handoff) => HandoffInput::Parsed { path, handoff, modified: String::new() },
+                Err(error) => HandoffInput::Unreadable { path, error },
+            }
+        })
+        .collect();
+    let agents = rows
+        .iter()
+        .map(|r| {
+            let v = view_of(ctx, r);
+            let cwd = ctx.ws.root.join(relative_cwd(&ctx.ws.root, &v.cwd));
+            AgentOutcome {
+                agent_id: v.agent_id,
+                role: v.role,
+                task: v.task,
+                status: v.status,
+                reason: v.reason,
+                needs_human: v.needs_human,
+                cwd,
+            }
+        })
+        .collect();
+    let disk = aggregate::workspace::OnDisk::new(&ctx.ws.root);
+    let locate = |p: &std::path::Path| disk.locate(p);
+    let input = Input {
+        agents,
+        handoffs,
+        workspace: &ctx.ws.root,
+        locate: &locate,
+        human: vec![],
+        branches: vec![],
+        merges: vec![],
+        trees: Default::default(),
+    };
+    let report = aggregate::aggregate(&input);
+    let text =
+        if json_out { serde_json::to_string_pretty(&report)? + "\n" } else { aggregate::render_markdown(&report) };
+    match &a.out {
+        Some(path) => {
+            crate::protocol::atomic::write_atomic(path, text.as_bytes())?;
+            crate::protocol::perms::user_file(path)?;
+            note!("wrote {}", path.display())?;
+        }
+        None => crate::display::raw_out(text.as_bytes())?,
+    }
+    let n = &report.counts;
+    note!(
+        "{} of {} agents aggregated; {} conflicts ({} unresolved); {} to do",
+        n.aggregated,
+        n.agents,
+        n.conflicts,
+        n.unresolved,
+        n.todo
+    )?;
+    Ok(if report.complete { 0 } else { 1 })
 }
 
 #[cfg(test)]

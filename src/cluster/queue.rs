@@ -132,6 +132,9 @@ pub struct Change {
     /// With `release` into `queued`: the earliest time another claim may take it, from now.
     pub run_after: Option<Duration>,
     pub events: Vec<NewEvent>,
+    /// The agent's handoff for this attempt (its file name on the worker, its JSON), kept so
+    /// `show` and `aggregate` work from any machine.
+    pub handoff: Option<(String, Value)>,
 }
 
 /// An agent to queue.
@@ -741,6 +744,15 @@ pub async fn write(client: &mut Client, lease: &Lease, agent: &str, fence: i64, 
             "UPDATE attempts SET ended_at = clock_timestamp(), outcome = $5, exit_code = $6, detail = $7
              WHERE workspace = $1 AND agent_id = $2 AND n = $3 AND fence = $4",
             &[&lease.workspace, &agent, &attempt, &fence, &end.outcome, &end.exit_code, &end.detail],
+        )
+        .await?;
+    }
+    if let Some((file, body)) = &change.handoff {
+        tx.execute(
+            "INSERT INTO handoffs (workspace, agent_id, attempt, fence, file, body) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (workspace, agent_id, attempt)
+             DO UPDATE SET fence = EXCLUDED.fence, file = EXCLUDED.file, body = EXCLUDED.body",
+            &[&lease.workspace, &agent, &attempt, &fence, file, body],
         )
         .await?;
     }

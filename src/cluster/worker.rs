@@ -709,6 +709,7 @@ impl Worker {
                 continue;
             }
             let finished = view.is_finished();
+            let handoff = if finished || evs.iter().any(|e| e.kind == "handoff") { local.handoff(&id) } else { None };
             let state = match view.status.as_str() {
                 // Held by the local supervisor's own admission: still this worker's.
                 "queued" => "starting".to_string(),
@@ -724,6 +725,7 @@ impl Worker {
                 }),
                 release: finished,
                 events: evs,
+                handoff,
                 ..Change::default()
             };
             let limit = self.o.timings.heartbeat;
@@ -924,6 +926,23 @@ impl Local {
     fn events(&self, after: u64) -> Result<Vec<EventRecord>, String> {
         let v = self.call(&Request::Events { after, agent: None, follow: false })?;
         serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+
+    /// The newest handoff of `id` in this epoch (its file name and JSON; a file that is not
+    /// JSON is kept as its text, to be reported as unreadable), if it wrote one.
+    fn handoff(&self, id: &str) -> Option<(String, Value)> {
+        let dir = self.data.handoff_dir();
+        let names = fsio::Dir::open(self.data.root(), &dir).and_then(|d| d.names()).ok()?;
+        let newest = names
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| DataDir::handoff_owner(n) == Some(id))
+            .max()?;
+        let path = dir.join(&newest);
+        let bytes = fsio::read(self.data.root(), &path, 1 << 20).ok()?;
+        let body = serde_json::from_slice::<Value>(&bytes)
+            .unwrap_or_else(|e| json!({ "unreadable": e.to_string(), "text": String::from_utf8_lossy(&bytes) }));
+        Some((newest, body))
     }
 
     fn last_seq(&self) -> Result<u64, String> {
