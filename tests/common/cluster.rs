@@ -85,8 +85,18 @@ impl Cluster {
         self.start_worker_args(n, &[]);
     }
 
+    /// Starts worker `n` (again) with the database at `url` (e.g. through a proxy).
+    pub fn start_worker_with(&mut self, n: usize, url: &str) {
+        self.start_worker_full(n, url, &[]);
+    }
+
     /// As [`Cluster::start_worker`], with more arguments for `corral worker`.
     pub fn start_worker_args(&mut self, n: usize, extra: &[&str]) {
+        let url = self.url();
+        self.start_worker_full(n, &url, extra);
+    }
+
+    fn start_worker_full(&mut self, n: usize, url: &str, extra: &[&str]) {
         let dir = self.worker_dir(n);
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -96,6 +106,7 @@ impl Cluster {
             .unwrap();
         let child = self
             .cmd(&[&["worker", "--data-dir", dir.to_str().unwrap()][..], extra].concat())
+            .env("CORRAL_DATABASE_URL", url)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod pg;
+pub mod proxy;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

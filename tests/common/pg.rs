@@ -88,26 +88,55 @@ impl Pg {
         );
     }
 
-    /// Stops the server (fast shutdown: clients are cut off) and starts it again on the
-    /// same port and data.
-    pub fn restart(&mut self) {
-        let data = self.dir.path().join("data");
-        let opts = format!(
+    fn opts(&self) -> String {
+        format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             self.port,
             self.dir.path().display()
-        );
+        )
+    }
+
+    /// `pg_ctl ARGS` on this server's data, which must succeed.
+    fn pg_ctl(&self, args: &[&str]) {
         let st = as_pg_user(&pg_bin().join("pg_ctl"))
             .arg("-D")
-            .arg(&data)
+            .arg(self.dir.path().join("data"))
             .arg("-l")
             .arg(self.dir.path().join("server.log"))
-            .args(["-w", "-t", "30", "-m", "fast", "-o", &opts, "restart"])
+            .args(args)
             .output()
             .unwrap();
-        assert!(st.status.success(), "pg_ctl restart: {}", String::from_utf8_lossy(&st.stderr));
-        let pid = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
+        assert!(
+            st.status.success(),
+            "pg_ctl {args:?}: {}{}",
+            String::from_utf8_lossy(&st.stdout),
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+
+    fn read_pid(&mut self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("data").join("postmaster.pid")).unwrap();
         self.pid = pid.lines().next().unwrap().trim().parse().unwrap();
+    }
+
+    /// Stops the server (fast shutdown: clients are cut off) and starts it again on the
+    /// same port and data.
+    pub fn restart(&mut self) {
+        let opts = self.opts();
+        self.pg_ctl(&["-w", "-t", "30", "-m", "fast", "-o", &opts, "restart"]);
+        self.read_pid();
+    }
+
+    /// Stops the server (fast shutdown: clients are cut off) until [`Pg::start_again`].
+    pub fn stop(&mut self) {
+        self.pg_ctl(&["-w", "-t", "30", "-m", "fast", "stop"]);
+    }
+
+    /// Starts a server stopped by [`Pg::stop`] again, on the same port and data.
+    pub fn start_again(&mut self) {
+        let opts = self.opts();
+        self.pg_ctl(&["-w", "-t", "30", "-o", &opts, "start"]);
+        self.read_pid();
     }
 
     pub fn url(&self, db: &str) -> String {
