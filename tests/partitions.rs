@@ -60,6 +60,40 @@ fn now_ns() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
 }
 
+/// Every run in the ledger of an attempt on worker `w` (all of them when `None`) that
+/// started before `before` (ns) ended before that worker's lease ran out, as the database
+/// last had it: its shim stopped it in time. Returns how many runs it looked at.
+fn ended_within_lease(c: &Cluster, w: Option<&str>, before: u128) -> usize {
+    let recs = c.ledger();
+    let leases = c.pg.sql(
+        "corral",
+        "SELECT a.agent_id || ' ' || a.fence || ' ' || a.worker || ' '
+                || (extract(epoch FROM w.lease_until) * 1000000)::int8
+         FROM attempts a JOIN workers w ON w.id = a.worker WHERE a.workspace = 't'",
+    );
+    let mut n = 0;
+    for l in leases.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let (id, fence, worker, until_us) = (f[0], f[1].parse::<i64>().unwrap(), f[2], f[3].parse::<u128>().unwrap());
+        if w.is_some_and(|w| w != worker) {
+            continue;
+        }
+        let Some(s) = recs.iter().find(|r| r.start && r.id == id && r.fence == fence && r.at < before) else {
+            continue;
+        };
+        let end = recs.iter().find(|r| !r.start && r.id == id && r.fence == fence && r.at >= s.at);
+        let end = end.unwrap_or_else(|| panic!("{id}: no end of its run under fence {fence}: {recs:?}"));
+        assert!(
+            end.at < until_us * 1000,
+            "{id} (fence {fence}) ended {} ms after its worker's lease ran out\n{}",
+            (end.at as i128 - until_us as i128 * 1000) / 1_000_000,
+            c.logs()
+        );
+        n += 1;
+    }
+    n
+}
+
 fn count(c: &Cluster, sql: &str) -> i64 {
     c.pg.sql("corral", sql).parse().unwrap_or_else(|e| panic!("{sql}: not a count: {e}"))
 }
@@ -100,6 +134,7 @@ fn a_worker_cut_off_from_the_database_stops_its_agents_before_they_run_elsewhere
     );
     // Cut off for three leases in all, then healed: its late writes change nothing.
     std::thread::sleep(Duration::from_secs(6).saturating_sub(cut.elapsed()));
+    let healed = now_ns();
     proxy.blackhole(false);
     c.wait_all("complete", 4, Duration::from_secs(40));
     c.check(5);
@@ -124,6 +159,7 @@ fn a_worker_cut_off_from_the_database_stops_its_agents_before_they_run_elsewhere
         ),
     );
     assert_eq!(other, "", "the cut-off worker's id has nothing but lost attempts");
+    assert_eq!(ended_within_lease(&c, Some(&w0), healed), mine.len(), "each of its runs stopped within its lease");
     // Healed, it registered again under a new id.
     assert!(wait(Duration::from_secs(10), || worker_of_pid(&c, c.pid(0)).len() == 2), "{}", c.logs());
     let dead = c.pg.sql("corral", &format!("SELECT state FROM workers WHERE id = '{w0}'"));
@@ -172,8 +208,9 @@ fn a_database_down_longer_than_the_lease_stops_agents_everywhere_without_a_stamp
     c.pg.start_again();
     c.wait_all("complete", 8, Duration::from_secs(60));
     c.check(5);
-    // Every copy that ran when the database went away ended at its worker's local deadline,
-    // well before the database came back.
+    // Every copy that ran when the database went away ended at its worker's local deadline:
+    // within the lease, well before the database came back.
+    assert!(ended_within_lease(&c, None, down) >= 5);
     let recs = c.ledger();
     let started_before: Vec<_> = recs.iter().filter(|r| r.start && r.at < down).collect();
     assert!(started_before.len() >= 5, "{started_before:?}");
@@ -292,4 +329,39 @@ fn an_event_follower_across_database_restarts_misses_no_event() {
     assert_eq!(distinct.len(), seen.len(), "an event was read twice");
     assert_eq!(distinct.len() as i64, total, "the follower saw {} of {total} events", distinct.len());
     assert_eq!(distinct, (1..=total).collect(), "the follower saw other numbers than 1..={total}");
+}
+
+#[test]
+fn connections_dropped_again_and_again_lose_no_agent_and_duplicate_no_event() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::new(CONFIG);
+    let proxies = [Proxy::start(c.pg.port), Proxy::start(c.pg.port)];
+    let agents: Vec<(String, Vec<String>)> =
+        (0..10).map(|i| (format!("x{i}"), c.script(800 + i * 100, i32::from(i % 4 == 1), 0))).collect();
+    c.spawn_all(&agents);
+    for (n, p) in proxies.iter().enumerate() {
+        c.start_worker_with(n, &p.url("corral"));
+    }
+    assert!(wait(Duration::from_secs(20), || c.ledger().iter().filter(|r| r.start).count() >= 3), "{}", c.logs());
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(250));
+        proxies.iter().for_each(Proxy::reset);
+    }
+    c.wait_all("complete", 10, Duration::from_secs(60));
+    c.check(5);
+    let lost = c.pg.sql("corral", "SELECT agent_id FROM attempts WHERE workspace = 't' AND outcome = 'lost'");
+    assert_eq!(lost, "", "agents lost to dropped connections\n{}", c.logs());
+    let dup = c.pg.sql(
+        "corral",
+        "SELECT agent_id || ' ' || kind || ' x' || count(*) FROM events WHERE workspace = 't'
+         GROUP BY agent_id, kind, data HAVING count(*) > 1",
+    );
+    eprintln!(
+        "{}",
+        c.pg.sql(
+            "corral",
+            "SELECT agent_id || ' ' || kind || ' ' || data::text FROM events WHERE workspace='t' ORDER BY seq"
+        )
+    );
+    assert_eq!(dup, "", "events written twice");
 }
