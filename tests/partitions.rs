@@ -343,11 +343,18 @@ fn connections_dropped_again_and_again_lose_no_agent_and_duplicate_no_event() {
         c.start_worker_with(n, &p.url("corral"));
     }
     assert!(wait(Duration::from_secs(20), || c.ledger().iter().filter(|r| r.start).count() >= 3), "{}", c.logs());
-    for _ in 0..12 {
-        std::thread::sleep(Duration::from_millis(250));
+    // Each time with room for a new connection (a connect with its password exchange takes
+    // up to ~250 ms here) and a renewal before the next drop.
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(600));
         proxies.iter().for_each(Proxy::reset);
     }
-    c.wait_all("complete", 10, Duration::from_secs(60));
+    let done = wait(Duration::from_secs(30), || c.states().values().all(|v| v == "complete"));
+    if !done {
+        eprintln!("{}", c.pg.sql("corral", "SELECT seq || ' ' || agent_id || ' ' || kind || ' ' || fence || ' ' || coalesce(worker::text,'') || ' ' || data::text FROM events WHERE workspace='t' ORDER BY seq"));
+        eprintln!("{}", c.pg.sql("corral", "SELECT agent_id || ' ' || n || ' ' || fence || ' ' || worker || ' ' || coalesce(outcome,'-') || ' ' || coalesce(detail::text,'') FROM attempts WHERE workspace='t' ORDER BY agent_id, n"));
+        panic!("{:?}\n{}", c.states(), c.logs());
+    }
     c.check(5);
     let lost = c.pg.sql("corral", "SELECT agent_id FROM attempts WHERE workspace = 't' AND outcome = 'lost'");
     assert_eq!(lost, "", "agents lost to dropped connections\n{}", c.logs());
