@@ -372,3 +372,35 @@ fn connections_dropped_again_and_again_lose_no_agent_and_duplicate_no_event() {
     );
     assert_eq!(dup, "", "events written twice");
 }
+
+#[test]
+fn a_claim_that_commits_after_the_worker_stopped_waiting_is_not_stranded() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::new(CONFIG);
+    let agents: Vec<(String, Vec<String>)> = (0..3).map(|i| (format!("c{i}"), c.script(500, 0, 0))).collect();
+    c.spawn_all(&agents);
+    // A slow commit: each attempt a claim opens holds its COMMIT 400 ms, longer than the
+    // worker waits for any call (a heartbeat, 200 ms). The claim commits after the worker
+    // gave up on it, as under a stalled disk or a synchronous standby that went away.
+    c.pg.sql(
+        "corral",
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_sleep(0.4); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON attempts
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+    );
+    c.start_worker(0);
+    assert!(
+        wait(Duration::from_secs(20), || count(&c, "SELECT count(*) FROM attempts WHERE workspace = 't'") >= 1),
+        "{}",
+        c.logs()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    c.pg.sql("corral", "DROP TRIGGER slow_commit ON attempts");
+    // The worker learns it holds them, and runs them; nothing is stuck claimed.
+    c.wait_all("complete", 3, Duration::from_secs(20));
+    c.check(5);
+    for (id, _) in &agents {
+        assert_eq!(started_in_ledger(&c, id), 1, "{id} ran once: {:?}", c.ledger());
+    }
+}

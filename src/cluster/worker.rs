@@ -407,7 +407,7 @@ impl Worker {
             shared: shared.clone(),
         };
         let beating = std::thread::Builder::new().name("lease".into()).spawn(move || beat.run())?;
-        let end = self.epoch_loop(lease, &local, &shared, stop, int).await;
+        let end = self.epoch_loop(&local, &shared, stop, int).await;
         shared.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
         let _ = beating.join();
         end
@@ -415,35 +415,21 @@ impl Worker {
 
     async fn epoch_loop(
         &mut self,
-        mut lease: Lease,
         local: &Local,
         shared: &Arc<Mutex<Shared>>,
         stop: &mut tokio::signal::unix::Signal,
         int: &mut tokio::signal::unix::Signal,
     ) -> anyhow::Result<EpochEnd> {
-        // A restart within the lease: the agents the database says are ours.
+        // A restart within the lease keeps the agents the database says are ours; they are
+        // read again every heartbeat (`load_owned`), below.
         let mut owned: BTreeMap<String, Owned> = BTreeMap::new();
-        let ws = self.o.workspace.clone();
-        if let Ok(db) = self.db().await {
-            let rows = db
-                .query(
-                    "SELECT id, fence, body FROM agents WHERE workspace = $1 AND owner = $2::text::uuid",
-                    &[&ws, &lease.worker],
-                )
-                .await;
-            for r in rows.unwrap_or_default() {
-                let body: Value = r.get(2);
-                if let Ok(request) = request_of(&body) {
-                    owned.insert(r.get(0), Owned { fence: r.get(1), request, written: None });
-                }
-            }
-        }
         let mut local_seq = local.last_seq().unwrap_or(0);
         let tick = Duration::from_millis(100);
         let mut next_sweep = 0u64;
         let mut next_claim = 0u64;
         let mut next_export = 0u64;
         let mut exported_head = -1i64;
+        let mut next_load = 0u64;
         let mut fenced = false;
         loop {
             tokio::select! {
@@ -452,10 +438,15 @@ impl Worker {
                 _ = int.recv() => return Ok(EpochEnd::Stop),
             }
             let now = time::mono_ms();
-            let (lost, fence_now, renewed_after_fence, kill_after) = {
+            let (lease, lost, fence_now, renewed_after_fence, kill_after) = {
                 let s = shared.lock().unwrap_or_else(|e| e.into_inner());
-                lease = s.lease.clone();
-                (s.lost, s.fenced || now >= s.deadline.term_at_mono, s.renewed_after_fence, s.deadline.kill_after_ms)
+                (
+                    s.lease.clone(),
+                    s.lost,
+                    s.fenced || now >= s.deadline.term_at_mono,
+                    s.renewed_after_fence,
+                    s.deadline.kill_after_ms,
+                )
             };
             if lost {
                 self.say("the lease was lost: stopping this worker's agents and registering again");
@@ -511,6 +502,14 @@ impl Worker {
                         Err(ClusterError::LeaseLost { .. }) => return Ok(EpochEnd::LeaseLost),
                         Err(e) => self.failed(&e),
                     }
+                }
+            }
+            if now >= next_load {
+                next_load = now + self.o.timings.heartbeat.as_millis() as u64;
+                match self.load_owned(&lease, &mut owned).await {
+                    Ok(()) => {}
+                    Err(ClusterError::LeaseLost { .. }) => return Ok(EpochEnd::LeaseLost),
+                    Err(e) => self.failed(&e),
                 }
             }
             if owned.len() < self.o.slots && now >= next_claim {
@@ -586,50 +585,101 @@ impl Worker {
         let claims = bounded(limit, queue::claim_with(db, lease, want, &rules)).await?;
         for c in claims {
             let ws = self.o.workspace.clone();
-            let row = self
-                .db()
-                .await?
-                .query_one("SELECT body FROM agents WHERE workspace = $1 AND id = $2", &[&ws, &c.id])
-                .await?;
+            let db = self.db().await?;
+            let row = bounded(limit, async {
+                Ok(db.query_one("SELECT body FROM agents WHERE workspace = $1 AND id = $2", &[&ws, &c.id]).await?)
+            })
+            .await?;
             let body: Value = row.get(0);
-            let request = match request_of(&body) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.fail_claim(lease, &c.id, c.fence, &e).await?;
-                    continue;
-                }
-            };
-            let mut req = request.clone();
-            req.id = Some(c.id.clone());
-            req.after.clear();
-            req.idempotency_key = None;
-            req.delay_ms = None;
-            req.caller_env = std::env::vars().filter(|(k, _)| !k.starts_with("CORRAL_")).collect();
-            let env = vec![
-                ("CORRAL_FENCE".to_string(), c.fence.to_string()),
-                ("CORRAL_WORKER".to_string(), lease.worker.clone()),
-            ];
-            req.env.extend(env.iter().cloned());
-            req.cwd = self.cwd_here(&request.cwd);
-            let started = match local.call(&Request::Spawn(Box::new(req))) {
-                Ok(v) => Ok(v),
-                // Claimed here before in this epoch: the local record is finished; a new
-                // attempt of it.
-                Err(e) if e.contains("already") => local.call(&Request::Retry {
-                    id: c.id.clone(),
-                    context: body["retryContext"].as_str().map(String::from),
-                    env,
-                }),
-                Err(e) => Err(e),
-            };
-            match started {
-                Ok(_) => {
-                    owned.insert(c.id.clone(), Owned { fence: c.fence, request, written: None });
+            match request_of(&body) {
+                Ok(request) => {
+                    self.start_here(
+                        lease,
+                        local,
+                        owned,
+                        &c.id,
+                        c.fence,
+                        request,
+                        body["retryContext"].as_str().map(String::from),
+                    )
+                    .await?
                 }
                 Err(e) => self.fail_claim(lease, &c.id, c.fence, &e).await?,
             }
         }
         Ok(())
+    }
+
+    /// Adds to `owned` the agents the database says are this worker's that it does not know
+    /// of: at the start of an epoch (a restart within the lease keeps its agents), and every
+    /// heartbeat after, for a claim whose answer never came (it committed after the worker
+    /// stopped waiting, or the connection was lost before the answer). One that does not run
+    /// here is started by the next `sync`.
+    async fn load_owned(&mut self, lease: &Lease, owned: &mut BTreeMap<String, Owned>) -> Result<(), ClusterError> {
+        let limit = self.o.timings.heartbeat;
+        let ws = self.o.workspace.clone();
+        let known: Vec<&str> = owned.keys().map(String::as_str).collect();
+        let db = self.db().await?;
+        let rows = bounded(limit, async {
+            Ok(db
+                .query(
+                    "SELECT id, fence, body FROM agents
+                     WHERE workspace = $1 AND owner = $2::text::uuid AND NOT id = ANY($3)",
+                    &[&ws, &lease.worker, &known],
+                )
+                .await?)
+        })
+        .await?;
+        for r in rows {
+            let id: String = r.get(0);
+            let body: Value = r.get(2);
+            if !owned.contains_key(&id)
+                && let Ok(request) = request_of(&body)
+            {
+                owned.insert(id, Owned { fence: r.get(1), request, written: None });
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts agent `id`, claimed by this worker under `fence`, with the local supervisor.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_here(
+        &mut self,
+        lease: &Lease,
+        local: &Local,
+        owned: &mut BTreeMap<String, Owned>,
+        id: &str,
+        fence: i64,
+        request: SpawnRequest,
+        retry_context: Option<String>,
+    ) -> Result<(), ClusterError> {
+        let mut req = request.clone();
+        req.id = Some(id.to_string());
+        req.after.clear();
+        req.idempotency_key = None;
+        req.delay_ms = None;
+        req.caller_env = std::env::vars().filter(|(k, _)| !k.starts_with("CORRAL_")).collect();
+        let env =
+            vec![("CORRAL_FENCE".to_string(), fence.to_string()), ("CORRAL_WORKER".to_string(), lease.worker.clone())];
+        req.env.extend(env.iter().cloned());
+        req.cwd = self.cwd_here(&request.cwd);
+        let started = match local.call(&Request::Spawn(Box::new(req))) {
+            Ok(v) => Ok(v),
+            // Claimed here before in this epoch: the local record is finished; a new
+            // attempt of it.
+            Err(e) if e.contains("already") => {
+                local.call(&Request::Retry { id: id.to_string(), context: retry_context, env })
+            }
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(_) => {
+                owned.insert(id.to_string(), Owned { fence, request, written: None });
+                Ok(())
+            }
+            Err(e) => self.fail_claim(lease, id, fence, &e).await,
+        }
     }
 
     /// The spawn's working directory as it is on this machine: a relative one is under this
@@ -697,7 +747,14 @@ impl Worker {
         let views: BTreeMap<&str, &AgentView> = views.iter().map(|v| (v.agent_id.as_str(), v)).collect();
         let ids: Vec<String> = owned.keys().cloned().collect();
         for id in ids {
-            let Some(view) = views.get(id.as_str()) else { continue };
+            let Some(view) = views.get(id.as_str()) else {
+                // This worker's in the database but never started here (its claim's answer
+                // was lost, or the worker stopped before it started it): start it now.
+                let a = owned.remove(&id).expect("listed");
+                self.say(&format!("{id}: this worker's but not running here; starting it"));
+                self.start_here(lease, local, owned, &id, a.fence, a.request, None).await?;
+                continue;
+            };
             let a = owned.get(&id).expect("listed");
             let mut shown = serde_json::to_value(view).unwrap_or(Value::Null);
             if let Some(o) = shown.as_object_mut() {
