@@ -250,7 +250,6 @@ fn failures_on_different_workers_open_one_breaker_for_the_cluster_and_one_probe_
     }
     let workers = c.pg.sql("corral", "SELECT count(DISTINCT worker) FROM attempts WHERE agent_id LIKE 'bad%'");
     assert_eq!(workers, "3", "the three failures happened on three workers");
-    let opened = Instant::now();
     assert!(
         common::wait_until(Duration::from_secs(5), || {
             c.pg.sql("corral", "SELECT count(*) FROM events WHERE kind = 'breaker' AND data->>'state' = 'open'") == "1"
@@ -264,8 +263,7 @@ fn failures_on_different_workers_open_one_breaker_for_the_cluster_and_one_probe_
     let mut runs: Vec<(u128, u128)> = (0..3).flat_map(|i| runs_of(&c, &format!("good{i}"))).collect();
     runs.sort();
     assert_eq!(runs.len(), 3);
-    // Nothing started during the cooldown; the probe ran alone, the rest after it.
-    assert!(opened.elapsed() >= Duration::from_secs(2));
+    // The probe ran alone, the rest after it (and nothing during the cooldown: below).
     assert!(runs[1].0 > runs[0].1 && runs[2].0 > runs[0].1, "one probe first, then the others: {runs:?}");
     let first_start = c.pg.sql(
         "corral",

@@ -48,16 +48,22 @@ pub struct Cluster {
     pub ws: tempfile::TempDir,
     pub ledger: PathBuf,
     pub workers: Vec<Option<Child>>,
+    /// One cluster at a time per test binary: three workers and a server each, with leases of
+    /// two seconds, would otherwise starve each other on a small machine. Dropped last.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Cluster {
     pub fn new(config: &str) -> Self {
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let pg = Pg::start();
         let ws = tempfile::Builder::new().prefix("corral-cl").tempdir().unwrap();
         std::fs::write(ws.path().join("corral.toml"), config).unwrap();
         let ledger = ws.path().join("ledger");
         std::fs::write(&ledger, "").unwrap();
-        Self { pg, ws, ledger, workers: vec![] }
+        Self { pg, ws, ledger, workers: vec![], _turn: turn }
     }
 
     pub fn url(&self) -> String {
