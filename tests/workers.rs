@@ -20,7 +20,19 @@ fn three_workers_run_200_agents_each_once_at_a_time_never_over_max_concurrent() 
     let start = Instant::now();
     c.wait_all("complete", 200, Duration::from_secs(120));
     let runs = c.check(5);
-    assert_eq!(runs, 220, "200 agents, 20 of them twice: {runs} runs in the ledger");
+    // 200 agents, 20 of them twice; more only for attempts given back as lost (a worker that
+    // could not renew in time on a loaded machine stops its agents, and they run again).
+    let lost: usize = c.pg.sql("corral", "SELECT count(*) FROM attempts WHERE outcome = 'lost'").parse().unwrap();
+    assert!(
+        runs >= 220 && runs <= 220 + lost,
+        "{runs} runs in the ledger, {lost} lost attempts; attempts not complete: {}\n{}",
+        c.pg.sql(
+            "corral",
+            "SELECT string_agg(agent_id || ' ' || n || ' ' || coalesce(outcome, '-'), ', ') FROM attempts \
+             WHERE outcome IS DISTINCT FROM 'complete'"
+        ),
+        c.logs()
+    );
     // Work went to more than one worker.
     let owners = c.pg.sql("corral", "SELECT count(DISTINCT worker) FROM attempts WHERE workspace = 't'");
     assert!(owners.parse::<i32>().unwrap() >= 2, "only {owners} worker(s) ran agents");

@@ -431,9 +431,17 @@ impl Worker {
         let mut exported_head = -1i64;
         let mut next_load = 0u64;
         let mut fenced = false;
+        // Woken by the workspace's notifications (a spawn, a command, an agent given back),
+        // so a queued agent is claimed at once rather than at the next poll.
+        let opts = super::listen::ListenOptions {
+            application_name: "corral-worker".into(),
+            ..super::listen::ListenOptions::default()
+        };
+        let mut listener = super::listen::Listener::start(&self.o.db, &self.o.workspace, opts);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
+                _ = listener.changed() => next_claim = 0,
                 _ = stop.recv() => return Ok(EpochEnd::Stop),
                 _ = int.recv() => return Ok(EpochEnd::Stop),
             }
