@@ -209,6 +209,11 @@ impl Worker {
                     return Err(ClusterError::Bad(format!("cannot reach {} within {limit:?}", self.o.db.describe())));
                 }
             };
+            // A worker stopped (or hung) inside a transaction must not keep its agents' rows
+            // locked: the server ends such a transaction, so a sweep can take them over.
+            let idle = self.o.timings.grace.max(Duration::from_millis(250)).as_millis() as u64;
+            let set = format!("SET idle_in_transaction_session_timeout = {idle}");
+            bounded(limit, async { Ok(c.batch_execute(&set).await?) }).await?;
             self.client = Some(c);
         }
         Ok(self.client.as_mut().expect("just made"))
