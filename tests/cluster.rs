@@ -333,6 +333,37 @@ fn a_write_with_a_stale_fence_or_from_another_worker_changes_nothing() {
 }
 
 #[test]
+fn mirrored_events_written_again_are_appended_once() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        queue::enqueue(&mut c, WS, &new_agents("x", 1, json!({}))).await.unwrap();
+        let a = queue::register(&c, &spec(json!({}), 2, Duration::from_secs(30))).await.unwrap();
+        let fence = queue::claim(&mut c, &a, 5).await.unwrap()[0].fence;
+        let mirrored = |from: u64, to: u64, source: &str| Change {
+            state: Some("running".into()),
+            events: (from..=to).map(|n| NewEvent::mirrored("progress", json!({ "n": n }), n as i64)).collect(),
+            source: Some(source.into()),
+            ..Change::default()
+        };
+        let kinds =
+            || pg.sql("corral", "SELECT string_agg(data->>'n', ',' ORDER BY seq) FROM events WHERE kind = 'progress'");
+        assert_eq!(queue::write(&mut c, &a, "x-0", fence, &mirrored(1, 3, "e-1")).await.unwrap().len(), 3);
+        // The same write again (its answer was lost): nothing appended.
+        assert!(queue::write(&mut c, &a, "x-0", fence, &mirrored(1, 3, "e-1")).await.unwrap().is_empty());
+        // Sent again with what came since: only the new ones.
+        assert_eq!(queue::write(&mut c, &a, "x-0", fence, &mirrored(2, 5, "e-1")).await.unwrap().len(), 2);
+        assert_eq!(kinds(), "1,2,3,4,5");
+        // Another local store numbers from 1 again: its events are its own.
+        assert_eq!(queue::write(&mut c, &a, "x-0", fence, &mirrored(1, 1, "e-2")).await.unwrap().len(), 1);
+        assert_eq!(kinds(), "1,2,3,4,5,1");
+        assert_events_dense(&pg);
+    });
+}
+
+#[test]
 fn a_lease_that_ran_out_cannot_be_renewed_nor_used() {
     let pg = Pg::start();
     let url = pg.url("corral");

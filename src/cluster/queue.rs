@@ -104,11 +104,19 @@ pub struct Claim {
 pub struct NewEvent {
     pub kind: String,
     pub data: Value,
+    /// Its number in the worker's local store, for an event mirrored from there (see
+    /// [`Change::source`]).
+    pub origin: Option<i64>,
 }
 
 impl NewEvent {
     pub fn new(kind: &str, data: Value) -> Self {
-        Self { kind: kind.into(), data }
+        Self { kind: kind.into(), data, origin: None }
+    }
+
+    /// An event mirrored from the local store where it has number `origin`.
+    pub fn mirrored(kind: &str, data: Value, origin: i64) -> Self {
+        Self { kind: kind.into(), data, origin: Some(origin) }
     }
 }
 
@@ -135,6 +143,10 @@ pub struct Change {
     /// The agent's handoff for this attempt (its file name on the worker, its JSON), kept so
     /// `show` and `aggregate` work from any machine.
     pub handoff: Option<(String, Value)>,
+    /// The local store the events with an `origin` come from. The agent's row remembers the
+    /// last origin written from it, so a write sent again (its answer was lost, or a later
+    /// write of the same sync failed) appends none of them twice.
+    pub source: Option<String>,
 }
 
 /// An agent to queue.
@@ -712,7 +724,7 @@ pub async fn write(client: &mut Client, lease: &Lease, agent: &str, fence: i64, 
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
-            "SELECT owner::text, fence, attempt FROM agents WHERE workspace = $1 AND id = $2 FOR UPDATE",
+            "SELECT owner::text, fence, attempt, mirrored FROM agents WHERE workspace = $1 AND id = $2 FOR UPDATE",
             &[&lease.workspace, &agent],
         )
         .await?;
@@ -720,6 +732,7 @@ pub async fn write(client: &mut Client, lease: &Lease, agent: &str, fence: i64, 
         return Err(ClusterError::Stale { agent: agent.into(), fence, now: "no such agent".into() });
     };
     let (owner, now_fence, attempt): (Option<String>, i64, i32) = (row.get(0), row.get(1), row.get(2));
+    let mirrored: Value = row.get(3);
     if owner.as_deref() != Some(lease.worker.as_str()) || now_fence != fence {
         let now = match owner {
             Some(o) => format!("it has fence {now_fence}, owned by worker {o}"),
@@ -756,11 +769,32 @@ pub async fn write(client: &mut Client, lease: &Lease, agent: &str, fence: i64, 
         )
         .await?;
     }
+    // Mirrored events this agent's row already has from the same local store are not
+    // appended again.
+    let written = match &change.source {
+        Some(src) if mirrored["source"].as_str() == Some(src.as_str()) => mirrored["through"].as_i64(),
+        _ => None,
+    };
+    let fresh = |e: &&NewEvent| match (e.origin, written) {
+        (Some(o), Some(w)) => o > w,
+        _ => true,
+    };
     let evs: Vec<Ev> = change
         .events
         .iter()
+        .filter(fresh)
         .map(|e| Ev { agent: Some(agent), fence: Some(fence), kind: &e.kind, data: e.data.clone() })
         .collect();
+    if let Some(src) = &change.source
+        && let Some(through) = change.events.iter().filter_map(|e| e.origin).max()
+        && written.is_none_or(|w| through > w)
+    {
+        tx.execute(
+            "UPDATE agents SET mirrored = $3 WHERE workspace = $1 AND id = $2",
+            &[&lease.workspace, &agent, &json!({ "source": src, "through": through })],
+        )
+        .await?;
+    }
     let seqs = append_events(&tx, &lease.workspace, Some(&lease.worker), &evs).await?;
     tx.commit().await?;
     Ok(seqs)

@@ -154,6 +154,13 @@ ALTER TABLE commands ADD COLUMN IF NOT EXISTS taken_at timestamptz;
 CREATE INDEX IF NOT EXISTS commands_untaken ON commands (workspace, agent_id, id) WHERE taken_at IS NULL;
 "#,
     },
+    Migration {
+        version: 4,
+        name: "mirrored events written once",
+        sql: r#"
+ALTER TABLE agents ADD COLUMN IF NOT EXISTS mirrored jsonb NOT NULL DEFAULT '{}';
+"#,
+    },
 ];
 
 /// What [`migrate`] found and did.

@@ -755,7 +755,7 @@ impl Worker {
             if e.kind == "retry_scheduled" {
                 outcomes.push((a.request.role.clone(), id.clone(), false));
             }
-            by_agent.entry(id).or_default().push(NewEvent::new(&e.kind, e.data));
+            by_agent.entry(id).or_default().push(NewEvent::mirrored(&e.kind, e.data, e.seq as i64));
         }
         let views: BTreeMap<&str, &AgentView> = views.iter().map(|v| (v.agent_id.as_str(), v)).collect();
         let ids: Vec<String> = owned.keys().cloned().collect();
@@ -796,6 +796,7 @@ impl Worker {
                 release: finished,
                 events: evs,
                 handoff,
+                source: Some(local.source()),
                 ..Change::default()
             };
             let limit = self.o.timings.heartbeat;
@@ -979,6 +980,11 @@ struct Local {
 }
 
 impl Local {
+    /// This local store's name in the database: its epoch dir's.
+    fn source(&self) -> String {
+        self.data.root().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
     fn call(&self, req: &Request) -> Result<Value, String> {
         let reply = Client::request(&self.data, &self.root, req).map_err(|e| e.to_string())?;
         if reply.ok {
