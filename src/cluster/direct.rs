@@ -10,7 +10,7 @@ use super::queue::{ClusterError, Ev, append_events};
 use crate::policy::agent::AgentState;
 use serde_json::{Value, json};
 use std::time::SystemTime;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
 type Result<T> = std::result::Result<T, ClusterError>;
 
@@ -116,6 +116,8 @@ pub async fn kill_unowned(client: &mut Client, workspace: &str, id: &str) -> Res
         )
         .await?
         .get(0);
+    // A human acted on the agent itself: that answers its own open escalations.
+    resolve_escalations(&tx, workspace, id, "killed by corral kill").await?;
     let reason = format!("killed while {state}, before any worker ran it");
     let ev = Ev { agent: Some(id), fence: Some(fence), kind: "killed", data: json!({ "reason": reason }) };
     append_events(&tx, workspace, None, &[ev]).await?;
@@ -151,16 +153,23 @@ pub async fn retry_unowned(client: &mut Client, workspace: &str, id: &str, conte
         )
         .await?
         .get(0);
-    tx.execute(
-        "UPDATE escalations SET resolved_at = now() WHERE workspace = $1 AND agent_id = $2 AND resolved_at IS NULL",
-        &[&workspace, &id],
-    )
-    .await?;
+    resolve_escalations(&tx, workspace, id, "run again by corral retry").await?;
     let ev =
         Ev { agent: Some(id), fence: Some(fence), kind: "retried", data: json!({ "from": state, "context": context }) };
     append_events(&tx, workspace, None, &[ev]).await?;
     tx.commit().await?;
     Ok(Direct::Done { state: "queued".into() })
+}
+
+/// Resolves the open escalations of `id`, recording what became of it.
+async fn resolve_escalations(tx: &Transaction<'_>, workspace: &str, id: &str, outcome: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE escalations SET resolved_at = now(), body = body || jsonb_build_object('outcome', $3::text)
+         WHERE workspace = $1 AND agent_id = $2 AND resolved_at IS NULL",
+        &[&workspace, &id, &outcome],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Withdraws command `id` if no worker has taken it yet; true when it was withdrawn.

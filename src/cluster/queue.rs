@@ -795,6 +795,27 @@ pub async fn write(client: &mut Client, lease: &Lease, agent: &str, fence: i64, 
         )
         .await?;
     }
+    // An escalation the worker's supervisor opened is recorded for the whole workspace, so
+    // `corral escalations` and `health` see it from any machine. Numbered under the
+    // workspace's row, taken after the agent's, as the sweep does.
+    let opened: Vec<&Ev> = evs.iter().filter(|e| e.kind == "escalation_opened").collect();
+    if !opened.is_empty() {
+        tx.execute("SELECT 1 FROM workspaces WHERE id = $1 FOR UPDATE", &[&lease.workspace]).await?;
+        for e in opened {
+            let body = json!({
+                "kind": "agent",
+                "reason": e.data["reason"],
+                "local": e.data["escalation"],
+                "worker": lease.worker,
+            });
+            tx.execute(
+                "INSERT INTO escalations (workspace, id, agent_id, body)
+                 SELECT $1, COALESCE(max(id), 0) + 1, $2, $3 FROM escalations WHERE workspace = $1",
+                &[&lease.workspace, &agent, &body],
+            )
+            .await?;
+        }
+    }
     let seqs = append_events(&tx, &lease.workspace, Some(&lease.worker), &evs).await?;
     tx.commit().await?;
     Ok(seqs)

@@ -161,6 +161,14 @@ CREATE INDEX IF NOT EXISTS commands_untaken ON commands (workspace, agent_id, id
 ALTER TABLE agents ADD COLUMN IF NOT EXISTS mirrored jsonb NOT NULL DEFAULT '{}';
 "#,
     },
+    Migration {
+        version: 5,
+        name: "escalations opened by workers, with their time",
+        sql: r#"
+ALTER TABLE escalations ADD COLUMN IF NOT EXISTS opened_at timestamptz NOT NULL DEFAULT now();
+CREATE INDEX IF NOT EXISTS escalations_open ON escalations (workspace, id) WHERE resolved_at IS NULL;
+"#,
+    },
 ];
 
 /// What [`migrate`] found and did.
