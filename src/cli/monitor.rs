@@ -28,6 +28,86 @@ pub struct Args {
     /// Quit after this many seconds (for benchmarks).
     #[arg(long, hide = true)]
     pub seconds: Option<f64>,
+    /// Print one plain-text snapshot (counts, health, the agents, open escalations) and
+    /// exit. Without it, output that is not a terminal gets a new snapshot each time
+    /// something changed, until interrupted.
+    #[arg(long)]
+    pub once: bool,
+}
+
+impl Args {
+    /// Plain text rather than the dashboard: asked for, or stdout is not a terminal.
+    pub fn text(&self) -> bool {
+        use std::io::IsTerminal;
+        self.once || !std::io::stdout().is_terminal()
+    }
+}
+
+/// A plain-text snapshot of what the dashboard shows: a summary line (agents by state,
+/// capacity, breaker, escalations), `extra` lines, the agents as `corral status` prints
+/// them, and the open escalations as `corral escalations` prints them.
+pub fn text_frame(m: &Model, extra: &[String]) -> String {
+    let mut out: Vec<u8> = Vec::new();
+    let _ = write_frame(m, extra, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn write_frame(m: &Model, extra: &[String], out: &mut impl std::io::Write) -> std::io::Result<()> {
+    use crate::say_to;
+    let counts: Vec<String> = m.counts().iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let mut summary = vec![format!(
+        "{}{}",
+        crate::policy::plural(m.agents.len(), "agent", "agents"),
+        if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) }
+    )];
+    if let Some(h) = &m.health {
+        summary.push(format!("{} of {} running", h.running, h.max_concurrent));
+        summary.push(format!("breaker {}", h.breaker.state));
+        if let Some(why) = &h.held_because {
+            summary.push(format!("holding new starts: {why}"));
+        }
+    }
+    let open: Vec<_> = m.escalations.iter().filter(|e| e.is_open()).cloned().collect();
+    summary.push(crate::policy::plural(open.len(), "open escalation", "open escalations"));
+    say_to!(out, "{}", summary.join("; "))?;
+    for l in extra {
+        say_to!(out, "{l}")?;
+    }
+    let views: Vec<AgentView> = m.visible().into_iter().cloned().collect();
+    if !views.is_empty() {
+        super::status::table(&views, super::status::columns(), out)?;
+    }
+    if !open.is_empty() {
+        say_to!(out, "escalations:")?;
+        super::escalations::lines(&open, out)?;
+    }
+    Ok(())
+}
+
+/// What decides whether a text snapshot is new: everything but the ages.
+pub fn fingerprint(m: &Model, extra: &[String]) -> String {
+    let views: Vec<serde_json::Value> = m
+        .visible()
+        .into_iter()
+        .map(|v| {
+            let mut j = serde_json::to_value(v).unwrap_or_default();
+            if let Some(o) = j.as_object_mut() {
+                o.remove("ageSeconds");
+                o.remove("nextAttemptInSeconds");
+            }
+            j
+        })
+        .collect();
+    let mut h = m.health.as_ref().map(|h| serde_json::to_value(h).unwrap_or_default()).unwrap_or_default();
+    if let Some(o) = h.as_object_mut() {
+        for k in ["freeMemory", "load"] {
+            o.remove(k);
+        }
+        if let Some(b) = o.get_mut("breaker").and_then(|b| b.as_object_mut()) {
+            b.remove("probeInSeconds");
+        }
+    }
+    serde_json::json!([views, h, m.escalations, extra]).to_string()
 }
 
 enum Change {
@@ -65,12 +145,51 @@ const DETAIL_ROWS: u16 = 40;
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     let mut client = Conn { data: ctx.data.clone(), root: ctx.ws.root.clone(), client: Some(ctx.client()?) };
+    if a.once {
+        let mut m = Model::default();
+        refresh_all(&mut client, &mut m)?;
+        crate::display::raw_out(text_frame(&m, &[]).as_bytes())?;
+        return Ok(0);
+    }
     let after: u64 = serde_json::from_value(super::into_result(client.call(&Request::LastSeq)?)?)?;
     let (tx, rx) = mpsc::channel();
     // Its own thread, left behind when the dashboard quits.
     let (data, root) = (ctx.data.clone(), ctx.ws.root.clone());
     std::thread::spawn(move || follow(crate::ops::Target { data: &data, root: &root }, after, tx));
+    if a.text() {
+        return text_loop(&mut client, &rx, &a);
+    }
     show(&mut client, &rx, &a)
+}
+
+/// Output that is not a terminal: a snapshot now, and another each time something changed.
+fn text_loop(client: &mut Conn, rx: &mpsc::Receiver<Change>, a: &Args) -> Result {
+    let start = Instant::now();
+    let mut m = Model::default();
+    let mut last = String::new();
+    loop {
+        match refresh_all(client, &mut m) {
+            Ok(()) => {
+                let f = fingerprint(&m, &[]);
+                if f != last {
+                    last = f;
+                    if crate::display::raw_out(format!("{}\n", text_frame(&m, &[])).as_bytes()).is_err() {
+                        return Ok(0); // the reader went away
+                    }
+                }
+            }
+            Err(e) => crate::note!("corral monitor: cannot reach the supervisor ({}); trying again", e.msg)?,
+        }
+        if a.seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s) {
+            return Ok(0);
+        }
+        match rx.recv_timeout(FULL_REFRESH) {
+            Ok(Change::Note(n)) if !n.is_empty() => crate::note!("corral monitor: {n}")?,
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(0),
+        }
+        while rx.try_recv().is_ok() {}
+    }
 }
 
 /// Turns the event stream (followed across restarts) into what the dashboard must refresh.
