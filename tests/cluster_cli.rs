@@ -155,13 +155,16 @@ fn fifty_spawns_at_once_from_machines_with_no_worker_get_distinct_dense_ids() {
     let u = run(&c, &["show", "nope"]);
     assert_eq!(u.status.code(), Some(2), "{}", text(&u));
     assert!(String::from_utf8_lossy(&u.stderr).contains("no agent \"nope\""), "{}", text(&u));
-    let l = run(&c, &["logs", "agent-001-worker"]);
+    let l = run(&c, &["timeline"]);
     assert_eq!(l.status.code(), Some(2), "{}", text(&l));
     assert!(
-        String::from_utf8_lossy(&l.stderr).contains("`corral logs` does not work from the database yet"),
+        String::from_utf8_lossy(&l.stderr).contains("`corral timeline` does not work from the database yet"),
         "{}",
         text(&l)
     );
+    let l = run(&c, &["logs", "agent-001-worker"]);
+    assert_eq!(l.status.code(), Some(2), "{}", text(&l));
+    assert!(String::from_utf8_lossy(&l.stderr).contains("has not run on any worker yet"), "{}", text(&l));
     // Events: every one, once, in order.
     let lines = ok(&c, &["events"]);
     let seqs: Vec<i64> =

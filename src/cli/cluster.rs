@@ -63,6 +63,10 @@ pub fn run(ctx: &Ctx, t: Target, cmd: Cmd) -> Result {
         Cmd::Wait(a) => rt.block_on(wait(ctx, &t, a)),
         Cmd::Events(a) => rt.block_on(events(&t, a)),
         Cmd::Aggregate(a) => rt.block_on(aggregate(ctx, &t, a)),
+        Cmd::Health(a) => rt.block_on(super::cluster_reads::health(ctx, &t, a)),
+        Cmd::Escalations(a) => rt.block_on(super::cluster_reads::escalations_cmd(&t, a)),
+        Cmd::Logs(a) => rt.block_on(super::cluster_reads::logs(&t, a)),
+        Cmd::Monitor(a) => super::cluster_reads::monitor(ctx, &t, &rt, a),
         other => Err(usage(format!(
             "`corral {}` does not work from the database yet: run it on the worker's machine with --data-dir <its epoch \
              dir> (under the worker's data dir, epochs/<worker id>-<n>)",
@@ -71,7 +75,7 @@ pub fn run(ctx: &Ctx, t: Target, cmd: Cmd) -> Result {
     }
 }
 
-fn db_fail(e: ClusterError) -> Fail {
+pub(super) fn db_fail(e: ClusterError) -> Fail {
     match e {
         ClusterError::Bad(m) => usage(m),
         other => Fail { code: 1, msg: other.to_string() },
@@ -79,7 +83,7 @@ fn db_fail(e: ClusterError) -> Fail {
 }
 
 /// One connection, the schema migrated.
-async fn connect(t: &Target) -> Result<tokio_postgres::Client> {
+pub(super) async fn connect(t: &Target) -> Result<tokio_postgres::Client> {
     let limit = Duration::from_secs(10);
     let mut c = match tokio::time::timeout(limit, t.db.connect()).await {
         Ok(Ok(c)) => c,
@@ -95,7 +99,7 @@ async fn connect(t: &Target) -> Result<tokio_postgres::Client> {
     Ok(c)
 }
 
-fn rfc(t: SystemTime) -> String {
+pub(super) fn rfc(t: SystemTime) -> String {
     jiff::Timestamp::try_from(t).map(time::rfc3339).unwrap_or_default()
 }
 
@@ -159,7 +163,7 @@ fn relative_cwd(root: &std::path::Path, cwd: &str) -> String {
 
 /// The agent as `status --json` shows it: its worker's last view with the database's state,
 /// or, before any worker ran it, one made from the spawn request.
-fn view_of(ctx: &Ctx, r: &AgentRow) -> AgentView {
+pub(super) fn view_of(ctx: &Ctx, r: &AgentRow) -> AgentView {
     let stored = r.body.get("view").and_then(|v| serde_json::from_value::<AgentView>(v.clone()).ok());
     let mut v = stored.unwrap_or_else(|| made(ctx, r));
     v.status = r.state.clone();
@@ -197,7 +201,11 @@ fn made(ctx: &Ctx, r: &AgentRow) -> AgentView {
     serde_json::from_value(v).expect("every field an AgentView needs is given")
 }
 
-async fn resolve_all(c: &tokio_postgres::Client, t: &Target, given: &[String]) -> Result<Option<Vec<String>>> {
+pub(super) async fn resolve_all(
+    c: &tokio_postgres::Client,
+    t: &Target,
+    given: &[String],
+) -> Result<Option<Vec<String>>> {
     if given.is_empty() {
         return Ok(None);
     }

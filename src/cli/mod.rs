@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod capacity;
 pub mod clean;
 pub mod cluster;
+pub mod cluster_reads;
 pub mod completions;
 pub mod daemon;
 pub mod demo;

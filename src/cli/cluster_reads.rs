@@ -1,0 +1,849 @@
+//! `health`, `escalations`, `monitor` and `logs` in cluster mode, from any machine, by SQL:
+//! what the database holds about the workspace (the agents' records, the breaker, the
+//! workers and their leases, the escalations), shown as the single-machine commands show it.
+//! What only a worker's own supervisor knows (its machine's memory and load, provider holds,
+//! admission groups, a pause) is left out and named; an agent's log stays on its worker's
+//! disk, so `logs` says where it is.
+
+use super::cluster::{Target, connect, db_fail, rfc, view_of};
+use super::{Ctx, Fail, Result, usage};
+use crate::cluster::queue::ClusterError;
+use crate::cluster::read::{self, AgentFilter, AgentRow};
+use crate::cluster::{direct, listen};
+use crate::ipc::{AgentView, BreakerView, HealthView, QueuedView};
+use crate::monitor::{Command, Key, Model};
+use crate::policy::agent::Escalation;
+use crate::policy::health::{Breaker, Breakers, GLOBAL, HealthPolicy};
+use crate::{note, say_to};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What `health --json` leaves out from the database: each worker's supervisor has it for
+/// its own machine (`corral health --data-dir <its epoch dir>` there).
+pub const LOCAL_ONLY: &[&str] =
+    &["freeMemory", "minFreeMemory", "load", "maxLoad", "providers", "groups", "paused", "configuredMaxConcurrent"];
+
+/// How often the monitor reads everything again with no notification (ages, leases).
+const MONITOR_POLL: Duration = Duration::from_secs(2);
+
+/// One worker as the database has it.
+#[derive(Debug, Clone)]
+pub struct WorkerRow {
+    pub id: String,
+    pub host: String,
+    pub pid: i32,
+    pub labels: Value,
+    pub slots: i32,
+    pub state: String,
+    pub started_at: SystemTime,
+    pub heartbeat_at: SystemTime,
+    pub lease_until: SystemTime,
+    /// Its lease has not ended.
+    pub live: bool,
+    /// Seconds since its last renewal, and until its lease ends (negative: ended), on the
+    /// database's clock.
+    pub heartbeat_age: f64,
+    pub lease_left: f64,
+    /// Agents it owns now.
+    pub agents: i64,
+}
+
+impl WorkerRow {
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "labels": self.labels,
+            "slots": self.slots,
+            "state": self.state,
+            "live": self.live,
+            "agents": self.agents,
+            "startedAt": rfc(self.started_at),
+            "heartbeatAt": rfc(self.heartbeat_at),
+            "leaseUntil": rfc(self.lease_until),
+            "heartbeatAgeSeconds": round(self.heartbeat_age),
+            "leaseLeftSeconds": round(self.lease_left),
+        })
+    }
+
+    /// One line about it, for `health` and `monitor`.
+    fn line(&self) -> String {
+        let short = self.id.get(..8).unwrap_or(&self.id);
+        if self.live {
+            format!(
+                "{short} on {} (pid {}): {} of {} slots; renewed {:.1}s ago, lease {:.1}s left",
+                self.host, self.pid, self.agents, self.slots, self.heartbeat_age, self.lease_left
+            )
+        } else {
+            format!(
+                "{short} on {} (pid {}): lease ended {:.1}s ago; {} not yet taken over",
+                self.host,
+                self.pid,
+                -self.lease_left,
+                crate::policy::plural(self.agents as usize, "agent", "agents")
+            )
+        }
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The workspace's workers worth showing (a live lease, or agents still theirs), in the
+/// order they started, and how many others there were (stopped, their agents taken over).
+pub async fn workers(
+    c: &tokio_postgres::Client,
+    workspace: &str,
+) -> std::result::Result<(Vec<WorkerRow>, usize), ClusterError> {
+    let rows = c
+        .query(
+            "SELECT w.id::text, w.host, w.pid, w.labels, w.slots, w.state, w.started_at, w.heartbeat_at,
+                    w.lease_until, w.lease_until > now(),
+                    extract(epoch from now() - w.heartbeat_at)::float8,
+                    extract(epoch from w.lease_until - now())::float8,
+                    (SELECT count(*) FROM agents a WHERE a.workspace = w.workspace AND a.owner = w.id)
+             FROM workers w WHERE w.workspace = $1 ORDER BY w.started_at, w.id",
+            &[&workspace],
+        )
+        .await?;
+    let mut shown = Vec::new();
+    let mut gone = 0;
+    for r in &rows {
+        let w = WorkerRow {
+            id: r.get(0),
+            host: r.get(1),
+            pid: r.get(2),
+            labels: r.get(3),
+            slots: r.get(4),
+            state: r.get(5),
+            started_at: r.get(6),
+            heartbeat_at: r.get(7),
+            lease_until: r.get(8),
+            live: r.get(9),
+            heartbeat_age: r.get(10),
+            lease_left: r.get(11),
+            agents: r.get(12),
+        };
+        if (w.live && w.state != "dead") || w.agents > 0 {
+            shown.push(w);
+        } else {
+            gone += 1;
+        }
+    }
+    Ok((shown, gone))
+}
+
+/// The escalations of `workspace` (open ones only unless `all`), oldest first, in the
+/// single-machine shape.
+pub async fn escalations(
+    c: &tokio_postgres::Client,
+    workspace: &str,
+    all: bool,
+) -> std::result::Result<Vec<Escalation>, ClusterError> {
+    let rows = c
+        .query(
+            "SELECT id, agent_id, body, opened_at, resolved_at FROM escalations
+             WHERE workspace = $1 AND ($2 OR resolved_at IS NULL) ORDER BY id",
+            &[&workspace, &all],
+        )
+        .await?;
+    let mut out = Vec::new();
+    for r in &rows {
+        let (n, agent, body): (i64, Option<String>, Value) = (r.get(0), r.get(1), r.get(2));
+        let (opened, resolved): (SystemTime, Option<SystemTime>) = (r.get(3), r.get(4));
+        let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+        let v = json!({
+            "n": n,
+            "agentId": agent.unwrap_or_default(),
+            "reason": text("reason").unwrap_or_default(),
+            "openedAt": rfc(opened),
+            "resolvedAt": resolved.map(rfc),
+            "note": text("note"),
+            "outcome": text("outcome"),
+        });
+        if let Ok(e) = serde_json::from_value::<Escalation>(v) {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Everything `health` and `monitor` show, read in one go.
+pub struct Snapshot {
+    pub views: Vec<AgentView>,
+    pub health: HealthView,
+    pub escalations: Vec<Escalation>,
+    pub workers: Vec<WorkerRow>,
+    /// Workers that stopped and whose agents were taken over.
+    pub gone: usize,
+}
+
+impl Snapshot {
+    /// `health --json`: the single-machine shape without what only a worker has, with the
+    /// cluster's workers.
+    pub fn health_json(&self, t: &Target) -> Value {
+        let mut v = serde_json::to_value(&self.health).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            for k in LOCAL_ONLY {
+                o.remove(*k);
+            }
+        }
+        v["localOnly"] = json!(LOCAL_ONLY);
+        let slots: i64 = self.workers.iter().filter(|w| w.live).map(|w| w.slots as i64).sum();
+        v["cluster"] = json!({
+            "workspace": t.workspace,
+            "database": t.db.describe(),
+            "liveWorkers": self.workers.iter().filter(|w| w.live).count(),
+            "slots": slots,
+            "workers": self.workers.iter().map(WorkerRow::json).collect::<Vec<_>>(),
+            "goneWorkers": self.gone,
+        });
+        v
+    }
+
+    /// The lines about the workers, for `health` and `monitor`.
+    pub fn worker_lines(&self) -> Vec<String> {
+        let live: Vec<&WorkerRow> = self.workers.iter().filter(|w| w.live).collect();
+        let slots: i64 = live.iter().map(|w| w.slots as i64).sum();
+        let mut head = format!("workers:     {} live ({} slots)", live.len(), slots);
+        if self.workers.len() > live.len() {
+            head.push_str(&format!(", {} with an ended lease", self.workers.len() - live.len()));
+        }
+        if self.gone > 0 {
+            head.push_str(&format!(", {} stopped before", self.gone));
+        }
+        let mut out = vec![head];
+        out.extend(self.workers.iter().map(|w| format!("  {}", w.line())));
+        out
+    }
+}
+
+/// The view of breaker `key` as `health` shows it; `now` on the database's clock, which is
+/// the clock of the cluster's breakers.
+fn breaker_view(p: &HealthPolicy, key: &str, b: Option<&Breaker>, now: u64) -> BreakerView {
+    let (state, recent, probe_in, probe) = match b {
+        _ if p.breaker_failures == 0 => ("off", 0, None, None),
+        None => ("closed", 0, None, None),
+        Some(Breaker::Closed { failures }) => {
+            ("closed", failures.iter().filter(|t| now.saturating_sub(**t) < p.breaker_window_ms).count(), None, None)
+        }
+        Some(Breaker::Open { until_mono, failures }) => {
+            ("open", *failures, Some(until_mono.saturating_sub(now) as f64 / 1000.0), None)
+        }
+        Some(Breaker::HalfOpen { probe }) => ("half_open", 0, None, probe.clone()),
+    };
+    BreakerView {
+        key: key.to_string(),
+        scope: p.breaker_scope.as_str().to_string(),
+        state: state.to_string(),
+        recent_failures: recent,
+        threshold: p.breaker_failures,
+        window: crate::policy::lifecycle::fmt_ms(p.breaker_window_ms),
+        cooldown: crate::policy::lifecycle::fmt_ms(p.breaker_cooldown_ms),
+        probe_in_seconds: probe_in,
+        probe,
+    }
+}
+
+/// Reads the agents, the workspace's limit and breaker, the queue, the workers and the
+/// escalations, and makes of them what the single-machine supervisor would show.
+pub async fn snapshot(
+    ctx: &Ctx,
+    t: &Target,
+    c: &tokio_postgres::Client,
+) -> std::result::Result<Snapshot, ClusterError> {
+    let rows: Vec<AgentRow> = read::agents(c, &t.workspace, &AgentFilter::default()).await?;
+    let ws = c
+        .query_opt(
+            "SELECT max_concurrent, breaker, (extract(epoch from clock_timestamp()) * 1000)::float8
+             FROM workspaces WHERE id = $1",
+            &[&t.workspace],
+        )
+        .await?;
+    let (max, breaker, now): (Option<i32>, Value, f64) = match &ws {
+        Some(r) => (r.get(0), r.get(1), r.get(2)),
+        None => (None, json!({}), 0.0),
+    };
+    let now = now.max(0.0) as u64;
+    // Per queued agent: delayed (and for how long), and whether any live worker may take it.
+    let queued = c
+        .query(
+            "SELECT a.id, extract(epoch from a.run_after - now())::float8,
+                    EXISTS (SELECT 1 FROM workers w WHERE w.workspace = a.workspace AND w.state = 'active'
+                              AND w.lease_until > now() AND a.placement <@ w.labels)
+             FROM agents a WHERE a.workspace = $1 AND a.state = 'queued' AND a.owner IS NULL ORDER BY a.seq",
+            &[&t.workspace],
+        )
+        .await?;
+    let (workers, gone) = workers(c, &t.workspace).await?;
+    let escalations = escalations(c, &t.workspace, false).await?;
+
+    let policy = ctx.ws.config.health();
+    let mut breakers: Breakers = serde_json::from_value(breaker).unwrap_or_default();
+    breakers.advance(now);
+    let summary = match breakers.worst() {
+        Some((key, b)) => breaker_view(&policy, key, Some(b), now),
+        None => breaker_view(&policy, GLOBAL, None, now),
+    };
+    let all_breakers = if policy.breaker_failures == 0 {
+        vec![]
+    } else {
+        breakers.by_key.iter().map(|(k, b)| breaker_view(&policy, k, Some(b), now)).collect()
+    };
+    // An owned agent holds its slot whatever its state, as admission counts it.
+    let running = rows.iter().filter(|r| r.owner.is_some()).count();
+    let max_concurrent = max.map_or(policy.max_concurrent, |m| m.max(0) as usize);
+    let live: Vec<&WorkerRow> = workers.iter().filter(|w| w.live && w.state == "active").collect();
+    let live_slots: i64 = live.iter().map(|w| w.slots as i64).sum();
+    let live_busy: i64 = live.iter().map(|w| w.agents).sum();
+    let held = if live.is_empty() {
+        Some("no worker holds a live lease: run `corral worker` on a machine with the workspace".to_string())
+    } else if running >= max_concurrent {
+        Some(format!("at capacity: {running} of {max_concurrent} running across the cluster ([health] max_concurrent)"))
+    } else if live_busy >= live_slots {
+        Some(format!("every live worker's slots are in use ({live_busy} of {live_slots})"))
+    } else if policy.breaker_failures > 0 && policy.breaker_scope.as_str() == "global" {
+        breakers.blocks(&policy, "", now)
+    } else {
+        None
+    };
+    let by_id: BTreeMap<&str, &AgentRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+    let queue = queued
+        .iter()
+        .map(|q| {
+            let (id, delay, placeable): (String, f64, bool) = (q.get(0), q.get(1), q.get(2));
+            let row = by_id.get(id.as_str());
+            let after: Vec<String> = row
+                .and_then(|r| r.body["request"]["after"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect();
+            let waiting: Vec<String> = after
+                .iter()
+                .filter_map(|d| match by_id.get(d.as_str()) {
+                    Some(r) if r.state == "complete" => None,
+                    Some(r) => Some(format!("{d} ({})", r.state)),
+                    None => Some(format!("{d} (unknown)")),
+                })
+                .collect();
+            let role = row.map(|r| r.role.as_str()).unwrap_or_default();
+            let reason = if delay > 0.0 {
+                format!("delayed: claimable in {}s", delay.ceil() as u64)
+            } else if !waiting.is_empty() {
+                format!("waiting for {}", waiting.join(", "))
+            } else if let Some(b) = (policy.breaker_failures > 0).then(|| breakers.blocks(&policy, role, now)).flatten()
+            {
+                b
+            } else if !live.is_empty() && !placeable {
+                "no live worker has the labels its placement asks for".to_string()
+            } else if let Some(h) = &held {
+                h.clone()
+            } else {
+                "waiting for a worker to claim it".to_string()
+            };
+            QueuedView { agent_id: id, reason }
+        })
+        .collect();
+    let views: Vec<AgentView> = rows.iter().map(|r| view_of(ctx, r)).collect();
+    let cost_usd = views.iter().filter_map(|v| v.cost_usd).fold(0.0, |a, b| a + b);
+    let health = HealthView {
+        healthy: held.is_none(),
+        held_because: held,
+        running,
+        max_concurrent,
+        configured_max_concurrent: None,
+        paused: false,
+        queued: queue,
+        breaker: summary,
+        breakers: all_breakers,
+        free_memory: None,
+        min_free_memory: None,
+        load: None,
+        max_load: None,
+        open_escalations: escalations.len(),
+        max_open_escalations: policy.max_open_escalations,
+        cost_usd,
+        providers: vec![],
+        groups: vec![],
+    };
+    Ok(Snapshot { views, health, escalations, workers, gone })
+}
+
+// ---- health --------------------------------------------------------------------------
+
+pub async fn health(ctx: &Ctx, t: &Target, a: super::health::Args) -> Result {
+    let c = connect(t).await?;
+    let s = snapshot(ctx, t, &c).await.map_err(db_fail)?;
+    if a.json {
+        super::output::print_json(&s.health_json(t))?;
+        return Ok(0);
+    }
+    let out = &mut std::io::stdout().lock();
+    say_to!(out, "cluster:     workspace {} in {}", t.workspace, t.db.describe())?;
+    super::health::print(&s.health, out)?;
+    for l in s.worker_lines() {
+        say_to!(out, "{l}")?;
+    }
+    say_to!(
+        out,
+        "each worker's own: memory, load, provider holds, groups, pause (`corral health --data-dir <its epoch dir>` on its machine)"
+    )?;
+    Ok(0)
+}
+
+// ---- escalations ---------------------------------------------------------------------
+
+pub async fn escalations_cmd(t: &Target, a: super::escalations::Args) -> Result {
+    use super::escalations::Action;
+    let mut c = connect(t).await?;
+    match a.action {
+        None => {
+            let list = escalations(&c, &t.workspace, a.all).await.map_err(db_fail)?;
+            if a.json {
+                super::output::print_json(&list)?;
+                return Ok(0);
+            }
+            if list.is_empty() {
+                note!("no open escalations")?;
+            }
+            super::escalations::lines(&list, &mut std::io::stdout().lock())?;
+            Ok(0)
+        }
+        Some(Action::Resolve { n, note, choose, winner, retry, json }) => {
+            if choose.is_some() || winner.is_some() {
+                return Err(usage(
+                    "--choose and --winner settle a conflict found by an aggregate on one machine; \
+                     escalations in the database are about agents: resolve with --note, or --retry",
+                ));
+            }
+            let e = resolve(&mut c, t, n, note, retry).await?;
+            if json {
+                super::output::print_json(&e)?;
+            } else {
+                note!("escalation {n} resolved: {}", e.outcome.as_deref().unwrap_or("recorded"))?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Closes escalation `n` in the database with the human's note; with `retry` the agent goes
+/// back to the queue (which resolves its open escalations), as `corral retry` does.
+async fn resolve(
+    c: &mut tokio_postgres::Client,
+    t: &Target,
+    n: u64,
+    note: Option<String>,
+    retry: bool,
+) -> Result<Escalation> {
+    let n = i64::try_from(n).map_err(|_| usage(format!("no escalation {n}")))?;
+    let row = c
+        .query_opt(
+            "SELECT e.agent_id, e.resolved_at IS NOT NULL, a.state FROM escalations e
+             LEFT JOIN agents a ON a.workspace = e.workspace AND a.id = e.agent_id
+             WHERE e.workspace = $1 AND e.id = $2",
+            &[&t.workspace, &n],
+        )
+        .await
+        .map_err(|e| db_fail(e.into()))?;
+    let Some(row) = row else {
+        return Err(usage(format!("no escalation {n}; `corral escalations` lists the open ones")));
+    };
+    let (agent, closed, state): (Option<String>, bool, Option<String>) = (row.get(0), row.get(1), row.get(2));
+    if closed {
+        return Err(Fail { code: 1, msg: format!("escalation {n} is resolved already (`corral escalations --all`)") });
+    }
+    let note_v = json!({ "note": note });
+    c.execute(
+        "UPDATE escalations SET body = body || $3 WHERE workspace = $1 AND id = $2",
+        &[&t.workspace, &n, &note_v],
+    )
+    .await
+    .map_err(|e| db_fail(e.into()))?;
+    match (retry, agent) {
+        (true, Some(id)) => match direct::retry_unowned(c, &t.workspace, &id, None).await.map_err(db_fail)? {
+            direct::Direct::Done { .. } => {}
+            direct::Direct::Owned { worker } => {
+                return Err(Fail {
+                    code: 1,
+                    msg: format!("{id} runs on worker {worker} again: nothing to retry; the escalation stays open"),
+                });
+            }
+            direct::Direct::Refused { why } => {
+                return Err(Fail { code: 1, msg: format!("{id}: not retried: {why}; the escalation stays open") });
+            }
+        },
+        (true, None) => return Err(usage(format!("escalation {n} names no agent: nothing to retry"))),
+        (false, _) => {
+            let outcome = match state {
+                Some(s) => format!("recorded; the agent stays {s} (`corral retry` runs it again)"),
+                None => "recorded".to_string(),
+            };
+            c.execute(
+                "UPDATE escalations SET resolved_at = now(), body = body || jsonb_build_object('outcome', $3::text)
+                 WHERE workspace = $1 AND id = $2 AND resolved_at IS NULL",
+                &[&t.workspace, &n, &outcome],
+            )
+            .await
+            .map_err(|e| db_fail(e.into()))?;
+        }
+    }
+    let all = escalations(c, &t.workspace, true).await.map_err(db_fail)?;
+    all.into_iter().find(|e| e.n == n as u64).ok_or_else(|| Fail { code: 1, msg: format!("escalation {n} went away") })
+}
+
+// ---- logs ----------------------------------------------------------------------------
+
+/// `corral logs` from the database: the log is not there. Says which worker, host and
+/// epoch dir have it.
+pub async fn logs(t: &Target, a: super::logs::Args) -> Result {
+    let Some(given) = a.id.as_deref() else {
+        return Err(usage(
+            "`corral logs --role` needs the agents' logs, which stay on the disks of the workers that ran them: \
+             run it on each worker's machine with --data-dir <its epoch dir>",
+        ));
+    };
+    let c = connect(t).await?;
+    let id = direct::resolve(&c, &t.workspace, given).await.map_err(db_fail)?;
+    let row = c
+        .query_one(
+            "SELECT a.owner::text, a.mirrored->>'source',
+                    (SELECT w.host FROM attempts x JOIN workers w ON w.id = x.worker
+                     WHERE x.workspace = a.workspace AND x.agent_id = a.id ORDER BY x.n DESC LIMIT 1),
+                    (SELECT x.worker::text FROM attempts x
+                     WHERE x.workspace = a.workspace AND x.agent_id = a.id ORDER BY x.n DESC LIMIT 1),
+                    (SELECT count(DISTINCT x.worker) FROM attempts x WHERE x.workspace = a.workspace AND x.agent_id = a.id)
+             FROM agents a WHERE a.workspace = $1 AND a.id = $2",
+            &[&t.workspace, &id],
+        )
+        .await
+        .map_err(|e| db_fail(e.into()))?;
+    let (owner, source, host, worker, workers): (Option<String>, Option<String>, Option<String>, Option<String>, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let msg = match (host, worker) {
+        (Some(h), Some(w)) => {
+            let dir = source.map_or_else(|| format!("epochs/{w}-<n>"), |s| format!("epochs/{s}"));
+            let now = if owner.as_deref() == Some(w.as_str()) { "runs on" } else { "last ran on" };
+            let others = if workers > 1 {
+                format!(" (its earlier attempts ran on {} other workers)", workers - 1)
+            } else {
+                String::new()
+            };
+            format!(
+                "{id}'s log is not in the database: logs stay on the disk of the worker that ran the agent. \
+                 It {now} host {h} (worker {w}){others}: there, run `corral logs {id} --data-dir <the worker's data dir>/{dir}`"
+            )
+        }
+        _ => format!("{id} has not run on any worker yet: there is no log (logs stay on the worker that runs it)"),
+    };
+    Err(Fail { code: 2, msg })
+}
+
+// ---- monitor -------------------------------------------------------------------------
+
+/// What the database side of the monitor tells its screen.
+enum Msg {
+    Snap(Box<Snapshot>),
+    /// About the connection, for the message line.
+    Note(String),
+}
+
+/// `corral monitor` from the database: the same dashboard (or, for output that is not a
+/// terminal, the same plain-text snapshots), refreshed when the workspace's notifications
+/// say something changed and every two seconds behind them; a lost connection is said and
+/// made again.
+pub fn monitor(ctx: &Ctx, t: &Target, rt: &tokio::runtime::Runtime, a: super::monitor::Args) -> Result {
+    if a.once {
+        let s = rt.block_on(async {
+            let c = connect(t).await?;
+            snapshot(ctx, t, &c).await.map_err(db_fail)
+        })?;
+        let m = model(&s, None);
+        crate::display::raw_out(super::monitor::text_frame(&m, &s.worker_lines()).as_bytes())?;
+        return Ok(0);
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel::<Command>();
+    let text = a.text();
+    let screen = std::thread::spawn(move || if text { text_screen(rx, cmd_tx, &a) } else { tui(rx, cmd_tx, &a) });
+    rt.block_on(feed(ctx, t, tx, cmd_rx));
+    match screen.join() {
+        Ok(r) => r,
+        Err(_) => Err(Fail { code: 1, msg: "the monitor's screen thread failed".into() }),
+    }
+}
+
+/// Reads snapshots for the screen until it quits (drops its command sender).
+async fn feed(
+    ctx: &Ctx,
+    t: &Target,
+    tx: std::sync::mpsc::Sender<Msg>,
+    mut cmds: tokio::sync::mpsc::UnboundedReceiver<Command>,
+) {
+    let opts = listen::ListenOptions { application_name: "corral-monitor".into(), ..listen::ListenOptions::default() };
+    let mut listener = listen::Listener::start(&t.db, &t.workspace, opts);
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut down = false;
+    loop {
+        if client.as_ref().is_some_and(|c| c.is_closed()) {
+            client = None;
+            if !down {
+                down = true;
+                if tx.send(Msg::Note("the database connection was lost; reconnecting".into())).is_err() {
+                    return;
+                }
+            }
+        }
+        if client.is_none() {
+            match connect(t).await {
+                Ok(c) => {
+                    if down && tx.send(Msg::Note("the database is back".into())).is_err() {
+                        return;
+                    }
+                    down = false;
+                    client = Some(c);
+                }
+                Err(f) => {
+                    if !down {
+                        down = true;
+                        let m = format!("the database is unreachable ({}); reconnecting", f.msg);
+                        if tx.send(Msg::Note(m)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(c) = &client {
+            match tokio::time::timeout(Duration::from_secs(10), snapshot(ctx, t, c)).await {
+                Ok(Ok(s)) => {
+                    if tx.send(Msg::Snap(Box::new(s))).is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(e)) => {
+                    client = None;
+                    down = true;
+                    if tx.send(Msg::Note(format!("the database connection failed ({e}); reconnecting"))).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    client = None;
+                    down = true;
+                    if tx.send(Msg::Note("the database did not answer within 10s; reconnecting".into())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let wait = if client.is_some() { MONITOR_POLL } else { Duration::from_secs(1) };
+        tokio::select! {
+            _ = listener.changed() => {
+                // A burst of changes is read once.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ = tokio::time::sleep(wait) => {}
+            c = cmds.recv() => match c {
+                None => return,
+                Some(c) => {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(Msg::Note(execute(c).await));
+                    });
+                }
+            },
+        }
+    }
+}
+
+/// A key's command, by running this corral's own client command (same database and
+/// workspace, from the environment and the directory), its last message kept.
+async fn execute(cmd: Command) -> String {
+    let (args, what) = match cmd {
+        Command::Kill(id) => (vec!["kill".to_string(), id.clone()], format!("kill {id}")),
+        Command::Retry(id) => (vec!["retry".to_string(), id.clone()], format!("retry {id}")),
+        Command::Tell(id, text) => (vec!["tell".to_string(), id.clone(), text], format!("told {id}")),
+        Command::Resolve(n, note) => {
+            let mut a = vec!["escalations".to_string(), "resolve".to_string(), n.to_string()];
+            if !note.is_empty() {
+                a.extend(["--note".to_string(), note]);
+            }
+            (a, format!("resolved #{n}"))
+        }
+        Command::Quit => return String::new(),
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return format!("{what}: {e}"),
+    };
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe).args(&args).stdin(std::process::Stdio::null()).output()
+    })
+    .await;
+    match out {
+        Err(e) => format!("{what}: {e}"),
+        Ok(Ok(o)) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+            match (o.status.success(), last.is_empty()) {
+                (true, true) => what,
+                (true, false) => last,
+                (false, _) => format!("{what}: {last}"),
+            }
+        }
+        Ok(Err(e)) => format!("{what}: {e}"),
+    }
+}
+
+/// The dashboard's model of a snapshot (keeping what the user chose in `old`).
+fn model(s: &Snapshot, old: Option<Model>) -> Model {
+    let mut m = old.unwrap_or_default();
+    m.replace_all(s.views.clone());
+    m.health = Some(s.health.clone());
+    m.escalations = s.escalations.clone();
+    m
+}
+
+/// Output that is not a terminal: a snapshot when the monitor starts and one each time
+/// something changed; connection notes on stderr.
+fn text_screen(
+    rx: std::sync::mpsc::Receiver<Msg>,
+    _quit: tokio::sync::mpsc::UnboundedSender<Command>,
+    a: &super::monitor::Args,
+) -> Result {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let left = a.seconds.map(|s| Duration::from_secs_f64(s).saturating_sub(start.elapsed()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Ok(0);
+        }
+        let msg = match rx.recv_timeout(left.unwrap_or(Duration::from_secs(3600))) {
+            Ok(m) => m,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(0),
+        };
+        match msg {
+            Msg::Note(n) => note!("corral monitor: {n}")?,
+            Msg::Snap(s) => {
+                let m = model(&s, None);
+                // Worker lines carry ages: only their identity and load decide a new snapshot.
+                let who: Vec<String> =
+                    s.workers.iter().map(|w| format!("{} {} {} {}", w.id, w.live, w.agents, w.slots)).collect();
+                let f = super::monitor::fingerprint(&m, &who);
+                if f != last {
+                    last = f;
+                    let frame = format!("{}\n", super::monitor::text_frame(&m, &s.worker_lines()));
+                    if crate::display::raw_out(frame.as_bytes()).is_err() {
+                        return Ok(0); // the reader went away
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The dashboard in a terminal, drawn as on one machine; keys act through this corral's
+/// client commands.
+fn tui(
+    rx: std::sync::mpsc::Receiver<Msg>,
+    cmds: tokio::sync::mpsc::UnboundedSender<Command>,
+    a: &super::monitor::Args,
+) -> Result {
+    use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+    // The first snapshot before the screen is taken, so a database that cannot be reached
+    // is said plainly.
+    let first = loop {
+        match rx.recv() {
+            Ok(Msg::Snap(s)) => break s,
+            Ok(Msg::Note(n)) => note!("corral monitor: {n}")?,
+            Err(_) => return Ok(1),
+        }
+    };
+    let mut m = model(&first, None);
+    let mut workers = first.worker_lines();
+    m.select_attention();
+    let mut terminal = ratatui::try_init()?;
+    let frame = Duration::from_millis(1000 / a.fps.clamp(1, 60) as u64);
+    let start = Instant::now();
+    let mut table = ratatui::widgets::TableState::default();
+    let result = (|| -> Result {
+        loop {
+            let deadline = Instant::now() + frame;
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                if !event::poll(left)? {
+                    break;
+                }
+                let Event::Key(k) = event::read()? else { continue };
+                if k.kind != KeyEventKind::Press {
+                    continue;
+                }
+                let key = match k.code {
+                    KeyCode::Up => Key::Up,
+                    KeyCode::Down => Key::Down,
+                    KeyCode::PageUp => Key::PageUp,
+                    KeyCode::PageDown => Key::PageDown,
+                    KeyCode::Home => Key::Home,
+                    KeyCode::End => Key::End,
+                    KeyCode::Enter => Key::Enter,
+                    KeyCode::Esc => Key::Esc,
+                    KeyCode::Backspace => Key::Backspace,
+                    KeyCode::Char(c) => Key::Char(c),
+                    _ => continue,
+                };
+                match m.key(key) {
+                    Some(Command::Quit) => return Ok(0),
+                    Some(c) => {
+                        m.message = "sent; waiting for the answer...".into();
+                        let _ = cmds.send(c);
+                    }
+                    None => {}
+                }
+                panes(&mut m, &workers);
+                terminal.draw(|f| crate::monitor::ui::draw(f, &m, &mut table))?;
+            }
+            while let Ok(msg) = rx.try_recv() {
+                match msg {
+                    Msg::Snap(s) => {
+                        m = model(&s, Some(std::mem::take(&mut m)));
+                        workers = s.worker_lines();
+                    }
+                    Msg::Note(n) => m.message = n,
+                }
+            }
+            m.clamp_selection();
+            panes(&mut m, &workers);
+            terminal.draw(|f| crate::monitor::ui::draw(f, &m, &mut table))?;
+            m.redraws += 1;
+            if a.seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s) {
+                return Ok(0);
+            }
+        }
+    })();
+    ratatui::restore();
+    result
+}
+
+/// The detail and log panes from the database: what is not there is said, not guessed.
+fn panes(m: &mut Model, workers: &[String]) {
+    let Some(v) = m.selected_agent().cloned() else { return };
+    if m.detail_pane {
+        m.detail = Some(Err(format!(
+            "from the database the row is {}'s last record; `corral show {}` has its attempts and events",
+            v.agent_id, v.agent_id
+        )));
+    }
+    if m.log_pane {
+        let mut lines = vec![format!(
+            "the log of {} stays on the disk of its worker: `corral logs {}` says which",
+            v.agent_id, v.agent_id
+        )];
+        lines.extend(workers.iter().cloned());
+        m.log = Some((v.agent_id.clone(), lines.iter().map(|l| crate::display::escape(l).into_owned()).collect()));
+    }
+}

@@ -1,0 +1,228 @@
+//! The read commands in cluster mode, from a machine with no worker: `health`,
+//! `escalations`, `monitor` and `logs` by SQL against a real PostgreSQL, with real
+//! `corral worker` processes running the agents (see `common::cluster`).
+
+mod common;
+
+use common::cluster::{CONFIG, Cluster};
+use serde_json::Value;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The harness's policy, and an exit code that escalates at once.
+fn config() -> String {
+    format!("{CONFIG}\n[[classify]]\nexit_codes = [3]\naction = \"escalate\"\n")
+}
+
+fn run(c: &Cluster, args: &[&str]) -> Output {
+    c.cmd(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(c: &Cluster, args: &[&str]) -> String {
+    let o = run(c, args);
+    assert!(o.status.success(), "corral {args:?}: {}\n{}", text(&o), c.logs());
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn json(c: &Cluster, args: &[&str]) -> Value {
+    let out = ok(c, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("corral {args:?}: {e}: {out}"))
+}
+
+fn spawn(c: &Cluster, id: &str, cmd: &[String]) {
+    let mut args = vec!["spawn", "--role", "worker", "--task", "a task", "--id", id, "--"];
+    args.extend(cmd.iter().map(String::as_str));
+    assert_eq!(ok(c, &args), id);
+}
+
+fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string()
+}
+
+#[test]
+fn health_escalations_and_logs_by_sql_match_what_the_workers_did() {
+    let mut c = Cluster::new(&config());
+    // Before any worker: two queued, held because nobody can take them.
+    spawn(&c, "ok1", &c.script(100, 0, 0));
+    spawn(&c, "ok2", &c.script(100, 0, 0));
+    let h = json(&c, &["health", "--json"]);
+    assert_eq!(h["healthy"], false, "{h}");
+    assert!(h["heldBecause"].as_str().unwrap().contains("no worker"), "{h}");
+    assert_eq!(h["running"], 0, "{h}");
+    assert_eq!(h["maxConcurrent"], 5, "{h}");
+    let queued: Vec<&str> = h["queued"].as_array().unwrap().iter().map(|q| q["agentId"].as_str().unwrap()).collect();
+    assert_eq!(queued, ["ok1", "ok2"], "{h}");
+    assert_eq!(h["cluster"]["liveWorkers"], 0, "{h}");
+    // What only a worker's supervisor knows is not made up: left out, and named.
+    for k in ["freeMemory", "load", "providers", "groups", "paused"] {
+        assert!(h.get(k).is_none(), "{k} in {h}");
+        assert!(h["localOnly"].as_array().unwrap().iter().any(|x| x == k), "{k} not named in {h}");
+    }
+
+    c.start_worker(0);
+    c.start_worker(1);
+    spawn(&c, "ok3", &c.script(100, 0, 0));
+    spawn(&c, "esc", &c.script(100, 3, 3));
+    c.wait_all_of(&["ok1", "ok2", "ok3"], "complete", Duration::from_secs(30));
+    c.wait_all_of(&["esc"], "escalated", Duration::from_secs(30));
+    spawn(&c, "long", &c.script(60_000, 0, 0));
+    assert!(until(Duration::from_secs(20), || c.ledger().iter().any(|r| r.id == "long" && r.start)), "{}", c.logs());
+
+    // health: one running (the long one), nothing queued, the one escalation, both workers.
+    let h = json(&c, &["health", "--json"]);
+    assert_eq!(h["healthy"], true, "{h}");
+    assert_eq!(h["running"], 1, "{h}");
+    assert_eq!(h["queued"], serde_json::json!([]), "{h}");
+    assert_eq!(h["openEscalations"], 1, "{h}");
+    assert_eq!(h["breaker"]["state"], "off", "{h}");
+    let cl = &h["cluster"];
+    assert_eq!((cl["workspace"].as_str(), cl["liveWorkers"].as_u64()), (Some("t"), Some(2)), "{h}");
+    let workers = cl["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{h}");
+    let busy: i64 = workers.iter().map(|w| w["agents"].as_i64().unwrap()).sum();
+    assert_eq!(busy, 1, "the long agent holds one worker's slot: {h}");
+    for w in workers {
+        assert_eq!(w["host"], hostname(), "{w}");
+        assert_eq!((w["live"].as_bool(), w["state"].as_str()), (Some(true), Some("active")), "{w}");
+        assert!(w["leaseLeftSeconds"].as_f64().unwrap() > 0.0, "{w}");
+        assert!(w["heartbeatAgeSeconds"].as_f64().unwrap() < 2.0, "{w}");
+        assert!(w["pid"].as_i64().unwrap() > 0 && w["slots"].as_i64().unwrap() > 0, "{w}");
+    }
+    let human = ok(&c, &["health"]);
+    for want in [
+        "healthy: new agents start at once",
+        "capacity:    1 of 5 running",
+        "escalations: 1 open",
+        "workers:     2 live",
+    ] {
+        assert!(human.contains(want), "{want:?} not in:\n{human}");
+    }
+    assert!(human.contains(&format!("on {} (pid", hostname())), "{human}");
+
+    // escalations: the agent that failed with `escalate`, as one machine lists it.
+    let list = json(&c, &["escalations", "--json"]);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let e = &list[0];
+    assert_eq!((e["n"].as_u64(), e["agentId"].as_str()), (Some(1), Some("esc")), "{e}");
+    assert!(!e["reason"].as_str().unwrap().is_empty(), "{e}");
+    assert!(e["openedAt"].as_str().unwrap().starts_with("20") && e.get("resolvedAt").is_none(), "{e}");
+    let human = ok(&c, &["escalations"]);
+    assert!(human.starts_with("#1") && human.contains("esc") && human.contains("OPEN"), "{human}");
+
+    // Resolved with a note: no longer open, kept with --all; the agent stays escalated.
+    ok(&c, &["escalations", "resolve", "1", "--note", "seen it"]);
+    assert_eq!(json(&c, &["escalations", "--json"]), serde_json::json!([]));
+    let all = json(&c, &["escalations", "--json", "--all"]);
+    assert_eq!(all[0]["note"], "seen it", "{all}");
+    assert!(all[0]["resolvedAt"].is_string() && all[0]["outcome"].as_str().unwrap().contains("escalated"), "{all}");
+    assert_eq!(json(&c, &["health", "--json"])["openEscalations"], 0);
+    let again = run(&c, &["escalations", "resolve", "1"]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    let none = run(&c, &["escalations", "resolve", "9"]);
+    assert_eq!(none.status.code(), Some(2), "{}", text(&none));
+
+    // A second escalation; `corral retry` of its agent resolves it and runs it again.
+    spawn(&c, "esc2", &c.script(100, 3, 0));
+    c.wait_all_of(&["esc2"], "escalated", Duration::from_secs(30));
+    let list = json(&c, &["escalations", "--json"]);
+    assert_eq!((list[0]["n"].as_u64(), list[0]["agentId"].as_str()), (Some(2), Some("esc2")), "{list}");
+    ok(&c, &["retry", "esc2"]);
+    assert_eq!(json(&c, &["escalations", "--json"]), serde_json::json!([]));
+    let all = json(&c, &["escalations", "--all", "--json"]);
+    assert!(all[1]["outcome"].as_str().unwrap().contains("retry"), "{all}");
+
+    // logs: not in the database; the error names the host and the epoch dir that have it.
+    let l = run(&c, &["logs", "ok1"]);
+    assert_eq!(l.status.code(), Some(2), "{}", text(&l));
+    let err = String::from_utf8_lossy(&l.stderr);
+    assert!(err.contains("stay on the disk of the worker"), "{err}");
+    assert!(err.contains(&format!("host {}", hostname())), "{err}");
+    let owner = c.pg.sql("corral", "SELECT worker::text FROM attempts WHERE agent_id = 'ok1' ORDER BY n DESC LIMIT 1");
+    assert!(err.contains(&format!("epochs/{owner}-1")), "{owner}: {err}");
+    assert!(l.stdout.is_empty(), "{}", text(&l));
+    let l = run(&c, &["logs", "long"]);
+    assert!(String::from_utf8_lossy(&l.stderr).contains("runs on host"), "{}", text(&l));
+
+    ok(&c, &["kill", "long", "--grace", "1s"]);
+    c.check(5);
+}
+
+#[test]
+fn monitor_without_a_terminal_follows_spawns_and_rides_out_the_database_going_away() {
+    let mut c = Cluster::new(&config());
+    c.start_worker(0);
+    spawn(&c, "first", &c.script(100, 0, 0));
+    c.wait_all_of(&["first"], "complete", Duration::from_secs(30));
+
+    // --once: one snapshot, the same table `status` prints, the health line, the worker.
+    let once = ok(&c, &["monitor", "--once"]);
+    assert!(once.starts_with("1 agent (1 complete); 0 of 5 running; breaker off; 0 open escalations"), "{once}");
+    assert!(once.contains("AGENT") && once.lines().any(|l| l.starts_with("first") && l.contains("complete")), "{once}");
+    assert!(once.contains("workers:     1 live"), "{once}");
+
+    // Followed with its output in a file: a snapshot at once, another after each change.
+    let out = c.ws.path().join("monitor.out");
+    let err = c.ws.path().join("monitor.err");
+    let mut mon = c
+        .cmd(&["monitor"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(until(Duration::from_secs(10), || read(&out).contains("first")), "{}\n{}", read(&out), read(&err));
+    spawn(&c, "second", &c.script(100, 3, 3));
+    // The spawn is seen (woken by the notification), then its end and its escalation.
+    assert!(
+        until(Duration::from_secs(30), || {
+            let o = read(&out);
+            o.lines().any(|l| l.starts_with("second") && l.contains("escalated")) && o.contains("escalations:")
+        }),
+        "{}\n{}\n{}",
+        read(&out),
+        read(&err),
+        c.logs()
+    );
+    let frames = read(&out).matches("; breaker off; ").count();
+    assert!(frames >= 2, "a new snapshot per change: {}", read(&out));
+
+    // The database goes away for a while: it says so, keeps running, and says when it is back.
+    c.pg.stop();
+    assert!(until(Duration::from_secs(15), || read(&err).contains("reconnecting")), "{}", read(&err));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(mon.try_wait().unwrap().is_none(), "the monitor ended: {}", read(&err));
+    c.pg.start_again();
+    assert!(until(Duration::from_secs(20), || read(&err).contains("the database is back")), "{}", read(&err));
+    spawn(&c, "third", &c.script(100, 0, 0));
+    assert!(
+        until(Duration::from_secs(20), || read(&out).lines().any(|l| l.starts_with("third"))),
+        "{}\n{}",
+        read(&out),
+        read(&err)
+    );
+    assert!(mon.try_wait().unwrap().is_none(), "the monitor ended: {}", read(&err));
+    let _ = mon.kill();
+    let _ = mon.wait();
+}
