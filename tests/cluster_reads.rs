@@ -226,3 +226,103 @@ fn monitor_without_a_terminal_follows_spawns_and_rides_out_the_database_going_aw
     let _ = mon.kill();
     let _ = mon.wait();
 }
+
+/// `corral monitor` in a real terminal (tmux), with only the database URL.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new(c: &Cluster, w: u16, h: u16) -> Self {
+        let socket = format!("corral-cl-{}", c.ws.path().file_name().unwrap().to_string_lossy());
+        let bin = common::bin();
+        let cmd = format!(
+            "cd {} && env PGPASSWORD={} CORRAL_DATABASE_URL={} {} monitor",
+            c.ws.path().display(),
+            common::pg::PASSWORD,
+            c.url(),
+            bin.display()
+        );
+        let st = std::process::Command::new("tmux")
+            .args(["-L", &socket, "new-session", "-d", "-s", "m", "-x", &w.to_string(), "-y", &h.to_string(), &cmd])
+            .env_remove("TMUX")
+            .status()
+            .expect("tmux is installed (./scripts/test.sh installs it)");
+        assert!(st.success());
+        Self { socket }
+    }
+    fn screen(&self) -> String {
+        let o = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "m"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            std::process::Command::new("tmux").args(["-L", &self.socket, "send-keys", "-t", "m", k]).status().unwrap();
+        }
+    }
+    fn alive(&self) -> bool {
+        std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "has-session", "-t", "m"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new("tmux").args(["-L", &self.socket, "kill-server"]).stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+fn monitor_in_a_terminal_shows_the_cluster_kills_by_key_and_says_when_the_database_is_away() {
+    let mut c = Cluster::new(&config());
+    c.start_worker(0);
+    spawn(&c, "victim", &c.script(60_000, 0, 0));
+    spawn(&c, "short", &c.script(100, 0, 0));
+    c.wait_all_of(&["short"], "complete", Duration::from_secs(30));
+    assert!(until(Duration::from_secs(20), || c.ledger().iter().any(|r| r.id == "victim" && r.start)), "{}", c.logs());
+    let t = Tmux::new(&c, 120, 30);
+    let row = |id: &str| t.screen().lines().find(|l| l.contains(id)).map(str::to_string);
+    assert!(
+        until(Duration::from_secs(10), || row("victim").is_some_and(|r| r.contains("running"))
+            && row("short").is_some_and(|r| r.contains("complete"))),
+        "{}",
+        t.screen()
+    );
+    assert!(t.screen().contains("capacity"), "{}", t.screen());
+    // A new spawn appears without a key press.
+    spawn(&c, "later", &c.script(100, 0, 0));
+    assert!(until(Duration::from_secs(10), || row("later").is_some()), "{}", t.screen());
+    // The detail pane of the second row: its attempt on its worker's host, from the database.
+    t.keys(&["Home", "Down", "d"]);
+    let attempt = format!("#1 exit 0 -> complete on {}", hostname());
+    assert!(until(Duration::from_secs(10), || t.screen().contains(&attempt)), "{attempt:?} not in:\n{}", t.screen());
+    assert!(t.screen().contains("detail short"), "{}", t.screen());
+    t.keys(&["d"]);
+    // The kill key on the first row (the victim): asks, then kills it through its worker.
+    t.keys(&["Home", "k"]);
+    assert!(until(Duration::from_secs(5), || t.screen().contains("kill victim ? y/N")), "{}", t.screen());
+    t.keys(&["y"]);
+    assert!(
+        until(Duration::from_secs(20), || row("victim").is_some_and(|r| r.contains("killed"))),
+        "{}\n{}",
+        t.screen(),
+        c.logs()
+    );
+    assert_eq!(c.states()["victim"], "killed");
+    assert_eq!(c.states()["short"], "complete");
+    // The database goes away and comes back: said on the message line, the dashboard stays.
+    c.pg.stop();
+    assert!(until(Duration::from_secs(15), || t.screen().contains("reconnecting")), "{}", t.screen());
+    assert!(t.alive(), "the monitor ended");
+    c.pg.start_again();
+    assert!(until(Duration::from_secs(20), || t.screen().contains("the database is back")), "{}", t.screen());
+    t.keys(&["q"]);
+    assert!(until(Duration::from_secs(5), || !t.alive()), "q did not quit: {}", t.screen());
+}

@@ -10,7 +10,7 @@ use super::{Ctx, Fail, Result, usage};
 use crate::cluster::queue::ClusterError;
 use crate::cluster::read::{self, AgentFilter, AgentRow};
 use crate::cluster::{direct, listen};
-use crate::ipc::{AgentView, BreakerView, HealthView, QueuedView};
+use crate::ipc::{AgentView, BreakerView, HealthView, QueuedView, ShowView};
 use crate::monitor::{Command, Key, Model};
 use crate::policy::agent::Escalation;
 use crate::policy::health::{Breaker, Breakers, GLOBAL, HealthPolicy};
@@ -545,9 +545,72 @@ pub async fn logs(t: &Target, a: super::logs::Args) -> Result {
 
 // ---- monitor -------------------------------------------------------------------------
 
+/// The single-machine `show` of an agent, made from the database: its record, its attempts
+/// on whichever workers ran them (the outcome and host as the attempt's action), its events.
+async fn show_view(
+    c: &tokio_postgres::Client,
+    t: &Target,
+    v: AgentView,
+) -> std::result::Result<ShowView, ClusterError> {
+    let id = v.agent_id.clone();
+    let row = c.query_opt("SELECT body FROM agents WHERE workspace = $1 AND id = $2", &[&t.workspace, &id]).await?;
+    let body: Value = row.map(|r| r.get(0)).unwrap_or_default();
+    let req = crate::cluster::worker::request_of(&body).unwrap_or_default();
+    let attempts = direct::attempts(c, &t.workspace, &id).await?;
+    let events = direct::agent_events(c, &t.workspace, &id, 200).await?;
+    let on = |x: &direct::AttemptRow| x.host.clone().unwrap_or_else(|| x.worker.clone());
+    let attempts: Vec<Value> = attempts
+        .iter()
+        .map(|x| {
+            json!({
+                "attempt": x.n.max(0),
+                "startedAt": rfc(x.started_at),
+                "endedAt": x.ended_at.map(rfc),
+                "exitCode": x.exit_code,
+                "reason": x.detail.get("reason").and_then(Value::as_str),
+                "action": match &x.outcome {
+                    Some(o) => format!("{o} on {}", on(x)),
+                    None => format!("on {}", on(x)),
+                },
+            })
+        })
+        .collect();
+    let events: Vec<Value> = events
+        .iter()
+        .map(|e| json!({ "seq": e.seq.max(0), "at": rfc(e.at), "agentId": e.agent, "kind": e.kind, "data": e.data }))
+        .collect();
+    let elsewhere = |what: &str| format!("{what} on its worker's disk");
+    let mut out = serde_json::to_value(&v).unwrap_or_default();
+    out["scope"] = json!(req.scope);
+    out["constraints"] = json!(req.constraints);
+    out["after"] = json!(req.after);
+    out["command"] = json!(req.command);
+    out["attempts"] = json!(attempts);
+    out["findings"] = json!([]);
+    out["files"] = json!({
+        "statusFile": elsewhere("the status file"),
+        "logFile": elsewhere("the log"),
+        "contextFile": elsewhere("the context file"),
+        "expectedHandoff": elsewhere("the handoff"),
+    });
+    out["handoffs"] = json!([]);
+    out["events"] = json!(events);
+    serde_json::from_value(out).map_err(|e| ClusterError::Bad(format!("{id}: {e}")))
+}
+
+/// What the screen asks of the database side.
+enum Ask {
+    /// A key's command.
+    Run(Command),
+    /// The agent whose detail is shown (none: the detail pane is hidden).
+    Focus(Option<String>),
+}
+
 /// What the database side of the monitor tells its screen.
 enum Msg {
     Snap(Box<Snapshot>),
+    /// The selected agent's detail: its record, attempts and events.
+    Detail(String, Box<std::result::Result<ShowView, String>>),
     /// About the connection, for the message line.
     Note(String),
 }
@@ -567,7 +630,7 @@ pub fn monitor(ctx: &Ctx, t: &Target, rt: &tokio::runtime::Runtime, a: super::mo
         return Ok(0);
     }
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
-    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel::<Command>();
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel::<Ask>();
     let text = a.text();
     let screen = std::thread::spawn(move || if text { text_screen(rx, cmd_tx, &a) } else { tui(rx, cmd_tx, &a) });
     rt.block_on(feed(ctx, t, tx, cmd_rx));
@@ -582,8 +645,9 @@ async fn feed(
     ctx: &Ctx,
     t: &Target,
     tx: std::sync::mpsc::Sender<Msg>,
-    mut cmds: tokio::sync::mpsc::UnboundedReceiver<Command>,
+    mut cmds: tokio::sync::mpsc::UnboundedReceiver<Ask>,
 ) {
+    let mut focus: Option<String> = None;
     let opts = listen::ListenOptions { application_name: "corral-monitor".into(), ..listen::ListenOptions::default() };
     let mut listener = listen::Listener::start(&t.db, &t.workspace, opts);
     let mut client: Option<tokio_postgres::Client> = None;
@@ -621,8 +685,18 @@ async fn feed(
         if let Some(c) = &client {
             match tokio::time::timeout(Duration::from_secs(10), snapshot(ctx, t, c)).await {
                 Ok(Ok(s)) => {
+                    let detail = match &focus {
+                        Some(id) => s.views.iter().find(|v| v.agent_id == *id).cloned().map(|v| (id.clone(), v)),
+                        None => None,
+                    };
                     if tx.send(Msg::Snap(Box::new(s))).is_err() {
                         return;
+                    }
+                    if let Some((id, v)) = detail {
+                        let d = show_view(c, t, v).await.map_err(|e| e.to_string());
+                        if tx.send(Msg::Detail(id, Box::new(d))).is_err() {
+                            return;
+                        }
                     }
                 }
                 Ok(Err(e)) => {
@@ -650,12 +724,14 @@ async fn feed(
             _ = tokio::time::sleep(wait) => {}
             c = cmds.recv() => match c {
                 None => return,
-                Some(c) => {
+                Some(Ask::Run(c)) => {
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         let _ = tx.send(Msg::Note(execute(c).await));
                     });
                 }
+                // Read at once (the loop goes round).
+                Some(Ask::Focus(f)) => focus = f,
             },
         }
     }
@@ -713,7 +789,7 @@ fn model(s: &Snapshot, old: Option<Model>) -> Model {
 /// something changed; connection notes on stderr.
 fn text_screen(
     rx: std::sync::mpsc::Receiver<Msg>,
-    _quit: tokio::sync::mpsc::UnboundedSender<Command>,
+    _quit: tokio::sync::mpsc::UnboundedSender<Ask>,
     a: &super::monitor::Args,
 ) -> Result {
     let start = Instant::now();
@@ -730,6 +806,7 @@ fn text_screen(
         };
         match msg {
             Msg::Note(n) => note!("corral monitor: {n}")?,
+            Msg::Detail(..) => {}
             Msg::Snap(s) => {
                 let m = model(&s, None);
                 // Worker lines carry ages: only their identity and load decide a new snapshot.
@@ -752,9 +829,10 @@ fn text_screen(
 /// client commands.
 fn tui(
     rx: std::sync::mpsc::Receiver<Msg>,
-    cmds: tokio::sync::mpsc::UnboundedSender<Command>,
+    cmds: tokio::sync::mpsc::UnboundedSender<Ask>,
     a: &super::monitor::Args,
 ) -> Result {
+    let mut asked: Option<String> = None;
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
     // The first snapshot before the screen is taken, so a database that cannot be reached
     // is said plainly.
@@ -762,6 +840,7 @@ fn tui(
         match rx.recv() {
             Ok(Msg::Snap(s)) => break s,
             Ok(Msg::Note(n)) => note!("corral monitor: {n}")?,
+            Ok(Msg::Detail(..)) => {}
             Err(_) => return Ok(1),
         }
     };
@@ -769,6 +848,8 @@ fn tui(
     let mut workers = first.worker_lines();
     m.select_attention();
     let mut terminal = ratatui::try_init()?;
+    // Tall enough: the detail pane is there from the start, as on one machine.
+    m.detail_pane = terminal.size().is_ok_and(|s| s.height >= super::monitor::DETAIL_ROWS);
     let frame = Duration::from_millis(1000 / a.fps.clamp(1, 60) as u64);
     let start = Instant::now();
     let mut table = ratatui::widgets::TableState::default();
@@ -800,11 +881,11 @@ fn tui(
                     Some(Command::Quit) => return Ok(0),
                     Some(c) => {
                         m.message = "sent; waiting for the answer...".into();
-                        let _ = cmds.send(c);
+                        let _ = cmds.send(Ask::Run(c));
                     }
                     None => {}
                 }
-                panes(&mut m, &workers);
+                panes(&mut m, &workers, &cmds, &mut asked);
                 terminal.draw(|f| crate::monitor::ui::draw(f, &m, &mut table))?;
             }
             while let Ok(msg) = rx.try_recv() {
@@ -814,10 +895,15 @@ fn tui(
                         workers = s.worker_lines();
                     }
                     Msg::Note(n) => m.message = n,
+                    Msg::Detail(id, d) => {
+                        if m.selected_id().as_deref() == Some(id.as_str()) {
+                            m.detail = Some(*d);
+                        }
+                    }
                 }
             }
             m.clamp_selection();
-            panes(&mut m, &workers);
+            panes(&mut m, &workers, &cmds, &mut asked);
             terminal.draw(|f| crate::monitor::ui::draw(f, &m, &mut table))?;
             m.redraws += 1;
             if a.seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s) {
@@ -829,15 +915,23 @@ fn tui(
     result
 }
 
-/// The detail and log panes from the database: what is not there is said, not guessed.
-fn panes(m: &mut Model, workers: &[String]) {
-    let Some(v) = m.selected_agent().cloned() else { return };
-    if m.detail_pane {
-        m.detail = Some(Err(format!(
-            "from the database the row is {}'s last record; `corral show {}` has its attempts and events",
-            v.agent_id, v.agent_id
-        )));
+/// The detail and log panes from the database: the detail is asked for the selected agent
+/// (and read again with every snapshot); the log is not there, which is said.
+fn panes(
+    m: &mut Model,
+    workers: &[String],
+    cmds: &tokio::sync::mpsc::UnboundedSender<Ask>,
+    asked: &mut Option<String>,
+) {
+    let want = if m.detail_pane { m.selected_id() } else { None };
+    if want != *asked {
+        if want.is_some() {
+            m.detail = None; // "asking..." until it comes
+        }
+        let _ = cmds.send(Ask::Focus(want.clone()));
+        *asked = want;
     }
+    let Some(v) = m.selected_agent().cloned() else { return };
     if m.log_pane {
         let mut lines = vec![format!(
             "the log of {} stays on the disk of its worker: `corral logs {}` says which",

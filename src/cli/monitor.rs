@@ -141,7 +141,7 @@ impl Conn {
 
 const FULL_REFRESH: Duration = Duration::from_secs(2);
 /// A terminal at least this tall shows the detail pane from the start.
-const DETAIL_ROWS: u16 = 40;
+pub const DETAIL_ROWS: u16 = 40;
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     let mut client = Conn { data: ctx.data.clone(), root: ctx.ws.root.clone(), client: Some(ctx.client()?) };
