@@ -326,3 +326,34 @@ fn monitor_in_a_terminal_shows_the_cluster_kills_by_key_and_says_when_the_databa
     t.keys(&["q"]);
     assert!(until(Duration::from_secs(5), || !t.alive()), "q did not quit: {}", t.screen());
 }
+
+#[test]
+fn health_shows_the_cluster_breaker_open_and_why_a_queued_agent_waits() {
+    let config = config().replace("breaker_failures = 0", "breaker_failures = 2\nbreaker_cooldown = \"10m\"");
+    let mut c = Cluster::new(&config);
+    c.start_worker(0);
+    // Two agents of role `worker` escalate at once: two failures open its breaker.
+    spawn(&c, "bad1", &c.script(100, 3, 3));
+    spawn(&c, "bad2", &c.script(100, 3, 3));
+    c.wait_all_of(&["bad1", "bad2"], "escalated", Duration::from_secs(30));
+    let open = || json(&c, &["health", "--json"])["breaker"]["state"] == "open";
+    assert!(until(Duration::from_secs(10), open), "{}\n{}", json(&c, &["health", "--json"]), c.logs());
+    spawn(&c, "held", &c.script(100, 0, 0));
+    let h = json(&c, &["health", "--json"]);
+    let b = &h["breaker"];
+    assert_eq!((b["key"].as_str(), b["scope"].as_str()), (Some("worker"), Some("role")), "{h}");
+    assert_eq!((b["recentFailures"].as_u64(), b["threshold"].as_u64()), (Some(2), Some(2)), "{h}");
+    let probe = b["probeInSeconds"].as_f64().unwrap();
+    assert!(probe > 500.0 && probe <= 600.0, "{h}");
+    assert_eq!(h["breakers"].as_array().unwrap().len(), 1, "{h}");
+    assert_eq!(h["openEscalations"], 2, "{h}");
+    let q = &h["queued"][0];
+    assert_eq!(q["agentId"], "held", "{h}");
+    assert!(q["reason"].as_str().unwrap().contains("circuit breaker open after 2 recent failures"), "{h}");
+    // Held for real: the worker does not start it.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.states()["held"], "queued");
+    let human = ok(&c, &["health"]);
+    assert!(human.contains("breakers:    one per role") && human.contains("open (2 of 2 failures"), "{human}");
+    assert!(human.contains("held  worker: circuit breaker open"), "{human}");
+}

@@ -3,7 +3,8 @@
 //! local supervisor (one short connection per command, on a current-thread runtime). Kill,
 //! retry and tell of an agent a worker runs go to that worker as a command, and the answer
 //! is awaited; of an agent nobody runs, they are done in the database directly
-//! (`cluster::direct`). The other commands need the files of a worker's machine and say so.
+//! (`cluster::direct`). `health`, `escalations`, `monitor` and `logs` are in
+//! `cluster_reads`. The other commands need the files of a worker's machine and say so.
 
 use super::{Cmd, Ctx, Fail, Result, usage};
 use crate::cluster::queue::ClusterError;

@@ -21,8 +21,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// What `health --json` leaves out from the database: each worker's supervisor has it for
 /// its own machine (`corral health --data-dir <its epoch dir>` there).
-pub const LOCAL_ONLY: &[&str] =
-    &["freeMemory", "minFreeMemory", "load", "maxLoad", "providers", "groups", "paused", "configuredMaxConcurrent"];
+/// (`maxOpenEscalations` too: each worker's supervisor holds its own starts on it.)
+pub const LOCAL_ONLY: &[&str] = &[
+    "freeMemory",
+    "minFreeMemory",
+    "load",
+    "maxLoad",
+    "maxOpenEscalations",
+    "providers",
+    "groups",
+    "paused",
+    "configuredMaxConcurrent",
+];
 
 /// How often the monitor reads everything again with no notification (ages, leases).
 const MONITOR_POLL: Duration = Duration::from_secs(2);
@@ -365,7 +375,7 @@ pub async fn snapshot(
         load: None,
         max_load: None,
         open_escalations: escalations.len(),
-        max_open_escalations: policy.max_open_escalations,
+        max_open_escalations: None,
         cost_usd,
         providers: vec![],
         groups: vec![],
@@ -718,8 +728,8 @@ async fn feed(
         let wait = if client.is_some() { MONITOR_POLL } else { Duration::from_secs(1) };
         tokio::select! {
             _ = listener.changed() => {
-                // A burst of changes is read once.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // A burst of changes is read once: at most four snapshots a second.
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
             _ = tokio::time::sleep(wait) => {}
             c = cmds.recv() => match c {
@@ -939,5 +949,57 @@ fn panes(
         )];
         lines.extend(workers.iter().cloned());
         m.log = Some((v.agent_id.clone(), lines.iter().map(|l| crate::display::escape(l).into_owned()).collect()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(failures: usize) -> HealthPolicy {
+        HealthPolicy { breaker_failures: failures, ..HealthPolicy::default() }
+    }
+
+    #[test]
+    fn breakers_are_shown_on_the_database_clock() {
+        let p = policy(3);
+        let now = 1_000_000;
+        let open = Breaker::Open { until_mono: now + 12_500, failures: 3 };
+        let v = breaker_view(&p, "worker", Some(&open), now);
+        assert_eq!((v.state.as_str(), v.recent_failures, v.threshold), ("open", 3, 3));
+        assert_eq!(v.probe_in_seconds, Some(12.5));
+        let closed = Breaker::Closed { failures: vec![now - 1000, now - p.breaker_window_ms - 1] };
+        let v = breaker_view(&p, "worker", Some(&closed), now);
+        assert_eq!((v.state.as_str(), v.recent_failures), ("closed", 1), "only failures within the window");
+        let half = Breaker::HalfOpen { probe: Some("a1".into()) };
+        assert_eq!(breaker_view(&p, "*", Some(&half), now).probe.as_deref(), Some("a1"));
+        assert_eq!(breaker_view(&policy(0), "*", Some(&open), now).state, "off");
+        assert_eq!(breaker_view(&p, "*", None, now).state, "closed");
+    }
+
+    #[test]
+    fn a_worker_line_says_its_load_or_that_its_lease_ended() {
+        let at = SystemTime::UNIX_EPOCH;
+        let mut w = WorkerRow {
+            id: "0123456789abcdef".into(),
+            host: "h1".into(),
+            pid: 42,
+            labels: json!({}),
+            slots: 8,
+            state: "active".into(),
+            started_at: at,
+            heartbeat_at: at,
+            lease_until: at,
+            live: true,
+            heartbeat_age: 0.25,
+            lease_left: 1.75,
+            agents: 3,
+        };
+        assert_eq!(w.line(), "01234567 on h1 (pid 42): 3 of 8 slots; renewed 0.2s ago, lease 1.8s left");
+        w.live = false;
+        w.lease_left = -4.0;
+        w.agents = 1;
+        assert_eq!(w.line(), "01234567 on h1 (pid 42): lease ended 4.0s ago; 1 agent not yet taken over");
+        assert_eq!(w.json()["leaseLeftSeconds"], -4.0);
     }
 }
