@@ -147,6 +147,12 @@ fn health_escalations_and_logs_by_sql_match_what_the_workers_did() {
     c.wait_all_of(&["esc2"], "escalated", Duration::from_secs(30));
     let list = json(&c, &["escalations", "--json"]);
     assert_eq!((list[0]["n"].as_u64(), list[0]["agentId"].as_str()), (Some(2), Some("esc2")), "{list}");
+    // `status` and `show` give it the database's number too, whatever its worker's was.
+    let views = json(&c, &["status", "--json", "esc2"]);
+    assert_eq!(views[0]["escalation"], 2, "{views}");
+    assert!(views[0]["anomalies"].as_array().unwrap().iter().any(|a| a == "NEEDS-HUMAN #2"), "{views}");
+    assert_eq!(json(&c, &["show", "--json", "esc2"])["escalation"], 2);
+    assert_eq!(json(&c, &["status", "--json", "esc"])[0]["escalation"], Value::Null, "resolved: no number");
     ok(&c, &["retry", "esc2"]);
     assert_eq!(json(&c, &["escalations", "--json"]), serde_json::json!([]));
     let all = json(&c, &["escalations", "--all", "--json"]);

@@ -223,7 +223,16 @@ async fn status(ctx: &Ctx, t: &Target, a: super::status::Args) -> Result {
     let ids = resolve_all(&c, t, &a.ids).await?;
     let filter = AgentFilter { role: a.role.clone(), ids, ..AgentFilter::default() };
     let rows = read::agents(&c, &t.workspace, &filter).await.map_err(db_fail)?;
-    let views: Vec<AgentView> = rows.iter().map(|r| view_of(ctx, r)).filter(|v| keep.keeps(v)).collect();
+    let numbers = super::cluster_reads::open_numbers(&c, &t.workspace).await.map_err(db_fail)?;
+    let views: Vec<AgentView> = rows
+        .iter()
+        .map(|r| {
+            let mut v = view_of(ctx, r);
+            super::cluster_reads::renumber(&mut v, numbers.get(&r.id).copied());
+            v
+        })
+        .filter(|v| keep.keeps(v))
+        .collect();
     if a.json {
         crate::display::raw_out(format!("{}\n", serde_json::to_string(&views)?).as_bytes())?;
         return Ok(0);
@@ -242,7 +251,9 @@ async fn show(ctx: &Ctx, t: &Target, a: super::show::Args) -> Result {
     let filter = AgentFilter { ids: Some(vec![id.clone()]), ..AgentFilter::default() };
     let rows = read::agents(&c, &t.workspace, &filter).await.map_err(db_fail)?;
     let row = rows.first().ok_or_else(|| usage(format!("no agent {id} in workspace {}", t.workspace)))?;
-    let view = view_of(ctx, row);
+    let mut view = view_of(ctx, row);
+    let numbers = super::cluster_reads::open_numbers(&c, &t.workspace).await.map_err(db_fail)?;
+    super::cluster_reads::renumber(&mut view, numbers.get(&id).copied());
     let attempts = direct::attempts(&c, &t.workspace, &id).await.map_err(db_fail)?;
     let events = direct::agent_events(&c, &t.workspace, &id, 500).await.map_err(db_fail)?;
     let req = worker::request_of(&row.body).unwrap_or_default();

@@ -181,6 +181,36 @@ pub async fn escalations(
     Ok(out)
 }
 
+/// The number of each agent's newest open escalation, as the database numbers them.
+pub async fn open_numbers(
+    c: &tokio_postgres::Client,
+    workspace: &str,
+) -> std::result::Result<BTreeMap<String, u64>, ClusterError> {
+    let rows = c
+        .query(
+            "SELECT DISTINCT ON (agent_id) agent_id, id FROM escalations
+             WHERE workspace = $1 AND resolved_at IS NULL AND agent_id IS NOT NULL ORDER BY agent_id, id DESC",
+            &[&workspace],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64)).collect())
+}
+
+/// Gives a view the database's number of its open escalation (`n`), in its `escalation`
+/// and its NEEDS-HUMAN anomaly: the number its worker's supervisor gave is that epoch's
+/// own, and means nothing to `corral escalations resolve` from here.
+pub fn renumber(v: &mut AgentView, n: Option<u64>) {
+    v.escalation = n;
+    for a in v.anomalies.iter_mut() {
+        if a.starts_with("NEEDS-HUMAN") {
+            *a = match n {
+                Some(n) => format!("NEEDS-HUMAN #{n}"),
+                None => "NEEDS-HUMAN".to_string(),
+            };
+        }
+    }
+}
+
 /// Everything `health` and `monitor` show, read in one go.
 pub struct Snapshot {
     pub views: Vec<AgentView>,
@@ -358,7 +388,15 @@ pub async fn snapshot(
             QueuedView { agent_id: id, reason }
         })
         .collect();
-    let views: Vec<AgentView> = rows.iter().map(|r| view_of(ctx, r)).collect();
+    let numbers = open_numbers(c, &t.workspace).await?;
+    let views: Vec<AgentView> = rows
+        .iter()
+        .map(|r| {
+            let mut v = view_of(ctx, r);
+            renumber(&mut v, numbers.get(&r.id).copied());
+            v
+        })
+        .collect();
     let cost_usd = views.iter().filter_map(|v| v.cost_usd).fold(0.0, |a, b| a + b);
     let health = HealthView {
         healthy: held.is_none(),
@@ -1001,5 +1039,18 @@ mod tests {
         w.agents = 1;
         assert_eq!(w.line(), "01234567 on h1 (pid 42): lease ended 4.0s ago; 1 agent not yet taken over");
         assert_eq!(w.json()["leaseLeftSeconds"], -4.0);
+    }
+
+    #[test]
+    fn a_view_gets_the_databases_escalation_number() {
+        let mut v: AgentView = serde_json::from_value(json!({
+            "agentId": "a1", "role": "r", "task": "t", "status": "escalated", "attempt": 1, "maxRetries": 1,
+            "anomalies": ["FAILED", "NEEDS-HUMAN #1"], "spawnedAt": "t", "cwd": "/", "escalation": 1,
+        }))
+        .unwrap();
+        renumber(&mut v, Some(7));
+        assert_eq!((v.escalation, v.anomalies.clone()), (Some(7), vec!["FAILED".into(), "NEEDS-HUMAN #7".into()]));
+        renumber(&mut v, None);
+        assert_eq!((v.escalation, v.anomalies[1].as_str()), (None, "NEEDS-HUMAN"));
     }
 }
