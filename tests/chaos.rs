@@ -117,6 +117,11 @@ fn leftovers(ws: &Ws) -> Vec<String> {
         if pid == me || Some(pid) == live || (live.is_some() && ppid(pid) == live) || !alive(pid) {
             continue;
         }
+        // The live launcher's spare: a shim forked ahead of its request, holding no attempt.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if live.is_some() && comm.trim() == "corral-warm" && ppid(pid).and_then(ppid) == live {
+            continue;
+        }
         let in_data = |p: &Path| p.starts_with(&data) || p.starts_with(&canon);
         let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         let by_env = env.split(|b| *b == 0).any(|kv| {
