@@ -347,6 +347,60 @@ pub struct RoleConfig {
     /// The admission group its agents count against (`--group` overrides it).
     #[serde(default, deserialize_with = "de_group")]
     pub group: Option<String>,
+    /// In cluster mode, the labels a worker must offer to run its agents (`gpu = true`);
+    /// `--on K=V` adds to it or overrides a key.
+    #[serde(default, deserialize_with = "de_placement")]
+    pub placement: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// A placement: keys of letters, digits, `_`, `-`, `.` and `/`; values a string, an integer
+/// or a boolean (what `--label` and `--on` can say).
+fn de_placement<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, serde_json::Value>>, D::Error> {
+    let t = BTreeMap::<String, toml::Value>::deserialize(d)?;
+    let mut out = BTreeMap::new();
+    for (k, v) in t {
+        check_label_key(&k).map_err(serde::de::Error::custom)?;
+        let v = match v {
+            toml::Value::String(s) => serde_json::Value::String(s),
+            toml::Value::Integer(n) => serde_json::Value::from(n),
+            toml::Value::Boolean(b) => serde_json::Value::Bool(b),
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "placement {k} = {other}: a value must be a string, an integer or true/false (as a worker's \
+                     labels are)"
+                )));
+            }
+        };
+        out.insert(k, v);
+    }
+    Ok(Some(out))
+}
+
+/// A label's or placement's key: 1 to 64 of letters, digits, `_`, `-`, `.` and `/`.
+pub fn check_label_key(k: &str) -> Result<(), String> {
+    let ok = !k.is_empty()
+        && k.len() <= 64
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("label key {k:?} is not usable: give 1 to 64 letters, digits, `_`, `-`, `.` or `/`"))
+    }
+}
+
+/// One `KEY=VALUE` of `--label` or `--on`: `true`/`false` are booleans, whole numbers are
+/// integers, anything else a string, so the two always compare alike.
+pub fn parse_label(kv: &str) -> Result<(String, serde_json::Value), String> {
+    let (k, v) = kv.split_once('=').ok_or_else(|| format!("{kv:?}: expected KEY=VALUE, e.g. gpu=true"))?;
+    check_label_key(k).map_err(|e| format!("{kv:?}: {e}"))?;
+    let v = match v {
+        "true" => serde_json::Value::Bool(true),
+        "false" => serde_json::Value::Bool(false),
+        v => v.parse::<i64>().map(serde_json::Value::from).unwrap_or_else(|_| serde_json::Value::String(v.into())),
+    };
+    Ok((k.to_string(), v))
 }
 
 /// One `[groups.NAME]` table: a limit of its own for the agents of an admission group.
@@ -573,6 +627,16 @@ impl Config {
     /// The admission group of a role's agents: `[roles.X] group`, else `[defaults] group`.
     pub fn role_group(&self, role: &str) -> Option<String> {
         self.roles.get(role).and_then(|r| r.group.clone()).or_else(|| self.defaults.group.clone())
+    }
+
+    /// Where a role's agents may run in cluster mode: `[defaults] placement` with the role's
+    /// own keys over it.
+    pub fn role_placement(&self, role: &str) -> BTreeMap<String, serde_json::Value> {
+        let mut p = self.defaults.placement.clone().unwrap_or_default();
+        if let Some(own) = self.roles.get(role).and_then(|r| r.placement.as_ref()) {
+            p.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        p
     }
 
     /// Each configured group's `max_concurrent`.
@@ -1281,6 +1345,9 @@ mod tests {
             ("[roles.A]\nmax_turns = -2\n", "roles.A.max_turns", "over budget"),
             ("[roles.A]\nmax_turns = 99999999999\n", "roles.A.max_turns", "too large"),
             ("[roles.A]\nmax_cost_usd = 0\n", "roles.A.max_cost_usd", "positive"),
+            ("[roles.A]\nplacement = { gpu = 1.5 }\n", "roles.A.placement", "string, an integer or true/false"),
+            ("[roles.A]\nplacement = { \"a b\" = true }\n", "roles.A.placement", "label key \"a b\""),
+            ("[defaults]\nplacement = \"gpu\"\n", "defaults.placement", "invalid type"),
             ("\nworktree_dir = \"\"\n", "worktree_dir", "empty"),
             ("[roles.A]\nbase = \"--orphan\"\n", "roles.A.base", "never name a commit"),
             ("[roles.A]\nworktree_copy = [\"../secret\"]\n", "roles.A.worktree_copy", "inside the repository"),
@@ -1382,5 +1449,26 @@ mod tests {
         assert_eq!(r[1].signals, vec![9]);
         assert_eq!(r[1].action, RuleAction::Fail);
         assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+    }
+
+    #[test]
+    fn a_roles_placement_is_the_defaults_with_its_own_keys_over_them() {
+        let c = parse(
+            "[defaults]\nplacement = { zone = \"eu\", gpu = false }\n[roles.TRAIN]\nplacement = { gpu = true, cores = 16 }\n",
+            Path::new("corral.toml"),
+        )
+        .unwrap();
+        let p = serde_json::to_value(c.role_placement("TRAIN")).unwrap();
+        assert_eq!(p, serde_json::json!({ "zone": "eu", "gpu": true, "cores": 16 }));
+        let p = serde_json::to_value(c.role_placement("OTHER")).unwrap();
+        assert_eq!(p, serde_json::json!({ "zone": "eu", "gpu": false }));
+        assert!(Config::default().role_placement("X").is_empty());
+        // --on and --label read alike: true/false and whole numbers as such.
+        assert_eq!(parse_label("gpu=true").unwrap(), ("gpu".into(), serde_json::json!(true)));
+        assert_eq!(parse_label("cores=16").unwrap(), ("cores".into(), serde_json::json!(16)));
+        assert_eq!(parse_label("zone=eu-1").unwrap(), ("zone".into(), serde_json::json!("eu-1")));
+        assert_eq!(parse_label("x=").unwrap(), ("x".into(), serde_json::json!("")));
+        assert!(parse_label("gpu").unwrap_err().contains("KEY=VALUE"));
+        assert!(parse_label("=1").unwrap_err().contains("label key"));
     }
 }

@@ -136,6 +136,10 @@ pub struct SpawnRequest {
     /// `--delay`: not started before this long after the spawn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
+    /// `--on K=V`: in cluster mode, labels a worker must offer to run it, over the role's
+    /// `placement` (a single machine runs it wherever it is).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub placement: std::collections::BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

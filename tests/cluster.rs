@@ -135,6 +135,7 @@ fn new_agents(prefix: &str, n: usize, placement: serde_json::Value) -> Vec<NewAg
             id: format!("{prefix}-{i}"),
             role: "worker".into(),
             placement: placement.clone(),
+            group: None,
             body: json!({ "task": i }),
             delay: Duration::ZERO,
         })
@@ -738,6 +739,7 @@ fn spawn_req(role: &str, key: Option<String>, task: &str) -> queue::Spawn {
         key,
         request: json!({ "role": role, "task": task, "command": "true" }),
         placement: json!({}),
+        group: None,
         body: json!({ "task": task }),
         delay: Duration::ZERO,
     }

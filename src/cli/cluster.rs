@@ -127,6 +127,11 @@ async fn spawn(ctx: &Ctx, t: &Target, a: super::spawn::Args) -> Result {
     // The worker starts the agent with its own environment.
     req.caller_env.clear();
     req.cwd = relative_cwd(&ctx.ws.root, &req.cwd);
+    // Where it may run and the group it counts against, decided now and kept with it.
+    let mut placement = ctx.ws.config.role_placement(&req.role);
+    placement.extend(std::mem::take(&mut req.placement));
+    req.placement = placement;
+    req.group = req.group.take().or_else(|| ctx.ws.config.role_group(&req.role));
     let mut body = worker::body(&req, None, None);
     body["spawnedAt"] = json!(time::rfc3339(time::now()));
     let s = queue::Spawn {
@@ -134,7 +139,8 @@ async fn spawn(ctx: &Ctx, t: &Target, a: super::spawn::Args) -> Result {
         role: req.role.clone(),
         key: req.idempotency_key.clone(),
         request: json!({ "role": req.role, "task": req.task, "command": req.command, "id": req.id }),
-        placement: json!({}),
+        placement: json!(req.placement),
+        group: req.group.clone(),
         body,
         delay: Duration::from_millis(req.delay_ms.unwrap_or(0)),
     };
@@ -162,12 +168,23 @@ fn relative_cwd(root: &std::path::Path, cwd: &str) -> String {
 
 // ---- views ---------------------------------------------------------------------------
 
+/// Why each queued agent waits, by id (see `read::queued_reasons`).
+pub(super) type Reasons = std::collections::BTreeMap<String, String>;
+
 /// The agent as `status --json` shows it: its worker's last view with the database's state,
 /// or, before any worker ran it, one made from the spawn request.
-pub(super) fn view_of(ctx: &Ctx, r: &AgentRow) -> AgentView {
+pub(super) fn view_of(ctx: &Ctx, r: &AgentRow, reasons: &Reasons) -> AgentView {
     let stored = r.body.get("view").and_then(|v| serde_json::from_value::<AgentView>(v.clone()).ok());
     let mut v = stored.unwrap_or_else(|| made(ctx, r));
     v.status = r.state.clone();
+    v.group = r.group.clone().or(v.group);
+    // Waiting in the cluster's queue: why, as of now (a view from an earlier worker says
+    // nothing about that).
+    if r.state == "queued" && r.owner.is_none() {
+        v.reason = reasons.get(&r.id).cloned();
+        v.anomalies = v.reason.iter().map(|why| format!("QUEUED: {why}")).collect();
+        v.pid = None;
+    }
     v.needs_human =
         r.state == "escalated" || (r.state == "blocked" && (r.owner.is_none() || r.body["view"]["needsHuman"] == true));
     v.next_attempt_in_seconds = None;
@@ -224,10 +241,15 @@ async fn status(ctx: &Ctx, t: &Target, a: super::status::Args) -> Result {
     let filter = AgentFilter { role: a.role.clone(), ids, ..AgentFilter::default() };
     let rows = read::agents(&c, &t.workspace, &filter).await.map_err(db_fail)?;
     let numbers = super::cluster_reads::open_numbers(&c, &t.workspace).await.map_err(db_fail)?;
+    let reasons = if rows.iter().any(|r| r.state == "queued") {
+        read::queued_reasons(&c, &t.workspace).await.map_err(db_fail)?
+    } else {
+        Reasons::new()
+    };
     let views: Vec<AgentView> = rows
         .iter()
         .map(|r| {
-            let mut v = view_of(ctx, r);
+            let mut v = view_of(ctx, r, &reasons);
             super::cluster_reads::renumber(&mut v, numbers.get(&r.id).copied());
             v
         })
@@ -251,7 +273,12 @@ async fn show(ctx: &Ctx, t: &Target, a: super::show::Args) -> Result {
     let filter = AgentFilter { ids: Some(vec![id.clone()]), ..AgentFilter::default() };
     let rows = read::agents(&c, &t.workspace, &filter).await.map_err(db_fail)?;
     let row = rows.first().ok_or_else(|| usage(format!("no agent {id} in workspace {}", t.workspace)))?;
-    let mut view = view_of(ctx, row);
+    let reasons = if row.state == "queued" {
+        read::queued_reasons(&c, &t.workspace).await.map_err(db_fail)?
+    } else {
+        Reasons::new()
+    };
+    let mut view = view_of(ctx, row, &reasons);
     let numbers = super::cluster_reads::open_numbers(&c, &t.workspace).await.map_err(db_fail)?;
     super::cluster_reads::renumber(&mut view, numbers.get(&id).copied());
     let attempts = direct::attempts(&c, &t.workspace, &id).await.map_err(db_fail)?;
@@ -266,6 +293,7 @@ async fn show(ctx: &Ctx, t: &Target, a: super::show::Args) -> Result {
     out["fence"] = json!(row.fence);
     out["owner"] = json!(row.owner);
     out["worker"] = row.body.get("worker").cloned().unwrap_or(Value::Null);
+    out["placement"] = row.placement.clone();
     out["attempts"] = attempts
         .iter()
         .map(|x| {
@@ -313,6 +341,12 @@ fn render(v: &AgentView, all: &Value, out: &mut impl Write) -> std::io::Result<(
         say_to!(out, "  scope:      {}", shown(sc))?;
     }
     say_to!(out, "  command:    {}  (in {})", shown(&all["command"].to_string()), shown(&v.cwd))?;
+    if all["placement"].as_object().is_some_and(|p| !p.is_empty()) {
+        say_to!(out, "  placement:  {}", shown(&read::shown_placement(&all["placement"])))?;
+    }
+    if let Some(g) = &v.group {
+        say_to!(out, "  group:      {}", shown(g))?;
+    }
     match &v.reason {
         Some(r) => say_to!(out, "  status:     {} ({})", shown(&v.status), shown(r))?,
         None => say_to!(out, "  status:     {}", shown(&v.status))?,
@@ -618,7 +652,7 @@ async fn wait(ctx: &Ctx, t: &Target, a: super::wait::Args) -> Result {
                             pending += 1;
                             continue;
                         }
-                        let v = view_of(ctx, r);
+                        let v = view_of(ctx, r, &Reasons::new());
                         all_complete &= v.status == "complete";
                         super::wait::print_one(&v, a.json, false, start)?;
                         printed.insert(r.id.clone());
@@ -738,7 +772,7 @@ async fn aggregate(ctx: &Ctx, t: &Target, a: super::aggregate::Args) -> Result {
     let agents = rows
         .iter()
         .map(|r| {
-            let v = view_of(ctx, r);
+            let v = view_of(ctx, r, &Reasons::new());
             let cwd = ctx.ws.root.join(relative_cwd(&ctx.ws.root, &v.cwd));
             AgentOutcome {
                 agent_id: v.agent_id,

@@ -351,6 +351,7 @@ pub async fn snapshot(
         None
     };
     let by_id: BTreeMap<&str, &AgentRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+    let reasons = crate::cluster::read::queued_reasons(c, &t.workspace).await?;
     let queue = queued
         .iter()
         .map(|q| {
@@ -385,6 +386,8 @@ pub async fn snapshot(
             } else {
                 "waiting for a worker to claim it".to_string()
             };
+            // Admission's own account where it has one (groups, budget, provider holds).
+            let reason = reasons.get(&id).cloned().unwrap_or(reason);
             QueuedView { agent_id: id, reason }
         })
         .collect();
@@ -392,7 +395,7 @@ pub async fn snapshot(
     let views: Vec<AgentView> = rows
         .iter()
         .map(|r| {
-            let mut v = view_of(ctx, r);
+            let mut v = view_of(ctx, r, &reasons);
             renumber(&mut v, numbers.get(&r.id).copied());
             v
         })

@@ -65,12 +65,22 @@ pub struct Args {
     /// the time is kept, so a supervisor restart does not shorten or restart it).
     #[arg(long, value_name = "D")]
     pub delay: Option<String>,
+    /// In cluster mode: run only on a worker whose labels include KEY=VALUE (repeatable;
+    /// over the role's `placement`). `true`/`false` and whole numbers compare as such.
+    #[arg(long = "on", value_name = "KEY=VALUE")]
+    pub on: Vec<String>,
     /// The command and its arguments (default: the role's `command` template).
     #[arg(last = true)]
     pub command: Vec<String>,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
+    if !a.on.is_empty() {
+        crate::elog!(
+            "warning: --on chooses among cluster workers; with no database (CORRAL_DATABASE_URL or [cluster] \
+             database) the agent runs on this machine"
+        );
+    }
     let req = request(ctx, a)?;
     let reply = into_result(ctx.request(&Request::Spawn(Box::new(req)))?)?;
     let r: SpawnReply = serde_json::from_value(reply)?;
@@ -142,6 +152,11 @@ pub fn request(ctx: &Ctx, a: Args) -> Result<SpawnRequest> {
             _ => return Err(usage(format!("--env {kv:?}: expected KEY=VALUE"))),
         }
     }
+    let mut placement = std::collections::BTreeMap::new();
+    for kv in &a.on {
+        let (k, v) = crate::config::parse_label(kv).map_err(|e| usage(format!("--on {e}")))?;
+        placement.insert(k, v);
+    }
     let cwd = std::env::current_dir()?;
     let cwd = match a.cwd {
         Some(c) => {
@@ -178,6 +193,7 @@ pub fn request(ctx: &Ctx, a: Args) -> Result<SpawnRequest> {
         group: a.group,
         priority,
         delay_ms,
+        placement,
     };
     Ok(req)
 }

@@ -4,7 +4,6 @@
 
 use super::{Ctx, Result, usage};
 use crate::cluster::worker::{self, Options};
-use serde_json::Value;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -39,15 +38,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
     let timings = cfg.cluster.timings().map_err(usage)?;
     let mut labels = cfg.cluster.labels_json();
     for l in &a.labels {
-        let (k, v) = l
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| usage(format!("--label {l:?}: expected KEY=VALUE, e.g. --label gpu=true")))?;
-        let v = match v {
-            "true" => Value::Bool(true),
-            "false" => Value::Bool(false),
-            v => v.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(v.into())),
-        };
+        let (k, v) = crate::config::parse_label(l).map_err(|e| usage(format!("--label {e}")))?;
         labels[k] = v;
     }
     let health = cfg.health();
@@ -63,6 +54,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result {
         labels,
         slots,
         max_concurrent: Some(health.max_concurrent),
+        groups: cfg.group_limits(),
+        max_cost_usd: cfg.budget.max_cost_usd,
         health: health.clone(),
         root: ctx.ws.root.clone(),
         data: ctx.data.clone(),

@@ -155,6 +155,8 @@ pub struct NewAgent {
     pub id: String,
     pub role: String,
     pub placement: Value,
+    /// The admission group it counts against (none: only the workspace's limit).
+    pub group: Option<String>,
     pub body: Value,
     /// Not claimable before now + delay.
     pub delay: Duration,
@@ -222,17 +224,68 @@ pub fn new_worker_id() -> String {
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
+/// The limits admission holds across the whole cluster, from a worker's `corral.toml`: the
+/// last worker to start sets them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkspaceLimits {
+    /// `[health] max_concurrent` (`None`: no limit).
+    pub max_concurrent: Option<i32>,
+    /// `[groups.NAME] max_concurrent`, by group (a group not here has no limit of its own).
+    pub groups: std::collections::BTreeMap<String, i32>,
+    /// `[budget] max_cost_usd`: once the agents' recorded costs add up to it, nothing more
+    /// is claimed.
+    pub max_cost_usd: Option<f64>,
+}
+
 /// Creates the workspace if it is not there, and sets its cluster-wide `max_concurrent`
-/// (`None`: no limit).
+/// (`None`: no limit), with no group limits and no budget.
 pub async fn configure_workspace(client: &Client, workspace: &str, max_concurrent: Option<i32>) -> Result<()> {
+    configure_limits(client, workspace, &WorkspaceLimits { max_concurrent, ..WorkspaceLimits::default() }).await
+}
+
+/// Creates the workspace if it is not there, and sets the limits every claim holds to.
+pub async fn configure_limits(client: &Client, workspace: &str, limits: &WorkspaceLimits) -> Result<()> {
+    if let Some((g, n)) = limits.groups.iter().find(|(_, n)| **n < 1) {
+        return Err(ClusterError::Bad(format!("group {g}: max_concurrent must be at least 1, not {n}")));
+    }
+    let groups = serde_json::to_value(&limits.groups).unwrap_or_else(|_| json!({}));
     client
         .execute(
-            "INSERT INTO workspaces (id, max_concurrent) VALUES ($1, $2)
-             ON CONFLICT (id) DO UPDATE SET max_concurrent = EXCLUDED.max_concurrent",
-            &[&workspace, &max_concurrent],
+            "INSERT INTO workspaces (id, max_concurrent, group_limits, max_cost_usd) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET max_concurrent = EXCLUDED.max_concurrent,
+                 group_limits = EXCLUDED.group_limits, max_cost_usd = EXCLUDED.max_cost_usd",
+            &[&workspace, &limits.max_concurrent, &groups, &limits.max_cost_usd],
         )
         .await?;
     Ok(())
+}
+
+/// What the agents of `workspace` cost together, as their workers last recorded it (each
+/// agent's `costUsd`, where known).
+pub(crate) const SPENT_SQL: &str = "SELECT COALESCE(sum(CASE WHEN jsonb_typeof(body->'view'->'costUsd') = 'number'
+                                        THEN (body->'view'->>'costUsd')::float8 END), 0)::float8
+                                   FROM agents WHERE workspace = $1";
+
+/// A queued agent's dependencies as SQL over the agents row `t`: the ids of `request.after`.
+fn needs(t: &str) -> String {
+    format!(
+        "jsonb_array_elements_text(CASE WHEN jsonb_typeof({t}.body->'request'->'after') = 'array'
+                                        THEN {t}.body->'request'->'after' ELSE '[]'::jsonb END)"
+    )
+}
+
+/// The agents row `t` may be claimed by a worker with labels `$2`: queued, nobody's, due,
+/// placeable there, every dependency complete.
+fn claimable(t: &str) -> String {
+    format!(
+        "{t}.workspace = $1 AND {t}.state = 'queued' AND {t}.owner IS NULL AND {t}.run_after <= now()
+         AND {t}.placement <@ $2
+         AND NOT EXISTS (
+             SELECT 1 FROM {} AS need(id)
+             LEFT JOIN agents d ON d.workspace = {t}.workspace AND d.id = need.id
+             WHERE d.state IS DISTINCT FROM 'complete')",
+        needs(t)
+    )
 }
 
 /// Registers a worker with a lease of `spec.ttl`. The same id again while its lease is live
@@ -374,9 +427,9 @@ pub async fn enqueue(client: &mut Client, workspace: &str, agents: &[NewAgent]) 
     for (i, a) in agents.iter().enumerate() {
         let seq = next - n + i as i64;
         tx.execute(
-            "INSERT INTO agents (workspace, id, seq, role, state, placement, body, run_after)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, now() + make_interval(secs => $7))",
-            &[&workspace, &a.id, &seq, &a.role, &a.placement, &a.body, &secs(a.delay)],
+            "INSERT INTO agents (workspace, id, seq, role, state, placement, body, run_after, admission_group)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, now() + make_interval(secs => $7), $8)",
+            &[&workspace, &a.id, &seq, &a.role, &a.placement, &a.body, &secs(a.delay), &a.group],
         )
         .await?;
         seqs.push(seq);
@@ -402,6 +455,8 @@ pub struct Spawn {
     /// ask for the same, or it is refused.
     pub request: Value,
     pub placement: Value,
+    /// The admission group it counts against (none: only the workspace's limit).
+    pub group: Option<String>,
     pub body: Value,
     pub delay: Duration,
 }
@@ -423,6 +478,9 @@ pub struct Spawned {
 pub async fn spawn(client: &mut Client, workspace: &str, s: &Spawn) -> Result<Spawned> {
     if s.key.as_deref() == Some("") {
         return Err(ClusterError::Bad("an idempotency key must not be empty".into()));
+    }
+    if !s.placement.is_object() {
+        return Err(ClusterError::Bad(format!("placement {} must be a JSON object", s.placement)));
     }
     client.execute("INSERT INTO workspaces (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", &[&workspace]).await?;
     let tx = client.transaction().await?;
@@ -456,10 +514,11 @@ pub async fn spawn(client: &mut Client, workspace: &str, s: &Spawn) -> Result<Sp
     };
     let inserted = tx
         .execute(
-            "INSERT INTO agents (workspace, id, seq, role, state, placement, body, run_after, idempotency_key, spawn_request)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, now() + make_interval(secs => $7), $8, $9)
+            "INSERT INTO agents (workspace, id, seq, role, state, placement, body, run_after, idempotency_key,
+                                 spawn_request, admission_group)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, now() + make_interval(secs => $7), $8, $9, $10)
              ON CONFLICT (workspace, id) DO NOTHING",
-            &[&workspace, &id, &number, &s.role, &s.placement, &s.body, &secs(s.delay), &s.key, &s.request],
+            &[&workspace, &id, &number, &s.role, &s.placement, &s.body, &secs(s.delay), &s.key, &s.request, &s.group],
         )
         .await?;
     if inserted == 0 {
@@ -507,9 +566,13 @@ pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &A
     let (labels, slots) = live(&tx, lease).await?;
     // Serializes admission across the cluster: every claim takes this row first.
     let row = tx
-        .query_one("SELECT max_concurrent, breaker FROM workspaces WHERE id = $1 FOR UPDATE", &[&lease.workspace])
+        .query_one(
+            "SELECT max_concurrent, breaker, group_limits, max_cost_usd FROM workspaces WHERE id = $1 FOR UPDATE",
+            &[&lease.workspace],
+        )
         .await?;
-    let (max, breaker): (Option<i32>, Value) = (row.get(0), row.get(1));
+    let (max, breaker, groups, max_cost): (Option<i32>, Value, Value, Option<f64>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     // Dependents of a dependency that will never complete fail with it.
     // (Never waiting on a row another transaction holds: SKIP LOCKED, as for candidates.)
     let rows = tx
@@ -517,14 +580,13 @@ pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &A
             &format!(
                 "SELECT q.id, d.id, d.state
                  FROM agents q
-                 CROSS JOIN LATERAL jsonb_array_elements_text(
-                     CASE WHEN jsonb_typeof(q.body->'request'->'after') = 'array'
-                          THEN q.body->'request'->'after' ELSE '[]'::jsonb END) AS need(id)
+                 CROSS JOIN LATERAL {} AS need(id)
                  JOIN agents d ON d.workspace = q.workspace AND d.id = need.id
                  WHERE q.workspace = $1 AND q.state = 'queued' AND q.owner IS NULL
                    AND d.state IN {FINISHED} AND d.state <> 'complete'
                  ORDER BY q.seq
-                 FOR UPDATE OF q SKIP LOCKED"
+                 FOR UPDATE OF q SKIP LOCKED",
+                needs("q")
             ),
             &[&lease.workspace],
         )
@@ -558,28 +620,45 @@ pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &A
     if let Some(max) = max {
         free = free.min(max as i64 - busy);
     }
+    // The workspace's budget spent: nothing more starts anywhere.
+    if let Some(max) = max_cost
+        && free > 0
+    {
+        let spent: f64 = tx.query_one(SPENT_SQL, &[&lease.workspace]).await?.get(0);
+        if spent >= max {
+            free = 0;
+        }
+    }
     let mut claims: Vec<Claim> = Vec::new();
     let mut breakers: Option<crate::policy::health::Breakers> = None;
     if free > 0 {
         // Candidates: queued, due, placeable here, every dependency complete. More than
         // `free` of them when a breaker may hold some back.
         let extra = if rules.health.is_some() { 50 } else { 0 };
-        let rows = tx
-            .query(
-                "SELECT a.id, a.role FROM agents a
-                 WHERE a.workspace = $1 AND a.state = 'queued' AND a.owner IS NULL AND a.run_after <= now()
-                   AND a.placement <@ $2
-                   AND NOT EXISTS (
-                       SELECT 1 FROM jsonb_array_elements_text(
-                           CASE WHEN jsonb_typeof(a.body->'request'->'after') = 'array'
-                                THEN a.body->'request'->'after' ELSE '[]'::jsonb END) AS need(id)
-                       LEFT JOIN agents d ON d.workspace = a.workspace AND d.id = need.id
-                       WHERE d.state IS DISTINCT FROM 'complete')
-                 ORDER BY a.seq LIMIT $3
-                 FOR UPDATE OF a SKIP LOCKED",
-                &[&lease.workspace, &labels, &(free + extra)],
-            )
-            .await?;
+        // A group with a limit gives at most its free room: its claimable agents are ranked
+        // in spawn order, and those past the room (its limit less the agents of the group that
+        // hold a slot on any worker) are not candidates.
+        let sql = format!(
+            "WITH held AS (
+                 SELECT admission_group AS g, count(*) AS n FROM agents
+                 WHERE workspace = $1 AND owner IS NOT NULL AND admission_group IS NOT NULL
+                 GROUP BY admission_group),
+             ranked AS (
+                 SELECT q.id, q.admission_group AS g,
+                        row_number() OVER (PARTITION BY q.admission_group ORDER BY q.seq) AS rn
+                 FROM agents q
+                 WHERE {} AND q.admission_group IS NOT NULL AND $4::jsonb ? q.admission_group)
+             SELECT a.id, a.role FROM agents a
+             WHERE {}
+               AND (a.admission_group IS NULL OR NOT ($4::jsonb ? a.admission_group) OR a.id IN (
+                    SELECT r.id FROM ranked r LEFT JOIN held h ON h.g = r.g
+                    WHERE r.rn <= ($4::jsonb ->> r.g)::int8 - COALESCE(h.n, 0)))
+             ORDER BY a.seq LIMIT $3
+             FOR UPDATE OF a SKIP LOCKED",
+            claimable("q"),
+            claimable("a")
+        );
+        let rows = tx.query(&sql, &[&lease.workspace, &labels, &(free + extra), &groups]).await?;
         let mut chosen: Vec<String> = Vec::new();
         match &rules.health {
             None => chosen.extend(rows.iter().take(free as usize).map(|r| r.get::<_, String>(0))),

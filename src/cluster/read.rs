@@ -35,13 +35,18 @@ pub struct AgentRow {
     /// The stored record.
     pub body: Value,
     pub updated_at: SystemTime,
+    /// The labels a worker must offer to run it.
+    pub placement: Value,
+    /// The admission group it counts against.
+    pub group: Option<String>,
 }
 
 /// The agents of `workspace` that `filter` matches, in spawn order.
 pub async fn agents(client: &Client, workspace: &str, filter: &AgentFilter) -> Result<Vec<AgentRow>> {
     let rows = client
         .query(
-            "SELECT id, seq, role, state, owner::text, fence, attempt, idempotency_key, body, updated_at
+            "SELECT id, seq, role, state, owner::text, fence, attempt, idempotency_key, body, updated_at,
+                    placement, admission_group
              FROM agents
              WHERE workspace = $1 AND ($2::text[] IS NULL OR state = ANY($2)) AND ($3::text IS NULL OR role = $3)
                AND ($4::text IS NULL OR owner::text = $4) AND ($5::text[] IS NULL OR id = ANY($5))
@@ -62,6 +67,8 @@ pub async fn agents(client: &Client, workspace: &str, filter: &AgentFilter) -> R
             idempotency_key: r.get(7),
             body: r.get(8),
             updated_at: r.get(9),
+            placement: r.get(10),
+            group: r.get(11),
         })
         .collect())
 }
@@ -102,4 +109,132 @@ pub async fn events(client: &Client, workspace: &str, after: i64, limit: i64) ->
             fence: r.get(6),
         })
         .collect())
+}
+
+/// Why each queued agent of `workspace` that nobody owns waits, as far as the database can
+/// tell, by id: the first of its dependencies not complete ("waiting for ..."), its delay,
+/// the workspace's budget spent, no live worker offering its placement, its group at its
+/// limit, the workspace at `max_concurrent` (the single-machine supervisor's wording). An
+/// agent with none of these waits only for a free slot on a worker that fits it.
+pub async fn queued_reasons(client: &Client, workspace: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    use std::collections::BTreeMap;
+    let mut out = BTreeMap::new();
+    let rows = client
+        .query(
+            "SELECT a.id, a.placement, a.admission_group, a.run_after > now(),
+                    to_char(a.run_after AT TIME ZONE 'UTC', 'HH24:MI:SS'),
+                    to_char(a.run_after AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),
+                    a.run_after > now() + interval '20 hours',
+                    ARRAY(SELECT need.id FROM jsonb_array_elements_text(
+                              CASE WHEN jsonb_typeof(a.body->'request'->'after') = 'array'
+                                   THEN a.body->'request'->'after' ELSE '[]'::jsonb END) AS need(id)
+                          LEFT JOIN agents d ON d.workspace = a.workspace AND d.id = need.id
+                          WHERE d.state IS DISTINCT FROM 'complete')
+             FROM agents a WHERE a.workspace = $1 AND a.state = 'queued' AND a.owner IS NULL ORDER BY a.seq",
+            &[&workspace],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(out);
+    }
+    let ws = client
+        .query_opt("SELECT max_concurrent, group_limits, max_cost_usd FROM workspaces WHERE id = $1", &[&workspace])
+        .await?;
+    let (max, groups, max_cost): (Option<i32>, Value, Option<f64>) = match &ws {
+        Some(r) => (r.get(0), r.get(1), r.get(2)),
+        None => (None, Value::Null, None),
+    };
+    let budget = match max_cost {
+        Some(max) => {
+            let spent: f64 = client.query_one(super::queue::SPENT_SQL, &[&workspace]).await?.get(0);
+            crate::policy::lifecycle::workspace_budget_gate(Some(max), spent)
+        }
+        None => None,
+    };
+    let labels: Vec<Value> = client
+        .query(
+            "SELECT labels FROM workers WHERE workspace = $1 AND state = 'active' AND lease_until > now()",
+            &[&workspace],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let held = client
+        .query(
+            "SELECT admission_group, count(*) FROM agents WHERE workspace = $1 AND owner IS NOT NULL
+             GROUP BY admission_group",
+            &[&workspace],
+        )
+        .await?;
+    let mut by_group: BTreeMap<Option<String>, i64> = BTreeMap::new();
+    for r in &held {
+        by_group.insert(r.get(0), r.get(1));
+    }
+    let busy: i64 = by_group.values().sum();
+    for r in &rows {
+        let (id, placement, group): (String, Value, Option<String>) = (r.get(0), r.get(1), r.get(2));
+        let (later, time, date_time, far): (bool, String, String, bool) = (r.get(3), r.get(4), r.get(5), r.get(6));
+        let waiting: Vec<String> = r.get(7);
+        let limit = group.as_deref().and_then(|g| groups.get(g)).and_then(Value::as_i64);
+        let why = if !waiting.is_empty() {
+            format!("waiting for {}", waiting.join(", "))
+        } else if later {
+            format!("delayed until {} UTC", if far { date_time } else { time })
+        } else if let Some(b) = &budget {
+            b.clone()
+        } else if labels.is_empty() {
+            "no worker is running in this workspace (start one: corral worker)".to_string()
+        } else if !labels.iter().any(|l| fits(&placement, l)) {
+            format!("no worker offers {}", shown_placement(&placement))
+        } else if let (Some(g), Some(max)) = (&group, limit)
+            && by_group.get(&Some(g.clone())).copied().unwrap_or(0) >= max
+        {
+            let running = by_group.get(&Some(g.clone())).copied().unwrap_or(0);
+            format!("group {g} at capacity ({running} running, max {max})")
+        } else if let Some(max) = max.filter(|m| busy >= i64::from(*m)) {
+            format!("capacity: {busy} of {} running", crate::policy::plural(max as usize, "agent", "agents"))
+        } else {
+            continue;
+        };
+        out.insert(id, why);
+    }
+    Ok(out)
+}
+
+/// Whether a worker with `labels` may run an agent with `placement` (the claim's
+/// `placement <@ labels`, for the flat objects both are).
+pub fn fits(placement: &Value, labels: &Value) -> bool {
+    match placement.as_object() {
+        Some(p) => p.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        None => false,
+    }
+}
+
+/// A placement as `--on` takes it: `gpu=true, zone=eu`.
+pub fn shown_placement(placement: &Value) -> String {
+    let Some(p) = placement.as_object() else { return placement.to_string() };
+    let one = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    p.iter().map(|(k, v)| format!("{k}={}", one(v))).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_placement_fits_the_labels_that_contain_it() {
+        let labels = json!({ "gpu": true, "zone": "eu", "cores": 16 });
+        assert!(fits(&json!({}), &labels));
+        assert!(fits(&json!({ "gpu": true }), &labels));
+        assert!(fits(&json!({ "gpu": true, "cores": 16 }), &labels));
+        assert!(!fits(&json!({ "gpu": "true" }), &labels));
+        assert!(!fits(&json!({ "gpu": false }), &labels));
+        assert!(!fits(&json!({ "arch": "arm" }), &labels));
+        assert_eq!(shown_placement(&json!({ "gpu": true, "zone": "eu" })), "gpu=true, zone=eu");
+    }
 }

@@ -169,6 +169,19 @@ ALTER TABLE escalations ADD COLUMN IF NOT EXISTS opened_at timestamptz NOT NULL 
 CREATE INDEX IF NOT EXISTS escalations_open ON escalations (workspace, id) WHERE resolved_at IS NULL;
 "#,
     },
+    Migration {
+        version: 6,
+        name: "admission groups, workspace budget, provider holds",
+        sql: r#"
+ALTER TABLE agents ADD COLUMN IF NOT EXISTS admission_group text;
+UPDATE agents SET admission_group = body->'request'->>'group'
+    WHERE admission_group IS NULL AND jsonb_typeof(body->'request'->'group') = 'string';
+CREATE INDEX IF NOT EXISTS agents_group_owned ON agents (workspace, admission_group) WHERE owner IS NOT NULL;
+ALTER TABLE workspaces ADD COLUMN IF NOT EXISTS group_limits jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE workspaces ADD COLUMN IF NOT EXISTS max_cost_usd float8;
+ALTER TABLE workspaces ADD COLUMN IF NOT EXISTS provider_holds jsonb NOT NULL DEFAULT '{}';
+"#,
+    },
 ];
 
 /// What [`migrate`] found and did.

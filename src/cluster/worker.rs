@@ -40,6 +40,10 @@ pub struct Options {
     pub slots: usize,
     /// The workspace's cluster-wide limit, set in the database at start.
     pub max_concurrent: Option<usize>,
+    /// `[groups.NAME] max_concurrent`, cluster-wide, set in the database at start.
+    pub groups: BTreeMap<String, usize>,
+    /// `[budget] max_cost_usd`, cluster-wide, set in the database at start.
+    pub max_cost_usd: Option<f64>,
     /// The breaker's settings, applied across the cluster.
     pub health: crate::policy::health::HealthPolicy,
     /// The workspace root on this machine (its `corral.toml`, the agents' working dirs).
@@ -246,8 +250,13 @@ impl Worker {
             let r = async {
                 let db = self.db().await?;
                 super::schema::migrate(db).await.map_err(ClusterError::Bad)?;
-                let max = self.o.max_concurrent.map(|m| m.min(i32::MAX as usize) as i32);
-                queue::configure_workspace(self.client.as_ref().expect("connected"), &self.o.workspace, max).await
+                let n = |m: usize| m.min(i32::MAX as usize) as i32;
+                let limits = queue::WorkspaceLimits {
+                    max_concurrent: self.o.max_concurrent.map(n),
+                    groups: self.o.groups.iter().map(|(g, m)| (g.clone(), n(*m))).collect(),
+                    max_cost_usd: self.o.max_cost_usd,
+                };
+                queue::configure_limits(self.client.as_ref().expect("connected"), &self.o.workspace, &limits).await
             }
             .await;
             match r {

@@ -121,6 +121,7 @@ pub fn spawn(ctx: &Ctx, a: SpawnArgs) -> Result<SpawnReply, String> {
         group: a.group,
         priority,
         delay_ms,
+        placement: Default::default(),
     };
     let reply: SpawnReply = call(ctx, &Request::Spawn(Box::new(req)))?;
     Ok(SpawnReply { warning, ..reply })

@@ -192,6 +192,7 @@ impl Cluster {
                     key: None,
                     request: serde_json::json!({ "id": id }),
                     placement: serde_json::json!({}),
+                    group: None,
                     body: worker::body(&req, None, None),
                     delay: Duration::ZERO,
                 };

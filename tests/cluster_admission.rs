@@ -1,0 +1,237 @@
+//! Cluster-wide admission end to end: a real PostgreSQL on 127.0.0.1 and real `corral worker`
+//! processes (see `common::cluster`). Placement, group limits and the workspace's budget are
+//! decided in the claim's transaction on the whole cluster's snapshot; the ledger the agents
+//! write is the ground truth.
+
+mod common;
+
+use common::cluster::{CONFIG, Cluster, Rec};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `corral spawn` by SQL (from a machine with no worker); returns the agent's id.
+fn spawn(c: &Cluster, args: &[&str], command: &[String]) -> String {
+    let mut all: Vec<&str> = vec!["spawn"];
+    all.extend_from_slice(args);
+    all.push("--");
+    all.extend(command.iter().map(String::as_str));
+    let out = c.cmd(&all).output().unwrap();
+    assert!(out.status.success(), "spawn {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `corral status --json` by SQL, by agent id.
+fn status(c: &Cluster) -> BTreeMap<String, Value> {
+    let out = c.cmd(&["status", "--json"]).output().unwrap();
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    all.into_iter().map(|v| (v["agentId"].as_str().unwrap().to_string(), v)).collect()
+}
+
+fn show(c: &Cluster, id: &str) -> Value {
+    let out = c.cmd(&["show", id, "--json"]).output().unwrap();
+    assert!(out.status.success(), "show {id}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The most agents among those `which` picks that ran at once, by the ledger.
+fn most_at_once(recs: &[Rec], which: impl Fn(&str) -> bool) -> usize {
+    let mut sorted: Vec<&Rec> = recs.iter().filter(|r| which(&r.id)).collect();
+    // An end before a start at the same instant: a slot given back is taken again.
+    sorted.sort_by_key(|r| (r.at, r.start));
+    let mut open: BTreeMap<&str, ()> = BTreeMap::new();
+    let mut most = 0;
+    for r in sorted {
+        if r.start {
+            open.insert(&r.id, ());
+            most = most.max(open.len());
+        } else {
+            open.remove(r.id.as_str());
+        }
+    }
+    most
+}
+
+/// The workers' ids that registered with `pid`.
+fn worker_ids(c: &Cluster, pid: i32) -> Vec<String> {
+    c.pg.sql("corral", &format!("SELECT id FROM workers WHERE pid = {pid}")).lines().map(str::to_string).collect()
+}
+
+/// The workers each agent's attempts ran on, by agent.
+fn ran_on(c: &Cluster) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for l in
+        c.pg.sql("corral", "SELECT agent_id || ' ' || worker FROM attempts WHERE workspace = 't' ORDER BY n").lines()
+    {
+        if let Some((a, w)) = l.split_once(' ') {
+            out.entry(a.to_string()).or_default().push(w.to_string());
+        }
+    }
+    out
+}
+
+fn started(c: &Cluster, id: &str) -> usize {
+    c.ledger().iter().filter(|r| r.start && r.id == id).count()
+}
+
+#[test]
+fn a_group_limit_holds_across_three_workers() {
+    let config = format!(
+        "{CONFIG}\n[roles.BUILD]\ngroup = \"build\"\n[roles.LINT]\n[groups.build]\nmax_concurrent = 2\n\
+         [groups.other]\nmax_concurrent = 1\n"
+    );
+    let mut c = Cluster::new(&config);
+    // The role's group, resolved at spawn: 8 builds (2 at a time), 3 lints (no group) and
+    // 2 builds moved to another group with --group (1 at a time).
+    let mut builds = Vec::new();
+    for i in 0..8 {
+        builds.push(spawn(&c, &["--role", "BUILD", "--task", "b", "--id", &format!("b{i}")], &c.script(1200, 0, 0)));
+    }
+    let lints: Vec<String> = (0..3)
+        .map(|i| spawn(&c, &["--role", "LINT", "--task", "l", "--id", &format!("l{i}")], &c.script(1200, 0, 0)))
+        .collect();
+    let others: Vec<String> = (0..2)
+        .map(|i| {
+            let id = format!("o{i}");
+            spawn(&c, &["--role", "BUILD", "--task", "o", "--id", &id, "--group", "other"], &c.script(1200, 0, 0))
+        })
+        .collect();
+    let groups = c.pg.sql("corral", "SELECT id || '=' || coalesce(admission_group, '-') FROM agents ORDER BY seq");
+    assert!(groups.contains("b0=build") && groups.contains("l0=-") && groups.contains("o1=other"), "{groups}");
+    for n in 0..3 {
+        c.start_worker(n);
+    }
+    // While builds wait, they say why, in the single-machine supervisor's words.
+    let mut said = std::collections::BTreeSet::new();
+    let ok = common::wait_until(Duration::from_secs(30), || {
+        let s = status(&c);
+        said.extend(
+            s.values()
+                .filter(|v| v["status"] == "queued" && v["group"] == "build")
+                .filter_map(|v| v["reason"].as_str().map(str::to_string)),
+        );
+        s.len() == 13 && s.values().all(|v| v["status"] == "complete")
+    });
+    assert!(ok, "not all complete: {:?}\n{}", c.states(), c.logs());
+    assert!(said.contains("group build at capacity (2 running, max 2)"), "{said:?}");
+    c.check(5);
+    let recs = c.ledger();
+    let build_most = most_at_once(&recs, |id| builds.iter().any(|b| b == id));
+    assert_eq!(build_most, 2, "builds at once across the cluster (limit 2)");
+    assert_eq!(most_at_once(&recs, |id| others.iter().any(|o| o == id)), 1, "group other (limit 1)");
+    // An agent with no group is held by the workspace's limit alone: the lints ran beside
+    // the builds.
+    assert!(lints.iter().all(|l| started(&c, l) == 1));
+    assert!(most_at_once(&recs, |_| true) >= 4, "the ungrouped agents were held back with the builds");
+    // The builds ran on more than one worker: the limit is the cluster's, not a worker's.
+    let on = ran_on(&c);
+    let workers: std::collections::BTreeSet<&String> = builds.iter().flat_map(|b| &on[b]).collect();
+    assert!(workers.len() >= 2, "builds ran on {workers:?} only");
+}
+
+#[test]
+fn an_agent_with_a_placement_runs_only_on_a_worker_whose_labels_contain_it() {
+    let config = format!("{CONFIG}\n[roles.TRAIN]\nplacement = {{ gpu = true }}\n[roles.PLAIN]\n");
+    let mut c = Cluster::new(&config);
+    // Two workers without a GPU first.
+    c.start_worker(0);
+    c.start_worker(1);
+    let trains: Vec<String> = (0..3)
+        .map(|i| spawn(&c, &["--role", "TRAIN", "--task", "t", "--id", &format!("t{i}")], &c.script(300, 0, 0)))
+        .collect();
+    // --on adds to the role's placement; on a role with none it is the whole of it.
+    let eu = spawn(&c, &["--role", "TRAIN", "--task", "t", "--id", "t-eu", "--on", "zone=eu"], &c.script(300, 0, 0));
+    let plains: Vec<String> = (0..3)
+        .map(|i| spawn(&c, &["--role", "PLAIN", "--task", "p", "--id", &format!("p{i}")], &c.script(300, 0, 0)))
+        .collect();
+    let big = spawn(&c, &["--role", "PLAIN", "--task", "p", "--id", "p-big", "--on", "cores=64"], &c.script(300, 0, 0));
+    c.wait_all_of(&plains.iter().map(String::as_str).collect::<Vec<_>>(), "complete", Duration::from_secs(30));
+    // Nobody took the GPU agents, and they say why.
+    let s = status(&c);
+    for t in &trains {
+        assert_eq!(s[t]["status"], "queued", "{t}: {}", s[t]);
+        assert_eq!(s[t]["reason"], "no worker offers gpu=true", "{t}");
+        assert_eq!(s[t]["anomalies"][0], "QUEUED: no worker offers gpu=true", "{t}");
+        assert_eq!(started(&c, t), 0);
+    }
+    assert_eq!(s[&eu]["reason"], "no worker offers gpu=true, zone=eu");
+    assert_eq!(s[&big]["reason"], "no worker offers cores=64");
+    let shown = show(&c, &eu);
+    assert_eq!(shown["placement"], serde_json::json!({ "gpu": true, "zone": "eu" }));
+    assert_eq!(shown["status"], "queued");
+    // A worker with a GPU takes them, and only it.
+    c.start_worker_args(2, &["--label", "gpu=true", "--label", "cores=64"]);
+    let mut all: Vec<&str> = trains.iter().map(String::as_str).collect();
+    all.push(&big);
+    c.wait_all_of(&all, "complete", Duration::from_secs(30));
+    let gpu = worker_ids(&c, c.pid(2));
+    let on = ran_on(&c);
+    for t in all {
+        assert!(on[t].iter().all(|w| gpu.contains(w)), "{t} ran on {:?}, not only on the GPU worker {gpu:?}", on[t]);
+    }
+    for p in &plains {
+        assert!(on[p].iter().all(|w| !gpu.contains(w)), "{p} ran before the GPU worker started");
+    }
+    // Still no worker in zone eu.
+    assert_eq!(c.states()[&eu], "queued");
+    assert_eq!(started(&c, &eu), 0);
+    assert_eq!(status(&c)[&eu]["reason"], "no worker offers gpu=true, zone=eu");
+    c.check(5);
+}
+
+/// An agent whose output is an agent CLI's (claude-code): it costs $0.0123 and completes.
+fn costly(c: &Cluster) -> Vec<String> {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adapters/claude-success.jsonl");
+    let l = c.ledger.display().to_string();
+    let script = format!(
+        "echo \"start $CORRAL_AGENT_ID $CORRAL_FENCE $CORRAL_ATTEMPT $(date +%s%N)\" >> '{l}'; cat '{}'; sleep 0.2; \
+         echo \"end $CORRAL_AGENT_ID $CORRAL_FENCE $CORRAL_ATTEMPT $(date +%s%N)\" >> '{l}'",
+        fixture.display()
+    );
+    vec!["sh".into(), "-c".into(), script]
+}
+
+#[test]
+fn a_spent_workspace_budget_stops_every_worker_from_claiming() {
+    let config = format!("{CONFIG}\n[budget]\nmax_cost_usd = 0.02\n");
+    let mut c = Cluster::new(&config);
+    c.start_worker(0);
+    // Two agents at $0.0123 each, one after the other: $0.0246, over the $0.02.
+    let a = spawn(&c, &["--role", "W", "--task", "a", "--id", "c0", "--adapter", "claude-code"], &costly(&c));
+    c.wait_all_of(&[&a], "complete", Duration::from_secs(30));
+    let b = spawn(&c, &["--role", "W", "--task", "b", "--id", "c1", "--adapter", "claude-code"], &costly(&c));
+    c.wait_all_of(&[&b], "complete", Duration::from_secs(30));
+    let spent = c.pg.sql("corral", "SELECT sum((body->'view'->>'costUsd')::numeric) FROM agents WHERE workspace = 't'");
+    assert_eq!(spent, "0.0246", "the costs the worker recorded");
+    // Two fresh workers, whose own supervisors have spent nothing, and the first one: none
+    // of them claims anything more.
+    c.start_worker(1);
+    c.start_worker(2);
+    let rest: Vec<String> = (2..5)
+        .map(|i| spawn(&c, &["--role", "W", "--task", "r", "--id", &format!("c{i}")], &c.script(100, 0, 0)))
+        .collect();
+    let live = common::wait_until(Duration::from_secs(15), || {
+        c.pg.sql("corral", "SELECT count(*) FROM workers WHERE state = 'active' AND lease_until > now()") == "3"
+    });
+    assert!(live, "three workers: {}", c.logs());
+    std::thread::sleep(Duration::from_secs(2));
+    let s = status(&c);
+    let why = "the workspace's budget is spent: $0.0246 of [budget] max_cost_usd $0.0200";
+    for r in &rest {
+        assert_eq!(s[r]["status"], "queued", "{r}: {}", s[r]);
+        assert_eq!(s[r]["reason"], why, "{r}");
+        assert_eq!(started(&c, r), 0, "{r} started over the budget");
+    }
+    let claims = c.pg.sql("corral", "SELECT count(*) FROM attempts WHERE workspace = 't'");
+    assert_eq!(claims, "2", "claims after the budget was spent");
+    // A workspace given more money (the last worker to start sets it) goes on; the workers
+    // that ran the costly agents stop, as their own supervisors count them too.
+    std::fs::write(c.ws.path().join("corral.toml"), format!("{CONFIG}\n[budget]\nmax_cost_usd = 1.0\n")).unwrap();
+    for n in 0..3 {
+        c.kill9(n);
+    }
+    c.start_worker(2);
+    c.wait_all_of(&rest.iter().map(String::as_str).collect::<Vec<_>>(), "complete", Duration::from_secs(30));
+    c.check(5);
+}
