@@ -136,6 +136,7 @@ fn new_agents(prefix: &str, n: usize, placement: serde_json::Value) -> Vec<NewAg
             role: "worker".into(),
             placement: placement.clone(),
             group: None,
+            provider: None,
             body: json!({ "task": i }),
             delay: Duration::ZERO,
         })
@@ -740,6 +741,7 @@ fn spawn_req(role: &str, key: Option<String>, task: &str) -> queue::Spawn {
         request: json!({ "role": role, "task": task, "command": "true" }),
         placement: json!({}),
         group: None,
+        provider: None,
         body: json!({ "task": task }),
         delay: Duration::ZERO,
     }

@@ -235,3 +235,78 @@ fn a_spent_workspace_budget_stops_every_worker_from_claiming() {
     c.wait_all_of(&rest.iter().map(String::as_str).collect::<Vec<_>>(), "complete", Duration::from_secs(30));
     c.check(5);
 }
+
+/// A codex-shaped agent CLI: its first run on a worker hits a usage limit that resets in
+/// ten minutes; after that it succeeds.
+fn codex(c: &Cluster, name: &str, limited: bool) -> Vec<String> {
+    let dir = c.ws.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = if limited {
+        concat!(
+            r#"{"type":"thread.started","thread_id":"0199a213-81c0-7800-8aa1-bbab2a035a60"}"#,
+            "\n",
+            r#"{"type":"turn.started"}"#,
+            "\n",
+            r#"{"type":"turn.failed","error":{"message":"You've hit your usage limit. Try again in 10 minutes."}}"#,
+            "\n"
+        )
+        .to_string()
+    } else {
+        let f = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adapters/codex-success.jsonl");
+        std::fs::read_to_string(f).unwrap()
+    };
+    let text = dir.join(format!("{name}.out"));
+    std::fs::write(&text, out).unwrap();
+    let l = c.ledger.display().to_string();
+    let script = format!(
+        "echo \"start $CORRAL_AGENT_ID $CORRAL_FENCE $CORRAL_ATTEMPT $(date +%s%N)\" >> '{l}'; cat '{}'; \
+         echo \"end $CORRAL_AGENT_ID $CORRAL_FENCE $CORRAL_ATTEMPT $(date +%s%N)\" >> '{l}'; exit {}",
+        text.display(),
+        if limited { 1 } else { 0 }
+    );
+    vec!["sh".into(), "-c".into(), script]
+}
+
+#[test]
+fn a_providers_rate_limit_on_one_worker_holds_its_agents_on_every_worker() {
+    let mut c = Cluster::new(CONFIG);
+    c.start_worker(0);
+    let limited =
+        spawn(&c, &["--role", "W", "--task", "x", "--id", "x0", "--adapter", "codex"], &codex(&c, "x0", true));
+    c.wait_all_of(&[&limited], "waiting", Duration::from_secs(30));
+    // The hold is the workspace's, on the database's clock: about ten minutes from now.
+    let left = c.pg.sql(
+        "corral",
+        "SELECT round(extract(epoch from ((provider_holds->'openai'->>'until')::timestamptz - now())) / 60)
+         FROM workspaces WHERE id = 't'",
+    );
+    assert!(left == "10" || left == "9", "the hold ends in {left:?} minutes\n{}", c.logs());
+    // Fresh workers, whose own supervisors saw no limit, hold the provider's agents too; an
+    // agent of another provider or of none runs.
+    c.start_worker(1);
+    c.start_worker(2);
+    let held = spawn(&c, &["--role", "W", "--task", "y", "--id", "x1", "--adapter", "codex"], &codex(&c, "x1", false));
+    let plain = spawn(&c, &["--role", "W", "--task", "p", "--id", "p0"], &c.script(100, 0, 0));
+    let costly = spawn(&c, &["--role", "W", "--task", "c", "--id", "c0", "--adapter", "claude-code"], &costly(&c));
+    c.wait_all_of(&[&plain, &costly], "complete", Duration::from_secs(30));
+    let live = common::wait_until(Duration::from_secs(15), || {
+        c.pg.sql("corral", "SELECT count(*) FROM workers WHERE state = 'active' AND lease_until > now()") == "3"
+    });
+    assert!(live, "three workers: {}", c.logs());
+    std::thread::sleep(Duration::from_secs(1));
+    let s = status(&c);
+    assert_eq!(s[&held]["status"], "queued", "{}", s[&held]);
+    let why = s[&held]["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("provider openai is rate-limited for ") && why.ends_with(" more (another agent hit its limit)"),
+        "{why}"
+    );
+    assert_eq!(started(&c, &held), 0);
+    assert_eq!(c.pg.sql("corral", "SELECT count(*) FROM attempts WHERE agent_id = 'x1'"), "0");
+    // Once the hold is over (here: ended by hand), another worker takes it (the first one's
+    // own supervisor still holds the provider, so it stops).
+    c.pg.sql("corral", "UPDATE workspaces SET provider_holds = '{}' WHERE id = 't'");
+    c.kill9(0);
+    c.wait_all_of(&[&held], "complete", Duration::from_secs(30));
+    c.check(5);
+}

@@ -132,6 +132,7 @@ async fn spawn(ctx: &Ctx, t: &Target, a: super::spawn::Args) -> Result {
     placement.extend(std::mem::take(&mut req.placement));
     req.placement = placement;
     req.group = req.group.take().or_else(|| ctx.ws.config.role_group(&req.role));
+    let provider = provider_of(ctx, &req);
     let mut body = worker::body(&req, None, None);
     body["spawnedAt"] = json!(time::rfc3339(time::now()));
     let s = queue::Spawn {
@@ -141,6 +142,7 @@ async fn spawn(ctx: &Ctx, t: &Target, a: super::spawn::Args) -> Result {
         request: json!({ "role": req.role, "task": req.task, "command": req.command, "id": req.id }),
         placement: json!(req.placement),
         group: req.group.clone(),
+        provider,
         body,
         delay: Duration::from_millis(req.delay_ms.unwrap_or(0)),
     };
@@ -151,6 +153,21 @@ async fn spawn(ctx: &Ctx, t: &Target, a: super::spawn::Args) -> Result {
         note!("{}: spawned before with this idempotency key; nothing new was queued", got.id)?;
     }
     Ok(0)
+}
+
+/// The provider whose rate limits hold the agent: its adapter's (`--adapter`, else the
+/// role's, else the command's program name, as the supervisor that runs it decides).
+fn provider_of(ctx: &Ctx, req: &crate::ipc::SpawnRequest) -> Option<String> {
+    use crate::adapter::Adapter;
+    let (template, policy) = ctx.ws.config.role(&req.role);
+    let adapter = match req.adapter.as_deref() {
+        Some(name) => Adapter::parse(name)?,
+        None => policy.adapter.unwrap_or_else(|| {
+            let argv0 = req.command.first().or_else(|| template.as_ref().and_then(|t| t.first()));
+            argv0.map_or(Adapter::None, |p| Adapter::from_program(p))
+        }),
+    };
+    adapter.provider().map(str::to_string)
 }
 
 /// `cwd` relative to the workspace root when it is inside it (a worker's root differs from

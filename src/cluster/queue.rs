@@ -157,6 +157,8 @@ pub struct NewAgent {
     pub placement: Value,
     /// The admission group it counts against (none: only the workspace's limit).
     pub group: Option<String>,
+    /// The provider whose rate limits hold it (its adapter's API; none for plain output).
+    pub provider: Option<String>,
     pub body: Value,
     /// Not claimable before now + delay.
     pub delay: Duration,
@@ -260,6 +262,28 @@ pub async fn configure_limits(client: &Client, workspace: &str, limits: &Workspa
     Ok(())
 }
 
+/// Holds `provider`'s admission across the cluster for `for_secs` from now on the database's
+/// clock (a worker's agent hit its rate or usage limit): no worker claims an agent of that
+/// provider until then. A hold already longer is kept.
+pub async fn hold_provider(
+    client: &Client,
+    workspace: &str,
+    provider: &str,
+    for_secs: f64,
+    reason: &str,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE workspaces SET provider_holds = provider_holds || jsonb_build_object($2::text,
+                 jsonb_build_object('until', now() + make_interval(secs => $3), 'reason', $4::text))
+             WHERE id = $1 AND (NOT provider_holds ? $2
+                 OR (provider_holds->$2->>'until')::timestamptz < now() + make_interval(secs => $3))",
+            &[&workspace, &provider, &for_secs.max(0.0), &reason],
+        )
+        .await?;
+    Ok(())
+}
+
 /// What the agents of `workspace` cost together, as their workers last recorded it (each
 /// agent's `costUsd`, where known).
 pub(crate) const SPENT_SQL: &str = "SELECT COALESCE(sum(CASE WHEN jsonb_typeof(body->'view'->'costUsd') = 'number'
@@ -274,12 +298,16 @@ fn needs(t: &str) -> String {
     )
 }
 
-/// The agents row `t` may be claimed by a worker with labels `$2`: queued, nobody's, due,
-/// placeable there, every dependency complete.
+/// The agents row `t` may be claimed by a worker with labels `$2`, with the workspace's
+/// provider holds `$5`: queued, nobody's, due, placeable there, its provider not held, every
+/// dependency complete.
 fn claimable(t: &str) -> String {
     format!(
         "{t}.workspace = $1 AND {t}.state = 'queued' AND {t}.owner IS NULL AND {t}.run_after <= now()
          AND {t}.placement <@ $2
+         AND ({t}.provider IS NULL OR NOT EXISTS (
+             SELECT 1 FROM jsonb_each($5::jsonb) AS h(name, hold)
+             WHERE h.name = {t}.provider AND (h.hold->>'until')::timestamptz > now()))
          AND NOT EXISTS (
              SELECT 1 FROM {} AS need(id)
              LEFT JOIN agents d ON d.workspace = {t}.workspace AND d.id = need.id
@@ -427,9 +455,9 @@ pub async fn enqueue(client: &mut Client, workspace: &str, agents: &[NewAgent]) 
     for (i, a) in agents.iter().enumerate() {
         let seq = next - n + i as i64;
         tx.execute(
-            "INSERT INTO agents (workspace, id, seq, role, state, placement, body, run_after, admission_group)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, now() + make_interval(secs => $7), $8)",
-            &[&workspace, &a.id, &seq, &a.role, &a.placement, &a.body, &secs(a.delay), &a.group],
+            "INSERT INTO agents (workspace, id, seq, role, state, placement, body, run_after, admission_group, provider)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, now() + make_interval(secs => $7), $8, $9)",
+            &[&workspace, &a.id, &seq, &a.role, &a.placement, &a.body, &secs(a.delay), &a.group, &a.provider],
         )
         .await?;
         seqs.push(seq);
@@ -457,6 +485,8 @@ pub struct Spawn {
     pub placement: Value,
     /// The admission group it counts against (none: only the workspace's limit).
     pub group: Option<String>,
+    /// The provider whose rate limits hold it (its adapter's API; none for plain output).
+    pub provider: Option<String>,
     pub body: Value,
     pub delay: Duration,
 }
@@ -515,10 +545,22 @@ pub async fn spawn(client: &mut Client, workspace: &str, s: &Spawn) -> Result<Sp
     let inserted = tx
         .execute(
             "INSERT INTO agents (workspace, id, seq, role, state, placement, body, run_after, idempotency_key,
-                                 spawn_request, admission_group)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, now() + make_interval(secs => $7), $8, $9, $10)
+                                 spawn_request, admission_group, provider)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, now() + make_interval(secs => $7), $8, $9, $10, $11)
              ON CONFLICT (workspace, id) DO NOTHING",
-            &[&workspace, &id, &number, &s.role, &s.placement, &s.body, &secs(s.delay), &s.key, &s.request, &s.group],
+            &[
+                &workspace,
+                &id,
+                &number,
+                &s.role,
+                &s.placement,
+                &s.body,
+                &secs(s.delay),
+                &s.key,
+                &s.request,
+                &s.group,
+                &s.provider,
+            ],
         )
         .await?;
     if inserted == 0 {
@@ -567,12 +609,13 @@ pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &A
     // Serializes admission across the cluster: every claim takes this row first.
     let row = tx
         .query_one(
-            "SELECT max_concurrent, breaker, group_limits, max_cost_usd FROM workspaces WHERE id = $1 FOR UPDATE",
+            "SELECT max_concurrent, breaker, group_limits, max_cost_usd, provider_holds
+             FROM workspaces WHERE id = $1 FOR UPDATE",
             &[&lease.workspace],
         )
         .await?;
-    let (max, breaker, groups, max_cost): (Option<i32>, Value, Value, Option<f64>) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (max, breaker, groups, max_cost, holds): (Option<i32>, Value, Value, Option<f64>, Value) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
     // Dependents of a dependency that will never complete fail with it.
     // (Never waiting on a row another transaction holds: SKIP LOCKED, as for candidates.)
     let rows = tx
@@ -658,7 +701,7 @@ pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &A
             claimable("q"),
             claimable("a")
         );
-        let rows = tx.query(&sql, &[&lease.workspace, &labels, &(free + extra), &groups]).await?;
+        let rows = tx.query(&sql, &[&lease.workspace, &labels, &(free + extra), &groups, &holds]).await?;
         let mut chosen: Vec<String> = Vec::new();
         match &rules.health {
             None => chosen.extend(rows.iter().take(free as usize).map(|r| r.get::<_, String>(0))),

@@ -113,9 +113,10 @@ pub async fn events(client: &Client, workspace: &str, after: i64, limit: i64) ->
 
 /// Why each queued agent of `workspace` that nobody owns waits, as far as the database can
 /// tell, by id: the first of its dependencies not complete ("waiting for ..."), its delay,
-/// the workspace's budget spent, no live worker offering its placement, its group at its
-/// limit, the workspace at `max_concurrent` (the single-machine supervisor's wording). An
-/// agent with none of these waits only for a free slot on a worker that fits it.
+/// the workspace's budget spent, no live worker offering its placement, its provider held
+/// by a rate limit, its group at its limit, the workspace at `max_concurrent` (in the
+/// single-machine supervisor's words where it has them). An agent with none of these waits
+/// only for a free slot on a worker that fits it.
 pub async fn queued_reasons(client: &Client, workspace: &str) -> Result<std::collections::BTreeMap<String, String>> {
     use std::collections::BTreeMap;
     let mut out = BTreeMap::new();
@@ -129,7 +130,8 @@ pub async fn queued_reasons(client: &Client, workspace: &str) -> Result<std::col
                               CASE WHEN jsonb_typeof(a.body->'request'->'after') = 'array'
                                    THEN a.body->'request'->'after' ELSE '[]'::jsonb END) AS need(id)
                           LEFT JOIN agents d ON d.workspace = a.workspace AND d.id = need.id
-                          WHERE d.state IS DISTINCT FROM 'complete')
+                          WHERE d.state IS DISTINCT FROM 'complete'),
+                    a.provider
              FROM agents a WHERE a.workspace = $1 AND a.state = 'queued' AND a.owner IS NULL ORDER BY a.seq",
             &[&workspace],
         )
@@ -151,6 +153,18 @@ pub async fn queued_reasons(client: &Client, workspace: &str) -> Result<std::col
         }
         None => None,
     };
+    // Providers held now, with the milliseconds left, on the database's clock.
+    let holds: BTreeMap<String, u64> = client
+        .query(
+            "SELECT h.name, (extract(epoch from ((h.hold->>'until')::timestamptz - now())) * 1000)::float8
+             FROM workspaces w, jsonb_each(w.provider_holds) AS h(name, hold)
+             WHERE w.id = $1 AND (h.hold->>'until')::timestamptz > now()",
+            &[&workspace],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1).max(0.0) as u64))
+        .collect();
     let labels: Vec<Value> = client
         .query(
             "SELECT labels FROM workers WHERE workspace = $1 AND state = 'active' AND lease_until > now()",
@@ -176,6 +190,8 @@ pub async fn queued_reasons(client: &Client, workspace: &str) -> Result<std::col
         let (id, placement, group): (String, Value, Option<String>) = (r.get(0), r.get(1), r.get(2));
         let (later, time, date_time, far): (bool, String, String, bool) = (r.get(3), r.get(4), r.get(5), r.get(6));
         let waiting: Vec<String> = r.get(7);
+        let provider: Option<String> = r.get(8);
+        let held = provider.as_ref().and_then(|p| Some((p, *holds.get(p)?)));
         let limit = group.as_deref().and_then(|g| groups.get(g)).and_then(Value::as_i64);
         let why = if !waiting.is_empty() {
             format!("waiting for {}", waiting.join(", "))
@@ -187,6 +203,10 @@ pub async fn queued_reasons(client: &Client, workspace: &str) -> Result<std::col
             "no worker is running in this workspace (start one: corral worker)".to_string()
         } else if !labels.iter().any(|l| fits(&placement, l)) {
             format!("no worker offers {}", shown_placement(&placement))
+        } else if let Some((p, left)) = held {
+            // As the single-machine supervisor says it.
+            let left = crate::policy::lifecycle::fmt_ms(left.div_ceil(1000) * 1000);
+            format!("provider {p} is rate-limited for {left} more (another agent hit its limit)")
         } else if let (Some(g), Some(max)) = (&group, limit)
             && by_group.get(&Some(g.clone())).copied().unwrap_or(0) >= max
         {

@@ -177,6 +177,7 @@ ALTER TABLE agents ADD COLUMN IF NOT EXISTS admission_group text;
 UPDATE agents SET admission_group = body->'request'->>'group'
     WHERE admission_group IS NULL AND jsonb_typeof(body->'request'->'group') = 'string';
 CREATE INDEX IF NOT EXISTS agents_group_owned ON agents (workspace, admission_group) WHERE owner IS NOT NULL;
+ALTER TABLE agents ADD COLUMN IF NOT EXISTS provider text;
 ALTER TABLE workspaces ADD COLUMN IF NOT EXISTS group_limits jsonb NOT NULL DEFAULT '{}';
 ALTER TABLE workspaces ADD COLUMN IF NOT EXISTS max_cost_usd float8;
 ALTER TABLE workspaces ADD COLUMN IF NOT EXISTS provider_holds jsonb NOT NULL DEFAULT '{}';

@@ -185,6 +185,8 @@ struct Worker {
     host: String,
     client: Option<tokio_postgres::Client>,
     rules: SweepRules,
+    /// The provider holds this worker recorded in the workspace: the end each was sent with.
+    held: BTreeMap<String, String>,
 }
 
 impl Worker {
@@ -192,7 +194,7 @@ impl Worker {
         let mut rules = SweepRules::for_lease(o.timings.lease, o.timings.heartbeat);
         rules.grace = o.timings.grace;
         rules.settle = o.timings.lease + o.timings.grace;
-        Self { host: host(), client: None, rules, o }
+        Self { host: host(), client: None, rules, held: BTreeMap::new(), o }
     }
 
     fn say(&self, msg: &str) {
@@ -767,6 +769,7 @@ impl Worker {
             by_agent.entry(id).or_default().push(NewEvent::mirrored(&e.kind, e.data, e.seq as i64));
         }
         let views: BTreeMap<&str, &AgentView> = views.iter().map(|v| (v.agent_id.as_str(), v)).collect();
+        self.hold_providers(owned, &views).await?;
         let ids: Vec<String> = owned.keys().cloned().collect();
         for id in ids {
             let Some(view) = views.get(id.as_str()) else {
@@ -845,6 +848,41 @@ impl Worker {
             for (key, state) in bounded(limit, queue::record_outcomes(db, &ws, &health, &outcomes)).await? {
                 self.say(&format!("the cluster's circuit breaker {key} is now {state}"));
             }
+        }
+        Ok(())
+    }
+
+    /// Records in the workspace the rate or usage limit an agent of this worker waits on, so
+    /// that no worker starts another agent of that provider before it resets.
+    async fn hold_providers(
+        &mut self,
+        owned: &BTreeMap<String, Owned>,
+        views: &BTreeMap<&str, &AgentView>,
+    ) -> Result<(), ClusterError> {
+        let mut due: Vec<(String, String, f64, String)> = Vec::new();
+        for (id, v) in views {
+            if !owned.contains_key(*id) || v.status != "waiting" {
+                continue;
+            }
+            let Some(provider) = crate::adapter::Adapter::parse(&v.adapter).and_then(|a| a.provider()) else {
+                continue;
+            };
+            let Some(until) = v.waiting_until.as_deref() else { continue };
+            if self.held.get(provider).is_some_and(|u| u.as_str() >= until) {
+                continue;
+            }
+            let Some(end) = time::parse(until) else { continue };
+            // How long from now, so the hold is kept on the database's clock.
+            let left = (end.as_millisecond() - time::now().as_millisecond()).max(0) as f64 / 1000.0;
+            let why = v.reason.clone().unwrap_or_else(|| format!("{id} hit {provider}'s limit"));
+            due.push((provider.to_string(), until.to_string(), left, why));
+        }
+        for (provider, until, left, why) in due {
+            let (ws, limit) = (self.o.workspace.clone(), self.o.timings.heartbeat);
+            let db = self.db().await?;
+            bounded(limit, queue::hold_provider(db, &ws, &provider, left, &why)).await?;
+            self.say(&format!("provider {provider} held across the cluster until {until}: {why}"));
+            self.held.insert(provider, until);
         }
         Ok(())
     }

@@ -193,6 +193,7 @@ impl Cluster {
                     request: serde_json::json!({ "id": id }),
                     placement: serde_json::json!({}),
                     group: None,
+                    provider: None,
                     body: worker::body(&req, None, None),
                     delay: Duration::ZERO,
                 };
