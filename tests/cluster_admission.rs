@@ -197,18 +197,26 @@ fn a_spent_workspace_budget_stops_every_worker_from_claiming() {
     let config = format!("{CONFIG}\n[budget]\nmax_cost_usd = 0.02\n");
     let mut c = Cluster::new(&config);
     c.start_worker(0);
-    // Two agents at $0.0123 each, one after the other: $0.0246, over the $0.02.
+    // One agent at $0.0123 a run, run twice on two workers: $0.0246, over the $0.02.
     let a = spawn(&c, &["--role", "W", "--task", "a", "--id", "c0", "--adapter", "claude-code"], &costly(&c));
     c.wait_all_of(&[&a], "complete", Duration::from_secs(30));
-    let b = spawn(&c, &["--role", "W", "--task", "b", "--id", "c1", "--adapter", "claude-code"], &costly(&c));
-    c.wait_all_of(&[&b], "complete", Duration::from_secs(30));
-    let spent = c.pg.sql("corral", "SELECT sum((body->'view'->>'costUsd')::numeric) FROM agents WHERE workspace = 't'");
-    assert_eq!(spent, "0.0246", "the costs the worker recorded");
-    // Two fresh workers, whose own supervisors have spent nothing, and the first one: none
-    // of them claims anything more.
+    c.kill9(0);
     c.start_worker(1);
+    let out = c.cmd(&["retry", &a]).output().unwrap();
+    assert!(out.status.success(), "retry: {}", String::from_utf8_lossy(&out.stderr));
+    let again = common::wait_until(Duration::from_secs(30), || {
+        c.pg.sql("corral", "SELECT count(*) FROM attempts WHERE agent_id = 'c0' AND outcome = 'complete'") == "2"
+    });
+    assert!(again, "c0 did not run again: {:?}\n{}", c.states(), c.logs());
+    let on = ran_on(&c);
+    assert_ne!(on[&a][0], on[&a][1], "both runs on one worker");
+    let s = status(&c);
+    assert_eq!(s[&a]["costUsd"].as_f64().map(|x| (x * 10_000.0).round()), Some(246.0), "{}", s[&a]);
+    // Three workers whose own supervisors each spent less than the budget (two fresh, one
+    // that ran c0 once, $0.0123): none of them claims anything more.
+    c.start_worker(0);
     c.start_worker(2);
-    let rest: Vec<String> = (2..5)
+    let rest: Vec<String> = (1..4)
         .map(|i| spawn(&c, &["--role", "W", "--task", "r", "--id", &format!("c{i}")], &c.script(100, 0, 0)))
         .collect();
     let live = common::wait_until(Duration::from_secs(15), || {
@@ -226,7 +234,7 @@ fn a_spent_workspace_budget_stops_every_worker_from_claiming() {
     let claims = c.pg.sql("corral", "SELECT count(*) FROM attempts WHERE workspace = 't'");
     assert_eq!(claims, "2", "claims after the budget was spent");
     // A workspace given more money (the last worker to start sets it) goes on; the workers
-    // that ran the costly agents stop, as their own supervisors count them too.
+    // that ran the costly agent stop, as their own supervisors count it too.
     std::fs::write(c.ws.path().join("corral.toml"), format!("{CONFIG}\n[budget]\nmax_cost_usd = 1.0\n")).unwrap();
     for n in 0..3 {
         c.kill9(n);

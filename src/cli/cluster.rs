@@ -195,6 +195,10 @@ pub(super) fn view_of(ctx: &Ctx, r: &AgentRow, reasons: &Reasons) -> AgentView {
     let mut v = stored.unwrap_or_else(|| made(ctx, r));
     v.status = r.state.clone();
     v.group = r.group.clone().or(v.group);
+    // Its attempts on other workers (or earlier epochs) count too.
+    if let Some(before) = r.body["costBefore"].as_f64().filter(|c| *c > 0.0) {
+        v.cost_usd = Some(v.cost_usd.unwrap_or(0.0) + before);
+    }
     // Waiting in the cluster's queue: why, as of now (a view from an earlier worker says
     // nothing about that).
     if r.state == "queued" && r.owner.is_none() {

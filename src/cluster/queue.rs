@@ -284,11 +284,13 @@ pub async fn hold_provider(
     Ok(())
 }
 
-/// What the agents of `workspace` cost together, as their workers last recorded it (each
-/// agent's `costUsd`, where known).
-pub(crate) const SPENT_SQL: &str = "SELECT COALESCE(sum(CASE WHEN jsonb_typeof(body->'view'->'costUsd') = 'number'
-                                        THEN (body->'view'->>'costUsd')::float8 END), 0)::float8
-                                   FROM agents WHERE workspace = $1";
+/// What the agents of `workspace` cost together, as their workers last recorded it: each
+/// agent's `costUsd` (its attempts in the local store that runs it, where known) and
+/// `costBefore` (its attempts in other stores).
+pub(crate) const SPENT_SQL: &str = "SELECT COALESCE(sum(
+         CASE WHEN jsonb_typeof(body->'view'->'costUsd') = 'number' THEN (body->'view'->>'costUsd')::float8 ELSE 0 END
+       + CASE WHEN jsonb_typeof(body->'costBefore') = 'number' THEN (body->>'costBefore')::float8 ELSE 0 END), 0)::float8
+     FROM agents WHERE workspace = $1";
 
 /// A queued agent's dependencies as SQL over the agents row `t`: the ids of `request.after`.
 fn needs(t: &str) -> String {

@@ -101,7 +101,10 @@ pub fn exports(rows: &[super::read::AgentRow]) -> (String, String) {
             ended_at: v.and_then(|v| v.ended_at.clone()),
             after: req.after.clone(),
             session_id: v.and_then(|v| v.session_id.clone()),
-            cost_usd: v.and_then(|v| v.cost_usd),
+            cost_usd: match (v.and_then(|v| v.cost_usd), r.body["costBefore"].as_f64()) {
+                (Some(c), Some(b)) => Some(c + b),
+                (c, b) => c.or(b),
+            },
             tokens: v.and_then(|v| v.tokens),
         };
         registry.push_str(if i == 0 { "\n" } else { ",\n" });
@@ -146,6 +149,18 @@ struct Owned {
     request: SpawnRequest,
     /// What was last written about it (the view without its ever-changing ages).
     written: Option<Value>,
+    /// What its attempts in other local stores (other workers, earlier epochs) cost, in USD:
+    /// this store's view counts only its own.
+    cost_before: f64,
+}
+
+/// What an agent's attempts cost before the local store `source` ran it, from its record
+/// and the store that last wrote it (`agents.mirrored`): the record's `costBefore`, plus the
+/// cost its view shows when that view came from another store.
+pub fn cost_before(body: &Value, mirrored: &Value, source: &str) -> f64 {
+    let before = body["costBefore"].as_f64().unwrap_or(0.0);
+    let theirs = mirrored["source"].as_str() != Some(source);
+    if theirs { before + body["view"]["costUsd"].as_f64().unwrap_or(0.0) } else { before }
 }
 
 /// Why an epoch ended.
@@ -530,7 +545,7 @@ impl Worker {
             }
             if now >= next_load {
                 next_load = now + self.o.timings.heartbeat.as_millis() as u64;
-                match self.load_owned(&lease, &mut owned).await {
+                match self.load_owned(&lease, &local.source(), &mut owned).await {
                     Ok(()) => {}
                     Err(ClusterError::LeaseLost { .. }) => return Ok(EpochEnd::LeaseLost),
                     Err(e) => self.failed(&e),
@@ -611,7 +626,9 @@ impl Worker {
             let ws = self.o.workspace.clone();
             let db = self.db().await?;
             let row = bounded(limit, async {
-                Ok(db.query_one("SELECT body FROM agents WHERE workspace = $1 AND id = $2", &[&ws, &c.id]).await?)
+                Ok(db
+                    .query_one("SELECT body, mirrored FROM agents WHERE workspace = $1 AND id = $2", &[&ws, &c.id])
+                    .await?)
             })
             .await?;
             let body: Value = row.get(0);
@@ -626,7 +643,10 @@ impl Worker {
                         request,
                         body["retryContext"].as_str().map(String::from),
                     )
-                    .await?
+                    .await?;
+                    if let Some(a) = owned.get_mut(&c.id) {
+                        a.cost_before = cost_before(&body, &row.get(1), &local.source());
+                    }
                 }
                 Err(e) => self.fail_claim(lease, &c.id, c.fence, &e).await?,
             }
@@ -639,7 +659,12 @@ impl Worker {
     /// heartbeat after, for a claim whose answer never came (it committed after the worker
     /// stopped waiting, or the connection was lost before the answer). One that does not run
     /// here is started by the next `sync`.
-    async fn load_owned(&mut self, lease: &Lease, owned: &mut BTreeMap<String, Owned>) -> Result<(), ClusterError> {
+    async fn load_owned(
+        &mut self,
+        lease: &Lease,
+        source: &str,
+        owned: &mut BTreeMap<String, Owned>,
+    ) -> Result<(), ClusterError> {
         let limit = self.o.timings.heartbeat;
         let ws = self.o.workspace.clone();
         let known: Vec<&str> = owned.keys().map(String::as_str).collect();
@@ -647,7 +672,7 @@ impl Worker {
         let rows = bounded(limit, async {
             Ok(db
                 .query(
-                    "SELECT id, fence, body FROM agents
+                    "SELECT id, fence, body, mirrored FROM agents
                      WHERE workspace = $1 AND owner = $2::text::uuid AND NOT id = ANY($3)",
                     &[&ws, &lease.worker, &known],
                 )
@@ -660,7 +685,8 @@ impl Worker {
             if !owned.contains_key(&id)
                 && let Ok(request) = request_of(&body)
             {
-                owned.insert(id, Owned { fence: r.get(1), request, written: None });
+                let cost_before = cost_before(&body, &r.get(3), source);
+                owned.insert(id, Owned { fence: r.get(1), request, written: None, cost_before });
             }
         }
         Ok(())
@@ -699,7 +725,7 @@ impl Worker {
         };
         match started {
             Ok(_) => {
-                owned.insert(id.to_string(), Owned { fence, request, written: None });
+                owned.insert(id.to_string(), Owned { fence, request, written: None, cost_before: 0.0 });
                 Ok(())
             }
             Err(e) => self.fail_claim(lease, id, fence, &e).await,
@@ -797,9 +823,13 @@ impl Worker {
                 "queued" => "starting".to_string(),
                 s => s.to_string(),
             };
+            let mut record = body(&a.request, Some(view), Some((&lease.worker, &self.host)));
+            if a.cost_before > 0.0 {
+                record["costBefore"] = json!(a.cost_before);
+            }
             let change = Change {
                 state: Some(state),
-                body: Some(body(&a.request, Some(view), Some((&lease.worker, &self.host)))),
+                body: Some(record),
                 end_attempt: finished.then(|| AttemptEnd {
                     outcome: view.status.clone(),
                     exit_code: view.exit_code,
@@ -1070,5 +1100,20 @@ impl Local {
 
     fn last_seq(&self) -> Result<u64, String> {
         serde_json::from_value(self.call(&Request::LastSeq)?).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_in_other_local_stores_are_carried_as_cost_before() {
+        let body = json!({ "costBefore": 0.5, "view": { "costUsd": 0.25 } });
+        // Its view came from another store: that store's cost is carried.
+        assert_eq!(cost_before(&body, &json!({ "source": "w1-1", "through": 9 }), "w2-1"), 0.75);
+        // From this store (claimed here again): its view goes on counting it.
+        assert_eq!(cost_before(&body, &json!({ "source": "w2-1", "through": 9 }), "w2-1"), 0.5);
+        assert_eq!(cost_before(&json!({ "request": {} }), &json!({}), "w2-1"), 0.0);
     }
 }
