@@ -79,6 +79,7 @@ max_retries = 1               # attempts = retries + 1; after the last, escalate
 # verify = ["cargo", "test"]  # must pass in the agent's tree before it counts as complete
 # verify_timeout = "10m"
 # group = "review"            # the admission group of the role's agents (spawn --group overrides it)
+# placement = { gpu = true }  # cluster mode: only workers with these labels run its agents (spawn --on adds)
 
 # The seed's role table.
 [roles.PLANNER]
