@@ -318,3 +318,104 @@ fn a_providers_rate_limit_on_one_worker_holds_its_agents_on_every_worker() {
     c.wait_all_of(&[&held], "complete", Duration::from_secs(30));
     c.check(5);
 }
+
+/// Claims straight through the queue's API, two workers on one database: each group gets no
+/// more than its room counted on every worker, a held provider's agents and an unplaceable
+/// one wait, a spent budget stops all claims, and each waiting agent says why.
+#[test]
+fn claims_hold_groups_placement_providers_and_the_budget_over_every_worker() {
+    use common::cluster::block_on;
+    use corral::cluster::{Database, PasswordSources, queue, read, schema};
+    use serde_json::json;
+    let pg = common::pg::Pg::start();
+    let ws = "q";
+    block_on(async {
+        let db = Database::parse(
+            &pg.url("corral"),
+            &PasswordSources { password: Some(common::pg::PASSWORD.into()), passfile: None },
+        )
+        .unwrap();
+        let mut c = db.connect().await.unwrap();
+        schema::migrate(&mut c).await.unwrap();
+        let limits = queue::WorkspaceLimits {
+            max_concurrent: Some(20),
+            groups: [("g".to_string(), 2)].into(),
+            max_cost_usd: None,
+        };
+        queue::configure_limits(&c, ws, &limits).await.unwrap();
+        let agent = |id: &str, group: Option<&str>, provider: Option<&str>, placement: Value| queue::NewAgent {
+            id: id.into(),
+            role: "worker".into(),
+            placement,
+            group: group.map(str::to_string),
+            provider: provider.map(str::to_string),
+            body: json!({ "request": { "role": "worker", "task": id } }),
+            delay: Duration::ZERO,
+        };
+        let mut all: Vec<queue::NewAgent> =
+            (0..5).map(|i| agent(&format!("g-{i}"), Some("g"), None, json!({}))).collect();
+        all.push(agent("n-0", None, None, json!({})));
+        all.push(agent("n-1", None, None, json!({})));
+        all.push(agent("a-0", None, Some("anthropic"), json!({})));
+        all.push(agent("p-0", None, None, json!({ "gpu": true })));
+        all.push(agent("p-1", None, None, json!({ "zone": "eu" })));
+        all.push(agent("h-0", Some("h"), None, json!({})));
+        queue::enqueue(&mut c, ws, &all).await.unwrap();
+        let spec = |labels: Value| queue::WorkerSpec {
+            workspace: ws.into(),
+            id: queue::new_worker_id(),
+            host: "localhost".into(),
+            pid: std::process::id() as i32,
+            labels,
+            slots: 10,
+            ttl: Duration::from_secs(60),
+        };
+        let w1 = queue::register(&c, &spec(json!({}))).await.unwrap();
+        let w2 = queue::register(&c, &spec(json!({ "gpu": true }))).await.unwrap();
+        let ids = |cs: &[queue::Claim]| cs.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        // Group g has room for 2: the third of it is passed over for the agents after it.
+        let first = queue::claim(&mut c, &w1, 3).await.unwrap();
+        assert_eq!(ids(&first), ["g-0", "g-1", "n-0"]);
+        // Another worker: none of g (2 of it owned on w1), nor anthropic's while it is held.
+        queue::hold_provider(&c, ws, "anthropic", 60.0, "a-9 hit its usage limit").await.unwrap();
+        // A shorter hold does not shorten it.
+        queue::hold_provider(&c, ws, "anthropic", 1.0, "later, shorter").await.unwrap();
+        assert_eq!(ids(&queue::claim(&mut c, &w2, 10).await.unwrap()), ["n-1", "p-0", "h-0"]);
+        assert!(queue::claim(&mut c, &w1, 10).await.unwrap().is_empty());
+        let why = read::queued_reasons(&c, ws).await.unwrap();
+        assert_eq!(why["g-2"], "group g at capacity (2 running, max 2)");
+        assert_eq!(why["g-4"], "group g at capacity (2 running, max 2)");
+        assert_eq!(why["p-1"], "no worker offers zone=eu");
+        let held = &why["a-0"];
+        assert!(held.starts_with("provider anthropic is rate-limited for ") && held.contains("more"), "{held}");
+        // g-0 finishes on w1: its slot in the group is free for any worker.
+        let done = queue::Change {
+            state: Some("complete".into()),
+            end_attempt: Some(queue::AttemptEnd { outcome: "complete".into(), exit_code: Some(0), detail: json!({}) }),
+            release: true,
+            ..queue::Change::default()
+        };
+        queue::write(&mut c, &w1, "g-0", first[0].fence, &done).await.unwrap();
+        assert_eq!(ids(&queue::claim(&mut c, &w2, 10).await.unwrap()), ["g-2"]);
+        // The hold ends: its agent is claimed.
+        pg.sql("corral", "UPDATE workspaces SET provider_holds = '{}' WHERE id = 'q'");
+        assert_eq!(ids(&queue::claim(&mut c, &w1, 10).await.unwrap()), ["a-0"]);
+        // The budget: an agent's recorded cost (here and on earlier workers) reaches it.
+        queue::configure_limits(&c, ws, &queue::WorkspaceLimits { max_cost_usd: Some(1.0), ..limits.clone() })
+            .await
+            .unwrap();
+        pg.sql(
+            "corral",
+            "UPDATE agents SET body = body || '{\"view\": {\"costUsd\": 0.5}, \"costBefore\": 0.5}' WHERE id = 'g-0'",
+        );
+        queue::write(&mut c, &w1, "g-1", first[1].fence, &done).await.unwrap();
+        assert!(queue::claim(&mut c, &w2, 10).await.unwrap().is_empty(), "claimed over the budget");
+        let why = read::queued_reasons(&c, ws).await.unwrap();
+        let spent = "the workspace's budget is spent: $1.0000 of [budget] max_cost_usd $1.0000";
+        assert_eq!(why["g-3"], spent);
+        assert_eq!(why["p-1"], spent);
+        // More money: g-3 takes the freed slot of g-1.
+        queue::configure_limits(&c, ws, &limits).await.unwrap();
+        assert_eq!(ids(&queue::claim(&mut c, &w2, 10).await.unwrap()), ["g-3"]);
+    });
+}
