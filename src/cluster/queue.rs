@@ -6,7 +6,8 @@
 //!   that has run out cannot be renewed (the worker learns it lost it, stops its agents and
 //!   registers again under a new id).
 //! - [`claim`] admits queued agents in one transaction under the workspace row's lock, so
-//!   `max_concurrent` holds across every worker; candidates are taken with
+//!   `max_concurrent`, each group's limit, the workspace's budget and the providers' rate
+//!   limit holds apply across every worker; candidates are taken with
 //!   `FOR UPDATE SKIP LOCKED`, and each claim bumps the agent's fence.
 //! - [`write`] is the one way a worker changes anything about an agent it runs: it checks
 //!   `owner = me AND fence = $fence` under the agent's row lock, and a stale writer changes
@@ -600,9 +601,10 @@ pub async fn claim(client: &mut Client, lease: &Lease, want: i64) -> Result<Vec<
 }
 
 /// Claims up to `want` queued agents for this worker: those whose `run_after` has passed,
-/// whose placement its labels satisfy, whose dependencies (`request.after`) completed and
-/// whose breaker lets them start, in spawn order, never more than the workspace's
-/// `max_concurrent` holding a slot across all workers. Each claim bumps the agent's fence,
+/// whose placement its labels satisfy, whose provider is not held, whose dependencies
+/// (`request.after`) completed, whose group has room and whose breaker lets them start, in
+/// spawn order, never more than the workspace's `max_concurrent` (nor a group's limit)
+/// holding a slot across all workers, and none while the workspace's budget is spent. Each claim bumps the agent's fence,
 /// opens its attempt and appends a `claimed` event. Agents whose dependency finished
 /// without completing fail here, with the reason.
 pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &Admission) -> Result<Vec<Claim>> {
@@ -677,8 +679,8 @@ pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &A
     let mut claims: Vec<Claim> = Vec::new();
     let mut breakers: Option<crate::policy::health::Breakers> = None;
     if free > 0 {
-        // Candidates: queued, due, placeable here, every dependency complete. More than
-        // `free` of them when a breaker may hold some back.
+        // Candidates: queued, due, placeable here, their provider not held, every dependency
+        // complete. More than `free` of them when a breaker may hold some back.
         let extra = if rules.health.is_some() { 50 } else { 0 };
         // A group with a limit gives at most its free room: its claimable agents are ranked
         // in spawn order, and those past the room (its limit less the agents of the group that
