@@ -146,7 +146,12 @@ fn an_agent_with_a_placement_runs_only_on_a_worker_whose_labels_contain_it() {
         .map(|i| spawn(&c, &["--role", "PLAIN", "--task", "p", "--id", &format!("p{i}")], &c.script(300, 0, 0)))
         .collect();
     let big = spawn(&c, &["--role", "PLAIN", "--task", "p", "--id", "p-big", "--on", "cores=64"], &c.script(300, 0, 0));
+    // A placement that is not KEY=VALUE is bad input, and nothing is queued.
+    let bad = c.cmd(&["spawn", "--role", "PLAIN", "--task", "p", "--on", "gpu", "--", "true"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--on \"gpu\": expected KEY=VALUE"), "{bad:?}");
     c.wait_all_of(&plains.iter().map(String::as_str).collect::<Vec<_>>(), "complete", Duration::from_secs(30));
+    assert_eq!(c.states().len(), 8, "{:?}", c.states());
     // Nobody took the GPU agents, and they say why.
     let s = status(&c);
     for t in &trains {
