@@ -387,7 +387,7 @@ fn claims_hold_groups_placement_providers_and_the_budget_over_every_worker() {
         queue::hold_provider(&c, ws, "anthropic", 1.0, "later, shorter").await.unwrap();
         assert_eq!(ids(&queue::claim(&mut c, &w2, 10).await.unwrap()), ["n-1", "p-0", "h-0"]);
         assert!(queue::claim(&mut c, &w1, 10).await.unwrap().is_empty());
-        let why = read::queued_reasons(&c, ws).await.unwrap();
+        let why = read::queued_reasons(&c, ws, None).await.unwrap();
         assert_eq!(why["g-2"], "group g at capacity (2 running, max 2)");
         assert_eq!(why["g-4"], "group g at capacity (2 running, max 2)");
         assert_eq!(why["p-1"], "no worker offers zone=eu");
@@ -415,12 +415,21 @@ fn claims_hold_groups_placement_providers_and_the_budget_over_every_worker() {
         );
         queue::write(&mut c, &w1, "g-1", first[1].fence, &done).await.unwrap();
         assert!(queue::claim(&mut c, &w2, 10).await.unwrap().is_empty(), "claimed over the budget");
-        let why = read::queued_reasons(&c, ws).await.unwrap();
+        let why = read::queued_reasons(&c, ws, None).await.unwrap();
         let spent = "the workspace's budget is spent: $1.0000 of [budget] max_cost_usd $1.0000";
         assert_eq!(why["g-3"], spent);
         assert_eq!(why["p-1"], spent);
         // More money: g-3 takes the freed slot of g-1.
         queue::configure_limits(&c, ws, &limits).await.unwrap();
         assert_eq!(ids(&queue::claim(&mut c, &w2, 10).await.unwrap()), ["g-3"]);
+        // The cluster's breaker, opened by a failure on any worker, is a reason too.
+        queue::enqueue(&mut c, ws, &[agent("b-0", None, None, json!({}))]).await.unwrap();
+        let health = corral::policy::health::HealthPolicy { breaker_failures: 1, ..Default::default() };
+        let failed = [("worker".to_string(), "n-0".to_string(), false)];
+        queue::record_outcomes(&mut c, ws, &health, &failed).await.unwrap();
+        let why = read::queued_reasons(&c, ws, Some(&health)).await.unwrap();
+        let open = &why["b-0"];
+        assert!(open.starts_with("worker: circuit breaker open after 1 recent failure; probe in "), "{open}");
+        assert!(!read::queued_reasons(&c, ws, None).await.unwrap().contains_key("b-0"));
     });
 }

@@ -263,7 +263,7 @@ async fn status(ctx: &Ctx, t: &Target, a: super::status::Args) -> Result {
     let rows = read::agents(&c, &t.workspace, &filter).await.map_err(db_fail)?;
     let numbers = super::cluster_reads::open_numbers(&c, &t.workspace).await.map_err(db_fail)?;
     let reasons = if rows.iter().any(|r| r.state == "queued") {
-        read::queued_reasons(&c, &t.workspace).await.map_err(db_fail)?
+        read::queued_reasons(&c, &t.workspace, Some(&ctx.ws.config.health())).await.map_err(db_fail)?
     } else {
         Reasons::new()
     };
@@ -295,7 +295,7 @@ async fn show(ctx: &Ctx, t: &Target, a: super::show::Args) -> Result {
     let rows = read::agents(&c, &t.workspace, &filter).await.map_err(db_fail)?;
     let row = rows.first().ok_or_else(|| usage(format!("no agent {id} in workspace {}", t.workspace)))?;
     let reasons = if row.state == "queued" {
-        read::queued_reasons(&c, &t.workspace).await.map_err(db_fail)?
+        read::queued_reasons(&c, &t.workspace, Some(&ctx.ws.config.health())).await.map_err(db_fail)?
     } else {
         Reasons::new()
     };

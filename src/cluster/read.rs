@@ -114,10 +114,14 @@ pub async fn events(client: &Client, workspace: &str, after: i64, limit: i64) ->
 /// Why each queued agent of `workspace` that nobody owns waits, as far as the database can
 /// tell, by id: the first of its dependencies not complete ("waiting for ..."), its delay,
 /// the workspace's budget spent, no live worker offering its placement, its provider held
-/// by a rate limit, its group at its limit, the workspace at `max_concurrent` (in the
-/// single-machine supervisor's words where it has them). An agent with none of these waits
-/// only for a free slot on a worker that fits it.
-pub async fn queued_reasons(client: &Client, workspace: &str) -> Result<std::collections::BTreeMap<String, String>> {
+/// by a rate limit, its group at its limit, the workspace at `max_concurrent`, its breaker
+/// open under `health` (in the single-machine supervisor's words where it has them). An
+/// agent with none of these waits only for a free slot on a worker that fits it.
+pub async fn queued_reasons(
+    client: &Client,
+    workspace: &str,
+    health: Option<&crate::policy::health::HealthPolicy>,
+) -> Result<std::collections::BTreeMap<String, String>> {
     use std::collections::BTreeMap;
     let mut out = BTreeMap::new();
     let rows = client
@@ -131,7 +135,7 @@ pub async fn queued_reasons(client: &Client, workspace: &str) -> Result<std::col
                                    THEN a.body->'request'->'after' ELSE '[]'::jsonb END) AS need(id)
                           LEFT JOIN agents d ON d.workspace = a.workspace AND d.id = need.id
                           WHERE d.state IS DISTINCT FROM 'complete'),
-                    a.provider
+                    a.provider, a.role
              FROM agents a WHERE a.workspace = $1 AND a.state = 'queued' AND a.owner IS NULL ORDER BY a.seq",
             &[&workspace],
         )
@@ -140,12 +144,21 @@ pub async fn queued_reasons(client: &Client, workspace: &str) -> Result<std::col
         return Ok(out);
     }
     let ws = client
-        .query_opt("SELECT max_concurrent, group_limits, max_cost_usd FROM workspaces WHERE id = $1", &[&workspace])
+        .query_opt(
+            "SELECT max_concurrent, group_limits, max_cost_usd, breaker,
+                    (extract(epoch from clock_timestamp()) * 1000)::float8
+             FROM workspaces WHERE id = $1",
+            &[&workspace],
+        )
         .await?;
-    let (max, groups, max_cost): (Option<i32>, Value, Option<f64>) = match &ws {
-        Some(r) => (r.get(0), r.get(1), r.get(2)),
-        None => (None, Value::Null, None),
+    let (max, groups, max_cost, breaker, now_ms): (Option<i32>, Value, Option<f64>, Value, f64) = match &ws {
+        Some(r) => (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)),
+        None => (None, Value::Null, None, Value::Null, 0.0),
     };
+    // The cluster's breakers, on the database's clock (as the claim reads them).
+    let now_ms = now_ms.max(0.0) as u64;
+    let mut breakers: crate::policy::health::Breakers = serde_json::from_value(breaker).unwrap_or_default();
+    breakers.advance(now_ms);
     let budget = match max_cost {
         Some(max) => {
             let spent: f64 = client.query_one(super::queue::SPENT_SQL, &[&workspace]).await?.get(0);
@@ -192,6 +205,8 @@ pub async fn queued_reasons(client: &Client, workspace: &str) -> Result<std::col
         let waiting: Vec<String> = r.get(7);
         let provider: Option<String> = r.get(8);
         let held = provider.as_ref().and_then(|p| Some((p, *holds.get(p)?)));
+        let role: String = r.get(9);
+        let tripped = health.filter(|h| h.breaker_failures > 0).and_then(|h| breakers.blocks(h, &role, now_ms));
         let limit = group.as_deref().and_then(|g| groups.get(g)).and_then(Value::as_i64);
         let why = if !waiting.is_empty() {
             format!("waiting for {}", waiting.join(", "))
@@ -214,6 +229,8 @@ pub async fn queued_reasons(client: &Client, workspace: &str) -> Result<std::col
             format!("group {g} at capacity ({running} running, max {max})")
         } else if let Some(max) = max.filter(|m| busy >= i64::from(*m)) {
             format!("capacity: {busy} of {} running", crate::policy::plural(max as usize, "agent", "agents"))
+        } else if let Some(why) = tripped {
+            why
         } else {
             continue;
         };
