@@ -351,7 +351,7 @@ pub async fn snapshot(
         None
     };
     let by_id: BTreeMap<&str, &AgentRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
-    let reasons = crate::cluster::read::queued_reasons(c, &t.workspace).await?;
+    let reasons = crate::cluster::read::queued_reasons(c, &t.workspace, Some(&policy)).await?;
     let queue = queued
         .iter()
         .map(|q| {
