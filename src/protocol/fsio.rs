@@ -506,6 +506,115 @@ pub fn write_in(dir: &Dir, name: &OsStr, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// A file made ahead of need: empty, ours, under a hidden name in its directory, held
+/// open. Creating a file is the slow part of making one (on ext4 with online discard, a
+/// third of a millisecond and more where files were recently freed); renaming one into
+/// place is not. A spare not put in place is removed when dropped.
+pub struct Spare {
+    dir: Dir,
+    root: std::path::PathBuf,
+    dir_path: std::path::PathBuf,
+    name: OsString,
+    file: Option<File>,
+}
+
+impl Spare {
+    /// Makes a spare in `dir`, which is `root` or below it.
+    pub fn make(root: &Path, dir: &Path) -> io::Result<Self> {
+        let d = Dir::open(root, dir)?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let name = OsString::from(format!(".spare.{}.{}.{:x}", std::process::id(), unique(), nanos.subsec_nanos()));
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let file = File::from(openat(&d.fd, &name, flags, FILE_MODE).map_err(explain)?);
+        // As `open_write`: the descriptor may become a child's stdout.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            if fl >= 0 {
+                libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+            }
+        }
+        Ok(Self { dir: d, root: root.to_path_buf(), dir_path: dir.to_path_buf(), name, file: Some(file) })
+    }
+
+    /// Whether it can become `path`: a name in its directory, which is still the one at
+    /// that path (not one deleted or replaced since).
+    pub fn fits(&self, path: &Path) -> bool {
+        let same_dir = || {
+            let Ok(now) = Dir::open(&self.root, &self.dir_path) else { return false };
+            let stat = |d: &Dir| {
+                // SAFETY: a zeroed stat is a valid buffer for fstat to fill.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: valid descriptor and buffer.
+                (unsafe { libc::fstat(d.fd.as_raw_fd(), &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+            };
+            stat(&now).is_some_and(|s| stat(&self.dir) == Some(s))
+        };
+        path.parent() == Some(self.dir_path.as_path()) && same_dir()
+    }
+
+    /// Puts it in place as `path` if nothing is there, and gives its file; `None` when
+    /// something is (the caller opens as it would have) or it is no longer the file made
+    /// (an agent replaced its name: whatever now stands at `path` is left to the caller's
+    /// own checks).
+    pub fn place_new(mut self, path: &Path) -> Option<File> {
+        if !self.fits(path) {
+            return None;
+        }
+        let to = Dir::name(path.file_name()?).ok()?;
+        let from = Dir::name(&self.name).ok()?;
+        let fd = self.dir.fd.as_raw_fd();
+        // SAFETY: valid descriptor and C strings.
+        let moved = unsafe { libc::renameat2(fd, from.as_ptr(), fd, to.as_ptr(), libc::RENAME_NOREPLACE) } == 0;
+        if !moved {
+            return None;
+        }
+        let file = self.file.take()?;
+        self.name.clear();
+        let placed = self.dir.same_file(path.file_name()?, &file);
+        placed.then_some(file)
+    }
+
+    /// Writes `bytes` into it and puts it in place as `path`, over whatever is there (an
+    /// atomic replace, as [`write_atomic`]). `Err` when it could not be (nothing is left
+    /// half done at `path`: the caller writes it as it would have).
+    pub fn write_over(mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let not = |what: &str| io::Error::other(what.to_string());
+        let name = path.file_name().filter(|_| self.fits(path)).ok_or_else(|| not("not in the spare's directory"))?;
+        let file = self.file.as_ref().ok_or_else(|| not("spent"))?;
+        (&*file).write_all(bytes)?;
+        if !self.dir.same_file(&self.name, file) {
+            return Err(not("the spare was replaced"));
+        }
+        self.dir.rename(&self.name, name)?;
+        self.name.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if !self.name.is_empty()
+            && let Some(f) = &self.file
+            && self.dir.same_file(&self.name, f)
+        {
+            let _ = self.dir.unlink(&self.name);
+        }
+    }
+}
+
+impl Dir {
+    /// Whether `name` in this directory is `file` itself (not a link followed).
+    fn same_file(&self, name: &OsStr, file: &File) -> bool {
+        let Ok(c) = Self::name(name) else { return false };
+        // SAFETY: a zeroed stat is a valid buffer for fstatat to fill.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid descriptor, C string and buffer.
+        let r = unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+        r == 0 && file.metadata().is_ok_and(|m| m.dev() == st.st_dev && m.ino() == st.st_ino)
+    }
+}
+
 /// Makes `dir` (below `root`) and the directories on the way, none through a symlink. A
 /// component that is not a real directory (a symlink, a file an agent put in its place) is
 /// moved aside and a real directory made. The root itself is the caller's and is made as
@@ -558,6 +667,65 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
     use std::path::PathBuf;
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_spare_takes_a_free_name_only_and_leaves_nothing_behind() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("run");
+        std::fs::create_dir(&dir).unwrap();
+        // Put in place: the file is there under its name, private and empty.
+        let s = Spare::make(root.path(), &dir).unwrap();
+        let mut f = s.place_new(&dir.join("a.run")).expect("free name");
+        f.write_all(b"x").unwrap();
+        assert_eq!(std::fs::read(dir.join("a.run")).unwrap(), b"x");
+        assert_eq!(names(&dir), ["a.run"]);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(dir.join("a.run")).unwrap().permissions().mode() & 0o777, 0o600);
+        // A taken name (a file, a planted symlink) is left as it is, and the spare removed.
+        symlink("/etc/passwd", dir.join("b.run")).unwrap();
+        for taken in ["a.run", "b.run"] {
+            let s = Spare::make(root.path(), &dir).unwrap();
+            assert!(s.place_new(&dir.join(taken)).is_none());
+        }
+        assert_eq!(names(&dir), ["a.run", "b.run"]);
+        assert_eq!(std::fs::read(dir.join("a.run")).unwrap(), b"x");
+        // Another directory's name is not taken; an unused spare goes when dropped.
+        let s = Spare::make(root.path(), &dir).unwrap();
+        assert!(s.place_new(&root.path().join("c.run")).is_none());
+        drop(Spare::make(root.path(), &dir).unwrap());
+        assert_eq!(names(&dir), ["a.run", "b.run"]);
+    }
+
+    #[test]
+    fn a_spare_written_over_replaces_whatever_is_there_unless_it_was_swapped() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("context");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.md"), "old").unwrap();
+        Spare::make(root.path(), &dir).unwrap().write_over(&dir.join("a.md"), b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("a.md")).unwrap(), "new");
+        assert_eq!(names(&dir), ["a.md"]);
+        // The spare's name swapped for a symlink by an agent: nothing is renamed.
+        let s = Spare::make(root.path(), &dir).unwrap();
+        let spare = names(&dir).into_iter().find(|n| n.starts_with(".spare")).unwrap();
+        std::fs::remove_file(dir.join(&spare)).unwrap();
+        symlink("/etc/passwd", dir.join(&spare)).unwrap();
+        assert!(s.write_over(&dir.join("a.md"), b"evil").is_err());
+        assert_eq!(std::fs::read_to_string(dir.join("a.md")).unwrap(), "new");
+        // Its directory replaced since it was made: it does not fit any more.
+        let s = Spare::make(root.path(), &dir).unwrap();
+        std::fs::rename(&dir, root.path().join("old")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        assert!(s.write_over(&dir.join("a.md"), b"lost").is_err());
+        assert!(!dir.join("a.md").exists());
+    }
 
     fn mkfifo(p: &Path) {
         let c = cstr(p.as_os_str()).unwrap();

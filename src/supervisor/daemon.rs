@@ -211,6 +211,9 @@ pub struct Supervisor {
     /// Shims asked for, by request number, until their handshake arrives.
     pub launches: HashMap<u64, PendingLaunch>,
     pub launch_seq: u64,
+    /// A context file made ahead of the next start (see `fsio::Spare`), by the real loop
+    /// only.
+    pub context_spare: std::sync::Mutex<Option<crate::protocol::fsio::Spare>>,
     held: Vec<(oneshot::Sender<Reply>, Hold)>,
     /// Files written, gathered by the watcher.
     pub written: super::watch::Pending,
@@ -312,6 +315,7 @@ impl Supervisor {
             admit_wanted: false,
             launches: HashMap::new(),
             launch_seq: 0,
+            context_spare: std::sync::Mutex::new(None),
             held: Vec::new(),
             orphans: Default::default(),
             held_kills: Vec::new(),
@@ -525,6 +529,8 @@ impl Supervisor {
             // The replies go out once the exports show what they say.
             let batch = self.export_batch(std::mem::take(&mut replies));
             self.send_export(batch);
+            // After the replies: the next start finds its context file made.
+            self.make_spares();
             last = Turn::now(self.io.mono_ms());
             self.note_idle(last.mono);
         }
@@ -533,6 +539,14 @@ impl Supervisor {
         }
         self.notify.stop();
         Ok(())
+    }
+
+    /// Makes the spare context file the next start writes into, when there is none.
+    fn make_spares(&mut self) {
+        let Ok(spare) = self.context_spare.get_mut() else { return };
+        if spare.is_none() && self.identity.is_some() && self.lost.is_none() {
+            *spare = crate::protocol::fsio::Spare::make(self.data.root(), &self.data.context_dir()).ok();
+        }
     }
 
     /// Nothing to look after: no agent live, queued, waiting or backing off, no shim being

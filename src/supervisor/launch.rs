@@ -384,8 +384,11 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
         previous_failures: &previous,
         extra_context: extra.as_deref(),
     });
-    atomic::write_beneath(d.root(), &context_file, context.as_bytes())
-        .map_err(|e| format!("cannot write context {}: {e}", context_file.display()))?;
+    let spare = sup.context_spare.lock().ok().and_then(|mut s| s.take());
+    if spare.is_none_or(|s| s.write_over(&context_file, context.as_bytes()).is_err()) {
+        atomic::write_beneath(d.root(), &context_file, context.as_bytes())
+            .map_err(|e| format!("cannot write context {}: {e}", context_file.display()))?;
+    }
     let context_path = context_file.to_string_lossy();
     let expand = |context: &str| -> Vec<String> {
         if !spec.template {

@@ -22,7 +22,9 @@ pub fn run() -> i32 {
     // Shims it forks are reaped by the kernel; the launcher never waits for them.
     process::ignore_signal(libc::SIGCHLD);
     let stdin = std::io::stdin();
-    let mut warm = Warm::fork();
+    // Where the last request's files were: the next warm shim makes its spares there.
+    let mut near: Option<(std::path::PathBuf, std::path::PathBuf)> = None;
+    let mut warm = Warm::fork(&near);
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         let args: ShimArgs = match serde_json::from_str(&line) {
@@ -32,11 +34,13 @@ pub fn run() -> i32 {
                 continue;
             }
         };
+        let here = (args.run.clone(), args.log.clone());
         let handed = warm.take().is_some_and(|w| w.hand(&line));
         if !handed {
             fork_shim(args);
         }
-        warm = Warm::fork();
+        near = Some(here);
+        warm = Warm::fork(&near);
     }
     // Closing a warm shim's pipe without a request ends it.
     drop(warm);
@@ -93,7 +97,7 @@ struct Warm {
 
 impl Warm {
     /// `None` when no pipe or process can be had now: requests are then forked for.
-    fn fork() -> Option<Self> {
+    fn fork(near: &Option<(std::path::PathBuf, std::path::PathBuf)>) -> Option<Self> {
         let mut fds = [0; 2];
         // SAFETY: fds has room for the two descriptors.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -108,7 +112,12 @@ impl Warm {
                 drop(write);
                 // SAFETY: the fresh child of a single-threaded process.
                 unsafe { shim_child_setup(c"corral-warm") };
-                std::process::exit(Self::wait(read));
+                // Its files made now, off the path of the request to come.
+                let spares = match near {
+                    Some((run, log)) => shim::Spares::make(run, log),
+                    None => shim::Spares::default(),
+                };
+                std::process::exit(Self::wait(read, spares));
             }
             -1 => None,
             _ => Some(Self { pipe: write }),
@@ -117,7 +126,7 @@ impl Warm {
 
     /// In the warm child: its request, then the shim's whole run; nothing (the launcher
     /// ended or replaced it) ends it at once.
-    fn wait(read: std::fs::File) -> i32 {
+    fn wait(read: std::fs::File, spares: shim::Spares) -> i32 {
         let mut line = String::new();
         let got = BufReader::new(read).read_line(&mut line);
         if !matches!(got, Ok(n) if n > 0) {
@@ -126,7 +135,7 @@ impl Warm {
         let Ok(args) = serde_json::from_str::<ShimArgs>(&line) else { return 0 };
         // SAFETY: prctl on this process only.
         unsafe { libc::prctl(libc::PR_SET_NAME, c"corral-shim".as_ptr() as libc::c_ulong, 0, 0, 0) };
-        shim::run(args)
+        shim::run_with(args, spares)
     }
 
     /// Hands a request to the warm shim; `false` if it is gone (nothing reached it).

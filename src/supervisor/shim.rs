@@ -177,8 +177,16 @@ const RUN_FILE_RESERVE: i64 = 16 * 1024;
 impl RunFile {
     /// Creates (or opens) and locks the run file; `Ok(None)` if another shim holds it.
     pub fn claim(path: &Path) -> std::io::Result<Option<Self>> {
-        // A name planted for a later attempt (a symlink, a FIFO) is moved aside.
-        let (file, _) = fsio::open_write_replacing(data_root(path), path, fsio::Mode::Update)?;
+        Self::claim_with(path, None)
+    }
+
+    /// As [`RunFile::claim`], made from `spare` when nothing is at `path` yet.
+    pub fn claim_with(path: &Path, spare: Option<fsio::Spare>) -> std::io::Result<Option<Self>> {
+        let file = match spare.and_then(|s| s.place_new(path)) {
+            Some(f) => f,
+            // A name planted for a later attempt (a symlink, a FIFO) is moved aside.
+            None => fsio::open_write_replacing(data_root(path), path, fsio::Mode::Update)?.0,
+        };
         if !process::try_lock(&file)? {
             return Ok(None);
         }
@@ -310,7 +318,27 @@ pub fn run_from_stdin() -> i32 {
     }
 }
 
+/// Files a shim made before its request came (see the launcher's warm shims).
+#[derive(Default)]
+pub struct Spares {
+    pub run: Option<fsio::Spare>,
+    pub log: Option<fsio::Spare>,
+}
+
+impl Spares {
+    /// Spares in the directories of `run` and `log` (those of an earlier request: the next
+    /// attempt's files are most likely made beside them). What cannot be made is `None`.
+    pub fn make(run: &Path, log: &Path) -> Self {
+        let spare = |p: &Path| fsio::Spare::make(data_root(p), p.parent()?).ok();
+        Self { run: spare(run), log: spare(log) }
+    }
+}
+
 pub fn run(a: ShimArgs) -> i32 {
+    run_with(a, Spares::default())
+}
+
+pub fn run_with(a: ShimArgs, spares: Spares) -> i32 {
     process::ignore_signal(libc::SIGHUP);
     process::ignore_signal(libc::SIGINT);
     // The supervisor ignores SIGIO (see its start); the agent gets the default back.
@@ -318,7 +346,7 @@ pub fn run(a: ShimArgs) -> i32 {
     // Orphans of the agent are reparented to us rather than to init, so we reap them and
     // can tell a live leftover from a zombie nobody has collected yet.
     process::become_subreaper();
-    let mut run = match RunFile::claim(&a.run) {
+    let mut run = match RunFile::claim_with(&a.run, spares.run) {
         Ok(Some(f)) => f,
         Ok(None) => {
             let why = format!("another shim already holds {}; not starting twice", a.run.display());
@@ -332,7 +360,7 @@ pub fn run(a: ShimArgs) -> i32 {
         }
     };
     let _ = run.append(&RunLine::Shim { pid: std::process::id() as i32 }, Duration::ZERO);
-    let (end, stopped) = match start_and_watch(&a, &mut run) {
+    let (end, stopped) = match start_and_watch(&a, &mut run, spares.log) {
         Ok(x) => x,
         Err(e) => {
             crate::elog!("corral shim: {e}");
@@ -378,11 +406,18 @@ fn say(seq: u64, result: Handshake) {
 }
 
 /// Starts the command, says so, relays its output and watches it until its group is gone.
-fn start_and_watch(a: &ShimArgs, run: &mut RunFile) -> Result<(ProcessEnd, Option<StopReason>), String> {
+fn start_and_watch(
+    a: &ShimArgs,
+    run: &mut RunFile,
+    spare: Option<fsio::Spare>,
+) -> Result<(ProcessEnd, Option<StopReason>), String> {
     // A log the agent replaced (a symlink to one of the user's files, a hard link, a FIFO)
     // is moved aside, and this attempt's output goes to a fresh one.
-    let (log, replaced) = fsio::open_write_replacing(data_root(&a.log), &a.log, fsio::Mode::Update)
-        .map_err(|e| format!("cannot open log {}: {e}", a.log.display()))?;
+    let (log, replaced) = match spare.and_then(|s| s.place_new(&a.log)) {
+        Some(f) => (f, None),
+        None => fsio::open_write_replacing(data_root(&a.log), &a.log, fsio::Mode::Update)
+            .map_err(|e| format!("cannot open log {}: {e}", a.log.display()))?,
+    };
     let mut sink = relay::LogSink::new(log, a.max_log_size).map_err(|e| format!("log {}: {e}", a.log.display()))?;
     if let Some(why) = replaced {
         sink.note(&format!("corral: the log was set aside and started again ({why})"));
