@@ -562,9 +562,9 @@ def report(a, cmdline, rev, load, b, r):
         L.append("")
         if "pueue" not in s:
             L += ["pueue: not measured (no bench/.peers/bin/pueue; `bench/run.sh` installs pueue 4.0.4 there).", ""]
-        L += ["In cluster mode the CLI only queues the agent in the database; a worker claims queued agents at "
-              "most every 200 ms (on a 100 ms tick) and a spawn does not wake it, so the cluster figure includes "
-              "that wait.", ""]
+        L += ["In cluster mode the CLI connects to PostgreSQL, checks the schema and queues the agent in one "
+              "insert (the column *the command returned*); the insert's notification wakes the workers, one of "
+              "which claims the agent in a transaction and starts it through its local supervisor.", ""]
     if "claims" in r:
         c = r["claims"]
         L += [f"Claims: {c['n']:,} agents (`true`) queued at once by SQL in front of 3 workers (`--slots 50` each, "
