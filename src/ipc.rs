@@ -503,6 +503,63 @@ pub struct BreakerView {
     pub probe: Option<String>,
 }
 
+impl BreakerView {
+    /// Breaker `key` (`None`: never tripped) as `health` shows it under `p`; `now` on the
+    /// clock the breakers keep (the supervisor's monotonic one, or the database's).
+    pub fn of(
+        p: &crate::policy::health::HealthPolicy,
+        key: &str,
+        b: Option<&crate::policy::health::Breaker>,
+        now: u64,
+    ) -> Self {
+        use crate::policy::health::Breaker;
+        let (state, recent, probe_in, probe) = match b {
+            _ if p.breaker_failures == 0 => ("off", 0, None, None),
+            None => ("closed", 0, None, None),
+            Some(Breaker::Closed { failures }) => (
+                "closed",
+                failures.iter().filter(|t| now.saturating_sub(**t) < p.breaker_window_ms).count(),
+                None,
+                None,
+            ),
+            Some(Breaker::Open { until_mono, failures }) => {
+                ("open", *failures, Some(until_mono.saturating_sub(now) as f64 / 1000.0), None)
+            }
+            Some(Breaker::HalfOpen { probe }) => ("half_open", 0, None, probe.clone()),
+        };
+        Self {
+            key: key.to_string(),
+            scope: p.breaker_scope.as_str().to_string(),
+            state: state.to_string(),
+            recent_failures: recent,
+            threshold: p.breaker_failures,
+            window: crate::policy::lifecycle::fmt_ms(p.breaker_window_ms),
+            cooldown: crate::policy::lifecycle::fmt_ms(p.breaker_cooldown_ms),
+            probe_in_seconds: probe_in,
+            probe,
+        }
+    }
+
+    /// The worst of `breakers` (the summary `health` leads with) and each of them (none
+    /// when breakers are off).
+    pub fn all(
+        p: &crate::policy::health::HealthPolicy,
+        breakers: &crate::policy::health::Breakers,
+        now: u64,
+    ) -> (Self, Vec<Self>) {
+        let summary = match breakers.worst() {
+            Some((key, b)) => Self::of(p, key, Some(b), now),
+            None => Self::of(p, crate::policy::health::GLOBAL, None, now),
+        };
+        let each = if p.breaker_failures == 0 {
+            vec![]
+        } else {
+            breakers.by_key.iter().map(|(k, b)| Self::of(p, k, Some(b), now)).collect()
+        };
+        (summary, each)
+    }
+}
+
 /// One agent `corral clean` took out of the views (or, with `worktrees`, one cleaned
 /// before whose worktree is still recorded).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -538,5 +595,32 @@ mod ok_data_tests {
         let err = serde_json::to_string(&Reply::err(2, "no such agent")).unwrap();
         assert_eq!(ok_data(&err), None);
         assert_eq!(ok_data("garbage"), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::health::{Breaker, HealthPolicy};
+
+    fn policy(failures: usize) -> HealthPolicy {
+        HealthPolicy { breaker_failures: failures, ..HealthPolicy::default() }
+    }
+
+    #[test]
+    fn a_breaker_is_shown_on_the_clock_it_keeps() {
+        let p = policy(3);
+        let now = 1_000_000;
+        let open = Breaker::Open { until_mono: now + 12_500, failures: 3 };
+        let v = BreakerView::of(&p, "worker", Some(&open), now);
+        assert_eq!((v.state.as_str(), v.recent_failures, v.threshold), ("open", 3, 3));
+        assert_eq!(v.probe_in_seconds, Some(12.5));
+        let closed = Breaker::Closed { failures: vec![now - 1000, now - p.breaker_window_ms - 1] };
+        let v = BreakerView::of(&p, "worker", Some(&closed), now);
+        assert_eq!((v.state.as_str(), v.recent_failures), ("closed", 1), "only failures within the window");
+        let half = Breaker::HalfOpen { probe: Some("a1".into()) };
+        assert_eq!(BreakerView::of(&p, "*", Some(&half), now).probe.as_deref(), Some("a1"));
+        assert_eq!(BreakerView::of(&policy(0), "*", Some(&open), now).state, "off");
+        assert_eq!(BreakerView::of(&p, "*", None, now).state, "closed");
     }
 }

@@ -16,23 +16,17 @@ fn spawn(c: &Cluster, args: &[&str], command: &[String]) -> String {
     all.extend_from_slice(args);
     all.push("--");
     all.extend(command.iter().map(String::as_str));
-    let out = c.cmd(&all).output().unwrap();
-    assert!(out.status.success(), "spawn {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    c.ok(&all)
 }
 
 /// `corral status --json` by SQL, by agent id.
 fn status(c: &Cluster) -> BTreeMap<String, Value> {
-    let out = c.cmd(&["status", "--json"]).output().unwrap();
-    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
-    let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    all.into_iter().map(|v| (v["agentId"].as_str().unwrap().to_string(), v)).collect()
+    let all = c.json(&["status", "--json"]);
+    all.as_array().unwrap().iter().map(|v| (v["agentId"].as_str().unwrap().to_string(), v.clone())).collect()
 }
 
 fn show(c: &Cluster, id: &str) -> Value {
-    let out = c.cmd(&["show", id, "--json"]).output().unwrap();
-    assert!(out.status.success(), "show {id}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    c.json(&["show", id, "--json"])
 }
 
 /// The most agents among those `which` picks that ran at once, by the ledger.

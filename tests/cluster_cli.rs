@@ -4,49 +4,14 @@
 
 mod common;
 
-use common::cluster::{CONFIG, Cluster};
+use common::cluster::{CONFIG, Cluster, text, until};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
-
-fn run(c: &Cluster, args: &[&str]) -> Output {
-    c.cmd(args).stdin(Stdio::null()).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(c: &Cluster, args: &[&str]) -> String {
-    let o = run(c, args);
-    assert!(o.status.success(), "corral {args:?}: {}\n{}", text(&o), c.logs());
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn json(c: &Cluster, args: &[&str]) -> Value {
-    serde_json::from_str(&ok(c, args)).unwrap()
-}
+use std::process::Stdio;
+use std::time::Duration;
 
 fn state(c: &Cluster, id: &str) -> String {
     c.pg.sql("corral", &format!("SELECT state FROM agents WHERE workspace = 't' AND id = '{id}'"))
-}
-
-/// Polls `cond` every 100 ms (each poll may run psql) until it holds or `limit` passes.
-fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
 }
 
 #[test]
@@ -90,7 +55,7 @@ fn fifty_spawns_at_once_from_machines_with_no_worker_get_distinct_dense_ids() {
 
     // The same idempotency key twice: the same agent, nothing new queued.
     let spawn_keyed =
-        |task: &str| run(&c, &["spawn", "--role", "worker", "--task", task, "--idempotency-key", "k1", "--", "true"]);
+        |task: &str| c.run(&["spawn", "--role", "worker", "--task", task, "--idempotency-key", "k1", "--", "true"]);
     let first = spawn_keyed("keyed");
     let again = spawn_keyed("keyed");
     assert!(first.status.success() && again.status.success(), "{}\n{}", text(&first), text(&again));
@@ -100,7 +65,7 @@ fn fifty_spawns_at_once_from_machines_with_no_worker_get_distinct_dense_ids() {
     let other = spawn_keyed("something else");
     assert_eq!(other.status.code(), Some(2), "{}", text(&other));
     assert!(String::from_utf8_lossy(&other.stderr).contains("idempotency key"), "{}", text(&other));
-    let dup = run(&c, &["spawn", "--role", "worker", "--task", "x", "--id", "agent-001-worker", "--", "true"]);
+    let dup = c.run(&["spawn", "--role", "worker", "--task", "x", "--id", "agent-001-worker", "--", "true"]);
     assert_eq!(dup.status.code(), Some(2), "{}", text(&dup));
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"), "{}", text(&dup));
     assert_eq!(c.pg.sql("corral", "SELECT count(*) FROM agents WHERE workspace = 't'"), "51");
@@ -121,13 +86,13 @@ fn fifty_spawns_at_once_from_machines_with_no_worker_get_distinct_dense_ids() {
     assert!(v["spawnedAt"].as_str().is_some_and(|s| s.starts_with("20")), "{v}");
     assert!(v["maxRetries"].is_u64() && v["anomalies"].is_array() && v["cwd"].is_string(), "{v}");
     // By number, and by role; the table too.
-    assert_eq!(json(&c, &["status", "--json", "7"])[0]["agentId"], "agent-007-worker");
-    assert_eq!(json(&c, &["status", "--json", "--role", "nobody"]), serde_json::json!([]));
-    let table = ok(&c, &["status"]);
+    assert_eq!(c.json(&["status", "--json", "7"])[0]["agentId"], "agent-007-worker");
+    assert_eq!(c.json(&["status", "--json", "--role", "nobody"]), serde_json::json!([]));
+    let table = c.ok(&["status"]);
     assert!(table.starts_with("AGENT") && table.contains("agent-050-worker"), "{table}");
 
     // A queued agent killed before any worker has it: killed in the database, an event.
-    let k = run(&c, &["kill", "agent-002-worker"]);
+    let k = c.run(&["kill", "agent-002-worker"]);
     assert!(k.status.success(), "{}", text(&k));
     assert!(String::from_utf8_lossy(&k.stderr).contains("killed"), "{}", text(&k));
     assert_eq!(state(&c, "agent-002-worker"), "killed");
@@ -135,49 +100,49 @@ fn fifty_spawns_at_once_from_machines_with_no_worker_get_distinct_dense_ids() {
         c.pg.sql("corral", "SELECT kind FROM events WHERE agent_id = 'agent-002-worker' ORDER BY seq DESC LIMIT 1");
     assert_eq!(ev, "killed");
     // Retrying a queued one is refused; a killed one goes back to the queue.
-    let r = run(&c, &["retry", "agent-003-worker"]);
+    let r = c.run(&["retry", "agent-003-worker"]);
     assert_eq!(r.status.code(), Some(1), "{}", text(&r));
     assert!(String::from_utf8_lossy(&r.stderr).contains("queued already"), "{}", text(&r));
-    ok(&c, &["retry", "agent-002-worker", "--context", "try harder"]);
+    c.ok(&["retry", "agent-002-worker", "--context", "try harder"]);
     assert_eq!(state(&c, "agent-002-worker"), "queued");
-    let shown = json(&c, &["show", "--json", "agent-002-worker"]);
+    let shown = c.json(&["show", "--json", "agent-002-worker"]);
     let kinds: Vec<&str> = shown["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
     assert_eq!(kinds, ["spawned", "killed", "retried"], "{shown}");
     assert!(shown["task"].as_str().unwrap().contains("try harder"), "{shown}");
     // A tell for an agent nobody runs waits for whoever claims it.
-    let t = run(&c, &["tell", "agent-004-worker", "hello"]);
+    let t = c.run(&["tell", "agent-004-worker", "hello"]);
     assert!(t.status.success() && String::from_utf8_lossy(&t.stderr).contains("waits"), "{}", text(&t));
     assert_eq!(
         c.pg.sql("corral", "SELECT count(*) FROM commands WHERE agent_id = 'agent-004-worker' AND taken_at IS NULL"),
         "1"
     );
     // Unknown agents and commands that need a worker's files say so.
-    let u = run(&c, &["show", "nope"]);
+    let u = c.run(&["show", "nope"]);
     assert_eq!(u.status.code(), Some(2), "{}", text(&u));
     assert!(String::from_utf8_lossy(&u.stderr).contains("no agent \"nope\""), "{}", text(&u));
-    let l = run(&c, &["timeline"]);
+    let l = c.run(&["timeline"]);
     assert_eq!(l.status.code(), Some(2), "{}", text(&l));
     assert!(
         String::from_utf8_lossy(&l.stderr).contains("`corral timeline` does not work from the database yet"),
         "{}",
         text(&l)
     );
-    let l = run(&c, &["logs", "agent-001-worker"]);
+    let l = c.run(&["logs", "agent-001-worker"]);
     assert_eq!(l.status.code(), Some(2), "{}", text(&l));
     assert!(String::from_utf8_lossy(&l.stderr).contains("has not run on any worker yet"), "{}", text(&l));
     // Events: every one, once, in order.
-    let lines = ok(&c, &["events"]);
+    let lines = c.ok(&["events"]);
     let seqs: Vec<i64> =
         lines.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_i64().unwrap()).collect();
     let n: i64 = c.pg.sql("corral", "SELECT count(*) FROM events WHERE workspace = 't'").parse().unwrap();
     assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
-    let after = ok(&c, &["events", "--after", "50", "--agent", "agent-002-worker"]);
+    let after = c.ok(&["events", "--after", "50", "--agent", "agent-002-worker"]);
     assert_eq!(after.lines().count(), 2, "{after}");
 
     // The database restarts under `events -f`: it reconnects and prints each event once.
     c.pg.restart();
     for i in 0..3 {
-        ok(&c, &["spawn", "--role", "worker", "--task", &format!("after the restart {i}"), "--", "true"]);
+        c.ok(&["spawn", "--role", "worker", "--task", &format!("after the restart {i}"), "--", "true"]);
     }
     let n: i64 = c.pg.sql("corral", "SELECT count(*) FROM events WHERE workspace = 't'").parse().unwrap();
     let seen = || -> Vec<i64> {
@@ -229,7 +194,7 @@ fn kill_retry_tell_wait_and_events_from_a_machine_with_no_worker() {
     let spawn = |id: &str, cmd: &[String]| {
         let mut args = vec!["spawn", "--role", "worker", "--task", "a task", "--id", id, "--"];
         args.extend(cmd.iter().map(String::as_str));
-        assert_eq!(ok(&c, &args), id);
+        assert_eq!(c.ok(&args), id);
     };
     spawn("short", &c.script(200, 0, 0));
     let inbox_copy = ws.join("inbox-copy");
@@ -240,7 +205,7 @@ fn kill_retry_tell_wait_and_events_from_a_machine_with_no_worker() {
 
     // Tell a running agent: the text lands in its inbox on its worker.
     assert!(until(Duration::from_secs(20), || state(&c, "teller") == "running"), "{}", c.logs());
-    let t = run(&c, &["tell", "teller", "hello from afar"]);
+    let t = c.run(&["tell", "teller", "hello from afar"]);
     assert!(t.status.success(), "{}", text(&t));
     assert!(String::from_utf8_lossy(&t.stderr).contains("appended to"), "{}", text(&t));
     assert!(until(Duration::from_secs(20), || inbox_copy.exists()), "{}", c.logs());
@@ -253,7 +218,7 @@ fn kill_retry_tell_wait_and_events_from_a_machine_with_no_worker() {
     // Kill a running agent: killed, its process gone (the ledger has its end).
     spawn("long", &c.script(30_000, 0, 0));
     assert!(until(Duration::from_secs(20), || c.ledger().iter().any(|r| r.id == "long" && r.start)), "{}", c.logs());
-    let k = run(&c, &["kill", "long", "--grace", "1s", "--json"]);
+    let k = c.run(&["kill", "long", "--grace", "1s", "--json"]);
     assert!(k.status.success(), "{}\n{}", text(&k), c.logs());
     let kv: Value = serde_json::from_slice(&k.stdout).unwrap();
     assert_eq!((kv["agentId"].as_str(), kv["status"].as_str()), (Some("long"), Some("killed")), "{kv}");
@@ -261,7 +226,7 @@ fn kill_retry_tell_wait_and_events_from_a_machine_with_no_worker() {
     assert!(c.ledger().iter().any(|r| r.id == "long" && !r.start), "no end in the ledger: {:?}", c.ledger());
 
     // Retry a complete agent: it runs again, under a higher fence.
-    let r = run(&c, &["retry", "short"]);
+    let r = c.run(&["retry", "short"]);
     assert!(r.status.success(), "{}", text(&r));
     assert!(until(Duration::from_secs(20), || c.ledger().iter().filter(|r| r.id == "short" && r.start).count() == 2));
     // The attempts' fences in the database, and the agent's own CORRAL_FENCE in each run
@@ -275,21 +240,21 @@ fn kill_retry_tell_wait_and_events_from_a_machine_with_no_worker() {
     assert!(until(Duration::from_secs(20), || state(&c, "short") == "complete"), "{}", c.logs());
 
     // Waiting for everything now: one was killed, so not all complete.
-    let w = run(&c, &["wait", "--all", "--timeout", "20s"]);
+    let w = c.run(&["wait", "--all", "--timeout", "20s"]);
     assert_eq!(w.status.code(), Some(1), "{}", text(&w));
     assert!(String::from_utf8_lossy(&w.stdout).contains("long killed"), "{}", text(&w));
-    let w = run(&c, &["wait", "short", "teller", "--json"]);
+    let w = c.run(&["wait", "short", "teller", "--json"]);
     assert_eq!(w.status.code(), Some(0), "{}", text(&w));
     assert_eq!(String::from_utf8_lossy(&w.stdout).lines().count(), 2);
 
     // status --json and show --json from the database.
-    let views = json(&c, &["status", "--json"]);
+    let views = c.json(&["status", "--json"]);
     let by_id = |id: &str| views.as_array().unwrap().iter().find(|v| v["agentId"] == id).cloned().unwrap();
     let s = by_id("short");
     assert_eq!((s["status"].as_str(), s["role"].as_str()), (Some("complete"), Some("worker")), "{s}");
     assert_eq!(s["exitCode"], 0, "{s}");
     assert_eq!(by_id("long")["status"], "killed");
-    let show = json(&c, &["show", "short", "--json"]);
+    let show = c.json(&["show", "short", "--json"]);
     assert_eq!(show["agentId"], "short");
     assert_eq!(show["status"], "complete");
     let attempts = show["attempts"].as_array().unwrap();
@@ -308,7 +273,7 @@ fn kill_retry_tell_wait_and_events_from_a_machine_with_no_worker() {
     assert_eq!(kinds.iter().filter(|k| **k == "claimed").count(), 2, "{kinds:?}");
     assert!(kinds.contains(&"spawned") && kinds.contains(&"retried"), "{kinds:?}");
     assert!(show["worker"]["host"].is_string() && show["owner"].is_null(), "{show}");
-    let human = ok(&c, &["show", "short"]);
+    let human = c.ok(&["show", "short"]);
     assert!(human.contains("attempts (2)") && human.contains("retried"), "{human}");
 
     // events -f saw every event once, in order.

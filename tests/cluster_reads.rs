@@ -4,55 +4,21 @@
 
 mod common;
 
-use common::cluster::{CONFIG, Cluster};
+use common::cluster::{CONFIG, Cluster, text, until};
+use common::tmux::Tmux;
 use serde_json::Value;
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 /// The harness's policy, and an exit code that escalates at once.
 fn config() -> String {
     format!("{CONFIG}\n[[classify]]\nexit_codes = [3]\naction = \"escalate\"\n")
 }
 
-fn run(c: &Cluster, args: &[&str]) -> Output {
-    c.cmd(args).stdin(Stdio::null()).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(c: &Cluster, args: &[&str]) -> String {
-    let o = run(c, args);
-    assert!(o.status.success(), "corral {args:?}: {}\n{}", text(&o), c.logs());
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn json(c: &Cluster, args: &[&str]) -> Value {
-    let out = ok(c, args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("corral {args:?}: {e}: {out}"))
-}
-
 fn spawn(c: &Cluster, id: &str, cmd: &[String]) {
     let mut args = vec!["spawn", "--role", "worker", "--task", "a task", "--id", id, "--"];
     args.extend(cmd.iter().map(String::as_str));
-    assert_eq!(ok(c, &args), id);
-}
-
-fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
+    assert_eq!(c.ok(&args), id);
 }
 
 fn hostname() -> String {
@@ -65,7 +31,7 @@ fn health_escalations_and_logs_by_sql_match_what_the_workers_did() {
     // Before any worker: two queued, held because nobody can take them.
     spawn(&c, "ok1", &c.script(100, 0, 0));
     spawn(&c, "ok2", &c.script(100, 0, 0));
-    let h = json(&c, &["health", "--json"]);
+    let h = c.json(&["health", "--json"]);
     assert_eq!(h["healthy"], false, "{h}");
     assert!(h["heldBecause"].as_str().unwrap().contains("no worker"), "{h}");
     assert_eq!(h["running"], 0, "{h}");
@@ -89,7 +55,7 @@ fn health_escalations_and_logs_by_sql_match_what_the_workers_did() {
     assert!(until(Duration::from_secs(20), || c.ledger().iter().any(|r| r.id == "long" && r.start)), "{}", c.logs());
 
     // health: one running (the long one), nothing queued, the one escalation, both workers.
-    let h = json(&c, &["health", "--json"]);
+    let h = c.json(&["health", "--json"]);
     assert_eq!(h["healthy"], true, "{h}");
     assert_eq!(h["running"], 1, "{h}");
     assert_eq!(h["queued"], serde_json::json!([]), "{h}");
@@ -108,7 +74,7 @@ fn health_escalations_and_logs_by_sql_match_what_the_workers_did() {
         assert!(w["heartbeatAgeSeconds"].as_f64().unwrap() < 2.0, "{w}");
         assert!(w["pid"].as_i64().unwrap() > 0 && w["slots"].as_i64().unwrap() > 0, "{w}");
     }
-    let human = ok(&c, &["health"]);
+    let human = c.ok(&["health"]);
     for want in [
         "healthy: new agents start at once",
         "capacity:    1 of 5 running",
@@ -120,46 +86,46 @@ fn health_escalations_and_logs_by_sql_match_what_the_workers_did() {
     assert!(human.contains(&format!("on {} (pid", hostname())), "{human}");
 
     // escalations: the agent that failed with `escalate`, as one machine lists it.
-    let list = json(&c, &["escalations", "--json"]);
+    let list = c.json(&["escalations", "--json"]);
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 1, "{list:?}");
     let e = &list[0];
     assert_eq!((e["n"].as_u64(), e["agentId"].as_str()), (Some(1), Some("esc")), "{e}");
     assert!(!e["reason"].as_str().unwrap().is_empty(), "{e}");
     assert!(e["openedAt"].as_str().unwrap().starts_with("20") && e.get("resolvedAt").is_none(), "{e}");
-    let human = ok(&c, &["escalations"]);
+    let human = c.ok(&["escalations"]);
     assert!(human.starts_with("#1") && human.contains("esc") && human.contains("OPEN"), "{human}");
 
     // Resolved with a note: no longer open, kept with --all; the agent stays escalated.
-    ok(&c, &["escalations", "resolve", "1", "--note", "seen it"]);
-    assert_eq!(json(&c, &["escalations", "--json"]), serde_json::json!([]));
-    let all = json(&c, &["escalations", "--json", "--all"]);
+    c.ok(&["escalations", "resolve", "1", "--note", "seen it"]);
+    assert_eq!(c.json(&["escalations", "--json"]), serde_json::json!([]));
+    let all = c.json(&["escalations", "--json", "--all"]);
     assert_eq!(all[0]["note"], "seen it", "{all}");
     assert!(all[0]["resolvedAt"].is_string() && all[0]["outcome"].as_str().unwrap().contains("escalated"), "{all}");
-    assert_eq!(json(&c, &["health", "--json"])["openEscalations"], 0);
-    let again = run(&c, &["escalations", "resolve", "1"]);
+    assert_eq!(c.json(&["health", "--json"])["openEscalations"], 0);
+    let again = c.run(&["escalations", "resolve", "1"]);
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
-    let none = run(&c, &["escalations", "resolve", "9"]);
+    let none = c.run(&["escalations", "resolve", "9"]);
     assert_eq!(none.status.code(), Some(2), "{}", text(&none));
 
     // A second escalation; `corral retry` of its agent resolves it and runs it again.
     spawn(&c, "esc2", &c.script(100, 3, 0));
     c.wait_all_of(&["esc2"], "escalated", Duration::from_secs(30));
-    let list = json(&c, &["escalations", "--json"]);
+    let list = c.json(&["escalations", "--json"]);
     assert_eq!((list[0]["n"].as_u64(), list[0]["agentId"].as_str()), (Some(2), Some("esc2")), "{list}");
     // `status` and `show` give it the database's number too, whatever its worker's was.
-    let views = json(&c, &["status", "--json", "esc2"]);
+    let views = c.json(&["status", "--json", "esc2"]);
     assert_eq!(views[0]["escalation"], 2, "{views}");
     assert!(views[0]["anomalies"].as_array().unwrap().iter().any(|a| a == "NEEDS-HUMAN #2"), "{views}");
-    assert_eq!(json(&c, &["show", "--json", "esc2"])["escalation"], 2);
-    assert_eq!(json(&c, &["status", "--json", "esc"])[0]["escalation"], Value::Null, "resolved: no number");
-    ok(&c, &["retry", "esc2"]);
-    assert_eq!(json(&c, &["escalations", "--json"]), serde_json::json!([]));
-    let all = json(&c, &["escalations", "--all", "--json"]);
+    assert_eq!(c.json(&["show", "--json", "esc2"])["escalation"], 2);
+    assert_eq!(c.json(&["status", "--json", "esc"])[0]["escalation"], Value::Null, "resolved: no number");
+    c.ok(&["retry", "esc2"]);
+    assert_eq!(c.json(&["escalations", "--json"]), serde_json::json!([]));
+    let all = c.json(&["escalations", "--all", "--json"]);
     assert!(all[1]["outcome"].as_str().unwrap().contains("retry"), "{all}");
 
     // logs: not in the database; the error names the host and the epoch dir that have it.
-    let l = run(&c, &["logs", "ok1"]);
+    let l = c.run(&["logs", "ok1"]);
     assert_eq!(l.status.code(), Some(2), "{}", text(&l));
     let err = String::from_utf8_lossy(&l.stderr);
     assert!(err.contains("stay on the disk of the worker"), "{err}");
@@ -167,10 +133,10 @@ fn health_escalations_and_logs_by_sql_match_what_the_workers_did() {
     let owner = c.pg.sql("corral", "SELECT worker::text FROM attempts WHERE agent_id = 'ok1' ORDER BY n DESC LIMIT 1");
     assert!(err.contains(&format!("epochs/{owner}-1")), "{owner}: {err}");
     assert!(l.stdout.is_empty(), "{}", text(&l));
-    let l = run(&c, &["logs", "long"]);
+    let l = c.run(&["logs", "long"]);
     assert!(String::from_utf8_lossy(&l.stderr).contains("runs on host"), "{}", text(&l));
 
-    ok(&c, &["kill", "long", "--grace", "1s"]);
+    c.ok(&["kill", "long", "--grace", "1s"]);
     c.check(5);
 }
 
@@ -182,7 +148,7 @@ fn monitor_without_a_terminal_follows_spawns_and_rides_out_the_database_going_aw
     c.wait_all_of(&["first"], "complete", Duration::from_secs(30));
 
     // --once: one snapshot, the same table `status` prints, the health line, the worker.
-    let once = ok(&c, &["monitor", "--once"]);
+    let once = c.ok(&["monitor", "--once"]);
     assert!(once.starts_with("1 agent (1 complete); 0 of 5 running; breaker off; 0 open escalations"), "{once}");
     assert!(once.contains("AGENT") && once.lines().any(|l| l.starts_with("first") && l.contains("complete")), "{once}");
     assert!(once.contains("workers:     1 live"), "{once}");
@@ -233,56 +199,17 @@ fn monitor_without_a_terminal_follows_spawns_and_rides_out_the_database_going_aw
     let _ = mon.wait();
 }
 
-/// `corral monitor` in a real terminal (tmux), with only the database URL.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn new(c: &Cluster, w: u16, h: u16) -> Self {
-        let socket = format!("corral-cl-{}", c.ws.path().file_name().unwrap().to_string_lossy());
-        let bin = common::bin();
-        let cmd = format!(
-            "cd {} && env PGPASSWORD={} CORRAL_DATABASE_URL={} {} monitor",
-            c.ws.path().display(),
-            common::pg::PASSWORD,
-            c.url(),
-            bin.display()
-        );
-        let st = std::process::Command::new("tmux")
-            .args(["-L", &socket, "new-session", "-d", "-s", "m", "-x", &w.to_string(), "-y", &h.to_string(), &cmd])
-            .env_remove("TMUX")
-            .status()
-            .expect("tmux is installed (./scripts/test.sh installs it)");
-        assert!(st.success());
-        Self { socket }
-    }
-    fn screen(&self) -> String {
-        let o = std::process::Command::new("tmux")
-            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "m"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-    fn keys(&self, keys: &[&str]) {
-        for k in keys {
-            std::process::Command::new("tmux").args(["-L", &self.socket, "send-keys", "-t", "m", k]).status().unwrap();
-        }
-    }
-    fn alive(&self) -> bool {
-        std::process::Command::new("tmux")
-            .args(["-L", &self.socket, "has-session", "-t", "m"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ =
-            std::process::Command::new("tmux").args(["-L", &self.socket, "kill-server"]).stderr(Stdio::null()).status();
-    }
+/// `corral monitor` in a real terminal (tmux), from the workspace with only the database's URL, in a `w` x `h` terminal.
+fn monitor(c: &Cluster, w: u16, h: u16) -> Tmux {
+    let socket = format!("corral-cl-{}", c.ws.path().file_name().unwrap().to_string_lossy());
+    let cmd = format!(
+        "cd {} && env PGPASSWORD={} CORRAL_DATABASE_URL={} {} monitor",
+        c.ws.path().display(),
+        common::pg::PASSWORD,
+        c.url(),
+        common::bin().display()
+    );
+    Tmux::start(socket, &cmd, w, h)
 }
 
 #[test]
@@ -293,7 +220,7 @@ fn monitor_in_a_terminal_shows_the_cluster_kills_by_key_and_says_when_the_databa
     spawn(&c, "short", &c.script(100, 0, 0));
     c.wait_all_of(&["short"], "complete", Duration::from_secs(30));
     assert!(until(Duration::from_secs(20), || c.ledger().iter().any(|r| r.id == "victim" && r.start)), "{}", c.logs());
-    let t = Tmux::new(&c, 120, 30);
+    let t = monitor(&c, 120, 30);
     let row = |id: &str| t.screen().lines().find(|l| l.contains(id)).map(str::to_string);
     assert!(
         until(Duration::from_secs(10), || row("victim").is_some_and(|r| r.contains("running"))
@@ -342,10 +269,10 @@ fn health_shows_the_cluster_breaker_open_and_why_a_queued_agent_waits() {
     spawn(&c, "bad1", &c.script(100, 3, 3));
     spawn(&c, "bad2", &c.script(100, 3, 3));
     c.wait_all_of(&["bad1", "bad2"], "escalated", Duration::from_secs(30));
-    let open = || json(&c, &["health", "--json"])["breaker"]["state"] == "open";
-    assert!(until(Duration::from_secs(10), open), "{}\n{}", json(&c, &["health", "--json"]), c.logs());
+    let open = || c.json(&["health", "--json"])["breaker"]["state"] == "open";
+    assert!(until(Duration::from_secs(10), open), "{}\n{}", c.json(&["health", "--json"]), c.logs());
     spawn(&c, "held", &c.script(100, 0, 0));
-    let h = json(&c, &["health", "--json"]);
+    let h = c.json(&["health", "--json"]);
     let b = &h["breaker"];
     assert_eq!((b["key"].as_str(), b["scope"].as_str()), (Some("worker"), Some("role")), "{h}");
     assert_eq!((b["recentFailures"].as_u64(), b["threshold"].as_u64()), (Some(2), Some(2)), "{h}");
@@ -359,7 +286,7 @@ fn health_shows_the_cluster_breaker_open_and_why_a_queued_agent_waits() {
     // Held for real: the worker does not start it.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(c.states()["held"], "queued");
-    let human = ok(&c, &["health"]);
+    let human = c.ok(&["health"]);
     assert!(human.contains("breakers:    one per role") && human.contains("open (2 of 2 failures"), "{human}");
     assert!(human.contains("held  worker: circuit breaker open"), "{human}");
 }

@@ -3,56 +3,14 @@
 //! panes follow the selected agent, `?` lists the keys, and ids stay whole at 80 columns.
 
 mod common;
+use common::tmux::Tmux;
 use common::*;
-use std::process::Command;
 
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn new(ws: &Ws, w: u16, h: u16) -> Self {
-        let socket = format!("corral-test-{}", ws.path().file_name().unwrap().to_string_lossy());
-        let path = format!("{}:{}", bin().parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
-        let cmd = format!("cd {} && PATH={path} corral monitor", ws.path().display());
-        let st = Command::new("tmux")
-            .args(["-L", &socket, "new-session", "-d", "-s", "m", "-x", &w.to_string(), "-y", &h.to_string(), &cmd])
-            .env_remove("TMUX")
-            .status()
-            .expect("tmux is installed (./scripts/test.sh installs it)");
-        assert!(st.success());
-        Self { socket }
-    }
-    fn screen(&self) -> String {
-        let o = Command::new("tmux").args(["-L", &self.socket, "capture-pane", "-p", "-t", "m"]).output().unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-    fn keys(&self, keys: &[&str]) {
-        for k in keys {
-            Command::new("tmux").args(["-L", &self.socket, "send-keys", "-t", "m", k]).status().unwrap();
-        }
-    }
-    fn alive(&self) -> bool {
-        Command::new("tmux")
-            .args(["-L", &self.socket, "has-session", "-t", "m"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-    fn resize(&self, w: u16, h: u16) {
-        let st = Command::new("tmux")
-            .args(["-L", &self.socket, "resize-window", "-t", "m", "-x", &w.to_string(), "-y", &h.to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ =
-            Command::new("tmux").args(["-L", &self.socket, "kill-server"]).stderr(std::process::Stdio::null()).status();
-    }
+/// `corral monitor` in the workspace, in a `w` x `h` terminal.
+fn monitor(ws: &Ws, w: u16, h: u16) -> Tmux {
+    let socket = format!("corral-test-{}", ws.path().file_name().unwrap().to_string_lossy());
+    let path = format!("{}:{}", bin().parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    Tmux::start(socket, &format!("cd {} && PATH={path} corral monitor", ws.path().display()), w, h)
 }
 
 fn row<'a>(screen: &'a str, id: &str) -> Option<&'a str> {
@@ -65,7 +23,7 @@ fn monitor_shows_progress_kills_and_survives_resize() {
     let steps = "for i in 1 2 3 4 5 6 7 8 9; do corral report --status active --progress 0.$i --phase build --milestone m$i; sleep 0.4; done; sleep 30";
     let ids: Vec<String> = (0..3).map(|_| ws.spawn("W", &["sh", "-c", steps])).collect();
     let victim = ws.spawn("SLEEPER", &["sleep", "300"]);
-    let t = Tmux::new(&ws, 120, 30);
+    let t = monitor(&ws, 120, 30);
     assert!(
         wait_until(SECS(10), || ids.iter().chain([&victim]).all(|id| t.screen().contains(id.as_str()))),
         "{}",
@@ -115,7 +73,7 @@ fn monitor_rides_out_a_killed_supervisor() {
     let ws = Ws::new();
     let steps = "for i in 1 2 3 4 5 6 7 8 9; do corral report --status active --progress 0.$i --milestone m$i; sleep 0.5; done; sleep 30";
     let first = ws.spawn("W", &["sh", "-c", steps]);
-    let t = Tmux::new(&ws, 120, 30);
+    let t = monitor(&ws, 120, 30);
     assert!(wait_until(SECS(10), || t.screen().contains(first.as_str())), "{}", t.screen());
     let pid = ws.daemon_pid();
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -161,7 +119,7 @@ fn monitor_starts_at_the_agent_needing_a_human_and_shows_its_detail_and_log() {
     ws.wait_state(&failed, &["escalated"], SECS(10));
     let later = ws.spawn("W", &["sleep", "300"]);
     // 45 rows: tall enough for the detail pane from the start.
-    let t = Tmux::new(&ws, 120, 45);
+    let t = monitor(&ws, 120, 45);
     assert!(wait_until(SECS(10), || t.screen().contains(later.as_str())), "{}", t.screen());
     // the selection starts at the failed agent (not the first row): its detail is shown
     let title = format!("detail {failed}");
@@ -192,11 +150,7 @@ fn monitor_starts_at_the_agent_needing_a_human_and_shows_its_detail_and_log() {
     let s = t.screen();
     assert!(s.contains(r"\e]0;PWNED\x07title"), "title sequence not escaped:\n{s}");
     assert!(s.contains(r"\e[31mred\e[0m"), "colour sequence not escaped:\n{s}");
-    let title_of_pane = Command::new("tmux")
-        .args(["-L", &t.socket, "display-message", "-p", "-t", "m", "#{pane_title}"])
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&title_of_pane.stdout).contains("PWNED"), "the agent retitled the terminal");
+    assert!(!t.title().contains("PWNED"), "the agent retitled the terminal");
     // the selection moves: both panes follow it (a capture may catch a frame half-written,
     // so the screen is asked again once it looks right)
     t.keys(&["Home"]);
@@ -215,7 +169,7 @@ fn monitor_starts_at_the_agent_needing_a_human_and_shows_its_detail_and_log() {
 fn monitor_log_pane_follows_new_output() {
     let ws = Ws::new();
     let id = ws.spawn("W", &["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done"]);
-    let t = Tmux::new(&ws, 100, 30);
+    let t = monitor(&ws, 100, 30);
     assert!(wait_until(SECS(10), || t.screen().contains(id.as_str())), "{}", t.screen());
     t.keys(&["l"]);
     assert!(wait_until(SECS(10), || t.screen().contains("tick-")), "{}", t.screen());
@@ -232,7 +186,7 @@ fn monitor_log_pane_follows_new_output() {
 fn monitor_help_lists_every_key_and_any_key_closes_it() {
     let ws = Ws::new();
     let id = ws.spawn("W", &["sleep", "300"]);
-    let t = Tmux::new(&ws, 80, 24);
+    let t = monitor(&ws, 80, 24);
     assert!(wait_until(SECS(10), || t.screen().contains(id.as_str())), "{}", t.screen());
     t.keys(&["?"]);
     assert!(wait_until(SECS(5), || t.screen().contains("any key closes")), "{}", t.screen());
@@ -253,7 +207,7 @@ fn monitor_keeps_long_ids_whole_at_80_columns() {
     let ws = Ws::new();
     let task = "Implement the whole parser for the configuration language, with tests, docs and benchmarks";
     let ids: Vec<String> = (0..3).map(|_| spawn_with(&ws, "IMPLEMENTER", task, &[], &["sleep", "300"])).collect();
-    let t = Tmux::new(&ws, 80, 24);
+    let t = monitor(&ws, 80, 24);
     assert!(
         wait_until(SECS(10), || ids.iter().all(|id| t.screen().contains(id.as_str()))),
         "ids cut at 80 columns:\n{}",
@@ -275,7 +229,7 @@ fn monitor_detail_shows_the_cost_once_the_adapter_recorded_it() {
     let script = format!("cat '{}'; sleep 300", fixture.display());
     let id = spawn_with(&ws, "W", "t", &["--adapter", "claude-code"], &["sh", "-c", &script]);
     assert!(wait_until(SECS(10), || ws.agent(&id)["costUsd"] == 0.0123), "{}", ws.agent(&id));
-    let t = Tmux::new(&ws, 120, 45);
+    let t = monitor(&ws, 120, 45);
     assert!(
         wait_until(SECS(10), || t.screen().contains("cost $0.0123  2500 tokens in, 52 out  2 turns")),
         "{}",
@@ -289,7 +243,7 @@ fn monitor_detail_says_why_an_agent_is_queued() {
     ws.ok(&["pause"]);
     let id = ws.spawn("W", &["sleep", "300"]);
     assert_eq!(ws.agent(&id)["status"], "queued");
-    let t = Tmux::new(&ws, 100, 45);
+    let t = monitor(&ws, 100, 45);
     assert!(
         wait_until(SECS(10), || t.screen().contains(&format!("detail {id}"))
             && t.screen().contains("why paused (corral resume to release)")),

@@ -11,9 +11,9 @@ use crate::cluster::queue::ClusterError;
 use crate::cluster::read::{self, AgentFilter, AgentRow};
 use crate::cluster::{direct, listen};
 use crate::ipc::{AgentView, BreakerView, HealthView, QueuedView, ShowView};
-use crate::monitor::{Command, Key, Model};
+use crate::monitor::{Command, Model};
 use crate::policy::agent::Escalation;
-use crate::policy::health::{Breaker, Breakers, GLOBAL, HealthPolicy};
+use crate::policy::health::Breakers;
 use crate::{note, say_to};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -261,33 +261,6 @@ impl Snapshot {
     }
 }
 
-/// The view of breaker `key` as `health` shows it; `now` on the database's clock, which is
-/// the clock of the cluster's breakers.
-fn breaker_view(p: &HealthPolicy, key: &str, b: Option<&Breaker>, now: u64) -> BreakerView {
-    let (state, recent, probe_in, probe) = match b {
-        _ if p.breaker_failures == 0 => ("off", 0, None, None),
-        None => ("closed", 0, None, None),
-        Some(Breaker::Closed { failures }) => {
-            ("closed", failures.iter().filter(|t| now.saturating_sub(**t) < p.breaker_window_ms).count(), None, None)
-        }
-        Some(Breaker::Open { until_mono, failures }) => {
-            ("open", *failures, Some(until_mono.saturating_sub(now) as f64 / 1000.0), None)
-        }
-        Some(Breaker::HalfOpen { probe }) => ("half_open", 0, None, probe.clone()),
-    };
-    BreakerView {
-        key: key.to_string(),
-        scope: p.breaker_scope.as_str().to_string(),
-        state: state.to_string(),
-        recent_failures: recent,
-        threshold: p.breaker_failures,
-        window: crate::policy::lifecycle::fmt_ms(p.breaker_window_ms),
-        cooldown: crate::policy::lifecycle::fmt_ms(p.breaker_cooldown_ms),
-        probe_in_seconds: probe_in,
-        probe,
-    }
-}
-
 /// Reads the agents, the workspace's limit and breaker, the queue, the workers and the
 /// escalations, and makes of them what the single-machine supervisor would show.
 pub async fn snapshot(
@@ -308,31 +281,14 @@ pub async fn snapshot(
         None => (None, json!({}), 0.0),
     };
     let now = now.max(0.0) as u64;
-    // Per queued agent: delayed (and for how long), and whether any live worker may take it.
-    let queued = c
-        .query(
-            "SELECT a.id, extract(epoch from a.run_after - now())::float8,
-                    EXISTS (SELECT 1 FROM workers w WHERE w.workspace = a.workspace AND w.state = 'active'
-                              AND w.lease_until > now() AND a.placement <@ w.labels)
-             FROM agents a WHERE a.workspace = $1 AND a.state = 'queued' AND a.owner IS NULL ORDER BY a.seq",
-            &[&t.workspace],
-        )
-        .await?;
     let (workers, gone) = workers(c, &t.workspace).await?;
     let escalations = escalations(c, &t.workspace, false).await?;
 
     let policy = ctx.ws.config.health();
     let mut breakers: Breakers = serde_json::from_value(breaker).unwrap_or_default();
     breakers.advance(now);
-    let summary = match breakers.worst() {
-        Some((key, b)) => breaker_view(&policy, key, Some(b), now),
-        None => breaker_view(&policy, GLOBAL, None, now),
-    };
-    let all_breakers = if policy.breaker_failures == 0 {
-        vec![]
-    } else {
-        breakers.by_key.iter().map(|(k, b)| breaker_view(&policy, k, Some(b), now)).collect()
-    };
+    // On the database's clock, the clock of the cluster's breakers.
+    let (summary, all_breakers) = BreakerView::all(&policy, &breakers, now);
     // An owned agent holds its slot whatever its state, as admission counts it.
     let running = rows.iter().filter(|r| r.owner.is_some()).count();
     let max_concurrent = max.map_or(policy.max_concurrent, |m| m.max(0) as usize);
@@ -350,45 +306,19 @@ pub async fn snapshot(
     } else {
         None
     };
-    let by_id: BTreeMap<&str, &AgentRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+    // Why each queued agent waits: admission's own account (read::queued_reasons), else what
+    // holds the whole cluster back, else a worker has yet to take it.
     let reasons = crate::cluster::read::queued_reasons(c, &t.workspace, Some(&policy)).await?;
-    let queue = queued
+    let queue = rows
         .iter()
-        .map(|q| {
-            let (id, delay, placeable): (String, f64, bool) = (q.get(0), q.get(1), q.get(2));
-            let row = by_id.get(id.as_str());
-            let after: Vec<String> = row
-                .and_then(|r| r.body["request"]["after"].as_array().cloned())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect();
-            let waiting: Vec<String> = after
-                .iter()
-                .filter_map(|d| match by_id.get(d.as_str()) {
-                    Some(r) if r.state == "complete" => None,
-                    Some(r) => Some(format!("{d} ({})", r.state)),
-                    None => Some(format!("{d} (unknown)")),
-                })
-                .collect();
-            let role = row.map(|r| r.role.as_str()).unwrap_or_default();
-            let reason = if delay > 0.0 {
-                format!("delayed: claimable in {}s", delay.ceil() as u64)
-            } else if !waiting.is_empty() {
-                format!("waiting for {}", waiting.join(", "))
-            } else if let Some(b) = (policy.breaker_failures > 0).then(|| breakers.blocks(&policy, role, now)).flatten()
-            {
-                b
-            } else if !live.is_empty() && !placeable {
-                "no live worker has the labels its placement asks for".to_string()
-            } else if let Some(h) = &held {
-                h.clone()
-            } else {
-                "waiting for a worker to claim it".to_string()
-            };
-            // Admission's own account where it has one (groups, budget, provider holds).
-            let reason = reasons.get(&id).cloned().unwrap_or(reason);
-            QueuedView { agent_id: id, reason }
+        .filter(|r| r.state == "queued" && r.owner.is_none())
+        .map(|r| {
+            let reason = reasons
+                .get(&r.id)
+                .or(held.as_ref())
+                .cloned()
+                .unwrap_or_else(|| "waiting for a worker to claim it".to_string());
+            QueuedView { agent_id: r.id.clone(), reason }
         })
         .collect();
     let numbers = open_numbers(c, &t.workspace).await?;
@@ -884,7 +814,6 @@ fn tui(
     a: &super::monitor::Args,
 ) -> Result {
     let mut asked: Option<String> = None;
-    use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
     // The first snapshot before the screen is taken, so a database that cannot be reached
     // is said plainly.
     let first = loop {
@@ -907,27 +836,7 @@ fn tui(
     let result = (|| -> Result {
         loop {
             let deadline = Instant::now() + frame;
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                if !event::poll(left)? {
-                    break;
-                }
-                let Event::Key(k) = event::read()? else { continue };
-                if k.kind != KeyEventKind::Press {
-                    continue;
-                }
-                let key = match k.code {
-                    KeyCode::Up => Key::Up,
-                    KeyCode::Down => Key::Down,
-                    KeyCode::PageUp => Key::PageUp,
-                    KeyCode::PageDown => Key::PageDown,
-                    KeyCode::Home => Key::Home,
-                    KeyCode::End => Key::End,
-                    KeyCode::Enter => Key::Enter,
-                    KeyCode::Esc => Key::Esc,
-                    KeyCode::Backspace => Key::Backspace,
-                    KeyCode::Char(c) => Key::Char(c),
-                    _ => continue,
-                };
+            while let Some(key) = super::monitor::next_key(deadline)? {
                 match m.key(key) {
                     Some(Command::Quit) => return Ok(0),
                     Some(c) => {
@@ -996,27 +905,6 @@ fn panes(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy(failures: usize) -> HealthPolicy {
-        HealthPolicy { breaker_failures: failures, ..HealthPolicy::default() }
-    }
-
-    #[test]
-    fn breakers_are_shown_on_the_database_clock() {
-        let p = policy(3);
-        let now = 1_000_000;
-        let open = Breaker::Open { until_mono: now + 12_500, failures: 3 };
-        let v = breaker_view(&p, "worker", Some(&open), now);
-        assert_eq!((v.state.as_str(), v.recent_failures, v.threshold), ("open", 3, 3));
-        assert_eq!(v.probe_in_seconds, Some(12.5));
-        let closed = Breaker::Closed { failures: vec![now - 1000, now - p.breaker_window_ms - 1] };
-        let v = breaker_view(&p, "worker", Some(&closed), now);
-        assert_eq!((v.state.as_str(), v.recent_failures), ("closed", 1), "only failures within the window");
-        let half = Breaker::HalfOpen { probe: Some("a1".into()) };
-        assert_eq!(breaker_view(&p, "*", Some(&half), now).probe.as_deref(), Some("a1"));
-        assert_eq!(breaker_view(&policy(0), "*", Some(&open), now).state, "off");
-        assert_eq!(breaker_view(&p, "*", None, now).state, "closed");
-    }
 
     #[test]
     fn a_worker_line_says_its_load_or_that_its_lease_ended() {

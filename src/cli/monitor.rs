@@ -381,40 +381,19 @@ fn ui_loop(
             deadline = Instant::now(); // fell behind (a slow machine): do not try to catch up
         }
         // Keys are handled as they come; everything else waits for the next frame.
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            if !event::poll(left)? {
-                break;
-            }
-            if let Event::Key(k) = event::read()? {
-                if k.kind != KeyEventKind::Press {
-                    continue;
-                }
-                let key = match k.code {
-                    KeyCode::Up => Key::Up,
-                    KeyCode::Down => Key::Down,
-                    KeyCode::PageUp => Key::PageUp,
-                    KeyCode::PageDown => Key::PageDown,
-                    KeyCode::Home => Key::Home,
-                    KeyCode::End => Key::End,
-                    KeyCode::Enter => Key::Enter,
-                    KeyCode::Esc => Key::Esc,
-                    KeyCode::Backspace => Key::Backspace,
-                    KeyCode::Char(c) => Key::Char(c),
-                    _ => continue,
-                };
-                match m.key(key) {
-                    Some(Command::Quit) => return Ok(0),
-                    Some(cmd) => {
-                        m.message = execute(client, cmd);
-                        if let Err(e) = refresh_all(client, m) {
-                            m.message = format!("cannot reach the supervisor ({}); trying again", e.msg);
-                        }
+        while let Some(key) = next_key(deadline)? {
+            match m.key(key) {
+                Some(Command::Quit) => return Ok(0),
+                Some(cmd) => {
+                    m.message = execute(client, cmd);
+                    if let Err(e) = refresh_all(client, m) {
+                        m.message = format!("cannot reach the supervisor ({}); trying again", e.msg);
                     }
-                    None => {}
                 }
-                sync_panes(m, &mut focus, &ask, &news, false);
-                terminal.draw(|f| crate::monitor::ui::draw(f, m, &mut table))?;
+                None => {}
             }
+            sync_panes(m, &mut focus, &ask, &news, false);
+            terminal.draw(|f| crate::monitor::ui::draw(f, m, &mut table))?;
         }
         let mut changed = BTreeSet::new();
         let mut global = false;
@@ -517,4 +496,34 @@ fn cpu_seconds() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+/// The next key pressed before `deadline`, as the monitor's model takes keys; `None` once
+/// the deadline passes. Other events, releases and keys the model has no use for are
+/// skipped.
+pub(super) fn next_key(deadline: Instant) -> std::io::Result<Option<Key>> {
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if !event::poll(left)? {
+            break;
+        }
+        let Event::Key(k) = event::read()? else { continue };
+        if k.kind != KeyEventKind::Press {
+            continue;
+        }
+        let key = match k.code {
+            KeyCode::Up => Key::Up,
+            KeyCode::Down => Key::Down,
+            KeyCode::PageUp => Key::PageUp,
+            KeyCode::PageDown => Key::PageDown,
+            KeyCode::Home => Key::Home,
+            KeyCode::End => Key::End,
+            KeyCode::Enter => Key::Enter,
+            KeyCode::Esc => Key::Esc,
+            KeyCode::Backspace => Key::Backspace,
+            KeyCode::Char(c) => Key::Char(c),
+            _ => continue,
+        };
+        return Ok(Some(key));
+    }
+    Ok(None)
 }

@@ -214,6 +214,9 @@ pub struct Supervisor {
     /// A context file made ahead of the next start (see `fsio::Spare`), by the real loop
     /// only.
     pub context_spare: std::sync::Mutex<Option<crate::protocol::fsio::Spare>>,
+    /// The start count when a spare was last made (or tried): one try per start, so a
+    /// directory that refuses spares is not asked again on every wake.
+    spare_made_at: Option<u64>,
     held: Vec<(oneshot::Sender<Reply>, Hold)>,
     /// Files written, gathered by the watcher.
     pub written: super::watch::Pending,
@@ -316,6 +319,7 @@ impl Supervisor {
             launches: HashMap::new(),
             launch_seq: 0,
             context_spare: std::sync::Mutex::new(None),
+            spare_made_at: None,
             held: Vec::new(),
             orphans: Default::default(),
             held_kills: Vec::new(),
@@ -543,8 +547,12 @@ impl Supervisor {
 
     /// Makes the spare context file the next start writes into, when there is none.
     fn make_spares(&mut self) {
+        if self.spare_made_at == Some(self.launch_seq) || self.identity.is_none() || self.lost.is_some() {
+            return;
+        }
+        self.spare_made_at = Some(self.launch_seq);
         let Ok(spare) = self.context_spare.get_mut() else { return };
-        if spare.is_none() && self.identity.is_some() && self.lost.is_none() {
+        if spare.is_none() {
             *spare = crate::protocol::fsio::Spare::make(self.data.root(), &self.data.context_dir()).ok();
         }
     }

@@ -6,8 +6,7 @@ use crate::ipc::{BreakerView, DaemonView, HealthView, QueuedView, Reply, Request
 use crate::policy::admission;
 use crate::policy::agent::AgentState;
 use crate::policy::escalation;
-use crate::policy::health::{Breaker, GLOBAL};
-use crate::policy::lifecycle::{self, fmt_ms};
+use crate::policy::lifecycle;
 use crate::protocol::{AgentId, fsio, time};
 use std::io::Write;
 
@@ -28,10 +27,7 @@ pub fn dispatch(
     // A ping says only that this supervisor takes requests: it changes nothing the exports
     // show, so it is answered at once, not after them. A client pipelines its request behind
     // a ping, and that request is read only once the ping is answered.
-    if matches!(req, Request::Ping) {
-        let _ = tx.send(Reply::ok(std::process::id()));
-        return None;
-    }
+    let ping = matches!(req, Request::Ping);
     let kill = match &req {
         Request::Kill { id, .. } => Some(id.clone()),
         _ => None,
@@ -43,6 +39,10 @@ pub fn dispatch(
             return None;
         }
     };
+    if ping {
+        let _ = tx.send(reply);
+        return None;
+    }
     // The agent as the kill resolved it: the id given may be a number or a prefix.
     if let (Some(id), true) = (kill, reply.ok)
         && let Ok(id) = sup.lookup(&id)
@@ -306,42 +306,7 @@ pub fn health_view(sup: &Supervisor) -> HealthView {
     // What holds every start, whatever its role (a role's own breaker is in `breakers`).
     let held = admission::workspace_hold(&sup.limits(), &gauges.pass, &gauges.counts);
     let h = &sup.health;
-    let view = |key: &str, b: Option<&Breaker>| {
-        let (state, recent, probe_in, probe) = match b {
-            _ if h.breaker_failures == 0 => ("off", 0, None, None),
-            None => ("closed", 0, None, None),
-            Some(Breaker::Closed { failures }) => (
-                "closed",
-                failures.iter().filter(|t| now.saturating_sub(**t) < h.breaker_window_ms).count(),
-                None,
-                None,
-            ),
-            Some(Breaker::Open { until_mono, failures }) => {
-                ("open", *failures, Some(until_mono.saturating_sub(now) as f64 / 1000.0), None)
-            }
-            Some(Breaker::HalfOpen { probe }) => ("half_open", 0, None, probe.clone()),
-        };
-        BreakerView {
-            key: key.to_string(),
-            scope: h.breaker_scope.as_str().to_string(),
-            state: state.to_string(),
-            recent_failures: recent,
-            threshold: h.breaker_failures,
-            window: fmt_ms(h.breaker_window_ms),
-            cooldown: fmt_ms(h.breaker_cooldown_ms),
-            probe_in_seconds: probe_in,
-            probe,
-        }
-    };
-    let summary = match sup.breaker.worst() {
-        Some((key, b)) => view(key, Some(b)),
-        None => view(GLOBAL, None),
-    };
-    let breakers = if h.breaker_failures == 0 {
-        vec![]
-    } else {
-        sup.breaker.by_key.iter().map(|(k, b)| view(k, Some(b))).collect()
-    };
+    let (summary, breakers) = BreakerView::all(h, &sup.breaker, now);
     HealthView {
         healthy: held.is_none(),
         held_because: held,

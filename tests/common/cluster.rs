@@ -86,6 +86,24 @@ impl Cluster {
         c
     }
 
+    /// `corral ARGS` from the workspace with only the database's URL, no input.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// As [`Cluster::run`], which must succeed: its stdout, trimmed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "corral {args:?}: {}\n{}", text(&o), self.logs());
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// As [`Cluster::ok`], its stdout read as JSON.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("corral {args:?}: {e}: {out}"))
+    }
+
     /// Starts worker `n` (again); its output goes to `w<n>.log`.
     pub fn start_worker(&mut self, n: usize) {
         self.start_worker_args(n, &[]);
@@ -300,6 +318,28 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A command's exit code and output, for an assertion's message.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Polls `cond` every 100 ms (each poll may run psql) until it holds or `limit` passes.
+pub fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
 }
 
 pub fn kill_lock_holder(lock: &Path) {

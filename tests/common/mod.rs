@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod pg;
 pub mod proxy;
+pub mod tmux;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
