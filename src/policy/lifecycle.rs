@@ -469,9 +469,12 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
             _ => StopCause::AttemptTimeout,
         }
     });
-    if let Some(cause) = shim_cause {
+    // The stop is recorded as if the supervisor had made it: the log says TIMEOUT either way.
+    let shim_stop = shim_cause.map(|cause| {
+        let e = emit(cause.event(), json!({ "graceMs": STOP_GRACE_MS, "cause": cause, "by": "shim" }));
         agent.state = AgentState::Stopping { cause, hard_kill_mono: now.mono };
-    }
+        e
+    });
     if let Some(s) = &f.stream {
         let rec = attempt_stream(agent, idx, s);
         agent.attempts[idx].stream = Some(rec);
@@ -565,13 +568,14 @@ pub fn exited(agent: &mut Agent, attempt: u32, f: ExitFacts, rules: &Rules, now:
             }
         }
     };
-    let mut out = vec![emit(
+    let mut out: Vec<Action> = shim_stop.into_iter().collect();
+    out.push(emit(
         "exited",
         json!({
             "attempt": attempt, "exitCode": f.end.exit_code(), "signal": f.end.signal(),
             "reason": reason, "endedAt": f.ended_at,
         }),
-    )];
+    ));
     let requested = matches!(agent.state, AgentState::Stopping { cause: StopCause::Requested, .. });
     let restart = matches!(agent.state, AgentState::Stopping { cause: StopCause::Restart, .. });
     if let Some(rec) = &agent.attempts[idx].stream {

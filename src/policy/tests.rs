@@ -787,6 +787,11 @@ fn an_attempt_its_shim_stopped_at_the_deadline_is_a_timeout() {
         acts.iter().any(|x| matches!(x, Action::Emit { kind: "classified", data } if data["failureType"] == "timeout")),
         "{acts:?}"
     );
+    // The log records the stop before the exit, as when the supervisor makes it.
+    let kinds: Vec<&str> =
+        acts.iter().filter_map(|x| if let Action::Emit { kind, .. } = x { Some(*kind) } else { None }).collect();
+    assert_eq!(kinds.first(), Some(&"timeout"), "{kinds:?}");
+    assert_eq!(kinds.get(1), Some(&"exited"), "{kinds:?}");
     let AttemptRun::Ended { reason, .. } = &a.attempts[0].run else { panic!() };
     assert!(reason.as_deref().unwrap_or("").contains("attempt timeout"), "{reason:?}");
     // Without the shim's word, the same end is a crash.
