@@ -291,3 +291,54 @@ fn kill_retry_tell_wait_and_events_from_a_machine_with_no_worker() {
     assert_eq!(seen(), (1..=n as i64).collect::<Vec<_>>(), "each event once, in order");
     c.check(5);
 }
+
+/// An orchestrator agent on a worker spawns and waits through its own `corral`: its
+/// sub-agents go into the cluster's queue (any worker may run them, the cluster-wide limit
+/// holds them), not into the worker's local store. The worker was given its password in the
+/// URL alone; its agents reach the database all the same.
+#[test]
+fn an_agent_on_a_worker_spawns_and_waits_cluster_wide() {
+    let config = CONFIG.replace("max_concurrent = 5", "max_concurrent = 2");
+    let mut c = Cluster::new(&config);
+    let with_password = c.url().replacen("corral@", &format!("corral:{}@", common::pg::PASSWORD), 1);
+    c.start_worker_as(0, &["--database", &with_password, "--label", "m=zero"], |cmd| {
+        cmd.env_remove("PGPASSWORD").env_remove("CORRAL_DATABASE_URL");
+    });
+    c.start_worker(1);
+    let orch = c.ws.path().join("orch.sh");
+    std::fs::write(
+        &orch,
+        r#"set -e
+C=$1; out=$2; shift 2
+a=$("$C" spawn --role worker --task sub-a -- "$@")
+b=$("$C" spawn --role worker --task sub-b -- "$@")
+d=$("$C" spawn --role worker --task sub-c -- "$@")
+"$C" wait "$a" "$b" "$d" > "$out.wait" 2>&1
+"$C" status --json > "$out"
+"#,
+    )
+    .unwrap();
+    let out = c.ws.path().join("orch-status.json");
+    let mut argv = vec!["sh".to_string(), orch.display().to_string(), common::bin().display().to_string()];
+    argv.push(out.display().to_string());
+    argv.extend(c.script(300, 0, 0));
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let id =
+        c.ok(&[&["spawn", "--role", "worker", "--task", "orchestrate", "--on", "m=zero", "--"][..], &args].concat());
+    c.wait_all_of(&[&id], "complete", Duration::from_secs(60));
+
+    // All four are the cluster's: in its table, finished, each run by a worker.
+    let s = c.states();
+    assert_eq!(s.len(), 4, "{s:?}");
+    assert!(s.values().all(|v| v == "complete"), "{s:?}\n{}", c.logs());
+    let ran_by =
+        c.pg.sql("corral", "SELECT count(*) FROM agents WHERE workspace = 't' AND body->'worker'->>'id' IS NOT NULL");
+    assert_eq!(ran_by, "4");
+    // What the orchestrator saw is the cluster's status, its sub-agents finished in it.
+    let seen: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let subs: Vec<&Value> = seen.iter().filter(|v| v["task"].as_str().is_some_and(|t| t.starts_with("sub-"))).collect();
+    assert_eq!(subs.len(), 3, "{seen:?}");
+    assert!(subs.iter().all(|v| v["status"] == "complete"), "{subs:?}");
+    // The orchestrator held one of the two places: its sub-agents ran one at a time.
+    assert_eq!(c.check(1), 3);
+}

@@ -45,6 +45,14 @@ pub fn local_only(cmd: &Cmd) -> bool {
     )
 }
 
+/// Whether `dir` is the data dir a cluster worker's supervisor gave this process, an agent
+/// it runs (`CORRAL_WORKER` beside `CORRAL_DATA_DIR`): that agent's commands, other than the
+/// agent side of the protocol, are the cluster's.
+pub fn agent_of_worker(dir: Option<&std::path::Path>) -> bool {
+    std::env::var_os("CORRAL_WORKER").is_some_and(|w| !w.is_empty())
+        && dir.is_some_and(|d| std::env::var_os("CORRAL_DATA_DIR").is_some_and(|e| std::path::Path::new(&e) == d))
+}
+
 /// The command's name as typed.
 fn name(cmd: &Cmd) -> String {
     let d = format!("{cmd:?}");

@@ -313,8 +313,9 @@ pub fn run(cli: Cli) -> Result {
     }
     let ctx = Ctx::resolve(cli.data_dir.clone())?;
     // Cluster mode: with a database and no data dir named, the client commands work by SQL
-    // from any machine, in a directory with or without a workspace.
-    if cli.data_dir.is_none()
+    // from any machine, in a directory with or without a workspace. So do an agent's on a
+    // worker (its data dir is its epoch's, given by its supervisor).
+    if (cli.data_dir.is_none() || cluster::agent_of_worker(cli.data_dir.as_deref()))
         && !cluster::local_only(&cli.command)
         && let Some((db, workspace)) = crate::cluster::target(&ctx.ws, None, None).map_err(usage)?
     {

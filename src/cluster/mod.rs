@@ -126,6 +126,44 @@ impl Database {
         Ok(client)
     }
 
+    /// What an agent of a worker is given to reach the same database: `CORRAL_DATABASE_URL`
+    /// as a libpq key=value string without the password, and the password (however the
+    /// worker found it) as `PGPASSWORD`, which every PostgreSQL client reads.
+    pub fn agent_env(&self) -> Vec<(String, String)> {
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let c = &self.config;
+        let mut parts = Vec::new();
+        let hosts: Vec<String> = c
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        if !hosts.is_empty() {
+            parts.push(format!("host={}", quote(&hosts.join(","))));
+        }
+        let ports: Vec<String> = c.get_ports().iter().map(u16::to_string).collect();
+        if !ports.is_empty() {
+            parts.push(format!("port={}", ports.join(",")));
+        }
+        if let Some(u) = c.get_user() {
+            parts.push(format!("user={}", quote(u)));
+        }
+        if let Some(d) = c.get_dbname() {
+            parts.push(format!("dbname={}", quote(d)));
+        }
+        if let Some(t) = c.get_connect_timeout() {
+            parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
+        }
+        let mut env = vec![("CORRAL_DATABASE_URL".to_string(), parts.join(" "))];
+        if let Some(p) = c.get_password() {
+            env.push(("PGPASSWORD".into(), String::from_utf8_lossy(p).into_owned()));
+        }
+        env
+    }
+
     /// host:port/db for messages, never the password.
     pub fn describe(&self) -> String {
         let host = match self.config.get_hosts().first() {
@@ -252,6 +290,28 @@ mod tests {
         assert_eq!(odd, channel("Team \"A\"; drop"));
         assert_ne!(channel(&"x".repeat(49)), channel(&"x".repeat(50)));
         assert!(channel(&"x".repeat(200)).len() <= 63);
+    }
+
+    #[test]
+    fn an_agent_reaches_the_same_database_with_the_password_apart() {
+        let none = PasswordSources::default();
+        let db =
+            Database::parse("postgres://al%20ice:s3cr%27t@db.example:6543/co'rral?connect_timeout=4", &none).unwrap();
+        let env = db.agent_env();
+        let url = &env[0].1;
+        assert!(!url.contains("s3cr"), "{url}");
+        assert_eq!(env[1], ("PGPASSWORD".to_string(), "s3cr't".to_string()));
+        // The key=value string parses back to the same place.
+        let back = Database::parse(url, &PasswordSources { password: Some(env[1].1.clone()), passfile: None }).unwrap();
+        assert_eq!(back.config.get_user(), Some("al ice"));
+        assert_eq!(back.config.get_dbname(), Some("co'rral"));
+        assert_eq!(back.config.get_ports(), &[6543]);
+        assert_eq!(back.describe(), "db.example:6543/co'rral");
+        assert_eq!(back.config.get_password(), Some(&b"s3cr't"[..]));
+        let sock = Database::parse("host=/var/run/postgresql dbname=x user=u", &none).unwrap();
+        assert_eq!(sock.agent_env().len(), 1, "no password, none passed");
+        let back = Database::parse(&sock.agent_env()[0].1, &none).unwrap();
+        assert_eq!(back.describe(), "/var/run/postgresql:5432/x");
     }
 
     #[test]

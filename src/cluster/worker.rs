@@ -295,9 +295,20 @@ impl Worker {
         let mut me = Identity::load(&self.o.data).unwrap_or_else(|| Identity { id: queue::new_worker_id(), epoch: 1 });
         me.save(&self.o.data)?;
         loop {
+            // The epoch's agents speak to the whole cluster: what they spawn is claimed
+            // cluster-wide, what they wait on may run on another machine.
+            let epoch = me.epoch_dir(&self.o.data);
+            epoch
+                .create_all()
+                .map_err(|e| anyhow::anyhow!("cannot make the epoch dir {}: {e}", epoch.root().display()))?;
+            let mut env = self.o.db.agent_env();
+            env.push(("CORRAL_WORKSPACE".into(), self.o.workspace.clone()));
+            watchdog::write_env(&epoch, &env).map_err(|e| {
+                anyhow::anyhow!("cannot write {}: {e}", epoch.root().join(watchdog::ENV_FILE).display())
+            })?;
             // The epoch's supervisor is started before the lease, so the time it takes to
             // start never eats into the first lease.
-            let _ = Local { data: me.epoch_dir(&self.o.data), root: self.o.root.clone() }.call(&Request::Ping);
+            let _ = Local { data: epoch, root: self.o.root.clone() }.call(&Request::Ping);
             let lease = match self.register(&mut me, &mut stop, &mut int).await? {
                 Some(l) => l,
                 None => return Ok(()),

@@ -415,7 +415,9 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
     // make one line of pages, and it is in that file.
     let shown = resumed(expand(&format!("<the context in {context_path}>")));
     let header = format!("=== corral: {id} attempt {n} at {}: {shown:?} ===", attempt.started_at);
-    let mut env = spec.env.clone();
+    // The cluster's address first: a role's own env may name another database on purpose.
+    let mut env = sup.cluster_env.clone();
+    env.extend(spec.env.iter().cloned());
     let s = |p: &Path| p.display().to_string();
     env.extend([
         ("CORRAL_AGENT_ID".into(), id.to_string()),

@@ -60,6 +60,28 @@ pub fn due(file: &Path) -> (u64, u64) {
     }
 }
 
+/// The file in which a worker gives its epoch's supervisor what the agents need to speak to
+/// the whole cluster (`CORRAL_DATABASE_URL`, `PGPASSWORD`, `CORRAL_WORKSPACE`; each claim
+/// adds `CORRAL_WORKER` and `CORRAL_FENCE`): an agent that spawns, waits or aggregates then
+/// does it cluster-wide, under the cluster's limits, not in this machine's store alone. Kept
+/// in a file of the data dir (private to its owner) rather than in each spawn, so the
+/// password is in no registry.
+pub const ENV_FILE: &str = "worker-env";
+
+/// Writes the agents' cluster environment (private to the data dir's owner, as every file there).
+pub fn write_env(data: &DataDir, env: &[(String, String)]) -> std::io::Result<()> {
+    let text = serde_json::to_vec(env).map_err(std::io::Error::other)?;
+    atomic::write_beneath(data.root(), &data.root().join(ENV_FILE), &text)
+}
+
+/// The agents' cluster environment of this data dir: empty outside a worker, and for a file
+/// that is torn or not a list of names and values.
+pub fn read_env(data: &DataDir) -> Vec<(String, String)> {
+    let Ok(bytes) = fsio::read(data.root(), &data.root().join(ENV_FILE), 64 * 1024) else { return vec![] };
+    let env: Vec<(String, String)> = serde_json::from_slice(&bytes).unwrap_or_default();
+    env.into_iter().filter(|(k, v)| !k.is_empty() && !k.contains(['=', '\0']) && !v.contains('\0')).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +100,19 @@ mod tests {
         assert_eq!(due(&p), (0, 500));
         std::fs::remove_file(&p).unwrap();
         assert_eq!(due(&p), (0, 500));
+    }
+
+    #[test]
+    fn the_agents_cluster_environment_reads_back_and_bad_entries_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path().to_path_buf());
+        assert!(read_env(&data).is_empty());
+        let env = vec![("CORRAL_WORKER".to_string(), "w1".to_string()), ("PGPASSWORD".into(), "p w".into())];
+        write_env(&data, &env).unwrap();
+        assert_eq!(read_env(&data), env);
+        std::fs::write(dir.path().join(ENV_FILE), br#"[["A=B","x"],["","y"],["OK","v"]]"#).unwrap();
+        assert_eq!(read_env(&data), vec![("OK".to_string(), "v".to_string())]);
+        std::fs::write(dir.path().join(ENV_FILE), b"[[").unwrap();
+        assert!(read_env(&data).is_empty());
     }
 }

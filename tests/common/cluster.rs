@@ -121,6 +121,15 @@ impl Cluster {
     }
 
     fn start_worker_full(&mut self, n: usize, url: &str, extra: &[&str]) {
+        let url = url.to_string();
+        self.start_worker_as(n, extra, move |c| {
+            c.env("CORRAL_DATABASE_URL", url);
+        });
+    }
+
+    /// Starts worker `n` (again) with `extra` arguments, its command changed by `adjust`
+    /// (its environment, say) before it starts.
+    pub fn start_worker_as(&mut self, n: usize, extra: &[&str], adjust: impl FnOnce(&mut Command)) {
         let dir = self.worker_dir(n);
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -128,14 +137,9 @@ impl Cluster {
             .append(true)
             .open(self.ws.path().join(format!("w{n}.log")))
             .unwrap();
-        let child = self
-            .cmd(&[&["worker", "--data-dir", dir.to_str().unwrap()][..], extra].concat())
-            .env("CORRAL_DATABASE_URL", url)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut cmd = self.cmd(&[&["worker", "--data-dir", dir.to_str().unwrap()][..], extra].concat());
+        adjust(&mut cmd);
+        let child = cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
         while self.workers.len() <= n {
             self.workers.push(None);
         }
