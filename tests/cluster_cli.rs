@@ -342,3 +342,79 @@ d=$("$C" spawn --role worker --task sub-c -- "$@")
     // The orchestrator held one of the two places: its sub-agents ran one at a time.
     assert_eq!(c.check(1), 3);
 }
+
+/// Claude Code or Codex as the orchestrator on a worker reach corral through `corral mcp`:
+/// run there by an agent, the server's orchestrator tools work on the cluster, so what it
+/// spawns may run on any worker, and waits, reads, aggregates and kills work across them.
+#[test]
+fn an_orchestrator_agent_on_a_worker_drives_the_cluster_through_mcp() {
+    let corral = common::bin().display().to_string();
+    let config = format!(
+        r#"{CONFIG}
+[roles.WORKER]
+command = ["sh", "-c", "sleep 0.3; {corral} handoff --finding \"$1\" --decision 'use port 8080'", "sh", "{{task}}"]
+max_retries = 0
+
+[roles.BROKEN]
+command = ["sh", "-c", "echo cannot continue >&2; exit 2"]
+
+[roles.SLEEPER]
+command = ["sleep", "30"]
+"#
+    );
+    let mut c = Cluster::new(&config);
+    c.start_worker_args(0, &["--label", "m=zero"]);
+    c.start_worker(1);
+    let out = c.ws.path().join("mcp-seen.json");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/cluster_orchestrate.py");
+    let (script, out_s) = (script.display().to_string(), out.display().to_string());
+    let id = c.ok(&[
+        "spawn",
+        "--role",
+        "ORCH",
+        "--task",
+        "orchestrate",
+        "--on",
+        "m=zero",
+        "--",
+        "python3",
+        &script,
+        &corral,
+        &out_s,
+    ]);
+    c.wait_all_of(&[&id], "complete", Duration::from_secs(90));
+    let seen: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+
+    let good = seen["spawned"][0]["agentId"].as_str().unwrap().to_string();
+    let bad = seen["spawned"][1]["agentId"].as_str().unwrap().to_string();
+    assert_eq!(seen["spawned"][0]["status"], "queued", "{seen}");
+    // Both in the cluster's table, run by workers, not in the orchestrator's epoch.
+    let s = c.states();
+    assert_eq!(s.get(&good).map(String::as_str), Some("complete"), "{s:?}\n{}", c.logs());
+    assert_eq!(s.get(&bad).map(String::as_str), Some("escalated"), "{s:?}");
+    let wait = &seen["wait"];
+    assert_eq!(wait["finished"].as_array().unwrap().len(), 2, "{wait}");
+    assert_eq!(wait["allComplete"], false);
+    assert_eq!(wait["timedOut"], false);
+    let last = seen["progress"].as_array().unwrap().last().cloned().unwrap_or_default();
+    assert_eq!((last["progress"].as_f64(), last["total"].as_f64()), (Some(2.0), Some(2.0)), "{}", seen["progress"]);
+    assert_eq!(seen["status"]["agentId"], good.as_str());
+    assert_eq!(seen["status"]["status"], "complete");
+    assert!(!seen["status"]["attempts"].as_array().unwrap().is_empty(), "{}", seen["status"]);
+    assert!(seen["status"]["handoffs"][0].as_str().is_some_and(|h| h.contains(&good)), "{}", seen["status"]);
+    let listed: Vec<&str> =
+        seen["list"]["agents"].as_array().unwrap().iter().filter_map(|v| v["agentId"].as_str()).collect();
+    assert!(listed.contains(&id.as_str()) && listed.contains(&good.as_str()) && listed.contains(&bad.as_str()));
+    let agg = seen["aggregate"].to_string();
+    assert!(agg.contains("use port 8080") && agg.contains("find the port"), "{agg}");
+    assert!(agg.contains(&bad), "the failed agent is reported: {agg}");
+    assert!(seen["health"]["openEscalations"].as_u64() >= Some(1), "{}", seen["health"]);
+    assert!(seen["escalations"]["escalations"].as_array().unwrap().iter().any(|e| e["agentId"] == bad.as_str()));
+    assert!(seen["memory"].as_str().unwrap().contains("epoch dir"), "{}", seen["memory"]);
+    // The sleeper: still pending after the short wait, told, then killed wherever it ran.
+    assert_eq!(seen["wait_timeout"]["timedOut"], true, "{}", seen["wait_timeout"]);
+    let sleeper = seen["kill"]["agentId"].as_str().unwrap();
+    assert_eq!(seen["tell"]["agentId"], sleeper);
+    assert_eq!(seen["kill"]["status"], "killed", "{}", seen["kill"]);
+    assert_eq!(c.states().get(sleeper).map(String::as_str), Some("killed"));
+}

@@ -4,7 +4,8 @@
 //! retry and tell of an agent a worker runs go to that worker as a command, and the answer
 //! is awaited; of an agent nobody runs, they are done in the database directly
 //! (`cluster::direct`). `health`, `escalations`, `monitor` and `logs` are in
-//! `cluster_reads`. The other commands need the files of a worker's machine and say so.
+//! `cluster_reads`; `mcp` serves the same operations as tools (`mcp::cluster`). The other
+//! commands need the files of a worker's machine and say so.
 
 use super::{Cmd, Ctx, Fail, Result, usage};
 use crate::cluster::queue::ClusterError;
@@ -61,6 +62,10 @@ fn name(cmd: &Cmd) -> String {
 
 /// Runs `cmd` against the database.
 pub fn run(ctx: &Ctx, t: Target, cmd: Cmd) -> Result {
+    // The MCP server runs a runtime of its own.
+    if let Cmd::Mcp(a) = cmd {
+        return super::mcp::serve(ctx, a, Some(t));
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cmd {
         Cmd::Spawn(a) => rt.block_on(spawn(ctx, &t, a)),
@@ -84,7 +89,7 @@ pub fn run(ctx: &Ctx, t: Target, cmd: Cmd) -> Result {
     }
 }
 
-pub(super) fn db_fail(e: ClusterError) -> Fail {
+pub(crate) fn db_fail(e: ClusterError) -> Fail {
     match e {
         ClusterError::Bad(m) => usage(m),
         other => Fail { code: 1, msg: other.to_string() },
@@ -92,7 +97,7 @@ pub(super) fn db_fail(e: ClusterError) -> Fail {
 }
 
 /// One connection, the schema migrated.
-pub(super) async fn connect(t: &Target) -> Result<tokio_postgres::Client> {
+pub(crate) async fn connect(t: &Target) -> Result<tokio_postgres::Client> {
     let limit = Duration::from_secs(10);
     let mut c = match tokio::time::timeout(limit, t.db.connect()).await {
         Ok(Ok(c)) => c,
@@ -131,7 +136,17 @@ fn event_json(e: &EventRow) -> Value {
 // ---- spawn ---------------------------------------------------------------------------
 
 async fn spawn(ctx: &Ctx, t: &Target, a: super::spawn::Args) -> Result {
-    let mut req = super::spawn::request(ctx, a)?;
+    let got = enqueue(ctx, t, super::spawn::request(ctx, a)?).await?;
+    say!("{}", got.id)?;
+    if !got.created {
+        note!("{}: spawned before with this idempotency key; nothing new was queued", got.id)?;
+    }
+    Ok(0)
+}
+
+/// Queues the agent `req` asks for in the cluster (the spawn of the CLI and of the MCP
+/// server alike).
+pub(crate) async fn enqueue(ctx: &Ctx, t: &Target, mut req: crate::ipc::SpawnRequest) -> Result<queue::Spawned> {
     // The worker starts the agent with its own environment.
     req.caller_env.clear();
     req.cwd = relative_cwd(&ctx.ws.root, &req.cwd);
@@ -155,12 +170,7 @@ async fn spawn(ctx: &Ctx, t: &Target, a: super::spawn::Args) -> Result {
         delay: Duration::from_millis(req.delay_ms.unwrap_or(0)),
     };
     let mut c = connect(t).await?;
-    let got = queue::spawn(&mut c, &t.workspace, &s).await.map_err(db_fail)?;
-    say!("{}", got.id)?;
-    if !got.created {
-        note!("{}: spawned before with this idempotency key; nothing new was queued", got.id)?;
-    }
-    Ok(0)
+    queue::spawn(&mut c, &t.workspace, &s).await.map_err(db_fail)
 }
 
 /// The provider whose rate limits hold the agent: its adapter's (`--adapter`, else the
@@ -265,25 +275,8 @@ pub(super) async fn resolve_all(
 
 async fn status(ctx: &Ctx, t: &Target, a: super::status::Args) -> Result {
     let keep = super::status::Keep::new(&a)?;
-    let c = connect(t).await?;
-    let ids = resolve_all(&c, t, &a.ids).await?;
-    let filter = AgentFilter { role: a.role.clone(), ids, ..AgentFilter::default() };
-    let rows = read::agents(&c, &t.workspace, &filter).await.map_err(db_fail)?;
-    let numbers = super::cluster_reads::open_numbers(&c, &t.workspace).await.map_err(db_fail)?;
-    let reasons = if rows.iter().any(|r| r.state == "queued") {
-        read::queued_reasons(&c, &t.workspace, Some(&ctx.ws.config.health())).await.map_err(db_fail)?
-    } else {
-        Reasons::new()
-    };
-    let views: Vec<AgentView> = rows
-        .iter()
-        .map(|r| {
-            let mut v = view_of(ctx, r, &reasons);
-            super::cluster_reads::renumber(&mut v, numbers.get(&r.id).copied());
-            v
-        })
-        .filter(|v| keep.keeps(v))
-        .collect();
+    let views: Vec<AgentView> =
+        views(ctx, t, &a.ids, a.role.clone()).await?.into_iter().filter(|v| keep.keeps(v)).collect();
     if a.json {
         crate::display::raw_out(format!("{}\n", serde_json::to_string(&views)?).as_bytes())?;
         return Ok(0);
@@ -296,9 +289,44 @@ async fn status(ctx: &Ctx, t: &Target, a: super::status::Args) -> Result {
     Ok(0)
 }
 
-async fn show(ctx: &Ctx, t: &Target, a: super::show::Args) -> Result {
+/// The agents (`given` ids or prefixes, else all; of `role`, if given) as `status --json`
+/// shows them, in spawn order.
+pub(crate) async fn views(ctx: &Ctx, t: &Target, given: &[String], role: Option<String>) -> Result<Vec<AgentView>> {
     let c = connect(t).await?;
-    let id = direct::resolve(&c, &t.workspace, &a.id).await.map_err(db_fail)?;
+    let ids = resolve_all(&c, t, given).await?;
+    let filter = AgentFilter { role, ids, ..AgentFilter::default() };
+    let rows = read::agents(&c, &t.workspace, &filter).await.map_err(db_fail)?;
+    let numbers = super::cluster_reads::open_numbers(&c, &t.workspace).await.map_err(db_fail)?;
+    let reasons = if rows.iter().any(|r| r.state == "queued") {
+        read::queued_reasons(&c, &t.workspace, Some(&ctx.ws.config.health())).await.map_err(db_fail)?
+    } else {
+        Reasons::new()
+    };
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let mut v = view_of(ctx, r, &reasons);
+            super::cluster_reads::renumber(&mut v, numbers.get(&r.id).copied());
+            v
+        })
+        .collect())
+}
+
+async fn show(ctx: &Ctx, t: &Target, a: super::show::Args) -> Result {
+    let (view, out) = shown(ctx, t, &a.id).await?;
+    if a.json {
+        super::output::print_json(&out)?;
+        return Ok(0);
+    }
+    render(&view, &out, &mut std::io::stdout().lock())?;
+    Ok(0)
+}
+
+/// One agent (`given`: an id or a prefix) as `show --json` prints it: its view, what it was
+/// asked, its attempts on every worker, its events and its newest handoff.
+pub(crate) async fn shown(ctx: &Ctx, t: &Target, given: &str) -> Result<(AgentView, Value)> {
+    let c = connect(t).await?;
+    let id = direct::resolve(&c, &t.workspace, given).await.map_err(db_fail)?;
     let filter = AgentFilter { ids: Some(vec![id.clone()]), ..AgentFilter::default() };
     let rows = read::agents(&c, &t.workspace, &filter).await.map_err(db_fail)?;
     let row = rows.first().ok_or_else(|| usage(format!("no agent {id} in workspace {}", t.workspace)))?;
@@ -352,12 +380,7 @@ async fn show(ctx: &Ctx, t: &Target, a: super::show::Args) -> Result {
         Value::Null,
         |r| json!({ "attempt": r.get::<_, i32>(0), "file": r.get::<_, String>(1), "body": r.get::<_, Value>(2) }),
     );
-    if a.json {
-        super::output::print_json(&out)?;
-        return Ok(0);
-    }
-    render(&view, &out, &mut std::io::stdout().lock())?;
-    Ok(0)
+    Ok((view, out))
 }
 
 /// What `corral show` prints about one agent from the database.
@@ -504,8 +527,20 @@ fn answered(id: &str, kind: &str, r: Value) -> Result<Value> {
 
 async fn kill(t: &Target, a: super::kill::Args) -> Result {
     let grace = crate::config::parse_duration(&a.grace).map_err(|e| usage(format!("--grace: {e}")))?;
+    let (id, status) = kill_agent(t, &a.id, grace).await?;
+    if a.json {
+        super::output::print_json(&json!({ "agentId": id, "status": status }))?;
+    } else {
+        note!("{id}: {status}")?;
+    }
+    Ok(0)
+}
+
+/// Kills the agent `given` wherever it runs and waits until the database says it is dead:
+/// its id and its state then.
+pub(crate) async fn kill_agent(t: &Target, given: &str, grace: Duration) -> Result<(String, String)> {
     let mut c = connect(t).await?;
-    let id = direct::resolve(&c, &t.workspace, &a.id).await.map_err(db_fail)?;
+    let id = direct::resolve(&c, &t.workspace, given).await.map_err(db_fail)?;
     let limit = ANSWER_WAIT.max(grace + Duration::from_secs(5));
     let start = Instant::now();
     let status = loop {
@@ -535,35 +570,12 @@ async fn kill(t: &Target, a: super::kill::Args) -> Result {
             }
         }
     };
-    if a.json {
-        super::output::print_json(&json!({ "agentId": id, "status": status }))?;
-    } else {
-        note!("{id}: {status}")?;
-    }
-    Ok(0)
+    Ok((id, status))
 }
 
 async fn retry(t: &Target, a: super::retry::Args) -> Result {
-    let mut c = connect(t).await?;
-    let id = direct::resolve(&c, &t.workspace, &a.id).await.map_err(db_fail)?;
-    let data = loop {
-        match direct::retry_unowned(&mut c, &t.workspace, &id, a.context.as_deref()).await.map_err(db_fail)? {
-            direct::Direct::Done { state } => {
-                break json!({ "agentId": id, "status": state, "reason": "waiting for a worker to claim it" });
-            }
-            direct::Direct::Refused { why } => return Err(Fail { code: 1, msg: format!("{id}: not retried: {why}") }),
-            direct::Direct::Owned { .. } => {
-                let args = match &a.context {
-                    Some(ctx) => json!({ "context": ctx }),
-                    None => json!({}),
-                };
-                match send(&mut c, t, &id, "retry", args, ANSWER_WAIT, true).await? {
-                    Answer::Withdrawn | Answer::Left => continue,
-                    Answer::Done(r) => break answered(&id, "retry", r)?,
-                }
-            }
-        }
-    };
+    let data = retry_agent(t, &a.id, a.context.as_deref()).await?;
+    let id = data["agentId"].as_str().unwrap_or_default();
     if a.json {
         super::output::print_json(&data)?;
     } else {
@@ -576,14 +588,62 @@ async fn retry(t: &Target, a: super::retry::Args) -> Result {
     Ok(0)
 }
 
+/// Starts a new attempt of the agent `given` (with `context` added to its delegation),
+/// wherever it is: `{agentId, status, reason}`.
+pub(crate) async fn retry_agent(t: &Target, given: &str, context: Option<&str>) -> Result<Value> {
+    let mut c = connect(t).await?;
+    let id = direct::resolve(&c, &t.workspace, given).await.map_err(db_fail)?;
+    let data = loop {
+        match direct::retry_unowned(&mut c, &t.workspace, &id, context).await.map_err(db_fail)? {
+            direct::Direct::Done { state } => {
+                break json!({ "agentId": id, "status": state, "reason": "waiting for a worker to claim it" });
+            }
+            direct::Direct::Refused { why } => return Err(Fail { code: 1, msg: format!("{id}: not retried: {why}") }),
+            direct::Direct::Owned { .. } => {
+                let args = match context {
+                    Some(ctx) => json!({ "context": ctx }),
+                    None => json!({}),
+                };
+                match send(&mut c, t, &id, "retry", args, ANSWER_WAIT, true).await? {
+                    Answer::Withdrawn | Answer::Left => continue,
+                    Answer::Done(r) => break answered(&id, "retry", r)?,
+                }
+            }
+        }
+    };
+    let mut data = data;
+    data["agentId"] = json!(id);
+    Ok(data)
+}
+
 async fn tell(t: &Target, a: super::retry::TellArgs) -> Result {
-    if a.text.trim().is_empty() {
+    let told = tell_agent(t, &a.id, &a.text).await?;
+    for line in &told.said {
+        note!("{}: {line}", told.id)?;
+    }
+    Ok(0)
+}
+
+/// What became of a message for an agent.
+pub(crate) struct Told {
+    pub id: String,
+    /// The inbox on the agent's worker it was appended to; `None` while it waits for one.
+    pub inbox: Option<String>,
+    /// What to tell the sender, line by line.
+    pub said: Vec<String>,
+}
+
+/// Appends `text` to the inbox of the agent `given` on its worker, or leaves it for the
+/// worker that runs it next.
+pub(crate) async fn tell_agent(t: &Target, given: &str, text: &str) -> Result<Told> {
+    if text.trim().is_empty() {
         return Err(usage("the message is empty"));
     }
     let mut c = connect(t).await?;
-    let id = direct::resolve(&c, &t.workspace, &a.id).await.map_err(db_fail)?;
+    let id = direct::resolve(&c, &t.workspace, given).await.map_err(db_fail)?;
     let (owner, state) = owner_state(&c, t, &id).await?;
-    let args = json!({ "text": a.text });
+    let args = json!({ "text": text });
+    let waits = |said: String| Told { id: id.clone(), inbox: None, said: vec![said] };
     if owner.is_none() {
         commands::submit(&mut c, &t.workspace, &id, "tell", args).await.map_err(db_fail)?;
         let when = if direct::terminal(&state) || state == "blocked" || state == "escalated" {
@@ -591,22 +651,20 @@ async fn tell(t: &Target, a: super::retry::TellArgs) -> Result {
         } else {
             format!("when a worker starts it (it is {state})")
         };
-        note!("{id}: no worker runs it now; the message waits and is delivered {when}")?;
-        return Ok(0);
+        return Ok(waits(format!("no worker runs it now; the message waits and is delivered {when}")));
     }
     match send(&mut c, t, &id, "tell", args, ANSWER_WAIT, false).await? {
-        Answer::Withdrawn | Answer::Left => {
-            note!("{id}: the message waits for the worker that runs it next")?;
-        }
+        Answer::Withdrawn | Answer::Left => Ok(waits("the message waits for the worker that runs it next".into())),
         Answer::Done(r) => {
             let data = answered(&id, "tell", r)?;
-            note!("{id}: appended to {} on its worker", data["inbox"].as_str().unwrap_or_default())?;
+            let inbox = data["inbox"].as_str().unwrap_or_default().to_string();
+            let mut said = vec![format!("appended to {inbox} on its worker")];
             if data["resumed"] == true {
-                note!("{id}: resumed with the message (it was blocked with nobody left to unblock it)")?;
+                said.push("resumed with the message (it was blocked with nobody left to unblock it)".into());
             }
+            Ok(Told { id, inbox: Some(inbox), said })
         }
     }
-    Ok(0)
 }
 
 // ---- wait, events --------------------------------------------------------------------
@@ -660,51 +718,111 @@ async fn wait(ctx: &Ctx, t: &Target, a: super::wait::Args) -> Result {
         Some(d) => Some(crate::config::parse_duration(d).map_err(|e| usage(format!("--timeout: {e}")))?),
         None => None,
     };
+    struct Print {
+        json: bool,
+        start: Instant,
+    }
+    impl crate::ops::wait::Watch for Print {
+        fn finished(&mut self, v: &AgentView, _: usize, _: usize) -> std::result::Result<(), crate::ops::Failure> {
+            super::wait::print_one(v, self.json, false, self.start).map_err(|f| crate::ops::Failure::new(f.code, f.msg))
+        }
+        fn note(&self, msg: &str) {
+            let _ = note!("{msg}");
+        }
+    }
+    let given = if a.all { Vec::new() } else { a.ids };
+    let mut face = Print { json: a.json, start: Instant::now() };
+    let w = wait_agents(ctx, t, &given, a.role, limit, &mut face).await?;
+    if w.timed_out {
+        note!("timed out: {} of {} finished", w.finished.len(), w.finished.len() + w.pending.len())?;
+        return Ok(124);
+    }
+    Ok(if w.all_complete { 0 } else { 1 })
+}
+
+/// Waits until the agents (`given`, else all; of `role`) are finished, or `limit` passed, or
+/// `watch` cancels: on the workspace's notifications with a slow poll behind them, across
+/// database outages. Each finish goes to `watch` as it is seen.
+pub(crate) async fn wait_agents(
+    ctx: &Ctx,
+    t: &Target,
+    given: &[String],
+    role: Option<String>,
+    limit: Option<Duration>,
+    watch: &mut dyn crate::ops::wait::Watch,
+) -> Result<crate::ops::wait::Waited> {
     let start = Instant::now();
     let c = connect(t).await?;
-    let ids = if a.all { None } else { resolve_all(&c, t, &a.ids).await? };
-    let filter = AgentFilter { role: a.role.clone(), ids, ..AgentFilter::default() };
+    let ids = resolve_all(&c, t, given).await?;
+    let filter = AgentFilter { role, ids, ..AgentFilter::default() };
     let mut listener = listen::Listener::start(&t.db, &t.workspace, listen::ListenOptions::default());
     let mut conn = Conn::new(t, c, "wait");
-    let mut printed = std::collections::BTreeSet::new();
-    let mut all_complete = true;
+    let mut finished: Vec<AgentView> = Vec::new();
+    let mut pending: Vec<AgentView> = Vec::new();
+    let mut seen = false;
+    // Read again on a notification, else once a second; asked to stop more often than that.
+    let mut due = true;
+    let mut read_at = Instant::now();
+    let waited = |finished: Vec<AgentView>, pending: Vec<AgentView>, timed_out: bool| crate::ops::wait::Waited {
+        all_complete: !timed_out && pending.is_empty() && finished.iter().all(|v| v.status == "complete"),
+        finished,
+        pending,
+        timed_out,
+        elapsed: start.elapsed(),
+    };
     loop {
-        if let Some(c) = conn.get().await {
+        due |= read_at.elapsed() >= Duration::from_secs(1);
+        if due && let Some(c) = conn.get().await {
+            due = false;
+            read_at = Instant::now();
             match read::agents(c, &t.workspace, &filter).await {
                 Ok(rows) => {
-                    let mut pending = 0;
+                    if rows.is_empty() && !seen {
+                        return Err(usage("no agents to wait for"));
+                    }
+                    seen = true;
+                    let total = rows.len();
+                    pending.clear();
                     for r in &rows {
-                        if printed.contains(&r.id) {
-                            continue;
-                        }
-                        if !direct::finished(&r.state, r.owner.as_deref(), &r.body) {
-                            pending += 1;
+                        if finished.iter().any(|v| v.agent_id == r.id) {
                             continue;
                         }
                         let v = view_of(ctx, r, &Reasons::new());
-                        all_complete &= v.status == "complete";
-                        super::wait::print_one(&v, a.json, false, start)?;
-                        printed.insert(r.id.clone());
+                        if !direct::finished(&r.state, r.owner.as_deref(), &r.body) {
+                            pending.push(v);
+                            continue;
+                        }
+                        finished.push(v);
+                        let done = finished.len();
+                        watch
+                            .finished(&finished[done - 1], done, total)
+                            .map_err(|f| Fail { code: f.code, msg: f.msg })?;
                     }
-                    if pending == 0 {
-                        return Ok(if all_complete { 0 } else { 1 });
+                    if pending.is_empty() {
+                        return Ok(waited(finished, pending, false));
                     }
+                    watch.waiting(finished.len(), total);
                     if limit.is_some_and(|l| start.elapsed() >= l) {
-                        note!("timed out: {} of {} finished", printed.len(), printed.len() + pending)?;
-                        return Ok(124);
+                        return Ok(waited(finished, pending, true));
                     }
                 }
                 Err(e) => conn.lost(&e.to_string()),
             }
         }
+        if watch.cancelled() {
+            return Ok(waited(finished, pending, false));
+        }
         let left = limit.map_or(Duration::from_secs(1), |l| l.saturating_sub(start.elapsed()));
         tokio::select! {
-            _ = listener.changed() => {}
-            _ = tokio::time::sleep(left.min(Duration::from_secs(1))) => {}
+            _ = listener.changed() => due = true,
+            _ = tokio::time::sleep(left.min(crate::ops::wait::PULSE)) => {}
+        }
+        if limit.is_some_and(|l| start.elapsed() >= l) {
+            due = true;
         }
         if limit.is_some_and(|l| start.elapsed() >= l) && conn.client.is_none() {
-            note!("timed out: {} finished; the database did not answer", printed.len())?;
-            return Ok(124);
+            watch.note("the database did not answer");
+            return Ok(waited(finished, pending, true));
         }
     }
 }
@@ -768,16 +886,47 @@ async fn events(t: &Target, a: super::events::Args) -> Result {
 /// them. Unresolved conflicts are reported (exit 1), not escalated: escalations live with
 /// the workers.
 async fn aggregate(ctx: &Ctx, t: &Target, a: super::aggregate::Args) -> Result {
-    use crate::aggregate::{self, AgentOutcome, HandoffInput, Input};
+    use crate::aggregate;
     let json_out = a.json || a.format == "json";
     if !json_out && a.format != "md" {
         return Err(usage(format!("--format {:?}: use md or json", a.format)));
     }
+    let report = report(ctx, t, &a.ids, a.role.clone()).await?;
+    let text =
+        if json_out { serde_json::to_string_pretty(&report)? + "\n" } else { aggregate::render_markdown(&report) };
+    match &a.out {
+        Some(path) => {
+            crate::protocol::atomic::write_atomic(path, text.as_bytes())?;
+            crate::protocol::perms::user_file(path)?;
+            note!("wrote {}", path.display())?;
+        }
+        None => crate::display::raw_out(text.as_bytes())?,
+    }
+    let n = &report.counts;
+    note!(
+        "{} of {} agents aggregated; {} conflicts ({} unresolved); {} to do",
+        n.aggregated,
+        n.agents,
+        n.conflicts,
+        n.unresolved,
+        n.todo
+    )?;
+    Ok(if report.complete { 0 } else { 1 })
+}
+
+/// The aggregation report of the agents (`given`, else all; of `role`) from the handoffs
+/// the workers recorded.
+pub(crate) async fn report(
+    ctx: &Ctx,
+    t: &Target,
+    given: &[String],
+    role: Option<String>,
+) -> Result<crate::aggregate::Report> {
+    use crate::aggregate::{self, AgentOutcome, HandoffInput, Input};
     let c = connect(t).await?;
-    let ids = resolve_all(&c, t, &a.ids).await?;
-    let rows = read::agents(&c, &t.workspace, &AgentFilter { role: a.role.clone(), ids, ..AgentFilter::default() })
-        .await
-        .map_err(db_fail)?;
+    let ids = resolve_all(&c, t, given).await?;
+    let rows =
+        read::agents(&c, &t.workspace, &AgentFilter { role, ids, ..AgentFilter::default() }).await.map_err(db_fail)?;
     let wanted: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let found = c
         .query(
@@ -826,27 +975,7 @@ async fn aggregate(ctx: &Ctx, t: &Target, a: super::aggregate::Args) -> Result {
         merges: vec![],
         trees: Default::default(),
     };
-    let report = aggregate::aggregate(&input);
-    let text =
-        if json_out { serde_json::to_string_pretty(&report)? + "\n" } else { aggregate::render_markdown(&report) };
-    match &a.out {
-        Some(path) => {
-            crate::protocol::atomic::write_atomic(path, text.as_bytes())?;
-            crate::protocol::perms::user_file(path)?;
-            note!("wrote {}", path.display())?;
-        }
-        None => crate::display::raw_out(text.as_bytes())?,
-    }
-    let n = &report.counts;
-    note!(
-        "{} of {} agents aggregated; {} conflicts ({} unresolved); {} to do",
-        n.aggregated,
-        n.agents,
-        n.conflicts,
-        n.unresolved,
-        n.todo
-    )?;
-    Ok(if report.complete { 0 } else { 1 })
+    Ok(aggregate::aggregate(&input))
 }
 
 #[cfg(test)]

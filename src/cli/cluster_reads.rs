@@ -414,7 +414,7 @@ pub async fn escalations_cmd(t: &Target, a: super::escalations::Args) -> Result 
 
 /// Closes escalation `n` in the database with the human's note; with `retry` the agent goes
 /// back to the queue (which resolves its open escalations), as `corral retry` does.
-async fn resolve(
+pub(crate) async fn resolve(
     c: &mut tokio_postgres::Client,
     t: &Target,
     n: u64,

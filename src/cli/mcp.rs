@@ -6,13 +6,18 @@ use super::{Ctx, Fail, Result};
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-pub fn run(ctx: &Ctx, _a: Args) -> Result {
+pub fn run(ctx: &Ctx, a: Args) -> Result {
+    serve(ctx, a, None)
+}
+
+/// Serves MCP; with `cluster`, the orchestrator's tools work on the cluster's database.
+pub fn serve(ctx: &Ctx, _a: Args, cluster: Option<super::cluster::Target>) -> Result {
     let ctx = Ctx { ws: ctx.ws.clone(), data: ctx.data.clone() };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Fail { code: 1, msg: format!("cannot start the MCP server: {e}") })?;
-    let served = rt.block_on(crate::mcp::serve(ctx));
+    let served = rt.block_on(crate::mcp::serve(ctx, cluster));
     // A wait still following the event stream when the client left must not keep the
     // process alive.
     rt.shutdown_background();

@@ -6,6 +6,7 @@
 
 mod agent;
 mod args;
+mod cluster;
 pub mod framing;
 mod orchestrator;
 pub mod shell;
@@ -25,6 +26,9 @@ use std::sync::Arc;
 
 pub struct Server {
     ctx: Arc<Ctx>,
+    /// In cluster mode, the database the orchestrator's tools work on (the agent side still
+    /// writes its own files).
+    cluster: Option<Arc<crate::cli::cluster::Target>>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -101,14 +105,14 @@ fn portable(schema: &rmcp::model::JsonObject) -> rmcp::model::JsonObject {
 
 #[tool_router]
 impl Server {
-    pub fn new(ctx: Ctx) -> Self {
+    pub fn new(ctx: Ctx, cluster: Option<crate::cli::cluster::Target>) -> Self {
         let mut tool_router = Self::tool_router();
         for route in tool_router.map.values_mut() {
             let t = &mut route.attr;
             t.input_schema = Arc::new(portable(&t.input_schema));
             t.output_schema = t.output_schema.as_ref().map(|s| Arc::new(portable(s)));
         }
-        Self { ctx: Arc::new(ctx), tool_router }
+        Self { ctx: Arc::new(ctx), cluster: cluster.map(Arc::new), tool_router }
     }
 
     /// Record an agent and start it (or queue it, saying why); returns its id at once.
@@ -116,8 +120,12 @@ impl Server {
     #[tool(annotations(destructive_hint = false, open_world_hint = true))]
     async fn spawn_agent(&self, p: Parameters<SpawnArgs>) -> Result<Json<SpawnReply>, String> {
         let a = p.0?;
-        let ctx = self.ctx.clone();
-        blocking(move || orchestrator::spawn(&ctx, a)).await
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
+        blocking(move || match cl.as_deref() {
+            Some(t) => cluster::spawn(&ctx, t, a),
+            None => orchestrator::spawn(&ctx, a),
+        })
+        .await
     }
 
     /// Every agent (or those of one role): status, progress, phase/milestone, attempt,
@@ -125,8 +133,12 @@ impl Server {
     #[tool(annotations(read_only_hint = true))]
     async fn list_agents(&self, p: Parameters<ListArgs>) -> Result<Json<orchestrator::AgentList>, String> {
         let a = p.0?;
-        let ctx = self.ctx.clone();
-        blocking(move || orchestrator::list(&ctx, a)).await
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
+        blocking(move || match cl.as_deref() {
+            Some(t) => cluster::list(&ctx, t, a),
+            None => orchestrator::list(&ctx, a),
+        })
+        .await
     }
 
     /// Everything about one agent: record, attempts with outcomes and reasons, last
@@ -134,8 +146,12 @@ impl Server {
     #[tool(annotations(read_only_hint = true), output_schema = object_schema::<ShowView>())]
     async fn agent_status(&self, p: Parameters<IdArgs>) -> Result<Json<ShowView>, String> {
         let a = p.0?;
-        let ctx = self.ctx.clone();
-        blocking(move || orchestrator::show(&ctx, a)).await
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
+        blocking(move || match cl.as_deref() {
+            Some(t) => cluster::show(&ctx, t, a),
+            None => orchestrator::show(&ctx, a),
+        })
+        .await
     }
 
     /// Wait until agents finish (complete, failed for good, killed, timed out or
@@ -150,7 +166,7 @@ impl Server {
     ) -> Result<Json<wait::WaitReply>, String> {
         let a = p.0?;
         let limit = wait::limit(&a)?;
-        let ctx = self.ctx.clone();
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
         let ct = rc.ct.clone();
         let token = rc.meta.get_progress_token();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ProgressNotificationParam>();
@@ -176,7 +192,10 @@ impl Server {
                     .with_message(msg);
                 let _ = tx.send(n);
             };
-            wait::wait(&ctx, a, limit, || ct.is_cancelled(), progress)
+            match cl.as_deref() {
+                Some(t) => cluster::wait(&ctx, t, a, limit, || ct.is_cancelled(), progress),
+                None => wait::wait(&ctx, a, limit, || ct.is_cancelled(), progress),
+            }
         })
         .await;
         let _ = notifier.await;
@@ -188,8 +207,12 @@ impl Server {
     #[tool(annotations(destructive_hint = true))]
     async fn kill_agent(&self, p: Parameters<KillArgs>) -> Result<Json<orchestrator::KillReply>, String> {
         let a = p.0?;
-        let ctx = self.ctx.clone();
-        blocking(move || orchestrator::kill(&ctx, a)).await
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
+        blocking(move || match cl.as_deref() {
+            Some(t) => cluster::kill(t, a),
+            None => orchestrator::kill(&ctx, a),
+        })
+        .await
     }
 
     /// A new attempt now, optionally with added context; answers the agent's open
@@ -197,16 +220,24 @@ impl Server {
     #[tool(annotations(destructive_hint = false))]
     async fn retry_agent(&self, p: Parameters<RetryArgs>) -> Result<Json<orchestrator::RetryReply>, String> {
         let a = p.0?;
-        let ctx = self.ctx.clone();
-        blocking(move || orchestrator::retry(&ctx, a)).await
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
+        blocking(move || match cl.as_deref() {
+            Some(t) => cluster::retry(t, a),
+            None => orchestrator::retry(&ctx, a),
+        })
+        .await
     }
 
     /// Append a message to the agent's inbox (its CORRAL_INBOX_FILE).
     #[tool(annotations(destructive_hint = false))]
     async fn tell_agent(&self, p: Parameters<TellArgs>) -> Result<Json<orchestrator::TellReply>, String> {
         let a = p.0?;
-        let ctx = self.ctx.clone();
-        blocking(move || orchestrator::tell(&ctx, a)).await
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
+        blocking(move || match cl.as_deref() {
+            Some(t) => cluster::tell(t, a),
+            None => orchestrator::tell(&ctx, a),
+        })
+        .await
     }
 
     /// Open escalations: failures that need a human (with `all`, resolved ones too).
@@ -216,16 +247,24 @@ impl Server {
         p: Parameters<EscalationsArgs>,
     ) -> Result<Json<orchestrator::EscalationList>, String> {
         let a = p.0?;
-        let ctx = self.ctx.clone();
-        blocking(move || orchestrator::escalations(&ctx, a)).await
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
+        blocking(move || match cl.as_deref() {
+            Some(t) => cluster::escalations(t, a),
+            None => orchestrator::escalations(&ctx, a),
+        })
+        .await
     }
 
     /// Close escalation `n`, recording the answer in `note`.
     #[tool(annotations(destructive_hint = false, idempotent_hint = false))]
     async fn resolve_escalation(&self, p: Parameters<ResolveArgs>) -> Result<Json<Escalation>, String> {
         let a = p.0?;
-        let ctx = self.ctx.clone();
-        blocking(move || orchestrator::resolve(&ctx, a)).await
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
+        blocking(move || match cl.as_deref() {
+            Some(t) => cluster::resolve(t, a),
+            None => orchestrator::resolve(&ctx, a),
+        })
+        .await
     }
 
     /// Collect the finished agents' handoffs into one report: merged findings and
@@ -234,8 +273,12 @@ impl Server {
     #[tool]
     async fn aggregate(&self, p: Parameters<AggregateArgs>) -> Result<Json<Report>, String> {
         let a = p.0?;
-        let ctx = self.ctx.clone();
-        blocking(move || orchestrator::aggregate(&ctx, a)).await
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
+        blocking(move || match cl.as_deref() {
+            Some(t) => cluster::aggregate(&ctx, t, a),
+            None => orchestrator::aggregate(&ctx, a),
+        })
+        .await
     }
 
     /// Capacity in use, queue, circuit breaker, resources, open escalations, and why new
@@ -243,8 +286,12 @@ impl Server {
     #[tool(annotations(read_only_hint = true))]
     async fn health(&self, p: Parameters<NoArgs>) -> Result<Json<HealthView>, String> {
         p.0?;
-        let ctx = self.ctx.clone();
-        blocking(move || orchestrator::health(&ctx)).await
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
+        blocking(move || match cl.as_deref() {
+            Some(t) => cluster::health(&ctx, t),
+            None => orchestrator::health(&ctx),
+        })
+        .await
     }
 
     /// Learned memory (candidates from completed agents' handoffs) and per-role failure
@@ -252,8 +299,12 @@ impl Server {
     #[tool(annotations(read_only_hint = true))]
     async fn memory_search(&self, p: Parameters<MemoryArgs>) -> Result<Json<MemorySnapshot>, String> {
         let a = p.0?;
-        let ctx = self.ctx.clone();
-        blocking(move || orchestrator::memory_search(&ctx, a)).await
+        let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
+        blocking(move || match cl.as_deref() {
+            Some(_) => cluster::memory_search(&a),
+            None => orchestrator::memory_search(&ctx, a),
+        })
+        .await
     }
 
     /// Agent side: merge status, progress, phase, milestone and findings into the agent's
@@ -285,11 +336,18 @@ impl Server {
 impl ServerHandler for Server {}
 
 /// Serves MCP on stdin/stdout until the client closes the connection.
-pub async fn serve(ctx: Ctx) -> anyhow::Result<()> {
-    crate::elog!("corral mcp: serving {} (data {}) on stdio", ctx.ws.root.display(), ctx.data.root().display());
+pub async fn serve(ctx: Ctx, cluster: Option<crate::cli::cluster::Target>) -> anyhow::Result<()> {
+    match &cluster {
+        Some(t) => {
+            crate::elog!("corral mcp: serving workspace {} of the cluster at {} on stdio", t.workspace, t.db.describe())
+        }
+        None => {
+            crate::elog!("corral mcp: serving {} (data {}) on stdio", ctx.ws.root.display(), ctx.data.root().display())
+        }
+    }
     // Every line is judged before the service sees it, so a malformed one is answered.
     let (read, write) = rmcp::transport::io::stdio_pipes();
-    let service = Server::new(ctx).serve(framing::framed(read, write)).await?;
+    let service = Server::new(ctx, cluster).serve(framing::framed(read, write)).await?;
     service.waiting().await?;
     Ok(())
 }
@@ -300,7 +358,7 @@ mod tests {
     fn every_tool_declares_its_input_and_output() {
         let ws = crate::config::Workspace::discover(std::path::Path::new("/")).unwrap();
         let data = crate::protocol::DataDir::new(std::env::temp_dir());
-        let server = super::Server::new(crate::cli::Ctx { ws, data });
+        let server = super::Server::new(crate::cli::Ctx { ws, data }, None);
         let tools = server.tool_router.list_all();
         assert_eq!(tools.len(), 14);
         for t in tools {
@@ -331,7 +389,7 @@ mod tests {
         }
         let ws = crate::config::Workspace::discover(std::path::Path::new("/")).unwrap();
         let data = crate::protocol::DataDir::new(std::env::temp_dir());
-        let server = super::Server::new(crate::cli::Ctx { ws, data });
+        let server = super::Server::new(crate::cli::Ctx { ws, data }, None);
         for t in server.tool_router.list_all() {
             let mut found = Vec::new();
             formats(&serde_json::Value::Object((*t.input_schema).clone()), &mut found);

@@ -30,6 +30,14 @@ pub fn call<T: DeserializeOwned>(ctx: &Ctx, req: &Request) -> Result<T, String> 
 }
 
 pub fn spawn(ctx: &Ctx, a: SpawnArgs) -> Result<SpawnReply, String> {
+    let (req, warning) = spawn_request(ctx, a)?;
+    let reply: SpawnReply = call(ctx, &Request::Spawn(Box::new(req)))?;
+    Ok(SpawnReply { warning, ..reply })
+}
+
+/// The spawn `a` asks for, checked (a raw command only where the workspace allows them, a
+/// role only as configured), and a warning for the caller, if any.
+pub fn spawn_request(ctx: &Ctx, a: SpawnArgs) -> Result<(SpawnRequest, Option<String>), String> {
     validate_role(&a.role).map_err(|e| format!("argument `role`: {e}"))?;
     if a.task.trim().is_empty() {
         return Err("argument `task` is empty; say what the agent should do".into());
@@ -123,8 +131,7 @@ pub fn spawn(ctx: &Ctx, a: SpawnArgs) -> Result<SpawnReply, String> {
         delay_ms,
         placement: Default::default(),
     };
-    let reply: SpawnReply = call(ctx, &Request::Spawn(Box::new(req)))?;
-    Ok(SpawnReply { warning, ..reply })
+    Ok((req, warning))
 }
 
 fn config_path(ws: &Workspace) -> String {

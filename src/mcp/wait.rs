@@ -49,23 +49,33 @@ pub fn wait(
     args::texts("ids", &a.ids)?;
     args::opt_text("role", &a.role)?;
     let ids = if a.all { Vec::new() } else { a.ids };
-    let mut face = Face { cancelled, progress, began: false };
+    let mut face = Face::new(cancelled, progress);
     let w = ops::wait::wait(ctx.target(), ops::wait::WaitFor { ids, role: a.role, limit: Some(limit) }, &mut face)
         .map_err(|f| f.msg)?;
-    Ok(WaitReply {
+    Ok(reply(w))
+}
+
+pub fn reply(w: ops::wait::Waited) -> WaitReply {
+    WaitReply {
         all_complete: w.all_complete,
         finished: w.finished,
         pending: w.pending,
         timed_out: w.timed_out,
         elapsed_seconds: w.elapsed.as_secs_f64(),
-    })
+    }
 }
 
 /// How the MCP server shows a wait: progress notifications.
-struct Face<C, P> {
+pub struct Face<C, P> {
     cancelled: C,
     progress: P,
     began: bool,
+}
+
+impl<C, P> Face<C, P> {
+    pub fn new(cancelled: C, progress: P) -> Self {
+        Self { cancelled, progress, began: false }
+    }
 }
 
 impl<C: Fn() -> bool, P: Fn(usize, usize, Option<&AgentView>)> ops::wait::Watch for Face<C, P> {

@@ -1,0 +1,181 @@
+//! The orchestrator's tools in cluster mode: the same arguments, checks and replies as on
+//! one machine, carried out by SQL against the cluster's database (the operations of
+//! `cli::cluster`, which the CLI runs too). An orchestrator agent on a worker, or anyone
+//! with the database's URL, spawns and waits cluster-wide.
+
+use super::args::*;
+use super::orchestrator::{self, AgentList, EscalationList, KillReply, RetryReply, TellReply};
+use super::wait::WaitReply;
+use crate::aggregate::Report;
+use crate::cli::Ctx;
+use crate::cli::cluster::{self as ops, Target};
+use crate::ipc::{AgentView, AttemptView, HealthView, ShowFiles, ShowView, SpawnReply};
+use crate::memory::MemorySnapshot;
+use crate::policy::agent::Escalation;
+use crate::store::EventRecord;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Runs one operation on a runtime of its own (the tools run on blocking threads).
+fn run<T>(f: impl std::future::Future<Output = crate::cli::Result<T>>) -> Result<T, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime for the database: {e}"))?;
+    rt.block_on(f).map_err(|f| f.msg)
+}
+
+pub fn spawn(ctx: &Ctx, t: &Target, a: SpawnArgs) -> Result<SpawnReply, String> {
+    let (req, warning) = orchestrator::spawn_request(ctx, a)?;
+    let got = run(ops::enqueue(ctx, t, req))?;
+    Ok(SpawnReply {
+        agent_id: got.id,
+        status: "queued".into(),
+        pid: None,
+        reason: Some(if got.created {
+            "waiting for a worker to claim it".into()
+        } else {
+            "spawned before with this idempotency key; nothing new was queued".into()
+        }),
+        warning,
+    })
+}
+
+pub fn list(ctx: &Ctx, t: &Target, a: ListArgs) -> Result<AgentList, String> {
+    opt_text("role", &a.role)?;
+    Ok(AgentList { agents: run(ops::views(ctx, t, &[], a.role))? })
+}
+
+/// The agent in the single-machine shape: its attempts on every worker, its events, its
+/// newest handoff's name. Its files are on its worker's disk, so their paths are left empty.
+pub fn show(ctx: &Ctx, t: &Target, a: IdArgs) -> Result<ShowView, String> {
+    text("id", &a.id)?;
+    let (agent, all) = run(ops::shown(ctx, t, &a.id))?;
+    let strings = |k: &str| -> Vec<String> {
+        all[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default()
+    };
+    let attempts = all["attempts"].as_array().map(|xs| xs.iter().map(attempt_view).collect()).unwrap_or_default();
+    let events = all["events"]
+        .as_array()
+        .map(|xs| xs.iter().filter_map(|e| serde_json::from_value::<EventRecord>(e.clone()).ok()).collect())
+        .unwrap_or_default();
+    let handoffs = all["handoff"]["file"].as_str().map(|f| vec![f.to_string()]).unwrap_or_default();
+    let empty = String::new;
+    Ok(ShowView {
+        agent,
+        scope: all["scope"].as_str().map(str::to_string),
+        constraints: strings("constraints"),
+        after: strings("after"),
+        command: strings("command"),
+        attempts,
+        findings: Vec::new(),
+        files: ShowFiles { status_file: empty(), log_file: empty(), context_file: empty(), expected_handoff: empty() },
+        handoffs,
+        events,
+    })
+}
+
+/// One attempt as the database records it (`show --json`'s `attempts`), as an attempt view.
+fn attempt_view(x: &Value) -> AttemptView {
+    let s = |k: &str| x[k].as_str().map(str::to_string);
+    let outcome = s("outcome");
+    AttemptView {
+        attempt: x["n"].as_u64().unwrap_or(0) as u32,
+        started_at: s("startedAt").unwrap_or_default(),
+        ended_at: s("endedAt"),
+        exit_code: x["exitCode"].as_i64().map(|c| c as i32),
+        signal: None,
+        failure_type: outcome.clone().filter(|o| o != "complete"),
+        reason: s("detail").or(outcome),
+        action: None,
+        rule: None,
+        pid: None,
+        timeout: None,
+        session_id: None,
+        cost_usd: None,
+        tokens: None,
+        turns: None,
+        result: None,
+        resumed: false,
+        log_start: None,
+    }
+}
+
+pub fn kill(t: &Target, a: KillArgs) -> Result<KillReply, String> {
+    text("id", &a.id)?;
+    let grace = match &a.grace {
+        None => Duration::from_secs(5),
+        Some(g) => crate::config::parse_duration(g).map_err(|e| format!("argument `grace`: {e}"))?,
+    };
+    let (agent_id, status) = run(ops::kill_agent(t, &a.id, grace))?;
+    Ok(KillReply { agent_id, status })
+}
+
+pub fn retry(t: &Target, a: RetryArgs) -> Result<RetryReply, String> {
+    text("id", &a.id)?;
+    opt_text("context", &a.context)?;
+    let data = run(ops::retry_agent(t, &a.id, a.context.as_deref()))?;
+    serde_json::from_value(data).map_err(|e| format!("unexpected answer from the worker: {e}"))
+}
+
+pub fn tell(t: &Target, a: TellArgs) -> Result<TellReply, String> {
+    text("id", &a.id)?;
+    text("text", &a.text)?;
+    let told = run(ops::tell_agent(t, &a.id, &a.text))?;
+    // Not yet on any worker's disk: the reply says where it waits.
+    let inbox = told.inbox.unwrap_or_else(|| format!("(not delivered yet: {})", told.said.join("; ")));
+    Ok(TellReply { agent_id: told.id, inbox })
+}
+
+pub fn escalations(t: &Target, a: EscalationsArgs) -> Result<EscalationList, String> {
+    let list = run(async {
+        let c = crate::cli::cluster::connect(t).await?;
+        crate::cli::cluster_reads::escalations(&c, &t.workspace, a.all).await.map_err(crate::cli::cluster::db_fail)
+    })?;
+    Ok(EscalationList { escalations: list })
+}
+
+pub fn resolve(t: &Target, a: ResolveArgs) -> Result<Escalation, String> {
+    opt_text("note", &a.note)?;
+    run(async {
+        let mut c = crate::cli::cluster::connect(t).await?;
+        crate::cli::cluster_reads::resolve(&mut c, t, a.n, a.note, false).await
+    })
+}
+
+pub fn health(ctx: &Ctx, t: &Target) -> Result<HealthView, String> {
+    run(async {
+        let c = crate::cli::cluster::connect(t).await?;
+        let s = crate::cli::cluster_reads::snapshot(ctx, t, &c).await.map_err(crate::cli::cluster::db_fail)?;
+        Ok(s.health)
+    })
+}
+
+pub fn memory_search(_: &MemoryArgs) -> Result<MemorySnapshot, String> {
+    Err("memory_search reads a worker's own memory, which is not in the cluster's database: run `corral mcp` with \
+         --data-dir <a worker's epoch dir> on that worker's machine"
+        .into())
+}
+
+pub fn aggregate(ctx: &Ctx, t: &Target, a: AggregateArgs) -> Result<Report, String> {
+    texts("ids", &a.ids)?;
+    opt_text("role", &a.role)?;
+    run(ops::report(ctx, t, &a.ids, a.role))
+}
+
+/// As `wait::wait`, on the cluster's notifications.
+pub fn wait(
+    ctx: &Ctx,
+    t: &Target,
+    a: WaitArgs,
+    limit: Duration,
+    cancelled: impl Fn() -> bool,
+    progress: impl Fn(usize, usize, Option<&AgentView>),
+) -> Result<WaitReply, String> {
+    texts("ids", &a.ids)?;
+    opt_text("role", &a.role)?;
+    let ids = if a.all { Vec::new() } else { a.ids };
+    let mut face = super::wait::Face::new(cancelled, progress);
+    let w = run(ops::wait_agents(ctx, t, &ids, a.role, Some(limit), &mut face))?;
+    Ok(super::wait::reply(w))
+}
