@@ -27,6 +27,18 @@ pub fn process_gone(pid: i32) -> bool {
     pid > 0 && unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
+/// Whether process `pid` can do nothing more: gone, or a zombie waiting to be reaped.
+pub fn process_ended(pid: i32) -> bool {
+    if process_gone(pid) {
+        return true;
+    }
+    // The state is the first field after the command's closing parenthesis.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])))
+        .unwrap_or(false)
+}
+
 /// Whether any process of the group still exists (zombies included).
 pub fn group_alive(pgid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence and permission.

@@ -1490,9 +1490,9 @@ fn shim_chaos(scenario: &'static str, agents: usize, kill_all: bool, shim_kills:
         victims.push(sup);
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>()
-                && ppid(pid) == Some(sup)
+                && (ppid(pid) == Some(sup) || ppid(pid).and_then(ppid) == Some(sup))
             {
-                victims.push(pid); // its launcher
+                victims.push(pid); // its launcher, and the warm shim holding spare files
             }
         }
         for p in &victims {
@@ -1564,9 +1564,12 @@ fn shim_chaos(scenario: &'static str, agents: usize, kill_all: bool, shim_kills:
     if pipe_deaths > 0 {
         details.push(format!("{pipe_deaths} agents died of SIGPIPE: their output lost its reader"));
     }
+    // Files made ahead of need by killed processes were swept when the supervisor came back.
+    let stale_spares = stale_spares(&ws, &mut details);
     let mut f = Figures::new(scenario);
     f.set("agents", agents);
     f.set("kills", kills);
+    f.set("stale_spares", stale_spares);
     f.set("agents_lost", ids.len().saturating_sub(last.len()) + usize::from(!all_done));
     f.set("double_runs", double_runs);
     f.set("exit_codes_lost", lost);
@@ -1584,9 +1587,28 @@ fn shim_chaos(scenario: &'static str, agents: usize, kill_all: bool, shim_kills:
             "supervisor_crashes",
             "died_of_sigpipe",
             "output_lost",
+            "stale_spares",
         ],
         &details,
     );
+}
+
+/// Spare files (`.spare.<pid>.*`) in the data dir whose maker is no longer alive.
+fn stale_spares(ws: &Ws, details: &mut Vec<String>) -> usize {
+    let mut n = 0;
+    for dir in ["run", "logs", "context"] {
+        for e in std::fs::read_dir(ws.data.join(dir)).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(".spare.").and_then(|r| r.split('.').next()?.parse::<i32>().ok()) else {
+                continue;
+            };
+            if !alive(pid) {
+                n += 1;
+                details.push(format!("stale spare {dir}/{name}: its process {pid} is gone"));
+            }
+        }
+    }
+    n
 }
 
 fn time_ns() -> i128 {

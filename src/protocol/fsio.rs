@@ -457,6 +457,21 @@ impl Dir {
     }
 }
 
+/// The process that made the spare named `name` (`.spare.<pid>.<n>.<hex>`), if it is one.
+fn spare_pid(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix(".spare.")?;
+    let mut parts = rest.split('.');
+    let pid = parts.next()?.parse::<i32>().ok().filter(|p| *p > 0)?;
+    let n = parts.next()?;
+    let hex = parts.next()?;
+    let ok = parts.next().is_none()
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && !hex.is_empty()
+        && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then_some(pid)
+}
+
 fn unique() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
@@ -519,6 +534,22 @@ pub struct Spare {
 }
 
 impl Spare {
+    /// Removes the spares in `dir` left by processes that are gone or zombies (killed before
+    /// they could put them in place or drop them); the number removed. A spare of a live process, or a
+    /// name that only looks like one's, is left alone.
+    pub fn sweep(root: &Path, dir: &Path) -> usize {
+        let Ok(d) = Dir::open(root, dir) else { return 0 };
+        let Ok(names) = d.names() else { return 0 };
+        let mut removed = 0;
+        for n in names {
+            let Some(pid) = n.to_str().and_then(spare_pid) else { continue };
+            if crate::sys::process_ended(pid) && d.unlink(&n).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Makes a spare in `dir`, which is `root` or below it.
     pub fn make(root: &Path, dir: &Path) -> io::Result<Self> {
         let d = Dir::open(root, dir)?;
@@ -673,6 +704,31 @@ mod tests {
             std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn spares_of_processes_that_are_gone_are_swept_and_others_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("run");
+        std::fs::create_dir(&dir).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let live = Spare::make(root.path(), &dir).unwrap();
+        for n in [
+            format!(".spare.{gone}.3.1f"),
+            format!(".spare.{gone}.x.1f"),
+            format!(".spare.{gone}.3"),
+            "a.run".to_string(),
+        ] {
+            std::fs::write(dir.join(n), b"").unwrap();
+        }
+        assert_eq!(Spare::sweep(root.path(), &dir), 1);
+        let left = names(&dir);
+        assert!(!left.contains(&format!(".spare.{gone}.3.1f")), "{left:?}");
+        assert_eq!(left.len(), 4, "the live spare, the look-alikes and the run file stay: {left:?}");
+        drop(live);
+        assert_eq!(names(&dir).len(), 3);
     }
 
     #[test]

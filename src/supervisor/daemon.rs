@@ -406,6 +406,10 @@ impl Supervisor {
             self.refresh_status(&id);
         }
         self.notify.resume_run(&self.agents);
+        // Files made ahead of need by processes killed before they used them.
+        for dir in [self.data.run_dir(), self.data.log_dir(), self.data.context_dir()] {
+            crate::protocol::fsio::Spare::sweep(self.data.root(), &dir);
+        }
         self.scan_handoffs();
         self.after_reboot()?;
         super::prepare::prune_orphans(self);
