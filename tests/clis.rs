@@ -794,6 +794,11 @@ fn rate_limit_waits_for_the_reset_holds_the_provider_and_resumes(cli: Cli, test:
     let providers = health["providers"].as_array().cloned().unwrap_or_default();
     assert_eq!(providers.len(), 1, "{health}");
     assert!(providers[0]["heldUntil"].is_string(), "{health}");
+    // The monitor names the hold too.
+    let frame = rig.ws.cmd(&["monitor", "--once"]).output().unwrap();
+    let frame = String::from_utf8_lossy(&frame.stdout);
+    let name = providers[0]["name"].as_str().unwrap();
+    assert!(frame.contains(&format!("{name} held until ")) && frame.contains("(rate limit)"), "{frame}");
     let second = rig.spawn("WORKER", &format!("Task {b}."));
     let queued = rig.ws.agent(&second);
     assert_eq!(queued["status"], "queued", "{queued}");
@@ -908,14 +913,13 @@ fn codex_over_max_cost_is_stopped_and_escalated() {
     over_budget_is_stopped_and_escalated(Cli::Codex, "codex_over_max_cost_is_stopped_and_escalated");
 }
 
-/// The server answers 429 to three Claude agents at once: the burst lowers the provider's
-/// concurrency (`provider_lowered`), each agent waits for the reset without spending a
-/// retry, and all three complete after it.
-#[test]
-fn claude_burst_of_rate_limits_lowers_the_provider_and_every_agent_completes_after_the_reset() {
-    let test = "claude_burst_of_rate_limits_lowers_the_provider_and_every_agent_completes_after_the_reset";
-    let Some(bin_dir) = require(Cli::Claude, test) else { return };
-    let marks: Vec<String> = (1..=3).map(|n| format!("burst-{n}-claude")).collect();
+/// The server answers 429 to three agents of one CLI at once: the burst lowers the
+/// provider's concurrency (`provider_lowered`), each agent waits for the reset (Codex prints
+/// none for a plain 429: the role's backoff) without spending a retry, and all three
+/// complete after it.
+fn burst_of_rate_limits_lowers_the_provider_and_every_agent_completes(cli: Cli, test: &str) {
+    let Some(bin_dir) = require(cli, test) else { return };
+    let marks: Vec<String> = (1..=3).map(|n| format!("burst-{n}-{}", cli.program())).collect();
     let conversations: Vec<Value> = marks
         .iter()
         .map(|m| {
@@ -926,7 +930,7 @@ fn claude_burst_of_rate_limits_lowers_the_provider_and_every_agent_completes_aft
         .collect();
     let script = json!({ "conversations": conversations });
     let roles = "[roles.WORKER]\nmax_retries = 0\nattempt_timeout = \"60s\"\nbackoff = { initial = \"4s\" }\n";
-    let rig = Rig::new(Cli::Claude, bin_dir, &script, roles);
+    let rig = Rig::new(cli, bin_dir, &script, roles);
     let path = rig.ws.path().join("corral.toml");
     let toml = std::fs::read_to_string(&path).unwrap();
     // Admission is bounded by the provider alone here.
@@ -945,7 +949,11 @@ fn claude_burst_of_rate_limits_lowers_the_provider_and_every_agent_completes_aft
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|e| e["kind"] == "provider_lowered")
         .unwrap();
-    assert_eq!(lowered["data"]["provider"], "anthropic", "{lowered}");
+    let provider = match cli {
+        Cli::Claude => "anthropic",
+        Cli::Codex => "openai",
+    };
+    assert_eq!(lowered["data"]["provider"], provider, "{lowered}");
     assert!(lowered["data"]["maxConcurrent"].as_u64() < lowered["data"]["from"].as_u64(), "{lowered}");
     for id in &ids {
         let v = rig.wait_state(id, &["complete", "failed", "escalated"], SECS(120));
@@ -961,4 +969,20 @@ fn claude_burst_of_rate_limits_lowers_the_provider_and_every_agent_completes_aft
         let t429 = reqs[0]["t"].as_f64().unwrap();
         assert!(reqs.last().unwrap()["t"].as_f64().unwrap() >= t429 + 3.0, "{m} went on only after the reset");
     }
+}
+
+#[test]
+fn claude_burst_of_rate_limits_lowers_the_provider_and_every_agent_completes_after_the_reset() {
+    burst_of_rate_limits_lowers_the_provider_and_every_agent_completes(
+        Cli::Claude,
+        "claude_burst_of_rate_limits_lowers_the_provider_and_every_agent_completes_after_the_reset",
+    );
+}
+
+#[test]
+fn codex_burst_of_rate_limits_lowers_the_provider_and_every_agent_completes_after_the_backoff() {
+    burst_of_rate_limits_lowers_the_provider_and_every_agent_completes(
+        Cli::Codex,
+        "codex_burst_of_rate_limits_lowers_the_provider_and_every_agent_completes_after_the_backoff",
+    );
 }

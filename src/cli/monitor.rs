@@ -63,9 +63,13 @@ fn write_frame(m: &Model, extra: &[String], out: &mut impl std::io::Write) -> st
     if let Some(h) = &m.health {
         summary.push(format!("{} of {} running", h.running, h.max_concurrent));
         summary.push(format!("breaker {}", h.breaker.state));
+        if h.cost_usd > 0.0 {
+            summary.push(format!("cost ${:.2}", h.cost_usd));
+        }
         if let Some(why) = &h.held_because {
             summary.push(format!("holding new starts: {why}"));
         }
+        summary.extend(crate::monitor::ui::provider_limits(&h.providers));
     }
     let open: Vec<_> = m.escalations.iter().filter(|e| e.is_open()).cloned().collect();
     summary.push(crate::policy::plural(open.len(), "open escalation", "open escalations"));

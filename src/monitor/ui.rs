@@ -236,12 +236,37 @@ fn header(f: &mut Frame, m: &Model, area: Rect) {
             Span::raw(format!("capacity {}/{}  queue {}  breaker ", h.running, h.max_concurrent, h.queued.len())),
             Span::styled(shown(&b.state), breaker_style),
         ];
+        if h.cost_usd > 0.0 {
+            l.push(Span::raw(format!("  cost ${:.2}", h.cost_usd)));
+        }
         if let Some(why) = &h.held_because {
             l.push(Span::styled(format!("  held: {}", shown(why)), Style::new().fg(Color::Yellow)));
+        }
+        for p in provider_limits(&h.providers) {
+            l.push(Span::styled(format!("  {}", shown(&p)), Style::new().fg(Color::Yellow)));
         }
         lines.push(Line::from(l));
     }
     f.render_widget(Paragraph::new(lines), area);
+}
+
+/// The providers that hold their agents back now: a rate limit's hold until its reset, or a
+/// concurrency lowered after a burst of them.
+pub fn provider_limits(providers: &[crate::ipc::ProviderView]) -> Vec<String> {
+    providers
+        .iter()
+        .filter_map(|p| {
+            let until = p.held_until.as_deref().map(|t| {
+                let at = t.parse::<jiff::Timestamp>().ok().map(|t| t.to_zoned_datetime(jiff::tz::TimeZone::system()));
+                at.map_or_else(|| t.to_string(), |z| z.strftime("%H:%M:%S").to_string())
+            });
+            match (until, p.max_concurrent) {
+                (Some(u), _) => Some(format!("{} held until {u} (rate limit)", p.name)),
+                (None, Some(max)) => Some(format!("{} {}/{max} (lowered after rate limits)", p.name, p.running)),
+                (None, None) => None,
+            }
+        })
+        .collect()
 }
 
 fn agents(f: &mut Frame, m: &Model, area: Rect, state: &mut TableState) {
@@ -372,6 +397,26 @@ fn footer(f: &mut Frame, m: &Model, area: Rect) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn providers_holding_agents_back_are_named_with_their_limit() {
+        use crate::ipc::ProviderView;
+        let p = |name: &str, held: Option<&str>, max: Option<usize>| ProviderView {
+            name: name.into(),
+            held_until: held.map(str::to_string),
+            max_concurrent: max,
+            running: 1,
+            reason: String::new(),
+        };
+        let l = provider_limits(&[
+            p("anthropic", Some("2026-12-04T19:00:05Z"), None),
+            p("openai", None, Some(2)),
+            p("idle", None, None),
+        ]);
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert!(l[0].starts_with("anthropic held until ") && l[0].ends_with(":05 (rate limit)"), "{l:?}");
+        assert_eq!(l[1], "openai 1/2 (lowered after rate limits)");
+    }
 
     #[test]
     fn narrow_terminals_shrink_other_columns_before_the_id() {
