@@ -418,3 +418,46 @@ command = ["sleep", "30"]
     assert_eq!(seen["kill"]["status"], "killed", "{}", seen["kill"]);
     assert_eq!(c.states().get(sleeper).map(String::as_str), Some("killed"));
 }
+
+/// `corral clean` from a machine with no worker: finished agents leave the views (status,
+/// wait --all, aggregate) on every machine, `status ID` and `show` still find them, a retry
+/// brings one back; worktrees are the workers' to remove, and the command says so.
+#[test]
+fn clean_from_any_machine_takes_finished_agents_out_of_the_views() {
+    let mut c = Cluster::new(CONFIG);
+    c.start_worker(0);
+    let quick: Vec<String> =
+        (0..2).map(|i| c.ok(&["spawn", "--role", "worker", "--task", &format!("q{i}"), "--", "true"])).collect();
+    let slow = c.ok(&["spawn", "--role", "worker", "--task", "slow", "--", "sleep", "30"]);
+    c.wait_all_of(&[&quick[0], &quick[1]], "complete", Duration::from_secs(30));
+    c.wait_all_of(&[&slow], "running", Duration::from_secs(30));
+
+    let none = c.json(&["clean", "--older-than", "1h", "--json"]);
+    assert_eq!(none["cleaned"], serde_json::json!([]), "nothing ended an hour ago");
+    let done = c.json(&["clean", "--json"]);
+    assert_eq!(done["cleaned"], serde_json::json!(quick), "{done}");
+    let again = c.json(&["clean", "--json"]);
+    assert_eq!(again["cleaned"], serde_json::json!([]), "cleaned once");
+
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|a| a["agentId"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids(&c.json(&["status", "--json"])), vec![slow.clone()]);
+    assert_eq!(ids(&c.json(&["status", "--json", &quick[0]])), vec![quick[0].clone()], "found by its id");
+    assert_eq!(c.json(&["show", "--json", &quick[1]])["status"], "complete");
+    let events = c.ok(&["events"]);
+    assert_eq!(events.lines().filter(|l| l.contains("\"kind\":\"cleaned\"")).count(), 2, "{events}");
+    // Partial (exit 1: the slow one runs), and about the shown agent alone.
+    let agg: Value = serde_json::from_slice(&c.run(&["aggregate", "--json"]).stdout).unwrap();
+    assert_eq!(agg["counts"]["agents"], 1, "only the shown agent: {agg}");
+
+    let o = c.run(&["clean", "--worktrees"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("workers' disks"), "{}", text(&o));
+
+    // Run again, it is shown again.
+    c.ok(&["retry", &quick[0]]);
+    c.wait_all_of(&[&quick[0]], "complete", Duration::from_secs(30));
+    assert_eq!(ids(&c.json(&["status", "--json"])), vec![quick[0].clone(), slow.clone()]);
+    c.ok(&["kill", &slow]);
+}

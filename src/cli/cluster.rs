@@ -77,6 +77,7 @@ pub fn run(ctx: &Ctx, t: Target, cmd: Cmd) -> Result {
         Cmd::Wait(a) => rt.block_on(wait(ctx, &t, a)),
         Cmd::Events(a) => rt.block_on(events(&t, a)),
         Cmd::Aggregate(a) => rt.block_on(aggregate(ctx, &t, a)),
+        Cmd::Clean(a) => rt.block_on(clean(&t, a)),
         Cmd::Health(a) => rt.block_on(super::cluster_reads::health(ctx, &t, a)),
         Cmd::Escalations(a) => rt.block_on(super::cluster_reads::escalations_cmd(&t, a)),
         Cmd::Logs(a) => rt.block_on(super::cluster_reads::logs(&t, a)),
@@ -294,7 +295,7 @@ async fn status(ctx: &Ctx, t: &Target, a: super::status::Args) -> Result {
 pub(crate) async fn views(ctx: &Ctx, t: &Target, given: &[String], role: Option<String>) -> Result<Vec<AgentView>> {
     let c = connect(t).await?;
     let ids = resolve_all(&c, t, given).await?;
-    let filter = AgentFilter { role, ids, ..AgentFilter::default() };
+    let filter = AgentFilter { role, hide_cleaned: ids.is_none(), ids, ..AgentFilter::default() };
     let rows = read::agents(&c, &t.workspace, &filter).await.map_err(db_fail)?;
     let numbers = super::cluster_reads::open_numbers(&c, &t.workspace).await.map_err(db_fail)?;
     let reasons = if rows.iter().any(|r| r.state == "queued") {
@@ -754,7 +755,7 @@ pub(crate) async fn wait_agents(
     let start = Instant::now();
     let c = connect(t).await?;
     let ids = resolve_all(&c, t, given).await?;
-    let filter = AgentFilter { role, ids, ..AgentFilter::default() };
+    let filter = AgentFilter { role, hide_cleaned: ids.is_none(), ids, ..AgentFilter::default() };
     let mut listener = listen::Listener::start(&t.db, &t.workspace, listen::ListenOptions::default());
     let mut conn = Conn::new(t, c, "wait");
     let mut finished: Vec<AgentView> = Vec::new();
@@ -879,6 +880,34 @@ async fn events(t: &Target, a: super::events::Args) -> Result {
     }
 }
 
+// ---- clean ---------------------------------------------------------------------------
+
+/// `corral clean` from the database: the finished agents leave the views everywhere. Their
+/// worktrees are on their workers' disks, where `--worktrees` must run.
+async fn clean(t: &Target, a: super::clean::Args) -> Result {
+    if a.worktrees || a.force {
+        return Err(usage(
+            "--worktrees and --force remove worktrees and branches, which are on the workers' disks: run `corral \
+             clean --worktrees --data-dir <the worker's epoch dir>` on the worker's machine (`corral show ID` names \
+             the worker)",
+        ));
+    }
+    let older_than = match &a.older_than {
+        Some(d) => Some(crate::config::parse_duration(d).map_err(|e| usage(format!("--older-than: {e}")))?),
+        None => None,
+    };
+    let mut c = connect(t).await?;
+    let cleaned = direct::clean(&mut c, &t.workspace, older_than).await.map_err(db_fail)?;
+    if a.json {
+        let report = super::clean::CleanReport { cleaned, ..Default::default() };
+        crate::display::raw_out((serde_json::to_string_pretty(&report)? + "\n").as_bytes())?;
+        return Ok(0);
+    }
+    let list = if cleaned.is_empty() { String::new() } else { format!(": {}", cleaned.join(", ")) };
+    say!("cleaned {} agent(s){list}", cleaned.len())?;
+    Ok(0)
+}
+
 // ---- aggregate -----------------------------------------------------------------------
 
 /// `corral aggregate` from the handoffs the workers recorded (each agent's newest), the
@@ -925,8 +954,13 @@ pub(crate) async fn report(
     use crate::aggregate::{self, AgentOutcome, HandoffInput, Input};
     let c = connect(t).await?;
     let ids = resolve_all(&c, t, given).await?;
-    let rows =
-        read::agents(&c, &t.workspace, &AgentFilter { role, ids, ..AgentFilter::default() }).await.map_err(db_fail)?;
+    let rows = read::agents(
+        &c,
+        &t.workspace,
+        &AgentFilter { role, hide_cleaned: ids.is_none(), ids, ..AgentFilter::default() },
+    )
+    .await
+    .map_err(db_fail)?;
     let wanted: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let found = c
         .query(

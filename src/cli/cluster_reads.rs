@@ -268,7 +268,8 @@ pub async fn snapshot(
     t: &Target,
     c: &tokio_postgres::Client,
 ) -> std::result::Result<Snapshot, ClusterError> {
-    let rows: Vec<AgentRow> = read::agents(c, &t.workspace, &AgentFilter::default()).await?;
+    let shown = AgentFilter { hide_cleaned: true, ..AgentFilter::default() };
+    let rows: Vec<AgentRow> = read::agents(c, &t.workspace, &shown).await?;
     let ws = c
         .query_opt(
             "SELECT max_concurrent, breaker, (extract(epoch from clock_timestamp()) * 1000)::float8

@@ -138,6 +138,10 @@ pub async fn retry_unowned(client: &mut Client, workspace: &str, id: &str, conte
     if state == "queued" {
         return Ok(Direct::Refused { why: "it is queued already: it starts when a worker has room".into() });
     }
+    // Running again, it is in the views again.
+    if let Some(o) = body.as_object_mut() {
+        o.remove("cleanedAt");
+    }
     if let Some(c) = context.filter(|c| !c.trim().is_empty()) {
         if let Some(task) = body["request"]["task"].as_str() {
             body["request"]["task"] = Value::String(format!("{task}\n\nAdded at a retry: {c}"));
@@ -159,6 +163,40 @@ pub async fn retry_unowned(client: &mut Client, workspace: &str, id: &str, conte
     append_events(&tx, workspace, None, &[ev]).await?;
     tx.commit().await?;
     Ok(Direct::Done { state: "queued".into() })
+}
+
+/// Takes the finished agents of `workspace` nobody owns (complete, failed, killed, timed
+/// out: not those waiting on a human) that ended at least `older_than` ago out of the
+/// views, as the single-machine `corral clean` does: `cleanedAt` in the record and a
+/// `cleaned` event each. Their history stays; `status ID` and `show` still find them. The
+/// ids cleaned, in spawn order.
+pub async fn clean(
+    client: &mut Client,
+    workspace: &str,
+    older_than: Option<std::time::Duration>,
+) -> Result<Vec<String>> {
+    let tx = client.transaction().await?;
+    let secs = older_than.map(|d| d.as_secs_f64());
+    let rows = tx
+        .query(
+            r#"UPDATE agents SET body = body || jsonb_build_object('cleanedAt', to_char(now() AT TIME ZONE 'UTC',
+                    'YYYY-MM-DD"T"HH24:MI:SS.MS"+00:00"'))
+             WHERE workspace = $1 AND owner IS NULL AND state IN ('complete', 'failed', 'killed', 'timed_out')
+               AND NOT body ? 'cleanedAt'
+               AND ($2::float8 IS NULL OR updated_at <= now() - make_interval(secs => $2))
+             RETURNING seq, id, fence"#,
+            &[&workspace, &secs],
+        )
+        .await?;
+    let mut done: Vec<(i64, String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    done.sort();
+    let evs: Vec<Ev> = done
+        .iter()
+        .map(|(_, id, fence)| Ev { agent: Some(id), fence: Some(*fence), kind: "cleaned", data: json!({}) })
+        .collect();
+    append_events(&tx, workspace, None, &evs).await?;
+    tx.commit().await?;
+    Ok(done.into_iter().map(|(_, id, _)| id).collect())
 }
 
 /// Resolves the open escalations of `id`, recording what became of it.

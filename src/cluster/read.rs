@@ -18,6 +18,8 @@ pub struct AgentFilter {
     pub owner: Option<String>,
     /// Only these ids.
     pub ids: Option<Vec<String>>,
+    /// Not those `corral clean` took out of the views.
+    pub hide_cleaned: bool,
 }
 
 /// An agent as the database holds it.
@@ -50,8 +52,9 @@ pub async fn agents(client: &Client, workspace: &str, filter: &AgentFilter) -> R
              FROM agents
              WHERE workspace = $1 AND ($2::text[] IS NULL OR state = ANY($2)) AND ($3::text IS NULL OR role = $3)
                AND ($4::text IS NULL OR owner::text = $4) AND ($5::text[] IS NULL OR id = ANY($5))
+               AND (NOT $6 OR NOT body ? 'cleanedAt')
              ORDER BY seq",
-            &[&workspace, &filter.states, &filter.role, &filter.owner, &filter.ids],
+            &[&workspace, &filter.states, &filter.role, &filter.owner, &filter.ids, &filter.hide_cleaned],
         )
         .await?;
     Ok(rows
