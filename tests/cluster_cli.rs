@@ -451,6 +451,8 @@ fn clean_from_any_machine_takes_finished_agents_out_of_the_views() {
     let agg: Value = serde_json::from_slice(&c.run(&["aggregate", "--json"]).stdout).unwrap();
     assert_eq!(agg["counts"]["agents"], 1, "only the shown agent: {agg}");
 
+    let screen = c.ok(&["monitor", "--once"]);
+    assert!(screen.contains(&slow) && !screen.contains(&quick[0]), "{screen}");
     let o = c.run(&["clean", "--worktrees"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("workers' disks"), "{}", text(&o));

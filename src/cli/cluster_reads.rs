@@ -268,8 +268,7 @@ pub async fn snapshot(
     t: &Target,
     c: &tokio_postgres::Client,
 ) -> std::result::Result<Snapshot, ClusterError> {
-    let shown = AgentFilter { hide_cleaned: true, ..AgentFilter::default() };
-    let rows: Vec<AgentRow> = read::agents(c, &t.workspace, &shown).await?;
+    let rows: Vec<AgentRow> = read::agents(c, &t.workspace, &AgentFilter::default()).await?;
     let ws = c
         .query_opt(
             "SELECT max_concurrent, breaker, (extract(epoch from clock_timestamp()) * 1000)::float8
@@ -332,6 +331,10 @@ pub async fn snapshot(
         })
         .collect();
     let cost_usd = views.iter().filter_map(|v| v.cost_usd).fold(0.0, |a, b| a + b);
+    // What `corral clean` took out of the views counts in the cost, not on the screen.
+    let cleaned: std::collections::BTreeSet<&str> =
+        rows.iter().filter(|r| r.body.get("cleanedAt").is_some()).map(|r| r.id.as_str()).collect();
+    let views: Vec<AgentView> = views.into_iter().filter(|v| !cleaned.contains(v.agent_id.as_str())).collect();
     let health = HealthView {
         healthy: held.is_none(),
         held_because: held,
