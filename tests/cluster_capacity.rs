@@ -1,5 +1,5 @@
-//! `corral parallel`, `pause` and `resume` in cluster mode, from a machine with no
-//! worker, against a real PostgreSQL with real `corral worker` processes (see
+//! `corral parallel`, `pause`, `resume` and `timeline` in cluster mode, from a machine with
+//! no worker, against a real PostgreSQL with real `corral worker` processes (see
 //! `common::cluster`). A change is the workspace's: every worker's claim holds to it, a
 //! worker starting keeps it, and the ledger the agents write is the ground truth.
 
@@ -287,5 +287,69 @@ fn a_groups_pause_and_limit_hold_only_its_agents_across_the_cluster() {
     assert_eq!(v["paused"], false);
     let h = c.json(&["health", "--json"]);
     assert_eq!((h["paused"].as_bool(), h["groups"][0]["paused"].as_bool()), (Some(false), Some(false)), "{h}");
+    c.check(5);
+}
+
+#[test]
+fn the_timeline_from_the_database_has_one_row_per_agent_with_its_attempts_on_every_worker() {
+    let config = format!("{CONFIG}\n[roles.FLAKY]\n");
+    let mut c = Cluster::new(&config);
+    c.start_worker(0);
+    c.start_worker(1);
+    live(&c, &[0, 1]);
+    let ok: Vec<String> = (0..2).map(|i| agent(&c, &format!("ok{i}"), 300)).collect();
+    // Fails its first attempt (exit 1 retries), then completes.
+    let flaky = spawn(&c, &["--role", "FLAKY", "--task", "f", "--id", "flaky"], &c.script(300, 1, 0));
+    // Killed while it waits: a row with no attempt.
+    let later = spawn(&c, &["--role", "W", "--task", "later", "--id", "later", "--delay", "1h"], &c.script(100, 0, 0));
+    c.ok(&["kill", &later]);
+    let mut done: Vec<&str> = ok.iter().map(String::as_str).collect();
+    done.push(&flaky);
+    c.wait_all_of(&done, "complete", Duration::from_secs(40));
+
+    let j = c.json(&["timeline", "--json"]);
+    let rows = j.as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["agentId"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["ok0", "ok1", "flaky", "later"], "{j}");
+    let row = |id: &str| rows.iter().find(|r| r["agentId"] == id).unwrap();
+    let outcomes = |id: &str| -> Vec<String> {
+        row(id)["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap().to_string()).collect()
+    };
+    for o in &ok {
+        assert_eq!(outcomes(o), ["complete"], "{}", row(o));
+        assert_eq!(row(o)["status"], "complete");
+        let first = &row(o)["events"][0];
+        assert_eq!(
+            (first["kind"].as_str(), first["reason"].as_str()),
+            (Some("queued"), Some("waiting for a worker to claim it"))
+        );
+    }
+    assert_eq!(outcomes(&flaky), ["failed", "complete"], "{}", row(&flaky));
+    let f = row(&flaky);
+    assert!(f["attempts"][0]["reason"].is_string() && f["attempts"][0]["endedAt"].is_string(), "{f}");
+    assert!(f["events"].as_array().unwrap().iter().any(|e| e["kind"] == "retrying"), "{f}");
+    assert_eq!((row(&later)["status"].as_str(), outcomes(&later).len()), (Some("killed"), 0));
+    // Each attempt in the picture is one the ledger saw.
+    let runs = c.ledger().iter().filter(|r| r.start).count();
+    let bars: usize = rows.iter().map(|r| r["attempts"].as_array().unwrap().len()).sum();
+    assert_eq!(bars, runs, "{j}");
+
+    // The SVG on stdout and the HTML page: one row per agent.
+    let svg = c.ok(&["timeline"]);
+    let agents: Vec<&str> =
+        svg.split("<g class=\"row\" data-agent=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
+    assert_eq!(agents, ids, "{svg}");
+    assert!(svg.contains("corral timeline: 4 agents"), "{svg}");
+    let html = c.ws.path().join("run.html");
+    c.ok(&["timeline", "--out", html.to_str().unwrap()]);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") && page.contains("<svg"), "{page}");
+    // Its filters, and a width it cannot draw.
+    let one = c.json(&["timeline", "flaky", "--json"]);
+    assert_eq!(one.as_array().map(Vec::len), Some(1));
+    let role = c.json(&["timeline", "--role", "FLAKY", "--json"]);
+    assert_eq!(role[0]["agentId"], "flaky");
+    let narrow = c.run(&["timeline", "--width", "10"]);
+    assert_eq!(narrow.status.code(), Some(2), "{}", text(&narrow));
     c.check(5);
 }

@@ -5,7 +5,8 @@
 //! as a command, and the answer is awaited; of an agent nobody runs, they are done in the
 //! database directly (`cluster::direct`). A capacity change is the workspace's, for every
 //! worker (`cluster::capacity`). `health`, `escalations`, `monitor` and `logs` are in
-//! `cluster_reads`. The other commands need the files of a worker's machine and say so.
+//! `cluster_reads`, `timeline` in `cluster_timeline`. The other commands need the files of a
+//! worker's machine and say so.
 
 use super::{Cmd, Ctx, Fail, Result, usage};
 use crate::cluster::queue::ClusterError;
@@ -23,7 +24,7 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// When a wait for a worker's answer says so on stderr.
 const ANSWER_NOTE: Duration = Duration::from_secs(2);
 /// Events read per query.
-const PAGE: i64 = 1000;
+pub(super) const PAGE: i64 = 1000;
 
 /// The database and workspace the commands work with.
 pub struct Target {
@@ -69,6 +70,7 @@ pub fn run(ctx: &Ctx, t: Target, cmd: Cmd) -> Result {
         Cmd::Escalations(a) => rt.block_on(super::cluster_reads::escalations_cmd(&t, a)),
         Cmd::Logs(a) => rt.block_on(super::cluster_reads::logs(&t, a)),
         Cmd::Monitor(a) => super::cluster_reads::monitor(ctx, &t, &rt, a),
+        Cmd::Timeline(a) => rt.block_on(super::cluster_timeline::timeline(ctx, &t, a)),
         Cmd::Parallel(a) => rt.block_on(capacity(ctx, &t, super::capacity::parallel_request(&a)?, a.json)),
         Cmd::Pause(a) => rt.block_on(capacity(ctx, &t, super::capacity::pause_request(&a)?, a.json)),
         Cmd::Resume(a) => rt.block_on(capacity(ctx, &t, super::capacity::resume_request(&a)?, a.json)),
