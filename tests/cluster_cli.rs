@@ -120,10 +120,10 @@ fn fifty_spawns_at_once_from_machines_with_no_worker_get_distinct_dense_ids() {
     let u = c.run(&["show", "nope"]);
     assert_eq!(u.status.code(), Some(2), "{}", text(&u));
     assert!(String::from_utf8_lossy(&u.stderr).contains("no agent \"nope\""), "{}", text(&u));
-    let l = c.run(&["timeline"]);
+    let l = c.run(&["merge"]);
     assert_eq!(l.status.code(), Some(2), "{}", text(&l));
     assert!(
-        String::from_utf8_lossy(&l.stderr).contains("`corral timeline` does not work from the database yet"),
+        String::from_utf8_lossy(&l.stderr).contains("`corral merge` does not work from the database yet"),
         "{}",
         text(&l)
     );

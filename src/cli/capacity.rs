@@ -1,6 +1,8 @@
 //! `corral parallel`, `corral pause`, `corral resume`: how many agents may run at once, and
 //! whether queued agents may start at all, changed at run time. The supervisor keeps each
-//! change in the registry, over `corral.toml`, until it is changed again or reset.
+//! change in the registry, over `corral.toml`, until it is changed again or reset; in
+//! cluster mode the database keeps it for every worker (`cluster::capacity`, through
+//! `cli::cluster`), and the commands print the same.
 
 use super::output::print_json;
 use super::{Ctx, Result, usage};
@@ -55,7 +57,8 @@ fn check_group(g: &Option<String>) -> Result<()> {
     Ok(())
 }
 
-pub fn parallel(ctx: &Ctx, a: ParallelArgs) -> Result {
+/// What `corral parallel` asks for, checked.
+pub fn parallel_request(a: &ParallelArgs) -> Result<Request> {
     check_group(&a.group)?;
     if a.n == Some(0) {
         return Err(usage(
@@ -64,21 +67,40 @@ pub fn parallel(ctx: &Ctx, a: ParallelArgs) -> Result {
         ));
     }
     let max = if a.reset { None } else { a.n };
-    show(ctx, &Request::Parallel { group: a.group, max }, a.json)
+    Ok(Request::Parallel { group: a.group.clone(), max })
+}
+
+/// What `corral pause` asks for, checked.
+pub fn pause_request(a: &PauseArgs) -> Result<Request> {
+    check_group(&a.group)?;
+    Ok(Request::Pause { group: a.group.clone(), paused: true, all: false })
+}
+
+/// What `corral resume` asks for, checked.
+pub fn resume_request(a: &ResumeArgs) -> Result<Request> {
+    check_group(&a.group)?;
+    Ok(Request::Pause { group: a.group.clone(), paused: false, all: a.all })
+}
+
+pub fn parallel(ctx: &Ctx, a: ParallelArgs) -> Result {
+    show(ctx, &parallel_request(&a)?, a.json)
 }
 
 pub fn pause(ctx: &Ctx, a: PauseArgs) -> Result {
-    check_group(&a.group)?;
-    show(ctx, &Request::Pause { group: a.group, paused: true, all: false }, a.json)
+    show(ctx, &pause_request(&a)?, a.json)
 }
 
 pub fn resume(ctx: &Ctx, a: ResumeArgs) -> Result {
-    check_group(&a.group)?;
-    show(ctx, &Request::Pause { group: a.group, paused: false, all: a.all }, a.json)
+    show(ctx, &resume_request(&a)?, a.json)
 }
 
 fn show(ctx: &Ctx, req: &Request, json: bool) -> Result {
-    let data = ctx.call(req)?;
+    print(ctx.call(req)?, json)
+}
+
+/// What the three commands print: the capacity they changed (`data`, a [`CapacityView`]),
+/// as JSON or as one line.
+pub fn print(data: serde_json::Value, json: bool) -> Result {
     if json {
         print_json(&data)?;
         return Ok(0);

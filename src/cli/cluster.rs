@@ -1,17 +1,19 @@
 //! The client commands in cluster mode, from any machine: `spawn`, `status`, `show`, `kill`,
-//! `retry`, `tell`, `wait` and `events` work by SQL against the cluster's database, with no
-//! local supervisor (one short connection per command, on a current-thread runtime). Kill,
-//! retry and tell of an agent a worker runs go to that worker as a command, and the answer
-//! is awaited; of an agent nobody runs, they are done in the database directly
-//! (`cluster::direct`). `health`, `escalations`, `monitor` and `logs` are in
-//! `cluster_reads`; `mcp` serves the same operations as tools (`mcp::cluster`). The other
-//! commands need the files of a worker's machine and say so.
+//! `retry`, `tell`, `wait`, `events`, `clean`, `parallel`, `pause` and `resume` work by SQL
+//! against the cluster's database, with no local supervisor (one short connection per
+//! command, on a current-thread runtime). Kill, retry and tell of an agent a worker runs go
+//! to that worker as a command, and the answer is awaited; of an agent nobody runs, they
+//! are done in the database directly (`cluster::direct`). A capacity change is the
+//! workspace's, for every worker (`cluster::capacity`). `health`, `escalations`, `monitor`
+//! and `logs` are in `cluster_reads`, `timeline` in `cluster_timeline`; `mcp` serves the
+//! same operations as tools (`mcp::cluster`). The other commands need the files of a
+//! worker's machine and say so.
 
 use super::{Cmd, Ctx, Fail, Result, usage};
 use crate::cluster::queue::ClusterError;
 use crate::cluster::read::{AgentFilter, AgentRow, EventRow};
-use crate::cluster::{Database, commands, direct, listen, queue, read, schema, worker};
-use crate::ipc::AgentView;
+use crate::cluster::{Database, capacity, commands, direct, listen, queue, read, schema, worker};
+use crate::ipc::{AgentView, Request};
 use crate::protocol::time;
 use crate::{note, say};
 use serde_json::{Value, json};
@@ -23,7 +25,7 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// When a wait for a worker's answer says so on stderr.
 const ANSWER_NOTE: Duration = Duration::from_secs(2);
 /// Events read per query.
-const PAGE: i64 = 1000;
+pub(super) const PAGE: i64 = 1000;
 
 /// The database and workspace the commands work with.
 pub struct Target {
@@ -82,6 +84,10 @@ pub fn run(ctx: &Ctx, t: Target, cmd: Cmd) -> Result {
         Cmd::Escalations(a) => rt.block_on(super::cluster_reads::escalations_cmd(&t, a)),
         Cmd::Logs(a) => rt.block_on(super::cluster_reads::logs(&t, a)),
         Cmd::Monitor(a) => super::cluster_reads::monitor(ctx, &t, &rt, a),
+        Cmd::Timeline(a) => rt.block_on(super::cluster_timeline::timeline(ctx, &t, a)),
+        Cmd::Parallel(a) => rt.block_on(capacity(ctx, &t, super::capacity::parallel_request(&a)?, a.json)),
+        Cmd::Pause(a) => rt.block_on(capacity(ctx, &t, super::capacity::pause_request(&a)?, a.json)),
+        Cmd::Resume(a) => rt.block_on(capacity(ctx, &t, super::capacity::resume_request(&a)?, a.json)),
         other => Err(usage(format!(
             "`corral {}` does not work from the database yet: run it on the worker's machine with --data-dir <its epoch \
              dir> (under the worker's data dir, epochs/<worker id>-<n>)",
@@ -200,6 +206,27 @@ fn relative_cwd(root: &std::path::Path, cwd: &str) -> String {
         }
     }
     cwd.to_string()
+}
+
+// ---- parallel, pause, resume ---------------------------------------------------------
+
+/// This machine's `corral.toml` limits: what `health` and the capacity commands show for
+/// what no worker has set in the database yet.
+pub(super) fn local_limits(ctx: &Ctx) -> capacity::Local {
+    capacity::Local { max_concurrent: ctx.ws.config.health().max_concurrent, groups: ctx.ws.config.group_limits() }
+}
+
+/// `corral parallel`, `pause` or `resume` (`req`, checked as on one machine) for the whole
+/// cluster: kept in the database over the workers' `corral.toml`, every worker woken.
+async fn capacity(ctx: &Ctx, t: &Target, req: Request, json: bool) -> Result {
+    let change = match req {
+        Request::Parallel { group, max } => capacity::Change::Parallel { group, max },
+        Request::Pause { group, paused, all } => capacity::Change::Pause { group, paused, all },
+        other => unreachable!("not a capacity change: {other:?}"),
+    };
+    let mut c = connect(t).await?;
+    let view = capacity::change(&mut c, &t.workspace, &change, &local_limits(ctx)).await.map_err(db_fail)?;
+    super::capacity::print(serde_json::to_value(view)?, json)
 }
 
 // ---- views ---------------------------------------------------------------------------

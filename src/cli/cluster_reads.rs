@@ -1,16 +1,17 @@
 //! `health`, `escalations`, `monitor` and `logs` in cluster mode, from any machine, by SQL:
-//! what the database holds about the workspace (the agents' records, the breaker, the
-//! workers and their leases, the escalations), shown as the single-machine commands show it.
-//! What only a worker's own supervisor knows (its machine's memory and load, provider holds,
-//! admission groups, a pause) is left out and named; an agent's log stays on its worker's
-//! disk, so `logs` says where it is.
+//! what the database holds about the workspace (the agents' records, its limits and pauses,
+//! the breaker, the workers and their leases, the escalations), shown as the single-machine
+//! commands show it. What only a worker's own supervisor knows (its machine's memory and
+//! load, provider holds) is left out and named; an agent's log stays on its worker's disk,
+//! so `logs` says where it is.
 
 use super::cluster::{Target, connect, db_fail, rfc, view_of};
 use super::{Ctx, Fail, Result, usage};
+use crate::cluster::capacity::Limits;
 use crate::cluster::queue::ClusterError;
 use crate::cluster::read::{self, AgentFilter, AgentRow};
 use crate::cluster::{direct, listen};
-use crate::ipc::{AgentView, BreakerView, HealthView, QueuedView, ShowView};
+use crate::ipc::{AgentView, BreakerView, GroupView, HealthView, QueuedView, ShowView};
 use crate::monitor::{Command, Model};
 use crate::policy::agent::Escalation;
 use crate::policy::health::Breakers;
@@ -22,17 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// What `health --json` leaves out from the database: each worker's supervisor has it for
 /// its own machine (`corral health --data-dir <its epoch dir>` there).
 /// (`maxOpenEscalations` too: each worker's supervisor holds its own starts on it.)
-pub const LOCAL_ONLY: &[&str] = &[
-    "freeMemory",
-    "minFreeMemory",
-    "load",
-    "maxLoad",
-    "maxOpenEscalations",
-    "providers",
-    "groups",
-    "paused",
-    "configuredMaxConcurrent",
-];
+pub const LOCAL_ONLY: &[&str] = &["freeMemory", "minFreeMemory", "load", "maxLoad", "maxOpenEscalations", "providers"];
 
 /// How often the monitor reads everything again with no notification (ages, leases).
 const MONITOR_POLL: Duration = Duration::from_secs(2);
@@ -261,8 +252,9 @@ impl Snapshot {
     }
 }
 
-/// Reads the agents, the workspace's limit and breaker, the queue, the workers and the
-/// escalations, and makes of them what the single-machine supervisor would show.
+/// Reads the agents, the workspace's limits (with `corral parallel`'s and a pause over
+/// them) and breaker, the queue, the workers and the escalations, and makes of them what
+/// the single-machine supervisor would show.
 pub async fn snapshot(
     ctx: &Ctx,
     t: &Target,
@@ -271,15 +263,17 @@ pub async fn snapshot(
     let rows: Vec<AgentRow> = read::agents(c, &t.workspace, &AgentFilter::default()).await?;
     let ws = c
         .query_opt(
-            "SELECT max_concurrent, breaker, (extract(epoch from clock_timestamp()) * 1000)::float8
+            "SELECT max_concurrent, breaker, (extract(epoch from clock_timestamp()) * 1000)::float8,
+                    group_limits, capacity
              FROM workspaces WHERE id = $1",
             &[&t.workspace],
         )
         .await?;
-    let (max, breaker, now): (Option<i32>, Value, f64) = match &ws {
-        Some(r) => (r.get(0), r.get(1), r.get(2)),
-        None => (None, json!({}), 0.0),
+    let (limits, breaker, now): (Limits, Value, f64) = match &ws {
+        Some(r) => (Limits::of(r.get(0), &r.get(3), &r.get(4)), r.get(1), r.get(2)),
+        None => (Limits::default(), json!({}), 0.0),
     };
+    let limits = limits.or_local(&super::cluster::local_limits(ctx));
     let now = now.max(0.0) as u64;
     let (workers, gone) = workers(c, &t.workspace).await?;
     let escalations = escalations(c, &t.workspace, false).await?;
@@ -291,14 +285,18 @@ pub async fn snapshot(
     let (summary, all_breakers) = BreakerView::all(&policy, &breakers, now);
     // An owned agent holds its slot whatever its state, as admission counts it.
     let running = rows.iter().filter(|r| r.owner.is_some()).count();
-    let max_concurrent = max.map_or(policy.max_concurrent, |m| m.max(0) as usize);
+    let max_concurrent = limits.max_concurrent().map_or(policy.max_concurrent, |m| m.max(0) as usize);
+    let changed = limits.capacity.max_concurrent.is_some();
     let live: Vec<&WorkerRow> = workers.iter().filter(|w| w.live && w.state == "active").collect();
     let live_slots: i64 = live.iter().map(|w| w.slots as i64).sum();
     let live_busy: i64 = live.iter().map(|w| w.agents).sum();
-    let held = if live.is_empty() {
+    let held = if let Some(why) = limits.capacity.paused_reason(None) {
+        Some(why)
+    } else if live.is_empty() {
         Some("no worker holds a live lease: run `corral worker` on a machine with the workspace".to_string())
     } else if running >= max_concurrent {
-        Some(format!("at capacity: {running} of {max_concurrent} running across the cluster ([health] max_concurrent)"))
+        let whose = if changed { "corral parallel" } else { "[health] max_concurrent" };
+        Some(format!("at capacity: {running} of {max_concurrent} running across the cluster ({whose})"))
     } else if live_busy >= live_slots {
         Some(format!("every live worker's slots are in use ({live_busy} of {live_slots})"))
     } else if policy.breaker_failures > 0 && policy.breaker_scope.as_str() == "global" {
@@ -335,13 +333,14 @@ pub async fn snapshot(
     let cleaned: std::collections::BTreeSet<&str> =
         rows.iter().filter(|r| r.body.get("cleanedAt").is_some()).map(|r| r.id.as_str()).collect();
     let views: Vec<AgentView> = views.into_iter().filter(|v| !cleaned.contains(v.agent_id.as_str())).collect();
+    let groups = group_views(&rows, &limits);
     let health = HealthView {
         healthy: held.is_none(),
         held_because: held,
         running,
         max_concurrent,
-        configured_max_concurrent: None,
-        paused: false,
+        configured_max_concurrent: if changed { limits.configured.map(|m| m.max(0) as usize) } else { None },
+        paused: limits.capacity.paused,
         queued: queue,
         breaker: summary,
         breakers: all_breakers,
@@ -353,9 +352,38 @@ pub async fn snapshot(
         max_open_escalations: None,
         cost_usd,
         providers: vec![],
-        groups: vec![],
+        groups,
     };
     Ok(Snapshot { views, health, escalations, workers, gone })
+}
+
+/// Every admission group with a limit in force, paused, or named by an agent holding a
+/// slot or queued, as the single-machine `health` lists them; an agent holds its group's
+/// slot while a worker owns it, as the claim counts it.
+fn group_views(rows: &[AgentRow], limits: &Limits) -> Vec<GroupView> {
+    let limited = limits.groups();
+    let mut all: BTreeMap<String, GroupView> = BTreeMap::new();
+    let names = limited.keys().chain(limits.capacity.paused_groups.iter());
+    let live = |r: &&AgentRow| r.owner.is_some() || r.state == "queued";
+    let named = rows.iter().filter(live).filter_map(|r| r.group.as_ref());
+    for name in names.chain(named) {
+        all.entry(name.clone()).or_insert_with(|| GroupView {
+            name: name.clone(),
+            running: 0,
+            queued: 0,
+            max_concurrent: limited.get(name).map(|m| (*m).max(0) as usize),
+            paused: limits.capacity.paused_groups.contains(name),
+        });
+    }
+    for r in rows {
+        let Some(g) = r.group.as_ref().and_then(|g| all.get_mut(g)) else { continue };
+        if r.owner.is_some() {
+            g.running += 1;
+        } else if r.state == "queued" {
+            g.queued += 1;
+        }
+    }
+    all.into_values().collect()
 }
 
 // ---- health --------------------------------------------------------------------------
@@ -375,7 +403,7 @@ pub async fn health(ctx: &Ctx, t: &Target, a: super::health::Args) -> Result {
     }
     say_to!(
         out,
-        "each worker's own: memory, load, provider holds, groups, pause (`corral health --data-dir <its epoch dir>` on its machine)"
+        "each worker's own: memory, load, provider holds (`corral health --data-dir <its epoch dir>` on its machine)"
     )?;
     Ok(0)
 }

@@ -6,6 +6,7 @@ pub mod capacity;
 pub mod clean;
 pub mod cluster;
 pub mod cluster_reads;
+pub mod cluster_timeline;
 pub mod completions;
 pub mod daemon;
 pub mod demo;

@@ -1,6 +1,7 @@
 //! `corral timeline`: a picture of the run, as SVG or as an HTML page holding it. The
 //! attempts come from the supervisor's views (`show`), the waits and escalations from the
-//! event log; `crate::timeline` lays them out.
+//! event log; `crate::timeline` lays them out. In cluster mode the same picture is drawn
+//! from the database (`cluster_timeline`).
 
 use super::{Ctx, Fail, Result, into_result, usage};
 use crate::client::Client;
@@ -129,17 +130,28 @@ impl Format {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
+    let format = check(&a)?;
+    let mut client = ctx.client()?;
+    let runs = collect(&mut client, a.ids.clone(), a.role.clone())?;
+    output(&runs, &a, format)
+}
+
+/// The flags checked before anything is read: the width, and the format the picture is
+/// written in.
+pub fn check(a: &Args) -> Result<Format> {
     if !(400..=20_000).contains(&a.width) {
         return Err(usage(format!("--width {}: give a width from 400 to 20000 pixels", a.width)));
     }
-    let format = Format::choose(a.format.as_deref(), a.out.as_deref())?;
-    let mut client = ctx.client()?;
-    let runs = collect(&mut client, a.ids, a.role)?;
+    Format::choose(a.format.as_deref(), a.out.as_deref())
+}
+
+/// Writes the picture of `runs` (or, with `--json`, what it shows) where `a` says.
+pub fn output(runs: &[AgentRun], a: &Args, format: Format) -> Result {
     if a.json {
-        super::output::print_json(&rows_json(&runs))?;
+        super::output::print_json(&rows_json(runs))?;
         return Ok(0);
     }
-    let text = render(&runs, a.width, format);
+    let text = render(runs, a.width, format);
     match &a.out {
         Some(path) => {
             std::fs::write(path, &text)
@@ -166,6 +178,19 @@ pub fn render(runs: &[AgentRun], width: u32, format: Format) -> String {
     }
 }
 
+/// An event of the log as the picture reads it: its reason (or note, or the blocker it
+/// waits on) and escalation number.
+pub fn event_of(kind: &str, at: jiff::Timestamp, data: &serde_json::Value) -> Event {
+    let text = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    Event {
+        at,
+        kind: kind.to_string(),
+        reason: text("reason").or_else(|| text("note")).or_else(|| text("blocker")),
+        escalation: data.get("escalation").and_then(|v| v.as_u64()),
+        blocker: kind == "waiting" && data.get("blocker").is_some(),
+    }
+}
+
 /// What the picture needs of the agents `ids` (all, when empty) of `role`: their attempts
 /// from `show` and the state changes and escalations from the event log.
 pub fn collect(client: &mut Client, ids: Vec<String>, role: Option<String>) -> Result<Vec<AgentRun>> {
@@ -184,14 +209,7 @@ pub fn collect(client: &mut Client, ids: Vec<String>, role: Option<String>) -> R
             }
             let (Some(id), Some(at)) = (&e.agent_id, crate::protocol::time::parse(&e.at)) else { continue };
             let Some(list) = events.get_mut(id.as_str()) else { continue };
-            let text = |k: &str| e.data.get(k).and_then(|v| v.as_str()).map(str::to_string);
-            list.push(Event {
-                at,
-                kind: e.kind.clone(),
-                reason: text("reason").or_else(|| text("note")).or_else(|| text("blocker")),
-                escalation: e.data.get("escalation").and_then(|v| v.as_u64()),
-                blocker: e.kind == "waiting" && e.data.get("blocker").is_some(),
-            });
+            list.push(event_of(&e.kind, at, &e.data));
         }
         if page.len() < crate::ipc::EVENTS_PAGE {
             break;

@@ -2,11 +2,13 @@
 //! worker and client needs before anything else: reaching the database (with the password
 //! from the URL, `PGPASSWORD` or a password file, as libpq users expect) and the versioned
 //! schema that corral creates and migrates itself; [`queue`] holds the leases, claims, fenced
-//! writes and re-queue of lost agents that every worker runs; [`commands`] carries kill,
-//! retry and tell from any machine to the worker that owns the agent; [`listen`] turns
-//! LISTEN/NOTIFY into wake-ups with a slow poll behind them; [`read`] is what `status` and
-//! `events` read on a machine with no worker.
+//! writes and re-queue of lost agents that every worker runs; [`capacity`] holds what
+//! `parallel`, `pause` and `resume` change at run time over the configured limits;
+//! [`commands`] carries kill, retry and tell from any machine to the worker that owns the
+//! agent; [`listen`] turns LISTEN/NOTIFY into wake-ups with a slow poll behind them;
+//! [`read`] is what `status` and `events` read on a machine with no worker.
 
+pub mod capacity;
 pub mod commands;
 pub mod direct;
 pub mod listen;

@@ -6,8 +6,8 @@
 //!   that has run out cannot be renewed (the worker learns it lost it, stops its agents and
 //!   registers again under a new id).
 //! - [`claim`] admits queued agents in one transaction under the workspace row's lock, so
-//!   `max_concurrent`, each group's limit, the workspace's budget and the providers' rate
-//!   limit holds apply across every worker; candidates are taken with
+//!   `max_concurrent`, each group's limit, a pause, the workspace's budget and the
+//!   providers' rate limit holds apply across every worker; candidates are taken with
 //!   `FOR UPDATE SKIP LOCKED`, and each claim bumps the agent's fence.
 //! - [`write`] is the one way a worker changes anything about an agent it runs: it checks
 //!   `owner = me AND fence = $fence` under the agent's row lock, and a stale writer changes
@@ -228,7 +228,8 @@ pub fn new_worker_id() -> String {
 }
 
 /// The limits admission holds across the whole cluster, from a worker's `corral.toml`: the
-/// last worker to start sets them.
+/// last worker to start sets them. What `corral parallel` and `corral pause` change at run
+/// time is kept apart and holds over these (see `capacity`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WorkspaceLimits {
     /// `[health] max_concurrent` (`None`: no limit).
@@ -302,12 +303,13 @@ fn needs(t: &str) -> String {
 }
 
 /// The agents row `t` may be claimed by a worker with labels `$2`, with the workspace's
-/// provider holds `$5`: queued, nobody's, due, placeable there, its provider not held, every
-/// dependency complete.
+/// provider holds `$5` and paused groups `$6`: queued, nobody's, due, placeable there, its
+/// group not paused, its provider not held, every dependency complete.
 fn claimable(t: &str) -> String {
     format!(
         "{t}.workspace = $1 AND {t}.state = 'queued' AND {t}.owner IS NULL AND {t}.run_after <= now()
          AND {t}.placement <@ $2
+         AND ({t}.admission_group IS NULL OR NOT {t}.admission_group = ANY($6::text[]))
          AND ({t}.provider IS NULL OR NOT EXISTS (
              SELECT 1 FROM jsonb_each($5::jsonb) AS h(name, hold)
              WHERE h.name = {t}.provider AND (h.hold->>'until')::timestamptz > now()))
@@ -602,24 +604,28 @@ pub async fn claim(client: &mut Client, lease: &Lease, want: i64) -> Result<Vec<
 
 /// Claims up to `want` queued agents for this worker: those whose `run_after` has passed,
 /// whose placement its labels satisfy, whose provider is not held, whose dependencies
-/// (`request.after`) completed, whose group has room and whose breaker lets them start, in
-/// spawn order, never more than the workspace's `max_concurrent` (nor a group's limit)
-/// holding a slot across all workers, and none while the workspace's budget is spent. Each claim bumps the agent's fence,
-/// opens its attempt and appends a `claimed` event. Agents whose dependency finished
-/// without completing fail here, with the reason.
+/// (`request.after`) completed, whose group has room and is not paused and whose breaker
+/// lets them start, in spawn order, never more than the workspace's `max_concurrent` (nor a
+/// group's limit) holding a slot across all workers, those limits being `corral parallel`'s
+/// where it changed them (see `capacity`), and none while the workspace is paused or its
+/// budget is spent. Each claim bumps the agent's fence, opens its attempt and appends a
+/// `claimed` event. Agents whose dependency finished without completing fail here, with the
+/// reason.
 pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &Admission) -> Result<Vec<Claim>> {
     let tx = client.transaction().await?;
     let (labels, slots) = live(&tx, lease).await?;
     // Serializes admission across the cluster: every claim takes this row first.
     let row = tx
         .query_one(
-            "SELECT max_concurrent, breaker, group_limits, max_cost_usd, provider_holds
+            "SELECT max_concurrent, breaker, group_limits, max_cost_usd, provider_holds, capacity
              FROM workspaces WHERE id = $1 FOR UPDATE",
             &[&lease.workspace],
         )
         .await?;
     let (max, breaker, groups, max_cost, holds): (Option<i32>, Value, Value, Option<f64>, Value) =
         (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let limits = super::capacity::Limits::of(max, &groups, &row.get(5));
+    let (groups, paused_groups) = (limits.groups_json(), limits.paused_groups());
     // Dependents of a dependency that will never complete fail with it.
     // (Never waiting on a row another transaction holds: SKIP LOCKED, as for candidates.)
     let rows = tx
@@ -664,8 +670,12 @@ pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &A
         .await?;
     let (busy, mine): (i64, i64) = (counts.get(0), counts.get(1));
     let mut free = want.min(slots as i64 - mine);
-    if let Some(max) = max {
-        free = free.min(max as i64 - busy);
+    if let Some(max) = limits.max_concurrent() {
+        free = free.min(max - busy);
+    }
+    // `corral pause`: nothing starts anywhere until `corral resume`.
+    if limits.capacity.paused {
+        free = 0;
     }
     // The workspace's budget spent: nothing more starts anywhere.
     if let Some(max) = max_cost
@@ -705,7 +715,8 @@ pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &A
             claimable("q"),
             claimable("a")
         );
-        let rows = tx.query(&sql, &[&lease.workspace, &labels, &(free + extra), &groups, &holds]).await?;
+        let rows =
+            tx.query(&sql, &[&lease.workspace, &labels, &(free + extra), &groups, &holds, &paused_groups]).await?;
         let mut chosen: Vec<String> = Vec::new();
         match &rules.health {
             None => chosen.extend(rows.iter().take(free as usize).map(|r| r.get::<_, String>(0))),

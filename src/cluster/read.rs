@@ -116,8 +116,9 @@ pub async fn events(client: &Client, workspace: &str, after: i64, limit: i64) ->
 
 /// Why each queued agent of `workspace` that nobody owns waits, as far as the database can
 /// tell, by id: the first of its dependencies not complete ("waiting for ..."), its delay,
-/// the workspace's budget spent, no live worker offering its placement, its provider held
-/// by a rate limit, its group at its limit, the workspace at `max_concurrent`, its breaker
+/// the workspace's budget spent, a pause (of the workspace or its group), no live worker
+/// offering its placement, its provider held by a rate limit, its group at its limit (as
+/// `corral parallel` may have changed it), the workspace at `max_concurrent`, its breaker
 /// open under `health` (in the single-machine supervisor's words where it has them). An
 /// agent with none of these waits only for a free slot on a worker that fits it.
 pub async fn queued_reasons(
@@ -149,15 +150,17 @@ pub async fn queued_reasons(
     let ws = client
         .query_opt(
             "SELECT max_concurrent, group_limits, max_cost_usd, breaker,
-                    (extract(epoch from clock_timestamp()) * 1000)::float8
+                    (extract(epoch from clock_timestamp()) * 1000)::float8, capacity
              FROM workspaces WHERE id = $1",
             &[&workspace],
         )
         .await?;
-    let (max, groups, max_cost, breaker, now_ms): (Option<i32>, Value, Option<f64>, Value, f64) = match &ws {
-        Some(r) => (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)),
-        None => (None, Value::Null, None, Value::Null, 0.0),
+    let (limits, max_cost, breaker, now_ms): (super::capacity::Limits, Option<f64>, Value, f64) = match &ws {
+        Some(r) => (super::capacity::Limits::of(r.get(0), &r.get(1), &r.get(5)), r.get(2), r.get(3), r.get(4)),
+        None => (super::capacity::Limits::default(), None, Value::Null, 0.0),
     };
+    // As the claim reads them: `corral parallel`'s over the workers' `corral.toml`.
+    let (max, groups) = (limits.max_concurrent(), limits.groups());
     // The cluster's breakers, on the database's clock (as the claim reads them).
     let now_ms = now_ms.max(0.0) as u64;
     let mut breakers: crate::policy::health::Breakers = serde_json::from_value(breaker).unwrap_or_default();
@@ -210,13 +213,15 @@ pub async fn queued_reasons(
         let held = provider.as_ref().and_then(|p| Some((p, *holds.get(p)?)));
         let role: String = r.get(9);
         let tripped = health.filter(|h| h.breaker_failures > 0).and_then(|h| breakers.blocks(h, &role, now_ms));
-        let limit = group.as_deref().and_then(|g| groups.get(g)).and_then(Value::as_i64);
+        let limit = group.as_deref().and_then(|g| groups.get(g)).copied();
         let why = if !waiting.is_empty() {
             format!("waiting for {}", waiting.join(", "))
         } else if later {
             format!("delayed until {} UTC", if far { date_time } else { time })
         } else if let Some(b) = &budget {
             b.clone()
+        } else if let Some(p) = limits.capacity.paused_reason(group.as_deref()) {
+            p
         } else if labels.is_empty() {
             "no worker is running in this workspace (start one: corral worker)".to_string()
         } else if !labels.iter().any(|l| fits(&placement, l)) {
@@ -230,7 +235,7 @@ pub async fn queued_reasons(
         {
             let running = by_group.get(&Some(g.clone())).copied().unwrap_or(0);
             format!("group {g} at capacity ({running} running, max {max})")
-        } else if let Some(max) = max.filter(|m| busy >= i64::from(*m)) {
+        } else if let Some(max) = max.filter(|m| busy >= *m) {
             format!("capacity: {busy} of {} running", crate::policy::plural(max as usize, "agent", "agents"))
         } else if let Some(why) = tripped {
             why

@@ -183,6 +183,13 @@ ALTER TABLE workspaces ADD COLUMN IF NOT EXISTS max_cost_usd float8;
 ALTER TABLE workspaces ADD COLUMN IF NOT EXISTS provider_holds jsonb NOT NULL DEFAULT '{}';
 "#,
     },
+    Migration {
+        version: 7,
+        name: "run-time capacity and pauses over the configured limits",
+        sql: r#"
+ALTER TABLE workspaces ADD COLUMN IF NOT EXISTS capacity jsonb NOT NULL DEFAULT '{}';
+"#,
+    },
 ];
 
 /// What [`migrate`] found and did.

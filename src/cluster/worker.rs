@@ -38,9 +38,11 @@ pub struct Options {
     pub timings: LeaseTimings,
     pub labels: Value,
     pub slots: usize,
-    /// The workspace's cluster-wide limit, set in the database at start.
+    /// The workspace's cluster-wide limit, set in the database at start as the configured
+    /// one (a `corral parallel` change is kept apart from it and holds over it).
     pub max_concurrent: Option<usize>,
-    /// `[groups.NAME] max_concurrent`, cluster-wide, set in the database at start.
+    /// `[groups.NAME] max_concurrent`, cluster-wide, set in the database at start (as
+    /// `max_concurrent` is).
     pub groups: BTreeMap<String, usize>,
     /// `[budget] max_cost_usd`, cluster-wide, set in the database at start.
     pub max_cost_usd: Option<f64>,

@@ -43,6 +43,63 @@ impl Capacity {
         configured
     }
 
+    /// `corral parallel N [--group G]` (`max` is `None` for `--reset`): the limit over the
+    /// configuration, or forgotten so the configured one holds again.
+    pub fn set_limit(&mut self, group: Option<&str>, max: Option<usize>) {
+        match (group, max) {
+            (None, m) => self.max_concurrent = m,
+            (Some(g), Some(n)) => {
+                self.groups.insert(g.to_string(), n);
+            }
+            (Some(g), None) => {
+                self.groups.remove(g);
+            }
+        }
+    }
+
+    /// The data of the `capacity_changed` event a `set_limit(group, max)` makes, when the
+    /// limit in force moves from `from` (the configured one being `configured`).
+    pub fn limit_event(
+        group: Option<&str>,
+        max: Option<usize>,
+        from: Option<usize>,
+        configured: Option<usize>,
+    ) -> Option<serde_json::Value> {
+        let to = max.or(configured);
+        (to != from).then(|| {
+            serde_json::json!({
+                "group": group, "maxConcurrent": to, "from": from, "configured": configured, "reset": max.is_none(),
+            })
+        })
+    }
+
+    /// `corral pause [--group G]` (`paused`) or `corral resume [--group G | --all]`; returns
+    /// what it changed (`None`: the workspace, else a group), each once, for its event.
+    pub fn set_paused(&mut self, group: Option<&str>, paused: bool, all: bool) -> Vec<Option<String>> {
+        let mut changed = Vec::new();
+        match group {
+            None if all && !paused => {
+                if std::mem::take(&mut self.paused) {
+                    changed.push(None);
+                }
+                changed.extend(std::mem::take(&mut self.paused_groups).into_iter().map(Some));
+            }
+            None => {
+                if self.paused != paused {
+                    self.paused = paused;
+                    changed.push(None);
+                }
+            }
+            Some(g) => {
+                let did = if paused { self.paused_groups.insert(g.to_string()) } else { self.paused_groups.remove(g) };
+                if did {
+                    changed.push(Some(g.to_string()));
+                }
+            }
+        }
+        changed
+    }
+
     /// Why no agent of `group` (or none at all) may start while paused.
     pub fn paused_reason(&self, group: Option<&str>) -> Option<String> {
         if self.paused {

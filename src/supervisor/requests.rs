@@ -377,49 +377,15 @@ fn set_parallel(sup: &mut Supervisor, group: Option<&str>, max: Option<usize>) -
         None => (Some(sup.health.max_concurrent), Some(sup.ws.config.health().max_concurrent)),
         Some(g) => (sup.group_max.get(g).copied(), sup.ws.config.group_limits().get(g).copied()),
     };
-    match (group, max) {
-        (None, m) => sup.capacity.max_concurrent = m,
-        (Some(g), Some(n)) => {
-            sup.capacity.groups.insert(g.to_string(), n);
-        }
-        (Some(g), None) => {
-            sup.capacity.groups.remove(g);
-        }
-    }
-    let to = max.or(configured);
-    if to != from {
-        let data = serde_json::json!({
-            "group": group, "maxConcurrent": to, "from": from, "configured": configured, "reset": max.is_none(),
-        });
+    sup.capacity.set_limit(group, max);
+    if let Some(data) = crate::policy::admission::Capacity::limit_event(group, max, from, configured) {
         sup.emit(None, "capacity_changed", data);
     }
     Ok(())
 }
 
 fn set_paused(sup: &mut Supervisor, group: Option<&str>, paused: bool, all: bool) -> Result<(), Reply> {
-    let c = &mut sup.capacity;
-    let mut changed: Vec<Option<String>> = Vec::new();
-    match group {
-        None if all && !paused => {
-            if std::mem::take(&mut c.paused) {
-                changed.push(None);
-            }
-            changed.extend(std::mem::take(&mut c.paused_groups).into_iter().map(Some));
-        }
-        None => {
-            if c.paused != paused {
-                c.paused = paused;
-                changed.push(None);
-            }
-        }
-        Some(g) => {
-            let did = if paused { c.paused_groups.insert(g.to_string()) } else { c.paused_groups.remove(g) };
-            if did {
-                changed.push(Some(g.to_string()));
-            }
-        }
-    }
-    for g in changed {
+    for g in sup.capacity.set_paused(group, paused, all) {
         sup.emit(None, if paused { "paused" } else { "resumed" }, serde_json::json!({ "group": g }));
     }
     Ok(())
