@@ -309,6 +309,13 @@ fn a_providers_rate_limit_on_one_worker_holds_its_agents_on_every_worker() {
         "{why}"
     );
     assert_eq!(started(&c, &held), 0);
+    // health from any machine names the hold, until when, on the database's clock.
+    let h = c.json(&["health", "--json"]);
+    let p = h["providers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(p.len(), 1, "{h}");
+    assert_eq!(p[0]["name"], "openai", "{h}");
+    let until: jiff::Timestamp = p[0]["heldUntil"].as_str().unwrap().parse().unwrap();
+    assert!(until > jiff::Timestamp::now(), "{h}");
     assert_eq!(c.pg.sql("corral", "SELECT count(*) FROM attempts WHERE agent_id = 'x1'"), "0");
     // Once the hold is over (here: ended by hand), another worker takes it (the first one's
     // own supervisor still holds the provider, so it stops).

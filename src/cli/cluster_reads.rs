@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// What `health --json` leaves out from the database: each worker's supervisor has it for
 /// its own machine (`corral health --data-dir <its epoch dir>` there).
 /// (`maxOpenEscalations` too: each worker's supervisor holds its own starts on it.)
-pub const LOCAL_ONLY: &[&str] = &["freeMemory", "minFreeMemory", "load", "maxLoad", "maxOpenEscalations", "providers"];
+pub const LOCAL_ONLY: &[&str] = &["freeMemory", "minFreeMemory", "load", "maxLoad", "maxOpenEscalations"];
 
 /// How often the monitor reads everything again with no notification (ages, leases).
 const MONITOR_POLL: Duration = Duration::from_secs(2);
@@ -334,6 +334,19 @@ pub async fn snapshot(
         rows.iter().filter(|r| r.body.get("cleanedAt").is_some()).map(|r| r.id.as_str()).collect();
     let views: Vec<AgentView> = views.into_iter().filter(|v| !cleaned.contains(v.agent_id.as_str())).collect();
     let groups = group_views(&rows, &limits);
+    // Rate-limit holds are the cluster's (every worker honours them); a concurrency lowered
+    // after a burst is each worker's own.
+    let providers = crate::cluster::read::provider_holds(c, &t.workspace)
+        .await?
+        .into_iter()
+        .map(|h| crate::ipc::ProviderView {
+            name: h.name,
+            held_until: Some(rfc(h.until)),
+            max_concurrent: None,
+            running: h.running.max(0) as usize,
+            reason: h.reason,
+        })
+        .collect();
     let health = HealthView {
         healthy: held.is_none(),
         held_because: held,
@@ -351,7 +364,7 @@ pub async fn snapshot(
         open_escalations: escalations.len(),
         max_open_escalations: None,
         cost_usd,
-        providers: vec![],
+        providers,
         groups,
     };
     Ok(Snapshot { views, health, escalations, workers, gone })
@@ -403,7 +416,8 @@ pub async fn health(ctx: &Ctx, t: &Target, a: super::health::Args) -> Result {
     }
     say_to!(
         out,
-        "each worker's own: memory, load, provider holds (`corral health --data-dir <its epoch dir>` on its machine)"
+        "each worker's own: memory, load, a provider's concurrency lowered after a burst of rate limits (`corral \
+         health --data-dir <its epoch dir>` on its machine)"
     )?;
     Ok(0)
 }

@@ -76,6 +76,35 @@ pub async fn agents(client: &Client, workspace: &str, filter: &AgentFilter) -> R
         .collect())
 }
 
+/// A provider whose rate or usage limit holds its agents on every worker: its name, when the
+/// hold ends and why, and how many of its agents hold a slot now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderHold {
+    pub name: String,
+    pub until: SystemTime,
+    pub reason: String,
+    pub running: i64,
+}
+
+/// The provider holds of `workspace` still in force, on the database's clock, by name.
+pub async fn provider_holds(client: &Client, workspace: &str) -> Result<Vec<ProviderHold>> {
+    let rows = client
+        .query(
+            "SELECT h.name, (h.hold->>'until')::timestamptz, COALESCE(h.hold->>'reason', ''),
+                    (SELECT count(*) FROM agents a
+                     WHERE a.workspace = w.id AND a.owner IS NOT NULL AND a.provider = h.name)
+             FROM workspaces w, jsonb_each(w.provider_holds) AS h(name, hold)
+             WHERE w.id = $1 AND (h.hold->>'until')::timestamptz > now()
+             ORDER BY h.name",
+            &[&workspace],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ProviderHold { name: r.get(0), until: r.get(1), reason: r.get(2), running: r.get(3) })
+        .collect())
+}
+
 /// One event, as numbered at commit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRow {
