@@ -114,5 +114,15 @@ mod tests {
         assert_eq!(read_env(&data), vec![("OK".to_string(), "v".to_string())]);
         std::fs::write(dir.path().join(ENV_FILE), b"[[").unwrap();
         assert!(read_env(&data).is_empty());
+        // Planted by an agent: a FIFO (never blocks the supervisor), a symlink out of the dir.
+        std::fs::remove_file(dir.path().join(ENV_FILE)).unwrap();
+        let c = std::ffi::CString::new(dir.path().join(ENV_FILE).to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(read_env(&data).is_empty());
+        std::fs::remove_file(dir.path().join(ENV_FILE)).unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), br#"[["LD_PRELOAD","/x.so"]]"#).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join(ENV_FILE)).unwrap();
+        assert!(read_env(&data).is_empty());
     }
 }
