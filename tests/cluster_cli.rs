@@ -352,7 +352,7 @@ fn an_orchestrator_agent_on_a_worker_drives_the_cluster_through_mcp() {
     let config = format!(
         r#"{CONFIG}
 [roles.WORKER]
-command = ["sh", "-c", "sleep 0.3; {corral} handoff --finding \"$1\" --decision 'use port 8080'", "sh", "{{task}}"]
+command = ["sh", "-c", "sleep 0.3; {corral} handoff --finding \"$1\" --decision 'use port 8080' --memory 'the port is 8080'", "sh", "{{task}}"]
 max_retries = 0
 
 [roles.BROKEN]
@@ -410,13 +410,31 @@ command = ["sleep", "30"]
     assert!(agg.contains(&bad), "the failed agent is reported: {agg}");
     assert!(seen["health"]["openEscalations"].as_u64() >= Some(1), "{}", seen["health"]);
     assert!(seen["escalations"]["escalations"].as_array().unwrap().iter().any(|e| e["agentId"] == bad.as_str()));
-    assert!(seen["memory"].as_str().unwrap().contains("epoch dir"), "{}", seen["memory"]);
+    // What the cluster learned: the worker's memory candidate, found by the search.
+    let found = seen["memory"]["candidates"].to_string();
+    assert!(found.contains("the port is 8080") && found.contains(&good), "{}", seen["memory"]);
     // The sleeper: still pending after the short wait, told, then killed wherever it ran.
     assert_eq!(seen["wait_timeout"]["timedOut"], true, "{}", seen["wait_timeout"]);
     let sleeper = seen["kill"]["agentId"].as_str().unwrap();
     assert_eq!(seen["tell"]["agentId"], sleeper);
     assert_eq!(seen["kill"]["status"], "killed", "{}", seen["kill"]);
     assert_eq!(c.states().get(sleeper).map(String::as_str), Some("killed"));
+
+    // `corral memory` from a machine with no worker: the candidate once, and each role's
+    // failure patterns from the attempts on every worker.
+    let m = c.json(&["memory", "--json"]);
+    let cands = m["candidates"].as_array().unwrap();
+    assert_eq!(cands.len(), 1, "{m}");
+    assert_eq!((cands[0]["role"].as_str(), cands[0]["agentId"].as_str()), (Some("WORKER"), Some(good.as_str())));
+    let role = |r: &str| m["patterns"].as_array().unwrap().iter().find(|p| p["role"] == r).cloned().unwrap();
+    let broken = role("BROKEN");
+    assert_eq!((broken["attempts"].as_u64(), broken["failedAttempts"].as_u64()), (Some(1), Some(1)), "{broken}");
+    assert_eq!(broken["failureTypes"]["crash"], 1, "{broken}");
+    assert_eq!(broken["escalated"], 1, "{broken}");
+    let worker = role("WORKER");
+    assert_eq!((worker["attempts"].as_u64(), worker["failedAttempts"].as_u64()), (Some(1), Some(0)), "{worker}");
+    let search = c.ok(&["memory", "search", "8080"]);
+    assert!(search.contains("the port is 8080"), "{search}");
 }
 
 /// `corral clean` from a machine with no worker: finished agents leave the views (status,

@@ -80,6 +80,7 @@ pub fn run(ctx: &Ctx, t: Target, cmd: Cmd) -> Result {
         Cmd::Events(a) => rt.block_on(events(&t, a)),
         Cmd::Aggregate(a) => rt.block_on(aggregate(ctx, &t, a)),
         Cmd::Clean(a) => rt.block_on(clean(&t, a)),
+        Cmd::Memory(a) => super::memory::present(rt.block_on(super::cluster_memory::snapshot(ctx, &t))?, a),
         Cmd::Health(a) => rt.block_on(super::cluster_reads::health(ctx, &t, a)),
         Cmd::Escalations(a) => rt.block_on(super::cluster_reads::escalations_cmd(&t, a)),
         Cmd::Logs(a) => rt.block_on(super::cluster_reads::logs(&t, a)),
@@ -120,7 +121,7 @@ pub(crate) async fn connect(t: &Target) -> Result<tokio_postgres::Client> {
     Ok(c)
 }
 
-pub(super) fn rfc(t: SystemTime) -> String {
+pub(crate) fn rfc(t: SystemTime) -> String {
     jiff::Timestamp::try_from(t).map(time::rfc3339).unwrap_or_default()
 }
 

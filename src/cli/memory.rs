@@ -45,6 +45,11 @@ pub enum Action {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
     let snapshot: MemorySnapshot = serde_json::from_value(ctx.call(&Request::Memory)?)?;
+    present(snapshot, a)
+}
+
+/// What `a` asks of the memory `snapshot` (this workspace's, or the cluster's).
+pub fn present(snapshot: MemorySnapshot, a: Args) -> Result {
     match a.action {
         None => show(&snapshot, a.json),
         Some(Action::List { json }) => show(&snapshot, json || a.json),

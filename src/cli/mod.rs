@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod capacity;
 pub mod clean;
 pub mod cluster;
+pub mod cluster_memory;
 pub mod cluster_reads;
 pub mod cluster_timeline;
 pub mod completions;

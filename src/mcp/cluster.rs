@@ -151,10 +151,10 @@ pub fn health(ctx: &Ctx, t: &Target) -> Result<HealthView, String> {
     })
 }
 
-pub fn memory_search(_: &MemoryArgs) -> Result<MemorySnapshot, String> {
-    Err("memory_search reads a worker's own memory, which is not in the cluster's database: run `corral mcp` with \
-         --data-dir <a worker's epoch dir> on that worker's machine"
-        .into())
+pub fn memory_search(ctx: &Ctx, t: &Target, a: MemoryArgs) -> Result<MemorySnapshot, String> {
+    text("query", &a.query)?;
+    let all = run(crate::cli::cluster_memory::snapshot(ctx, t))?;
+    Ok(crate::memory::search(&all, &a.query))
 }
 
 pub fn aggregate(ctx: &Ctx, t: &Target, a: AggregateArgs) -> Result<Report, String> {

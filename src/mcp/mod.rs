@@ -301,7 +301,7 @@ impl Server {
         let a = p.0?;
         let (ctx, cl) = (self.ctx.clone(), self.cluster.clone());
         blocking(move || match cl.as_deref() {
-            Some(_) => cluster::memory_search(&a),
+            Some(t) => cluster::memory_search(&ctx, t, a),
             None => orchestrator::memory_search(&ctx, a),
         })
         .await

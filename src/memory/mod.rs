@@ -117,11 +117,71 @@ fn reason_shape(r: &str) -> String {
     out
 }
 
+/// What failure patterns are learned from about one agent, wherever its record is kept (the
+/// single-machine registry, or the cluster's database).
+#[derive(Debug, Clone, Default)]
+pub struct Learned {
+    pub role: String,
+    pub complete: bool,
+    pub escalated: bool,
+    /// The role's attempt timeout.
+    pub attempt_timeout_ms: u64,
+    /// Its ended attempts, in order.
+    pub attempts: Vec<LearnedAttempt>,
+    /// What its CLI reported in all, where known.
+    pub cost_usd: Option<f64>,
+    pub tokens: Option<Tokens>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LearnedAttempt {
+    pub started_at: String,
+    pub ended_at: String,
+    pub failure_type: Option<String>,
+    pub reason: Option<String>,
+    pub cost_usd: Option<f64>,
+}
+
+impl Learned {
+    pub fn of(a: &Agent) -> Self {
+        let t = agent_totals(a);
+        let attempts = a
+            .attempts
+            .iter()
+            .filter_map(|at| match &at.run {
+                AttemptRun::Ended { ended_at, failure_type, reason, .. } => Some(LearnedAttempt {
+                    started_at: at.started_at.clone(),
+                    ended_at: ended_at.clone(),
+                    failure_type: failure_type.clone(),
+                    reason: reason.clone(),
+                    cost_usd: at.stream.as_ref().and_then(|s| s.cost_usd),
+                }),
+                _ => None,
+            })
+            .collect();
+        Self {
+            role: a.spec.role.clone(),
+            complete: matches!(a.state, AgentState::Complete),
+            escalated: matches!(a.state, AgentState::Escalated { .. }),
+            attempt_timeout_ms: a.spec.policy.attempt_timeout_ms,
+            attempts,
+            cost_usd: t.cost_usd,
+            tokens: t.tokens,
+        }
+    }
+}
+
 /// Failure patterns per role, from every agent the registry holds.
 pub fn patterns(agents: &[&Agent]) -> Vec<RolePattern> {
-    let mut by_role: BTreeMap<&str, Vec<&Agent>> = BTreeMap::new();
+    let learned: Vec<Learned> = agents.iter().map(|a| Learned::of(a)).collect();
+    patterns_of(&learned)
+}
+
+/// Failure patterns per role, from what was learned about each agent.
+pub fn patterns_of(agents: &[Learned]) -> Vec<RolePattern> {
+    let mut by_role: BTreeMap<&str, Vec<&Learned>> = BTreeMap::new();
     for a in agents {
-        by_role.entry(a.spec.role.as_str()).or_default().push(a);
+        by_role.entry(a.role.as_str()).or_default().push(a);
     }
     by_role
         .into_iter()
@@ -140,7 +200,7 @@ pub fn patterns(agents: &[&Agent]) -> Vec<RolePattern> {
                 duration_p50_ms: None,
                 duration_p95_ms: None,
                 duration_max_ms: None,
-                attempt_timeout_ms: list.last().map(|a| a.spec.policy.attempt_timeout_ms).unwrap_or(0),
+                attempt_timeout_ms: list.last().map(|a| a.attempt_timeout_ms).unwrap_or(0),
                 advice: None,
                 cost_usd: None,
                 tokens: None,
@@ -153,7 +213,7 @@ pub fn patterns(agents: &[&Agent]) -> Vec<RolePattern> {
             let mut durations = Vec::new();
             for a in &list {
                 for at in &a.attempts {
-                    let AttemptRun::Ended { ended_at, failure_type, reason, .. } = &at.run else { continue };
+                    let (ended_at, failure_type, reason) = (&at.ended_at, &at.failure_type, &at.reason);
                     p.attempts += 1;
                     // An attempt stopped by a timeout ran as long as it was allowed, not as
                     // long as its work took: its duration would only echo the limit back.
@@ -169,12 +229,11 @@ pub fn patterns(agents: &[&Agent]) -> Vec<RolePattern> {
                         }
                     }
                 }
-                let escalated = matches!(a.state, AgentState::Escalated { .. });
-                p.escalated += escalated as usize;
+                p.escalated += a.escalated as usize;
                 if a.attempts.len() > 1 {
-                    match a.state {
-                        AgentState::Complete => p.retried_completed += 1,
-                        _ if escalated => p.retried_escalated += 1,
+                    match () {
+                        _ if a.complete => p.retried_completed += 1,
+                        _ if a.escalated => p.retried_escalated += 1,
                         _ => p.retried_other += 1,
                     }
                 }
@@ -194,23 +253,20 @@ pub fn patterns(agents: &[&Agent]) -> Vec<RolePattern> {
 }
 
 /// The role's cost and tokens, in all and per agent, and what its failed attempts cost.
-fn spending(p: &mut RolePattern, list: &[&Agent]) {
+fn spending(p: &mut RolePattern, list: &[&Learned]) {
     let (mut cost, mut costed, mut tokens, mut tokened) = (0.0, 0usize, Tokens::default(), 0u64);
     for a in list {
-        let t = agent_totals(a);
-        if let Some(c) = t.cost_usd {
+        if let Some(c) = a.cost_usd {
             cost += c;
             costed += 1;
         }
-        if let Some(k) = t.tokens {
+        if let Some(k) = a.tokens {
             tokens.input = tokens.input.saturating_add(k.input);
             tokens.output = tokens.output.saturating_add(k.output);
             tokened += 1;
         }
         for at in &a.attempts {
-            if let (AttemptRun::Ended { failure_type: Some(_), .. }, Some(c)) =
-                (&at.run, at.stream.as_ref().and_then(|s| s.cost_usd))
-            {
+            if let (Some(_), Some(c)) = (&at.failure_type, at.cost_usd) {
                 *p.failed_cost_usd.get_or_insert(0.0) += c;
             }
         }

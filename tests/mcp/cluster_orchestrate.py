@@ -1,6 +1,7 @@
 """An orchestrator on a cluster worker, through `corral mcp` and the official MCP Python SDK
 client: spawns a worker that hands off and one that fails for good, waits for both with
-progress notifications, reads them, aggregates, reads health and escalations; then spawns a
+progress notifications, reads them, aggregates, reads health, escalations and the learned
+memory; then spawns a
 sleeper, waits past a short timeout, tells it something and kills it. Arguments: the corral
 binary and the file to write everything it saw to, as JSON."""
 
@@ -10,7 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from corral_client import call, error, session  # noqa: E402
+from corral_client import call, session  # noqa: E402
 
 
 async def main(corral: str, out: str) -> None:
@@ -32,7 +33,7 @@ async def main(corral: str, out: str) -> None:
         seen["aggregate"] = await call(s, "aggregate", {"ids": ids})
         seen["health"] = await call(s, "health", {})
         seen["escalations"] = await call(s, "list_escalations", {})
-        seen["memory"] = await error(s, "memory_search", {"query": "port"})
+        seen["memory"] = await call(s, "memory_search", {"query": "port"})
 
         sleeper = (await call(s, "spawn_agent", {"role": "SLEEPER", "task": "sleep"}))["agentId"]
         seen["wait_timeout"] = await call(s, "wait_agents", {"ids": [sleeper], "timeout": "2s"})
