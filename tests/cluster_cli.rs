@@ -417,6 +417,10 @@ command = ["sleep", "30"]
     assert_eq!(seen["wait_timeout"]["timedOut"], true, "{}", seen["wait_timeout"]);
     let sleeper = seen["kill"]["agentId"].as_str().unwrap();
     assert_eq!(seen["tell"]["agentId"], sleeper);
+    // Appended on its worker, or (not running yet) waiting, and saying so: never a made-up path.
+    let tell = &seen["tell"];
+    let inbox = tell["inbox"].as_str().unwrap();
+    assert!(inbox.ends_with(".md") != tell["waiting"].is_string(), "{tell}");
     assert_eq!(seen["kill"]["status"], "killed", "{}", seen["kill"]);
     assert_eq!(c.states().get(sleeper).map(String::as_str), Some("killed"));
 

@@ -123,8 +123,8 @@ pub fn tell(t: &Target, a: TellArgs) -> Result<TellReply, String> {
     text("text", &a.text)?;
     let told = run(ops::tell_agent(t, &a.id, &a.text))?;
     // Not yet on any worker's disk: the reply says where it waits.
-    let inbox = told.inbox.unwrap_or_else(|| format!("(not delivered yet: {})", told.said.join("; ")));
-    Ok(TellReply { agent_id: told.id, inbox })
+    let waiting = told.inbox.is_none().then(|| told.said.join("; "));
+    Ok(TellReply { agent_id: told.id, inbox: told.inbox.unwrap_or_default(), waiting })
 }
 
 pub fn escalations(t: &Target, a: EscalationsArgs) -> Result<EscalationList, String> {

@@ -214,8 +214,13 @@ pub fn retry(ctx: &Ctx, a: RetryArgs) -> Result<RetryReply, String> {
 #[serde(rename_all = "camelCase")]
 pub struct TellReply {
     pub agent_id: String,
-    /// The inbox file the message was appended to.
+    /// The inbox file the message was appended to (on the agent's worker in cluster mode);
+    /// empty while it waits for one (see `waiting`).
     pub inbox: String,
+    /// In cluster mode, when no worker runs the agent now: where the message waits and when
+    /// it is delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 pub fn tell(ctx: &Ctx, a: TellArgs) -> Result<TellReply, String> {
