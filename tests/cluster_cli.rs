@@ -400,7 +400,10 @@ command = ["sleep", "30"]
     assert_eq!((last["progress"].as_f64(), last["total"].as_f64()), (Some(2.0), Some(2.0)), "{}", seen["progress"]);
     assert_eq!(seen["status"]["agentId"], good.as_str());
     assert_eq!(seen["status"]["status"], "complete");
-    assert!(!seen["status"]["attempts"].as_array().unwrap().is_empty(), "{}", seen["status"]);
+    // Its attempt as its worker's supervisor saw it: numbered, ended, exit code 0.
+    let at = &seen["status"]["attempts"][0];
+    assert_eq!((at["attempt"].as_u64(), at["exitCode"].as_i64()), (Some(1), Some(0)), "{}", seen["status"]);
+    assert!(at["endedAt"].is_string() && at["failureType"].is_null(), "{at}");
     assert!(seen["status"]["handoffs"][0].as_str().is_some_and(|h| h.contains(&good)), "{}", seen["status"]);
     let listed: Vec<&str> =
         seen["list"]["agents"].as_array().unwrap().iter().filter_map(|v| v["agentId"].as_str()).collect();

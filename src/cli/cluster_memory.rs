@@ -9,7 +9,9 @@
 use super::cluster::{PAGE, Reasons, Target, connect, db_fail, view_of};
 use super::{Ctx, Result};
 use crate::cluster::read::{self, AgentFilter, EventRow};
+use crate::ipc::AttemptView;
 use crate::memory::{Learned, LearnedAttempt, MemoryCandidate, MemorySnapshot};
+use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 
 /// The events learning reads.
@@ -55,7 +57,16 @@ pub async fn snapshot(ctx: &Ctx, t: &Target) -> Result<MemorySnapshot> {
                 complete: r.state == "complete",
                 escalated: r.state == "escalated",
                 attempt_timeout_ms: ctx.ws.config.role(&r.role).1.attempt_timeout_ms,
-                attempts: attempts(events.get(&r.id).map(Vec::as_slice).unwrap_or_default()),
+                attempts: attempts(
+                    events
+                        .get(&r.id)
+                        .into_iter()
+                        .flatten()
+                        .map(|e| (e.kind.as_str(), super::cluster::rfc(e.at), &e.data)),
+                )
+                .into_iter()
+                .map(learned)
+                .collect(),
                 cost_usd: v.cost_usd,
                 tokens: v.tokens,
             }
@@ -66,30 +77,45 @@ pub async fn snapshot(ctx: &Ctx, t: &Target) -> Result<MemorySnapshot> {
 
 /// An agent's ended attempts, from its events in commit order: each `started` opens one,
 /// its `exited` ends it, and what follows before the next start says how it failed and what
-/// it cost. A `lost` ends the attempt its worker was running.
-fn attempts(events: &[EventRow]) -> Vec<LearnedAttempt> {
-    let mut out: Vec<LearnedAttempt> = Vec::new();
-    let mut open: Option<String> = None;
-    let text = |e: &EventRow, k: &str| e.data.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    for e in events {
-        let at = super::cluster::rfc(e.at);
-        match e.kind.as_str() {
-            "started" => open = Some(at),
+/// it cost. A `lost` ends the attempt its worker was running. Numbered 1, 2, ... across
+/// workers and epochs (each supervisor numbers its own from 1).
+pub fn attempts<'a>(events: impl IntoIterator<Item = (&'a str, String, &'a Value)>) -> Vec<AttemptView> {
+    let mut out: Vec<AttemptView> = Vec::new();
+    let mut open: Option<(String, Option<i32>)> = None;
+    let text = |d: &Value, k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
+    for (kind, at, d) in events {
+        match kind {
+            "started" => open = Some((at, d.get("pid").and_then(Value::as_i64).map(|p| p as i32))),
             "exited" | "lost" => {
                 // A lost claim with no attempt started in it ended nothing.
-                let Some(started_at) = open.take() else { continue };
-                let lost = e.kind == "lost";
-                out.push(LearnedAttempt {
+                let Some((started_at, pid)) = open.take() else { continue };
+                let lost = kind == "lost";
+                out.push(AttemptView {
+                    attempt: out.len() as u32 + 1,
                     started_at,
-                    ended_at: at,
+                    ended_at: Some(at),
+                    exit_code: d.get("exitCode").and_then(Value::as_i64).map(|c| c as i32),
+                    signal: d.get("signal").and_then(Value::as_i64).map(|c| c as i32),
                     failure_type: lost.then(|| "lost".to_string()),
-                    reason: text(e, "reason"),
+                    reason: text(d, "reason"),
+                    action: None,
+                    rule: None,
+                    pid,
+                    timeout: None,
+                    session_id: None,
                     cost_usd: None,
+                    tokens: None,
+                    turns: None,
+                    result: None,
+                    resumed: false,
+                    log_start: None,
                 });
             }
             "classified" => {
-                if let (Some(last), Some(ft)) = (out.last_mut(), text(e, "failureType")) {
-                    last.failure_type = Some(ft);
+                if let Some(last) = out.last_mut().filter(|_| text(d, "failureType").is_some()) {
+                    last.failure_type = text(d, "failureType");
+                    last.action = text(d, "action");
+                    last.rule = text(d, "rule");
                 }
             }
             "rate_limited" => {
@@ -99,13 +125,26 @@ fn attempts(events: &[EventRow]) -> Vec<LearnedAttempt> {
             }
             "usage" => {
                 if let Some(last) = out.last_mut() {
-                    last.cost_usd = e.data.get("costUsd").and_then(|c| c.as_f64());
+                    last.cost_usd = d.get("costUsd").and_then(Value::as_f64);
+                    last.tokens = d.get("tokens").and_then(|t| serde_json::from_value(t.clone()).ok());
+                    last.turns = d.get("turns").and_then(Value::as_u64).map(|n| n as u32);
                 }
             }
             _ => {}
         }
     }
     out
+}
+
+/// What learning takes of an attempt.
+fn learned(a: AttemptView) -> LearnedAttempt {
+    LearnedAttempt {
+        started_at: a.started_at,
+        ended_at: a.ended_at.unwrap_or_default(),
+        failure_type: a.failure_type,
+        reason: a.reason,
+        cost_usd: a.cost_usd,
+    }
 }
 
 #[cfg(test)]
@@ -128,7 +167,7 @@ mod tests {
 
     #[test]
     fn attempts_are_read_from_the_mirrored_events_and_a_lost_one_ends_its_attempt() {
-        let got = attempts(&[
+        let evs = [
             ev(1, "started", json!({ "attempt": 1 })),
             ev(5, "exited", json!({ "attempt": 1, "reason": "exited with code 1" })),
             ev(5, "usage", json!({ "attempt": 1, "costUsd": 0.25 })),
@@ -138,13 +177,16 @@ mod tests {
             // A lost claim that had not started anything ends nothing.
             ev(10, "lost", json!({ "reason": "again" })),
             ev(11, "started", json!({ "attempt": 1 })),
-            ev(12, "exited", json!({ "attempt": 1, "reason": "exited with code 0" })),
-        ]);
+            ev(12, "exited", json!({ "attempt": 1, "reason": "exited with code 0", "exitCode": 0 })),
+        ];
+        let got = attempts(evs.iter().map(|e| (e.kind.as_str(), super::super::cluster::rfc(e.at), &e.data)));
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!((got[0].failure_type.as_deref(), got[0].cost_usd), (Some("crash"), Some(0.25)));
+        assert_eq!(got.iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2, 3], "numbered across workers");
+        assert_eq!(got[2].exit_code, Some(0));
         assert_eq!(got[1].failure_type.as_deref(), Some("lost"));
         assert_eq!(got[1].reason.as_deref(), Some("worker w1 lost its lease"));
         assert_eq!((got[2].failure_type.as_deref(), got[2].reason.as_deref()), (None, Some("exited with code 0")));
-        assert!(got[0].started_at < got[0].ended_at);
+        assert!(Some(&got[0].started_at) < got[0].ended_at.as_ref());
     }
 }

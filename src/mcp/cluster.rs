@@ -9,11 +9,10 @@ use super::wait::WaitReply;
 use crate::aggregate::Report;
 use crate::cli::Ctx;
 use crate::cli::cluster::{self as ops, Target};
-use crate::ipc::{AgentView, AttemptView, HealthView, ShowFiles, ShowView, SpawnReply};
+use crate::ipc::{AgentView, HealthView, ShowFiles, ShowView, SpawnReply};
 use crate::memory::MemorySnapshot;
 use crate::policy::agent::Escalation;
 use crate::store::EventRecord;
-use serde_json::Value;
 use std::time::Duration;
 
 /// Runs one operation on a runtime of its own (the tools run on blocking threads).
@@ -46,15 +45,19 @@ pub fn list(ctx: &Ctx, t: &Target, a: ListArgs) -> Result<AgentList, String> {
     Ok(AgentList { agents: run(ops::views(ctx, t, &[], a.role))? })
 }
 
-/// The agent in the single-machine shape: its attempts on every worker, its events, its
-/// newest handoff's name. Its files are on its worker's disk, so their paths are left empty.
+/// The agent in the single-machine shape: its attempts on every worker (read from its
+/// events), its events, its newest handoff's name. Its files are on its worker's disk, so
+/// their paths are left empty.
 pub fn show(ctx: &Ctx, t: &Target, a: IdArgs) -> Result<ShowView, String> {
     text("id", &a.id)?;
     let (agent, all) = run(ops::shown(ctx, t, &a.id))?;
     let strings = |k: &str| -> Vec<String> {
         all[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default()
     };
-    let attempts = all["attempts"].as_array().map(|xs| xs.iter().map(attempt_view).collect()).unwrap_or_default();
+    // The attempts as each supervisor saw them, from the events its worker mirrored.
+    let attempts = crate::cli::cluster_memory::attempts(all["events"].as_array().into_iter().flatten().map(|e| {
+        (e["kind"].as_str().unwrap_or_default(), e["at"].as_str().unwrap_or_default().to_string(), &e["data"])
+    }));
     let events = all["events"]
         .as_array()
         .map(|xs| xs.iter().filter_map(|e| serde_json::from_value::<EventRecord>(e.clone()).ok()).collect())
@@ -73,32 +76,6 @@ pub fn show(ctx: &Ctx, t: &Target, a: IdArgs) -> Result<ShowView, String> {
         handoffs,
         events,
     })
-}
-
-/// One attempt as the database records it (`show --json`'s `attempts`), as an attempt view.
-fn attempt_view(x: &Value) -> AttemptView {
-    let s = |k: &str| x[k].as_str().map(str::to_string);
-    let outcome = s("outcome");
-    AttemptView {
-        attempt: x["n"].as_u64().unwrap_or(0) as u32,
-        started_at: s("startedAt").unwrap_or_default(),
-        ended_at: s("endedAt"),
-        exit_code: x["exitCode"].as_i64().map(|c| c as i32),
-        signal: None,
-        failure_type: outcome.clone().filter(|o| o != "complete"),
-        reason: s("detail").or(outcome),
-        action: None,
-        rule: None,
-        pid: None,
-        timeout: None,
-        session_id: None,
-        cost_usd: None,
-        tokens: None,
-        turns: None,
-        result: None,
-        resumed: false,
-        log_start: None,
-    }
 }
 
 pub fn kill(t: &Target, a: KillArgs) -> Result<KillReply, String> {
