@@ -217,9 +217,6 @@ pub struct Supervisor {
     /// The start count when a spare was last made (or tried): one try per start, so a
     /// directory that refuses spares is not asked again on every wake.
     spare_made_at: Option<u64>,
-    /// What a cluster worker gives its agents to reach the cluster (see
-    /// `watchdog::ENV_FILE`); empty on a single machine.
-    pub cluster_env: Vec<(String, String)>,
     held: Vec<(oneshot::Sender<Reply>, Hold)>,
     /// Files written, gathered by the watcher.
     pub written: super::watch::Pending,
@@ -286,7 +283,6 @@ impl Supervisor {
         let rules = Rc::new(ws.config.rules());
         let health = ws.config.health();
         let group_max = ws.config.group_limits();
-        let cluster_env = super::watchdog::read_env(&data);
         Self {
             ws,
             config_mtime,
@@ -324,7 +320,6 @@ impl Supervisor {
             launch_seq: 0,
             context_spare: std::sync::Mutex::new(None),
             spare_made_at: None,
-            cluster_env,
             held: Vec::new(),
             orphans: Default::default(),
             held_kills: Vec::new(),

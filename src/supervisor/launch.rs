@@ -415,8 +415,11 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
     // make one line of pages, and it is in that file.
     let shown = resumed(expand(&format!("<the context in {context_path}>")));
     let header = format!("=== corral: {id} attempt {n} at {}: {shown:?} ===", attempt.started_at);
-    // The cluster's address first: a role's own env may name another database on purpose.
-    let mut env = sup.cluster_env.clone();
+    // A cluster worker's agents reach the cluster (see `watchdog::ENV_FILE`), read at each
+    // start so a worker restarted with another password passes that on; first, so a role's
+    // own env may name another database on purpose. Nothing to read on a single machine.
+    let lease = super::watchdog::configured(d);
+    let mut env = if lease.is_some() { super::watchdog::read_env(d) } else { Vec::new() };
     env.extend(spec.env.iter().cloned());
     let s = |p: &Path| p.display().to_string();
     env.extend([
@@ -453,7 +456,7 @@ fn shim_args(sup: &Supervisor, id: &AgentId) -> Result<ShimArgs, String> {
         data_dir: Some(d.root().to_path_buf()),
         workspace: Some(sup.ws.root.clone()),
         stream: super::stream::StreamArgs::of(&live.agent),
-        lease: super::watchdog::configured(d),
+        lease,
     };
     Ok(args)
 }
