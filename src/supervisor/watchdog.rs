@@ -65,7 +65,7 @@ pub fn due(file: &Path) -> (u64, u64) {
 /// adds `CORRAL_WORKER` and `CORRAL_FENCE`): an agent that spawns, waits or aggregates then
 /// does it cluster-wide, under the cluster's limits, not in this machine's store alone. Kept
 /// in a file of the data dir (private to its owner) rather than in each spawn, so the
-/// password is in no registry.
+/// password is in no registry; read at each start of an attempt.
 pub const ENV_FILE: &str = "worker-env";
 
 /// Writes the agents' cluster environment (private to the data dir's owner, as every file there).
