@@ -212,7 +212,7 @@ fn integrate(
         return Err(bad(format!("cannot create the worktree directory {}: {e} (see worktree_dir)", root.display())));
     }
     let dir = root.join(format!("merge-{}", std::process::id()));
-    if let Err(e) = git(repo, &["worktree", "add", "--quiet", &dir.to_string_lossy(), into]) {
+    if let Err(e) = crate::worktree::git_locked(repo, &["worktree", "add", "--quiet", &dir.to_string_lossy(), into]) {
         return Err(bad(format!(
             "{e}\n(corral merges in a worktree of its own and never in yours: a branch checked out elsewhere cannot be \
              merged into; pass another --into)"

@@ -399,7 +399,7 @@ pub fn prune_orphans(sup: &Supervisor) {
             }
         }
         for r in &repos {
-            let _ = worktree::git(r, &["worktree", "prune"]);
+            let _ = worktree::git_locked(r, &["worktree", "prune"]);
         }
         let _ = tx.send(Msg::Pruned { removed, kept });
     });

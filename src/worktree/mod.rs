@@ -62,7 +62,23 @@ pub fn worktree_root(ws: &crate::config::Workspace, data_root: &Path) -> PathBuf
 
 /// `git -C dir ARGS`: stdout, or an error with git's own message.
 pub fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("git")
+    git_with(dir, args, None)
+}
+
+/// As [`git`], the descriptor `keep` (close-on-exec here) left open in git's process alone.
+fn git_with(dir: &Path, args: &[&str], keep: Option<i32>) -> Result<String, String> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("git");
+    if let Some(fd) = keep {
+        // SAFETY: between fork and exec, only fcntl on a descriptor this process owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::fcntl(fd, libc::F_SETFD, 0);
+                Ok(())
+            });
+        }
+    }
+    let out = cmd
         .arg("-C")
         .arg(dir)
         .args(args)
@@ -214,6 +230,51 @@ fn record_prepared_state(path: &Path) -> Result<(), String> {
     std::fs::write(&file, status).map_err(|e| format!("cannot write {}: {e}", file.display()))
 }
 
+/// How long [`git_locked`] waits for the lock: longer than any worktree operation takes.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `git -C repo ARGS` holding the repository's worktree lock (`corral-worktrees.lock` in
+/// its git directory, an exclusive `flock`), for what adds, removes or prunes worktrees.
+/// Git does not make these safe beside each other: a prune or a failed add cleaning up
+/// removes another add's record under `.git/worktrees/` while it is being made, and that
+/// add fails ("could not open .../gitdir"). Every corral process (supervisors, `clean`,
+/// `merge`) takes the lock, and the git process itself holds it too: a git left running by
+/// a supervisor killed mid-way keeps it until it ends, so the next supervisor's git waits
+/// for it instead of racing it. Without a lock file to hold (a git directory corral cannot
+/// write, something planted at its name), or when it is held for longer than
+/// [`LOCK_WAIT`] (by a process that never lets go), git runs as it is.
+pub fn git_locked(repo: &Path, args: &[&str]) -> Result<String, String> {
+    let dir = repo.join(".git");
+    let dir = if dir.is_dir() {
+        Some(dir)
+    } else {
+        git(repo, &["rev-parse", "--path-format=absolute", "--git-common-dir"]).ok().map(|d| PathBuf::from(d.trim()))
+    };
+    let lock = dir.and_then(|d| {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            // A FIFO planted there must not block the open.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(d.join("corral-worktrees.lock"))
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+    });
+    let start = std::time::Instant::now();
+    let lock = lock.filter(|f| {
+        loop {
+            match crate::sys::try_lock(f) {
+                Ok(true) => break true,
+                Ok(false) if start.elapsed() < LOCK_WAIT => std::thread::sleep(std::time::Duration::from_millis(20)),
+                _ => break false,
+            }
+        }
+    });
+    git_with(repo, args, lock.as_ref().map(std::os::fd::AsRawFd::as_raw_fd))
+}
+
 /// `git worktree add`: on a new branch from `base`, or on its existing branch when it is
 /// made again.
 fn add_worktree(p: &Prepare, base: &str, path: &str) -> Result<(), PrepareError> {
@@ -230,9 +291,9 @@ fn add_worktree(p: &Prepare, base: &str, path: &str) -> Result<(), PrepareError>
                 ),
             });
         }
-        git(&p.repo, &["worktree", "add", "--quiet", path, &p.branch]).map_err(fail)?;
+        git_locked(&p.repo, &["worktree", "add", "--quiet", path, &p.branch]).map_err(fail)?;
     } else {
-        git(&p.repo, &["worktree", "add", "--quiet", "-b", &p.branch, path, base]).map_err(fail)?;
+        git_locked(&p.repo, &["worktree", "add", "--quiet", "-b", &p.branch, path, base]).map_err(fail)?;
     }
     Ok(())
 }
@@ -264,7 +325,7 @@ pub fn clear_leftovers(repo: &Path, error: &str, before: std::time::SystemTime) 
         }
     }
     if cleared {
-        let _ = git(repo, &["worktree", "prune"]);
+        let _ = git_locked(repo, &["worktree", "prune"]);
     }
     cleared
 }
@@ -272,10 +333,10 @@ pub fn clear_leftovers(repo: &Path, error: &str, before: std::time::SystemTime) 
 /// Removes a worktree and, when given, its branch, ignoring what is already gone.
 pub fn discard(repo: &Path, path: &Path, branch: Option<&str>) {
     if path.exists() {
-        let _ = git(repo, &["worktree", "remove", "--force", "--force", &path.to_string_lossy()]);
+        let _ = git_locked(repo, &["worktree", "remove", "--force", "--force", &path.to_string_lossy()]);
         let _ = std::fs::remove_dir_all(path);
     }
-    let _ = git(repo, &["worktree", "prune"]);
+    let _ = git_locked(repo, &["worktree", "prune"]);
     if let Some(b) = branch {
         let _ = git(repo, &["branch", "-D", b]);
     }
@@ -469,4 +530,34 @@ pub fn run_logged(
         text.push_str(&format!("\n({what} {end})"));
     }
     Ran { ok, timed_out, output: text }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_git_left_running_keeps_the_worktree_lock_until_it_ends() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path();
+        git(repo, &["init", "-q"]).unwrap();
+        let end = repo.join("ended");
+        // A git that leaves a process of its own running, as one of a supervisor killed
+        // mid-way goes on running: git_locked returns at once, the process still holds the lock.
+        let slow = format!("alias.slow=!(sleep 0.4; touch '{}') >/dev/null 2>&1 &", end.display());
+        git_locked(repo, &["-c", &slow, "slow"]).unwrap();
+        assert!(!end.exists(), "returned before what it left running ended");
+        // The next locked git runs only once that process is gone.
+        let check = format!("alias.check=!test -f '{}'", end.display());
+        git_locked(repo, &["-c", &check, "check"]).expect("waited for the process left running");
+        // A plain git does not wait (and the lock is free again).
+        git(repo, &["-c", &check, "check"]).unwrap();
+        assert!(repo.join(".git/corral-worktrees.lock").exists());
+        // Planted as a FIFO: git runs, unlocked, at once.
+        let lock = repo.join(".git/corral-worktrees.lock");
+        std::fs::remove_file(&lock).unwrap();
+        let c = std::ffi::CString::new(lock.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        git_locked(repo, &["status", "--short"]).unwrap();
+    }
 }
