@@ -1066,3 +1066,68 @@ fn reads_by_sql_return_the_stored_bodies_and_the_events_in_commit_order() {
         assert!(read::events(&other, WS, 7, 10).await.unwrap().is_empty());
     });
 }
+
+/// The cluster's breaker is fed by the fenced write that records an outcome, in the same
+/// transaction: each newly mirrored `retry_scheduled` a failure, the attempt's end its
+/// outcome. A write sent again (its answer lost) or refused as stale feeds nothing.
+#[test]
+fn outcomes_feed_the_breaker_once_and_only_with_their_record() {
+    let pg = Pg::start();
+    let url = pg.url("corral");
+    let health = corral::policy::health::HealthPolicy {
+        breaker_failures: 3,
+        breaker_scope: corral::policy::health::BreakerScope::Global,
+        ..Default::default()
+    };
+    block_on(async {
+        let mut c = client(&url).await;
+        queue::configure_workspace(&c, WS, None).await.unwrap();
+        queue::enqueue(&mut c, WS, &new_agents("x", 2, json!({}))).await.unwrap();
+        let w = queue::register(&c, &spec(json!({}), 2, Duration::from_secs(30))).await.unwrap();
+        let claims = queue::claim(&mut c, &w, 2).await.unwrap();
+        let fence = |id: &str| claims.iter().find(|k| k.id == id).unwrap().fence;
+        let failures =
+            || pg.sql("corral", "SELECT jsonb_array_length(breaker->'byKey'->'*'->'failures') FROM workspaces");
+        // Two retries mirrored from local store "s1"; the same write again appends and feeds nothing.
+        let retries = Change {
+            state: Some("running".into()),
+            events: vec![
+                NewEvent::mirrored("retry_scheduled", json!({ "retry": 1 }), 7),
+                NewEvent::mirrored("retry_scheduled", json!({ "retry": 2 }), 9),
+            ],
+            source: Some("s1".into()),
+            breaker: Some(health.clone()),
+            ..Change::default()
+        };
+        queue::write(&mut c, &w, "x-0", fence("x-0"), &retries).await.unwrap();
+        assert_eq!(failures(), "2");
+        queue::write(&mut c, &w, "x-0", fence("x-0"), &retries).await.unwrap();
+        assert_eq!(failures(), "2", "a write sent again feeds nothing twice");
+        // The third failure, the attempt's end: the breaker opens, its event in the same write.
+        let failed = Change {
+            state: Some("failed".into()),
+            end_attempt: Some(AttemptEnd { outcome: "failed".into(), exit_code: Some(1), detail: json!({}) }),
+            release: true,
+            breaker: Some(health.clone()),
+            ..Change::default()
+        };
+        queue::write(&mut c, &w, "x-0", fence("x-0"), &failed).await.unwrap();
+        assert_eq!(pg.sql("corral", "SELECT breaker->'byKey'->'*'->>'state' FROM workspaces"), "open");
+        assert_eq!(
+            pg.sql("corral", "SELECT count(*) FROM events WHERE kind = 'breaker' AND data->>'state' = 'open'"),
+            "1"
+        );
+        // Sent again after the release: stale, and the breaker is as it was.
+        let before = pg.sql("corral", "SELECT breaker::text FROM workspaces");
+        assert!(matches!(
+            queue::write(&mut c, &w, "x-0", fence("x-0"), &failed).await,
+            Err(ClusterError::Stale { .. })
+        ));
+        assert_eq!(pg.sql("corral", "SELECT breaker::text FROM workspaces"), before);
+        // Without a breaker in the change, nothing is fed.
+        let done = Change { breaker: None, ..finished() };
+        queue::write(&mut c, &w, "x-1", fence("x-1"), &done).await.unwrap();
+        assert_eq!(pg.sql("corral", "SELECT breaker::text FROM workspaces"), before);
+    });
+    assert_events_dense(&pg);
+}

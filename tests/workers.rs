@@ -266,7 +266,9 @@ fn failures_on_different_workers_open_one_breaker_for_the_cluster_and_one_probe_
         common::wait_until(Duration::from_secs(5), || {
             c.pg.sql("corral", "SELECT count(*) FROM events WHERE kind = 'breaker' AND data->>'state' = 'open'") == "1"
         }),
-        "{}",
+        "breaker events: {}\nattempts: {}\n{}",
+        c.pg.sql("corral", "SELECT string_agg(seq || ' ' || at || ' ' || coalesce(worker::text, '-') || ' ' || data::text, E'\n' ORDER BY seq) FROM events WHERE kind = 'breaker'"),
+        c.pg.sql("corral", "SELECT string_agg(agent_id || ' ' || n || ' ' || worker || ' ' || coalesce(outcome, '-') || ' ' || started_at || ' ' || coalesce(ended_at::text, '-'), E'\n' ORDER BY started_at) FROM attempts"),
         c.logs()
     );
     let good: Vec<(String, Vec<String>)> = (0..3).map(|i| (format!("good{i}"), c.script(300, 0, 0))).collect();

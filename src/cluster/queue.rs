@@ -148,6 +148,10 @@ pub struct Change {
     /// last origin written from it, so a write sent again (its answer was lost, or a later
     /// write of the same sync failed) appends none of them twice.
     pub source: Option<String>,
+    /// The cluster's breaker, when it is on: the outcomes this write records (each newly
+    /// mirrored `retry_scheduled` a failure, the attempt's end a success or a failure) feed
+    /// it in the same transaction, so an outcome counts once, and only with its record.
+    pub breaker: Option<crate::policy::health::HealthPolicy>,
 }
 
 /// An agent to queue.
@@ -795,40 +799,49 @@ pub async fn claim_with(client: &mut Client, lease: &Lease, want: i64, rules: &A
 }
 
 /// Feeds attempt outcomes into the cluster's breaker (`(role, agent, success)` each), on the
-/// database's clock; returns the breakers that changed state, by key and new state name.
+/// database's clock, under the workspace's row; returns the `breaker` events of those that
+/// changed state, to append in the same transaction.
+async fn feed_breaker(
+    tx: &tokio_postgres::Transaction<'_>,
+    workspace: &str,
+    health: &crate::policy::health::HealthPolicy,
+    outcomes: &[(String, String, bool)],
+) -> Result<Vec<Value>> {
+    if outcomes.is_empty() {
+        return Ok(vec![]);
+    }
+    let v: Value = tx.query_one("SELECT breaker FROM workspaces WHERE id = $1 FOR UPDATE", &[&workspace]).await?.get(0);
+    let mut b: crate::policy::health::Breakers = serde_json::from_value(v).unwrap_or_default();
+    let now = db_ms(tx).await?;
+    let mut changed = Vec::new();
+    for (role, agent, ok) in outcomes {
+        if let Some((key, state)) = b.outcome(health, role, agent, *ok, now) {
+            changed.push(json!({ "key": key, "state": state.name() }));
+        }
+    }
+    let v = serde_json::to_value(&b).unwrap_or_else(|_| json!({}));
+    tx.execute("UPDATE workspaces SET breaker = $2 WHERE id = $1", &[&workspace, &v]).await?;
+    Ok(changed)
+}
+
+/// Feeds attempt outcomes into the cluster's breaker on their own (see [`feed_breaker`]);
+/// returns the breakers that changed state, by key and new state name.
 pub async fn record_outcomes(
     client: &mut Client,
     workspace: &str,
     health: &crate::policy::health::HealthPolicy,
     outcomes: &[(String, String, bool)],
 ) -> Result<Vec<(String, String)>> {
-    if outcomes.is_empty() {
-        return Ok(vec![]);
-    }
     let tx = client.transaction().await?;
-    let v: Value = tx.query_one("SELECT breaker FROM workspaces WHERE id = $1 FOR UPDATE", &[&workspace]).await?.get(0);
-    let mut b: crate::policy::health::Breakers = serde_json::from_value(v).unwrap_or_default();
-    let now = db_ms(&tx).await?;
-    let mut changed = Vec::new();
-    for (role, agent, ok) in outcomes {
-        if let Some((key, state)) = b.outcome(health, role, agent, *ok, now) {
-            changed.push((key, state.name().to_string()));
-        }
-    }
-    let v = serde_json::to_value(&b).unwrap_or_else(|_| json!({}));
-    tx.execute("UPDATE workspaces SET breaker = $2 WHERE id = $1", &[&workspace, &v]).await?;
-    let evs: Vec<Ev> = changed
-        .iter()
-        .map(|(key, state)| Ev {
-            agent: None,
-            fence: None,
-            kind: "breaker",
-            data: json!({ "key": key, "state": state }),
-        })
-        .collect();
+    let changed = feed_breaker(&tx, workspace, health, outcomes).await?;
+    let evs: Vec<Ev> =
+        changed.iter().map(|d| Ev { agent: None, fence: None, kind: "breaker", data: d.clone() }).collect();
     append_events(&tx, workspace, None, &evs).await?;
     tx.commit().await?;
-    Ok(changed)
+    Ok(changed
+        .iter()
+        .map(|d| (d["key"].as_str().unwrap_or("").into(), d["state"].as_str().unwrap_or("").into()))
+        .collect())
 }
 
 /// Refuses a change that would leave an agent nobody can run or claim: a queued agent with
@@ -861,7 +874,7 @@ pub async fn write(client: &mut Client, lease: &Lease, agent: &str, fence: i64, 
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
-            "SELECT owner::text, fence, attempt, mirrored FROM agents WHERE workspace = $1 AND id = $2 FOR UPDATE",
+            "SELECT owner::text, fence, attempt, mirrored, role FROM agents WHERE workspace = $1 AND id = $2 FOR UPDATE",
             &[&lease.workspace, &agent],
         )
         .await?;
@@ -870,6 +883,7 @@ pub async fn write(client: &mut Client, lease: &Lease, agent: &str, fence: i64, 
     };
     let (owner, now_fence, attempt): (Option<String>, i64, i32) = (row.get(0), row.get(1), row.get(2));
     let mirrored: Value = row.get(3);
+    let role: String = row.get(4);
     if owner.as_deref() != Some(lease.worker.as_str()) || now_fence != fence {
         let now = match owner {
             Some(o) => format!("it has fence {now_fence}, owned by worker {o}"),
@@ -951,6 +965,24 @@ pub async fn write(client: &mut Client, lease: &Lease, agent: &str, fence: i64, 
                 &[&lease.workspace, &agent, &body],
             )
             .await?;
+        }
+    }
+    // The outcomes this write records, into the cluster's breaker: a resent write appends
+    // no event twice and ends no attempt twice, so it feeds nothing twice.
+    let mut evs = evs;
+    if let Some(health) = &change.breaker {
+        let mut outcomes: Vec<(String, String, bool)> = evs
+            .iter()
+            .filter(|e| e.kind == "retry_scheduled")
+            .map(|_| (role.clone(), agent.to_string(), false))
+            .collect();
+        match change.end_attempt.as_ref().map(|e| e.outcome.as_str()) {
+            Some("complete") => outcomes.push((role.clone(), agent.to_string(), true)),
+            Some("failed" | "timed_out" | "escalated") => outcomes.push((role.clone(), agent.to_string(), false)),
+            _ => {}
+        }
+        for d in feed_breaker(&tx, &lease.workspace, health, &outcomes).await? {
+            evs.push(Ev { agent: None, fence: None, kind: "breaker", data: d });
         }
     }
     let seqs = append_events(&tx, &lease.workspace, Some(&lease.worker), &evs).await?;

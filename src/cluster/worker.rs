@@ -792,18 +792,12 @@ impl Worker {
         let views = local.status().map_err(ClusterError::Bad)?;
         let events = local.events(*local_seq).map_err(ClusterError::Bad)?;
         let mut by_agent: BTreeMap<String, Vec<NewEvent>> = BTreeMap::new();
-        // Attempt outcomes for the cluster's breaker: (role, agent, success).
-        let mut outcomes: Vec<(String, String, bool)> = Vec::new();
         let mut last = *local_seq;
         for e in events {
             last = last.max(e.seq);
             let Some(id) = e.agent_id.as_ref().map(|i| i.to_string()) else { continue };
-            let Some(a) = owned.get(&id) else { continue };
-            if e.kind == "spawned" {
+            if !owned.contains_key(&id) || e.kind == "spawned" {
                 continue;
-            }
-            if e.kind == "retry_scheduled" {
-                outcomes.push((a.request.role.clone(), id.clone(), false));
             }
             by_agent.entry(id).or_default().push(NewEvent::mirrored(&e.kind, e.data, e.seq as i64));
         }
@@ -852,6 +846,8 @@ impl Worker {
                 events: evs,
                 handoff,
                 source: Some(local.source()),
+                // The outcomes it records feed the cluster's breaker in the same write.
+                breaker: (self.o.health.breaker_failures > 0).then(|| self.o.health.clone()),
                 ..Change::default()
             };
             let limit = self.o.timings.heartbeat;
@@ -860,15 +856,6 @@ impl Worker {
             match bounded(limit, queue::write(db, lease, &id, fence, &change)).await {
                 Ok(_) => {
                     if finished {
-                        if let Some(a) = owned.get(&id) {
-                            match view.status.as_str() {
-                                "complete" => outcomes.push((a.request.role.clone(), id.clone(), true)),
-                                "failed" | "timed_out" | "escalated" => {
-                                    outcomes.push((a.request.role.clone(), id.clone(), false))
-                                }
-                                _ => {}
-                            }
-                        }
                         owned.remove(&id);
                     } else if let Some(a) = owned.get_mut(&id) {
                         a.written = Some(shown);
@@ -884,14 +871,6 @@ impl Worker {
             }
         }
         *local_seq = last;
-        if self.o.health.breaker_failures > 0 && !outcomes.is_empty() {
-            let (ws, health) = (self.o.workspace.clone(), self.o.health.clone());
-            let limit = self.o.timings.heartbeat;
-            let db = self.db().await?;
-            for (key, state) in bounded(limit, queue::record_outcomes(db, &ws, &health, &outcomes)).await? {
-                self.say(&format!("the cluster's circuit breaker {key} is now {state}"));
-            }
-        }
         Ok(())
     }
 
