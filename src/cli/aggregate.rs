@@ -27,12 +27,24 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result {
+    let json = json_format(&a)?;
+    let report = crate::ops::collect::aggregate(ctx.target(), &a.ids, a.role.as_deref()).map_err(super::fail)?;
+    present(&report, json, &a)
+}
+
+/// Whether `a` asks for JSON; a format other than md or json is refused.
+pub fn json_format(a: &Args) -> Result<bool> {
     let json = a.json || a.format == "json";
     if !json && a.format != "md" {
         return Err(usage(format!("--format {:?}: use md or json", a.format)));
     }
-    let report = crate::ops::collect::aggregate(ctx.target(), &a.ids, a.role.as_deref()).map_err(super::fail)?;
-    let text = if json { serde_json::to_string_pretty(&report)? + "\n" } else { aggregate::render_markdown(&report) };
+    Ok(json)
+}
+
+/// Prints or writes `report` as `a` asks (this workspace's, or the cluster's); exit 0 when
+/// it is complete, else 1.
+pub fn present(report: &aggregate::Report, json: bool, a: &Args) -> Result {
+    let text = if json { serde_json::to_string_pretty(report)? + "\n" } else { aggregate::render_markdown(report) };
     match &a.out {
         Some(path) => {
             crate::protocol::atomic::write_atomic(path, text.as_bytes())?;

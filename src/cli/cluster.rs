@@ -25,7 +25,7 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// When a wait for a worker's answer says so on stderr.
 const ANSWER_NOTE: Duration = Duration::from_secs(2);
 /// Events read per query.
-pub(super) const PAGE: i64 = 1000;
+const PAGE: i64 = 1000;
 
 /// The database and workspace the commands work with.
 pub struct Target {
@@ -943,32 +943,9 @@ async fn clean(t: &Target, a: super::clean::Args) -> Result {
 /// them. Unresolved conflicts are reported (exit 1), not escalated: escalations live with
 /// the workers.
 async fn aggregate(ctx: &Ctx, t: &Target, a: super::aggregate::Args) -> Result {
-    use crate::aggregate;
-    let json_out = a.json || a.format == "json";
-    if !json_out && a.format != "md" {
-        return Err(usage(format!("--format {:?}: use md or json", a.format)));
-    }
+    let json = super::aggregate::json_format(&a)?;
     let report = report(ctx, t, &a.ids, a.role.clone()).await?;
-    let text =
-        if json_out { serde_json::to_string_pretty(&report)? + "\n" } else { aggregate::render_markdown(&report) };
-    match &a.out {
-        Some(path) => {
-            crate::protocol::atomic::write_atomic(path, text.as_bytes())?;
-            crate::protocol::perms::user_file(path)?;
-            note!("wrote {}", path.display())?;
-        }
-        None => crate::display::raw_out(text.as_bytes())?,
-    }
-    let n = &report.counts;
-    note!(
-        "{} of {} agents aggregated; {} conflicts ({} unresolved); {} to do",
-        n.aggregated,
-        n.agents,
-        n.conflicts,
-        n.unresolved,
-        n.todo
-    )?;
-    Ok(if report.complete { 0 } else { 1 })
+    super::aggregate::present(&report, json, &a)
 }
 
 /// The aggregation report of the agents (`given`, else all; of `role`) from the handoffs
