@@ -6,7 +6,7 @@
 //! worker was lost ends with the cluster's `lost`). Candidates are deduplicated across
 //! workers as one supervisor deduplicates them.
 
-use super::cluster::{PAGE, Reasons, Target, connect, db_fail, view_of};
+use super::cluster::{Reasons, Target, connect, db_fail, view_of};
 use super::{Ctx, Result};
 use crate::cluster::read::{self, AgentFilter, EventRow};
 use crate::ipc::AttemptView;
@@ -14,38 +14,29 @@ use crate::memory::{Learned, LearnedAttempt, MemoryCandidate, MemorySnapshot};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 
-/// The events learning reads.
-const READ: &[&str] = &["started", "exited", "classified", "rate_limited", "usage", "lost", "memory_stored"];
+/// The events attempts are read from (see [`attempts`]).
+const READ: &[&str] = &["started", "exited", "classified", "rate_limited", "usage", "lost"];
 
 /// The cluster's memory: every worker's candidates and the failure patterns of every agent.
 pub async fn snapshot(ctx: &Ctx, t: &Target) -> Result<MemorySnapshot> {
     let c = connect(t).await?;
     let rows = read::agents(&c, &t.workspace, &AgentFilter::default()).await.map_err(db_fail)?;
     let roles: HashMap<&str, &str> = rows.iter().map(|r| (r.id.as_str(), r.role.as_str())).collect();
-    let mut events: HashMap<String, Vec<EventRow>> = HashMap::new();
-    let mut candidates = Vec::new();
+    let mut kinds = READ.to_vec();
+    kinds.push("memory_stored");
+    let mut events = read::events_by_agent(&c, &t.workspace, &kinds).await.map_err(db_fail)?;
+    events.retain(|id, _| roles.contains_key(id.as_str()));
+    // The candidates, in the order they were stored, each once whichever worker stored it.
+    let mut stored: Vec<&EventRow> = events.values().flatten().filter(|e| e.kind == "memory_stored").collect();
+    stored.sort_by_key(|e| e.seq);
     let mut seen = BTreeSet::new();
-    // Page by page: the log can hold millions of events; only the kinds read are kept.
-    let mut after = 0;
-    loop {
-        let page = read::events(&c, &t.workspace, after, PAGE).await.map_err(db_fail)?;
-        let full = page.len() as i64 == PAGE;
-        for e in page {
-            after = e.seq;
-            let Some(id) = e.agent.clone().filter(|id| roles.contains_key(id.as_str())) else { continue };
-            if e.kind == "memory_stored" {
-                let value = e.data.get("memory").cloned().unwrap_or_default();
-                if !value.is_null() && seen.insert(crate::memory::canonical(&value)) {
-                    let role = roles[id.as_str()].to_string();
-                    let first_seen = super::cluster::rfc(e.at);
-                    candidates.push(MemoryCandidate { agent_id: id, role, value, first_seen });
-                }
-            } else if READ.contains(&e.kind.as_str()) {
-                events.entry(id).or_default().push(e);
-            }
-        }
-        if !full {
-            break;
+    let mut candidates = Vec::new();
+    for e in stored {
+        let value = e.data.get("memory").cloned().unwrap_or_default();
+        let Some(id) = e.agent.clone() else { continue };
+        if !value.is_null() && seen.insert(crate::memory::canonical(&value)) {
+            let role = roles[id.as_str()].to_string();
+            candidates.push(MemoryCandidate { agent_id: id, role, value, first_seen: super::cluster::rfc(e.at) });
         }
     }
     let learned: Vec<Learned> = rows

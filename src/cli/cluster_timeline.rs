@@ -7,14 +7,13 @@
 //! escalations come from the database, with its numbers. Every time is the database's (when
 //! the event was recorded), so rows from different machines line up.
 
-use super::cluster::{PAGE, Reasons, Target, connect, db_fail, resolve_all, view_of};
+use super::cluster::{Reasons, Target, connect, db_fail, resolve_all, view_of};
 use super::{Ctx, Result};
 use crate::cluster::read::{self, AgentFilter, EventRow};
 use crate::ipc::AgentView;
 use crate::policy::agent::Escalation;
 use crate::timeline::{AgentRun, Attempt, Event, Outcome};
 use serde_json::Value;
-use std::collections::HashMap;
 
 /// The events the rows are made of: those the picture draws and those attempts are read
 /// from.
@@ -29,26 +28,8 @@ pub async fn timeline(ctx: &Ctx, t: &Target, a: super::timeline::Args) -> Result
     let ids = resolve_all(&c, t, &a.ids).await?;
     let filter = AgentFilter { role: a.role.clone(), ids, ..AgentFilter::default() };
     let rows = read::agents(&c, &t.workspace, &filter).await.map_err(db_fail)?;
-    let mut events: HashMap<String, Vec<EventRow>> = rows.iter().map(|r| (r.id.clone(), Vec::new())).collect();
-    // Page by page: the log can hold millions of events; only the kinds read are kept.
-    let mut after = 0;
-    loop {
-        let page = read::events(&c, &t.workspace, after, PAGE).await.map_err(db_fail)?;
-        let full = page.len() as i64 == PAGE;
-        for e in page {
-            after = e.seq;
-            let kind = e.kind.as_str();
-            if !READ.contains(&kind) && !crate::timeline::EVENT_KINDS.contains(&kind) {
-                continue;
-            }
-            if let Some(list) = e.agent.as_ref().and_then(|id| events.get_mut(id)) {
-                list.push(e);
-            }
-        }
-        if !full {
-            break;
-        }
-    }
+    let kinds: Vec<&str> = READ.iter().chain(crate::timeline::EVENT_KINDS).copied().collect();
+    let mut events = read::events_by_agent(&c, &t.workspace, &kinds).await.map_err(db_fail)?;
     let escalations = super::cluster_reads::escalations(&c, &t.workspace, true).await.map_err(db_fail)?;
     let runs: Vec<AgentRun> = rows
         .iter()

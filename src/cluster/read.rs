@@ -129,8 +129,44 @@ pub async fn events(client: &Client, workspace: &str, after: i64, limit: i64) ->
             &[&workspace, &after, &limit.max(0)],
         )
         .await?;
-    Ok(rows
-        .iter()
+    Ok(event_rows(&rows))
+}
+
+/// The events of `workspace` of one of `kinds` that name an agent, in commit order, by
+/// agent: what is read of the whole log to learn from it or draw it. Filtered by the
+/// database and read a page at a time (the log can hold millions of events).
+pub async fn events_by_agent(
+    client: &Client,
+    workspace: &str,
+    kinds: &[&str],
+) -> Result<std::collections::HashMap<String, Vec<EventRow>>> {
+    const PAGE: i64 = 5000;
+    let mut out: std::collections::HashMap<String, Vec<EventRow>> = Default::default();
+    let mut after = 0i64;
+    loop {
+        let rows = client
+            .query(
+                "SELECT seq, at, agent_id, kind, data, worker::text, fence FROM events
+                 WHERE workspace = $1 AND seq > $2 AND kind = ANY($3) AND agent_id IS NOT NULL
+                 ORDER BY seq LIMIT $4",
+                &[&workspace, &after, &kinds, &PAGE],
+            )
+            .await?;
+        let full = rows.len() as i64 == PAGE;
+        for e in event_rows(&rows) {
+            after = e.seq;
+            if let Some(id) = e.agent.clone() {
+                out.entry(id).or_default().push(e);
+            }
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+fn event_rows(rows: &[tokio_postgres::Row]) -> Vec<EventRow> {
+    rows.iter()
         .map(|r| EventRow {
             seq: r.get(0),
             at: r.get(1),
@@ -140,7 +176,7 @@ pub async fn events(client: &Client, workspace: &str, after: i64, limit: i64) ->
             worker: r.get(5),
             fence: r.get(6),
         })
-        .collect())
+        .collect()
 }
 
 /// Why each queued agent of `workspace` that nobody owns waits, as far as the database can
