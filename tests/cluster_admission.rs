@@ -5,46 +5,13 @@
 
 mod common;
 
-use common::cluster::{CONFIG, Cluster, Rec};
+use common::cluster::{CONFIG, Cluster, most_at_once};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// `corral spawn` by SQL (from a machine with no worker); returns the agent's id.
-fn spawn(c: &Cluster, args: &[&str], command: &[String]) -> String {
-    let mut all: Vec<&str> = vec!["spawn"];
-    all.extend_from_slice(args);
-    all.push("--");
-    all.extend(command.iter().map(String::as_str));
-    c.ok(&all)
-}
-
-/// `corral status --json` by SQL, by agent id.
-fn status(c: &Cluster) -> BTreeMap<String, Value> {
-    let all = c.json(&["status", "--json"]);
-    all.as_array().unwrap().iter().map(|v| (v["agentId"].as_str().unwrap().to_string(), v.clone())).collect()
-}
-
 fn show(c: &Cluster, id: &str) -> Value {
     c.json(&["show", id, "--json"])
-}
-
-/// The most agents among those `which` picks that ran at once, by the ledger.
-fn most_at_once(recs: &[Rec], which: impl Fn(&str) -> bool) -> usize {
-    let mut sorted: Vec<&Rec> = recs.iter().filter(|r| which(&r.id)).collect();
-    // An end before a start at the same instant: a slot given back is taken again.
-    sorted.sort_by_key(|r| (r.at, r.start));
-    let mut open: BTreeMap<&str, ()> = BTreeMap::new();
-    let mut most = 0;
-    for r in sorted {
-        if r.start {
-            open.insert(&r.id, ());
-            most = most.max(open.len());
-        } else {
-            open.remove(r.id.as_str());
-        }
-    }
-    most
 }
 
 /// The workers' ids that registered with `pid`.
@@ -65,10 +32,6 @@ fn ran_on(c: &Cluster) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-fn started(c: &Cluster, id: &str) -> usize {
-    c.ledger().iter().filter(|r| r.start && r.id == id).count()
-}
-
 #[test]
 fn a_group_limit_holds_across_three_workers() {
     let config = format!(
@@ -80,15 +43,15 @@ fn a_group_limit_holds_across_three_workers() {
     // 2 builds moved to another group with --group (1 at a time).
     let mut builds = Vec::new();
     for i in 0..8 {
-        builds.push(spawn(&c, &["--role", "BUILD", "--task", "b", "--id", &format!("b{i}")], &c.script(1200, 0, 0)));
+        builds.push(c.spawn_cli(&["--role", "BUILD", "--task", "b", "--id", &format!("b{i}")], &c.script(1200, 0, 0)));
     }
     let lints: Vec<String> = (0..3)
-        .map(|i| spawn(&c, &["--role", "LINT", "--task", "l", "--id", &format!("l{i}")], &c.script(1200, 0, 0)))
+        .map(|i| c.spawn_cli(&["--role", "LINT", "--task", "l", "--id", &format!("l{i}")], &c.script(1200, 0, 0)))
         .collect();
     let others: Vec<String> = (0..2)
         .map(|i| {
             let id = format!("o{i}");
-            spawn(&c, &["--role", "BUILD", "--task", "o", "--id", &id, "--group", "other"], &c.script(1200, 0, 0))
+            c.spawn_cli(&["--role", "BUILD", "--task", "o", "--id", &id, "--group", "other"], &c.script(1200, 0, 0))
         })
         .collect();
     let groups = c.pg.sql("corral", "SELECT id || '=' || coalesce(admission_group, '-') FROM agents ORDER BY seq");
@@ -99,7 +62,7 @@ fn a_group_limit_holds_across_three_workers() {
     // While builds wait, they say why, in the single-machine supervisor's words.
     let mut said = std::collections::BTreeSet::new();
     let ok = common::wait_until(Duration::from_secs(30), || {
-        let s = status(&c);
+        let s = c.statuses();
         said.extend(
             s.values()
                 .filter(|v| v["status"] == "queued" && v["group"] == "build")
@@ -116,7 +79,7 @@ fn a_group_limit_holds_across_three_workers() {
     assert_eq!(most_at_once(&recs, |id| others.iter().any(|o| o == id)), 1, "group other (limit 1)");
     // An agent with no group is held by the workspace's limit alone: the lints ran beside
     // the builds.
-    assert!(lints.iter().all(|l| started(&c, l) == 1));
+    assert!(lints.iter().all(|l| c.started(l) == 1));
     assert!(most_at_once(&recs, |_| true) >= 4, "the ungrouped agents were held back with the builds");
     // The builds ran on more than one worker: the limit is the cluster's, not a worker's.
     let on = ran_on(&c);
@@ -132,14 +95,15 @@ fn an_agent_with_a_placement_runs_only_on_a_worker_whose_labels_contain_it() {
     c.start_worker(0);
     c.start_worker(1);
     let trains: Vec<String> = (0..3)
-        .map(|i| spawn(&c, &["--role", "TRAIN", "--task", "t", "--id", &format!("t{i}")], &c.script(300, 0, 0)))
+        .map(|i| c.spawn_cli(&["--role", "TRAIN", "--task", "t", "--id", &format!("t{i}")], &c.script(300, 0, 0)))
         .collect();
     // --on adds to the role's placement; on a role with none it is the whole of it.
-    let eu = spawn(&c, &["--role", "TRAIN", "--task", "t", "--id", "t-eu", "--on", "zone=eu"], &c.script(300, 0, 0));
+    let eu = c.spawn_cli(&["--role", "TRAIN", "--task", "t", "--id", "t-eu", "--on", "zone=eu"], &c.script(300, 0, 0));
     let plains: Vec<String> = (0..3)
-        .map(|i| spawn(&c, &["--role", "PLAIN", "--task", "p", "--id", &format!("p{i}")], &c.script(300, 0, 0)))
+        .map(|i| c.spawn_cli(&["--role", "PLAIN", "--task", "p", "--id", &format!("p{i}")], &c.script(300, 0, 0)))
         .collect();
-    let big = spawn(&c, &["--role", "PLAIN", "--task", "p", "--id", "p-big", "--on", "cores=64"], &c.script(300, 0, 0));
+    let big =
+        c.spawn_cli(&["--role", "PLAIN", "--task", "p", "--id", "p-big", "--on", "cores=64"], &c.script(300, 0, 0));
     // A placement that is not KEY=VALUE is bad input, and nothing is queued.
     let bad = c.cmd(&["spawn", "--role", "PLAIN", "--task", "p", "--on", "gpu", "--", "true"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
@@ -147,12 +111,12 @@ fn an_agent_with_a_placement_runs_only_on_a_worker_whose_labels_contain_it() {
     c.wait_all_of(&plains.iter().map(String::as_str).collect::<Vec<_>>(), "complete", Duration::from_secs(30));
     assert_eq!(c.states().len(), 8, "{:?}", c.states());
     // Nobody took the GPU agents, and they say why.
-    let s = status(&c);
+    let s = c.statuses();
     for t in &trains {
         assert_eq!(s[t]["status"], "queued", "{t}: {}", s[t]);
         assert_eq!(s[t]["reason"], "no worker offers gpu=true", "{t}");
         assert_eq!(s[t]["anomalies"][0], "QUEUED: no worker offers gpu=true", "{t}");
-        assert_eq!(started(&c, t), 0);
+        assert_eq!(c.started(t), 0);
     }
     assert_eq!(s[&eu]["reason"], "no worker offers gpu=true, zone=eu");
     assert_eq!(s[&big]["reason"], "no worker offers cores=64");
@@ -174,8 +138,8 @@ fn an_agent_with_a_placement_runs_only_on_a_worker_whose_labels_contain_it() {
     }
     // Still no worker in zone eu.
     assert_eq!(c.states()[&eu], "queued");
-    assert_eq!(started(&c, &eu), 0);
-    assert_eq!(status(&c)[&eu]["reason"], "no worker offers gpu=true, zone=eu");
+    assert_eq!(c.started(&eu), 0);
+    assert_eq!(c.statuses()[&eu]["reason"], "no worker offers gpu=true, zone=eu");
     c.check(5);
 }
 
@@ -197,7 +161,7 @@ fn a_spent_workspace_budget_stops_every_worker_from_claiming() {
     let mut c = Cluster::new(&config);
     c.start_worker(0);
     // One agent at $0.0123 a run, run twice on two workers: $0.0246, over the $0.02.
-    let a = spawn(&c, &["--role", "W", "--task", "a", "--id", "c0", "--adapter", "claude-code"], &costly(&c));
+    let a = c.spawn_cli(&["--role", "W", "--task", "a", "--id", "c0", "--adapter", "claude-code"], &costly(&c));
     c.wait_all_of(&[&a], "complete", Duration::from_secs(30));
     c.kill9(0);
     c.start_worker(1);
@@ -209,26 +173,26 @@ fn a_spent_workspace_budget_stops_every_worker_from_claiming() {
     assert!(again, "c0 did not run again: {:?}\n{}", c.states(), c.logs());
     let on = ran_on(&c);
     assert_ne!(on[&a][0], on[&a][1], "both runs on one worker");
-    let s = status(&c);
+    let s = c.statuses();
     assert_eq!(s[&a]["costUsd"].as_f64().map(|x| (x * 10_000.0).round()), Some(246.0), "{}", s[&a]);
     // Three workers whose own supervisors each spent less than the budget (two fresh, one
     // that ran c0 once, $0.0123): none of them claims anything more.
     c.start_worker(0);
     c.start_worker(2);
     let rest: Vec<String> = (1..4)
-        .map(|i| spawn(&c, &["--role", "W", "--task", "r", "--id", &format!("c{i}")], &c.script(100, 0, 0)))
+        .map(|i| c.spawn_cli(&["--role", "W", "--task", "r", "--id", &format!("c{i}")], &c.script(100, 0, 0)))
         .collect();
     let live = common::wait_until(Duration::from_secs(15), || {
         c.pg.sql("corral", "SELECT count(*) FROM workers WHERE state = 'active' AND lease_until > now()") == "3"
     });
     assert!(live, "three workers: {}", c.logs());
     std::thread::sleep(Duration::from_secs(2));
-    let s = status(&c);
+    let s = c.statuses();
     let why = "the workspace's budget is spent: $0.0246 of [budget] max_cost_usd $0.0200";
     for r in &rest {
         assert_eq!(s[r]["status"], "queued", "{r}: {}", s[r]);
         assert_eq!(s[r]["reason"], why, "{r}");
-        assert_eq!(started(&c, r), 0, "{r} started over the budget");
+        assert_eq!(c.started(r), 0, "{r} started over the budget");
     }
     let claims = c.pg.sql("corral", "SELECT count(*) FROM attempts WHERE workspace = 't'");
     assert_eq!(claims, "2", "claims after the budget was spent");
@@ -279,7 +243,7 @@ fn a_providers_rate_limit_on_one_worker_holds_its_agents_on_every_worker() {
     let mut c = Cluster::new(CONFIG);
     c.start_worker(0);
     let limited =
-        spawn(&c, &["--role", "W", "--task", "x", "--id", "x0", "--adapter", "codex"], &codex(&c, "x0", true));
+        c.spawn_cli(&["--role", "W", "--task", "x", "--id", "x0", "--adapter", "codex"], &codex(&c, "x0", true));
     c.wait_all_of(&[&limited], "waiting", Duration::from_secs(30));
     // The hold is the workspace's, on the database's clock: about ten minutes from now.
     let left = c.pg.sql(
@@ -292,23 +256,24 @@ fn a_providers_rate_limit_on_one_worker_holds_its_agents_on_every_worker() {
     // agent of another provider or of none runs.
     c.start_worker(1);
     c.start_worker(2);
-    let held = spawn(&c, &["--role", "W", "--task", "y", "--id", "x1", "--adapter", "codex"], &codex(&c, "x1", false));
-    let plain = spawn(&c, &["--role", "W", "--task", "p", "--id", "p0"], &c.script(100, 0, 0));
-    let costly = spawn(&c, &["--role", "W", "--task", "c", "--id", "c0", "--adapter", "claude-code"], &costly(&c));
+    let held =
+        c.spawn_cli(&["--role", "W", "--task", "y", "--id", "x1", "--adapter", "codex"], &codex(&c, "x1", false));
+    let plain = c.spawn_cli(&["--role", "W", "--task", "p", "--id", "p0"], &c.script(100, 0, 0));
+    let costly = c.spawn_cli(&["--role", "W", "--task", "c", "--id", "c0", "--adapter", "claude-code"], &costly(&c));
     c.wait_all_of(&[&plain, &costly], "complete", Duration::from_secs(30));
     let live = common::wait_until(Duration::from_secs(15), || {
         c.pg.sql("corral", "SELECT count(*) FROM workers WHERE state = 'active' AND lease_until > now()") == "3"
     });
     assert!(live, "three workers: {}", c.logs());
     std::thread::sleep(Duration::from_secs(1));
-    let s = status(&c);
+    let s = c.statuses();
     assert_eq!(s[&held]["status"], "queued", "{}", s[&held]);
     let why = s[&held]["reason"].as_str().unwrap_or_default();
     assert!(
         why.starts_with("provider openai is rate-limited for ") && why.ends_with(" more (another agent hit its limit)"),
         "{why}"
     );
-    assert_eq!(started(&c, &held), 0);
+    assert_eq!(c.started(&held), 0);
     // health from any machine names the hold, until when, on the database's clock.
     let h = c.json(&["health", "--json"]);
     let p = h["providers"].as_array().cloned().unwrap_or_default();

@@ -5,53 +5,16 @@
 
 mod common;
 
-use common::cluster::{CONFIG, Cluster, Rec, text, until};
-use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use common::cluster::{CONFIG, Cluster, most_at_once, text, until};
+use serde_json::json;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 const PAUSED: &str = "paused (corral resume to release)";
 
-/// `corral spawn` by SQL; returns the agent's id.
-fn spawn(c: &Cluster, args: &[&str], command: &[String]) -> String {
-    let mut all: Vec<&str> = vec!["spawn"];
-    all.extend_from_slice(args);
-    all.push("--");
-    all.extend(command.iter().map(String::as_str));
-    c.ok(&all)
-}
-
 /// A plain agent of role W with id `id` that runs `ms` and completes.
 fn agent(c: &Cluster, id: &str, ms: u64) -> String {
-    spawn(c, &["--role", "W", "--task", "t", "--id", id], &c.script(ms, 0, 0))
-}
-
-/// `corral status --json` by SQL, by agent id.
-fn status(c: &Cluster) -> BTreeMap<String, Value> {
-    let all = c.json(&["status", "--json"]);
-    all.as_array().unwrap().iter().map(|v| (v["agentId"].as_str().unwrap().to_string(), v.clone())).collect()
-}
-
-/// The most agents among those `which` picks that ran at once, by the ledger.
-fn most_at_once(recs: &[Rec], which: impl Fn(&str) -> bool) -> usize {
-    let mut sorted: Vec<&Rec> = recs.iter().filter(|r| which(&r.id)).collect();
-    // An end before a start at the same instant: a slot given back is taken again.
-    sorted.sort_by_key(|r| (r.at, r.start));
-    let mut open = BTreeSet::new();
-    let mut most = 0;
-    for r in sorted {
-        if r.start {
-            open.insert(r.id.as_str());
-            most = most.max(open.len());
-        } else {
-            open.remove(r.id.as_str());
-        }
-    }
-    most
-}
-
-fn started(c: &Cluster, id: &str) -> usize {
-    c.ledger().iter().filter(|r| r.start && r.id == id).count()
+    c.spawn_cli(&["--role", "W", "--task", "t", "--id", id], &c.script(ms, 0, 0))
 }
 
 /// Waits until the workers `ns` hold a live lease under their current processes (each has
@@ -86,7 +49,7 @@ fn claims_ran_on(c: &Cluster, ns: &[usize], dead: &str) {
     let mut seen = BTreeSet::new();
     for i in 0..200 {
         let id = format!("probe-{dead}-{i}");
-        spawn(c, &["--role", "PROBE", "--task", "p", "--id", &id, "--after", dead], &["true".to_string()]);
+        c.spawn_cli(&["--role", "PROBE", "--task", "p", "--id", &id, "--after", dead], &["true".to_string()]);
         let sql = format!("SELECT worker FROM events WHERE agent_id = '{id}' AND kind = 'failed'");
         let ok = until(Duration::from_secs(10), || !c.pg.sql("corral", &sql).is_empty());
         assert!(ok, "{id} did not fail: {:?}\n{}", c.states(), c.logs());
@@ -120,12 +83,12 @@ fn a_pause_from_a_machine_with_no_worker_holds_the_queue_on_every_worker_until_r
     let dead = agent(&c, "dead", 100);
     c.ok(&["kill", &dead]);
     claims_ran_on(&c, &[0, 1], &dead);
-    let s = status(&c);
+    let s = c.statuses();
     for h in &held {
         assert_eq!(s[h]["status"], "queued", "{h}: {}", s[h]);
         assert_eq!(s[h]["reason"], PAUSED, "{h}");
         assert_eq!(s[h]["anomalies"][0], format!("QUEUED: {PAUSED}"), "{h}");
-        assert_eq!(started(&c, h), 0, "{h} started while paused");
+        assert_eq!(c.started(h), 0, "{h} started while paused");
     }
     assert_eq!(c.pg.sql("corral", "SELECT count(*) FROM attempts WHERE workspace = 't'"), "0");
     let h = c.json(&["health", "--json"]);
@@ -164,7 +127,7 @@ fn parallel_one_holds_the_whole_cluster_to_one_and_a_reset_admits_at_once() {
     let first: Vec<String> = (0..4).map(|i| agent(&c, &format!("a{i}"), 400)).collect();
     let mut said = BTreeSet::new();
     let ok = until(Duration::from_secs(40), || {
-        let s = status(&c);
+        let s = c.statuses();
         said.extend(first.iter().filter_map(|a| s[a]["reason"].as_str().map(str::to_string)));
         first.iter().all(|a| s[a]["status"] == "complete")
     });
@@ -176,20 +139,20 @@ fn parallel_one_holds_the_whole_cluster_to_one_and_a_reset_admits_at_once() {
 
     // Three long ones: one runs, two wait for its slot.
     let long: Vec<String> = (0..3).map(|i| agent(&c, &format!("l{i}"), 4000)).collect();
-    let one = until(Duration::from_secs(20), || long.iter().map(|l| started(&c, l)).sum::<usize>() == 1);
+    let one = until(Duration::from_secs(20), || long.iter().map(|l| c.started(l)).sum::<usize>() == 1);
     assert!(one, "{:?}\n{}", c.states(), c.logs());
     let waiting = until(Duration::from_secs(10), || {
-        let s = status(&c);
+        let s = c.statuses();
         long.iter().filter(|l| s[*l]["reason"] == "capacity: 1 of 1 agent running").count() == 2
     });
-    assert!(waiting, "{:?}", status(&c));
+    assert!(waiting, "{:?}", c.statuses());
     // Back to corral.toml's 5: the two waiting start while the first still runs.
     let v = c.json(&["parallel", "--reset", "--json"]);
     assert_eq!(
         (v["maxConcurrent"].as_u64(), v["configured"].as_u64(), v["changed"].as_bool()),
         (Some(5), Some(5), Some(false))
     );
-    let all = until(Duration::from_secs(3), || long.iter().all(|l| started(&c, l) == 1));
+    let all = until(Duration::from_secs(3), || long.iter().all(|l| c.started(l) == 1));
     assert!(all, "the reset did not admit the waiting agents at once: {:?}\n{}", c.states(), c.logs());
     assert!(c.ledger().iter().all(|r| r.start || !long.contains(&r.id)), "the first long agent ended before");
     c.wait_all_of(&long.iter().map(String::as_str).collect::<Vec<_>>(), "complete", Duration::from_secs(30));
@@ -246,16 +209,16 @@ fn a_groups_pause_and_limit_hold_only_its_agents_across_the_cluster() {
     let bad = c.run(&["pause", "--group", "no good"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
     let builds: Vec<String> = (0..3)
-        .map(|i| spawn(&c, &["--role", "BUILD", "--task", "b", "--id", &format!("b{i}")], &c.script(400, 0, 0)))
+        .map(|i| c.spawn_cli(&["--role", "BUILD", "--task", "b", "--id", &format!("b{i}")], &c.script(400, 0, 0)))
         .collect();
     // Spawned after the builds, the agents of no group run: claims went on past the builds.
     let lints: Vec<String> = (0..2).map(|i| agent(&c, &format!("l{i}"), 100)).collect();
     c.wait_all_of(&lints.iter().map(String::as_str).collect::<Vec<_>>(), "complete", Duration::from_secs(30));
     let why = "group build paused (corral resume --group build to release)";
-    let s = status(&c);
+    let s = c.statuses();
     for b in &builds {
         assert_eq!((s[b]["status"].as_str(), s[b]["reason"].as_str()), (Some("queued"), Some(why)), "{b}");
-        assert_eq!(started(&c, b), 0);
+        assert_eq!(c.started(b), 0);
     }
     let h = c.json(&["health", "--json"]);
     assert_eq!(h["paused"], false, "{h}");
@@ -299,9 +262,10 @@ fn the_timeline_from_the_database_has_one_row_per_agent_with_its_attempts_on_eve
     live(&c, &[0, 1]);
     let ok: Vec<String> = (0..2).map(|i| agent(&c, &format!("ok{i}"), 300)).collect();
     // Fails its first attempt (exit 1 retries), then completes.
-    let flaky = spawn(&c, &["--role", "FLAKY", "--task", "f", "--id", "flaky"], &c.script(300, 1, 0));
+    let flaky = c.spawn_cli(&["--role", "FLAKY", "--task", "f", "--id", "flaky"], &c.script(300, 1, 0));
     // Killed while it waits: a row with no attempt.
-    let later = spawn(&c, &["--role", "W", "--task", "later", "--id", "later", "--delay", "1h"], &c.script(100, 0, 0));
+    let later =
+        c.spawn_cli(&["--role", "W", "--task", "later", "--id", "later", "--delay", "1h"], &c.script(100, 0, 0));
     c.ok(&["kill", &later]);
     let mut done: Vec<&str> = ok.iter().map(String::as_str).collect();
     done.push(&flaky);

@@ -183,6 +183,26 @@ impl Cluster {
         ["sh", file.to_str().unwrap(), &l, &secs, &first.to_string(), &later.to_string()].map(String::from).to_vec()
     }
 
+    /// `corral spawn ARGS -- COMMAND` by SQL (from a machine with no worker); the agent's id.
+    pub fn spawn_cli(&self, args: &[&str], command: &[String]) -> String {
+        let mut all: Vec<&str> = vec!["spawn"];
+        all.extend_from_slice(args);
+        all.push("--");
+        all.extend(command.iter().map(String::as_str));
+        self.ok(&all)
+    }
+
+    /// `corral status --json` by SQL, by agent id.
+    pub fn statuses(&self) -> BTreeMap<String, serde_json::Value> {
+        let all = self.json(&["status", "--json"]);
+        all.as_array().unwrap().iter().map(|v| (v["agentId"].as_str().unwrap().to_string(), v.clone())).collect()
+    }
+
+    /// How many times the ledger saw `id` start.
+    pub fn started(&self, id: &str) -> usize {
+        self.ledger().iter().filter(|r| r.start && r.id == id).count()
+    }
+
     pub fn db(&self) -> Database {
         Database::parse(&self.url(), &PasswordSources { password: Some(PASSWORD.into()), passfile: None }).unwrap()
     }
@@ -353,6 +373,24 @@ pub fn kill_lock_holder(lock: &Path) {
     {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+}
+
+/// The most agents among those `which` picks that ran at once, by the ledger.
+pub fn most_at_once(recs: &[Rec], which: impl Fn(&str) -> bool) -> usize {
+    let mut sorted: Vec<&Rec> = recs.iter().filter(|r| which(&r.id)).collect();
+    // An end before a start at the same instant: a slot given back is taken again.
+    sorted.sort_by_key(|r| (r.at, r.start));
+    let mut open = std::collections::BTreeSet::new();
+    let mut most = 0;
+    for r in sorted {
+        if r.start {
+            open.insert(r.id.as_str());
+            most = most.max(open.len());
+        } else {
+            open.remove(r.id.as_str());
+        }
+    }
+    most
 }
 
 #[derive(Debug, Clone)]
