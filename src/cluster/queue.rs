@@ -976,10 +976,8 @@ pub async fn write(client: &mut Client, lease: &Lease, agent: &str, fence: i64, 
             .filter(|e| e.kind == "retry_scheduled")
             .map(|_| (role.clone(), agent.to_string(), false))
             .collect();
-        match change.end_attempt.as_ref().map(|e| e.outcome.as_str()) {
-            Some("complete") => outcomes.push((role.clone(), agent.to_string(), true)),
-            Some("failed" | "timed_out" | "escalated") => outcomes.push((role.clone(), agent.to_string(), false)),
-            _ => {}
+        if let Some(ok) = change.end_attempt.as_ref().and_then(|e| crate::policy::health::breaker_outcome(&e.outcome)) {
+            outcomes.push((role.clone(), agent.to_string(), ok));
         }
         for d in feed_breaker(&tx, &lease.workspace, health, &outcomes).await? {
             evs.push(Ev { agent: None, fence: None, kind: "breaker", data: d });

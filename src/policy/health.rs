@@ -75,6 +75,17 @@ pub struct Breakers {
 /// The key of the breaker for the whole workspace.
 pub const GLOBAL: &str = "*";
 
+/// What an agent's attempt ending in `state` tells a breaker: a success (complete), a
+/// failure (failed, timed out, escalated), or nothing (killed by a human, lost with its
+/// worker, still going).
+pub fn breaker_outcome(state: &str) -> Option<bool> {
+    match state {
+        "complete" => Some(true),
+        "failed" | "timed_out" | "escalated" => Some(false),
+        _ => None,
+    }
+}
+
 impl Breakers {
     /// Which breaker a role's attempts feed and its spawns obey.
     pub fn key<'a>(p: &HealthPolicy, role: &'a str) -> &'a str {

@@ -1013,3 +1013,15 @@ mod backoff_schedule {
         }
     }
 }
+
+#[test]
+fn an_attempts_end_feeds_a_breaker_only_when_it_says_something_of_the_work() {
+    use crate::policy::health::breaker_outcome;
+    assert_eq!(breaker_outcome("complete"), Some(true));
+    for s in ["failed", "timed_out", "escalated"] {
+        assert_eq!(breaker_outcome(s), Some(false), "{s}");
+    }
+    for s in ["killed", "lost", "running", "queued", "blocked"] {
+        assert_eq!(breaker_outcome(s), None, "{s}");
+    }
+}
