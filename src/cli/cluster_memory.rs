@@ -11,7 +11,6 @@ use super::{Ctx, Result};
 use crate::cluster::read::{self, AgentFilter, EventRow};
 use crate::ipc::AttemptView;
 use crate::memory::{Learned, LearnedAttempt, MemoryCandidate, MemorySnapshot};
-use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 
 /// The events attempts are read from (see [`attempts`]).
@@ -48,7 +47,7 @@ pub async fn snapshot(ctx: &Ctx, t: &Target) -> Result<MemorySnapshot> {
                 complete: r.state == "complete",
                 escalated: r.state == "escalated",
                 attempt_timeout_ms: ctx.ws.config.role(&r.role).1.attempt_timeout_ms,
-                attempts: attempts(
+                attempts: read::attempts(
                     events
                         .get(&r.id)
                         .into_iter()
@@ -64,67 +63,6 @@ pub async fn snapshot(ctx: &Ctx, t: &Target) -> Result<MemorySnapshot> {
         })
         .collect();
     Ok(MemorySnapshot { candidates, patterns: crate::memory::patterns_of(&learned) })
-}
-
-/// An agent's ended attempts, from its events in commit order: each `started` opens one,
-/// its `exited` ends it, and what follows before the next start says how it failed and what
-/// it cost. A `lost` ends the attempt its worker was running. Numbered 1, 2, ... across
-/// workers and epochs (each supervisor numbers its own from 1).
-pub fn attempts<'a>(events: impl IntoIterator<Item = (&'a str, String, &'a Value)>) -> Vec<AttemptView> {
-    let mut out: Vec<AttemptView> = Vec::new();
-    let mut open: Option<(String, Option<i32>)> = None;
-    let text = |d: &Value, k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
-    for (kind, at, d) in events {
-        match kind {
-            "started" => open = Some((at, d.get("pid").and_then(Value::as_i64).map(|p| p as i32))),
-            "exited" | "lost" => {
-                // A lost claim with no attempt started in it ended nothing.
-                let Some((started_at, pid)) = open.take() else { continue };
-                let lost = kind == "lost";
-                out.push(AttemptView {
-                    attempt: out.len() as u32 + 1,
-                    started_at,
-                    ended_at: Some(at),
-                    exit_code: d.get("exitCode").and_then(Value::as_i64).map(|c| c as i32),
-                    signal: d.get("signal").and_then(Value::as_i64).map(|c| c as i32),
-                    failure_type: lost.then(|| "lost".to_string()),
-                    reason: text(d, "reason"),
-                    action: None,
-                    rule: None,
-                    pid,
-                    timeout: None,
-                    session_id: None,
-                    cost_usd: None,
-                    tokens: None,
-                    turns: None,
-                    result: None,
-                    resumed: false,
-                    log_start: None,
-                });
-            }
-            "classified" => {
-                if let Some(last) = out.last_mut().filter(|_| text(d, "failureType").is_some()) {
-                    last.failure_type = text(d, "failureType");
-                    last.action = text(d, "action");
-                    last.rule = text(d, "rule");
-                }
-            }
-            "rate_limited" => {
-                if let Some(last) = out.last_mut() {
-                    last.failure_type = Some("rate_limited".into());
-                }
-            }
-            "usage" => {
-                if let Some(last) = out.last_mut() {
-                    last.cost_usd = d.get("costUsd").and_then(Value::as_f64);
-                    last.tokens = d.get("tokens").and_then(|t| serde_json::from_value(t.clone()).ok());
-                    last.turns = d.get("turns").and_then(Value::as_u64).map(|n| n as u32);
-                }
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 /// What learning takes of an attempt.
@@ -170,7 +108,7 @@ mod tests {
             ev(11, "started", json!({ "attempt": 1 })),
             ev(12, "exited", json!({ "attempt": 1, "reason": "exited with code 0", "exitCode": 0 })),
         ];
-        let got = attempts(evs.iter().map(|e| (e.kind.as_str(), super::super::cluster::rfc(e.at), &e.data)));
+        let got = read::attempts(evs.iter().map(|e| (e.kind.as_str(), super::super::cluster::rfc(e.at), &e.data)));
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!((got[0].failure_type.as_deref(), got[0].cost_usd), (Some("crash"), Some(0.25)));
         assert_eq!(got.iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2, 3], "numbered across workers");

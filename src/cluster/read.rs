@@ -2,6 +2,7 @@
 //! commit order, what `status` and `events` show there.
 
 use super::queue::ClusterError;
+use crate::ipc::AttemptView;
 use serde_json::Value;
 use std::time::SystemTime;
 use tokio_postgres::Client;
@@ -329,6 +330,67 @@ pub fn shown_placement(placement: &Value) -> String {
         other => other.to_string(),
     };
     p.iter().map(|(k, v)| format!("{k}={}", one(v))).collect::<Vec<_>>().join(", ")
+}
+
+/// An agent's ended attempts, from its events in commit order: each `started` opens one,
+/// its `exited` ends it, and what follows before the next start says how it failed and what
+/// it cost. A `lost` ends the attempt its worker was running. Numbered 1, 2, ... across
+/// workers and epochs (each supervisor numbers its own from 1).
+pub fn attempts<'a>(events: impl IntoIterator<Item = (&'a str, String, &'a Value)>) -> Vec<AttemptView> {
+    let mut out: Vec<AttemptView> = Vec::new();
+    let mut open: Option<(String, Option<i32>)> = None;
+    let text = |d: &Value, k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
+    for (kind, at, d) in events {
+        match kind {
+            "started" => open = Some((at, d.get("pid").and_then(Value::as_i64).map(|p| p as i32))),
+            "exited" | "lost" => {
+                // A lost claim with no attempt started in it ended nothing.
+                let Some((started_at, pid)) = open.take() else { continue };
+                let lost = kind == "lost";
+                out.push(AttemptView {
+                    attempt: out.len() as u32 + 1,
+                    started_at,
+                    ended_at: Some(at),
+                    exit_code: d.get("exitCode").and_then(Value::as_i64).map(|c| c as i32),
+                    signal: d.get("signal").and_then(Value::as_i64).map(|c| c as i32),
+                    failure_type: lost.then(|| "lost".to_string()),
+                    reason: text(d, "reason"),
+                    action: None,
+                    rule: None,
+                    pid,
+                    timeout: None,
+                    session_id: None,
+                    cost_usd: None,
+                    tokens: None,
+                    turns: None,
+                    result: None,
+                    resumed: false,
+                    log_start: None,
+                });
+            }
+            "classified" => {
+                if let Some(last) = out.last_mut().filter(|_| text(d, "failureType").is_some()) {
+                    last.failure_type = text(d, "failureType");
+                    last.action = text(d, "action");
+                    last.rule = text(d, "rule");
+                }
+            }
+            "rate_limited" => {
+                if let Some(last) = out.last_mut() {
+                    last.failure_type = Some("rate_limited".into());
+                }
+            }
+            "usage" => {
+                if let Some(last) = out.last_mut() {
+                    last.cost_usd = d.get("costUsd").and_then(Value::as_f64);
+                    last.tokens = d.get("tokens").and_then(|t| serde_json::from_value(t.clone()).ok());
+                    last.turns = d.get("turns").and_then(Value::as_u64).map(|n| n as u32);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]

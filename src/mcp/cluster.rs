@@ -55,7 +55,7 @@ pub fn show(ctx: &Ctx, t: &Target, a: IdArgs) -> Result<ShowView, String> {
         all[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default()
     };
     // The attempts as each supervisor saw them, from the events its worker mirrored.
-    let attempts = crate::cli::cluster_memory::attempts(all["events"].as_array().into_iter().flatten().map(|e| {
+    let attempts = crate::cluster::read::attempts(all["events"].as_array().into_iter().flatten().map(|e| {
         (e["kind"].as_str().unwrap_or_default(), e["at"].as_str().unwrap_or_default().to_string(), &e["data"])
     }));
     let events = all["events"]
